@@ -1,0 +1,129 @@
+"""The `attnc` command line: a small registry of subcommands.
+
+Each subcommand is a `Subcommand` record: a name, a one-line help, a function that adds
+its arguments to an argparse parser, and a function that runs it and returns the exit
+status. `main()` builds the parser from the registry and dispatches, so adding
+`attnc analyze` is one `register(Subcommand(...))` call in the module that implements it.
+Options shared by every command that reads `.attn` files (`-D`, `--model`, `--headsets`)
+come from `add_spec_options` and are read back with `spec_options`.
+
+Exit status: 0 when every file is valid, 2 on any error (errors go to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+EXIT_OK, EXIT_ERROR = 0, 2
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def register(command: Subcommand) -> Subcommand:
+    """Add a subcommand to `attnc`; a second one of the same name replaces the first."""
+    SUBCOMMANDS[command.name] = command
+    return command
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `attnc` with `argv` (default: sys.argv[1:]) and return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    return SUBCOMMANDS[args.command].run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attnc", description="A compiler for attention-sparsity patterns (.attn files).")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in SUBCOMMANDS.values():
+        sub = commands.add_parser(command.name, help=command.help, description=command.help)
+        command.configure(sub)
+    return parser
+
+
+# ---------------------------------------------------------------- shared options
+
+
+def add_spec_options(parser: argparse.ArgumentParser) -> None:
+    """`-D NAME=VALUE`, `--model k=v,...` and `--headsets FILE`, for commands that read .attn files."""
+    parser.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME=VALUE", type=_define, help="override a param of the file (repeatable)")
+    parser.add_argument("--model", type=_model, default={}, metavar="FIELD=N,...", help="model shape, such as layers=30,heads=9,kv_heads=3")
+    parser.add_argument("--headsets", metavar="FILE", default=None, help="head-set JSON file (overrides the file's `headsets`)")
+
+
+def spec_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for `attnc.spec.resolve.load` from the shared options."""
+    return {"defines": dict(args.defines), "model": dict(args.model), "headsets_path": args.headsets}
+
+
+def _integer(text: str, what: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
+
+
+def _define(text: str) -> tuple[str, int]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), _integer(value, f"the value of {name.strip()}")
+
+
+def _model(text: str) -> dict[str, int]:
+    fields = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, value = _define(part)
+        fields[name] = value
+    return fields
+
+
+# ---------------------------------------------------------------- attnc check
+
+
+def _configure_check(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help=".attn files to check")
+    add_spec_options(parser)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    """Check each file; print a summary of the valid ones, every error of the others."""
+    from .spec.describe import describe
+    from .spec.errors import AttnError
+    from .spec.resolve import load
+
+    status = EXIT_OK
+    for path in args.files:
+        try:
+            spec = load(path, **spec_options(args))
+        except AttnError as exc:
+            print(exc.render(), file=sys.stderr)
+            status = EXIT_ERROR
+            continue
+        summary = textwrap.fill(describe(spec), width=100, initial_indent="  ", subsequent_indent="  ")
+        print(f"{path}: ok\n{summary}")
+    return status
+
+
+register(Subcommand("check", "check .attn files and summarise each pattern and cache in plain English", _configure_check, _run_check))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
