@@ -127,3 +127,15 @@ register(Subcommand("check", "check .attn files and summarise each pattern and c
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _register_commands() -> None:
+    """The other subcommands live in attnc/cmd_*.py; each imports its stage only when run."""
+    from . import cmd_analyze, cmd_calibrate, cmd_compile, cmd_eval, cmd_simulate
+
+    for name, module in (("analyze", cmd_analyze), ("simulate", cmd_simulate), ("compile", cmd_compile),
+                         ("calibrate", cmd_calibrate), ("eval", cmd_eval)):
+        register(Subcommand(name, module.HELP, module.configure, module.run))
+
+
+_register_commands()

@@ -28,7 +28,7 @@ class Status(enum.IntEnum):
     ALL = 2  # every pair allowed: the tile is visited without a mask
 
 
-def _status(all_true: np.ndarray, any_true: np.ndarray) -> np.ndarray:
+def status_of(all_true: np.ndarray, any_true: np.ndarray) -> np.ndarray:
     """Status codes from two boolean arrays: ALL where all_true, NONE where not any_true."""
     return np.where(all_true, Status.ALL, np.where(any_true, Status.SOME, Status.NONE)).astype(np.int8)
 
@@ -39,7 +39,7 @@ def _range_status(lo_v: np.ndarray, hi_v: np.ndarray, lo: int | None, hi: int | 
     hi_b = 2**62 if hi is None else hi
     all_true = (lo_v >= lo_b) & (hi_v <= hi_b)
     any_true = (hi_v >= lo_b) & (lo_v <= hi_b)
-    return _status(all_true, any_true)
+    return status_of(all_true, any_true)
 
 
 def _mod_status(lo_v: np.ndarray, hi_v: np.ndarray, m: int, r: int) -> np.ndarray:
@@ -49,7 +49,7 @@ def _mod_status(lo_v: np.ndarray, hi_v: np.ndarray, m: int, r: int) -> np.ndarra
     first_hit = lo_v + (r - lo_v) % m  # the smallest x >= lo_v with x mod m == r
     any_true = first_hit <= hi_v
     all_true = (lo_v == hi_v) & any_true
-    return _status(all_true, any_true)
+    return status_of(all_true, any_true)
 
 
 class Atom(Protocol):
@@ -169,7 +169,7 @@ class Chunk:
         qa, qb, ka, kb = q0 // c, q1 // c, k0 // c, k1 // c
         all_true = (qa == qb) & (ka == kb) & (qa == ka)
         any_true = (qb >= ka) & (kb >= qa)
-        return _status(all_true, any_true)
+        return status_of(all_true, any_true)
 
     def __str__(self) -> str:
         return f"q div {self.size} == k div {self.size}"
@@ -193,7 +193,7 @@ class Power:
         b = self.block
         lo, hi = np.broadcast_arrays(np.asarray(q0 // b - k1 // b), np.asarray(q1 // b - k0 // b))
         hits = _power_hits(lo, hi)
-        return _status(hits == hi - lo + 1, hits > 0)
+        return status_of(hits == hi - lo + 1, hits > 0)
 
     def __str__(self) -> str:
         return f"(q div {self.block}) - (k div {self.block}) in {{0, 1, 2, 4, ...}}"
@@ -249,7 +249,7 @@ class Neighborhood:
             stride *= length
         ok = ok & (gq < stride) & (gk < stride)
         for (x, y, length), kk, dd, cc in zip(reversed(coords), self.kernel, self.dilation, self.causal):
-            ok = ok & _axis_neighbour(x, y, length, kk, dd, cc)
+            ok = ok & axis_neighbour(x, y, length, kk, dd, cc)
         return in_text | ok
 
     def tile(self, q0, q1, k0, k1):
@@ -259,7 +259,7 @@ class Neighborhood:
         return f"neighborhood(grid={self.dims}, kernel={self.kernel}, dilation={self.dilation}, causal={self.causal})"
 
 
-def _axis_neighbour(x: Any, y: Any, length: int, kernel: int, dilation: int, causal: bool) -> Any:
+def axis_neighbour(x: Any, y: Any, length: int, kernel: int, dilation: int, causal: bool) -> Any:
     """NATTEN's rule on one axis (see Neighborhood)."""
     same_group = (x % dilation) == (y % dilation)
     group = x % dilation

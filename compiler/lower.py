@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..spec.resolved import Assignment, RExpr, ROp, RPrim, Spec
+from ..spec.resolved import Assignment, RExpr, ROp, Spec
 from .algebra import complement, difference, intersect, simplify, union
 from .ir import (Band, Chunk, DiffMod, HeadGroup, KMod, KRange, Lit, ModelShape, Neighborhood,
                  Pattern, Power, Program, QRange, Term)

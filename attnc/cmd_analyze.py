@@ -1,0 +1,95 @@
+"""`attnc analyze FILE`: density, tiles, cost formulas, receptive field and KV liveness of a pattern.
+
+The analyses are `compiler.report.analyze`; this module is the command line around them:
+rich text by default, `--json` for machines, `--plot out.png` for pictures. The lead wires
+it into `attnc/cli.py` with `register(Subcommand("analyze", HELP, configure, run))` (or
+calls `add_parser` on an argparse subparsers object).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+HELP = "analyse a pattern: density, tiles, cost formulas in N, receptive field, KV liveness"
+
+
+def block_shape(text: str) -> tuple[int, int]:
+    """`128x64`, or `128` for square tiles."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX*]\s*(\d+))?\s*", text)
+    if not m or int(m.group(1)) < 1 or (m.group(2) is not None and int(m.group(2)) < 1):
+        raise argparse.ArgumentTypeError(f"--block takes BMxBN such as 128x64 (or 128 for square tiles), got {text!r}")
+    bm = int(m.group(1))
+    return bm, int(m.group(2) or bm)
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    """The arguments of `attnc analyze` (cli.Subcommand's `configure`)."""
+    from .cli import add_spec_options
+    from .cmd_simulate import seq_len
+
+    p.description = ("Analyse a pattern before compiling it: allowed pairs, FLOPs, bytes and KV-cache size as "
+                     "closed forms in N with their asymptotic class, the exact block map, how far back the "
+                     "last token sees layer by layer, the smallest lossless KV cache, and warnings "
+                     "(docs/analyses.md).")
+    p.add_argument("file", type=Path, help="the .attn file")
+    p.add_argument("--seq", type=seq_len, default=None,
+                   help="sequence length N (prefill) and decode position (KV cache), as in 131072 or 128k; "
+                        "default 32k, or the token count of the file's grid")
+    p.add_argument("--layers", type=int, default=None,
+                   help="layers for the receptive field (default: the file's model, else 32)")
+    p.add_argument("--block", type=block_shape, default=(128, 128), metavar="BMxBN",
+                   help="tile shape of the block map (default 128x128)")
+    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="element type for bytes")
+    p.add_argument("--json", action="store_true", help="machine-readable output (the same content)")
+    p.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                   help="write a PNG: mask at a small N, block map, receptive field by layer, cache size")
+    add_spec_options(p)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add `analyze` to an argparse subparsers object; the parser's `run` default runs it."""
+    p = subparsers.add_parser("analyze", help=HELP)
+    configure(p)
+    p.set_defaults(run=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from .cli import EXIT_ERROR, EXIT_OK
+    from .spec.errors import AttnError
+
+    try:
+        _run(args)
+    except AttnError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_ERROR
+    except (ValueError, OSError) as exc:
+        print(f"attnc analyze: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> None:
+    from .cli import spec_options
+    from .compiler.lower import lower
+    from .compiler.report import analyze, default_length, plot, render
+    from .spec.resolve import load
+
+    if args.layers is not None and args.layers < 1:
+        raise ValueError(f"--layers must be at least 1, got {args.layers}")
+    program = lower(load(args.file, **spec_options(args)))
+    n = args.seq or default_length(program)
+    analysis = analyze(program, n, layers=args.layers, block=args.block, dtype=args.dtype, file=str(args.file))
+    if args.json:
+        print(json.dumps(analysis.to_dict(), indent=1, default=str))
+    else:
+        render(analysis)
+    if args.plot:
+        plot(analysis, str(args.plot))
+        if not args.json:
+            print(f"wrote {args.plot}")

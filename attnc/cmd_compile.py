@@ -1,0 +1,76 @@
+"""`attnc compile FILE [-o DIR] [-D NAME=VALUE] [--model k=v,...] [--headsets F]`.
+
+Writes the pattern's generated module, `DIR/<name>.py` (default: the cache,
+`$ATTNC_CACHE` or `~/.cache/attnc`, as `<name>_<digest>.py`) and prints its path. No
+Triton compilation happens here: kernels compile on first use, on the GPU.
+Exit status 0, or 2 on any error (as `attnc check`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def define(text: str) -> tuple[str, int]:
+    name, _, value = text.partition("=")
+    try:
+        return name.strip(), int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"-D takes NAME=INTEGER, as in -D W=2048, got {text!r}") from None
+
+
+def model_fields(text: str) -> dict[str, int]:
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        key, _, value = item.partition("=")
+        try:
+            out[key.strip()] = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--model takes FIELD=INTEGER pairs, as in --model layers=30,heads=9, got {item!r}") from None
+    return out
+
+
+HELP = "generate the Python module (Triton kernels + torch reference) of a pattern file"
+DESCRIPTION = ("Compile an .attn file to a Python module that needs only torch and triton: prefill(q, k, v) "
+               "with a specialized Triton kernel, reference(...) in plain torch, and PATTERN metadata. "
+               "The module is written atomically; nothing is written on an error.")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add `compile` to an argparse subparsers object."""
+    p = subparsers.add_parser("compile", help=HELP, description=DESCRIPTION)
+    configure(p)
+    return p
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    """The arguments of `attnc compile` (for attnc.cli's Subcommand registry)."""
+    p.add_argument("file", type=Path, help="the .attn file")
+    p.add_argument("-o", "--out", type=Path, default=None, metavar="DIR",
+                   help="write DIR/<name>.py (default: the module cache, $ATTNC_CACHE or ~/.cache/attnc)")
+    p.add_argument("-D", dest="defines", action="append", type=define, default=[], metavar="NAME=VALUE",
+                   help="override a param, as in -D W=2048")
+    p.add_argument("--model", type=model_fields, default={}, help="layers=..,heads=..,kv_heads=..,head_dim=..")
+    p.add_argument("--headsets", type=Path, default=None, help="head sets JSON (overrides the file's)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .spec.errors import AttnError
+    from .loader import compile_file
+
+    try:
+        path = compile_file(args.file, args.out, defines=dict(args.defines), model=args.model,
+                            headsets=args.headsets)
+    except AttnError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"attnc compile: error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0

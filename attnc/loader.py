@@ -1,0 +1,72 @@
+"""Compile `.attn` files to Python modules and import them: `attnc.load`, `attnc.compile_file`.
+
+    mod = attnc.load("patterns/streaming_llm.attn", defines={"W": 2048})
+    out = mod.prefill(q, k, v)
+
+A compiled module lives in the cache (`$ATTNC_CACHE`, default `~/.cache/attnc`) as
+`<name>_<digest>.py` and is reused while its text is unchanged; `compile_file(path,
+out_dir)` writes `out_dir/<name>.py` instead, for vendoring. Modules are imported from
+their file under the name `attnc_generated.<name>_<digest>`, once per process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Mapping
+
+from .codegen.writer import write_module
+from .compiler.ir import Program
+
+PathLike = str | os.PathLike
+
+
+def program_of(path: PathLike, defines: Mapping[str, int] | None = None,
+               model: Mapping[str, int] | None = None, headsets: PathLike | None = None) -> Program:
+    """Parse, resolve and lower one `.attn` file (raises spec.errors.AttnError on bad input)."""
+    from .compiler.lower import lower
+    from .spec.resolve import load as resolve_file
+
+    spec = resolve_file(path, defines, model, None if headsets is None else str(headsets))
+    return lower(spec)
+
+
+def compile_file(path: PathLike, out_dir: PathLike | None = None, *, defines: Mapping[str, int] | None = None,
+                 model: Mapping[str, int] | None = None, headsets: PathLike | None = None) -> Path:
+    """Compile a pattern file to a module: `out_dir/<name>.py`, or the cache when out_dir is None.
+
+    Nothing is written unless every stage succeeds; the file is replaced atomically.
+    """
+    return write_module(program_of(path, defines, model, headsets), out_dir)
+
+
+def import_file(path: PathLike, module_name: str) -> ModuleType:
+    """Import a generated module from its file (reusing an earlier import of the same name)."""
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, str(path))
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import a generated module from {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+def load_program(program: Program) -> ModuleType:
+    """Compile an IR program into the cache and import it."""
+    path = write_module(program)
+    return import_file(path, f"attnc_generated.{path.stem}")
+
+
+def load(path: PathLike, *, defines: Mapping[str, int] | None = None, model: Mapping[str, int] | None = None,
+         headsets: PathLike | None = None) -> ModuleType:
+    """Compile a pattern file (options as `attnc compile`) and import its module in one call."""
+    return load_program(program_of(path, defines, model, headsets))

@@ -1,0 +1,463 @@
+"""GPU check and benchmark of attnc's generated prefill kernels, in one run of the device tool.
+
+Two steps, on two machines:
+
+    python bench/gpu.py --generate DIR     # here (needs attnc: lark, pydantic, jinja2)
+    python3 bench/gpu.py --run DIR         # on the GPU machine (needs torch and triton only)
+
+`--generate` compiles every pattern file in patterns/ and the benchmark cases below into DIR,
+with a manifest. `--run` imports the modules from DIR and
+
+1. checks every module against its own torch reference on the GPU (random bf16 inputs,
+   N = 1000 and 4096; output relative error and the log-sum-exp), in parallel processes so
+   that Triton compiles the kernels on several cores;
+2. checks `prefill` under `torch.compile` once;
+3. times each benchmark case (B=1, H=32, D=128, bf16): the generated kernel, FlexAttention
+   with the same mask_mod (torch.compile'd flex_attention, block mask built once) and SDPA
+   dense causal, as medians of triton.testing.do_bench; effective TFLOP/s count allowed
+   pairs only (4 * D * pairs * B * H), pairs counted exactly from the mask on the GPU;
+4. writes docs/benchmarks.md (and $OUT/benchmarks.md when $OUT is set) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import datetime
+import importlib.util
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import decode as decode_bench  # noqa: E402  (bench/decode.py: the decode half of this benchmark)
+
+sys.path.insert(0, str(ROOT))
+from compiler import simulate  # noqa: E402  (numpy only: runs on the GPU machine without attnc installed)
+
+# the device profile predictions are made with: $ATTNC_PROFILE (bench/calibrate.py's output) or the shipped one
+PROFILE = os.environ.get("ATTNC_PROFILE", "h100")
+
+# name: (.attn text, sequence lengths, what it is)
+CASES = {
+    "causal": ("pattern causal = causal\n", [8192, 32768], "causal"),
+    "sink_window_1024": ("pattern sink_window_1024 = causal & (sink(4) | window(1024))\n", [32768],
+                         "causal & (sink(4) | window(1024))"),
+    "sink_window_4096": ("pattern sink_window_4096 = causal & (sink(4) | window(4096))\n", [32768],
+                         "causal & (sink(4) | window(4096))"),
+    "dilated": ("pattern dilated = causal & dilated(2048, 4)\n", [32768], "causal & dilated(2048, 4)"),
+    "strided": ("pattern strided = causal & (window(256) | strided(256))\n", [32768],
+                "causal & (window(256) | strided(256))"),
+    "chunk": ("pattern chunk = causal & chunk(8192)\n", [32768], "causal & chunk(8192)"),
+    "power": ("pattern power = causal & power(64)\n", [32768], "causal & power(64)"),
+    "duo_mix": ("model { layers = 1, heads = 32, kv_heads = 32, head_dim = 128 }\n"
+                "pattern duo_mix {\n  heads 0..8: causal\n  rest: causal & (sink(64) | window(960))\n}\n",
+                [32768], "DuoAttention: 8 causal + 24 sink(64)|window(960) heads"),
+}
+B, H, D = 1, 32, 128
+CHECK_N = (1000, 4096)
+BUDGET_S = 300  # stop timing new cases after this many seconds (the device call allows 480)
+DEVICE = "cuda"
+SMOKE = False  # --smoke: the whole run on the CPU (TRITON_INTERPRET=1), tiny shapes, to test this script
+
+
+# ------------------------------------------------------------------ --generate (here)
+def generate(out: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    from attnc.codegen.writer import write_module
+    from attnc.compiler import simulate
+    from attnc.compiler.lower import lower
+    from attnc.loader import program_of
+    from attnc.spec.resolve import resolve_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"modules": []}
+    for path in sorted((ROOT / "patterns").glob("*.attn")):
+        t0 = time.perf_counter()
+        try:
+            program = program_of(path)
+        except Exception as exc:  # a file the parser rejects: reported, not fatal
+            print(f"skip {path.name}: {exc}", file=sys.stderr)
+            continue
+        program = program.__class__(**{**program.__dict__, "name": f"pattern_{path.stem}"})
+        written = write_module(program, out)
+        manifest["modules"].append({"file": written.name, "source": f"patterns/{path.name}", "bench": None})
+        print(f"{path.name} -> {written.name} ({time.perf_counter() - t0:.2f} s)")
+    for name, (text, lengths, label) in CASES.items():
+        program = lower(resolve_text(text, f"bench/{name}.attn"))
+        program = program.__class__(**{**program.__dict__, "name": f"bench_{name}"})
+        written = write_module(program, out)
+        workloads = {str(n): simulate.prefill_workload(program, simulate.Shape(n, B, H, None, D)).to_dict()
+                     for n in lengths}
+        manifest["modules"].append({"file": written.name, "source": f"bench case {name}",
+                                    "bench": {"lengths": lengths, "label": label, "workloads": workloads}})
+        print(f"bench case {name} -> {written.name}")
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+# ------------------------------------------------------------------ --run (GPU machine)
+def import_module(path: Path):
+    name = f"attnc_bench_{path.stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, str(path))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def shape_for(mod, bench: bool) -> tuple[int, int, int]:
+    """(H, H_KV, D) to check a module with: the benchmark's shape, or the model's where it matters."""
+    model = mod.PATTERN["model"]
+    if bench:
+        return H, H, D
+    heads = model["heads"] if mod.PATTERN["varies_by_head"] else 8
+    kv = model["kv_heads"] if mod.PATTERN["varies_by_head"] and model["kv_heads"] else heads // 2
+    if kv <= 0 or heads % kv:
+        kv = heads
+    d = model["head_dim"] if model["head_dim"] in (16, 32, 64, 128, 256) and not SMOKE else D
+    return heads, kv, d
+
+
+def check_module(path: str, bench: dict | None, smoke: bool = False) -> dict:
+    """Generated kernel against the module's reference on the GPU; one process per module.
+
+    N = CHECK_N[0] with the log-sum-exp, N = CHECK_N[1] without (the variant that the timing
+    runs, so its compiled kernel is in Triton's disk cache by then). For a benchmark case,
+    also warm FlexAttention's compilation at the timed lengths (inductor's disk caches).
+    """
+    import torch
+
+    if smoke:
+        _smoke()
+    mod = import_module(Path(path))
+    heads, kv, d = shape_for(mod, bench is not None)
+    layers = range(mod.PATTERN["model"]["layers"]) if mod.PATTERN["varies_by_layer"] else [None]
+    layers = sorted({layers[0], layers[-1]}) if len(layers) > 1 else list(layers)
+    out = {"file": Path(path).name, "pattern": mod.PATTERN["name"], "shape": [heads, kv, d], "checks": []}
+    t0 = time.perf_counter()
+    try:
+        for n, with_lse in zip(CHECK_N, (True, False)):
+            for layer in layers:
+                gen = torch.Generator(device=DEVICE).manual_seed(n)
+                q = torch.randn(1, heads, n, d, device=DEVICE, dtype=torch.bfloat16, generator=gen)
+                k = torch.randn(1, kv, n, d, device=DEVICE, dtype=torch.bfloat16, generator=gen)
+                v = torch.randn(1, kv, n, d, device=DEVICE, dtype=torch.bfloat16, generator=gen)
+                o = mod.prefill(q, k, v, layer=layer, return_lse=with_lse)
+                o, lse = o if with_lse else (o, None)
+                ref, ref_lse = mod.reference(q, k, v, layer=layer, return_lse=True)
+                rel = ((o.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12)).item()
+                ok = rel < 1e-2 and not torch.isnan(o).any().item()
+                lse_err = 0.0
+                if with_lse:
+                    fin = torch.isfinite(ref_lse)
+                    lse_err = (lse[fin] - ref_lse[fin]).abs().max().item() if fin.any() else 0.0
+                    ok = ok and bool(torch.equal(torch.isfinite(lse), fin)) and lse_err < 1e-2
+                out["checks"].append({"n": n, "layer": layer, "rel_err": rel, "lse_err": lse_err, "ok": ok})
+                del q, k, v, o, ref, ref_lse
+    except Exception:
+        out["error"] = traceback.format_exc(limit=6)
+    if bench is not None and not smoke and "error" not in out:
+        t1 = time.perf_counter()
+        try:  # only a warm-up: a failure here is FlexAttention's, reported with its timing
+            warm_flex(mod, bench["lengths"])
+        except Exception as exc:
+            out["flex_warm_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        out["flex_warm_s"] = time.perf_counter() - t1
+    out["seconds"] = time.perf_counter() - t0
+    out["ok"] = "error" not in out and all(c["ok"] for c in out["checks"])
+    return out
+
+
+def warm_flex(mod, lengths) -> None:
+    """Compile FlexAttention (and the timed kernel) for a case's shapes once, in this worker."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    flex_fn = torch.compile(flex_attention, dynamic=False)
+    for n in lengths:
+        q, k, v = (torch.randn(B, H, n, D, device=DEVICE, dtype=torch.bfloat16) for _ in range(3))
+        mask_mod, per_head = mask_mod_of(mod, DEVICE)
+        block_mask = create_block_mask(mask_mod, B=None, H=H if per_head else None, Q_LEN=n, KV_LEN=n, device=DEVICE,
+                                       _compile=True)
+        flex_fn(q, k, v, block_mask=block_mask)
+        mod.prefill(q, k, v)
+        torch.cuda.synchronize()
+        del block_mask, q, k, v
+        torch.cuda.empty_cache()
+
+
+def check_all(folder: Path, modules: list[dict]) -> list[dict]:
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(8, len(modules)), mp_context=ctx) as pool:
+        # the benchmark cases first: their FlexAttention warm-up takes longest
+        order = sorted(range(len(modules)), key=lambda i: modules[i]["bench"] is None)
+        futures = {i: pool.submit(check_module, str(folder / modules[i]["file"]), modules[i]["bench"], SMOKE)
+                   for i in order}
+        return [futures[i].result() for i in range(len(modules))]
+        return [f.result() for f in futures]
+
+
+def check_compile(mod) -> str:
+    import torch
+
+    heads = mod.PATTERN["model"]["heads"] if mod.PATTERN["varies_by_head"] else 4
+    q, k, v = (torch.randn(1, heads, CHECK_N[0], 128, device=DEVICE, dtype=torch.bfloat16) for _ in range(3))
+    fn = torch.compile(lambda q, k, v: mod.prefill(q, k, v, return_lse=True)[0] * 2, fullgraph=True,
+                       backend="aot_eager" if SMOKE else "inductor")
+    got = fn(q, k, v)
+    want = mod.prefill(q, k, v) * 2
+    return "ok" if torch.equal(got, want) else f"MISMATCH {(got.float() - want.float()).abs().max().item():.3g}"
+
+
+def mask_mod_of(mod, device):
+    """FlexAttention's mask_mod from the module's torch predicate (per-head groups by a table)."""
+    import torch
+
+    masks = mod._MASKS_TORCH
+    row = mod._GROUP_TABLE[0]
+    if len(set(row)) == 1:
+        fn = masks[row[0]]
+        return (lambda b, h, q, k: fn(q, k)), False
+    table = torch.tensor(row, device=device, dtype=torch.int32)
+    groups = sorted(set(row))
+
+    def mask_mod(b, h, q, k):
+        g = table[h]
+        out = (g == groups[0]) & masks[groups[0]](q, k)
+        for i in groups[1:]:
+            out = out | ((g == i) & masks[i](q, k))
+        return out
+    return mask_mod, True
+
+
+def allowed_pairs(mod, n: int, device) -> int:
+    """Exact count of allowed (q, k) pairs over all heads of the model row, in row chunks."""
+    import torch
+
+    row = mod._GROUP_TABLE[0] if mod.PATTERN["varies_by_head"] else [mod._GROUP_TABLE[0][0]] * H
+    total = 0
+    k = torch.arange(n, device=device)[None, :]
+    for g in set(row):
+        count = 0
+        for s in range(0, n, 2048):
+            q = torch.arange(s, min(s + 2048, n), device=device)[:, None]
+            count += int(torch.broadcast_to(mod._MASKS_TORCH[g](q, k), (q.shape[0], n)).sum().item())
+        total += count * row.count(g)
+    return total
+
+
+def _bench(fn) -> float:
+    """Median milliseconds of fn (triton.testing.do_bench; a wall clock in --smoke)."""
+    if SMOKE:
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=100, rep=400, return_mode="median")
+
+
+_SDPA_MS: dict[int, float] = {}
+
+
+def time_case(mod, n: int, flex_fn) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    q, k, v = (torch.randn(B, H, n, D, device=DEVICE, dtype=torch.bfloat16) for _ in range(3))
+    pairs = allowed_pairs(mod, n, DEVICE)
+    flops = 4 * D * pairs * B  # pairs already summed over heads
+    res = {"n": n, "pairs": pairs, "density": pairs / (H * n * n)}
+    ms = _bench(lambda: mod.prefill(q, k, v))
+    res.update(attnc_ms=ms, attnc_tflops=flops / ms / 1e9)
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        mask_mod, per_head = mask_mod_of(mod, DEVICE)
+        block_mask = create_block_mask(mask_mod, B=None, H=H if per_head else None, Q_LEN=n, KV_LEN=n,
+                                       device=DEVICE, _compile=not SMOKE)
+        fms = _bench(lambda: flex_fn(q, k, v, block_mask=block_mask))
+        res.update(flex_ms=fms, flex_tflops=flops / fms / 1e9)
+    except Exception as exc:
+        res["flex_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    if n not in _SDPA_MS:
+        _SDPA_MS[n] = _bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    sms = _SDPA_MS[n]
+    res.update(sdpa_ms=sms, sdpa_tflops=4 * D * B * H * n * (n + 1) / 2 / sms / 1e9)
+    return res
+
+
+def run(folder: Path) -> int:
+    import torch
+    import triton
+
+    # every case compiles flex_attention and create_block_mask anew; past dynamo's default limit
+    # of 8 recompilations they fall back to eager code that materialises N x N masks
+    for limit in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
+        if hasattr(torch._dynamo.config, limit):
+            setattr(torch._dynamo.config, limit, 1024)
+    t_start = time.perf_counter()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    modules = manifest["modules"]
+    device = "CPU (smoke test, TRITON_INTERPRET=1)" if SMOKE else torch.cuda.get_device_name()
+    print(f"{device}; torch {torch.__version__}; triton {triton.__version__}; {len(modules)} modules", flush=True)
+
+    checks = check_all(folder, modules)
+    for c in checks:
+        detail = ", ".join(f"N={x['n']}{'' if x['layer'] is None else ' L' + str(x['layer'])}: "
+                           f"rel {x['rel_err']:.1e} lse {x['lse_err']:.1e}" for x in c["checks"])
+        warm = f", flex warm-up {c['flex_warm_s']:.0f} s" if "flex_warm_s" in c else ""
+        warm += f" (FlexAttention warm-up failed: {c['flex_warm_error']})" if "flex_warm_error" in c else ""
+        print(f"{'ok  ' if c['ok'] else 'FAIL'} {c['file']} H,KV,D={c['shape']} ({c['seconds']:.0f} s{warm}) {detail}")
+        if "error" in c:
+            print(c["error"])
+    print(f"checks done at {time.perf_counter() - t_start:.0f} s", flush=True)
+
+    bench = [m for m in modules if m["bench"]]
+    compile_status = "not run"
+    if bench:
+        try:
+            compile_status = check_compile(import_module(folder / bench[0]["file"]))
+        except Exception as exc:
+            compile_status = f"FAILED: {type(exc).__name__}: {exc}"[:300]
+    print(f"torch.compile(prefill): {compile_status}", flush=True)
+
+    from torch.nn.attention.flex_attention import flex_attention
+    flex_fn = flex_attention if SMOKE else torch.compile(flex_attention, dynamic=False)
+    rows = []
+    for m in bench:
+        for n in m["bench"]["lengths"]:
+            if time.perf_counter() - t_start > BUDGET_S:
+                rows.append({"label": m["bench"]["label"], "n": n, "skipped": "time budget"})
+                continue
+            mod = import_module(folder / m["file"])
+            n = min(n, 96) if SMOKE else n
+            try:
+                r = time_case(mod, n, flex_fn)
+            except Exception as exc:
+                r = {"n": n, "error": f"{type(exc).__name__}: {exc}"[:300]}
+            r["label"] = m["bench"]["label"]
+            r["predicted_ms"] = simulate.predict(m["bench"]["workloads"][str(n)], profile=PROFILE)
+            rows.append(r)
+            torch.cuda.empty_cache() if not SMOKE else None
+            print(json.dumps(r), flush=True)
+    table = render_table(rows)
+    text = render_markdown(device, torch.__version__, triton.__version__, checks, compile_status, table)
+    if not SMOKE:
+        text += decode_section()
+    if not SMOKE:
+        (ROOT / "docs").mkdir(exist_ok=True)
+        (ROOT / "docs" / "benchmarks.md").write_text(text)
+    if os.environ.get("OUT"):
+        simulate.fill_error_section(ROOT / "docs" / "simulate.md", rows, Path(os.environ["OUT"], "simulate.md"),
+                                    source=f"bench/gpu.py on {datetime.date.today().isoformat()}, {device}, "
+                                           f"profile {PROFILE}")
+        Path(os.environ["OUT"], "benchmarks.md").write_text(text)
+        Path(os.environ["OUT"], "bench.json").write_text(json.dumps({"checks": checks, "rows": rows}, indent=1))
+    print(f"total {time.perf_counter() - t_start:.0f} s")
+    print(table)
+    return 0 if all(c["ok"] for c in checks) else 1
+
+
+def decode_section() -> str:
+    """Run bench/decode.py (cache + decode kernel against SDPA and FlexAttention) and return its
+    table as a markdown section; its full numbers go to $OUT/decode_bench.json."""
+    captured = io.StringIO()
+
+    class Tee(io.TextIOBase):
+        def write(self, text):
+            captured.write(text)
+            return sys.__stdout__.write(text)
+
+    try:
+        with contextlib.redirect_stdout(Tee()):
+            decode_bench.run(argparse.Namespace(sweep=False, quick=False, no_flex=False, budget=180))
+    except Exception as exc:  # the prefill table is still worth writing
+        captured.write(f"decode benchmark failed: {type(exc).__name__}: {exc}")
+    lines = [l for l in captured.getvalue().splitlines() if not l.startswith(("{", "check"))]
+    return ("\n## Decode, B=8, 32 query heads, 8 KV heads, D=128, bf16\n\n"
+            "From `bench/decode.py` (called by `bench/gpu.py`): SDPA over the full cache, FlexAttention "
+            "decoding, and the generated cache + decode kernel; TB/s = bytes the method must read / time; "
+            "'graph' rows are CUDA-graph replays (GPU time without launch overhead).\n\n```\n"
+            + "\n".join(lines).strip() + "\n```\n")
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def _f(x, fmt):
+    return "-" if x is None else format(x, fmt)
+
+
+def render_table(rows: list[dict]) -> str:
+    head = ("| case | N | density | attnc ms | attnc TFLOP/s | Flex ms | Flex TFLOP/s | SDPA causal ms "
+            "| SDPA TFLOP/s | vs Flex | vs SDPA | predicted ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [head]
+    for r in rows:
+        if "skipped" in r or "error" in r:
+            lines.append(f"| {_md(r['label'])} | {r['n']} | {_md(r.get('skipped') or r.get('error'))} |" + " |" * 9)
+            continue
+        flex = r.get("flex_ms")
+        lines.append(
+            f"| {_md(r['label'])} | {r['n']} | {r['density']:.3f} | {r['attnc_ms']:.3f} | {r['attnc_tflops']:.0f} "
+            f"| {_f(flex, '.3f')} | {_f(r.get('flex_tflops'), '.0f')} | {r['sdpa_ms']:.3f} | {r['sdpa_tflops']:.0f} "
+            f"| {_f(flex and flex / r['attnc_ms'], '.2f')}x | {r['sdpa_ms'] / r['attnc_ms']:.2f}x "
+            f"| {_f(r.get('predicted_ms'), '.3f')} |")
+    return "\n".join(lines)
+
+
+def render_markdown(device, torch_version, triton_version, checks, compile_status, table) -> str:
+    ok = sum(c["ok"] for c in checks)
+    failed = [c["file"] for c in checks if not c["ok"]]
+    return (
+        f"# attnc prefill kernels on the GPU\n\n"
+        f"Generated by `bench/gpu.py` on {datetime.date.today().isoformat()}: {device}, torch {torch_version}, "
+        f"triton {triton_version}.\n\n"
+        f"## Correctness\n\n{ok} of {len(checks)} generated modules match their torch reference on the GPU "
+        f"(bf16, random inputs, N = {' and '.join(map(str, CHECK_N))}; relative error < 1e-2, log-sum-exp "
+        f"within 1e-2, -inf exactly on rows without keys){'; failed: ' + ', '.join(failed) if failed else ''}.\n"
+        f"`prefill` under `torch.compile(fullgraph=True)`: {compile_status}.\n\n"
+        f"## Prefill forward, B={B}, H={H}, D={D}, bf16\n\n"
+        f"Medians of `triton.testing.do_bench`. TFLOP/s count the allowed pairs only (4 * D * pairs); SDPA runs "
+        f"dense causal attention (its TFLOP/s count the causal pairs). `vs Flex` and `vs SDPA` are the other "
+        f"kernel's time over attnc's (above 1: attnc is faster). FlexAttention: torch.compile'd "
+        f"`flex_attention` with the module's mask predicate as `mask_mod`, block mask built once.\n\n"
+        f"{table}\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--generate", type=Path, metavar="DIR", help="compile patterns/ and the bench cases into DIR")
+    g.add_argument("--run", type=Path, metavar="DIR", help="check and time the modules in DIR (GPU)")
+    p.add_argument("--smoke", action="store_true", help="with --run: on the CPU, tiny shapes (tests this script)")
+    args = p.parse_args(argv)
+    if args.generate:
+        generate(args.generate)
+        decode_bench.generate()
+        return 0
+    if args.smoke:
+        _smoke()
+    return run(args.run)
+
+
+def _smoke() -> None:
+    global DEVICE, SMOKE, CHECK_N, H, D
+    os.environ["TRITON_INTERPRET"] = "1"
+    DEVICE, SMOKE, CHECK_N, H, D = "cpu", True, (37, 70), 32, 16
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Launch configurations: a small table keyed by GPU capability, dtype kind and head_dim.
+
+Rendered into every generated module as `CONFIGS` (first match wins) and adjusted there per
+pattern: tiles are capped to the pattern's chunk / power block (`_BLOCK_CAP`) so that
+they align with it, narrow tiles for sink-like terms are sized to the widest one, and
+causal-like patterns run their longest query blocks first (in L2-sized head groups when
+a head's keys and values are small). Measured on an H100 by bench/proto (see
+bench/proto/NOTES.md) where marked; the rest are conservative guesses.
+"""
+
+from __future__ import annotations
+
+Config = dict[str, object]
+
+
+def _cfg(bm: int, bn: int, warps: int, stages: int, *, loop_stages: int | None = None, edge_stages: int = 2,
+         tma: bool = False, grid_order: int = 0, maxnreg: int | None = None) -> Config:
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages,
+            "STAGES": stages if loop_stages is None else loop_stages, "EDGE_STAGES": edge_stages,
+            "USE_TMA": 2 if tma else 0, "GRID_ORDER": grid_order, "WARP_SPEC": False, "maxnreg": maxnreg}
+
+
+# (minimum capability, "16bit" | "fp32", head_dim or None) -> config
+CONFIGS: list[tuple[tuple[int, int], str, int | None, Config]] = [
+    # Hopper (H100 / H200). bench/proto/NOTES.md: 128 x 64 tiles, 8 warps, 2-stage pipelines,
+    # registers capped at 128 so that two programs share an SM, host-side TMA descriptors;
+    # measured at head_dim 128 and 64.
+    ((9, 0), "16bit", 128, _cfg(128, 64, 8, 2, edge_stages=2, tma=True, grid_order=2, maxnreg=128)),
+    ((9, 0), "16bit", 64, _cfg(128, 64, 8, 2, edge_stages=2, tma=True, grid_order=2, maxnreg=128)),
+    ((9, 0), "16bit", 256, _cfg(128, 64, 8, 2, edge_stages=2, grid_order=2)),  # no spills (sm_90 build)
+    ((9, 0), "16bit", None, _cfg(128, 64, 8, 2, edge_stages=2, tma=True, grid_order=2)),
+    # Ampere / Ada
+    ((8, 0), "16bit", 256, _cfg(64, 32, 4, 2, edge_stages=1, grid_order=2)),
+    ((8, 0), "16bit", None, _cfg(128, 64, 4, 3, edge_stages=2, grid_order=2)),
+    # float32 with exact "ieee" dots (no tensor cores), any GPU: for correctness, small tiles
+    # (register pressure of the ieee dot, read off sm_90 builds: larger tiles spill heavily)
+    ((0, 0), "fp32", 16, _cfg(32, 32, 4, 2, edge_stages=1)),
+    ((0, 0), "fp32", 32, _cfg(32, 32, 4, 2, edge_stages=1)),
+    ((0, 0), "fp32", 64, _cfg(32, 16, 4, 2, edge_stages=1)),
+    ((0, 0), "fp32", None, _cfg(16, 16, 4, 2, edge_stages=1)),
+    # anything else
+    ((0, 0), "16bit", 256, _cfg(32, 32, 4, 2, edge_stages=1)),
+    ((0, 0), "16bit", None, _cfg(64, 32, 4, 2, edge_stages=1)),
+]
+
+# The Triton interpreter (TRITON_INTERPRET=1): small tiles, so small tests cross many tiles.
+CPU_CONFIG: Config = _cfg(32, 16, 4, 1, edge_stages=1)

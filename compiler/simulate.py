@@ -1,0 +1,1080 @@
+"""Predicted kernel time from the IR alone: `attnc simulate`, and the model bench/calibrate.py fits.
+
+Prefill. A generated module launches its kernel once per head group of a layer, with that
+group's configuration (`kernel_config`, its `config_for`), over the group's heads only; the
+launches are timed one by one and summed. A launch runs one program per (query block,
+batch * head); a group in residue mode runs d classes of dense band tiles. A program
+costs a fixed overhead (load Q, write O) plus, per key tile it visits, the cost of a full
+(unmasked) or masked BM x BN tile, or of a narrow tile of the sink loop. Which tiles it
+visits is what codegen/plan.py renders into the kernel, evaluated here on numpy arrays
+(`kernel_segments`, a line-by-line mirror of templates/prefill.py.j2's `_visit_g*`); the exact
+block map (`block_tiles`) is the ideal it is compared with. Programs are dispatched in grid
+order (each goes to the SM slot that frees first: greedy list scheduling); the makespan plus
+a launch overhead is the predicted time, and SM time that is not work is idle at the tail.
+SDPA (dense causal or full) and FlexAttention (its 128 x 128 block mask) run through the
+same machinery with their own tile costs; Flex's is an estimate, not a measurement.
+
+Decode. A step reads the cache each KV head keeps (its lossless layout, capped by the cache
+block's budget) once: bytes over the profile's bandwidth, plus launch and reduction.
+
+Only the per-tile costs are measured: a device profile (compiler/profiles/*.json, written
+by bench/calibrate.py). At import this module needs numpy and the numpy-only IR modules, so
+bench/calibrate.py runs its fit on the GPU machine, which has no lark and no pydantic.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import heapq
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .blocks import block_map
+from .ir import Pattern, Program, Status
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+FLEX_BLOCK = 128  # FlexAttention's block-mask granularity (its default BLOCK_SIZE)
+SDPA_TILE = (128, 128)
+KERNELS = ("attnc", "sdpa", "flex")
+ORDERS = ("lpt", "asc", "desc")
+IDEAL_MAX_TILES = 1 << 21  # finer block maps are not built (a kernel's 64 x 64 tiles at N = 128K)
+
+
+# ----------------------------------------------------------------------------------- profiles
+@dataclass(frozen=True)
+class TileCosts:
+    """One kernel's costs for one (head_dim, dtype, BM x BN tile), in microseconds of an SM slot.
+
+    `full_us`: an unmasked tile; `masked_us`: a masked tile; `sink_us`: a BM x bn_sink tile
+    of the narrow (sink) loop, a narrow tile of width w costing sink_us * w / bn_sink;
+    `program_us`: all a program does besides its tiles. `slots_per_sm`: programs resident
+    on one SM at once.
+    """
+
+    head_dim: int
+    dtype: str
+    bm: int
+    bn: int
+    full_us: float
+    masked_us: float
+    program_us: float
+    sink_us: float = 0.0
+    bn_sink: int = 16
+    slots_per_sm: int = 1
+    source: str = ""
+
+    def unit(self, bn_narrow: int) -> np.ndarray:
+        """Costs of the feature columns [program, full, masked, narrow tile of width bn_narrow]."""
+        return np.array([self.program_us, self.full_us, self.masked_us, self.sink_us * bn_narrow / self.bn_sink])
+
+    def scaled(self, head_dim: int, dtype: str, bm: int, bn: int, dtype_scale: Mapping[str, float]) -> "TileCosts":
+        """This entry carried to another shape: tile work scales with bm*bn*head_dim, the rest with bm*head_dim."""
+        ds = dtype_scale.get(dtype, 1.0) / dtype_scale.get(self.dtype, 1.0)
+        tile = bm * bn * head_dim / (self.bm * self.bn * self.head_dim) * ds
+        row = bm * head_dim / (self.bm * self.head_dim) * ds
+        return dataclasses.replace(
+            self, head_dim=head_dim, dtype=dtype, bm=bm, bn=bn, full_us=self.full_us * tile,
+            masked_us=self.masked_us * tile, program_us=self.program_us * row, sink_us=self.sink_us * row,
+            source=f"scaled from {self.bm}x{self.bn} d{self.head_dim} {self.dtype} (estimate)")
+
+
+@dataclass(frozen=True)
+class KernelCosts:
+    """One kernel family (attnc's generated kernels, SDPA, FlexAttention) on one device."""
+
+    launch_us: float
+    tiles: tuple[TileCosts, ...]
+
+    def lookup(self, head_dim: int, dtype: str, bm: int, bn: int, dtype_scale: Mapping[str, float]) -> TileCosts:
+        """The entry for this shape; the nearest one, scaled, when the profile has none."""
+        if not self.tiles:
+            raise ValueError("the profile has no tile costs for this kernel: add an entry to its `tiles` list")
+        for t in self.tiles:
+            if (t.head_dim, t.dtype, t.bm, t.bn) == (head_dim, dtype, bm, bn):
+                return t
+
+        def distance(t: TileCosts) -> tuple[float, ...]:
+            return (DTYPE_BYTES.get(t.dtype) != DTYPE_BYTES.get(dtype), abs(math.log2(t.head_dim / head_dim)),
+                    abs(math.log2(t.bm * t.bn / (bm * bn))), t.dtype != dtype)
+
+        return min(self.tiles, key=distance).scaled(head_dim, dtype, bm, bn, dtype_scale)
+
+
+@dataclass(frozen=True)
+class DecodeCosts:
+    """Decode: effective bandwidth (TB/s) on the bytes each kernel reads, and fixed costs (us)."""
+
+    attnc_tbps: float
+    sdpa_tbps: float
+    flex_tbps: float
+    launch_us: float
+    reduce_us: float
+    copy_tbps: float = 0.0
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A device profile: a small JSON file (compiler/profiles/h100.json is the example).
+
+    `capability` picks the generated kernel's tile configuration (codegen/configs.py) as
+    torch.cuda.get_device_capability would on that GPU.
+    """
+
+    name: str
+    device: str
+    sms: int
+    capability: tuple[int, int]
+    attnc: KernelCosts
+    sdpa: KernelCosts
+    flex: KernelCosts
+    decode: DecodeCosts
+    dtype_scale: dict[str, float] = field(default_factory=lambda: {"float16": 1.0, "bfloat16": 1.0})
+    source: str = ""
+    calibration: tuple[dict[str, Any], ...] = ()
+
+    def kernel(self, name: str) -> KernelCosts:
+        if name not in KERNELS:
+            raise ValueError(f"unknown kernel {name!r}: expected one of {', '.join(KERNELS)}")
+        return getattr(self, name)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Profile":
+        def kernel(k: Mapping[str, Any]) -> KernelCosts:
+            return KernelCosts(float(k["launch_us"]), tuple(TileCosts(**t) for t in k["tiles"]))
+
+        try:
+            return cls(name=d["name"], device=d.get("device", ""), sms=int(d["sms"]),
+                       capability=tuple(int(x) for x in d["capability"]),
+                       attnc=kernel(d["attnc"]), sdpa=kernel(d["sdpa"]), flex=kernel(d["flex"]),
+                       decode=DecodeCosts(**d["decode"]),
+                       dtype_scale={k: float(v) for k, v in d.get("dtype_scale", {"float16": 1, "bfloat16": 1}).items()},
+                       source=d.get("source", ""), calibration=tuple(d.get("calibration", ())))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a device profile: {exc!r}; docs/simulate.md lists its fields") from None
+
+
+def load_profile(name_or_path: str | Path | Profile = "h100") -> Profile:
+    """A shipped profile by name (`h100`), or a JSON file by path."""
+    if isinstance(name_or_path, Profile):
+        return name_or_path
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROFILE_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        raise ValueError(f"no device profile {str(name_or_path)!r}: the shipped ones are "
+                         f"{', '.join(shipped_profiles())}; or pass the path of a profile JSON "
+                         "(bench/calibrate.py writes one)")
+    return _read_profile(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _read_profile(path: str, mtime_ns: int) -> Profile:
+    return Profile.from_dict(json.loads(Path(path).read_text()))
+
+
+def shipped_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.json"))
+
+
+# ------------------------------------------------------------------------------- tile counts
+@dataclass(frozen=True)
+class Tiles:
+    """The tiles one program visits, per query block (arrays of length n_qblocks)."""
+
+    bm: int
+    bn: int
+    full: np.ndarray
+    masked: np.ndarray
+    narrow: np.ndarray  # tiles of the narrow (sink) loop, bn_narrow keys wide
+    bn_narrow: int = 16
+
+    def features(self) -> np.ndarray:
+        """Per program: [1, full tiles, masked tiles, narrow tiles]."""
+        return np.stack([np.ones_like(self.full), self.full, self.masked, self.narrow], axis=1).astype(np.float64)
+
+    @property
+    def totals(self) -> tuple[int, int, int]:
+        return int(self.full.sum()), int(self.masked.sum()), int(self.narrow.sum())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bm": self.bm, "bn": self.bn, "bn_narrow": self.bn_narrow, "full": self.full.tolist(),
+                "masked": self.masked.tolist(), "narrow": self.narrow.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Tiles":
+        arr = {k: np.asarray(d[k], dtype=np.int64) for k in ("full", "masked", "narrow")}
+        return cls(d["bm"], d["bn"], bn_narrow=d["bn_narrow"], **arr)
+
+
+def _no_tiles(n: int, bm: int, bn: int, bn_narrow: int = 16) -> Tiles:
+    z = np.zeros(-(-n // bm), dtype=np.int64)
+    return Tiles(bm, bn, z, z.copy(), z.copy(), bn_narrow)
+
+
+@functools.lru_cache(maxsize=32)
+def _block_status(pattern: Pattern, n: int, bm: int, bn: int) -> np.ndarray:
+    status = block_map(pattern, n, bm, bn).status
+    status.setflags(write=False)
+    return status
+
+
+def block_tiles(pattern: Pattern, n: int, bm: int, bn: int) -> Tiles:
+    """The ideal visit: every non-empty tile of the exact block map, masked unless full."""
+    status = _block_status(pattern, n, bm, bn)
+    full = (status == Status.ALL).sum(axis=1).astype(np.int64)
+    masked = (status == Status.SOME).sum(axis=1).astype(np.int64)
+    return Tiles(bm, bn, full, masked, np.zeros_like(full), bn)
+
+
+def coarsen(status: np.ndarray, fm: int, fn: int) -> np.ndarray:
+    """The block map of (fm*bm) x (fn*bn) tiles from the one of bm x bn tiles (exact)."""
+    nq, nk = status.shape
+    pad = ((0, -nq % fm), (0, -nk % fn))
+    lo = np.pad(status, pad, constant_values=Status.ALL)
+    hi = np.pad(status, pad, constant_values=Status.NONE)
+    lo = functools.reduce(np.minimum, (lo[i::fm, j::fn] for i in range(fm) for j in range(fn)))
+    hi = functools.reduce(np.maximum, (hi[i::fm, j::fn] for i in range(fm) for j in range(fn)))
+    return np.where(lo == Status.ALL, Status.ALL, np.where(hi == Status.NONE, Status.NONE, Status.SOME)).astype(np.int8)
+
+
+def flex_tiles(pattern: Pattern, n: int, fine: tuple[int, int] | None = None) -> Tiles:
+    """FlexAttention's block mask (128 x 128 tiles, exact); from a finer block map when one divides it."""
+    b = FLEX_BLOCK
+    if fine is not None and b % fine[0] == 0 and b % fine[1] == 0:
+        status = coarsen(_block_status(pattern, n, *fine), b // fine[0], b // fine[1])
+    else:
+        status = _block_status(pattern, n, b, b)
+    full = (status == Status.ALL).sum(axis=1).astype(np.int64)
+    masked = (status == Status.SOME).sum(axis=1).astype(np.int64)
+    return Tiles(b, b, full, masked, np.zeros_like(full), b)
+
+
+def dense_tiles(n: int, causal: bool, bm: int, bn: int) -> Tiles:
+    """Tile counts of dense attention (causal or full) in closed form; equal to the block map's."""
+    q0 = np.arange(0, n, bm, dtype=np.int64)
+    q1 = np.minimum(q0 + bm, n) - 1
+    if causal:
+        visited = q1 // bn + 1
+        full = np.where(q0 == n - 1, visited, (q0 + 1) // bn)
+    else:
+        visited = full = np.full(len(q0), -(-n // bn), dtype=np.int64)
+    return Tiles(bm, bn, full, visited - full, np.zeros_like(full), bn)
+
+
+# ------------------------------------------------------------- the generated kernel's visits
+@dataclass(frozen=True)
+class KernelConfig:
+    """The launch configuration a generated module picks for one head group (its `config_for`)."""
+
+    bm: int
+    bn: int
+    bn_narrow: int
+    order: str  # "desc": GRID_ORDER 2, longest query blocks first; "asc": natural
+    residue: int = 0  # d > 0: the group runs dense attention per residue class q mod d
+
+
+def kernel_config(program: Program, head_dim: int, dtype: str, capability: tuple[int, int] | None,
+                  group: int = 0) -> KernelConfig:
+    """What the generated module's `config_for(..., group=group)` returns on a GPU of this
+    capability (None: the CPU); the tuning of the group is codegen/writer.py's `module_params`."""
+    from ..codegen import configs
+
+    tune = _tuning(program)[group]
+    if capability is None:
+        cfg = dict(configs.CPU_CONFIG)
+    else:
+        kind = "fp32" if dtype == "float32" else "16bit"
+        cfg = next(dict(c) for (min_cap, k, d, c) in configs.CONFIGS
+                   if tuple(capability) >= tuple(min_cap) and k == kind and d in (None, head_dim))
+    rows = min(x for x in (tune["block_cap"], tune["rows_cap"], cfg["BLOCK_M"]) if x is not None)
+    if tune["block_cap"] is not None:
+        cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], tune["block_cap"]))
+    if rows < cfg["BLOCK_M"]:
+        cfg["BLOCK_M"] = max(16, rows)
+    narrow = 16
+    while narrow < tune["narrow"]:
+        narrow *= 2
+    bn_narrow = min(narrow, cfg["BLOCK_N"]) if tune["narrow"] else cfg["BLOCK_N"]
+    order = "desc" if tune["grows"] and cfg.get("GRID_ORDER", 0) != 0 else "asc"
+    return KernelConfig(cfg["BLOCK_M"], cfg["BLOCK_N"], bn_narrow, order, int(tune["residue"]))
+
+
+def head_group(cfg: KernelConfig, batch: int, heads: int, n: int, head_dim: int, dtype: str) -> int:
+    """HEAD_GROUP of the module's `_head_group`: with grid order 2, query blocks are run for groups
+    of this many (batch, head) pairs at a time (grid order 3) when their keys and values fit in L2."""
+    if cfg.order != "desc":
+        return 1
+    kv_bytes = 2 * n * head_dim * DTYPE_BYTES[dtype]
+    g = max(1, (24 << 20) // kv_bytes)
+    g = min(1 << (g.bit_length() - 1), 8)
+    return math.gcd(g, batch * heads)
+
+
+_PLANS: dict[tuple[str, str], Any] = {}  # by (what, program digest): programs with cache policies
+                                        # are not hashable
+
+
+def _memo(what: str, program: Program, make: Any) -> Any:
+    key = (what, program.digest())
+    if key not in _PLANS:
+        if len(_PLANS) > 64:
+            _PLANS.clear()
+        _PLANS[key] = make(program)
+    return _PLANS[key]
+
+
+def _plans(program: Program) -> tuple[Any, ...]:
+    """codegen/plan.py's plan_program: the generated kernel's GroupPlan per head group."""
+    from ..codegen.plan import plan_program
+
+    return _memo("prefill", program, plan_program)
+
+
+def _tuning(program: Program) -> tuple[dict[str, Any], ...]:
+    """The generated module's _TUNING (codegen/writer.py's module_params["tuning"], read off the
+    same plans without the rest of module_params, whose decode part is slow): per group
+    block_cap, rows_cap, narrow, grows, residue."""
+    return tuple({"block_cap": p.block_cap, "rows_cap": p.rows_cap, "narrow": p.narrow, "grows": p.grows,
+                  "residue": p.residue} for p in _plans(program))
+
+
+class _Tl:
+    """The part of triton.language that the plan's scalar texts use, on numpy arrays."""
+
+    maximum = staticmethod(np.maximum)
+    minimum = staticmethod(np.minimum)
+    where = staticmethod(np.where)
+
+
+Segment = tuple[np.ndarray, np.ndarray, int, bool]  # key blocks [lo, hi) of `width` keys, masked
+
+_SORT = {1: (), 2: ((0, 1),), 3: ((0, 1), (1, 2), (0, 1))}  # the template's sorting networks
+
+
+def kernel_segments(plan: Any, n: int, bm: int, bn: int, bn_narrow: int,
+                    n_blocks: int | None = None) -> list[Segment]:
+    """The key-block loops `_visit_g` of templates/prefill.py.j2 runs, for every query block at once.
+
+    `plan` is a codegen.plan.GroupPlan; every line below mirrors a line of the template (the
+    tests compare it with the kernel's TRACE mode under the interpreter). `n_blocks`: how many
+    query blocks the grid runs (default cdiv(n, bm); a residue class may run one more).
+    """
+    q0 = np.arange(0, -(-n // bm) if n_blocks is None else n_blocks, dtype=np.int64) * bm
+    zero = np.zeros_like(q0)
+    q_last = np.minimum(q0 + bm, n) - 1
+    env = {"q0": q0, "q_last": q_last, "N": n, "zero": zero}
+
+    def ev(text: str) -> np.ndarray:
+        return np.broadcast_to(eval(text, {"__builtins__": {}, "tl": _Tl}, env), q0.shape)  # noqa: S307
+
+    segs: list[Segment] = []
+    if plan.mode == "empty":
+        return segs
+    if plan.mode == "hull":
+        h_lo, h_hi = zero + n, zero - 1
+        for t in plan.terms:
+            t_lo, t_hi = ev(t.lo), ev(t.hi)
+            t_on = (ev(t.on) if t.on else True) & (t_hi >= t_lo)
+            h_lo = np.where(t_on, np.minimum(h_lo, t_lo), h_lo)
+            h_hi = np.where(t_on, np.maximum(h_hi, t_hi), h_hi)
+        h_a = h_lo // bn
+        segs.append((h_a, np.where(h_hi >= h_lo, h_hi // bn + 1, h_a), bn, True))
+        return segs
+
+    earlier: list[tuple[np.ndarray, np.ndarray]] = []  # [lo, hi) in keys of the terms visited before
+
+    def visit(t: Any, a, b, c, d, size: int) -> None:
+        if not earlier:
+            if t.full and t.edge_merge:  # one loop over [a, b) and [c, d), then [b, c)
+                segs.extend([(a, b, size, True), (c, d, size, True), (b, c, size, False)])
+            elif t.full:
+                segs.extend([(a, b, size, True), (b, c, size, False), (c, d, size, True)])
+            else:
+                segs.append((a, d, size, True))
+            return
+        lo, hi = a * size, d * size
+        m = len(earlier)
+        x = [e[0] for e in earlier]
+        y = [e[1] for e in earlier]
+        for i, j in _SORT[m]:
+            swap = x[j] < x[i]
+            xs, ys = np.where(swap, x[j], x[i]), np.where(swap, y[j], y[i])
+            x[j], y[j] = np.where(swap, x[i], x[j]), np.where(swap, y[i], y[j])
+            x[i], y[i] = xs, ys
+        for i in range(1, m):
+            y[i] = np.maximum(y[i], y[i - 1])
+        for j in range(m + 1):
+            p_lo = lo if j == 0 else np.maximum(lo, y[j - 1])
+            p_hi = np.maximum(p_lo, np.minimum(hi, x[j]) if j < m else hi)
+            if t.full:
+                pb = np.minimum(np.maximum(b * size, p_lo), p_hi)
+                pc = np.minimum(np.maximum(c * size, pb), p_hi)
+                segs.extend([(p_lo // size, pb // size, size, True), (pb // size, pc // size, size, False),
+                             (pc // size, p_hi // size, size, True)])
+            else:
+                segs.append((p_lo // size, p_hi // size, size, True))
+
+    for i, t in enumerate(plan.terms):
+        size = bn_narrow if t.tile == "BLOCK_N_NARROW" else bn
+        t_lo, t_hi = ev(t.lo), ev(t.hi)
+        on = ev(t.on) if t.on else True
+        t_flo, t_fhi = (ev(t.full_lo), ev(t.full_hi)) if t.full else (None, None)
+        loop = t.loop
+        if loop is None:
+            a = t_lo // size
+            d = np.where(on & (t_hi >= t_lo), t_hi // size + 1, a)
+            b = c = None
+            if t.full:
+                b = np.minimum(np.maximum(-(-t_flo // size), a), d)
+                c = np.minimum(np.maximum(np.maximum(t_fhi + 1, 0) // size, b), d)
+                if t.full_on:
+                    c = np.where(ev(t.full_on), c, b)
+            visit(t, a, b, c, d, size)
+            if i < len(plan.terms) - 1:
+                earlier.append((a * size, d * size))
+            continue
+        if loop.kind == "power":
+            B = loop.block
+            p0, p1 = q0 // B, q_last // B
+            n_iter = 1 + np.array([int(v).bit_length() if v > 0 else 0 for v in p1.tolist()], dtype=np.int64)
+        else:
+            n_iter = np.maximum(q_last - loop.d0 - t_lo + loop.m, 0) // loop.m
+        lim = zero + -(-n // size)
+        for jr in range(int(n_iter.max(initial=0))):
+            live = jr < n_iter  # the kernel's loop runs n_iter times per program
+            if loop.kind == "power":
+                dist = (1 << jr) >> 1
+                r_lo = np.maximum((p0 - dist) * B, t_lo)
+                r_hi = np.minimum((p1 - dist) * B + B - 1, t_hi)
+            else:
+                dist = loop.d0 + loop.m * jr
+                r_lo = np.maximum(q0 - dist, t_lo)
+                r_hi = np.minimum(q_last - dist, t_hi)
+            r_a = r_lo // size
+            r_d = np.where(on & (r_hi >= r_lo), r_hi // size + 1, r_a)
+            r_d = np.minimum(r_d, lim)
+            r_a = np.minimum(r_a, r_d)
+            lim = np.where(live & (r_a < r_d), r_a, lim)
+            r_d = np.where(live, r_d, r_a)
+            r_b = r_c = None
+            if t.full:
+                f_lo = np.maximum((p0 - dist) * B, t_flo)
+                f_hi = np.minimum((p0 - dist) * B + B - 1, t_fhi)
+                r_b = np.minimum(np.maximum(-(-f_lo // size), r_a), r_d)
+                r_c = np.minimum(np.maximum(np.maximum(f_hi + 1, 0) // size, r_b), r_d)
+                r_c = np.where((ev(t.full_on) if t.full_on else True) & (p0 == p1), r_c, r_b)
+            visit(t, r_a, r_b, r_c, r_d, size)
+    return segs
+
+
+def _count(segs: Sequence[Segment], out: Tiles) -> Tiles:
+    for lo, hi, width, is_masked in segs:
+        count = np.maximum(hi - lo, 0)
+        if width != out.bn:
+            out.narrow[:] += count
+        elif is_masked:
+            out.masked[:] += count
+        else:
+            out.full[:] += count
+    return out
+
+
+def kernel_tiles(plan: Any, n: int, cfg: KernelConfig) -> Tiles:
+    """Tile counts per program of the generated kernel for one head (see kernel_segments), in
+    grid order. With `cfg.residue` = d (and a residue plan), the kernel's residue mode: for each
+    class rho = 0 .. d-1, the residue plan's visits on its subsequence of (n - rho) / d positions,
+    cdiv(cdiv(n, d), BLOCK_M) programs each."""
+    d = cfg.residue if getattr(plan, "residue_plan", None) is not None else 0
+    if not d:
+        return _count(kernel_segments(plan, n, cfg.bm, cfg.bn, cfg.bn_narrow), _no_tiles(n, cfg.bm, cfg.bn, cfg.bn_narrow))
+    per_class = -(-(-(-n // d)) // cfg.bm)
+    parts = []
+    for rho in range(d):
+        n_rho = (n - rho + d - 1) // d
+        z = np.zeros(per_class, dtype=np.int64)
+        out = Tiles(cfg.bm, cfg.bn, z, z.copy(), z.copy(), cfg.bn_narrow)
+        parts.append(_count(kernel_segments(plan.residue_plan, n_rho, cfg.bm, cfg.bn, cfg.bn_narrow, per_class), out))
+    return Tiles(cfg.bm, cfg.bn, *(np.concatenate([getattr(p, k) for p in parts]) for k in ("full", "masked", "narrow")),
+                 cfg.bn_narrow)
+
+
+# -------------------------------------------------------------------------------- scheduling
+@dataclass(frozen=True)
+class Launch:
+    """The programs of one kernel launch: per query head its tiles (heads of one pattern share
+    one Tiles), `batch` copies, dispatched in `order`: "asc"/"desc" is grid order (batch, then
+    head, then query blocks ascending or descending), "lpt" longest first. `head_group` > 1
+    (with "desc": the generated module's grid order 3): query blocks descending for
+    `head_group` (batch, head) pairs at a time, the pairs fastest."""
+
+    heads: tuple[Tiles, ...]
+    batch: int = 1
+    order: str = "lpt"
+    head_group: int = 1
+
+    def __post_init__(self) -> None:
+        if self.order not in ORDERS:
+            raise ValueError(f"launch order {self.order!r}: expected one of {', '.join(ORDERS)}")
+
+    def programs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(features of each run of identical programs in dispatch order, run lengths)."""
+        if self.order == "lpt":
+            copies = collections.Counter(id(t) for t in self.heads)
+            kinds = self._kinds()
+            feats = np.concatenate([t.features() for t in kinds])
+            count = np.concatenate([np.full(len(t.full), copies[id(t)] * self.batch, dtype=np.int64) for t in kinds])
+            return feats, count
+        per_head = {id(t): t.features()[:: -1 if self.order == "desc" else 1] for t in self.heads}
+        rows = [per_head[id(t)] for t in self.heads] * self.batch
+        g = self.head_group if self.order == "desc" and len(rows) % max(self.head_group, 1) == 0 else 1
+        if g > 1:  # blocks of g pairs: each query block (descending) for the g pairs, then the next
+            seq = np.concatenate([np.stack(rows[i:i + g], axis=1).reshape(-1, rows[i].shape[1])
+                                  for i in range(0, len(rows), g)])
+        else:
+            seq = np.concatenate(rows)
+        start = np.concatenate(([True], (np.diff(seq, axis=0) != 0).any(axis=1)))
+        idx = np.flatnonzero(start)
+        return seq[idx], np.diff(np.append(idx, len(seq)))
+
+    def _kinds(self) -> list[Tiles]:
+        """The distinct Tiles objects of the heads, in order of first use."""
+        return list({id(t): t for t in self.heads}.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        kinds = self._kinds()
+        index = {id(t): i for i, t in enumerate(kinds)}
+        return {"batch": self.batch, "order": self.order, "head_group": self.head_group,
+                "head_tiles": [index[id(t)] for t in self.heads], "tiles": [t.to_dict() for t in kinds]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Launch":
+        tiles = [Tiles.from_dict(t) for t in d["tiles"]]
+        return cls(tuple(tiles[i] for i in d["head_tiles"]), d["batch"], d["order"], d.get("head_group", 1))
+
+
+def schedule(cost: np.ndarray, count: np.ndarray, slots: int, order: str = "lpt",
+             track: bool = False) -> tuple[float, np.ndarray | None]:
+    """Greedy list scheduling: run i is count[i] programs of cost[i], dispatched in the given
+    order ("lpt": longest first), each to the slot that frees first. Returns the makespan and,
+    with `track`, how many programs of each run the slot that finishes last ran.
+
+    Exact and fast: one heap operation per program, except that while the finish times of
+    all slots lie within the next cost c, greedy gives the next `slots` programs of a run one
+    to each slot, so whole rounds are added at once.
+    """
+    cost = np.asarray(cost, dtype=np.float64)
+    count = np.asarray(count, dtype=np.int64)
+    runs = np.argsort(-cost, kind="stable") if order == "lpt" else range(len(cost))
+    heap = [(0.0, s) for s in range(slots)]
+    log: list[tuple[int, int, int]] = []
+    for i in runs:
+        c, m = float(cost[i]), int(count[i])
+        while m > 0:
+            if m >= slots:
+                heap.sort()
+                if heap[-1][0] - heap[0][0] <= c:
+                    k = m // slots
+                    heap = [(t + k * c, s) for t, s in heap]
+                    if track:
+                        log.extend((s, int(i), k) for _, s in heap)
+                    m -= k * slots
+                    continue
+            for _ in range(min(m, slots)):
+                t, s = heap[0]
+                heapq.heapreplace(heap, (t + c, s))
+                if track:
+                    log.append((s, int(i), 1))
+            m -= min(m, slots)
+    end, last = max(heap)
+    if not track:
+        return end, None
+    per_run = np.zeros(len(cost))
+    for s, i, k in log:
+        if s == last:
+            per_run[i] += k
+    return end, per_run
+
+
+# -------------------------------------------------------------------------------- prediction
+@dataclass(frozen=True)
+class KernelTime:
+    """A predicted kernel time and where it goes: the *_ms parts add up to `ms`."""
+
+    kernel: str
+    ms: float
+    full_ms: float
+    masked_ms: float
+    sink_ms: float
+    overhead_ms: float
+    idle_ms: float
+    launch_ms: float
+    tiles_full: int
+    tiles_masked: int
+    tiles_sink: int
+    programs: int
+    waves: float
+    tile: tuple[int, int]
+    note: str = ""
+
+
+def launch_time(kernel: str, launch: Launch, costs: TileCosts, launch_us: float, sms: int, note: str = "") -> KernelTime:
+    """Predicted time of one launch."""
+    feats, count = launch.programs()
+    bn_narrow = launch.heads[0].bn_narrow
+    unit = costs.unit(bn_narrow)
+    slots = sms * costs.slots_per_sm
+    makespan, _ = schedule(feats @ unit, count, slots, launch.order)
+    work = (feats * count[:, None]).sum(axis=0)
+    parts = work * unit / slots / 1000.0
+    busy = makespan / 1000.0
+    t0 = launch.heads[0]
+    return KernelTime(kernel, busy + launch_us / 1000.0, float(parts[1]), float(parts[2]), float(parts[3]),
+                      float(parts[0]), float(max(busy - parts.sum(), 0.0)), launch_us / 1000.0,
+                      int(work[1]), int(work[2]), int(work[3]), int(work[0]), float(work[0] / slots),
+                      (t0.bm, t0.bn), note or costs.source)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The problem: q (batch, heads, n, head_dim); k and v with kv_heads heads."""
+
+    n: int
+    batch: int = 1
+    heads: int = 32
+    kv_heads: int | None = None
+    head_dim: int = 128
+    dtype: str = "bfloat16"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPE_BYTES:
+            raise ValueError(f"dtype {self.dtype!r} is not supported: one of {', '.join(DTYPE_BYTES)}")
+        for name in ("n", "batch", "heads", "head_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {name}={getattr(self, name)}")
+        if self.heads % self.kv:
+            raise ValueError(f"heads={self.heads} is not a multiple of kv_heads={self.kv}: GQA cannot group them")
+
+    @property
+    def kv(self) -> int:
+        return self.kv_heads or self.heads
+
+
+def head_patterns(program: Program, heads: int, layer: int) -> list[int]:
+    """The head group of each of `heads` query heads in `layer` (any head count when the layer's
+    heads share one pattern, as in the generated module)."""
+    if len(program.groups) == 1:
+        return [0] * heads
+    row = [program.group_of(layer, h) for h in range(program.model.heads)]
+    if len(set(row)) == 1:
+        return row[:1] * heads
+    if heads != program.model.heads:
+        raise ValueError(f"{program.name} assigns patterns per head for {program.model.heads} query heads, "
+                         f"got heads={heads}: give the model's heads (--model heads={heads}) so that its "
+                         "sections resolve for that many heads")
+    return row
+
+
+def _layers(program: Program, layer: int | None) -> list[tuple[int, int]]:
+    """(a layer, how many of the model's layers share its head assignment): one launch each,
+    weighted, so that figures are for the whole model (or for `layer` alone)."""
+    if layer is not None:
+        if not 0 <= layer < max(program.model.layers, 1):
+            raise ValueError(f"layer must be in [0, {program.model.layers}), got layer={layer}")
+        return [(layer, 1)]
+    if not program.varies_by_layer:
+        return [(0, max(program.model.layers, 1))]
+    rows: dict[tuple[int, ...], list[int]] = {}
+    for l, row in enumerate(program.group_table()):
+        rows.setdefault(tuple(row), []).append(l)
+    return [(ls[0], len(ls)) for ls in rows.values()]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a prediction times, whatever the tile costs: for prefill, each kernel's launches
+    and how many layers run each; for decode, the bytes each kernel reads per step.
+
+    Building one needs the IR, the kernel plan and the block map (this machine); timing one
+    needs numpy and a profile of the same GPU capability only, so bench/gpu.py builds them
+    with its modules and times them on the GPU with the profile calibrated there.
+    """
+
+    mode: str  # prefill | decode
+    shape: Shape
+    capability: tuple[int, int]  # the tiles of attnc's kernel were chosen for this GPU
+    layers: int
+    launches: dict[str, tuple[tuple[Launch, int], ...]]  # prefill: kernel -> ((launch, layers), ...)
+    bytes_read: dict[str, float]  # decode: kernel -> bytes per step
+    notes: dict[str, str]  # kernel -> what was counted
+    ideal_tiles: int  # non-empty tiles of the exact block map at attnc's tiles (-1: not computed)
+    cache_bytes: int
+    dense_cache_bytes: int
+    cache_note: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("mode", "layers", "bytes_read", "notes", "ideal_tiles", "cache_bytes",
+                                           "dense_cache_bytes", "cache_note")}
+        d.update(shape=dataclasses.asdict(self.shape), capability=list(self.capability),
+                 launches={k: [[l.to_dict(), w] for l, w in v] for k, v in self.launches.items()})
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Workload":
+        return cls(d["mode"], Shape(**d["shape"]), tuple(d["capability"]), d["layers"],
+                   {k: tuple((Launch.from_dict(l), w) for l, w in v) for k, v in d["launches"].items()},
+                   dict(d["bytes_read"]), dict(d["notes"]), d["ideal_tiles"], d["cache_bytes"],
+                   d["dense_cache_bytes"], d["cache_note"])
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted times of one attention call (summed over `layers` layers) on one device."""
+
+    mode: str  # prefill | decode
+    shape: Shape
+    device: str
+    layers: int
+    attnc: KernelTime
+    sdpa: KernelTime
+    flex: KernelTime
+    ideal_tiles: int  # non-empty tiles of the exact block map at attnc's tiles (-1: not computed)
+    cache_bytes: int
+    dense_cache_bytes: int
+    cache_note: str
+
+    @property
+    def speedup(self) -> float:
+        """Dense (SDPA) time over attnc's."""
+        return self.sdpa.ms / self.attnc.ms
+
+    @property
+    def speedup_vs_flex(self) -> float:
+        """FlexAttention's (estimated) time over attnc's."""
+        return self.flex.ms / self.attnc.ms
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(speedup=self.speedup, speedup_vs_flex=self.speedup_vs_flex, flex_is_estimate=True)
+        return d
+
+
+def _sum_times(parts: Sequence[tuple[KernelTime, int]]) -> KernelTime:
+    """Launch predictions summed, each weighted by how many layers run it."""
+    first, w0 = parts[0]
+    if len(parts) == 1 and w0 == 1:
+        return first
+    tiles = {t.tile for t, _ in parts}
+    note = first.note if len(tiles) == 1 else f"{first.note}; tiles " + ", ".join(f"{m}x{n}" for m, n in sorted(tiles))
+    sums = {k: sum(getattr(t, k) * w for t, w in parts)
+            for k in ("ms", "full_ms", "masked_ms", "sink_ms", "overhead_ms", "idle_ms", "launch_ms", "waves")}
+    for k in ("tiles_full", "tiles_masked", "tiles_sink", "programs"):
+        sums[k] = int(sum(getattr(t, k) * w for t, w in parts))
+    return dataclasses.replace(first, note=note, **sums)
+
+
+def prefill_workload(program: Program, shape: Shape, capability: tuple[int, int] = (9, 0),
+                     layer: int | None = None) -> Workload:
+    """The launches of a prefill forward: attnc's kernel (one launch per head group of a layer,
+    as the generated module runs it: that group's plan, over its heads only, at the tiles its
+    `config_for` picks on a GPU of this capability), dense SDPA and FlexAttention's block mask."""
+    plans = _plans(program)
+    causal = all(g.pattern.is_causal for g in program.groups)
+    rows = [(head_patterns(program, shape.heads, l), weight) for l, weight in _layers(program, layer)]
+    layers = sum(w for _, w in rows)
+    used = sorted({g for gids, _ in rows for g in gids})
+    cfgs = {g: kernel_config(program, shape.head_dim, shape.dtype, capability, g) for g in used}
+    mine = {g: kernel_tiles(plans[g], shape.n, cfgs[g]) for g in used}
+
+    # exact block maps at the kernel's tiles only while all groups' maps together stay small
+    maps = sum(-(-shape.n // cfgs[g].bm) * -(-shape.n // cfgs[g].bn) for g in used)
+
+    def fine_of(g: int) -> tuple[int, int] | None:
+        return (cfgs[g].bm, cfgs[g].bn) if maps <= IDEAL_MAX_TILES else None
+
+    # the exact block map at each group's tiles: the ideal visit, and coarsened, Flex's block mask
+    theirs = {g: flex_tiles(program.groups[g].pattern, shape.n, fine_of(g)) for g in used}
+    ideal = -1
+    if all(fine_of(g) for g in used):
+        visits = {g: sum(block_tiles(program.groups[g].pattern, shape.n, *fine_of(g)).totals) for g in used}
+        ideal = sum(weight * shape.batch * sum(visits[g] for g in gids) for gids, weight in rows)
+    dense = Launch((dense_tiles(shape.n, causal, *SDPA_TILE),) * shape.heads, shape.batch, "lpt")
+    attnc = []
+    for gids, w in rows:
+        for g in sorted(set(gids)):
+            nh = gids.count(g)
+            hg = head_group(cfgs[g], shape.batch, nh, shape.n, shape.head_dim, shape.dtype)
+            attnc.append((Launch((mine[g],) * nh, shape.batch, cfgs[g].order, hg), w))
+    launches = {
+        "attnc": tuple(attnc),
+        "flex": tuple((Launch(tuple(theirs[g] for g in gids), shape.batch, "asc"), w) for gids, w in rows),
+        "sdpa": ((dense, layers),),
+    }
+    res = sorted({cfgs[g].residue for g in used if cfgs[g].residue and plans[g].residue_plan is not None})
+    notes = {"attnc": f"residue mode (dense tiles per class q mod {', '.join(map(str, res))})" if res else "",
+             "sdpa": f"dense {'causal' if causal else 'full'} SDPA",
+             "flex": "estimate: FlexAttention's tile costs on its exact 128 x 128 block mask"}
+    cache, dense_cache, note = cache_bytes(program, shape, layer)
+    return Workload("prefill", shape, tuple(capability), layers, launches, {}, notes, ideal, cache, dense_cache, note)
+
+
+def decode_workload(program: Program, shape: Shape, layer: int | None = None) -> Workload:
+    """One decode step (one query token per sequence) at context n: the bytes each kernel reads."""
+    cache, dense, note = cache_bytes(program, shape, layer)
+    per_token = 2 * shape.head_dim * DTYPE_BYTES[shape.dtype] * shape.batch
+    group = shape.heads // shape.kv
+    flex_tokens = 0.0  # Flex decodes the uncompacted cache, skipping empty 128-key blocks
+    rows = _layers(program, layer)
+    for l, weight in rows:
+        for g in head_patterns(program, shape.heads, l):
+            row = _next_query_keys(program.groups[g].pattern, shape.n)
+            flex_tokens += (np.add.reduceat(row, np.arange(0, shape.n, FLEX_BLOCK)) > 0).sum() * FLEX_BLOCK * weight / group
+    notes = {"attnc": "cache bytes / bandwidth + launch + split-K reduction",
+             "sdpa": "full cache / bandwidth + launch", "flex": "estimate: non-empty 128-key blocks / bandwidth"}
+    return Workload("decode", shape, (0, 0), sum(w for _, w in rows), {},
+                    {"attnc": float(cache), "sdpa": float(dense), "flex": flex_tokens * per_token}, notes, -1,
+                    cache, dense, note)
+
+
+def time_workload(work: Workload, profile: str | Path | Profile = "h100") -> Prediction:
+    """Predicted times of a workload on a device profile (numpy only)."""
+    prof = load_profile(profile)
+    times = {}
+    if work.mode == "decode":
+        d = prof.decode
+        fixed = d.launch_us * work.layers
+        for kernel, tbps, reduce in (("attnc", d.attnc_tbps, d.reduce_us), ("sdpa", d.sdpa_tbps, 0.0),
+                                     ("flex", d.flex_tbps, d.reduce_us)):
+            move = work.bytes_read[kernel] / (tbps * 1e12) * 1e3
+            times[kernel] = KernelTime(kernel, move + (fixed + reduce * work.layers) / 1000.0, move, 0.0, 0.0,
+                                       reduce * work.layers / 1000.0, 0.0, fixed / 1000.0, 0, 0, 0, 0, 0.0, (0, 0),
+                                       work.notes[kernel])
+    else:
+        if tuple(prof.capability) != tuple(work.capability):
+            raise ValueError(f"the workload was planned for a GPU of capability {tuple(work.capability)} and the "
+                             f"profile {prof.name!r} is for {tuple(prof.capability)}: the kernel picks other tiles "
+                             "there; build the workload for the profile's capability")
+        s = work.shape
+        for kernel, parts in work.launches.items():
+            kc = prof.kernel(kernel)
+            timed = []
+            for launch, w in parts:  # attnc: one launch per head group of a layer, each at its tiles
+                t = launch.heads[0]
+                costs = kc.lookup(s.head_dim, s.dtype, t.bm, t.bn, prof.dtype_scale)
+                timed.append((launch_time(kernel, launch, costs, kc.launch_us, prof.sms, work.notes[kernel]), w))
+            times[kernel] = _sum_times(timed)
+    return Prediction(work.mode, work.shape, prof.device or prof.name, work.layers, times["attnc"], times["sdpa"],
+                      times["flex"], work.ideal_tiles, work.cache_bytes, work.dense_cache_bytes, work.cache_note)
+
+
+def predict_prefill(program: Program, shape: Shape, profile: str | Path | Profile = "h100",
+                    layer: int | None = None) -> Prediction:
+    """Predicted forward time of attnc's generated kernel, SDPA and FlexAttention (an estimate)."""
+    prof = load_profile(profile)
+    return time_workload(prefill_workload(program, shape, prof.capability, layer), prof)
+
+
+def predict_decode(program: Program, shape: Shape, profile: str | Path | Profile = "h100",
+                   layer: int | None = None) -> Prediction:
+    """Predicted time of one decode step at context n: bytes read over bandwidth, plus fixed costs."""
+    return time_workload(decode_workload(program, shape, layer), profile)
+
+
+# ---------------------------------------------------------------------------------- KV cache
+def _next_query_keys(pattern: Pattern, n: int) -> np.ndarray:
+    """Which keys 0..n-1 the query at position n attends."""
+    return np.asarray(pattern.holds(np.int64(n), np.arange(n, dtype=np.int64)), dtype=bool)
+
+
+def cache_tokens(program: Program, shape: Shape, layer: int) -> tuple[list[int], str]:
+    """Tokens each KV head keeps at context n: the lossless layout of codegen/decode_plan.py
+    (its liveness analysis), capped by the cache block's budget."""
+    from ..codegen.decode_plan import plan_decode
+
+    plan = _memo("decode", program, plan_decode)
+    if plan is None:
+        return [shape.n] * shape.kv, "not a causal pattern, so no decode cache: counted as dense"
+    rows = plan.heads[layer]
+    if len(rows) != shape.kv:
+        if len(set(rows)) != 1:
+            raise ValueError(f"{program.name} plans its cache per KV head for {len(rows)} KV heads, got "
+                             f"kv_heads={shape.kv}: give the model's kv_heads (--model kv_heads={shape.kv})")
+        rows = rows[:1] * shape.kv
+    out, lossy = [], False
+    for h in rows:
+        tokens = h.layout.tokens(shape.n)
+        if h.policy is not None:
+            budget = h.policy.budget if h.policy.budget is not None else h.policy.adaptive_mean
+            lossy |= budget < tokens
+            tokens = min(tokens, budget)
+        out.append(tokens)
+    return out, "lossless layout (liveness)" + (", lossy budgets of the cache block" if lossy else "")
+
+
+def cache_bytes(program: Program, shape: Shape, layer: int | None = None) -> tuple[int, int, str]:
+    """KV-cache bytes (K and V) at context n, attnc's and a dense cache's, over the layers."""
+    per_token = 2 * shape.head_dim * DTYPE_BYTES[shape.dtype] * shape.batch
+    total, note, layers = 0, "", 0
+    for l, weight in _layers(program, layer):
+        tokens, note = cache_tokens(program, shape, l)
+        total += sum(tokens) * per_token * weight
+        layers += weight
+    return total, shape.n * shape.kv * per_token * layers, note
+
+
+# ---------------------------------------------------------------------------- bench/gpu.py
+def _get(case: Any, *names: str, default: Any = None) -> Any:
+    for name in names:
+        value = case.get(name) if isinstance(case, Mapping) else getattr(case, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def predict(case: Any, kernel: str = "attnc", profile: str | Path | Profile = "h100") -> float:
+    """Predicted milliseconds of one case of bench/gpu.py; `kernel` is "attnc", "sdpa" or "flex".
+
+    `case` is a Workload or its `to_dict()` (numpy only: this runs on the GPU machine), or a
+    mapping or object with `program` (an IR Program) or `path` (an .attn file), `n`, and
+    optionally `batch`, `heads`, `kv_heads`, `head_dim`, `dtype` (str or torch dtype),
+    `layer` and `decode`.
+    """
+    if isinstance(case, Mapping) and "launches" in case:
+        case = Workload.from_dict(case)
+    if not isinstance(case, Workload):
+        program = _get(case, "program")
+        if program is None:
+            from ..compiler.lower import lower
+            from ..spec.resolve import load
+
+            program = lower(load(Path(_get(case, "path", "file"))))
+        shape = Shape(int(_get(case, "n", "N", "seq")), int(_get(case, "batch", "B", default=1)),
+                      int(_get(case, "heads", "H", default=32)), _get(case, "kv_heads", "H_KV"),
+                      int(_get(case, "head_dim", "D", default=128)),
+                      str(_get(case, "dtype", default="bfloat16")).removeprefix("torch."))
+        layer = _get(case, "layer")
+        case = decode_workload(program, shape, layer) if _get(case, "decode", default=False) else \
+            prefill_workload(program, shape, load_profile(profile).capability, layer)
+    return getattr(time_workload(case, profile), kernel).ms
+
+
+# ------------------------------------------------------------------------------------ fitting
+COST_NAMES = ("launch_us", "program_us", "full_us", "masked_us", "sink_us")
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One calibration case: a launch and its measured time (ms)."""
+
+    name: str
+    ms: float
+    launch: Launch
+
+
+def _critical(case: Measured, costs: TileCosts, slots: int) -> np.ndarray:
+    """[1, programs, full, masked, narrow in bn_sink units] run by the slot that finishes last."""
+    feats, count = case.launch.programs()
+    unit = costs.unit(case.launch.heads[0].bn_narrow)
+    _, per_run = schedule(feats @ unit, count, slots, case.launch.order, track=True)
+    crit = per_run @ feats
+    crit[3] *= case.launch.heads[0].bn_narrow / costs.bn_sink
+    return np.concatenate(([1.0], crit))
+
+
+def fit_kernel(cases: Sequence[Measured], start: TileCosts, launch_us: float, sms: int,
+               free: Sequence[str] = COST_NAMES, ties: Mapping[str, tuple[str, float]] | None = None,
+               rounds: int = 20) -> tuple[TileCosts, float]:
+    """Least-squares costs (relative error) of one kernel from measured launches.
+
+    Given the costs, a launch's time is launch_us plus the work of its critical slot, which is
+    linear in the costs; the schedule (so the critical slot) is recomputed from the new costs
+    and the fit repeated until it settles. `ties` fixes a cost as a multiple of another
+    (`{"masked_us": ("full_us", 1.25)}`) where the cases cannot separate them; costs neither
+    free nor tied keep their start values. Costs stay non-negative.
+    """
+    ties = dict(ties or {})
+    free = [n for n in free if n not in ties]
+    values = {"launch_us": launch_us, **{n: getattr(start, n) for n in COST_NAMES[1:]}}
+    slots = sms * start.slots_per_sm
+    y = np.array([c.ms * 1000.0 for c in cases])
+    col = {n: i for i, n in enumerate(COST_NAMES)}
+    for _ in range(rounds):
+        costs = dataclasses.replace(start, **{n: values[n] for n in COST_NAMES[1:]})
+        x = np.array([_critical(c, costs, slots) for c in cases])
+        for name, (base, k) in ties.items():
+            x[:, col[base]] += k * x[:, col[name]]
+            x[:, col[name]] = 0.0
+        rhs = y - sum(x[:, col[n]] * values[n] for n in COST_NAMES if n not in free and n not in ties)
+        sol = _nnls(x[:, [col[n] for n in free]] / y[:, None], rhs / y)
+        new = dict(values, **{n: float(v) for n, v in zip(free, sol)})
+        new.update({name: new[base] * k for name, (base, k) in ties.items()})
+        settled = all(abs(new[n] - values[n]) <= 1e-9 + 1e-7 * abs(values[n]) for n in COST_NAMES)
+        values = new
+        if settled:
+            break
+    return dataclasses.replace(start, **{n: values[n] for n in COST_NAMES[1:]}), values["launch_us"]
+
+
+def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Non-negative least squares for a handful of unknowns: drop the most negative and refit."""
+    active = list(range(a.shape[1]))
+    x = np.zeros(a.shape[1])
+    while active:
+        sol, *_ = np.linalg.lstsq(a[:, active], b, rcond=None)
+        if (sol >= 0).all():
+            x[active] = sol
+            break
+        active.pop(int(np.argmin(sol)))
+    return x
+
+
+# --------------------------------------------------------------------- measured error (docs)
+ERROR_BEGIN = "<!-- measured-error: begin (written by compiler.simulate.fill_error_section; do not edit) -->"
+ERROR_END = "<!-- measured-error: end -->"
+TOLERANCE = 0.15  # the issue's bar: a prediction within 15% of the measured time
+
+
+def error_table(rows: Sequence[Mapping[str, Any]], source: str = "") -> str:
+    """Markdown: each measured kernel time beside its prediction, and how many are within 15%.
+
+    `rows` are bench/gpu.py's rows: `label`, `n`, `attnc_ms` and `predicted_ms` (others are skipped).
+    """
+    done = [r for r in rows if r.get("attnc_ms") and r.get("predicted_ms")]
+    if not done:
+        return "No measured case carried a prediction."
+    lines = ["| case | N | measured ms | predicted ms | error |", "|---|---:|---:|---:|---:|"]
+    errors = []
+    for r in done:
+        err = r["predicted_ms"] / r["attnc_ms"] - 1
+        errors.append((abs(err), r))
+        lines.append(f"| {str(r['label']).replace('|', '/')} | {r['n']} | {r['attnc_ms']:.3f} | {r['predicted_ms']:.3f} | {err:+.1%} |")
+    within = sum(e <= TOLERANCE for e, _ in errors)
+    worst, r = max(errors, key=lambda x: x[0])
+    summary = (f"{within} of {len(done)} cells ({within / len(done):.0%}) are within {TOLERANCE:.0%} of the "
+               f"measurement; the largest error is {worst:.1%} ({r['label']}, N = {r['n']}).")
+    return "\n".join(([source, ""] if source else []) + lines + ["", summary])
+
+
+def fill_error_section(doc: str | Path, rows: Sequence[Mapping[str, Any]], out: str | Path | None = None,
+                       source: str = "") -> Path:
+    """Write `error_table(rows)` between the ERROR_BEGIN and ERROR_END markers of `doc` (to `out`
+    when given: on the GPU machine, a file under $OUT that comes back)."""
+    text = Path(doc).read_text()
+    if ERROR_BEGIN not in text or ERROR_END not in text:
+        raise ValueError(f"{doc} has no measured-error section: add the lines {ERROR_BEGIN!r} and {ERROR_END!r}")
+    head, rest = text.split(ERROR_BEGIN, 1)
+    _, tail = rest.split(ERROR_END, 1)
+    path = Path(out or doc)
+    path.write_text(f"{head}{ERROR_BEGIN}\n{error_table(rows, source)}\n{ERROR_END}{tail}")
+    return path

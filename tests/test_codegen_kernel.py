@@ -1,0 +1,180 @@
+"""Generated kernels against the independent reference (dense IR mask, float64 torch).
+
+Runs the Triton kernels under TRITON_INTERPRET=1 on small shapes: every primitive and
+operator, per-head and per-layer groups, GQA, lengths that are not a multiple of the tile,
+three dtypes, the log-sum-exp output and rows without keys; random patterns through
+hypothesis; and the module's own `reference` against the independent one.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.strategies import causal_expressions, expressions, op, prim
+from tests.test_codegen_support import (EXPRS, assert_close, check_module, dense_reference, grouped, head_masks,
+                                        inputs, load, single)
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+SW = op("&", prim("causal"), op("|", prim("sink", size=4), prim("window", size=20)))
+
+
+@pytest.mark.parametrize("name", sorted(EXPRS))
+def test_pattern_matches_reference_fp32(name):
+    # N = 77 is no multiple of any tile; B = 2, 4 query heads over 2 KV heads
+    check_module(single(EXPRS[name], name), 77, b=2, h=4, h_kv=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", ["causal", "sink_window", "power", "global"])
+def test_half_precision(name, dtype):
+    check_module(single(EXPRS[name], name), 70, h=2, h_kv=1, d=32, dtype=dtype)
+
+
+@pytest.mark.parametrize("h,h_kv", [(4, 2), (4, 1), (4, 4)])
+def test_gqa(h, h_kv):
+    check_module(single(SW, "sw"), 50, h=h, h_kv=h_kv)
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 33, 64, 100])
+def test_lengths(n):
+    check_module(single(SW, "sw"), n)
+
+
+@pytest.mark.parametrize("cfg", [dict(BLOCK_M=16, BLOCK_N=16), dict(BLOCK_M=16, BLOCK_N=32, BLOCK_N_NARROW=16),
+                                 dict(BLOCK_M=64, BLOCK_N=16)], ids=str)
+def test_tile_configs(cfg):
+    for name in ("sink_window", "power", "chunk", "global"):
+        check_module(single(EXPRS[name], name), 90, config=cfg)
+
+
+@pytest.mark.parametrize("name", ["dilated", "strided_only", "dilated_two_sided"])
+@pytest.mark.parametrize("residue", [True, False])
+def test_residue_classes(name, residue):
+    # bands & (q - k) mod d == 0 run as dense attention per residue class q mod d (or masked)
+    program = single(EXPRS[name], name)
+    assert load(program)._TUNING[0]["residue"] > 0
+    for n in (1, 30, 77):
+        check_module(program, n, h=2, h_kv=1, config=dict(RESIDUE=residue))
+    check_module(program, 50, dtype=torch.bfloat16, config=dict(RESIDUE=residue))
+
+
+@pytest.mark.parametrize("name", ["sink_window", "causal", "global", "power", "strided_long", "dilated"])
+def test_tensor_descriptors_and_head_groups(name):
+    # the Hopper path: host-side 4D TMA descriptors, query blocks in groups of 2 heads
+    cfg = dict(BLOCK_M=16, BLOCK_N=16, USE_TMA=2, GRID_ORDER=3, HEAD_GROUP=2)
+    check_module(single(EXPRS[name], name), 77, b=2, h=4, h_kv=2, dtype=torch.float16, config=cfg)
+
+
+@pytest.mark.parametrize("d", [16, 32, 64])
+def test_head_dims(d):
+    check_module(single(SW, "sw"), 40, d=d)
+
+
+def test_per_head_groups_in_one_launch():
+    a = op("&", prim("causal"), prim("window", size=8))
+    b = op("&", prim("causal"), op("|", prim("sink", size=2), prim("chunk", size=16)))
+    c = prim("causal")
+    program = grouped([[a, b, c, b]], "heads", kv_heads=2)
+    assert len(program.groups) == 3
+    check_module(program, 61, h=4, h_kv=2)
+
+
+def test_per_layer_variation():
+    a = prim("causal")
+    b = op("&", prim("causal"), prim("window", size=12))
+    c = op("&", prim("causal"), prim("dilated", size=5, dilation=2))
+    program = grouped([[a, a], [b, c], [c, c]], "layers")
+    assert program.varies_by_layer
+    for layer in range(3):
+        check_module(program, 45, h=2, h_kv=1, layer=layer)
+
+
+def test_rows_without_keys_are_zero():
+    # band(5, 9): the first five queries have no key; `nothing` has none at all
+    for name in ("band_gap", "nothing", "difference"):
+        mod, out, ref = check_module(single(EXPRS[name], name), 40)
+        q, k, v = inputs(1, 2, 1, 40, 16)
+        o, lse = mod.prefill(q, k, v, return_lse=True)
+        empty = torch.isinf(lse)
+        assert empty.any() and (o[empty] == 0).all() and not torch.isnan(o).any()
+
+
+def test_public_prefill_and_lse():
+    mod = load(single(SW, "sw"))
+    q, k, v = inputs(2, 4, 2, 37, 32, seed=3)
+    out = mod.prefill(q, k, v)
+    out2, lse = mod.prefill(q, k, v, return_lse=True, scale=0.3)
+    ref, ref_lse = dense_reference(q, k, v, head_masks(single(SW), 37, 4))
+    assert_close(out, ref, torch.float32)
+    ref2, ref_lse2 = dense_reference(q, k, v, head_masks(single(SW), 37, 4), scale=0.3)
+    assert_close(out2, ref2, torch.float32)
+    assert lse.shape == (2, 4, 37) and lse.dtype == torch.float32
+    assert (lse.double() - ref_lse2).abs().max() < 1e-4
+
+
+def test_strided_views():
+    # q, k, v stored (B, N, H, D) and viewed as (B, H, N, D): only the last dimension is contiguous
+    mod = load(single(SW, "sw"))
+    q, k, v = (torch.randn(1, 45, h, 16).transpose(1, 2) for h in (4, 2, 2))
+    assert not q.is_contiguous()
+    ref, _ = dense_reference(q, k, v, head_masks(single(SW), 45, 4))
+    assert_close(mod.prefill(q, k, v), ref, torch.float32)
+
+
+def test_torch_compile_traces_the_custom_op():
+    mod = load(single(SW, "sw"))
+    q, k, v = inputs(1, 2, 1, 40, 16)
+    compiled = torch.compile(lambda q, k, v: mod.prefill(q, k, v, return_lse=True), backend="aot_eager",
+                             fullgraph=True)
+    out, lse = compiled(q, k, v)
+    out2, lse2 = mod.prefill(q, k, v, return_lse=True)
+    assert torch.equal(out, out2) and torch.equal(lse, lse2)
+
+
+@pytest.mark.parametrize("name", ["sink_window", "power", "global", "stripes", "many_terms"])
+def test_module_reference_matches_independent_reference(name):
+    program = single(EXPRS[name], name)
+    mod = load(program)
+    q, k, v = inputs(2, 4, 2, 57, 16, seed=1)
+    out, lse = mod.reference(q, k, v, return_lse=True)
+    ref, ref_lse = dense_reference(q, k, v, head_masks(program, 57, 4))
+    assert_close(out, ref, torch.float32)
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))
+
+
+def test_module_reference_per_layer_and_head():
+    a, b = prim("causal"), op("&", prim("causal"), prim("window", size=5))
+    program = grouped([[a, b], [b, b]], "lh")
+    mod = load(program)
+    q, k, v = inputs(1, 2, 1, 30, 16)
+    for layer in (0, 1):
+        assert_close(mod.reference(q, k, v, layer=layer),
+                     dense_reference(q, k, v, head_masks(program, 30, 2, layer))[0], torch.float32)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(expressions(5), causal_expressions(4)), st.integers(1, 48), st.sampled_from([(2, 1), (2, 2)]))
+def test_random_patterns_match_reference(expr, n, heads):
+    check_module(single(expr, "rand"), n, h=heads[0], h_kv=heads[1])
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+PATTERN_FILES = sorted((ROOT / "patterns").glob("*.attn"))
+
+
+@pytest.mark.skipif(not PATTERN_FILES, reason="patterns/ has no .attn files yet")
+@pytest.mark.parametrize("path", PATTERN_FILES, ids=lambda p: p.stem)
+def test_pattern_file_matches_reference(path):
+    from attnc.loader import program_of
+
+    program = program_of(path)
+    model = program.model
+    per_head = any(len(set(row)) > 1 for row in program.group_table())
+    h, h_kv = (model.heads, model.kv_heads) if per_head else (2, 1)
+    layers = sorted({0, model.layers - 1}) if program.varies_by_layer else [None]
+    for layer in layers:
+        check_module(program, 70, h=h, h_kv=h_kv, layer=layer, config=dict(BLOCK_M=16, BLOCK_N=16))
