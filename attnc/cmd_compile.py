@@ -14,26 +14,6 @@ from pathlib import Path
 from typing import Any
 
 
-def define(text: str) -> tuple[str, int]:
-    name, _, value = text.partition("=")
-    try:
-        return name.strip(), int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"-D takes NAME=INTEGER, as in -D W=2048, got {text!r}") from None
-
-
-def model_fields(text: str) -> dict[str, int]:
-    out = {}
-    for item in filter(None, (x.strip() for x in text.split(","))):
-        key, _, value = item.partition("=")
-        try:
-            out[key.strip()] = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"--model takes FIELD=INTEGER pairs, as in --model layers=30,heads=9, got {item!r}") from None
-    return out
-
-
 HELP = "generate the Python module (Triton kernels + torch reference) of a pattern file"
 DESCRIPTION = ("Compile an .attn file to a Python module that needs only torch and triton: prefill(q, k, v) "
                "with a specialized Triton kernel, reference(...) in plain torch, and PATTERN metadata. "
@@ -52,10 +32,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=Path, help="the .attn file")
     p.add_argument("-o", "--out", type=Path, default=None, metavar="DIR",
                    help="write DIR/<name>.py (default: the module cache, $ATTNC_CACHE or ~/.cache/attnc)")
-    p.add_argument("-D", dest="defines", action="append", type=define, default=[], metavar="NAME=VALUE",
-                   help="override a param, as in -D W=2048")
-    p.add_argument("--model", type=model_fields, default={}, help="layers=..,heads=..,kv_heads=..,head_dim=..")
-    p.add_argument("--headsets", type=Path, default=None, help="head sets JSON (overrides the file's)")
+    from .cli import add_spec_options
+
+    add_spec_options(p)
     p.set_defaults(run=run)
 
 
