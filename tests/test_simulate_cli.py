@@ -28,8 +28,12 @@ def test_table(capsys):
         assert text in out
 
 
-def test_json_sweep(capsys):
-    assert simulate(STREAMING, "--sweep", "4k..16k", "--json") == 0
+def test_json_sweep(capsys, tmp_path):
+    from tests.test_simulate_model import anchors_profile
+
+    profile = tmp_path / "h100.json"
+    profile.write_text(anchors_profile().to_json())
+    assert simulate(STREAMING, "--sweep", "4k..16k", "--json", "--profile", str(profile)) == 0
     doc = json.loads(capsys.readouterr().out)
     results = doc["results"]
     assert [r["shape"]["n"] for r in results] == [4096, 8192, 16384]
