@@ -30,8 +30,14 @@ How it plugs in (transformers 5.x; read against `models/llama/modeling_llama.py`
 Backends (an explicit choice, no silent fallback): `reference` is attnc's pure-torch
 evaluation of the IR (exact masks, visiting only the key columns a query block can reach);
 `interpret` and `triton` run the generated module's Triton kernels (under TRITON_INTERPRET
-on the CPU, or on a GPU). The generated module is reached through `Kernels`, the one place
-that knows its API.
+on the CPU, or on a GPU): its prefill kernel for a forward with nothing cached, and, when the
+module has a `Cache` and `decode`, its cache manager and decode kernel for later steps (a
+module without them decodes with the reference over attnc's store). `KernelStore` and
+`_kernel_prefill` are the one place that knows the generated API.
+
+Chunked prefill (a forward of many tokens after a cache exists, as the perplexity task
+streams) runs on the reference backend; the generated decode takes at most `max_step` new
+tokens per step. Padded batches are refused: positions are absolute token indices.
 """
 
 from __future__ import annotations
