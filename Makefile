@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test eval venv clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -n 2 tests
+
+# the quality tables of docs/quality.md (CPU, about an hour on 2 cores; needs the eval extra)
+eval: $(STAMP)
+	$(BIN)/pip install -q -e ".[eval]"
+	$(BIN)/attnc calibrate smollm2 --out build/eval/smollm2_duo.json
+	$(BIN)/attnc eval smollm2 patterns/duo_attention.attn --headsets build/eval/smollm2_duo.json \
+		-D S=4 -D W=508 --task passkey --lengths 2048,4096,8192
+	$(BIN)/attnc eval smollm2 patterns/streaming_llm.attn --task perplexity --tokens 32768 --dense-tokens 12288
 
 clean:
 	rm -rf $(VENV) build *.egg-info
