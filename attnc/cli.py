@@ -73,6 +73,22 @@ def spec_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"defines": dict(args.defines), "model": dict(args.model), "headsets_path": args.headsets}
 
 
+def run_reporting_errors(command: str, body: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
+    """Run a subcommand's body: an AttnError, or a ValueError or OSError (a bad argument, a
+    missing file), becomes a message on stderr and exit status 2, never a traceback."""
+    from .spec.errors import AttnError
+
+    try:
+        body(args)
+    except AttnError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_ERROR
+    except (ValueError, OSError) as exc:
+        print(f"attnc {command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
 def _integer(text: str, what: str) -> int:
     try:
         return int(text.strip())

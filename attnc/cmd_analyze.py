@@ -1,9 +1,8 @@
 """`attnc analyze FILE`: density, tiles, cost formulas, receptive field and KV liveness of a pattern.
 
 The analyses are `compiler.report.analyze`; this module is the command line around them:
-rich text by default, `--json` for machines, `--plot out.png` for pictures. The lead wires
-it into `attnc/cli.py` with `register(Subcommand("analyze", HELP, configure, run))` (or
-calls `add_parser` on an argparse subparsers object).
+rich text by default, `--json` for machines, `--plot out.png` for pictures. attnc/cli.py
+registers it as a subcommand (HELP, configure, run).
 """
 
 from __future__ import annotations
@@ -11,9 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
-from typing import Any
 
 HELP = "analyse a pattern: density, tiles, cost formulas in N, receptive field, KV liveness"
 
@@ -51,27 +48,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_spec_options(p)
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `analyze` to an argparse subparsers object; the parser's `run` default runs it."""
-    p = subparsers.add_parser("analyze", help=HELP)
-    configure(p)
-    p.set_defaults(run=run)
-    return p
-
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import EXIT_ERROR, EXIT_OK
-    from .spec.errors import AttnError
+    from .cli import run_reporting_errors
 
-    try:
-        _run(args)
-    except AttnError as exc:
-        print(exc.render(), file=sys.stderr)
-        return EXIT_ERROR
-    except (ValueError, OSError) as exc:
-        print(f"attnc analyze: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    return EXIT_OK
+    return run_reporting_errors("analyze", _run, args)
 
 
 def _run(args: argparse.Namespace) -> None:

@@ -1,7 +1,6 @@
 """`attnc calibrate [MODEL] [--out heads.json]`: find the KV heads that need the whole context.
 
-Wired into attnc/cli.py with `register(Subcommand("calibrate", HELP, configure, run))`, or
-through `add_parser`. Needs the `eval` extra (transformers). The method is in
+A subcommand of attnc/cli.py (HELP, configure, run). Needs the `eval` extra (transformers). The method is in
 runtime/calibrate.py; the head-set format in spec/headsets.py.
 """
 
@@ -9,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 HELP = "score every KV head on seeded synthetic passkey prompts and write retrieval/streaming head sets"
 
@@ -33,13 +31,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sink", type=int, default=4, help="sink tokens of the streaming heads (default 4)")
     p.add_argument("--window", type=int, default=60, help="window of the streaming heads (default 60)")
 
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `calibrate` to an argparse subparsers object; the parser's `run` default runs it."""
-    p = subparsers.add_parser("calibrate", help=HELP)
-    configure(p)
-    p.set_defaults(run=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:

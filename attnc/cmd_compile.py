@@ -9,9 +9,7 @@ Exit status 0, or 2 on any error (as `attnc check`).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any
 
 
 HELP = "generate the Python module (Triton kernels + torch reference) of a pattern file"
@@ -19,12 +17,6 @@ DESCRIPTION = ("Compile an .attn file to a Python module that needs only torch a
                "with a specialized Triton kernel, reference(...) in plain torch, and PATTERN metadata. "
                "The module is written atomically; nothing is written on an error.")
 
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `compile` to an argparse subparsers object."""
-    p = subparsers.add_parser("compile", help=HELP, description=DESCRIPTION)
-    configure(p)
-    return p
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -35,21 +27,15 @@ def configure(p: argparse.ArgumentParser) -> None:
     from .cli import add_spec_options
 
     add_spec_options(p)
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .spec.errors import AttnError
+    from .cli import run_reporting_errors
+
+    return run_reporting_errors("compile", _compile, args)
+
+
+def _compile(args: argparse.Namespace) -> None:
     from .loader import compile_file
 
-    try:
-        path = compile_file(args.file, args.out, defines=dict(args.defines), model=args.model,
-                            headsets=args.headsets)
-    except AttnError as exc:
-        print(exc.render(), file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as exc:
-        print(f"attnc compile: error: {exc}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    print(compile_file(args.file, args.out, defines=dict(args.defines), model=args.model, headsets=args.headsets))

@@ -1,14 +1,12 @@
 """`attnc eval MODEL PATTERN... --task passkey|perplexity`: quality and KV memory in a real model.
 
-Wired into attnc/cli.py with `register(Subcommand("eval", HELP, configure, run))`, or through
-`add_parser` on an argparse subparsers object. Needs the `eval` extra (transformers).
+A subcommand of attnc/cli.py (HELP, configure, run). Needs the `eval` extra (transformers).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 HELP = "measure passkey accuracy or streaming perplexity, and KV memory, of patterns inside a real model"
 
@@ -57,13 +55,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.add_argument("--no-dense", action="store_true", help="skip the dense model")
 
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `eval` to an argparse subparsers object; the parser's `run` default runs it."""
-    p = subparsers.add_parser("eval", help=HELP)
-    configure(p)
-    p.set_defaults(run=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:

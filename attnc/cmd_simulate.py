@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,27 +65,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_spec_options(p)
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `simulate` to an argparse subparsers object; the parser's `run` default runs it."""
-    p = subparsers.add_parser("simulate", help=HELP)
-    configure(p)
-    p.set_defaults(run=run)
-    return p
-
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import EXIT_ERROR, EXIT_OK
-    from .spec.errors import AttnError
+    from .cli import run_reporting_errors
 
-    try:
-        _run(args)
-    except AttnError as exc:
-        print(exc.render(), file=sys.stderr)
-        return EXIT_ERROR
-    except (ValueError, OSError) as exc:
-        print(f"attnc simulate: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    return EXIT_OK
+    return run_reporting_errors("simulate", _run, args)
 
 
 def _run(args: argparse.Namespace) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -118,26 +117,20 @@ def test_coarse_block_map():
 
 def test_cli_json_on_a_pattern_file(capsys):
     pytest.importorskip("lark")
-    from attnc import cmd_analyze
+    from attnc.cli import main
 
     path = ROOT / "patterns" / "streaming_llm.attn"
     if not path.exists():
         pytest.skip("patterns/streaming_llm.attn not present")
-    parser = argparse.ArgumentParser()
-    cmd_analyze.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["analyze", str(path), "--seq", "8k", "--json", "--block", "64x128", "--layers", "4"])
-    assert args.run(args) == 0
+    assert main(["analyze", str(path), "--seq", "8k", "--json", "--block", "64x128", "--layers", "4"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["n"] == 8192 and d["block"] == [64, 128]
     assert [r["kind"] for r in d["groups"][0]["kv_cache"]["layout"]["regions"]] == ["sink", "ring"]
 
 
 def test_cli_reports_bad_arguments(capsys):
-    from attnc import cmd_analyze
+    from attnc.cli import main
 
-    parser = argparse.ArgumentParser()
-    cmd_analyze.add_parser(parser.add_subparsers())
     with pytest.raises(SystemExit):
-        parser.parse_args(["analyze", "x.attn", "--block", "0x4"])
-    args = parser.parse_args(["analyze", str(ROOT / "no_such_file.attn")])
-    assert args.run(args) != 0
+        main(["analyze", "x.attn", "--block", "0x4"])
+    assert main(["analyze", str(ROOT / "no_such_file.attn")]) != 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import ast
 import sys
 import io
@@ -166,12 +165,9 @@ def test_cache_reuse(tmp_path, monkeypatch):
 
 
 def _compile_cli(argv: list[str]) -> int:
-    from attnc import cmd_compile
+    from attnc.cli import main
 
-    parser = argparse.ArgumentParser(prog="attnc")
-    cmd_compile.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["compile", *argv])
-    return args.run(args)
+    return main(["compile", *argv])
 
 
 def _attn(tmp_path: Path, text: str, name: str = "f.attn") -> Path:

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 
-from attnc import cmd_simulate
+from attnc.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAMING = str(ROOT / "patterns" / "streaming_llm.attn")
 
 
 def simulate(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="attnc")
-    cmd_simulate.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["simulate", *argv])
-    return args.run(args)
+    return main(["simulate", *argv])
 
 
 def test_table(capsys):
