@@ -162,12 +162,13 @@ class ExprScope:
         if any(v is None for v in values):
             return None
         axes = len(self.grid) if self.grid is not None else len(values)
-        if len(values) == 1:
-            return values * axes
+        if len(values) == 1 and not isinstance(written, ast.TupleLit):
+            return values * axes  # one bare value stands for every axis
         if len(values) != axes and written is not None:
+            count = f"{len(values)} value{'s' if len(values) != 1 else ''}"
             self.reporter.error(
                 written.loc,
-                f"{prim.name}: {param.name} has {len(values)} values but the grid has {axes} axes",
+                f"{prim.name}: {param.name} has {count} but the grid has {axes} ax{'e' if axes != 1 else 'i'}s",
                 prim.usage,
             )
             return None
