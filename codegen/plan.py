@@ -37,6 +37,7 @@ from typing import Literal
 from ..compiler.ir import (Band, Chunk, DiffMod, KMod, KRange, Lit, Neighborhood, Pattern, Power, Program,
                            QRange, Term)
 from . import masks
+from .grid_plan import GridPlan, plan_grid
 
 MAX_TERMS = 4  # terms visited as separate segment lists; beyond that one masked hull loop
 NARROW_MAX = 64  # a term whose keys span at most this many positions gets narrow key tiles
@@ -228,6 +229,7 @@ class GroupPlan:
     rows_cap: int | None = None  # query tiles no taller than this (diagonal loops cost BLOCK_M per key)
     residue: int = 0  # d > 0: the group may run in residue mode (see residue_pattern)
     residue_plan: "GroupPlan | None" = None  # the plan of residue_pattern, on subsequences
+    grid: GridPlan | None = None  # a union of neighbourhoods: the tile-order kernel (grid_plan.py)
 
 
 def _pow2_divisor(x: int) -> int:
@@ -328,4 +330,5 @@ def plan_group(index: int | str, pattern: Pattern, residue: bool = True) -> Grou
 
 
 def plan_program(program: Program) -> tuple[GroupPlan, ...]:
-    return tuple(plan_group(i, g.pattern) for i, g in enumerate(program.groups))
+    return tuple(dataclasses.replace(plan_group(i, g.pattern), grid=plan_grid(g.pattern))
+                 for i, g in enumerate(program.groups))

@@ -87,9 +87,12 @@ def module_params(program: Program) -> dict[str, Any]:
         "groups": list(plans),
         "all_plans": list(plans) + [p.residue_plan for p in plans if p.residue_plan is not None],
         "configs": configs.CONFIGS,
+        "grid_configs": configs.GRID_CONFIGS,
         "cpu_config": configs.CPU_CONFIG,
         "tuning": [{"block_cap": p.block_cap, "rows_cap": p.rows_cap, "narrow": p.narrow, "grows": p.grows,
-                    "residue": p.residue} for p in plans],
+                    "residue": p.residue, "grid": p.grid is not None} for p in plans],
+        "grid_tiles": [None if p.grid is None else p.grid.tiles for p in plans],
+        "grid_shapes": [None if p.grid is None else (p.grid.dims, p.grid.prefix) for p in plans],
     }
 
 

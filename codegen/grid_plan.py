@@ -1,0 +1,83 @@
+"""The plan of a grid group: what the tile-order neighbourhood kernel (grid.py.j2) needs.
+
+A head group whose pattern is a union of neighbourhoods over one grid
+(`compiler.tiling.grid_terms`) runs a kernel of its own: each program takes a tile of the
+grid as its query block (a compact patch instead of a row-major run of tokens), visits per
+term the box of key tiles that its rows' windows span, and reads queries and keys where they
+lie in the natural order (rows gathered by position). Prefix text tokens are two more
+loops in natural order: grid rows read the prefix keys first, and extra programs compute
+the prefix rows over every key.
+
+In a tile, every (term, axis) is one compare pair per element: the window of a query
+coordinate x is low(x), low(x) + d, ..., low(x) + (kernel - 1) * d (`compiler.tiling
+.axis_low`), computed once per query row, and a key coordinate y is inside when
+0 <= y - low(x) <= (kernel - 1) * d and (for d > 1) d divides y - low(x). Literals that
+narrow a term beyond its neighbourhood are evaluated on natural positions with the usual
+mask text.
+
+Tile shapes are chosen by the compiler for every (BLOCK_M, BLOCK_N) a configuration may use
+(`TILE_SIZES`), so the module picks them by table at launch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..compiler.ir import Pattern
+from ..compiler.tiling import choose_tiling, grid_terms
+from . import masks
+
+TILE_SIZES = (16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class AxisWindow:
+    """One term's window on one axis, as the kernel computes it."""
+
+    length: int
+    kernel: int
+    dilation: int
+    causal: bool
+
+    @property
+    def span(self) -> int:
+        return (self.kernel - 1) * self.dilation
+
+
+@dataclass(frozen=True)
+class GridTermPlan:
+    text: str
+    axes: tuple[AxisWindow, ...]
+    others: str  # mask text of the term's other literals over natural positions ("" when none)
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    dims: tuple[int, ...]
+    strides: tuple[int, ...]  # natural (row-major) stride of each axis
+    prefix: int
+    size: int  # grid tokens
+    terms: tuple[GridTermPlan, ...]
+    tiles: dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, ...]]]  # (BM, BN) -> (q tile, k tile)
+
+
+def plan_grid(pattern: Pattern) -> GridPlan | None:
+    """The grid plan of a group's pattern, or None when the generic kernel runs it."""
+    g = grid_terms(pattern)
+    if g is None:
+        return None
+    dims = g.dims
+    strides = tuple(math.prod(dims[a + 1:]) for a in range(len(dims)))
+    terms = []
+    for t in g.terms:
+        axes = tuple(AxisWindow(n, k, d, c) for n, k, d, c in zip(dims, t.nb.kernel, t.nb.dilation, t.nb.causal))
+        others = " & ".join(masks.render_lit(lit) for lit in t.others)
+        terms.append(GridTermPlan(str(t.nb) + (" and " + " and ".join(map(str, t.others)) if t.others else ""),
+                                  axes, others))
+    tiles = {}
+    for bm in TILE_SIZES:
+        for bn in TILE_SIZES:
+            tiling = choose_tiling(g, bm, bn)
+            tiles[(bm, bn)] = (tiling.q_tile, tiling.k_tile)
+    return GridPlan(dims, strides, g.prefix, g.size, tuple(terms), tiles)

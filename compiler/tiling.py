@@ -1,0 +1,164 @@
+"""The token order of grid patterns: tiles of the grid instead of rows of the flattened sequence.
+
+A neighbourhood over a row-major flattened grid makes thin tiles: 128 consecutive tokens of
+a 128 x 128 image are one image row, and their 13 x 13 neighbourhoods span 13 rows, so a
+query block reads 13 x 128 keys of which each query needs 169. Ordered by tiles of the grid
+(as GNA and NATTEN's fused kernels do), a query block is a compact patch (8 x 16 tokens) and
+its keys a compact box around it, a few times fewer. Here:
+
+- `GridTerms`: the patterns whose every term is one NATTEN neighbourhood (plus any other
+  literals, which only narrow it): the generated code visits them in tile order.
+- `GridTiling`: a query tile shape and a key tile shape (powers of two per axis, with
+  BLOCK_M and BLOCK_N tokens) and the orders they induce. The grid is padded up to whole
+  tiles; padding slots hold no token (position -1). Prefix tokens stay in natural order
+  before the grid.
+- `choose_tiling`: the tile shapes for which the kernel visits the fewest key tiles.
+
+The kernel reads the tokens where they are (natural order, a gather of whole rows), so no
+permutation is ever materialised; this module says which natural positions a tile holds.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .ir import Lit, Neighborhood, Pattern
+
+
+@dataclass(frozen=True)
+class GridTerm:
+    """One term of a grid pattern: its neighbourhood and the other literals that narrow it."""
+
+    nb: Neighborhood
+    others: tuple[Lit, ...]
+
+
+@dataclass(frozen=True)
+class GridTerms:
+    """A pattern that is a union of neighbourhoods over one grid (with the same prefix)."""
+
+    dims: tuple[int, ...]
+    prefix: int
+    terms: tuple[GridTerm, ...]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.dims)
+
+
+def grid_terms(pattern: Pattern) -> GridTerms | None:
+    """The pattern as neighbourhood terms over one grid, or None when it is not one."""
+    terms = []
+    for term in pattern.terms:
+        nbs = [l for l in term.lits if isinstance(l.atom, Neighborhood)]
+        if len(nbs) != 1 or nbs[0].negated:
+            return None
+        terms.append(GridTerm(nbs[0].atom, tuple(l for l in term.lits if l is not nbs[0])))
+    if not terms:
+        return None
+    shapes = {(t.nb.dims, t.nb.prefix) for t in terms}
+    if len(shapes) != 1:
+        return None
+    dims, prefix = shapes.pop()
+    return GridTerms(dims, prefix, tuple(terms))
+
+
+def axis_low(x: np.ndarray, length: int, kernel: int, dilation: int, causal: bool) -> np.ndarray:
+    """The first key coordinate of query coordinate x's window on one axis (NATTEN's rule).
+
+    The window holds the keys low, low + d, ..., low + (kernel - 1) * d that are inside the
+    axis (a causal window starts before 0 near the start and holds fewer).
+    """
+    x = np.asarray(x)
+    if causal:
+        return x - (kernel - 1) * dilation
+    group = x % dilation
+    group_len = (length - group + dilation - 1) // dilation
+    start = np.clip(x // dilation - kernel // 2, 0, None)
+    start = np.minimum(start, group_len - kernel)
+    return start * dilation + group
+
+
+@dataclass(frozen=True)
+class GridTiling:
+    """Query and key tile shapes over a grid, and the token orders they induce."""
+
+    dims: tuple[int, ...]
+    prefix: int
+    q_tile: tuple[int, ...]
+    k_tile: tuple[int, ...]
+
+    def tiles(self, tile: tuple[int, ...]) -> tuple[int, ...]:
+        """Tiles per axis for a tile shape (the last ones may hang over the grid)."""
+        return tuple(-(-n // t) for n, t in zip(self.dims, tile))
+
+    def positions(self, tile: tuple[int, ...]) -> np.ndarray:
+        """Natural position of every slot in tile order (tile by tile, row-major inside), -1 for padding."""
+        counts = self.tiles(tile)
+        strides = [math.prod(self.dims[a + 1:]) for a in range(len(self.dims))]
+        out = []
+        for t in itertools.product(*(range(c) for c in counts)):
+            coords = np.stack(np.meshgrid(*(np.arange(o * s, o * s + s) for o, s in zip(t, tile)), indexing="ij"),
+                              -1).reshape(-1, len(tile))
+            inside = (coords < np.asarray(self.dims)).all(axis=1)
+            out.append(np.where(inside, self.prefix + coords @ np.asarray(strides), -1))
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    def q_positions(self) -> np.ndarray:
+        return self.positions(self.q_tile)
+
+    def k_positions(self) -> np.ndarray:
+        return self.positions(self.k_tile)
+
+
+@functools.lru_cache(maxsize=4096)
+def _axis_key_tiles(length: int, tq: int, tk: int, kernel: int, dilation: int, causal: bool) -> int:
+    """Over the query tiles along one axis, the key tiles between each one's lowest and highest key."""
+    starts = np.arange(0, length, tq)
+    out = np.empty(len(starts), dtype=np.int64)
+    for i, s in enumerate(starts):
+        low = axis_low(np.arange(s, min(s + tq, length)), length, kernel, dilation, causal)
+        lo = max(int(low.min()), 0)
+        hi = min(int(low.max()) + (kernel - 1) * dilation, length - 1)
+        out[i] = hi // tk - lo // tk + 1
+    return int(out.sum())
+
+
+def visited_tiles(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]) -> int:
+    """Key tiles the kernel visits over all query tiles: per term, the box of key tiles between
+    the lowest and highest key of the query tile on every axis (an upper bound for unions)."""
+    total = 0
+    for t in g.terms:
+        per_axis = [_axis_key_tiles(n, tq, tk, k, d, c)
+                    for n, tq, tk, k, d, c in zip(g.dims, q_tile, k_tile, t.nb.kernel, t.nb.dilation, t.nb.causal)]
+        total += math.prod(int(x) for x in per_axis)
+    return total
+
+
+def _shapes(tokens: int, dims: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Tile shapes of `tokens` tokens: powers of two per axis, none much longer than its axis."""
+    bits = tokens.bit_length() - 1
+    limit = [max(1, 1 << (n - 1).bit_length()) for n in dims]
+    out = []
+    for split in itertools.product(range(bits + 1), repeat=len(dims)):
+        if sum(split) == bits and all((1 << b) <= lim for b, lim in zip(split, limit)):
+            out.append(tuple(1 << b for b in split))
+    return out
+
+
+def choose_tiling(g: GridTerms, block_m: int, block_n: int) -> GridTiling:
+    """The tile shapes (BLOCK_M and BLOCK_N tokens) for which the kernel visits the fewest
+    key tiles; ties go to the shape with wider rows (longer contiguous runs of tokens)."""
+    best = None
+    for tq in _shapes(block_m, g.dims) or [tuple([1] * (len(g.dims) - 1) + [block_m])]:
+        for tk in _shapes(block_n, g.dims) or [tuple([1] * (len(g.dims) - 1) + [block_n])]:
+            key = (visited_tiles(g, tq, tk), tuple(-x for x in reversed(tq)), tuple(-x for x in reversed(tk)))
+            if best is None or key < best[0]:
+                best = (key, tq, tk)
+    assert best is not None
+    return GridTiling(g.dims, g.prefix, best[1], best[2])
