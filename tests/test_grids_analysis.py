@@ -1,0 +1,139 @@
+"""Grid patterns in tile order: the separable tiled block map against the permuted dense
+mask, the kernel's tile count (compiler/tiling.py) against the non-empty tiles, the numbers
+`attnc analyze` reports for grids, and the pattern files of issue 8."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attnc.compiler.grid_blocks import brute_tiled_block_map, tiled_block_map
+from attnc.compiler.ir import Neighborhood, Status
+from attnc.compiler.lower import lower
+from attnc.compiler.tiling import GridTiling, choose_tiling, grid_terms, visited_tiles
+from attnc.spec.resolve import load, resolve_text
+from tests.test_grids_spec import brute_pairs, grids, on_grid, source
+
+PATTERNS = Path(__file__).resolve().parent.parent / "patterns"
+
+
+def pattern_of(text: str):
+    (group,) = lower(resolve_text(text, "t.attn")).groups
+    return group.pattern
+
+
+def tilings(dims, prefix):
+    return st.tuples(st.tuples(*(st.integers(1, min(L, 5) + 1) for L in dims)),
+                     st.tuples(*(st.integers(1, min(L, 5) + 1) for L in dims))).map(
+        lambda t: GridTiling(tuple(dims), prefix, t[0], t[1]))
+
+
+OTHERS = ["NB", "NB | global(3)", "NB & causal", "NB | window(4)", "causal & (NB | sink(2))", "full - NB",
+          "NB - window(left = 2, right = 2)"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(grids(max_tokens=150), st.data())
+def test_tiled_block_map_equals_the_permuted_mask(g, data):
+    dims, prefix = g[0], g[4]
+    expr = data.draw(st.sampled_from(OTHERS + ["UNION"]))
+    if expr == "UNION":  # two or three neighbourhoods over one grid, as Radial Attention
+        more = data.draw(st.lists(on_grid(dims, prefix), min_size=1, max_size=2))
+        expr = " | ".join(["NB"] + [source(h).split("pattern p = ")[1].strip() for h in more])
+    pattern = pattern_of(source(g, expr))
+    tiling = data.draw(tilings(dims, prefix))
+    fast, brute = tiled_block_map(pattern, tiling), brute_tiled_block_map(pattern, tiling)
+    assert (fast.status == brute.status).all()
+    assert fast.prefix_pairs == brute.prefix_pairs
+
+
+@settings(max_examples=150, deadline=None)
+@given(grids(max_tokens=200), st.data())
+def test_kernel_tile_count_bounds_the_non_empty_tiles(g, data):
+    """visited_tiles (the union of the terms' per-axis boxes, what the kernel visits) never
+    misses a tile. With dilation 1 on every axis of every term, a query tile's windows are
+    contiguous on each axis, so each term's box is exactly its non-empty tiles and the union
+    of boxes exactly the union's."""
+    dims, prefix = g[0], g[4]
+    tiling = data.draw(tilings(dims, prefix))
+    more = data.draw(st.lists(on_grid(dims, prefix), max_size=2))
+    pattern = pattern_of(source(g, " | ".join(["NB"] + [source(h).split("pattern p = ")[1].strip() for h in more])))
+    gt = grid_terms(pattern)
+    assert gt is not None
+    visited = tiled_block_map(pattern, tiling).visited
+    boxes = visited_tiles(gt, tiling.q_tile, tiling.k_tile)
+    assert boxes >= visited
+    if all(d == 1 for t in gt.terms for d in t.nb.dilation):
+        assert boxes == visited
+
+
+def test_padding_is_never_allowed():
+    """A 5 x 5 grid in 2 x 2 tiles: the tiles on the last row and column hang over it."""
+    pattern = pattern_of("grid(5, 5)\npattern p = full")
+    tiling = GridTiling((5, 5), 0, (2, 2), (2, 2))
+    m = tiled_block_map(pattern, tiling)
+    padded = (tiling.q_positions().reshape(-1, 4) < 0).any(axis=1)
+    assert (m.status[~padded][:, ~padded] == Status.ALL).all()
+    assert (m.status[padded] == Status.SOME).all() and (m.status[:, padded] == Status.SOME).all()
+
+
+def test_prefix_stays_out_of_the_map_but_is_counted():
+    pattern = pattern_of("grid(4, 4) prefix = 3\npattern p = neighborhood(kernel = 3)")
+    m = tiled_block_map(pattern, GridTiling((4, 4), 3, (2, 2), (2, 2)))
+    assert m.status.shape == (4, 4)
+    assert m.prefix_pairs == 3 * 19 + 16 * 3
+    assert m.prefix_pairs + 16 * 9 == brute_pairs((4, 4), (3, 3), (1, 1), (False, False), 3).sum()
+
+
+@pytest.mark.parametrize("dims, kernel, bm, bn, seconds", [
+    ((128, 128), (13, 13), 128, 64, 2.0),
+    ((128, 128), (13, 13), 128, 128, 2.0),
+    ((16, 48, 80), (3, 11, 11), 128, 64, 4.0),
+])
+def test_bench_sizes_are_fast_and_match_the_kernel_count(dims, kernel, bm, bn, seconds):
+    nb = Neighborhood(dims, kernel, (1,) * len(dims), (False,) * len(dims))
+    pattern = pattern_of(f"grid({', '.join(map(str, dims))})\npattern p = neighborhood(kernel = "
+                         f"({', '.join(map(str, kernel))}))")
+    assert pattern.terms[0].lits[0].atom == nb
+    t0 = time.perf_counter()
+    tiling = choose_tiling(grid_terms(pattern), bm, bn)
+    m = tiled_block_map(pattern, tiling)
+    assert time.perf_counter() - t0 < seconds
+    assert m.visited == visited_tiles(grid_terms(pattern), tiling.q_tile, tiling.k_tile)
+    useful = math.prod(dims) * math.prod(kernel) / (m.visited * bm * bn)
+    assert 0.1 < useful <= 1.0
+
+
+def test_natten_image_densities_in_docs():
+    """docs/grids.md: 128 x 128, kernel 13 x 13, 128 x 64 tiles: ~24% useful pairs per visited
+    tile in tile order against ~10% in row-major order."""
+    from attnc.compiler.blocks import block_map
+
+    pattern = lower(load(PATTERNS / "natten_image.attn")).groups[0].pattern
+    tiling = choose_tiling(grid_terms(pattern), 128, 64)
+    pairs = 128 * 128 * 169
+    tiled = pairs / (tiled_block_map(pattern, tiling).visited * 128 * 64)
+    natural = block_map(pattern, 128 * 128, 128, 64)
+    row_major = pairs / ((natural.status != Status.NONE).sum() * 128 * 64)
+    assert round(tiled, 2) == 0.24 and round(row_major, 2) == 0.10
+
+
+@pytest.mark.parametrize("name", ["natten_image", "natten_video", "radial_attention", "freeswim"])
+def test_grid_pattern_files_tile_fast_and_as_the_kernel_counts(name):
+    pattern = lower(load(PATTERNS / f"{name}.attn")).groups[0].pattern
+    gt = grid_terms(pattern)
+    assert gt is not None
+    for bm, bn in ((128, 64), (128, 128)):
+        t0 = time.perf_counter()
+        tiling = choose_tiling(gt, bm, bn)
+        m = tiled_block_map(pattern, tiling)
+        assert time.perf_counter() - t0 < 5.0
+        # exact for these files (natten_video's dilation 2 is smaller than its key tiles)
+        assert m.visited == visited_tiles(gt, tiling.q_tile, tiling.k_tile)
