@@ -21,6 +21,8 @@ from .liveness import CacheLayout, cache_layout
 from .passes import Diagnostic, describe_members, validate
 from .receptive import ReceptiveField, layer_patterns, receptive_field
 from .blocks import block_map
+from .grid_blocks import tiled_block_map
+from .tiling import GridTerm, GridTerms, choose_tiling, grid_terms, visited_tiles
 
 DEFAULT_LAYERS = 32  # the stack depth for the receptive field when the file gives no model
 
@@ -44,6 +46,80 @@ class KV:
 
 
 @dataclass
+class GridOrder:
+    """A grid pattern at one tile size: the kernel's tile order against row-major order.
+
+    Tile order covers the grid queries and keys (compiler/grid_blocks.py); the prefix rows
+    and columns stay in natural order and are counted apart (`prefix_pairs`). Useful-pair
+    density is the allowed pairs over the pairs of the visited tiles.
+    """
+
+    bm: int
+    bn: int
+    q_tile: tuple[int, ...]
+    k_tile: tuple[int, ...]
+    tiles: int  # tile pairs of the grid part in tile order (padding included)
+    visited: int  # non-empty tile pairs in tile order
+    kernel_visits: int | None  # tiles the kernel's per-term boxes visit (None: not a union of neighbourhoods)
+    useful: float
+    row_major_tiles: int  # tile pairs of the whole sequence in natural order
+    row_major_visited: int
+    row_major_useful: float
+    prefix: int
+    prefix_pairs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"block": [self.bm, self.bn], "q_tile": list(self.q_tile), "k_tile": list(self.k_tile),
+                "tile_order": {"tiles": self.tiles, "visited": self.visited, "kernel_visits": self.kernel_visits,
+                               "visited_share": self.visited / self.tiles if self.tiles else 0.0,
+                               "useful_pair_density": self.useful},
+                "row_major": {"tiles": self.row_major_tiles, "visited": self.row_major_visited,
+                              "visited_share": self.row_major_visited / self.row_major_tiles
+                              if self.row_major_tiles else 0.0,
+                              "useful_pair_density": self.row_major_useful},
+                "prefix": self.prefix, "prefix_pairs": self.prefix_pairs}
+
+
+GRID_BLOCKS = ((128, 64), (128, 128))  # the tile sizes reported for grid patterns
+
+
+def _grid_terms_of(pattern: Pattern) -> tuple[GridTerms | None, bool]:
+    """The neighbourhood terms that choose the tiling, and whether they are the whole pattern."""
+    g = grid_terms(pattern)
+    if g is not None:
+        return g, True
+    terms = []
+    for term in pattern.terms:
+        nbs = [l for l in term.lits if isinstance(l.atom, Neighborhood) and not l.negated]
+        if len(nbs) == 1:
+            terms.append(GridTerm(nbs[0].atom, tuple(l for l in term.lits if l is not nbs[0])))
+    if not terms or len({(t.nb.dims, t.nb.prefix) for t in terms}) != 1:
+        return None, False
+    return GridTerms(terms[0].nb.dims, terms[0].nb.prefix, tuple(terms)), False
+
+
+def grid_orders(pattern: Pattern, n: int, pairs: int, natural: dict[tuple[int, int], Any]) -> list[GridOrder]:
+    """Tile order against row-major order for a grid pattern analysed at its grid's length."""
+    g, whole = _grid_terms_of(pattern)
+    if g is None or n != g.prefix + g.size:
+        return []
+    out = []
+    for bm, bn in GRID_BLOCKS:
+        tiling = choose_tiling(g, bm, bn)
+        tiled = tiled_block_map(pattern, tiling)
+        nat = natural.get((bm, bn)) or block_map(pattern, n, bm, bn)
+        nat_visited = int((nat.status != Status.NONE).sum())
+        grid_pairs = pairs - tiled.prefix_pairs
+        out.append(GridOrder(
+            bm, bn, tiling.q_tile, tiling.k_tile, int(tiled.status.size), tiled.visited,
+            visited_tiles(g, tiling.q_tile, tiling.k_tile) if whole else None,
+            grid_pairs / (tiled.visited * bm * bn) if tiled.visited else 0.0,
+            int(nat.status.size), nat_visited, pairs / (nat_visited * bm * bn) if nat_visited else 0.0,
+            g.prefix, tiled.prefix_pairs))
+    return out
+
+
+@dataclass
 class GroupReport:
     index: int
     where: str
@@ -52,10 +128,12 @@ class GroupReport:
     kv_pairs: int  # (layer, KV head) pairs the group's heads use
     block_render: str
     block_cell: int  # tiles per rendered cell side
+    grid: list[GridOrder] = field(default_factory=list)  # tile order against row-major, per tile size
 
     def to_dict(self) -> dict[str, Any]:
         c = self.cost
         return {
+            "grid_order": [g.to_dict() for g in self.grid],
             "index": self.index, "where": self.where, "pattern": str(c.pattern), "heads": c.heads,
             "kv_heads": self.kv_pairs, "density": c.density, "asymptotic": c.asymptotic,
             "asymptotic_from": c.asymptotic_how, "pairs": c.pairs.to_dict(), "flops_per_head": c.flops.to_dict(),
@@ -173,8 +251,12 @@ def analyze(program: Program, n: int, layers: int | None = None, block: tuple[in
         seconds[f"liveness[{i}]"] = time.perf_counter() - t
         coarse, f = coarse_status(cost.bmap.status)
         kv_pairs = len({(l, h // per_kv) for l, h in g.members})
+        t = time.perf_counter()
+        grid = grid_orders(g.pattern, n, cost.pairs.value, {tuple(block): cost.bmap})
+        if grid:
+            seconds[f"grid[{i}]"] = time.perf_counter() - t
         groups.append(GroupReport(i, describe_members(g.members, model.layers, model.heads), cost, kv, kv_pairs,
-                                  _render(coarse), f))
+                                  _render(coarse), f, grid))
     t = time.perf_counter()
     totals = _totals(program, groups, layouts, n, dval, dtype_bytes)
     seconds["totals"] = time.perf_counter() - t
@@ -325,6 +407,15 @@ def render(a: Analysis, console: Any = None) -> None:
         cell = f"{g.block_cell}x{g.block_cell}"
         console.print(f"[dim]block map ('#' full, '+' partial, '.' empty; a cell = {cell} tiles):[/]")
         console.print(g.block_render, highlight=False)
+        for o in g.grid:
+            shape = f"query tile {'x'.join(map(str, o.q_tile))}, key tile {'x'.join(map(str, o.k_tile))}"
+            box = "" if o.kernel_visits is None else f"; the kernel's boxes: {_num(o.kernel_visits)}"
+            console.print(f"grid order, {o.bm}x{o.bn} tiles ({shape}): {_num(o.visited)} of {_num(o.tiles)} "
+                          f"visited ({o.visited / o.tiles:.2%}{box}), {o.useful:.1%} useful pairs", highlight=False)
+            console.print(f"  row-major order: {_num(o.row_major_visited)} of {_num(o.row_major_tiles)} visited "
+                          f"({o.row_major_visited / o.row_major_tiles:.2%}), {o.row_major_useful:.1%} useful pairs"
+                          + (f"  [dim](the prefix of {o.prefix} stays in natural order: {_num(o.prefix_pairs)} "
+                             f"pairs)[/]" if o.prefix else ""), highlight=False)
     tot = a.totals
     console.rule(f"totals over {_plural(tot['layers'], 'layer')} x {_plural(tot['query_heads'], 'head')}",
                  align="left")

@@ -137,3 +137,38 @@ def test_grid_pattern_files_tile_fast_and_as_the_kernel_counts(name):
         assert time.perf_counter() - t0 < 5.0
         # exact for these files (natten_video's dilation 2 is smaller than its key tiles)
         assert m.visited == visited_tiles(gt, tiling.q_tile, tiling.k_tile)
+
+
+def test_analyze_reports_the_grid_tiling(tmp_path, capsys):
+    from attnc.cli import main
+
+    path = tmp_path / "g.attn"
+    path.write_text("grid(32, 32) prefix = 2\npattern g = neighborhood(kernel = (5, 5)) | global(2)\n")
+    assert main(["analyze", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    orders = report["groups"][0]["grid_order"]
+    assert [o["block"] for o in orders] == [[128, 64], [128, 128]]
+    pattern = pattern_of(path.read_text())
+    mask = pattern.mask(2 + 32 * 32)
+    for o in orders:
+        tiling = GridTiling((32, 32), 2, tuple(o["q_tile"]), tuple(o["k_tile"]))
+        visited = int((brute_tiled_block_map(pattern, tiling).status != Status.NONE).sum())
+        bm, bn = o["block"]
+        assert o["tile_order"]["visited"] == visited and o["tile_order"]["kernel_visits"] is None
+        assert o["prefix"] == 2 and o["prefix_pairs"] == int(mask[:2].sum() + mask[2:, :2].sum())
+        grid_pairs = int(mask[2:, 2:].sum())
+        assert o["tile_order"]["useful_pair_density"] == pytest.approx(grid_pairs / (visited * bm * bn))
+        assert o["row_major"]["visited_share"] > o["tile_order"]["visited_share"]
+    assert main(["analyze", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "grid order, 128x64 tiles (query tile" in text and "row-major order:" in text
+
+
+def test_analyze_leaves_other_patterns_and_other_lengths_alone():
+    from attnc.compiler.report import analyze
+
+    program = lower(resolve_text("pattern p = causal & window(64)", "t.attn"))
+    assert analyze(program, 1024, with_receptive=False).groups[0].grid == []
+    program = lower(resolve_text("grid(16, 16)\npattern p = neighborhood(kernel = 3)", "t.attn"))
+    assert analyze(program, 200, with_receptive=False).groups[0].grid == []
+    assert len(analyze(program, 256, with_receptive=False).groups[0].grid) == 2
