@@ -117,26 +117,61 @@ class GridTiling:
 
 
 @functools.lru_cache(maxsize=4096)
-def _axis_key_tiles(length: int, tq: int, tk: int, kernel: int, dilation: int, causal: bool) -> int:
-    """Over the query tiles along one axis, the key tiles between each one's lowest and highest key."""
+def axis_key_tiles(length: int, tq: int, tk: int, kernel: int, dilation: int,
+                   causal: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per query tile along one axis, the first and last key tile that its rows' windows reach.
+
+    The kernel's rule (grid.py.j2): the lowest window start and the highest window end over
+    the tile's rows inside the axis, clamped to the axis, divided by the key tile.
+    """
     starts = np.arange(0, length, tq)
-    out = np.empty(len(starts), dtype=np.int64)
+    first = np.empty(len(starts), dtype=np.int64)
+    last = np.empty(len(starts), dtype=np.int64)
     for i, s in enumerate(starts):
         low = axis_low(np.arange(s, min(s + tq, length)), length, kernel, dilation, causal)
-        lo = max(int(low.min()), 0)
-        hi = min(int(low.max()) + (kernel - 1) * dilation, length - 1)
-        out[i] = hi // tk - lo // tk + 1
-    return int(out.sum())
+        first[i] = max(int(low.min()), 0) // tk
+        last[i] = min(int(low.max()) + (kernel - 1) * dilation, length - 1) // tk
+    first.setflags(write=False)
+    last.setflags(write=False)
+    return first, last
+
+
+def _subsets(n: int) -> list[tuple[int, ...]]:
+    return [s for r in range(1, n + 1) for s in itertools.combinations(range(n), r)]
+
+
+def _box_axes(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...],
+              subset: tuple[int, ...]) -> list[np.ndarray]:
+    """Per axis, per query tile coordinate: key tiles in the intersection of the subset's boxes."""
+    out = []
+    for a, (n, tq, tk) in enumerate(zip(g.dims, q_tile, k_tile)):
+        first, last = None, None
+        for t in subset:
+            nb = g.terms[t].nb
+            f, l = axis_key_tiles(n, tq, tk, nb.kernel[a], nb.dilation[a], nb.causal[a])
+            first = f if first is None else np.maximum(first, f)
+            last = l if last is None else np.minimum(last, l)
+        out.append(np.maximum(last - first + 1, 0))
+    return out
+
+
+def tile_visits(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]) -> np.ndarray:
+    """Key tiles each query tile's program visits (the union of its terms' boxes), in program
+    order (query tiles row-major over the tile grid, the last axis fastest)."""
+    total = np.zeros([-(-n // t) for n, t in zip(g.dims, q_tile)], dtype=np.int64)
+    for subset in _subsets(len(g.terms)):
+        counts = _box_axes(g, q_tile, k_tile, subset)
+        box = functools.reduce(np.multiply.outer, counts)
+        total += box if len(subset) % 2 else -box
+    return total.reshape(-1)
 
 
 def visited_tiles(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]) -> int:
-    """Key tiles the kernel visits over all query tiles: per term, the box of key tiles between
-    the lowest and highest key of the query tile on every axis (an upper bound for unions)."""
+    """The sum of tile_visits over all query tiles, without building it (per axis sums)."""
     total = 0
-    for t in g.terms:
-        per_axis = [_axis_key_tiles(n, tq, tk, k, d, c)
-                    for n, tq, tk, k, d, c in zip(g.dims, q_tile, k_tile, t.nb.kernel, t.nb.dilation, t.nb.causal)]
-        total += math.prod(int(x) for x in per_axis)
+    for subset in _subsets(len(g.terms)):
+        n = math.prod(int(c.sum()) for c in _box_axes(g, q_tile, k_tile, subset))
+        total += n if len(subset) % 2 else -n
     return total
 
 
