@@ -58,7 +58,14 @@ CASES = {
     "duo_mix": ("model { layers = 1, heads = 32, kv_heads = 32, head_dim = 128 }\n"
                 "pattern duo_mix {\n  heads 0..8: causal\n  rest: causal & (sink(64) | window(960))\n}\n",
                 [32768], "DuoAttention: 8 causal + 24 sink(64)|window(960) heads"),
+    # issue 8's grid cases: 24 heads, against dense (non-causal) SDPA
+    "image_13x13": ("grid(128, 128)\npattern image_13x13 = neighborhood(kernel = (13, 13))\n", [16384],
+                    "image 128x128, neighborhood 13x13, 24 heads"),
+    "video_3x11x11": ("grid(16, 48, 80)\npattern video_3x11x11 = neighborhood(kernel = (3, 11, 11))\n", [61440],
+                      "video 16x48x80, neighborhood 3x11x11, 24 heads"),
 }
+# cases that differ from B, H, D and causal SDPA
+CASE_SHAPE = {"image_13x13": {"heads": 24, "causal": False}, "video_3x11x11": {"heads": 24, "causal": False}}
 B, H, D = 1, 32, 128
 CHECK_N = (1000, 4096)
 BUDGET_S = 300  # stop timing new cases after this many seconds (the device call allows 480)
@@ -92,10 +99,11 @@ def generate(out: Path) -> None:
         program = lower(resolve_text(text, f"bench/{name}.attn"))
         program = program.__class__(**{**program.__dict__, "name": f"bench_{name}"})
         written = write_module(program, out)
-        workloads = {str(n): simulate.prefill_workload(program, simulate.Shape(n, B, H, None, D)).to_dict()
+        shape = {"heads": H, "causal": True, **CASE_SHAPE.get(name, {})}
+        workloads = {str(n): simulate.prefill_workload(program, simulate.Shape(n, B, shape["heads"], None, D)).to_dict()
                      for n in lengths}
         manifest["modules"].append({"file": written.name, "source": f"bench case {name}",
-                                    "bench": {"lengths": lengths, "label": label, "workloads": workloads}})
+                                    "bench": {"lengths": lengths, "label": label, "workloads": workloads, **shape}})
         print(f"bench case {name} -> {written.name}")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
@@ -112,11 +120,11 @@ def import_module(path: Path):
     return mod
 
 
-def shape_for(mod, bench: bool) -> tuple[int, int, int]:
+def shape_for(mod, bench: dict | None) -> tuple[int, int, int]:
     """(H, H_KV, D) to check a module with: the benchmark's shape, or the model's where it matters."""
     model = mod.PATTERN["model"]
     if bench:
-        return H, H, D
+        return bench.get("heads", H), bench.get("heads", H), D
     heads = model["heads"] if mod.PATTERN["varies_by_head"] else 8
     kv = model["kv_heads"] if mod.PATTERN["varies_by_head"] and model["kv_heads"] else heads // 2
     if kv <= 0 or heads % kv:
@@ -137,7 +145,7 @@ def check_module(path: str, bench: dict | None, smoke: bool = False) -> dict:
     if smoke:
         _smoke()
     mod = import_module(Path(path))
-    heads, kv, d = shape_for(mod, bench is not None)
+    heads, kv, d = shape_for(mod, bench)
     layers = range(mod.PATTERN["model"]["layers"]) if mod.PATTERN["varies_by_layer"] else [None]
     layers = sorted({layers[0], layers[-1]}) if len(layers) > 1 else list(layers)
     out = {"file": Path(path).name, "pattern": mod.PATTERN["name"], "shape": [heads, kv, d], "checks": []}
@@ -161,12 +169,14 @@ def check_module(path: str, bench: dict | None, smoke: bool = False) -> dict:
                     ok = ok and bool(torch.equal(torch.isfinite(lse), fin)) and lse_err < 1e-2
                 out["checks"].append({"n": n, "layer": layer, "rel_err": rel, "lse_err": lse_err, "ok": ok})
                 del q, k, v, o, ref, ref_lse
+        if hasattr(mod, "_GRID_SHAPE") and not smoke:
+            out["checks"].extend(check_grid(mod, heads, kv, d))
     except Exception:
         out["error"] = traceback.format_exc(limit=6)
     if bench is not None and not smoke and "error" not in out:
         t1 = time.perf_counter()
         try:  # only a warm-up: a failure here is FlexAttention's, reported with its timing
-            warm_flex(mod, bench["lengths"])
+            warm_flex(mod, bench["lengths"], bench.get("heads", H))
         except Exception as exc:
             out["flex_warm_error"] = f"{type(exc).__name__}: {exc}"[:300]
         out["flex_warm_s"] = time.perf_counter() - t1
@@ -175,17 +185,48 @@ def check_module(path: str, bench: dict | None, smoke: bool = False) -> dict:
     return out
 
 
-def warm_flex(mod, lengths) -> None:
+def check_grid(mod, heads: int, kv: int, d: int) -> list[dict]:
+    """The tile-order kernel runs only at N = prefix + grid tokens: check it there, against the
+    module's reference up to 16K tokens (2 heads), beyond against the generic kernel (checked
+    against the reference at CHECK_N above) on the same inputs."""
+    import torch
+
+    out = []
+    for dims, prefix in {(tuple(s[0]), s[1]) for s in mod._GRID_SHAPE if s is not None}:
+        n = prefix
+        size = 1
+        for x in dims:
+            size *= x
+        n += size
+        small = n <= 16384
+        h = min(heads, 2) if small and not mod.PATTERN["varies_by_head"] else heads
+        hk = kv if h == heads else 1
+        gen = torch.Generator(device=DEVICE).manual_seed(n)
+        q = torch.randn(1, h, n, d, device=DEVICE, dtype=torch.bfloat16, generator=gen)
+        k = torch.randn(1, hk, n, d, device=DEVICE, dtype=torch.bfloat16, generator=gen)
+        v = torch.randn(1, hk, n, d, device=DEVICE, dtype=torch.bfloat16, generator=gen)
+        o = mod.prefill(q, k, v)
+        ref = mod.reference(q, k, v) if small else mod._forward(q, k, v, None, False, None, config={"GRID": False})[0]
+        rel = ((o.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12)).item()
+        out.append({"n": n, "layer": None, "rel_err": rel, "lse_err": 0.0, "ok": rel < 1e-2,
+                    "against": "reference" if small else "generic kernel"})
+        del q, k, v, o, ref
+        torch.cuda.empty_cache()
+    return out
+
+
+def warm_flex(mod, lengths, heads: int = 0) -> None:
     """Compile FlexAttention (and the timed kernel) for a case's shapes once, in this worker."""
     import torch
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     flex_fn = torch.compile(flex_attention, dynamic=False)
+    heads = heads or H
     for n in lengths:
-        q, k, v = (torch.randn(B, H, n, D, device=DEVICE, dtype=torch.bfloat16) for _ in range(3))
+        q, k, v = (torch.randn(B, heads, n, D, device=DEVICE, dtype=torch.bfloat16) for _ in range(3))
         mask_mod, per_head = mask_mod_of(mod, DEVICE)
-        block_mask = create_block_mask(mask_mod, B=None, H=H if per_head else None, Q_LEN=n, KV_LEN=n, device=DEVICE,
-                                       _compile=True)
+        block_mask = create_block_mask(mask_mod, B=None, H=heads if per_head else None, Q_LEN=n, KV_LEN=n,
+                                       device=DEVICE, _compile=True)
         flex_fn(q, k, v, block_mask=block_mask)
         mod.prefill(q, k, v)
         torch.cuda.synchronize()
@@ -240,11 +281,11 @@ def mask_mod_of(mod, device):
     return mask_mod, True
 
 
-def allowed_pairs(mod, n: int, device) -> int:
+def allowed_pairs(mod, n: int, device, heads: int) -> int:
     """Exact count of allowed (q, k) pairs over all heads of the model row, in row chunks."""
     import torch
 
-    row = mod._GROUP_TABLE[0] if mod.PATTERN["varies_by_head"] else [mod._GROUP_TABLE[0][0]] * H
+    row = mod._GROUP_TABLE[0] if mod.PATTERN["varies_by_head"] else [mod._GROUP_TABLE[0][0]] * heads
     total = 0
     k = torch.arange(n, device=device)[None, :]
     for g in set(row):
@@ -268,33 +309,37 @@ def _bench(fn) -> float:
     return do_bench(fn, warmup=100, rep=400, return_mode="median")
 
 
-_SDPA_MS: dict[int, float] = {}
+_SDPA_MS: dict[tuple[int, int, bool], float] = {}
 
 
-def time_case(mod, n: int, flex_fn) -> dict:
+def time_case(mod, n: int, flex_fn, heads: int = 0, causal: bool = True) -> dict:
+    """attnc, FlexAttention (same mask) and SDPA (dense: causal, or full for non-causal cases)."""
     import torch
     import torch.nn.functional as F
 
-    q, k, v = (torch.randn(B, H, n, D, device=DEVICE, dtype=torch.bfloat16) for _ in range(3))
-    pairs = allowed_pairs(mod, n, DEVICE)
+    heads = heads or H
+    q, k, v = (torch.randn(B, heads, n, D, device=DEVICE, dtype=torch.bfloat16) for _ in range(3))
+    pairs = allowed_pairs(mod, n, DEVICE, heads)
     flops = 4 * D * pairs * B  # pairs already summed over heads
-    res = {"n": n, "pairs": pairs, "density": pairs / (H * n * n)}
+    res = {"n": n, "heads": heads, "pairs": pairs, "density": pairs / (heads * n * n)}
     ms = _bench(lambda: mod.prefill(q, k, v))
     res.update(attnc_ms=ms, attnc_tflops=flops / ms / 1e9)
     try:
         from torch.nn.attention.flex_attention import create_block_mask
 
         mask_mod, per_head = mask_mod_of(mod, DEVICE)
-        block_mask = create_block_mask(mask_mod, B=None, H=H if per_head else None, Q_LEN=n, KV_LEN=n,
+        block_mask = create_block_mask(mask_mod, B=None, H=heads if per_head else None, Q_LEN=n, KV_LEN=n,
                                        device=DEVICE, _compile=not SMOKE)
         fms = _bench(lambda: flex_fn(q, k, v, block_mask=block_mask))
         res.update(flex_ms=fms, flex_tflops=flops / fms / 1e9)
     except Exception as exc:
         res["flex_error"] = f"{type(exc).__name__}: {exc}"[:300]
-    if n not in _SDPA_MS:
-        _SDPA_MS[n] = _bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
-    sms = _SDPA_MS[n]
-    res.update(sdpa_ms=sms, sdpa_tflops=4 * D * B * H * n * (n + 1) / 2 / sms / 1e9)
+    key = (n, heads, causal)
+    if key not in _SDPA_MS:
+        _SDPA_MS[key] = _bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+    sms = _SDPA_MS[key]
+    dense_pairs = n * (n + 1) / 2 if causal else n * n
+    res.update(sdpa_ms=sms, sdpa_tflops=4 * D * B * heads * dense_pairs / sms / 1e9, sdpa="causal" if causal else "full")
     return res
 
 
@@ -344,7 +389,7 @@ def run(folder: Path) -> int:
             mod = import_module(folder / m["file"])
             n = min(n, 96) if SMOKE else n
             try:
-                r = time_case(mod, n, flex_fn)
+                r = time_case(mod, n, flex_fn, m["bench"].get("heads", H), m["bench"].get("causal", True))
             except Exception as exc:
                 r = {"n": n, "error": f"{type(exc).__name__}: {exc}"[:300]}
             r["label"] = m["bench"]["label"]
@@ -402,7 +447,7 @@ def _f(x, fmt):
 
 
 def render_table(rows: list[dict]) -> str:
-    head = ("| case | N | density | attnc ms | attnc TFLOP/s | Flex ms | Flex TFLOP/s | SDPA causal ms "
+    head = ("| case | N | density | attnc ms | attnc TFLOP/s | Flex ms | Flex TFLOP/s | SDPA ms "
             "| SDPA TFLOP/s | vs Flex | vs SDPA | predicted ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [head]
     for r in rows:
@@ -412,7 +457,8 @@ def render_table(rows: list[dict]) -> str:
         flex = r.get("flex_ms")
         lines.append(
             f"| {_md(r['label'])} | {r['n']} | {r['density']:.3f} | {r['attnc_ms']:.3f} | {r['attnc_tflops']:.0f} "
-            f"| {_f(flex, '.3f')} | {_f(r.get('flex_tflops'), '.0f')} | {r['sdpa_ms']:.3f} | {r['sdpa_tflops']:.0f} "
+            f"| {_f(flex, '.3f')} | {_f(r.get('flex_tflops'), '.0f')} | {r['sdpa_ms']:.3f} ({r.get('sdpa', 'causal')}) "
+            f"| {r['sdpa_tflops']:.0f} "
             f"| {_f(flex and flex / r['attnc_ms'], '.2f')}x | {r['sdpa_ms'] / r['attnc_ms']:.2f}x "
             f"| {_f(r.get('predicted_ms'), '.3f')} |")
     return "\n".join(lines)
@@ -429,9 +475,10 @@ def render_markdown(device, torch_version, triton_version, checks, compile_statu
         f"(bf16, random inputs, N = {' and '.join(map(str, CHECK_N))}; relative error < 1e-2, log-sum-exp "
         f"within 1e-2, -inf exactly on rows without keys){'; failed: ' + ', '.join(failed) if failed else ''}.\n"
         f"`prefill` under `torch.compile(fullgraph=True)`: {compile_status}.\n\n"
-        f"## Prefill forward, B={B}, H={H}, D={D}, bf16\n\n"
+        f"## Prefill forward, B={B}, H={H} (24 for the grid cases), D={D}, bf16\n\n"
         f"Medians of `triton.testing.do_bench`. TFLOP/s count the allowed pairs only (4 * D * pairs); SDPA runs "
-        f"dense causal attention (its TFLOP/s count the causal pairs). `vs Flex` and `vs SDPA` are the other "
+        f"dense attention, causal for causal patterns and full for the grid cases (its TFLOP/s count the pairs "
+        f"it computes). `vs Flex` and `vs SDPA` are the other "
         f"kernel's time over attnc's (above 1: attnc is faster). FlexAttention: torch.compile'd "
         f"`flex_attention` with the module's mask predicate as `mask_mod`, block mask built once.\n\n"
         f"{table}\n")

@@ -296,7 +296,8 @@ def kernel_config(program: Program, head_dim: int, dtype: str, capability: tuple
         cfg = dict(configs.CPU_CONFIG)
     else:
         kind = "fp32" if dtype == "float32" else "16bit"
-        cfg = next(dict(c) for (min_cap, k, d, c) in configs.CONFIGS
+        table = configs.GRID_CONFIGS + configs.CONFIGS if tune["grid"] else configs.CONFIGS
+        cfg = next(dict(c) for (min_cap, k, d, c) in table
                    if tuple(capability) >= tuple(min_cap) and k == kind and d in (None, head_dim))
     rows = min(x for x in (tune["block_cap"], tune["rows_cap"], cfg["BLOCK_M"]) if x is not None)
     if tune["block_cap"] is not None:
@@ -345,9 +346,9 @@ def _plans(program: Program) -> tuple[Any, ...]:
 def _tuning(program: Program) -> tuple[dict[str, Any], ...]:
     """The generated module's _TUNING (codegen/writer.py's module_params["tuning"], read off the
     same plans without the rest of module_params, whose decode part is slow): per group
-    block_cap, rows_cap, narrow, grows, residue."""
+    block_cap, rows_cap, narrow, grows, residue, grid."""
     return tuple({"block_cap": p.block_cap, "rows_cap": p.rows_cap, "narrow": p.narrow, "grows": p.grows,
-                  "residue": p.residue} for p in _plans(program))
+                  "residue": p.residue, "grid": p.grid is not None} for p in _plans(program))
 
 
 class _Tl:
@@ -491,11 +492,31 @@ def _count(segs: Sequence[Segment], out: Tiles) -> Tiles:
     return out
 
 
+def grid_kernel_tiles(grid: Any, n: int, cfg: KernelConfig) -> Tiles | None:
+    """Tile counts per program of a grid group's tile-order kernel (templates/grid.py.j2), or
+    None when it does not run (a length other than prefix + grid tokens, or unplanned tiles):
+    a program per query tile visits the union of its terms' boxes of key tiles, after the
+    prefix keys; a program per block of prefix rows visits every key. All tiles are masked."""
+    tiles = grid.tiles.get((cfg.bm, cfg.bn))
+    if tiles is None or n != grid.prefix + grid.size:
+        return None
+    from .tiling import tile_visits
+
+    per_tile = tile_visits(grid.source, *tiles) + -(-grid.prefix // cfg.bn)
+    masked = np.concatenate([per_tile, np.full(-(-grid.prefix // cfg.bm), -(-n // cfg.bn), dtype=np.int64)])
+    z = np.zeros_like(masked)
+    return Tiles(cfg.bm, cfg.bn, z, masked, z.copy(), cfg.bn)
+
+
 def kernel_tiles(plan: Any, n: int, cfg: KernelConfig) -> Tiles:
     """Tile counts per program of the generated kernel for one head (see kernel_segments), in
     grid order. With `cfg.residue` = d (and a residue plan), the kernel's residue mode: for each
     class rho = 0 .. d-1, the residue plan's visits on its subsequence of (n - rho) / d positions,
     cdiv(cdiv(n, d), BLOCK_M) programs each."""
+    if getattr(plan, "grid", None) is not None:
+        grid = grid_kernel_tiles(plan.grid, n, cfg)
+        if grid is not None:
+            return grid
     d = cfg.residue if getattr(plan, "residue_plan", None) is not None else 0
     if not d:
         return _count(kernel_segments(plan, n, cfg.bm, cfg.bn, cfg.bn_narrow), _no_tiles(n, cfg.bm, cfg.bn, cfg.bn_narrow))

@@ -166,11 +166,26 @@ def tile_visits(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]) 
     return total.reshape(-1)
 
 
+@functools.lru_cache(maxsize=65536)
+def _axis_box_sum(length: int, tq: int, tk: int, windows: tuple[tuple[int, int, bool], ...]) -> int:
+    """Over the query tiles along one axis, the key tiles in the intersection of the windows' boxes."""
+    first, last = None, None
+    for kernel, dilation, causal in windows:
+        f, l = axis_key_tiles(length, tq, tk, kernel, dilation, causal)
+        first = f if first is None else np.maximum(first, f)
+        last = l if last is None else np.minimum(last, l)
+    return int(np.maximum(last - first + 1, 0).sum())
+
+
 def visited_tiles(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]) -> int:
     """The sum of tile_visits over all query tiles, without building it (per axis sums)."""
     total = 0
     for subset in _subsets(len(g.terms)):
-        n = math.prod(int(c.sum()) for c in _box_axes(g, q_tile, k_tile, subset))
+        n = 1
+        for a, (length, tq, tk) in enumerate(zip(g.dims, q_tile, k_tile)):
+            windows = tuple((g.terms[t].nb.kernel[a], g.terms[t].nb.dilation[a], g.terms[t].nb.causal[a])
+                            for t in subset)
+            n *= _axis_box_sum(length, tq, tk, windows)
         total += n if len(subset) % 2 else -n
     return total
 
