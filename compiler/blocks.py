@@ -7,20 +7,24 @@ terms are. What interval arithmetic cannot decide alone (a term with two partial
 that might be jointly empty, or several partial terms whose union might cover the tile) is
 settled cheaply where possible: the tile's corners and 60 fixed pseudo-random points are
 probed, and one allowed plus one forbidden probe proves the tile partial. Only the rest are
-enumerated pair by pair, which happens on few tiles at the edges of bands. A grid
-neighbourhood is classified from per-query key lists (each query reads at most prod(kernel)
-grid keys) rather than tile by tile.
+enumerated pair by pair, which happens on few tiles at the edges of bands. Grid
+neighbourhoods are classified from exact allowed-pair counts per tile (below: per-axis
+boxes, summed over runs of queries); terms that differ only in their neighbourhoods are
+grouped, (N1 and R) or (N2 and R) = (N1 or N2) and R, so a union of neighbourhoods is one
+exact literal rather than several partial terms to probe.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import itertools
 import math
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
-from .ir import Lit, Neighborhood, Pattern, Status, axis_neighbour, status_of
+from .ir import Lit, Neighborhood, Pattern, Status, status_of
+from .tiling import axis_low
 
 _BRUTE_BATCH = 64
 
@@ -80,11 +84,19 @@ def block_map(pattern: Pattern, n_q: int, bm: int, bn: int, n_k: int | None = No
     any_all = np.zeros(shape, dtype=bool)
     live_terms = np.zeros(shape, dtype=np.int32)
     exact_some = np.zeros(shape, dtype=bool)
-    for term in pattern.terms:
+    for conjs, rest in nb_groups(pattern.terms):
         n_some = np.zeros(shape, dtype=np.int32)
         none = np.zeros(shape, dtype=bool)
-        for lit in term.lits:
-            s = np.broadcast_to(_lit_tile(lit, q0c, q1c, k0r, k1r, n_q, n_k, bm, bn), shape)
+        negs = tuple(l.atom for l in rest if l.negated and isinstance(l.atom, Neighborhood))
+        nb_part = _nb_part_tiles(conjs, negs, n_q, n_k, bm, bn)
+        if nb_part is not None:  # the neighbourhoods, negated ones included, as one exact literal
+            statuses = [nb_part]
+            rest = tuple(l for l in rest if not (l.negated and isinstance(l.atom, Neighborhood)))
+        else:
+            statuses = [] if conjs is None else [box_union_tiles(conjs, n_q, n_k, bm, bn)]
+        statuses += [lit_tile(lit, q0c, q1c, k0r, k1r, n_q, n_k, bm, bn) for lit in rest]
+        for s in statuses:
+            s = np.broadcast_to(s, shape)
             none |= s == Status.NONE
             n_some += s == Status.SOME
         live = ~none
@@ -100,9 +112,50 @@ def block_map(pattern: Pattern, n_q: int, bm: int, bn: int, n_k: int | None = No
     return BlockMap(n_q, n_k, bm, bn, status)
 
 
-def _lit_tile(lit: Lit, q0, q1, k0, k1, n_q: int, n_k: int, bm: int, bn: int) -> np.ndarray:
+def _nb_part_tiles(conjs, negs: tuple[Neighborhood, ...], n_q: int, n_k: int, bm: int, bn: int) -> np.ndarray | None:
+    """Exact statuses of (the union of conjs, or every pair when None) and none of negs, from
+    counts: |U and not (M1 or M2 ...)| = |U| - |union of (C and Mi)| over U's conjunctions C."""
+    if not negs:
+        return None
+    base = conjs if conjs is not None else ((),)
+    cut = tuple(dict.fromkeys(c + (m,) for c in base for m in negs))
+    if len(cut) > MAX_BOX_TERMS or len({(a.dims, a.prefix) for c in cut for a in c}) != 1:
+        return None
+    nqb, nkb = -(-n_q // bm), -(-n_k // bn)
+    rows = np.minimum(np.arange(nqb) * bm + bm, n_q) - np.arange(nqb) * bm
+    cols = np.minimum(np.arange(nkb) * bn + bn, n_k) - np.arange(nkb) * bn
+    area = rows[:, None] * cols[None, :]
+    whole = area if conjs is None else box_tile_counts(conjs, n_q, n_k, bm, bn)
+    counts = whole - box_tile_counts(cut, n_q, n_k, bm, bn)
+    return status_of(counts == area, counts > 0)
+
+
+def nb_groups(terms) -> list[tuple[tuple | None, tuple[Lit, ...]]]:
+    """The terms grouped by their literals other than positive neighbourhoods: (N1 and R) or
+    (N2 and R) is (N1 or N2) and R, whose first factor is exact by boxes. A group is
+    (conjunctions of neighbourhoods or None, the other literals)."""
+    groups: dict[tuple[Lit, ...], list] = {}
+    plain = []
+    for term in terms:
+        nbs = tuple(l.atom for l in term.lits if not l.negated and isinstance(l.atom, Neighborhood))
+        rest = tuple(l for l in term.lits if l.negated or not isinstance(l.atom, Neighborhood))
+        if nbs:
+            groups.setdefault(rest, []).append(nbs)
+        else:
+            plain.append((None, term.lits))
+    out = []
+    for rest, conjs in groups.items():
+        ok = len({(a.dims, a.prefix) for c in conjs for a in c}) == 1 and len(conjs) <= MAX_BOX_TERMS
+        if ok:
+            out.append((tuple(conjs), rest))
+        else:
+            out += [(None, tuple(Lit(a) for a in c) + rest) for c in conjs]
+    return out + plain
+
+
+def lit_tile(lit: Lit, q0, q1, k0, k1, n_q: int, n_k: int, bm: int, bn: int) -> np.ndarray:
     if isinstance(lit.atom, Neighborhood):
-        s = _neighborhood_tiles(lit.atom, n_q, n_k, bm, bn)
+        s = box_union_tiles(((lit.atom,),), n_q, n_k, bm, bn)
         return (2 - s).astype(np.int8) if lit.negated else s
     return lit.tile(q0, q1, k0, k1)
 
@@ -127,45 +180,179 @@ def _probe_partial(pattern: Pattern, ambiguous: np.ndarray, q0, q1, k0, k1) -> n
     return out
 
 
-def _neighborhood_tiles(nb: Neighborhood, n_q: int, n_k: int, bm: int, bn: int) -> np.ndarray:
-    """Exact tile statuses of one neighbourhood atom, from allowed-pair counts per tile."""
+# ---------------------------------------------------------------- neighbourhoods as boxes
+#
+# On one axis the keys of query coordinate x under a neighbourhood are an arithmetic
+# progression low, low + d, ..., low + (K - 1) d cut to [0, L) (tiling.axis_low), every member
+# congruent to x modulo d. The keys of a conjunction of neighbourhoods over one grid are
+# then, per axis, {y in [lo, hi] : y = x (mod lcm of the dilations)} with lo the largest first
+# member and hi the smallest last: a box of progressions, one per axis. How many of query q's
+# keys have a grid index below x (row-major) is a lexicographic count over x's digits:
+#     F(q, x) = sum_a [x_b in S_b(q_b) for b < a] * |{y in S_a(q_a) : y < x_a}| * prod_{b > a} |S_b(q_b)|,
+# a product of per-axis factors for each a. Summed over a box of queries (a run of
+# consecutive row-major queries is a few boxes) it is a sum of products of per-axis sums,
+# read from cumulative tables of L x L entries. A union of conjunctions is counted by
+# inclusion-exclusion over its conjunctions' subsets (intersections are boxes again).
+
+MAX_BOX_TERMS = 10  # unions of more conjunctions than this fall back to the general path
+_CELLS = 1 << 21  # (query boxes x key bounds) evaluated at once
+
+
+@lru_cache(maxsize=1024)
+def _axis_sums(length: int, windows: tuple[tuple[int, int, bool], ...]):
+    """Cumulative per-axis tables over query coordinates (a leading zero row) for the
+    intersection of the windows (kernel, dilation, causal): sizes |S(x)|, counts below v
+    |{y in S(x): y < v}| for v in 0..L, and membership [v in S(x)] for v in 0..L-1."""
+    x = np.arange(length, dtype=np.int64)
+    lo, hi, step = np.zeros(length, dtype=np.int64), np.full(length, length - 1, dtype=np.int64), 1
+    for kernel, dilation, causal in windows:
+        low = axis_low(x, length, kernel, dilation, causal)
+        lo, hi = np.maximum(lo, low), np.minimum(hi, low + (kernel - 1) * dilation)
+        step = math.lcm(step, dilation)
+    r = (x % step)[:, None]
+    v = np.arange(length + 1, dtype=np.int64)[None, :]
+    top = np.minimum(hi[:, None], v - 1)
+    below = np.where(top >= lo[:, None], (top - r) // step - (lo[:, None] - 1 - r) // step, 0)
+    vm = v[:, :length]
+    member = (vm >= lo[:, None]) & (vm <= hi[:, None]) & ((vm - r) % step == 0)
+    zero = lambda a: np.concatenate([np.zeros((1,) + a.shape[1:], dtype=np.int64), a.cumsum(axis=0)])
+    out = zero(below[:, length]), zero(below), zero(member.astype(np.int64))
+    for a in out:
+        a.setflags(write=False)
+    return out
+
+
+def _box_windows(conj: tuple[Neighborhood, ...]) -> tuple[tuple[tuple[int, int, bool], ...], ...]:
+    dims = conj[0].dims
+    return tuple(tuple(sorted({(nb.kernel[a], nb.dilation[a], nb.causal[a]) for nb in conj}))
+                 for a in range(len(dims)))
+
+
+def _inclusion_exclusion(conjs) -> dict[tuple, int]:
+    """The boxes (per-axis windows) of every non-empty subset's intersection, with their signs
+    summed (boxes that coincide merge)."""
+    coef: dict[tuple, int] = {}
+    boxes = [_box_windows(c) for c in conjs]
+    for r in range(1, len(boxes) + 1):
+        for subset in itertools.combinations(boxes, r):
+            key = tuple(tuple(sorted(set().union(*(b[a] for b in subset)))) for a in range(len(boxes[0])))
+            coef[key] = coef.get(key, 0) + (1 if r % 2 else -1)
+    return {k: c for k, c in coef.items() if c}
+
+
+def _range_boxes(a: int, e: int, dims: tuple[int, ...]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The grid indices a..e-1 (row-major) as boxes [start, stop) per axis."""
+    if a >= e:
+        return []
+    if len(dims) == 1:
+        return [((a,), (e,))]
+    inner = math.prod(dims[1:])
+    a0, e0 = a // inner, e // inner
+    if a0 == e0:
+        return [((a0,) + s, (a0 + 1,) + t) for s, t in _range_boxes(a % inner, e % inner, dims[1:])]
+    out = []
+    if a % inner:
+        out += [((a0,) + s, (a0 + 1,) + t) for s, t in _range_boxes(a % inner, inner, dims[1:])]
+        a0 += 1
+    if e0 > a0:
+        out.append(((a0,) + (0,) * (len(dims) - 1), (e0,) + tuple(dims[1:])))
+    if e % inner:
+        out += [((e0,) + s, (e0 + 1,) + t) for s, t in _range_boxes(0, e % inner, dims[1:])]
+    return out
+
+
+def _box_sums(dims: tuple[int, ...], windows, starts: np.ndarray, stops: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """sum over the queries of each box of F(q, x), for every grid bound x in xs (0..grid size):
+    (boxes, bounds)."""
+    g = math.prod(dims)
+    strides = [math.prod(dims[a + 1:]) for a in range(len(dims))]
+    inside = np.minimum(xs, g - 1)
+    tables = [_axis_sums(length, w) for length, w in zip(dims, windows)]
+    sizes = [z[stops[:, a]] - z[starts[:, a]] for a, (z, _, _) in enumerate(tables)]
+    suffix = [np.ones(len(starts), dtype=np.int64)]
+    for s in reversed(sizes[1:]):
+        suffix.insert(0, suffix[0] * s)
+    out = np.zeros((len(starts), len(xs)), dtype=np.int64)
+    pref = np.ones((len(starts), len(xs)), dtype=np.int64)
+    for a, (length, (_, below, member)) in enumerate(zip(dims, tables)):
+        digit = (inside // strides[a]) % length
+        s, t = starts[:, a][:, None], stops[:, a][:, None]
+        out += pref * (below[t, digit[None, :]] - below[s, digit[None, :]]) * suffix[a][:, None]
+        if a + 1 < len(dims):
+            pref *= member[t, digit[None, :]] - member[s, digit[None, :]]
+    full = (suffix[0] * sizes[0])[:, None]
+    return np.where(xs[None, :] >= g, full, out)
+
+
+def _union_sums(conjs, starts, stops, xs) -> np.ndarray:
+    dims = conjs[0][0].dims
+    out = np.zeros((len(starts), len(xs)), dtype=np.int64)
+    for windows, c in _inclusion_exclusion(conjs).items():
+        out += c * _box_sums(dims, windows, starts, stops, xs)
+    return out
+
+
+def box_pair_count(conjs, n: int) -> int:
+    """Allowed pairs of a union of conjunctions of neighbourhoods over one grid (tuples of
+    Neighborhood atoms, as nb_groups makes them) for n queries and n keys, exactly."""
+    nb = conjs[0][0]
+    p, g = nb.prefix, math.prod(nb.dims)
+    n_text = min(p, n)
+    total = n_text * n + (n - n_text) * n_text  # text rows see all keys; text columns seen by all
+    g_n = max(0, min(n - p, g))
+    boxes = _range_boxes(0, g_n, nb.dims)
+    if not boxes:
+        return total
+    starts, stops = (np.array(b, dtype=np.int64) for b in zip(*boxes))
+    return total + int(_union_sums(conjs, starts, stops, np.array([g_n], dtype=np.int64)).sum())
+
+
+@lru_cache(maxsize=2)
+def box_tile_counts(conjs, n_q: int, n_k: int, bm: int, bn: int) -> np.ndarray:
+    """Allowed pairs per (bm x bn) tile of a union of conjunctions of neighbourhoods, exactly:
+    a read-only array (query blocks, key blocks)."""
+    nb = conjs[0][0]
     nqb, nkb = -(-n_q // bm), -(-n_k // bn)
     rows = np.minimum(np.arange(nqb) * bm + bm, n_q) - np.arange(nqb) * bm
     cols = np.minimum(np.arange(nkb) * bn + bn, n_k) - np.arange(nkb) * bn
-    counts = np.zeros((nqb, nkb), dtype=np.int64)
     p, g = nb.prefix, math.prod(nb.dims)
     # text rows read every key; every row reads the text keys
-    text_rows = np.zeros(nqb, dtype=np.int64)
-    np.add.at(text_rows, np.arange(min(p, n_q)) // bm, 1)
-    counts += text_rows[:, None] * cols[None, :]
-    text_cols = np.zeros(nkb, dtype=np.int64)
-    np.add.at(text_cols, np.arange(min(p, n_k)) // bn, 1)
-    counts += (rows - text_rows)[:, None] * text_cols[None, :]
-    # grid rows: the product of the axes' allowed coordinates
-    gq = np.arange(max(0, min(n_q - p, g)), dtype=np.int64)
-    if len(gq):
-        strides = [math.prod(nb.dims[i + 1:]) for i in range(len(nb.dims))]
-        offsets = np.zeros((len(gq), 1), dtype=np.int64)
-        valid = np.ones((len(gq), 1), dtype=bool)
-        for s, length, kk, dl, c in zip(strides, nb.dims, nb.kernel, nb.dilation, nb.causal):
-            x = (gq // s) % length
-            y = np.arange(length)
-            table = np.asarray(axis_neighbour(y[:, None], y[None, :], length, kk, dl, c), dtype=bool)
-            width = int(table.sum(axis=1).max()) if length else 0
-            ys = np.full((length, max(width, 1)), -1, dtype=np.int64)
-            for xv in range(length):
-                hits = np.flatnonzero(table[xv])
-                ys[xv, :len(hits)] = hits
-            choice = ys[x]  # (queries, width)
-            offsets = (offsets[:, :, None] + s * choice[:, None, :]).reshape(len(gq), -1)
-            valid = (valid[:, :, None] & (choice[:, None, :] >= 0)).reshape(len(gq), -1)
-        keys = offsets + p
-        valid &= keys < n_k
-        qb = ((gq + p) // bm)[:, None]
-        idx = (np.broadcast_to(qb, keys.shape)[valid] * nkb + keys[valid] // bn)
-        counts += np.bincount(idx, minlength=nqb * nkb).reshape(nqb, nkb)
-    area = rows[:, None] * cols[None, :]
-    return status_of(counts == area, counts > 0)
+    text_rows = np.bincount(np.arange(min(p, n_q)) // bm, minlength=nqb).astype(np.int64)
+    text_cols = np.bincount(np.arange(min(p, n_k)) // bn, minlength=nkb).astype(np.int64)
+    counts = text_rows[:, None] * cols[None, :] + (rows - text_rows)[:, None] * text_cols[None, :]
+    g_q, g_k = max(0, min(n_q - p, g)), max(0, min(n_k - p, g))
+    if not g_q or not g_k:
+        counts.setflags(write=False)
+        return counts
+    xs = np.clip(np.minimum(np.arange(nkb + 1, dtype=np.int64) * bn, n_k) - p, 0, g_k)
+    first, last = p // bm, (p + g_q - 1) // bm  # query blocks holding grid rows
+    per_chunk = max(1, _CELLS // (len(xs) * (2 * len(nb.dims) - 1)))
+    for c0 in range(first, last + 1, per_chunk):
+        blocks, boxes = [], []
+        for i in range(c0, min(c0 + per_chunk, last + 1)):
+            bs = _range_boxes(max(i * bm - p, 0), min((i + 1) * bm - p, g_q), nb.dims)
+            boxes += bs
+            blocks += [i] * len(bs)
+        if not boxes:
+            continue
+        starts, stops = (np.array(b, dtype=np.int64) for b in zip(*boxes))
+        sums = np.diff(_union_sums(conjs, starts, stops, xs), axis=1)
+        blocks = np.array(blocks)
+        heads = np.flatnonzero(np.concatenate(([True], blocks[1:] != blocks[:-1])))
+        counts[blocks[heads]] += np.add.reduceat(sums, heads, axis=0)
+    counts.setflags(write=False)
+    return counts
+
+
+@lru_cache(maxsize=8)
+def box_union_tiles(conjs, n_q: int, n_k: int, bm: int, bn: int) -> np.ndarray:
+    """Exact tile statuses of a union of conjunctions of neighbourhoods (read-only)."""
+    counts = box_tile_counts(conjs, n_q, n_k, bm, bn)
+    rows = np.minimum(np.arange(counts.shape[0]) * bm + bm, n_q) - np.arange(counts.shape[0]) * bm
+    cols = np.minimum(np.arange(counts.shape[1]) * bn + bn, n_k) - np.arange(counts.shape[1]) * bn
+    out = status_of(counts == rows[:, None] * cols[None, :], counts > 0)
+    out.setflags(write=False)
+    return out
 
 
 def _settle_by_enumeration(pattern: Pattern, status: np.ndarray, ambiguous: np.ndarray,

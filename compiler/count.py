@@ -7,9 +7,12 @@ block distance), so the count on one diagonal is a difference of two closed floo
 expressions, computed for all 2N - 1 diagonals at once with numpy. Negated literals are
 removed by |T and not X| = |T| - |T and X|; unions by inclusion-exclusion,
 |A or B| = |A| + |B| - |A and B|, where the intersections are simplified terms
-(`algebra.conjoin`), so contained terms drop out early. What this cannot count in
-closed form (a neighbourhood beside other atoms, several incommensurable periodic atoms
-in one term) is counted from the exact block map plus enumeration of its partial tiles.
+(`algebra.conjoin`), so contained terms drop out early. Grid neighbourhoods
+(and their intersections and unions) are counted exactly by per-axis boxes
+(compiler/blocks.py); beside other literals, tile by tile, enumerating only the tiles
+where both are partial. What this cannot count in closed form (several incommensurable
+periodic atoms in one term) is counted from the exact block map plus enumeration of its
+partial tiles.
 """
 
 from __future__ import annotations
@@ -20,9 +23,8 @@ from functools import lru_cache
 import numpy as np
 
 from .algebra import conjoin, simplify
-from .blocks import block_map
-from .ir import (Band, Chunk, DiffMod, KMod, KRange, Lit, Neighborhood, Pattern, Power, QRange, Status,
-                 Term, axis_neighbour)
+from .blocks import MAX_BOX_TERMS, block_map, box_pair_count, box_tile_counts, lit_tile, nb_groups
+from .ir import Band, Chunk, DiffMod, KMod, KRange, Lit, Neighborhood, Pattern, Power, QRange, Status, Term
 
 MAX_RESIDUE_LOOP = 256  # several periodic atoms in one term: loop over residues up to this period
 _TILE = 64
@@ -33,6 +35,12 @@ def count_pairs(pattern: Pattern, n: int) -> int:
     if n <= 0:
         return 0
     _BUDGET[0] = MAX_UNIONS
+    groups = nb_groups(pattern.terms)
+    if any(c is not None for c, _ in groups) and len(groups) <= MAX_GROUPS:
+        try:  # inclusion-exclusion over the groups (N1 or N2 ...) and R, not over their terms
+            return _count_groups(tuple(groups), n)
+        except _OverBudget:
+            _BUDGET[0] = MAX_UNIONS
     try:
         return _count_union(pattern.terms, n)
     except _OverBudget:
@@ -62,6 +70,42 @@ def _count_union(terms: tuple[Term, ...], n: int) -> int:
             - _count_union(simplify(Pattern(tuple(both))).terms, n))
 
 
+MAX_GROUPS = 6
+
+
+def _count_groups(groups: tuple, n: int) -> int:
+    """|G1 or G2 or ...| for groups (conjunctions of neighbourhoods or None, other literals)
+    (blocks.nb_groups), by inclusion-exclusion; a meet of two groups is a group again."""
+    _BUDGET[0] -= 1
+    if _BUDGET[0] < 0:
+        raise _OverBudget
+    if not groups:
+        return 0
+    first, rest = groups[0], groups[1:]
+    both = tuple(g for g in (_meet(first, r) for r in rest) if g is not None)
+    return _count_group(first, n) + _count_groups(rest, n) - _count_groups(both, n)
+
+
+def _meet(a: tuple, b: tuple) -> tuple | None:
+    rest = conjoin(Term(a[1]), Term(b[1]))
+    if rest is None:
+        return None
+    if a[0] is None or b[0] is None:
+        conjs = b[0] if a[0] is None else a[0]
+    else:
+        conjs = tuple(dict.fromkeys(tuple(sorted(set(x + y), key=repr)) for x in a[0] for y in b[0]))
+        if len(conjs) > MAX_BOX_TERMS:
+            raise _OverBudget
+    return conjs, rest.lits
+
+
+def _count_group(group: tuple, n: int) -> int:
+    conjs, rest = group
+    if conjs is None:
+        return _count_union((Term(rest),), n)
+    return box_pair_count(conjs, n) if not rest else _count_nb_group(conjs, rest, n)
+
+
 def reduce_term(term: Term) -> Term:
     """Drop chunk literals implied by a smaller chunk that divides them: same chunk of C
     implies same chunk of every multiple of C (LongNet's nested segments)."""
@@ -77,6 +121,14 @@ def reduce_term(term: Term) -> Term:
 def count_term(term: Term, n: int) -> int:
     """Allowed pairs of one conjunction for n queries and n keys."""
     term = reduce_term(term)
+    negs = tuple(l.atom for l in term.lits if l.negated and isinstance(l.atom, Neighborhood))
+    if negs:  # |T and not (M1 or M2 ...)| = |T| - |(T's neighbourhoods and M1) or ... and T's rest|
+        base = Term(tuple(l for l in term.lits if not (l.negated and isinstance(l.atom, Neighborhood))))
+        pos = tuple(l.atom for l in base.lits if not l.negated and isinstance(l.atom, Neighborhood))
+        rest = tuple(l for l in base.lits if l.negated or not isinstance(l.atom, Neighborhood))
+        cut = tuple(dict.fromkeys(pos + (m,) for m in negs))
+        if len(cut) <= MAX_BOX_TERMS and len({(a.dims, a.prefix) for c in cut for a in c}) == 1:
+            return count_term(base, n) - _count_group((cut, rest), n)
     neg = [lit for lit in term.lits if lit.negated]
     if neg:
         lit = neg[0]
@@ -85,9 +137,10 @@ def count_term(term: Term, n: int) -> int:
         return count_term(base, n) - (count_term(with_atom, n) if with_atom is not None else 0)
     atoms = [lit.atom for lit in term.lits]
     if any(isinstance(a, Neighborhood) for a in atoms):
-        if len(atoms) == 1:
-            return _count_neighborhood(atoms[0], n)
-        return count_by_tiles(Pattern((term,)), n)
+        ((conjs, rest),) = nb_groups((term,))
+        if conjs is None:  # neighbourhoods over different grids
+            return count_by_tiles(Pattern((term,)), n)
+        return box_pair_count(conjs, n) if not rest else _count_nb_group(conjs, rest, n)
     value = _count_diagonals(atoms, n)
     return count_by_tiles(Pattern((term,)), n) if value is None else value
 
@@ -217,38 +270,34 @@ def _power_distance(x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- neighbourhoods and tiles
 
 
-def _count_neighborhood(nb: Neighborhood, n: int) -> int:
-    """Pairs of a neighbourhood: per query, the product over axes of its allowed coordinates,
-    cut at the flattened key bound n with a mixed-radix (lexicographic) count."""
-    p, grid = nb.prefix, math.prod(nb.dims)
-    n_text = min(p, n)
-    total = n_text * n + n_text * max(0, n - n_text)  # text rows see all keys; text columns seen by all
-    g_n = max(0, min(n - p, grid))  # grid queries (and keys) below n
-    if g_n == 0:
-        return total
-    tables = []
-    for length, k, dl, c in zip(nb.dims, nb.kernel, nb.dilation, nb.causal):
-        x = np.arange(length)[:, None]
-        y = np.arange(length)[None, :]
-        allowed = np.asarray(axis_neighbour(x, y, length, k, dl, c), dtype=bool)
-        tables.append((allowed, np.concatenate([np.zeros((length, 1), np.int64), allowed.cumsum(1)], axis=1)))
-    q = np.arange(g_n, dtype=np.int64)
-    coords, rem = [], q
-    strides = [math.prod(nb.dims[i + 1:]) for i in range(len(nb.dims))]
-    for s, length in zip(strides, nb.dims):
-        coords.append((rem // s) % length)
-    bound_digits = [(g_n // s) % length if g_n < grid else None for s, length in zip(strides, nb.dims)]
-    counts = [cum[x, -1] for (allowed, cum), x in zip(tables, coords)]
-    if g_n >= grid:
-        return total + int(np.prod(np.stack(counts), axis=0).sum())
-    # keys y with flat(y) < g_n: sum over the first axis where y's digit is below the bound's
-    out = np.zeros(g_n, dtype=np.int64)
-    prefix_ok = np.ones(g_n, dtype=bool)
-    for i, ((allowed, cum), x, m) in enumerate(zip(tables, coords, bound_digits)):
-        rest = np.prod(np.stack(counts[i + 1:]), axis=0) if i + 1 < len(counts) else 1
-        out += prefix_ok * cum[x, m] * rest
-        prefix_ok &= allowed[x, m]
-    return total + int(out.sum())
+def _count_nb_group(conjs, rest: tuple[Lit, ...], n: int) -> int:
+    """Pairs of (a union of conjunctions of neighbourhoods) and the literals `rest`, tile by
+    tile: a tile where the rest allows everything adds the union's exact count (per-axis
+    boxes, compiler/blocks.py), one where it allows nothing adds none, and only the tiles
+    where both are partial are enumerated (for `& causal`, the diagonal tiles)."""
+    tile = max(_TILE, 1 << (-(-n // 512) - 1).bit_length())
+    counts = box_tile_counts(conjs, n, n, tile, tile)
+    q0 = np.arange(0, n, tile, dtype=np.int64)
+    q1 = np.minimum(q0 + tile, n) - 1
+    none = np.zeros(counts.shape, dtype=bool)
+    every = np.ones(counts.shape, dtype=bool)
+    for lit in rest:
+        s = np.broadcast_to(lit_tile(lit, q0[:, None], q1[:, None], q0[None, :], q1[None, :], n, n, tile, tile),
+                            counts.shape)
+        none |= s == Status.NONE
+        every &= s == Status.ALL
+    total = int(counts[every & ~none].sum())
+    qi, kj = np.nonzero(~every & ~none & (counts > 0))
+    term = Pattern(tuple(Term(tuple(Lit(a) for a in c) + rest) for c in conjs))
+    dq = np.arange(tile, dtype=np.int64)[None, :, None]
+    dk = np.arange(tile, dtype=np.int64)[None, None, :]
+    batch = max(1, (1 << 20) // (tile * tile))
+    for s in range(0, len(qi), batch):
+        i, j = qi[s:s + batch], kj[s:s + batch]
+        q = (i * tile)[:, None, None] + dq
+        k = (j * tile)[:, None, None] + dk
+        total += int((np.asarray(term.holds(q, k), dtype=bool) & (q < n) & (k < n)).sum())
+    return total
 
 
 def count_by_tiles(pattern: Pattern, n: int, tile: int = _TILE) -> int:

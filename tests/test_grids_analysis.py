@@ -173,3 +173,81 @@ def test_analyze_leaves_other_patterns_and_other_lengths_alone():
     program = lower(resolve_text("grid(16, 16)\npattern p = neighborhood(kernel = 3)", "t.attn"))
     assert analyze(program, 200, with_receptive=False).groups[0].grid == []
     assert len(analyze(program, 256, with_receptive=False).groups[0].grid) == 2
+
+
+# ---------------------------------------------------------------- row-major map and counts by boxes
+
+BOX_FORMS = ["U", "U & causal", "U | global(3)", "full - U | window(4)", "U - NB",
+             "U & window(left = 5, right = 3)", "(U) & sink(4) | NB"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(grids(max_tokens=120), st.data())
+def test_row_major_map_and_count_of_neighbourhood_unions_equal_brute_force(g, data):
+    """compiler/blocks.py and compiler/count.py count neighbourhoods by per-axis boxes, unions and
+    intersections by inclusion-exclusion: against the dense mask, with dilation, causal axes, a
+    prefix, tiles that do not divide N, and N (and the key count) shorter or longer than the grid."""
+    from attnc.compiler.blocks import block_map, brute_block_map
+    from attnc.compiler.count import count_pairs
+
+    dims, prefix = g[0], g[4]
+    nb = lambda h: source(h).split("pattern p = ")[1].strip()  # noqa: E731
+    parts = [nb(g)]
+    for h in data.draw(st.lists(on_grid(dims, prefix), max_size=3)):
+        if data.draw(st.booleans()):
+            parts.append(nb(h))
+        else:  # an intersection inside the union
+            parts[-1] = f"({parts[-1]} & {nb(h)})"
+    union = " | ".join(parts)
+    form = data.draw(st.sampled_from(BOX_FORMS))
+    expr = form.replace("U", union).replace("NB", nb(data.draw(on_grid(dims, prefix)))) if form != "U" else union
+    pattern = pattern_of(f"grid({', '.join(map(str, dims))})" + (f" prefix = {prefix}" if prefix else "")
+                         + f"\npattern p = {expr}\n")
+    grid = prefix + math.prod(dims)
+    n = data.draw(st.sampled_from([grid, max(1, grid - data.draw(st.integers(1, 9))),
+                                   grid + data.draw(st.integers(1, 9))]))
+    n_k = data.draw(st.sampled_from([n, max(1, n - 5), n + 7]))
+    bm, bn = data.draw(st.integers(1, 9)), data.draw(st.integers(1, 9))
+    assert count_pairs(pattern, n) == int(pattern.mask(n).sum())
+    assert (block_map(pattern, n, bm, bn, n_k).status == brute_block_map(pattern, n, bm, bn, n_k).status).all()
+
+
+def test_box_counts_of_runs_of_queries_equal_enumeration():
+    """The per-tile counts themselves (not only the statuses they give), on tiles that cut
+    grid rows and frames, with dilation and causal axes."""
+    from attnc.compiler.blocks import box_tile_counts
+
+    a = Neighborhood((4, 5, 6), (3, 2, 3), (1, 2, 2), (True, False, False), 3)
+    b = Neighborhood((4, 5, 6), (2, 5, 2), (2, 1, 1), (False, False, True), 3)
+    c = Neighborhood((4, 5, 6), (4, 1, 6), (1, 1, 1), (False, True, False), 3)
+    pattern = pattern_of("grid(4, 5, 6) prefix = 3\npattern p = neighborhood(kernel = (3, 2, 3), dilation = (1, 2, 2), "
+                         "causal = (true, false, false)) | neighborhood(kernel = (2, 5, 2), dilation = (2, 1, 1), "
+                         "causal = (false, false, true)) & neighborhood(kernel = (4, 1, 6), "
+                         "causal = (false, true, false))")
+    for n, bm, bn in ((123, 7, 11), (130, 13, 5), (100, 128, 3)):
+        counts = box_tile_counts(((a,), (b, c)), n, n, bm, bn)
+        mask = pattern.mask(n)
+        want = np.add.reduceat(np.add.reduceat(mask, np.arange(0, n, bm), axis=0), np.arange(0, n, bn), axis=1)
+        assert (counts == want).all()
+
+
+@pytest.mark.parametrize("name, pairs", [("radial_attention", 1_065_369_600), ("freeswim", 131040 * 21 * 31 * 53)])
+def test_large_grid_files_count_and_map_fast_and_exactly(name, pairs):
+    """Radial Attention (61,440 tokens, four neighbourhoods) and FreeSwim (131,040 tokens, 34,503
+    keys per query): pairs and the 128 x 128 map in seconds; sampled query blocks enumerated."""
+    from attnc.compiler.blocks import block_map
+    from attnc.compiler.count import count_pairs
+
+    pattern = lower(load(PATTERNS / f"{name}.attn")).groups[0].pattern
+    n = 61440 if name == "radial_attention" else 131040
+    t0 = time.perf_counter()
+    assert count_pairs(pattern, n) == pairs
+    bmap = block_map(pattern, n, 128, 128)
+    assert time.perf_counter() - t0 < 20.0  # generous: CI machines are shared
+    for i in np.random.default_rng(3).integers(0, bmap.status.shape[0], 2):
+        m = pattern.holds(np.arange(i * 128, min(i * 128 + 128, n))[:, None], np.arange(n)[None, :])
+        cols = np.add.reduceat(m, np.arange(0, n, 128), axis=1)
+        full = np.add.reduceat(np.ones_like(m), np.arange(0, n, 128), axis=1)
+        want = np.where(cols.sum(0) == full.sum(0), Status.ALL,
+                        np.where(cols.sum(0) > 0, Status.SOME, Status.NONE))
+        assert (bmap.status[i] == want).all()
