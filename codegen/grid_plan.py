@@ -46,6 +46,12 @@ class AxisWindow:
     def span(self) -> int:
         return (self.kernel - 1) * self.dilation
 
+    @property
+    def shift(self) -> int:
+        """log2 of a power-of-two dilation above 1 (the kernel shifts instead of dividing), else 0."""
+        d = self.dilation
+        return d.bit_length() - 1 if d > 1 and d & (d - 1) == 0 else 0
+
 
 @dataclass(frozen=True)
 class GridTermPlan:
