@@ -48,7 +48,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                      "model's layers (one per layer with --layer).")
     p.add_argument("file", type=Path, help="the .attn file")
     n = p.add_mutually_exclusive_group()
-    n.add_argument("--seq", type=seq_len, default=None, help="sequence (or context) length, as in 32768 or 32k")
+    n.add_argument("--seq", type=seq_len, default=None, help="sequence (or context) length, as in 32768 or 32k; default 32k, or the token count of the file's grid")
     n.add_argument("--sweep", type=sweep, default=None, help="lengths, as in 4k..128k (doubling) or 4k,8k,32k")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=None, help="query heads (default: the file's model, else 32)")
@@ -85,7 +85,10 @@ def _run(args: argparse.Namespace) -> None:
     shape = dict(batch=args.batch, heads=heads, kv_heads=args.kv_heads or spec.model.kv_heads or heads,
                  head_dim=args.head_dim or spec.model.head_dim or 128, dtype=args.dtype)
     predict = sim.predict_decode if args.decode else sim.predict_prefill
-    results = [predict(program, sim.Shape(n, **shape), profile, args.layer) for n in args.sweep or [args.seq or 32768]]
+    from .compiler.report import default_length
+
+    lengths = args.sweep or [args.seq or default_length(program)]
+    results = [predict(program, sim.Shape(n, **shape), profile, args.layer) for n in lengths]
     if args.json:
         print(json.dumps({"file": str(args.file), "pattern": program.name, "profile": profile.name,
                           "profile_source": profile.source, "results": [r.to_dict() for r in results]}, indent=1))
