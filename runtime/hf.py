@@ -18,6 +18,14 @@ How it plugs in (transformers 5.x; read against `models/llama/modeling_llama.py`
   and a cache passed back in all use it. It keeps, per layer and KV head, exactly the keys
   some future query can still attend (liveness from the pattern), so its size is the
   pattern's KV memory. `memory()` reports it against a dense cache.
+- Lossy caches: where the file's `cache` block gives a (layer, KV head) a budget, the store
+  applies its policy as docs/caches.md defines it for the generated cache: after a
+  prefill-sized append (more than MAX_STEP tokens) the head's held and new keys are scored
+  (`snapkv`, `tova`, `key_norm`, or none: oldest first), the keep rules protect the sinks
+  and the newest keys, and the budget's best stay; a policy timed `at decode` also evicts
+  at every decode step, before the step reads the cache. The forward that appends attends
+  over everything first (SnapKV's dense prefill, compressed at the prompt's end); later
+  queries read only what was kept. `h2o` and `adaptive` budgets raise IntegrationError.
 - Positions: `original` (default) keeps the model's RoPE where the model applies it, so keys
   are stored rotated at their absolute positions. `rerotate` (StreamingLLM past the trained
   context) needs keys stored before RoPE: a forward pre-hook on every attention module swaps
@@ -177,14 +185,158 @@ def _layout_of(pattern: Pattern) -> Any:
     return _LAYOUTS[pattern]
 
 
+# ----------------------------------------------------------------------------- lossy policies
+
+MAX_STEP = 1
+"""Appends of more tokens than this are prefills (docs/caches.md, as the generated cache)."""
+
+
+@dataclass(frozen=True)
+class LossyPolicy:
+    """The lossy cache policy of one (layer, KV head), from the file's `cache` block.
+
+    `protected` is the number of newest positions never evicted: `recent`, or for SnapKV
+    `max(recent, window)` (its observation window stays). `score` None keeps the keep rules
+    only (evicting the oldest unprotected key first).
+    """
+
+    budget: int
+    sink: int
+    recent: int
+    score: str | None  # 'snapkv', 'tova', 'key_norm' or None
+    timing: str  # 'prefill' | 'decode'
+    aggregate: str = "mean"
+    window: int = 32
+    pool: str = "max"
+    kernel: int = 7
+
+    @property
+    def protected(self) -> int:
+        return max(self.recent, self.window) if self.score == "snapkv" else self.recent
+
+
+def _budget_at(policy: Any, layer: int, layers: int) -> int | None:
+    """Tokens per KV head of a resolved CachePolicy at `layer`; None for `full`."""
+    b = policy.budget
+    if b.kind == "full":
+        return None
+    if b.kind == "tokens":
+        return int(b.tokens)
+    if b.kind == "linear":
+        return int(b.first) if layers == 1 else int(round(b.first + (b.last - b.first) * layer / (layers - 1)))
+    if b.kind == "list":
+        if len(b.per_layer) != layers:
+            raise IntegrationError(f"{policy.loc}: budget list has {len(b.per_layer)} values for {layers} layers")
+        return int(b.per_layer[layer])
+    raise IntegrationError(f"{policy.loc}: budget {b.kind} ({b.by or 'cake'}) is not implemented by the reference "
+                           "backend (it is decided at run time across layers); use backend='interpret' or 'triton'")
+
+
+def cache_policies(layout: Layout) -> list[list[LossyPolicy | None]]:
+    """[layer][KV head]: the lossy policy of the last cache policy whose scope holds the pair
+    (spec/cache.py's partition), or None where the budget is full or no cache block exists.
+
+    Implemented by the reference store: budgets of tokens, linear and list; scores `snapkv`,
+    `tova`, `key_norm` and none (keep rules only). H2O's accumulated score and CAKE's
+    adaptive budgets raise an IntegrationError (they run in the generated cache only).
+    """
+    n_l, n_kv = layout.shape.layers, layout.shape.kv_heads
+    table: list[list[LossyPolicy | None]] = [[None] * n_kv for _ in range(n_l)]
+    policies = layout.program.cache if layout.program is not None else ()
+    for layer in range(n_l):
+        for h in range(n_kv):
+            found = None
+            for c in policies:
+                if (c.layers is None or layer in c.layers) and (c.kv_heads is None or h in c.kv_heads):
+                    found = c
+            if found is None:
+                continue
+            budget = _budget_at(found, layer, n_l)
+            if budget is None:
+                continue
+            ev = found.evict
+            score = ev.score if ev is not None else None
+            if score == "h2o":
+                raise IntegrationError(f"{found.loc}: evict h2o is not implemented by the reference backend (its "
+                                       "score accumulates over decoding); use backend='interpret' or 'triton'")
+            opts = dict(ev.options) if ev is not None else {}
+            pool = str(opts.get("pool", "max"))
+            table[layer][h] = LossyPolicy(
+                budget=budget, sink=int(found.sink), recent=int(found.recent), score=score,
+                timing=ev.timing if ev is not None else "decode", aggregate=found.aggregate,
+                window=int(opts.get("window", 32)), pool="avg" if pool == "mean" else pool,
+                kernel=int(opts.get("kernel", 7)))
+    return table
+
+
+def _aggregate(x: torch.Tensor, how: str, dim: int) -> torch.Tensor:
+    return x.amax(dim) if how == "max" else x.sum(dim) if how == "sum" else x.mean(dim)
+
+
+def policy_scores(policy: LossyPolicy, q: torch.Tensor, k: torch.Tensor, qpos: torch.Tensor,
+                  kpos: torch.Tensor, patterns: tuple[Pattern, ...], scale: float) -> torch.Tensor | None:
+    """Scores (B, E) of one KV head's E candidate keys (higher stays), as docs/caches.md defines them.
+
+    q (B, G, T, D): the append's queries of the head's G query heads, at positions `qpos`;
+    k (B, E, D) the candidates (held and new, positions `kpos`, increasing); `patterns` the
+    query heads' patterns (the mask of the scoring attention). Attention is computed in
+    float32 (float64 for float64 caches). snapkv: the mean attention of the last
+    min(window, T) queries, pooled along the keys with a centred kernel (stride 1, padding
+    kernel // 2; avg counts the padding, max ignores it), aggregated over the group. tova: the
+    newest query's attention, aggregated. key_norm: -||k||. None: no score (oldest first).
+    """
+    if policy.score is None:
+        return None
+    if policy.score == "key_norm":
+        return -k.to(torch.float64 if k.dtype == torch.float64 else torch.float32).norm(dim=-1)
+    ct = torch.float64 if k.dtype == torch.float64 else torch.float32
+    T = q.shape[2]
+    w = min(policy.window, T) if policy.score == "snapkv" else 1
+    qw, pw = q[:, :, T - w:].to(ct), qpos[T - w:]
+    logits = torch.einsum("bgtd,bed->bgte", qw, k.to(ct)) * scale
+    mask = torch.stack([torch.as_tensor(p.holds(pw[:, None], kpos[None, :])) for p in patterns])  # (G, w, E)
+    att = torch.softmax(logits.masked_fill(~mask.to(logits.device)[None], float("-inf")), -1).nan_to_num(0.0)
+    if policy.score == "tova":
+        return _aggregate(att[:, :, -1], policy.aggregate, 1)
+    a = att.mean(2)  # (B, G, E)
+    B, G, E = a.shape
+    flat = a.reshape(B * G, 1, E)
+    kk = policy.kernel
+    pool = torch.nn.functional.max_pool1d if policy.pool == "max" else torch.nn.functional.avg_pool1d
+    return _aggregate(pool(flat, kk, stride=1, padding=kk // 2).reshape(B, G, E), policy.aggregate, 1)
+
+
+def select_keep(policy: LossyPolicy, scores: torch.Tensor | None, kpos: torch.Tensor, end: int) -> torch.Tensor:
+    """(E,) mask of the min(E, budget) candidates that stay: the protected ones (position <
+    sink, or among the last `protected` positions before `end`) and the best scores; the
+    lowest (score, position) goes first. Candidates are in increasing position order."""
+    E = kpos.numel()
+    keep = torch.ones(E, dtype=torch.bool, device=kpos.device)
+    if E <= policy.budget:
+        return keep
+    if scores is not None and scores.dim() == 2:
+        if scores.shape[0] != 1:
+            raise IntegrationError("the reference backend evicts by score for batch size 1 only (each row would "
+                                   "keep other keys); run one sequence at a time")
+        scores = scores[0]
+    prio = torch.zeros(E, dtype=torch.float64) if scores is None else scores.detach().double().cpu()
+    kp = kpos.cpu()
+    prio = prio.masked_fill((kp < policy.sink) | (kp >= end - policy.protected), float("inf"))
+    order = torch.argsort(prio, stable=True)  # equal scores: the oldest first (positions increase)
+    keep[order[:E - policy.budget].to(kpos.device)] = False
+    return keep
+
+
 # ----------------------------------------------------------------------------- the cache
 
 class KVStore:
-    """Keys and values per (layer, KV head), compacted to the keys the pattern keeps live.
+    """Keys and values per (layer, KV head), compacted to the keys the pattern keeps live and,
+    where the file's cache block sets a budget, to the keys its policy keeps.
 
-    Tensors are (B, L, D) per KV head, with `pos[layer][h]` the absolute positions (L,) and
-    `seen[layer]` the number of tokens the layer has taken in. Keys are stored rotated
-    (positions `original`) or before RoPE (positions `rerotate`).
+    Tensors are (B, L, D) per KV head, with `pos[layer][h]` the absolute positions (L,) in
+    increasing order and `seen[layer]` the number of tokens the layer has taken in. Keys are
+    stored rotated (positions `original`) or before RoPE (positions `rerotate`).
+    `policy[layer][h]` is the head's lossy policy (`LossyPolicy`) or None (lossless).
     """
 
     def __init__(self, layout: Layout):
@@ -195,6 +347,8 @@ class KVStore:
         self.pos: list[list[torch.Tensor | None]] = [[None] * n_kv for _ in range(n_l)]
         self.seen = [0] * n_l
         self.peak_tokens = 0
+        self.policy = cache_policies(layout)
+        self.lossy = any(p is not None for row in self.policy for p in row)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int]:
         """Add (B, H_KV, n, D) keys and values at the next positions; returns (first, n)."""
@@ -222,6 +376,13 @@ class KVStore:
                 self.k[layer][h] = self.k[layer][h][:, keep]
                 self.v[layer][h] = self.v[layer][h][:, keep]
                 self.pos[layer][h] = pos[keep]
+
+    def keep(self, layer: int, h: int, keep: torch.Tensor) -> None:
+        """Keep only the slots of KV head h where `keep` (L,) is true."""
+        if not bool(keep.all()):
+            self.k[layer][h] = self.k[layer][h][:, keep]
+            self.v[layer][h] = self.v[layer][h][:, keep]
+            self.pos[layer][h] = self.pos[layer][h][keep]
 
     def tokens(self) -> int:
         """Key slots held now, summed over layers and KV heads."""
@@ -578,6 +739,8 @@ class Handle:
             store.peak_tokens = max(store.peak_tokens, store.tokens())
             return out.transpose(1, 2)
         first, n = store.append(layer, k, v)
+        if store.lossy and n <= MAX_STEP:  # a decode step: decode-timed policies evict before it reads
+            self._compress(layer, q, store, first, n, scale, decode_step=True)
         if first == 0 and self.kernels is not None:  # a module without Cache: prefill kernel only
             store.kernel_calls = getattr(store, "kernel_calls", 0) + 1
             out = _kernel_prefill(self.kernels, layer, q, k, v, scale,
@@ -586,7 +749,42 @@ class Handle:
             out = self._attend_store(layer, q, store, first, n, scale)
         store.peak_tokens = max(store.peak_tokens, store.tokens())
         store.evict(layer)
+        if store.lossy and n > MAX_STEP:  # a prefill (or a chunk): every lossy head compresses after it
+            self._compress(layer, q, store, first, n, scale, decode_step=False)
         return out.transpose(1, 2)
+
+    def _compress(self, layer: int, q: torch.Tensor, store: KVStore, first: int, n: int, scale: float,
+                  decode_step: bool) -> None:
+        """Apply the lossy policies of a layer's KV heads (docs/caches.md, "When eviction runs").
+
+        After a prefill-sized append (more than MAX_STEP tokens) every lossy head scores the
+        keys it holds together with the new ones and keeps the budget's best; after a decode
+        step only the policies timed `at decode` do (before the step's queries read the
+        cache), the others grow by the step. Scores use the same rotated q and k as attention.
+        """
+        shape = self.layout.shape
+        rep = shape.heads // shape.kv_heads
+        qpos = torch.arange(first, first + n, device=q.device)
+        for g in range(shape.kv_heads):
+            policy = store.policy[layer][g]
+            if policy is None or (decode_step and policy.timing != "decode"):
+                continue
+            kpos = store.pos[layer][g]
+            if kpos is None or kpos.numel() <= policy.budget:
+                continue
+            kg, qg = self._rotated(store.k[layer][g], q[:, g * rep:(g + 1) * rep], kpos, n)
+            patterns = self.layout.table[layer][g * rep:(g + 1) * rep]
+            scores = policy_scores(policy, qg, kg, qpos, kpos, patterns, scale)
+            store.keep(layer, g, select_keep(policy, scores, kpos, first + n))
+
+    def _rotated(self, kg: torch.Tensor, qg: torch.Tensor, kpos: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and the n newest queries as attention sees them: unchanged with positions
+        `original`; with `rerotate`, keys rotated to their slot and queries to the last n slots."""
+        if self.positions != "rerotate":
+            return kg, qg
+        slots = torch.arange(kpos.numel(), device=qg.device)
+        cos, sin = self._cos_sin(slots, qg)
+        return _rope(kg, cos, sin), _rope(qg, cos[:, -n:][:, None], sin[:, -n:][:, None])
 
     def _attend_store(self, layer: int, q: torch.Tensor, store: KVStore, first: int, n: int,
                       scale: float) -> torch.Tensor:
@@ -596,13 +794,7 @@ class Handle:
         qpos = torch.arange(first, first + n, device=q.device)
         for g in range(shape.kv_heads):
             kg, vg, kpos = store.k[layer][g], store.v[layer][g], store.pos[layer][g]
-            qg = q[:, g * rep:(g + 1) * rep]
-            if self.positions == "rerotate":
-                slots = torch.arange(kpos.numel(), device=q.device)
-                cos, sin = self._cos_sin(slots, q)
-                kg = _rope(kg, cos, sin)
-                qcos, qsin = cos[:, -n:], sin[:, -n:]
-                qg = _rope(qg, qcos[:, None], qsin[:, None])
+            kg, qg = self._rotated(kg, q[:, g * rep:(g + 1) * rep], kpos, n)
             heads = self.layout.table[layer][g * rep:(g + 1) * rep]
             for p in dict.fromkeys(heads):
                 sel = [i for i, hp in enumerate(heads) if hp == p]

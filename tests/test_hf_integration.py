@@ -196,3 +196,175 @@ def test_interpreter_backend_with_the_generated_cache(model, positions, tmp_path
         assert isinstance(h.active, hf.KernelStore) and h.active.kernel_calls == 2 * 4
     assert rel(got, want) < 1e-4
     assert torch.equal(got_gen, want_gen)
+
+
+# ----------------------------------------------------------------------------- lossy caches (SnapKV)
+
+SNAPKV_ATTN = """
+model { layers = 2, heads = 4, kv_heads = 2, head_dim = 16 }
+param B = 12
+pattern p = causal
+cache {
+  budget = B
+  keep sink(2)
+  keep recent(3)
+  evict snapkv(window = 4, pool = POOL, kernel = 3) at prefill
+  aggregate = AGG
+  layers 0 { kv_heads 1 { budget = full } }
+}
+"""
+
+
+def _record_qk(model, ids):
+    """Rotated q and k of every layer of the dense model (its own attention, recorded)."""
+    from transformers import AttentionInterface
+    seen = {}
+
+    def probe(module, q, k, v, attention_mask, scaling=None, dropout=0.0, **kw):
+        seen[module.layer_idx] = (q.detach().clone(), k.detach().clone(), scaling)
+        rep = q.shape[1] // k.shape[1]
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), is_causal=True, scale=scaling)
+        return out.transpose(1, 2), None
+
+    name = "attnc_test_probe"
+    AttentionInterface.register(name, probe)
+    previous = model.config._attn_implementation
+    model.config._attn_implementation = name
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        model.config._attn_implementation = previous
+        AttentionInterface._global_mapping.pop(name, None)
+    return seen
+
+
+def _brute_force_snapkv(q, k, scale, budget, sink, protected, window, kernel, pool, agg):
+    """Kept positions per KV head, written out independently of runtime/hf.py: softmax of the
+    last `window` queries over all causal keys, mean over them, pooled over `kernel`
+    neighbours, aggregated over the GQA group, protected keys forced in, top (budget) kept."""
+    T = q.shape[2]
+    rep = q.shape[1] // k.shape[1]
+    kept = []
+    for g in range(k.shape[1]):
+        per_head = []
+        for i in range(rep):
+            qh = q[0, g * rep + i]  # (T, D)
+            att = []
+            for t in range(T - window, T):
+                s = (qh[t] @ k[0, g, :t + 1].T) * scale
+                a = torch.zeros(T, dtype=q.dtype)
+                a[:t + 1] = torch.softmax(s, -1)
+                att.append(a)
+            mean = torch.stack(att).mean(0)
+            pooled = torch.empty(T, dtype=q.dtype)
+            for j in range(T):
+                nb = mean[max(0, j - kernel // 2):j + kernel // 2 + 1]
+                pooled[j] = nb.max() if pool == "max" else nb.sum() / kernel
+            per_head.append(pooled)
+        stacked = torch.stack(per_head)
+        score = {"mean": stacked.mean(0), "max": stacked.amax(0), "sum": stacked.sum(0)}[agg]
+        pos = torch.arange(T)
+        forced = (pos < sink) | (pos >= T - protected)
+        free = [int(j) for j in torch.argsort(score, descending=True) if not forced[j]]
+        chosen = set(pos[forced].tolist()) | set(free[:budget - int(forced.sum())])
+        kept.append(sorted(chosen))
+    return kept
+
+
+@pytest.mark.parametrize("pool,agg", [("max", "mean"), ("avg", "max")])
+def test_snapkv_reference_store_keeps_the_brute_force_top_k(model, tmp_path, pool, agg):
+    m64 = model.double()
+    try:
+        ids = torch.randint(0, 96, (1, 40), generator=torch.Generator().manual_seed(5))
+        path = tmp_path / "snap.attn"
+        path.write_text(SNAPKV_ATTN.replace("POOL", pool).replace("AGG", agg))
+        seen = _record_qk(m64, ids)
+        with hf.apply(m64, str(path)) as h:
+            cache = h.new_cache()
+            with torch.no_grad():
+                out = m64(ids, cache=cache, use_cache=True)
+            store = cache.store
+            for layer in range(2):
+                q, k, scale = seen[layer]
+                want = _brute_force_snapkv(q, k, scale, 12, 2, 4, 4, 3, pool, agg)
+                for g in range(2):
+                    got = store.pos[layer][g].tolist()
+                    if (layer, g) == (0, 1):
+                        assert got == list(range(40))  # budget = full
+                    else:
+                        assert got == want[g], (layer, g)
+                        # the kept keys are the recorded ones (stored rotated, original positions)
+                        assert torch.equal(store.k[layer][g][0], k[0, g, got])
+            mem = h.memory()
+            assert mem["tokens"] == 3 * 12 + 40 and mem["dense_tokens"] == 4 * 40
+            # prefill timing: decoding appends without evicting, and reads only what was kept
+            with torch.no_grad():
+                m64(out.logits[:, -1:].argmax(-1), cache=cache, use_cache=True)
+            assert h.memory()["tokens"] == 3 * 13 + 41
+    finally:
+        model.float()
+
+
+def test_snapkv_decoding_reads_only_the_kept_keys(model, tmp_path):
+    """The first decoded token's logits equal a dense model whose mask hides the evicted keys."""
+    ids = torch.randint(0, 96, (1, 40), generator=torch.Generator().manual_seed(6))
+    path = tmp_path / "snap.attn"
+    path.write_text(SNAPKV_ATTN.replace("POOL", "max").replace("AGG", "mean").replace("layers 0 { kv_heads 1 { budget = full } }", ""))
+    nxt = torch.tensor([[7]])
+    with hf.apply(model, str(path)) as h:
+        cache = h.new_cache()
+        with torch.no_grad():
+            model(ids, cache=cache, use_cache=True)
+            got = model(nxt, cache=cache, use_cache=True).logits[0, -1]
+        kept = [[cache.store.pos[l][g].tolist() for g in range(2)] for l in range(2)]
+    # 12 kept from the prompt, then the decoded token (prefill timing: no eviction while decoding)
+    assert all(len(kept[l][g]) == 13 and kept[l][g][-1] == 40 for l in range(2) for g in range(2))
+    assert any(kept[l][g] != kept[0][0] for l in range(2) for g in range(2))  # heads keep different keys
+    from transformers import AttentionInterface
+
+    def masked(module, q, k, v, attention_mask, scaling=None, dropout=0.0, **kw):
+        T, N = q.shape[2], k.shape[2]
+        assert T == N == 41
+        rep = q.shape[1] // k.shape[1]
+        allow = torch.ones(k.shape[1], T, N, dtype=torch.bool).tril()
+        for g in range(k.shape[1]):  # the last query (the decoded token) sees only the kept keys
+            allow[g, -1] = False
+            allow[g, -1, kept[module.layer_idx][g]] = True
+        allow = allow.repeat_interleave(rep, 0)[None]
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), attn_mask=allow, scale=scaling)
+        return out.transpose(1, 2), None
+
+    AttentionInterface.register("attnc_test_masked", masked)
+    previous = model.config._attn_implementation
+    model.config._attn_implementation = "attnc_test_masked"
+    try:
+        with torch.no_grad():
+            full = torch.cat([ids, nxt], 1)
+            want = model(full).logits[0, -1]
+    finally:
+        model.config._attn_implementation = previous
+        AttentionInterface._global_mapping.pop("attnc_test_masked", None)
+    assert rel(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("rules", ["keep sink(2)\n  keep recent(6)", "keep sink(2)\n  keep recent(2)\n  evict tova"])
+def test_decode_timed_policies_hold_the_budget_at_every_step(model, tmp_path, rules):
+    """Keep rules alone (lossy on a causal pattern) and TOVA (at decode): the store holds the
+    budget (8) after the prompt and after every decoded token; keep rules hold exactly the
+    sinks and the newest positions."""
+    path = tmp_path / "p.attn"
+    path.write_text("model { layers = 2, heads = 4, kv_heads = 2, head_dim = 16 }\npattern p = causal\n"
+                    f"cache {{\n  budget = 8\n  {rules}\n}}\n")
+    ids = torch.randint(0, 96, (1, 30), generator=torch.Generator().manual_seed(7))
+    with hf.apply(model, str(path)) as h:
+        out = model.generate(ids, max_new_tokens=3, do_sample=False)
+        store = h.active
+        assert out.shape[1] == 33 and store.seen == [32, 32] and store.tokens() == 2 * 2 * 8  # the last token is not fed
+        if "tova" not in rules:
+            assert all(store.pos[l][g].tolist() == [0, 1, 26, 27, 28, 29, 30, 31] for l in range(2) for g in range(2))
+        else:
+            assert all(store.pos[l][g][:2].tolist() == [0, 1] and store.pos[l][g][-2:].tolist() == [30, 31]
+                       for l in range(2) for g in range(2))

@@ -78,6 +78,20 @@ def test_causal_passkey_answers_equal_dense(model):
     assert [a["answer"] for a in dense.answers] == [a["answer"] for a in causal.answers]
 
 
+def test_passkey_budget_per_length_sets_the_reported_kv(model, tmp_path):
+    """A SnapKV cache whose budget is given per prompt length (-D B=V@LENGTH): the KV memory
+    reported after the prompt is exactly the budget of every KV head."""
+    tok = CharTok()
+    attn = tmp_path / "snap.attn"
+    attn.write_text("model { layers = 2, heads = 4, kv_heads = 2, head_dim = 16 }\nparam B = 64\n"
+                    "pattern p = causal\ncache {\n  budget = B\n  keep sink(4)\n  keep recent(8)\n"
+                    "  evict snapkv(window = 8) at prefill\n}\n")
+    cand = ev.candidate(str(attn), per_length={300: {"B": 60}, 400: {"B": 120}})
+    res = ev.passkey(model, tok, [cand], [300, 400, 500], depths=2)
+    assert [r.kv_ratio for r in res] == [60 / 300, 120 / 400, 64 / 500]
+    assert [r.defines for r in res] == [{"B": 60}, {"B": 120}, {}]
+
+
 def test_calibration_writes_head_sets_the_parser_reads(model, tmp_path):
     tok = CharTok()
     kv = cal.duo_scores(model, tok, top=2, rounds=2, samples=1, length=300, window=16)
@@ -101,7 +115,13 @@ def test_commands_parse_their_arguments():
     p = argparse.ArgumentParser()
     cmd_eval.configure(p)
     a = p.parse_args(["smollm2", "x.attn:rerotate", "--task", "perplexity", "--lengths", "2k,4096", "-D", "W=64"])
-    assert a.lengths == [2048, 4096] and a.defines == [("W", 64)] and a.patterns == ["x.attn:rerotate"]
+    assert a.lengths == [2048, 4096] and a.defines == [("W", 64, None)] and a.patterns == ["x.attn:rerotate"]
+    a = p.parse_args(["smollm2", "x.attn", "-D", "B=80@2k", "-D", "B=160@4096", "-D", "S=4"])
+    assert a.defines == [("B", 80, 2048), ("B", 160, 4096), ("S", 4, None)]
+    with pytest.raises(SystemExit):
+        p.parse_args(["smollm2", "x.attn", "-D", "B=80@two"])
+    c = ev.candidate("x.attn", defines={"S": 4}, per_length={2048: {"B": 80}})
+    assert c.at_length(2048).defines == {"S": 4, "B": 80} and c.at_length(4096).defines == {"S": 4}
     c = ev.candidate("patterns/streaming_llm.attn:original")
     assert c.positions == "original" and c.label == "streaming_llm (original)"
     p = argparse.ArgumentParser()
