@@ -33,9 +33,9 @@ eval: $(STAMP)
 		-D S=4 -D W=508 --task passkey --lengths 2048,4096 | tee $(EVAL)/passkey.txt
 	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/duo_attention.attn --headsets $(EVAL)/smollm2_duo.json \
 		-D S=4 -D W=508 --task passkey --lengths 8192 | tee -a $(EVAL)/passkey.txt
-	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/duo_snapkv.attn --no-dense -D B=80@2048 -D B=160@4096 \
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/duo_snapkv.attn --no-dense -D B=44@2048 -D B=124@4096 \
 		--task passkey --lengths 2048,4096 | tee -a $(EVAL)/passkey.txt
-	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/duo_snapkv.attn --no-dense -D B=320@8192 \
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/duo_snapkv.attn --no-dense -D B=284@8192 \
 		--task passkey --lengths 8192 | tee -a $(EVAL)/passkey.txt
 	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/streaming_llm.attn --task perplexity --tokens 32768 \
 		--dense-tokens 12288 | tee $(EVAL)/perplexity.txt
