@@ -45,13 +45,15 @@ CONFIGS: list[tuple[tuple[int, int], str, int | None, Config]] = [
 
 # Grid groups (the tile-order neighbourhood kernel, grid.py.j2) try these rows first. Measured on
 # an H200 (bench/proto/grid_sweep.py, D = 128, bf16, 24 heads; 128 x 128 image, kernel 13 x 13 /
-# 16 x 48 x 80 video, kernel 3 x 11 x 11), ms: 64 x 64 tiles, 4 warps, 3 stages 0.322 / 3.25;
-# 2 stages 0.358 / 3.42; 8 warps 0.503 / 7.23; 64 x 32, 3 stages 0.356 / 3.30; 64 x 128 0.566 /
-# 5.55; 128 x 64 (4 or 8 warps) 0.515-0.569 / 4.63-5.75; 32 x 32 0.684 / 7.68. Small query tiles
-# make compact patches; the masks cost about 0-10% (the same kernel with every mask true).
+# 16 x 48 x 80 video, kernel 3 x 11 x 11), ms: 64 x 64 tiles, 4 warps, 3 stages, TMA boxes
+# 0.306 / 2.79; the same through pointers 0.322-0.330 / 3.25-3.33; 2 stages 0.322 / 2.95 (TMA),
+# 0.358 / 3.42; 8 warps 0.503 / 7.23; 64 x 32 0.324 / 3.14 (TMA); 128 x 64 (4 or 8 warps, TMA)
+# 0.385-0.494 / 3.46-4.38; 128 x 128 0.527 / 5.20; 32 x 32 0.684 / 7.68. Small query tiles make
+# compact patches; the masks cost about 0-10% (the same kernel with every mask true). TMA
+# (USE_TMA) only on capability 9.0 and up; config_for turns it off elsewhere.
 GRID_CONFIGS: list[tuple[tuple[int, int], str, int | None, Config]] = [
     ((8, 0), "16bit", 256, _cfg(64, 32, 4, 2, edge_stages=1)),
-    ((8, 0), "16bit", None, _cfg(64, 64, 4, 3, edge_stages=1)),
+    ((8, 0), "16bit", None, _cfg(64, 64, 4, 3, edge_stages=1, tma=True)),
 ]
 
 # The Triton interpreter (TRITON_INTERPRET=1): small tiles, so small tests cross many tiles.

@@ -5,6 +5,7 @@ sweep of launch configurations, beside the generic kernel, FlexAttention and SDP
 """
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,14 +15,14 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from triton.testing import do_bench
 
 B, D = 1, 128
-CONFIGS = [dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2, STAGES=2),
-           dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, STAGES=3),
-           dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2, STAGES=2),
-           dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2, STAGES=2),
-           dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3, STAGES=3),
-           dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=4, STAGES=4),
-           dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=3, STAGES=3),
-           dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3, STAGES=3)]
+CONFIGS = [dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, STAGES=3, USE_TMA=0),
+           dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, STAGES=3, USE_TMA=2),
+           dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2, STAGES=2, USE_TMA=2),
+           dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2, STAGES=2, USE_TMA=2),
+           dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2, STAGES=2, USE_TMA=2),
+           dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3, STAGES=3, USE_TMA=2),
+           dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, STAGES=2, USE_TMA=2),
+           dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3, STAGES=3, USE_TMA=2)]
 
 
 def unmasked(path):
@@ -45,7 +46,10 @@ def load(path):
 def main(folder):
     flex = torch.compile(flex_attention, dynamic=False)
     out = []
-    for path in sorted(Path(folder).glob("*.py")) + [unmasked(p) for p in sorted(Path(folder).glob("*.py"))]:
+    paths = sorted(Path(folder).glob("*.py"))
+    if os.environ.get("UNMASKED"):
+        paths += [unmasked(p) for p in paths]
+    for path in paths:
         mod = load(path)
         dims, prefix = mod._GRID_SHAPE[0]
         n = prefix
@@ -71,7 +75,7 @@ def main(folder):
         row["sdpa_tflops"] = 4 * D * n * n * B * H / row["sdpa_ms"] / 1e9
         row["flex_tflops"] = flops / row["flex_ms"] / 1e9
         for cfg in CONFIGS:
-            key = f"{cfg['BLOCK_M']}x{cfg['BLOCK_N']}w{cfg['num_warps']}s{cfg['num_stages']}"
+            key = f"{cfg['BLOCK_M']}x{cfg['BLOCK_N']}w{cfg['num_warps']}s{cfg['num_stages']}{'tma' if cfg['USE_TMA'] else ''}"
             try:
                 o = mod._forward(q, k, v, None, False, None, config=cfg)[0]
                 err = ((o.float() - ref.float()).norm() / ref.float().norm()).item()
@@ -91,7 +95,6 @@ def main(folder):
             row["generic_error"] = f"{type(exc).__name__}: {exc}"[:200]
         print(json.dumps(row), flush=True)
         out.append(row)
-    import os
     Path(os.environ.get("OUT", "."), "grid_sweep.json").write_text(json.dumps(out, indent=1))
 
 
