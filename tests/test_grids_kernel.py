@@ -152,3 +152,21 @@ def test_heads_mix_grid_and_generic_groups():
     out = mod._forward(q, k, v, None, False, None, config=dict(BLOCK_M=16, BLOCK_N=16))[0]
     ref, _ = dense_reference(q, k, v, masks)
     assert_close(out, ref, torch.float32)
+
+
+@pytest.mark.parametrize("prefix", [0, 3])
+def test_tma_views_address_the_grid_rows(prefix):
+    """The descriptors' (batch * heads, *grid, D) view (Hopper's TMA path, which the interpreter
+    cannot run) addresses exactly the grid tokens of every (batch, head), also in a slice."""
+    text = f"grid(3, 4, 5) prefix = {prefix}\npattern p = neighborhood(kernel = (3, 3, 3))\n"
+    mod = load(program_of(text))
+    n = prefix + 60
+    full = torch.randn(2, 3, n + 7, 16)
+    for t in (full[:, :, :n], full[:, :, 7:]):  # views with gaps between heads
+        base, shape, strides = mod._grid_view(0, t)
+        grid = torch.as_strided(base, shape, strides)
+        assert tuple(grid.shape) == (6, 3, 4, 5, 16)
+        expect = t[:, :, prefix:].reshape(6, 3, 4, 5, 16)
+        assert torch.equal(grid, expect)
+    gapped = torch.randn(3, 2, n, 16).transpose(0, 1)  # batch stride != heads * head stride
+    assert mod._grid_view(0, gapped) is None
