@@ -17,6 +17,7 @@ bf16) and fits them by least squares (`simulate.fit_kernel`):
     causal & (sink(4) | window(1024)), 8K and 32K  the narrow tiles of the sink loop (16 wide)
     causal & (sink(64) | window(960)), 32K         narrow tiles 64 wide (DuoAttention's heads)
     causal & power(64), 32K                        one factor for the 64 x 64 tiles of power patterns
+    neighbourhoods on 2-D and 3-D grids            the tile-order grid kernel's own costs ("grid")
     SDPA causal (3 N) and full (8K)                SDPA's tile costs
     FlexAttention causal and sink+window           Flex's tile costs (one compile; --no-flex skips)
     decode: SDPA over a full cache, a copy         bandwidth, fixed cost, copy ceiling
@@ -30,6 +31,7 @@ import argparse
 import datetime
 import importlib
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -38,11 +40,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 try:
     from attnc.compiler import simulate as sim
-    from attnc.compiler.ir import Band, HeadGroup, KRange, Lit, ModelShape, Pattern, Power, Program, Term
+    from attnc.compiler.ir import Band, HeadGroup, KRange, Lit, ModelShape, Neighborhood, Pattern, Power, Program, Term
 except ImportError:  # the GPU machine: the source tree, attnc not installed; numpy-only modules
     sys.path.insert(0, str(ROOT))
     from compiler import simulate as sim
-    from compiler.ir import Band, HeadGroup, KRange, Lit, ModelShape, Pattern, Power, Program, Term
+    from compiler.ir import Band, HeadGroup, KRange, Lit, ModelShape, Neighborhood, Pattern, Power, Program, Term
 
 B, H, D, DTYPE = 1, 32, 128, "bfloat16"
 CAPABILITY = (9, 0)  # the GPU the generated cases are planned for (H100, H200)
@@ -50,18 +52,28 @@ CAPABILITY = (9, 0)  # the GPU the generated cases are planned for (H100, H200)
 
 @dataclass(frozen=True)
 class Case:
-    """A calibration launch: causal & (sink(sink) | window(window)); window 0: no window."""
+    """A calibration launch: causal & (sink(sink) | window(window)); window 0: no window; or
+    (kernel "grid") a NATTEN neighbourhood of size `nb` over the token grid `grid`."""
 
     name: str
-    kernel: str  # attnc | sdpa | flex
+    kernel: str  # attnc | sdpa | flex | grid
     n: int
     window: int = 0
     sink: int = 0
     causal: bool = True
     module: str = ""  # the generated module of an attnc case
     power: int = 0  # causal & power(power) instead (its kernel runs power x power tiles)
+    grid: tuple[int, ...] = ()
+    nb: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:  # from cases.json: lists back to tuples
+        object.__setattr__(self, "grid", tuple(self.grid))
+        object.__setattr__(self, "nb", tuple(self.nb))
 
     def pattern(self) -> Pattern:
+        if self.grid:
+            ones = (1,) * len(self.grid)
+            return Pattern((Term((Lit(Neighborhood(self.grid, self.nb, ones, (False,) * len(self.grid))),)),))
         if not self.causal:
             return Pattern((Term(),))
         if self.power:
@@ -77,13 +89,13 @@ class Case:
 
     def launch(self, capability: tuple[int, int] = CAPABILITY) -> sim.Launch:
         """The programs this case runs, as the simulator counts them (needs codegen for attnc)."""
-        if self.kernel == "attnc":
+        if self.kernel in ("attnc", "grid"):
             from attnc.codegen.plan import plan_program
 
             program = self.program()
             cfg = sim.kernel_config(program, D, DTYPE, capability, group=0)
             return sim.Launch((sim.kernel_tiles(plan_program(program)[0], self.n, cfg),) * H, B, cfg.order,
-                              sim.head_group(cfg, B, H, self.n, D, DTYPE))
+                              sim.head_group(cfg, B, H, self.n, D, DTYPE), "grid" if self.grid else "")
         if self.kernel == "flex":
             return sim.Launch((sim.flex_tiles(self.pattern(), self.n),) * H, B, "asc")
         return sim.Launch((sim.dense_tiles(self.n, self.causal, *sim.SDPA_TILE),) * H, B, "lpt")
@@ -98,6 +110,14 @@ def attnc_cases() -> list[Case]:
             ("sink64win960_32k", 32768, 960, 64, "cal_sink64win960")]
     return [Case(name, "attnc", n, w, s, module=m) for name, n, w, s, m in spec] + \
         [Case("power64_32k", "attnc", 32768, module="cal_power64", power=64)]
+
+
+def grid_cases() -> list[Case]:
+    """The tile-order kernel of grid groups (64 x 64 tiles, every tile masked): 2-D and 3-D
+    grids other than bench/gpu.py's cases, so that its table still tests the fit."""
+    spec = [("grid_96x96_k9", (96, 96), (9, 9)), ("grid_128x128_k7", (128, 128), (7, 7)),
+            ("grid_8x32x48_k3x7x7", (8, 32, 48), (3, 7, 7)), ("grid_12x40x64_k5x9x9", (12, 40, 64), (5, 9, 9))]
+    return [Case(name, "grid", math.prod(g), module=f"cal_{name}", grid=g, nb=k) for name, g, k in spec]
 
 
 def baseline_cases() -> list[Case]:
@@ -115,8 +135,8 @@ def generate(out: Path, capability: tuple[int, int] = CAPABILITY) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for case in attnc_cases() + baseline_cases():
-        if case.kernel == "attnc":
+    for case in attnc_cases() + grid_cases() + baseline_cases():
+        if case.kernel in ("attnc", "grid"):
             write_module(case.program(), out)
         launch = case.launch(capability)
         rows.append({"case": asdict(case), "launch": launch.to_dict()})
@@ -200,7 +220,7 @@ class Cuda:
             self.inputs[case.n] = tuple(torch.randn(B, H, case.n, D, device="cuda", dtype=getattr(torch, DTYPE))
                                         for _ in range(3))
         q, k, v = self.inputs[case.n]
-        if case.kernel == "attnc":
+        if case.kernel in ("attnc", "grid"):
             mod = importlib.import_module(case.module)
             cfg = mod.config_for(q.device, q.dtype, D, group=0)
             t = launch.heads[0]
@@ -266,6 +286,7 @@ SETTINGS = {
     "attnc": (sim.COST_NAMES, {}),
     "sdpa": (("launch_us", "program_us", "full_us"), {"masked_us": ("full_us", 1.2)}),
     "flex": (("program_us", "full_us", "masked_us"), {}),
+    "grid": (("program_us", "masked_us"), {"full_us": ("masked_us", 1.0)}),  # all its tiles are masked
 }
 
 

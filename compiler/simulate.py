@@ -43,7 +43,7 @@ PROFILE_DIR = Path(__file__).parent / "profiles"
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 FLEX_BLOCK = 128  # FlexAttention's block-mask granularity (its default BLOCK_SIZE)
 SDPA_TILE = (128, 128)
-KERNELS = ("attnc", "sdpa", "flex")
+KERNELS = ("attnc", "sdpa", "flex", "grid")  # grid: attnc's tile-order kernel for grid groups
 ORDERS = ("lpt", "asc", "desc")
 IDEAL_MAX_TILES = 1 << 21  # finer block maps are not built (a kernel's 64 x 64 tiles at N = 128K)
 
@@ -140,10 +140,13 @@ class Profile:
     dtype_scale: dict[str, float] = field(default_factory=lambda: {"float16": 1.0, "bfloat16": 1.0})
     source: str = ""
     calibration: tuple[dict[str, Any], ...] = ()
+    grid: KernelCosts | None = None  # the tile-order grid kernel; None: attnc's costs stand in
 
     def kernel(self, name: str) -> KernelCosts:
         if name not in KERNELS:
             raise ValueError(f"unknown kernel {name!r}: expected one of {', '.join(KERNELS)}")
+        if name == "grid" and self.grid is None:
+            return self.attnc
         return getattr(self, name)
 
     def to_json(self) -> str:
@@ -160,7 +163,8 @@ class Profile:
                        attnc=kernel(d["attnc"]), sdpa=kernel(d["sdpa"]), flex=kernel(d["flex"]),
                        decode=DecodeCosts(**d["decode"]),
                        dtype_scale={k: float(v) for k, v in d.get("dtype_scale", {"float16": 1, "bfloat16": 1}).items()},
-                       source=d.get("source", ""), calibration=tuple(d.get("calibration", ())))
+                       source=d.get("source", ""), calibration=tuple(d.get("calibration", ())),
+                       grid=kernel(d["grid"]) if d.get("grid") else None)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a device profile: {exc!r}; docs/simulate.md lists its fields") from None
 
@@ -538,12 +542,14 @@ class Launch:
     one Tiles), `batch` copies, dispatched in `order`: "asc"/"desc" is grid order (batch, then
     head, then query blocks ascending or descending), "lpt" longest first. `head_group` > 1
     (with "desc": the generated module's grid order 3): query blocks descending for
-    `head_group` (batch, head) pairs at a time, the pairs fastest."""
+    `head_group` (batch, head) pairs at a time, the pairs fastest. `costs`: whose tile costs
+    the launch runs at ("grid": the tile-order kernel of grid groups; "": its family's)."""
 
     heads: tuple[Tiles, ...]
     batch: int = 1
     order: str = "lpt"
     head_group: int = 1
+    costs: str = ""
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
@@ -576,13 +582,14 @@ class Launch:
     def to_dict(self) -> dict[str, Any]:
         kinds = self._kinds()
         index = {id(t): i for i, t in enumerate(kinds)}
-        return {"batch": self.batch, "order": self.order, "head_group": self.head_group,
+        return {"batch": self.batch, "order": self.order, "head_group": self.head_group, "costs": self.costs,
                 "head_tiles": [index[id(t)] for t in self.heads], "tiles": [t.to_dict() for t in kinds]}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Launch":
         tiles = [Tiles.from_dict(t) for t in d["tiles"]]
-        return cls(tuple(tiles[i] for i in d["head_tiles"]), d["batch"], d["order"], d.get("head_group", 1))
+        return cls(tuple(tiles[i] for i in d["head_tiles"]), d["batch"], d["order"], d.get("head_group", 1),
+                   d.get("costs", ""))
 
 
 def schedule(cost: np.ndarray, count: np.ndarray, slots: int, order: str = "lpt",
@@ -817,6 +824,8 @@ def prefill_workload(program: Program, shape: Shape, capability: tuple[int, int]
     used = sorted({g for gids, _ in rows for g in gids})
     cfgs = {g: kernel_config(program, shape.head_dim, shape.dtype, capability, g) for g in used}
     mine = {g: kernel_tiles(plans[g], shape.n, cfgs[g]) for g in used}
+    grid_runs = {g: plans[g].grid is not None and grid_kernel_tiles(plans[g].grid, shape.n, cfgs[g]) is not None
+                 for g in used}
 
     # exact block maps at the kernel's tiles only while all groups' maps together stay small
     maps = sum(-(-shape.n // cfgs[g].bm) * -(-shape.n // cfgs[g].bn) for g in used)
@@ -836,7 +845,7 @@ def prefill_workload(program: Program, shape: Shape, capability: tuple[int, int]
         for g in sorted(set(gids)):
             nh = gids.count(g)
             hg = head_group(cfgs[g], shape.batch, nh, shape.n, shape.head_dim, shape.dtype)
-            attnc.append((Launch((mine[g],) * nh, shape.batch, cfgs[g].order, hg), w))
+            attnc.append((Launch((mine[g],) * nh, shape.batch, cfgs[g].order, hg, "grid" if grid_runs[g] else ""), w))
     launches = {
         "attnc": tuple(attnc),
         "flex": tuple((Launch(tuple(theirs[g] for g in gids), shape.batch, "asc"), w) for gids, w in rows),
@@ -888,9 +897,9 @@ def time_workload(work: Workload, profile: str | Path | Profile = "h100") -> Pre
                              "there; build the workload for the profile's capability")
         s = work.shape
         for kernel, parts in work.launches.items():
-            kc = prof.kernel(kernel)
             timed = []
             for launch, w in parts:  # attnc: one launch per head group of a layer, each at its tiles
+                kc = prof.kernel(launch.costs or kernel)
                 t = launch.heads[0]
                 costs = kc.lookup(s.head_dim, s.dtype, t.bm, t.bn, prof.dtype_scale)
                 timed.append((launch_time(kernel, launch, costs, kc.launch_us, prof.sms, work.notes[kernel]), w))

@@ -399,3 +399,37 @@ def test_error_section_is_filled(tmp_path):
     assert "1 of 2 cells (50%) are within 15%" in text and "largest error is 50.0% (power, N = 32768)" in text
     assert text.split(sim.ERROR_BEGIN)[0] == doc.read_text().split(sim.ERROR_BEGIN)[0]
     assert text.split(sim.ERROR_END)[1] == doc.read_text().split(sim.ERROR_END)[1]
+
+
+def test_grid_groups_are_timed_with_the_grid_kernel_costs():
+    """At the grid's length a grid group's launch runs the tile-order kernel: its tiles are
+    tile_visits' counts and it is charged the profile's `grid` costs (attnc's when the profile
+    has none); at another length it runs the generic kernel."""
+    import dataclasses
+
+    from attnc.compiler.lower import lower
+    from attnc.compiler.tiling import grid_terms, tile_visits
+    from attnc.spec.resolve import resolve_text
+
+    program = lower(resolve_text("grid(16, 24)\npattern g = neighborhood(kernel = (5, 7))\n", "g.attn"))
+    shape = sim.Shape(16 * 24, 1, 4, None, 128)
+    work = sim.prefill_workload(program, shape)
+    ((launch, _),) = work.launches["attnc"]
+    assert launch.costs == "grid"
+    t = launch.heads[0]
+    q_tile, k_tile = sim._plans(program)[0].grid.tiles[(t.bm, t.bn)]
+    assert t.masked.tolist() == tile_visits(grid_terms(program.groups[0].pattern), q_tile, k_tile).tolist()
+    assert t.full.sum() == 0
+    assert sim.Launch.from_dict(launch.to_dict()).costs == "grid"
+    other = sim.prefill_workload(program, dataclasses.replace(shape, n=16 * 24 + 5))
+    assert other.launches["attnc"][0][0].costs == ""
+
+    prof = sim.load_profile("h200")
+    assert prof.grid is not None
+    slow = dataclasses.replace(prof, grid=sim.KernelCosts(prof.grid.launch_us, tuple(
+        dataclasses.replace(c, masked_us=c.masked_us * 10) for c in prof.grid.tiles)))
+    base = sim.time_workload(work, prof).attnc.ms
+    assert sim.time_workload(work, slow).attnc.ms > base
+    assert sim.time_workload(other, slow).attnc.ms == sim.time_workload(other, prof).attnc.ms
+    fallback = dataclasses.replace(prof, grid=None)
+    assert fallback.kernel("grid") is fallback.attnc
