@@ -45,3 +45,28 @@ def test_kernels_compile_for_sm90():
     for (path, opts), kernel in zip(capped, results[len(cases):]):
         assert kernel["maxnreg"] == 128 and kernel["stack"] <= SPILL_LIMIT, f"{path}: {kernel}"
         assert kernel["shared"] <= 116224, f"{path} {opts}: two programs per SM do not fit ({kernel})"
+
+
+@pytest.mark.skipif(not _have_ptxas(), reason="no ptxas in the triton install")
+def test_grid_kernels_compile_for_sm90():
+    """The tile-order kernel's Hopper path (TMA boxes of the grid), which the interpreter never
+    runs: 2-D and 3-D grids, dilation 2 (shifts) and 3, causal axes, a prefix, a union."""
+    from attnc.compiler.lower import lower
+    from attnc.spec.resolve import resolve_text
+
+    # (pattern, bytes of stack allowed): one neighbourhood must not spill; a prefix (a second
+    # path: prefix rows over every key, through _attend) or a union (a branch per term) spill
+    # a little: measured 32 bytes with TMA, 224 with gathers (docs/grids.md, Known gaps)
+    texts = [("grid(128, 128)\npattern a = neighborhood(kernel = (13, 13))\n", 0),
+             ("grid(16, 30, 40) prefix = 8\npattern b = neighborhood(kernel = (5, 7, 7), dilation = (1, 2, 3), "
+              "causal = (true, false, false))\n", 256),
+             ("grid(8, 24, 40)\npattern c = neighborhood(kernel = (1, 24, 40)) | neighborhood(kernel = (5, 7, 9))\n", 256)]
+    programs = [(lower(resolve_text(t, "g.attn")), limit) for t, limit in texts]
+    # TMA on Hopper; gathers on Ampere, and on Hopper where a descriptor cannot be made (32-key tiles)
+    cases = [(gpu_case(p, grid=True), limit) for p, limit in programs]
+    cases += [(gpu_case(p, grid=True, use_tma=False, capability=80), limit) for p, limit in programs]
+    cases += [(gpu_case(p, grid=True, use_tma=False, config={"BLOCK_N": 32}), limit) for p, limit in programs]
+    results = compile_for_gpu([c for c, _ in cases])
+    for ((path, opts), limit), kernel in zip(cases, results):
+        assert kernel["stack"] <= limit, f"{path} {opts}: registers spilled ({kernel})"
+        assert kernel["shared"] <= 232448, f"{path} {opts}: more shared memory than an H100 block has"

@@ -193,10 +193,59 @@ from triton.compiler import ASTSource
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
 
 
+def usage(kernel, cfg):
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+    return {"shared": kernel.metadata.shared, "regs": int(m.group(1)) if m else -1,
+            "stack": int(m.group(2)) if m else -1, "maxnreg": cfg.get("maxnreg")}
+
+
+def compile_grid(mod, opts):
+    # a grid group's tile-order kernel (grid.py.j2) at its Hopper configuration
+    dtype, head_dim, group = opts["dtype"], opts["head_dim"], opts["group"]
+    cfg = dict(next(c for (cap, k, d, c) in mod.GRID_CONFIGS + mod.CONFIGS
+                    if k == "16bit" and d in (None, head_dim) and cap[0] * 10 <= opts["capability"]))
+    cfg.update(opts["config"])
+    q_tile, k_tile = mod._GRID_TILES[group][(cfg["BLOCK_M"], cfg["BLOCK_N"])]
+    use_tma = bool(cfg.get("USE_TMA")) and opts["use_tma"]
+    fn = mod._GRID_KERNELS[group]
+    signature = {}
+    for name in fn.arg_names:
+        if name in ("Q_desc", "K_desc", "V_desc", "O_desc") and use_tma:
+            tile = k_tile if name in ("K_desc", "V_desc") else q_tile
+            signature[name] = f"tensordesc<{dtype}[1,{','.join(map(str, tile))},{head_dim}]>"
+        elif name in ("Q", "K", "V", "O", "Q_desc", "K_desc", "V_desc", "O_desc"):
+            signature[name] = "*" + dtype
+        elif name == "LSE":
+            signature[name] = "*fp32"
+        elif name in ("HEADS", "TR"):
+            signature[name] = "*i32"
+        elif name == "qk_scale":
+            signature[name] = "fp32"
+        elif name.startswith("stride") or name in ("N", "NH", "HQ", "HKV"):
+            signature[name] = "i32"
+        else:
+            signature[name] = "constexpr"
+    constexprs = dict(KV_GROUP=2, HEAD_DIM=head_dim, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                      SUBSET=opts["subset"], HAS_LSE=True, STAGES=cfg["STAGES"], DOT_PREC="tf32", UPCAST=False,
+                      TRACE=False, USE_TMA=use_tma)
+    constexprs.update({f"TQ{a}": t for a, t in enumerate(q_tile)})
+    constexprs.update({f"TK{a}": t for a, t in enumerate(k_tile)})
+    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                            target=GPUTarget("cuda", opts["capability"], 32),
+                            options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
+    return usage(kernel, cfg)
+
+
 def compile_one(path, opts):
     spec = importlib.util.spec_from_file_location("generated", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    if opts.get("grid"):
+        return compile_grid(mod, opts)
     dtype, head_dim = opts["dtype"], opts["head_dim"]
     kind = "fp32" if dtype == "fp32" else "16bit"
     cfg = dict(next(c for (cap, k, d, c) in mod.CONFIGS
@@ -244,13 +293,7 @@ def compile_one(path, opts):
         options["maxnreg"] = cfg["maxnreg"]
     kernel = triton.compile(ASTSource(fn=mod._fwd_kernel, signature=signature, constexprs=constexprs, attrs=attrs),
                             target=GPUTarget("cuda", opts["capability"], 32), options=options)
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        usage = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True, text=True).stdout
-    m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
-    return {"shared": kernel.metadata.shared, "regs": int(m.group(1)) if m else -1,
-            "stack": int(m.group(2)) if m else -1, "maxnreg": cfg.get("maxnreg")}
+    return usage(kernel, cfg)
 
 
 print(json.dumps([compile_one(path, opts) for path, opts in json.loads(sys.argv[1])]))
@@ -259,11 +302,12 @@ print(json.dumps([compile_one(path, opts) for path, opts in json.loads(sys.argv[
 
 def gpu_case(program: Program, *, dtype: str = "bf16", head_dim: int = 128, use_tma: bool = True,
              group: int = 0, subset: bool = False, capability: int = 90, config: dict | None = None,
-             residue: int = 0) -> tuple[str, dict]:
-    """One kernel for compile_for_gpu: the module's path and the launch options."""
+             residue: int = 0, grid: bool = False) -> tuple[str, dict]:
+    """One kernel for compile_for_gpu: the module's path and the launch options (`grid`: the
+    group's tile-order kernel instead of the generic one)."""
     path = write_module(program, _DIR / program.digest())
     return str(path), dict(dtype=dtype, head_dim=head_dim, use_tma=use_tma, group=group, subset=subset,
-                           residue=residue, capability=capability, config=config or {})
+                           residue=residue, capability=capability, config=config or {}, grid=grid)
 
 
 def compile_for_gpu(cases: list[tuple[str, dict]]) -> list[dict]:
