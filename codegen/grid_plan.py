@@ -9,7 +9,7 @@ loops in natural order: grid rows read the prefix keys first, and extra programs
 the prefix rows over every key.
 
 In a tile, every (term, axis) is one compare pair per element: the window of a query
-coordinate x is low(x), low(x) + d, ..., low(x) + (kernel - 1) * d (`compiler.tiling
+coordinate x is low(x), low(x) + d, ..., low(x) + (kernel - 1) * d (`compiler.ir
 .axis_low`), computed once per query row, and a key coordinate y is inside when
 0 <= y - low(x) <= (kernel - 1) * d and (for d > 1) d divides y - low(x). Literals that
 narrow a term beyond its neighbourhood are evaluated on natural positions with the usual

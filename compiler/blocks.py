@@ -23,8 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .ir import Lit, Neighborhood, Pattern, Status, status_of
-from .tiling import axis_low
+from .ir import Lit, Neighborhood, Pattern, Status, axis_low, status_of
 
 _BRUTE_BATCH = 64
 
@@ -183,7 +182,7 @@ def _probe_partial(pattern: Pattern, ambiguous: np.ndarray, q0, q1, k0, k1) -> n
 # ---------------------------------------------------------------- neighbourhoods as boxes
 #
 # On one axis the keys of query coordinate x under a neighbourhood are an arithmetic
-# progression low, low + d, ..., low + (K - 1) d cut to [0, L) (tiling.axis_low), every member
+# progression low, low + d, ..., low + (K - 1) d cut to [0, L) (ir.axis_low), every member
 # congruent to x modulo d. The keys of a conjunction of neighbourhoods over one grid are
 # then, per axis, {y in [lo, hi] : y = x (mod lcm of the dilations)} with lo the largest first
 # member and hi the smallest last: a box of progressions, one per axis. How many of query q's

@@ -259,19 +259,29 @@ class Neighborhood:
         return f"neighborhood(grid={self.dims}, kernel={self.kernel}, dilation={self.dilation}, causal={self.causal})"
 
 
-def axis_neighbour(x: Any, y: Any, length: int, kernel: int, dilation: int, causal: bool) -> Any:
-    """NATTEN's rule on one axis (see Neighborhood)."""
-    same_group = (x % dilation) == (y % dilation)
+def axis_low(x: Any, length: int, kernel: int, dilation: int, causal: bool) -> Any:
+    """The first key coordinate of query coordinate x's window on one axis (NATTEN's rule).
+
+    The window holds the keys low, low + d, ..., low + (kernel - 1) * d: for a non-causal
+    axis the kernel positions of x's dilation group centred on x, shifted inward at the
+    borders; for a causal axis the ones ending at x (starting before 0 near the start, so
+    holding fewer). Plain arithmetic, so x may be an int, a numpy array or a tensor.
+    """
+    if causal:
+        return x - (kernel - 1) * dilation
     group = x % dilation
     group_len = (length - group + dilation - 1) // dilation
-    xi, yi = x // dilation, y // dilation
-    if causal:
-        return same_group & (yi <= xi) & (yi > xi - kernel)
-    start = xi - kernel // 2
+    start = x // dilation - kernel // 2
     start = start * (start > 0)
     over = start + kernel - group_len
     start = start - over * (over > 0)
-    return same_group & (yi >= start) & (yi < start + kernel)
+    return start * dilation + group
+
+
+def axis_neighbour(x: Any, y: Any, length: int, kernel: int, dilation: int, causal: bool) -> Any:
+    """NATTEN's rule on one axis (see Neighborhood): y is a member of x's window."""
+    diff = y - axis_low(x, length, kernel, dilation, causal)
+    return (diff >= 0) & (diff <= (kernel - 1) * dilation) & (diff % dilation == 0)
 
 
 def _brute_tile(atom: Any, q0, q1, k0, k1) -> np.ndarray:

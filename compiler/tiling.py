@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ir import Lit, Neighborhood, Pattern
+from .ir import Lit, Neighborhood, Pattern, axis_low
 
 
 @dataclass(frozen=True)
@@ -66,22 +66,6 @@ def grid_terms(pattern: Pattern) -> GridTerms | None:
         return None
     dims, prefix = shapes.pop()
     return GridTerms(dims, prefix, tuple(terms))
-
-
-def axis_low(x: np.ndarray, length: int, kernel: int, dilation: int, causal: bool) -> np.ndarray:
-    """The first key coordinate of query coordinate x's window on one axis (NATTEN's rule).
-
-    The window holds the keys low, low + d, ..., low + (kernel - 1) * d that are inside the
-    axis (a causal window starts before 0 near the start and holds fewer).
-    """
-    x = np.asarray(x)
-    if causal:
-        return x - (kernel - 1) * dilation
-    group = x % dilation
-    group_len = (length - group + dilation - 1) // dilation
-    start = np.clip(x // dilation - kernel // 2, 0, None)
-    start = np.minimum(start, group_len - kernel)
-    return start * dilation + group
 
 
 @dataclass(frozen=True)
@@ -128,7 +112,7 @@ def axis_key_tiles(length: int, tq: int, tk: int, kernel: int, dilation: int,
     first = np.empty(len(starts), dtype=np.int64)
     last = np.empty(len(starts), dtype=np.int64)
     for i, s in enumerate(starts):
-        low = axis_low(np.arange(s, min(s + tq, length)), length, kernel, dilation, causal)
+        low = np.asarray(axis_low(np.arange(s, min(s + tq, length)), length, kernel, dilation, causal))
         first[i] = max(int(low.min()), 0) // tk
         last[i] = min(int(low.max()) + (kernel - 1) * dilation, length - 1) // tk
     first.setflags(write=False)
