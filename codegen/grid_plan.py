@@ -62,13 +62,32 @@ class GridTermPlan:
 
 @dataclass(frozen=True)
 class GridPlan:
-    dims: tuple[int, ...]
-    strides: tuple[int, ...]  # natural (row-major) stride of each axis
-    prefix: int
-    size: int  # grid tokens
+    source: GridTerms  # the compiler's view: grid, prefix, terms (token order and tile counts)
     terms: tuple[GridTermPlan, ...]
     tiles: dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, ...]]]  # (BM, BN) -> (q tile, k tile)
-    source: GridTerms  # the compiler's view (its token order and tile counts)
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return self.source.dims
+
+    @property
+    def prefix(self) -> int:
+        return self.source.prefix
+
+    @property
+    def size(self) -> int:
+        """Grid tokens."""
+        return self.source.size
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Natural (row-major) stride of each axis."""
+        return tuple(math.prod(self.dims[a + 1:]) for a in range(len(self.dims)))
+
+    def runs(self, n: int, bm: int, bn: int) -> bool:
+        """Whether the tile-order kernel runs a launch of n tokens at these tiles (the generated
+        module's `_grid_fits`): exactly prefix + grid tokens, tiles the compiler planned."""
+        return n == self.prefix + self.size and (bm, bn) in self.tiles
 
 
 def plan_grid(pattern: Pattern) -> GridPlan | None:
@@ -76,11 +95,9 @@ def plan_grid(pattern: Pattern) -> GridPlan | None:
     g = grid_terms(pattern)
     if g is None:
         return None
-    dims = g.dims
-    strides = tuple(math.prod(dims[a + 1:]) for a in range(len(dims)))
     terms = []
     for t in g.terms:
-        axes = tuple(AxisWindow(n, k, d, c) for n, k, d, c in zip(dims, t.nb.kernel, t.nb.dilation, t.nb.causal))
+        axes = tuple(AxisWindow(n, k, d, c) for n, k, d, c in zip(g.dims, t.nb.kernel, t.nb.dilation, t.nb.causal))
         others = " & ".join(masks.render_lit(lit) for lit in t.others)
         terms.append(GridTermPlan(str(t.nb) + (" and " + " and ".join(map(str, t.others)) if t.others else ""),
                                   axes, others))
@@ -88,4 +105,4 @@ def plan_grid(pattern: Pattern) -> GridPlan | None:
     for bm, bn in TILE_SIZES:
         tiling = choose_tiling(g, bm, bn)
         tiles[(bm, bn)] = (tiling.q_tile, tiling.k_tile)
-    return GridPlan(dims, strides, g.prefix, g.size, tuple(terms), tiles, g)
+    return GridPlan(g, tuple(terms), tiles)

@@ -501,12 +501,11 @@ def grid_kernel_tiles(grid: Any, n: int, cfg: KernelConfig) -> Tiles | None:
     None when it does not run (a length other than prefix + grid tokens, or unplanned tiles):
     a program per query tile visits the union of its terms' boxes of key tiles, after the
     prefix keys; a program per block of prefix rows visits every key. All tiles are masked."""
-    tiles = grid.tiles.get((cfg.bm, cfg.bn))
-    if tiles is None or n != grid.prefix + grid.size:
+    if not grid.runs(n, cfg.bm, cfg.bn):
         return None
     from .tiling import tile_visits
 
-    per_tile = tile_visits(grid.source, *tiles) + -(-grid.prefix // cfg.bn)
+    per_tile = tile_visits(grid.source, *grid.tiles[(cfg.bm, cfg.bn)]) + -(-grid.prefix // cfg.bn)
     masked = np.concatenate([per_tile, np.full(-(-grid.prefix // cfg.bm), -(-n // cfg.bn), dtype=np.int64)])
     z = np.zeros_like(masked)
     return Tiles(cfg.bm, cfg.bn, z, masked, z.copy(), cfg.bn)
@@ -824,8 +823,7 @@ def prefill_workload(program: Program, shape: Shape, capability: tuple[int, int]
     used = sorted({g for gids, _ in rows for g in gids})
     cfgs = {g: kernel_config(program, shape.head_dim, shape.dtype, capability, g) for g in used}
     mine = {g: kernel_tiles(plans[g], shape.n, cfgs[g]) for g in used}
-    grid_runs = {g: plans[g].grid is not None and grid_kernel_tiles(plans[g].grid, shape.n, cfgs[g]) is not None
-                 for g in used}
+    grid_runs = {g: plans[g].grid is not None and plans[g].grid.runs(shape.n, cfgs[g].bm, cfgs[g].bn) for g in used}
 
     # exact block maps at the kernel's tiles only while all groups' maps together stay small
     maps = sum(-(-shape.n // cfgs[g].bm) * -(-shape.n // cfgs[g].bn) for g in used)
