@@ -192,12 +192,7 @@ def check_grid(mod, heads: int, kv: int, d: int) -> list[dict]:
     import torch
 
     out = []
-    for dims, prefix in {(tuple(s[0]), s[1]) for s in mod._GRID_SHAPE if s is not None}:
-        n = prefix
-        size = 1
-        for x in dims:
-            size *= x
-        n += size
+    for n in sorted({prefix + size for _, prefix, size in filter(None, mod._GRID_SHAPE)}):
         small = n <= 16384
         h = min(heads, 2) if small and not mod.PATTERN["varies_by_head"] else heads
         hk = kv if h == heads else 1

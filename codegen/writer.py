@@ -92,7 +92,7 @@ def module_params(program: Program) -> dict[str, Any]:
         "tuning": [{"block_cap": p.block_cap, "rows_cap": p.rows_cap, "narrow": p.narrow, "grows": p.grows,
                     "residue": p.residue, "grid": p.grid is not None} for p in plans],
         "grid_tiles": [None if p.grid is None else p.grid.tiles for p in plans],
-        "grid_shapes": [None if p.grid is None else (p.grid.dims, p.grid.prefix) for p in plans],
+        "grid_shapes": [None if p.grid is None else (p.grid.dims, p.grid.prefix, p.grid.size) for p in plans],
     }
 
 

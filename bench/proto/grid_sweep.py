@@ -51,12 +51,8 @@ def main(folder):
         paths += [unmasked(p) for p in paths]
     for path in paths:
         mod = load(path)
-        dims, prefix = mod._GRID_SHAPE[0]
-        n = prefix
-        size = 1
-        for x in dims:
-            size *= x
-        n += size
+        _, prefix, size = mod._GRID_SHAPE[0]
+        n = prefix + size
         H = 24
         torch.manual_seed(0)
         q, k, v = (torch.randn(B, H, n, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
