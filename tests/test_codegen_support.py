@@ -193,6 +193,28 @@ from triton.compiler import ASTSource
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
 
 
+def signature_of(names, dtype, tensors, boxes, ints):
+    # Triton's signature of a generated kernel: host-side descriptors (name -> box), tensors
+    # of the input dtype, LSE, the int32 tables, int32 scalars and strides; the rest constexpr
+    signature = {}
+    for name in names:
+        if name in boxes:
+            signature[name] = f"tensordesc<{dtype}[{','.join(map(str, boxes[name]))}]>"
+        elif name in tensors:
+            signature[name] = "*" + dtype
+        elif name == "LSE":
+            signature[name] = "*fp32"
+        elif name in ("HEADS", "TR"):
+            signature[name] = "*i32"
+        elif name == "qk_scale":
+            signature[name] = "fp32"
+        elif name.startswith("stride") or name in ints:
+            signature[name] = "i32"
+        else:
+            signature[name] = "constexpr"
+    return signature
+
+
 def usage(kernel, cfg):
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
@@ -212,23 +234,12 @@ def compile_grid(mod, opts):
     q_tile, k_tile = mod._GRID_TILES[group][(cfg["BLOCK_M"], cfg["BLOCK_N"])]
     use_tma = bool(cfg.get("USE_TMA")) and opts["use_tma"]
     fn = mod._GRID_KERNELS[group]
-    signature = {}
-    for name in fn.arg_names:
-        if name in ("Q_desc", "K_desc", "V_desc", "O_desc") and use_tma:
-            tile = k_tile if name in ("K_desc", "V_desc") else q_tile
-            signature[name] = f"tensordesc<{dtype}[1,{','.join(map(str, tile))},{head_dim}]>"
-        elif name in ("Q", "K", "V", "O", "Q_desc", "K_desc", "V_desc", "O_desc"):
-            signature[name] = "*" + dtype
-        elif name == "LSE":
-            signature[name] = "*fp32"
-        elif name in ("HEADS", "TR"):
-            signature[name] = "*i32"
-        elif name == "qk_scale":
-            signature[name] = "fp32"
-        elif name.startswith("stride") or name in ("N", "NH", "HQ", "HKV"):
-            signature[name] = "i32"
-        else:
-            signature[name] = "constexpr"
+    boxes = {}
+    if use_tma:
+        boxes = {n: [1, *(k_tile if n in ("K_desc", "V_desc") else q_tile), head_dim]
+                 for n in ("Q_desc", "K_desc", "V_desc", "O_desc")}
+    signature = signature_of(fn.arg_names, dtype, ("Q", "K", "V", "O", "Q_desc", "K_desc", "V_desc", "O_desc"),
+                             boxes, ("N", "NH", "HQ", "HKV"))
     constexprs = dict(KV_GROUP=2, HEAD_DIM=head_dim, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                       SUBSET=opts["subset"], HAS_LSE=True, STAGES=cfg["STAGES"], DOT_PREC="tf32", UPCAST=False,
                       TRACE=False, USE_TMA=use_tma)
@@ -264,23 +275,11 @@ def compile_one(path, opts):
         narrow *= 2
     use_tma = cfg["USE_TMA"] if opts["use_tma"] and not opts["residue"] else 0
     names = mod._fwd_kernel.arg_names
-    signature = {}
-    for name in names:
-        if name in ("Q", "K", "V", "O") and use_tma == 2:
-            rows = cfg["BLOCK_N"] if name in ("K", "V") else cfg["BLOCK_M"]
-            signature[name] = f"tensordesc<{dtype}[1,1,{rows},{head_dim}]>"
-        elif name in ("Q", "K", "V", "O", "Q_ptr", "K_ptr", "V_ptr", "O_ptr"):
-            signature[name] = "*" + dtype
-        elif name == "LSE":
-            signature[name] = "*fp32"
-        elif name in ("HEADS", "TR"):
-            signature[name] = "*i32"
-        elif name == "qk_scale":
-            signature[name] = "fp32"
-        elif name.startswith("stride") or name in ("N", "H", "NH"):
-            signature[name] = "i32"
-        else:
-            signature[name] = "constexpr"
+    boxes = {}
+    if use_tma == 2:
+        boxes = {n: [1, 1, cfg["BLOCK_N"] if n in ("K", "V") else cfg["BLOCK_M"], head_dim] for n in ("Q", "K", "V", "O")}
+    signature = signature_of(names, dtype, ("Q", "K", "V", "O", "Q_ptr", "K_ptr", "V_ptr", "O_ptr"), boxes,
+                             ("N", "H", "NH"))
     constexprs = dict(KV_GROUP=2, HEAD_DIM=head_dim, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                       BLOCK_N_NARROW=min(narrow, cfg["BLOCK_N"]), GROUP=opts["group"], SUBSET=opts["subset"],
                       RESIDUE=opts["residue"], HAS_LSE=True, USE_TMA=use_tma, GRID_ORDER=3, HEAD_GROUP=4,
