@@ -124,19 +124,26 @@ def _subsets(n: int) -> list[tuple[int, ...]]:
     return [s for r in range(1, n + 1) for s in itertools.combinations(range(n), r)]
 
 
+@functools.lru_cache(maxsize=65536)
+def _axis_box(length: int, tq: int, tk: int, windows: tuple[tuple[int, int, bool], ...]) -> np.ndarray:
+    """Per query tile along one axis: key tiles in the intersection of the windows' boxes
+    (windows as (kernel, dilation, causal))."""
+    first, last = None, None
+    for kernel, dilation, causal in windows:
+        f, l = axis_key_tiles(length, tq, tk, kernel, dilation, causal)
+        first = f if first is None else np.maximum(first, f)
+        last = l if last is None else np.minimum(last, l)
+    out = np.maximum(last - first + 1, 0)
+    out.setflags(write=False)
+    return out
+
+
 def _box_axes(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...],
               subset: tuple[int, ...]) -> list[np.ndarray]:
     """Per axis, per query tile coordinate: key tiles in the intersection of the subset's boxes."""
-    out = []
-    for a, (n, tq, tk) in enumerate(zip(g.dims, q_tile, k_tile)):
-        first, last = None, None
-        for t in subset:
-            nb = g.terms[t].nb
-            f, l = axis_key_tiles(n, tq, tk, nb.kernel[a], nb.dilation[a], nb.causal[a])
-            first = f if first is None else np.maximum(first, f)
-            last = l if last is None else np.minimum(last, l)
-        out.append(np.maximum(last - first + 1, 0))
-    return out
+    return [_axis_box(n, tq, tk, tuple((g.terms[t].nb.kernel[a], g.terms[t].nb.dilation[a], g.terms[t].nb.causal[a])
+                                       for t in subset))
+            for a, (n, tq, tk) in enumerate(zip(g.dims, q_tile, k_tile))]
 
 
 def tile_visits(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]) -> np.ndarray:
@@ -144,32 +151,16 @@ def tile_visits(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]) 
     order (query tiles row-major over the tile grid, the last axis fastest)."""
     total = np.zeros([-(-n // t) for n, t in zip(g.dims, q_tile)], dtype=np.int64)
     for subset in _subsets(len(g.terms)):
-        counts = _box_axes(g, q_tile, k_tile, subset)
-        box = functools.reduce(np.multiply.outer, counts)
+        box = functools.reduce(np.multiply.outer, _box_axes(g, q_tile, k_tile, subset))
         total += box if len(subset) % 2 else -box
     return total.reshape(-1)
-
-
-@functools.lru_cache(maxsize=65536)
-def _axis_box_sum(length: int, tq: int, tk: int, windows: tuple[tuple[int, int, bool], ...]) -> int:
-    """Over the query tiles along one axis, the key tiles in the intersection of the windows' boxes."""
-    first, last = None, None
-    for kernel, dilation, causal in windows:
-        f, l = axis_key_tiles(length, tq, tk, kernel, dilation, causal)
-        first = f if first is None else np.maximum(first, f)
-        last = l if last is None else np.minimum(last, l)
-    return int(np.maximum(last - first + 1, 0).sum())
 
 
 def visited_tiles(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]) -> int:
     """The sum of tile_visits over all query tiles, without building it (per axis sums)."""
     total = 0
     for subset in _subsets(len(g.terms)):
-        n = 1
-        for a, (length, tq, tk) in enumerate(zip(g.dims, q_tile, k_tile)):
-            windows = tuple((g.terms[t].nb.kernel[a], g.terms[t].nb.dilation[a], g.terms[t].nb.causal[a])
-                            for t in subset)
-            n *= _axis_box_sum(length, tq, tk, windows)
+        n = math.prod(int(c.sum()) for c in _box_axes(g, q_tile, k_tile, subset))
         total += n if len(subset) % 2 else -n
     return total
 
