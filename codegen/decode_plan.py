@@ -396,17 +396,11 @@ def _budget_for(policy: Any, layer: int, layers: int) -> tuple[int | None, int |
     b = policy.budget
     if b.kind == "full":
         return None, None
-    if b.kind == "tokens":
-        return int(b.tokens), None
-    if b.kind == "linear":
-        if layers == 1:
-            return int(b.first), None
-        return int(round(b.first + (b.last - b.first) * layer / (layers - 1))), None
-    if b.kind == "list":
-        if len(b.per_layer) != layers:
-            raise _error(policy, f"budget list has {len(b.per_layer)} values but the model has "
-                                 f"{layers} layers: give one budget per layer")
-        return int(b.per_layer[layer]), None
+    if b.kind in ("tokens", "linear", "list"):
+        try:
+            return int(b.at_layer(layer, layers)), None
+        except ValueError as exc:
+            raise _error(policy, str(exc)) from None
     if b.kind == "adaptive":
         by = b.by or "cake"
         if by != "cake":

@@ -218,18 +218,13 @@ class LossyPolicy:
 def _budget_at(policy: Any, layer: int, layers: int) -> int | None:
     """Tokens per KV head of a resolved CachePolicy at `layer`; None for `full`."""
     b = policy.budget
-    if b.kind == "full":
-        return None
-    if b.kind == "tokens":
-        return int(b.tokens)
-    if b.kind == "linear":
-        return int(b.first) if layers == 1 else int(round(b.first + (b.last - b.first) * layer / (layers - 1)))
-    if b.kind == "list":
-        if len(b.per_layer) != layers:
-            raise IntegrationError(f"{policy.loc}: budget list has {len(b.per_layer)} values for {layers} layers")
-        return int(b.per_layer[layer])
-    raise IntegrationError(f"{policy.loc}: budget {b.kind} ({b.by or 'cake'}) is not implemented by the reference "
-                           "backend (it is decided at run time across layers); use backend='interpret' or 'triton'")
+    if b.kind == "adaptive":
+        raise IntegrationError(f"{policy.loc}: budget {b.kind} ({b.by or 'cake'}) is not implemented by the reference "
+                               "backend (it is decided at run time across layers); use backend='interpret' or 'triton'")
+    try:
+        return b.at_layer(layer, layers)
+    except ValueError as exc:
+        raise IntegrationError(f"{policy.loc}: {exc}") from None
 
 
 def cache_policies(layout: Layout) -> list[list[LossyPolicy | None]]:

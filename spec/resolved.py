@@ -101,6 +101,21 @@ class RBudget(Frozen):
     by: str | None = None
     options: dict[str, ArgScalar] = {}
 
+    def at_layer(self, layer: int, layers: int) -> int | None:
+        """Tokens per KV head at `layer` of a model with `layers` layers; None for `full` and
+        `adaptive` (the allocator decides at run time). A `list` needs one value per layer."""
+        if self.kind == "tokens":
+            return self.tokens
+        if self.kind == "linear":
+            assert self.first is not None and self.last is not None
+            return self.first if layers == 1 else int(round(self.first + (self.last - self.first) * layer / (layers - 1)))
+        if self.kind == "list":
+            if len(self.per_layer) != layers:
+                raise ValueError(f"budget list has {len(self.per_layer)} values but the model has {layers} layers: "
+                                 "give one budget per layer")
+            return self.per_layer[layer]
+        return None
+
 
 class REvict(Frozen):
     """An eviction score: snapkv, h2o, tova or key_norm, with its options and timing."""
