@@ -90,7 +90,7 @@ class Case:
     def launch(self, capability: tuple[int, int] = CAPABILITY) -> sim.Launch:
         """The programs this case runs, as the simulator counts them (needs codegen for attnc)."""
         if self.kernel in ("attnc", "grid"):
-            from attnc.codegen.plan import plan_program
+            from attnc.compiler.plan import plan_program
 
             program = self.program()
             cfg = sim.kernel_config(program, D, DTYPE, capability, group=0)

@@ -18,7 +18,6 @@ docs/caches.md has the formulas):
   chunk  the keys of the current chunk of `chunk` tokens (slot = k mod chunk)
 `Layout.exact` says the store holds exactly the live keys (then `Layout.tokens(n)` is the
 liveness size formula); where a region does not map exactly the store keeps a superset.
-Without compiler.liveness, `_layout_fallback` bounds each term from its atoms.
 """
 
 from __future__ import annotations
@@ -30,8 +29,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..compiler.ir import (Band, Chunk, DiffMod, KMod, KRange, Lit, Neighborhood, Pattern, Power,
-                           Program, QRange, Term)
+from ..compiler.ir import Band, Lit, Pattern, Program
+from ..compiler.liveness import cache_layout
+from . import masks
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 SENTINEL = 1 << 30  # the position stored in an empty slot: no causal pattern allows it
@@ -141,38 +141,11 @@ class Layout:
         return " + ".join(parts) or "empty"
 
 
-def _term_bound(term: Term) -> tuple | None:
-    """The cheapest store that holds every key the term lets a future query see (None: all)."""
-    const: list[tuple[int, tuple]] = []
-    stripes: list[tuple] = []
-    for lit in term.lits:
-        if lit.negated:
-            continue  # dropping a conjunct only widens the term: still a superset
-        a = lit.atom
-        if isinstance(a, Band) and a.hi is not None:
-            const.append((a.hi + 1, ("window", max(a.hi + 1, 0))))
-        elif isinstance(a, (KRange, QRange)) and a.hi is not None:
-            const.append((a.hi + 1, ("sink", max(a.hi + 1, 0))))
-        elif isinstance(a, Chunk):
-            const.append((a.size, ("chunk", a.size)))
-        elif isinstance(a, KMod):
-            stripes.append(("stripes", a.m, a.r))
-    if const:
-        return min(const)[1]
-    if stripes:
-        return max(stripes)  # the largest modulus keeps the fewest keys
-    return None
-
-
 def layout_of(patterns: Iterable[Pattern], max_step: int = 1) -> Layout:
     """The lossless store for a KV head whose query heads use these (causal) patterns: the
     union of compiler.liveness's layouts, mapped onto the three stores the cache manager
     implements (a superset where a region does not map exactly, with exact = False)."""
     patterns = list(patterns)
-    try:
-        from ..compiler.liveness import cache_layout
-    except ImportError:  # the analysis is optional for decoding: fall back to term bounds
-        return _layout_fallback(patterns, max_step)
     layout = None
     for p in patterns:
         layout = cache_layout(p) if layout is None else layout.union(cache_layout(p))
@@ -238,31 +211,6 @@ def _keep_only(layout: Layout, sink: int, recent: int) -> Layout:
     if layout.kind == "chunk" and layout.chunk <= recent:
         return layout
     return Layout("ring", sink=sink, window=recent, exact=False, margin=False)
-
-
-def _layout_fallback(patterns: list[Pattern], max_step: int = 1) -> Layout:
-    """Without compiler.liveness: a bound per term from its atoms (a superset of the live
-    keys, exact for sink + window patterns)."""
-    sink = window = 0
-    chunks: set[int] = set()
-    stripes: list[tuple[int, int]] = []
-    for pattern in patterns:
-        for term in pattern.terms:
-            b = _term_bound(term)
-            if b is None:
-                return Layout("dense")
-            if b[0] == "window":
-                window = max(window, b[1])
-            elif b[0] == "sink":
-                sink = max(sink, b[1])
-            elif b[0] == "chunk":
-                chunks.add(b[1])
-            else:
-                stripes.append((b[1], b[2]))
-    if chunks and len(chunks) == 1 and not (sink or window or stripes) and max_step == 1:
-        return Layout("chunk", chunk=chunks.pop(), exact=False)
-    window = max([window, *chunks])
-    return _ring(sink, window, stripes, False)
 
 
 # --------------------------------------------------------------------------- policies
@@ -458,69 +406,22 @@ def _policy_for(program: Program, layer: int, kv_head: int) -> tuple[int, Any] |
 # --------------------------------------------------------------------------- masks
 
 
-def _mod(x: str, m: int) -> str:
-    return f"((({x}) % {m}) + {m}) % {m}"
-
-
-def _range(x: str, lo: int | None, hi: int | None) -> str:
-    parts = []
-    if lo is not None:
-        parts.append(f"({x} >= {lo})")
-    if hi is not None:
-        parts.append(f"({x} <= {hi})")
-    return " & ".join(parts) if parts else f"({x} == {x})"
-
-
-def render_atom(a: Any) -> str:
-    """A Triton and torch expression of one atom over int tensors qp, kp (broadcastable)."""
-    if isinstance(a, Band):
-        return _range("(qp - kp)", a.lo, a.hi)
-    if isinstance(a, KRange):
-        return _range("kp", a.lo, a.hi)
-    if isinstance(a, QRange):
-        return _range("qp", a.lo, a.hi)
-    if isinstance(a, DiffMod):
-        return f"({_mod('qp - kp', a.m)} == {a.r})"
-    if isinstance(a, KMod):
-        return f"({_mod('kp', a.m)} == {a.r})"
-    if isinstance(a, Chunk):
-        return f"((qp // {a.size}) == (kp // {a.size}))"
-    if isinstance(a, Power):
-        bd = f"((qp // {a.block}) - (kp // {a.block}))"
-        return f"(({bd} == 0) | (({bd} > 0) & (({bd} & ({bd} - 1)) == 0)))"
-    raise DecodePlanError(f"the decode kernel cannot evaluate {a}: decode serves causal token patterns")
-
-
 def render_pattern(p: Pattern) -> str:
-    if not p.terms:
-        return "(qp < 0) & (qp >= 0)"
-    terms = []
-    for t in p.terms:
-        lits = [render_atom(l.atom) if not l.negated else f"(({render_atom(l.atom)}) == 0)" for l in t.lits]
-        terms.append("(" + " & ".join(lits or ["(qp == qp)"]) + ")")
-    return " | ".join(terms)
+    """The pattern over the decode kernel's position tensors qp, kp (codegen/masks.py)."""
+    return masks.render_pattern(p, "qp", "kp").text()
 
 
 # --------------------------------------------------------------------------- planning
 
 
 def _decodable(p: Pattern) -> bool:
-    if not p.is_causal:
-        return False
-    return not any(isinstance(l.atom, Neighborhood) for t in p.terms for l in t.lits)
+    """Causal token patterns: grid neighbourhoods are not served at decode."""
+    return p.is_causal and not any(t.conj.grids for t in p.terms)
 
 
 def _scale(patterns: list[Pattern]) -> int:
     """The largest constant of the patterns' atoms: how far apart their periods can be."""
-    out = 1
-    for p in patterns:
-        for t in p.terms:
-            for lit in t.lits:
-                a = lit.atom
-                for v in (getattr(a, f, None) for f in ("lo", "hi", "m", "size", "block")):
-                    if isinstance(v, int):
-                        out = max(out, abs(v) * (4 if isinstance(a, Power) else 1))
-    return out
+    return max((lit.atom.scale() for p in patterns for t in p.terms for lit in t.lits), default=1) or 1
 
 
 def _all_visible(layout: Layout, patterns: list[Pattern], max_step: int) -> bool:

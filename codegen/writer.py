@@ -19,10 +19,12 @@ from typing import Any
 
 import jinja2
 
+from ..compiler import configs
 from ..compiler.ir import Program
-from . import configs
+from ..compiler.plan import plan_program
+from . import masks
 from .decode_plan import decode_context
-from .plan import plan_program
+from .plan_text import GroupText
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -57,6 +59,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters["pyrepr"] = _pyrepr
     env.filters["docsafe"] = _docsafe
+    env.filters["conjunction"] = masks.render_lits
     return env
 
 
@@ -66,7 +69,7 @@ def op_namespace(program: Program) -> str:
 
 def module_params(program: Program) -> dict[str, Any]:
     """Everything module.py.j2 needs, as explicit values."""
-    plans = plan_program(program)
+    plans = [GroupText(p) for p in plan_program(program)]
     table = program.group_table()
     head_groups = any(len(set(row)) > 1 for row in table)
     m = program.model
@@ -89,8 +92,7 @@ def module_params(program: Program) -> dict[str, Any]:
         "configs": configs.CONFIGS,
         "grid_configs": configs.GRID_CONFIGS,
         "cpu_config": configs.CPU_CONFIG,
-        "tuning": [{"block_cap": p.block_cap, "rows_cap": p.rows_cap, "narrow": p.narrow, "grows": p.grows,
-                    "residue": p.residue, "grid": p.grid is not None} for p in plans],
+        "tuning": [p.tuning for p in plans],
         "grid_tiles": [None if p.grid is None else p.grid.tiles for p in plans],
         "grid_shapes": [None if p.grid is None else (p.grid.dims, p.grid.prefix, p.grid.size) for p in plans],
     }

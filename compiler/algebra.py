@@ -10,12 +10,8 @@ ranges and equal moduli intersect; contradictions drop the term), which is what 
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
 
-from .ir import Band, DiffMod, KMod, KRange, Lit, Pattern, QRange, Term
-
-MAX_EXPANDED_MODULUS = 16  # complements of x mod m == r expand to m - 1 atoms up to this m
-_RANGES = (Band, KRange, QRange)
+from .ir import Band, KRange, Lit, ModAtom, Pattern, QRange, RangeAtom, Term
 
 
 def union(a: Pattern, b: Pattern) -> Pattern:
@@ -45,20 +41,12 @@ def _negate_term(term: Term) -> list[Lit]:
 
 
 def _negate_lit(lit: Lit) -> list[Lit]:
-    atom = lit.atom
+    """The literals whose union is the complement of one literal: positive atoms where the
+    atom can say (`Atom.complement`: ranges, small moduli), else the negation."""
     if lit.negated:
-        return [Lit(atom)]
-    if isinstance(atom, _RANGES):
-        kind = type(atom)
-        out = []
-        if atom.lo is not None:
-            out.append(Lit(kind(None, atom.lo - 1)))
-        if atom.hi is not None:
-            out.append(Lit(kind(atom.hi + 1, None)))
-        return out
-    if isinstance(atom, (DiffMod, KMod)) and atom.m <= MAX_EXPANDED_MODULUS:
-        return [Lit(replace(atom, r=r)) for r in range(atom.m) if r != atom.r]
-    return [Lit(atom, negated=True)]
+        return [Lit(lit.atom)]
+    parts = lit.atom.complement()
+    return [Lit(lit.atom, negated=True)] if parts is None else [Lit(a) for a in parts]
 
 
 def conjoin(a: Term, b: Term) -> Term | None:
@@ -68,7 +56,7 @@ def conjoin(a: Term, b: Term) -> Term | None:
     rest: list[Lit] = []
     for lit in lits:
         atom = lit.atom
-        if not lit.negated and isinstance(atom, _RANGES):
+        if not lit.negated and isinstance(atom, RangeAtom):
             prev = merged.get(type(atom))
             atom = _intersect_range(prev.atom, atom) if prev else atom
             if atom is None:
@@ -104,7 +92,7 @@ def _dedupe_moduli(lits: list[Lit]) -> list[Lit] | None:
     out: list[Lit] = []
     for lit in dict.fromkeys(lits):
         atom = lit.atom
-        if not lit.negated and isinstance(atom, (DiffMod, KMod)):
+        if not lit.negated and isinstance(atom, ModAtom):
             key = (type(atom), atom.m)
             if key in seen and seen[key] != atom.r:
                 return None
@@ -119,7 +107,7 @@ def _implies(a: Term, b: Term) -> bool:
         if lit in a.lits:
             continue
         atom = lit.atom
-        if lit.negated or not isinstance(atom, _RANGES):
+        if lit.negated or not isinstance(atom, RangeAtom):
             return False
         mine = [x.atom for x in a.lits if not x.negated and type(x.atom) is type(atom)]
         if not mine or not _range_within(mine[0], atom):

@@ -29,10 +29,10 @@ import sympy as sp
 
 from .algebra import conjoin, simplify
 from .blocks import BlockMap
-from .count import count_pairs, crt, reduce_term
+from .atoms import Conj
+from .count import count_pairs, reduce_term
 from .formula import N, Formula, NoFormula, Piece, flog2, lattice_count
-from .ir import (Band, Chunk, DiffMod, HeadGroup, KMod, KRange, Lit, Neighborhood, Pattern, Power, QRange,
-                 Status, Term)
+from .ir import (Chunk, HeadGroup, Lit, Pattern, Power, Status, Term)
 from .blocks import block_map
 
 D = sp.Symbol("D", integer=True, positive=True)
@@ -82,8 +82,6 @@ def term_formula(term: Term) -> Formula:
         out = term_formula(base)
         return out - term_formula(inter) if inter is not None else out
     atoms = [lit.atom for lit in term.lits]
-    if any(isinstance(a, Neighborhood) for a in atoms):
-        raise NoFormula("a neighbourhood over a token grid (counted exactly at N instead)")
     c = _Constraints.of(atoms)
     if c is None:
         return Formula.const(N, 0, lo=1)
@@ -113,18 +111,12 @@ class _Constraints:
 
     @staticmethod
     def of(atoms: list[Any]) -> "_Constraints | None":
-        def rng(kind):  # the intersection of every range of one kind
-            xs = [a for a in atoms if isinstance(a, kind)]
-            los = [a.lo for a in xs if a.lo is not None]
-            his = [a.hi for a in xs if a.hi is not None]
-            return (max(los) if los else None), (min(his) if his else None)
-        dmod = crt([(a.m, a.r) for a in atoms if isinstance(a, DiffMod)])
-        kmod = crt([(a.m, a.r) for a in atoms if isinstance(a, KMod)])
-        if dmod is None or kmod is None:
+        c = Conj.of(atoms)
+        if c.grids:
+            raise NoFormula("a neighbourhood over a token grid (counted exactly at N instead)")
+        if c.dmod is None or c.kmod is None:
             return None
-        return _Constraints(*rng(Band), *rng(QRange), *rng(KRange), dmod, kmod,
-                            tuple(a for a in atoms if isinstance(a, Chunk)),
-                            tuple(a for a in atoms if isinstance(a, Power)))
+        return _Constraints(c.d_lo, c.d_hi, c.q_lo, c.q_hi, c.k_lo, c.k_hi, c.dmod, c.kmod, c.chunks, c.powers)
 
     def _bounds(self, base: list[tuple[int, int]], extra: int | None) -> list[tuple[int, int]]:
         return base + ([(extra, 0)] if extra is not None else [])
@@ -266,17 +258,15 @@ def structural_class(pattern: Pattern) -> str:
     """An upper bound on the asymptotic class from the atoms alone (negated literals ignored)."""
     best = 0
     for term in pattern.terms:
-        atoms = [lit.atom for lit in term.lits if not lit.negated]
-        band = [a for a in atoms if isinstance(a, Band)]
-        d_bounded = any(isinstance(a, Chunk) for a in atoms) or any(a.lo is not None and a.hi is not None for a in band)
-        q_bounded = any(isinstance(a, QRange) and a.hi is not None for a in atoms)
-        k_bounded = any(isinstance(a, KRange) and a.hi is not None for a in atoms)
-        if any(isinstance(a, Neighborhood) for a in atoms):
-            nb = [a for a in atoms if isinstance(a, Neighborhood)][0]
-            best = max(best, 2 if nb.prefix else 0)
+        c = term.conj
+        if c.grids:
+            best = max(best, 2 if any(g.prefix for g in c.grids) else 0)
             continue
+        d_bounded = bool(c.chunks) or (c.d_lo is not None and c.d_hi is not None)
+        q_bounded = c.q_hi is not None
+        k_bounded = c.k_hi is not None
         bounded = d_bounded + q_bounded + k_bounded
-        power = any(isinstance(a, Power) for a in atoms)
+        power = bool(c.powers)
         if bounded >= 2:
             cls = 0
         elif bounded == 1:

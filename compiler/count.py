@@ -24,7 +24,8 @@ import numpy as np
 
 from .algebra import conjoin, simplify
 from .blocks import MAX_BOX_TERMS, block_map, box_pair_count, box_tile_counts, lit_tile, nb_groups
-from .ir import Band, Chunk, DiffMod, KMod, KRange, Lit, Neighborhood, Pattern, Power, QRange, Status, Term
+from .atoms import Conj, crt, meet_range  # noqa: F401  (crt: the analyses' one CRT)
+from .ir import Lit, Neighborhood, Pattern, Status, Term
 
 MAX_RESIDUE_LOOP = 256  # several periodic atoms in one term: loop over residues up to this period
 _TILE = 64
@@ -109,12 +110,12 @@ def _count_group(group: tuple, n: int) -> int:
 def reduce_term(term: Term) -> Term:
     """Drop chunk literals implied by a smaller chunk that divides them: same chunk of C
     implies same chunk of every multiple of C (LongNet's nested segments)."""
-    sizes = sorted(lit.atom.size for lit in term.lits if isinstance(lit.atom, Chunk) and not lit.negated)
+    chunks = term.conj.chunks
+    sizes = sorted(a.size for a in chunks)
     if len(sizes) < 2 or any(b % sizes[0] for b in sizes[1:]):
         return term
-    keep = [lit for lit in term.lits
-            if not (isinstance(lit.atom, Chunk) and not lit.negated and lit.atom.size != sizes[0])]
-    return Term(tuple(dict.fromkeys(keep)))
+    drop = {Lit(a) for a in chunks if a.size != sizes[0]}
+    return Term(tuple(dict.fromkeys(lit for lit in term.lits if lit not in drop)))
 
 
 @lru_cache(maxsize=4096)
@@ -165,46 +166,19 @@ def _residues(lo: np.ndarray, hi: np.ndarray, step: int, res: np.ndarray) -> np.
     return np.where(hi >= lo, cnt, 0)
 
 
-def crt(mods: list[tuple[int, int]]) -> tuple[int, int] | None:
-    """x = r_i (mod m_i) for all i, as one (m, r); None when incompatible."""
-    m, r = 1, 0
-    for mi, ri in mods:
-        g = math.gcd(m, mi)
-        if (ri - r) % g:
-            return None
-        lcm = m // g * mi
-        # r + m t = ri (mod mi)  ->  t = (ri - r)/g * inv(m/g) (mod mi/g)
-        t = ((ri - r) // g * pow(m // g, -1, mi // g)) % (mi // g) if mi // g > 1 else 0
-        m, r = lcm, (r + m * t) % lcm
-    return m, r
-
-
 def _count_diagonals(atoms: list, n: int) -> int | None:
     """Count a conjunction of positive atoms (no neighbourhood) by diagonals; None if unsupported."""
-    lo, hi = -(n - 1), n - 1
-    qlo, qhi, klo, khi = 0, n - 1, 0, n - 1
-    dmods, kmods, windows = [], [], []
-    for a in atoms:
-        if isinstance(a, Band):
-            lo = lo if a.lo is None else max(lo, a.lo)
-            hi = hi if a.hi is None else min(hi, a.hi)
-        elif isinstance(a, QRange):
-            qlo = qlo if a.lo is None else max(qlo, a.lo)
-            qhi = qhi if a.hi is None else min(qhi, a.hi)
-        elif isinstance(a, KRange):
-            klo = klo if a.lo is None else max(klo, a.lo)
-            khi = khi if a.hi is None else min(khi, a.hi)
-        elif isinstance(a, DiffMod):
-            dmods.append((a.m, a.r))
-        elif isinstance(a, KMod):
-            kmods.append((a.m, a.r))
-        elif isinstance(a, (Chunk, Power)):
-            windows.append(a)
+    c = Conj.of(atoms)
+    if c.grids:
+        raise ValueError("neighbourhoods are counted by per-axis boxes, not by diagonals")
+    lo, hi = meet_range(-(n - 1), n - 1, c.d_lo, c.d_hi)
+    qlo, qhi = meet_range(0, n - 1, c.q_lo, c.q_hi)
+    klo, khi = meet_range(0, n - 1, c.k_lo, c.k_hi)
+    windows = c.periodic
     if lo > hi or qlo > qhi or klo > khi:
         return 0
     d = np.arange(lo, hi + 1, dtype=np.int64)
-    dm = crt(dmods)
-    km = crt(kmods)
+    dm, km = c.dmod, c.kmod
     if dm is None or km is None:
         return 0
     if dm[0] > 1:
@@ -215,56 +189,27 @@ def _count_diagonals(atoms: list, n: int) -> int | None:
     res = (kres + d) % step  # q = k + d = kres + d (mod step)
     if not windows:
         return int(_window_count(a, b, step, np.zeros_like(d), np.full_like(d, step - 1), step, res).sum())
-    if len(windows) == 1 and _period(windows[0]) % step == 0:
+    if len(windows) == 1 and windows[0].period % step == 0:
         return _single_window(windows[0], d, a, b, step, res)
-    period = math.lcm(step, *[_period(w) for w in windows])
+    period = math.lcm(step, *[w.period for w in windows])
     if period > MAX_RESIDUE_LOOP:
         return None
     total = 0
     for rho in range(period):  # q = rho (mod period)
         ok = (rho - res) % step == 0
         for w in windows:
-            ok = ok & _window_ok(w, d, rho % _period(w))
+            ok = ok & w.window_ok(d, rho % w.period)
         total += int(_window_count(a[ok], b[ok], period, np.full(ok.sum(), rho), np.full(ok.sum(), rho),
                                    1, np.zeros(ok.sum(), dtype=np.int64)).sum())
     return total
 
 
-def _period(w) -> int:
-    return w.size if isinstance(w, Chunk) else w.block
-
-
 def _single_window(w, d, a, b, step, res) -> int:
     """One chunk or power atom: windows of q mod period on each diagonal."""
     total = 0
-    for p, wl, wh, keep in _windows(w, d):
+    for p, wl, wh, keep in w.diagonal_windows(d):
         total += int((_window_count(a, b, p, wl, wh, step, res) * keep).sum())
     return total
-
-
-def _windows(w, d):
-    """(period, lo, hi, keep) windows of q mod period where the atom holds on diagonal d."""
-    if isinstance(w, Chunk):
-        c = w.size
-        keep = (np.abs(d) <= c - 1).astype(np.int64)
-        yield c, np.maximum(d, 0), c - 1 + np.minimum(d, 0), keep
-        return
-    bsz = w.block
-    t, u = np.divmod(d, bsz)  # q mod B >= u: block distance t; else t + 1
-    yield bsz, u, np.full_like(d, bsz - 1), _power_distance(t).astype(np.int64)
-    yield bsz, np.zeros_like(d), u - 1, _power_distance(t + 1).astype(np.int64)
-
-
-def _window_ok(w, d, r):
-    """Whether residue r of q (mod the atom's period) satisfies the atom on each diagonal d."""
-    ok = np.zeros(d.shape, dtype=bool)
-    for p, wl, wh, keep in _windows(w, d):
-        ok |= (keep > 0) & (wl <= r) & (r <= wh)
-    return ok
-
-
-def _power_distance(x: np.ndarray) -> np.ndarray:
-    return (x == 0) | ((x > 0) & ((x & (x - 1)) == 0))
 
 
 # ---------------------------------------------------------------- neighbourhoods and tiles

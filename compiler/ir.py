@@ -1,303 +1,26 @@
 """The IR of a pattern: a union of terms, each a conjunction of literals on (q, k).
 
-Every later stage reads this normal form. A literal is an atom (a constraint on q - k, on k,
-on q, modular, chunk, power-of-two block distance or grid neighbourhood), possibly negated.
-Each atom knows three things about itself, so that one definition drives the reference, the
-analyses and the kernel (STYLE.md, FlexAttention): `holds` evaluates it on index arrays,
-`tile` classifies it exactly on a rectangle of (q, k), and its fields are what codegen
-renders. The IR is immutable and hashable; `Program.digest()` keys compiled modules.
+Every later stage reads this normal form. A literal is an atom (compiler/atoms.py: a
+constraint on q - k, on k, on q, modular, chunk, power-of-two block distance or grid
+neighbourhood), possibly negated. Each atom carries everything every stage asks of it (its
+membership, tile classification, key bounds, rendering, normal form), so that one definition
+drives the reference, the analyses and the kernel. The IR is immutable and hashable;
+`Program.digest()` keys compiled modules.
 """
 
 from __future__ import annotations
 
-import enum
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from .atoms import (ATOM_TYPES, Atom, AtomT, Band, Bounds, Chunk, Conj, Cond, DiffMod, Key, KMod, KRange,  # noqa: F401
+                    ModAtom, Neighborhood, PeriodicAtom, Power, QRange, RangeAtom, axis_low, axis_neighbour)
+from .status import Status, status_of  # noqa: F401
+
 INF = None  # an open end of a range
-
-
-class Status(enum.IntEnum):
-    """How a predicate covers a tile of (q, k) pairs."""
-
-    NONE = 0  # no pair allowed: the tile is skipped
-    SOME = 1  # some pairs allowed: the tile is visited with a mask
-    ALL = 2  # every pair allowed: the tile is visited without a mask
-
-
-def status_of(all_true: np.ndarray, any_true: np.ndarray) -> np.ndarray:
-    """Status codes from two boolean arrays: ALL where all_true, NONE where not any_true."""
-    return np.where(all_true, Status.ALL, np.where(any_true, Status.SOME, Status.NONE)).astype(np.int8)
-
-
-def _range_status(lo_v: np.ndarray, hi_v: np.ndarray, lo: int | None, hi: int | None) -> np.ndarray:
-    """Status of `lo <= x <= hi` when x takes every integer in [lo_v, hi_v]."""
-    lo_b = -(2**62) if lo is None else lo
-    hi_b = 2**62 if hi is None else hi
-    all_true = (lo_v >= lo_b) & (hi_v <= hi_b)
-    any_true = (hi_v >= lo_b) & (lo_v <= hi_b)
-    return status_of(all_true, any_true)
-
-
-def _mod_status(lo_v: np.ndarray, hi_v: np.ndarray, m: int, r: int) -> np.ndarray:
-    """Status of `x mod m == r` when x takes every integer in [lo_v, hi_v]."""
-    if m == 1:
-        return np.full(np.broadcast(lo_v, hi_v).shape, Status.ALL, dtype=np.int8)
-    first_hit = lo_v + (r - lo_v) % m  # the smallest x >= lo_v with x mod m == r
-    any_true = first_hit <= hi_v
-    all_true = (lo_v == hi_v) & any_true
-    return status_of(all_true, any_true)
-
-
-class Atom(Protocol):
-    """What every atom provides: exact evaluation and exact tile classification."""
-
-    def holds(self, q: Any, k: Any) -> Any: ...
-
-    def tile(self, q0: np.ndarray, q1: np.ndarray, k0: np.ndarray, k1: np.ndarray) -> np.ndarray: ...
-
-
-def _rng(x: Any, lo: int | None, hi: int | None) -> Any:
-    if lo is None and hi is None:
-        return x == x
-    if lo is None:
-        return x <= hi
-    if hi is None:
-        return x >= lo
-    return (x >= lo) & (x <= hi)
-
-
-@dataclass(frozen=True, order=True)
-class Band:
-    """lo <= q - k <= hi (an open end is None): causal, window, band."""
-
-    lo: int | None
-    hi: int | None
-
-    def holds(self, q: Any, k: Any) -> Any:
-        return _rng(q - k, self.lo, self.hi)
-
-    def tile(self, q0, q1, k0, k1):
-        return _range_status(q0 - k1, q1 - k0, self.lo, self.hi)
-
-    def __str__(self) -> str:
-        return f"{'' if self.lo is None else f'{self.lo} <= '}q-k{'' if self.hi is None else f' <= {self.hi}'}"
-
-
-@dataclass(frozen=True, order=True)
-class KRange:
-    """lo <= k <= hi: sinks, global keys."""
-
-    lo: int | None
-    hi: int | None
-
-    def holds(self, q: Any, k: Any) -> Any:
-        return _rng(k + 0 * q, self.lo, self.hi)
-
-    def tile(self, q0, q1, k0, k1):
-        return _range_status(k0 + 0 * q0, k1 + 0 * q1, self.lo, self.hi)
-
-    def __str__(self) -> str:
-        return f"{'' if self.lo is None else f'{self.lo} <= '}k{'' if self.hi is None else f' <= {self.hi}'}"
-
-
-@dataclass(frozen=True, order=True)
-class QRange:
-    """lo <= q <= hi: global queries."""
-
-    lo: int | None
-    hi: int | None
-
-    def holds(self, q: Any, k: Any) -> Any:
-        return _rng(q + 0 * k, self.lo, self.hi)
-
-    def tile(self, q0, q1, k0, k1):
-        return _range_status(q0 + 0 * k0, q1 + 0 * k1, self.lo, self.hi)
-
-    def __str__(self) -> str:
-        return f"{'' if self.lo is None else f'{self.lo} <= '}q{'' if self.hi is None else f' <= {self.hi}'}"
-
-
-@dataclass(frozen=True, order=True)
-class DiffMod:
-    """(q - k) mod m == r: strided and dilated diagonals."""
-
-    m: int
-    r: int
-
-    def holds(self, q: Any, k: Any) -> Any:
-        return (q - k) % self.m == self.r
-
-    def tile(self, q0, q1, k0, k1):
-        return _mod_status(q0 - k1, q1 - k0, self.m, self.r)
-
-    def __str__(self) -> str:
-        return f"(q-k) mod {self.m} == {self.r}"
-
-
-@dataclass(frozen=True, order=True)
-class KMod:
-    """k mod m == r: column stripes."""
-
-    m: int
-    r: int
-
-    def holds(self, q: Any, k: Any) -> Any:
-        return (k + 0 * q) % self.m == self.r
-
-    def tile(self, q0, q1, k0, k1):
-        return _mod_status(k0 + 0 * q0, k1 + 0 * q1, self.m, self.r)
-
-    def __str__(self) -> str:
-        return f"k mod {self.m} == {self.r}"
-
-
-@dataclass(frozen=True, order=True)
-class Chunk:
-    """q div size == k div size: block-local attention."""
-
-    size: int
-
-    def holds(self, q: Any, k: Any) -> Any:
-        return q // self.size == k // self.size
-
-    def tile(self, q0, q1, k0, k1):
-        c = self.size
-        qa, qb, ka, kb = q0 // c, q1 // c, k0 // c, k1 // c
-        all_true = (qa == qb) & (ka == kb) & (qa == ka)
-        any_true = (qb >= ka) & (kb >= qa)
-        return status_of(all_true, any_true)
-
-    def __str__(self) -> str:
-        return f"q div {self.size} == k div {self.size}"
-
-
-def _is_power_distance(d: Any) -> Any:
-    """d == 0 or d a positive power of two, elementwise on integer arrays."""
-    return (d == 0) | ((d > 0) & ((d & (d - 1)) == 0))
-
-
-@dataclass(frozen=True, order=True)
-class Power:
-    """Block distance (q div block) - (k div block) is 0 or a power of two: PowerAttention."""
-
-    block: int
-
-    def holds(self, q: Any, k: Any) -> Any:
-        return _is_power_distance(q // self.block - k // self.block)
-
-    def tile(self, q0, q1, k0, k1):
-        b = self.block
-        lo, hi = np.broadcast_arrays(np.asarray(q0 // b - k1 // b), np.asarray(q1 // b - k0 // b))
-        hits = _power_hits(lo, hi)
-        return status_of(hits == hi - lo + 1, hits > 0)
-
-    def __str__(self) -> str:
-        return f"(q div {self.block}) - (k div {self.block}) in {{0, 1, 2, 4, ...}}"
-
-
-def _bit_length(x: np.ndarray) -> np.ndarray:
-    """Elementwise int.bit_length for non-negative int64 arrays."""
-    out = np.zeros(x.shape, dtype=np.int64)
-    v = x.copy()
-    while (v > 0).any():
-        out += v > 0
-        v >>= 1
-    return out
-
-
-def _power_hits(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """How many integers in [lo, hi] are 0 or a positive power of two, elementwise."""
-    lo = lo.astype(np.int64)
-    hi = hi.astype(np.int64)
-    zero = (lo <= 0) & (hi >= 0)
-    pos_lo = np.maximum(lo, 1)
-    pos = np.where(hi >= pos_lo, _bit_length(np.maximum(hi, 0)) - _bit_length(pos_lo - 1), 0)
-    return zero.astype(np.int64) + pos
-
-
-@dataclass(frozen=True, order=True)
-class Neighborhood:
-    """NATTEN's neighbourhood over a token grid, flattened row-major after `prefix` text tokens.
-
-    Per axis of length L with kernel K, dilation d and causality c, query coordinate x
-    attends key coordinate y when x and y fall in the same dilation group (x mod d == y mod d)
-    and y's index in the group lies in the window of x: for a non-causal axis the K
-    positions centred on x, shifted inward at the borders so that there are exactly K; for a
-    causal axis the positions from x - K + 1 to x (fewer at the start). Prefix tokens attend
-    to and from everything.
-    """
-
-    dims: tuple[int, ...]
-    kernel: tuple[int, ...]
-    dilation: tuple[int, ...]
-    causal: tuple[bool, ...]
-    prefix: int = 0
-
-    def holds(self, q: Any, k: Any) -> Any:
-        in_text = (q < self.prefix) | (k < self.prefix)
-        gq, gk = q - self.prefix, k - self.prefix
-        inside = (gq >= 0) & (gk >= 0)
-        ok = inside
-        stride = 1
-        coords = []
-        for length in reversed(self.dims):
-            coords.append(((gq // stride) % length, (gk // stride) % length, length))
-            stride *= length
-        ok = ok & (gq < stride) & (gk < stride)
-        for (x, y, length), kk, dd, cc in zip(reversed(coords), self.kernel, self.dilation, self.causal):
-            ok = ok & axis_neighbour(x, y, length, kk, dd, cc)
-        return in_text | ok
-
-    def tile(self, q0, q1, k0, k1):
-        return _brute_tile(self, q0, q1, k0, k1)
-
-    def __str__(self) -> str:
-        return f"neighborhood(grid={self.dims}, kernel={self.kernel}, dilation={self.dilation}, causal={self.causal})"
-
-
-def axis_low(x: Any, length: int, kernel: int, dilation: int, causal: bool) -> Any:
-    """The first key coordinate of query coordinate x's window on one axis (NATTEN's rule).
-
-    The window holds the keys low, low + d, ..., low + (kernel - 1) * d: for a non-causal
-    axis the kernel positions of x's dilation group centred on x, shifted inward at the
-    borders; for a causal axis the ones ending at x (starting before 0 near the start, so
-    holding fewer). Plain arithmetic, so x may be an int, a numpy array or a tensor.
-    """
-    if causal:
-        return x - (kernel - 1) * dilation
-    group = x % dilation
-    group_len = (length - group + dilation - 1) // dilation
-    start = x // dilation - kernel // 2
-    start = start * (start > 0)
-    over = start + kernel - group_len
-    start = start - over * (over > 0)
-    return start * dilation + group
-
-
-def axis_neighbour(x: Any, y: Any, length: int, kernel: int, dilation: int, causal: bool) -> Any:
-    """NATTEN's rule on one axis (see Neighborhood): y is a member of x's window."""
-    diff = y - axis_low(x, length, kernel, dilation, causal)
-    return (diff >= 0) & (diff <= (kernel - 1) * dilation) & (diff % dilation == 0)
-
-
-def _brute_tile(atom: Any, q0, q1, k0, k1) -> np.ndarray:
-    """Exact tile status by enumeration, for atoms without a closed form."""
-    q0, q1, k0, k1 = np.broadcast_arrays(*(np.asarray(x) for x in (q0, q1, k0, k1)))
-    out = np.empty(q0.shape, dtype=np.int8)
-    for idx in np.ndindex(q0.shape):
-        qs = np.arange(q0[idx], q1[idx] + 1)[:, None]
-        ks = np.arange(k0[idx], k1[idx] + 1)[None, :]
-        m = atom.holds(qs, ks)
-        out[idx] = Status.ALL if m.all() else (Status.SOME if m.any() else Status.NONE)
-    return out
-
-
-ATOM_TYPES = (Band, KRange, QRange, DiffMod, KMod, Chunk, Power, Neighborhood)
-AtomT = Band | KRange | QRange | DiffMod | KMod | Chunk | Power | Neighborhood
 
 
 @dataclass(frozen=True, order=True)
@@ -314,6 +37,11 @@ class Lit:
     def tile(self, q0, q1, k0, k1) -> np.ndarray:
         s = self.atom.tile(q0, q1, k0, k1)
         return (2 - s).astype(np.int8) if self.negated else s
+
+    def render_parts(self, q: str = "q", k: str = "k") -> list[str]:
+        """Texts whose conjunction is the literal (a negation is one text)."""
+        parts = self.atom.render_parts(q, k)
+        return [f"~({' & '.join(parts)})"] if self.negated else parts
 
     def __str__(self) -> str:
         return f"not ({self.atom})" if self.negated else str(self.atom)
@@ -340,6 +68,11 @@ class Term:
 
     def atoms_of(self, kind: type) -> list[Any]:
         return [lit.atom for lit in self.lits if not lit.negated and isinstance(lit.atom, kind)]
+
+    @property
+    def conj(self) -> Conj:
+        """The normal form of the term's positive literals (compiler/atoms.py's Conj)."""
+        return Conj.of(lit.atom for lit in self.lits if not lit.negated)
 
     def __str__(self) -> str:
         return " and ".join(str(lit) for lit in self.lits) if self.lits else "all"

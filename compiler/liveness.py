@@ -32,10 +32,11 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from .count import crt, reduce_term
+from .atoms import crt
+from .count import reduce_term
 from .cost import of_mod
 from .formula import T, Formula, NoFormula, Piece, lattice_count
-from .ir import Band, Chunk, DiffMod, KMod, KRange, Neighborhood, Pattern, Power, QRange, Term
+from .ir import Pattern, Term
 
 _V = sp.Symbol("v", integer=True, nonnegative=True)
 
@@ -284,33 +285,21 @@ def _cache_layout(pattern: Pattern) -> CacheLayout:
 def term_region(term: Term) -> tuple[Region | None, bool, str]:
     """The keys one term keeps alive: (region or None when none ever is, exact, why not exact)."""
     term = reduce_term(term)
-    pos = [lit.atom for lit in term.lits if not lit.negated]
     neg = [lit.atom for lit in term.lits if lit.negated]
-
-    def rng(kind):  # the intersection of every range of one kind
-        xs = [a for a in pos if isinstance(a, kind)]
-        los = [a.lo for a in xs if a.lo is not None]
-        his = [a.hi for a in xs if a.hi is not None]
-        return (max(los) if los else None), (min(his) if his else None)
-
-    lo, hi = rng(Band)
-    qlo, qhi = rng(QRange)
-    klo, khi = rng(KRange)
-    if any(a is not None and b is not None and a > b for a, b in ((lo, hi), (qlo, qhi), (klo, khi))):
+    c = term.conj
+    lo, hi, qlo, qhi, klo, khi = c.d_lo, c.d_hi, c.q_lo, c.q_hi, c.k_lo, c.k_hi
+    if c.empty:
         return None, True, ""
-    dmod = crt([(a.m, a.r) for a in pos if isinstance(a, DiffMod)])
-    kmod = crt([(a.m, a.r) for a in pos if isinstance(a, KMod)])
-    if dmod is None or kmod is None:
-        return None, True, ""
-    chunks = [a.size for a in pos if isinstance(a, Chunk)]
-    powers = [a for a in pos if isinstance(a, Power)]
+    dmod, kmod = c.dmod, c.kmod
+    chunks = [a.size for a in c.chunks]
+    powers = c.powers
     base = Region(k_lo=max(0, klo or 0), k_hi=khi, stride=kmod)
     why = []
-    if any(isinstance(a, Neighborhood) for a in pos):
+    if c.grids:
         return base, False, "a neighbourhood: every key kept"
-    if any(isinstance(a, KMod) for a in neg):
+    if any(a.depends == "k" for a in neg):
         why.append("a negated key stride is ignored")
-    q_neg = [a for a in neg if not isinstance(a, KMod)]
+    q_neg = [a for a in neg if a.depends != "k"]
     chunk = chunks[0] if chunks else None
     if len(chunks) > 1:
         why.append("only the first of several chunk atoms is used")

@@ -33,7 +33,8 @@ import numpy as np
 
 from .algebra import simplify
 from .count import reduce_term
-from .ir import (Band, Chunk, DiffMod, KMod, KRange, Neighborhood, Pattern, Power, Program, QRange, Term,
+from .atoms import Conj, PeriodicAtom
+from .ir import (Neighborhood, Pattern, Program, Term,
                  axis_neighbour)
 
 MAX_ENUMERATED_N = 8192  # row-by-row enumeration of exotic terms only up to this N
@@ -65,7 +66,7 @@ class _Plan:
 
     term: Term
     n: int
-    kind: str  # "diag", "chunk", "power", "grid", "enumerate"
+    kind: str  # "diag", "periodic", "grid", "enumerate"
     dvec: np.ndarray
     q_ok: np.ndarray | None
     k_ok: np.ndarray | None
@@ -75,15 +76,10 @@ class _Plan:
     def run(self, src: np.ndarray) -> np.ndarray:
         if self.kind == "diag":
             return _correlate(src[None, :], self.dvec, self.n, self.ap)[0]
-        if self.kind == "chunk":
-            return _chunked(src, self.dvec, self.coupled.size, 0)
-        if self.kind == "power":
-            b = self.coupled.block
-            out = _chunked(src, self.dvec, b, 0)
-            delta = 1
-            while delta * b <= self.n - 1:
-                out |= _chunked(src, self.dvec, b, delta)
-                delta *= 2
+        if self.kind == "periodic":  # block distances of the chunk / power atom, one shift each
+            out = np.zeros(len(src), dtype=bool)
+            for delta in self.coupled.block_distances(self.n - 1):
+                out |= _chunked(src, self.dvec, self.coupled.period, delta)
             return out
         if self.kind == "grid":
             return _neighborhood(self.coupled, src)
@@ -97,14 +93,13 @@ def _plan(term: Term, n: int) -> _Plan:
     q_ok = k_ok = None
     d_lits, coupled = [], []
     for lit in term.lits:
-        a = lit.atom
-        if isinstance(a, QRange):
+        if lit.atom.depends == "q":
             ok = np.asarray(lit.holds(q, 0), dtype=bool)
             q_ok = ok if q_ok is None else q_ok & ok
-        elif isinstance(a, (KRange, KMod)):
+        elif lit.atom.depends == "k":
             ok = np.asarray(lit.holds(0, q), dtype=bool)
             k_ok = ok if k_ok is None else k_ok & ok
-        elif isinstance(a, (Band, DiffMod)):
+        elif lit.atom.depends == "d":
             d_lits.append(lit)
         else:
             coupled.append(lit)
@@ -115,11 +110,9 @@ def _plan(term: Term, n: int) -> _Plan:
     one = coupled[0] if len(coupled) == 1 and not coupled[0].negated else None
     if not coupled:
         kind = "diag"
-    elif one is not None and isinstance(one.atom, Chunk):
-        kind = "chunk"
-    elif one is not None and isinstance(one.atom, Power):
-        kind = "power"
-    elif one is not None and isinstance(one.atom, Neighborhood) and not d_lits and q_ok is None and k_ok is None:
+    elif one is not None and isinstance(one.atom, PeriodicAtom):
+        kind = "periodic"
+    elif one is not None and Conj.of([one.atom]).grids and not d_lits and q_ok is None and k_ok is None:
         kind = "grid"
     else:
         kind = "enumerate"
@@ -388,23 +381,19 @@ def closed_form(pattern: Pattern, n: int):
     terms = pattern.terms
     bands, sinks, powers, chunks = [], [], [], []
     for t in terms:
-        atoms = [l.atom for l in t.lits if not l.negated]
-        if len(atoms) != len(t.lits):
+        c, size = t.conj, len(t.lits)
+        if any(lit.negated for lit in t.lits):
             return None
-        kinds = {type(a) for a in atoms}
-        band = [a for a in atoms if isinstance(a, Band)]
-        causal = len(band) == 1 and band[0].lo == 0
-        if kinds == {Band} and causal:
-            bands.append(band[0].hi)
-        elif kinds == {Band, KRange} and causal and band[0].hi is None:
-            kr = [a for a in atoms if isinstance(a, KRange)][0]
-            if kr.lo not in (None, 0) or kr.hi is None:
+        if size == 1 and c == Conj(d_lo=0, d_hi=c.d_hi):
+            bands.append(c.d_hi)
+        elif size == 2 and c == Conj(d_lo=0, k_lo=c.k_lo, k_hi=c.k_hi):
+            if c.k_lo not in (None, 0) or c.k_hi is None:
                 return None
-            sinks.append(kr.hi + 1)
-        elif kinds == {Band, Power} and causal and band[0].hi is None:
-            powers.append([a for a in atoms if isinstance(a, Power)][0].block)
-        elif kinds == {Band, Chunk} and causal and band[0].hi is None:
-            chunks.append([a for a in atoms if isinstance(a, Chunk)][0].size)
+            sinks.append(c.k_hi + 1)
+        elif size == 2 and c == Conj(d_lo=0, powers=c.powers):
+            powers.append(c.powers[0].block)
+        elif size == 2 and c == Conj(d_lo=0, chunks=c.chunks):
+            chunks.append(c.chunks[0].size)
         else:
             return None
     if not terms:

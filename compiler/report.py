@@ -16,7 +16,7 @@ import numpy as np
 
 from .cost import DTYPE_BYTES, GroupCost, growth_class, group_cost
 from .formula import T, Formula, NoFormula
-from .ir import Band, Chunk, DiffMod, KMod, KRange, Neighborhood, Pattern, Power, Program, QRange, Status
+from .ir import Neighborhood, Pattern, Program, Status
 from .liveness import CacheLayout, cache_layout
 from .passes import Diagnostic, describe_members, validate
 from .receptive import ReceptiveField, layer_patterns, receptive_field
@@ -460,20 +460,7 @@ def render(a: Analysis, console: Any = None) -> None:
 
 def small_n(pattern: Pattern, n: int) -> int:
     """A length at which the mask shows the pattern's structure: a few times its largest constant."""
-    scale = 0
-    for term in pattern.terms:
-        for lit in term.lits:
-            a = lit.atom
-            if isinstance(a, (Band, KRange, QRange)):
-                scale = max(scale, *(abs(x) for x in (a.lo, a.hi) if x is not None), 0)
-            elif isinstance(a, Chunk):
-                scale = max(scale, a.size)
-            elif isinstance(a, Power):
-                scale = max(scale, 8 * a.block)
-            elif isinstance(a, (DiffMod, KMod)):
-                scale = max(scale, 16 * a.m)
-            elif isinstance(a, Neighborhood):
-                scale = max(scale, a.prefix + int(np.prod(a.dims[1:])))  # about one frame
+    scale = max((lit.atom.scale() for term in pattern.terms for lit in term.lits), default=0)
     return int(min(n, max(128, min(2048, 3 * scale))))
 
 

@@ -6,7 +6,7 @@ launches are timed one by one and summed. A launch runs one program per (query b
 batch * head); a group in residue mode runs d classes of dense band tiles. A program
 costs a fixed overhead (load Q, write O) plus, per key tile it visits, the cost of a full
 (unmasked) or masked BM x BN tile, or of a narrow tile of the sink loop. Which tiles it
-visits is what codegen/plan.py renders into the kernel, evaluated here on numpy arrays
+visits is what compiler/plan.py plans and the kernel runs, evaluated here on numpy arrays
 (`kernel_segments`, a line-by-line mirror of templates/prefill.py.j2's `_visit_g*`); the exact
 block map (`block_tiles`) is the ideal it is compared with. Programs are dispatched in grid
 order (each goes to the SM slot that frees first: greedy list scheduling); the makespan plus
@@ -36,8 +36,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from . import configs
 from .blocks import block_map
 from .ir import Pattern, Program, Status
+from .plan import plan_program
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
@@ -125,7 +127,7 @@ class DecodeCosts:
 class Profile:
     """A device profile: a small JSON file (compiler/profiles/h100.json is the example).
 
-    `capability` picks the generated kernel's tile configuration (codegen/configs.py) as
+    `capability` picks the generated kernel's tile configuration (compiler/configs.py) as
     torch.cuda.get_device_capability would on that GPU.
     """
 
@@ -292,10 +294,8 @@ class KernelConfig:
 def kernel_config(program: Program, head_dim: int, dtype: str, capability: tuple[int, int] | None,
                   group: int = 0) -> KernelConfig:
     """What the generated module's `config_for(..., group=group)` returns on a GPU of this
-    capability (None: the CPU); the tuning of the group is codegen/writer.py's `module_params`."""
-    from ..codegen import configs
-
-    tune = _tuning(program)[group]
+    capability (None: the CPU); the tuning of the group is its plan's `tuning`."""
+    tune = _plans(program)[group].tuning
     if capability is None:
         cfg = dict(configs.CPU_CONFIG)
     else:
@@ -341,26 +341,8 @@ def _memo(what: str, program: Program, make: Any) -> Any:
 
 
 def _plans(program: Program) -> tuple[Any, ...]:
-    """codegen/plan.py's plan_program: the generated kernel's GroupPlan per head group."""
-    from ..codegen.plan import plan_program
-
+    """compiler/plan.py's plan_program: the generated kernel's GroupPlan per head group."""
     return _memo("prefill", program, plan_program)
-
-
-def _tuning(program: Program) -> tuple[dict[str, Any], ...]:
-    """The generated module's _TUNING (codegen/writer.py's module_params["tuning"], read off the
-    same plans without the rest of module_params, whose decode part is slow): per group
-    block_cap, rows_cap, narrow, grows, residue, grid."""
-    return tuple({"block_cap": p.block_cap, "rows_cap": p.rows_cap, "narrow": p.narrow, "grows": p.grows,
-                  "residue": p.residue, "grid": p.grid is not None} for p in _plans(program))
-
-
-class _Tl:
-    """The part of triton.language that the plan's scalar texts use, on numpy arrays."""
-
-    maximum = staticmethod(np.maximum)
-    minimum = staticmethod(np.minimum)
-    where = staticmethod(np.where)
 
 
 Segment = tuple[np.ndarray, np.ndarray, int, bool]  # key blocks [lo, hi) of `width` keys, masked
@@ -372,17 +354,14 @@ def kernel_segments(plan: Any, n: int, bm: int, bn: int, bn_narrow: int,
                     n_blocks: int | None = None) -> list[Segment]:
     """The key-block loops `_visit_g` of templates/prefill.py.j2 runs, for every query block at once.
 
-    `plan` is a codegen.plan.GroupPlan; every line below mirrors a line of the template (the
+    `plan` is a compiler.plan.GroupPlan; every line below mirrors a line of the template (the
     tests compare it with the kernel's TRACE mode under the interpreter). `n_blocks`: how many
     query blocks the grid runs (default cdiv(n, bm); a residue class may run one more).
     """
     q0 = np.arange(0, -(-n // bm) if n_blocks is None else n_blocks, dtype=np.int64) * bm
     zero = np.zeros_like(q0)
     q_last = np.minimum(q0 + bm, n) - 1
-    env = {"q0": q0, "q_last": q_last, "N": n, "zero": zero}
-
-    def ev(text: str) -> np.ndarray:
-        return np.broadcast_to(eval(text, {"__builtins__": {}, "tl": _Tl}, env), q0.shape)  # noqa: S307
+    env = {"q0": q0, "q_last": q_last}
 
     segs: list[Segment] = []
     if plan.mode == "empty":
@@ -390,8 +369,8 @@ def kernel_segments(plan: Any, n: int, bm: int, bn: int, bn_narrow: int,
     if plan.mode == "hull":
         h_lo, h_hi = zero + n, zero - 1
         for t in plan.terms:
-            t_lo, t_hi = ev(t.lo), ev(t.hi)
-            t_on = (ev(t.on) if t.on else True) & (t_hi >= t_lo)
+            t_lo, t_hi, t_on = t.hull.at(env, n)
+            t_on = t_on & (t_hi >= t_lo)
             h_lo = np.where(t_on, np.minimum(h_lo, t_lo), h_lo)
             h_hi = np.where(t_on, np.maximum(h_hi, t_hi), h_hi)
         h_a = h_lo // bn
@@ -433,9 +412,8 @@ def kernel_segments(plan: Any, n: int, bm: int, bn: int, bn_narrow: int,
 
     for i, t in enumerate(plan.terms):
         size = bn_narrow if t.tile == "BLOCK_N_NARROW" else bn
-        t_lo, t_hi = ev(t.lo), ev(t.hi)
-        on = ev(t.on) if t.on else True
-        t_flo, t_fhi = (ev(t.full_lo), ev(t.full_hi)) if t.full else (None, None)
+        t_lo, t_hi, on = t.hull.at(env, n)
+        t_flo, t_fhi, f_on = t.full_bounds.at(env, n) if t.full else (None, None, None)
         loop = t.loop
         if loop is None:
             a = t_lo // size
@@ -444,8 +422,7 @@ def kernel_segments(plan: Any, n: int, bm: int, bn: int, bn_narrow: int,
             if t.full:
                 b = np.minimum(np.maximum(-(-t_flo // size), a), d)
                 c = np.minimum(np.maximum(np.maximum(t_fhi + 1, 0) // size, b), d)
-                if t.full_on:
-                    c = np.where(ev(t.full_on), c, b)
+                c = np.where(f_on, c, b)
             visit(t, a, b, c, d, size)
             if i < len(plan.terms) - 1:
                 earlier.append((a * size, d * size))
@@ -479,7 +456,7 @@ def kernel_segments(plan: Any, n: int, bm: int, bn: int, bn_narrow: int,
                 f_hi = np.minimum((p0 - dist) * B + B - 1, t_fhi)
                 r_b = np.minimum(np.maximum(-(-f_lo // size), r_a), r_d)
                 r_c = np.minimum(np.maximum(np.maximum(f_hi + 1, 0) // size, r_b), r_d)
-                r_c = np.where((ev(t.full_on) if t.full_on else True) & (p0 == p1), r_c, r_b)
+                r_c = np.where(f_on & (p0 == p1), r_c, r_b)
             visit(t, r_a, r_b, r_c, r_d, size)
     return segs
 

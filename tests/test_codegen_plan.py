@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attnc.codegen.plan import MAX_TERMS, plan_group
+from attnc.compiler.plan import MAX_TERMS, plan_group
 from attnc.compiler.blocks import block_map
 from attnc.compiler.ir import Status
 from tests.strategies import causal_expressions, expressions, op, prim

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from attnc.codegen.plan import plan_program  # noqa: E402
+from attnc.compiler.plan import plan_program  # noqa: E402
 from attnc.compiler import simulate as sim  # noqa: E402
 from tests.strategies import causal_expressions  # noqa: E402
 from tests.test_codegen_support import EXPRS, grouped, load, single, visits  # noqa: E402
@@ -82,7 +82,7 @@ def test_config_is_the_modules(monkeypatch, name, dtype, head_dim, capability):
     assert (cfg.bm, cfg.bn, cfg.bn_narrow) == (got["BLOCK_M"], got["BLOCK_N"], got["BLOCK_N_NARROW"])
     assert cfg.order == ("desc" if got["GRID_ORDER"] == 2 else "asc")
     assert cfg.residue == mod._TUNING[0]["residue"]
-    assert list(sim._tuning(program)) == mod._TUNING  # the plans' tuning is the module's
+    assert [p.tuning for p in sim._plans(program)] == mod._TUNING  # the plans' tuning is the module's
 
 
 def test_each_group_gets_its_own_config_and_launch(monkeypatch):

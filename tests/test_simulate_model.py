@@ -75,7 +75,7 @@ def test_flex_tiles_are_its_exact_block_mask(expr, n, fine):
 def test_kernel_visits_are_sound(expr, n, cfg):
     """The kernel's visits (as simulated) reach every allowed key once, and skip the mask only
     on keys that every row of the query block may attend."""
-    from attnc.codegen.plan import plan_program
+    from attnc.compiler.plan import plan_program
 
     program = single(expr)
     bm = cfg[0]

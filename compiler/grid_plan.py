@@ -24,11 +24,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..compiler.ir import Pattern
-from ..compiler.tiling import GridTerms, choose_tiling, grid_terms
-from . import masks
+from .ir import Lit, Pattern
+from .tiling import GridTerms, choose_tiling, grid_terms
 
-# (BLOCK_M, BLOCK_N) pairs that get tile shapes: what codegen/configs.py's rows and the CPU
+# (BLOCK_M, BLOCK_N) pairs that get tile shapes: what compiler/configs.py's rows and the CPU
 # config can pick, and the small tiles tests ask for; other overrides run the generic kernel
 TILE_SIZES = ((16, 16), (16, 32), (32, 16), (32, 32), (64, 32), (64, 64), (128, 64), (128, 128))
 
@@ -57,7 +56,7 @@ class AxisWindow:
 class GridTermPlan:
     text: str
     axes: tuple[AxisWindow, ...]
-    others: str  # mask text of the term's other literals over natural positions ("" when none)
+    others: tuple[Lit, ...]  # the term's other literals, evaluated on natural positions
 
 
 @dataclass(frozen=True)
@@ -98,9 +97,8 @@ def plan_grid(pattern: Pattern) -> GridPlan | None:
     terms = []
     for t in g.terms:
         axes = tuple(AxisWindow(n, k, d, c) for n, k, d, c in zip(g.dims, t.nb.kernel, t.nb.dilation, t.nb.causal))
-        others = " & ".join(masks.render_lit(lit) for lit in t.others)
         terms.append(GridTermPlan(str(t.nb) + (" and " + " and ".join(map(str, t.others)) if t.others else ""),
-                                  axes, others))
+                                  axes, tuple(t.others)))
     tiles = {}
     for bm, bn in TILE_SIZES:
         tiling = choose_tiling(g, bm, bn)

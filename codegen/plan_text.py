@@ -1,0 +1,98 @@
+"""The kernel plan (compiler/plan.py, data) as the texts the prefill template writes.
+
+A term's key intervals are `Bounds` of affine `Key`s; here they become int32 scalar tensor
+expressions over the query block's `q0`, `q_last`, the length `N` and a zero scalar
+`zero`: `max(0, *lo)`, `min(N - 1, *hi)` and the conjunction of `on`. The views wrap the
+plan records and add these texts (and the group's mask text) under the names the templates
+read; everything else passes through.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..compiler.atoms import Cond, Key
+from ..compiler.plan import GroupPlan, TermPlan
+from . import masks
+
+
+def _offset(var: str, c: int) -> str:
+    if c == 0:
+        return var
+    return f"{var} + {c}" if c > 0 else f"{var} - {-c}"
+
+
+def key_text(key: Key) -> str:
+    """`(var // step) * step + add` as text; a constant as its digits."""
+    if key.var is None:
+        return str(key.add)
+    base = key.var if key.step == 1 else f"{key.var} // {key.step} * {key.step}"
+    return _offset(base, key.add)
+
+
+def cond_text(cond: Cond) -> str:
+    return f"({key_text(cond.left)} {cond.op} {key_text(cond.right)})"
+
+
+def max_text(keys: tuple[Key, ...]) -> str:
+    """max(0, *keys) as an int32 scalar tensor expression."""
+    consts = [k.add for k in keys if k.var is None] + [0]
+    texts = [key_text(k) for k in keys if k.var is not None]
+    c = max(consts)
+    if not texts:
+        return f"zero + {c}" if c >= 0 else f"zero - {-c}"
+    out = texts[0]
+    for t in texts[1:]:
+        out = f"tl.maximum({out}, {t})"
+    return f"tl.maximum({out}, {c})"
+
+
+def min_text(keys: tuple[Key, ...], ceil: str = "N - 1") -> str:
+    """min(ceil, *keys) as an int32 scalar tensor expression."""
+    consts = [k.add for k in keys if k.var is None]
+    texts = [key_text(k) for k in keys if k.var is not None]
+    if not texts:
+        return f"zero + {ceil}" if not consts else f"tl.minimum(zero + {min(consts)}, {ceil})"
+    out = texts[0]
+    for t in texts[1:]:
+        out = f"tl.minimum({out}, {t})"
+    if consts:
+        out = f"tl.minimum({out}, {min(consts)})"
+    return f"tl.minimum({out}, {ceil})"
+
+
+def on_text(conds: tuple[Cond, ...]) -> str:
+    return " & ".join(dict.fromkeys(cond_text(c) for c in conds))
+
+
+class _View:
+    """A plan record with extra attributes; the rest of its fields pass through."""
+
+    def __init__(self, record: Any) -> None:
+        self._record = record
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._record, name)
+
+
+class TermText(_View):
+    """A TermPlan with its intervals as texts: lo, hi, on, full_lo, full_hi, full_on."""
+
+    def __init__(self, term: TermPlan) -> None:
+        super().__init__(term)
+        hull, full = term.hull, term.full_bounds
+        self.lo, self.hi, self.on = max_text(hull.lo), min_text(hull.hi), on_text(hull.on)
+        self.full_lo = max_text(full.lo) if full else ""
+        self.full_hi = min_text(full.hi) if full else ""
+        self.full_on = on_text(full.on) if full else ""
+
+
+class GroupText(_View):
+    """A GroupPlan with its terms as TermTexts and its predicate as MaskText (`masks`)."""
+
+    def __init__(self, group: GroupPlan) -> None:
+        super().__init__(group)
+        self.terms = tuple(TermText(t) for t in group.terms)
+        self.masks = masks.render_pattern(group.pattern)
+        self.residue_plan = None if group.residue_plan is None else GroupText(group.residue_plan)
+

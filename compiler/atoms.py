@@ -1,0 +1,704 @@
+"""The atoms of the IR, each defined once: one class per kind of constraint on (q, k).
+
+Everything any stage asks of an atom is a method of its class, so that adding an atom means
+writing one class here, and no stage dispatches on an atom's type. The protocol (`Atom`):
+
+- `holds(q, k)`: membership on broadcastable integer arrays (numpy or torch): the reference.
+- `tile(q0, q1, k0, k1)`: the exact Status of every rectangle of pairs: block maps.
+- `key_bounds()`: for a query block of rows [q0, q_last], the interval of keys that some row
+  may attend (the hull) and the interval that every row attends (full, or None), as affine
+  data (`Key`, `Cond`, `Bounds`): the kernel plan renders it and the simulator evaluates it.
+- `render_parts(q, k)`: the predicate as texts whose conjunction it is, over integer tiles
+  with the given names; the same text serves Triton and torch (see `render`).
+- `constrain(conj)`: the atom's part of a conjunction's normal form (`Conj`), which pair
+  counts, cost formulas, liveness regions and receptive fields read.
+- `complement()`: positive atoms whose union is the atom's complement, or None to keep it
+  negated.
+- `depends`: what the atom reads: "q", "k", "d" (q - k alone) or "qk" (it couples them).
+- `scale()`: the size of the atom's structure (pictures, lengths that show the pattern).
+
+Periodic atoms (`Chunk`, `Power`) add the counting hooks `period` and `diagonal_windows`.
+A subclass that misses a method cannot be instantiated (abc), and tests/test_atoms.py runs
+every atom through every method against brute force.
+
+Rendering: the texts use only `+ - // % & | ~ == <= >=` on integers, whose meanings agree in
+Triton and torch as long as no negative number is divided. Positions are never negative, so
+`q // C` and `k % m` are safe; `q - k` can be, so a remainder of it is rendered in the
+non-negative-safe form `((q - k) % m + m) % m` (Triton's `%` truncates like C, torch's
+floors; both give the same value after the shift). Where a sub-expression can go negative
+only on pairs that another conjunct already rejects (the grid coordinates of text tokens in
+`Neighborhood`), the two targets may compute different garbage there and still agree.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+
+from .status import brute_tile, mod_status, range_status, status_of
+
+Depends = Literal["q", "k", "d", "qk"]
+
+
+# ------------------------------------------------------------------ affine bounds as data
+
+
+@dataclass(frozen=True, order=True)
+class Key:
+    """A scalar of a query block: `(var // step) * step + add`, where var is "q0" (its first
+    row) or "q_last" (its last row); var None is the constant `add`."""
+
+    var: str | None = None
+    add: int = 0
+    step: int = 1
+
+    def at(self, env: dict[str, Any]) -> Any:
+        """The value for query-block arrays env["q0"], env["q_last"] (numpy or ints)."""
+        if self.var is None:
+            return self.add
+        x = env[self.var]
+        return (x // self.step) * self.step + self.add if self.step != 1 else x + self.add
+
+
+@dataclass(frozen=True, order=True)
+class Cond:
+    """`left op right` between two Keys: when a term is active, or when a full interval exists."""
+
+    left: Key
+    op: Literal[">=", "<=", "=="]
+    right: Key
+
+    def at(self, env: dict[str, Any]) -> Any:
+        a, b = self.left.at(env), self.right.at(env)
+        return a >= b if self.op == ">=" else a <= b if self.op == "<=" else a == b
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Keys in [max(0, *lo), min(N - 1, *hi)] while every condition in `on` holds."""
+
+    lo: tuple[Key, ...] = ()
+    hi: tuple[Key, ...] = ()
+    on: tuple[Cond, ...] = ()
+
+    def __and__(self, other: "Bounds") -> "Bounds":
+        return Bounds(self.lo + other.lo, self.hi + other.hi, self.on + other.on)
+
+    def at(self, env: dict[str, Any], n: int) -> tuple[Any, Any, Any]:
+        """(first key, last key, active) for query-block arrays in env and n keys."""
+        q0 = np.asarray(env["q0"])
+        lo = np.zeros_like(q0)
+        for key in self.lo:
+            lo = np.maximum(lo, key.at(env))
+        hi = np.full_like(q0, n - 1)
+        for key in self.hi:
+            hi = np.minimum(hi, key.at(env))
+        on = np.ones(q0.shape, dtype=bool)
+        for cond in self.on:
+            on = on & cond.at(env)
+        return lo, hi, on
+
+
+OPEN = Bounds()
+
+
+def _q(var: str, add: int = 0) -> Key:
+    return Key(var, add)
+
+
+def _const(c: int) -> Key:
+    return Key(None, c)
+
+
+# ------------------------------------------------------------------ the normal form of a conjunction
+
+
+def meet_range(lo: int | None, hi: int | None, lo2: int | None, hi2: int | None) -> tuple[int | None, int | None]:
+    """The intersection of [lo, hi] and [lo2, hi2] (None: an open end)."""
+    lo = lo2 if lo is None else lo if lo2 is None else max(lo, lo2)
+    hi = hi2 if hi is None else hi if hi2 is None else min(hi, hi2)
+    return lo, hi
+
+
+def crt(mods: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> tuple[int, int] | None:
+    """x = r_i (mod m_i) for all i, as one (m, r); None when incompatible."""
+    m, r = 1, 0
+    for mi, ri in mods:
+        g = math.gcd(m, mi)
+        if (ri - r) % g:
+            return None
+        lcm = m // g * mi
+        t = ((ri - r) // g * pow(m // g, -1, mi // g)) % (mi // g) if mi // g > 1 else 0
+        m, r = lcm, (r + m * t) % lcm
+    return m, r
+
+
+@dataclass(frozen=True)
+class Conj:
+    """A conjunction of positive atoms split by kind of constraint: ranges of q - k, q and k,
+    residues of q - k and of k (merged by the Chinese remainder theorem), and the atoms that
+    couple q and k (chunks, power blocks, grid neighbourhoods). Built by `Conj.of`, each atom
+    adding its part through `Atom.constrain`."""
+
+    d_lo: int | None = None
+    d_hi: int | None = None
+    q_lo: int | None = None
+    q_hi: int | None = None
+    k_lo: int | None = None
+    k_hi: int | None = None
+    dmods: tuple[tuple[int, int], ...] = ()
+    kmods: tuple[tuple[int, int], ...] = ()
+    chunks: tuple["Chunk", ...] = ()
+    powers: tuple["Power", ...] = ()
+    grids: tuple["Neighborhood", ...] = ()
+
+    @staticmethod
+    def of(atoms: Any) -> "Conj":
+        c = Conj()
+        for a in atoms:
+            c = a.constrain(c)
+        return c
+
+    @property
+    def dmod(self) -> tuple[int, int] | None:
+        return crt(self.dmods)
+
+    @property
+    def kmod(self) -> tuple[int, int] | None:
+        return crt(self.kmods)
+
+    @property
+    def periodic(self) -> tuple[Any, ...]:
+        """The atoms that hold on q's residues modulo a period, per diagonal (chunks, powers)."""
+        return self.chunks + self.powers
+
+    @property
+    def empty(self) -> bool:
+        """True when the ranges or residues contradict (a sufficient test)."""
+        ranges = ((self.d_lo, self.d_hi), (self.q_lo, self.q_hi), (self.k_lo, self.k_hi))
+        return any(a is not None and b is not None and a > b for a, b in ranges) \
+            or self.dmod is None or self.kmod is None
+
+
+# ------------------------------------------------------------------ the protocol
+
+
+class Atom(abc.ABC):
+    """What every atom provides (the module docstring says what each method is for)."""
+
+    depends: Depends
+
+    @abc.abstractmethod
+    def holds(self, q: Any, k: Any) -> Any: ...
+
+    @abc.abstractmethod
+    def tile(self, q0: Any, q1: Any, k0: Any, k1: Any) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def key_bounds(self) -> tuple[Bounds, Bounds | None]: ...
+
+    @abc.abstractmethod
+    def render_parts(self, q: str, k: str) -> list[str]: ...
+
+    @abc.abstractmethod
+    def constrain(self, c: Conj) -> Conj: ...
+
+    @abc.abstractmethod
+    def complement(self) -> list["Atom"] | None: ...
+
+    @abc.abstractmethod
+    def scale(self) -> int: ...
+
+    def render(self, q: str = "q", k: str = "k") -> str:
+        """The predicate as one conjunction-safe text (no top-level `|`)."""
+        return " & ".join(self.render_parts(q, k))
+
+
+def _offset(var: str, c: int) -> str:
+    """`var + c` written without `+ -`."""
+    if c == 0:
+        return var
+    return f"{var} + {c}" if c > 0 else f"{var} - {-c}"
+
+
+def _rng(x: Any, lo: int | None, hi: int | None) -> Any:
+    if lo is None and hi is None:
+        return x == x
+    if lo is None:
+        return x <= hi
+    if hi is None:
+        return x >= lo
+    return (x >= lo) & (x <= hi)
+
+
+def _bound_texts(x: str, lo: int | None, hi: int | None, k: str) -> list[str]:
+    parts = []
+    if lo is not None:
+        parts.append(f"({x} >= {lo})")
+    if hi is not None:
+        parts.append(f"({x} <= {hi})")
+    return parts or [f"({k} >= 0)"]
+
+
+def _ends(name: str, lo: int | None, hi: int | None) -> str:
+    return f"{'' if lo is None else f'{lo} <= '}{name}{'' if hi is None else f' <= {hi}'}"
+
+
+class RangeAtom(Atom):
+    """lo <= x <= hi for one of q - k, k, q (an open end is None)."""
+
+    lo: int | None
+    hi: int | None
+
+    def complement(self) -> list[Atom]:
+        kind = type(self)
+        out: list[Atom] = []
+        if self.lo is not None:
+            out.append(kind(None, self.lo - 1))
+        if self.hi is not None:
+            out.append(kind(self.hi + 1, None))
+        return out
+
+    def scale(self) -> int:
+        return max((abs(x) for x in (self.lo, self.hi) if x is not None), default=0)
+
+
+@dataclass(frozen=True, order=True)
+class Band(RangeAtom):
+    """lo <= q - k <= hi (an open end is None): causal, window, band."""
+
+    lo: int | None
+    hi: int | None
+    depends = "d"
+
+    def holds(self, q, k):
+        return _rng(q - k, self.lo, self.hi)
+
+    def tile(self, q0, q1, k0, k1):
+        return range_status(q0 - k1, q1 - k0, self.lo, self.hi)
+
+    def key_bounds(self):
+        hull = Bounds(() if self.hi is None else (_q("q0", -self.hi),),
+                      () if self.lo is None else (_q("q_last", -self.lo),))
+        full = Bounds(() if self.hi is None else (_q("q_last", -self.hi),),
+                      () if self.lo is None else (_q("q0", -self.lo),))
+        return hull, full
+
+    def render_parts(self, q, k):
+        """lo <= q - k <= hi as per-row key bounds q - hi <= k <= q - lo: the subtraction runs
+        on the column of query positions, leaving one compare per bound per pair."""
+        parts = []
+        if self.hi is not None:
+            parts.append(f"({k} >= {_offset(q, -self.hi)})")
+        if self.lo is not None:
+            parts.append(f"({k} <= {_offset(q, -self.lo)})")
+        return parts or [f"({k} >= 0)"]
+
+    def constrain(self, c):
+        return replace(c, **dict(zip(("d_lo", "d_hi"), meet_range(c.d_lo, c.d_hi, self.lo, self.hi))))
+
+    def __str__(self) -> str:
+        return _ends("q-k", self.lo, self.hi)
+
+
+@dataclass(frozen=True, order=True)
+class KRange(RangeAtom):
+    """lo <= k <= hi: sinks, global keys."""
+
+    lo: int | None
+    hi: int | None
+    depends = "k"
+
+    def holds(self, q, k):
+        return _rng(k + 0 * q, self.lo, self.hi)
+
+    def tile(self, q0, q1, k0, k1):
+        return range_status(k0 + 0 * q0, k1 + 0 * q1, self.lo, self.hi)
+
+    def key_bounds(self):
+        b = Bounds(() if self.lo is None else (_const(self.lo),), () if self.hi is None else (_const(self.hi),))
+        return b, b
+
+    def render_parts(self, q, k):
+        return _bound_texts(k, self.lo, self.hi, k)
+
+    def constrain(self, c):
+        return replace(c, **dict(zip(("k_lo", "k_hi"), meet_range(c.k_lo, c.k_hi, self.lo, self.hi))))
+
+    def __str__(self) -> str:
+        return _ends("k", self.lo, self.hi)
+
+
+@dataclass(frozen=True, order=True)
+class QRange(RangeAtom):
+    """lo <= q <= hi: global queries."""
+
+    lo: int | None
+    hi: int | None
+    depends = "q"
+
+    def holds(self, q, k):
+        return _rng(q + 0 * k, self.lo, self.hi)
+
+    def tile(self, q0, q1, k0, k1):
+        return range_status(q0 + 0 * k0, q1 + 0 * k1, self.lo, self.hi)
+
+    def key_bounds(self):
+        """Any key, while some row of the block is in range (hull) or all are (full)."""
+        meets = tuple(x for x in (None if self.lo is None else Cond(Key("q_last"), ">=", _const(self.lo)),
+                                  None if self.hi is None else Cond(Key("q0"), "<=", _const(self.hi))) if x)
+        inside = tuple(x for x in (None if self.lo is None else Cond(Key("q0"), ">=", _const(self.lo)),
+                                   None if self.hi is None else Cond(Key("q_last"), "<=", _const(self.hi))) if x)
+        return Bounds(on=meets), Bounds(on=inside)
+
+    def render_parts(self, q, k):
+        return _bound_texts(q, self.lo, self.hi, k)
+
+    def constrain(self, c):
+        return replace(c, **dict(zip(("q_lo", "q_hi"), meet_range(c.q_lo, c.q_hi, self.lo, self.hi))))
+
+    def __str__(self) -> str:
+        return _ends("q", self.lo, self.hi)
+
+
+MAX_EXPANDED_MODULUS = 16  # complements of x mod m == r expand to m - 1 atoms up to this m
+
+
+class ModAtom(Atom):
+    """x mod m == r for one of q - k, k."""
+
+    m: int
+    r: int
+
+    def complement(self) -> list[Atom] | None:
+        if self.m > MAX_EXPANDED_MODULUS:
+            return None
+        return [replace(self, r=r) for r in range(self.m) if r != self.r]
+
+    def key_bounds(self):
+        return (OPEN, OPEN) if self.m == 1 else (OPEN, None)
+
+    def scale(self) -> int:
+        return 16 * self.m
+
+
+@dataclass(frozen=True, order=True)
+class DiffMod(ModAtom):
+    """(q - k) mod m == r: strided and dilated diagonals."""
+
+    m: int
+    r: int
+    depends = "d"
+
+    def holds(self, q, k):
+        return (q - k) % self.m == self.r
+
+    def tile(self, q0, q1, k0, k1):
+        return mod_status(q0 - k1, q1 - k0, self.m, self.r)
+
+    def render_parts(self, q, k):
+        if self.m == 1:
+            return [f"({k} >= 0)"]
+        return [f"((({q} - {k}) % {self.m} + {self.m}) % {self.m} == {self.r})"]
+
+    def constrain(self, c):
+        return replace(c, dmods=c.dmods + ((self.m, self.r),))
+
+    def __str__(self) -> str:
+        return f"(q-k) mod {self.m} == {self.r}"
+
+
+@dataclass(frozen=True, order=True)
+class KMod(ModAtom):
+    """k mod m == r: column stripes."""
+
+    m: int
+    r: int
+    depends = "k"
+
+    def holds(self, q, k):
+        return (k + 0 * q) % self.m == self.r
+
+    def tile(self, q0, q1, k0, k1):
+        return mod_status(k0 + 0 * q0, k1 + 0 * q1, self.m, self.r)
+
+    def render_parts(self, q, k):
+        if self.m == 1:
+            return [f"({k} >= 0)"]
+        return [f"({k} % {self.m} == {self.r})"]
+
+    def constrain(self, c):
+        return replace(c, kmods=c.kmods + ((self.m, self.r),))
+
+    def __str__(self) -> str:
+        return f"k mod {self.m} == {self.r}"
+
+
+class PeriodicAtom(Atom):
+    """An atom that couples q and k through blocks of `period` positions: on the diagonal
+    q - k = d it holds on windows of q mod period (the counting hook `diagonal_windows`)."""
+
+    depends = "qk"
+
+    @property
+    @abc.abstractmethod
+    def period(self) -> int: ...
+
+    @abc.abstractmethod
+    def diagonal_windows(self, d: np.ndarray):
+        """(period, lo, hi, keep) arrays: on diagonal d the atom holds for q mod period in
+        [lo, hi] where keep is 1 (a union of such windows)."""
+
+    @abc.abstractmethod
+    def block_distances(self, limit: int) -> list[int]:
+        """The distances (q div period) - (k div period) the atom allows, up to limit positions."""
+
+    def window_ok(self, d: np.ndarray, r: int) -> np.ndarray:
+        """Whether residue r of q (mod the period) satisfies the atom on each diagonal d."""
+        ok = np.zeros(d.shape, dtype=bool)
+        for _p, wl, wh, keep in self.diagonal_windows(d):
+            ok |= (keep > 0) & (wl <= r) & (r <= wh)
+        return ok
+
+    def complement(self) -> None:
+        return None
+
+
+@dataclass(frozen=True, order=True)
+class Chunk(PeriodicAtom):
+    """q div size == k div size: block-local attention."""
+
+    size: int
+
+    @property
+    def period(self) -> int:
+        return self.size
+
+    def holds(self, q, k):
+        return q // self.size == k // self.size
+
+    def tile(self, q0, q1, k0, k1):
+        c = self.size
+        qa, qb, ka, kb = q0 // c, q1 // c, k0 // c, k1 // c
+        all_true = (qa == qb) & (ka == kb) & (qa == ka)
+        any_true = (qb >= ka) & (kb >= qa)
+        return status_of(all_true, any_true)
+
+    def key_bounds(self):
+        c = self.size
+        hull = Bounds((Key("q0", 0, c),), (Key("q_last", c - 1, c),))
+        full = Bounds((Key("q0", 0, c),), (Key("q0", c - 1, c),), (Cond(Key("q0", 0, c), "==", Key("q_last", 0, c)),))
+        return hull, full
+
+    def render_parts(self, q, k):
+        return [f"({q} // {self.size} == {k} // {self.size})"]
+
+    def constrain(self, c):
+        return replace(c, chunks=c.chunks + (self,))
+
+    def diagonal_windows(self, d):
+        c = self.size
+        keep = (np.abs(d) <= c - 1).astype(np.int64)
+        yield c, np.maximum(d, 0), c - 1 + np.minimum(d, 0), keep
+
+    def block_distances(self, limit: int) -> list[int]:
+        return [0]
+
+    def scale(self) -> int:
+        return self.size
+
+    def __str__(self) -> str:
+        return f"q div {self.size} == k div {self.size}"
+
+
+def is_power_distance(d: Any) -> Any:
+    """d == 0 or d a positive power of two, elementwise on integer arrays."""
+    return (d == 0) | ((d > 0) & ((d & (d - 1)) == 0))
+
+
+def _bit_length(x: np.ndarray) -> np.ndarray:
+    """Elementwise int.bit_length for non-negative int64 arrays."""
+    out = np.zeros(x.shape, dtype=np.int64)
+    v = x.copy()
+    while (v > 0).any():
+        out += v > 0
+        v >>= 1
+    return out
+
+
+def _power_hits(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """How many integers in [lo, hi] are 0 or a positive power of two, elementwise."""
+    lo = lo.astype(np.int64)
+    hi = hi.astype(np.int64)
+    zero = (lo <= 0) & (hi >= 0)
+    pos_lo = np.maximum(lo, 1)
+    pos = np.where(hi >= pos_lo, _bit_length(np.maximum(hi, 0)) - _bit_length(pos_lo - 1), 0)
+    return zero.astype(np.int64) + pos
+
+
+@dataclass(frozen=True, order=True)
+class Power(PeriodicAtom):
+    """Block distance (q div block) - (k div block) is 0 or a power of two: PowerAttention."""
+
+    block: int
+
+    @property
+    def period(self) -> int:
+        return self.block
+
+    def holds(self, q, k):
+        return is_power_distance(q // self.block - k // self.block)
+
+    def tile(self, q0, q1, k0, k1):
+        b = self.block
+        lo, hi = np.broadcast_arrays(np.asarray(q0 // b - k1 // b), np.asarray(q1 // b - k0 // b))
+        hits = _power_hits(lo, hi)
+        return status_of(hits == hi - lo + 1, hits > 0)
+
+    def key_bounds(self):
+        """No key beyond the block's own power block; never full (rows see different blocks)."""
+        return Bounds(hi=(Key("q_last", self.block - 1, self.block),)), None
+
+    def render_parts(self, q, k):
+        d = f"({q} // {self.block} - {k} // {self.block})"
+        return [f"(({d} == 0) | (({d} > 0) & (({d} & ({d} - 1)) == 0)))"]
+
+    def constrain(self, c):
+        return replace(c, powers=c.powers + (self,))
+
+    def diagonal_windows(self, d):
+        bsz = self.block
+        t, u = np.divmod(d, bsz)  # q mod B >= u: block distance t; else t + 1
+        yield bsz, u, np.full_like(d, bsz - 1), is_power_distance(t).astype(np.int64)
+        yield bsz, np.zeros_like(d), u - 1, is_power_distance(t + 1).astype(np.int64)
+
+    def block_distances(self, limit: int) -> list[int]:
+        out, delta = [0], 1
+        while delta * self.block <= limit:
+            out.append(delta)
+            delta *= 2
+        return out
+
+    def scale(self) -> int:
+        return 8 * self.block
+
+    def __str__(self) -> str:
+        return f"(q div {self.block}) - (k div {self.block}) in {{0, 1, 2, 4, ...}}"
+
+
+def axis_low(x: Any, length: int, kernel: int, dilation: int, causal: bool) -> Any:
+    """The first key coordinate of query coordinate x's window on one axis (NATTEN's rule).
+
+    The window holds the keys low, low + d, ..., low + (kernel - 1) * d: for a non-causal
+    axis the kernel positions of x's dilation group centred on x, shifted inward at the
+    borders; for a causal axis the ones ending at x (starting before 0 near the start, so
+    holding fewer). Plain arithmetic, so x may be an int, a numpy array or a tensor.
+    """
+    if causal:
+        return x - (kernel - 1) * dilation
+    group = x % dilation
+    group_len = (length - group + dilation - 1) // dilation
+    start = x // dilation - kernel // 2
+    start = start * (start > 0)
+    over = start + kernel - group_len
+    start = start - over * (over > 0)
+    return start * dilation + group
+
+
+def axis_neighbour(x: Any, y: Any, length: int, kernel: int, dilation: int, causal: bool) -> Any:
+    """NATTEN's rule on one axis (see Neighborhood): y is a member of x's window."""
+    diff = y - axis_low(x, length, kernel, dilation, causal)
+    return (diff >= 0) & (diff <= (kernel - 1) * dilation) & (diff % dilation == 0)
+
+
+@dataclass(frozen=True, order=True)
+class Neighborhood(Atom):
+    """NATTEN's neighbourhood over a token grid, flattened row-major after `prefix` text tokens.
+
+    Per axis of length L with kernel K, dilation d and causality c, query coordinate x
+    attends key coordinate y when x and y fall in the same dilation group (x mod d == y mod d)
+    and y's index in the group lies in the window of x: for a non-causal axis the K
+    positions centred on x, shifted inward at the borders so that there are exactly K; for a
+    causal axis the positions from x - K + 1 to x (fewer at the start). Prefix tokens attend
+    to and from everything.
+    """
+
+    dims: tuple[int, ...]
+    kernel: tuple[int, ...]
+    dilation: tuple[int, ...]
+    causal: tuple[bool, ...]
+    prefix: int = 0
+    depends = "qk"
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.dims)
+
+    def holds(self, q, k):
+        in_text = (q < self.prefix) | (k < self.prefix)
+        gq, gk = q - self.prefix, k - self.prefix
+        ok = (gq >= 0) & (gk >= 0) & (gq < self.size) & (gk < self.size)
+        stride = self.size
+        for length, kk, dd, cc in zip(self.dims, self.kernel, self.dilation, self.causal):
+            stride //= length
+            ok = ok & axis_neighbour((gq // stride) % length, (gk // stride) % length, length, kk, dd, cc)
+        return in_text | ok
+
+    def tile(self, q0, q1, k0, k1):
+        return brute_tile(self, q0, q1, k0, k1)
+
+    def key_bounds(self):
+        """Keys within the block's rows' reach in flattened positions; never full."""
+        if self.prefix:
+            return OPEN, None
+        reach, stride = 0, 1
+        for length, kernel, dil in reversed(list(zip(self.dims, self.kernel, self.dilation))):
+            reach += (kernel - 1) * dil * stride
+            stride *= length
+        return Bounds((_q("q0", -reach),), (_q("q_last", reach),)), None
+
+    def render_parts(self, q, k):
+        """NATTEN's rule per axis, on flattened grid positions (axis_low written out)."""
+        gq, gk = f"({_offset(q, -self.prefix)})", f"({_offset(k, -self.prefix)})"
+        parts = [f"({gq} >= 0)", f"({gk} >= 0)", f"({gq} < {self.size})", f"({gk} < {self.size})"]
+        stride = self.size
+        for length, kernel, dil, causal in zip(self.dims, self.kernel, self.dilation, self.causal):
+            stride //= length
+            x, y = f"({gq} // {stride} % {length})", f"({gk} // {stride} % {length})"
+            parts.append(f"({x} % {dil} == {y} % {dil})")
+            xi, yi = f"({x} // {dil})", f"({y} // {dil})"
+            if causal:
+                parts.append(f"({yi} <= {xi})")
+                parts.append(f"({yi} > {xi} - {kernel})")
+                continue
+            group_len = f"(({length} - {x} % {dil} + {dil} - 1) // {dil})"
+            s0 = f"({xi} - {kernel // 2})"
+            s1 = f"({s0} * ({s0} > 0))"
+            over = f"({s1} + {kernel} - {group_len})"
+            start = f"({s1} - {over} * ({over} > 0))"
+            parts.append(f"({yi} >= {start})")
+            parts.append(f"({yi} < {start} + {kernel})")
+        inside = " & ".join(parts)
+        if self.prefix == 0:
+            return [f"({inside})"]
+        return [f"(({q} < {self.prefix}) | ({k} < {self.prefix}) | ({inside}))"]
+
+    def constrain(self, c):
+        return replace(c, grids=c.grids + (self,))
+
+    def complement(self) -> None:
+        return None
+
+    def scale(self) -> int:
+        return self.prefix + int(np.prod(self.dims[1:]))  # about one frame
+
+    def __str__(self) -> str:
+        return f"neighborhood(grid={self.dims}, kernel={self.kernel}, dilation={self.dilation}, causal={self.causal})"
+
+
+ATOM_TYPES = (Band, KRange, QRange, DiffMod, KMod, Chunk, Power, Neighborhood)
+AtomT = Band | KRange | QRange | DiffMod | KMod | Chunk | Power | Neighborhood
