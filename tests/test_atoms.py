@@ -1,0 +1,186 @@
+"""Every atom through every method of the protocol (compiler/atoms.py), against brute force.
+
+`CASES` must hold at least one instance of every class in ATOM_TYPES: a new atom without
+rows here fails `test_every_atom_has_cases`, and one that misses a method cannot be built.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attnc.compiler.atoms import ATOM_TYPES, Atom, Conj, PeriodicAtom, crt
+from attnc.compiler.ir import (Band, Chunk, DiffMod, KMod, KRange, Lit, Neighborhood, Power, QRange, Status,
+                               Term)
+
+CASES: list[Atom] = [
+    Band(0, None), Band(0, 7), Band(-3, 5), Band(None, -2), Band(4, 4),
+    KRange(None, 3), KRange(5, 20), KRange(2, None),
+    QRange(None, 4), QRange(10, 30), QRange(7, None),
+    DiffMod(1, 0), DiffMod(3, 1), DiffMod(8, 0), DiffMod(20, 5),
+    KMod(1, 0), KMod(4, 3), KMod(17, 2),
+    Chunk(1), Chunk(5), Chunk(16),
+    Power(1), Power(3), Power(8),
+    Neighborhood((6, 7), (3, 5), (1, 1), (False, False)),
+    Neighborhood((5, 8), (2, 3), (2, 2), (True, False), 3),
+    Neighborhood((3, 4, 5), (3, 1, 4), (1, 3, 1), (False, True, False), 1),
+]
+N = 64
+IDS = [repr(a) for a in CASES]
+
+
+def _grid(n: int = N) -> tuple[np.ndarray, np.ndarray]:
+    return np.arange(n, dtype=np.int64)[:, None], np.arange(n, dtype=np.int64)[None, :]
+
+
+def _mask(atom: Atom, n: int = N) -> np.ndarray:
+    q, k = _grid(n)
+    return np.broadcast_to(np.asarray(atom.holds(q, k), dtype=bool), (n, n))
+
+
+def test_every_atom_has_cases():
+    assert {type(a) for a in CASES} == set(ATOM_TYPES)
+    for kind in ATOM_TYPES:
+        assert not kind.__abstractmethods__, f"{kind.__name__} lacks {sorted(kind.__abstractmethods__)}"
+        assert kind.depends in ("q", "k", "d", "qk")
+
+
+def test_a_missing_method_cannot_be_built():
+    class Half(Atom):
+        depends = "d"
+
+        def holds(self, q, k):
+            return q == k
+
+    with pytest.raises(TypeError, match="abstract"):
+        Half()
+
+
+@pytest.mark.parametrize("atom", CASES, ids=IDS)
+def test_tile_is_exact(atom):
+    mask = _mask(atom)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        q0, k0 = rng.integers(0, N, 2)
+        q1, k1 = q0 + rng.integers(0, 12), k0 + rng.integers(0, 12)
+        q1, k1 = min(q1, N - 1), min(k1, N - 1)
+        block = mask[q0:q1 + 1, k0:k1 + 1]
+        want = Status.ALL if block.all() else Status.SOME if block.any() else Status.NONE
+        assert int(atom.tile(np.int64(q0), np.int64(q1), np.int64(k0), np.int64(k1))) == want, (q0, q1, k0, k1)
+
+
+@pytest.mark.parametrize("atom", CASES, ids=IDS)
+@pytest.mark.parametrize("rows", [1, 5, 16])
+def test_key_bounds_hold_every_allowed_key(atom, rows):
+    """Hull: every key some row attends, and no row attends while inactive. Full: every key
+    in the interval is attended by every row."""
+    mask = _mask(atom)
+    hull, full = atom.key_bounds()
+    q0 = np.arange(0, N, rows, dtype=np.int64)
+    env = {"q0": q0, "q_last": np.minimum(q0 + rows, N) - 1}
+    lo, hi, on = hull.at(env, N)
+    for i, start in enumerate(q0):
+        seen = np.flatnonzero(mask[start:env["q_last"][i] + 1].any(axis=0))
+        if not on[i]:
+            assert seen.size == 0
+        elif seen.size:
+            assert lo[i] <= seen.min() and seen.max() <= hi[i]
+    if full is None:
+        return
+    flo, fhi, fon = (full & hull).at(env, N)
+    for i, start in enumerate(q0):
+        if fon[i] and flo[i] <= fhi[i]:
+            assert mask[start:env["q_last"][i] + 1, flo[i]:fhi[i] + 1].all()
+
+
+@pytest.mark.parametrize("atom", CASES, ids=IDS)
+@pytest.mark.parametrize("negated", [False, True])
+def test_render_is_holds(atom, negated):
+    """The rendered text, evaluated by torch with other tile names, is the membership."""
+    lit = Lit(atom, negated)
+    text = " & ".join(lit.render_parts("qq", "kk"))
+    qq = torch.arange(N, dtype=torch.int64)[:, None]
+    kk = torch.arange(N, dtype=torch.int64)[None, :]
+    got = eval(text, {"__builtins__": {}}, {"qq": qq, "kk": kk})  # noqa: S307 (our own text)
+    want = _mask(atom) != negated
+    assert np.array_equal(np.broadcast_to(got.numpy(), (N, N)), want)
+
+
+def _conj_holds(c: Conj, q, k):
+    """Membership of a Conj from its fields alone (an independent reading of the normal form)."""
+    ok = np.ones(np.broadcast(q, k).shape, dtype=bool)
+    for x, lo, hi in ((q - k, c.d_lo, c.d_hi), (q + 0 * k, c.q_lo, c.q_hi), (k + 0 * q, c.k_lo, c.k_hi)):
+        if lo is not None:
+            ok &= x >= lo
+        if hi is not None:
+            ok &= x <= hi
+    for m, r in c.dmods:
+        ok &= (q - k) % m == r
+    for m, r in c.kmods:
+        ok &= (k + 0 * q) % m == r
+    for a in c.chunks + c.powers + c.grids:
+        ok &= np.asarray(a.holds(q, k), dtype=bool)
+    return ok
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_constrain_builds_the_conjunction(seed):
+    rng = np.random.default_rng(seed)
+    atoms = [CASES[i] for i in rng.choice(len(CASES), size=rng.integers(1, 4), replace=False)]
+    c = Conj.of(atoms)
+    q, k = _grid()
+    want = np.ones((N, N), dtype=bool)
+    for a in atoms:
+        want &= np.broadcast_to(np.asarray(a.holds(q, k), dtype=bool), (N, N))
+    assert np.array_equal(_conj_holds(c, q, k), want)
+    if c.empty:
+        assert not want.any()
+    assert np.array_equal(_conj_holds(Term(tuple(Lit(a) for a in atoms)).conj, q, k), want)
+
+
+@pytest.mark.parametrize("atom", CASES, ids=IDS)
+def test_complement(atom):
+    parts = atom.complement()
+    if parts is None:
+        return
+    union = np.zeros((N, N), dtype=bool)
+    for p in parts:
+        union |= _mask(p)
+    assert np.array_equal(union, ~_mask(atom))
+
+
+@pytest.mark.parametrize("atom", CASES, ids=IDS)
+def test_depends_says_what_the_atom_reads(atom):
+    mask = _mask(atom)
+    if atom.depends == "q":
+        assert (mask == mask[:, :1]).all()
+    elif atom.depends == "k":
+        assert (mask == mask[:1, :]).all()
+    elif atom.depends == "d":
+        assert np.array_equal(mask[1:, 1:], mask[:-1, :-1])
+    assert isinstance(atom.scale(), int) and atom.scale() >= 0
+
+
+@pytest.mark.parametrize("atom", [a for a in CASES if isinstance(a, PeriodicAtom)], ids=repr)
+def test_periodic_hooks(atom):
+    """diagonal_windows, window_ok and block_distances agree with holds."""
+    mask = _mask(atom)
+    p = atom.period
+    d = np.arange(-(N - 1), N, dtype=np.int64)
+    for r in range(p):
+        ok = atom.window_ok(d, r)
+        for i, dd in enumerate(d):
+            qs = [q for q in range(max(dd, 0), N) if q % p == r and 0 <= q - dd < N]
+            if qs:
+                assert all(mask[q, q - dd] == ok[i] for q in qs), (r, dd)
+    dist = set(atom.block_distances(N - 1))
+    q, k = _grid()
+    allowed = (q // p - k // p)
+    assert np.array_equal(mask, np.isin(allowed, sorted(dist)))
+
+
+def test_crt():
+    assert crt([(4, 1), (6, 3)]) == (12, 9)
+    assert crt([(4, 1), (6, 2)]) is None
+    assert crt([]) == (1, 0)
