@@ -109,8 +109,8 @@ def generate(out: Path) -> None:
 
 
 # ------------------------------------------------------------------ --run (GPU machine)
-def import_module(path: Path):
-    name = f"attnc_bench_{path.stem}"
+def import_module(path: Path, prefix: str = "attnc_bench"):
+    name = f"{prefix}_{path.stem}"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, str(path))
@@ -307,8 +307,10 @@ def _bench(fn) -> float:
 _SDPA_MS: dict[tuple[int, int, bool], float] = {}
 
 
-def time_case(mod, n: int, flex_fn, heads: int = 0, causal: bool = True) -> dict:
-    """attnc, FlexAttention (same mask) and SDPA (dense: causal, or full for non-causal cases)."""
+def time_case(mod, n: int, flex_fn, heads: int = 0, causal: bool = True, baseline=None) -> dict:
+    """attnc, FlexAttention (same mask) and SDPA (dense: causal, or full for non-causal cases);
+    with `baseline` (the same case from another build of attnc), its time too, measured right
+    after attnc's on the same inputs."""
     import torch
     import torch.nn.functional as F
 
@@ -319,6 +321,8 @@ def time_case(mod, n: int, flex_fn, heads: int = 0, causal: bool = True) -> dict
     res = {"n": n, "heads": heads, "pairs": pairs, "density": pairs / (heads * n * n)}
     ms = _bench(lambda: mod.prefill(q, k, v))
     res.update(attnc_ms=ms, attnc_tflops=flops / ms / 1e9)
+    if baseline is not None:
+        res["baseline_ms"] = _bench(lambda: baseline.prefill(q, k, v))
     try:
         from torch.nn.attention.flex_attention import create_block_mask
 
@@ -338,7 +342,7 @@ def time_case(mod, n: int, flex_fn, heads: int = 0, causal: bool = True) -> dict
     return res
 
 
-def run(folder: Path) -> int:
+def run(folder: Path, baseline: Path | None = None) -> int:
     import torch
     import triton
 
@@ -383,8 +387,10 @@ def run(folder: Path) -> int:
                 continue
             mod = import_module(folder / m["file"])
             n = min(n, 96) if SMOKE else n
+            base = baseline / m["file"] if baseline is not None and (baseline / m["file"]).exists() else None
             try:
-                r = time_case(mod, n, flex_fn, m["bench"].get("heads", H), m["bench"].get("causal", True))
+                r = time_case(mod, n, flex_fn, m["bench"].get("heads", H), m["bench"].get("causal", True),
+                              import_module(base, "attnc_baseline") if base else None)
             except Exception as exc:
                 r = {"n": n, "error": f"{type(exc).__name__}: {exc}"[:300]}
             r["label"] = m["bench"]["label"]
@@ -393,6 +399,8 @@ def run(folder: Path) -> int:
             torch.cuda.empty_cache() if not SMOKE else None
             print(json.dumps(r), flush=True)
     table = render_table(rows)
+    if baseline is not None:
+        table += "\n\n" + render_baseline(rows)
     text = render_markdown(device, torch.__version__, triton.__version__, checks, compile_status, table)
     if not SMOKE:
         text += decode_section()
@@ -459,6 +467,16 @@ def render_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_baseline(rows: list[dict]) -> str:
+    """attnc against the baseline build, case by case (above 1: this build is faster)."""
+    lines = ["| case | N | attnc ms | baseline ms | baseline / attnc |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if "baseline_ms" in r:
+            lines.append(f"| {_md(r['label'])} | {r['n']} | {r['attnc_ms']:.3f} | {r['baseline_ms']:.3f} "
+                         f"| {r['baseline_ms'] / r['attnc_ms']:.3f} |")
+    return "\n".join(lines)
+
+
 def render_markdown(device, torch_version, triton_version, checks, compile_status, table) -> str:
     ok = sum(c["ok"] for c in checks)
     failed = [c["file"] for c in checks if not c["ok"]]
@@ -487,6 +505,8 @@ def main(argv=None) -> int:
     g.add_argument("--generate", type=Path, metavar="DIR", help="compile patterns/ and the bench cases into DIR")
     g.add_argument("--run", type=Path, metavar="DIR", help="check and time the modules in DIR (GPU)")
     p.add_argument("--smoke", action="store_true", help="with --run: on the CPU, tiny shapes (tests this script)")
+    p.add_argument("--baseline", type=Path, metavar="DIR",
+                   help="with --run: also time the bench cases of another build's --generate DIR")
     args = p.parse_args(argv)
     if args.generate:
         generate(args.generate)
@@ -494,7 +514,7 @@ def main(argv=None) -> int:
         return 0
     if args.smoke:
         _smoke()
-    return run(args.run)
+    return run(args.run, args.baseline)
 
 
 def _smoke() -> None:
