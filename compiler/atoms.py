@@ -8,6 +8,9 @@ writing one class here, and no stage dispatches on an atom's type. The protocol 
 - `key_bounds()`: for a query block of rows [q0, q_last], the interval of keys that some row
   may attend (the hull) and the interval that every row attends (full, or None), as affine
   data (`Key`, `Cond`, `Bounds`): the kernel plan renders it and the simulator evaluates it.
+- `query_bounds()`: the same for a key block of columns [k0, k_last]: the queries that may
+  attend some key of it, and those that attend all of it (the column view, for backward
+  passes that go by key tile).
 - `render_parts(q, k)`: the predicate as texts whose conjunction it is, over integer tiles
   with the given names; the same text serves Triton and torch (see `render`).
 - `constrain(conj)`: the atom's part of a conjunction's normal form (`Conj`), which pair
@@ -49,8 +52,8 @@ Depends = Literal["q", "k", "d", "qk"]
 
 @dataclass(frozen=True, order=True)
 class Key:
-    """A scalar of a query block: `(var // step) * step + add`, where var is "q0" (its first
-    row) or "q_last" (its last row); var None is the constant `add`."""
+    """A scalar of a block: `(var // step) * step + add`, where var is "q0" / "q_last" (the first
+    and last row of a query block) or "k0" / "k_last" (of a key block); None: the constant `add`."""
 
     var: str | None = None
     add: int = 0
@@ -89,8 +92,9 @@ class Bounds:
         return Bounds(self.lo + other.lo, self.hi + other.hi, self.on + other.on)
 
     def at(self, env: dict[str, Any], n: int) -> tuple[Any, Any, Any]:
-        """(first key, last key, active) for query-block arrays in env and n keys."""
-        q0 = np.asarray(env["q0"])
+        """(first, last, active) for block arrays in env (q0 and q_last, or k0 and k_last), of n
+        positions on the other side."""
+        q0 = np.asarray(next(iter(env.values())))
         lo = np.zeros_like(q0)
         for key in self.lo:
             lo = np.maximum(lo, key.at(env))
@@ -202,6 +206,9 @@ class Atom(abc.ABC):
     def key_bounds(self) -> tuple[Bounds, Bounds | None]: ...
 
     @abc.abstractmethod
+    def query_bounds(self) -> tuple[Bounds, Bounds | None]: ...
+
+    @abc.abstractmethod
     def render_parts(self, q: str, k: str) -> list[str]: ...
 
     @abc.abstractmethod
@@ -248,6 +255,15 @@ def _ends(name: str, lo: int | None, hi: int | None) -> str:
     return f"{'' if lo is None else f'{lo} <= '}{name}{'' if hi is None else f' <= {hi}'}"
 
 
+def _while_in(lo: int | None, hi: int | None, first: str, last: str) -> tuple[Bounds, Bounds]:
+    """Open intervals, active while a block [first, last] meets [lo, hi] (hull) or lies in it (full)."""
+    meets = tuple(x for x in (None if lo is None else Cond(Key(last), ">=", _const(lo)),
+                              None if hi is None else Cond(Key(first), "<=", _const(hi))) if x)
+    inside = tuple(x for x in (None if lo is None else Cond(Key(first), ">=", _const(lo)),
+                               None if hi is None else Cond(Key(last), "<=", _const(hi))) if x)
+    return Bounds(on=meets), Bounds(on=inside)
+
+
 class RangeAtom(Atom):
     """lo <= x <= hi for one of q - k, k, q (an open end is None)."""
 
@@ -288,6 +304,13 @@ class Band(RangeAtom):
                       () if self.lo is None else (_q("q0", -self.lo),))
         return hull, full
 
+    def query_bounds(self):
+        hull = Bounds(() if self.lo is None else (_q("k0", self.lo),),
+                      () if self.hi is None else (_q("k_last", self.hi),))
+        full = Bounds(() if self.lo is None else (_q("k_last", self.lo),),
+                      () if self.hi is None else (_q("k0", self.hi),))
+        return hull, full
+
     def render_parts(self, q, k):
         """lo <= q - k <= hi as per-row key bounds q - hi <= k <= q - lo: the subtraction runs
         on the column of query positions, leaving one compare per bound per pair."""
@@ -323,6 +346,10 @@ class KRange(RangeAtom):
         b = Bounds(() if self.lo is None else (_const(self.lo),), () if self.hi is None else (_const(self.hi),))
         return b, b
 
+    def query_bounds(self):
+        """Any query, while some key of the block is in range (hull) or all are (full)."""
+        return _while_in(self.lo, self.hi, "k0", "k_last")
+
     def render_parts(self, q, k):
         return _bound_texts(k, self.lo, self.hi, k)
 
@@ -349,11 +376,11 @@ class QRange(RangeAtom):
 
     def key_bounds(self):
         """Any key, while some row of the block is in range (hull) or all are (full)."""
-        meets = tuple(x for x in (None if self.lo is None else Cond(Key("q_last"), ">=", _const(self.lo)),
-                                  None if self.hi is None else Cond(Key("q0"), "<=", _const(self.hi))) if x)
-        inside = tuple(x for x in (None if self.lo is None else Cond(Key("q0"), ">=", _const(self.lo)),
-                                   None if self.hi is None else Cond(Key("q_last"), "<=", _const(self.hi))) if x)
-        return Bounds(on=meets), Bounds(on=inside)
+        return _while_in(self.lo, self.hi, "q0", "q_last")
+
+    def query_bounds(self):
+        b = Bounds(() if self.lo is None else (_const(self.lo),), () if self.hi is None else (_const(self.hi),))
+        return b, b
 
     def render_parts(self, q, k):
         return _bound_texts(q, self.lo, self.hi, k)
@@ -381,6 +408,9 @@ class ModAtom(Atom):
 
     def key_bounds(self):
         return (OPEN, OPEN) if self.m == 1 else (OPEN, None)
+
+    def query_bounds(self):
+        return self.key_bounds()
 
     def scale(self) -> int:
         return 16 * self.m
@@ -494,6 +524,12 @@ class Chunk(PeriodicAtom):
         full = Bounds((Key("q0", 0, c),), (Key("q0", c - 1, c),), (Cond(Key("q0", 0, c), "==", Key("q_last", 0, c)),))
         return hull, full
 
+    def query_bounds(self):
+        c = self.size
+        hull = Bounds((Key("k0", 0, c),), (Key("k_last", c - 1, c),))
+        full = Bounds((Key("k0", 0, c),), (Key("k0", c - 1, c),), (Cond(Key("k0", 0, c), "==", Key("k_last", 0, c)),))
+        return hull, full
+
     def render_parts(self, q, k):
         return [f"({q} // {self.size} == {k} // {self.size})"]
 
@@ -562,6 +598,10 @@ class Power(PeriodicAtom):
     def key_bounds(self):
         """No key beyond the block's own power block; never full (rows see different blocks)."""
         return Bounds(hi=(Key("q_last", self.block - 1, self.block),)), None
+
+    def query_bounds(self):
+        """No query before the block's own power block; never full."""
+        return Bounds(lo=(Key("k0", 0, self.block),)), None
 
     def render_parts(self, q, k):
         d = f"({q} // {self.block} - {k} // {self.block})"
@@ -653,13 +693,21 @@ class Neighborhood(Atom):
 
     def key_bounds(self):
         """Keys within the block's rows' reach in flattened positions; never full."""
+        return self._within_reach("q0", "q_last")
+
+    def query_bounds(self):
+        return self._within_reach("k0", "k_last")
+
+    def _within_reach(self, first: str, last: str) -> tuple[Bounds, None]:
+        """Positions within the flattened reach of the windows (symmetric: a key in a query's
+        window lies within the same reach of it); open with a prefix."""
         if self.prefix:
             return OPEN, None
         reach, stride = 0, 1
         for length, kernel, dil in reversed(list(zip(self.dims, self.kernel, self.dilation))):
             reach += (kernel - 1) * dil * stride
             stride *= length
-        return Bounds((_q("q0", -reach),), (_q("q_last", reach),)), None
+        return Bounds((_q(first, -reach),), (_q(last, reach),)), None
 
     def render_parts(self, q, k):
         """NATTEN's rule per axis, on flattened grid positions (axis_low written out)."""

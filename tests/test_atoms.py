@@ -95,6 +95,29 @@ def test_key_bounds_hold_every_allowed_key(atom, rows):
 
 
 @pytest.mark.parametrize("atom", CASES, ids=IDS)
+@pytest.mark.parametrize("cols", [1, 5, 16])
+def test_query_bounds_hold_every_attending_query(atom, cols):
+    """The column view: the same contract as key_bounds on the transposed mask."""
+    mask = _mask(atom).T
+    hull, full = atom.query_bounds()
+    k0 = np.arange(0, N, cols, dtype=np.int64)
+    env = {"k0": k0, "k_last": np.minimum(k0 + cols, N) - 1}
+    lo, hi, on = hull.at(env, N)
+    for i, start in enumerate(k0):
+        seen = np.flatnonzero(mask[start:env["k_last"][i] + 1].any(axis=0))
+        if not on[i]:
+            assert seen.size == 0
+        elif seen.size:
+            assert lo[i] <= seen.min() and seen.max() <= hi[i]
+    if full is None:
+        return
+    flo, fhi, fon = (full & hull).at(env, N)
+    for i, start in enumerate(k0):
+        if fon[i] and flo[i] <= fhi[i]:
+            assert mask[start:env["k_last"][i] + 1, flo[i]:fhi[i] + 1].all()
+
+
+@pytest.mark.parametrize("atom", CASES, ids=IDS)
 @pytest.mark.parametrize("negated", [False, True])
 def test_render_is_holds(atom, negated):
     """The rendered text, evaluated by torch with other tile names, is the membership."""
