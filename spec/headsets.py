@@ -20,7 +20,7 @@ from pathlib import Path
 from .ast import Loc
 from .errors import Reporter
 from .names import name_problem
-from .shape import Shape
+from .shape import Shape, span
 
 FORMAT_HINT = 'a head-set file maps names to KV heads: {"retrieval": [0, 2]} or {"retrieval": {"0": [0], "1": [1, 2]}}'
 MAX_BYTES = 16 * 2**20
@@ -142,14 +142,14 @@ def _in_model(head_set: HeadSet, layers: int, kv_heads: int, reporter: Reporter)
     """Whether every layer and KV head the set names exists in the model."""
     bad_layers = sorted(layer for layer, heads in (head_set.per_layer or {}).items() if layer >= layers and heads)
     if bad_layers:
-        reporter.error(head_set.loc, f"head set '{head_set.name}' names layer {bad_layers[0]}, but the model has {layers} layers (0..{layers})")
+        reporter.error(head_set.loc, f"head set '{head_set.name}' names layer {bad_layers[0]}, but the model has {layers} layers ({span(0, layers)})")
         return False
     named = head_set.uniform or tuple(h for heads in (head_set.per_layer or {}).values() for h in heads)
     bad_heads = sorted(h for h in set(named) if h >= kv_heads)
     if bad_heads:
         reporter.error(
             head_set.loc,
-            f"head set '{head_set.name}' names KV head {bad_heads[0]}, but the model has {kv_heads} KV heads (0..{kv_heads})",
+            f"head set '{head_set.name}' names KV head {bad_heads[0]}, but the model has {kv_heads} KV heads ({span(0, kv_heads)})",
             "head sets list KV heads, not query heads",
         )
         return False
