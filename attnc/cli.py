@@ -51,11 +51,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnc", description="A compiler for attention-sparsity patterns (.attn files).")
+    parser.add_argument("--version", action=_Version, help="print attnc's version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in SUBCOMMANDS.values():
         sub = commands.add_parser(command.name, help=command.help, description=command.help)
         command.configure(sub)
     return parser
+
+
+class _Version(argparse.Action):
+    """`attnc --version`: the installed distribution's version, looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from .codegen.writer import attnc_version
+
+        print(f"attnc {attnc_version()}")
+        parser.exit()
 
 
 # ---------------------------------------------------------------- shared options
@@ -141,10 +155,6 @@ def _run_check(args: argparse.Namespace) -> int:
 register(Subcommand("check", "check .attn files and summarise each pattern and cache in plain English", _configure_check, _run_check))
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _register_commands() -> None:
     """The other subcommands live in attnc/cmd_*.py; each imports its stage only when run."""
     from . import cmd_analyze, cmd_calibrate, cmd_compile, cmd_eval, cmd_simulate
@@ -155,3 +165,7 @@ def _register_commands() -> None:
 
 
 _register_commands()
+
+
+if __name__ == "__main__":  # after every command is registered: `python -m attnc.cli` knows them all
+    sys.exit(main())

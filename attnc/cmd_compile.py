@@ -1,9 +1,10 @@
-"""`attnc compile FILE [-o DIR] [-D NAME=VALUE] [--model k=v,...] [--headsets F]`.
+"""`attnc compile FILE... [-o DIR] [-D NAME=VALUE] [--model k=v,...] [--headsets F]`.
 
-Writes the pattern's generated module, `DIR/<name>.py` (default: the cache,
+Writes each file's generated module, `DIR/<name>.py` (default: the cache,
 `$ATTNC_CACHE` or `~/.cache/attnc`, as `<name>_<digest>.py`) and prints its path. No
 Triton compilation happens here: kernels compile on first use, on the GPU.
-Exit status 0, or 2 on any error (as `attnc check`).
+Every file is compiled even when an earlier one fails (as `attnc check`); exit status 0,
+or 2 on any error.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ DESCRIPTION = ("Compile an .attn file to a Python module that needs only torch a
 
 def configure(p: argparse.ArgumentParser) -> None:
     """The arguments of `attnc compile` (for attnc.cli's Subcommand registry)."""
-    p.add_argument("file", type=Path, help="the .attn file")
+    p.add_argument("files", type=Path, nargs="+", metavar="FILE", help=".attn files to compile")
     p.add_argument("-o", "--out", type=Path, default=None, metavar="DIR",
                    help="write DIR/<name>.py (default: the module cache, $ATTNC_CACHE or ~/.cache/attnc)")
     from .cli import add_spec_options
@@ -30,12 +31,14 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import run_reporting_errors
+    """Compile every file; the status is 2 when any of them failed."""
+    from .cli import EXIT_OK, run_reporting_errors
 
-    return run_reporting_errors("compile", _compile, args)
+    statuses = [run_reporting_errors("compile", lambda a, f=path: _compile(a, f), args) for path in args.files]
+    return max(statuses, default=EXIT_OK)
 
 
-def _compile(args: argparse.Namespace) -> None:
+def _compile(args: argparse.Namespace, path: Path) -> None:
     from .loader import compile_file
 
-    print(compile_file(args.file, args.out, defines=dict(args.defines), model=args.model, headsets=args.headsets))
+    print(compile_file(path, args.out, defines=dict(args.defines), model=args.model, headsets=args.headsets))

@@ -36,6 +36,7 @@ from .atoms import crt
 from .count import reduce_term
 from .cost import of_mod
 from .formula import T, Formula, NoFormula, Piece, lattice_count
+from ..spec.shape import span
 from .ir import Pattern, Term
 
 _V = sp.Symbol("v", integer=True, nonnegative=True)
@@ -73,7 +74,7 @@ class Region:
             "chunk": f"current chunk of {self.chunk} keys"
                      + (f", last {self.recent} of it" if self.recent is not None else ""),
             "ring": f"ring of the last {self.recent} keys",
-            "sink": f"sink: keys {self.k_lo}..{self.k_hi}",
+            "sink": f"sink: keys {span(self.k_lo, (self.k_hi or 0) + 1)}",
             "stripes": f"column stripes: every key with k mod {self.stride[0]} == {self.stride[1]}",
             "full": "full: every key (nothing evictable)",
         }[self.kind]
@@ -81,7 +82,7 @@ class Region:
         if self.stride[0] > 1 and self.kind != "stripes":
             extra.append(f"only k mod {self.stride[0]} == {self.stride[1]}")
         if self.kind != "sink" and (self.k_lo > 0 or self.k_hi is not None):
-            extra.append(f"keys {self.k_lo}..{'' if self.k_hi is None else self.k_hi}")
+            extra.append(f"keys {self.k_lo}.." if self.k_hi is None else f"keys {span(self.k_lo, self.k_hi + 1)}")
         if self.chunk_offset_max is not None:
             extra.append(f"offsets <= {self.chunk_offset_max} in the chunk")
         if self.until is not None:

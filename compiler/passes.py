@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .ir import Band, HeadGroup, Neighborhood, Pattern, Program, Status
+from ..spec.shape import ranges
 
 
 @dataclass(frozen=True)
@@ -29,21 +30,8 @@ class Diagnostic:
         return {"level": self.level, "code": self.code, "message": self.message, "where": self.where}
 
 
-def _ranges(xs: Sequence[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2, 5'."""
-    xs = sorted(set(xs))
-    out, i = [], 0
-    while i < len(xs):
-        j = i
-        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
-            j += 1
-        out.append(str(xs[i]) if i == j else f"{xs[i]}-{xs[j]}")
-        i = j + 1
-    return ", ".join(out)
-
-
 def describe_members(members: frozenset[tuple[int, int]], layers: int, heads: int) -> str:
-    """'all heads', 'layers 0-3, heads 0-8', or one line per distinct head set."""
+    """'all heads', 'layers 0..4, heads 0..9', or one line per distinct head set."""
     sets: dict[int, set[int]] = {}
     for l, h in members:
         sets.setdefault(l, set()).add(h)
@@ -53,12 +41,12 @@ def describe_members(members: frozenset[tuple[int, int]], layers: int, heads: in
         return "all heads"
     if len(head_sets) == 1:
         hs = next(iter(head_sets))
-        lay = "all layers" if len(by_layer) == layers else f"layers {_ranges(list(by_layer))}"
-        return f"{lay}, heads {_ranges(hs)}" if len(hs) < heads else f"{lay}, all heads"
+        lay = "all layers" if len(by_layer) == layers else f"layers {ranges(list(by_layer))}"
+        return f"{lay}, heads {ranges(hs)}" if len(hs) < heads else f"{lay}, all heads"
     parts = []
     for hs in sorted(head_sets):
         ls = [l for l, v in by_layer.items() if v == hs]
-        parts.append(f"layers {_ranges(ls)}: heads {_ranges(hs)}")
+        parts.append(f"layers {ranges(ls)}: heads {ranges(hs)}")
     return "; ".join(parts)
 
 
@@ -108,7 +96,7 @@ def check_empty_rows(program: Program, n: int, layouts: Any, bmaps: Any = None) 
         if empty:
             out.append(Diagnostic(
                 "warning", "empty-rows",
-                f"{len(empty):,} query rows ({_ranges(empty[:20])}{' ...' if len(empty) > 20 else ''}) have no "
+                f"{len(empty):,} query rows ({ranges(empty[:20])}{' ...' if len(empty) > 20 else ''}) have no "
                 "allowed key, so their outputs are zeros (DESIGN.md); add the diagonal (`| window(1)`) or "
                 "start the band at 0 if those tokens should see something", _where(program, g)))
     return out

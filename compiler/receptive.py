@@ -36,6 +36,7 @@ from .count import reduce_term
 from .atoms import Conj, PeriodicAtom
 from .ir import (Neighborhood, Pattern, Program, Term,
                  axis_neighbour)
+from ..spec.shape import span
 
 MAX_ENUMERATED_N = 8192  # row-by-row enumeration of exotic terms only up to this N
 MAX_EXTRA_LAYERS = 4096  # how far past the model's depth to look for full coverage (uniform stacks)
@@ -407,7 +408,7 @@ def closed_form(pattern: Pattern, n: int):
     if chunks and len(terms) == 1:
         c = chunks[0]
         first = c * ((n - 1) // c)
-        return (f"chunk({c}): only the last chunk, positions {first}..{n - 1}", lambda l: (first, n - first),
+        return (f"chunk({c}): only the last chunk, positions {span(first, n)}", lambda l: (first, n - first),
                 1 if first == 0 else None)
     if bands and len(bands) == len(terms) - len(sinks) and len(sinks) <= 1 and not powers and not chunks:
         h = max(bands)
@@ -419,7 +420,7 @@ def closed_form(pattern: Pattern, n: int):
             return (0 if s and l >= 1 else lo), covered
         text = f"window: back(l) = min(N - 1, {h} * l)"
         if s:
-            text += f"; sink: positions 0..{s - 1} from layer 1"
+            text += f"; sink: positions {span(0, s)} from layer 1"
         gap = n - 1 - s  # positions the window chain must cover
         full = 1 if gap <= 0 else (-(-gap // h) if h > 0 else None)
         return text, at, full

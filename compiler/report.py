@@ -23,6 +23,7 @@ from .receptive import ReceptiveField, layer_patterns, receptive_field
 from .blocks import block_map
 from .grid_blocks import tiled_block_map
 from .tiling import GridTerm, GridTerms, choose_tiling, grid_terms, visited_tiles
+from ..spec.shape import span
 
 DEFAULT_LAYERS = 32  # the stack depth for the receptive field when the file gives no model
 
@@ -439,7 +440,7 @@ def render(a: Analysis, console: Any = None) -> None:
             t.add_column(col, justify="right" if col != "first gaps" else "left")
         for l in _layer_rows(rf):
             r = rf.rows[l - 1]
-            gaps = ", ".join(f"[{x:,}, {y:,})" for x, y in r.gaps[:3]) + (" ..." if len(r.gaps) > 3 else "")
+            gaps = ", ".join(span(x, y) for x, y in r.gaps[:3]) + (" ..." if len(r.gaps) > 3 else "")
             t.add_row(str(l), _num(r.earliest), _num(r.back), _num(r.span), _num(r.covered), _num(r.unreachable), gaps)
         console.print(t)
         full = (f"{rf.full_at} layers" if rf.full_at is not None else "never") + f" [dim]({rf.full_note})[/]"

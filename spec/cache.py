@@ -182,7 +182,10 @@ def _budget_list(budget: ast.Budget, selection: Selection) -> RBudget | None:
     if any(v is None for v in values):
         return None
     layers = selection.shape.layers
-    if layers is not None and len(values) != layers:
+    if layers is None:
+        selection.reporter.error(budget.loc, "a list budget needs the model's layer count", "add layers to model { ... }, or pass --model layers=N (model= in attnc.load)")
+        return None
+    if len(values) != layers:
         selection.reporter.error(budget.loc, f"the budget lists {len(values)} values, but the model has {layers} layers", "give one budget per layer")
         return None
     return RBudget(kind="list", per_layer=tuple(values))  # type: ignore[arg-type]

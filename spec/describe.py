@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from .resolved import Assignment, CachePolicy, REvict, RExpr, ROp, RPrim, Spec
-from .shape import ranges
+from .shape import ranges, span
 
 T = TypeVar("T")
 
@@ -131,7 +131,7 @@ _PRIMS: dict[str, Callable[[dict], str]] = {
     "strided": lambda a: f"every {_nth(a['stride'])} position back from the query",
     "stride": lambda a: f"positions k with k mod {a['stride']} = {a['offset']}",
     "chunk": lambda a: f"the query's own chunk of {a['size']}",
-    "global": lambda a: f"global positions 0..{a['size']} (they see and are seen by every position)",
+    "global": lambda a: f"the first {a['size']} positions ({span(0, a['size'])}) as global positions, which see and are seen by every position",
     "band": lambda a: f"keys {a['lo']} to {a['hi']} positions back",
     "power": lambda a: f"blocks of {a['block']} at power-of-two block distances",
     "neighborhood": _neighborhood,

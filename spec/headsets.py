@@ -19,8 +19,9 @@ from pathlib import Path
 
 from .ast import Loc
 from .errors import Reporter
+from .files import read_text
 from .names import name_problem
-from .shape import Shape
+from .shape import Shape, span
 
 FORMAT_HINT = 'a head-set file maps names to KV heads: {"retrieval": [0, 2]} or {"retrieval": {"0": [0], "1": [1, 2]}}'
 MAX_BYTES = 16 * 2**20
@@ -42,11 +43,8 @@ def load(path: Path, shown_as: str, reporter: Reporter, used_at: Loc) -> dict[st
     if text is None:
         return None
     reporter.add_source(shown_as, text)
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        line, col = getattr(exc, "lineno", 1), getattr(exc, "colno", 1)
-        reporter.error(Loc(file=shown_as, line=line, col=col), f"not valid JSON: {getattr(exc, 'msg', exc)}", FORMAT_HINT)
+    data = _parse(text, shown_as, reporter)
+    if data is None:
         return None
     if not isinstance(data, dict):
         reporter.error(Loc(file=shown_as, line=1, col=1), "a head-set file must hold a JSON object", FORMAT_HINT)
@@ -71,27 +69,57 @@ def expand(sets: dict[str, HeadSet], shape: Shape, reporter: Reporter) -> dict[s
 
 
 def _read(path: Path, reporter: Reporter, used_at: Loc) -> str | None:
+    return read_text(path, reporter, used_at, "head-set file", str(path), MAX_BYTES)
+
+
+class _Duplicate(ValueError):
+    """A JSON object gives one key twice (json.loads would keep the last silently)."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    keys = [k for k, _ in pairs]
+    for i, key in enumerate(keys):
+        if key in keys[:i]:
+            raise _Duplicate(key)
+    return dict(pairs)
+
+
+def _parse(text: str, shown_as: str, reporter: Reporter) -> object | None:
+    """The JSON value of a head-set file; None after reporting bad JSON, a repeated key or
+    nesting too deep for the parser."""
     try:
-        if not path.is_file():
-            reporter.error(used_at, f"head-set file '{path}' {'is not a file' if path.exists() else 'does not exist'}")
-            return None
-        if path.stat().st_size > MAX_BYTES:
-            reporter.error(used_at, f"head-set file '{path}' is larger than {MAX_BYTES // 2**20} MiB")
-            return None
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reporter.error(used_at, f"cannot read head-set file '{path}': {exc}")
-        return None
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except _Duplicate as exc:
+        first = _key_loc(text, shown_as, exc.key)
+        second = _key_loc(text, shown_as, exc.key, after=first)
+        reporter.error(second, f"key {json.dumps(exc.key)} appears twice in one object", "give each set (and each layer) once")
+    except RecursionError:
+        reporter.error(Loc(file=shown_as, line=1, col=1), "JSON nested too deeply", FORMAT_HINT)
+    except ValueError as exc:
+        line, col = getattr(exc, "lineno", 1), getattr(exc, "colno", 1)
+        reporter.error(Loc(file=shown_as, line=line, col=col), f"not valid JSON: {getattr(exc, 'msg', exc)}", FORMAT_HINT)
+    return None
 
 
-def _key_loc(text: str, file: str, name: str) -> Loc:
-    """Where `"name"` first appears in the file, for messages about that set."""
-    offset = text.find(json.dumps(name))
+def _key_loc(text: str, file: str, name: str, after: Loc | None = None) -> Loc:
+    """Where `"name"` first appears in the file (after `after`), for messages about that set."""
+    start = 0 if after is None else _offset(text, after) + 1
+    offset = text.find(json.dumps(name), start)
     if offset < 0:
         return Loc(file=file, line=1, col=1)
     line = text.count("\n", 0, offset) + 1
     col = offset - (text.rfind("\n", 0, offset) + 1) + 1
     return Loc(file=file, line=line, col=col)
+
+
+def _offset(text: str, loc: Loc) -> int:
+    """The character offset of a line and column of `text`."""
+    lines = text.split("\n")
+    return sum(len(line) + 1 for line in lines[: loc.line - 1]) + loc.col - 1
 
 
 def _head_set(name: str, value: object, loc: Loc, reporter: Reporter) -> HeadSet | None:
@@ -142,14 +170,14 @@ def _in_model(head_set: HeadSet, layers: int, kv_heads: int, reporter: Reporter)
     """Whether every layer and KV head the set names exists in the model."""
     bad_layers = sorted(layer for layer, heads in (head_set.per_layer or {}).items() if layer >= layers and heads)
     if bad_layers:
-        reporter.error(head_set.loc, f"head set '{head_set.name}' names layer {bad_layers[0]}, but the model has {layers} layers (0..{layers})")
+        reporter.error(head_set.loc, f"head set '{head_set.name}' names layer {bad_layers[0]}, but the model has {layers} layers ({span(0, layers)})")
         return False
     named = head_set.uniform or tuple(h for heads in (head_set.per_layer or {}).values() for h in heads)
     bad_heads = sorted(h for h in set(named) if h >= kv_heads)
     if bad_heads:
         reporter.error(
             head_set.loc,
-            f"head set '{head_set.name}' names KV head {bad_heads[0]}, but the model has {kv_heads} KV heads (0..{kv_heads})",
+            f"head set '{head_set.name}' names KV head {bad_heads[0]}, but the model has {kv_heads} KV heads ({span(0, kv_heads)})",
             "head sets list KV heads, not query heads",
         )
         return False

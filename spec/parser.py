@@ -28,7 +28,10 @@ TIMINGS = ("prefill", "decode")
 BUDGET_SCHEDULES = ("linear", "adaptive")
 MAX_DEPTH = 100
 """Deepest nesting of expressions or sections: deeper files are surely generated junk, and
-the later stages recurse over the tree."""
+the later stages recurse over the tree. A chain of one associative operator (`a | b | c`)
+is stored as a balanced tree, so n terms nest only about log2(n) levels."""
+MAX_TERMS = 4096
+"""Most terms in one chain of `|` or of `&` (a longer one is surely generated junk)."""
 INT64_MAX = 2**63 - 1
 
 
@@ -52,7 +55,9 @@ def reserved_words() -> frozenset[str]:
 
 
 def parse(text: str, filename: str = "<string>") -> ast.File:
-    """Parse one `.attn` file; raise `AttnError` on the first syntax error."""
+    """Parse one `.attn` file; raise `AttnError` on the first syntax error. A leading
+    UTF-8 byte-order mark is ignored."""
+    text = text.removeprefix("\ufeff")
     reporter = Reporter()
     reporter.add_source(filename, text)
     try:
@@ -81,6 +86,10 @@ class _Builder(Transformer_NonRecursive):
         self.filename = filename
         self.reporter = reporter
         self.depth: dict[int, int] = {}
+        self.chains: dict[int, tuple[ast.SetOp, list[Any], int]] = {}
+        """Unbalanced `|` and `&` chains not yet consumed: id -> (node, terms, deepest term)."""
+        self.alive: list[Any] = []
+        """Nodes whose ids key `depth` or `chains`, kept alive so that no new node reuses an id."""
 
     # ---------------------------------------------------------------- helpers
 
@@ -141,16 +150,16 @@ class _Builder(Transformer_NonRecursive):
         return ("prefix", c[0])
 
     def let_stmt(self, meta: Meta, c: list[Any]) -> ast.Let:
-        return ast.Let(loc=self.loc(meta), name=str(c[0]), expr=c[1])
+        return ast.Let(loc=self.loc(meta), name=str(c[0]), expr=self.balanced(c[1]))
 
     def pattern_expr(self, meta: Meta, c: list[Any]) -> ast.PatternDecl:
-        return ast.PatternDecl(loc=self.loc(meta), name=str(c[0]), body=c[1])
+        return ast.PatternDecl(loc=self.loc(meta), name=str(c[0]), body=self.balanced(c[1]))
 
     def pattern_sections(self, meta: Meta, c: list[Any]) -> ast.PatternDecl:
         return ast.PatternDecl(loc=self.loc(meta), name=str(c[0]), body=c[1:])
 
     def psection_expr(self, meta: Meta, c: list[Any]) -> ast.PatternSection:
-        return ast.PatternSection(loc=self.loc(meta), selector=c[0], body=c[1])
+        return ast.PatternSection(loc=self.loc(meta), selector=c[0], body=self.balanced(c[1]))
 
     def psection_nested(self, meta: Meta, c: list[Any]) -> ast.PatternSection:
         node = ast.PatternSection(loc=self.loc(meta), selector=c[0], body=c[1:])
@@ -179,7 +188,50 @@ class _Builder(Transformer_NonRecursive):
     # ---------------------------------------------------------------- pattern expressions
 
     def _setop(self, op: str, meta: Meta, c: list[Any]) -> ast.SetOp:
-        return self.nested(ast.SetOp(loc=self.loc(meta), op=cast(Any, op), left=c[0], right=c[1]), c[0], c[1])
+        """`-` nests as written; `|` and `&` extend a chain that `balanced` turns into a tree."""
+        if op == "-":
+            left, right = self.balanced(c[0]), self.balanced(c[1])
+            return self.nested(ast.SetOp(loc=self.loc(meta), op="-", left=left, right=right), left, right)
+        node = ast.SetOp(loc=self.loc(meta), op=cast(Any, op), left=c[0], right=c[1])
+        terms = [*self._terms(op, c[0]), *self._terms(op, c[1])]
+        if len(terms) > MAX_TERMS:
+            self.reporter.error(node.loc, f"more than {MAX_TERMS} terms joined by '{op}'", "write a shorter expression, or name parts of it with let")
+            self.reporter.raise_if_any()
+        deepest = max(self.depth.get(id(t), 0) for t in terms)
+        self.chains[id(node)] = (node, terms, deepest)
+        self.alive.append(node)
+        self.depth[id(node)] = deepest + (len(terms) - 1).bit_length()
+        if self.depth[id(node)] > MAX_DEPTH:
+            self.reporter.error(node.loc, f"expression or sections nested more than {MAX_DEPTH} levels deep")
+            self.reporter.raise_if_any()
+        return node
+
+    def _terms(self, op: str, expr: Any) -> list[Any]:
+        """The terms of `expr` as part of an `op` chain: its own chain's, else itself (balanced)."""
+        chain = self.chains.get(id(expr))
+        if chain is not None and chain[0] is expr and expr.op == op:
+            del self.chains[id(expr)]
+            return chain[1]
+        return [self.balanced(expr)]
+
+    def balanced(self, expr: Any) -> Any:
+        """`expr` with its `|` or `&` chain (if it is one) as a balanced tree of the same terms
+        in the same order; the root keeps the chain's location."""
+        chain = self.chains.pop(id(expr), None)
+        if chain is None or chain[0] is not expr:
+            return expr
+        return self._tree(expr.op, chain[1], expr.loc)
+
+    def _tree(self, op: str, terms: list[Any], loc: ast.Loc | None = None) -> Any:
+        if len(terms) == 1:
+            return terms[0]
+        mid = (len(terms) + 1) // 2
+        left, right = self._tree(op, terms[:mid]), self._tree(op, terms[mid:])
+        loc = loc or left.loc.model_copy(update={"end_line": right.loc.end_line, "end_col": right.loc.end_col})
+        node = ast.SetOp(loc=loc, op=cast(Any, op), left=left, right=right)
+        self.alive.append(node)
+        self.depth[id(node)] = 1 + max(self.depth.get(id(left), 0), self.depth.get(id(right), 0))
+        return node
 
     def union(self, meta: Meta, c: list[Any]) -> ast.SetOp:
         return self._setop("|", meta, c)

@@ -19,6 +19,7 @@ from typing import Any
 from . import ast, headsets
 from .cache import resolve_cache
 from .errors import AttnError, Reporter, command_line_loc, suggest
+from .files import read_text, resolved_path
 from .exprs import ExprScope, Exported
 from .intexpr import INT64_MAX, INT64_MIN, MODEL_FIELDS, Binding, IntScope, model_bindings
 from .names import name_problem
@@ -29,7 +30,8 @@ from .sections import resolve_sections
 from .select import Selection
 from .shape import Shape
 
-MAX_SOURCE_BYTES = 4 * 2**20
+MAX_SOURCE_BYTES = 2**20
+"""Largest `.attn` file (1 MiB): hand-written patterns are a few hundred bytes."""
 
 
 def load(
@@ -123,18 +125,7 @@ def _check_name(name: str, what: str, loc: ast.Loc, reporter: Reporter) -> bool:
 
 def _read(path: Path, reporter: Reporter, loc: ast.Loc, what: str, shown: str | None = None) -> str | None:
     """A source file's text, or None after reporting why it cannot be read."""
-    shown = shown or str(path)
-    try:
-        if not path.is_file():
-            reporter.error(loc, f"{what} '{shown}' {'is not a file' if path.exists() else 'does not exist'}")
-            return None
-        if path.stat().st_size > MAX_SOURCE_BYTES:
-            reporter.error(loc, f"{what} '{shown}' is larger than {MAX_SOURCE_BYTES // 2**20} MiB")
-            return None
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reporter.error(loc, f"cannot read {what} '{shown}': {exc}")
-        return None
+    return read_text(path, reporter, loc, what, shown or str(path), MAX_SOURCE_BYTES)
 
 
 # ---------------------------------------------------------------- files and imports
@@ -176,7 +167,7 @@ class _Resolver:
         ints.bindings.update(self._model_bindings(decls))
         self.main_ints = ints
         self.grid = self._grid(decls, ints)
-        self.stack.append((Path(filename).resolve() if filename != "<string>" else Path("<string>"), filename))
+        self.stack.append((Path(os.path.realpath(filename)) if filename != "<string>" else Path("<string>"), filename))
         module = self._module(decls, filename, ints, directory, display_dir)
         shape, shape_ok = self._shape(decls, ints)
         selection = self._selection(decls, shape, ints, directory, display_dir)
@@ -218,8 +209,10 @@ class _Resolver:
         if not imp.path.endswith(".attn"):
             self.reporter.error(imp.loc, f'cannot import "{imp.path}": imports name .attn files')
             return None
-        target = (directory / imp.path).resolve()
         display = os.path.normpath(os.path.join(display_dir, imp.path))
+        target = resolved_path(directory / imp.path, self.reporter, imp.loc, display)
+        if target is None:
+            return None
         if any(target == path for path, _ in self.stack):
             cycle = " -> ".join([shown for _, shown in self.stack] + [display])
             self.reporter.error(imp.loc, f"import cycle: {cycle}", "move the shared lets to a file that both import")
@@ -404,7 +397,7 @@ def _where(filename: str) -> tuple[Path, str]:
     """The directory imports are relative to, on disk and as shown in messages."""
     if filename.startswith("<"):
         return Path.cwd(), ""
-    return Path(filename).resolve().parent, os.path.dirname(filename)
+    return Path(os.path.realpath(filename)).parent, os.path.dirname(filename)
 
 
 def _model_shape(ints: IntScope, decls: _Decls, cli: Mapping[str, int]) -> ModelShape:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from . import ast
 from .errors import Reporter, suggest
 from .intexpr import IntScope
-from .shape import Pair, Shape, Unit
+from .shape import Pair, Shape, Unit, span
 
 HeadSets = dict[str, dict[int, tuple[int, ...]]]
 
@@ -105,8 +105,8 @@ class Selection:
             self.reporter.error(item.loc, f"the range {start}..{stop} is empty", "a..b covers a, a+1, ..., b-1, so b must be larger than a")
             return None
         if start < 0 or stop > count:
-            what = f"{noun} {start} is" if item.stop is None else f"{noun}s {start}..{stop} are"
-            self.reporter.error(item.loc, f"{what} outside the model's {count} {noun}s (0..{count})")
+            what = f"{noun} {start} is" if item.stop is None else f"{noun}s {span(start, stop)} are"
+            self.reporter.error(item.loc, f"{what} outside the model's {count} {noun}s ({span(0, count)})")
             return None
         return range(start, stop)
 
@@ -120,7 +120,7 @@ class Selection:
             elif group & heads:
                 self.reporter.error(
                     selector.loc,
-                    f"a cache keeps whole KV heads, but these heads cover only part of KV head {kv} (query heads {min(group)}..{max(group) + 1})",
+                    f"a cache keeps whole KV heads, but these heads cover only part of KV head {kv} (query heads {span(min(group), max(group) + 1)})",
                     "select KV heads with kv_heads, or whole GQA groups of query heads",
                 )
                 return None

@@ -46,8 +46,17 @@ class Shape:
         return range(kv_head * self.group, (kv_head + 1) * self.group)
 
 
+def span(start: int, stop: int) -> str:
+    """`a..b`, the half-open range a, a+1, ..., b-1 (`a` alone when it holds one value).
+
+    The one notation of ranges in attnc: selectors in `.attn` files are written this way,
+    and every message, summary and report prints ranges through this function, so that a
+    printed range can be pasted back into a file."""
+    return str(start) if stop == start + 1 else f"{start}..{stop}"
+
+
 def ranges(indices: Iterable[int]) -> str:
-    """`0..4, 6, 8..10`: sorted indices as half-open ranges, the language's own notation."""
+    """`0..4, 6, 8..10`: sorted indices as half-open ranges (see `span`)."""
     values = sorted(set(indices))
     parts: list[str] = []
     i = 0
@@ -55,7 +64,7 @@ def ranges(indices: Iterable[int]) -> str:
         j = i
         while j + 1 < len(values) and values[j + 1] == values[j] + 1:
             j += 1
-        parts.append(str(values[i]) if i == j else f"{values[i]}..{values[j] + 1}")
+        parts.append(span(values[i], values[j] + 1))
         i = j + 1
     return ", ".join(parts)
 

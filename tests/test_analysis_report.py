@@ -50,7 +50,7 @@ def test_streaming_analysis_record_json_and_text():
     console = Console(record=True, width=140)
     render(a, console)
     text = console.export_text()
-    for needle in ("sink: keys 0..3", "ring of the last 1019 keys", "512*(2*N - 1023)", "layers to full coverage",
+    for needle in ("sink: keys 0..4", "ring of the last 1019 keys", "512*(2*N - 1023)", "layers to full coverage",
                    "O(N)"):
         assert needle in text, needle
 
@@ -105,7 +105,7 @@ def test_compares_cache_budgets_with_the_lossless_cache():
 def test_describe_members():
     assert describe_members(frozenset({(l, h) for l in range(2) for h in range(4)}), 2, 4) == "all heads"
     assert describe_members(frozenset({(l, h) for l in range(2) for h in (0, 1, 3)}), 2, 4) == \
-        "all layers, heads 0-1, 3"
+        "all layers, heads 0..2, 3"
     assert describe_members(frozenset({(0, 0), (1, 1)}), 2, 4) == "layers 0: heads 0; layers 1: heads 1"
 
 

@@ -1,0 +1,40 @@
+"""Command-line entry points: `python -m attnc.cli`, `attnc --version`, `attnc compile` of many files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from attnc.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+PATTERNS = ROOT / "patterns"
+
+
+def test_python_m_cli_knows_every_command() -> None:
+    """`python -m attnc.cli` runs main() after every subcommand is registered."""
+    out = subprocess.run([sys.executable, "-m", "attnc.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("check", "analyze", "simulate", "compile", "calibrate", "eval"):
+        assert command in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("attnc ") and len(out.split()) == 2
+
+
+def test_compile_many_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.attn"
+    bad.write_text("pattern p = window(0)\n")
+    files = [PATTERNS / "streaming_llm.attn", bad, PATTERNS / "dense_causal.attn"]
+    assert main(["compile", *map(str, files), "-o", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert {Path(line).name for line in out.split()} == {"streaming_llm.py", "dense_causal.py"}
+    assert f"{bad}:1:" in err
+    assert main(["compile", str(files[0]), str(files[2]), "-o", str(tmp_path)]) == 0

@@ -1,0 +1,113 @@
+"""Front-end hardening: one range notation, input text, sizes and their limits, imports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from attnc.spec.describe import describe
+from attnc.spec.errors import AttnError
+from attnc.spec.resolve import load, resolve_text
+from attnc.spec.shape import ranges, span
+
+
+def error_text(text: str, filename: str = "<string>", **kwargs) -> str:
+    with pytest.raises(AttnError) as exc:
+        resolve_text(text, filename, **kwargs)
+    return exc.value.render()
+
+
+# ---------------------------------------------------------------- one range notation
+
+
+@given(st.sets(st.integers(0, 60), min_size=1))
+def test_ranges_are_half_open_and_read_back(indices: set[int]) -> None:
+    """Every printed range a..b holds a, ..., b-1, so parsing the text gives the set back."""
+    back: set[int] = set()
+    for part in ranges(indices).split(", "):
+        lo, _, hi = part.partition("..")
+        back |= set(range(int(lo), int(hi) if hi else int(lo) + 1))
+    assert back == indices
+
+
+def test_span() -> None:
+    assert span(0, 4) == "0..4" and span(3, 4) == "3"
+
+
+def test_check_describes_global_with_the_notation() -> None:
+    text = describe(resolve_text("pattern p = causal & (window(8) | global(5))"))
+    assert "the first 5 positions (0..5)" in text
+
+
+def test_analysis_prints_half_open_ranges() -> None:
+    from attnc.compiler.lower import lower
+    from attnc.compiler.liveness import cache_layout
+    from attnc.compiler.passes import describe_members
+
+    assert describe_members(frozenset({(0, 0), (0, 1), (0, 3), (1, 0), (1, 1), (1, 3)}), 3, 4) == "layers 0..2, heads 0..2, 3"
+    layout = cache_layout(lower(resolve_text("pattern p = causal & (sink(4) | window(16))")).groups[0].pattern)
+    assert "sink: keys 0..4" in " ".join(r.describe() for r in layout.regions)
+
+
+def test_errors_use_the_notation() -> None:
+    text = error_text("model { heads = 8 }\npattern p { heads 0..9: causal }")
+    assert "heads 0..9 are outside the model's 8 heads (0..8)" in text
+
+
+# ---------------------------------------------------------------- input text
+
+
+def write(path: Path, data: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def load_error(path: Path, **kwargs) -> str:
+    with pytest.raises(AttnError) as exc:
+        load(path, **kwargs)
+    return exc.value.render()
+
+
+def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    assert load(write(tmp_path / "p.attn", b"\xef\xbb\xbfpattern p = causal\n")).name == "p"
+
+
+def test_non_utf8_byte_is_located(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.attn", b"pattern p = causal\n# caf\xe9\n")
+    assert load_error(path).startswith(f"{path}:2:6: error: byte 0xe9 is not valid UTF-8\n    # caf")
+
+
+def test_import_symlink_loop_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "loop.attn").symlink_to(tmp_path / "loop.attn")
+    path = write(tmp_path / "p.attn", 'import "loop.attn"\npattern p = causal\n')
+    assert f"{path}:1:1: error:" in load_error(path)
+
+
+def test_deep_headset_json_is_an_error(tmp_path: Path) -> None:
+    write(tmp_path / "h.json", "[" * 100_000 + "]" * 100_000)
+    path = write(tmp_path / "p.attn", 'model { heads = 2 }\nheadsets "h.json"\npattern p { kv_heads @r: causal rest: full }\n')
+    assert "JSON nested too deeply" in load_error(path)
+
+
+def test_duplicate_headset_keys_are_an_error(tmp_path: Path) -> None:
+    write(tmp_path / "h.json", '{"r": [0],\n "r": [1]}')
+    path = write(tmp_path / "p.attn", 'model { heads = 2 }\nheadsets "h.json"\npattern p { kv_heads @r: causal rest: full }\n')
+    assert f'{tmp_path / "h.json"}:2:2: error: key "r" appears twice in one object' in load_error(path)
+
+
+def test_flat_union_is_shallow() -> None:
+    """100 terms joined by `|` are one level of nesting, not 100 (the tree is balanced)."""
+    spec = resolve_text("pattern p = " + " | ".join(f"window({i + 1})" for i in range(1000)))
+    depth = lambda e: 1 + max(depth(e.left), depth(e.right)) if hasattr(e, "left") else 0  # noqa: E731
+    assert depth(spec.assignments[0].expr) == 10
+    assert "more than 4096 terms" in error_text("pattern p = " + " | ".join(["causal"] * 5000))
+    assert "nested more than 100 levels" in error_text("pattern p = causal" + " - window(1)" * 101)
+
+
+def test_list_budget_needs_the_layer_count() -> None:
+    text = error_text("pattern p = causal\ncache { budget = [4, 8] keep recent(2) evict snapkv }", "b.attn")
+    assert text.startswith("b.attn:2:9: error: a list budget needs the model's layer count")
