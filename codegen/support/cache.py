@@ -591,13 +591,6 @@ class CacheBase:
             return ds.allowed_torch(qp, kp[..., None, :, :], g)
         return attention_stats(qc, kc, pc, qpos, allowed, scale, c.policy.window, ds.sentinel)
 
-    def _rescore(self, c, old, stats, kc, new):
-        """Run the policy's scorer; SnapKV's scores come back in position order."""
-        s = rescore(c.policy, old, stats, kc, new)
-        if c.policy.score == "snapkv":
-            s = torch.empty_like(s).scatter_(-1, stats.order, s)
-        return s
-
     def _step(self, L, c, k, q, n, T, scale):
         """A decode-sized append (T <= max_step) to a class, after the kernel wrote the new
         tokens at slots held - T .. held - 1: rescore, then evict down to the budget by
@@ -617,7 +610,7 @@ class CacheBase:
         old = sv[..., :E].clone()
         old[..., new] = 0
         stats = self._stats(c, q, kc, pc, n, T, scale)
-        sv[..., :E] = self._rescore(c, old, stats, kc, new)
+        sv[..., :E] = rescore(c.policy, old, stats, kc, new)
         if E <= c.budget:
             return
         keep, m = c.budget, E - c.budget
@@ -669,7 +662,7 @@ class CacheBase:
         new = slice(E0, E)
         if T:
             stats = self._stats(c, q, kc, pc, n, T, scale)
-            sc = self._rescore(c, old, stats, kc, new)
+            sc = rescore(c.policy, old, stats, kc, new)
             if pol.adaptive_mean is not None:
                 self._cake_prefer(L, c, stats("window"))
         else:

@@ -79,12 +79,13 @@ def score_tova(old, stats, k, new, pol: Policy):
 def score_snapkv(old, stats, k, new, pol: Policy):
     """SnapKV: mean attention of the last `window` queries, pooled along positions with a
     centred kernel (avg counts the zero padding, like F.avg_pool1d; max ignores it), then
-    agg_g. The scores come back in position order (the order of stats("window"))."""
+    agg_g (pooled in position order, returned in the candidates' order)."""
     a = stats("window").mean(-2)
     flat = a.reshape(-1, 1, a.shape[-1])
     kk = pol.kernel
     pool = torch.nn.functional.max_pool1d if pol.pool == "max" else torch.nn.functional.avg_pool1d
-    return aggregate(pool(flat, kk, stride=1, padding=kk // 2).reshape(a.shape), pol.aggregate, -2)
+    s = aggregate(pool(flat, kk, stride=1, padding=kk // 2).reshape(a.shape), pol.aggregate, -2)
+    return torch.empty_like(s).scatter_(-1, stats.order, s)  # back to the candidates' order
 
 
 def score_key_norm(old, stats, k, new, pol: Policy):
