@@ -98,6 +98,6 @@ def check_kernel_device(where: str, device, alternative: str, error=None) -> Non
 def check_int(where: str, name: str, value, lo: int, hi: int | None = None, error=None) -> int:
     """An int (not a bool) in [lo, hi) (hi None: no upper bound)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value >= hi):
-        bound = f"[{lo}, {hi})" if hi is not None else f">= {lo}"
+        bound = f"in [{lo}, {hi})" if hi is not None else f">= {lo}"
         _fail(error, ValueError, f"{where}: {name} must be an int {bound}; got {name}={value!r}")
     return value

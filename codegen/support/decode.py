@@ -208,8 +208,10 @@ def check_decode_query(where: str, spec: DecodeSpec, q, view: CacheView) -> tupl
 
 def _dec_ok(spec: DecodeSpec, q, view, out) -> bool:
     """The common case, in one expression (the detailed checks run only when it fails)."""
+    if type(view) is not CacheView:
+        return False
     k = view.k
-    return (type(view) is CacheView and type(q) is torch.Tensor and q.dim() == 4 and q.shape[1] == spec.heads
+    return (type(q) is torch.Tensor and q.dim() == 4 and q.shape[1] == spec.heads
             and 1 <= q.shape[2] <= spec.max_step and q.shape[2] <= view.n and q.shape[0] == k.shape[0]
             and q.shape[3] == k.shape[2] and q.dtype == k.dtype and q.device == k.device
             and (out is None or (type(out) is torch.Tensor and out.shape == q.shape and out.dtype == q.dtype
