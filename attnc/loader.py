@@ -11,13 +11,12 @@ their file under the name `attnc_generated.<name>_<digest>`, once per process.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Mapping
 
+from .codegen.importing import import_module_from_path
 from .codegen.writer import write_module
 from .compiler.ir import Program
 
@@ -45,19 +44,7 @@ def compile_file(path: PathLike, out_dir: PathLike | None = None, *, defines: Ma
 
 def import_file(path: PathLike, module_name: str) -> ModuleType:
     """Import a generated module from its file (reusing an earlier import of the same name)."""
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, str(path))
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import a generated module from {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[module_name]
-        raise
-    return module
+    return import_module_from_path(path, module_name)
 
 
 def load_program(program: Program) -> ModuleType:

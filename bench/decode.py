@@ -18,7 +18,6 @@ Two steps, so that the GPU machine needs neither lark nor pydantic:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -70,7 +69,8 @@ def programs():
 
 
 def generate(out: Path = GEN) -> None:
-    from attnc.codegen.decode_plan import plan_decode, write_decode_module
+    from attnc.codegen.decode_plan import plan_decode
+    from attnc.codegen.writer import write_decode_module
 
     for name, prog in programs().items():
         path = write_decode_module(plan_decode(prog), out / f"{name}.py")
@@ -81,11 +81,10 @@ def generate(out: Path = GEN) -> None:
 
 
 def _import(name):
-    spec = importlib.util.spec_from_file_location(name, GEN / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from codegen.importing import import_module_from_path  # the standard library only: no attnc needed
+
+    return import_module_from_path(GEN / f"{name}.py", name)
 
 
 def _bench(fn, torch, triton):

@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import io
 import datetime
-import importlib.util
 import json
 import os
 import sys
@@ -39,6 +38,7 @@ import decode as decode_bench  # noqa: E402  (bench/decode.py: the decode half o
 
 sys.path.insert(0, str(ROOT))
 from compiler import simulate  # noqa: E402  (numpy only: runs on the GPU machine without attnc installed)
+from codegen.importing import import_module_from_path  # noqa: E402  (the standard library only)
 
 # the device profile predictions are made with: $ATTNC_PROFILE (bench/calibrate.py's output) or the shipped one
 PROFILE = os.environ.get("ATTNC_PROFILE", "h100")
@@ -110,14 +110,7 @@ def generate(out: Path) -> None:
 
 # ------------------------------------------------------------------ --run (GPU machine)
 def import_module(path: Path, prefix: str = "attnc_bench"):
-    name = f"{prefix}_{path.stem}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, str(path))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return import_module_from_path(path, f"{prefix}_{path.stem}")
 
 
 def shape_for(mod, bench: dict | None) -> tuple[int, int, int]:

@@ -5,8 +5,7 @@ resolved cache policies (`Program.cache`, spec.resolved.CachePolicy records) and
 `DecodePlan`: per layer and KV head the lossless store that liveness allows (`Layout`) and
 the lossy policy on top of it (`HeadPolicy`), plus the pattern predicates that the decode
 kernel evaluates. `DecodePlan.context()` is what the templates `cache.py.j2` and
-`decode.py.j2` read (one variable, `dp`); `render_decode_module(plan)` renders both into a
-standalone module (what the tests import; the real module includes the two templates).
+`decode.py.j2` read (one variable, `dp`); codegen.writer renders them.
 
 Layouts (the lossless store of one KV head, from compiler.liveness's `CacheLayout` of the
 union of the patterns of its query heads, mapped onto what the cache manager implements;
@@ -24,7 +23,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -32,10 +30,11 @@ import numpy as np
 from ..compiler.ir import Band, Lit, Pattern, Program
 from ..compiler.liveness import cache_layout
 from . import masks
+from .support.cache import HeadRule
+from .support.policies import SCORERS, Policy
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
 SENTINEL = 1 << 30  # the position stored in an empty slot: no causal pattern allows it
-SCORES = ("snapkv", "h2o", "tova", "key_norm")
+HeadPolicy = Policy  # the lossy part of one KV head's cache (support/policies.py)
 
 
 class DecodePlanError(ValueError):
@@ -217,29 +216,6 @@ def _keep_only(layout: Layout, sink: int, recent: int) -> Layout:
 
 
 @dataclass(frozen=True)
-class HeadPolicy:
-    """The lossy part of one KV head's cache: a resolved CachePolicy with its budget."""
-
-    index: int  # which CachePolicy of the program
-    budget: int | None  # tokens; None with adaptive (set at run time)
-    adaptive_mean: int | None
-    sink: int
-    recent: int
-    score: str | None  # None: evict the oldest unprotected token (FIFO)
-    timing: str  # "prefill" | "decode"
-    aggregate: str
-    window: int  # snapkv's observation window
-    pool: str  # "max" | "avg" (snapkv)
-    kernel: int  # snapkv's pooling kernel
-    tau1: float = 1.0  # CAKE
-    tau2: float = 1.0
-
-    @property
-    def protected(self) -> int:
-        return self.sink + max(self.recent, self.window if self.score == "snapkv" else 0)
-
-
-@dataclass(frozen=True)
 class HeadPlan:
     """One (layer, KV head): its layout, its lossy policy (None: lossless), its positions."""
 
@@ -278,8 +254,9 @@ class DecodePlan:
                 if h.policy is not None and h.policy not in pol_names:
                     pol_names[h.policy] = len(policies)
                     policies.append(h.policy)
-        table = tuple(tuple(_head_tuple(h, pol_names, self.max_step) for h in row) for row in self.heads)
-        pol_rows = tuple(_policy_dict(p) for p in policies)
+        rules: dict[HeadRule, int] = {}
+        table = tuple(tuple(rules.setdefault(_head_rule(h, pol_names, self.max_step), len(rules)) for h in row)
+                      for row in self.heads)
         return {"dp": {
             "name": self.program.name,
             "digest": self.program.digest(),
@@ -292,11 +269,11 @@ class DecodePlan:
             "sentinel": SENTINEL,
             "masks": [{"gid": g, "expr": e} for g, e in self.masks],
             "single_group": len(self.masks) == 1,
+            "rules_literal": _literal(tuple(rules)),
             "table_literal": _literal(table),
-            "policies_literal": _literal(pol_rows),
+            "policies_literal": _literal(tuple(policies)),
             "gid_literal": _literal(self.gid),
             "masked_literal": _literal(self.masked),
-            "scores": sorted(self.scores_used),
             "lossy": bool(policies),
             "adaptive": any(p.adaptive_mean is not None for p in policies),
             "describe_literal": _literal(tuple(tuple(
@@ -315,23 +292,13 @@ def _literal(x: Any) -> str:
     return repr(x)
 
 
-# the fields of a head row in the generated table, in order (the template indexes by name)
-HEAD_FIELDS = ("kind", "sink", "span", "ring", "smod", "sres", "chunk", "policy", "budget", "rerotate")
-
-
-def _head_tuple(h: HeadPlan, pol_names: dict, max_step: int) -> tuple:
+def _head_rule(h: HeadPlan, pol_names: dict, max_step: int) -> HeadRule:
+    """The generated cache's record of one (layer, KV head)."""
     lay = h.layout
     if h.policy is not None:
-        return ("lossy", 0, 0, 0, 1, (), 0, pol_names[h.policy], h.policy.budget, h.rerotate)
-    return (lay.kind, lay.sink, lay.span(max_step), lay.ring_capacity(max_step), lay.stripe_mod, lay.stripe_res,
-            lay.chunk, -1, -1, h.rerotate)
-
-
-def _policy_dict(p: HeadPolicy) -> dict:
-    return {"score": p.score, "timing": p.timing, "budget": p.budget, "adaptive": p.adaptive_mean,
-            "sink": p.sink, "recent": p.recent, "protected_recent": p.protected - p.sink,
-            "aggregate": p.aggregate, "window": p.window, "pool": p.pool, "kernel": p.kernel,
-            "tau1": p.tau1, "tau2": p.tau2}
+        return HeadRule("lossy", policy=pol_names[h.policy], rerotate=h.rerotate)
+    return HeadRule(lay.kind, lay.sink, lay.span(max_step), lay.ring_capacity(max_step), lay.stripe_mod,
+                    lay.stripe_res, lay.chunk, -1, h.rerotate)
 
 
 def _error(policy: Any, message: str) -> DecodePlanError:
@@ -357,7 +324,10 @@ def _budget_for(policy: Any, layer: int, layers: int) -> tuple[int | None, int |
     raise _error(policy, f"unknown budget kind {b.kind!r}")
 
 
-def _head_policy(policy: Any, index: int, layer: int, layers: int, max_step: int) -> HeadPolicy | None:
+def head_policy(policy: Any, index: int, layer: int, layers: int, max_step: int) -> Policy | None:
+    """The lossy policy of a resolved CachePolicy (spec.resolved) at a layer, checked against
+    its keep rules and max_step; None where its budget is full. Raises DecodePlanError with
+    the policy's location. The generated cache and the reference backend both read it."""
     budget, mean = _budget_for(policy, layer, layers)
     ev = policy.evict
     if budget is None and mean is None:
@@ -367,12 +337,12 @@ def _head_policy(policy: Any, index: int, layer: int, layers: int, max_step: int
     timing = ev.timing if ev is not None else "decode"
     if mean is not None and (score is None or timing != "prefill"):
         score, timing = score or "snapkv", "prefill"
-    if score is not None and score not in SCORES:
-        raise _error(policy, f"unknown eviction score {score!r}: one of {', '.join(SCORES)}")
+    if score is not None and score not in SCORERS:
+        raise _error(policy, f"unknown eviction score {score!r}: one of {', '.join(SCORERS)}")
     pool = str(opts.get("pool", "max"))  # spec/cache.py's defaults: window 32, pool max, kernel 7
     if pool not in ("avg", "max", "mean"):
         raise _error(policy, f"snapkv pool = {pool!r}: use pool = avg or pool = max")
-    hp = HeadPolicy(
+    hp = Policy(
         index=index, budget=budget, adaptive_mean=mean, sink=int(policy.sink), recent=int(policy.recent),
         score=score, timing=timing, aggregate=policy.aggregate,
         window=int(opts.get("window", 32)) if score == "snapkv" or mean is not None else 0,
@@ -385,7 +355,7 @@ def _head_policy(policy: Any, index: int, layer: int, layers: int, max_step: int
     need = hp.protected
     b = budget if budget is not None else mean
     if b < need or b < 1:
-        what = f"sink({hp.sink}) + recent({max(hp.recent, hp.window) if score == 'snapkv' else hp.recent})"
+        what = f"sink({hp.sink}) + recent({hp.protected_recent})"
         raise _error(policy, f"budget {b} at layer {layer} is below its keep rules {what} = {need}: "
                              f"raise the budget to at least {max(need, 1)} or keep fewer tokens")
     if budget is not None and timing == "decode" and budget < max_step:
@@ -394,7 +364,7 @@ def _head_policy(policy: Any, index: int, layer: int, layers: int, max_step: int
     return hp
 
 
-def _policy_for(program: Program, layer: int, kv_head: int) -> tuple[int, Any] | None:
+def policy_for(program: Program, layer: int, kv_head: int) -> tuple[int, Any] | None:
     """The last cache policy whose scope holds (layer, kv_head)."""
     found = None
     for i, c in enumerate(program.cache):
@@ -488,10 +458,10 @@ def plan_decode(program: Program, *, max_step: int = 1) -> DecodePlan | None:
             gids = tuple(sorted({table[layer][kv * G + g] for g in range(G)}))
             pats = [program.groups[i].pattern for i in gids]
             layout = layout_of(pats, max_step)
-            found = _policy_for(program, layer, kv)
+            found = policy_for(program, layer, kv)
             policy = rerotate = None
             if found is not None:
-                policy = _head_policy(found[1], found[0], layer, m.layers, max_step)
+                policy = head_policy(found[1], found[0], layer, m.layers, max_step)
                 rerotate = found[1].positions == "rerotate"
                 if policy is not None and policy.score is None and policy.budget == policy.sink + policy.recent:
                     layout, policy = _keep_only(layout, policy.sink, policy.recent), None
@@ -522,41 +492,3 @@ def decode_context(program: Program, *, max_step: int = 1) -> dict[str, Any]:
     {"dp": ...}, with dp None when the program has no decode (a non-causal pattern)."""
     plan = plan_decode(program, max_step=max_step)
     return plan.context() if plan is not None else {"dp": None}
-
-
-def _env():
-    import jinja2
-
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
-                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-
-
-def render_decode_module(plan: DecodePlan) -> str:
-    """A standalone module with the cache manager and the decode kernel of a plan (tests,
-    benchmarks); the real generated module includes the same two templates."""
-    return _env().get_template("decode_module_test.py.j2").render(**plan.context())
-
-
-def write_decode_module(plan: DecodePlan, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = render_decode_module(plan)
-    if not path.exists() or path.read_text() != text:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-    return path
-
-
-def load_decode_module(plan: DecodePlan, directory: str | Path, name: str | None = None):
-    """Render, write and import the standalone module (Triton needs a real file)."""
-    import importlib.util
-    import sys
-
-    name = name or f"attnc_decode_{plan.program.digest()}_{plan.max_step}"
-    path = write_decode_module(plan, Path(directory) / f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod

@@ -1,7 +1,11 @@
 """From an IR Program to a Python module on disk: render, check, write atomically, reuse.
 
 `render_module` fills `templates/module.py.j2` (which includes the kernel part
-`prefill.py.j2`) with explicit parameters; every generated line comes from a template.
+`prefill.py.j2`, and `grid.py.j2`, `decode.py.j2`, `cache.py.j2` where they apply) with
+explicit parameters. What does not vary per pattern is ordinary Python in `support/`, which
+the templates inline verbatim with `{{ support("name") }}` (see `support_source`).
+`environment()` is the one Jinja environment; `render_decode_module` renders the decode
+and cache part alone (tests, benchmarks).
 `write_module` compiles the text (a syntax check), then writes it through a temporary file
 and `os.replace`, so a reader never sees a half-written module and an error leaves no
 file behind. Modules are cached as `<name>_<digest>.py` under `$ATTNC_CACHE` (default
@@ -10,6 +14,7 @@ file behind. Modules are cached as `<name>_<digest>.py` under `$ATTNC_CACHE` (de
 
 from __future__ import annotations
 
+import ast
 import functools
 import os
 import pprint
@@ -23,10 +28,12 @@ from ..compiler import configs
 from ..compiler.ir import Program
 from ..compiler.plan import plan_program
 from . import masks
-from .decode_plan import decode_context
+from .decode_plan import DecodePlan, decode_context
+from .importing import import_module_from_path
 from .plan_text import GroupText
 
 TEMPLATES = Path(__file__).parent / "templates"
+SUPPORT = Path(__file__).parent / "support"
 
 
 def attnc_version() -> str:
@@ -47,8 +54,27 @@ def _docsafe(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
+@functools.lru_cache(maxsize=None)
+def support_source(name: str) -> str:
+    """The text of support/<name>.py as it is inlined into a generated module: verbatim, less
+    its module docstring, `from __future__` imports and sibling imports (`from .x import ...`;
+    the siblings are inlined into the same module, earlier: support.INLINE_ORDER)."""
+    path = SUPPORT / f"{name}.py"
+    text = path.read_text()
+    drop: set[int] = set()
+    for node in ast.parse(text).body:
+        docstring = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and node.lineno == 1
+        relative = isinstance(node, ast.ImportFrom) and (node.level > 0 or node.module == "__future__")
+        if docstring or relative:
+            drop.update(range(node.lineno, node.end_lineno + 1))
+    lines = [line for i, line in enumerate(text.splitlines(), 1) if i not in drop]
+    body = "\n".join(lines).strip("\n")
+    return f"# {'-' * 66} codegen/support/{name}.py (inlined)\n{body}\n"
+
+
 @functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
+    """The one Jinja environment of attnc's templates."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         undefined=jinja2.StrictUndefined,
@@ -60,6 +86,7 @@ def environment() -> jinja2.Environment:
     env.filters["pyrepr"] = _pyrepr
     env.filters["docsafe"] = _docsafe
     env.filters["conjunction"] = masks.render_lits
+    env.globals["support"] = support_source
     return env
 
 
@@ -136,6 +163,27 @@ def write_atomic(path: Path, text: str) -> bool:
             pass
         raise
     return True
+
+
+def render_decode_module(plan: DecodePlan) -> str:
+    """A standalone module with the cache manager and the decode kernel of a plan (tests,
+    benchmarks); the real generated module includes the same two templates."""
+    text = environment().get_template("decode_module_test.py.j2").render(**plan.context())
+    compile(text, f"<attnc decode module {plan.program.name}>", "exec")
+    return text
+
+
+def write_decode_module(plan: DecodePlan, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    write_atomic(path, render_decode_module(plan))
+    return path
+
+
+def load_decode_module(plan: DecodePlan, directory: str | os.PathLike, name: str | None = None):
+    """Render, write and import the standalone decode module (Triton needs a real file)."""
+    name = name or f"attnc_decode_{plan.program.digest()}_{plan.max_step}"
+    path = write_decode_module(plan, Path(directory) / f"{name}.py")
+    return import_module_from_path(path, name)
 
 
 def write_module(program: Program, out_dir: str | os.PathLike | None = None) -> Path:

@@ -60,6 +60,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from ..codegen.decode_plan import DecodePlanError, head_policy, policy_for
+from ..codegen.support.policies import Policy, attention_stats, lowest, priority, rescore
 from ..compiler.ir import HeadGroup, ModelShape, Pattern, Program
 
 POSITIONS = ("original", "rerotate")
@@ -191,135 +193,76 @@ MAX_STEP = 1
 """Appends of more tokens than this are prefills (docs/caches.md, as the generated cache)."""
 
 
-@dataclass(frozen=True)
-class LossyPolicy:
-    """The lossy cache policy of one (layer, KV head), from the file's `cache` block.
-
-    `protected` is the number of newest positions never evicted: `recent`, or for SnapKV
-    `max(recent, window)` (its observation window stays). `score` None keeps the keep rules
-    only (evicting the oldest unprotected key first).
-    """
-
-    budget: int
-    sink: int
-    recent: int
-    score: str | None  # 'snapkv', 'tova', 'key_norm' or None
-    timing: str  # 'prefill' | 'decode'
-    aggregate: str = "mean"
-    window: int = 32
-    pool: str = "max"
-    kernel: int = 7
-
-    @property
-    def protected(self) -> int:
-        return max(self.recent, self.window) if self.score == "snapkv" else self.recent
-
-
-def _budget_at(policy: Any, layer: int, layers: int) -> int | None:
-    """Tokens per KV head of a resolved CachePolicy at `layer`; None for `full`."""
-    b = policy.budget
-    if b.kind == "adaptive":
-        raise IntegrationError(f"{policy.loc}: budget {b.kind} ({b.by or 'cake'}) is not implemented by the reference "
-                               "backend (it is decided at run time across layers); use backend='interpret' or 'triton'")
-    try:
-        return b.at_layer(layer, layers)
-    except ValueError as exc:
-        raise IntegrationError(f"{policy.loc}: {exc}") from None
-
-
-def cache_policies(layout: Layout) -> list[list[LossyPolicy | None]]:
-    """[layer][KV head]: the lossy policy of the last cache policy whose scope holds the pair
-    (spec/cache.py's partition), or None where the budget is full or no cache block exists.
+def cache_policies(layout: Layout) -> list[list[Policy | None]]:
+    """[layer][KV head]: the lossy policy (codegen.support.policies.Policy) of the last cache
+    policy whose scope holds the pair, resolved and checked as for the generated cache
+    (codegen.decode_plan.head_policy), or None where the budget is full or no cache block exists.
 
     Implemented by the reference store: budgets of tokens, linear and list; scores `snapkv`,
     `tova`, `key_norm` and none (keep rules only). H2O's accumulated score and CAKE's
     adaptive budgets raise an IntegrationError (they run in the generated cache only).
     """
     n_l, n_kv = layout.shape.layers, layout.shape.kv_heads
-    table: list[list[LossyPolicy | None]] = [[None] * n_kv for _ in range(n_l)]
-    policies = layout.program.cache if layout.program is not None else ()
+    table: list[list[Policy | None]] = [[None] * n_kv for _ in range(n_l)]
+    if layout.program is None:
+        return table
     for layer in range(n_l):
         for h in range(n_kv):
-            found = None
-            for c in policies:
-                if (c.layers is None or layer in c.layers) and (c.kv_heads is None or h in c.kv_heads):
-                    found = c
+            found = policy_for(layout.program, layer, h)
             if found is None:
                 continue
-            budget = _budget_at(found, layer, n_l)
-            if budget is None:
-                continue
-            ev = found.evict
-            score = ev.score if ev is not None else None
-            if score == "h2o":
-                raise IntegrationError(f"{found.loc}: evict h2o is not implemented by the reference backend (its "
+            index, cp = found
+            if cp.budget.kind == "adaptive":
+                raise IntegrationError(f"{cp.loc}: budget adaptive ({cp.budget.by or 'cake'}) is not implemented by "
+                                       "the reference backend (it is decided at run time across layers); use "
+                                       "backend='interpret' or 'triton'")
+            try:
+                policy = head_policy(cp, index, layer, n_l, MAX_STEP)
+            except DecodePlanError as exc:
+                raise IntegrationError(str(exc)) from None
+            if policy is not None and policy.score == "h2o":
+                raise IntegrationError(f"{cp.loc}: evict h2o is not implemented by the reference backend (its "
                                        "score accumulates over decoding); use backend='interpret' or 'triton'")
-            opts = dict(ev.options) if ev is not None else {}
-            pool = str(opts.get("pool", "max"))
-            table[layer][h] = LossyPolicy(
-                budget=budget, sink=int(found.sink), recent=int(found.recent), score=score,
-                timing=ev.timing if ev is not None else "decode", aggregate=found.aggregate,
-                window=int(opts.get("window", 32)), pool="avg" if pool == "mean" else pool,
-                kernel=int(opts.get("kernel", 7)))
+            table[layer][h] = policy
     return table
 
 
-def _aggregate(x: torch.Tensor, how: str, dim: int) -> torch.Tensor:
-    return x.amax(dim) if how == "max" else x.sum(dim) if how == "sum" else x.mean(dim)
-
-
-def policy_scores(policy: LossyPolicy, q: torch.Tensor, k: torch.Tensor, qpos: torch.Tensor,
+def policy_scores(policy: Policy, q: torch.Tensor, k: torch.Tensor, qpos: torch.Tensor,
                   kpos: torch.Tensor, patterns: tuple[Pattern, ...], scale: float) -> torch.Tensor | None:
     """Scores (B, E) of one KV head's E candidate keys (higher stays), as docs/caches.md defines them.
 
     q (B, G, T, D): the append's queries of the head's G query heads, at positions `qpos`;
     k (B, E, D) the candidates (held and new, positions `kpos`, increasing); `patterns` the
-    query heads' patterns (the mask of the scoring attention). Attention is computed in
-    float32 (float64 for float64 caches). snapkv: the mean attention of the last
-    min(window, T) queries, pooled along the keys with a centred kernel (stride 1, padding
-    kernel // 2; avg counts the padding, max ignores it), aggregated over the group. tova: the
-    newest query's attention, aggregated. key_norm: -||k||. None: no score (oldest first).
+    query heads' patterns (the mask of the scoring attention). The scores are the generated
+    cache's (codegen.support.policies); None without a score (oldest first).
     """
     if policy.score is None:
         return None
-    if policy.score == "key_norm":
-        return -k.to(torch.float64 if k.dtype == torch.float64 else torch.float32).norm(dim=-1)
+
+    def allowed(qp: torch.Tensor, kp: torch.Tensor) -> torch.Tensor:  # qp (T, 1), kp (B, 1, E)
+        return torch.stack([torch.as_tensor(p.holds(qp, kp)) for p in patterns], -3).to(q.device)
+
+    B, E = k.shape[0], k.shape[1]
+    stats = attention_stats(q, k, kpos[None].expand(B, E), qpos, allowed, scale, policy.window)
     ct = torch.float64 if k.dtype == torch.float64 else torch.float32
-    T = q.shape[2]
-    w = min(policy.window, T) if policy.score == "snapkv" else 1
-    qw, pw = q[:, :, T - w:].to(ct), qpos[T - w:]
-    logits = torch.einsum("bgtd,bed->bgte", qw, k.to(ct)) * scale
-    mask = torch.stack([torch.as_tensor(p.holds(pw[:, None], kpos[None, :])) for p in patterns])  # (G, w, E)
-    att = torch.softmax(logits.masked_fill(~mask.to(logits.device)[None], float("-inf")), -1).nan_to_num(0.0)
-    if policy.score == "tova":
-        return _aggregate(att[:, :, -1], policy.aggregate, 1)
-    a = att.mean(2)  # (B, G, E)
-    B, G, E = a.shape
-    flat = a.reshape(B * G, 1, E)
-    kk = policy.kernel
-    pool = torch.nn.functional.max_pool1d if policy.pool == "max" else torch.nn.functional.avg_pool1d
-    return _aggregate(pool(flat, kk, stride=1, padding=kk // 2).reshape(B, G, E), policy.aggregate, 1)
+    return rescore(policy, torch.zeros((B, E), dtype=ct, device=k.device), stats, k, slice(0, E))
 
 
-def select_keep(policy: LossyPolicy, scores: torch.Tensor | None, kpos: torch.Tensor, end: int) -> torch.Tensor:
-    """(E,) mask of the min(E, budget) candidates that stay: the protected ones (position <
-    sink, or among the last `protected` positions before `end`) and the best scores; the
-    lowest (score, position) goes first. Candidates are in increasing position order."""
+def select_keep(policy: Policy, scores: torch.Tensor | None, kpos: torch.Tensor, end: int) -> torch.Tensor:
+    """(E,) mask of the min(E, budget) candidates that stay, by the generated cache's keep rule
+    (codegen.support.policies.priority and lowest): protected positions stay, then the best
+    scores; the lowest (score, position) goes first."""
     E = kpos.numel()
-    keep = torch.ones(E, dtype=torch.bool, device=kpos.device)
     if E <= policy.budget:
-        return keep
+        return torch.ones(E, dtype=torch.bool, device=kpos.device)
     if scores is not None and scores.dim() == 2:
         if scores.shape[0] != 1:
             raise IntegrationError("the reference backend evicts by score for batch size 1 only (each row would "
                                    "keep other keys); run one sequence at a time")
         scores = scores[0]
-    prio = torch.zeros(E, dtype=torch.float64) if scores is None else scores.detach().double().cpu()
     kp = kpos.cpu()
-    prio = prio.masked_fill((kp < policy.sink) | (kp >= end - policy.protected), float("inf"))
-    order = torch.argsort(prio, stable=True)  # equal scores: the oldest first (positions increase)
-    keep[order[:E - policy.budget].to(kpos.device)] = False
-    return keep
+    prio = torch.zeros(E, dtype=torch.float64) if scores is None else scores.detach().double().cpu()
+    return ~lowest(priority(policy, prio, kp, end), kp, E - policy.budget).to(kpos.device)
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -331,7 +274,7 @@ class KVStore:
     Tensors are (B, L, D) per KV head, with `pos[layer][h]` the absolute positions (L,) in
     increasing order and `seen[layer]` the number of tokens the layer has taken in. Keys are
     stored rotated (positions `original`) or before RoPE (positions `rerotate`).
-    `policy[layer][h]` is the head's lossy policy (`LossyPolicy`) or None (lossless).
+    `policy[layer][h]` is the head's lossy policy (`Policy`) or None (lossless).
     """
 
     def __init__(self, layout: Layout):

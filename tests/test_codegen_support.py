@@ -187,6 +187,7 @@ def tile_visits(program: Program, n: int, config: dict, heads: int = 1, layer: i
 _GPU_COMPILE = r"""
 import importlib.util, json, os, re, subprocess, sys, tempfile
 import triton
+from attnc.codegen.importing import import_module_from_path
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
@@ -252,9 +253,7 @@ def compile_grid(mod, opts):
 
 
 def compile_one(path, opts):
-    spec = importlib.util.spec_from_file_location("generated", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = import_module_from_path(path, "generated_" + re.sub(r"\W", "_", str(path)))
     if opts.get("grid"):
         return compile_grid(mod, opts)
     dtype, head_dim = opts["dtype"], opts["head_dim"]

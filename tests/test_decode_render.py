@@ -5,13 +5,14 @@ module template (module.py.j2) the way the codegen will include them."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 
 import torch
 
 from test_decode_support import causal, chunk, policy, program, rand, sink, stride, window
 
-from attnc.codegen.decode_plan import decode_context, plan_decode, render_decode_module
+from attnc.codegen.decode_plan import decode_context, plan_decode
+from attnc.codegen.importing import import_module_from_path
+from attnc.codegen.writer import render_decode_module
 from attnc.compiler.lower import lower_expr
 from strategies import prim
 
@@ -37,12 +38,17 @@ def test_rendered_modules_are_python_with_torch_and_triton_only():
         assert "attnc" not in imported
 
 
-def test_only_used_scores_are_rendered():
+def test_one_registry_of_eviction_scores():
+    """The scores the language accepts (spec/cache.py) are the registry's (codegen/support/
+    policies.py), which the generated module inlines and the plan checks against."""
+    from attnc.codegen.support.policies import SCORERS
+    from attnc.spec.cache import SCORES
+
+    assert set(SCORES) == set(SCORERS)
     text = render_decode_module(plan_decode(PROGRAMS[3]))
-    for name in ("_kv_score_h2o", "_kv_score_tova", "_kv_score_snapkv", "_kv_score_key_norm"):
-        assert f"def {name}(" in text
-    text = render_decode_module(plan_decode(PROGRAMS[0]))
-    assert "def _kv_score_h2o(" not in text and "def _kv_score_snapkv(" not in text
+    assert text.count("SCORERS: dict = {") == 1
+    for name in SCORERS:
+        assert f"def score_{name}(" in text
 
 
 def test_no_decode_for_non_causal_patterns():
@@ -58,9 +64,7 @@ def test_module_template_includes_decode_and_cache(tmp_path):
     assert "def decode_reference(" in text and "class Cache" in text
     path = tmp_path / "with_decode.py"
     path.write_text(text)
-    spec = importlib.util.spec_from_file_location("attnc_with_decode", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = import_module_from_path(path, f"attnc_with_decode_{prog.digest()}")
     assert callable(mod.prefill) and callable(mod.decode)
     cache = mod.Cache(1, dtype=torch.float32)
     k, q = rand(1, 2, 14, 16), rand(1, 4, 14, 16, seed=1)

@@ -19,7 +19,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from attnc.codegen.decode_plan import load_decode_module, plan_decode  # noqa: E402
+from attnc.codegen.decode_plan import plan_decode  # noqa: E402
+from attnc.codegen.writer import load_decode_module  # noqa: E402
 from attnc.compiler.ir import HeadGroup, ModelShape, Pattern, Program  # noqa: E402
 from attnc.compiler.lower import lower_expr  # noqa: E402
 from attnc.spec.ast import Loc  # noqa: E402

@@ -180,10 +180,11 @@ def test_interpreter_backend_with_the_generated_cache(model, positions, tmp_path
     import types
 
     decode_plan = pytest.importorskip("attnc.codegen.decode_plan")
+    writer = pytest.importorskip("attnc.codegen.writer")
     from attnc.loader import load_program
 
     program = duo(model)
-    dec = decode_plan.load_decode_module(decode_plan.plan_decode(program), tmp_path)
+    dec = writer.load_decode_module(decode_plan.plan_decode(program), tmp_path)
     module = types.SimpleNamespace(prefill=load_program(program).prefill, Cache=dec.Cache, decode=dec.decode,
                                    _DEC_MAX_STEP=getattr(dec, "_DEC_MAX_STEP", 1))
     ids = torch.randint(0, 96, (1, 24), generator=torch.Generator().manual_seed(3))

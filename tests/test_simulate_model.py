@@ -4,7 +4,6 @@ sanity and monotonicity of predictions, profiles, the fit, and the GPU-side impo
 from __future__ import annotations
 
 import heapq
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from attnc.codegen.importing import import_module_from_path
 from attnc.compiler import simulate as sim
 from attnc.compiler.blocks import block_map, brute_block_map
 from attnc.compiler.ir import Status
@@ -276,12 +276,7 @@ def test_missing_tile_shapes_are_scaled_and_say_so():
 
 # ------------------------------------------------------------------------------ calibration
 def calibrate_module():
-    if "attnc_bench_calibrate" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("attnc_bench_calibrate", ROOT / "bench" / "calibrate.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules["attnc_bench_calibrate"]
+    return import_module_from_path(ROOT / "bench" / "calibrate.py", "attnc_bench_calibrate")
 
 
 def test_fit_recovers_the_costs_that_made_the_times():

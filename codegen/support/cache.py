@@ -1,0 +1,719 @@
+"""The KV cache manager of generated modules: one packed store per layer.
+
+k, v (B, slots, D), pos (B, slots) and, where a policy scores tokens, score (B, slots). Every
+KV head owns the slots [offset, offset + capacity); lens (B, H_KV) says how many of them the
+decode kernel reads. Lossless heads follow their layout (the liveness of the pattern), lossy
+heads their cache policy (policies.py); docs/caches.md has the exact rules. Appends are one
+Triton launch per layer (lossless heads and the decode-step appends of lossy heads);
+evictions are batched torch ops per policy class.
+
+What varies per pattern is a `CacheSpec` (the rules of every (layer, KV head), the policies,
+the decode of the pattern); a generated module declares `class Cache(CacheBase)` with its spec.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names
+from .decode import CacheView, DecodeSpec, decode_launch
+from .policies import NEEDS_QUERIES, Policy, attention_stats, lowest, priority, rescore
+
+CACHE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_KV_KIND = {"dense": 0, "ring": 1, "chunk": 2, "lossy": 3}
+_KV_TAB_W = 8
+
+
+class CacheError(ValueError):
+    """Bad use of a generated cache: wrong shapes or dtypes, past a fixed capacity, ..."""
+
+
+class HeadRule(NamedTuple):
+    """The store of one (layer, KV head) (codegen/decode_plan.py's Layout and policy)."""
+
+    kind: str  # "dense" | "ring" | "chunk" | "lossy"
+    sink: int = 0  # keys below this position stay
+    span: int = 0  # positions the ring serves
+    ring: int = 0  # ring slots
+    smod: int = 1  # stripe modulus (1: no stripes)
+    sres: tuple = ()  # stripe residues
+    chunk: int = 0
+    policy: int = -1  # index into CacheSpec.policies, or -1 (lossless)
+    rerotate: bool = False  # keys stored before RoPE, rotated to their cache slot
+
+
+class CacheSpec(NamedTuple):
+    """What a pattern's Cache needs from its generated module."""
+
+    decode: DecodeSpec  # heads, KV heads, max_step, sentinel, the pattern's mask and kernel
+    layers: int
+    head_dim: int  # the model's
+    rules: tuple  # HeadRule, each distinct rule once
+    table: tuple  # [layer][kv head] -> index into rules
+    policies: tuple  # Policy records
+    gid: tuple  # [layer][query head] -> pattern group
+    masked: tuple  # per layer: decode must evaluate the pattern at T == 1
+
+
+# ------------------------------------------------------------------ the append kernel
+
+
+@triton.jit(do_not_specialize=["n", "SLOTS"])
+def _kv_append_kernel(KN, VN, K, V, POS, LENS, TAB, CNT, n, T, SLOTS,
+                      H_KV: tl.constexpr, CW: tl.constexpr, HEAD_DIM: tl.constexpr,
+                      BLOCK_T: tl.constexpr, SKIP_LOSSY: tl.constexpr):
+    """Write T new tokens (positions n .. n + T - 1) of every KV head of one batch row into
+    their slots, and the head's new length. One program per (kv head, batch row).
+    KN, VN are contiguous (B, H_KV, T, D); K, V (B, SLOTS, D); POS (B, SLOTS)."""
+    h = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    skb = SLOTS.to(tl.int64) * HEAD_DIM
+    new_base = (b * H_KV + h) * T * HEAD_DIM
+    row = TAB + h * 8
+    kind = tl.load(row)
+    off = tl.load(row + 1).to(tl.int64)
+    S = tl.load(row + 2)
+    R = tl.load(row + 3)
+    L = tl.load(row + 4)
+    NR = tl.load(row + 5)
+    C = tl.load(row + 6)
+    base = tl.load(LENS + b * H_KV + h)
+    end = n + T
+    cnt = CNT + h * CW
+    sb_s = (S // L) * NR + tl.load(cnt + S % L)
+    sb_e = (end // L) * NR + tl.load(cnt + end % L)
+    ring_total = (end - S) - (sb_e - sb_s)
+    chunk_start = ((end - 1) // C) * C
+    if SKIP_LOSSY:
+        write = kind != 3
+    else:
+        write = kind >= 0
+    offs_d = tl.arange(0, HEAD_DIM)
+    for t0 in range(0, T, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        valid = t < T
+        p = n + t
+        pm = p % L
+        c0 = tl.load(cnt + pm, mask=valid, other=0)
+        c1 = tl.load(cnt + pm + 1, mask=valid, other=0)
+        stripe = (c1 - c0) > 0
+        sb_p = (p // L) * NR + c0
+        ridx = (p - S) - (sb_p - sb_s)
+        ring_slot = S + ridx % tl.maximum(R, 1)
+        in_ring = tl.where(p < S, p, tl.where(stripe, S + R + (sb_p - sb_s), ring_slot))
+        keep_ring = (p < S) | stripe | (ridx >= ring_total - R)
+        slot = tl.where(kind == 0, p, tl.where(kind == 1, in_ring, tl.where(kind == 2, p % C, base + t)))
+        keep = tl.where(kind == 1, keep_ring, tl.where(kind == 2, p >= chunk_start, p >= 0)) & valid & write
+        slot64 = off + slot.to(tl.int64)
+        src = new_base + t[:, None] * HEAD_DIM + offs_d[None, :]
+        kn = tl.load(KN + src, mask=valid[:, None], other=0.0)
+        vn = tl.load(VN + src, mask=valid[:, None], other=0.0)
+        dst = b * skb + slot64[:, None] * HEAD_DIM + offs_d[None, :]
+        tl.store(K + dst, kn, mask=keep[:, None])
+        tl.store(V + dst, vn, mask=keep[:, None])
+        tl.store(POS + b * SLOTS + slot64, p, mask=keep)
+    ring_len = tl.where(L > 1, S + R + (sb_e - sb_s), S + tl.minimum(ring_total, R))
+    ring_len = tl.where(end <= S, end, ring_len)
+    new_len = tl.where(kind == 0, end, tl.where(kind == 1, ring_len, tl.where(kind == 2, end - chunk_start,
+                       tl.where(write, base + T, base))))
+    tl.store(LENS + b * H_KV + h, new_len)
+
+
+# ------------------------------------------------------------------ host state
+
+
+class _KvHead:
+    """Host state of one KV head of one layer: its rules, its region and its length."""
+
+    def __init__(self, index: int, rule: HeadRule, policies: tuple):
+        self.index, self.kind, self.sink, self.span, self.ring = index, rule.kind, rule.sink, rule.span, rule.ring
+        self.smod, self.sres, self.chunk, self.rerotate = rule.smod, tuple(rule.sres), rule.chunk, rule.rerotate
+        self.policy = policies[rule.policy] if rule.policy >= 0 else None
+        self.cnt = [sum(1 for r in self.sres if r < x) for x in range(self.smod + 1)]
+        self.offset = self.cap = self.extent = self.held = 0
+
+    def stripes_before(self, x):
+        return (x // self.smod) * len(self.sres) + self.cnt[x % self.smod]
+
+    def after(self, n):
+        """(slots to read, tokens held) of a lossless head after n tokens."""
+        if self.kind == "dense":
+            return n, n
+        if self.kind == "chunk":
+            e = (n - 1) % self.chunk + 1 if n else 0
+            return e, e
+        if n <= self.sink:
+            return n, n
+        st = self.stripes_before(n) - self.stripes_before(self.sink)
+        if not self.sres:
+            e = self.sink + min(n - self.sink, self.ring)
+            return e, e
+        # with stripes the ring may still hold keys older than the window: read, masked,
+        # not counted (held counts the live keys: the liveness formula)
+        lo = max(self.sink, n - self.span)
+        held = self.sink + st + (n - lo) - (self.stripes_before(n) - self.stripes_before(lo))
+        return self.sink + self.ring + st, held
+
+    def need(self, n):
+        """Slots a lossless head needs after n tokens."""
+        if self.kind == "dense":
+            return n
+        if self.kind == "chunk":
+            return self.chunk
+        st = self.stripes_before(n) - self.stripes_before(self.sink) if n > self.sink else 0
+        return self.sink + self.ring + st
+
+    @property
+    def grows(self):
+        return self.kind == "dense" or (self.kind == "ring" and bool(self.sres))
+
+    def place(self, p, end, base):
+        """The slot of the token at position p when the append ends at `end` (None: the
+        token is dead before the append returns). The plain-Python twin of the kernel."""
+        if self.kind == "dense":
+            return p
+        if self.kind == "chunk":
+            return p % self.chunk if p >= ((end - 1) // self.chunk) * self.chunk else None
+        if p < self.sink:
+            return p
+        sb_s = self.stripes_before(self.sink)
+        if self.sres and (p % self.smod) in self.sres:
+            return self.sink + self.ring + self.stripes_before(p) - sb_s
+        ridx = (p - self.sink) - (self.stripes_before(p) - sb_s)
+        total = (end - self.sink) - (self.stripes_before(end) - sb_s)
+        if self.ring == 0 or ridx < total - self.ring:
+            return None
+        return self.sink + ridx % self.ring
+
+
+class _KvClass:
+    """The lossy heads of one layer that share a policy and a budget: contiguous regions
+    of equal capacity, so that their eviction is one batch of torch ops."""
+
+    def __init__(self, heads, policy: Policy):
+        self.heads = heads
+        self.policy = policy
+        self.budget = policy.budget  # None: adaptive, not yet allocated
+        self.held = 0
+        self.idx = None  # device index tensor of the heads
+        self.gid = None  # (nh, G) pattern groups of their query heads
+
+    @property
+    def grows(self):
+        return self.policy.timing == "prefill" or self.budget is None
+
+
+class _KvLayer:
+    def __init__(self, spec: CacheSpec, layer: int, device):
+        self.layer = layer
+        self.heads = [_KvHead(i, spec.rules[r], spec.policies) for i, r in enumerate(spec.table[layer])]
+        self.n = 0
+        self.k = self.v = self.pos = self.score = None
+        self.lens = self.offsets = self.tab = self.cnt = None
+        self.lossless = [h for h in self.heads if h.kind != "lossy"]
+        self.growing = [h for h in self.lossless if h.grows]
+        rules = {}
+        for h in self.lossless:  # heads with the same rules share their host arithmetic
+            rules.setdefault((h.kind, h.sink, h.ring, h.smod, h.sres, h.chunk), []).append(h)
+        self.rules = [(hs[0], hs) for hs in rules.values()]
+        self.slots = None  # host copy of (offset, len) per head, rebuilt after a change
+        classes = {}
+        for h in self.heads:
+            if h.kind == "lossy":
+                classes.setdefault(h.policy, []).append(h)
+        self.classes = [_KvClass(hs, p) for p, hs in classes.items()]
+        self.order = self.lossless + [h for c in self.classes for h in c.heads]
+        self.gid = torch.tensor(spec.gid[layer], dtype=torch.int32, device=device)
+        gid_rows = torch.tensor(spec.gid[layer], dtype=torch.int64, device=device).view(
+            spec.decode.kv_heads, spec.decode.group)
+        for c in self.classes:
+            c.idx = torch.tensor([h.index for h in c.heads], dtype=torch.int64, device=device)
+            c.gid = gid_rows[c.idx]
+
+
+def _cache_device(device, backend):
+    """The cache's device, checked now (not at the first append)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CacheError(f"Cache: device must be a torch.device or a device name such as 'cpu' or 'cuda', "
+                         f"got {device=}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CacheError(f"Cache: device {dev} but CUDA is not available here; use device='cpu' "
+                             "(with TRITON_INTERPRET=1 for the Triton kernels, or backend='torch')")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    if backend == "triton":
+        check_kernel_device("Cache", dev, "backend='torch' keeps the cache with torch ops on any device "
+                            "(decode_reference reads it).", error=CacheError)
+    return dev
+
+
+class CacheBase:
+    """The KV cache of a pattern file: one packed store per layer (a subclass sets `spec`).
+
+    Cache(batch, device=..., dtype=..., max_len=None): max_len fixes the capacity of heads
+    that grow with the sequence (dense, stripes) and makes appending past it an error;
+    without it they double when full. append(layer, k, v, q=None) stores new tokens
+    (k, v: (B, H_KV, T, D); q: (B, H, T, D), needed by attention-scored policies); view(layer)
+    is what decode reads; decode(layer, q) runs the generated kernel.
+    """
+
+    spec: CacheSpec = None
+
+    def __init__(self, batch, *, device="cpu", dtype=torch.float16, max_len=None, head_dim=None,
+                 backend="triton"):
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise CacheError(f"Cache: batch must be a positive int, got {batch=}")
+        if backend not in ("triton", "torch"):
+            raise CacheError(f"Cache: backend is 'triton' or 'torch' (the reference), got {backend=}")
+        if max_len is not None and (not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1):
+            raise CacheError(f"Cache: max_len must be a positive int or None, got {max_len=}")
+        if dtype not in CACHE_DTYPES:
+            raise CacheError(f"Cache: dtype must be one of {dtype_names(CACHE_DTYPES)}, got {dtype=}")
+        head_dim = self.spec.head_dim if head_dim is None else head_dim
+        if backend == "triton" and head_dim not in HEAD_DIMS:
+            raise CacheError(f"Cache: head_dim must be one of {HEAD_DIMS} for the Triton kernels, got {head_dim=}")
+        if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim < 1:
+            raise CacheError(f"Cache: head_dim must be a positive int, got {head_dim=}")
+        self.batch = batch
+        self.device = _cache_device(device, backend)
+        self.dtype = dtype
+        self.max_len = max_len
+        self.head_dim = head_dim
+        self.backend = backend
+        self._layers = [_KvLayer(self.spec, l, self.device) for l in range(self.spec.layers)]
+        self._cake = {}  # (policy, layer) -> preference, for adaptive budgets
+        self._cake_layers = {}
+        for layer in self._layers:
+            for c in layer.classes:
+                if c.policy.adaptive_mean is not None:
+                    self._cake_layers.setdefault(c.policy.index, []).append(layer.layer)
+
+    # -------------------------------------------------------------- public
+
+    def append(self, layer, k, v, q=None, *, sm_scale=None):
+        """Store T new tokens of one layer (positions n .. n + T - 1) and apply its policies."""
+        L = self._layer(layer)
+        T, D = self._check(L, k, v, q)
+        scale = check_scale("append", sm_scale, D, "sm_scale")
+        n = L.n
+        end = n + T
+        if self.max_len is not None and end > self.max_len:
+            raise CacheError(f"layer {layer}: appending {T} tokens to {n} passes the fixed capacity "
+                             f"max_len = {self.max_len}; create the Cache with a larger max_len")
+        big = T > self.spec.decode.max_step
+        for c in L.classes:
+            if q is None and self._needs_q(c, big):
+                raise CacheError(f"layer {layer}: KV heads {[h.index for h in c.heads]} evict by "
+                                 f"{c.policy.score} at {c.policy.timing}, which needs this step's "
+                                 f"queries: call append(layer, k, v, q=q) with q of shape (B, H, T, D)")
+        if L.k is None:
+            self._allocate(L, D, end, T)
+        if L.growing or (L.classes and not big):
+            need = {h.index: h.need(end) for h in L.growing}
+            if not big:
+                for c in L.classes:
+                    for h in c.heads:
+                        need[h.index] = c.held + T
+            self._grow(L, need)
+        if self.backend == "triton":
+            self._write_triton(L, k, v, n, T, big)
+        else:
+            self._write_torch(L, k, v, n, T, big)
+        for rep, hs in L.rules:
+            e, held = rep.after(end)
+            for h in hs:
+                h.extent, h.held = e, held
+        for c in L.classes:
+            if big:
+                self._compress(L, c, k, v, q, n, T, scale)
+            else:
+                c.held += T
+                self._step(L, c, k, q, n, T, scale)
+            for h in c.heads:
+                h.extent = h.held = c.held
+        L.n = end
+        L.slots = None
+
+    def view(self, layer):
+        """What the decode kernel reads for this layer (a CacheView)."""
+        L = self._layer(layer)
+        if L.k is None:
+            raise CacheError(f"layer {layer} holds no tokens yet: append(layer, k, v) first")
+        if L.slots is None:
+            L.slots = tuple((h.offset, h.extent) for h in L.heads)
+        return CacheView(L.k, L.v, L.pos, L.lens, L.offsets, L.gid, L.n, L.slots, self.spec.masked[L.layer])
+
+    def decode(self, layer, q, **kwargs):
+        """decode(q, self.view(layer)): attention of the T newest tokens' queries."""
+        return decode_launch(self.spec.decode, q, self.view(layer), **kwargs)
+
+    def seen(self, layer):
+        """Tokens appended to this layer so far."""
+        return self._layer(layer).n
+
+    def tokens(self):
+        """Tokens held per [layer][kv head]."""
+        return [[h.held for h in L.heads] for L in self._layers]
+
+    def memory(self):
+        """Bytes of K and V held per [layer][kv head]: tokens held * 2 * D * itemsize (the
+        liveness formula for lossless heads; slots, positions and scores not counted)."""
+        item = torch.empty((), dtype=self.dtype).element_size()
+        return [[h.held * 2 * (L.k.shape[2] if L.k is not None else 0) * item for h in L.heads]
+                for L in self._layers]
+
+    def allocated(self):
+        """Bytes allocated per layer: k, v, positions, scores and lengths."""
+        out = []
+        for L in self._layers:
+            t = [x for x in (L.k, L.v, L.pos, L.score, L.lens) if x is not None]
+            out.append(sum(x.numel() * x.element_size() for x in t))
+        return out
+
+    def kept(self, layer, b, kv_head):
+        """Sorted original positions held by one KV head of one batch row."""
+        L = self._layer(layer)
+        if not isinstance(b, int) or not 0 <= b < self.batch:
+            raise CacheError(f"kept: batch row must be an int in 0..{self.batch - 1}, got {b!r}")
+        if not isinstance(kv_head, int) or not 0 <= kv_head < len(L.heads):
+            raise CacheError(f"kept: kv_head must be an int in 0..{len(L.heads) - 1}, got {kv_head!r}")
+        h = L.heads[kv_head]
+        if L.pos is None:
+            return []
+        p = L.pos[b, h.offset:h.offset + h.extent]
+        return sorted(int(x) for x in p[p != self.spec.decode.sentinel].tolist())
+
+    def positions(self, layer):
+        """(B, slots) int64: the position RoPE must use for each slot's key; -1 where empty.
+
+        Heads with positions = original: the token's original position (its key was stored
+        already rotated). Heads with positions = rerotate: its rank among the keys the head
+        holds, 0 .. held - 1 in order of original position (keys are stored un-rotated and
+        rotated to these cache slots, StreamingLLM)."""
+        L = self._layer(layer)
+        if L.pos is None:
+            raise CacheError(f"layer {layer} holds no tokens yet: append(layer, k, v) first")
+        sent = self.spec.decode.sentinel
+        pos = L.pos.to(torch.int64)
+        out = torch.where(pos == sent, torch.full_like(pos, -1), pos)
+        for h in L.heads:
+            if h.rerotate and h.extent:
+                r = pos[:, h.offset:h.offset + h.extent]
+                valid = r != sent
+                rank = torch.argsort(torch.argsort(torch.where(valid, r, torch.full_like(r, 1 << 40)), dim=-1), dim=-1)
+                out[:, h.offset:h.offset + h.extent] = torch.where(valid, rank, torch.full_like(rank, -1))
+        return out
+
+    def query_positions(self, layer, T=1):
+        """(B, H_KV, T) int64: the position RoPE must use for the T newest tokens' queries
+        (the last T appended), per KV head: the original position, or with rerotate the
+        number of held keys older than the query."""
+        L = self._layer(layer)
+        if not isinstance(T, int) or isinstance(T, bool) or not 1 <= T <= L.n:
+            raise CacheError(f"query_positions: T must be an int in 1..{L.n} (the tokens appended), got {T!r}")
+        sent = self.spec.decode.sentinel
+        qp = torch.arange(L.n - T, L.n, device=self.device, dtype=torch.int64)
+        out = qp[None, None, :].expand(self.batch, self.spec.decode.kv_heads, T).clone()
+        for h in L.heads:
+            if h.rerotate and h.extent:
+                r = L.pos[:, h.offset:h.offset + h.extent].to(torch.int64)
+                older = (r[:, None, :] < qp[None, :, None]) & (r[:, None, :] != sent)
+                out[:, h.index] = older.sum(-1)
+        return out
+
+    # -------------------------------------------------------------- checks
+
+    def _layer(self, layer):
+        if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < self.spec.layers:
+            raise CacheError(f"layer must be an int in 0..{self.spec.layers - 1}, got {layer!r}")
+        return self._layers[layer]
+
+    def _check(self, L, k, v, q):
+        """(T, D) of a well-formed append; otherwise a CacheError that says what is wrong."""
+        ds = self.spec.decode
+        D = L.k.shape[2] if L.k is not None else self.head_dim
+        common = dict(dtype=self.dtype, device=self.device, error=CacheError, owner="the cache is")
+        for name, x in (("k", k), ("v", v)):
+            check_tensor("append", name, x, dims="B, H_KV, T, D", error=CacheError)
+        B, Hk, T, Dk = k.shape
+        if tuple(v.shape) != tuple(k.shape):
+            raise CacheError(f"append: k {tuple(k.shape)} and v {tuple(v.shape)} differ; both are (B, H_KV, T, D)")
+        if B != self.batch or Hk != ds.kv_heads or T < 1:
+            raise CacheError(f"append: k has shape {tuple(k.shape)}, expected (B={self.batch}, H_KV={ds.kv_heads}, "
+                             f"T>=1, D)")
+        if Dk != D:
+            raise CacheError(f"append: head_dim {Dk} but this cache holds head_dim {D}")
+        for name, x in (("k", k), ("v", v)):
+            check_tensor("append", name, x, dims="B, H_KV, T, D", **common)
+        if q is not None:
+            check_tensor("append", "q", q, dims="B, H, T, D", shape=(B, ds.heads, T, D), **common)
+        return T, D
+
+    def _needs_q(self, c, big):
+        s = c.policy.score
+        if c.policy.adaptive_mean is not None and big:
+            return True
+        if s not in NEEDS_QUERIES:
+            return False
+        return big or c.policy.timing == "decode"
+
+    # -------------------------------------------------------------- storage
+
+    def _cap_for(self, L, h, need, old):
+        """Capacity of a region that must hold `need` slots (growth by doubling)."""
+        fixed = self.max_len is not None
+        max_step = self.spec.decode.max_step
+        if h.kind == "lossy":
+            c = next(c for c in L.classes if h in c.heads)
+            if not c.grows:
+                return c.budget + max_step
+            base = (c.budget if c.budget is not None else c.policy.adaptive_mean) + max_step
+            return max(need, base, 2 * old if need > old else old)
+        if not h.grows:
+            return h.need(0)
+        if fixed:
+            return h.need(self.max_len)
+        return need if need <= old else max(need, 2 * old, 64 if h.kind == "dense" else need)
+
+    def _allocate(self, L, D, n_end, T):
+        caps = {}
+        for h in L.heads:
+            need = h.need(n_end) if h.kind != "lossy" else T
+            caps[h.index] = self._cap_for(L, h, need, 0)
+        self._pack(L, D, caps)
+        L.lens = torch.zeros((self.batch, len(L.heads)), dtype=torch.int32, device=self.device)
+        cw = max(h.smod for h in L.heads) + 1
+        cnt = torch.zeros((len(L.heads), cw), dtype=torch.int32)
+        for h in L.heads:
+            cnt[h.index, :h.smod + 1] = torch.tensor(h.cnt, dtype=torch.int32)
+        L.cnt = cnt.to(self.device)
+
+    def _grow(self, L, need):
+        if all(need[i] <= L.heads[i].cap for i in need):
+            return
+        caps = {h.index: (self._cap_for(L, h, need[h.index], h.cap) if need.get(h.index, 0) > h.cap else h.cap)
+                for h in L.heads}
+        for c in L.classes:  # a class keeps equal capacities (one strided view)
+            m = max(caps[h.index] for h in c.heads)
+            for h in c.heads:
+                caps[h.index] = m
+        self._pack(L, L.k.shape[2], caps)
+
+    def _pack(self, L, D, caps):
+        """(Re)allocate the layer's store with these capacities, keeping what it holds."""
+        total = sum(caps.values())
+        B, dev = self.batch, self.device
+        k = torch.zeros((B, total, D), dtype=self.dtype, device=dev)
+        v = torch.zeros_like(k)
+        pos = torch.full((B, total), self.spec.decode.sentinel, dtype=torch.int32, device=dev)
+        sdt = torch.float64 if self.dtype == torch.float64 else torch.float32
+        score = torch.zeros((B, total), dtype=sdt, device=dev) if L.classes else None
+        off = 0
+        for h in L.order:
+            cap = caps[h.index]
+            if L.k is not None and h.cap:
+                m = min(h.cap, cap)
+                for new, old in ((k, L.k), (v, L.v), (pos, L.pos), (score, L.score)):
+                    if new is not None:
+                        new[:, off:off + m] = old[:, h.offset:h.offset + m]
+            h.offset, h.cap = off, cap
+            off += cap
+        L.k, L.v, L.pos, L.score = k, v, pos, score
+        L.offsets = torch.tensor([h.offset for h in L.heads], dtype=torch.int32, device=dev)
+        tab = torch.zeros((len(L.heads), _KV_TAB_W), dtype=torch.int32)
+        for h in L.heads:
+            tab[h.index] = torch.tensor([_KV_KIND[h.kind], h.offset, h.sink, h.ring, h.smod, len(h.sres),
+                                         max(h.chunk, 1), 0], dtype=torch.int32)
+        L.tab = tab.to(dev)
+
+    def _write_triton(self, L, k, v, n, T, skip_lossy):
+        if not k.is_contiguous():
+            k = k.contiguous()
+        if not v.is_contiguous():
+            v = v.contiguous()
+        _kv_append_kernel[(len(L.heads), self.batch)](
+            k, v, L.k, L.v, L.pos, L.lens, L.tab, L.cnt, n, T, L.k.shape[1],
+            H_KV=len(L.heads), CW=L.cnt.shape[1], HEAD_DIM=k.shape[3], BLOCK_T=min(64, triton.next_power_of_2(T)),
+            SKIP_LOSSY=skip_lossy, num_warps=4)
+
+    def _write_torch(self, L, k, v, n, T, skip_lossy):
+        """The torch reference of _kv_append_kernel (backend='torch')."""
+        end = n + T
+        for h in L.heads:
+            if h.kind == "lossy":
+                if skip_lossy:
+                    continue
+                c = next(c for c in L.classes if h in c.heads)
+                slots = [c.held + t for t in range(T)]
+                ts = list(range(T))
+                new_len = c.held + T
+            else:
+                pairs = [(t, h.place(n + t, end, 0)) for t in range(T)]
+                ts = [t for t, s in pairs if s is not None]
+                slots = [s for t, s in pairs if s is not None]
+                new_len = h.after(end)[0]
+            if ts:
+                idx = torch.tensor(slots, dtype=torch.int64, device=self.device) + h.offset
+                tt = torch.tensor(ts, dtype=torch.int64, device=self.device)
+                L.k[:, idx] = k[:, h.index, tt]
+                L.v[:, idx] = v[:, h.index, tt]
+                L.pos[:, idx] = (tt + n).to(torch.int32)[None, :].expand(self.batch, -1)
+            L.lens[:, h.index] = new_len
+
+    # -------------------------------------------------------------- lossy policies
+
+    def _region(self, L, c):
+        """Strided views (B, nh, cap, ...) of a class's regions: k, v, pos, score."""
+        B, nh, cap = self.batch, len(c.heads), c.heads[0].cap
+        a = c.heads[0].offset
+        D = L.k.shape[2]
+        return (L.k[:, a:a + nh * cap].view(B, nh, cap, D), L.v[:, a:a + nh * cap].view(B, nh, cap, D),
+                L.pos[:, a:a + nh * cap].view(B, nh, cap), L.score[:, a:a + nh * cap].view(B, nh, cap))
+
+    def _stats(self, c, q, kc, pc, n, T, scale):
+        """The attention statistics of this append's queries over a class's candidates."""
+        if q is None:
+            return None
+        ds = self.spec.decode
+        qc = q.view(self.batch, ds.kv_heads, ds.group, T, q.shape[-1]).index_select(1, c.idx)
+        qpos = torch.arange(n, n + T, device=self.device)
+        g = c.gid[:, :, None, None]
+
+        def allowed(qp, kp):
+            return ds.allowed_torch(qp, kp[..., None, :, :], g)
+        return attention_stats(qc, kc, pc, qpos, allowed, scale, c.policy.window, ds.sentinel)
+
+    def _step(self, L, c, k, q, n, T, scale):
+        """A decode-sized append (T <= max_step) to a class, after the kernel wrote the new
+        tokens at slots held - T .. held - 1: rescore, then evict down to the budget by
+        moving surviving new tokens into the evicted slots (O(T) data movement)."""
+        pol = c.policy
+        sent = self.spec.decode.sentinel
+        E = c.held
+        kv, vv, pv, sv = self._region(L, c)
+        new = slice(E - T, E)
+        if pol.timing != "decode":  # scored at the next prefill; key norms are known now
+            if pol.score == "key_norm":
+                sv[..., new] = -kv[..., new, :].to(sv.dtype).norm(dim=-1)
+            else:
+                sv[..., new] = 0
+            return
+        kc, pc = kv[..., :E, :], pv[..., :E]
+        old = sv[..., :E].clone()
+        old[..., new] = 0
+        stats = self._stats(c, q, kc, pc, n, T, scale)
+        sv[..., :E] = rescore(c.policy, old, stats, kc, new)
+        if E <= c.budget:
+            return
+        keep, m = c.budget, E - c.budget
+        prio = priority(pol, sv[..., :E], pc, n + T)
+        D = kv.shape[-1]
+        if m == 1:  # one token out (a decode step): the lowest (priority, position) goes
+            low = torch.where(prio == prio.amin(-1, keepdim=True), pc, torch.full_like(pc, sent + 1))
+            dst = low.argmin(-1, keepdim=True)  # (B, nh, 1)
+            for t in (kv, vv):
+                t.scatter_(2, dst[..., None].expand(-1, -1, -1, D), t[:, :, keep:keep + 1, :].clone())
+            for t in (pv, sv):
+                t.scatter_(2, dst, t[..., keep:keep + 1].clone())
+            pv[..., keep] = sent
+            c.held = keep
+            L.lens.index_fill_(1, c.idx, keep)
+            return
+        ev = lowest(prio, pc, m)
+        dev = self.device
+        ih = torch.arange(keep, device=dev)
+        hole = torch.where(ev[..., :keep], ih, keep + E).sort(-1).values[..., :m]
+        im = torch.arange(m, device=dev)
+        mover = torch.where(~ev[..., keep:E], im, 2 * m).sort(-1).values
+        valid = hole < keep
+        src = keep + torch.where(valid, mover, torch.zeros_like(mover))
+        dst = torch.where(valid, hole, src)
+        for t in (kv, vv):
+            vals = torch.gather(t, 2, src[..., None].expand(-1, -1, -1, D))
+            t.scatter_(2, dst[..., None].expand(-1, -1, -1, D), vals)
+        for t in (pv, sv):
+            t.scatter_(2, dst, torch.gather(t, 2, src))
+        pv[..., keep:E] = sent
+        c.held = keep
+        L.lens.index_fill_(1, c.idx, keep)
+
+    def _compress(self, L, c, k, v, q, n, T, scale):
+        """A prefill-sized append (T > max_step), or T == 0 to shrink to a new budget: score
+        the held tokens and the new ones together, keep the budget's best, rewrite the
+        region in position order."""
+        pol = c.policy
+        kv, vv, pv, sv = self._region(L, c)
+        E0 = c.held
+        B = self.batch
+        pos_new = torch.arange(n, n + T, device=self.device, dtype=torch.int32)
+        kc = torch.cat([kv[..., :E0, :], k.index_select(1, c.idx)], 2) if T else kv[..., :E0, :].clone()
+        vc = torch.cat([vv[..., :E0, :], v.index_select(1, c.idx)], 2) if T else vv[..., :E0, :].clone()
+        pc = torch.cat([pv[..., :E0], pos_new[None, None, :].expand(B, len(c.heads), T)], 2) if T else pv[..., :E0].clone()
+        old = torch.cat([sv[..., :E0], sv.new_zeros((B, len(c.heads), T))], 2) if T else sv[..., :E0].clone()
+        E = E0 + T
+        new = slice(E0, E)
+        if T:
+            stats = self._stats(c, q, kc, pc, n, T, scale)
+            sc = rescore(c.policy, old, stats, kc, new)
+            if pol.adaptive_mean is not None:
+                self._cake_prefer(L, c, stats("window"))
+        else:
+            sc = old
+        budget = c.budget if c.budget is not None else E
+        keep = min(E, budget)
+        if keep < E:
+            ev = lowest(priority(pol, sc, pc, n + T), pc, E - keep)
+            key = torch.where(ev, torch.full_like(pc, 1 << 30), pc)
+            sel = torch.argsort(key, dim=-1, stable=True)[..., :keep]
+        else:
+            sel = torch.argsort(pc, dim=-1, stable=True)
+        if keep > c.heads[0].cap:
+            self._grow(L, {h.index: keep for h in c.heads})
+            kv, vv, pv, sv = self._region(L, c)
+        D = kc.shape[-1]
+        kv[..., :keep, :] = torch.gather(kc, 2, sel[..., None].expand(-1, -1, -1, D))
+        vv[..., :keep, :] = torch.gather(vc, 2, sel[..., None].expand(-1, -1, -1, D))
+        pv[..., :keep] = torch.gather(pc, 2, sel)
+        sv[..., :keep] = torch.gather(sc, 2, sel)
+        pv[..., keep:] = self.spec.decode.sentinel
+        c.held = keep
+        L.lens.index_fill_(1, c.idx, keep)
+        for h in c.heads:
+            h.extent = h.held = keep
+
+    def _cake_prefer(self, L, c, w):
+        """CAKE: this layer's preference P = H^(1/tau1) * V^(1/tau2) from its window
+        attention w (B, nh, G, w, E): H the entropy of the window-mean attention, V the sum
+        over keys of the attention's variance across the window's queries (means over batch
+        rows and heads). Then the cascade: every layer of the policy seen so far gets
+        floor(P_l / sum P * mean * layers) tokens (at least its keep rules), never more
+        than it had; layers over their new budget shrink now (T == 0 compress)."""
+        pol = c.policy
+        a = w.mean(3)
+        ent = -(a * torch.log(a.clamp_min(1e-30))).sum(-1).mean()
+        var = w.var(3, unbiased=False).sum(-1).mean() if w.shape[3] > 1 else torch.zeros((), device=w.device)
+        pref = float(ent.clamp_min(0) ** (1 / pol.tau1) * var.clamp_min(0) ** (1 / pol.tau2))
+        self._cake[(pol.index, L.layer)] = pref
+        layers = self._cake_layers[pol.index]
+        seen = [l for l in layers if (pol.index, l) in self._cake]
+        prefs = [self._cake[(pol.index, l)] for l in seen]
+        total = pol.adaptive_mean * len(layers)
+        floor_ = max(pol.sink + pol.protected_recent, 1)
+        for l, p in zip(seen, prefs):
+            share = p / sum(prefs) if sum(prefs) > 0 else 1.0 / len(seen)
+            b = max(int(share * total), floor_)
+            for cc in self._layers[l].classes:
+                if cc.policy.index != pol.index:
+                    continue
+                cc.budget = b if cc.budget is None else min(cc.budget, b)
+                if cc is not c and cc.held > cc.budget:
+                    LL = self._layers[l]
+                    self._compress(LL, cc, None, None, None, LL.n, 0, 1.0)

@@ -1,0 +1,289 @@
+"""Decoding over the packed KV cache: the host side of flash-decoding, and its torch reference.
+
+The decode kernel of a generated module (`_dec_fwd_kernel` in decode.py.j2, which evaluates
+the pattern) reads a layer's packed store (a `CacheView`). The keys of each (batch row, KV
+head) are cut into splits of SPLIT keys; one program per split (a flat grid: a head of n keys
+takes ceil(n / SPLIT) programs, so short heads cost no idle programs). Partial (max, sum,
+acc) of the splits are merged by the last split of the head to finish (an atomic counter)
+or by `_dec_reduce_kernel`. What varies per pattern reaches this code as a `DecodeSpec`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .checks import check_int, check_kernel_device, check_out, check_scale, check_tensor, interpreting
+
+_DEC_LOG2E = 1.4426950408889634
+
+
+class CacheView(NamedTuple):
+    """What the decode kernel reads for one layer (from Cache.view)."""
+
+    k: torch.Tensor  # (B, slots, D): every KV head's region, packed
+    v: torch.Tensor  # (B, slots, D)
+    pos: torch.Tensor  # (B, slots) int32 original positions; the sentinel marks an empty slot
+    lens: torch.Tensor  # (B, H_KV) int32: slots to read per head, from its offset
+    offsets: torch.Tensor  # (H_KV,) int32: first slot of each head
+    gid: torch.Tensor  # (H,) int32: pattern group of each query head
+    n: int  # tokens appended so far: the T queries are at positions n - T .. n - 1
+    slots: tuple  # host copy: (offset, len) per KV head (the same for every batch row)
+    masked: bool  # the pattern must be evaluated even at T == 1
+
+
+class DecodeConfig(NamedTuple):
+    """Tile, split and reduction choices of the decode kernel (bench/decode.py sweeps them)."""
+
+    block_n: int = 64
+    num_warps: int = 4
+    stages: int = 2
+    programs_per_sm: int = 4  # split the keys until about this many programs per SM are busy
+    min_split: int = 256
+    fused_reduce: bool = True  # the last split of a head merges (one launch), else a 2nd kernel
+
+
+class DecodeSpec(NamedTuple):
+    """What a pattern's decode needs from its generated module."""
+
+    heads: int  # query heads H
+    kv_heads: int  # H_KV
+    group: int  # H // H_KV query heads per KV head
+    max_step: int  # most query tokens per call
+    sentinel: int  # the position of an empty slot
+    kernel: Callable  # the pattern's _dec_fwd_kernel (a triton.jit function)
+    allowed_torch: Callable  # (qp, kp, gid) -> may the query see the key (torch tensors)
+
+
+class DecodePlan(NamedTuple):
+    """Launch geometry of one decode call (host arithmetic on the host copy of the lengths)."""
+
+    split: int  # keys per split
+    nsplit: int  # splits of the longest head
+    work: int  # programs per batch row
+    reduce: int  # 0: one split per head; 1: a second kernel merges; 2: the last split merges
+    block_m: int  # rows of a tile: G * T, padded to a power of two (>= 16)
+
+
+_DEC_DEFAULT = DecodeConfig()
+_DEC_SMS: dict = {}
+_DEC_PLANS: dict = {}
+_DEC_BUFS: dict = {}
+
+
+@triton.jit
+def _dec_work(LENS, b, r, SPLIT, H_KV: tl.constexpr):
+    """Program r of batch row b -> (kv head, split, splits of that head): heads take
+    max(1, ceil(len / SPLIT)) consecutive programs, in head order."""
+    first = 0
+    h = 0
+    sid = 0
+    nsh = 1
+    for hh in tl.static_range(H_KV):
+        ns = tl.maximum((tl.load(LENS + b * H_KV + hh) + SPLIT - 1) // SPLIT, 1)
+        hit = (r >= first) & (r < first + ns)
+        h = tl.where(hit, hh, h)
+        sid = tl.where(hit, r - first, sid)
+        nsh = tl.where(hit, ns, nsh)
+        first += ns
+    return h, sid, nsh
+
+
+@triton.jit
+def _dec_merge(PM, PL, PACC, first, nsplit, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, ROWS):
+    """Merge the partial (max, sum, acc) of splits 0 .. nsplit - 1 starting at row block
+    `first`; returns the normalised output rows (zeros where no key was allowed)."""
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < ROWS
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for s in range(0, nsplit):
+        idx = (first + s) * BLOCK_M + offs_m
+        ms = tl.load(PM + idx, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
+        ls = tl.load(PL + idx, mask=row_ok, other=0.0, cache_modifier=".cg")
+        a = tl.load(PACC + idx[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0,
+                    cache_modifier=".cg")
+        m_new = tl.maximum(m, ms)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        c_old = tl.math.exp2(m - m_use)
+        c_new = tl.math.exp2(ms - m_use)
+        l = l * c_old + ls * c_new
+        acc = acc * c_old[:, None] + a * c_new[:, None]
+        m = m_new
+    return acc / tl.where(l > 0, l, 1.0)[:, None]
+
+
+@triton.jit(do_not_specialize=["SPLIT", "NSPLIT"])
+def _dec_reduce_kernel(PM, PL, PACC, LENS, O, T, SPLIT, NSPLIT,
+                       H_KV: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr,
+                       BLOCK_M: tl.constexpr):
+    h = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    length = tl.load(LENS + b * H_KV + h)
+    nsplit = tl.maximum((length + SPLIT - 1) // SPLIT, 1)
+    o = _dec_merge(PM, PL, PACC, (b * H_KV + h) * NSPLIT, nsplit, BLOCK_M, HEAD_DIM, G * T)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    qh = h * G + offs_m // T
+    o_ptr = O + b * (G * H_KV * T * HEAD_DIM) + qh[:, None] * (T * HEAD_DIM) + (offs_m % T)[:, None] * HEAD_DIM
+    tl.store(o_ptr + offs_d[None, :], o.to(O.dtype.element_ty), mask=(offs_m < G * T)[:, None])
+
+
+def _dec_sms(device) -> int:
+    key = (device.type, device.index)
+    if key not in _DEC_SMS:
+        if device.type != "cuda":
+            _DEC_SMS[key] = 2
+        else:
+            idx = device.index if device.index is not None else torch.cuda.current_device()
+            _DEC_SMS[key] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _DEC_SMS[key]
+
+
+def _dec_geometry(spec: DecodeSpec, slots, batch, T, config, sms, split=None) -> DecodePlan:
+    """The launch geometry, memoised (no device sync). An explicit `split` (tests,
+    benchmarks) replaces the smallest power-of-two multiple of block_n (at least min_split)
+    that keeps the programs near programs_per_sm per SM."""
+    key = (slots, batch, T, config, sms, split, spec.group)
+    plan = _DEC_PLANS.get(key)
+    if plan is None:
+        lens = [n for _, n in slots]
+        if split is None:
+            split = max(config.block_n, config.min_split)
+            target = config.programs_per_sm * sms
+            while split < max(lens, default=0) and batch * sum(max(1, -(-n // split)) for n in lens) > target:
+                split *= 2
+        per_head = [max(1, -(-n // split)) for n in lens]
+        nsplit = max(per_head)
+        reduce = 0 if nsplit == 1 else (2 if config.fused_reduce else 1)
+        plan = DecodePlan(split, nsplit, sum(per_head), reduce, max(16, triton.next_power_of_2(spec.group * T)))
+        if len(_DEC_PLANS) > 4096:
+            _DEC_PLANS.clear()
+        _DEC_PLANS[key] = plan
+    return plan
+
+
+def _dec_buffers(spec: DecodeSpec, device, batch, nsplit, block_m, d):
+    """Partial (max, sum, acc) and the per-head arrival counters, reused between calls."""
+    key = (device, batch, block_m, d, spec.kv_heads)
+    buf = _DEC_BUFS.get(key)
+    if buf is None or buf[0].shape[2] < nsplit:
+        n = max(nsplit, 2 * buf[0].shape[2] if buf is not None else nsplit)
+        pm = torch.empty((batch, spec.kv_heads, n, block_m), device=device, dtype=torch.float32)
+        buf = (pm, torch.empty_like(pm),
+               torch.empty((batch, spec.kv_heads, n, block_m, d), device=device, dtype=torch.float32),
+               torch.zeros((batch, spec.kv_heads), dtype=torch.int32, device=device))
+        _DEC_BUFS[key] = buf
+    return buf
+
+
+def check_view(where: str, view) -> CacheView:
+    """A CacheView (from Cache.view), as decode reads it."""
+    if not isinstance(view, CacheView):
+        raise TypeError(f"{where}: view must be the CacheView of Cache.view(layer); got {type(view).__name__}")
+    return view
+
+
+def check_decode_query(where: str, spec: DecodeSpec, q, view: CacheView) -> tuple:
+    """(B, H, T, D) of the queries of a decode call, checked against the pattern and the view."""
+    k = view.k
+    q = check_tensor(where, "q", q, dims="B, H, T, D", shape=(k.shape[0], None, None, k.shape[2]))
+    B, H, T, D = q.shape
+    if H != spec.heads:
+        raise ValueError(f"{where}: q has {H} heads but the pattern was compiled for {spec.heads}: q (B, H, T, D)")
+    if not 1 <= T <= spec.max_step:
+        raise ValueError(f"{where}: {T} query tokens but this cache was generated for at most max_step = "
+                         f"{spec.max_step} per step; regenerate with a larger max_step or decode fewer tokens")
+    if T > view.n:
+        raise ValueError(f"{where}: {T} queries but the cache holds only {view.n} tokens: append k, v first")
+    check_tensor(where, "q", q, dims="B, H, T, D", dtype=k.dtype, device=k.device)
+    return B, H, T, D
+
+
+def _dec_ok(spec: DecodeSpec, q, view, out) -> bool:
+    """The common case, in one expression (the detailed checks run only when it fails)."""
+    if type(view) is not CacheView:
+        return False
+    k = view.k
+    return (type(q) is torch.Tensor and q.dim() == 4 and q.shape[1] == spec.heads
+            and 1 <= q.shape[2] <= spec.max_step and q.shape[2] <= view.n and q.shape[0] == k.shape[0]
+            and q.shape[3] == k.shape[2] and q.dtype == k.dtype and q.device == k.device
+            and (out is None or (type(out) is torch.Tensor and out.shape == q.shape and out.dtype == q.dtype
+                                 and out.device == q.device and out.is_contiguous())))
+
+
+def decode_launch(spec: DecodeSpec, q, view, *, sm_scale=None, out=None, config=_DEC_DEFAULT, split=None):
+    """decode() of a generated module: check every argument, then launch its kernel."""
+    if not _dec_ok(spec, q, view, out):
+        check_view("decode", view)
+        check_decode_query("decode", spec, q, view)
+        check_out("decode", out, dims="B, H, T, D", shape=tuple(q.shape), dtype=q.dtype, device=q.device)
+    if not isinstance(config, DecodeConfig):
+        raise TypeError(f"decode: config must be a DecodeConfig; got {type(config).__name__}")
+    if split is not None:
+        check_int("decode", "split", split, 1)
+    check_kernel_device("decode", q.device, "decode_reference() runs anywhere.")
+    B, H, T, D = q.shape
+    scale = check_scale("decode", sm_scale, D, "sm_scale")
+    k = view.k
+    if not q.is_contiguous():
+        q = q.contiguous()
+    dev = q.device
+    geo = _dec_geometry(spec, view.slots, B, T, config, _dec_sms(dev), split)
+    if out is None:
+        out = torch.empty_like(q)
+    if geo.reduce == 0:
+        pm = pl = pacc = cnt = out
+    else:
+        pm, pl, pacc, cnt = _dec_buffers(spec, dev, B, geo.nsplit, geo.block_m, D)
+    nbuf = pm.shape[2] if geo.reduce else 1
+    spec.kernel[(B * geo.work,)](
+        q, k, view.v, view.pos, view.lens, view.offsets, view.gid, out, pm, pl, pacc, cnt,
+        view.n, T, geo.split, nbuf, geo.work, k.shape[1], scale * _DEC_LOG2E,
+        H_KV=spec.kv_heads, G=spec.group, HEAD_DIM=D, BLOCK_M=geo.block_m, BLOCK_N=config.block_n,
+        STAGES=config.stages, MASKED=view.masked or T > 1, REDUCE=geo.reduce,
+        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        UPCAST=q.dtype == torch.bfloat16 and interpreting(), num_warps=config.num_warps)
+    if geo.reduce == 1:
+        _dec_reduce_kernel[(spec.kv_heads, B)](pm, pl, pacc, view.lens, out, T, geo.split, nbuf,
+                                               H_KV=spec.kv_heads, G=spec.group, HEAD_DIM=D, BLOCK_M=geo.block_m,
+                                               num_warps=4)
+    return out
+
+
+def decode_split_of(spec: DecodeSpec, view, batch: int, config: DecodeConfig = _DEC_DEFAULT) -> int:
+    """Keys per split that decode chooses for this view and batch."""
+    check_view("decode_split", view)
+    return _dec_geometry(spec, view.slots, batch, 1, config, _dec_sms(view.k.device)).split
+
+
+def decode_torch(spec: DecodeSpec, q, view, *, sm_scale=None) -> torch.Tensor:
+    """The torch reference of decode: a masked softmax per KV head over its stored keys,
+    always evaluating the pattern (float64 for float64 inputs, float32 otherwise)."""
+    check_view("decode_reference", view)
+    B, H, T, D = check_decode_query("decode_reference", spec, q, view)
+    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
+    scale = check_scale("decode_reference", sm_scale, D, "sm_scale")
+    out = torch.zeros((B, H, T, D), dtype=ct, device=q.device)
+    qp = torch.arange(view.n - T, view.n, device=q.device, dtype=torch.int64)[None, :, None]
+    gid = view.gid.to(torch.int64)
+    for h, (off, n) in enumerate(view.slots):
+        if n == 0:
+            continue
+        k = view.k[:, off:off + n].to(ct)
+        v = view.v[:, off:off + n].to(ct)
+        kp = view.pos[:, off:off + n].to(torch.int64)[:, None, :]
+        for g in range(spec.group):
+            hq = h * spec.group + g
+            s = torch.einsum("btd,bnd->btn", q[:, hq].to(ct), k) * scale
+            ok = spec.allowed_torch(qp, kp, gid[hq]) & (kp != spec.sentinel)
+            s = s.masked_fill(~ok, float("-inf"))
+            p = torch.softmax(s, dim=-1).nan_to_num(0.0)
+            out[:, hq] = torch.einsum("btn,bnd->btd", p, v)
+    return out.to(q.dtype)

@@ -1,0 +1,188 @@
+"""Lossy cache policies: the policy record, the eviction scores, the keep rules, GQA aggregation.
+
+One implementation, used by the generated Cache (inlined into every generated module) and
+by the Hugging Face reference backend (runtime/hf.py imports this file). docs/caches.md
+defines the rules:
+
+- `Policy` is one (layer, KV head)'s resolved policy: a budget (tokens, or None with an
+  adaptive mean), keep rules (the first `sink` positions and the newest `protected_recent`
+  ones are never evicted) and a score.
+- `SCORERS` is the registry of eviction scores, name -> function; None is no score (the
+  oldest unprotected token goes first). A scorer maps the candidates' old scores (new
+  tokens at 0) to new ones; lower scores are evicted first.
+- `attention_stats` is the attention of an append's queries over the candidates, under the
+  pattern's mask, that the scores read (`stats(what)`).
+- `priority` and `lowest` are the keep rule: protected tokens get +inf, and the lowest
+  (priority, position) go first.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+
+
+class Policy(NamedTuple):
+    """The lossy part of one (layer, KV head)'s cache (resolved from the file's cache block)."""
+
+    index: int  # which cache policy of the program (heads of one index and budget evict together)
+    budget: int | None  # tokens; None with an adaptive budget (set at run time)
+    adaptive_mean: int | None  # CAKE's mean budget per layer, or None
+    sink: int
+    recent: int
+    score: str | None  # a key of SCORERS; None: evict the oldest unprotected token (FIFO)
+    timing: str  # "prefill" | "decode"
+    aggregate: str  # over the query heads of a KV head: "mean" | "max" | "sum"
+    window: int  # snapkv's observation window (0 for other scores)
+    pool: str  # "max" | "avg" (snapkv)
+    kernel: int  # snapkv's pooling kernel (odd)
+    tau1: float = 1.0  # CAKE's temperatures
+    tau2: float = 1.0
+
+    @property
+    def protected_recent(self) -> int:
+        """The newest positions never evicted: `recent`, and for SnapKV its observation window."""
+        return max(self.recent, self.window if self.score == "snapkv" else 0)
+
+    @property
+    def protected(self) -> int:
+        """Tokens the keep rules protect: the smallest budget that makes sense."""
+        return self.sink + self.protected_recent
+
+
+def aggregate(x: torch.Tensor, how: str, dim: int) -> torch.Tensor:
+    """GQA aggregation of per-query-head scores into one per KV head."""
+    if how == "max":
+        return x.amax(dim)
+    if how == "sum":
+        return x.sum(dim)
+    return x.mean(dim)
+
+
+# ------------------------------------------------------------------ scores
+# stats(what) -> attention (..., G, E) for "sum" (over the queries) and "last" (the newest
+# query), (..., G, w, E) for "window" (the last w queries, keys in position order).
+# old: (..., E) scores so far (new tokens at 0); k: (..., E, D); new: the slice of new tokens.
+
+
+def score_h2o(old, stats, k, new, pol: Policy):
+    """H2O: accumulated attention. Each append adds agg_g(sum over its queries)."""
+    return old + aggregate(stats("sum"), pol.aggregate, -2)
+
+
+def score_tova(old, stats, k, new, pol: Policy):
+    """TOVA: the attention of the newest query only, replacing older scores."""
+    return aggregate(stats("last"), pol.aggregate, -2)
+
+
+def score_snapkv(old, stats, k, new, pol: Policy):
+    """SnapKV: mean attention of the last `window` queries, pooled along positions with a
+    centred kernel (avg counts the zero padding, like F.avg_pool1d; max ignores it), then
+    agg_g (pooled in position order, returned in the candidates' order)."""
+    a = stats("window").mean(-2)
+    flat = a.reshape(-1, 1, a.shape[-1])
+    kk = pol.kernel
+    pool = torch.nn.functional.max_pool1d if pol.pool == "max" else torch.nn.functional.avg_pool1d
+    s = aggregate(pool(flat, kk, stride=1, padding=kk // 2).reshape(a.shape), pol.aggregate, -2)
+    return torch.empty_like(s).scatter_(-1, stats.order, s)  # back to the candidates' order
+
+
+def score_key_norm(old, stats, k, new, pol: Policy):
+    """Key norm (kvpress KnormPress): score = -||k||, so the largest-norm keys go first and
+    the keys with the lowest norm stay."""
+    out = old.clone()
+    out[..., new] = -k[..., new, :].to(old.dtype).norm(dim=-1)
+    return out
+
+
+SCORERS: dict = {"snapkv": score_snapkv, "h2o": score_h2o, "tova": score_tova, "key_norm": score_key_norm}
+NEEDS_QUERIES = frozenset({"h2o", "tova", "snapkv"})  # scores that read the attention of the queries
+
+
+def rescore(pol: Policy, old, stats, k, new):
+    """The policy's new scores of the candidates (zeros without a score)."""
+    if pol.score is None:
+        return torch.zeros_like(old)
+    return SCORERS[pol.score](old, stats, k, new, pol)
+
+
+# ------------------------------------------------------------------ attention of the queries
+
+
+def attention_stats(q: torch.Tensor, k: torch.Tensor, kpos: torch.Tensor, qpos: torch.Tensor,
+                    allowed: Callable, scale: float, window: int, sentinel: int | None = None) -> Callable:
+    """stats(what) over candidates k (..., E, D) at positions kpos (..., E) for queries
+    q (..., G, T, D) at positions qpos (T,), memoised per `what`; stats.order is the
+    permutation that sorts the candidates by position (set by "window").
+
+    allowed(qp, kp) is the pattern's mask: qp (T', 1), kp (..., 1, E) int64 -> bool
+    broadcastable to (..., G, T', E); a key at `sentinel` (an empty slot) is never seen.
+    Computed in float32 (float64 for float64 keys), in chunks of queries."""
+    cache = {}
+
+    def stats(what):
+        if what not in cache:
+            cache[what] = _attention(q, k, kpos, qpos, allowed, scale, what, window, sentinel, stats)
+        return cache[what]
+    stats.order = None
+    return stats
+
+
+def _attention(q, k, kpos, qpos, allowed, scale, what, window, sentinel, stats):
+    ct = torch.float64 if k.dtype == torch.float64 else torch.float32
+    T = q.shape[-2]
+    if what == "last":
+        q, qpos = q[..., T - 1:, :], qpos[T - 1:]
+    elif what == "window":
+        w = min(window, T)
+        q, qpos = q[..., T - w:, :], qpos[T - w:]
+        order = torch.argsort(kpos, dim=-1)
+        k = torch.gather(k, -2, order[..., None].expand(*order.shape, k.shape[-1]))
+        kpos = torch.gather(kpos, -1, order)
+        stats.order = order
+    kk = k if k.dtype in (torch.float16, torch.bfloat16) else k.to(ct)  # 16-bit: logits in fp32 accumulation
+    kp = kpos.to(torch.int64)[..., None, :]
+    G, E = q.shape[-3], k.shape[-2]
+    step = max(1, (1 << 25) // max(1, kk[..., 0, 0].numel() * G * E))
+    parts, total = [], None
+    for s in range(0, q.shape[-2], step):
+        qs = q[..., s:s + step, :].to(kk.dtype)
+        sc = torch.matmul(qs, kk.transpose(-1, -2)[..., None, :, :]).to(ct) * scale
+        qp = qpos[s:s + step].to(torch.int64)[:, None]
+        ok = allowed(qp, kp)
+        if sentinel is not None:
+            ok = ok & (kp != sentinel)[..., None, :, :]
+        p = torch.softmax(sc.masked_fill(~ok, float("-inf")), dim=-1).nan_to_num(0.0)
+        if what == "sum":
+            total = p.sum(-2) if total is None else total + p.sum(-2)
+        else:
+            parts.append(p)
+    if what == "sum":
+        return total
+    p = torch.cat(parts, -2)
+    return p[..., -1, :] if what == "last" else p
+
+
+# ------------------------------------------------------------------ keep rules
+
+
+def protected(pol: Policy, pos: torch.Tensor, end: int) -> torch.Tensor:
+    """Tokens the keep rules protect when the append ends at `end`: the first `sink`
+    positions and the newest `protected_recent` ones."""
+    return (pos < pol.sink) | (pos >= end - pol.protected_recent)
+
+
+def priority(pol: Policy, scores: torch.Tensor, pos: torch.Tensor, end: int) -> torch.Tensor:
+    """Eviction priority: the scores (zeros without a score), +inf where protected."""
+    base = scores if pol.score is not None else torch.zeros_like(scores)
+    return base.masked_fill(protected(pol, pos, end), float("inf"))
+
+
+def lowest(prio: torch.Tensor, pos: torch.Tensor, m: int) -> torch.Tensor:
+    """Mask of the m candidates with the lowest (priority, position): ties evict the oldest."""
+    o1 = torch.argsort(pos, dim=-1, stable=True)
+    o2 = torch.argsort(torch.gather(prio, -1, o1), dim=-1, stable=True)
+    order = torch.gather(o1, -1, o2)
+    mask = torch.zeros(prio.shape, dtype=torch.bool, device=prio.device)
+    return mask.scatter_(-1, order[..., :m], True)

@@ -1,0 +1,120 @@
+"""The host side of prefill that does not vary per pattern: argument checks, launch
+configuration, grid order, TMA eligibility.
+
+What varies per pattern (PATTERN, the tuning of each group, the configuration tables)
+reaches these functions as arguments; the generated module wraps them (config_for, _check).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .checks import HEAD_DIMS, KERNEL_DTYPES, check_int, check_kernel_device, check_tensor
+
+try:
+    from triton.runtime.errors import OutOfResources as _OutOfResources
+except ImportError:  # another triton layout: nothing to catch
+    class _OutOfResources(Exception):
+        pass
+
+
+def check_layer(where: str, pattern: dict, layer) -> None:
+    """`layer` is required when the pattern differs between layers, and must index one."""
+    layers = pattern["model"]["layers"]
+    if layer is None:
+        if pattern["varies_by_layer"]:
+            raise ValueError(f"{where}: pattern {pattern['name']!r} differs between layers: pass layer= "
+                             f"(0 <= layer < {layers})")
+        return
+    check_int(where, "layer", layer, 0, layers)
+
+
+def check_prefill(where: str, pattern: dict, q, k, v, layer, kernel: bool) -> tuple:
+    """(B, H, H_KV, N, D) of well-formed prefill inputs: q (B, H, N, D), k and v
+    (B, H_KV, N, D), one dtype and device, GQA head counts, a supported head_dim, contiguous
+    last dimensions, a valid layer; `kernel`: on a device the Triton kernel can use."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(where, name, t, dims="B, H, N, D" if name == "q" else "B, H_KV, N, D")
+    if q.dtype not in KERNEL_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"{where}: q, k, v must share one dtype among float16, bfloat16, float32; "
+                        f"got q.dtype={q.dtype}, k.dtype={k.dtype}, v.dtype={v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"{where}: q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+    if kernel:
+        check_kernel_device(where, q.device, "reference() runs anywhere.")
+    B, H, N, D = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"{where}: k and v must have the same shape; got k.shape={tuple(k.shape)}, "
+                         f"v.shape={tuple(v.shape)}")
+    Bk, H_KV, Nk, Dk = k.shape
+    if (Bk, Nk, Dk) != (B, N, D):
+        raise ValueError(f"{where}: k and v must be (batch={B}, kv_heads, seq={N}, head_dim={D}) to match q; "
+                         f"got k.shape={tuple(k.shape)} for q.shape={tuple(q.shape)}")
+    if H_KV == 0 or H % H_KV != 0:
+        raise ValueError(f"{where}: the query heads must be a multiple of the key/value heads (GQA); "
+                         f"got H={H} query heads and H_KV={H_KV}")
+    if pattern["varies_by_head"] and H != pattern["model"]["heads"]:
+        raise ValueError(f"{where}: pattern {pattern['name']!r} assigns patterns per head for a model with "
+                         f"{pattern['model']['heads']} query heads; got H={H}")
+    if D not in HEAD_DIMS:
+        raise ValueError(f"{where}: head_dim must be one of {HEAD_DIMS}; got D={D}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(where, name, t, dims="B, H, N, D", last_contiguous=True)
+    check_layer(where, pattern, layer)
+    return B, H, H_KV, N, D
+
+
+def select_config(tune: dict, device, dtype, head_dim: int, overrides, configs, grid_configs, cpu_config) -> dict:
+    """The launch configuration of a pattern group (its `tune`: block_cap, rows_cap, narrow,
+    grows, grid) on `device`: the first row of the tables that matches the device's compute
+    capability, dtype kind and head_dim (the CPU config under the interpreter), capped by the
+    pattern, then `overrides` (a dict of the same keys)."""
+    if torch.device(device).type == "cpu":
+        cfg = dict(cpu_config)
+        cap = (0, 0)
+    else:
+        cap = torch.cuda.get_device_capability(device)
+        kind = "fp32" if dtype == torch.float32 else "16bit"
+        table = grid_configs + configs if tune["grid"] else configs
+        cfg = next(dict(c) for (min_cap, k, d, c) in table
+                   if tuple(cap) >= tuple(min_cap) and k == kind and d in (None, head_dim))
+    rows = min(x for x in (tune["block_cap"], tune["rows_cap"], cfg["BLOCK_M"]) if x is not None)
+    if tune["block_cap"] is not None:
+        cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], tune["block_cap"]))
+    if rows < cfg["BLOCK_M"]:
+        cfg["BLOCK_M"] = max(16, rows)
+        if cfg["BLOCK_M"] <= 64:
+            cfg["num_warps"] = min(cfg["num_warps"], 4)  # one warpgroup for 64-row tiles
+            cfg["maxnreg"] = None
+    cfg["GRID_ORDER"] = 2 if (tune["grows"] and cfg.get("GRID_ORDER", 0) != 0) else 0
+    cfg.update(overrides or {})
+    if "BLOCK_N_NARROW" not in (overrides or {}):
+        narrow = 16
+        while narrow < tune["narrow"]:
+            narrow *= 2
+        cfg["BLOCK_N_NARROW"] = min(narrow, cfg["BLOCK_N"]) if tune["narrow"] else cfg["BLOCK_N"]
+    if "USE_TMA" not in (overrides or {}):
+        cfg["USE_TMA"] = int(cfg.get("USE_TMA", 0)) if cap[0] >= 9 else 0
+    cfg["DOT_PREC"] = "ieee" if dtype == torch.float32 else "tf32"
+    return cfg
+
+
+def _tma_ok(*tensors) -> bool:
+    """Host-side TMA descriptors need 16-byte aligned bases and strides."""
+    return all(t.data_ptr() % 16 == 0 and all((s * t.element_size()) % 16 == 0 for s in t.stride()[:-1])
+               for t in tensors)
+
+
+def _head_group(cfg: dict, B: int, H: int, N: int, D: int, element_size: int) -> tuple:
+    """Grid order 3 (heads interleaved in groups) when a group's keys and values fit in L2."""
+    if cfg["GRID_ORDER"] == 3:
+        return 3, math.gcd(cfg.get("HEAD_GROUP", 4), B * H)
+    if cfg["GRID_ORDER"] != 2:
+        return cfg["GRID_ORDER"], 1
+    kv_bytes = 2 * N * D * element_size
+    group = max(1, (24 << 20) // kv_bytes)
+    group = min(1 << (group.bit_length() - 1), 8)
+    group = math.gcd(group, B * H)
+    return (3, group) if group > 1 else (2, 1)

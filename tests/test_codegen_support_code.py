@@ -1,0 +1,145 @@
+"""codegen/support: the plain Python that every generated module inlines, imported and tested
+as ordinary modules (policies against brute force), and the inlining itself."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnc.codegen import support, writer
+from attnc.codegen.support import policies, prefill
+from attnc.codegen.support.policies import Policy
+
+SUPPORT = Path(support.__file__).parent
+FILES = sorted(p.stem for p in SUPPORT.glob("*.py") if p.stem != "__init__")
+
+
+def test_every_file_is_inlined_in_order():
+    assert sorted(support.INLINE_ORDER) == FILES
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_support_files_need_torch_and_triton_only(name):
+    tree = ast.parse((SUPPORT / f"{name}.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            assert {a.name.split(".")[0] for a in node.names} <= {"math", "os", "typing", "torch", "triton"}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            assert node.module.split(".")[0] in {"__future__", "typing", "torch", "triton"}, node.module
+        elif isinstance(node, ast.ImportFrom):  # siblings only, inlined earlier
+            assert node.level == 1 and support.INLINE_ORDER.index(node.module) < support.INLINE_ORDER.index(name)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_inlined_text_is_the_file_less_docstring_and_imports(name):
+    text = writer.support_source(name)
+    assert '"""' + (SUPPORT / f"{name}.py").read_text().split('"""')[1] not in text
+    assert "from __future__" not in text and "from ." not in text
+    body = [l for l in (SUPPORT / f"{name}.py").read_text().splitlines() if l.startswith("def ") or l.startswith("class ")]
+    assert all(l in text for l in body)
+
+
+def test_generated_module_defines_each_name_once():
+    from test_decode_render import PROGRAMS
+
+    tree = ast.parse(writer.render_module(PROGRAMS[3]))
+    names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+
+
+# ------------------------------------------------------------------ keep rules
+
+
+def pol(**kw):
+    base = dict(index=0, budget=4, adaptive_mean=None, sink=1, recent=2, score="tova", timing="decode",
+                aggregate="mean", window=0, pool="max", kernel=3)
+    return Policy(**{**base, **kw})
+
+
+def test_lowest_evicts_lowest_priority_then_oldest():
+    prio = torch.tensor([3.0, 1.0, 1.0, 0.5, 2.0])
+    pos = torch.tensor([4, 0, 2, 9, 1])
+    assert policies.lowest(prio, pos, 2).tolist() == [False, True, False, True, False]
+    assert policies.lowest(prio, pos, 3).tolist() == [False, True, True, True, False]
+
+
+def test_priority_protects_sinks_and_the_recent_window():
+    pos = torch.arange(10)
+    p = policies.priority(pol(), torch.zeros(10), pos, end=10)
+    assert torch.isinf(p).tolist() == [True] + [False] * 7 + [True, True]
+    snap = pol(score="snapkv", window=4)
+    assert snap.protected_recent == 4 and snap.protected == 5
+    fifo = policies.priority(pol(score=None), torch.arange(10.0), pos, end=10)
+    assert fifo[1:8].eq(0).all()  # no score: the oldest unprotected goes first
+
+
+# ------------------------------------------------------------------ scores against brute force
+
+
+def brute_attention(q, k, kpos, qpos, mask_fn, scale):
+    """(G, T, E) softmax of one batch row, loops and float64."""
+    G, T, _ = q.shape
+    out = torch.zeros(G, T, k.shape[0], dtype=torch.float64)
+    for g in range(G):
+        for t in range(T):
+            s = torch.tensor([float(q[g, t].double() @ k[e].double()) * scale if mask_fn(int(qpos[t]), int(kpos[e]))
+                              else float("-inf") for e in range(k.shape[0])], dtype=torch.float64)
+            out[g, t] = torch.softmax(s, 0).nan_to_num(0.0)
+    return out
+
+
+@pytest.mark.parametrize("score", ["h2o", "tova", "snapkv", "key_norm"])
+@pytest.mark.parametrize("agg", ["mean", "max", "sum"])
+def test_scores_match_brute_force(score, agg):
+    g = torch.Generator().manual_seed(0)
+    G, T, E, D = 2, 5, 9, 4
+    q = torch.randn(1, G, T, D, generator=g, dtype=torch.float64)
+    k = torch.randn(1, E, D, generator=g, dtype=torch.float64)
+    kpos = torch.tensor([[3, 0, 8, 1, 7, 2, 6, 4, 5]])  # candidates out of position order
+    qpos = torch.arange(4, 9)
+
+    def mask_fn(qp, kp):
+        return kp <= qp and (kp < 1 or qp - kp < 3)
+
+    def allowed(qp, kp):
+        return (kp <= qp) & ((kp < 1) | (qp - kp < 3))
+
+    p = pol(score=score, aggregate=agg, window=3, kernel=3)
+    stats = policies.attention_stats(q, k, kpos, qpos, allowed, 0.5, p.window)
+    old = torch.zeros(1, E, dtype=torch.float64)
+    got = policies.rescore(p, old, stats, k, slice(0, E))[0]
+    att = brute_attention(q[0], k[0], kpos[0], qpos, mask_fn, 0.5)  # (G, T, E)
+    red = {"mean": lambda x: x.mean(0), "max": lambda x: x.amax(0), "sum": lambda x: x.sum(0)}[agg]
+    if score == "h2o":
+        want = red(att.sum(1))
+    elif score == "tova":
+        want = red(att[:, -1])
+    elif score == "key_norm":
+        want = -k[0].norm(dim=-1)
+    else:
+        order = torch.argsort(kpos[0])
+        a = att[:, -3:].mean(1)[:, order]  # position order
+        pooled = torch.stack([torch.stack([a[gg, max(0, e - 1):e + 2].max() for e in range(E)]) for gg in range(G)])
+        want = torch.empty(E, dtype=torch.float64)
+        want[order] = red(pooled)
+    torch.testing.assert_close(got, want)
+
+
+# ------------------------------------------------------------------ prefill host code
+
+
+def test_head_group_interleaves_heads_whose_keys_fit_in_l2():
+    cfg = {"GRID_ORDER": 2}
+    assert prefill._head_group(cfg, 1, 8, 1024, 128, 2) == (3, 8)
+    assert prefill._head_group(cfg, 1, 8, 1 << 20, 128, 2) == (2, 1)  # too large: plain order
+    assert prefill._head_group({"GRID_ORDER": 0}, 1, 8, 1024, 128, 2) == (0, 1)
+
+
+def test_select_config_on_the_cpu_applies_caps_and_overrides():
+    tune = {"block_cap": 32, "rows_cap": None, "narrow": 0, "grows": False, "grid": False}
+    cpu = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1, "STAGES": 1, "maxnreg": None}
+    cfg = prefill.select_config(tune, "cpu", torch.float32, 16, {"num_warps": 2}, [], [], cpu)
+    assert (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["DOT_PREC"], cfg["USE_TMA"]) == (32, 32, 2, "ieee", 0)
