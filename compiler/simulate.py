@@ -903,26 +903,28 @@ def _next_query_keys(pattern: Pattern, n: int) -> np.ndarray:
 
 
 def cache_tokens(program: Program, shape: Shape, layer: int) -> tuple[list[int], str]:
-    """Tokens each KV head keeps at context n: the lossless layout of codegen/decode_plan.py
-    (its liveness analysis), capped by the cache block's budget."""
-    from ..codegen.decode_plan import plan_decode
+    """Tokens each KV head keeps at context n: the lossless layout of compiler/cache_plan.py
+    (its liveness analysis), capped by the cache block's budget. (Imported here: the timing
+    half of this module also runs on the GPU machine, which has numpy but not the front end.)"""
+    from .cache_plan import decodable, kv_store
 
-    plan = _memo("decode", program, plan_decode)
-    if plan is None:
+    if not all(decodable(g.pattern) for g in program.groups):
         return [shape.n] * shape.kv, "not a causal pattern, so no decode cache: counted as dense"
-    rows = plan.heads[layer]
-    if len(rows) != shape.kv:
-        if len(set(rows)) != 1:
-            raise ValueError(f"{program.name} plans its cache per KV head for {len(rows)} KV heads, got "
+    kv_heads = program.model.kv_heads
+    if kv_heads != shape.kv:
+        stores = [kv_store(program, layer, kv) for kv in range(kv_heads)]
+        if len({(s.layout, s.budget) for s in stores}) != 1:
+            raise ValueError(f"{program.name} plans its cache per KV head for {kv_heads} KV heads, got "
                              f"kv_heads={shape.kv}: give the model's kv_heads (--model kv_heads={shape.kv})")
-        rows = rows[:1] * shape.kv
+        rows = stores[:1] * shape.kv
+    else:
+        rows = [kv_store(program, layer, kv) for kv in range(kv_heads)]
     out, lossy = [], False
-    for h in rows:
-        tokens = h.layout.tokens(shape.n)
-        if h.policy is not None:
-            budget = h.policy.budget if h.policy.budget is not None else h.policy.adaptive_mean
-            lossy |= budget < tokens
-            tokens = min(tokens, budget)
+    for store in rows:
+        tokens = store.layout.tokens(shape.n)
+        if store.budget is not None:
+            lossy |= store.budget < tokens
+            tokens = min(tokens, store.budget)
         out.append(tokens)
     return out, "lossless layout (liveness)" + (", lossy budgets of the cache block" if lossy else "")
 
