@@ -147,9 +147,22 @@ def _run_check(args: argparse.Namespace) -> int:
             print(exc.render(), file=sys.stderr)
             status = EXIT_ERROR
             continue
-        summary = textwrap.fill(describe(spec), width=100, initial_indent="  ", subsequent_indent="  ")
+        summary = textwrap.fill(describe(spec, cache_losses(spec)), width=100, initial_indent="  ",
+                                subsequent_indent="  ")
         print(f"{path}: ok\n{summary}")
     return status
+
+
+def cache_losses(spec) -> dict[int, bool]:
+    """Per cache rule, whether it keeps every key the pattern reads (the compiler's liveness);
+    empty when the program does not lower or plan (its errors are compile's to report)."""
+    from .compiler.cache_plan import lossless_rules
+    from .compiler.lower import lower
+
+    try:
+        return lossless_rules(lower(spec))
+    except Exception:  # noqa: BLE001 - a summary is still worth printing
+        return {}
 
 
 register(Subcommand("check", "check .attn files and summarise each pattern and cache in plain English", _configure_check, _run_check))

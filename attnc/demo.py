@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import attnc
     from attnc.compiler import simulate
+    from attnc.compiler.cache_plan import lossless_rules
     from attnc.compiler.lower import lower
     from attnc.compiler.report import analyze, render
     from attnc.spec.describe import describe
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = load(path)
     program = lower(spec)
-    print(f"== attnc check {path}\n{describe(spec)}\n")
+    print(f"== attnc check {path}\n{describe(spec, lossless_rules(program))}\n")
 
     print(f"== attnc analyze {path} --seq {SEQ}")
     render(analyze(program, SEQ))

@@ -298,6 +298,7 @@ class KvStore:
     budget: int | None
     rule: tuple[int, Any] | None
     groups: tuple[int, ...]  # pattern groups of its query heads
+    lossless: bool = True  # keeps every key a query may still read
 
 
 def kv_store(program: Program, layer: int, kv: int, max_step: int = 1) -> KvStore:
@@ -317,5 +318,22 @@ def kv_store(program: Program, layer: int, kv: int, max_step: int = 1) -> KvStor
     if budget is None and mean is None:
         return KvStore(layout, None, rule, gids)
     if mean is None and policy.evict is None and budget == policy.sink + policy.recent:
-        return KvStore(keep_only(layout, policy.sink, policy.recent), None, rule, gids)
-    return KvStore(layout, budget if budget is not None else mean, rule, gids)
+        kept = keep_only(layout, policy.sink, policy.recent)
+        return KvStore(kept, None, rule, gids, lossless=kept == layout)
+    return KvStore(layout, budget if budget is not None else mean, rule, gids, lossless=False)
+
+
+def lossless_rules(program: Program) -> dict[int, bool]:
+    """Per cache rule (its index in Program.cache): whether every (layer, KV head) it governs
+    keeps every key its patterns may still read. Rules of a program without decode (a
+    non-causal pattern) are not judged."""
+    if not all(decodable(g.pattern) for g in program.groups):
+        return {}
+    m = program.model
+    out: dict[int, bool] = {}
+    for layer in range(m.layers):
+        for kv in range(m.kv_heads):
+            store = kv_store(program, layer, kv)
+            if store.rule is not None:
+                out[store.rule[0]] = out.get(store.rule[0], True) and store.lossless
+    return out

@@ -1,6 +1,6 @@
 """Lowering: a resolved `.attn` file (spec.resolved.Spec) becomes an IR Program.
 
-Each primitive of DESIGN.md's table is one small function from its arguments to a Pattern;
+Each primitive (spec/primitives.py) is one small function from its arguments to a Pattern;
 operators map to the set algebra. Head assignments become head groups: assignments whose
 expressions lower to the same pattern share a group, so a kernel launch specializes once
 per distinct pattern, not once per section.
@@ -36,19 +36,21 @@ def _neighborhood(args: dict[str, Any], grid: Any) -> Pattern:
                              tuple(bool(c) for c in args["causal"]), grid.prefix))
 
 
-PRIMITIVES: dict[str, Callable[[dict[str, Any]], Pattern]] = {
-    "full": lambda a: Pattern((Term(),)),
-    "causal": lambda a: _one(Band(0, None)),
-    "window": _window,
-    "sink": lambda a: _one(KRange(None, a["size"] - 1)),
-    "dilated": lambda a: _one(Band(0, a["size"] * a["dilation"] - 1), DiffMod(a["dilation"], 0)),
-    "strided": lambda a: _one(DiffMod(a["stride"], 0)),
-    "stride": lambda a: _one(KMod(a["stride"], a["offset"])),
-    "chunk": lambda a: _one(Chunk(a["size"])),
-    "global": _global,
-    "band": lambda a: _one(Band(a["lo"], a["hi"])),
-    "power": lambda a: _one(Power(a["block"])),
+PRIMITIVES: dict[str, Callable[[dict[str, Any], Any], Pattern]] = {
+    "full": lambda a, grid: Pattern((Term(),)),
+    "causal": lambda a, grid: _one(Band(0, None)),
+    "window": lambda a, grid: _window(a),
+    "sink": lambda a, grid: _one(KRange(None, a["size"] - 1)),
+    "dilated": lambda a, grid: _one(Band(0, a["size"] * a["dilation"] - 1), DiffMod(a["dilation"], 0)),
+    "strided": lambda a, grid: _one(DiffMod(a["stride"], 0)),
+    "stride": lambda a, grid: _one(KMod(a["stride"], a["offset"])),
+    "chunk": lambda a, grid: _one(Chunk(a["size"])),
+    "global": lambda a, grid: _global(a),
+    "band": lambda a, grid: _one(Band(a["lo"], a["hi"])),
+    "power": lambda a, grid: _one(Power(a["block"])),
+    "neighborhood": _neighborhood,
 }
+"""Each primitive of spec/primitives.py as IR atoms (its meaning), given its arguments and the grid."""
 
 OPERATORS: dict[str, Callable[[Pattern, Pattern], Pattern]] = {
     "|": union,
@@ -61,9 +63,7 @@ def lower_expr(expr: RExpr, grid: Any = None) -> Pattern:
     """The IR pattern of a resolved expression, simplified."""
     if isinstance(expr, ROp):
         return OPERATORS[expr.op](lower_expr(expr.left, grid), lower_expr(expr.right, grid))
-    if expr.name == "neighborhood":
-        return _neighborhood(expr.args, grid)
-    return simplify(PRIMITIVES[expr.name](expr.args))
+    return simplify(PRIMITIVES[expr.name](expr.args, grid))
 
 
 def _members(a: Assignment, model: ModelShape) -> set[tuple[int, int]]:

@@ -6,27 +6,29 @@ cache keeps, in one paragraph, for instance:
     streaming_llm: causal, the first 4 positions or the last 1020 positions, same for all
     30 layers x 9 heads; cache keeps sink 4 + recent 1020 per KV head, lossless.
 
-"Lossless" is claimed only when a simple bound proves it: every pattern that a cache
-policy serves reaches no key outside its sink and recent tokens (the compiler's liveness
-analysis is the exact version of this check).
+Whether a cache rule without a score loses keys the pattern still reads is the compiler's
+liveness analysis (compiler/cache_plan.py's `lossless_rules`): the caller passes its answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
+from .primitives import PRIMITIVES
 from .resolved import Assignment, CachePolicy, REvict, RExpr, ROp, RPrim, Spec
-from .shape import ranges, span
+from .shape import ranges
 
 T = TypeVar("T")
 
 
-def describe(spec: Spec) -> str:
-    """One paragraph: the pattern, where it applies, and its cache."""
+def describe(spec: Spec, lossless: Mapping[int, bool] | None = None) -> str:
+    """One paragraph: the pattern, where it applies, and its cache. `lossless`: per cache rule
+    (its index in spec.cache), whether it keeps every key the pattern reads; without it, rules
+    that keep tokens without a score are not judged."""
     text = f"{spec.name}: {_pattern(spec)}"
     if spec.cache:
-        text += "; " + _cache(spec)
+        text += "; " + _cache(spec, lossless or {})
     return text + "."
 
 
@@ -75,7 +77,7 @@ def _where(spec: Spec, layers: tuple[int, ...] | None, heads: tuple[int, ...], n
 def describe_expr(expr: RExpr) -> str:
     """An expression in words: `causal, the first 4 positions or the last 1020 positions`."""
     if isinstance(expr, RPrim):
-        return _PRIMS[expr.name](expr.args)
+        return PRIMITIVES[expr.name].words(expr.args)
     if expr.op == "&" and _is_causal(expr.left):
         return "causal, " + describe_expr(expr.right)
     if expr.op == "&" and _is_causal(expr.right):
@@ -95,57 +97,16 @@ def _is_causal(expr: RExpr) -> bool:
     return isinstance(expr, RPrim) and expr.name == "causal"
 
 
-def _window(a: dict) -> str:
-    if "size" in a:
-        return f"the last {a['size']} positions"
-    return f"keys from {a['left']} before to {a['right']} after the query"
-
-
-def _dilated(a: dict) -> str:
-    if a["dilation"] == 1:
-        return f"the last {a['size']} positions"
-    return f"every {_nth(a['dilation'])} of the last {a['size'] * a['dilation']} positions"
-
-
-def _neighborhood(a: dict) -> str:
-    text = "a " + "x".join(map(str, a["kernel"])) + " neighborhood on the grid"
-    if any(d != 1 for d in a["dilation"]):
-        text += " with dilation " + "x".join(map(str, a["dilation"]))
-    causal_axes = [str(i) for i, c in enumerate(a["causal"]) if c]
-    if causal_axes:
-        text += ", causal along axis " + ", ".join(causal_axes)
-    return text
-
-
-def _nth(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
-
-
-_PRIMS: dict[str, Callable[[dict], str]] = {
-    "full": lambda a: "every key",
-    "causal": lambda a: "causal",
-    "window": _window,
-    "sink": lambda a: f"the first {a['size']} positions",
-    "dilated": _dilated,
-    "strided": lambda a: f"every {_nth(a['stride'])} position back from the query",
-    "stride": lambda a: f"positions k with k mod {a['stride']} = {a['offset']}",
-    "chunk": lambda a: f"the query's own chunk of {a['size']}",
-    "global": lambda a: f"the first {a['size']} positions ({span(0, a['size'])}) as global positions, which see and are seen by every position",
-    "band": lambda a: f"keys {a['lo']} to {a['hi']} positions back",
-    "power": lambda a: f"blocks of {a['block']} at power-of-two block distances",
-    "neighborhood": _neighborhood,
-}
-
-
 # ---------------------------------------------------------------- caches
 
 
-def _cache(spec: Spec) -> str:
-    return "; ".join(_cache_policy(spec, group) for group in _by_section(spec.cache))
+def _cache(spec: Spec, lossless: Mapping[int, bool]) -> str:
+    index = {id(p): i for i, p in enumerate(spec.cache)}
+    return "; ".join(_cache_policy(spec, group, [lossless.get(index[id(p)]) for p in group])
+                     for group in _by_section(spec.cache))
 
 
-def _cache_policy(spec: Spec, group: list[CachePolicy]) -> str:
+def _cache_policy(spec: Spec, group: list[CachePolicy], lossless: list[bool | None]) -> str:
     """One section's cache policies (identical but for the heads they cover) in words."""
     policy = group[0]
     text = f"cache{_policy_where(spec, group)} {_budget(policy)}"
@@ -153,7 +114,7 @@ def _cache_policy(spec: Spec, group: list[CachePolicy]) -> str:
         text += f", evicting by {_evict(policy.evict)}, scores aggregated by {policy.aggregate} over each GQA group"
     if policy.positions == "rerotate":
         text += ", keys re-rotated to their cache slots"
-    return text + ", " + _loss(spec, policy)
+    return text + _loss(policy, lossless)
 
 
 def _policy_where(spec: Spec, group: list[CachePolicy]) -> str:
@@ -187,45 +148,11 @@ def _evict(evict: REvict) -> str:
     return f"{evict.score}{f' ({options})' if options else ''} at {evict.timing}"
 
 
-def _loss(spec: Spec, policy: CachePolicy) -> str:
+def _loss(policy: CachePolicy, lossless: list[bool | None]) -> str:
     if policy.evict is not None:
-        return "lossy"
-    if policy.budget.kind == "full":
-        return "lossless"
-    bounds = [_reach(a.expr) for a in spec.assignments if _serves(spec, policy, a)]
-    if bounds and all(b is not None and b[0] <= policy.sink and b[1] <= policy.recent for b in bounds):
-        return "lossless"
-    return "lossy (the pattern reaches keys the cache drops)"
-
-
-def _serves(spec: Spec, policy: CachePolicy, a: Assignment) -> bool:
-    """Whether the pattern of `a` reads keys from the cache that `policy` manages."""
-    if policy.layers is not None and a.layers is not None and not set(policy.layers) & set(a.layers):
-        return False
-    if policy.kv_heads is None or a.heads is None or not spec.model.heads:
-        return True
-    group = spec.model.heads // (spec.model.kv_heads or spec.model.heads)
-    return bool({h // group for h in a.heads} & set(policy.kv_heads))
-
-
-def _reach(expr: RExpr) -> tuple[int, int] | None:
-    """(s, w) such that every allowed pair with k <= q has k < s or q - k < w; None if unbounded."""
-    if isinstance(expr, RPrim):
-        return _PRIM_REACH.get(expr.name, lambda a: None)(expr.args)
-    left, right = _reach(expr.left), _reach(expr.right)
-    if expr.op == "-":
-        return left
-    if expr.op == "|":
-        return None if left is None or right is None else (max(left[0], right[0]), max(left[1], right[1]))
-    candidates = [b for b in (left, right) if b is not None]
-    return min(candidates, key=sum) if candidates else None
-
-
-_PRIM_REACH: dict[str, Callable[[dict], tuple[int, int] | None]] = {
-    "window": lambda a: (0, a["size"]) if "size" in a else (0, a["left"] + 1),
-    "sink": lambda a: (a["size"], 0),
-    "dilated": lambda a: (0, (a["size"] - 1) * a["dilation"] + 1),
-    "chunk": lambda a: (0, a["size"]),
-    "global": lambda a: (a["size"], a["size"]),
-    "band": lambda a: (0, max(a["hi"] + 1, 0)),
-}
+        return ", lossy"
+    if policy.budget.kind == "full" or (lossless and all(x is True for x in lossless)):
+        return ", lossless"
+    if any(x is False for x in lossless):
+        return ", lossy (the pattern reaches keys the cache drops)"
+    return ""

@@ -16,6 +16,7 @@ from typing import Any
 
 from . import ast
 from .errors import suggest
+from .shape import span
 
 REQUIRED = object()
 """Default of an argument that has to be given."""
@@ -38,12 +39,15 @@ class Param:
 
 @dataclass(frozen=True)
 class Primitive:
-    """A primitive's call forms (tried in order), its usage hint and its value checks."""
+    """A primitive's call forms (tried in order), its usage hint, its value checks and what it
+    lets a query see in words (`attnc check`). What it means as a set of pairs is its lowering
+    to IR atoms (compiler/lower.py, one line per primitive; compiler/atoms.py)."""
 
     name: str
     forms: tuple[tuple[Param, ...], ...]
     usage: str
     check: Check
+    words: Callable[[Mapping[str, Any]], str]
     needs_grid: bool = False
 
     def arg_names(self) -> list[str]:
@@ -120,47 +124,94 @@ def _tup(values: Any) -> str:
     return f"({items})"
 
 
+# ---------------------------------------------------------------- in words
+
+
+def _nth(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _window_words(a: Mapping[str, Any]) -> str:
+    if "size" in a:
+        return f"the last {a['size']} positions"
+    return f"keys from {a['left']} before to {a['right']} after the query"
+
+
+def _dilated_words(a: Mapping[str, Any]) -> str:
+    if a["dilation"] == 1:
+        return f"the last {a['size']} positions"
+    return f"every {_nth(a['dilation'])} of the last {a['size'] * a['dilation']} positions"
+
+
+def _neighborhood_words(a: Mapping[str, Any]) -> str:
+    text = "a " + "x".join(map(str, a["kernel"])) + " neighborhood on the grid"
+    if any(d != 1 for d in a["dilation"]):
+        text += " with dilation " + "x".join(map(str, a["dilation"]))
+    causal_axes = [str(i) for i, c in enumerate(a["causal"]) if c]
+    if causal_axes:
+        text += ", causal along axis " + ", ".join(causal_axes)
+    return text
+
+
+def _global_words(a: Mapping[str, Any]) -> str:
+    return (f"the first {a['size']} positions ({span(0, a['size'])}) as global positions, which see and are "
+            "seen by every position")
+
+
 # ---------------------------------------------------------------- the registry
 
 
-def _prim(name: str, usage: str, check: Check = _no_check, *forms: tuple[Param, ...], grid: bool = False) -> Primitive:
-    return Primitive(name, forms or ((),), usage, check, grid)
+def _prim(name: str, usage: str, words: Callable[[Mapping[str, Any]], str], check: Check = _no_check,
+          *forms: tuple[Param, ...], grid: bool = False) -> Primitive:
+    return Primitive(name, forms or ((),), usage, check, words, grid)
 
 
 PRIMITIVES: dict[str, Primitive] = {
     p.name: p
     for p in (
-        _prim("full", "full takes no arguments: write full"),
-        _prim("causal", "causal takes no arguments: write causal"),
+        _prim("full", "full takes no arguments: write full", lambda a: "every key"),
+        _prim("causal", "causal takes no arguments: write causal", lambda a: "causal"),
         _prim(
             "window",
             "window takes one size, as in window(1024), or window(left = L, right = R)",
+            _window_words,
             _window,
             (Param("size"),),
             (Param("left"), Param("right")),
         ),
-        _prim("sink", "sink takes one size, as in sink(4)", _at_least(1, "size"), (Param("size"),)),
+        _prim("sink", "sink takes one size, as in sink(4)", lambda a: f"the first {a['size']} positions",
+              _at_least(1, "size"), (Param("size"),)),
         _prim(
             "dilated",
             "dilated takes a size and a dilation, as in dilated(512, 2)",
+            _dilated_words,
             _at_least(1, "size", "dilation"),
             (Param("size"), Param("dilation")),
         ),
-        _prim("strided", "strided takes one stride, as in strided(128)", _at_least(1, "stride"), (Param("stride"),)),
+        _prim("strided", "strided takes one stride, as in strided(128)",
+              lambda a: f"every {_nth(a['stride'])} position back from the query", _at_least(1, "stride"),
+              (Param("stride"),)),
         _prim(
             "stride",
             "stride takes a stride and an offset in [0, stride), as in stride(8, 0)",
+            lambda a: f"positions k with k mod {a['stride']} = {a['offset']}",
             _stride,
             (Param("stride"), Param("offset")),
         ),
-        _prim("chunk", "chunk takes one size, as in chunk(8192)", _at_least(1, "size"), (Param("size"),)),
-        _prim("global", "global takes one size, as in global(16)", _at_least(1, "size"), (Param("size"),)),
-        _prim("band", "band takes lo and hi (lo <= q - k <= hi), as in band(0, 127)", _band, (Param("lo"), Param("hi"))),
-        _prim("power", "power takes one block size, as in power(64)", _at_least(1, "block"), (Param("block"),)),
+        _prim("chunk", "chunk takes one size, as in chunk(8192)", lambda a: f"the query's own chunk of {a['size']}",
+              _at_least(1, "size"), (Param("size"),)),
+        _prim("global", "global takes one size, as in global(16)", _global_words, _at_least(1, "size"), (Param("size"),)),
+        _prim("band", "band takes lo and hi (lo <= q - k <= hi), as in band(0, 127)",
+              lambda a: f"keys {a['lo']} to {a['hi']} positions back", _band, (Param("lo"), Param("hi"))),
+        _prim("power", "power takes one block size, as in power(64)",
+              lambda a: f"blocks of {a['block']} at power-of-two block distances", _at_least(1, "block"),
+              (Param("block"),)),
         _prim(
             "neighborhood",
             "neighborhood takes a kernel and optionally dilation and causal, one value per grid axis, "
             "as in neighborhood(kernel = (3, 7, 7), causal = (true, false, false))",
+            _neighborhood_words,
             _neighborhood,
             (Param("kernel", AXES_INT), Param("dilation", AXES_INT, 1), Param("causal", AXES_BOOL, False)),
             grid=True,

@@ -46,6 +46,14 @@ def test_every_atom_has_cases():
         assert kind.depends in ("q", "k", "d", "qk")
 
 
+def test_every_primitive_has_a_meaning():
+    """Each primitive the language accepts lowers to atoms, and nothing else does."""
+    from attnc.compiler.lower import PRIMITIVES as MEANINGS
+    from attnc.spec.primitives import PRIMITIVES
+
+    assert set(PRIMITIVES) == set(MEANINGS)
+
+
 def test_a_missing_method_cannot_be_built():
     class Half(Atom):
         depends = "d"

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from attnc.compiler.cache_plan import lossless_rules
+from attnc.compiler.lower import lower
+from attnc.spec.resolve import resolve_text
 from attnc.spec.describe import describe
 from attnc.spec.resolve import load
 from attnc.spec.resolved import ROp, RPrim, Spec
@@ -76,7 +79,17 @@ def test_streaming_llm() -> None:
     assert isinstance(expr.right, ROp) and [expr.right.left.args, expr.right.right.args] == [{"size": 4}, {"size": 1020}]  # type: ignore[union-attr]
     (policy,) = spec.cache
     assert (policy.sink, policy.recent, policy.budget.tokens, policy.evict, policy.positions) == (4, 1020, 1024, None, "rerotate")
-    assert describe(spec).endswith("cache keeps sink 4 + recent 1020 per KV head, keys re-rotated to their cache slots, lossless.")
+    assert describe(spec, lossless_rules(lower(spec))).endswith(
+        "cache keeps sink 4 + recent 1020 per KV head, keys re-rotated to their cache slots, lossless.")
+
+
+def test_keep_rules_are_judged_by_liveness() -> None:
+    """A keep-only cache is lossless exactly when the pattern's live keys fit in it."""
+    text = "pattern p = causal & (sink(4) | window({w}))\ncache {{\n  keep sink(4)\n  keep recent(1020)\n}}\n"
+    fits, wider = resolve_text(text.format(w=1020)), resolve_text(text.format(w=2048))
+    assert describe(fits, lossless_rules(lower(fits))).endswith(", lossless.")
+    assert describe(wider, lossless_rules(lower(wider))).endswith("lossy (the pattern reaches keys the cache drops).")
+    assert not describe(wider).endswith("lossless.")  # not judged without the compiler
 
 
 def test_mistral_window() -> None:
