@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-_QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
-settings.register_profile("ci", max_examples=100, deadline=None, suppress_health_check=_QUIET,
+settings.register_profile("ci", max_examples=100, deadline=None, suppress_health_check=list(HealthCheck),
                           print_blob=True)
 settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

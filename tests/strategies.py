@@ -1,13 +1,23 @@
-"""Hypothesis strategies shared by the test suite: random resolved pattern expressions."""
+"""Hypothesis strategies shared by the test suite: random resolved pattern expressions over
+every primitive (neighbourhoods on random grids included), and the example budget helper."""
 
 from __future__ import annotations
 
+import math
+
+from hypothesis import settings
 from hypothesis import strategies as st
 
 from attnc.spec.ast import Loc
-from attnc.spec.resolved import ROp, RPrim
+from attnc.spec.resolved import Grid, ROp, RPrim
 
 LOC = Loc(file="<random>", line=1, col=1)
+
+
+def examples(n: int) -> settings:
+    """Settings for a test that runs n examples under the `ci` profile (tests/conftest.py);
+    the `thorough` profile scales n by its max_examples / 100."""
+    return settings(max_examples=max(1, n * settings.default.max_examples // 100))
 
 
 def prim(name: str, **args) -> RPrim:

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 import sympy as sp
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from attnc.compiler.blocks import brute_block_map
@@ -18,7 +18,7 @@ from attnc.compiler.formula import N, Formula, Piece, flog2
 from attnc.compiler.ir import Lit, Neighborhood, Pattern, Term
 from attnc.compiler.lower import lower_expr
 from attnc.compiler.blocks import block_map
-from tests.strategies import expressions, op, prim
+from tests.strategies import examples, expressions, op, prim
 
 C = prim("causal")
 KNOWN_GAPS = ("several chunk/power atoms", "power(B) combined", "does not divide chunk", "residue classes",
@@ -32,7 +32,7 @@ def lowered(e):
 # ---------------------------------------------------------------- exact counts
 
 
-@settings(max_examples=150, deadline=None)
+@examples(75)
 @given(expressions(), st.integers(1, 60))
 def test_count_pairs_equals_mask_sum(expr, n):
     p = lowered(expr)
@@ -59,7 +59,7 @@ def test_neighborhood_counts_and_tiles_equal_enumeration():
         assert (block_map(p, n, bm, bn).status == brute_block_map(p, n, bm, bn).status).all(), (nb, n)
 
 
-@settings(max_examples=120, deadline=None)
+@examples(60)
 @given(expressions(), st.integers(1, 70), st.integers(1, 9), st.integers(1, 9))
 def test_fast_block_map_equals_enumeration(expr, n, bm, bn):
     p = lowered(expr)
@@ -69,7 +69,7 @@ def test_fast_block_map_equals_enumeration(expr, n, bm, bn):
 # ---------------------------------------------------------------- formulas against counts
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@examples(75)
 @given(expressions(), st.lists(st.integers(1, 400), min_size=1, max_size=5))
 def test_pairs_formula_equals_exact_count(expr, ns):
     p = lowered(expr)
@@ -184,7 +184,7 @@ def test_term_without_formula_says_why_and_counts_exactly():
 # ---------------------------------------------------------------- bytes
 
 
-@settings(max_examples=40, deadline=None)
+@examples(25)
 @given(expressions(4), st.integers(1, 50), st.integers(1, 8), st.integers(1, 8))
 def test_tile_bytes_match_the_mask(expr, n, bm, bn):
     p = lowered(expr)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from attnc.compiler.grid_blocks import brute_tiled_block_map, tiled_block_map
@@ -18,6 +18,7 @@ from attnc.compiler.ir import Neighborhood, Status
 from attnc.compiler.lower import lower
 from attnc.compiler.tiling import GridTiling, choose_tiling, grid_terms, visited_tiles
 from attnc.spec.resolve import load, resolve_text
+from tests.strategies import examples
 from tests.test_grids_spec import brute_pairs, grids, on_grid, source
 
 PATTERNS = Path(__file__).resolve().parent.parent / "patterns"
@@ -38,7 +39,7 @@ OTHERS = ["NB", "NB | global(3)", "NB & causal", "NB | window(4)", "causal & (NB
           "NB - window(left = 2, right = 2)"]
 
 
-@settings(max_examples=150, deadline=None)
+@examples(60)
 @given(grids(max_tokens=150), st.data())
 def test_tiled_block_map_equals_the_permuted_mask(g, data):
     dims, prefix = g[0], g[4]
@@ -53,7 +54,7 @@ def test_tiled_block_map_equals_the_permuted_mask(g, data):
     assert fast.prefix_pairs == brute.prefix_pairs
 
 
-@settings(max_examples=150, deadline=None)
+@examples(60)
 @given(grids(max_tokens=200), st.data())
 def test_kernel_tile_count_bounds_the_non_empty_tiles(g, data):
     """visited_tiles (the terms' per-axis boxes, what the kernel visits) never misses a tile.
@@ -184,7 +185,7 @@ BOX_FORMS = ["U", "U & causal", "U | global(3)", "full - U | window(4)", "U - NB
              "U & window(left = 5, right = 3)", "(U) & sink(4) | NB"]
 
 
-@settings(max_examples=150, deadline=None)
+@examples(60)
 @given(grids(max_tokens=120), st.data())
 def test_row_major_map_and_count_of_neighbourhood_unions_equal_brute_force(g, data):
     """compiler/blocks.py and compiler/count.py count neighbourhoods by per-axis boxes, unions and

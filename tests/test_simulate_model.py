@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from attnc.compiler import simulate as sim
 from attnc.compiler.blocks import block_map, brute_block_map
 from attnc.compiler.ir import Status
 from attnc.compiler.lower import lower_expr
-from tests.strategies import causal_expressions, expressions, op, prim
+from tests.strategies import causal_expressions, examples, expressions, op, prim
 from tests.test_codegen_support import single
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def brute_counts(pattern, n, bm, bn):
 
 
 # ------------------------------------------------------------------------------- tile counts
-@settings(max_examples=120, deadline=None)
+@examples(60)
 @given(expressions(), st.integers(1, 70), st.integers(1, 9), st.integers(1, 9))
 def test_block_tiles_equal_brute_force(expr, n, bm, bn):
     pattern = lower_expr(expr)
@@ -41,7 +41,7 @@ def test_block_tiles_equal_brute_force(expr, n, bm, bn):
     assert (tiles.full == full).all() and (tiles.masked == masked).all() and not tiles.narrow.any()
 
 
-@settings(max_examples=100, deadline=None)
+@examples(50)
 @given(st.booleans(), st.integers(1, 300), st.integers(1, 40), st.integers(1, 40))
 def test_dense_tiles_equal_brute_force(causal, n, bm, bn):
     pattern = lower_expr(prim("causal" if causal else "full"))
@@ -50,7 +50,7 @@ def test_dense_tiles_equal_brute_force(causal, n, bm, bn):
     assert (tiles.full == full).all() and (tiles.masked == masked).all()
 
 
-@settings(max_examples=100, deadline=None)
+@examples(50)
 @given(expressions(), st.integers(1, 90), st.sampled_from([(1, 1), (1, 2), (2, 1), (2, 2), (4, 2), (3, 5)]),
        st.integers(1, 6), st.integers(1, 6))
 def test_coarsened_block_map_is_the_coarse_block_map(expr, n, factor, bm, bn):
@@ -60,7 +60,7 @@ def test_coarsened_block_map_is_the_coarse_block_map(expr, n, factor, bm, bn):
     assert (sim.coarsen(fine, *factor) == coarse).all()
 
 
-@settings(max_examples=30, deadline=None)
+@examples(15)
 @given(expressions(max_leaves=4), st.integers(1, 400), st.sampled_from([None, (64, 32), (128, 64), (128, 128)]))
 def test_flex_tiles_are_its_exact_block_mask(expr, n, fine):
     pattern = lower_expr(expr)
@@ -69,7 +69,7 @@ def test_flex_tiles_are_its_exact_block_mask(expr, n, fine):
     assert (tiles.full == full).all() and (tiles.masked == masked).all()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@examples(30)
 @given(expressions(max_leaves=5), st.integers(1, 120), st.sampled_from([(16, 16, 16), (32, 16, 16), (16, 32, 16)]))
 def test_kernel_visits_are_sound(expr, n, cfg):
     """The kernel's visits (as simulated) reach every allowed key once, and skip the mask only
@@ -104,7 +104,7 @@ def naive_schedule(cost, count, slots, order):
     return max(heap)
 
 
-@settings(max_examples=200, deadline=None)
+@examples(100)
 @given(st.lists(st.tuples(st.integers(1, 50), st.integers(1, 40)), min_size=1, max_size=12),
        st.integers(1, 9), st.sampled_from(["lpt", "asc"]))
 def test_schedule_is_greedy_list_scheduling(runs, slots, order):
@@ -160,7 +160,7 @@ def test_dense_causal_speedup_is_the_rate_ratio():
                                                                       for i in range(nb))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@examples(20)
 @given(causal_expressions(max_leaves=3), causal_expressions(max_leaves=3), st.sampled_from([1000, 4096]))
 def test_denser_pattern_is_not_faster(a, b, n):
     """On the tiles of the exact block map, adding pairs never makes a launch faster, up to the
