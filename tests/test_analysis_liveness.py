@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from attnc.compiler.formula import T, NoFormula
 from attnc.compiler.liveness import Region, brute_live, cache_layout
 from attnc.compiler.lower import lower_expr
-from tests.strategies import causal_expressions, examples, op, prim
+from tests.strategies import examples, lowered, op, prim
 
 C = prim("causal")
 
@@ -32,9 +32,9 @@ def horizon(t: int) -> int:
 
 
 @examples(80)
-@given(causal_expressions(), st.lists(st.integers(0, 80), min_size=1, max_size=4))
-def test_live_keys_equal_brute_force(expr, ts):
-    p = lower_expr(expr)
+@given(lowered(causal=True), st.lists(st.integers(0, 80), min_size=1, max_size=4))
+def test_live_keys_equal_brute_force(case, ts):
+    p = case[0]
     layout = cache_layout(p)
     try:
         size = layout.size_formula()

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from attnc.compiler.ir import HeadGroup, Lit, ModelShape, Neighborhood, Pattern, Program, Term
 from attnc.compiler.lower import lower_expr
 from attnc.compiler.receptive import closed_form, graph_receptive_field, layer_patterns, receptive_field, step
-from tests.strategies import examples, expressions, op, prim
+from tests.strategies import examples, lowered, op, prim
 
 C = prim("causal")
 
@@ -28,9 +28,9 @@ def check_against_graph(patterns, n):
 
 
 @examples(30)
-@given(st.lists(expressions(4), min_size=1, max_size=3), st.integers(1, 28), st.booleans())
-def test_vectors_equal_networkx(exprs, n, uniform):
-    patterns = [lower_expr(e) for e in exprs]
+@given(st.lists(lowered(4), min_size=1, max_size=3), st.integers(1, 28), st.booleans())
+def test_vectors_equal_networkx(cases, n, uniform):
+    patterns = [p for p, _ in cases]
     if uniform:
         patterns = [patterns[0]] * len(patterns)
     check_against_graph(patterns, n)

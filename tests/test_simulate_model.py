@@ -19,7 +19,7 @@ from attnc.compiler import simulate as sim
 from attnc.compiler.blocks import block_map, brute_block_map
 from attnc.compiler.ir import Status
 from attnc.compiler.lower import lower_expr
-from tests.strategies import causal_expressions, examples, expressions, op, prim
+from tests.strategies import causal_expressions, examples, expressions, lowered, op, prim
 from tests.test_codegen_support import single
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,9 +33,9 @@ def brute_counts(pattern, n, bm, bn):
 
 # ------------------------------------------------------------------------------- tile counts
 @examples(60)
-@given(expressions(), st.integers(1, 70), st.integers(1, 9), st.integers(1, 9))
-def test_block_tiles_equal_brute_force(expr, n, bm, bn):
-    pattern = lower_expr(expr)
+@given(lowered(), st.integers(1, 9), st.integers(1, 9))
+def test_block_tiles_equal_brute_force(case, bm, bn):
+    pattern, n = case
     tiles = sim.block_tiles(pattern, n, bm, bn)
     full, masked = brute_counts(pattern, n, bm, bn)
     assert (tiles.full == full).all() and (tiles.masked == masked).all() and not tiles.narrow.any()
@@ -51,19 +51,19 @@ def test_dense_tiles_equal_brute_force(causal, n, bm, bn):
 
 
 @examples(50)
-@given(expressions(), st.integers(1, 90), st.sampled_from([(1, 1), (1, 2), (2, 1), (2, 2), (4, 2), (3, 5)]),
+@given(lowered(most=90), st.sampled_from([(1, 1), (1, 2), (2, 1), (2, 2), (4, 2), (3, 5)]),
        st.integers(1, 6), st.integers(1, 6))
-def test_coarsened_block_map_is_the_coarse_block_map(expr, n, factor, bm, bn):
-    pattern = lower_expr(expr)
+def test_coarsened_block_map_is_the_coarse_block_map(case, factor, bm, bn):
+    pattern, n = case
     fine = block_map(pattern, n, bm, bn).status
     coarse = brute_block_map(pattern, n, bm * factor[0], bn * factor[1]).status
     assert (sim.coarsen(fine, *factor) == coarse).all()
 
 
 @examples(15)
-@given(expressions(max_leaves=4), st.integers(1, 400), st.sampled_from([None, (64, 32), (128, 64), (128, 128)]))
-def test_flex_tiles_are_its_exact_block_mask(expr, n, fine):
-    pattern = lower_expr(expr)
+@given(lowered(4), st.integers(1, 400), st.sampled_from([None, (64, 32), (128, 64), (128, 128)]))
+def test_flex_tiles_are_its_exact_block_mask(case, n, fine):
+    pattern = case[0]
     tiles = sim.flex_tiles(pattern, n, fine)
     full, masked = brute_counts(pattern, n, 128, 128)
     assert (tiles.full == full).all() and (tiles.masked == masked).all()
