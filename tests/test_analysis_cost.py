@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 import sympy as sp
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from attnc.compiler.blocks import brute_block_map
@@ -18,7 +18,8 @@ from attnc.compiler.formula import N, Formula, Piece, flog2
 from attnc.compiler.ir import Lit, Neighborhood, Pattern, Term
 from attnc.compiler.lower import lower_expr
 from attnc.compiler.blocks import block_map
-from tests.strategies import expressions, op, prim
+from tests.strategies import examples, op, prim
+from tests.strategies import lowered as lowered_cases
 
 C = prim("causal")
 KNOWN_GAPS = ("several chunk/power atoms", "power(B) combined", "does not divide chunk", "residue classes",
@@ -32,10 +33,10 @@ def lowered(e):
 # ---------------------------------------------------------------- exact counts
 
 
-@settings(max_examples=150, deadline=None)
-@given(expressions(), st.integers(1, 60))
-def test_count_pairs_equals_mask_sum(expr, n):
-    p = lowered(expr)
+@examples(75)
+@given(lowered_cases(most=60))
+def test_count_pairs_equals_mask_sum(case):
+    p, n = case
     assert count_pairs(p, n) == int(p.mask(n).sum())
 
 
@@ -47,6 +48,7 @@ def _random_neighborhood(rng: random.Random) -> Neighborhood:
     return Neighborhood(dims, kernel, dilation, tuple(rng.random() < 0.4 for _ in dims), rng.randint(0, 3))
 
 
+@pytest.mark.exhaustive  # a fixed sweep; the hypothesis tests above draw neighbourhoods too
 def test_neighborhood_counts_and_tiles_equal_enumeration():
     rng = random.Random(7)
     for _ in range(120):
@@ -59,20 +61,13 @@ def test_neighborhood_counts_and_tiles_equal_enumeration():
         assert (block_map(p, n, bm, bn).status == brute_block_map(p, n, bm, bn).status).all(), (nb, n)
 
 
-@settings(max_examples=120, deadline=None)
-@given(expressions(), st.integers(1, 70), st.integers(1, 9), st.integers(1, 9))
-def test_fast_block_map_equals_enumeration(expr, n, bm, bn):
-    p = lowered(expr)
-    assert (block_map(p, n, bm, bn).status == brute_block_map(p, n, bm, bn).status).all()
-
-
 # ---------------------------------------------------------------- formulas against counts
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-@given(expressions(), st.lists(st.integers(1, 400), min_size=1, max_size=5))
-def test_pairs_formula_equals_exact_count(expr, ns):
-    p = lowered(expr)
+@examples(75)
+@given(lowered_cases(), st.lists(st.integers(1, 400), min_size=1, max_size=5))
+def test_pairs_formula_equals_exact_count(case, ns):
+    p = case[0]
     try:
         f = pairs_formula(p)
     except NoFormula as exc:
@@ -184,10 +179,10 @@ def test_term_without_formula_says_why_and_counts_exactly():
 # ---------------------------------------------------------------- bytes
 
 
-@settings(max_examples=40, deadline=None)
-@given(expressions(4), st.integers(1, 50), st.integers(1, 8), st.integers(1, 8))
-def test_tile_bytes_match_the_mask(expr, n, bm, bn):
-    p = lowered(expr)
+@examples(25)
+@given(lowered_cases(4, most=50), st.integers(1, 8), st.integers(1, 8))
+def test_tile_bytes_match_the_mask(case, bm, bn):
+    p, n = case
     mask = p.mask(n)
     kv = q = 0
     for i in range(0, n, bm):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sympy as sp
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from attnc.compiler.formula import T, NoFormula
 from attnc.compiler.liveness import Region, brute_live, cache_layout
 from attnc.compiler.lower import lower_expr
-from tests.strategies import causal_expressions, op, prim
+from tests.strategies import examples, lowered, op, prim
 
 C = prim("causal")
 
@@ -31,10 +31,10 @@ def horizon(t: int) -> int:
     return 4 * t + 256
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
-@given(causal_expressions(), st.lists(st.integers(0, 80), min_size=1, max_size=4))
-def test_live_keys_equal_brute_force(expr, ts):
-    p = lower_expr(expr)
+@examples(80)
+@given(lowered(causal=True), st.lists(st.integers(0, 80), min_size=1, max_size=4))
+def test_live_keys_equal_brute_force(case, ts):
+    p = case[0]
     layout = cache_layout(p)
     try:
         size = layout.size_formula()

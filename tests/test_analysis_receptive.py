@@ -6,13 +6,13 @@ import random
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from attnc.compiler.ir import HeadGroup, Lit, ModelShape, Neighborhood, Pattern, Program, Term
 from attnc.compiler.lower import lower_expr
 from attnc.compiler.receptive import closed_form, graph_receptive_field, layer_patterns, receptive_field, step
-from tests.strategies import expressions, op, prim
+from tests.strategies import examples, lowered, op, prim
 
 C = prim("causal")
 
@@ -27,16 +27,16 @@ def check_against_graph(patterns, n):
     return rf
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.lists(expressions(4), min_size=1, max_size=3), st.integers(1, 28), st.booleans())
-def test_vectors_equal_networkx(exprs, n, uniform):
-    patterns = [lower_expr(e) for e in exprs]
+@examples(30)
+@given(st.lists(lowered(4), min_size=1, max_size=3), st.integers(1, 28), st.booleans())
+def test_vectors_equal_networkx(cases, n, uniform):
+    patterns = [p for p, _ in cases]
     if uniform:
         patterns = [patterns[0]] * len(patterns)
     check_against_graph(patterns, n)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@examples(20)
 @given(st.integers(1, 12), st.integers(0, 5), st.integers(2, 90), st.integers(1, 6))
 def test_window_and_sink_closed_forms_equal_the_graph(w, s, n, layers):
     e = op("&", C, prim("window", size=w))

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from test_decode_support import causal, module, policy, program, rand, sink, window
 
 from attnc.codegen.decode_plan import DecodePlanError, plan_decode
 from attnc.compiler.lower import lower_expr
-from strategies import op, prim
+from strategies import examples, op, prim
 
 LOSSY = {
     "h2o": policy(6, sink=1, recent=2, score="h2o"),
@@ -43,7 +43,7 @@ def _kw(p):
 
 
 @pytest.mark.parametrize("name", list(LOSSY))
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@examples(6)
 @given(steps=appends, seed=st.integers(0, 2**16))
 def test_invariants_under_random_appends(name, steps, seed):
     plan, mod = module(_program(name), max_step=MAX_STEP)

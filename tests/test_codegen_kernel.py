@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.strategies import causal_expressions, expressions, op, prim
+from attnc.compiler.tiling import grid_terms
+from tests.cases import CASES, grid_tokens
+from tests.strategies import causal_expressions, examples, expressions, op, prim
 from tests.test_codegen_support import (EXPRS, assert_close, check_module, dense_reference, grouped, head_masks,
                                         inputs, load, single)
 
@@ -22,10 +24,33 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SW = op("&", prim("causal"), op("|", prim("sink", size=4), prim("window", size=20)))
 
 
-@pytest.mark.parametrize("name", sorted(EXPRS))
-def test_pattern_matches_reference_fp32(name):
-    # N = 77 is no multiple of any tile; B = 2, 4 query heads over 2 KV heads
-    check_module(single(EXPRS[name], name), 77, b=2, h=4, h_kv=2)
+def _layers(program, most: int = 3) -> list[int | None]:
+    """One layer per distinct row of the group table (at most `most`); None when all agree."""
+    if not program.varies_by_layer:
+        return [None]
+    rows: dict = {}
+    for layer, row in enumerate(program.group_table()):
+        rows.setdefault(tuple(row), layer)
+    return list(rows.values())[:most]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_case_matches_reference(case):
+    """Every case of the shared matrix (tests/cases.py): 1-D cases at N = 77 (no multiple of any
+    tile), B = 2, 4 query heads over 2 KV heads; grid cases at their grid size (the tile-order
+    kernel, 16 x 16 tiles); sections and files with their model's heads where heads differ (else
+    2 over 1 KV head), one layer per distinct row of layers, 32 x 32 tiles."""
+    program = case.program
+    model = program.model
+    per_head = any(len(set(row)) > 1 for row in program.group_table())
+    h, h_kv = (model.heads, model.kv_heads) if per_head else (4, 2) if case.single else (2, 1)
+    if case.grid and case.n == grid_tokens(case):
+        assert load(program)._TUNING[0]["grid"] == (grid_terms(case.pattern) is not None)
+        config = dict(BLOCK_M=16, BLOCK_N=16)
+    else:
+        config = None if case.single and case.path is None else dict(BLOCK_M=32, BLOCK_N=32)
+    for layer in _layers(program):
+        check_module(program, case.n, b=2 if case.single else 1, h=h, h_kv=h_kv, layer=layer, config=config)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -72,25 +97,6 @@ def test_tensor_descriptors_and_head_groups(name):
 @pytest.mark.parametrize("d", [16, 32, 64])
 def test_head_dims(d):
     check_module(single(SW, "sw"), 40, d=d)
-
-
-def test_per_head_groups_in_one_launch():
-    a = op("&", prim("causal"), prim("window", size=8))
-    b = op("&", prim("causal"), op("|", prim("sink", size=2), prim("chunk", size=16)))
-    c = prim("causal")
-    program = grouped([[a, b, c, b]], "heads", kv_heads=2)
-    assert len(program.groups) == 3
-    check_module(program, 61, h=4, h_kv=2)
-
-
-def test_per_layer_variation():
-    a = prim("causal")
-    b = op("&", prim("causal"), prim("window", size=12))
-    c = op("&", prim("causal"), prim("dilated", size=5, dilation=2))
-    program = grouped([[a, a], [b, c], [c, c]], "layers")
-    assert program.varies_by_layer
-    for layer in range(3):
-        check_module(program, 45, h=2, h_kv=1, layer=layer)
 
 
 def test_rows_without_keys_are_zero():
@@ -156,25 +162,7 @@ def test_module_reference_per_layer_and_head():
                      dense_reference(q, k, v, head_masks(program, 30, 2, layer))[0], torch.float32)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@examples(8)
 @given(st.one_of(expressions(5), causal_expressions(4)), st.integers(1, 48), st.sampled_from([(2, 1), (2, 2)]))
 def test_random_patterns_match_reference(expr, n, heads):
     check_module(single(expr, "rand"), n, h=heads[0], h_kv=heads[1])
-
-
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
-PATTERN_FILES = sorted((ROOT / "patterns").glob("*.attn"))
-
-
-@pytest.mark.skipif(not PATTERN_FILES, reason="patterns/ has no .attn files yet")
-@pytest.mark.parametrize("path", PATTERN_FILES, ids=lambda p: p.stem)
-def test_pattern_file_matches_reference(path):
-    from attnc.loader import program_of
-
-    program = program_of(path)
-    model = program.model
-    per_head = any(len(set(row)) > 1 for row in program.group_table())
-    h, h_kv = (model.heads, model.kv_heads) if per_head else (2, 1)
-    layers = sorted({0, model.layers - 1}) if program.varies_by_layer else [None]
-    for layer in layers:
-        check_module(program, 70, h=h, h_kv=h_kv, layer=layer, config=dict(BLOCK_M=16, BLOCK_N=16))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from attnc.codegen.masks import render_pattern
 from attnc.compiler.lower import lower_expr
-from tests.strategies import expressions
+from tests.strategies import examples, expressions
 from tests.test_codegen_support import EXPRS, as_pattern
 
 
@@ -29,7 +29,7 @@ def test_fixed_cases():
         assert (_evaluate(pattern, 90) == pattern.mask(90)).all(), name
 
 
-@settings(max_examples=150, deadline=None)
+@examples(75)
 @given(expressions(), st.integers(1, 60))
 def test_random_patterns(expr, n):
     pattern = lower_expr(expr)

@@ -9,13 +9,13 @@ exactly once, and every tile visited without the mask must be fully allowed
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from attnc.compiler.plan import MAX_TERMS, plan_group
 from attnc.compiler.blocks import block_map
 from attnc.compiler.ir import Status
-from tests.strategies import causal_expressions, expressions, op, prim
+from tests.strategies import causal_expressions, examples, expressions, op, prim
 from tests.test_codegen_support import EXPRS, as_pattern, check_visits, grouped, single, tile_visits, visits
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -81,7 +81,7 @@ def test_many_terms_fall_back_to_one_hull():
     assert plan_group(0, pattern).mode == "hull"
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@examples(20)
 @given(st.one_of(expressions(5), causal_expressions(4)), st.integers(1, 70), st.sampled_from(CONFIGS),
        st.sampled_from([16, 32]))
 def test_random_patterns_visit_every_needed_key_once(expr, n, cfg, narrow):
@@ -89,7 +89,7 @@ def test_random_patterns_visit_every_needed_key_once(expr, n, cfg, narrow):
     check_visits(program, n, dict(cfg, BLOCK_N_NARROW=min(narrow, cfg["BLOCK_N"])))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@examples(12)
 @given(causal_expressions(4), st.integers(1, 70), st.sampled_from(CONFIGS))
 def test_random_patterns_against_block_map(expr, n, cfg):
     _against_block_map(single(expr, "rand"), n, cfg)
@@ -109,7 +109,7 @@ def _loop_patterns():
     return st.tuples(loop_term, other).map(lambda t: t[0] if t[1] is None else union(t[0], as_pattern(t[1])))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@examples(12)
 @given(_loop_patterns(), st.integers(1, 260), st.sampled_from(CONFIGS))
 def test_loop_terms_visit_every_needed_key_once(pattern, n, cfg):
     program = single(pattern, "loops")

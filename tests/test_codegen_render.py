@@ -211,11 +211,11 @@ def test_load_compiles_and_imports(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not PATTERN_FILES, reason="patterns/ has no .attn files yet")
 @pytest.mark.parametrize("path", PATTERN_FILES, ids=lambda p: p.name)
-def test_every_pattern_file_compiles_fast(path, tmp_path):
+def test_every_pattern_file_compiles(path, tmp_path, predicate_pairs):
+    """Every file compiles to valid Python without enumerating its mask: the pattern's predicate
+    is evaluated on no more pairs than a 4096-token mask holds, whatever the file's grid size."""
     from attnc.loader import compile_file
 
-    t0 = time.perf_counter()
     out = compile_file(path, tmp_path)
-    elapsed = time.perf_counter() - t0
     compile(out.read_text(), str(out), "exec")
-    assert elapsed < 1.0, f"compiling {path.name} took {elapsed:.2f} s"
+    assert predicate_pairs.count <= 4096 ** 2, f"compiling {path.name} evaluated {predicate_pairs.count} pairs"

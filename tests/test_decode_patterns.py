@@ -1,14 +1,13 @@
-"""Every pattern file in patterns/, decoded token by token through its generated cache and
-decode kernel, gives prefill attention with the full mask; where the store is exact its size
-is compiler.liveness's. Parameters are shrunk (every `param` of 16 or more becomes 8) so
-that windows wrap within a short sequence; files whose cache block is lossy are decoded with
-the pattern's lossless store (their policies are the matrix in test_cache_policies.py)."""
+"""Every causal case of the shared matrix (tests/cases.py), the files of patterns/ among them,
+decoded token by token through its generated cache and decode kernel, gives prefill attention
+with the full mask; where the store is exact its size is compiler.liveness's. The files'
+parameters are shrunk (every `param` of 16 or more becomes 8) so that windows wrap within a
+short sequence; files whose cache block is lossy are decoded with the pattern's lossless store
+(their policies are the matrix in test_cache_policies.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,32 +15,26 @@ import torch
 from test_decode_support import full_mask_attention, liveness_tokens, module, rand
 
 from attnc.codegen.decode_plan import plan_decode
+from attnc.compiler.ir import ModelShape
+from cases import CASES
 
-ROOT = Path(__file__).resolve().parents[1]
-FILES = sorted((ROOT / "patterns").glob("*.attn"))
 N, PREFILL = 72, 62
 
 
-def _program(path: Path):
-    from attnc.loader import program_of
-
-    text = path.read_text()
-    defines = {}
-    for name, value in re.findall(r"^\s*param\s+(\w+)\s*=\s*([^#\n]+)", text, re.M):
-        value = value.strip()
-        if not value.isdigit() or int(value) >= 16:
-            defines[name] = 8
-    model = None if re.search(r"^\s*model\s*\{", text, re.M) else {"heads": 4, "kv_heads": 2, "head_dim": 32}
-    return program_of(path, defines=defines, model=model)
+def _program(case):
+    """The case's program; a model of 4 query heads over 2 KV heads where it names none."""
+    prog = case.program
+    if prog.model.heads is None:
+        prog = dataclasses.replace(prog, model=ModelShape(layers=1, heads=4, kv_heads=2, head_dim=32))
+    return prog
 
 
-@pytest.mark.skipif(not FILES, reason="no pattern files yet")
-@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
-def test_pattern_file_decodes_like_prefill(path):
-    prog = _program(path)
+@pytest.mark.parametrize("case", [c for c in CASES if c.causal or c.path is not None], ids=str)
+def test_case_decodes_like_prefill(case):
+    prog = _program(case)
     plan = plan_decode(prog)
-    if plan is None:  # encoders and video patterns: no decode
-        assert not all(g.pattern.is_causal for g in prog.groups)
+    if plan is None:  # encoders and grid (image, video) patterns: no decode
+        assert case.grid or not all(g.pattern.is_causal for g in prog.groups)
         return
     if any(h.policy is not None for row in plan.heads for h in row):
         prog = dataclasses.replace(prog, cache=())

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from attnc.compiler.grid_blocks import brute_tiled_block_map, tiled_block_map
@@ -19,6 +18,7 @@ from attnc.compiler.ir import Neighborhood, Status
 from attnc.compiler.lower import lower
 from attnc.compiler.tiling import GridTiling, choose_tiling, grid_terms, visited_tiles
 from attnc.spec.resolve import load, resolve_text
+from tests.strategies import examples
 from tests.test_grids_spec import brute_pairs, grids, on_grid, source
 
 PATTERNS = Path(__file__).resolve().parent.parent / "patterns"
@@ -39,7 +39,7 @@ OTHERS = ["NB", "NB | global(3)", "NB & causal", "NB | window(4)", "causal & (NB
           "NB - window(left = 2, right = 2)"]
 
 
-@settings(max_examples=150, deadline=None)
+@examples(60)
 @given(grids(max_tokens=150), st.data())
 def test_tiled_block_map_equals_the_permuted_mask(g, data):
     dims, prefix = g[0], g[4]
@@ -54,7 +54,7 @@ def test_tiled_block_map_equals_the_permuted_mask(g, data):
     assert fast.prefix_pairs == brute.prefix_pairs
 
 
-@settings(max_examples=150, deadline=None)
+@examples(60)
 @given(grids(max_tokens=200), st.data())
 def test_kernel_tile_count_bounds_the_non_empty_tiles(g, data):
     """visited_tiles (the terms' per-axis boxes, what the kernel visits) never misses a tile.
@@ -91,20 +91,21 @@ def test_prefix_stays_out_of_the_map_but_is_counted():
     assert m.prefix_pairs + 16 * 9 == brute_pairs((4, 4), (3, 3), (1, 1), (False, False), 3).sum()
 
 
-@pytest.mark.parametrize("dims, kernel, bm, bn, seconds", [
-    ((128, 128), (13, 13), 128, 64, 5.0),
-    ((128, 128), (13, 13), 128, 128, 5.0),
-    ((16, 48, 80), (3, 11, 11), 128, 64, 10.0),
+@pytest.mark.parametrize("dims, kernel, bm, bn", [
+    ((128, 128), (13, 13), 128, 64),
+    ((128, 128), (13, 13), 128, 128),
+    ((16, 48, 80), (3, 11, 11), 128, 64),
 ])
-def test_bench_sizes_are_fast_and_match_the_kernel_count(dims, kernel, bm, bn, seconds):
+def test_bench_sizes_are_separable_and_match_the_kernel_count(dims, kernel, bm, bn, predicate_pairs):
+    """At the benchmark's sizes a single neighbourhood's tiled map comes from per-axis tables:
+    the pattern's predicate is never evaluated on a pair (no enumeration of N x N)."""
     nb = Neighborhood(dims, kernel, (1,) * len(dims), (False,) * len(dims))
     pattern = pattern_of(f"grid({', '.join(map(str, dims))})\npattern p = neighborhood(kernel = "
                          f"({', '.join(map(str, kernel))}))")
     assert pattern.terms[0].lits[0].atom == nb
-    t0 = time.perf_counter()
     tiling = choose_tiling(grid_terms(pattern), bm, bn)
     m = tiled_block_map(pattern, tiling)
-    assert time.perf_counter() - t0 < seconds
+    assert predicate_pairs.count == 0
     assert m.visited == visited_tiles(grid_terms(pattern), tiling.q_tile, tiling.k_tile)
     useful = math.prod(dims) * math.prod(kernel) / (m.visited * bm * bn)
     assert 0.1 < useful <= 1.0
@@ -125,15 +126,18 @@ def test_natten_image_densities_in_docs():
 
 
 @pytest.mark.parametrize("name", ["natten_image", "natten_video", "radial_attention", "freeswim"])
-def test_grid_pattern_files_tile_fast_and_as_the_kernel_counts(name):
+def test_grid_pattern_files_tile_as_the_kernel_counts(name, predicate_pairs):
+    """The tiled maps of the grid files, with the work bounded: the predicate is evaluated on
+    at most 1/1000 of the grid's N x N pairs (the few ambiguous tiles that are enumerated)."""
     pattern = lower(load(PATTERNS / f"{name}.attn")).groups[0].pattern
     gt = grid_terms(pattern)
     assert gt is not None
+    n = gt.prefix + math.prod(gt.dims)
     for bm, bn in ((128, 64), (128, 128)):
-        t0 = time.perf_counter()
+        predicate_pairs.count = 0
         tiling = choose_tiling(gt, bm, bn)
         m = tiled_block_map(pattern, tiling)
-        assert time.perf_counter() - t0 < 10.0  # generous: CI machines are shared
+        assert predicate_pairs.count <= n * n // 1000, predicate_pairs.count
         boxes = visited_tiles(gt, tiling.q_tile, tiling.k_tile)
         assert boxes >= m.visited
         if len(gt.terms) == 1:  # exact here (natten_video's dilation 2 is below its key tiles)
@@ -181,7 +185,7 @@ BOX_FORMS = ["U", "U & causal", "U | global(3)", "full - U | window(4)", "U - NB
              "U & window(left = 5, right = 3)", "(U) & sink(4) | NB"]
 
 
-@settings(max_examples=150, deadline=None)
+@examples(60)
 @given(grids(max_tokens=120), st.data())
 def test_row_major_map_and_count_of_neighbourhood_unions_equal_brute_force(g, data):
     """compiler/blocks.py and compiler/count.py count neighbourhoods by per-axis boxes, unions and
@@ -232,18 +236,18 @@ def test_box_counts_of_runs_of_queries_equal_enumeration():
 
 
 @pytest.mark.parametrize("name, pairs", [("radial_attention", 1_065_369_600), ("freeswim", 131040 * 21 * 31 * 53)])
-def test_large_grid_files_count_and_map_fast_and_exactly(name, pairs):
+def test_large_grid_files_count_and_map_by_boxes_and_exactly(name, pairs, predicate_pairs):
     """Radial Attention (61,440 tokens, four neighbourhoods) and FreeSwim (131,040 tokens, 34,503
-    keys per query): pairs and the 128 x 128 map in seconds; sampled query blocks enumerated."""
+    keys per query): pairs and the 128 x 128 map by per-axis boxes, the predicate evaluated on at
+    most 1/1000 of the N x N pairs; sampled query blocks enumerated."""
     from attnc.compiler.blocks import block_map
     from attnc.compiler.count import count_pairs
 
     pattern = lower(load(PATTERNS / f"{name}.attn")).groups[0].pattern
     n = 61440 if name == "radial_attention" else 131040
-    t0 = time.perf_counter()
     assert count_pairs(pattern, n) == pairs
     bmap = block_map(pattern, n, 128, 128)
-    assert time.perf_counter() - t0 < 20.0  # generous: CI machines are shared
+    assert predicate_pairs.count <= n * n // 1000, predicate_pairs.count
     for i in np.random.default_rng(3).integers(0, bmap.status.shape[0], 2):
         m = pattern.holds(np.arange(i * 128, min(i * 128 + 128, n))[:, None], np.arange(n)[None, :])
         cols = np.add.reduceat(m, np.arange(0, n, 128), axis=1)

@@ -14,12 +14,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from attnc.compiler.lower import lower
 from attnc.compiler.tiling import GridTiling, grid_terms, tile_visits
 from attnc.spec.resolve import resolve_text
+from tests.strategies import examples
 from tests.test_codegen_support import assert_close, dense_reference, inputs, load
 from tests.test_grids_spec import brute_pairs, grids
 
@@ -34,7 +35,7 @@ def call(kernel, dilation, causal) -> str:
 
 
 @st.composite
-def grid_patterns(draw, max_tokens: int = 90):
+def grid_patterns(draw, max_tokens: int = 64):
     """(attn text, brute-force mask): one or two neighbourhoods on a random grid, maybe & causal."""
     dims, kernel, dilation, causal, prefix = draw(grids(max_dim=10, max_tokens=max_tokens))
     terms = [(kernel, dilation, causal)]
@@ -75,15 +76,15 @@ def check_against(text: str, mask: np.ndarray, config: dict, *, h: int = 2, h_kv
     return mod
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@examples(8)
 @given(grid_patterns(), st.sampled_from(CONFIGS))
 def test_kernel_equals_natten_brute_force(case, config):
     text, mask = case
     check_against(text, mask, config)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(grid_patterns(max_tokens=70), st.sampled_from(CONFIGS))
+@examples(8)
+@given(grid_patterns(max_tokens=50), st.sampled_from(CONFIGS))
 def test_visits_follow_the_token_order(case, config):
     """Each program visits the key tiles of its query tile's boxes once each: every key a row of
     the tile needs, no key twice, and as many key tiles as compiler/tiling.py counts."""

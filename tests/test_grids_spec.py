@@ -20,12 +20,13 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from attnc.compiler.lower import lower
 from attnc.spec.errors import AttnError
 from attnc.spec.resolve import resolve_text
+from tests.strategies import examples
 
 
 # ---------------------------------------------------------------- the brute force
@@ -113,7 +114,7 @@ def lowered_mask(text: str, n: int) -> np.ndarray:
     return group.pattern.mask(n)
 
 
-@settings(max_examples=200, deadline=None)
+@examples(100)
 @given(grids(), st.integers(0, 1), st.booleans())
 def test_neighbourhood_text_means_natten(g, style, keywords):
     dims, kernel, dilation, causal, prefix = g
@@ -121,7 +122,7 @@ def test_neighbourhood_text_means_natten(g, style, keywords):
     assert (lowered_mask(source(g, style=style, keywords=keywords), n) == brute_pairs(*g)).all()
 
 
-@settings(max_examples=100, deadline=None)
+@examples(50)
 @given(grids())
 def test_every_query_sees_exactly_the_kernel_on_non_causal_axes(g):
     """The point of shifting inward (NATTEN, FreeSwim): no query sees fewer keys at a border."""
@@ -132,7 +133,7 @@ def test_every_query_sees_exactly_the_kernel_on_non_causal_axes(g):
     assert (counts == math.prod(kernel)).all()
 
 
-@settings(max_examples=150, deadline=None)
+@examples(75)
 @given(grids(max_tokens=200), st.sampled_from(["global", "causal", "window", "sink"]), st.integers(1, 9),
        st.sampled_from(["|", "&", "-"]))
 def test_neighbourhood_composes_with_one_dimensional_primitives(g, name, size, op):
@@ -153,7 +154,7 @@ def on_grid(dims, prefix):
         st.tuples(*(st.booleans() for _ in dims)), st.just(prefix)))
 
 
-@settings(max_examples=80, deadline=None)
+@examples(40)
 @given(grids(max_tokens=150), st.data(), st.sampled_from(["|", "&", "-"]))
 def test_unions_and_intersections_of_neighbourhoods(g, data, op):
     """Two neighbourhoods over one grid (Radial Attention is a union of such)."""

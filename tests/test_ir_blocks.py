@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from attnc.compiler.blocks import block_map, brute_block_map
 from attnc.compiler.lower import lower_expr
-from tests.strategies import expressions, op, prim
+from tests.strategies import examples, expressions, lowered, op, prim
 
 
 def brute_mask(expr, n: int) -> np.ndarray:
@@ -34,16 +34,17 @@ def brute_mask(expr, n: int) -> np.ndarray:
     return np.array([[allowed(expr, q, k) for k in range(n)] for q in range(n)], dtype=bool)
 
 
-@settings(max_examples=150, deadline=None)
+@examples(75)
 @given(expressions(), st.integers(1, 40))
 def test_lowered_pattern_means_what_the_table_says(expr, n):
     assert (lower_expr(expr).mask(n) == brute_mask(expr, n)).all()
 
 
-@settings(max_examples=150, deadline=None)
-@given(expressions(), st.integers(1, 70), st.integers(1, 9), st.integers(1, 9))
-def test_block_map_equals_enumeration(expr, n, bm, bn):
-    pattern = lower_expr(expr)
+@examples(75)
+@given(lowered(), st.integers(1, 9), st.integers(1, 9))
+def test_block_map_equals_enumeration(case, bm, bn):
+    """Every atom, neighbourhoods on random grids included, at lengths around the grid's."""
+    pattern, n = case
     assert (block_map(pattern, n, bm, bn).status == brute_block_map(pattern, n, bm, bn).status).all()
 
 

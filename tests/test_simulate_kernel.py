@@ -16,12 +16,12 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from attnc.compiler.plan import plan_program  # noqa: E402
 from attnc.compiler import simulate as sim  # noqa: E402
-from tests.strategies import causal_expressions  # noqa: E402
+from tests.strategies import causal_expressions, examples  # noqa: E402
 from tests.test_codegen_support import EXPRS, grouped, load, single, visits  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -58,7 +58,7 @@ def test_segments_are_the_kernels_visits(name, cfg):
         check(single(EXPRS[name], name), n, cfg)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@examples(10)
 @given(causal_expressions(), st.integers(1, 90), st.sampled_from(CONFIGS))
 def test_segments_of_random_patterns(expr, n, cfg):
     check(single(expr, "rnd"), n, cfg)

@@ -7,12 +7,11 @@ import heapq
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from attnc.codegen.importing import import_module_from_path
@@ -20,7 +19,7 @@ from attnc.compiler import simulate as sim
 from attnc.compiler.blocks import block_map, brute_block_map
 from attnc.compiler.ir import Status
 from attnc.compiler.lower import lower_expr
-from tests.strategies import causal_expressions, expressions, op, prim
+from tests.strategies import causal_expressions, examples, expressions, lowered, op, prim
 from tests.test_codegen_support import single
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,16 +32,16 @@ def brute_counts(pattern, n, bm, bn):
 
 
 # ------------------------------------------------------------------------------- tile counts
-@settings(max_examples=120, deadline=None)
-@given(expressions(), st.integers(1, 70), st.integers(1, 9), st.integers(1, 9))
-def test_block_tiles_equal_brute_force(expr, n, bm, bn):
-    pattern = lower_expr(expr)
+@examples(60)
+@given(lowered(), st.integers(1, 9), st.integers(1, 9))
+def test_block_tiles_equal_brute_force(case, bm, bn):
+    pattern, n = case
     tiles = sim.block_tiles(pattern, n, bm, bn)
     full, masked = brute_counts(pattern, n, bm, bn)
     assert (tiles.full == full).all() and (tiles.masked == masked).all() and not tiles.narrow.any()
 
 
-@settings(max_examples=100, deadline=None)
+@examples(50)
 @given(st.booleans(), st.integers(1, 300), st.integers(1, 40), st.integers(1, 40))
 def test_dense_tiles_equal_brute_force(causal, n, bm, bn):
     pattern = lower_expr(prim("causal" if causal else "full"))
@@ -51,26 +50,26 @@ def test_dense_tiles_equal_brute_force(causal, n, bm, bn):
     assert (tiles.full == full).all() and (tiles.masked == masked).all()
 
 
-@settings(max_examples=100, deadline=None)
-@given(expressions(), st.integers(1, 90), st.sampled_from([(1, 1), (1, 2), (2, 1), (2, 2), (4, 2), (3, 5)]),
+@examples(50)
+@given(lowered(most=90), st.sampled_from([(1, 1), (1, 2), (2, 1), (2, 2), (4, 2), (3, 5)]),
        st.integers(1, 6), st.integers(1, 6))
-def test_coarsened_block_map_is_the_coarse_block_map(expr, n, factor, bm, bn):
-    pattern = lower_expr(expr)
+def test_coarsened_block_map_is_the_coarse_block_map(case, factor, bm, bn):
+    pattern, n = case
     fine = block_map(pattern, n, bm, bn).status
     coarse = brute_block_map(pattern, n, bm * factor[0], bn * factor[1]).status
     assert (sim.coarsen(fine, *factor) == coarse).all()
 
 
-@settings(max_examples=30, deadline=None)
-@given(expressions(max_leaves=4), st.integers(1, 400), st.sampled_from([None, (64, 32), (128, 64), (128, 128)]))
-def test_flex_tiles_are_its_exact_block_mask(expr, n, fine):
-    pattern = lower_expr(expr)
+@examples(15)
+@given(lowered(4), st.integers(1, 400), st.sampled_from([None, (64, 32), (128, 64), (128, 128)]))
+def test_flex_tiles_are_its_exact_block_mask(case, n, fine):
+    pattern = case[0]
     tiles = sim.flex_tiles(pattern, n, fine)
     full, masked = brute_counts(pattern, n, 128, 128)
     assert (tiles.full == full).all() and (tiles.masked == masked).all()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@examples(30)
 @given(expressions(max_leaves=5), st.integers(1, 120), st.sampled_from([(16, 16, 16), (32, 16, 16), (16, 32, 16)]))
 def test_kernel_visits_are_sound(expr, n, cfg):
     """The kernel's visits (as simulated) reach every allowed key once, and skip the mask only
@@ -105,7 +104,7 @@ def naive_schedule(cost, count, slots, order):
     return max(heap)
 
 
-@settings(max_examples=200, deadline=None)
+@examples(100)
 @given(st.lists(st.tuples(st.integers(1, 50), st.integers(1, 40)), min_size=1, max_size=12),
        st.integers(1, 9), st.sampled_from(["lpt", "asc"]))
 def test_schedule_is_greedy_list_scheduling(runs, slots, order):
@@ -161,7 +160,7 @@ def test_dense_causal_speedup_is_the_rate_ratio():
                                                                       for i in range(nb))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@examples(20)
 @given(causal_expressions(max_leaves=3), causal_expressions(max_leaves=3), st.sampled_from([1000, 4096]))
 def test_denser_pattern_is_not_faster(a, b, n):
     """On the tiles of the exact block map, adding pairs never makes a launch faster, up to the
@@ -233,12 +232,14 @@ def test_predict_for_the_benchmark():
     assert sim.predict(obj) == sim.predict_decode(program, shape(32768, batch=8, kv_heads=8)).attnc.ms
 
 
-def test_simulation_at_128k_is_fast():
+def test_simulation_at_128k_counts_without_enumerating(predicate_pairs):
+    """At N = 131072 the simulator counts tiles from the plan and the block map's closed forms:
+    the pattern's predicate is evaluated on at most 1/1000 of the 17 G pairs of a dense mask
+    (the decode step's one query row and the few tiles that are probed)."""
     program = single(SW)
-    start = time.process_time()
     sim.predict_prefill(program, shape(131072))
     sim.predict_decode(program, shape(131072))
-    assert time.process_time() - start < 1.0
+    assert predicate_pairs.count <= 131072 ** 2 // 1000, predicate_pairs.count
 
 
 def test_bad_inputs_say_what_to_fix():
@@ -324,7 +325,7 @@ prof = cal["fit_profile"](sim.load_profile("h100"), cases, measured)
 print("ok", sim.__name__, len(cal["report"](prof, cases, measured)))
 print("predicted", repr(sim.predict(json.load(open({str(tmp_path / "workload.json")!r})))))
 """
-    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "ok compiler.simulate 5" in out.stdout
     assert f"predicted {expected!r}" in out.stdout, "bench/gpu.py's predictions on the GPU machine"

@@ -7,12 +7,13 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from attnc.spec.describe import describe
 from attnc.spec.errors import AttnError
 from attnc.spec.resolve import resolve_text
+from tests.strategies import examples
 
 PATTERNS = Path(__file__).resolve().parent.parent / "patterns"
 FILES = sorted(PATTERNS.glob("*.attn"))
@@ -26,7 +27,7 @@ VOCABULARY = [
     "snapkv", "h2o", "tova", "key_norm", "linear", "adaptive", "recent", "prefill", "decode", "mean", "rerotate",
     '"heads/smollm2.json"', '"streaming_llm.attn"', '"lserve.attn"', "@retrieval", "class", "__import__",
 ]  # fmt: skip
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = examples(10)
 
 
 def check_robust(text: str, filename: str) -> None:
@@ -86,13 +87,13 @@ def test_mutations_of_pattern_files(path: Path, changes: list[tuple[str, float, 
     check_robust(mutate(path.read_text(), changes), str(path))
 
 
-@settings(max_examples=300, deadline=None)
+@examples(150)
 @given(text=st.text(max_size=300))
 def test_random_text(text: str) -> None:
     check_robust(text, str(PATTERNS / "random.attn"))
 
 
-@settings(max_examples=300, deadline=None)
+@examples(150)
 @given(parts=st.lists(st.sampled_from(VOCABULARY), max_size=40))
 def test_random_token_soup(parts: list[str]) -> None:
     check_robust(" ".join(parts), str(PATTERNS / "soup.attn"))

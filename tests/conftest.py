@@ -1,0 +1,50 @@
+"""Suite-wide settings: hypothesis profiles, the `exhaustive` marker, one module cache per session.
+
+Hypothesis profiles (choose with `pytest --hypothesis-profile=NAME`):
+  ci        the default: the example counts that the tests declare through
+            `tests.strategies.examples(n)`, sized to keep `make test` cheap.
+  thorough  ten times as many examples everywhere; `make test-all` uses it.
+
+Tests marked `@pytest.mark.exhaustive` (large sweeps, the full-size pattern files) are
+deselected by pyproject's addopts; `make test-all` runs them (`-m ""`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("ci", max_examples=100, deadline=None, suppress_health_check=list(HealthCheck),
+                          print_blob=True)
+settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Modules that the tests compile through attnc.load / write_module without a folder of their
+# own land in one cache per session (and per xdist worker), shared by every test of it, never
+# in the user's cache.
+os.environ["ATTNC_CACHE"] = tempfile.mkdtemp(prefix="attnc-test-cache-")
+
+
+@pytest.fixture
+def predicate_pairs(monkeypatch):
+    """A counter of the (query, key) pairs on which any term of any pattern is evaluated
+    while the test runs (`predicate_pairs.count`): a measure of an analysis' work that does
+    not depend on the machine, for tests that guard that it stays far from enumerating N x N."""
+    from attnc.compiler.ir import Term
+
+    class Counter:
+        count = 0
+
+    counter = Counter()
+    holds = Term.holds
+
+    def counting(self, q, k):
+        counter.count += int(np.prod(np.broadcast_shapes(np.shape(q), np.shape(k)), dtype=np.int64))
+        return holds(self, q, k)
+
+    monkeypatch.setattr(Term, "holds", counting)
+    return counter
