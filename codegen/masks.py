@@ -68,28 +68,36 @@ def _power(a: Power) -> str:
     return f"(({d} == 0) | (({d} > 0) & (({d} & ({d} - 1)) == 0)))"
 
 
+def _at_most(v: str, top: str) -> str:
+    """min(v, top) as text in the arithmetic of compiler.ir._at_most."""
+    over = f"({v} - {top})"
+    return f"({v} - {over} * ({over} > 0))"
+
+
 def _neighborhood(a: Neighborhood) -> str:
-    """NATTEN's rule (compiler.ir.Neighborhood) per axis, on flattened grid positions."""
+    """NATTEN's rule (compiler.ir.axis_low, strides included) per axis, on flattened grid positions."""
     gq, gk = f"({_offset(Q, -a.prefix)})", f"({_offset(K, -a.prefix)})"
     size = 1
     for length in a.dims:
         size *= length
     parts = [f"({gq} >= 0)", f"({gk} >= 0)", f"({gq} < {size})", f"({gk} < {size})"]
     stride = size
-    for length, kernel, dil, causal in zip(a.dims, a.kernel, a.dilation, a.causal):
+    for length, kernel, dil, causal, st in zip(a.dims, a.kernel, a.dilation, a.causal, a.stride):
         stride //= length
         x, y = f"({gq} // {stride} % {length})", f"({gk} // {stride} % {length})"
         parts.append(f"({x} % {dil} == {y} % {dil})")
         xi, yi = f"({x} // {dil})", f"({y} // {dil})"
+        group_len = f"(({length} - {x} % {dil} + {dil} - 1) // {dil})"
+        lead = xi
+        if st > 1:  # the stride group's leader, at most the group's last member
+            lead = f"({xi} // {st} * {st} + {st - 1 if causal else st // 2})"
+            lead = _at_most(lead, f"({group_len} - 1)")
         if causal:
             parts.append(f"({yi} <= {xi})")
-            parts.append(f"({yi} > {xi} - {kernel})")
+            parts.append(f"({yi} > {lead} - {kernel})")
             continue
-        group_len = f"(({length} - {x} % {dil} + {dil} - 1) // {dil})"
-        s0 = f"({xi} - {kernel // 2})"
-        s1 = f"({s0} * ({s0} > 0))"
-        over = f"({s1} + {kernel} - {group_len})"
-        start = f"({s1} - {over} * ({over} > 0))"
+        s0 = f"({lead} - {kernel // 2})"
+        start = _at_most(f"({s0} * ({s0} > 0))", f"({group_len} - {kernel})")
         parts.append(f"({yi} >= {start})")
         parts.append(f"({yi} < {start} + {kernel})")
     inside = " & ".join(parts)

@@ -223,12 +223,13 @@ def _power_hits(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 class Neighborhood:
     """NATTEN's neighbourhood over a token grid, flattened row-major after `prefix` text tokens.
 
-    Per axis of length L with kernel K, dilation d and causality c, query coordinate x
-    attends key coordinate y when x and y fall in the same dilation group (x mod d == y mod d)
-    and y's index in the group lies in the window of x: for a non-causal axis the K
-    positions centred on x, shifted inward at the borders so that there are exactly K; for a
-    causal axis the positions from x - K + 1 to x (fewer at the start). Prefix tokens attend
-    to and from everything.
+    Per axis of length L with kernel K, dilation d, causality c and stride s, query
+    coordinate x attends key coordinate y when x and y fall in the same dilation group
+    (x mod d == y mod d) and y's index in the group lies in the window of x's stride leader
+    (GNA: the s consecutive group members of x's stride group share one window): for a
+    non-causal axis the K positions centred on the leader, shifted inward at the borders so
+    that there are exactly K; for a causal axis the positions from leader - K + 1 to x
+    itself (fewer at the start). See `axis_low`. Prefix tokens attend to and from everything.
     """
 
     dims: tuple[int, ...]
@@ -236,6 +237,11 @@ class Neighborhood:
     dilation: tuple[int, ...]
     causal: tuple[bool, ...]
     prefix: int = 0
+    stride: tuple[int, ...] = ()  # per axis; () means 1 on every axis (NATTEN's stride-1 windows)
+
+    def __post_init__(self) -> None:
+        if not self.stride:
+            object.__setattr__(self, "stride", (1,) * len(self.dims))
 
     def holds(self, q: Any, k: Any) -> Any:
         in_text = (q < self.prefix) | (k < self.prefix)
@@ -248,40 +254,65 @@ class Neighborhood:
             coords.append(((gq // stride) % length, (gk // stride) % length, length))
             stride *= length
         ok = ok & (gq < stride) & (gk < stride)
-        for (x, y, length), kk, dd, cc in zip(reversed(coords), self.kernel, self.dilation, self.causal):
-            ok = ok & axis_neighbour(x, y, length, kk, dd, cc)
+        for (x, y, length), kk, dd, cc, ss in zip(reversed(coords), self.kernel, self.dilation, self.causal,
+                                                   self.stride):
+            ok = ok & axis_neighbour(x, y, length, kk, dd, cc, ss)
         return in_text | ok
 
     def tile(self, q0, q1, k0, k1):
         return _brute_tile(self, q0, q1, k0, k1)
 
     def __str__(self) -> str:
-        return f"neighborhood(grid={self.dims}, kernel={self.kernel}, dilation={self.dilation}, causal={self.causal})"
+        strided = f", stride={self.stride}" if any(v != 1 for v in self.stride) else ""
+        return (f"neighborhood(grid={self.dims}, kernel={self.kernel}, dilation={self.dilation}, "
+                f"causal={self.causal}{strided})")
 
 
-def axis_low(x: Any, length: int, kernel: int, dilation: int, causal: bool) -> Any:
+def _at_most(v: Any, top: Any) -> Any:
+    """min(v, top) in plain arithmetic (ints, numpy arrays, tensors alike)."""
+    over = v - top
+    return v - over * (over > 0)
+
+
+def axis_low(x: Any, length: int, kernel: int, dilation: int, causal: bool, stride: int = 1) -> Any:
     """The first key coordinate of query coordinate x's window on one axis (NATTEN's rule).
 
-    The window holds the keys low, low + d, ..., low + (kernel - 1) * d: for a non-causal
-    axis the kernel positions of x's dilation group centred on x, shifted inward at the
-    borders; for a causal axis the ones ending at x (starting before 0 near the start, so
-    holding fewer). Plain arithmetic, so x may be an int, a numpy array or a tensor.
+    In x's dilation group (the n coordinates congruent to x modulo d; x is member i = x div d)
+    the members are cut into stride groups of s consecutive members, and every member uses
+    the window of its group's leader: for a non-causal axis the centre member
+    (i div s) * s + s div 2 (the right one of the two centres for an even s), for a causal
+    axis the last member (i div s) * s + s - 1; in both cases at most n - 1 (a last partial
+    group leads with the group's last member). With s = 1 the leader is x itself. The window
+    holds the keys low, low + d, ..., up to `axis_high`: for a non-causal axis the kernel
+    members centred on the leader (K div 2 before it), shifted inward at the borders; for a
+    causal axis the ones from leader - K + 1 (below 0 near the start, so holding fewer).
+    Plain arithmetic, so x may be an int, a numpy array or a tensor.
     """
-    if causal:
-        return x - (kernel - 1) * dilation
     group = x % dilation
     group_len = (length - group + dilation - 1) // dilation
-    start = x // dilation - kernel // 2
+    lead = x // dilation
+    if stride > 1:
+        lead = _at_most(lead // stride * stride + (stride - 1 if causal else stride // 2), group_len - 1)
+    if causal:
+        return (lead - kernel + 1) * dilation + group
+    start = lead - kernel // 2
     start = start * (start > 0)
-    over = start + kernel - group_len
-    start = start - over * (over > 0)
+    start = _at_most(start, group_len - kernel)
     return start * dilation + group
 
 
-def axis_neighbour(x: Any, y: Any, length: int, kernel: int, dilation: int, causal: bool) -> Any:
+def axis_high(x: Any, length: int, kernel: int, dilation: int, causal: bool, stride: int = 1) -> Any:
+    """The last key coordinate of x's window (see `axis_low`): low + (K - 1) d, except that a
+    causal window ends at x itself (with a stride, before its leader's end)."""
+    if causal:
+        return x
+    return axis_low(x, length, kernel, dilation, causal, stride) + (kernel - 1) * dilation
+
+
+def axis_neighbour(x: Any, y: Any, length: int, kernel: int, dilation: int, causal: bool, stride: int = 1) -> Any:
     """NATTEN's rule on one axis (see Neighborhood): y is a member of x's window."""
-    diff = y - axis_low(x, length, kernel, dilation, causal)
-    return (diff >= 0) & (diff <= (kernel - 1) * dilation) & (diff % dilation == 0)
+    diff = y - axis_low(x, length, kernel, dilation, causal, stride)
+    return (diff >= 0) & (y <= axis_high(x, length, kernel, dilation, causal, stride)) & (diff % dilation == 0)
 
 
 def _brute_tile(atom: Any, q0, q1, k0, k1) -> np.ndarray:

@@ -216,10 +216,10 @@ def _neighborhood(nb: Neighborhood, src: np.ndarray) -> np.ndarray:
     part = src[p:p + g]
     cells[:len(part)] = part
     state = cells.reshape(nb.dims).astype(np.int64)
-    for axis, (length, k, dl, c) in enumerate(zip(nb.dims, nb.kernel, nb.dilation, nb.causal)):
+    for axis, (length, k, dl, c, s) in enumerate(zip(nb.dims, nb.kernel, nb.dilation, nb.causal, nb.stride)):
         x = np.arange(length)[:, None]
         y = np.arange(length)[None, :]
-        rel = np.asarray(axis_neighbour(x, y, length, k, dl, c), dtype=np.int64)
+        rel = np.asarray(axis_neighbour(x, y, length, k, dl, c, s), dtype=np.int64)
         state = np.moveaxis(np.tensordot(np.moveaxis(state, axis, -1), rel, axes=([-1], [0])), -1, axis)
         state = (state > 0).astype(np.int64)
     flat = state.reshape(-1) > 0

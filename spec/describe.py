@@ -111,6 +111,8 @@ def _neighborhood(a: dict) -> str:
     text = "a " + "x".join(map(str, a["kernel"])) + " neighborhood on the grid"
     if any(d != 1 for d in a["dilation"]):
         text += " with dilation " + "x".join(map(str, a["dilation"]))
+    if any(s != 1 for s in a["stride"]):
+        text += ", stride " + "x".join(map(str, a["stride"]))
     causal_axes = [str(i) for i, c in enumerate(a["causal"]) if c]
     if causal_axes:
         text += ", causal along axis " + ", ".join(causal_axes)
