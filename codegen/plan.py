@@ -97,6 +97,8 @@ def atom_bounds(lit: Lit) -> tuple[Bounds, Bounds | None]:
     if isinstance(a, Neighborhood):
         if a.prefix:
             return OPEN, None
+        # a window holds its query and spans (kernel - 1) * d per axis, strided or not (a stride
+        # group's shared window holds each member; a causal one ends at the query)
         reach, stride = 0, 1
         for length, kernel, dil in reversed(list(zip(a.dims, a.kernel, a.dilation))):
             reach += (kernel - 1) * dil * stride

@@ -268,6 +268,12 @@ class Neighborhood:
                 f"causal={self.causal}{strided})")
 
 
+def axis_window(nb: Neighborhood, axis: int) -> tuple[int, int, bool, int]:
+    """A neighbourhood's rule on one axis: (kernel, dilation, causal, stride), the arguments
+    `axis_low`, `axis_high` and `axis_neighbour` take after the coordinates and the length."""
+    return nb.kernel[axis], nb.dilation[axis], nb.causal[axis], nb.stride[axis]
+
+
 def _at_most(v: Any, top: Any) -> Any:
     """min(v, top) in plain arithmetic (ints, numpy arrays, tensors alike)."""
     over = v - top

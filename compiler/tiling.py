@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ir import Lit, Neighborhood, Pattern, axis_low
+from .ir import Lit, Neighborhood, Pattern, axis_high, axis_low, axis_window
 
 
 @dataclass(frozen=True)
@@ -102,19 +102,22 @@ class GridTiling:
 
 @functools.lru_cache(maxsize=4096)
 def axis_key_tiles(length: int, tq: int, tk: int, kernel: int, dilation: int,
-                   causal: bool) -> tuple[np.ndarray, np.ndarray]:
+                   causal: bool, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Per query tile along one axis, the first and last key tile that its rows' windows reach.
 
-    The kernel's rule (grid.py.j2): the lowest window start and the highest window end over
-    the tile's rows inside the axis, clamped to the axis, divided by the key tile.
+    The kernel's rule (grid.py.j2): the lowest window start and the highest window end
+    (`ir.axis_low`, `ir.axis_high`) over the tile's rows inside the axis, clamped to the
+    axis, divided by the key tile.
     """
     starts = np.arange(0, length, tq)
     first = np.empty(len(starts), dtype=np.int64)
     last = np.empty(len(starts), dtype=np.int64)
     for i, s in enumerate(starts):
-        low = np.asarray(axis_low(np.arange(s, min(s + tq, length)), length, kernel, dilation, causal))
+        x = np.arange(s, min(s + tq, length))
+        low = np.asarray(axis_low(x, length, kernel, dilation, causal, stride))
+        high = np.asarray(axis_high(x, length, kernel, dilation, causal, stride))
         first[i] = max(int(low.min()), 0) // tk
-        last[i] = min(int(low.max()) + (kernel - 1) * dilation, length - 1) // tk
+        last[i] = min(int(high.max()), length - 1) // tk
     first.setflags(write=False)
     last.setflags(write=False)
     return first, last
@@ -125,12 +128,12 @@ def _subsets(n: int) -> list[tuple[int, ...]]:
 
 
 @functools.lru_cache(maxsize=65536)
-def _axis_box(length: int, tq: int, tk: int, windows: tuple[tuple[int, int, bool], ...]) -> np.ndarray:
+def _axis_box(length: int, tq: int, tk: int, windows: tuple[tuple[int, int, bool, int], ...]) -> np.ndarray:
     """Per query tile along one axis: key tiles in the intersection of the windows' boxes
-    (windows as (kernel, dilation, causal))."""
+    (windows as `axis_window`s)."""
     first, last = None, None
-    for kernel, dilation, causal in windows:
-        f, l = axis_key_tiles(length, tq, tk, kernel, dilation, causal)
+    for window in windows:
+        f, l = axis_key_tiles(length, tq, tk, *window)
         first = f if first is None else np.maximum(first, f)
         last = l if last is None else np.minimum(last, l)
     out = np.maximum(last - first + 1, 0)
@@ -141,8 +144,7 @@ def _axis_box(length: int, tq: int, tk: int, windows: tuple[tuple[int, int, bool
 def _box_axes(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...],
               subset: tuple[int, ...]) -> list[np.ndarray]:
     """Per axis, per query tile coordinate: key tiles in the intersection of the subset's boxes."""
-    return [_axis_box(n, tq, tk, tuple((g.terms[t].nb.kernel[a], g.terms[t].nb.dilation[a], g.terms[t].nb.causal[a])
-                                       for t in subset))
+    return [_axis_box(n, tq, tk, tuple(axis_window(g.terms[t].nb, a) for t in subset))
             for a, (n, tq, tk) in enumerate(zip(g.dims, q_tile, k_tile))]
 
 
