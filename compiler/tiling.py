@@ -141,11 +141,41 @@ def _axis_box(length: int, tq: int, tk: int, windows: tuple[tuple[int, int, bool
     return out
 
 
+def anchorable(g: GridTerms, axis: int) -> bool:
+    """Whether the kernel may start its key boxes on this axis at a query tile's shared window
+    instead of at multiples of the key tile: the pattern is one term, not causal and not
+    dilated on the axis. It does so for the query tiles of `anchored`."""
+    nb = g.terms[0].nb
+    return len(g.terms) == 1 and nb.dilation[axis] == 1 and not nb.causal[axis]
+
+
+def anchored(g: GridTerms, axis: int, tq: int) -> bool:
+    """Whether every query tile of tq coordinates shares one window on this axis (GNA): the
+    tile divides the stride, so each tile lies in one stride group and all its rows use the
+    group leader's window [W, W + K - 1]. The kernel then visits the ceil(K / TK) key boxes
+    from W on (never more than the key tiles the window meets); grid.py.j2 renders this rule."""
+    return anchorable(g, axis) and g.terms[0].nb.stride[axis] % tq == 0
+
+
 def _box_axes(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...],
               subset: tuple[int, ...]) -> list[np.ndarray]:
-    """Per axis, per query tile coordinate: key tiles in the intersection of the subset's boxes."""
-    return [_axis_box(n, tq, tk, tuple(axis_window(g.terms[t].nb, a) for t in subset))
-            for a, (n, tq, tk) in enumerate(zip(g.dims, q_tile, k_tile))]
+    """Per axis, per query tile coordinate: key boxes in the intersection of the subset's boxes
+    (tiles of the key tile grid, or boxes from the shared window's start on anchored axes)."""
+    out = []
+    for a, (n, tq, tk) in enumerate(zip(g.dims, q_tile, k_tile)):
+        if anchored(g, a, tq):  # one term, so subset == (0,)
+            out.append(np.full(-(-n // tq), -(-g.terms[0].nb.kernel[a] // tk), dtype=np.int64))
+        else:
+            out.append(_axis_box(n, tq, tk, tuple(axis_window(g.terms[t].nb, a) for t in subset)))
+    return out
+
+
+def unmasked_boxes(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]) -> int:
+    """Key boxes per query tile that the kernel runs without a mask: those inside a window that
+    every row of the tile shares (every axis anchored, no other literal): floor(K / TK) per axis."""
+    if len(g.terms) != 1 or g.terms[0].others or not all(anchored(g, a, tq) for a, tq in enumerate(q_tile)):
+        return 0
+    return math.prod(k // tk for k, tk in zip(g.terms[0].nb.kernel, k_tile))
 
 
 def tile_visits(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]) -> np.ndarray:
@@ -180,11 +210,13 @@ def _shapes(tokens: int, dims: tuple[int, ...]) -> list[tuple[int, ...]]:
 
 def choose_tiling(g: GridTerms, block_m: int, block_n: int) -> GridTiling:
     """The tile shapes (BLOCK_M and BLOCK_N tokens) for which the kernel visits the fewest
-    key tiles; ties go to the shape with wider rows (longer contiguous runs of tokens)."""
+    key tiles; ties go to more boxes without a mask (`unmasked_boxes`), then to the shape with
+    wider rows (longer contiguous runs of tokens)."""
     best = None
     for tq in _shapes(block_m, g.dims) or [tuple([1] * (len(g.dims) - 1) + [block_m])]:
         for tk in _shapes(block_n, g.dims) or [tuple([1] * (len(g.dims) - 1) + [block_n])]:
-            key = (visited_tiles(g, tq, tk), tuple(-x for x in reversed(tq)), tuple(-x for x in reversed(tk)))
+            key = (visited_tiles(g, tq, tk), -unmasked_boxes(g, tq, tk), tuple(-x for x in reversed(tq)),
+                   tuple(-x for x in reversed(tk)))
             if best is None or key < best[0]:
                 best = (key, tq, tk)
     assert best is not None
