@@ -124,6 +124,27 @@ def test_natten_image_densities_in_docs():
     assert round(tiled, 2) == 0.24 and round(row_major, 2) == 0.10
 
 
+def test_gna_image_tiles_are_its_windows():
+    """docs/grids.md: patterns/gna_image.attn (stride 8 x 8) at 64 x 64 tiles: each 8 x 8 query
+    tile is one stride group, its keys one 13 x 13 window, read as 2 x 2 boxes of 8 x 8 from the
+    window's start: 1,024 boxes, 66% useful pairs (natten_image: 2,116 tiles, 32%)."""
+    from attnc.compiler.count import count_pairs
+    from attnc.compiler.tiling import tile_visits, unmasked_boxes
+
+    useful = {}
+    for name in ("gna_image", "natten_image"):
+        pattern = lower(load(PATTERNS / f"{name}.attn")).groups[0].pattern
+        gt = grid_terms(pattern)
+        tiling = choose_tiling(gt, 64, 64)
+        pairs = count_pairs(pattern, 128 * 128)
+        assert pairs == 128 * 128 * 169  # a shared window still holds 169 keys for every query
+        visits = tile_visits(gt, tiling.q_tile, tiling.k_tile)
+        useful[name] = (tiling.q_tile, int(visits.sum()), round(pairs / (visits.sum() * 64 * 64), 2))
+    assert useful == {"gna_image": ((8, 8), 1024, 0.66), "natten_image": ((8, 8), 2116, 0.32)}
+    gt = grid_terms(lower(load(PATTERNS / "gna_image.attn")).groups[0].pattern)
+    assert unmasked_boxes(gt, (8, 8), (8, 8)) == 1
+
+
 @pytest.mark.parametrize("name", ["natten_image", "natten_video", "radial_attention", "freeswim"])
 def test_grid_pattern_files_tile_fast_and_as_the_kernel_counts(name):
     pattern = lower(load(PATTERNS / f"{name}.attn")).groups[0].pattern
