@@ -10,10 +10,12 @@ the prefix rows over every key.
 
 In a tile, every (term, axis) is one compare pair per element: the window of a query
 coordinate x is low(x), low(x) + d, ..., low(x) + (kernel - 1) * d (`compiler.ir
-.axis_low`), computed once per query row, and a key coordinate y is inside when
-0 <= y - low(x) <= (kernel - 1) * d and (for d > 1) d divides y - low(x). Literals that
-narrow a term beyond its neighbourhood are evaluated on natural positions with the usual
-mask text.
+.axis_low`, with the row's stride leader), computed once per query row, and a key
+coordinate y is inside when 0 <= y - low(x) <= (kernel - 1) * d (y <= x on a causal axis)
+and (for d > 1) d divides y - low(x). Where every row of a query tile shares one window
+(`compiler.tiling.anchored`: GNA's strides), the key boxes start at that window and the
+mask on the axis is one vector per tile. Literals that narrow a term beyond its
+neighbourhood are evaluated on natural positions with the usual mask text.
 
 Tile shapes are chosen by the compiler for every (BLOCK_M, BLOCK_N) a configuration may use
 (`TILE_SIZES`), so the module picks them by table at launch.

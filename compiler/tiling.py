@@ -128,17 +128,22 @@ def _subsets(n: int) -> list[tuple[int, ...]]:
 
 
 @functools.lru_cache(maxsize=65536)
-def _axis_box(length: int, tq: int, tk: int, windows: tuple[tuple[int, int, bool, int], ...]) -> np.ndarray:
-    """Per query tile along one axis: key tiles in the intersection of the windows' boxes
-    (windows as `axis_window`s)."""
-    first, last = None, None
-    for window in windows:
-        f, l = axis_key_tiles(length, tq, tk, *window)
-        first = f if first is None else np.maximum(first, f)
-        last = l if last is None else np.minimum(last, l)
-    out = np.maximum(last - first + 1, 0)
+def _axis_box(length: int, tq: int, tk: int, windows: tuple[tuple[int, int, bool, int], ...],
+              shared: bool) -> tuple[np.ndarray, int]:
+    """Per query tile along one axis: key boxes in the intersection of the windows' boxes
+    (windows as `axis_window`s), and their sum. `shared`: one window that every query tile
+    shares (`anchored`), read as ceil(K / TK) boxes from its start."""
+    if shared:
+        out = np.full(-(-length // tq), -(-windows[0][0] // tk), dtype=np.int64)
+    else:
+        first, last = None, None
+        for window in windows:
+            f, l = axis_key_tiles(length, tq, tk, *window)
+            first = f if first is None else np.maximum(first, f)
+            last = l if last is None else np.minimum(last, l)
+        out = np.maximum(last - first + 1, 0)
     out.setflags(write=False)
-    return out
+    return out, int(out.sum())
 
 
 def anchorable(g: GridTerms, axis: int) -> bool:
@@ -157,17 +162,16 @@ def anchored(g: GridTerms, axis: int, tq: int) -> bool:
     return anchorable(g, axis) and g.terms[0].nb.stride[axis] % tq == 0
 
 
-def _box_axes(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...],
-              subset: tuple[int, ...]) -> list[np.ndarray]:
-    """Per axis, per query tile coordinate: key boxes in the intersection of the subset's boxes
-    (tiles of the key tile grid, or boxes from the shared window's start on anchored axes)."""
-    out = []
-    for a, (n, tq, tk) in enumerate(zip(g.dims, q_tile, k_tile)):
-        if anchored(g, a, tq):  # one term, so subset == (0,)
-            out.append(np.full(-(-n // tq), -(-g.terms[0].nb.kernel[a] // tk), dtype=np.int64))
-        else:
-            out.append(_axis_box(n, tq, tk, tuple(axis_window(g.terms[t].nb, a) for t in subset)))
-    return out
+def _box_axes(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]):
+    """For each subset of terms (with its sign), per axis: the key boxes per query tile
+    coordinate in the intersection of the subset's boxes, and their sum (tiles of the key tile
+    grid, or boxes from the shared window's start on anchored axes)."""
+    axes = range(len(g.dims))
+    windows = [[axis_window(t.nb, a) for a in axes] for t in g.terms]
+    shared = [anchored(g, a, tq) for a, tq in enumerate(q_tile)]  # one term, so subset == (0,)
+    for subset in _subsets(len(g.terms)):
+        yield (1 if len(subset) % 2 else -1), [
+            _axis_box(g.dims[a], q_tile[a], k_tile[a], tuple(windows[t][a] for t in subset), shared[a]) for a in axes]
 
 
 def unmasked_boxes(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]) -> int:
@@ -179,22 +183,17 @@ def unmasked_boxes(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...
 
 
 def tile_visits(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]) -> np.ndarray:
-    """Key tiles each query tile's program visits (the union of its terms' boxes), in program
+    """Key boxes each query tile's program visits (the union of its terms' boxes), in program
     order (query tiles row-major over the tile grid, the last axis fastest)."""
     total = np.zeros([-(-n // t) for n, t in zip(g.dims, q_tile)], dtype=np.int64)
-    for subset in _subsets(len(g.terms)):
-        box = functools.reduce(np.multiply.outer, _box_axes(g, q_tile, k_tile, subset))
-        total += box if len(subset) % 2 else -box
+    for sign, axes in _box_axes(g, q_tile, k_tile):
+        total += sign * functools.reduce(np.multiply.outer, [c for c, _ in axes])
     return total.reshape(-1)
 
 
 def visited_tiles(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]) -> int:
     """The sum of tile_visits over all query tiles, without building it (per axis sums)."""
-    total = 0
-    for subset in _subsets(len(g.terms)):
-        n = math.prod(int(c.sum()) for c in _box_axes(g, q_tile, k_tile, subset))
-        total += n if len(subset) % 2 else -n
-    return total
+    return sum(sign * math.prod(n for _, n in axes) for sign, axes in _box_axes(g, q_tile, k_tile))
 
 
 def _shapes(tokens: int, dims: tuple[int, ...]) -> list[tuple[int, ...]]:
