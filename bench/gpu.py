@@ -63,9 +63,13 @@ CASES = {
                     "image 128x128, neighborhood 13x13, 24 heads"),
     "video_3x11x11": ("grid(16, 48, 80)\npattern video_3x11x11 = neighborhood(kernel = (3, 11, 11))\n", [61440],
                       "video 16x48x80, neighborhood 3x11x11, 24 heads"),
+    # GNA (patterns/gna_image.attn): the image case with 8 x 8 query groups sharing one window
+    "gna_image_13x13_s8": ("grid(128, 128)\npattern gna_image_13x13_s8 = neighborhood(kernel = (13, 13), "
+                           "stride = (8, 8))\n", [16384], "image 128x128, neighborhood 13x13, stride 8x8 (GNA), 24 heads"),
 }
 # cases that differ from B, H, D and causal SDPA
-CASE_SHAPE = {"image_13x13": {"heads": 24, "causal": False}, "video_3x11x11": {"heads": 24, "causal": False}}
+CASE_SHAPE = {"image_13x13": {"heads": 24, "causal": False}, "video_3x11x11": {"heads": 24, "causal": False},
+              "gna_image_13x13_s8": {"heads": 24, "causal": False}}
 B, H, D = 1, 32, 128
 CHECK_N = (1000, 4096)
 BUDGET_S = 300  # stop timing new cases after this many seconds (the device call allows 480)

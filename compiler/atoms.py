@@ -630,41 +630,76 @@ class Power(PeriodicAtom):
         return f"(q div {self.block}) - (k div {self.block}) in {{0, 1, 2, 4, ...}}"
 
 
-def axis_low(x: Any, length: int, kernel: int, dilation: int, causal: bool) -> Any:
+def _at_most(v: Any, top: Any) -> Any:
+    """min(v, top) in plain arithmetic (ints, numpy arrays, tensors alike)."""
+    over = v - top
+    return v - over * (over > 0)
+
+
+def axis_low(x: Any, length: int, kernel: int, dilation: int, causal: bool, stride: int = 1) -> Any:
     """The first key coordinate of query coordinate x's window on one axis (NATTEN's rule).
 
-    The window holds the keys low, low + d, ..., low + (kernel - 1) * d: for a non-causal
-    axis the kernel positions of x's dilation group centred on x, shifted inward at the
-    borders; for a causal axis the ones ending at x (starting before 0 near the start, so
-    holding fewer). Plain arithmetic, so x may be an int, a numpy array or a tensor.
+    In x's dilation group (the n coordinates congruent to x modulo d; x is member i = x div d)
+    the members are cut into stride groups of s consecutive members, and every member uses
+    the window of its group's leader: for a non-causal axis the centre member
+    (i div s) * s + s div 2 (the right one of the two centres for an even s), for a causal
+    axis the last member (i div s) * s + s - 1; in both cases at most n - 1 (a last partial
+    group leads with the group's last member). With s = 1 the leader is x itself. The window
+    holds the keys low, low + d, ..., up to `axis_high`: for a non-causal axis the kernel
+    members centred on the leader (K div 2 before it), shifted inward at the borders; for a
+    causal axis the ones from leader - K + 1 (below 0 near the start, so holding fewer).
+    Plain arithmetic, so x may be an int, a numpy array or a tensor.
     """
-    if causal:
-        return x - (kernel - 1) * dilation
     group = x % dilation
     group_len = (length - group + dilation - 1) // dilation
-    start = x // dilation - kernel // 2
+    lead = x // dilation
+    if stride > 1:
+        lead = _at_most(lead // stride * stride + (stride - 1 if causal else stride // 2), group_len - 1)
+    if causal:
+        return (lead - kernel + 1) * dilation + group
+    start = lead - kernel // 2
     start = start * (start > 0)
-    over = start + kernel - group_len
-    start = start - over * (over > 0)
+    start = _at_most(start, group_len - kernel)
     return start * dilation + group
 
 
-def axis_neighbour(x: Any, y: Any, length: int, kernel: int, dilation: int, causal: bool) -> Any:
+def axis_high(x: Any, length: int, kernel: int, dilation: int, causal: bool, stride: int = 1) -> Any:
+    """The last key coordinate of x's window (see `axis_low`): low + (K - 1) d, except that a
+    causal window ends at x itself (with a stride, before its leader's end)."""
+    if causal:
+        return x
+    return axis_low(x, length, kernel, dilation, causal, stride) + (kernel - 1) * dilation
+
+
+def axis_neighbour(x: Any, y: Any, length: int, kernel: int, dilation: int, causal: bool, stride: int = 1) -> Any:
     """NATTEN's rule on one axis (see Neighborhood): y is a member of x's window."""
-    diff = y - axis_low(x, length, kernel, dilation, causal)
-    return (diff >= 0) & (diff <= (kernel - 1) * dilation) & (diff % dilation == 0)
+    diff = y - axis_low(x, length, kernel, dilation, causal, stride)
+    return (diff >= 0) & (y <= axis_high(x, length, kernel, dilation, causal, stride)) & (diff % dilation == 0)
+
+
+def axis_window(nb: "Neighborhood", axis: int) -> tuple[int, int, bool, int]:
+    """A neighbourhood's rule on one axis: (kernel, dilation, causal, stride), the arguments
+    `axis_low`, `axis_high` and `axis_neighbour` take after the coordinates and the length."""
+    return nb.kernel[axis], nb.dilation[axis], nb.causal[axis], nb.stride[axis]
+
+
+def _text_at_most(v: str, top: str) -> str:
+    """min(v, top) as text in the arithmetic of `_at_most`."""
+    over = f"({v} - {top})"
+    return f"({v} - {over} * ({over} > 0))"
 
 
 @dataclass(frozen=True, order=True)
 class Neighborhood(Atom):
     """NATTEN's neighbourhood over a token grid, flattened row-major after `prefix` text tokens.
 
-    Per axis of length L with kernel K, dilation d and causality c, query coordinate x
-    attends key coordinate y when x and y fall in the same dilation group (x mod d == y mod d)
-    and y's index in the group lies in the window of x: for a non-causal axis the K
-    positions centred on x, shifted inward at the borders so that there are exactly K; for a
-    causal axis the positions from x - K + 1 to x (fewer at the start). Prefix tokens attend
-    to and from everything.
+    Per axis of length L with kernel K, dilation d, causality c and stride s, query
+    coordinate x attends key coordinate y when x and y fall in the same dilation group
+    (x mod d == y mod d) and y's index in the group lies in the window of x's stride leader
+    (GNA: the s consecutive group members of x's stride group share one window): for a
+    non-causal axis the K positions centred on the leader, shifted inward at the borders so
+    that there are exactly K; for a causal axis the positions from leader - K + 1 to x
+    itself (fewer at the start). See `axis_low`. Prefix tokens attend to and from everything.
     """
 
     dims: tuple[int, ...]
@@ -672,7 +707,12 @@ class Neighborhood(Atom):
     dilation: tuple[int, ...]
     causal: tuple[bool, ...]
     prefix: int = 0
+    stride: tuple[int, ...] = ()  # per axis; () means 1 on every axis (NATTEN's stride-1 windows)
     depends = "qk"
+
+    def __post_init__(self) -> None:
+        if not self.stride:
+            object.__setattr__(self, "stride", (1,) * len(self.dims))
 
     @property
     def size(self) -> int:
@@ -683,9 +723,9 @@ class Neighborhood(Atom):
         gq, gk = q - self.prefix, k - self.prefix
         ok = (gq >= 0) & (gk >= 0) & (gq < self.size) & (gk < self.size)
         stride = self.size
-        for length, kk, dd, cc in zip(self.dims, self.kernel, self.dilation, self.causal):
+        for axis, length in enumerate(self.dims):
             stride //= length
-            ok = ok & axis_neighbour((gq // stride) % length, (gk // stride) % length, length, kk, dd, cc)
+            ok = ok & axis_neighbour((gq // stride) % length, (gk // stride) % length, length, *axis_window(self, axis))
         return in_text | ok
 
     def tile(self, q0, q1, k0, k1):
@@ -700,7 +740,8 @@ class Neighborhood(Atom):
 
     def _within_reach(self, first: str, last: str) -> tuple[Bounds, None]:
         """Positions within the flattened reach of the windows (symmetric: a key in a query's
-        window lies within the same reach of it); open with a prefix."""
+        window lies within the same reach of it: a window holds its query and spans
+        (kernel - 1) * d per axis, strided or not); open with a prefix."""
         if self.prefix:
             return OPEN, None
         reach, stride = 0, 1
@@ -710,24 +751,26 @@ class Neighborhood(Atom):
         return Bounds((_q(first, -reach),), (_q(last, reach),)), None
 
     def render_parts(self, q, k):
-        """NATTEN's rule per axis, on flattened grid positions (axis_low written out)."""
+        """NATTEN's rule per axis, strides included, on flattened grid positions (axis_low
+        written out)."""
         gq, gk = f"({_offset(q, -self.prefix)})", f"({_offset(k, -self.prefix)})"
         parts = [f"({gq} >= 0)", f"({gk} >= 0)", f"({gq} < {self.size})", f"({gk} < {self.size})"]
         stride = self.size
-        for length, kernel, dil, causal in zip(self.dims, self.kernel, self.dilation, self.causal):
+        for length, kernel, dil, causal, st in zip(self.dims, self.kernel, self.dilation, self.causal, self.stride):
             stride //= length
             x, y = f"({gq} // {stride} % {length})", f"({gk} // {stride} % {length})"
             parts.append(f"({x} % {dil} == {y} % {dil})")
             xi, yi = f"({x} // {dil})", f"({y} // {dil})"
+            group_len = f"(({length} - {x} % {dil} + {dil} - 1) // {dil})"
+            lead = xi
+            if st > 1:  # the stride group's leader, at most the group's last member
+                lead = _text_at_most(f"({xi} // {st} * {st} + {st - 1 if causal else st // 2})", f"({group_len} - 1)")
             if causal:
                 parts.append(f"({yi} <= {xi})")
-                parts.append(f"({yi} > {xi} - {kernel})")
+                parts.append(f"({yi} > {lead} - {kernel})")
                 continue
-            group_len = f"(({length} - {x} % {dil} + {dil} - 1) // {dil})"
-            s0 = f"({xi} - {kernel // 2})"
-            s1 = f"({s0} * ({s0} > 0))"
-            over = f"({s1} + {kernel} - {group_len})"
-            start = f"({s1} - {over} * ({over} > 0))"
+            s0 = f"({lead} - {kernel // 2})"
+            start = _text_at_most(f"({s0} * ({s0} > 0))", f"({group_len} - {kernel})")
             parts.append(f"({yi} >= {start})")
             parts.append(f"({yi} < {start} + {kernel})")
         inside = " & ".join(parts)
@@ -745,7 +788,9 @@ class Neighborhood(Atom):
         return self.prefix + int(np.prod(self.dims[1:]))  # about one frame
 
     def __str__(self) -> str:
-        return f"neighborhood(grid={self.dims}, kernel={self.kernel}, dilation={self.dilation}, causal={self.causal})"
+        strided = f", stride={self.stride}" if any(v != 1 for v in self.stride) else ""
+        return (f"neighborhood(grid={self.dims}, kernel={self.kernel}, dilation={self.dilation}, "
+                f"causal={self.causal}{strided})")
 
 
 ATOM_TYPES = (Band, KRange, QRange, DiffMod, KMod, Chunk, Power, Neighborhood)

@@ -23,7 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .ir import Lit, Neighborhood, Pattern, Status, axis_low, status_of
+from .ir import Lit, Neighborhood, Pattern, Status, axis_high, axis_low, axis_window, status_of
 
 _BRUTE_BATCH = 64
 
@@ -182,8 +182,9 @@ def _probe_partial(pattern: Pattern, ambiguous: np.ndarray, q0, q1, k0, k1) -> n
 # ---------------------------------------------------------------- neighbourhoods as boxes
 #
 # On one axis the keys of query coordinate x under a neighbourhood are an arithmetic
-# progression low, low + d, ..., low + (K - 1) d cut to [0, L) (ir.axis_low), every member
-# congruent to x modulo d. The keys of a conjunction of neighbourhoods over one grid are
+# progression low, low + d, ..., high cut to [0, L) (ir.axis_low, ir.axis_high: with a
+# stride the leader's window, ending at x on a causal axis), every member congruent to x
+# modulo d. The keys of a conjunction of neighbourhoods over one grid are
 # then, per axis, {y in [lo, hi] : y = x (mod lcm of the dilations)} with lo the largest first
 # member and hi the smallest last: a box of progressions, one per axis. How many of query q's
 # keys have a grid index below x (row-major) is a lexicographic count over x's digits:
@@ -198,15 +199,15 @@ _CELLS = 1 << 21  # (query boxes x key bounds) evaluated at once
 
 
 @lru_cache(maxsize=1024)
-def _axis_sums(length: int, windows: tuple[tuple[int, int, bool], ...]):
+def _axis_sums(length: int, windows: tuple[tuple[int, int, bool, int], ...]):
     """Cumulative per-axis tables over query coordinates (a leading zero row) for the
-    intersection of the windows (kernel, dilation, causal): sizes |S(x)|, counts below v
-    |{y in S(x): y < v}| for v in 0..L, and membership [v in S(x)] for v in 0..L-1."""
+    intersection of the windows (kernel, dilation, causal, stride): sizes |S(x)|, counts
+    below v |{y in S(x): y < v}| for v in 0..L, and membership [v in S(x)] for v in 0..L-1."""
     x = np.arange(length, dtype=np.int64)
     lo, hi, step = np.zeros(length, dtype=np.int64), np.full(length, length - 1, dtype=np.int64), 1
-    for kernel, dilation, causal in windows:
-        low = axis_low(x, length, kernel, dilation, causal)
-        lo, hi = np.maximum(lo, low), np.minimum(hi, low + (kernel - 1) * dilation)
+    for kernel, dilation, causal, stride in windows:
+        lo = np.maximum(lo, axis_low(x, length, kernel, dilation, causal, stride))
+        hi = np.minimum(hi, axis_high(x, length, kernel, dilation, causal, stride))
         step = math.lcm(step, dilation)
     r = (x % step)[:, None]
     v = np.arange(length + 1, dtype=np.int64)[None, :]
@@ -221,10 +222,9 @@ def _axis_sums(length: int, windows: tuple[tuple[int, int, bool], ...]):
     return out
 
 
-def _box_windows(conj: tuple[Neighborhood, ...]) -> tuple[tuple[tuple[int, int, bool], ...], ...]:
+def _box_windows(conj: tuple[Neighborhood, ...]) -> tuple[tuple[tuple[int, int, bool, int], ...], ...]:
     dims = conj[0].dims
-    return tuple(tuple(sorted({(nb.kernel[a], nb.dilation[a], nb.causal[a]) for nb in conj}))
-                 for a in range(len(dims)))
+    return tuple(tuple(sorted({axis_window(nb, a) for nb in conj})) for a in range(len(dims)))
 
 
 def _inclusion_exclusion(conjs) -> dict[tuple, int]:

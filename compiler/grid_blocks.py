@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ir import Lit, Neighborhood, Pattern, Status, Term, axis_neighbour, status_of
+from .ir import Lit, Neighborhood, Pattern, Status, Term, axis_neighbour, axis_window, status_of
 from .tiling import GridTiling
 
 _PROBES = 48
@@ -70,7 +70,7 @@ def _axis_table(length: int, nb: Neighborhood, axis: int, rows: int, cols: int) 
     """allowed[x, y] on one axis for coordinates 0..rows-1 and 0..cols-1 (padding False)."""
     x = np.arange(rows)[:, None]
     y = np.arange(cols)[None, :]
-    ok = np.asarray(axis_neighbour(x, y, length, nb.kernel[axis], nb.dilation[axis], nb.causal[axis]), dtype=bool)
+    ok = np.asarray(axis_neighbour(x, y, length, *axis_window(nb, axis)), dtype=bool)
     return ok & (x < length) & (y < length)
 
 

@@ -10,10 +10,12 @@ the prefix rows over every key.
 
 In a tile, every (term, axis) is one compare pair per element: the window of a query
 coordinate x is low(x), low(x) + d, ..., low(x) + (kernel - 1) * d (`compiler.ir
-.axis_low`), computed once per query row, and a key coordinate y is inside when
-0 <= y - low(x) <= (kernel - 1) * d and (for d > 1) d divides y - low(x). Literals that
-narrow a term beyond its neighbourhood are evaluated on natural positions with the usual
-mask text.
+.axis_low`, with the row's stride leader), computed once per query row, and a key
+coordinate y is inside when 0 <= y - low(x) <= (kernel - 1) * d (y <= x on a causal axis)
+and (for d > 1) d divides y - low(x). Where every row of a query tile shares one window
+(`compiler.tiling.anchored`: GNA's strides), the key boxes start at that window and the
+mask on the axis is one vector per tile. Literals that narrow a term beyond its
+neighbourhood are evaluated on natural positions with the usual mask text.
 
 Tile shapes are chosen by the compiler for every (BLOCK_M, BLOCK_N) a configuration may use
 (`TILE_SIZES`), so the module picks them by table at launch.
@@ -24,8 +26,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .ir import Lit, Pattern
-from .tiling import GridTerms, choose_tiling, grid_terms
+from .ir import Lit, Pattern, axis_window
+from .tiling import GridTerms, anchorable, choose_tiling, grid_terms
 
 # (BLOCK_M, BLOCK_N) pairs that get tile shapes: what compiler/configs.py's rows and the CPU
 # config can pick, and the small tiles tests ask for; other overrides run the generic kernel
@@ -40,6 +42,8 @@ class AxisWindow:
     kernel: int
     dilation: int
     causal: bool
+    stride: int = 1
+    anchorable: bool = False  # compiler.tiling.anchorable: boxes from the shared window when the tile divides the stride
 
     @property
     def span(self) -> int:
@@ -48,8 +52,39 @@ class AxisWindow:
     @property
     def shift(self) -> int:
         """log2 of a power-of-two dilation above 1 (the kernel shifts instead of dividing), else 0."""
-        d = self.dilation
-        return d.bit_length() - 1 if d > 1 and d & (d - 1) == 0 else 0
+        return _log2(self.dilation)
+
+    def low(self, x: str) -> str:
+        """Triton text of `compiler.ir.axis_low` for coordinate x (a row vector or a scalar).
+
+        Power-of-two dilations and strides are shifts and masks: written with // 2 and % 2,
+        Triton 3.6 on an H200 miscompiled the window start of bfloat16 kernels
+        (bench/proto/NOTES.md)."""
+        d, s, k = self.dilation, self.stride, self.kernel
+        if d == 1:
+            member, group, last = x, "", f"{self.length - 1}"
+        elif self.shift:
+            member, group = f"({x} >> {self.shift})", f"({x} & {d - 1})"
+            last = f"(({self.length + d - 1} - {group}) // {d} - 1)"
+        else:
+            member, group = f"({x} // {d})", f"({x} % {d})"
+            last = f"(({self.length + d - 1} - {group}) // {d} - 1)"
+        lead = member
+        if s > 1:
+            first = f"({member} & {-s})" if _log2(s) else f"({member} // {s} * {s})"
+            lead = f"tl.minimum({first} + {s - 1 if self.causal else s // 2}, {last})"
+        if self.causal:
+            start = f"{lead} - {k - 1}"
+        else:
+            start = f"tl.minimum(tl.maximum({lead} - {k // 2}, 0), {last} - {k - 1})"
+        if d == 1:
+            return start
+        return f"({start}) * {d} + {group}"
+
+
+def _log2(v: int) -> int:
+    """log2 of a power of two above 1, else 0."""
+    return v.bit_length() - 1 if v > 1 and v & (v - 1) == 0 else 0
 
 
 @dataclass(frozen=True)
@@ -96,7 +131,7 @@ def plan_grid(pattern: Pattern) -> GridPlan | None:
         return None
     terms = []
     for t in g.terms:
-        axes = tuple(AxisWindow(n, k, d, c) for n, k, d, c in zip(g.dims, t.nb.kernel, t.nb.dilation, t.nb.causal))
+        axes = tuple(AxisWindow(n, *axis_window(t.nb, a), anchorable(g, a)) for a, n in enumerate(g.dims))
         terms.append(GridTermPlan(str(t.nb) + (" and " + " and ".join(map(str, t.others)) if t.others else ""),
                                   axes, tuple(t.others)))
     tiles = {}

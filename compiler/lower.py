@@ -33,7 +33,7 @@ def _global(args: dict[str, Any]) -> Pattern:
 
 def _neighborhood(args: dict[str, Any], grid: Any) -> Pattern:
     return _one(Neighborhood(tuple(grid.dims), tuple(args["kernel"]), tuple(args["dilation"]),
-                             tuple(bool(c) for c in args["causal"]), grid.prefix))
+                             tuple(bool(c) for c in args["causal"]), grid.prefix, tuple(args["stride"])))
 
 
 PRIMITIVES: dict[str, Callable[[dict[str, Any], Any], Pattern]] = {

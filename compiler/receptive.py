@@ -34,8 +34,7 @@ import numpy as np
 from .algebra import simplify
 from .count import reduce_term
 from .atoms import Conj, PeriodicAtom
-from .ir import (Neighborhood, Pattern, Program, Term,
-                 axis_neighbour)
+from .ir import Neighborhood, Pattern, Program, Term, axis_neighbour, axis_window
 from ..spec.shape import span
 
 MAX_ENUMERATED_N = 8192  # row-by-row enumeration of exotic terms only up to this N
@@ -210,10 +209,10 @@ def _neighborhood(nb: Neighborhood, src: np.ndarray) -> np.ndarray:
     part = src[p:p + g]
     cells[:len(part)] = part
     state = cells.reshape(nb.dims).astype(np.int64)
-    for axis, (length, k, dl, c) in enumerate(zip(nb.dims, nb.kernel, nb.dilation, nb.causal)):
+    for axis, length in enumerate(nb.dims):
         x = np.arange(length)[:, None]
         y = np.arange(length)[None, :]
-        rel = np.asarray(axis_neighbour(x, y, length, k, dl, c), dtype=np.int64)
+        rel = np.asarray(axis_neighbour(x, y, length, *axis_window(nb, axis)), dtype=np.int64)
         state = np.moveaxis(np.tensordot(np.moveaxis(state, axis, -1), rel, axes=([-1], [0])), -1, axis)
         state = (state > 0).astype(np.int64)
     flat = state.reshape(-1) > 0

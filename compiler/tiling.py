@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ir import Lit, Neighborhood, Pattern, axis_low
+from .ir import Lit, Neighborhood, Pattern, axis_high, axis_low, axis_window
 
 
 @dataclass(frozen=True)
@@ -102,19 +102,22 @@ class GridTiling:
 
 @functools.lru_cache(maxsize=4096)
 def axis_key_tiles(length: int, tq: int, tk: int, kernel: int, dilation: int,
-                   causal: bool) -> tuple[np.ndarray, np.ndarray]:
+                   causal: bool, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Per query tile along one axis, the first and last key tile that its rows' windows reach.
 
-    The kernel's rule (grid.py.j2): the lowest window start and the highest window end over
-    the tile's rows inside the axis, clamped to the axis, divided by the key tile.
+    The kernel's rule (grid.py.j2): the lowest window start and the highest window end
+    (`ir.axis_low`, `ir.axis_high`) over the tile's rows inside the axis, clamped to the
+    axis, divided by the key tile.
     """
     starts = np.arange(0, length, tq)
     first = np.empty(len(starts), dtype=np.int64)
     last = np.empty(len(starts), dtype=np.int64)
     for i, s in enumerate(starts):
-        low = np.asarray(axis_low(np.arange(s, min(s + tq, length)), length, kernel, dilation, causal))
+        x = np.arange(s, min(s + tq, length))
+        low = np.asarray(axis_low(x, length, kernel, dilation, causal, stride))
+        high = np.asarray(axis_high(x, length, kernel, dilation, causal, stride))
         first[i] = max(int(low.min()), 0) // tk
-        last[i] = min(int(low.max()) + (kernel - 1) * dilation, length - 1) // tk
+        last[i] = min(int(high.max()), length - 1) // tk
     first.setflags(write=False)
     last.setflags(write=False)
     return first, last
@@ -125,44 +128,72 @@ def _subsets(n: int) -> list[tuple[int, ...]]:
 
 
 @functools.lru_cache(maxsize=65536)
-def _axis_box(length: int, tq: int, tk: int, windows: tuple[tuple[int, int, bool], ...]) -> np.ndarray:
-    """Per query tile along one axis: key tiles in the intersection of the windows' boxes
-    (windows as (kernel, dilation, causal))."""
-    first, last = None, None
-    for kernel, dilation, causal in windows:
-        f, l = axis_key_tiles(length, tq, tk, kernel, dilation, causal)
-        first = f if first is None else np.maximum(first, f)
-        last = l if last is None else np.minimum(last, l)
-    out = np.maximum(last - first + 1, 0)
+def _axis_box(length: int, tq: int, tk: int, windows: tuple[tuple[int, int, bool, int], ...],
+              shared: bool) -> tuple[np.ndarray, int]:
+    """Per query tile along one axis: key boxes in the intersection of the windows' boxes
+    (windows as `axis_window`s), and their sum. `shared`: one window that every query tile
+    shares (`anchored`), read as ceil(K / TK) boxes from its start."""
+    if shared:
+        out = np.full(-(-length // tq), -(-windows[0][0] // tk), dtype=np.int64)
+    else:
+        first, last = None, None
+        for window in windows:
+            f, l = axis_key_tiles(length, tq, tk, *window)
+            first = f if first is None else np.maximum(first, f)
+            last = l if last is None else np.minimum(last, l)
+        out = np.maximum(last - first + 1, 0)
     out.setflags(write=False)
-    return out
+    return out, int(out.sum())
 
 
-def _box_axes(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...],
-              subset: tuple[int, ...]) -> list[np.ndarray]:
-    """Per axis, per query tile coordinate: key tiles in the intersection of the subset's boxes."""
-    return [_axis_box(n, tq, tk, tuple((g.terms[t].nb.kernel[a], g.terms[t].nb.dilation[a], g.terms[t].nb.causal[a])
-                                       for t in subset))
-            for a, (n, tq, tk) in enumerate(zip(g.dims, q_tile, k_tile))]
+def anchorable(g: GridTerms, axis: int) -> bool:
+    """Whether the kernel may start its key boxes on this axis at a query tile's shared window
+    instead of at multiples of the key tile: the pattern is one term, not causal and not
+    dilated on the axis. It does so for the query tiles of `anchored`."""
+    nb = g.terms[0].nb
+    return len(g.terms) == 1 and nb.dilation[axis] == 1 and not nb.causal[axis]
+
+
+def anchored(g: GridTerms, axis: int, tq: int) -> bool:
+    """Whether every query tile of tq coordinates shares one window on this axis (GNA): the
+    tile divides the stride, so each tile lies in one stride group and all its rows use the
+    group leader's window [W, W + K - 1]. The kernel then visits the ceil(K / TK) key boxes
+    from W on (never more than the key tiles the window meets); grid.py.j2 renders this rule."""
+    return anchorable(g, axis) and g.terms[0].nb.stride[axis] % tq == 0
+
+
+def _box_axes(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]):
+    """For each subset of terms (with its sign), per axis: the key boxes per query tile
+    coordinate in the intersection of the subset's boxes, and their sum (tiles of the key tile
+    grid, or boxes from the shared window's start on anchored axes)."""
+    axes = range(len(g.dims))
+    windows = [[axis_window(t.nb, a) for a in axes] for t in g.terms]
+    shared = [anchored(g, a, tq) for a, tq in enumerate(q_tile)]  # one term, so subset == (0,)
+    for subset in _subsets(len(g.terms)):
+        yield (1 if len(subset) % 2 else -1), [
+            _axis_box(g.dims[a], q_tile[a], k_tile[a], tuple(windows[t][a] for t in subset), shared[a]) for a in axes]
+
+
+def unmasked_boxes(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]) -> int:
+    """Key boxes per query tile that the kernel runs without a mask: those inside a window that
+    every row of the tile shares (every axis anchored, no other literal): floor(K / TK) per axis."""
+    if len(g.terms) != 1 or g.terms[0].others or not all(anchored(g, a, tq) for a, tq in enumerate(q_tile)):
+        return 0
+    return math.prod(k // tk for k, tk in zip(g.terms[0].nb.kernel, k_tile))
 
 
 def tile_visits(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]) -> np.ndarray:
-    """Key tiles each query tile's program visits (the union of its terms' boxes), in program
+    """Key boxes each query tile's program visits (the union of its terms' boxes), in program
     order (query tiles row-major over the tile grid, the last axis fastest)."""
     total = np.zeros([-(-n // t) for n, t in zip(g.dims, q_tile)], dtype=np.int64)
-    for subset in _subsets(len(g.terms)):
-        box = functools.reduce(np.multiply.outer, _box_axes(g, q_tile, k_tile, subset))
-        total += box if len(subset) % 2 else -box
+    for sign, axes in _box_axes(g, q_tile, k_tile):
+        total += sign * functools.reduce(np.multiply.outer, [c for c, _ in axes])
     return total.reshape(-1)
 
 
 def visited_tiles(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]) -> int:
     """The sum of tile_visits over all query tiles, without building it (per axis sums)."""
-    total = 0
-    for subset in _subsets(len(g.terms)):
-        n = math.prod(int(c.sum()) for c in _box_axes(g, q_tile, k_tile, subset))
-        total += n if len(subset) % 2 else -n
-    return total
+    return sum(sign * math.prod(n for _, n in axes) for sign, axes in _box_axes(g, q_tile, k_tile))
 
 
 def _shapes(tokens: int, dims: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -178,11 +209,13 @@ def _shapes(tokens: int, dims: tuple[int, ...]) -> list[tuple[int, ...]]:
 
 def choose_tiling(g: GridTerms, block_m: int, block_n: int) -> GridTiling:
     """The tile shapes (BLOCK_M and BLOCK_N tokens) for which the kernel visits the fewest
-    key tiles; ties go to the shape with wider rows (longer contiguous runs of tokens)."""
+    key tiles; ties go to more boxes without a mask (`unmasked_boxes`), then to the shape with
+    wider rows (longer contiguous runs of tokens)."""
     best = None
     for tq in _shapes(block_m, g.dims) or [tuple([1] * (len(g.dims) - 1) + [block_m])]:
         for tk in _shapes(block_n, g.dims) or [tuple([1] * (len(g.dims) - 1) + [block_n])]:
-            key = (visited_tiles(g, tq, tk), tuple(-x for x in reversed(tq)), tuple(-x for x in reversed(tk)))
+            key = (visited_tiles(g, tq, tk), -unmasked_boxes(g, tq, tk), tuple(-x for x in reversed(tq)),
+                   tuple(-x for x in reversed(tk)))
             if best is None or key < best[0]:
                 best = (key, tq, tk)
     assert best is not None

@@ -103,13 +103,21 @@ def _band(args: Mapping[str, Any], _grid: tuple[int, ...] | None) -> list[Proble
 
 
 def _neighborhood(args: Mapping[str, Any], grid: tuple[int, ...] | None) -> list[Problem]:
-    """NATTEN's rules per axis: 1 <= kernel, 1 <= dilation, kernel * dilation <= axis."""
-    kernel, dilation = args["kernel"], args["dilation"]
+    """NATTEN's rules per axis: 1 <= kernel, 1 <= dilation, kernel * dilation <= axis, and
+    1 <= stride <= kernel (a stride group shares one window, which holds the whole group only
+    when the group is no wider than the kernel)."""
+    kernel, dilation, stride = args["kernel"], args["dilation"], args["stride"]
     problems: list[Problem] = []
-    for name, values in (("kernel", kernel), ("dilation", dilation)):
+    for name, values in (("kernel", kernel), ("dilation", dilation), ("stride", stride)):
         bad = [v for v in values if v < 1]
         if bad:
             problems.append((name, f"{name} must be at least 1 on every axis, got {name}={_tup(values)}"))
+    if problems:
+        return problems
+    for axis, (k, s) in enumerate(zip(kernel, stride, strict=False)):
+        if s > k:
+            problems.append(("stride", f"stride {s} is larger than kernel {k} on axis {axis} "
+                                       f"(NATTEN's rule: use a stride of at most {k})"))
     if problems or grid is None:
         return problems
     for axis, (k, d, n) in enumerate(zip(kernel, dilation, grid, strict=False)):
@@ -148,6 +156,8 @@ def _neighborhood_words(a: Mapping[str, Any]) -> str:
     text = "a " + "x".join(map(str, a["kernel"])) + " neighborhood on the grid"
     if any(d != 1 for d in a["dilation"]):
         text += " with dilation " + "x".join(map(str, a["dilation"]))
+    if any(s != 1 for s in a.get("stride", ())):
+        text += ", stride " + "x".join(map(str, a["stride"]))
     causal_axes = [str(i) for i, c in enumerate(a["causal"]) if c]
     if causal_axes:
         text += ", causal along axis " + ", ".join(causal_axes)
@@ -209,11 +219,13 @@ PRIMITIVES: dict[str, Primitive] = {
               (Param("block"),)),
         _prim(
             "neighborhood",
-            "neighborhood takes a kernel and optionally dilation and causal, one value per grid axis, "
-            "as in neighborhood(kernel = (3, 7, 7), causal = (true, false, false))",
+            "neighborhood takes a kernel and optionally dilation, causal and stride, one value per grid "
+            "axis, as in neighborhood(kernel = (3, 7, 7), causal = (true, false, false)); "
+            "1 <= stride <= kernel",
             _neighborhood_words,
             _neighborhood,
-            (Param("kernel", AXES_INT), Param("dilation", AXES_INT, 1), Param("causal", AXES_BOOL, False)),
+            (Param("kernel", AXES_INT), Param("dilation", AXES_INT, 1), Param("causal", AXES_BOOL, False),
+             Param("stride", AXES_INT, 1)),
             grid=True,
         ),
     )

@@ -36,7 +36,7 @@ class RPrim(Frozen):
       global(size)
       band(lo, hi)
       power(block)
-      neighborhood(kernel, dilation, causal)   tuples, one value per grid axis
+      neighborhood(kernel, dilation, causal, stride)   tuples, one value per grid axis
     `window(W)` is stored as `{"size": W}`; `window(left=L, right=R)` as `{"left": L, "right": R}`.
     """
 

@@ -80,12 +80,14 @@ def token_grids(draw, max_dim: int = 12, max_tokens: int = 150) -> Grid:
 
 def neighborhoods(grid: Grid):
     """A random NATTEN-valid neighbourhood on the grid: per-axis kernel, dilation (kernel *
-    dilation fits the axis) and causal flags, in resolved normal form."""
+    dilation fits the axis), causal flags and stride (at most the kernel), in resolved normal form."""
     dilation = st.tuples(*(st.integers(1, length) for length in grid.dims))
-    return dilation.flatmap(lambda d: st.tuples(
+    kernel_causal = lambda d: st.tuples(  # noqa: E731
         st.tuples(*(st.integers(1, length // x) for length, x in zip(grid.dims, d))),
-        st.tuples(*(st.booleans() for _ in grid.dims))).map(
-            lambda kc: prim("neighborhood", kernel=kc[0], dilation=d, causal=kc[1])))
+        st.tuples(*(st.booleans() for _ in grid.dims)))
+    return dilation.flatmap(lambda d: kernel_causal(d).flatmap(lambda kc: st.tuples(
+        *(st.integers(1, k) for k in kc[0])).map(
+            lambda s: prim("neighborhood", kernel=kc[0], dilation=d, causal=kc[1], stride=s))))
 
 
 def grid_expressions(max_leaves: int = 5, max_tokens: int = 120):

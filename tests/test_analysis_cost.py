@@ -45,7 +45,8 @@ def _random_neighborhood(rng: random.Random) -> Neighborhood:
     dims = tuple(rng.randint(1, 6) for _ in range(nd))
     kernel = tuple(rng.randint(1, d) for d in dims)
     dilation = tuple(rng.randint(1, max(1, d // k)) for d, k in zip(dims, kernel))
-    return Neighborhood(dims, kernel, dilation, tuple(rng.random() < 0.4 for _ in dims), rng.randint(0, 3))
+    stride = tuple(rng.randint(1, k) for k in kernel)
+    return Neighborhood(dims, kernel, dilation, tuple(rng.random() < 0.4 for _ in dims), rng.randint(0, 3), stride)
 
 
 @pytest.mark.exhaustive  # a fixed sweep; the hypothesis tests above draw neighbourhoods too

@@ -103,7 +103,7 @@ def test_neighborhood_reach_equals_the_graph():
         dims = tuple(rng.randint(1, 4) for _ in range(rng.randint(1, 3)))
         kernel = tuple(rng.randint(1, d) for d in dims)
         nb = Neighborhood(dims, kernel, tuple(1 for _ in dims), tuple(rng.random() < 0.5 for _ in dims),
-                          rng.randint(0, 2))
+                          rng.randint(0, 2), tuple(rng.randint(1, k) for k in kernel))
         n = nb.prefix + int(np.prod(dims))
         check_against_graph([Pattern((Term((Lit(nb),)),))] * 2, n)
 

@@ -50,7 +50,7 @@ def test_kernels_compile_for_sm90():
 @pytest.mark.skipif(not _have_ptxas(), reason="no ptxas in the triton install")
 def test_grid_kernels_compile_for_sm90():
     """The tile-order kernel's Hopper path (TMA boxes of the grid), which the interpreter never
-    runs: 2-D and 3-D grids, dilation 2 (shifts) and 3, causal axes, a prefix, a union."""
+    runs: 2-D and 3-D grids, dilation 2 (shifts) and 3, causal axes, a prefix, a union, strides."""
     from attnc.compiler.lower import lower
     from attnc.spec.resolve import resolve_text
 
@@ -60,7 +60,11 @@ def test_grid_kernels_compile_for_sm90():
     texts = [("grid(128, 128)\npattern a = neighborhood(kernel = (13, 13))\n", 0),
              ("grid(16, 30, 40) prefix = 8\npattern b = neighborhood(kernel = (5, 7, 7), dilation = (1, 2, 3), "
               "causal = (true, false, false))\n", 256),
-             ("grid(8, 24, 40)\npattern c = neighborhood(kernel = (1, 24, 40)) | neighborhood(kernel = (5, 7, 9))\n", 256)]
+             ("grid(8, 24, 40)\npattern c = neighborhood(kernel = (1, 24, 40)) | neighborhood(kernel = (5, 7, 9))\n", 256),
+             # GNA: boxes from each tile's shared window, unmasked inside it; a causal strided axis
+             ("grid(128, 128)\npattern d = neighborhood(kernel = (13, 13), stride = (8, 8))\n", 0),
+             ("grid(16, 32, 32)\npattern e = neighborhood(kernel = (4, 7, 7), stride = (2, 4, 3), "
+              "causal = (true, false, false))\n", 64)]  # per-row windows: 32 bytes gathered on sm_80
     programs = [(lower(resolve_text(t, "g.attn")), limit) for t, limit in texts]
     # TMA on Hopper; gathers on Ampere, and on Hopper where a descriptor cannot be made (32-key tiles)
     cases = [(gpu_case(p, grid=True), limit) for p, limit in programs]

@@ -29,23 +29,28 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 CONFIGS = [dict(BLOCK_M=16, BLOCK_N=16), dict(BLOCK_M=32, BLOCK_N=16), dict(BLOCK_M=16, BLOCK_N=32)]
 
 
-def call(kernel, dilation, causal) -> str:
+def call(kernel, dilation, causal, stride) -> str:
     words = lambda xs: "(" + ", ".join(str(x).lower() for x in xs) + ",)"  # noqa: E731
-    return f"neighborhood(kernel = {words(kernel)}, dilation = {words(dilation)}, causal = {words(causal)})"
+    return (f"neighborhood(kernel = {words(kernel)}, dilation = {words(dilation)}, causal = {words(causal)}, "
+            f"stride = {words(stride)})")
 
 
 @st.composite
 def grid_patterns(draw, max_tokens: int = 64):
-    """(attn text, brute-force mask): one or two neighbourhoods on a random grid, maybe & causal."""
-    dims, kernel, dilation, causal, prefix = draw(grids(max_dim=10, max_tokens=max_tokens))
-    terms = [(kernel, dilation, causal)]
+    """(attn text, brute-force mask): one or two neighbourhoods on a random grid, maybe & causal;
+    strides are often a power of two (so that they can hold whole query tiles: GNA's case)."""
+    dims, kernel, dilation, causal, prefix, stride = draw(grids(max_dim=10, max_tokens=max_tokens))
+    if draw(st.booleans()):  # GNA: undilated, non-causal, power-of-two strides
+        dilation, causal = (1,) * len(dims), (False,) * len(dims)
+        stride = tuple(draw(st.sampled_from([s for s in (1, 2, 4, 8) if s <= k] or [1])) for k in kernel)
+    terms = [(kernel, dilation, causal, stride)]
     if draw(st.booleans()):
         dil2 = tuple(draw(st.integers(1, n)) for n in dims)
-        terms.append((tuple(draw(st.integers(1, n // d)) for n, d in zip(dims, dil2)), dil2,
-                      tuple(draw(st.booleans()) for _ in dims)))
+        k2 = tuple(draw(st.integers(1, n // d)) for n, d in zip(dims, dil2))
+        terms.append((k2, dil2, tuple(draw(st.booleans()) for _ in dims), tuple(draw(st.integers(1, k)) for k in k2)))
     mask = np.zeros((prefix + math.prod(dims),) * 2, dtype=bool)
-    for t in terms:
-        mask |= brute_pairs(dims, *t, prefix)
+    for kernel_t, dilation_t, causal_t, stride_t in terms:
+        mask |= brute_pairs(dims, kernel_t, dilation_t, causal_t, prefix, stride_t)
     expr = " | ".join(call(*t) for t in terms)
     if draw(st.booleans()):
         expr = f"({expr}) & causal"
@@ -108,12 +113,37 @@ def test_visits_follow_the_token_order(case, config):
         need = mask[real].any(axis=0)
         assert (tr[p][need] == 1).all(), f"program {p}: needed keys missed: {np.flatnonzero(need & (tr[p] == 0))}"
         grid_seen = tr[p][g.prefix:]
+        if len(g.terms) == 1:
+            assert box_count(grid_seen.reshape(g.dims), need[g.prefix:].reshape(g.dims), k_tile) == expected[p]
+            continue
         touched = {i for i, s in enumerate(slots) if grid_seen[s[s >= 0] - g.prefix].any()}
         # every key tile of a box holds a grid token (boxes stop at the last coordinate), so the
         # tiles the trace touches are exactly the ones visited
         assert len(touched) == expected[p], f"program {p}: {len(touched)} key tiles visited, planned {expected[p]}"
     for p in range(len(rows), tr.shape[0]):  # prefix rows read every key once
         assert (tr[p] == 1).all()
+
+
+def box_count(seen: np.ndarray, need: np.ndarray, k_tile) -> int:
+    """Key boxes behind one program's visits for a single neighbourhood: the visited keys are a
+    box (a product of per-axis runs), and per axis the run is either whole key tiles (from a
+    multiple of the tile) or boxes of the key tile from the first needed coordinate on (a tile's
+    shared window, GNA), cut at the grid's end. Returns how many boxes that is."""
+    runs = [np.flatnonzero(seen.any(axis=tuple(b for b in range(seen.ndim) if b != a))) for a in range(seen.ndim)]
+    want = np.zeros(seen.shape, dtype=bool)
+    want[np.ix_(*runs)] = True
+    assert (seen.astype(bool) == want).all(), "the visited keys are not a box"
+    count = 1
+    for a, (run, tk) in enumerate(zip(runs, k_tile)):
+        assert (np.diff(run) == 1).all(), f"axis {a}: the visited coordinates are not a run"
+        first = np.flatnonzero(need.any(axis=tuple(b for b in range(need.ndim) if b != a)))[0]
+        if run[0] % tk == 0 and (run[-1] + 1) % tk == 0 or run[-1] == seen.shape[a] - 1 and run[0] % tk == 0:
+            count *= -(-len(run) // tk)  # whole key tiles (the last one maybe cut by the grid)
+        else:
+            assert run[0] == first, f"axis {a}: boxes start at {run[0]}, the shared window at {first}"
+            assert len(run) % tk == 0 or run[-1] == seen.shape[a] - 1, f"axis {a}: a box cut short inside the grid"
+            count *= -(-len(run) // tk)
+    return count
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -171,3 +201,32 @@ def test_tma_views_address_the_grid_rows(prefix):
         assert torch.equal(grid, expect)
     gapped = torch.randn(3, 2, n, 16).transpose(0, 1)  # batch stride != heads * head stride
     assert mod._grid_view(0, gapped) is None
+
+
+@pytest.mark.parametrize("dims, kernel, stride, config, boxes, unmasked", [
+    ((12, 12), (4, 4), (4, 4), dict(BLOCK_M=16, BLOCK_N=16), 1, 1),  # GNA's fully block-sparse case
+    ((12, 12), (5, 5), (4, 4), dict(BLOCK_M=16, BLOCK_N=16), 3, 0),  # boxes of 2 x 8 from the window
+    ((10, 12), (6, 8), (4, 4), dict(BLOCK_M=16, BLOCK_N=32), 2, 1),  # 4 x 8 boxes, the first inside
+    ((4, 8, 8), (2, 4, 4), (2, 4, 4), dict(BLOCK_M=32, BLOCK_N=32), 1, 1),
+])
+def test_strided_tiles_share_one_window(dims, kernel, stride, config, boxes, unmasked):
+    """GNA: with the stride a multiple of the query tile, every row of a tile shares one window,
+    and the kernel visits the boxes from the window's start (not whole key tiles): exactly
+    prod(ceil(K / TK)) boxes per tile, prod(floor(K / TK)) of them without a mask."""
+    from attnc.compiler.tiling import anchored, unmasked_boxes
+
+    words = lambda xs: "(" + ", ".join(map(str, xs)) + ")"  # noqa: E731
+    text = f"grid{words(dims)}\npattern p = neighborhood(kernel = {words(kernel)}, stride = {words(stride)})\n"
+    mask = brute_pairs(dims, kernel, (1,) * len(dims), (False,) * len(dims), 0, stride)
+    mod = check_against(text, mask, config)
+    g = grid_terms(program_of(text).groups[0].pattern)
+    q_tile, k_tile = mod._GRID_TILES[0][(config["BLOCK_M"], config["BLOCK_N"])]
+    assert all(anchored(g, a, t) for a, t in enumerate(q_tile))
+    assert (tile_visits(g, q_tile, k_tile) == boxes).all() and unmasked_boxes(g, q_tile, k_tile) == unmasked
+    n = math.prod(dims)
+    ((_, tr),) = mod.grid_visits(*(torch.zeros(1, 1, n, 16),) * 3, config=config)
+    rows = GridTiling(g.dims, 0, q_tile, k_tile).q_positions().reshape(-1, config["BLOCK_M"])
+    for p, tile_rows in enumerate(rows):
+        need = mask[tile_rows[tile_rows >= 0]].any(axis=0)
+        assert (tr[0][p] == 1)[need].all()
+        assert box_count(tr[0][p].numpy().reshape(dims), need.reshape(dims), k_tile) == boxes

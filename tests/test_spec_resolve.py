@@ -84,15 +84,19 @@ def test_primitive_normal_form(source: str, name: str, args: dict) -> None:
 @pytest.mark.parametrize(
     "source, args",
     [
-        ("neighborhood(kernel = (3, 5, 5))", {"kernel": (3, 5, 5), "dilation": (1, 1, 1), "causal": (False, False, False)}),
-        ("neighborhood(kernel = 3)", {"kernel": (3, 3, 3), "dilation": (1, 1, 1), "causal": (False, False, False)}),
+        ("neighborhood(kernel = (3, 5, 5))", {"kernel": (3, 5, 5), "dilation": (1, 1, 1), "causal": (False, False, False), "stride": (1, 1, 1)}),
+        ("neighborhood(kernel = 3)", {"kernel": (3, 3, 3), "dilation": (1, 1, 1), "causal": (False, False, False), "stride": (1, 1, 1)}),
         (
             "neighborhood((3, 5, 5), 2, (true, false, false))",
-            {"kernel": (3, 5, 5), "dilation": (2, 2, 2), "causal": (True, False, False)},
+            {"kernel": (3, 5, 5), "dilation": (2, 2, 2), "causal": (True, False, False), "stride": (1, 1, 1)},
+        ),
+        (
+            "neighborhood(kernel = (3, 5, 5), stride = (1, 4, 5))",
+            {"kernel": (3, 5, 5), "dilation": (1, 1, 1), "causal": (False, False, False), "stride": (1, 4, 5)},
         ),
         (
             "neighborhood(kernel = 7, dilation = (1, 2, 2), causal = true)",
-            {"kernel": (7, 7, 7), "dilation": (1, 2, 2), "causal": (True, True, True)},
+            {"kernel": (7, 7, 7), "dilation": (1, 2, 2), "causal": (True, True, True), "stride": (1, 1, 1)},
         ),
     ],
 )
