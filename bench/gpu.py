@@ -339,7 +339,7 @@ def time_case(mod, n: int, flex_fn, heads: int = 0, causal: bool = True, baselin
     return res
 
 
-def run(folder: Path, baseline: Path | None = None) -> int:
+def run(folder: Path, baseline: Path | None = None, decode: bool = True) -> int:
     import torch
     import triton
 
@@ -399,7 +399,7 @@ def run(folder: Path, baseline: Path | None = None) -> int:
     if baseline is not None:
         table += "\n\n" + render_baseline(rows)
     text = render_markdown(device, torch.__version__, triton.__version__, checks, compile_status, table)
-    if not SMOKE:
+    if decode and not SMOKE:
         text += decode_section()
     if not SMOKE:
         (ROOT / "docs").mkdir(exist_ok=True)
@@ -504,6 +504,7 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="with --run: on the CPU, tiny shapes (tests this script)")
     p.add_argument("--baseline", type=Path, metavar="DIR",
                    help="with --run: also time the bench cases of another build's --generate DIR")
+    p.add_argument("--no-decode", action="store_true", help="with --run: skip the decode benchmark (bench/decode.py)")
     args = p.parse_args(argv)
     if args.generate:
         generate(args.generate)
@@ -511,7 +512,7 @@ def main(argv=None) -> int:
         return 0
     if args.smoke:
         _smoke()
-    return run(args.run, args.baseline)
+    return run(args.run, args.baseline, decode=not args.no_decode)
 
 
 def _smoke() -> None:
