@@ -48,7 +48,7 @@ def test_case_decodes_like_prefill(case):
     layers = layers[:2]
     H, Hk, D = prog.model.heads, prog.model.kv_heads, prog.model.head_dim or 32
     q, k, v = rand(1, H, N, D, seed=1), rand(1, Hk, N, D, seed=2), rand(1, Hk, N, D, seed=3)
-    cache = mod.Cache(1, dtype=torch.float32)
+    cache = mod.Cache(1, dtype=torch.float32, head_dim=D)
     for layer in layers:
         cache.append(layer, k[:, :, :PREFILL], v[:, :, :PREFILL])
     outs = {layer: [] for layer in layers}

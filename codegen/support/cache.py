@@ -278,6 +278,9 @@ class CacheBase:
         if dtype not in CACHE_DTYPES:
             raise CacheError(f"Cache: dtype must be one of {dtype_names(CACHE_DTYPES)}, got {dtype=}")
         head_dim = self.spec.head_dim if head_dim is None else head_dim
+        if head_dim is None:
+            raise CacheError("Cache: the head size is unknown: pass head_dim=... here, write head_dim in the "
+                             "file's model block, or attnc.load(..., model={'head_dim': ...})")
         if backend == "triton" and head_dim not in HEAD_DIMS:
             raise CacheError(f"Cache: head_dim must be one of {HEAD_DIMS} for the Triton kernels, got {head_dim=}")
         if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim < 1:
