@@ -61,8 +61,6 @@ def _run(args: argparse.Namespace) -> None:
     from .compiler.report import analyze, default_length, plot, render
     from .spec.resolve import load
 
-    if args.layers is not None and args.layers < 1:
-        raise ValueError(f"--layers must be at least 1, got {args.layers}")
     program = lower(load(args.file, **spec_options(args)))
     n = args.seq or default_length(program)
     analysis = analyze(program, n, layers=args.layers, block=args.block, dtype=args.dtype, file=str(args.file))

@@ -76,8 +76,13 @@ def _run(args: argparse.Namespace) -> None:
     from .cli import spec_options
     from .compiler import simulate as sim
     from .compiler.lower import lower
+    from .spec.limits import MAX_MODEL, model_problem
     from .spec.resolve import load
 
+    for name in ("heads", "kv_heads", "head_dim"):
+        value = getattr(args, name)
+        if value is not None and (value < 1 or model_problem(name, value)):
+            raise ValueError(f"--{name.replace('_', '-')} must be between 1 and {MAX_MODEL[name]}, got {value}")
     spec = load(args.file, **spec_options(args))
     program = lower(spec)
     profile = sim.load_profile(args.profile or args.device)

@@ -23,6 +23,8 @@ from .receptive import ReceptiveField, layer_patterns, receptive_field
 from .blocks import block_map
 from .grid_blocks import tiled_block_map
 from .tiling import GridTerm, GridTerms, choose_tiling, grid_terms, visited_tiles
+from ..spec.limits import MAX_MODEL
+from .limits import MAX_ANALYSED_LENGTH, bound_problem
 from ..spec.shape import span
 
 DEFAULT_LAYERS = 32  # the stack depth for the receptive field when the file gives no model
@@ -232,6 +234,10 @@ def default_length(program: Program) -> int:
 def analyze(program: Program, n: int, layers: int | None = None, block: tuple[int, int] = (128, 128),
             dtype: str = "bf16", file: str = "", with_receptive: bool = True) -> Analysis:
     """Run every analysis of `program` at sequence length (and decode position) n."""
+    for name, value, hi in (("the sequence length", n, MAX_ANALYSED_LENGTH), ("layers", 1 if layers is None else layers, MAX_MODEL["layers"])):
+        problem = bound_problem(name, value, 1, hi)
+        if problem:
+            raise ValueError(problem)
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     model = program.model

@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import configs
+from .limits import MAX_ANALYSED_LENGTH, MAX_BATCH, MAX_SIMULATED_ROWS, bound_problem
 from .blocks import block_map
 from .ir import Pattern, Program, Status
 from .plan import plan_program
@@ -664,9 +665,14 @@ class Shape:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_BYTES:
             raise ValueError(f"dtype {self.dtype!r} is not supported: one of {', '.join(DTYPE_BYTES)}")
-        for name in ("n", "batch", "heads", "head_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {name}={getattr(self, name)}")
+        for name, value, hi in (("the sequence length", self.n, MAX_ANALYSED_LENGTH), ("batch", self.batch, MAX_BATCH),
+                                ("heads", self.heads, MAX_SIMULATED_ROWS), ("head_dim", self.head_dim, MAX_SIMULATED_ROWS)):
+            problem = bound_problem(name, value, 1, hi)
+            if problem:
+                raise ValueError(problem)
+        if self.batch * self.heads * self.n > MAX_SIMULATED_ROWS:
+            raise ValueError(f"batch x heads x N = {self.batch * self.heads * self.n:,} is more than the simulator's "
+                             f"limit of {MAX_SIMULATED_ROWS:,} (2**32): use a smaller batch, or predict one batch entry")
         if self.heads % self.kv:
             raise ValueError(f"heads={self.heads} is not a multiple of kv_heads={self.kv}: GQA cannot group them")
 

@@ -22,6 +22,7 @@ from typing import Any
 from . import ast
 from .errors import one_of, suggest
 from .intexpr import INT64_MAX
+from .limits import position_problem
 from .resolved import CachePolicy, RBudget, REvict
 from .select import Selection
 from .shape import Pair, blocks
@@ -160,6 +161,9 @@ def _positive(expr: ast.ArgValue, what: str, selection: Selection, minimum: int 
         value = selection.ints.eval(expr)
     if value is not None and value < minimum:
         selection.reporter.error(expr.loc, f"{what} must be at least {minimum}, got {value}")
+        return None
+    if value is not None and position_problem(value, what):
+        selection.reporter.error(expr.loc, str(position_problem(value, what)), "cache sizes lie within 2**30 tokens (docs/language.md, Limits)")
         return None
     return value
 

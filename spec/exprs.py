@@ -17,6 +17,7 @@ from . import ast
 from .errors import Reporter, suggest
 from .intexpr import IntScope
 from .parser import MAX_DEPTH
+from .limits import position_problem
 from .primitives import AXES_INT, INT, PRIMITIVES, BindError, Param, Primitive, bind
 from .resolved import ArgValue, RExpr, ROp, RPrim
 
@@ -149,7 +150,12 @@ class ExprScope:
         if isinstance(value, (ast.BoolLit, ast.TupleLit)):
             self._kind_error(prim, param, value, "an integer")
             return None
-        return self.ints.eval(value)
+        result = self.ints.eval(value)
+        problem = None if result is None else position_problem(result, f"{prim.name}'s {param.name}")
+        if problem:
+            self.reporter.error(value.loc, problem, "positions and position constants lie within +-2**30 (docs/language.md, Limits)")
+            return None
+        return result
 
     def _bool(self, prim: Primitive, param: Param, value: ast.ArgValue) -> bool | None:
         if isinstance(value, ast.BoolLit):

@@ -54,4 +54,7 @@ def resolved_path(path: Path, reporter: Reporter, loc: Loc, shown: str) -> Path 
 
 
 def _size(n: int) -> str:
-    return f"{n // 2**20} MiB" if n % 2**20 == 0 else f"{n:,} bytes"
+    for unit, size in (("MiB", 2**20), ("KiB", 2**10)):
+        if n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n:,} bytes"

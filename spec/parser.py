@@ -193,11 +193,13 @@ class _Builder(Transformer_NonRecursive):
             left, right = self.balanced(c[0]), self.balanced(c[1])
             return self.nested(ast.SetOp(loc=self.loc(meta), op="-", left=left, right=right), left, right)
         node = ast.SetOp(loc=self.loc(meta), op=cast(Any, op), left=c[0], right=c[1])
-        terms = [*self._terms(op, c[0]), *self._terms(op, c[1])]
+        (left, left_deepest), (right, right_deepest) = self._terms(op, c[0]), self._terms(op, c[1])
+        terms, deepest = left + right if len(left) < len(right) else left, max(left_deepest, right_deepest)
+        if terms is left:
+            left.extend(right)  # the left chain is consumed: grow it in place (linear time)
         if len(terms) > MAX_TERMS:
             self.reporter.error(node.loc, f"more than {MAX_TERMS} terms joined by '{op}'", "write a shorter expression, or name parts of it with let")
             self.reporter.raise_if_any()
-        deepest = max(self.depth.get(id(t), 0) for t in terms)
         self.chains[id(node)] = (node, terms, deepest)
         self.alive.append(node)
         self.depth[id(node)] = deepest + (len(terms) - 1).bit_length()
@@ -206,13 +208,15 @@ class _Builder(Transformer_NonRecursive):
             self.reporter.raise_if_any()
         return node
 
-    def _terms(self, op: str, expr: Any) -> list[Any]:
-        """The terms of `expr` as part of an `op` chain: its own chain's, else itself (balanced)."""
+    def _terms(self, op: str, expr: Any) -> tuple[list[Any], int]:
+        """The terms of `expr` as part of an `op` chain and their deepest nesting: its own
+        chain's, else `expr` itself (balanced)."""
         chain = self.chains.get(id(expr))
         if chain is not None and chain[0] is expr and expr.op == op:
             del self.chains[id(expr)]
-            return chain[1]
-        return [self.balanced(expr)]
+            return chain[1], chain[2]
+        term = self.balanced(expr)
+        return [term], self.depth.get(id(term), 0)
 
     def balanced(self, expr: Any) -> Any:
         """`expr` with its `|` or `&` chain (if it is one) as a balanced tree of the same terms

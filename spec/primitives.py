@@ -1,4 +1,4 @@
-"""The primitives of DESIGN.md's table: their call forms, argument kinds and value checks.
+"""The primitives of the language: their call forms, argument kinds and value checks.
 
 One registry entry per primitive says how it may be called (`window(W)` or
 `window(left = L, right = R)`), which arguments are integers and which are per-axis
@@ -17,6 +17,7 @@ from typing import Any
 from . import ast
 from .errors import suggest
 from .shape import span
+from .limits import position_problem
 
 REQUIRED = object()
 """Default of an argument that has to be given."""
@@ -85,6 +86,16 @@ def _window(args: Mapping[str, Any], grid: tuple[int, ...] | None) -> list[Probl
     if "size" in args:
         return _at_least(1, "size")(args, grid)
     return _at_least(0, "left", "right")(args, grid)
+
+
+def _dilated(args: Mapping[str, Any], grid: tuple[int, ...] | None) -> list[Problem]:
+    """Both at least 1, and the span of keys, (size - 1) * dilation + 1, a position constant."""
+    problems = _at_least(1, "size", "dilation")(args, grid)
+    if not problems:
+        span = (args["size"] - 1) * args["dilation"] + 1
+        problem = position_problem(span, "the span (size - 1) * dilation + 1")
+        problems += [("dilation", problem)] if problem else []
+    return problems
 
 
 def _stride(args: Mapping[str, Any], grid: tuple[int, ...] | None) -> list[Problem]:
@@ -196,7 +207,7 @@ PRIMITIVES: dict[str, Primitive] = {
             "dilated",
             "dilated takes a size and a dilation, as in dilated(512, 2)",
             _dilated_words,
-            _at_least(1, "size", "dilation"),
+            _dilated,
             (Param("size"), Param("dilation")),
         ),
         _prim("strided", "strided takes one stride, as in strided(128)",

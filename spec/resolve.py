@@ -10,6 +10,7 @@ one `AttnError`; a Spec is returned only for a file without problems.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from .cache import resolve_cache
 from .errors import AttnError, Reporter, command_line_loc, suggest
 from .files import read_text, resolved_path
 from .exprs import ExprScope, Exported
+from .limits import MAX_POSITION, limits_table, model_problem, pairs_problem, position_problem
 from .intexpr import INT64_MAX, INT64_MIN, MODEL_FIELDS, Binding, IntScope, model_bindings
 from .names import name_problem
 from .parser import parse
@@ -30,8 +32,9 @@ from .sections import resolve_sections
 from .select import Selection
 from .shape import Shape
 
-MAX_SOURCE_BYTES = 2**20
-"""Largest `.attn` file (1 MiB): hand-written patterns are a few hundred bytes."""
+MAX_SOURCE_BYTES = 256 * 2**10
+"""Largest `.attn` file (256 KiB): hand-written patterns are a few kilobytes, and parsing
+runs at some tens of kilobytes of dense expressions a second."""
 
 
 def load(
@@ -292,6 +295,7 @@ class _Resolver:
         """The model's layers, heads and KV heads; False when any of them is wrong."""
         before = len(self.reporter.diagnostics)
         values: dict[str, int | None] = {}
+        reported: set[int] = set()  # values found too large (kv_heads defaults to heads: say it once)
         for name in ("layers", "heads", "kv_heads", "head_dim"):
             binding = ints.bindings.get(name)
             if binding is None:
@@ -301,8 +305,16 @@ class _Resolver:
             if value is not None and value < 1:
                 self.reporter.error(binding.loc, f"the model's {name} must be at least 1, got {name}={value}")
                 value = None
+            elif value is not None and model_problem(name, value):
+                if value not in reported:
+                    self.reporter.error(binding.loc, str(model_problem(name, value)), f"the limits are {limits_table()}")
+                reported.add(value)
+                value = None
             values[name] = value
-        heads, kv_heads = values["heads"], values["kv_heads"]
+        heads, kv_heads, layers = values["heads"], values["kv_heads"], values["layers"]
+        if heads and layers and pairs_problem(layers, heads):
+            where = ints.bindings["heads"].loc
+            self.reporter.error(where, str(pairs_problem(layers, heads)), f"the limits are {limits_table()}")
         if heads and kv_heads and heads % kv_heads:
             where = ints.bindings["kv_heads"].loc
             self.reporter.error(where, f"kv_heads ({kv_heads}) must divide heads ({heads})", "each KV head serves an equal group of query heads")
@@ -327,6 +339,11 @@ class _Resolver:
             self.reporter.error(decl.prefix.loc, f"the prefix must be at least 0, got {prefix}")  # type: ignore[union-attr]
             ok = False
         if not ok or prefix is None or any(d is None for d in dims):
+            return None
+        tokens = prefix + math.prod(dims)  # type: ignore[arg-type]
+        if tokens > MAX_POSITION:
+            self.reporter.error(decl.loc, str(position_problem(tokens, "the grid's token count (prefix + product of the dimensions)")),
+                                "a grid holds at most 2**30 tokens")
             return None
         return Grid(dims=tuple(dims), prefix=prefix)  # type: ignore[arg-type]
 

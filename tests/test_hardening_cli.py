@@ -38,3 +38,20 @@ def test_compile_many_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert {Path(line).name for line in out.split()} == {"streaming_llm.py", "dense_causal.py"}
     assert f"{bad}:1:" in err
     assert main(["compile", str(files[0]), str(files[2]), "-o", str(tmp_path)]) == 0
+
+
+@pytest.mark.parametrize("argv", [
+    ["analyze", "--seq", str(2**31)],
+    ["analyze", "--layers", str(10**20)],
+    ["simulate", "--seq", str(2**31)],
+    ["simulate", "--decode", "--seq", str(2**40)],
+    ["simulate", "--sweep", "1k..4096m"],
+    ["simulate", "--batch", str(10**22)],
+    ["simulate", "--heads", str(10**20)],
+    ["simulate", "--head-dim", str(10**20)],
+    ["simulate", "--seq", "1m", "--batch", "64", "--heads", "128"],
+])
+def test_huge_options_are_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*argv, str(PATTERNS / "streaming_llm.attn")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"attnc {argv[0]}: error: ") and "Traceback" not in err

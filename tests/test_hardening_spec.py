@@ -111,3 +111,33 @@ def test_flat_union_is_shallow() -> None:
 def test_list_budget_needs_the_layer_count() -> None:
     text = error_text("pattern p = causal\ncache { budget = [4, 8] keep recent(2) evict snapkv }", "b.attn")
     assert text.startswith("b.attn:2:9: error: a list budget needs the model's layer count")
+
+
+# ---------------------------------------------------------------- sizes have maxima
+
+
+@pytest.mark.parametrize(("text", "where", "message"), [
+    ("model { heads = 2**62 }\npattern p { heads 0: causal rest: full }", "1:17", "the model's heads is 4611686018427387904, more than the limit of 1,024"),
+    ("model { layers = 10**6, heads = 10**6 }\npattern p = causal", "1:18", "the model's layers is 1000000, more than the limit of 1,024"),
+    ("model { layers = 1024, heads = 1024 }\npattern p = causal", "1:32", "1,048,576 (layer, head) pairs, more than the limit of 65,536"),
+    ("model { head_dim = 4096 }\npattern p = causal", "1:20", "the model's head_dim is 4096"),
+    ("pattern p = window(10**18)", "1:20", "window's size is 1000000000000000000, larger than the limit of 2**30"),
+    ("pattern p = band(-2**31, 0)", "1:18", "band's lo is -2147483648, larger than the limit"),
+    ("pattern p = dilated(2**16, 2**16)", "1:28", "the span (size - 1) * dilation + 1 is 4294901761"),
+    ("grid(2**16, 2**16)\npattern p = causal", "1:1", "the grid's token count"),
+    ("pattern p = causal & window(8)\ncache { budget = 2**40 keep recent(8) evict snapkv }", "2:18", "the budget is 1099511627776"),
+])
+def test_sizes_above_their_limit_are_located_errors(text: str, where: str, message: str) -> None:
+    rendered = error_text(text, "big.attn")
+    assert rendered.startswith(f"big.attn:{where}: error: ") and message in rendered and "^" in rendered
+
+
+def test_largest_sizes_pass() -> None:
+    spec = resolve_text("model { layers = 64, heads = 1024, head_dim = 1024 }\n"
+                        "pattern p = causal & (window(2**30) | sink(2**30) | chunk(2**30) | band(-2**30, 2**30) | stride(2**30, 2**30 - 1))")
+    assert spec.model.heads == 1024
+
+
+def test_source_file_size_limit(tmp_path: Path) -> None:
+    path = write(tmp_path / "big.attn", "pattern p = causal\n" + "#" * 300_000 + "\n")
+    assert "is larger than 256 KiB" in load_error(path)
