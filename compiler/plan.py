@@ -138,6 +138,8 @@ class GroupPlan:
     residue: int = 0  # d > 0: the group may run in residue mode (see residue_pattern)
     residue_plan: "GroupPlan | None" = None  # the plan of residue_pattern, on subsequences
     grid: GridPlan | None = None  # a union of neighbourhoods: the tile-order kernel (grid_plan.py)
+    columns: "SpanPlan | None" = None  # the backward's column plan (dK, dV by key tile)
+    rows: "SpanPlan | None" = None  # the backward's row plan (dQ by query tile)
 
     @property
     def tuning(self) -> dict[str, int | bool | None]:
@@ -316,5 +318,6 @@ def span_tiles(plan: SpanPlan, n: int, block: int, tile: int) -> tuple[np.ndarra
 
 
 def plan_program(program: Program) -> tuple[GroupPlan, ...]:
-    return tuple(dataclasses.replace(plan_group(i, g.pattern), grid=plan_grid(g.pattern))
+    return tuple(dataclasses.replace(plan_group(i, g.pattern), grid=plan_grid(g.pattern),
+                                     columns=plan_columns(g.pattern), rows=plan_rows(g.pattern))
                  for i, g in enumerate(program.groups))
