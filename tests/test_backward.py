@@ -10,14 +10,19 @@ several head groups, rows without keys.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import torch
+
 from attnc.compiler.plan import plan_columns, plan_rows, span_tiles
-from tests.strategies import causal_expressions, expressions
-from tests.test_codegen_support import EXPRS, as_pattern
+from tests.strategies import causal_expressions, expressions, op, prim
+from tests.test_codegen_support import EXPRS, as_pattern, grouped, inputs, load, single
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -68,3 +73,138 @@ def test_column_plan_of_a_window_is_tight():
        st.sampled_from([(8, 8), (16, 8), (8, 16)]))
 def test_random_column_plans_cover_the_mask(expr, n, tiles):
     _check_spans(as_pattern(expr), n, *tiles)
+
+
+# ------------------------------------------------------------------ gradients of the generated kernels
+
+
+def _grads(fn, q, k, v, do, dlse=None, layer=None):
+    """(dq, dk, dv) of sum(out * do) (+ sum(lse * dlse) over rows with keys) through fn."""
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    if dlse is None:
+        loss = (fn(q, k, v, layer=layer).double() * do).sum()
+    else:
+        out, lse = fn(q, k, v, layer=layer, return_lse=True)
+        lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+        loss = (out.double() * do).sum() + (lse.double() * dlse).sum()
+    loss.backward()
+    return q.grad, k.grad, v.grad
+
+
+def check_grads(program, n: int, *, b: int = 1, h: int = 2, h_kv: int = 1, d: int = 16, layer=None,
+                seed: int = 0, with_lse: bool = False):
+    """The kernels' dq, dk, dv against torch autograd through the module's reference (float32),
+    within 1e-4 of each gradient's largest entry (at least 1e-2: a gradient that vanishes
+    analytically, like dq with one key per row, keeps the float32 rounding of order-one terms)."""
+    mod = load(program)
+    q, k, v = inputs(b, h, h_kv, n, d, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    do = torch.randn(b, h, n, d, generator=gen, dtype=torch.float64)
+    dlse = torch.randn(b, h, n, generator=gen, dtype=torch.float64) if with_lse else None
+    got = _grads(mod.prefill, q, k, v, do, dlse, layer)
+    want = _grads(mod.reference, q, k, v, do, dlse, layer)
+    for name, g, r in zip(("dq", "dk", "dv"), got, want):
+        assert g.shape == r.shape and g.dtype == r.dtype, name
+        assert torch.isfinite(g).all(), f"{name}: non-finite gradient"
+        scale = max(r.abs().max().item(), 1e-2)
+        err = (g - r).abs().max().item() / scale
+        assert err < 1e-4, f"{name}: max error {err:.3g} of the gradient's scale {scale:.3g}"
+    return mod
+
+
+@pytest.mark.parametrize("name", sorted(EXPRS))
+def test_pattern_gradients(name):
+    # N = 45: no multiple of the 32-query or 16-key tiles; 2 query heads over 1 KV head
+    check_grads(single(EXPRS[name], name), 45)
+
+
+SW = EXPRS["sink_window"]
+
+
+@pytest.mark.parametrize("h,h_kv", [(4, 2), (4, 1), (3, 3)])
+def test_gqa_gradients(h, h_kv):
+    # dK, dV sum the query heads of each KV head inside one program
+    check_grads(single(SW, "sw"), 37, b=2, h=h, h_kv=h_kv)
+
+
+def test_head_groups_gqa_and_empty_rows():
+    # three pattern groups across the heads of a layer, two query heads per KV head whose heads
+    # lie in different groups (dK, dV gather over launches), and rows without keys (band(5, 9))
+    a = op("&", prim("causal"), prim("window", size=8))
+    c = prim("band", lo=5, hi=9)
+    check_grads(grouped([[a, c, a, SW]], "hg", kv_heads=2), 40, h=4, h_kv=2)
+
+
+def test_layers():
+    a = op("&", prim("causal"), prim("window", size=8))
+    program = grouped([[a, a], [SW, prim("causal")]], "layers")
+    for layer in (0, 1):
+        check_grads(program, 33, h=2, h_kv=2, layer=layer)
+
+
+def test_lse_gradient():
+    # the lse's own gradient enters the row term delta; band_gap has rows without keys
+    check_grads(single(SW, "sw"), 40, with_lse=True)
+    check_grads(single(EXPRS["band_gap"], "band_gap"), 40, with_lse=True)
+
+
+def test_needs_input_grad_and_strides():
+    # only v requires grad: dq, dk are not computed; inputs as (B, N, H, D) views
+    mod = load(single(SW, "sw"))
+    q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in inputs(1, 2, 1, 30, 16))
+    v = v.detach().clone().requires_grad_()
+    mod.prefill(q, k, v).sum().backward()
+    v_ref = v.detach().clone().requires_grad_()
+    mod.reference(q, k, v_ref).sum().backward()
+    assert q.grad is None and k.grad is None
+    assert (v.grad - v_ref.grad).abs().max().item() < 1e-4 * v_ref.grad.abs().max().item()
+    dq, dk, dv = mod._backward(torch.ones_like(q), q, k, v, *mod._forward(q, k, v, None, True, None),
+                               None, None, None, False, True)
+    assert dq.numel() == 0 and dk.shape == k.shape and dv.shape == v.shape
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(expressions(4), causal_expressions(3)), st.integers(1, 40), st.sampled_from([(2, 1), (1, 1)]))
+def test_random_pattern_gradients(expr, n, heads):
+    check_grads(single(expr, "rand"), n, h=heads[0], h_kv=heads[1])
+
+
+ROOT = Path(__file__).resolve().parents[1]
+PATTERN_FILES = sorted((ROOT / "patterns").glob("*.attn"))
+
+
+def _shrunk_program(path: Path):
+    """The pattern file with every parameter of 16 or more set to 8, so that windows, chunks
+    and strides wrap within a short sequence (grids keep their size: the generic kernels then
+    see the first tokens of the grid)."""
+    from attnc.loader import program_of
+
+    text = path.read_text()
+    defines = {name: 8 for name, value in re.findall(r"^\s*param\s+(\w+)\s*=\s*([^#\n]+)", text, re.M)
+               if not value.strip().isdigit() or int(value) >= 16}
+    return program_of(path, defines=defines)
+
+
+@pytest.mark.skipif(not PATTERN_FILES, reason="patterns/ has no .attn files")
+@pytest.mark.parametrize("path", PATTERN_FILES, ids=lambda p: p.stem)
+def test_pattern_file_gradients(path):
+    program = _shrunk_program(path)
+    if program.grid is not None:
+        pytest.skip("grid patterns: their masks (several neighbourhoods over a large grid) are too slow "
+                    "for the interpreter; test_small_grid_gradients covers the kernels on grids")
+    model = program.model
+    per_head = any(len(set(row)) > 1 for row in program.group_table())
+    h, h_kv = (model.heads, model.kv_heads) if per_head else (2, 1)
+    layer = model.layers - 1 if program.varies_by_layer else None
+    check_grads(program, 36, h=h, h_kv=h_kv, layer=layer)
+
+
+def test_small_grid_gradients():
+    # two neighbourhoods (one causal on its second axis) over a 5 x 7 grid after 2 text tokens:
+    # the generic backward kernels, the mask evaluated on every tile
+    from attnc.compiler.lower import lower
+    from attnc.spec.resolve import resolve_text
+
+    text = ("grid(5, 7) prefix = 2\npattern p = neighborhood(kernel = (3, 3,), dilation = (1, 1,), "
+            "causal = (false, false,)) | neighborhood(kernel = (1, 3,), dilation = (1, 2,), causal = (false, true,))\n")
+    check_grads(lower(resolve_text(text, "grid_test.attn")), 37, b=1, h=2, h_kv=1)
