@@ -208,3 +208,26 @@ def test_small_grid_gradients():
     text = ("grid(5, 7) prefix = 2\npattern p = neighborhood(kernel = (3, 3,), dilation = (1, 1,), "
             "causal = (false, false,)) | neighborhood(kernel = (1, 3,), dilation = (1, 2,), causal = (false, true,))\n")
     check_grads(lower(resolve_text(text, "grid_test.attn")), 37, b=1, h=2, h_kv=1)
+
+
+def test_training_step_compiles_fullgraph():
+    # forward and backward custom ops, their fake implementations and the autograd registration
+    # trace into one graph (aot_eager on the CPU: the kernels run in the interpreter; the GPU
+    # check with inductor is bench/gpu.py's)
+    mod = load(single(SW, "sw"))
+    q, k, v = inputs(1, 2, 1, 40, 16)
+    w = torch.randn(16, 16, generator=torch.Generator().manual_seed(3))
+
+    def step(q, k, v, w):
+        out = mod.prefill(q @ w, k, v)
+        return (out * out).sum()
+
+    def grads(fn):
+        args = [t.clone().requires_grad_() for t in (q, k, v, w)]
+        fn(*args).backward()
+        return [a.grad for a in args]
+
+    torch._dynamo.reset()
+    got = grads(torch.compile(step, fullgraph=True, backend="aot_eager"))
+    for g, r in zip(got, grads(step)):
+        assert torch.equal(g, r)
