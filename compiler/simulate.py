@@ -38,6 +38,7 @@ import numpy as np
 
 from . import configs
 from .blocks import block_map
+from .cost import BWD_MATMUL_RATIO
 from .ir import Pattern, Program, Status
 from .plan import plan_program
 
@@ -631,6 +632,24 @@ class KernelTime:
     waves: float
     tile: tuple[int, int]
     note: str = ""
+
+
+BWD_PASSES = 2  # the backward's main launches: dK/dV by key tile, dQ by query tile
+# matrix products per tile in the backward, against the forward's 2: attnc's kernels (and
+# FlexAttention's) recompute QK^T and dP in a separate dQ pass (4 + 3); SDPA's FlashAttention-2
+# accumulates dQ atomically in the dK/dV pass (5, cost.BWD_MATMUL_RATIO times the forward)
+BWD_MATMULS = {"attnc": 7, "flex": 7, "sdpa": round(2 * BWD_MATMUL_RATIO)}
+
+
+def backward_time(t: KernelTime) -> KernelTime:
+    """The backward pass's predicted time from the forward's, by a simple model (not fitted to a
+    measured backward): the forward's tile costs and tail scaled by the kernel's matrix products
+    per tile over the forward's 2 (BWD_MATMULS), its program overhead and launch paid once per
+    main pass (BWD_PASSES); the small row-sum pass is not counted."""
+    r, p = BWD_MATMULS[t.kernel] / 2, BWD_PASSES
+    parts = dict(full_ms=t.full_ms * r, masked_ms=t.masked_ms * r, sink_ms=t.sink_ms * r,
+                 overhead_ms=t.overhead_ms * p, idle_ms=t.idle_ms * r, launch_ms=t.launch_ms * p)
+    return dataclasses.replace(t, ms=sum(parts.values()), note=f"backward: forward tiles x {r}", **parts)
 
 
 def launch_time(kernel: str, launch: Launch, costs: TileCosts, launch_us: float, sms: int, note: str = "") -> KernelTime:

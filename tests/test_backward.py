@@ -231,3 +231,34 @@ def test_training_step_compiles_fullgraph():
     got = grads(torch.compile(step, fullgraph=True, backend="aot_eager"))
     for g, r in zip(got, grads(step)):
         assert torch.equal(g, r)
+
+
+# ------------------------------------------------------------------ analyses
+
+
+def test_backward_cost_and_prediction(capsys):
+    import json
+
+    from attnc.cli import main
+    from attnc.compiler import simulate as sim
+    from attnc.compiler.cost import BWD_MATMUL_RATIO, group_cost
+    from attnc.compiler.ir import HeadGroup
+
+    cost = group_cost(HeadGroup(as_pattern(SW), frozenset({(0, 0)})), 256, 64)
+    assert cost.bwd_flops == BWD_MATMUL_RATIO * 4 * 64 * cost.pairs.value
+    assert cost.bwd_bytes_min == 8 * 64 * 256 * 2
+    # the backward's parts add up, tiles scale by the matrix products, programs and launches per pass
+    fwd = sim.KernelTime("attnc", 1.5, 0.6, 0.4, 0.1, 0.2, 0.1, 0.1, 10, 5, 1, 4, 1.0, (128, 64))
+    bwd = sim.backward_time(fwd)
+    ratio = sim.BWD_MATMULS["attnc"] / 2
+    assert bwd.full_ms == pytest.approx(0.6 * ratio) and bwd.launch_ms == pytest.approx(0.1 * sim.BWD_PASSES)
+    assert bwd.ms == pytest.approx(bwd.full_ms + bwd.masked_ms + bwd.sink_ms + bwd.overhead_ms + bwd.idle_ms
+                                   + bwd.launch_ms)
+    path = str(ROOT / "patterns" / "streaming_llm.attn")
+    assert main(["simulate", path, "--seq", "8k", "--backward"]) == 0
+    assert "training step" in capsys.readouterr().out
+    assert main(["simulate", path, "--seq", "8k", "--backward", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["results"][0]
+    assert row["backward"]["attnc"]["forward_backward_ms"] == pytest.approx(
+        row["attnc"]["ms"] + row["backward"]["attnc"]["backward_ms"])
+    assert main(["simulate", path, "--decode", "--backward"]) == 2
