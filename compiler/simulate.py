@@ -966,8 +966,9 @@ def _get(case: Any, *names: str, default: Any = None) -> Any:
     return default
 
 
-def predict(case: Any, kernel: str = "attnc", profile: str | Path | Profile = "h100") -> float:
-    """Predicted milliseconds of one case of bench/gpu.py; `kernel` is "attnc", "sdpa" or "flex".
+def predict(case: Any, kernel: str = "attnc", profile: str | Path | Profile = "h100", training: bool = False) -> float:
+    """Predicted milliseconds of one case of bench/gpu.py; `kernel` is "attnc", "sdpa" or "flex";
+    `training`: forward + backward (backward_time's model).
 
     `case` is a Workload or its `to_dict()` (numpy only: this runs on the GPU machine), or a
     mapping or object with `program` (an IR Program) or `path` (an .attn file), `n`, and
@@ -990,7 +991,8 @@ def predict(case: Any, kernel: str = "attnc", profile: str | Path | Profile = "h
         layer = _get(case, "layer")
         case = decode_workload(program, shape, layer) if _get(case, "decode", default=False) else \
             prefill_workload(program, shape, load_profile(profile).capability, layer)
-    return getattr(time_workload(case, profile), kernel).ms
+    t = getattr(time_workload(case, profile), kernel)
+    return t.ms + backward_time(t).ms if training else t.ms
 
 
 # ------------------------------------------------------------------------------------ fitting

@@ -262,3 +262,81 @@ def test_backward_cost_and_prediction(capsys):
     assert row["backward"]["attnc"]["forward_backward_ms"] == pytest.approx(
         row["attnc"]["ms"] + row["backward"]["attnc"]["backward_ms"])
     assert main(["simulate", path, "--decode", "--backward"]) == 2
+
+
+# ------------------------------------------------------------------ the GPU compiler
+
+_BWD_GPU_COMPILE = r"""
+import importlib.util, json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+POINTERS = {"LSE": "*fp32", "DELTA": "*fp32", "DLSE": "*fp32", "QHEADS": "*i32", "HEADS": "*i32"}
+
+
+def compile_all(path, opts):
+    spec = importlib.util.spec_from_file_location("generated", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    dtype, head_dim = opts["dtype"], opts["head_dim"]
+    kind = "fp32" if dtype == "fp32" else "16bit"
+    cfg = next(c for (cap, k, d, c) in mod.BWD_CONFIGS if k == kind and d in (None, head_dim) and cap[0] * 10 <= 90)
+    major, minor = cfg["BLOCK_MAJOR"], cfg["BLOCK_MINOR"]
+    common = dict(KV_GROUP=2, HEAD_DIM=head_dim, DOT_PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False)
+    kernels = [(mod._bwd_dkdv_kernel, dict(BLOCK_M=minor, BLOCK_N=major, GROUP=opts["group"], ACC=opts["acc"], **common)),
+               (mod._bwd_dq_kernel, dict(BLOCK_M=major, BLOCK_N=minor, GROUP=opts["group"], SUBSET=opts["acc"], **common))]
+    out = []
+    for fn, constexprs in kernels:
+        signature = {}
+        for name in fn.arg_names:
+            if name in constexprs:
+                signature[name] = "constexpr"
+            elif name in POINTERS:
+                signature[name] = POINTERS[name]
+            elif name in ("sm_scale", "qk_scale"):
+                signature[name] = "fp32"
+            elif name.startswith("stride") or name in ("N", "H", "H_KV", "NH"):
+                signature[name] = "i32"
+            else:
+                signature[name] = "*" + dtype
+        kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                                target=GPUTarget("cuda", 90, 32),
+                                options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
+        out.append({"kernel": fn.__name__, "shared": kernel.metadata.shared})
+    return out
+
+
+print(json.dumps([compile_all(path, opts) for path, opts in json.loads(sys.argv[1])]))
+"""
+
+
+def _have_ptxas() -> bool:
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+        return get_ptxas(90).path is not None
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _have_ptxas(), reason="no ptxas in the triton install")
+def test_backward_kernels_compile_for_sm90():
+    # the interpreter accepts code that the GPU compiler rejects (branches in loops, dtypes)
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from attnc.codegen.writer import write_module
+    from tests.test_codegen_support import _DIR
+
+    duo = grouped([[prim("causal"), SW] * 2], "duo")
+    cases = [(single(EXPRS["sink_window"], "sw"), dict(dtype="bf16", head_dim=128, group=0, acc=False)),
+             (duo, dict(dtype="fp16", head_dim=64, group=1, acc=True))]
+    args = [(str(write_module(p, _DIR / p.digest())), opts) for p, opts in cases]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", _BWD_GPU_COMPILE, json.dumps(args)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"GPU compilation failed:\n{res.stderr[-4000:]}"
+    for kernels in json.loads(res.stdout.strip().splitlines()[-1]):
+        assert all(k["shared"] <= 232448 for k in kernels), kernels
