@@ -476,6 +476,7 @@ def run(folder: Path, baseline: Path | None = None) -> int:
                 rows.append({"label": m["bench"]["label"], "n": n, "skipped": "time budget"})
                 continue
             mod = import_module(folder / m["file"])
+            workload = m["bench"]["workloads"][str(n)]
             n = min(n, 96) if SMOKE else n
             base = baseline / m["file"] if baseline is not None and (baseline / m["file"]).exists() else None
             try:
@@ -489,8 +490,8 @@ def run(folder: Path, baseline: Path | None = None) -> int:
                 except Exception as exc:
                     r["fb_error"] = f"{type(exc).__name__}: {exc}"[:300]
             r["label"] = m["bench"]["label"]
-            r["predicted_ms"] = simulate.predict(m["bench"]["workloads"][str(n)], profile=PROFILE)
-            r["predicted_fb_ms"] = simulate.predict(m["bench"]["workloads"][str(n)], profile=PROFILE, training=True)
+            r["predicted_ms"] = simulate.predict(workload, profile=PROFILE)
+            r["predicted_fb_ms"] = simulate.predict(workload, profile=PROFILE, training=True)
             rows.append(r)
             torch.cuda.empty_cache() if not SMOKE else None
             print(json.dumps(r), flush=True)
