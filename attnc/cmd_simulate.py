@@ -59,6 +59,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     dev.add_argument("--device", default="h100", help="a shipped device profile (default h100)")
     dev.add_argument("--profile", type=Path, default=None, help="a device profile JSON (bench/calibrate.py writes one)")
     p.add_argument("--decode", action="store_true", help="one decode step at context N instead of prefill")
+    p.add_argument("--backward", action="store_true",
+                   help="also a training step: the backward pass (a model: the forward's tile costs scaled by the "
+                        "backward's matrix products) and forward + backward")
     p.add_argument("--layer", type=int, default=None, help="one layer (default: every layer of the model)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--plot", type=Path, default=None, metavar="PNG", help="write a plot of speedup against N")
@@ -83,6 +86,8 @@ def _run(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and (value < 1 or model_problem(name, value)):
             raise ValueError(f"--{name.replace('_', '-')} must be between 1 and {MAX_MODEL[name]}, got {value}")
+    if args.backward and args.decode:
+        raise ValueError("--backward predicts a training step over a whole sequence: it does not combine with --decode")
     spec = load(args.file, **spec_options(args))
     program = lower(spec)
     profile = sim.load_profile(args.profile or args.device)
@@ -95,10 +100,13 @@ def _run(args: argparse.Namespace) -> None:
     lengths = args.sweep or [args.seq or default_length(program)]
     results = [predict(program, sim.Shape(n, **shape), profile, args.layer) for n in lengths]
     if args.json:
+        rows = [dict(r.to_dict(), **({"backward": _backward_dict(r)} if args.backward else {})) for r in results]
         print(json.dumps({"file": str(args.file), "pattern": program.name, "profile": profile.name,
-                          "profile_source": profile.source, "results": [r.to_dict() for r in results]}, indent=1))
+                          "profile_source": profile.source, "results": rows}, indent=1))
     else:
         _print(args.file, program, profile, results)
+        if args.backward:
+            _print_backward(results)
     if args.plot:
         plot(results, args.plot, f"{program.name} on {profile.device or profile.name}")
         if not args.json:
@@ -156,6 +164,34 @@ def _print(file: Path, program: Any, profile: Any, results: list[Any]) -> None:
                       f"the kernel visits {t.tiles_full + t.tiles_masked:,}{narrow}[/]")
     console.print(f"[dim]* {last.flex.note}\nKV cache: {last.cache_note}\n"
                   f"profile {profile.name}: {profile.source or 'no source given'}[/]")
+
+
+def _backward_dict(r: Any) -> dict[str, Any]:
+    """Per kernel: the predicted backward and forward + backward times (ms)."""
+    from .compiler.simulate import backward_time
+
+    out = {}
+    for name in ("attnc", "sdpa", "flex"):
+        fwd = getattr(r, name)
+        out[name] = {"backward_ms": backward_time(fwd).ms, "forward_backward_ms": fwd.ms + backward_time(fwd).ms}
+    return out
+
+
+def _print_backward(results: list[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="training step, forward + backward (ms; backward = forward tile costs x matmuls per tile / 2)",
+                  box=None, header_style="bold", title_justify="left")
+    for col in ("N", "attnc bwd", "attnc", "SDPA", "speedup", "Flex*", "vs Flex*"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in results:
+        b = _backward_dict(r)
+        mine = b["attnc"]["forward_backward_ms"]
+        table.add_row(f"{r.shape.n:,}", _ms(b["attnc"]["backward_ms"]), _ms(mine), _ms(b["sdpa"]["forward_backward_ms"]),
+                      f"{b['sdpa']['forward_backward_ms'] / mine:.2f}x", _ms(b["flex"]["forward_backward_ms"]),
+                      f"{b['flex']['forward_backward_ms'] / mine:.2f}x")
+    Console().print(table)
 
 
 def plot(results: list[Any], path: Path, title: str) -> None:

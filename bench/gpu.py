@@ -11,11 +11,15 @@ with a manifest. `--run` imports the modules from DIR and
 1. checks every module against its own torch reference on the GPU (random bf16 inputs,
    N = 1000 and 4096; output relative error and the log-sum-exp), in parallel processes so
    that Triton compiles the kernels on several cores;
-2. checks `prefill` under `torch.compile` once;
+   and its gradients (the backward kernels) against autograd through the reference (bf16,
+   N = CHECK_N[0]);
+2. checks `prefill` under `torch.compile` once, and a training step (forward and backward)
+   under `torch.compile(fullgraph=True)`;
 3. times each benchmark case (B=1, H=32, D=128, bf16): the generated kernel, FlexAttention
    with the same mask_mod (torch.compile'd flex_attention, block mask built once) and SDPA
    dense causal, as medians of triton.testing.do_bench; effective TFLOP/s count allowed
-   pairs only (4 * D * pairs * B * H), pairs counted exactly from the mask on the GPU;
+   pairs only (4 * D * pairs * B * H), pairs counted exactly from the mask on the GPU; then
+   forward + backward of the same three (a second table);
 4. writes docs/benchmarks.md (and $OUT/benchmarks.md when $OUT is set) and prints the table.
 """
 
@@ -166,6 +170,7 @@ def check_module(path: str, bench: dict | None, smoke: bool = False) -> dict:
                     ok = ok and bool(torch.equal(torch.isfinite(lse), fin)) and lse_err < 1e-2
                 out["checks"].append({"n": n, "layer": layer, "rel_err": rel, "lse_err": lse_err, "ok": ok})
                 del q, k, v, o, ref, ref_lse
+        out["grads"] = [check_grad(mod, heads, kv, d, layer) for layer in layers]
         if hasattr(mod, "_GRID_SHAPE") and not smoke:
             out["checks"].extend(check_grid(mod, heads, kv, d))
     except Exception:
@@ -178,8 +183,32 @@ def check_module(path: str, bench: dict | None, smoke: bool = False) -> dict:
             out["flex_warm_error"] = f"{type(exc).__name__}: {exc}"[:300]
         out["flex_warm_s"] = time.perf_counter() - t1
     out["seconds"] = time.perf_counter() - t0
-    out["ok"] = "error" not in out and all(c["ok"] for c in out["checks"])
+    out["ok"] = "error" not in out and all(c["ok"] for c in out["checks"] + out.get("grads", []))
     return out
+
+
+GRAD_TOL = 2e-2  # bf16 gradients: relative error (Frobenius) against the float32 reference's
+
+
+def check_grad(mod, heads: int, kv: int, d: int, layer) -> dict:
+    """dq, dk, dv of the backward kernels against autograd through the module's reference (which
+    computes in float32), bf16 inputs, N = CHECK_N[0], loss sum(out * dout)."""
+    import torch
+
+    n = CHECK_N[0]
+    gen = torch.Generator(device=DEVICE).manual_seed(n + 1)
+    q, k, v = (torch.randn(1, h, n, d, device=DEVICE, dtype=torch.bfloat16, generator=gen) for h in (heads, kv, kv))
+    dout = torch.randn(1, heads, n, d, device=DEVICE, dtype=torch.bfloat16, generator=gen)
+
+    def grads(fn):
+        args = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        fn(*args, layer=layer).backward(dout)
+        return [a.grad.float() for a in args]
+
+    rel = {}
+    for name, g, r in zip(("dq", "dk", "dv"), grads(mod.prefill), grads(mod.reference)):
+        rel[name] = ((g - r).norm() / r.norm().clamp_min(1e-12)).item() if torch.isfinite(g).all() else float("nan")
+    return {"n": n, "layer": layer, "rel_err": rel, "ok": all(e < GRAD_TOL for e in rel.values())}
 
 
 def check_grid(mod, heads: int, kv: int, d: int) -> list[dict]:
@@ -252,6 +281,29 @@ def check_compile(mod) -> str:
     return "ok" if torch.equal(got, want) else f"MISMATCH {(got.float() - want.float()).abs().max().item():.3g}"
 
 
+def check_compile_training(mod) -> str:
+    """A training step (a projection, prefill, a loss, backward) under torch.compile(fullgraph=True)
+    against the same step run eagerly: the gradients' largest relative difference."""
+    import torch
+
+    heads = mod.PATTERN["model"]["heads"] if mod.PATTERN["varies_by_head"] else 4
+    gen = torch.Generator(device=DEVICE).manual_seed(7)
+    q, k, v = (torch.randn(1, heads, CHECK_N[0], D, device=DEVICE, dtype=torch.bfloat16, generator=gen) for _ in range(3))
+    w = torch.randn(D, D, device=DEVICE, dtype=torch.bfloat16, generator=gen) / D ** 0.5
+
+    def step(q, k, v, w):
+        return mod.prefill(q @ w, k, v).float().square().mean()
+
+    def grads(fn):
+        args = [t.clone().requires_grad_() for t in (q, k, v, w)]
+        fn(*args).backward()
+        return [a.grad.float() for a in args]
+
+    fn = torch.compile(step, fullgraph=True, backend="aot_eager" if SMOKE else "inductor")
+    diff = max(((g - r).norm() / r.norm().clamp_min(1e-12)).item() for g, r in zip(grads(fn), grads(step)))
+    return "ok" if diff < GRAD_TOL else f"MISMATCH: relative gradient difference {diff:.3g}"
+
+
 def mask_mod_of(mod, device):
     """FlexAttention's mask_mod from the module's torch predicate (per-head groups by a table)."""
     import torch
@@ -289,8 +341,9 @@ def allowed_pairs(mod, n: int, device, heads: int) -> int:
     return total
 
 
-def _bench(fn) -> float:
-    """Median milliseconds of fn (triton.testing.do_bench; a wall clock in --smoke)."""
+def _bench(fn, grads=None) -> float:
+    """Median milliseconds of fn (triton.testing.do_bench; a wall clock in --smoke); `grads`:
+    tensors whose .grad is reset between runs (a backward accumulates into it)."""
     if SMOKE:
         fn()
         t0 = time.perf_counter()
@@ -298,7 +351,7 @@ def _bench(fn) -> float:
         return (time.perf_counter() - t0) * 1e3
     from triton.testing import do_bench
 
-    return do_bench(fn, warmup=100, rep=400, return_mode="median")
+    return do_bench(fn, warmup=100, rep=400, return_mode="median", grad_to_none=grads)
 
 
 _SDPA_MS: dict[tuple[int, int, bool], float] = {}
@@ -339,6 +392,33 @@ def time_case(mod, n: int, flex_fn, heads: int = 0, causal: bool = True, baselin
     return res
 
 
+def time_training(mod, n: int, flex_fn, heads: int = 0, causal: bool = True) -> dict:
+    """Forward + backward (given dout) of attnc, FlexAttention (same mask_mod) and SDPA, ms."""
+    import torch
+    import torch.nn.functional as F
+
+    heads = heads or H
+    q, k, v = (torch.randn(B, heads, n, D, device=DEVICE, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    dout = torch.randn(B, heads, n, D, device=DEVICE, dtype=torch.bfloat16)
+
+    def step(fn):
+        return lambda: fn(q, k, v).backward(dout)
+
+    res = {"attnc_fb_ms": _bench(step(mod.prefill), [q, k, v])}
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        mask_mod, per_head = mask_mod_of(mod, DEVICE)
+        block_mask = create_block_mask(mask_mod, B=None, H=heads if per_head else None, Q_LEN=n, KV_LEN=n,
+                                       device=DEVICE, _compile=not SMOKE)
+        res["flex_fb_ms"] = _bench(step(lambda q, k, v: flex_fn(q, k, v, block_mask=block_mask)), [q, k, v])
+    except Exception as exc:
+        res["flex_fb_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    res["sdpa_fb_ms"] = _bench(step(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)),
+                               [q, k, v])
+    return res
+
+
 def run(folder: Path, baseline: Path | None = None, decode: bool = True) -> int:
     import torch
     import triton
@@ -358,6 +438,8 @@ def run(folder: Path, baseline: Path | None = None, decode: bool = True) -> int:
     for c in checks:
         detail = ", ".join(f"N={x['n']}{'' if x['layer'] is None else ' L' + str(x['layer'])}: "
                            f"rel {x['rel_err']:.1e} lse {x['lse_err']:.1e}" for x in c["checks"])
+        detail += "".join(f"; grads N={x['n']}{'' if x['layer'] is None else ' L' + str(x['layer'])}: "
+                          + " ".join(f"{k} {e:.1e}" for k, e in x["rel_err"].items()) for x in c.get("grads", []))
         warm = f", flex warm-up {c['flex_warm_s']:.0f} s" if "flex_warm_s" in c else ""
         warm += f" (FlexAttention warm-up failed: {c['flex_warm_error']})" if "flex_warm_error" in c else ""
         print(f"{'ok  ' if c['ok'] else 'FAIL'} {c['file']} H,KV,D={c['shape']} ({c['seconds']:.0f} s{warm}) {detail}")
@@ -373,16 +455,25 @@ def run(folder: Path, baseline: Path | None = None, decode: bool = True) -> int:
         except Exception as exc:
             compile_status = f"FAILED: {type(exc).__name__}: {exc}"[:300]
     print(f"torch.compile(prefill): {compile_status}", flush=True)
+    train_status = "not run"
+    if bench:
+        try:
+            train_status = check_compile_training(import_module(folder / bench[0]["file"]))
+        except Exception as exc:
+            train_status = f"FAILED: {type(exc).__name__}: {exc}"[:300]
+    print(f"torch.compile(training step): {train_status}", flush=True)
 
     from torch.nn.attention.flex_attention import flex_attention
     flex_fn = flex_attention if SMOKE else torch.compile(flex_attention, dynamic=False)
     rows = []
     for m in bench:
         for n in m["bench"]["lengths"]:
-            if time.perf_counter() - t_start > BUDGET_S:
+            over = time.perf_counter() - t_start > BUDGET_S
+            if over and not (SMOKE and not rows):  # --smoke times its first case whatever the budget
                 rows.append({"label": m["bench"]["label"], "n": n, "skipped": "time budget"})
                 continue
             mod = import_module(folder / m["file"])
+            workload = m["bench"]["workloads"][str(n)]
             n = min(n, 96) if SMOKE else n
             base = baseline / m["file"] if baseline is not None and (baseline / m["file"]).exists() else None
             try:
@@ -390,15 +481,23 @@ def run(folder: Path, baseline: Path | None = None, decode: bool = True) -> int:
                               import_module(base, "attnc_baseline") if base else None)
             except Exception as exc:
                 r = {"n": n, "error": f"{type(exc).__name__}: {exc}"[:300]}
+            if "error" not in r and (time.perf_counter() - t_start <= BUDGET_S or len(rows) == 0 and SMOKE):
+                try:
+                    r.update(time_training(mod, n, flex_fn, m["bench"].get("heads", H), m["bench"].get("causal", True)))
+                except Exception as exc:
+                    r["fb_error"] = f"{type(exc).__name__}: {exc}"[:300]
             r["label"] = m["bench"]["label"]
-            r["predicted_ms"] = simulate.predict(m["bench"]["workloads"][str(n)], profile=PROFILE)
+            r["predicted_ms"] = simulate.predict(workload, profile=PROFILE)
+            r["predicted_fb_ms"] = simulate.predict(workload, profile=PROFILE, training=True)
             rows.append(r)
             torch.cuda.empty_cache() if not SMOKE else None
             print(json.dumps(r), flush=True)
     table = render_table(rows)
     if baseline is not None:
         table += "\n\n" + render_baseline(rows)
-    text = render_markdown(device, torch.__version__, triton.__version__, checks, compile_status, table)
+    training = render_training(rows)
+    text = render_markdown(device, torch.__version__, triton.__version__, checks, compile_status, table,
+                           train_status, training)
     if decode and not SMOKE:
         text += decode_section()
     if not SMOKE:
@@ -412,6 +511,7 @@ def run(folder: Path, baseline: Path | None = None, decode: bool = True) -> int:
         Path(os.environ["OUT"], "bench.json").write_text(json.dumps({"checks": checks, "rows": rows}, indent=1))
     print(f"total {time.perf_counter() - t_start:.0f} s")
     print(table)
+    print(training)
     return 0 if all(c["ok"] for c in checks) else 1
 
 
@@ -464,6 +564,22 @@ def render_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_training(rows: list[dict]) -> str:
+    """Forward + backward times per case (above 1 in `vs`: attnc is faster)."""
+    lines = ["| case | N | attnc ms | Flex ms | SDPA ms | vs Flex | vs SDPA | predicted ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "attnc_fb_ms" not in r:
+            why = r.get("fb_error") or r.get("skipped") or r.get("error") or "time budget"
+            lines.append(f"| {_md(r['label'])} | {r['n']} | {_md(why)} |" + " |" * 5)
+            continue
+        a, flex = r["attnc_fb_ms"], r.get("flex_fb_ms")
+        lines.append(f"| {_md(r['label'])} | {r['n']} | {a:.3f} | {_f(flex, '.3f')} | {r['sdpa_fb_ms']:.3f} "
+                     f"| {_f(flex and flex / a, '.2f')}x | {r['sdpa_fb_ms'] / a:.2f}x "
+                     f"| {_f(r.get('predicted_fb_ms'), '.3f')} |")
+    return "\n".join(lines)
+
+
 def render_baseline(rows: list[dict]) -> str:
     """attnc against the baseline build, case by case (above 1: this build is faster)."""
     lines = ["| case | N | attnc ms | baseline ms | baseline / attnc |", "|---|---:|---:|---:|---:|"]
@@ -474,7 +590,8 @@ def render_baseline(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(device, torch_version, triton_version, checks, compile_status, table) -> str:
+def render_markdown(device, torch_version, triton_version, checks, compile_status, table, train_status="not run",
+                    training="") -> str:
     ok = sum(c["ok"] for c in checks)
     failed = [c["file"] for c in checks if not c["ok"]]
     return (
@@ -486,14 +603,21 @@ def render_markdown(device, torch_version, triton_version, checks, compile_statu
         f"within 1e-2, -inf exactly on rows without keys){'; failed: ' + ', '.join(failed) if failed else ''}. "
         f"Modules with a grid are also checked at N = prefix + grid tokens, where the tile-order kernel runs: "
         f"against the reference up to 16K tokens, beyond against the generic kernel.\n"
-        f"`prefill` under `torch.compile(fullgraph=True)`: {compile_status}.\n\n"
+        f"Gradients (the backward kernels) are checked against autograd through the reference, bf16, "
+        f"N = {CHECK_N[0]}, relative error < {GRAD_TOL:g} for dq, dk and dv.\n"
+        f"`prefill` under `torch.compile(fullgraph=True)`: {compile_status}; a training step (forward and "
+        f"backward): {train_status}.\n\n"
         f"## Prefill forward, B={B}, H={H} (24 for the grid cases), D={D}, bf16\n\n"
         f"Medians of `triton.testing.do_bench`. TFLOP/s count the allowed pairs only (4 * D * pairs); SDPA runs "
         f"dense attention, causal for causal patterns and full for the grid cases (its TFLOP/s count the pairs "
         f"it computes). `vs Flex` and `vs SDPA` are the other "
         f"kernel's time over attnc's (above 1: attnc is faster). FlexAttention: torch.compile'd "
         f"`flex_attention` with the module's mask predicate as `mask_mod`, block mask built once.\n\n"
-        f"{table}\n")
+        f"{table}\n\n"
+        f"## Training step: forward + backward, same shapes\n\n"
+        f"Forward then backward with a given dout, medians of `do_bench` (gradients reset between runs). "
+        f"attnc's backward: the generated FlashAttention-2 kernels (docs/training.md); predicted: "
+        f"`attnc simulate --backward`'s model.\n\n{training}\n")
 
 
 def main(argv=None) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..compiler.atoms import Cond, Key
-from ..compiler.plan import GroupPlan, TermPlan
+from ..compiler.plan import GroupPlan, SpanTerm, TermPlan
 from . import masks
 
 
@@ -76,9 +76,10 @@ class _View:
 
 
 class TermText(_View):
-    """A TermPlan with its intervals as texts: lo, hi, on, full_lo, full_hi, full_on."""
+    """A TermPlan (or a SpanTerm of the backward's plans) with its intervals as texts: lo, hi,
+    on, full_lo, full_hi, full_on."""
 
-    def __init__(self, term: TermPlan) -> None:
+    def __init__(self, term: TermPlan | SpanTerm) -> None:
         super().__init__(term)
         hull, full = term.hull, term.full_bounds
         self.lo, self.hi, self.on = max_text(hull.lo), min_text(hull.hi), on_text(hull.on)
@@ -95,4 +96,7 @@ class GroupText(_View):
         self.terms = tuple(TermText(t) for t in group.terms)
         self.masks = masks.render_pattern(group.pattern)
         self.residue_plan = None if group.residue_plan is None else GroupText(group.residue_plan)
+        # the backward's span plans (compiler.plan.plan_columns / plan_rows), as TermTexts
+        self.bwd_columns = () if group.columns is None else tuple(TermText(t) for t in group.columns.terms)
+        self.bwd_rows = () if group.rows is None else tuple(TermText(t) for t in group.rows.terms)
 

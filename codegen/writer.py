@@ -119,6 +119,8 @@ def module_params(program: Program) -> dict[str, Any]:
         "configs": configs.CONFIGS,
         "grid_configs": configs.GRID_CONFIGS,
         "cpu_config": configs.CPU_CONFIG,
+        "bwd_configs": configs.BWD_CONFIGS,
+        "bwd_cpu_config": configs.BWD_CPU_CONFIG,
         "tuning": [p.tuning for p in plans],
         "grid_tiles": [None if p.grid is None else p.grid.tiles for p in plans],
         "grid_shapes": [None if p.grid is None else (p.grid.dims, p.grid.prefix, p.grid.size) for p in plans],

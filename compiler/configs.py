@@ -62,3 +62,17 @@ GRID_CONFIGS: list[tuple[tuple[int, int], str, int | None, Config]] = [
 
 # The Triton interpreter (TRITON_INTERPRET=1): small tiles, so small tests cross many tiles.
 CPU_CONFIG: Config = _cfg(32, 16, 4, 1, edge_stages=1)
+
+# The backward kernels (backward.py.j2, FlashAttention-2's). A program owns a tile of BLOCK_MAJOR
+# positions (keys for dK/dV, queries for dQ) and steps over tiles of BLOCK_MINOR positions of the
+# other side, as in Triton's fused-attention tutorial (32 x 128 / 128 x 32 there). Not measured
+# on a GPU: guesses that keep the two float32 accumulators of the dK/dV program in registers.
+BWD_CONFIGS: list[tuple[tuple[int, int], str, int | None, Config]] = [
+    ((8, 0), "16bit", 256, {"BLOCK_MAJOR": 32, "BLOCK_MINOR": 32, "num_warps": 4, "num_stages": 1}),
+    ((8, 0), "16bit", 128, {"BLOCK_MAJOR": 64, "BLOCK_MINOR": 32, "num_warps": 4, "num_stages": 2}),
+    ((8, 0), "16bit", None, {"BLOCK_MAJOR": 128, "BLOCK_MINOR": 32, "num_warps": 4, "num_stages": 3}),
+    ((0, 0), "fp32", 16, {"BLOCK_MAJOR": 32, "BLOCK_MINOR": 32, "num_warps": 4, "num_stages": 1}),
+    ((0, 0), "fp32", None, {"BLOCK_MAJOR": 16, "BLOCK_MINOR": 16, "num_warps": 4, "num_stages": 1}),
+    ((0, 0), "16bit", None, {"BLOCK_MAJOR": 32, "BLOCK_MINOR": 32, "num_warps": 4, "num_stages": 1}),
+]
+BWD_CPU_CONFIG: Config = {"BLOCK_MAJOR": 32, "BLOCK_MINOR": 16, "num_warps": 4, "num_stages": 1}

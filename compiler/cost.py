@@ -14,6 +14,11 @@ requested N (`compiler.count`) and say why there is no formula.
 Units: FLOPs = 4 * D * pairs per head (QK^T and PV, a multiply-add counted as 2); bytes
 with `dtype_bytes` per element; the KV cache holds K and V, 2 * head_dim * dtype_bytes per
 token per KV head per layer.
+
+The backward pass (FlashAttention-2's, recomputing P from the saved log-sum-exp) runs five
+matrix products per allowed pair where the forward runs two (QK^T again, dV += P^T dO,
+dP = dO V^T, dQ += dS K, dK += dS^T Q): BWD_MATMUL_RATIO times the forward's FLOPs. It reads
+Q, K, V, O and dO and writes dQ, dK and dV at least once: 8 * D * N elements per head.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from .ir import (Chunk, HeadGroup, Lit, Pattern, Power, Status, Term)
 from .blocks import block_map
 
 D = sp.Symbol("D", integer=True, positive=True)
+BWD_MATMUL_RATIO = 2.5  # backward matrix products per forward one (5 against 2)
 MAX_CHUNK_PIECES = 16  # chunks before the range constants that get their own piece
 CLASSES = ("O(1)", "O(log N)", "O(N)", "O(N log N)", "O(N^2)")
 
@@ -314,6 +320,16 @@ class GroupCost:
     bytes_tiles_qkv: int = 0  # per head, tile model with Q, K, V loaded per visited tile
     flops_expr: sp.Expr | None = None  # 4 * D * pairs with D symbolic when the head dim is unknown
     bmap: BlockMap | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def bwd_flops(self) -> int:
+        """Per head, the backward pass's FLOPs: BWD_MATMUL_RATIO times the forward's."""
+        return int(BWD_MATMUL_RATIO * self.flops.value)
+
+    @property
+    def bwd_bytes_min(self) -> int:
+        """Per head, the backward's minimum traffic: Q, K, V, O, dO read and dQ, dK, dV written once."""
+        return 2 * self.bytes_min.value
 
 
 def analyze_pairs(pattern: Pattern, n: int) -> tuple[Quantity, str, str]:

@@ -31,6 +31,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 from .atoms import OPEN, Bounds, Conj, DiffMod
 from .grid_plan import GridPlan, plan_grid
 from .ir import Band, Lit, Pattern, Power, Program, Term
@@ -43,15 +45,20 @@ EDGE_MERGE_MIN = 2048  # a first term's band at least this wide walks both maske
 MIN_TILE = 16  # the smallest tile side tl.dot takes
 
 
-def atom_bounds(lit: Lit) -> tuple[Bounds, Bounds | None]:
-    """(hull, full) of one literal for a query block; a negation is open and never full."""
-    return (OPEN, None) if lit.negated else lit.atom.key_bounds()
+def atom_bounds(lit: Lit, columns: bool = False) -> tuple[Bounds, Bounds | None]:
+    """(hull, full) of one literal for a query block (for a key block with `columns`: the
+    column view, Atom.query_bounds); a negation is open and never full."""
+    if lit.negated:
+        return OPEN, None
+    return lit.atom.query_bounds() if columns else lit.atom.key_bounds()
 
 
-def term_bounds(lits: tuple[Lit, ...]) -> tuple[Bounds, Bounds | None]:
+def term_bounds(lits: tuple[Lit, ...], columns: bool = False) -> tuple[Bounds, Bounds | None]:
+    """(hull, full) of a conjunction: the meet of its literals' intervals; full only while the
+    hull's conditions hold too."""
     hull, full = OPEN, OPEN
     for lit in lits:
-        h, f = atom_bounds(lit)
+        h, f = atom_bounds(lit, columns)
         hull = hull & h
         full = None if full is None or f is None else full & f
     return hull, (None if full is None else Bounds(full.lo, full.hi, hull.on + full.on))
@@ -131,6 +138,8 @@ class GroupPlan:
     residue: int = 0  # d > 0: the group may run in residue mode (see residue_pattern)
     residue_plan: "GroupPlan | None" = None  # the plan of residue_pattern, on subsequences
     grid: GridPlan | None = None  # a union of neighbourhoods: the tile-order kernel (grid_plan.py)
+    columns: "SpanPlan | None" = None  # the backward's column plan (dK, dV by key tile)
+    rows: "SpanPlan | None" = None  # the backward's row plan (dQ by query tile)
 
     @property
     def tuning(self) -> dict[str, int | bool | None]:
@@ -224,6 +233,91 @@ def plan_group(index: int | str, pattern: Pattern, residue: bool = True) -> Grou
     return GroupPlan(mode="segments", terms=plans, narrow=widest, rows_cap=rows_cap, **common)
 
 
+# ------------------------------------------------------------------ spans: the backward pass's plans
+
+
+@dataclass(frozen=True)
+class SpanTerm:
+    """One term's intervals on the other side of a block: the hull (every position that some
+    member of the block may pair with through the term) and the full interval (positions that
+    pair with every member of the block; None: never full)."""
+
+    text: str
+    hull: Bounds
+    full_bounds: Bounds | None
+
+    @property
+    def full(self) -> bool:
+        return self.full_bounds is not None
+
+
+@dataclass(frozen=True)
+class SpanPlan:
+    """Per term, the intervals of one side that a block of the other side meets.
+
+    `columns`: a key block [k0, k_last] and the queries that may see it (the column plan, for
+    a dK/dV pass that goes by key tile); else a query block [q0, q_last] and the keys it may
+    see (the row plan, for a dQ pass). A kernel visits, per term, the tiles of its hull that
+    no earlier term visited, unmasked where some term's full interval holds the whole tile.
+    """
+
+    text: str
+    pattern: Pattern
+    columns: bool
+    terms: tuple[SpanTerm, ...]
+
+
+ColumnPlan = SpanPlan
+
+
+def _plan_span(pattern: Pattern, columns: bool) -> SpanPlan:
+    terms = []
+    for t in pattern.terms:
+        hull, full = term_bounds(t.lits, columns)
+        terms.append(SpanTerm(str(t), hull, full))
+    # terms with a full interval first: their tiles are then visited (and skipped later) first
+    terms.sort(key=lambda t: not t.full)
+    return SpanPlan(str(pattern), pattern, columns, tuple(terms))
+
+
+def plan_columns(pattern: Pattern) -> ColumnPlan:
+    """The column plan: for a key block [k0, k_last], per term, the queries that may attend it
+    (the meet of its literals' `query_bounds` hulls) and those that attend all of it."""
+    return _plan_span(pattern, columns=True)
+
+
+def plan_rows(pattern: Pattern) -> SpanPlan:
+    """The row plan in the same form: for a query block [q0, q_last], per term, the keys it may
+    attend and those every row attends (term_bounds of all literals, loops included)."""
+    return _plan_span(pattern, columns=False)
+
+
+def span_tiles(plan: SpanPlan, n: int, block: int, tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """(visited, full) booleans per (block, tile) for a sequence of n positions: the tiles of
+    `tile` positions that the blocks of `block` positions visit, and those that skip the mask
+    (complete tiles inside some term's full interval). The backward kernels compute the same
+    by scalar arithmetic; the simulator and the tests read it here."""
+    first = np.arange(-(-n // block), dtype=np.int64) * block
+    names = ("k0", "k_last") if plan.columns else ("q0", "q_last")
+    env = {names[0]: first, names[1]: np.minimum(first + block, n) - 1}
+    j = np.arange(-(-n // tile), dtype=np.int64)[None, :]
+    visited = np.zeros((first.size, j.size), dtype=bool)
+    full = np.zeros_like(visited)
+    for t in plan.terms:
+        lo, hi, on = t.hull.at(env, n)
+        a = lo // tile
+        d = np.where(on & (hi >= lo), hi // tile + 1, a)
+        visited |= (j >= a[:, None]) & (j < d[:, None])
+        if t.full_bounds is not None:
+            flo, fhi, fon = t.full_bounds.at(env, n)
+            b = np.clip(-(-flo // tile), a, d)
+            c = np.clip(np.maximum(fhi + 1, 0) // tile, b, d)
+            c = np.where(fon, c, b)
+            full |= (j >= b[:, None]) & (j < c[:, None])
+    return visited, full
+
+
 def plan_program(program: Program) -> tuple[GroupPlan, ...]:
-    return tuple(dataclasses.replace(plan_group(i, g.pattern), grid=plan_grid(g.pattern))
+    return tuple(dataclasses.replace(plan_group(i, g.pattern), grid=plan_grid(g.pattern),
+                                     columns=plan_columns(g.pattern), rows=plan_rows(g.pattern))
                  for i, g in enumerate(program.groups))

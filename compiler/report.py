@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .cost import DTYPE_BYTES, GroupCost, growth_class, group_cost
+from .cost import BWD_MATMUL_RATIO, DTYPE_BYTES, GroupCost, growth_class, group_cost
 from .formula import T, Formula, NoFormula
 from .ir import Neighborhood, Pattern, Program, Status
 from .liveness import CacheLayout, cache_layout
@@ -143,6 +143,7 @@ class GroupReport:
             "flops_formula": None if c.flops_expr is None else str(c.flops_expr),
             "bytes_per_head_min": c.bytes_min.to_dict(), "bytes_per_head_tiles": c.bytes_tiles,
             "bytes_per_head_tiles_qkv": c.bytes_tiles_qkv,
+            "backward_flops_per_head": c.bwd_flops, "backward_bytes_per_head_min": c.bwd_bytes_min,
             "tiles": c.tiles, "block": list(c.block), "kv_cache": self.kv.to_dict(),
             "block_map": {"cell_tiles": self.block_cell, "render": self.block_render.splitlines()},
         }
@@ -404,6 +405,8 @@ def render(a: Analysis, console: Any = None) -> None:
         t.add_row("bytes, tiles (Q kept)", _size(c.bytes_tiles),
                   "[dim]Q once per visited row block, K and V per visited tile, O once[/]")
         t.add_row("bytes, minimum", _size(c.bytes_min.value), _formula_text(c.bytes_min.formula, None))
+        t.add_row("backward FLOPs, bytes (minimum)", f"{c.bwd_flops:.3e}, {_size(c.bwd_bytes_min)}",
+                  f"[dim]{BWD_MATMUL_RATIO}x the forward's matrix products; Q, K, V, O, dO read, dQ, dK, dV written once[/]")
         kv = g.kv
         t.add_row("KV cache (tokens per KV head per layer)",
                   f"{_num(kv.tokens)} = {_size(kv.tokens * kv.bytes_per_token)}",

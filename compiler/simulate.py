@@ -39,6 +39,7 @@ import numpy as np
 from . import configs
 from .limits import MAX_ANALYSED_LENGTH, MAX_BATCH, MAX_SIMULATED_ROWS, bound_problem
 from .blocks import block_map
+from .cost import BWD_MATMUL_RATIO
 from .ir import Pattern, Program, Status
 from .plan import plan_program
 
@@ -634,6 +635,24 @@ class KernelTime:
     note: str = ""
 
 
+BWD_PASSES = 2  # the backward's main launches: dK/dV by key tile, dQ by query tile
+# matrix products per tile in the backward, against the forward's 2: attnc's kernels (and
+# FlexAttention's) recompute QK^T and dP in a separate dQ pass (4 + 3); SDPA's FlashAttention-2
+# accumulates dQ atomically in the dK/dV pass (5, cost.BWD_MATMUL_RATIO times the forward)
+BWD_MATMULS = {"attnc": 7, "flex": 7, "sdpa": round(2 * BWD_MATMUL_RATIO)}
+
+
+def backward_time(t: KernelTime) -> KernelTime:
+    """The backward pass's predicted time from the forward's, by a simple model (not fitted to a
+    measured backward): the forward's tile costs and tail scaled by the kernel's matrix products
+    per tile over the forward's 2 (BWD_MATMULS), its program overhead and launch paid once per
+    main pass (BWD_PASSES); the small row-sum pass is not counted."""
+    r, p = BWD_MATMULS[t.kernel] / 2, BWD_PASSES
+    parts = dict(full_ms=t.full_ms * r, masked_ms=t.masked_ms * r, sink_ms=t.sink_ms * r,
+                 overhead_ms=t.overhead_ms * p, idle_ms=t.idle_ms * r, launch_ms=t.launch_ms * p)
+    return dataclasses.replace(t, ms=sum(parts.values()), note=f"backward: forward tiles x {r}", **parts)
+
+
 def launch_time(kernel: str, launch: Launch, costs: TileCosts, launch_us: float, sms: int, note: str = "") -> KernelTime:
     """Predicted time of one launch."""
     feats, count = launch.programs()
@@ -955,8 +974,9 @@ def _get(case: Any, *names: str, default: Any = None) -> Any:
     return default
 
 
-def predict(case: Any, kernel: str = "attnc", profile: str | Path | Profile = "h100") -> float:
-    """Predicted milliseconds of one case of bench/gpu.py; `kernel` is "attnc", "sdpa" or "flex".
+def predict(case: Any, kernel: str = "attnc", profile: str | Path | Profile = "h100", training: bool = False) -> float:
+    """Predicted milliseconds of one case of bench/gpu.py; `kernel` is "attnc", "sdpa" or "flex";
+    `training`: forward + backward (backward_time's model).
 
     `case` is a Workload or its `to_dict()` (numpy only: this runs on the GPU machine), or a
     mapping or object with `program` (an IR Program) or `path` (an .attn file), `n`, and
@@ -979,7 +999,8 @@ def predict(case: Any, kernel: str = "attnc", profile: str | Path | Profile = "h
         layer = _get(case, "layer")
         case = decode_workload(program, shape, layer) if _get(case, "decode", default=False) else \
             prefill_workload(program, shape, load_profile(profile).capability, layer)
-    return getattr(time_workload(case, profile), kernel).ms
+    t = getattr(time_workload(case, profile), kernel)
+    return t.ms + backward_time(t).ms if training else t.ms
 
 
 # ------------------------------------------------------------------------------------ fitting
