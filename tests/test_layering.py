@@ -10,11 +10,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("spec", "compiler", "codegen", "runtime", "attnc")  # data flows this way
-CORE_LINE_BUDGET = 13500  # lines of Python in the stages above (templates not counted)
+CORE_LINE_BUDGET = 15000  # lines of Python in the stages above, subpackages included (templates not counted)
 
 
 def _stage_files() -> list[tuple[str, Path]]:
-    return [(stage, path) for stage in STAGES for path in sorted((ROOT / stage).glob("*.py"))]
+    return [(stage, path) for stage in STAGES for path in sorted((ROOT / stage).rglob("*.py"))]
 
 
 def _imported_stages(stage: str, path: Path) -> list[tuple[int, str]]:
@@ -26,7 +26,8 @@ def _imported_stages(stage: str, path: Path) -> list[tuple[int, str]]:
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: from ..codegen import x, from . import y
-                base = ["attnc"] + ([] if stage == "attnc" else [stage])
+                sub = list(path.relative_to(ROOT / stage).parts[:-1]) if path.is_relative_to(ROOT / stage) else []
+                base = ["attnc"] + ([] if stage == "attnc" else [stage]) + sub
                 base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
                 module = ".".join(base + ([node.module] if node.module else []))
                 names = [module] + ([f"{module}.{a.name}" for a in node.names] if not node.module else [])
