@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import inspect
 import os
 import pprint
 import tempfile
@@ -72,6 +73,12 @@ def support_source(name: str) -> str:
     return f"# {'-' * 66} codegen/support/{name}.py (inlined)\n{body}\n"
 
 
+def compiler_source(name: str) -> str:
+    """The source of a function of compiler/configs.py that generated modules carry (the one
+    definition of a rule that the simulator also runs), as written there."""
+    return f"# compiler/configs.py: {name} (inlined)\n" + inspect.getsource(getattr(configs, name)).strip("\n")
+
+
 @functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
     """The one Jinja environment of attnc's templates."""
@@ -87,6 +94,7 @@ def environment() -> jinja2.Environment:
     env.filters["docsafe"] = _docsafe
     env.filters["conjunction"] = masks.render_lits
     env.globals["support"] = support_source
+    env.globals["compiler_source"] = compiler_source
     return env
 
 

@@ -76,3 +76,41 @@ BWD_CONFIGS: list[tuple[tuple[int, int], str, int | None, Config]] = [
     ((0, 0), "16bit", None, {"BLOCK_MAJOR": 32, "BLOCK_MINOR": 32, "num_warps": 4, "num_stages": 1}),
 ]
 BWD_CPU_CONFIG: Config = {"BLOCK_MAJOR": 32, "BLOCK_MINOR": 16, "num_warps": 4, "num_stages": 1}
+
+
+def choose_config(tune: dict, cap: tuple[int, int] | None, kind: str, head_dim: int, overrides: dict | None,
+                  configs: list, grid_configs: list, cpu_config: dict) -> dict:
+    """The launch configuration of a pattern group: the first row of the tables that matches the
+    GPU's compute capability `cap` (None: the CPU, under the interpreter), the dtype `kind`
+    ("16bit" or "fp32") and head_dim; capped by the group's plan (`tune`: block_cap,
+    rows_cap, narrow, grows, grid); then `overrides` (a dict of the same keys). The tables are
+    CONFIGS, GRID_CONFIGS and CPU_CONFIG (passed in: a generated module holds its own copies).
+
+    The one definition of this rule: generated modules carry its source (config_for), and the
+    simulator calls it to predict what they launch.
+    """
+    if cap is None:
+        cfg, cap = dict(cpu_config), (0, 0)
+    else:
+        table = grid_configs + configs if tune["grid"] else configs
+        cfg = next(dict(c) for (min_cap, k, d, c) in table
+                   if tuple(cap) >= tuple(min_cap) and k == kind and d in (None, head_dim))
+    rows = min(x for x in (tune["block_cap"], tune["rows_cap"], cfg["BLOCK_M"]) if x is not None)
+    if tune["block_cap"] is not None:
+        cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], tune["block_cap"]))
+    if rows < cfg["BLOCK_M"]:
+        cfg["BLOCK_M"] = max(16, rows)
+        if cfg["BLOCK_M"] <= 64:
+            cfg["num_warps"] = min(cfg["num_warps"], 4)  # one warpgroup for 64-row tiles
+            cfg["maxnreg"] = None
+    cfg["GRID_ORDER"] = 2 if (tune["grows"] and cfg.get("GRID_ORDER", 0) != 0) else 0
+    cfg.update(overrides or {})
+    if "BLOCK_N_NARROW" not in (overrides or {}):
+        narrow = 16
+        while narrow < tune["narrow"]:
+            narrow *= 2
+        cfg["BLOCK_N_NARROW"] = min(narrow, cfg["BLOCK_N"]) if tune["narrow"] else cfg["BLOCK_N"]
+    if "USE_TMA" not in (overrides or {}):
+        cfg["USE_TMA"] = int(cfg.get("USE_TMA", 0)) if cap[0] >= 9 else 0
+    cfg["DOT_PREC"] = "ieee" if kind == "fp32" else "tf32"
+    return cfg

@@ -298,24 +298,10 @@ def kernel_config(program: Program, head_dim: int, dtype: str, capability: tuple
     """What the generated module's `config_for(..., group=group)` returns on a GPU of this
     capability (None: the CPU); the tuning of the group is its plan's `tuning`."""
     tune = _plans(program)[group].tuning
-    if capability is None:
-        cfg = dict(configs.CPU_CONFIG)
-    else:
-        kind = "fp32" if dtype == "float32" else "16bit"
-        table = configs.GRID_CONFIGS + configs.CONFIGS if tune["grid"] else configs.CONFIGS
-        cfg = next(dict(c) for (min_cap, k, d, c) in table
-                   if tuple(capability) >= tuple(min_cap) and k == kind and d in (None, head_dim))
-    rows = min(x for x in (tune["block_cap"], tune["rows_cap"], cfg["BLOCK_M"]) if x is not None)
-    if tune["block_cap"] is not None:
-        cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], tune["block_cap"]))
-    if rows < cfg["BLOCK_M"]:
-        cfg["BLOCK_M"] = max(16, rows)
-    narrow = 16
-    while narrow < tune["narrow"]:
-        narrow *= 2
-    bn_narrow = min(narrow, cfg["BLOCK_N"]) if tune["narrow"] else cfg["BLOCK_N"]
-    order = "desc" if tune["grows"] and cfg.get("GRID_ORDER", 0) != 0 else "asc"
-    return KernelConfig(cfg["BLOCK_M"], cfg["BLOCK_N"], bn_narrow, order, int(tune["residue"]))
+    cfg = configs.choose_config(tune, capability, "fp32" if dtype == "float32" else "16bit", head_dim, None,
+                                configs.CONFIGS, configs.GRID_CONFIGS, configs.CPU_CONFIG)
+    order = "desc" if cfg["GRID_ORDER"] == 2 else "asc"
+    return KernelConfig(cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_N_NARROW"], order, int(tune["residue"]))
 
 
 def head_group(cfg: KernelConfig, batch: int, heads: int, n: int, head_dim: int, dtype: str) -> int:

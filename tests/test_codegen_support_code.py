@@ -138,8 +138,11 @@ def test_head_group_interleaves_heads_whose_keys_fit_in_l2():
     assert prefill._head_group({"GRID_ORDER": 0}, 1, 8, 1024, 128, 2) == (0, 1)
 
 
-def test_select_config_on_the_cpu_applies_caps_and_overrides():
+def test_choose_config_on_the_cpu_applies_caps_and_overrides():
+    from attnc.compiler.configs import choose_config
+
     tune = {"block_cap": 32, "rows_cap": None, "narrow": 0, "grows": False, "grid": False}
     cpu = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1, "STAGES": 1, "maxnreg": None}
-    cfg = prefill.select_config(tune, "cpu", torch.float32, 16, {"num_warps": 2}, [], [], cpu)
+    cap, kind = prefill.device_key("cpu", torch.float32)
+    cfg = choose_config(tune, cap, kind, 16, {"num_warps": 2}, [], [], cpu)
     assert (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["DOT_PREC"], cfg["USE_TMA"]) == (32, 32, 2, "ieee", 0)

@@ -66,39 +66,10 @@ def check_prefill(where: str, pattern: dict, q, k, v, layer, kernel: bool) -> tu
     return B, H, H_KV, N, D
 
 
-def select_config(tune: dict, device, dtype, head_dim: int, overrides, configs, grid_configs, cpu_config) -> dict:
-    """The launch configuration of a pattern group (its `tune`: block_cap, rows_cap, narrow,
-    grows, grid) on `device`: the first row of the tables that matches the device's compute
-    capability, dtype kind and head_dim (the CPU config under the interpreter), capped by the
-    pattern, then `overrides` (a dict of the same keys)."""
-    if torch.device(device).type == "cpu":
-        cfg = dict(cpu_config)
-        cap = (0, 0)
-    else:
-        cap = torch.cuda.get_device_capability(device)
-        kind = "fp32" if dtype == torch.float32 else "16bit"
-        table = grid_configs + configs if tune["grid"] else configs
-        cfg = next(dict(c) for (min_cap, k, d, c) in table
-                   if tuple(cap) >= tuple(min_cap) and k == kind and d in (None, head_dim))
-    rows = min(x for x in (tune["block_cap"], tune["rows_cap"], cfg["BLOCK_M"]) if x is not None)
-    if tune["block_cap"] is not None:
-        cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], tune["block_cap"]))
-    if rows < cfg["BLOCK_M"]:
-        cfg["BLOCK_M"] = max(16, rows)
-        if cfg["BLOCK_M"] <= 64:
-            cfg["num_warps"] = min(cfg["num_warps"], 4)  # one warpgroup for 64-row tiles
-            cfg["maxnreg"] = None
-    cfg["GRID_ORDER"] = 2 if (tune["grows"] and cfg.get("GRID_ORDER", 0) != 0) else 0
-    cfg.update(overrides or {})
-    if "BLOCK_N_NARROW" not in (overrides or {}):
-        narrow = 16
-        while narrow < tune["narrow"]:
-            narrow *= 2
-        cfg["BLOCK_N_NARROW"] = min(narrow, cfg["BLOCK_N"]) if tune["narrow"] else cfg["BLOCK_N"]
-    if "USE_TMA" not in (overrides or {}):
-        cfg["USE_TMA"] = int(cfg.get("USE_TMA", 0)) if cap[0] >= 9 else 0
-    cfg["DOT_PREC"] = "ieee" if dtype == torch.float32 else "tf32"
-    return cfg
+def device_key(device, dtype) -> tuple:
+    """(compute capability or None on the CPU, dtype kind): what the launch tables are keyed by."""
+    cap = None if torch.device(device).type == "cpu" else tuple(torch.cuda.get_device_capability(device))
+    return cap, "fp32" if dtype == torch.float32 else "16bit"
 
 
 def _tma_ok(*tensors) -> bool:
