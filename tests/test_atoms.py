@@ -78,51 +78,38 @@ def test_tile_is_exact(atom):
         assert int(atom.tile(np.int64(q0), np.int64(q1), np.int64(k0), np.int64(k1))) == want, (q0, q1, k0, k1)
 
 
-@pytest.mark.parametrize("atom", CASES, ids=IDS)
-@pytest.mark.parametrize("rows", [1, 5, 16])
-def test_key_bounds_hold_every_allowed_key(atom, rows):
-    """Hull: every key some row attends, and no row attends while inactive. Full: every key
-    in the interval is attended by every row."""
-    mask = _mask(atom)
-    hull, full = atom.key_bounds()
-    q0 = np.arange(0, N, rows, dtype=np.int64)
-    env = {"q0": q0, "q_last": np.minimum(q0 + rows, N) - 1}
+def _check_bounds(mask: np.ndarray, hull, full, first: str, last: str, size: int) -> None:
+    """The contract of key_bounds (rows of `mask` are the blocks' side): for blocks of `size`
+    rows, the hull holds every column some row reaches, and no row reaches one while it is
+    inactive; every column of the full interval is reached by every row of the block."""
+    start = np.arange(0, N, size, dtype=np.int64)
+    env = {first: start, last: np.minimum(start + size, N) - 1}
     lo, hi, on = hull.at(env, N)
-    for i, start in enumerate(q0):
-        seen = np.flatnonzero(mask[start:env["q_last"][i] + 1].any(axis=0))
+    for i, s in enumerate(start):
+        seen = np.flatnonzero(mask[s:env[last][i] + 1].any(axis=0))
         if not on[i]:
             assert seen.size == 0
         elif seen.size:
             assert lo[i] <= seen.min() and seen.max() <= hi[i]
-    if full is None:
-        return
-    flo, fhi, fon = (full & hull).at(env, N)
-    for i, start in enumerate(q0):
-        if fon[i] and flo[i] <= fhi[i]:
-            assert mask[start:env["q_last"][i] + 1, flo[i]:fhi[i] + 1].all()
+    if full is not None:
+        flo, fhi, fon = (full & hull).at(env, N)
+        for i, s in enumerate(start):
+            if fon[i] and flo[i] <= fhi[i]:
+                assert mask[s:env[last][i] + 1, flo[i]:fhi[i] + 1].all()
 
 
 @pytest.mark.parametrize("atom", CASES, ids=IDS)
-@pytest.mark.parametrize("cols", [1, 5, 16])
-def test_query_bounds_hold_every_attending_query(atom, cols):
-    """The column view: the same contract as key_bounds on the transposed mask."""
-    mask = _mask(atom).T
-    hull, full = atom.query_bounds()
-    k0 = np.arange(0, N, cols, dtype=np.int64)
-    env = {"k0": k0, "k_last": np.minimum(k0 + cols, N) - 1}
-    lo, hi, on = hull.at(env, N)
-    for i, start in enumerate(k0):
-        seen = np.flatnonzero(mask[start:env["k_last"][i] + 1].any(axis=0))
-        if not on[i]:
-            assert seen.size == 0
-        elif seen.size:
-            assert lo[i] <= seen.min() and seen.max() <= hi[i]
-    if full is None:
-        return
-    flo, fhi, fon = (full & hull).at(env, N)
-    for i, start in enumerate(k0):
-        if fon[i] and flo[i] <= fhi[i]:
-            assert mask[start:env["k_last"][i] + 1, flo[i]:fhi[i] + 1].all()
+@pytest.mark.parametrize("size", [1, 5, 16])
+def test_key_bounds_hold_every_allowed_key(atom, size):
+    """The row view: the keys of a query block."""
+    _check_bounds(_mask(atom), *atom.key_bounds(), "q0", "q_last", size)
+
+
+@pytest.mark.parametrize("atom", CASES, ids=IDS)
+@pytest.mark.parametrize("size", [1, 5, 16])
+def test_query_bounds_hold_every_attending_query(atom, size):
+    """The column view: the same contract on the transposed mask."""
+    _check_bounds(_mask(atom).T, *atom.query_bounds(), "k0", "k_last", size)
 
 
 @pytest.mark.parametrize("atom", CASES, ids=IDS)

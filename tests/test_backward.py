@@ -22,7 +22,7 @@ import torch
 
 from attnc.compiler.plan import plan_columns, plan_rows, span_tiles
 from tests.strategies import causal_expressions, expressions, op, prim
-from tests.test_codegen_support import EXPRS, as_pattern, grouped, inputs, load, single
+from tests.test_codegen_support import EXPRS, as_pattern, grouped, have_ptxas, inputs, load, single
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -315,15 +315,7 @@ print(json.dumps([compile_all(path, opts) for path, opts in json.loads(sys.argv[
 """
 
 
-def _have_ptxas() -> bool:
-    try:
-        from triton.backends.nvidia.compiler import get_ptxas
-        return get_ptxas(90).path is not None
-    except Exception:
-        return False
-
-
-@pytest.mark.skipif(not _have_ptxas(), reason="no ptxas in the triton install")
+@pytest.mark.skipif(not have_ptxas(), reason="no ptxas in the triton install")
 def test_backward_kernels_compile_for_sm90():
     # the interpreter accepts code that the GPU compiler rejects (branches in loops, dtypes)
     import json

@@ -9,20 +9,12 @@ from __future__ import annotations
 import pytest
 
 from tests.strategies import op, prim
-from tests.test_codegen_support import EXPRS, compile_for_gpu, gpu_case, grouped, single
+from tests.test_codegen_support import EXPRS, compile_for_gpu, gpu_case, grouped, have_ptxas, single
 
 SPILL_LIMIT = 64  # the generated modules' _SPILL_LIMIT
 
 
-def _have_ptxas() -> bool:
-    try:
-        from triton.backends.nvidia.compiler import get_ptxas
-        return get_ptxas(90).path is not None
-    except Exception:
-        return False
-
-
-@pytest.mark.skipif(not _have_ptxas(), reason="no ptxas in the triton install")
+@pytest.mark.skipif(not have_ptxas(), reason="no ptxas in the triton install")
 def test_kernels_compile_for_sm90():
     duo = grouped([[prim("causal"), op("&", prim("causal"), op("|", prim("sink", size=64), prim("window", size=960)))]
                    * 2], "duo")
@@ -47,7 +39,7 @@ def test_kernels_compile_for_sm90():
         assert kernel["shared"] <= 116224, f"{path} {opts}: two programs per SM do not fit ({kernel})"
 
 
-@pytest.mark.skipif(not _have_ptxas(), reason="no ptxas in the triton install")
+@pytest.mark.skipif(not have_ptxas(), reason="no ptxas in the triton install")
 def test_grid_kernels_compile_for_sm90():
     """The tile-order kernel's Hopper path (TMA boxes of the grid), which the interpreter never
     runs: 2-D and 3-D grids, dilation 2 (shifts) and 3, causal axes, a prefix, a union, strides."""

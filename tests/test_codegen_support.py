@@ -297,3 +297,12 @@ def compile_for_gpu(cases: list[tuple[str, dict]]) -> list[dict]:
                          capture_output=True, text=True)
     assert res.returncode == 0, f"GPU compilation failed:\n{res.stderr[-4000:]}"
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def have_ptxas() -> bool:
+    """Whether Triton's own ptxas is installed (GPU compiles on this CPU-only machine)."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+        return get_ptxas(90).path is not None
+    except Exception:
+        return False
