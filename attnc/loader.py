@@ -5,20 +5,22 @@
 
 A compiled module lives in the cache (`$ATTNC_CACHE`, default `~/.cache/attnc`) as
 `<name>_<digest>.py` and is reused while its text is unchanged; `compile_file(path,
-out_dir)` writes `out_dir/<name>.py` instead, for vendoring. Modules are imported from
-their file under the name `attnc_generated.<name>_<digest>`, once per process.
+out_dir)` writes `out_dir/<name>.py` instead, for vendoring. Modules are imported under the
+name `attnc_generated.<name>_<digest>`, once per process, by executing the very text that
+was rendered and checked (the file on disk is written for tracebacks, Triton's source
+lookup and vendoring): no bytecode cache is read or written, so a forged `.pyc` next to a
+cached module never runs.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Mapping
 
-from .codegen.writer import write_module
+from .codegen.writer import cached_path, render_module, write_atomic, write_module
 from .compiler.ir import Program
 
 PathLike = str | os.PathLike
@@ -44,16 +46,21 @@ def compile_file(path: PathLike, out_dir: PathLike | None = None, *, defines: Ma
 
 
 def import_file(path: PathLike, module_name: str) -> ModuleType:
-    """Import a generated module from its file (reusing an earlier import of the same name)."""
+    """Import a generated module from its file's source text (reusing an earlier import of the
+    same name); Python's bytecode cache is neither read nor written."""
+    return import_text(Path(path).read_text(encoding="utf-8"), path, module_name)
+
+
+def import_text(text: str, path: PathLike, module_name: str) -> ModuleType:
+    """A module made by executing `text` (whose file is `path`), registered as `module_name`."""
     if module_name in sys.modules:
         return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, str(path))
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import a generated module from {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
+    code = compile(text, str(path), "exec", dont_inherit=True)
+    module = ModuleType(module_name)
+    module.__file__ = str(path)
+    sys.modules[module_name] = module  # before executing: dataclasses and pickling look it up
     try:
-        spec.loader.exec_module(module)
+        exec(code, module.__dict__)
     except BaseException:
         del sys.modules[module_name]
         raise
@@ -61,9 +68,12 @@ def import_file(path: PathLike, module_name: str) -> ModuleType:
 
 
 def load_program(program: Program) -> ModuleType:
-    """Compile an IR program into the cache and import it."""
-    path = write_module(program)
-    return import_file(path, f"attnc_generated.{path.stem}")
+    """Compile an IR program into the cache and import the text just rendered (not whatever
+    the cache file holds by the time it is read)."""
+    text = render_module(program)
+    path = cached_path(program)
+    write_atomic(path, text)
+    return import_text(text, path, f"attnc_generated.{path.stem}")
 
 
 def load(path: PathLike, *, defines: Mapping[str, int] | None = None, model: Mapping[str, int] | None = None,

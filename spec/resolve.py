@@ -24,7 +24,7 @@ from .files import read_text, resolved_path
 from .exprs import ExprScope, Exported
 from .limits import MAX_POSITION, limits_table, model_problem, pairs_problem, position_problem
 from .intexpr import INT64_MAX, INT64_MIN, MODEL_FIELDS, Binding, IntScope, model_bindings
-from .names import name_problem
+from .names import module_name_problem, name_problem
 from .parser import parse
 from .primitives import PRIMITIVES
 from .resolved import Assignment, Grid, ModelShape, RExpr, Spec
@@ -97,7 +97,8 @@ def _declarations(file: ast.File, reporter: Reporter) -> _Decls:
         for extra in items[1:]:
             reporter.error(extra.loc, f"only one {what} per file", f"the first is on line {items[0].loc.line}")
     for pattern in decls.patterns[:1]:
-        _check_name(pattern.name, "pattern", pattern.loc, reporter)
+        if _check_name(pattern.name, "pattern", pattern.loc, reporter) and module_name_problem(pattern.name):
+            reporter.error(pattern.loc, *module_name_problem(pattern.name))  # type: ignore[misc]
         if pattern.name in decls.lets:
             reporter.error(pattern.loc, f"'{pattern.name}' names both a let (line {decls.lets[pattern.name].loc.line}) and the pattern")
     return decls
