@@ -160,12 +160,15 @@ class _Resolver:
         self.imported_params: dict[str, int | None] = {}
         self.main_ints: IntScope | None = None
         self.grid: Grid | None = None
+        self.root: Path = Path.cwd()
+        """The folder imports may reach: the main file's, and everything below it."""
 
     # ------------------------------------------------------------ the main file
 
     def main(self, file: ast.File, filename: str) -> Spec:
         self._check_command_line()
         directory, display_dir = _where(filename)
+        self.root = directory
         decls = _declarations(file, self.reporter)
         ints = self._int_scope(decls, fallback=None)
         ints.bindings.update(self._model_bindings(decls))
@@ -216,6 +219,10 @@ class _Resolver:
         display = os.path.normpath(os.path.join(display_dir, imp.path))
         target = resolved_path(directory / imp.path, self.reporter, imp.loc, display)
         if target is None:
+            return None
+        if not target.is_relative_to(self.root):
+            self.reporter.error(imp.loc, f'cannot import "{imp.path}": it is outside {self.root}, the folder of the main file',
+                                "imports reach only the main file's folder and the folders below it; copy the file there")
             return None
         if any(target == path for path, _ in self.stack):
             cycle = " -> ".join([shown for _, shown in self.stack] + [display])
