@@ -103,6 +103,15 @@ def run_reporting_errors(command: str, body: Callable[[argparse.Namespace], None
     return EXIT_OK
 
 
+def print_kernel_warnings(path: object, program: Any) -> None:
+    """Warnings, on stderr, about a compiled program that runs a slower kernel than it could
+    (a grid pattern off the tile-order kernel); they never change the exit status."""
+    from .compiler.passes import check_grid_kernel
+
+    for d in check_grid_kernel(program, 0, None):
+        print(f"{path}: warning: {d.where + ': ' if d.where else ''}{d.message}", file=sys.stderr)
+
+
 def _integer(text: str, what: str) -> int:
     try:
         return int(text.strip())
@@ -149,6 +158,10 @@ def _run_check(args: argparse.Namespace) -> int:
             continue
         summary = textwrap.fill(describe(spec), width=100, initial_indent="  ", subsequent_indent="  ")
         print(f"{path}: ok\n{summary}")
+        if spec.grid is not None:
+            from .compiler.lower import lower
+
+            print_kernel_warnings(path, lower(spec))
     return status
 
 

@@ -38,6 +38,15 @@ from .formula import T, Formula, NoFormula, Piece, lattice_count
 from .ir import Band, Chunk, DiffMod, KMod, KRange, Neighborhood, Pattern, Power, QRange, Term
 from ..spec.shape import span
 
+NO_DECODE = "a non-causal or grid pattern has no decode, so no decode cache"
+
+
+def decodable(pattern: Pattern) -> bool:
+    """Whether a generated module decodes with this pattern, and so keeps a KV cache: a causal
+    pattern without neighbourhoods (a non-causal one reads keys that do not exist yet while
+    decoding; grid patterns are for prefill)."""
+    return pattern.is_causal and not any(isinstance(l.atom, Neighborhood) for t in pattern.terms for l in t.lits)
+
 _V = sp.Symbol("v", integer=True, nonnegative=True)
 
 

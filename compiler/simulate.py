@@ -938,7 +938,9 @@ def cache_tokens(program: Program, shape: Shape, layer: int) -> tuple[list[int],
 
     plan = _memo("decode", program, plan_decode)
     if plan is None:
-        return [shape.n] * shape.kv, "not a causal pattern, so no decode cache: counted as dense"
+        from .liveness import NO_DECODE
+
+        return [shape.n] * shape.kv, f"{NO_DECODE}: counted as dense"
     rows = plan.heads[layer]
     if len(rows) != shape.kv:
         if len(set(rows)) != 1:

@@ -117,6 +117,11 @@ def _neighborhood(a: dict) -> str:
     return text
 
 
+def _first(n: int) -> str:
+    """`position 0`, `the first 5 positions (0..5)`."""
+    return "position 0" if n == 1 else f"the first {n} positions ({span(0, n)})"
+
+
 def _nth(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
@@ -131,7 +136,7 @@ _PRIMS: dict[str, Callable[[dict], str]] = {
     "strided": lambda a: f"every {_nth(a['stride'])} position back from the query",
     "stride": lambda a: f"positions k with k mod {a['stride']} = {a['offset']}",
     "chunk": lambda a: f"the query's own chunk of {a['size']}",
-    "global": lambda a: f"the first {a['size']} positions ({span(0, a['size'])}) as global positions, which see and are seen by every position",
+    "global": lambda a: f"{_first(a['size'])} as global, seeing and seen by every position",
     "band": lambda a: f"keys {a['lo']} to {a['hi']} positions back",
     "power": lambda a: f"blocks of {a['block']} at power-of-two block distances",
     "neighborhood": _neighborhood,
