@@ -22,6 +22,7 @@ from .cache import resolve_cache
 from .errors import AttnError, Reporter, command_line_loc, suggest
 from .files import read_text, resolved_path
 from .exprs import ExprScope, Exported
+from .library import locate
 from .limits import MAX_POSITION, limits_table, model_problem, pairs_problem, position_problem
 from .intexpr import INT64_MAX, INT64_MIN, MODEL_FIELDS, Binding, IntScope, model_bindings
 from .names import module_name_problem, name_problem
@@ -43,7 +44,9 @@ def load(
     model: Mapping[str, int] | None = None,
     headsets_path: str | None = None,
 ) -> Spec:
-    """Resolve the `.attn` file at `path`; raise `AttnError` listing every problem."""
+    """Resolve the `.attn` file at `path` (a bare name such as `streaming_llm` may name a file
+    of the shipped library, spec.library); raise `AttnError` listing every problem."""
+    path = locate(path)
     reporter = Reporter()
     text = _read(Path(path), reporter, command_line_loc(), "file")
     reporter.raise_if_any()
