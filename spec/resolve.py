@@ -289,9 +289,9 @@ class _Resolver:
         loc = command_line_loc()
         for name, value in self.cli_model.items():
             if name not in MODEL_FIELDS:
-                self.reporter.error(loc, f"--model: unknown model field '{name}'", suggest(name, MODEL_FIELDS) or f"the fields are {', '.join(MODEL_FIELDS)}")
+                self.reporter.error(loc, f"unknown model field '{name}' (--model, or model= in Python)", suggest(name, MODEL_FIELDS) or f"the fields are {', '.join(MODEL_FIELDS)}")
             elif not 1 <= value <= INT64_MAX:
-                self.reporter.error(loc, f"--model: {name} must be at least 1, got {name}={value}")
+                self.reporter.error(loc, f"the model's {name} must be at least 1, got {name}={value} (--model, or model= in Python)")
         for name, value in self.defines.items():
             if not INT64_MIN <= value <= INT64_MAX:
                 self.reporter.error(loc, f"-D {name}={value} does not fit in 64 bits")

@@ -66,3 +66,22 @@ def test_pattern_names_that_hide_modules_are_refused(name: str, tmp_path: Path) 
     with pytest.raises(AttnError) as exc:
         attnc.check(source)
     assert f"would hide Python's module '{name}'" in str(exc.value) and f"{source}:1:1:" in str(exc.value)
+
+
+def test_load_model_overrides_the_model_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTNC_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "p.attn"
+    source.write_text("model { layers = 2, heads = 4, kv_heads = 2 }\npattern sized = causal & window(8)\n"
+                      "cache { keep recent(7) }\n")
+    assert attnc.load(source).PATTERN["model"] == {"layers": 2, "heads": 4, "kv_heads": 2, "head_dim": None}
+    module = attnc.load(source, model=dict(layers=6, kv_heads=1, head_dim=32))
+    assert module.PATTERN["model"] == {"layers": 6, "heads": 4, "kv_heads": 1, "head_dim": 32}
+
+
+def test_a_missing_size_says_how_to_give_it(tmp_path: Path) -> None:
+    source = tmp_path / "p.attn"
+    source.write_text("pattern p = causal\ncache { budget = [4, 8] keep recent(2) evict snapkv }\n")
+    with pytest.raises(AttnError) as exc:
+        attnc.load(source)
+    assert 'model={"layers": N} in attnc.check or attnc.load' in str(exc.value)
+    assert attnc.check(source, model={"layers": 2}).cache
