@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,15 @@ def run_reporting_errors(command: str, body: Callable[[argparse.Namespace], None
     return EXIT_OK
 
 
+def print_kernel_warnings(path: object, program: Any) -> None:
+    """Warnings, on stderr, about a compiled program that runs a slower kernel than it could
+    (a grid pattern off the tile-order kernel); they never change the exit status."""
+    from .compiler.passes import check_grid_kernel
+
+    for d in check_grid_kernel(program, 0, None):
+        print(f"{path}: warning: {d.where + ': ' if d.where else ''}{d.message}", file=sys.stderr)
+
+
 def _integer(text: str, what: str) -> int:
     try:
         return int(text.strip())
@@ -150,6 +160,10 @@ def _run_check(args: argparse.Namespace) -> int:
         summary = textwrap.fill(describe(spec, cache_losses(spec)), width=100, initial_indent="  ",
                                 subsequent_indent="  ")
         print(f"{path}: ok\n{summary}")
+        if spec.grid is not None:
+            from .compiler.lower import lower
+
+            print_kernel_warnings(path, lower(spec))
     return status
 
 
@@ -166,6 +180,56 @@ def cache_losses(spec) -> dict[int, bool]:
 
 
 register(Subcommand("check", "check .attn files and summarise each pattern and cache in plain English", _configure_check, _run_check))
+
+
+# ---------------------------------------------------------------- attnc patterns, attnc docs
+
+
+def _run_patterns(args: argparse.Namespace) -> int:
+    """List the shipped pattern library: every command takes these files by their name."""
+    from .spec.library import LIBRARY, library
+
+    entries = library()
+    width = max((len(name) for name, _ in entries), default=0)
+    for name, what in entries:
+        print(f"{name:<{width}}  {what}")
+    print(f"\n{len(entries)} patterns in {LIBRARY}; use one by name, as in `attnc check streaming_llm`")
+    return EXIT_OK
+
+
+register(Subcommand("patterns", "list the shipped pattern library (usable by name, as in attnc check streaming_llm)",
+                    lambda parser: None, _run_patterns))
+
+
+def docs_dir() -> Path:
+    """The user documentation: `attnc/docs/` in an installed wheel, `docs/` in a source checkout."""
+    here = Path(__file__).resolve().parent
+    return here / "docs" if (here / "docs").is_dir() else here.parent / "docs"
+
+
+def _configure_docs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("topic", nargs="?", default=None, help="a document, as in `language`; none: list them")
+
+
+def _run_docs(args: argparse.Namespace) -> int:
+    """List the documents with their paths, or print one (Markdown)."""
+    pages = {p.stem: p for p in sorted(docs_dir().glob("*.md"))}
+    if args.topic is None:
+        for name, path in pages.items():
+            print(f"{name:<12}  {path}")
+        return EXIT_OK
+    page = pages.get(args.topic.removesuffix(".md"))
+    if page is None:
+        from .spec.errors import suggest
+
+        hint = suggest(args.topic, pages) or f"the documents are {', '.join(pages)}"
+        print(f"attnc docs: error: no document '{args.topic}': {hint}", file=sys.stderr)
+        return EXIT_ERROR
+    print(page.read_text(encoding="utf-8"), end="")
+    return EXIT_OK
+
+
+register(Subcommand("docs", "list the documentation, or print one document (attnc docs language)", _configure_docs, _run_docs))
 
 
 def _register_commands() -> None:

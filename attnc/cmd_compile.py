@@ -39,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace, path: Path) -> None:
-    from .loader import compile_file
+    from .cli import print_kernel_warnings
+    from .codegen.writer import write_module
+    from .loader import program_of
 
-    print(compile_file(path, args.out, defines=dict(args.defines), model=args.model, headsets=args.headsets))
+    program = program_of(path, dict(args.defines), args.model, args.headsets)
+    print(write_module(program, args.out))
+    print_kernel_warnings(path, program)

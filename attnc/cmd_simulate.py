@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,12 @@ def _run(args: argparse.Namespace) -> None:
     from .compiler.report import default_length
 
     lengths = args.sweep or [args.seq or default_length(program)]
+    from .compiler.passes import check_grid_length
+
+    for n in lengths:
+        for d in check_grid_length(program, n, None):
+            print(f"{args.file}: warning: at N = {n:,}: {d.message}; the generic kernel runs at this length",
+                  file=sys.stderr)
     results = [predict(program, sim.Shape(n, **shape), profile, args.layer) for n in lengths]
     if args.json:
         rows = [dict(r.to_dict(), **({"backward": _backward_dict(r)} if args.backward else {})) for r in results]

@@ -4,7 +4,7 @@ Three steps, each its own command:
 
     python bench/calibrate.py --generate DIR                  # here: kernels + DIR/cases.json
     python3 bench/calibrate.py --run DIR --out h100.json      # on the GPU: about a minute
-    python bench/calibrate.py --seed                          # here: h100.json from DESIGN.md's anchors
+    python bench/calibrate.py --seed --out h100_seeded.json   # here: a profile from published anchor figures
 
 `--generate` compiles the kernels with attnc's codegen and stores each case's launch as the
 simulator counts it. `--run` imports torch, triton, numpy, the modules in DIR and
@@ -350,7 +350,7 @@ def tflops_ms(tflops: float, n: int, causal: bool = True) -> float:
 
 
 def seed(path: Path) -> None:
-    """Write the H100 profile fitted to DESIGN.md's anchor figures (until calibrated on the GPU).
+    """Write an H100 profile fitted to published anchor figures (a starting point before a GPU calibration).
 
     Anchors (B=1, H=32, D=128, bf16, H100): SDPA causal 575-588 TFLOP/s; FlexAttention causal
     399-434 TFLOP/s, causal & (sink(4) | window(1024)) at N=32768 1.88 ms, window(4096) 5.25 ms;
@@ -368,10 +368,10 @@ def seed(path: Path) -> None:
         sdpa=sim.KernelCosts(8.0, (sim.TileCosts(D, DTYPE, 128, 128, 2.0, 2.4, 1.5, 0.0, 16, 1, est),)),
         flex=sim.KernelCosts(20.0, (sim.TileCosts(D, DTYPE, 128, 128, 2.5, 3.2, 2.0, 0.0, 16, 1, est),)),
         decode=sim.DecodeCosts(attnc_tbps=2.6, sdpa_tbps=3.0, flex_tbps=0.95, launch_us=8.0, reduce_us=4.0,
-                               copy_tbps=3.0, source="DESIGN.md anchors (SDPA 2.9-3.1 TB/s, Flex 0.94-0.96, "
+                               copy_tbps=3.0, source="anchor figures (SDPA 2.9-3.1 TB/s, Flex 0.94-0.96, "
                                                      "copy 3.0); attnc's 2.6 TB/s and the fixed costs are estimates"),
         dtype_scale={"float16": 1.0, "bfloat16": 1.0, "float32": 10.0})
-    label = "DESIGN.md anchor figures (ties and fixed costs: estimates)"
+    label = "H100 anchor figures (ties and fixed costs: estimates)"
     cases = [Case("sdpa_causal_8k", "sdpa", 8192), Case("sdpa_causal_32k", "sdpa", 32768),
              Case("flex_causal_32k", "flex", 32768), Case("flex_sinkwin1024_32k", "flex", 32768, 1024, 4),
              Case("flex_sinkwin4096_32k", "flex", 32768, 4096, 4)]
@@ -391,7 +391,7 @@ def seed(path: Path) -> None:
     prof = fit_profile(prof, pairs, measured, {"attnc": (("program_us", "full_us"),
                                                          {"masked_us": ("full_us", 1.25), "sink_us": ("full_us", 0.25)})},
                        label)
-    prof = replace(prof, source="seeded from DESIGN.md's H100 anchor figures by bench/calibrate.py --seed; "
+    prof = replace(prof, source="seeded from H100 anchor figures by bench/calibrate.py --seed; "
                                 "not calibrated: run bench/calibrate.py on the GPU")
     prof = replace(prof, calibration=tuple(report(prof, pairs, measured)))
     path.write_text(prof.to_json())
@@ -403,8 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     step = ap.add_mutually_exclusive_group(required=True)
     step.add_argument("--generate", metavar="DIR", type=Path, help="write kernels and cases.json (CPU)")
     step.add_argument("--run", metavar="DIR", type=Path, help="time the cases in DIR and fit (GPU)")
-    step.add_argument("--seed", action="store_true", help="rewrite compiler/profiles/h100.json from the anchors")
-    ap.add_argument("--out", type=Path, default=Path("profile.json"), help="profile to write (--run)")
+    step.add_argument("--seed", action="store_true", help="write an H100 profile fitted to the anchor figures (--out)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="profile to write (--run: default profile.json; --seed: required, or --force)")
+    ap.add_argument("--force", action="store_true",
+                    help="--seed without --out: overwrite the shipped compiler/profiles/h100.json")
     ap.add_argument("--base", default="h100", help="profile whose values start the fit and fill the gaps")
     ap.add_argument("--capability", default="9.0", help="GPU capability the kernels are planned for (--generate)")
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention (saves its compile time)")
@@ -414,9 +417,14 @@ def main(argv: list[str] | None = None) -> int:
         generate(args.generate, tuple(int(x) for x in args.capability.split(".")))
         return 0
     if args.seed:
-        seed(sim.PROFILE_DIR / "h100.json")
+        target = args.out or sim.PROFILE_DIR / "h100.json"
+        if args.out is None and target.exists() and not args.force:
+            print(f"calibrate.py: error: --seed would overwrite the shipped, calibrated {target}; "
+                  "give --out FILE, or --force to replace it", file=sys.stderr)
+            return 2
+        seed(target)
         return 0
-    return run(args.run, args.out, args.base, not args.no_flex, args.name)
+    return run(args.run, args.out or Path("profile.json"), args.base, not args.no_flex, args.name)
 
 
 if __name__ == "__main__":

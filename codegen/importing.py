@@ -1,31 +1,40 @@
-"""Import a Python module from its file: the one importer of generated modules.
+"""Import a generated module: the one importer of generated modules.
 
-Used by attnc.loader, the tests and the benchmarks (bench/gpu.py imports this file on a
-machine without attnc installed, so it needs the standard library only). Triton reads the
-source of @triton.jit functions, so a generated module must be imported from a real file.
+Used by the loader (`attnc.load`), the tests and the benchmarks (bench/gpu.py imports this
+file on a machine without attnc installed, so it needs the standard library only). A module
+is made by executing the text it was rendered as (or its file's text): Python's bytecode
+cache is neither read nor written, so a forged `.pyc` beside a module never runs. The file
+must still exist: Triton reads the source of @triton.jit functions from it.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
+from pathlib import Path
 from types import ModuleType
 
 
-def import_module_from_path(path: str | os.PathLike, module_name: str) -> ModuleType:
-    """Import the module at `path` as `module_name` (reusing an earlier import of that name);
-    a module whose body raises is not left in sys.modules."""
+def import_text(text: str, path: str | os.PathLike, module_name: str) -> ModuleType:
+    """A module made by executing `text` (whose file is `path`), registered as `module_name`
+    (reusing an earlier import of that name); a module whose body raises is not left in
+    sys.modules."""
     if module_name in sys.modules:
         return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, str(path))
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import a module from {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
+    code = compile(text, str(path), "exec", dont_inherit=True)
+    module = ModuleType(module_name)
+    module.__file__ = str(path)
+    sys.modules[module_name] = module  # before executing: dataclasses and pickling look it up
     try:
-        spec.loader.exec_module(module)
+        exec(code, module.__dict__)
     except BaseException:
         del sys.modules[module_name]
         raise
     return module
+
+
+def import_module_from_path(path: str | os.PathLike, module_name: str) -> ModuleType:
+    """Import the module at `path` as `module_name`, from its source text."""
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    return import_text(Path(path).read_text(encoding="utf-8"), path, module_name)

@@ -20,6 +20,7 @@ import inspect
 import os
 import pprint
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -150,18 +151,27 @@ def cached_path(program: Program) -> Path:
     return cache_dir() / f"{program.name}_{program.digest()}.py"
 
 
+STALE_TMP_SECONDS = 15 * 60
+"""A temporary file of write_atomic this old was left by a writer that was killed."""
+
+
 def write_atomic(path: Path, text: str) -> bool:
-    """Write text to path through a temporary file and os.replace; False when already identical."""
+    """Write text to path through a temporary file and os.replace; False when already identical.
+
+    The file gets the usual permissions (0666 less the umask, as `open` gives), and the
+    temporary files of writers killed mid-write (older than STALE_TMP_SECONDS) are removed."""
     path = Path(path)
     try:
-        if path.read_text() == text:
+        if path.read_text(encoding="utf-8") == text:
             return False
     except (FileNotFoundError, UnicodeDecodeError, IsADirectoryError):
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -194,6 +204,24 @@ def load_decode_module(plan: DecodePlan, directory: str | os.PathLike, name: str
     name = name or f"attnc_decode_{plan.program.digest()}_{plan.max_step}"
     path = write_decode_module(plan, Path(directory) / f"{name}.py")
     return import_module_from_path(path, name)
+
+
+def _umask() -> int:
+    """The process's umask (os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Delete `.NAME.py.XXXX.tmp` files of write_atomic older than STALE_TMP_SECONDS."""
+    now = time.time()
+    for tmp in folder.glob(".*.py.*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TMP_SECONDS:
+                tmp.unlink()
+        except OSError:
+            pass  # another process removed or replaced it first
 
 
 def write_module(program: Program, out_dir: str | os.PathLike | None = None) -> Path:

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .ir import Band, Lit, Pattern, Program
-from .liveness import cache_layout
+from .liveness import cache_layout, decodable  # noqa: F401  (decodable: re-exported for codegen)
 
 
 class DecodePlanError(ValueError):
@@ -235,11 +235,6 @@ def policy_for(program: Program, layer: int, kv_head: int) -> tuple[int, Any] | 
         if (c.layers is None or layer in c.layers) and (c.kv_heads is None or kv_head in c.kv_heads):
             found = (i, c)
     return found
-
-
-def decodable(p: Pattern) -> bool:
-    """Causal token patterns: grid neighbourhoods are not served at decode."""
-    return p.is_causal and not any(t.conj.grids for t in p.terms)
 
 
 def _scale(patterns: list[Pattern]) -> int:

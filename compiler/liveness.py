@@ -32,12 +32,22 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from .atoms import crt
+from .atoms import Conj, crt
 from .count import reduce_term
 from .cost import of_mod
 from .formula import T, Formula, NoFormula, Piece, lattice_count
 from ..spec.shape import span
 from .ir import Pattern, Term
+
+NO_DECODE = "a non-causal or grid pattern has no decode, so no decode cache"
+
+
+def decodable(pattern: Pattern) -> bool:
+    """Whether a generated module decodes with this pattern, and so keeps a KV cache: a causal
+    pattern without neighbourhoods (a non-causal one reads keys that do not exist yet while
+    decoding; grid patterns are for prefill)."""
+    return pattern.is_causal and not any(Conj.of([lit.atom]).grids for t in pattern.terms for lit in t.lits)
+
 
 _V = sp.Symbol("v", integer=True, nonnegative=True)
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from .ir import Band, HeadGroup, Neighborhood, Pattern, Program, Status
 from ..spec.shape import ranges
+from .tiling import grid_terms
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def check_empty_rows(program: Program, n: int, layouts: Any, bmaps: Any = None) 
             out.append(Diagnostic(
                 "warning", "empty-rows",
                 f"{len(empty):,} query rows ({ranges(empty[:20])}{' ...' if len(empty) > 20 else ''}) have no "
-                "allowed key, so their outputs are zeros (DESIGN.md); add the diagonal (`| window(1)`) or "
+                "allowed key, so their outputs are zeros; add the diagonal (`| window(1)`) or "
                 "start the band at 0 if those tokens should see something", _where(program, g)))
     return out
 
@@ -117,8 +118,8 @@ def check_causal_decode(program: Program, n: int, layouts: Any) -> list[Diagnost
         else:
             out.append(Diagnostic(
                 "note", "non-causal",
-                "not causal (a query reads later keys): an encoder pattern; the KV liveness below "
-                "assumes decoding anyway", _where(program, g)))
+                "not causal (a query reads later keys): an encoder pattern, with no decode and so no "
+                "KV cache", _where(program, g)))
     return out
 
 
@@ -134,6 +135,22 @@ def check_window_covers_n(program: Program, n: int, layouts: Any) -> list[Diagno
                     f"band {bands[0]} is wider than N = {n}: at this length it is the same as causal",
                     _where(program, g)))
                 break
+    return out
+
+
+def check_grid_kernel(program: Program, n: int, layouts: Any) -> list[Diagnostic]:
+    """A grid pattern that the tile-order kernel cannot run (the generic kernel runs it: correct,
+    but it visits the row-major hull). The usual cause is `| global(G)` for CLS or text tokens,
+    which the grid's prefix expresses on the fast path."""
+    out = []
+    for g in program.groups:
+        has_grid = any(term.atoms_of(Neighborhood) for term in g.pattern.terms)
+        if has_grid and grid_terms(g.pattern) is None:
+            out.append(Diagnostic(
+                "warning", "grid-generic-kernel",
+                "this grid pattern runs the generic kernel, not the faster tile-order one: every term must "
+                "hold one neighborhood; for global tokens (CLS, text), declare them as the grid's prefix, "
+                "as in grid(32, 32) prefix = 1, instead of writing | global(1)", _where(program, g)))
     return out
 
 
@@ -222,7 +239,7 @@ def check_cache_budgets(program: Program, n: int, layouts: Any) -> list[Diagnost
 
 
 CHECKS: tuple[Callable[[Program, int, Any], list[Diagnostic]], ...] = (
-    check_empty_patterns, check_causal_decode, check_window_covers_n, check_grid_length,
+    check_empty_patterns, check_causal_decode, check_window_covers_n, check_grid_kernel, check_grid_length,
     check_cache_budgets,
 )
 

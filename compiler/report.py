@@ -17,7 +17,7 @@ import numpy as np
 from .cost import BWD_MATMUL_RATIO, DTYPE_BYTES, GroupCost, growth_class, group_cost
 from .formula import T, Formula, NoFormula
 from .ir import Neighborhood, Pattern, Program, Status
-from .liveness import CacheLayout, cache_layout
+from .liveness import NO_DECODE, CacheLayout, cache_layout, decodable
 from .passes import Diagnostic, describe_members, validate
 from .receptive import ReceptiveField, layer_patterns, receptive_field
 from .blocks import block_map
@@ -175,7 +175,14 @@ class Analysis:
             "receptive_field": None if self.receptive is None else self.receptive.to_dict(),
             "receptive_field_error": self.receptive_error,
             "diagnostics": [d.to_dict() for d in self.diagnostics], "seconds": self.seconds,
+            "decodes": self.decodes,
         }
+
+    @property
+    def decodes(self) -> bool:
+        """Whether the program decodes (every group's pattern is decodable): otherwise it has
+        no KV cache, and the cache rows describe what a decoder would keep."""
+        return all(decodable(g.pattern) for g in self.program.groups)
 
 
 # ---------------------------------------------------------------- analysis
@@ -408,12 +415,16 @@ def render(a: Analysis, console: Any = None) -> None:
         t.add_row("backward FLOPs, bytes (minimum)", f"{c.bwd_flops:.3e}, {_size(c.bwd_bytes_min)}",
                   f"[dim]{BWD_MATMUL_RATIO}x the forward's matrix products; Q, K, V, O, dO read, dQ, dK, dV written once[/]")
         kv = g.kv
-        t.add_row("KV cache (tokens per KV head per layer)",
-                  f"{_num(kv.tokens)} = {_size(kv.tokens * kv.bytes_per_token)}",
-                  _formula_text(kv.formula, kv.note) + f"  [dim]in t, {kv.growth}[/]")
+        if a.decodes:
+            t.add_row("KV cache (tokens per KV head per layer)",
+                      f"{_num(kv.tokens)} = {_size(kv.tokens * kv.bytes_per_token)}",
+                      _formula_text(kv.formula, kv.note) + f"  [dim]in t, {kv.growth}[/]")
+        else:
+            t.add_row("KV cache", "none", f"[dim]{NO_DECODE}[/]")
         console.print(t)
-        console.print("cache layout: " + " + ".join(kv.layout.describe())
-                      + ("" if kv.layout.exact else "  [yellow](superset: not exact)[/]"), highlight=False)
+        if a.decodes:
+            console.print("cache layout: " + " + ".join(kv.layout.describe())
+                          + ("" if kv.layout.exact else "  [yellow](superset: not exact)[/]"), highlight=False)
         cell = f"{g.block_cell}x{g.block_cell}"
         console.print(f"[dim]block map ('#' full, '+' partial, '.' empty; a cell = {cell} tiles):[/]")
         console.print(g.block_render, highlight=False)
@@ -429,10 +440,11 @@ def render(a: Analysis, console: Any = None) -> None:
     tot = a.totals
     console.rule(f"totals over {_plural(tot['layers'], 'layer')} x {_plural(tot['query_heads'], 'head')}",
                  align="left")
+    kv_text = (f"KV cache at decode position N: {_size(tot['kv_bytes'])} = {tot['kv_fraction_of_dense']:.2%} of a full "
+               f"cache ({_size(tot['dense_kv_bytes'])})" if a.decodes else f"no KV cache ({NO_DECODE})")
     console.print(f"FLOPs {tot['flops']:.3e} = {tot['flops_fraction_of_dense']:.2%} of dense {tot['dense_baseline']} "
-                  f"({tot['dense_flops']:.3e});  KV cache at decode position N: {_size(tot['kv_bytes'])} "
-                  f"= {tot['kv_fraction_of_dense']:.2%} of a full cache ({_size(tot['dense_kv_bytes'])})")
-    if tot["kv_formula_tokens"]:
+                  f"({tot['dense_flops']:.3e});  {kv_text}")
+    if tot["kv_formula_tokens"] and a.decodes:
         pieces = tot["kv_formula_tokens"]
         text = "; ".join(f"{p['expr']} for {p['range']}" for p in pieces[-2:])
         console.print(f"[dim]cache tokens, all layers and KV heads: {text}[/]", highlight=False)

@@ -920,7 +920,9 @@ def cache_tokens(program: Program, shape: Shape, layer: int) -> tuple[list[int],
     from .cache_plan import decodable, kv_store
 
     if not all(decodable(g.pattern) for g in program.groups):
-        return [shape.n] * shape.kv, "not a causal pattern, so no decode cache: counted as dense"
+        from .liveness import NO_DECODE
+
+        return [shape.n] * shape.kv, f"{NO_DECODE}: counted as dense"
     kv_heads = program.model.kv_heads
     if kv_heads != shape.kv:
         stores = [kv_store(program, layer, kv) for kv in range(kv_heads)]

@@ -147,7 +147,7 @@ def load_layout(pattern: Any, shape: ModelShape, *, defines: dict[str, int] | No
     if not path.exists():
         raise IntegrationError(f"pattern file {str(path)!r} does not exist; pass an .attn file, a Program or a module")
     model = {"layers": shape.layers, "heads": shape.heads, "kv_heads": shape.kv_heads, "head_dim": shape.head_dim}
-    from ..loader import program_of  # the front end; imported late so the runtime loads without it
+    from ..codegen.loader import program_of  # the front end; imported late so the runtime loads without it
     return Layout.from_program(program_of(path, defines=dict(defines or {}), model=model, headsets=headsets))
 
 
@@ -552,7 +552,7 @@ def _module_for(layout: Layout) -> Layout:
     if layout.module is not None:
         return layout
     try:
-        from ..loader import load_program
+        from ..codegen.loader import load_program
         module = load_program(layout.program) if layout.program is not None else None
     except ImportError as exc:
         raise IntegrationError(f"the kernel backends need attnc's code generator ({exc})") from exc

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import ast
 from .errors import one_of, suggest
-from .intexpr import INT64_MAX
+from .intexpr import INT64_MAX, give_model
 from .limits import position_problem
 from .resolved import CachePolicy, RBudget, REvict
 from .select import Selection
@@ -187,7 +187,7 @@ def _budget_list(budget: ast.Budget, selection: Selection) -> RBudget | None:
         return None
     layers = selection.shape.layers
     if layers is None:
-        selection.reporter.error(budget.loc, "a list budget needs the model's layer count", "add layers to model { ... }, or pass --model layers=N (model= in attnc.load)")
+        selection.reporter.error(budget.loc, "a list budget needs the model's layer count", give_model("layers"))
         return None
     if len(values) != layers:
         selection.reporter.error(budget.loc, f"the budget lists {len(values)} values, but the model has {layers} layers", "give one budget per layer")

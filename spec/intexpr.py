@@ -111,16 +111,18 @@ class IntScope:
         if self.fallback is not None and name in MODEL_FIELDS:
             return self.fallback(name, loc)
         if name in MODEL_FIELDS:
-            self.reporter.error(
-                loc,
-                f"the model's {name} is not known",
-                f"give it in the file, as in model {{ {name} = ... }}, or on the command line: --model {name}=N",
-            )
+            self.reporter.error(loc, f"the model's {name} is not known", give_model(name))
         else:
             hint = suggest(name, [*self.bindings, *MODEL_FIELDS]) or "define it with `param NAME = value`"
             self.reporter.error(loc, f"parameter '{name}' is not defined", hint)
         self._values[name] = None
         return None
+
+
+def give_model(field: str) -> str:
+    """The hint for a model field that a file needs and nobody gave."""
+    return (f"add {field} to the file's model {{ ... }}, or give it: --model {field}=N on the command line, "
+            f"model={{\"{field}\": N}} in attnc.check or attnc.load")
 
 
 def model_bindings(decl_fields: Mapping[str, tuple[ast.Loc, ast.IntExpr]], cli: Mapping[str, int], cli_loc: ast.Loc) -> dict[str, Binding]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import keyword
 import re
+import sys
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 MAX_LENGTH = 64
@@ -29,4 +30,17 @@ def name_problem(name: str) -> tuple[str, str] | None:
         return ("names starting with '__' are reserved", "choose a name without the leading '__'")
     if name in reserved_words():
         return (f"'{name}' is a reserved word of the language", f"choose another name, such as {name}_")
+    return None
+
+
+SHADOWED = frozenset(sys.stdlib_module_names) | {"torch", "triton", "numpy", "attnc", "jinja2", "transformers"}
+"""Modules a generated `<pattern>.py` must not hide when its folder is on the import path."""
+
+
+def module_name_problem(name: str) -> tuple[str, str] | None:
+    """(message, hint) when a pattern named `name` would compile to a module file that hides
+    a Python module (`json.py`, `torch.py`), or None."""
+    if name.lower() in SHADOWED:
+        return (f"a pattern named '{name}' compiles to {name}.py, which would hide Python's module '{name}'",
+                f"choose another name, such as {name}_pattern")
     return None

@@ -22,9 +22,10 @@ from .cache import resolve_cache
 from .errors import AttnError, Reporter, command_line_loc, suggest
 from .files import read_text, resolved_path
 from .exprs import ExprScope, Exported
+from .library import locate
 from .limits import MAX_POSITION, limits_table, model_problem, pairs_problem, position_problem
 from .intexpr import INT64_MAX, INT64_MIN, MODEL_FIELDS, Binding, IntScope, model_bindings
-from .names import name_problem
+from .names import module_name_problem, name_problem
 from .parser import parse
 from .primitives import PRIMITIVES
 from .resolved import Assignment, Grid, ModelShape, RExpr, Spec
@@ -43,7 +44,9 @@ def load(
     model: Mapping[str, int] | None = None,
     headsets_path: str | None = None,
 ) -> Spec:
-    """Resolve the `.attn` file at `path`; raise `AttnError` listing every problem."""
+    """Resolve the `.attn` file at `path` (a bare name such as `streaming_llm` may name a file
+    of the shipped library, spec.library); raise `AttnError` listing every problem."""
+    path = locate(path)
     reporter = Reporter()
     text = _read(Path(path), reporter, command_line_loc(), "file")
     reporter.raise_if_any()
@@ -97,7 +100,8 @@ def _declarations(file: ast.File, reporter: Reporter) -> _Decls:
         for extra in items[1:]:
             reporter.error(extra.loc, f"only one {what} per file", f"the first is on line {items[0].loc.line}")
     for pattern in decls.patterns[:1]:
-        _check_name(pattern.name, "pattern", pattern.loc, reporter)
+        if _check_name(pattern.name, "pattern", pattern.loc, reporter) and module_name_problem(pattern.name):
+            reporter.error(pattern.loc, *module_name_problem(pattern.name))  # type: ignore[misc]
         if pattern.name in decls.lets:
             reporter.error(pattern.loc, f"'{pattern.name}' names both a let (line {decls.lets[pattern.name].loc.line}) and the pattern")
     return decls
@@ -159,12 +163,15 @@ class _Resolver:
         self.imported_params: dict[str, int | None] = {}
         self.main_ints: IntScope | None = None
         self.grid: Grid | None = None
+        self.root: Path = Path.cwd()
+        """The folder imports may reach: the main file's, and everything below it."""
 
     # ------------------------------------------------------------ the main file
 
     def main(self, file: ast.File, filename: str) -> Spec:
         self._check_command_line()
         directory, display_dir = _where(filename)
+        self.root = directory
         decls = _declarations(file, self.reporter)
         ints = self._int_scope(decls, fallback=None)
         ints.bindings.update(self._model_bindings(decls))
@@ -215,6 +222,10 @@ class _Resolver:
         display = os.path.normpath(os.path.join(display_dir, imp.path))
         target = resolved_path(directory / imp.path, self.reporter, imp.loc, display)
         if target is None:
+            return None
+        if not target.is_relative_to(self.root):
+            self.reporter.error(imp.loc, f'cannot import "{imp.path}": it is outside {self.root}, the folder of the main file',
+                                "imports reach only the main file's folder and the folders below it; copy the file there")
             return None
         if any(target == path for path, _ in self.stack):
             cycle = " -> ".join([shown for _, shown in self.stack] + [display])
@@ -278,9 +289,9 @@ class _Resolver:
         loc = command_line_loc()
         for name, value in self.cli_model.items():
             if name not in MODEL_FIELDS:
-                self.reporter.error(loc, f"--model: unknown model field '{name}'", suggest(name, MODEL_FIELDS) or f"the fields are {', '.join(MODEL_FIELDS)}")
+                self.reporter.error(loc, f"unknown model field '{name}' (--model, or model= in Python)", suggest(name, MODEL_FIELDS) or f"the fields are {', '.join(MODEL_FIELDS)}")
             elif not 1 <= value <= INT64_MAX:
-                self.reporter.error(loc, f"--model: {name} must be at least 1, got {name}={value}")
+                self.reporter.error(loc, f"the model's {name} must be at least 1, got {name}={value} (--model, or model= in Python)")
         for name, value in self.defines.items():
             if not INT64_MIN <= value <= INT64_MAX:
                 self.reporter.error(loc, f"-D {name}={value} does not fit in 64 bits")

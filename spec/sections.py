@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from . import ast
 from .exprs import ExprScope
+from .intexpr import give_model
 from .resolved import Assignment, RExpr
 from .select import Selection
 from .shape import Pair, blocks, describe_pairs
@@ -32,7 +33,7 @@ def resolve_sections(decl: ast.PatternDecl, sections: list[ast.PatternSection], 
         selection.reporter.error(
             decl.loc,
             f"pattern {decl.name} has sections, so it needs the model's head count",
-            "add heads to model { ... } or pass --model heads=N",
+            give_model("heads"),
         )
         return []
     leaves: list[_Leaf] = []

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 
 from . import ast
 from .errors import Reporter, suggest
-from .intexpr import IntScope
+from .intexpr import IntScope, give_model
 from .shape import Pair, Shape, Unit, span
 
 HeadSets = dict[str, dict[int, tuple[int, ...]]]
 
 _NEED = {
-    "layers": "the model's layer count: add layers to model { ... } or pass --model layers=N",
-    "heads": "the model's head count: add heads to model { ... } or pass --model heads=N",
+    "layers": "the model's layer count: " + give_model("layers"),
+    "heads": "the model's head count: " + give_model("heads"),
 }
 
 

@@ -124,6 +124,8 @@ def _hint(tok: Token, expected: set[str], stack: list[object], literals: Mapping
         hint = suggest(str(tok), keywords)
         if hint:
             return hint
+    if literals.get(tok.type) == "prefix" and _last_token(stack, "grid", literals) is not None:
+        return "the prefix follows the grid's parentheses, as in grid(32, 32) prefix = 1"
     if tok.type in literals and str(tok).isidentifier() and "NAME" in expected:
         return f"'{tok}' is a reserved word of the language; choose another name"
     if tok.type == "$END" and "}" in expected:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from attnc.spec.names import module_name_problem
 from attnc.compiler.ir import Band, DiffMod, Lit, Neighborhood, Pattern, Program, Term
 from attnc.compiler.lower import lower
 from attnc.spec.resolve import load, resolve_text
@@ -157,7 +158,8 @@ def _features(case: Case) -> frozenset[str]:
 
 
 def _c(name: str, expr: str, n: int = 77) -> Case:
-    return Case(name, text=f"pattern {name}{'_' if keyword.iskeyword(name) else ''} = {expr}\n", n=n)
+    clash = keyword.iskeyword(name) or module_name_problem(name) is not None  # `global`, `chunk`: not names
+    return Case(name, text=f"pattern {name}{'_' if clash else ''} = {expr}\n", n=n)
 
 
 # ---------------------------------------------------------------- 1-D patterns, one for all heads

@@ -141,3 +141,19 @@ def test_largest_sizes_pass() -> None:
 def test_source_file_size_limit(tmp_path: Path) -> None:
     path = write(tmp_path / "big.attn", "pattern p = causal\n" + "#" * 300_000 + "\n")
     assert "is larger than 256 KiB" in load_error(path)
+
+
+# ---------------------------------------------------------------- the import root
+
+
+def test_imports_stay_below_the_main_file(tmp_path: Path) -> None:
+    write(tmp_path / "outside.attn", "let x = causal\n")
+    write(tmp_path / "proj" / "common.attn", "let y = causal\n")
+    write(tmp_path / "proj" / "lib" / "a.attn", 'import "../common.attn"\nlet z = y\n')
+    main = write(tmp_path / "proj" / "main.attn", 'import "lib/a.attn"\npattern p = z\n')
+    assert load(main).name == "p"
+    bad = write(tmp_path / "proj" / "bad.attn", 'import "../outside.attn"\npattern p = x\n')
+    assert f'{bad}:1:1: error: cannot import "../outside.attn": it is outside' in load_error(bad)
+    (tmp_path / "proj" / "link.attn").symlink_to(tmp_path / "outside.attn")
+    linked = write(tmp_path / "proj" / "linked.attn", 'import "link.attn"\npattern p = x\n')
+    assert "it is outside" in load_error(linked)

@@ -52,7 +52,7 @@ BAD_INPUTS = [
     (M + 'pattern p { heads 0..9: causal }', "2:19", "heads 0..9 are outside the model's 8 heads (0..8)", None),
     (M + 'pattern p { layers 7: causal rest: full }', "2:20", "layer 7 is outside the model's 4 layers (0..4)", None),
     ('model { layers = 4, heads = 8, kv_heads = 3 }\npattern p = causal', "1:43", 'kv_heads (3) must divide heads (8)', 'each KV head serves an equal group of query heads'),
-    ('pattern p { heads 0: causal rest: full }', "1:1", "pattern p has sections, so it needs the model's head count", 'add heads to model { ... } or pass --model heads=N'),
+    ('pattern p { heads 0: causal rest: full }', "1:1", "pattern p has sections, so it needs the model's head count", 'add heads to the file\'s model { ... }, or give it: --model heads=N on the command line, model={"heads": N} in attnc.check or attnc.load'),
     (M + 'pattern p { kv_heads @retrieval: causal rest: full }', "2:22", "unknown head set '@retrieval': no head-set file was given", 'name one with headsets "file.json" or --headsets FILE'),
     ('pattern class = causal', "1:1", "bad pattern name 'class': 'class' is a Python keyword and cannot be a name", 'choose another name, such as class_'),
     ('pattern __import__ = causal', "1:1", "bad pattern name '__import__': names starting with '__' are reserved", "choose a name without the leading '__'"),

@@ -181,7 +181,7 @@ def test_model_from_file_and_command_line() -> None:
 
 
 def test_unknown_model_field_on_the_command_line() -> None:
-    assert errors("pattern p = causal", model={"head": 4}) == ["--model: unknown model field 'head'"]
+    assert errors("pattern p = causal", model={"head": 4}) == ["unknown model field 'head' (--model, or model= in Python)"]
 
 
 # ---------------------------------------------------------------- sections
