@@ -57,7 +57,7 @@ CASES = {
     "dilated": ("pattern dilated = causal & dilated(2048, 4)\n", [32768], "causal & dilated(2048, 4)"),
     "strided": ("pattern strided = causal & (window(256) | strided(256))\n", [32768],
                 "causal & (window(256) | strided(256))"),
-    "chunk": ("pattern chunk = causal & chunk(8192)\n", [32768], "causal & chunk(8192)"),
+    "chunk": ("pattern chunked = causal & chunk(8192)\n", [32768], "causal & chunk(8192)"),
     "power": ("pattern power = causal & power(64)\n", [32768], "causal & power(64)"),
     "duo_mix": ("model { layers = 1, heads = 32, kv_heads = 32, head_dim = 128 }\n"
                 "pattern duo_mix {\n  heads 0..8: causal\n  rest: causal & (sink(64) | window(960))\n}\n",
