@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import inspect
 import os
 import pprint
@@ -99,8 +100,20 @@ def environment() -> jinja2.Environment:
     return env
 
 
+@functools.lru_cache(maxsize=1)
+def generator_digest() -> str:
+    """A hash of everything that writes module code (templates, support code, the attnc
+    version): two builds of attnc that write different code for one pattern differ here."""
+    h = hashlib.sha256(attnc_version().encode())
+    for path in sorted(TEMPLATES.glob("*.j2")) + sorted(SUPPORT.glob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:8]
+
+
 def op_namespace(program: Program) -> str:
-    return f"attnc_{program.digest()}"
+    """The torch.library namespace of a module's custom ops: per pattern and per code generator,
+    so that modules of one pattern from two builds of attnc never replace each other's ops."""
+    return f"attnc_{program.digest()}_{generator_digest()}"
 
 
 def module_params(program: Program) -> dict[str, Any]:
