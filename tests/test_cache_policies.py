@@ -39,6 +39,11 @@ POLICIES = {
 }
 PATTERNS = {"h2o_masked": causal(sink(1), window(12))}  # rows whose heads use another pattern
 POLICIES["h2o_masked"] = [policy(8, sink=1, recent=1, score="h2o")]
+# rows whose caches write through the Triton append kernel (a lossy class alone, beside a full
+# head, per layer; prefill-sized and decode-sized appends); the others use its torch twin
+# (backend="torch", equal to the kernel by test_triton_append_equals_torch_reference), since
+# the policies differ only in the torch code that scores and evicts after the write
+TRITON_ROWS = {"h2o", "duo_mix", "per_layer"}
 
 
 # ------------------------------------------------------------------ the plain-Python model
@@ -216,7 +221,8 @@ def _program(name):
 def test_policy_matches_plain_python_model(name):
     prog = _program(name)
     plan, mod = module(prog, max_step=MAX_STEP)
-    cache = mod.Cache(B, dtype=torch.float64)
+    backend = "triton" if name in TRITON_ROWS else "torch"
+    cache = mod.Cache(B, dtype=torch.float64, backend=backend)
     model = Model(prog)
     N = sum(STEPS)
     seed = sum(map(ord, name))
@@ -246,7 +252,7 @@ def test_policy_matches_plain_python_model(name):
                         got = cache._layers[layer].score[b, off:off + n][order].numpy()
                         np.testing.assert_allclose(got, [x["score"] for x in want], rtol=1e-9, atol=1e-12)
     # the decode kernel over the compacted (float32) cache equals its reference
-    c32 = mod.Cache(B, dtype=torch.float32)
+    c32 = mod.Cache(B, dtype=torch.float32, backend=backend)
     for layer in range(LAYERS):
         c32.append(layer, k[:, :, :12].float(), v[:, :, :12].float(), q[:, :, :12].float())
         c32.append(layer, k[:, :, 12:13].float(), v[:, :, 12:13].float(), q[:, :, 12:13].float())

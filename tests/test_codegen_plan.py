@@ -37,7 +37,7 @@ def _against_block_map(program, n, cfg):
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c['BLOCK_M']}x{c['BLOCK_N']}")
 def test_visits_match_block_map(name, cfg):
     program = single(EXPRS[name], name)
-    for n in (1, 23, 64, 77):
+    for n in (1, 64, 77):  # one row, whole tiles, a last tile cut short (test_simulate_kernel's too)
         check_visits(program, n, dict(cfg, BLOCK_N_NARROW=16))
         _against_block_map(program, n, cfg)
 

@@ -111,13 +111,24 @@ def check_module(program: Program, n: int, *, b: int = 1, h: int = 2, h_kv: int 
     return mod, out, ref
 
 
+_VISITS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
 def visits(program: Program, n: int, config: dict, heads: int = 1, layer: int | None = None):
-    """(masked, unmasked) visit counts per (head, query block, key) from the kernel's TRACE mode."""
-    mod = load(program)
-    x = torch.zeros(1, heads, max(n, 1), 16)[:, :, :n]
-    _, _, tr = mod._forward(x, x, x, None, False, layer, config=config, trace=True)
-    tr = tr[0].numpy()
-    return tr & 255, tr >> 8
+    """(masked, unmasked) visit counts per (head, query block, key) from the kernel's TRACE mode.
+
+    The trace depends only on its arguments, so each distinct launch runs once per session
+    (the arrays are shared: read them, never write)."""
+    key = (program.digest(), n, tuple(sorted(config.items())), heads, layer)
+    if key not in _VISITS:
+        mod = load(program)
+        x = torch.zeros(1, heads, max(n, 1), 16)[:, :, :n]
+        _, _, tr = mod._forward(x, x, x, None, False, layer, config=config, trace=True)
+        tr = tr[0].numpy()
+        masked, unmasked = tr & 255, tr >> 8
+        masked.flags.writeable = unmasked.flags.writeable = False
+        _VISITS[key] = masked, unmasked
+    return _VISITS[key]
 
 
 def check_visits(program: Program, n: int, config: dict, heads: int = 1, layer: int | None = None) -> int:
