@@ -70,10 +70,14 @@ def test_kernel_tile_count_bounds_the_non_empty_tiles(g, data):
     assert gt is not None
     visited = tiled_block_map(pattern, tiling).visited
     boxes = visited_tiles(gt, tiling.q_tile, tiling.k_tile)
-    if any(anchored(gt, a, t) for a, t in enumerate(tiling.q_tile)):
+    shared = [anchored(gt, a, t) for a, t in enumerate(tiling.q_tile)]
+    if all(shared):
         # boxes from the window a query tile's rows share: never more than the tiles it meets
         assert boxes <= visited
         return
+    if any(shared):
+        return  # fewer boxes on the shared axes, whole tiles on the others: no order (the kernel
+        # tests check every key such a launch visits)
     assert boxes >= visited
     if not more and all(d == 1 for d in g[2]):
         assert boxes == visited
