@@ -310,6 +310,8 @@ def term_region(term: Term) -> tuple[Region | None, bool, str]:
         return base, False, "a neighbourhood: every key kept"
     if any(a.depends == "k" for a in neg):
         why.append("a negated key stride is ignored")
+    if any(Conj.of([a]).grids for a in neg):
+        why.append("a negated neighbourhood is ignored (its prefix and grid keys may never be read)")
     q_neg = [a for a in neg if a.depends != "k"]
     chunk = chunks[0] if chunks else None
     if len(chunks) > 1:
