@@ -148,7 +148,9 @@ def _attention(q, k, kpos, qpos, allowed, scale, what, window, sentinel, stats):
     parts, total = [], None
     for s in range(0, q.shape[-2], step):
         qs = q[..., s:s + step, :].to(kk.dtype)
-        sc = torch.matmul(qs, kk.transpose(-1, -2)[..., None, :, :]).to(ct) * scale
+        t = qs.shape[-2]  # the G query heads of a KV head as one matrix: k is read once, not G times
+        sc = torch.matmul(qs.reshape(*qs.shape[:-3], G * t, qs.shape[-1]), kk.transpose(-1, -2))
+        sc = sc.reshape(*qs.shape[:-1], E).to(ct) * scale
         qp = qpos[s:s + step].to(torch.int64)[:, None]
         ok = allowed(qp, kp)
         if sentinel is not None:
