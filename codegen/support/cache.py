@@ -445,7 +445,7 @@ class CacheBase:
         D = L.k.shape[2] if L.k is not None else self.head_dim
         common = dict(dtype=self.dtype, device=self.device, error=CacheError, owner="the cache is")
         for name, x in (("k", k), ("v", v)):
-            check_tensor("append", name, x, dims="B, H_KV, T, D", error=CacheError)
+            check_tensor("append", name, x, dims="B, H_KV, T, D", **common)
         B, Hk, T, Dk = k.shape
         if tuple(v.shape) != tuple(k.shape):
             raise CacheError(f"append: k {tuple(k.shape)} and v {tuple(v.shape)} differ; both are (B, H_KV, T, D)")
@@ -454,8 +454,6 @@ class CacheBase:
                              f"T>=1, D)")
         if Dk != D:
             raise CacheError(f"append: head_dim {Dk} but this cache holds head_dim {D}")
-        for name, x in (("k", k), ("v", v)):
-            check_tensor("append", name, x, dims="B, H_KV, T, D", **common)
         if q is not None:
             check_tensor("append", "q", q, dims="B, H, T, D", shape=(B, ds.heads, T, D), **common)
         return T, D

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import os
 
+import functools
+
 import torch
 
 HEAD_DIMS = (16, 32, 64, 128, 256)
@@ -32,6 +34,12 @@ def dtype_names(dtypes) -> str:
     return ", ".join(str(d).replace("torch.", "") for d in dtypes)
 
 
+@functools.lru_cache(maxsize=64)
+def _axes(dims: str) -> tuple[str, ...]:
+    """The axis names of a `dims` text such as "B, H, T, D" (parsed once: checks run per call)."""
+    return tuple(a.strip() for a in dims.split(","))
+
+
 def check_tensor(where: str, name: str, t, *, dims: str, shape=None, dtypes=None, dtype=None, device=None,
                  contiguous: bool = False, last_contiguous: bool = False, error=None,
                  owner: str = "it must be") -> torch.Tensor:
@@ -39,7 +47,7 @@ def check_tensor(where: str, name: str, t, *, dims: str, shape=None, dtypes=None
     "B, H, T, D"), with `shape` (a tuple; None entries are free), a dtype among `dtypes` or equal
     to `dtype`, on `device`, contiguous (all of it, or its last dimension). `owner` phrases
     what sets dtype and device ("the cache is")."""
-    axes = [a.strip() for a in dims.split(",")]
+    axes = _axes(dims)
     if not isinstance(t, torch.Tensor):
         _fail(error, TypeError, f"{where}: {name} must be a torch.Tensor ({dims}), got {type(t).__name__}")
     if t.dim() != len(axes):
@@ -55,7 +63,7 @@ def check_tensor(where: str, name: str, t, *, dims: str, shape=None, dtypes=None
         _fail(error, TypeError, f"{where}: {name} must be one of {dtype_names(dtypes)}; got {name}.dtype={t.dtype}")
     if dtype is not None and t.dtype != dtype:
         _fail(error, TypeError, f"{where}: {name} is {t.dtype} but {owner} {dtype}")
-    if device is not None and t.device != torch.device(device):
+    if device is not None and t.device != (device if isinstance(device, torch.device) else torch.device(device)):
         _fail(error, ValueError, f"{where}: {name} is on {t.device} but {owner} on {device}")
     if contiguous and not t.is_contiguous():
         _fail(error, ValueError, f"{where}: {name} must be contiguous; got {name}.stride()={tuple(t.stride())}; "
