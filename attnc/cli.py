@@ -51,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attnc", description="A compiler for attention-sparsity patterns (.attn files).")
+    parser = argparse.ArgumentParser(
+        prog="attnc", description="A compiler for attention-sparsity patterns (.attn files)."
+    )
     parser.add_argument("--version", action=_Version, help="print attnc's version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in SUBCOMMANDS.values():
@@ -78,9 +80,25 @@ class _Version(argparse.Action):
 
 def add_spec_options(parser: argparse.ArgumentParser) -> None:
     """`-D NAME=VALUE`, `--model k=v,...` and `--headsets FILE`, for commands that read .attn files."""
-    parser.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME=VALUE", type=_define, help="override a param of the file (repeatable)")
-    parser.add_argument("--model", type=_model, default={}, metavar="FIELD=N,...", help="model shape, such as layers=30,heads=9,kv_heads=3")
-    parser.add_argument("--headsets", metavar="FILE", default=None, help="head-set JSON file (overrides the file's `headsets`)")
+    parser.add_argument(
+        "-D",
+        dest="defines",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        type=_define,
+        help="override a param of the file (repeatable)",
+    )
+    parser.add_argument(
+        "--model",
+        type=_model,
+        default={},
+        metavar="FIELD=N,...",
+        help="model shape, such as layers=30,heads=9,kv_heads=3",
+    )
+    parser.add_argument(
+        "--headsets", metavar="FILE", default=None, help="head-set JSON file (overrides the file's `headsets`)"
+    )
 
 
 def spec_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -157,8 +175,9 @@ def _run_check(args: argparse.Namespace) -> int:
             print(exc.render(), file=sys.stderr)
             status = EXIT_ERROR
             continue
-        summary = textwrap.fill(describe(spec, cache_losses(spec)), width=100, initial_indent="  ",
-                                subsequent_indent="  ")
+        summary = textwrap.fill(
+            describe(spec, cache_losses(spec)), width=100, initial_indent="  ", subsequent_indent="  "
+        )
         print(f"{path}: ok\n{summary}")
         if spec.grid is not None:
             from .compiler.lower import lower
@@ -179,7 +198,11 @@ def cache_losses(spec) -> dict[int, bool]:
         return {}
 
 
-register(Subcommand("check", "check .attn files and summarise each pattern and cache in plain English", _configure_check, _run_check))
+register(
+    Subcommand(
+        "check", "check .attn files and summarise each pattern and cache in plain English", _configure_check, _run_check
+    )
+)
 
 
 # ---------------------------------------------------------------- attnc patterns, attnc docs
@@ -197,8 +220,14 @@ def _run_patterns(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-register(Subcommand("patterns", "list the shipped pattern library (usable by name, as in attnc check streaming_llm)",
-                    lambda parser: None, _run_patterns))
+register(
+    Subcommand(
+        "patterns",
+        "list the shipped pattern library (usable by name, as in attnc check streaming_llm)",
+        lambda parser: None,
+        _run_patterns,
+    )
+)
 
 
 def docs_dir() -> Path:
@@ -229,15 +258,24 @@ def _run_docs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-register(Subcommand("docs", "list the documentation, or print one document (attnc docs language)", _configure_docs, _run_docs))
+register(
+    Subcommand(
+        "docs", "list the documentation, or print one document (attnc docs language)", _configure_docs, _run_docs
+    )
+)
 
 
 def _register_commands() -> None:
     """The other subcommands live in attnc/cmd_*.py; each imports its stage only when run."""
     from . import cmd_analyze, cmd_calibrate, cmd_compile, cmd_eval, cmd_simulate
 
-    for name, module in (("analyze", cmd_analyze), ("simulate", cmd_simulate), ("compile", cmd_compile),
-                         ("calibrate", cmd_calibrate), ("eval", cmd_eval)):
+    for name, module in (
+        ("analyze", cmd_analyze),
+        ("simulate", cmd_simulate),
+        ("compile", cmd_compile),
+        ("calibrate", cmd_calibrate),
+        ("eval", cmd_eval),
+    ):
         register(Subcommand(name, module.HELP, module.configure, module.run))
 
 

@@ -29,24 +29,40 @@ def configure(p: argparse.ArgumentParser) -> None:
     from .cli import add_spec_options
     from .cmd_simulate import seq_len
 
-    p.description = ("Analyse a pattern before compiling it: allowed pairs, FLOPs, bytes and KV-cache size as "
-                     "closed forms in N with their asymptotic class, the exact block map, how far back the "
-                     "last token sees layer by layer, the smallest lossless KV cache, and warnings "
-                     "(docs/analyses.md).")
+    p.description = (
+        "Analyse a pattern before compiling it: allowed pairs, FLOPs, bytes and KV-cache size as "
+        "closed forms in N with their asymptotic class, the exact block map, how far back the "
+        "last token sees layer by layer, the smallest lossless KV cache, and warnings "
+        "(docs/analyses.md)."
+    )
     p.add_argument("file", type=Path, help="the .attn file")
-    p.add_argument("--seq", type=seq_len, default=None,
-                   help="sequence length N (prefill) and decode position (KV cache), as in 131072 or 128k; "
-                        "default 32k, or the token count of the file's grid")
-    p.add_argument("--layers", type=int, default=None,
-                   help="layers for the receptive field (default: the file's model, else 32)")
-    p.add_argument("--block", type=block_shape, default=(128, 128), metavar="BMxBN",
-                   help="tile shape of the block map (default 128x128)")
+    p.add_argument(
+        "--seq",
+        type=seq_len,
+        default=None,
+        help="sequence length N (prefill) and decode position (KV cache), as in 131072 or 128k; "
+        "default 32k, or the token count of the file's grid",
+    )
+    p.add_argument(
+        "--layers", type=int, default=None, help="layers for the receptive field (default: the file's model, else 32)"
+    )
+    p.add_argument(
+        "--block",
+        type=block_shape,
+        default=(128, 128),
+        metavar="BMxBN",
+        help="tile shape of the block map (default 128x128)",
+    )
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="element type for bytes")
     p.add_argument("--json", action="store_true", help="machine-readable output (the same content)")
-    p.add_argument("--plot", type=Path, default=None, metavar="PNG",
-                   help="write a PNG: mask at a small N, block map, receptive field by layer, cache size")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="write a PNG: mask at a small N, block map, receptive field by layer, cache size",
+    )
     add_spec_options(p)
-
 
 
 def run(args: argparse.Namespace) -> int:

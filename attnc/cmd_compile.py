@@ -14,17 +14,24 @@ from pathlib import Path
 
 
 HELP = "generate the Python module (Triton kernels + torch reference) of a pattern file"
-DESCRIPTION = ("Compile an .attn file to a Python module that needs only torch and triton: prefill(q, k, v) "
-               "with a specialized Triton kernel, reference(...) in plain torch, and PATTERN metadata. "
-               "The module is written atomically; nothing is written on an error.")
-
+DESCRIPTION = (
+    "Compile an .attn file to a Python module that needs only torch and triton: prefill(q, k, v) "
+    "with a specialized Triton kernel, reference(...) in plain torch, and PATTERN metadata. "
+    "The module is written atomically; nothing is written on an error."
+)
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     """The arguments of `attnc compile` (for attnc.cli's Subcommand registry)."""
     p.add_argument("files", type=Path, nargs="+", metavar="FILE", help=".attn files to compile")
-    p.add_argument("-o", "--out", type=Path, default=None, metavar="DIR",
-                   help="write DIR/<name>.py (default: the module cache, $ATTNC_CACHE or ~/.cache/attnc)")
+    p.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write DIR/<name>.py (default: the module cache, $ATTNC_CACHE or ~/.cache/attnc)",
+    )
     from .cli import add_spec_options
 
     add_spec_options(p)

@@ -43,13 +43,20 @@ def configure(p: argparse.ArgumentParser) -> None:
     """The arguments of `attnc simulate` (cli.Subcommand's `configure`)."""
     from .cli import add_spec_options
 
-    p.description = ("Predict the generated kernel's time, its speedup over dense attention (SDPA) and over "
-                     "FlexAttention (an estimate), the KV-cache memory, and where the time goes, from the "
-                     "pattern's tiles and a device profile. Nothing is compiled. Times are for all the "
-                     "model's layers (one per layer with --layer).")
+    p.description = (
+        "Predict the generated kernel's time, its speedup over dense attention (SDPA) and over "
+        "FlexAttention (an estimate), the KV-cache memory, and where the time goes, from the "
+        "pattern's tiles and a device profile. Nothing is compiled. Times are for all the "
+        "model's layers (one per layer with --layer)."
+    )
     p.add_argument("file", type=Path, help="the .attn file")
     n = p.add_mutually_exclusive_group()
-    n.add_argument("--seq", type=seq_len, default=None, help="sequence (or context) length, as in 32768 or 32k; default 32k, or the token count of the file's grid")
+    n.add_argument(
+        "--seq",
+        type=seq_len,
+        default=None,
+        help="sequence (or context) length, as in 32768 or 32k; default 32k, or the token count of the file's grid",
+    )
     n.add_argument("--sweep", type=sweep, default=None, help="lengths, as in 4k..128k (doubling) or 4k,8k,32k")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=None, help="query heads (default: the file's model, else 32)")
@@ -60,14 +67,16 @@ def configure(p: argparse.ArgumentParser) -> None:
     dev.add_argument("--device", default="h100", help="a shipped device profile (default h100)")
     dev.add_argument("--profile", type=Path, default=None, help="a device profile JSON (bench/calibrate.py writes one)")
     p.add_argument("--decode", action="store_true", help="one decode step at context N instead of prefill")
-    p.add_argument("--backward", action="store_true",
-                   help="also a training step: the backward pass (a model: the forward's tile costs scaled by the "
-                        "backward's matrix products) and forward + backward")
+    p.add_argument(
+        "--backward",
+        action="store_true",
+        help="also a training step: the backward pass (a model: the forward's tile costs scaled by the "
+        "backward's matrix products) and forward + backward",
+    )
     p.add_argument("--layer", type=int, default=None, help="one layer (default: every layer of the model)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--plot", type=Path, default=None, metavar="PNG", help="write a plot of speedup against N")
     add_spec_options(p)
-
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,8 +102,13 @@ def _run(args: argparse.Namespace) -> None:
     program = lower(spec)
     profile = sim.load_profile(args.profile or args.device)
     heads = args.heads or spec.model.heads or 32
-    shape = dict(batch=args.batch, heads=heads, kv_heads=args.kv_heads or spec.model.kv_heads or heads,
-                 head_dim=args.head_dim or spec.model.head_dim or 128, dtype=args.dtype)
+    shape = dict(
+        batch=args.batch,
+        heads=heads,
+        kv_heads=args.kv_heads or spec.model.kv_heads or heads,
+        head_dim=args.head_dim or spec.model.head_dim or 128,
+        dtype=args.dtype,
+    )
     predict = sim.predict_decode if args.decode else sim.predict_prefill
     from .compiler.report import default_length
 
@@ -103,13 +117,25 @@ def _run(args: argparse.Namespace) -> None:
 
     for n in lengths:
         for d in check_grid_length(program, n, None):
-            print(f"{args.file}: warning: at N = {n:,}: {d.message}; the generic kernel runs at this length",
-                  file=sys.stderr)
+            print(
+                f"{args.file}: warning: at N = {n:,}: {d.message}; the generic kernel runs at this length",
+                file=sys.stderr,
+            )
     results = [predict(program, sim.Shape(n, **shape), profile, args.layer) for n in lengths]
     if args.json:
         rows = [dict(r.to_dict(), **({"backward": _backward_dict(r)} if args.backward else {})) for r in results]
-        print(json.dumps({"file": str(args.file), "pattern": program.name, "profile": profile.name,
-                          "profile_source": profile.source, "results": rows}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "file": str(args.file),
+                    "pattern": program.name,
+                    "profile": profile.name,
+                    "profile_source": profile.source,
+                    "results": rows,
+                },
+                indent=1,
+            )
+        )
     else:
         _print(args.file, program, profile, results)
         if args.backward:
@@ -136,29 +162,45 @@ def _print(file: Path, program: Any, profile: Any, results: list[Any]) -> None:
     s = r0.shape
     console = Console()
     layers = f", {r0.layers} layers" if r0.layers > 1 else ""
-    console.print(f"[bold]{program.name}[/] ({file}), {r0.mode} on {profile.device or profile.name}: "
-                  f"B={s.batch} H={s.heads} KV={s.kv} D={s.head_dim} {s.dtype}{layers}")
+    console.print(
+        f"[bold]{program.name}[/] ({file}), {r0.mode} on {profile.device or profile.name}: "
+        f"B={s.batch} H={s.heads} KV={s.kv} D={s.head_dim} {s.dtype}{layers}"
+    )
     table = Table(box=None, header_style="bold")
     for col in ("N", "attnc ms", "SDPA ms", "speedup", "Flex* ms", "vs Flex*", "KV cache", "of dense"):
         table.add_column(col, justify="right", no_wrap=True)
     for r in results:
-        table.add_row(f"{r.shape.n:,}", _ms(r.attnc.ms), _ms(r.sdpa.ms), f"{r.speedup:.2f}x", _ms(r.flex.ms),
-                      f"{r.speedup_vs_flex:.2f}x", _mib(r.cache_bytes),
-                      f"{r.cache_bytes / r.dense_cache_bytes:.1%}" if r.dense_cache_bytes else "-")
+        table.add_row(
+            f"{r.shape.n:,}",
+            _ms(r.attnc.ms),
+            _ms(r.sdpa.ms),
+            f"{r.speedup:.2f}x",
+            _ms(r.flex.ms),
+            f"{r.speedup_vs_flex:.2f}x",
+            _mib(r.cache_bytes),
+            f"{r.cache_bytes / r.dense_cache_bytes:.1%}" if r.dense_cache_bytes else "-",
+        )
     console.print(table)
     last = results[-1]
     t = last.attnc
     if last.mode == "decode":
-        parts = [("reading the cache", t.full_ms, _mib(last.cache_bytes)), ("reduction pass", t.overhead_ms, ""),
-                 ("launch", t.launch_ms, "")]
+        parts = [
+            ("reading the cache", t.full_ms, _mib(last.cache_bytes)),
+            ("reduction pass", t.overhead_ms, ""),
+            ("launch", t.launch_ms, ""),
+        ]
     else:
-        parts = [("full tiles", t.full_ms, f"{t.tiles_full:,} of {t.tile[0]}x{t.tile[1]}"),
-                 ("masked tiles", t.masked_ms, f"{t.tiles_masked:,}"),
-                 ("sink tiles", t.sink_ms, f"{t.tiles_sink:,} narrow"),
-                 ("program overhead", t.overhead_ms, f"{t.programs:,} programs, {t.waves:.1f} waves"),
-                 ("idle SMs at the tail", t.idle_ms, ""), ("launch", t.launch_ms, "")]
-    where = Table(title=f"where attnc's time goes at N={last.shape.n:,}", box=None, header_style="bold",
-                  title_justify="left")
+        parts = [
+            ("full tiles", t.full_ms, f"{t.tiles_full:,} of {t.tile[0]}x{t.tile[1]}"),
+            ("masked tiles", t.masked_ms, f"{t.tiles_masked:,}"),
+            ("sink tiles", t.sink_ms, f"{t.tiles_sink:,} narrow"),
+            ("program overhead", t.overhead_ms, f"{t.programs:,} programs, {t.waves:.1f} waves"),
+            ("idle SMs at the tail", t.idle_ms, ""),
+            ("launch", t.launch_ms, ""),
+        ]
+    where = Table(
+        title=f"where attnc's time goes at N={last.shape.n:,}", box=None, header_style="bold", title_justify="left"
+    )
     for col in ("", "ms", "share", ""):
         where.add_column(col, justify="right" if col else "left")
     for name, ms, extra in parts:
@@ -167,10 +209,14 @@ def _print(file: Path, program: Any, profile: Any, results: list[Any]) -> None:
     console.print(where)
     if last.ideal_tiles >= 0:
         narrow = f" (and {t.tiles_sink:,} narrow ones)" if t.tiles_sink else ""
-        console.print(f"[dim]the exact block map has {last.ideal_tiles:,} non-empty {t.tile[0]}x{t.tile[1]} tiles; "
-                      f"the kernel visits {t.tiles_full + t.tiles_masked:,}{narrow}[/]")
-    console.print(f"[dim]* {last.flex.note}\nKV cache: {last.cache_note}\n"
-                  f"profile {profile.name}: {profile.source or 'no source given'}[/]")
+        console.print(
+            f"[dim]the exact block map has {last.ideal_tiles:,} non-empty {t.tile[0]}x{t.tile[1]} tiles; "
+            f"the kernel visits {t.tiles_full + t.tiles_masked:,}{narrow}[/]"
+        )
+    console.print(
+        f"[dim]* {last.flex.note}\nKV cache: {last.cache_note}\n"
+        f"profile {profile.name}: {profile.source or 'no source given'}[/]"
+    )
 
 
 def _backward_dict(r: Any) -> dict[str, Any]:
@@ -188,21 +234,32 @@ def _print_backward(results: list[Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="training step, forward + backward (ms; backward = forward tile costs x matmuls per tile / 2)",
-                  box=None, header_style="bold", title_justify="left")
+    table = Table(
+        title="training step, forward + backward (ms; backward = forward tile costs x matmuls per tile / 2)",
+        box=None,
+        header_style="bold",
+        title_justify="left",
+    )
     for col in ("N", "attnc bwd", "attnc", "SDPA", "speedup", "Flex*", "vs Flex*"):
         table.add_column(col, justify="right", no_wrap=True)
     for r in results:
         b = _backward_dict(r)
         mine = b["attnc"]["forward_backward_ms"]
-        table.add_row(f"{r.shape.n:,}", _ms(b["attnc"]["backward_ms"]), _ms(mine), _ms(b["sdpa"]["forward_backward_ms"]),
-                      f"{b['sdpa']['forward_backward_ms'] / mine:.2f}x", _ms(b["flex"]["forward_backward_ms"]),
-                      f"{b['flex']['forward_backward_ms'] / mine:.2f}x")
+        table.add_row(
+            f"{r.shape.n:,}",
+            _ms(b["attnc"]["backward_ms"]),
+            _ms(mine),
+            _ms(b["sdpa"]["forward_backward_ms"]),
+            f"{b['sdpa']['forward_backward_ms'] / mine:.2f}x",
+            _ms(b["flex"]["forward_backward_ms"]),
+            f"{b['flex']['forward_backward_ms'] / mine:.2f}x",
+        )
     Console().print(table)
 
 
 def plot(results: list[Any], path: Path, title: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

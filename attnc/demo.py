@@ -38,8 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     shape = simulate.Shape(SEQ, batch=1, heads=32, kv_heads=8, head_dim=128)
     pred = simulate.predict_prefill(program, shape, "h100")
     print(f"\n== attnc simulate {path} --seq {SEQ}  (B=1, H=32, D=128, bf16, H100 profile)")
-    print(f"predicted: attnc {pred.attnc.ms:.3f} ms, SDPA dense {pred.sdpa.ms:.3f} ms "
-          f"-> {pred.speedup:.1f}x faster; FlexAttention (estimate) {pred.flex.ms:.3f} ms")
+    print(
+        f"predicted: attnc {pred.attnc.ms:.3f} ms, SDPA dense {pred.sdpa.ms:.3f} ms "
+        f"-> {pred.speedup:.1f}x faster; FlexAttention (estimate) {pred.flex.ms:.3f} ms"
+    )
 
     started = time.perf_counter()
     module = attnc.load(path)
@@ -54,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     ref = module.reference(q, k, v, **layer)
     err = (out - ref).abs().max().item()
     where = "GPU" if q.is_cuda else "Triton interpreter"
-    print(f"kernel vs reference ({where}, fp32, N={c['n']}, GQA {c['heads']}:{c['kv_heads']}): "
-          f"max abs error {err:.2e} -> {'OK' if err < 1e-4 else 'MISMATCH'}")
+    print(
+        f"kernel vs reference ({where}, fp32, N={c['n']}, GQA {c['heads']}:{c['kv_heads']}): "
+        f"max abs error {err:.2e} -> {'OK' if err < 1e-4 else 'MISMATCH'}"
+    )
     return 0 if err < 1e-4 else 1
 
 

@@ -84,8 +84,12 @@ class Case:
         return Pattern((main, Term((Lit(Band(0, None)), Lit(KRange(None, self.sink - 1))))))
 
     def program(self) -> Program:
-        return Program(self.module or self.name, "bench/calibrate.py", ModelShape(1, 1, 1, D),
-                       (HeadGroup(self.pattern(), frozenset({(0, 0)})),))
+        return Program(
+            self.module or self.name,
+            "bench/calibrate.py",
+            ModelShape(1, 1, 1, D),
+            (HeadGroup(self.pattern(), frozenset({(0, 0)})),),
+        )
 
     def launch(self, capability: tuple[int, int] = CAPABILITY) -> sim.Launch:
         """The programs this case runs, as the simulator counts them (needs codegen for attnc)."""
@@ -94,8 +98,13 @@ class Case:
 
             program = self.program()
             cfg = sim.kernel_config(program, D, DTYPE, capability, group=0)
-            return sim.Launch((sim.kernel_tiles(plan_program(program)[0], self.n, cfg),) * H, B, cfg.order,
-                              sim.head_group(cfg, B, H, self.n, D, DTYPE), "grid" if self.grid else "")
+            return sim.Launch(
+                (sim.kernel_tiles(plan_program(program)[0], self.n, cfg),) * H,
+                B,
+                cfg.order,
+                sim.head_group(cfg, B, H, self.n, D, DTYPE),
+                "grid" if self.grid else "",
+            )
         if self.kernel == "flex":
             return sim.Launch((sim.flex_tiles(self.pattern(), self.n),) * H, B, "asc")
         return sim.Launch((sim.dense_tiles(self.n, self.causal, *sim.SDPA_TILE),) * H, B, "lpt")
@@ -103,29 +112,45 @@ class Case:
 
 def attnc_cases() -> list[Case]:
     """Seven kernels (seven compiles); the causal one at three lengths, sink+window at two."""
-    spec = [("causal_1k", 1024, 0, 0, "cal_causal"), ("causal_8k", 8192, 0, 0, "cal_causal"),
-            ("causal_32k", 32768, 0, 0, "cal_causal"), ("win64_32k", 32768, 64, 0, "cal_win64"),
-            ("win1024_32k", 32768, 1024, 0, "cal_win1024"), ("win4096_32k", 32768, 4096, 0, "cal_win4096"),
-            ("sinkwin1024_8k", 8192, 1024, 4, "cal_sinkwin1024"), ("sinkwin1024_32k", 32768, 1024, 4, "cal_sinkwin1024"),
-            ("sink64win960_32k", 32768, 960, 64, "cal_sink64win960")]
-    return [Case(name, "attnc", n, w, s, module=m) for name, n, w, s, m in spec] + \
-        [Case("power64_32k", "attnc", 32768, module="cal_power64", power=64)]
+    spec = [
+        ("causal_1k", 1024, 0, 0, "cal_causal"),
+        ("causal_8k", 8192, 0, 0, "cal_causal"),
+        ("causal_32k", 32768, 0, 0, "cal_causal"),
+        ("win64_32k", 32768, 64, 0, "cal_win64"),
+        ("win1024_32k", 32768, 1024, 0, "cal_win1024"),
+        ("win4096_32k", 32768, 4096, 0, "cal_win4096"),
+        ("sinkwin1024_8k", 8192, 1024, 4, "cal_sinkwin1024"),
+        ("sinkwin1024_32k", 32768, 1024, 4, "cal_sinkwin1024"),
+        ("sink64win960_32k", 32768, 960, 64, "cal_sink64win960"),
+    ]
+    return [Case(name, "attnc", n, w, s, module=m) for name, n, w, s, m in spec] + [
+        Case("power64_32k", "attnc", 32768, module="cal_power64", power=64)
+    ]
 
 
 def grid_cases() -> list[Case]:
     """The tile-order kernel of grid groups (64 x 64 tiles, every tile masked): 2-D and 3-D
     grids other than bench/gpu.py's cases, so that its table still tests the fit."""
-    spec = [("grid_96x96_k9", (96, 96), (9, 9)), ("grid_128x128_k7", (128, 128), (7, 7)),
-            ("grid_8x32x48_k3x7x7", (8, 32, 48), (3, 7, 7)), ("grid_12x40x64_k5x9x9", (12, 40, 64), (5, 9, 9))]
+    spec = [
+        ("grid_96x96_k9", (96, 96), (9, 9)),
+        ("grid_128x128_k7", (128, 128), (7, 7)),
+        ("grid_8x32x48_k3x7x7", (8, 32, 48), (3, 7, 7)),
+        ("grid_12x40x64_k5x9x9", (12, 40, 64), (5, 9, 9)),
+    ]
     return [Case(name, "grid", math.prod(g), module=f"cal_{name}", grid=g, nb=k) for name, g, k in spec]
 
 
 def baseline_cases() -> list[Case]:
-    return [Case("sdpa_causal_1k", "sdpa", 1024), Case("sdpa_causal_8k", "sdpa", 8192),
-            Case("sdpa_causal_32k", "sdpa", 32768), Case("sdpa_full_8k", "sdpa", 8192, causal=False),
-            Case("flex_causal_8k", "flex", 8192), Case("flex_causal_32k", "flex", 32768),
-            Case("flex_sinkwin1024_32k", "flex", 32768, 1024, 4),
-            Case("flex_sinkwin4096_32k", "flex", 32768, 4096, 4)]
+    return [
+        Case("sdpa_causal_1k", "sdpa", 1024),
+        Case("sdpa_causal_8k", "sdpa", 8192),
+        Case("sdpa_causal_32k", "sdpa", 32768),
+        Case("sdpa_full_8k", "sdpa", 8192, causal=False),
+        Case("flex_causal_8k", "flex", 8192),
+        Case("flex_causal_32k", "flex", 32768),
+        Case("flex_sinkwin1024_32k", "flex", 32768, 1024, 4),
+        Case("flex_sinkwin4096_32k", "flex", 32768, 4096, 4),
+    ]
 
 
 # ------------------------------------------------------------------------------ --generate
@@ -141,8 +166,10 @@ def generate(out: Path, capability: tuple[int, int] = CAPABILITY) -> None:
         launch = case.launch(capability)
         rows.append({"case": asdict(case), "launch": launch.to_dict()})
     (out / "cases.json").write_text(json.dumps({"capability": list(capability), "cases": rows}) + "\n")
-    print(f"wrote {len(rows)} cases to {out}/cases.json; on the GPU run:\n"
-          f"  python bench/calibrate.py --run {out} --out profile.json")
+    print(
+        f"wrote {len(rows)} cases to {out}/cases.json; on the GPU run:\n"
+        f"  python bench/calibrate.py --run {out} --out profile.json"
+    )
 
 
 # ----------------------------------------------------------------------------------- --run
@@ -172,18 +199,29 @@ def calibrate(src: Path, out: Path, base: str, name: str, gpu) -> int:
     cases = [(Case(**row["case"]), sim.Launch.from_dict(row["launch"])) for row in spec["cases"]]
     if tuple(gpu.capability) != tuple(spec["capability"]):
         cap = gpu.capability
-        raise CalibrationError(f"the cases were planned for capability {tuple(spec['capability'])}, this GPU is "
-                               f"{tuple(cap)}: rerun --generate with --capability {cap[0]}.{cap[1]}")
+        raise CalibrationError(
+            f"the cases were planned for capability {tuple(spec['capability'])}, this GPU is "
+            f"{tuple(cap)}: rerun --generate with --capability {cap[0]}.{cap[1]}"
+        )
     prof = sim.load_profile(base)
     measured: dict[str, float] = {}
     for case, launch in sorted(cases, key=lambda c: c[0].n):
         ms = gpu.measure(case, launch)
         if ms is not None:
             measured[case.name] = ms
-        print(f"  {case.name:24s} {'-' if ms is None else f'{ms:9.4f} ms'}   ({time.time() - start:5.1f} s)", flush=True)
+        print(
+            f"  {case.name:24s} {'-' if ms is None else f'{ms:9.4f} ms'}   ({time.time() - start:5.1f} s)", flush=True
+        )
     profile = fit_profile(prof, cases, measured)
-    profile = replace(profile, name=name, device=gpu.device, sms=gpu.sms, capability=tuple(gpu.capability),
-                      decode=gpu.decode(prof.decode), source=gpu.source)
+    profile = replace(
+        profile,
+        name=name,
+        device=gpu.device,
+        sms=gpu.sms,
+        capability=tuple(gpu.capability),
+        decode=gpu.decode(prof.decode),
+        source=gpu.source,
+    )
     profile = replace(profile, calibration=tuple(report(profile, cases, measured)))
     out.write_text(profile.to_json())
     print(f"wrote {out} in {time.time() - start:.0f} s")
@@ -202,8 +240,10 @@ class Cuda:
         self.capability = tuple(torch.cuda.get_device_capability())
         self.device = torch.cuda.get_device_name()
         self.sms = torch.cuda.get_device_properties(0).multi_processor_count
-        self.source = (f"calibrated {datetime.date.today()} on {self.device} by bench/calibrate.py, "
-                       f"torch {torch.__version__}, triton {triton.__version__}")
+        self.source = (
+            f"calibrated {datetime.date.today()} on {self.device} by bench/calibrate.py, "
+            f"torch {torch.__version__}, triton {triton.__version__}"
+        )
         self.flex = self._flex() if flex else None
         self.inputs: dict[int, tuple] = {}
 
@@ -217,8 +257,9 @@ class Cuda:
         if case.n not in self.inputs:
             self.inputs.clear()
             torch.manual_seed(0)
-            self.inputs[case.n] = tuple(torch.randn(B, H, case.n, D, device="cuda", dtype=getattr(torch, DTYPE))
-                                        for _ in range(3))
+            self.inputs[case.n] = tuple(
+                torch.randn(B, H, case.n, D, device="cuda", dtype=getattr(torch, DTYPE)) for _ in range(3)
+            )
         q, k, v = self.inputs[case.n]
         if case.kernel in ("attnc", "grid"):
             mod = importlib.import_module(case.module)
@@ -227,8 +268,10 @@ class Cuda:
             planned = (t.bm, t.bn, t.bn_narrow, launch.order)
             got = (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_N_NARROW"], "desc" if cfg["GRID_ORDER"] == 2 else "asc")
             if planned != got:
-                raise CalibrationError(f"{case.module} runs (BM, BN, narrow, order) = {got}, the cases planned "
-                                       f"{planned}: rerun --generate with this checkout")
+                raise CalibrationError(
+                    f"{case.module} runs (BM, BN, narrow, order) = {got}, the cases planned "
+                    f"{planned}: rerun --generate with this checkout"
+                )
             return self.bench(lambda: mod.prefill(q, k, v))
         if case.kernel == "sdpa":
             sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -275,9 +318,14 @@ class Cuda:
         y = torch.empty_like(x)
         copy = 2 * x.numel() * x.element_size() / (self.bench(lambda: y.copy_(x)) * 1e-3) / 1e12
         print(f"  decode: SDPA {tbps:.2f} TB/s, fixed {fixed:.1f} us; copy {copy:.2f} TB/s")
-        return replace(start, sdpa_tbps=tbps, launch_us=fixed, copy_tbps=copy,
-                       source="SDPA's bandwidth and fixed cost and the copy ceiling measured by bench/calibrate.py; "
-                              "attnc's and Flex's decode bandwidths from the base profile")
+        return replace(
+            start,
+            sdpa_tbps=tbps,
+            launch_us=fixed,
+            copy_tbps=copy,
+            source="SDPA's bandwidth and fixed cost and the copy ceiling measured by bench/calibrate.py; "
+            "attnc's and Flex's decode bandwidths from the base profile",
+        )
 
 
 # ------------------------------------------------------------------------------------ fit
@@ -294,8 +342,13 @@ def _tile(launch: sim.Launch) -> tuple[int, int]:
     return launch.heads[0].bm, launch.heads[0].bn
 
 
-def fit_profile(prof: sim.Profile, cases: list[tuple[Case, sim.Launch]], measured: dict[str, float],
-                settings: dict = SETTINGS, label: str = "measured launches") -> sim.Profile:
+def fit_profile(
+    prof: sim.Profile,
+    cases: list[tuple[Case, sim.Launch]],
+    measured: dict[str, float],
+    settings: dict = SETTINGS,
+    label: str = "measured launches",
+) -> sim.Profile:
     """The profile with each kernel's costs fitted to its measured cases.
 
     The tile shape with the most cases gets every cost in `settings` fitted; another tile
@@ -316,10 +369,17 @@ def fit_profile(prof: sim.Profile, cases: list[tuple[Case, sim.Launch]], measure
         fitted = [replace(costs, source=f"fitted to {len(by_tile[order[0]])} {label}")]
         for tile in order[1:]:
             carried = costs.scaled(D, DTYPE, *tile, prof.dtype_scale)
-            one = {n: ("full_us", getattr(carried, n) / carried.full_us) for n in ("masked_us", "program_us", "sink_us")}
+            one = {
+                n: ("full_us", getattr(carried, n) / carried.full_us) for n in ("masked_us", "program_us", "sink_us")
+            }
             extra, _ = sim.fit_kernel(by_tile[tile], carried, launch_us, prof.sms, ("full_us",), one)
-            fitted.append(replace(extra, source=f"the {order[0][0]}x{order[0][1]} costs carried to {tile[0]}x{tile[1]} "
-                                                f"and scaled by one factor fitted to {len(by_tile[tile])} {label}"))
+            fitted.append(
+                replace(
+                    extra,
+                    source=f"the {order[0][0]}x{order[0][1]} costs carried to {tile[0]}x{tile[1]} "
+                    f"and scaled by one factor fitted to {len(by_tile[tile])} {label}",
+                )
+            )
         keys = {(t.head_dim, t.dtype, t.bm, t.bn) for t in fitted}
         others = tuple(t for t in kc.tiles if (t.head_dim, t.dtype, t.bm, t.bn) not in keys)
         prof = replace(prof, **{kernel: sim.KernelCosts(launch_us, tuple(fitted) + others)})
@@ -335,11 +395,24 @@ def report(prof: sim.Profile, cases: list[tuple[Case, sim.Launch]], measured: di
         kc = prof.kernel(c.kernel)
         costs = kc.lookup(D, DTYPE, *_tile(launch), prof.dtype_scale)
         pred = sim.launch_time(c.kernel, launch, costs, kc.launch_us, prof.sms).ms
-        rows.append({"case": c.name, "kernel": c.kernel, "n": c.n, "window": c.window, "sink": c.sink,
-                     "causal": c.causal, "tile": list(_tile(launch)), "measured_ms": round(measured[c.name], 5),
-                     "predicted_ms": round(pred, 5), "error": round(pred / measured[c.name] - 1, 4)})
-        print(f"  fit {c.name:24s} measured {measured[c.name]:8.4f} ms  predicted {pred:8.4f} ms  "
-              f"({rows[-1]['error']:+.1%})")
+        rows.append(
+            {
+                "case": c.name,
+                "kernel": c.kernel,
+                "n": c.n,
+                "window": c.window,
+                "sink": c.sink,
+                "causal": c.causal,
+                "tile": list(_tile(launch)),
+                "measured_ms": round(measured[c.name], 5),
+                "predicted_ms": round(pred, 5),
+                "error": round(pred / measured[c.name] - 1, 4),
+            }
+        )
+        print(
+            f"  fit {c.name:24s} measured {measured[c.name]:8.4f} ms  predicted {pred:8.4f} ms  "
+            f"({rows[-1]['error']:+.1%})"
+        )
     return rows
 
 
@@ -363,36 +436,75 @@ def seed(path: Path) -> None:
     """
     est = "estimate"
     start = sim.Profile(
-        name="h100", device="NVIDIA H100 80GB HBM3", sms=132, capability=(9, 0),
+        name="h100",
+        device="NVIDIA H100 80GB HBM3",
+        sms=132,
+        capability=(9, 0),
         attnc=sim.KernelCosts(10.0, (sim.TileCosts(D, DTYPE, 128, 128, 2.0, 2.5, 2.0, 0.5, 16, 1, est),)),
         sdpa=sim.KernelCosts(8.0, (sim.TileCosts(D, DTYPE, 128, 128, 2.0, 2.4, 1.5, 0.0, 16, 1, est),)),
         flex=sim.KernelCosts(20.0, (sim.TileCosts(D, DTYPE, 128, 128, 2.5, 3.2, 2.0, 0.0, 16, 1, est),)),
-        decode=sim.DecodeCosts(attnc_tbps=2.6, sdpa_tbps=3.0, flex_tbps=0.95, launch_us=8.0, reduce_us=4.0,
-                               copy_tbps=3.0, source="anchor figures (SDPA 2.9-3.1 TB/s, Flex 0.94-0.96, "
-                                                     "copy 3.0); attnc's 2.6 TB/s and the fixed costs are estimates"),
-        dtype_scale={"float16": 1.0, "bfloat16": 1.0, "float32": 10.0})
+        decode=sim.DecodeCosts(
+            attnc_tbps=2.6,
+            sdpa_tbps=3.0,
+            flex_tbps=0.95,
+            launch_us=8.0,
+            reduce_us=4.0,
+            copy_tbps=3.0,
+            source="anchor figures (SDPA 2.9-3.1 TB/s, Flex 0.94-0.96, "
+            "copy 3.0); attnc's 2.6 TB/s and the fixed costs are estimates",
+        ),
+        dtype_scale={"float16": 1.0, "bfloat16": 1.0, "float32": 10.0},
+    )
     label = "H100 anchor figures (ties and fixed costs: estimates)"
-    cases = [Case("sdpa_causal_8k", "sdpa", 8192), Case("sdpa_causal_32k", "sdpa", 32768),
-             Case("flex_causal_32k", "flex", 32768), Case("flex_sinkwin1024_32k", "flex", 32768, 1024, 4),
-             Case("flex_sinkwin4096_32k", "flex", 32768, 4096, 4)]
-    measured = {"sdpa_causal_8k": tflops_ms(575, 8192), "sdpa_causal_32k": tflops_ms(588, 32768),
-                "flex_causal_32k": tflops_ms(416, 32768), "flex_sinkwin1024_32k": 1.88, "flex_sinkwin4096_32k": 5.25}
+    cases = [
+        Case("sdpa_causal_8k", "sdpa", 8192),
+        Case("sdpa_causal_32k", "sdpa", 32768),
+        Case("flex_causal_32k", "flex", 32768),
+        Case("flex_sinkwin1024_32k", "flex", 32768, 1024, 4),
+        Case("flex_sinkwin4096_32k", "flex", 32768, 4096, 4),
+    ]
+    measured = {
+        "sdpa_causal_8k": tflops_ms(575, 8192),
+        "sdpa_causal_32k": tflops_ms(588, 32768),
+        "flex_causal_32k": tflops_ms(416, 32768),
+        "flex_sinkwin1024_32k": 1.88,
+        "flex_sinkwin4096_32k": 5.25,
+    }
     pairs = [(c, c.launch()) for c in cases]
-    prof = fit_profile(start, pairs, measured, {"sdpa": (("full_us",), {"masked_us": ("full_us", 1.2)}),
-                                                "flex": (("program_us", "full_us"), {"masked_us": ("full_us", 1.3)})},
-                       label)
+    prof = fit_profile(
+        start,
+        pairs,
+        measured,
+        {
+            "sdpa": (("full_us",), {"masked_us": ("full_us", 1.2)}),
+            "flex": (("program_us", "full_us"), {"masked_us": ("full_us", 1.3)}),
+        },
+        label,
+    )
     flex_8k = Case("flex_sinkwin1024_8k", "flex", 8192, 1024, 4)
     fx = prof.flex.lookup(D, DTYPE, 128, 128, prof.dtype_scale)
     flex_8k_ms = sim.launch_time("flex", flex_8k.launch(), fx, prof.flex.launch_us, prof.sms).ms
-    ours = [Case("sinkwin1024_32k", "attnc", 32768, 1024, 4), Case("sinkwin4096_32k", "attnc", 32768, 4096, 4),
-            Case("sinkwin1024_8k", "attnc", 8192, 1024, 4)]
-    measured.update({"sinkwin1024_32k": 0.87 * 1.88, "sinkwin4096_32k": 0.91 * 5.25, "sinkwin1024_8k": 0.84 * flex_8k_ms})
+    ours = [
+        Case("sinkwin1024_32k", "attnc", 32768, 1024, 4),
+        Case("sinkwin4096_32k", "attnc", 32768, 4096, 4),
+        Case("sinkwin1024_8k", "attnc", 8192, 1024, 4),
+    ]
+    measured.update(
+        {"sinkwin1024_32k": 0.87 * 1.88, "sinkwin4096_32k": 0.91 * 5.25, "sinkwin1024_8k": 0.84 * flex_8k_ms}
+    )
     pairs += [(c, c.launch()) for c in ours]
-    prof = fit_profile(prof, pairs, measured, {"attnc": (("program_us", "full_us"),
-                                                         {"masked_us": ("full_us", 1.25), "sink_us": ("full_us", 0.25)})},
-                       label)
-    prof = replace(prof, source="seeded from H100 anchor figures by bench/calibrate.py --seed; "
-                                "not calibrated: run bench/calibrate.py on the GPU")
+    prof = fit_profile(
+        prof,
+        pairs,
+        measured,
+        {"attnc": (("program_us", "full_us"), {"masked_us": ("full_us", 1.25), "sink_us": ("full_us", 0.25)})},
+        label,
+    )
+    prof = replace(
+        prof,
+        source="seeded from H100 anchor figures by bench/calibrate.py --seed; "
+        "not calibrated: run bench/calibrate.py on the GPU",
+    )
     prof = replace(prof, calibration=tuple(report(prof, pairs, measured)))
     path.write_text(prof.to_json())
     print(f"wrote {path}")
@@ -404,10 +516,15 @@ def main(argv: list[str] | None = None) -> int:
     step.add_argument("--generate", metavar="DIR", type=Path, help="write kernels and cases.json (CPU)")
     step.add_argument("--run", metavar="DIR", type=Path, help="time the cases in DIR and fit (GPU)")
     step.add_argument("--seed", action="store_true", help="write an H100 profile fitted to the anchor figures (--out)")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="profile to write (--run: default profile.json; --seed: required, or --force)")
-    ap.add_argument("--force", action="store_true",
-                    help="--seed without --out: overwrite the shipped compiler/profiles/h100.json")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="profile to write (--run: default profile.json; --seed: required, or --force)",
+    )
+    ap.add_argument(
+        "--force", action="store_true", help="--seed without --out: overwrite the shipped compiler/profiles/h100.json"
+    )
     ap.add_argument("--base", default="h100", help="profile whose values start the fit and fill the gaps")
     ap.add_argument("--capability", default="9.0", help="GPU capability the kernels are planned for (--generate)")
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention (saves its compile time)")
@@ -419,8 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed:
         target = args.out or sim.PROFILE_DIR / "h100.json"
         if args.out is None and target.exists() and not args.force:
-            print(f"calibrate.py: error: --seed would overwrite the shipped, calibrated {target}; "
-                  "give --out FILE, or --force to replace it", file=sys.stderr)
+            print(
+                f"calibrate.py: error: --seed would overwrite the shipped, calibrated {target}; "
+                "give --out FILE, or --force to replace it",
+                file=sys.stderr,
+            )
             return 2
         seed(target)
         return 0

@@ -55,16 +55,29 @@ def programs():
     duo_stream = lower_expr(o("&", p("causal"), o("|", p("sink", size=64), p("window", size=960))))
     causal = lower_expr(p("causal"))
     full_heads = H // 4  # a quarter of the KV heads: their query heads
-    h2o = CachePolicy(budget=RBudget(kind="tokens", tokens=4096), sink=4, recent=64,
-                      evict=REvict(score="h2o", options={}, timing="decode"), loc=loc)
+    h2o = CachePolicy(
+        budget=RBudget(kind="tokens", tokens=4096),
+        sink=4,
+        recent=64,
+        evict=REvict(score="h2o", options={}, timing="decode"),
+        loc=loc,
+    )
     return {
-        "decode_streaming": Program("streaming_llm", "bench", model,
-                                    (HeadGroup(streaming, frozenset((0, h) for h in range(H))),)),
-        "decode_duo": Program("duo_attention", "bench", model,
-                              (HeadGroup(causal, frozenset((0, h) for h in range(full_heads))),
-                               HeadGroup(duo_stream, frozenset((0, h) for h in range(full_heads, H))))),
-        "decode_h2o": Program("h2o", "bench", model, (HeadGroup(causal, frozenset((0, h) for h in range(H))),),
-                              cache=(h2o,)),
+        "decode_streaming": Program(
+            "streaming_llm", "bench", model, (HeadGroup(streaming, frozenset((0, h) for h in range(H))),)
+        ),
+        "decode_duo": Program(
+            "duo_attention",
+            "bench",
+            model,
+            (
+                HeadGroup(causal, frozenset((0, h) for h in range(full_heads))),
+                HeadGroup(duo_stream, frozenset((0, h) for h in range(full_heads, H))),
+            ),
+        ),
+        "decode_h2o": Program(
+            "h2o", "bench", model, (HeadGroup(causal, frozenset((0, h) for h in range(H))),), cache=(h2o,)
+        ),
     }
 
 
@@ -135,7 +148,11 @@ def _fill(mod, N, torch, chunk=16384, max_len=None):
         T = min(chunk, N - t)
         k = torch.randn(B, HK, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
         v = torch.randn(B, HK, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
-        q = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, generator=g) if mod.__name__ == "decode_h2o" else None
+        q = (
+            torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
+            if mod.__name__ == "decode_h2o"
+            else None
+        )
         cache.append(0, k, v, q)
     return cache
 
@@ -151,8 +168,13 @@ def run(args) -> dict:
 
     out_dir = Path(os.environ.get("OUT", "."))
     torch.manual_seed(0)
-    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-           "cases": {}, "sweep": {}}
+    res = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cases": {},
+        "sweep": {},
+    }
     mods = {n: _import(n) for n in MODULES}
     rows = []
     best_cfg = {}
@@ -174,9 +196,9 @@ def run(args) -> dict:
             res.setdefault("errors", []).append(f"sdpa enable_gqa: {e!r}")
         res["cases"][f"sdpa_{N}"] = {"s": t_sdpa, "s_enable_gqa": t_gqa, "bytes": full_bytes}
         print(f"SDPA N={N}: {t_sdpa * 1e6:.1f} us, enable_gqa {t_gqa and t_gqa * 1e6}", flush=True)
-        rows.append((f"SDPA full cache (4 q rows per KV head)", N, t_sdpa, full_bytes))
+        rows.append(("SDPA full cache (4 q rows per KV head)", N, t_sdpa, full_bytes))
         if t_gqa:
-            rows.append((f"SDPA full cache (enable_gqa)", N, t_gqa, full_bytes))
+            rows.append(("SDPA full cache (enable_gqa)", N, t_gqa, full_bytes))
         # ---------------- FlexAttention decoding
         if not args.no_flex and time.time() - t_start < args.budget * 0.5:
             try:
@@ -184,6 +206,7 @@ def run(args) -> dict:
 
                 def last_row(b, h, q_idx, kv_idx):
                     return kv_idx <= q_idx + (N - 1)
+
                 bm = create_block_mask(last_row, None, None, 1, N, device="cuda")
                 flex = torch.compile(flex_attention, dynamic=False)
                 o_flex = flex(q, k, v, block_mask=bm, enable_gqa=True)
@@ -197,8 +220,10 @@ def run(args) -> dict:
         del k, v
         torch.cuda.empty_cache()
         # ---------------- generated decode
-        for name, label in (("decode_streaming", "attnc StreamingLLM (sink 4 + 4092)"),
-                            ("decode_duo", "attnc DuoAttention mix (2 full + 6 x 1024)")):
+        for name, label in (
+            ("decode_streaming", "attnc StreamingLLM (sink 4 + 4092)"),
+            ("decode_duo", "attnc DuoAttention mix (2 full + 6 x 1024)"),
+        ):
             mod = mods[name]
             cache = _fill(mod, N, torch, max_len=N + 4096)
             view = cache.view(0)
@@ -208,9 +233,12 @@ def run(args) -> dict:
             err = _rel(o, ref)
             err = max(err, _rel(cache.decode(0, q, config=mod.DecodeConfig(fused_reduce=False)), ref))
             cfg = best_cfg.get(name, mod.DecodeConfig())
-            if args.sweep and (name, N) in (("decode_streaming", CONTEXTS[0]), ("decode_duo", CONTEXTS[0]),
-                                            ("decode_duo", CONTEXTS[-1])) \
-                    and time.time() - t_start < args.budget * 0.6:
+            if (
+                args.sweep
+                and (name, N)
+                in (("decode_streaming", CONTEXTS[0]), ("decode_duo", CONTEXTS[0]), ("decode_duo", CONTEXTS[-1]))
+                and time.time() - t_start < args.budget * 0.6
+            ):
                 cfg = best_cfg[name] = _sweep(mod, cache, q, res, f"{name}_{N}", nbytes, torch, triton)
                 o = cache.decode(0, q, config=cfg)
                 err = max(err, _rel(o, ref))
@@ -220,14 +248,23 @@ def run(args) -> dict:
             k1 = torch.randn(B, HK, 1, D, device="cuda", dtype=torch.bfloat16)
             t_upd_eager = _eager_time(lambda: cache.append(0, k1, k1), torch)
             t_upd_graph = _graph_time(lambda: cache.append(0, k1, k1), torch, reps=20, replays=10)
-            t_step_graph = _graph_time(lambda: (cache.append(0, k1, k1), cache.decode(0, q, config=cfg)), torch,
-                                       reps=10, replays=10)
+            t_step_graph = _graph_time(
+                lambda: (cache.append(0, k1, k1), cache.decode(0, q, config=cfg)), torch, reps=10, replays=10
+            )
             t_step_eager = _eager_time(lambda: (cache.append(0, k1, k1), cache.decode(0, q, config=cfg)), torch)
             res["cases"][f"{name}_{N}"] = {
-                "s": t_dec, "s_graph": t_dec_graph, "s_graph_default_config": t_default, "bytes": nbytes,
-                "rel_err": err, "config": cfg._asdict(), "split": mod.decode_split(view, B, cfg),
-                "update_s_eager": t_upd_eager, "update_s_graph": t_upd_graph, "step_s_graph": t_step_graph,
-                "step_s_eager": t_step_eager, "slots": view.slots,
+                "s": t_dec,
+                "s_graph": t_dec_graph,
+                "s_graph_default_config": t_default,
+                "bytes": nbytes,
+                "rel_err": err,
+                "config": cfg._asdict(),
+                "split": mod.decode_split(view, B, cfg),
+                "update_s_eager": t_upd_eager,
+                "update_s_graph": t_upd_graph,
+                "step_s_graph": t_step_graph,
+                "step_s_eager": t_step_eager,
+                "slots": view.slots,
             }
             rows.append((label + " [graph, default config]", N, t_default, nbytes))
             rows.append(("  append + decode step [graph]", N, t_step_graph, None))
@@ -236,9 +273,12 @@ def run(args) -> dict:
             rows.append((label + " [graph]", N, t_dec_graph, nbytes))
             rows.append(("  one cache update (append 1 token) [graph]", N, t_upd_graph, None))
             rows.append(("  one cache update (append 1 token) [eager]", N, t_upd_eager, None))
-            print(f"{label} N={N}: {t_dec * 1e6:.1f} us ({nbytes / t_dec / 1e12:.2f} TB/s), graph "
-                  f"{t_dec_graph * 1e6:.1f} us, update {t_upd_graph * 1e6:.1f} us graph / {t_upd_eager * 1e6:.1f} "
-                  f"us eager, rel err {err:.2e}", flush=True)
+            print(
+                f"{label} N={N}: {t_dec * 1e6:.1f} us ({nbytes / t_dec / 1e12:.2f} TB/s), graph "
+                f"{t_dec_graph * 1e6:.1f} us, update {t_upd_graph * 1e6:.1f} us graph / {t_upd_eager * 1e6:.1f} "
+                f"us eager, rel err {err:.2e}",
+                flush=True,
+            )
             out_json.write_text(json.dumps(res, indent=1, default=str))
             del cache, view
             torch.cuda.empty_cache()
@@ -260,8 +300,13 @@ def run(args) -> dict:
         t_upd_graph = _graph_time(lambda: cache.append(0, k1, k1, q1), torch, reps=5, replays=5)
     except Exception as e:  # noqa: BLE001
         res.setdefault("errors", []).append(f"h2o graph: {e!r}")
-    res["cases"]["h2o_4096"] = {"s": t_dec, "s_graph": t_dec_graph, "bytes": nbytes, "update_s_eager": t_upd,
-                                "update_s_graph": t_upd_graph}
+    res["cases"]["h2o_4096"] = {
+        "s": t_dec,
+        "s_graph": t_dec_graph,
+        "bytes": nbytes,
+        "update_s_eager": t_upd,
+        "update_s_graph": t_upd_graph,
+    }
     rows.append(("attnc H2O budget 4096 decode [graph]", 8192, t_dec_graph, nbytes))
     if t_upd_graph:
         rows.append(("  H2O update (append + score + evict) [graph]", 8192, t_upd_graph, None))
@@ -272,8 +317,20 @@ def run(args) -> dict:
     return res
 
 
-SWEEP_TILES = ((32, 2, 4), (32, 4, 2), (32, 4, 3), (32, 4, 4), (64, 2, 3), (64, 4, 2), (64, 4, 3), (64, 4, 4),
-               (64, 8, 2), (128, 4, 2), (128, 8, 2), (128, 8, 3))
+SWEEP_TILES = (
+    (32, 2, 4),
+    (32, 4, 2),
+    (32, 4, 3),
+    (32, 4, 4),
+    (64, 2, 3),
+    (64, 4, 2),
+    (64, 4, 3),
+    (64, 4, 4),
+    (64, 8, 2),
+    (128, 4, 2),
+    (128, 8, 2),
+    (128, 8, 3),
+)
 
 
 def _sweep(mod, cache, q, res, key, nbytes, torch, triton):
@@ -294,6 +351,7 @@ def _sweep(mod, cache, q, res, key, nbytes, torch, triton):
         out.append((cfg._asdict(), t))
         if best is None or t < best[1]:
             best = (cfg, t)
+
     for bn, w, st in SWEEP_TILES:
         one(C(block_n=bn, num_warps=w, stages=st))
     base = best[0]
@@ -302,10 +360,15 @@ def _sweep(mod, cache, q, res, key, nbytes, torch, triton):
             cfg = base._replace(programs_per_sm=pps, fused_reduce=fused)
             if cfg != base:
                 one(cfg)
-    res["sweep"][key] = {"results": out, "best": best[0]._asdict(), "best_s": best[1],
-                         "best_tb_s": nbytes / best[1] / 1e12}
-    print(f"sweep {key}: best {best[0]} {best[1] * 1e6:.1f} us = {nbytes / best[1] / 1e12:.2f} TB/s (graph)",
-          flush=True)
+    res["sweep"][key] = {
+        "results": out,
+        "best": best[0]._asdict(),
+        "best_s": best[1],
+        "best_tb_s": nbytes / best[1] / 1e12,
+    }
+    print(
+        f"sweep {key}: best {best[0]} {best[1] * 1e6:.1f} us = {nbytes / best[1] / 1e12:.2f} TB/s (graph)", flush=True
+    )
     return best[0]
 
 
@@ -322,11 +385,13 @@ def _table(rows, res):
             duo = c[f"decode_duo_{N}"]["s"]
             st = c[f"decode_streaming_{N}"]
             du = c[f"decode_duo_{N}"]
-            print(f"N={N}: duo speedup vs best SDPA {sd / duo:.2f}x (eager), {sd / du['s_graph']:.2f}x (graph); "
-                  f"update/decode (graph): streaming {st['update_s_graph'] / st['s_graph']:.1%}, duo "
-                  f"{du['update_s_graph'] / du['s_graph']:.1%}; (step - decode)/decode (graph): streaming "
-                  f"{(st['step_s_graph'] - st['s_graph']) / st['s_graph']:.1%}, duo "
-                  f"{(du['step_s_graph'] - du['s_graph']) / du['s_graph']:.1%}")
+            print(
+                f"N={N}: duo speedup vs best SDPA {sd / duo:.2f}x (eager), {sd / du['s_graph']:.2f}x (graph); "
+                f"update/decode (graph): streaming {st['update_s_graph'] / st['s_graph']:.1%}, duo "
+                f"{du['update_s_graph'] / du['s_graph']:.1%}; (step - decode)/decode (graph): streaming "
+                f"{(st['step_s_graph'] - st['s_graph']) / st['s_graph']:.1%}, duo "
+                f"{(du['step_s_graph'] - du['s_graph']) / du['s_graph']:.1%}"
+            )
     for e in res.get("errors", []):
         print("error:", e[:300])
 

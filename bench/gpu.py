@@ -50,30 +50,54 @@ PROFILE = os.environ.get("ATTNC_PROFILE", "h100")
 # name: (.attn text, sequence lengths, what it is)
 CASES = {
     "causal": ("pattern causal = causal\n", [8192, 32768], "causal"),
-    "sink_window_1024": ("pattern sink_window_1024 = causal & (sink(4) | window(1024))\n", [32768],
-                         "causal & (sink(4) | window(1024))"),
-    "sink_window_4096": ("pattern sink_window_4096 = causal & (sink(4) | window(4096))\n", [32768],
-                         "causal & (sink(4) | window(4096))"),
+    "sink_window_1024": (
+        "pattern sink_window_1024 = causal & (sink(4) | window(1024))\n",
+        [32768],
+        "causal & (sink(4) | window(1024))",
+    ),
+    "sink_window_4096": (
+        "pattern sink_window_4096 = causal & (sink(4) | window(4096))\n",
+        [32768],
+        "causal & (sink(4) | window(4096))",
+    ),
     "dilated": ("pattern dilated = causal & dilated(2048, 4)\n", [32768], "causal & dilated(2048, 4)"),
-    "strided": ("pattern strided = causal & (window(256) | strided(256))\n", [32768],
-                "causal & (window(256) | strided(256))"),
+    "strided": (
+        "pattern strided = causal & (window(256) | strided(256))\n",
+        [32768],
+        "causal & (window(256) | strided(256))",
+    ),
     "chunk": ("pattern chunked = causal & chunk(8192)\n", [32768], "causal & chunk(8192)"),
     "power": ("pattern power = causal & power(64)\n", [32768], "causal & power(64)"),
-    "duo_mix": ("model { layers = 1, heads = 32, kv_heads = 32, head_dim = 128 }\n"
-                "pattern duo_mix {\n  heads 0..8: causal\n  rest: causal & (sink(64) | window(960))\n}\n",
-                [32768], "DuoAttention: 8 causal + 24 sink(64)|window(960) heads"),
+    "duo_mix": (
+        "model { layers = 1, heads = 32, kv_heads = 32, head_dim = 128 }\n"
+        "pattern duo_mix {\n  heads 0..8: causal\n  rest: causal & (sink(64) | window(960))\n}\n",
+        [32768],
+        "DuoAttention: 8 causal + 24 sink(64)|window(960) heads",
+    ),
     # issue 8's grid cases: 24 heads, against dense (non-causal) SDPA
-    "image_13x13": ("grid(128, 128)\npattern image_13x13 = neighborhood(kernel = (13, 13))\n", [16384],
-                    "image 128x128, neighborhood 13x13, 24 heads"),
-    "video_3x11x11": ("grid(16, 48, 80)\npattern video_3x11x11 = neighborhood(kernel = (3, 11, 11))\n", [61440],
-                      "video 16x48x80, neighborhood 3x11x11, 24 heads"),
+    "image_13x13": (
+        "grid(128, 128)\npattern image_13x13 = neighborhood(kernel = (13, 13))\n",
+        [16384],
+        "image 128x128, neighborhood 13x13, 24 heads",
+    ),
+    "video_3x11x11": (
+        "grid(16, 48, 80)\npattern video_3x11x11 = neighborhood(kernel = (3, 11, 11))\n",
+        [61440],
+        "video 16x48x80, neighborhood 3x11x11, 24 heads",
+    ),
     # GNA (patterns/gna_image.attn): the image case with 8 x 8 query groups sharing one window
-    "gna_image_13x13_s8": ("grid(128, 128)\npattern gna_image_13x13_s8 = neighborhood(kernel = (13, 13), "
-                           "stride = (8, 8))\n", [16384], "image 128x128, neighborhood 13x13, stride 8x8 (GNA), 24 heads"),
+    "gna_image_13x13_s8": (
+        "grid(128, 128)\npattern gna_image_13x13_s8 = neighborhood(kernel = (13, 13), stride = (8, 8))\n",
+        [16384],
+        "image 128x128, neighborhood 13x13, stride 8x8 (GNA), 24 heads",
+    ),
 }
 # cases that differ from B, H, D and causal SDPA
-CASE_SHAPE = {"image_13x13": {"heads": 24, "causal": False}, "video_3x11x11": {"heads": 24, "causal": False},
-              "gna_image_13x13_s8": {"heads": 24, "causal": False}}
+CASE_SHAPE = {
+    "image_13x13": {"heads": 24, "causal": False},
+    "video_3x11x11": {"heads": 24, "causal": False},
+    "gna_image_13x13_s8": {"heads": 24, "causal": False},
+}
 B, H, D = 1, 32, 128
 CHECK_N = (1000, 4096)
 BUDGET_S = 300  # stop timing new cases after this many seconds (the device call allows 480)
@@ -108,10 +132,17 @@ def generate(out: Path) -> None:
         program = program.__class__(**{**program.__dict__, "name": f"bench_{name}"})
         written = write_module(program, out)
         shape = {"heads": H, "causal": True, **CASE_SHAPE.get(name, {})}
-        workloads = {str(n): simulate.prefill_workload(program, simulate.Shape(n, B, shape["heads"], None, D)).to_dict()
-                     for n in lengths}
-        manifest["modules"].append({"file": written.name, "source": f"bench case {name}",
-                                    "bench": {"lengths": lengths, "label": label, "workloads": workloads, **shape}})
+        workloads = {
+            str(n): simulate.prefill_workload(program, simulate.Shape(n, B, shape["heads"], None, D)).to_dict()
+            for n in lengths
+        }
+        manifest["modules"].append(
+            {
+                "file": written.name,
+                "source": f"bench case {name}",
+                "bench": {"lengths": lengths, "label": label, "workloads": workloads, **shape},
+            }
+        )
         print(f"bench case {name} -> {written.name}")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
@@ -229,8 +260,16 @@ def check_grid(mod, heads: int, kv: int, d: int) -> list[dict]:
         o = mod.prefill(q, k, v)
         ref = mod.reference(q, k, v) if small else mod._forward(q, k, v, None, False, None, config={"GRID": False})[0]
         rel = ((o.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12)).item()
-        out.append({"n": n, "layer": None, "rel_err": rel, "lse_err": 0.0, "ok": rel < 1e-2,
-                    "against": "reference" if small else "generic kernel"})
+        out.append(
+            {
+                "n": n,
+                "layer": None,
+                "rel_err": rel,
+                "lse_err": 0.0,
+                "ok": rel < 1e-2,
+                "against": "reference" if small else "generic kernel",
+            }
+        )
         del q, k, v, o, ref
         torch.cuda.empty_cache()
     return out
@@ -246,8 +285,9 @@ def warm_flex(mod, lengths, heads: int = 0) -> None:
     for n in lengths:
         q, k, v = (torch.randn(B, heads, n, D, device=DEVICE, dtype=torch.bfloat16) for _ in range(3))
         mask_mod, per_head = mask_mod_of(mod, DEVICE)
-        block_mask = create_block_mask(mask_mod, B=None, H=heads if per_head else None, Q_LEN=n, KV_LEN=n,
-                                       device=DEVICE, _compile=True)
+        block_mask = create_block_mask(
+            mask_mod, B=None, H=heads if per_head else None, Q_LEN=n, KV_LEN=n, device=DEVICE, _compile=True
+        )
         flex_fn(q, k, v, block_mask=block_mask)
         mod.prefill(q, k, v)
         torch.cuda.synchronize()
@@ -263,8 +303,9 @@ def check_all(folder: Path, modules: list[dict]) -> list[dict]:
     with ProcessPoolExecutor(max_workers=min(8, len(modules)), mp_context=ctx) as pool:
         # the benchmark cases first: their FlexAttention warm-up takes longest
         order = sorted(range(len(modules)), key=lambda i: modules[i]["bench"] is None)
-        futures = {i: pool.submit(check_module, str(folder / modules[i]["file"]), modules[i]["bench"], SMOKE)
-                   for i in order}
+        futures = {
+            i: pool.submit(check_module, str(folder / modules[i]["file"]), modules[i]["bench"], SMOKE) for i in order
+        }
         return [futures[i].result() for i in range(len(modules))]
         return [f.result() for f in futures]
 
@@ -274,8 +315,11 @@ def check_compile(mod) -> str:
 
     heads = mod.PATTERN["model"]["heads"] if mod.PATTERN["varies_by_head"] else 4
     q, k, v = (torch.randn(1, heads, CHECK_N[0], 128, device=DEVICE, dtype=torch.bfloat16) for _ in range(3))
-    fn = torch.compile(lambda q, k, v: mod.prefill(q, k, v, return_lse=True)[0] * 2, fullgraph=True,
-                       backend="aot_eager" if SMOKE else "inductor")
+    fn = torch.compile(
+        lambda q, k, v: mod.prefill(q, k, v, return_lse=True)[0] * 2,
+        fullgraph=True,
+        backend="aot_eager" if SMOKE else "inductor",
+    )
     got = fn(q, k, v)
     want = mod.prefill(q, k, v) * 2
     return "ok" if torch.equal(got, want) else f"MISMATCH {(got.float() - want.float()).abs().max().item():.3g}"
@@ -288,8 +332,10 @@ def check_compile_training(mod) -> str:
 
     heads = mod.PATTERN["model"]["heads"] if mod.PATTERN["varies_by_head"] else 4
     gen = torch.Generator(device=DEVICE).manual_seed(7)
-    q, k, v = (torch.randn(1, heads, CHECK_N[0], D, device=DEVICE, dtype=torch.bfloat16, generator=gen) for _ in range(3))
-    w = torch.randn(D, D, device=DEVICE, dtype=torch.bfloat16, generator=gen) / D ** 0.5
+    q, k, v = (
+        torch.randn(1, heads, CHECK_N[0], D, device=DEVICE, dtype=torch.bfloat16, generator=gen) for _ in range(3)
+    )
+    w = torch.randn(D, D, device=DEVICE, dtype=torch.bfloat16, generator=gen) / D**0.5
 
     def step(q, k, v, w):
         return mod.prefill(q @ w, k, v).float().square().mean()
@@ -322,6 +368,7 @@ def mask_mod_of(mod, device):
         for i in groups[1:]:
             out = out | ((g == i) & masks[i](q, k))
         return out
+
     return mask_mod, True
 
 
@@ -377,8 +424,9 @@ def time_case(mod, n: int, flex_fn, heads: int = 0, causal: bool = True, baselin
         from torch.nn.attention.flex_attention import create_block_mask
 
         mask_mod, per_head = mask_mod_of(mod, DEVICE)
-        block_mask = create_block_mask(mask_mod, B=None, H=heads if per_head else None, Q_LEN=n, KV_LEN=n,
-                                       device=DEVICE, _compile=not SMOKE)
+        block_mask = create_block_mask(
+            mask_mod, B=None, H=heads if per_head else None, Q_LEN=n, KV_LEN=n, device=DEVICE, _compile=not SMOKE
+        )
         fms = _bench(lambda: flex_fn(q, k, v, block_mask=block_mask))
         res.update(flex_ms=fms, flex_tflops=flops / fms / 1e9)
     except Exception as exc:
@@ -388,7 +436,9 @@ def time_case(mod, n: int, flex_fn, heads: int = 0, causal: bool = True, baselin
         _SDPA_MS[key] = _bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
     sms = _SDPA_MS[key]
     dense_pairs = n * (n + 1) / 2 if causal else n * n
-    res.update(sdpa_ms=sms, sdpa_tflops=4 * D * B * heads * dense_pairs / sms / 1e9, sdpa="causal" if causal else "full")
+    res.update(
+        sdpa_ms=sms, sdpa_tflops=4 * D * B * heads * dense_pairs / sms / 1e9, sdpa="causal" if causal else "full"
+    )
     return res
 
 
@@ -409,13 +459,15 @@ def time_training(mod, n: int, flex_fn, heads: int = 0, causal: bool = True) -> 
         from torch.nn.attention.flex_attention import create_block_mask
 
         mask_mod, per_head = mask_mod_of(mod, DEVICE)
-        block_mask = create_block_mask(mask_mod, B=None, H=heads if per_head else None, Q_LEN=n, KV_LEN=n,
-                                       device=DEVICE, _compile=not SMOKE)
+        block_mask = create_block_mask(
+            mask_mod, B=None, H=heads if per_head else None, Q_LEN=n, KV_LEN=n, device=DEVICE, _compile=not SMOKE
+        )
         res["flex_fb_ms"] = _bench(step(lambda q, k, v: flex_fn(q, k, v, block_mask=block_mask)), [q, k, v])
     except Exception as exc:
         res["flex_fb_error"] = f"{type(exc).__name__}: {exc}"[:300]
-    res["sdpa_fb_ms"] = _bench(step(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)),
-                               [q, k, v])
+    res["sdpa_fb_ms"] = _bench(
+        step(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)), [q, k, v]
+    )
     return res
 
 
@@ -436,10 +488,16 @@ def run(folder: Path, baseline: Path | None = None, decode: bool = True) -> int:
 
     checks = check_all(folder, modules)
     for c in checks:
-        detail = ", ".join(f"N={x['n']}{'' if x['layer'] is None else ' L' + str(x['layer'])}: "
-                           f"rel {x['rel_err']:.1e} lse {x['lse_err']:.1e}" for x in c["checks"])
-        detail += "".join(f"; grads N={x['n']}{'' if x['layer'] is None else ' L' + str(x['layer'])}: "
-                          + " ".join(f"{k} {e:.1e}" for k, e in x["rel_err"].items()) for x in c.get("grads", []))
+        detail = ", ".join(
+            f"N={x['n']}{'' if x['layer'] is None else ' L' + str(x['layer'])}: "
+            f"rel {x['rel_err']:.1e} lse {x['lse_err']:.1e}"
+            for x in c["checks"]
+        )
+        detail += "".join(
+            f"; grads N={x['n']}{'' if x['layer'] is None else ' L' + str(x['layer'])}: "
+            + " ".join(f"{k} {e:.1e}" for k, e in x["rel_err"].items())
+            for x in c.get("grads", [])
+        )
         warm = f", flex warm-up {c['flex_warm_s']:.0f} s" if "flex_warm_s" in c else ""
         warm += f" (FlexAttention warm-up failed: {c['flex_warm_error']})" if "flex_warm_error" in c else ""
         print(f"{'ok  ' if c['ok'] else 'FAIL'} {c['file']} H,KV,D={c['shape']} ({c['seconds']:.0f} s{warm}) {detail}")
@@ -464,6 +522,7 @@ def run(folder: Path, baseline: Path | None = None, decode: bool = True) -> int:
     print(f"torch.compile(training step): {train_status}", flush=True)
 
     from torch.nn.attention.flex_attention import flex_attention
+
     flex_fn = flex_attention if SMOKE else torch.compile(flex_attention, dynamic=False)
     rows = []
     for m in bench:
@@ -477,8 +536,14 @@ def run(folder: Path, baseline: Path | None = None, decode: bool = True) -> int:
             n = min(n, 96) if SMOKE else n
             base = baseline / m["file"] if baseline is not None and (baseline / m["file"]).exists() else None
             try:
-                r = time_case(mod, n, flex_fn, m["bench"].get("heads", H), m["bench"].get("causal", True),
-                              import_module(base, "attnc_baseline") if base else None)
+                r = time_case(
+                    mod,
+                    n,
+                    flex_fn,
+                    m["bench"].get("heads", H),
+                    m["bench"].get("causal", True),
+                    import_module(base, "attnc_baseline") if base else None,
+                )
             except Exception as exc:
                 r = {"n": n, "error": f"{type(exc).__name__}: {exc}"[:300]}
             if "error" not in r and (time.perf_counter() - t_start <= BUDGET_S or len(rows) == 0 and SMOKE):
@@ -496,17 +561,21 @@ def run(folder: Path, baseline: Path | None = None, decode: bool = True) -> int:
     if baseline is not None:
         table += "\n\n" + render_baseline(rows)
     training = render_training(rows)
-    text = render_markdown(device, torch.__version__, triton.__version__, checks, compile_status, table,
-                           train_status, training)
+    text = render_markdown(
+        device, torch.__version__, triton.__version__, checks, compile_status, table, train_status, training
+    )
     if decode and not SMOKE:
         text += decode_section()
     if not SMOKE:
         (ROOT / "docs").mkdir(exist_ok=True)
         (ROOT / "docs" / "benchmarks.md").write_text(text)
     if os.environ.get("OUT"):
-        simulate.fill_error_section(ROOT / "docs" / "simulate.md", rows, Path(os.environ["OUT"], "simulate.md"),
-                                    source=f"bench/gpu.py on {datetime.date.today().isoformat()}, {device}, "
-                                           f"profile {PROFILE}")
+        simulate.fill_error_section(
+            ROOT / "docs" / "simulate.md",
+            rows,
+            Path(os.environ["OUT"], "simulate.md"),
+            source=f"bench/gpu.py on {datetime.date.today().isoformat()}, {device}, profile {PROFILE}",
+        )
         Path(os.environ["OUT"], "benchmarks.md").write_text(text)
         Path(os.environ["OUT"], "bench.json").write_text(json.dumps({"checks": checks, "rows": rows}, indent=1))
     print(f"total {time.perf_counter() - t_start:.0f} s")
@@ -531,11 +600,14 @@ def decode_section() -> str:
     except Exception as exc:  # the prefill table is still worth writing
         captured.write(f"decode benchmark failed: {type(exc).__name__}: {exc}")
     lines = [l for l in captured.getvalue().splitlines() if not l.startswith(("{", "check"))]
-    return ("\n## Decode, B=8, 32 query heads, 8 KV heads, D=128, bf16\n\n"
-            "From `bench/decode.py` (called by `bench/gpu.py`): SDPA over the full cache, FlexAttention "
-            "decoding, and the generated cache + decode kernel; TB/s = bytes the method must read / time; "
-            "'graph' rows are CUDA-graph replays (GPU time without launch overhead).\n\n```\n"
-            + "\n".join(lines).strip() + "\n```\n")
+    return (
+        "\n## Decode, B=8, 32 query heads, 8 KV heads, D=128, bf16\n\n"
+        "From `bench/decode.py` (called by `bench/gpu.py`): SDPA over the full cache, FlexAttention "
+        "decoding, and the generated cache + decode kernel; TB/s = bytes the method must read / time; "
+        "'graph' rows are CUDA-graph replays (GPU time without launch overhead).\n\n```\n"
+        + "\n".join(lines).strip()
+        + "\n```\n"
+    )
 
 
 def _md(text: str) -> str:
@@ -547,8 +619,10 @@ def _f(x, fmt):
 
 
 def render_table(rows: list[dict]) -> str:
-    head = ("| case | N | density | attnc ms | attnc TFLOP/s | Flex ms | Flex TFLOP/s | SDPA ms "
-            "| SDPA TFLOP/s | vs Flex | vs SDPA | predicted ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    head = (
+        "| case | N | density | attnc ms | attnc TFLOP/s | Flex ms | Flex TFLOP/s | SDPA ms "
+        "| SDPA TFLOP/s | vs Flex | vs SDPA | predicted ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
     lines = [head]
     for r in rows:
         if "skipped" in r or "error" in r:
@@ -560,23 +634,28 @@ def render_table(rows: list[dict]) -> str:
             f"| {_f(flex, '.3f')} | {_f(r.get('flex_tflops'), '.0f')} | {r['sdpa_ms']:.3f} ({r.get('sdpa', 'causal')}) "
             f"| {r['sdpa_tflops']:.0f} "
             f"| {_f(flex and flex / r['attnc_ms'], '.2f')}x | {r['sdpa_ms'] / r['attnc_ms']:.2f}x "
-            f"| {_f(r.get('predicted_ms'), '.3f')} |")
+            f"| {_f(r.get('predicted_ms'), '.3f')} |"
+        )
     return "\n".join(lines)
 
 
 def render_training(rows: list[dict]) -> str:
     """Forward + backward times per case (above 1 in `vs`: attnc is faster)."""
-    lines = ["| case | N | attnc ms | Flex ms | SDPA ms | vs Flex | vs SDPA | predicted ms |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| case | N | attnc ms | Flex ms | SDPA ms | vs Flex | vs SDPA | predicted ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         if "attnc_fb_ms" not in r:
             why = r.get("fb_error") or r.get("skipped") or r.get("error") or "time budget"
             lines.append(f"| {_md(r['label'])} | {r['n']} | {_md(why)} |" + " |" * 5)
             continue
         a, flex = r["attnc_fb_ms"], r.get("flex_fb_ms")
-        lines.append(f"| {_md(r['label'])} | {r['n']} | {a:.3f} | {_f(flex, '.3f')} | {r['sdpa_fb_ms']:.3f} "
-                     f"| {_f(flex and flex / a, '.2f')}x | {r['sdpa_fb_ms'] / a:.2f}x "
-                     f"| {_f(r.get('predicted_fb_ms'), '.3f')} |")
+        lines.append(
+            f"| {_md(r['label'])} | {r['n']} | {a:.3f} | {_f(flex, '.3f')} | {r['sdpa_fb_ms']:.3f} "
+            f"| {_f(flex and flex / a, '.2f')}x | {r['sdpa_fb_ms'] / a:.2f}x "
+            f"| {_f(r.get('predicted_fb_ms'), '.3f')} |"
+        )
     return "\n".join(lines)
 
 
@@ -585,13 +664,16 @@ def render_baseline(rows: list[dict]) -> str:
     lines = ["| case | N | attnc ms | baseline ms | baseline / attnc |", "|---|---:|---:|---:|---:|"]
     for r in rows:
         if "baseline_ms" in r:
-            lines.append(f"| {_md(r['label'])} | {r['n']} | {r['attnc_ms']:.3f} | {r['baseline_ms']:.3f} "
-                         f"| {r['baseline_ms'] / r['attnc_ms']:.3f} |")
+            lines.append(
+                f"| {_md(r['label'])} | {r['n']} | {r['attnc_ms']:.3f} | {r['baseline_ms']:.3f} "
+                f"| {r['baseline_ms'] / r['attnc_ms']:.3f} |"
+            )
     return "\n".join(lines)
 
 
-def render_markdown(device, torch_version, triton_version, checks, compile_status, table, train_status="not run",
-                    training="") -> str:
+def render_markdown(
+    device, torch_version, triton_version, checks, compile_status, table, train_status="not run", training=""
+) -> str:
     ok = sum(c["ok"] for c in checks)
     failed = [c["file"] for c in checks if not c["ok"]]
     return (
@@ -617,7 +699,8 @@ def render_markdown(device, torch_version, triton_version, checks, compile_statu
         f"## Training step: forward + backward, same shapes\n\n"
         f"Forward then backward with a given dout, medians of `do_bench` (gradients reset between runs). "
         f"attnc's backward: the generated FlashAttention-2 kernels (docs/training.md); predicted: "
-        f"`attnc simulate --backward`'s model.\n\n{training}\n")
+        f"`attnc simulate --backward`'s model.\n\n{training}\n"
+    )
 
 
 def main(argv=None) -> int:
@@ -626,8 +709,12 @@ def main(argv=None) -> int:
     g.add_argument("--generate", type=Path, metavar="DIR", help="compile patterns/ and the bench cases into DIR")
     g.add_argument("--run", type=Path, metavar="DIR", help="check and time the modules in DIR (GPU)")
     p.add_argument("--smoke", action="store_true", help="with --run: on the CPU, tiny shapes (tests this script)")
-    p.add_argument("--baseline", type=Path, metavar="DIR",
-                   help="with --run: also time the bench cases of another build's --generate DIR")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="with --run: also time the bench cases of another build's --generate DIR",
+    )
     p.add_argument("--no-decode", action="store_true", help="with --run: skip the decode benchmark (bench/decode.py)")
     args = p.parse_args(argv)
     if args.generate:

@@ -17,8 +17,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-from ..compiler.cache_plan import (DecodePlanError, Layout, all_visible, budget_at, decodable,  # noqa: F401
-                                   is_causal_full, keep_only, kv_store, layout_of, plan_error, policy_for)
+from ..compiler.cache_plan import (
+    DecodePlanError,
+    Layout,
+    all_visible,
+    budget_at,
+    decodable,  # noqa: F401
+    is_causal_full,
+    keep_only,
+    kv_store,
+    layout_of,
+    plan_error,
+    policy_for,
+)
 from ..compiler.ir import Pattern, Program
 from . import masks
 from .support.cache import HeadRule
@@ -57,8 +68,7 @@ class DecodePlan:
 
     def tokens(self, n: int) -> list[list[int]]:
         """Tokens held per [layer][kv head] after n tokens, for lossless heads (liveness)."""
-        return [[h.layout.tokens(n, self.max_step) if h.policy is None else -1 for h in row]
-                for row in self.heads]
+        return [[h.layout.tokens(n, self.max_step) if h.policy is None else -1 for h in row] for row in self.heads]
 
     def context(self) -> dict[str, Any]:
         """The template variables: {'dp': ...} (see the report and docs/caches.md)."""
@@ -71,32 +81,41 @@ class DecodePlan:
                     pol_names[h.policy] = len(policies)
                     policies.append(h.policy)
         rules: dict[HeadRule, int] = {}
-        table = tuple(tuple(rules.setdefault(_head_rule(h, pol_names, self.max_step), len(rules)) for h in row)
-                      for row in self.heads)
-        return {"dp": {
-            "name": self.program.name,
-            "digest": self.program.digest(),
-            "layers": self.layers,
-            "heads": m.heads,
-            "kv_heads": m.kv_heads,
-            "group_size": m.heads // m.kv_heads,
-            "head_dim": m.head_dim,
-            "max_step": self.max_step,
-            "sentinel": SENTINEL,
-            "masks": [{"gid": g, "expr": e} for g, e in self.masks],
-            "single_group": len(self.masks) == 1,
-            "rules_literal": _literal(tuple(rules)),
-            "table_literal": _literal(table),
-            "policies_literal": _literal(tuple(policies)),
-            "gid_literal": _literal(self.gid),
-            "masked_literal": _literal(self.masked),
-            "lossy": bool(policies),
-            "adaptive": any(p.adaptive_mean is not None for p in policies),
-            "describe_literal": _literal(tuple(tuple(
-                h.layout.describe() + (f" | {_describe_policy(h.policy)}" if h.policy else "")
-                for h in row) for row in self.heads)),
-            "head_dim_literal": _literal(m.head_dim),
-        }}
+        table = tuple(
+            tuple(rules.setdefault(_head_rule(h, pol_names, self.max_step), len(rules)) for h in row)
+            for row in self.heads
+        )
+        return {
+            "dp": {
+                "name": self.program.name,
+                "digest": self.program.digest(),
+                "layers": self.layers,
+                "heads": m.heads,
+                "kv_heads": m.kv_heads,
+                "group_size": m.heads // m.kv_heads,
+                "head_dim": m.head_dim,
+                "max_step": self.max_step,
+                "sentinel": SENTINEL,
+                "masks": [{"gid": g, "expr": e} for g, e in self.masks],
+                "single_group": len(self.masks) == 1,
+                "rules_literal": _literal(tuple(rules)),
+                "table_literal": _literal(table),
+                "policies_literal": _literal(tuple(policies)),
+                "gid_literal": _literal(self.gid),
+                "masked_literal": _literal(self.masked),
+                "lossy": bool(policies),
+                "adaptive": any(p.adaptive_mean is not None for p in policies),
+                "describe_literal": _literal(
+                    tuple(
+                        tuple(
+                            h.layout.describe() + (f" | {_describe_policy(h.policy)}" if h.policy else "") for h in row
+                        )
+                        for row in self.heads
+                    )
+                ),
+                "head_dim_literal": _literal(m.head_dim),
+            }
+        }
 
 
 def _describe_policy(p: HeadPolicy) -> str:
@@ -113,8 +132,17 @@ def _head_rule(h: HeadPlan, pol_names: dict, max_step: int) -> HeadRule:
     lay = h.layout
     if h.policy is not None:
         return HeadRule("lossy", policy=pol_names[h.policy], rerotate=h.rerotate)
-    return HeadRule(lay.kind, lay.sink, lay.span(max_step), lay.ring_capacity(max_step), lay.stripe_mod,
-                    lay.stripe_res, lay.chunk, -1, h.rerotate)
+    return HeadRule(
+        lay.kind,
+        lay.sink,
+        lay.span(max_step),
+        lay.ring_capacity(max_step),
+        lay.stripe_mod,
+        lay.stripe_res,
+        lay.chunk,
+        -1,
+        h.rerotate,
+    )
 
 
 def head_policy(policy: Any, index: int, layer: int, layers: int, max_step: int) -> Policy | None:
@@ -136,24 +164,38 @@ def head_policy(policy: Any, index: int, layer: int, layers: int, max_step: int)
     if pool not in ("avg", "max", "mean"):
         raise plan_error(policy, f"snapkv pool = {pool!r}: use pool = avg or pool = max")
     hp = Policy(
-        index=index, budget=budget, adaptive_mean=mean, sink=int(policy.sink), recent=int(policy.recent),
-        score=score, timing=timing, aggregate=policy.aggregate,
+        index=index,
+        budget=budget,
+        adaptive_mean=mean,
+        sink=int(policy.sink),
+        recent=int(policy.recent),
+        score=score,
+        timing=timing,
+        aggregate=policy.aggregate,
         window=int(opts.get("window", 32)) if score == "snapkv" or mean is not None else 0,
-        pool="avg" if pool == "mean" else pool, kernel=int(opts.get("kernel", 7)),
-        tau1=float(opts.get("tau1", 1)), tau2=float(opts.get("tau2", 1)),
+        pool="avg" if pool == "mean" else pool,
+        kernel=int(opts.get("kernel", 7)),
+        tau1=float(opts.get("tau1", 1)),
+        tau2=float(opts.get("tau2", 1)),
     )
     if hp.kernel < 1 or hp.kernel % 2 == 0:
-        raise plan_error(policy, f"snapkv kernel = {hp.kernel}: the pooling kernel must be odd and >= 1 "
-                             "(it is centred on each key)")
+        raise plan_error(
+            policy, f"snapkv kernel = {hp.kernel}: the pooling kernel must be odd and >= 1 (it is centred on each key)"
+        )
     need = hp.protected
     b = budget if budget is not None else mean
     if b < need or b < 1:
         what = f"sink({hp.sink}) + recent({hp.protected_recent})"
-        raise plan_error(policy, f"budget {b} at layer {layer} is below its keep rules {what} = {need}: "
-                             f"raise the budget to at least {max(need, 1)} or keep fewer tokens")
+        raise plan_error(
+            policy,
+            f"budget {b} at layer {layer} is below its keep rules {what} = {need}: "
+            f"raise the budget to at least {max(need, 1)} or keep fewer tokens",
+        )
     if budget is not None and timing == "decode" and budget < max_step:
-        raise plan_error(policy, f"budget {budget} at layer {layer} is below max_step = {max_step}: "
-                             "a decode step must fit in the budget")
+        raise plan_error(
+            policy,
+            f"budget {budget} at layer {layer} is below max_step = {max_step}: a decode step must fit in the budget",
+        )
     return hp
 
 
@@ -209,8 +251,9 @@ def plan_decode(program: Program, *, max_step: int = 1) -> DecodePlan | None:
         masked.append(layer_masked)
     used = sorted({g for row in table for g in row})
     masks = tuple((g, render_pattern(program.groups[g].pattern)) for g in used)
-    return DecodePlan(program, max_step, tuple(heads), tuple(tuple(r) for r in table), tuple(masked),
-                      masks, frozenset(scores))
+    return DecodePlan(
+        program, max_step, tuple(heads), tuple(tuple(r) for r in table), tuple(masked), masks, frozenset(scores)
+    )
 
 
 # --------------------------------------------------------------------------- rendering

@@ -26,8 +26,12 @@ from .writer import cached_path, render_module, write_atomic, write_module
 PathLike = str | os.PathLike
 
 
-def program_of(path: PathLike, defines: Mapping[str, int] | None = None,
-               model: Mapping[str, int] | None = None, headsets: PathLike | None = None) -> Program:
+def program_of(
+    path: PathLike,
+    defines: Mapping[str, int] | None = None,
+    model: Mapping[str, int] | None = None,
+    headsets: PathLike | None = None,
+) -> Program:
     """Parse, resolve and lower one `.attn` file (raises spec.errors.AttnError on bad input)."""
     from ..compiler.lower import lower
     from ..spec.resolve import load as resolve_file
@@ -36,8 +40,14 @@ def program_of(path: PathLike, defines: Mapping[str, int] | None = None,
     return lower(spec)
 
 
-def compile_file(path: PathLike, out_dir: PathLike | None = None, *, defines: Mapping[str, int] | None = None,
-                 model: Mapping[str, int] | None = None, headsets: PathLike | None = None) -> Path:
+def compile_file(
+    path: PathLike,
+    out_dir: PathLike | None = None,
+    *,
+    defines: Mapping[str, int] | None = None,
+    model: Mapping[str, int] | None = None,
+    headsets: PathLike | None = None,
+) -> Path:
     """Compile a pattern file to a module: `out_dir/<name>.py`, or the cache when out_dir is None.
 
     Nothing is written unless every stage succeeds; the file is replaced atomically.
@@ -59,7 +69,12 @@ def load_program(program: Program) -> ModuleType:
     return import_text(text, path, f"attnc_generated.{path.stem}")
 
 
-def load(path: PathLike, *, defines: Mapping[str, int] | None = None, model: Mapping[str, int] | None = None,
-         headsets: PathLike | None = None) -> ModuleType:
+def load(
+    path: PathLike,
+    *,
+    defines: Mapping[str, int] | None = None,
+    model: Mapping[str, int] | None = None,
+    headsets: PathLike | None = None,
+) -> ModuleType:
     """Compile a pattern file (options as `attnc compile`) and import its module in one call."""
     return load_program(program_of(path, defines, model, headsets))

@@ -99,4 +99,3 @@ class GroupText(_View):
         # the backward's span plans (compiler.plan.plan_columns / plan_rows), as TermTexts
         self.bwd_columns = () if group.columns is None else tuple(TermText(t) for t in group.columns.terms)
         self.bwd_rows = () if group.rows is None else tuple(TermText(t) for t in group.rows.terms)
-

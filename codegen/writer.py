@@ -42,6 +42,7 @@ SUPPORT = Path(__file__).parent / "support"
 def attnc_version() -> str:
     try:
         from importlib.metadata import version
+
         return version("attnc")
     except Exception:  # not installed (a source checkout on sys.path)
         return "0+unknown"

@@ -158,4 +158,3 @@ def simplify(p: Pattern) -> Pattern:
                 changed = True
                 break
     return Pattern(tuple(terms))
-

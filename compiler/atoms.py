@@ -184,8 +184,9 @@ class Conj:
     def empty(self) -> bool:
         """True when the ranges or residues contradict (a sufficient test)."""
         ranges = ((self.d_lo, self.d_hi), (self.q_lo, self.q_hi), (self.k_lo, self.k_hi))
-        return any(a is not None and b is not None and a > b for a, b in ranges) \
-            or self.dmod is None or self.kmod is None
+        return (
+            any(a is not None and b is not None and a > b for a, b in ranges) or self.dmod is None or self.kmod is None
+        )
 
 
 # ------------------------------------------------------------------ the protocol
@@ -257,10 +258,22 @@ def _ends(name: str, lo: int | None, hi: int | None) -> str:
 
 def _while_in(lo: int | None, hi: int | None, first: str, last: str) -> tuple[Bounds, Bounds]:
     """Open intervals, active while a block [first, last] meets [lo, hi] (hull) or lies in it (full)."""
-    meets = tuple(x for x in (None if lo is None else Cond(Key(last), ">=", _const(lo)),
-                              None if hi is None else Cond(Key(first), "<=", _const(hi))) if x)
-    inside = tuple(x for x in (None if lo is None else Cond(Key(first), ">=", _const(lo)),
-                               None if hi is None else Cond(Key(last), "<=", _const(hi))) if x)
+    meets = tuple(
+        x
+        for x in (
+            None if lo is None else Cond(Key(last), ">=", _const(lo)),
+            None if hi is None else Cond(Key(first), "<=", _const(hi)),
+        )
+        if x
+    )
+    inside = tuple(
+        x
+        for x in (
+            None if lo is None else Cond(Key(first), ">=", _const(lo)),
+            None if hi is None else Cond(Key(last), "<=", _const(hi)),
+        )
+        if x
+    )
     return Bounds(on=meets), Bounds(on=inside)
 
 
@@ -298,17 +311,21 @@ class Band(RangeAtom):
         return range_status(q0 - k1, q1 - k0, self.lo, self.hi)
 
     def key_bounds(self):
-        hull = Bounds(() if self.hi is None else (_q("q0", -self.hi),),
-                      () if self.lo is None else (_q("q_last", -self.lo),))
-        full = Bounds(() if self.hi is None else (_q("q_last", -self.hi),),
-                      () if self.lo is None else (_q("q0", -self.lo),))
+        hull = Bounds(
+            () if self.hi is None else (_q("q0", -self.hi),), () if self.lo is None else (_q("q_last", -self.lo),)
+        )
+        full = Bounds(
+            () if self.hi is None else (_q("q_last", -self.hi),), () if self.lo is None else (_q("q0", -self.lo),)
+        )
         return hull, full
 
     def query_bounds(self):
-        hull = Bounds(() if self.lo is None else (_q("k0", self.lo),),
-                      () if self.hi is None else (_q("k_last", self.hi),))
-        full = Bounds(() if self.lo is None else (_q("k_last", self.lo),),
-                      () if self.hi is None else (_q("k0", self.hi),))
+        hull = Bounds(
+            () if self.lo is None else (_q("k0", self.lo),), () if self.hi is None else (_q("k_last", self.hi),)
+        )
+        full = Bounds(
+            () if self.lo is None else (_q("k_last", self.lo),), () if self.hi is None else (_q("k0", self.hi),)
+        )
         return hull, full
 
     def render_parts(self, q, k):
@@ -789,8 +806,10 @@ class Neighborhood(Atom):
 
     def __str__(self) -> str:
         strided = f", stride={self.stride}" if any(v != 1 for v in self.stride) else ""
-        return (f"neighborhood(grid={self.dims}, kernel={self.kernel}, dilation={self.dilation}, "
-                f"causal={self.causal}{strided})")
+        return (
+            f"neighborhood(grid={self.dims}, kernel={self.kernel}, dilation={self.dilation}, "
+            f"causal={self.causal}{strided})"
+        )
 
 
 ATOM_TYPES = (Band, KRange, QRange, DiffMod, KMod, Chunk, Power, Neighborhood)

@@ -169,7 +169,7 @@ def _probe_partial(pattern: Pattern, ambiguous: np.ndarray, q0, q1, k0, k1) -> n
     fq = np.concatenate([[0.0, 0.0, 1.0, 1.0], rng.random(_PROBES)])[None, :]
     fk = np.concatenate([[0.0, 1.0, 0.0, 1.0], rng.random(_PROBES)])[None, :]
     for s in range(0, len(qi), 4096):
-        i, j = qi[s:s + 4096], kj[s:s + 4096]
+        i, j = qi[s : s + 4096], kj[s : s + 4096]
         rows = (q1[i] - q0[i])[:, None]
         cols = (k1[j] - k0[j])[:, None]
         q = q0[i][:, None] + np.rint(fq * rows).astype(np.int64)
@@ -264,7 +264,7 @@ def _box_sums(dims: tuple[int, ...], windows, starts: np.ndarray, stops: np.ndar
     """sum over the queries of each box of F(q, x), for every grid bound x in xs (0..grid size):
     (boxes, bounds)."""
     g = math.prod(dims)
-    strides = [math.prod(dims[a + 1:]) for a in range(len(dims))]
+    strides = [math.prod(dims[a + 1 :]) for a in range(len(dims))]
     inside = np.minimum(xs, g - 1)
     tables = [_axis_sums(length, w) for length, w in zip(dims, windows)]
     sizes = [z[stops[:, a]] - z[starts[:, a]] for a, (z, _, _) in enumerate(tables)]
@@ -354,23 +354,30 @@ def box_union_tiles(conjs, n_q: int, n_k: int, bm: int, bn: int) -> np.ndarray:
     return out
 
 
-def _settle_by_enumeration(pattern: Pattern, status: np.ndarray, ambiguous: np.ndarray,
-                           q0: np.ndarray, q1: np.ndarray, k0: np.ndarray, k1: np.ndarray,
-                           bm: int, bn: int) -> None:
+def _settle_by_enumeration(
+    pattern: Pattern,
+    status: np.ndarray,
+    ambiguous: np.ndarray,
+    q0: np.ndarray,
+    q1: np.ndarray,
+    k0: np.ndarray,
+    k1: np.ndarray,
+    bm: int,
+    bn: int,
+) -> None:
     """Enumerate the pairs of the ambiguous tiles, in batches, and set their exact status."""
     qi, kj = np.nonzero(ambiguous)
     dq = np.arange(bm, dtype=np.int64)[None, :, None]
     dk = np.arange(bn, dtype=np.int64)[None, None, :]
     for s in range(0, len(qi), _BRUTE_BATCH):
-        i, j = qi[s:s + _BRUTE_BATCH], kj[s:s + _BRUTE_BATCH]
+        i, j = qi[s : s + _BRUTE_BATCH], kj[s : s + _BRUTE_BATCH]
         q = q0[i][:, None, None] + dq
         k = k0[j][:, None, None] + dk
         real = (q <= q1[i][:, None, None]) & (k <= k1[j][:, None, None])
         allowed = np.asarray(pattern.holds(q, k), dtype=bool) & real
         n_allowed = allowed.sum(axis=(1, 2))
         n_real = real.sum(axis=(1, 2))
-        status[i, j] = np.where(n_allowed == n_real, Status.ALL,
-                                np.where(n_allowed > 0, Status.SOME, Status.NONE))
+        status[i, j] = np.where(n_allowed == n_real, Status.ALL, np.where(n_allowed > 0, Status.SOME, Status.NONE))
 
 
 def brute_block_map(pattern: Pattern, n_q: int, bm: int, bn: int, n_k: int | None = None) -> BlockMap:
@@ -381,6 +388,6 @@ def brute_block_map(pattern: Pattern, n_q: int, bm: int, bn: int, n_k: int | Non
     status = np.zeros((nqb, nkb), dtype=np.int8)
     for i in range(nqb):
         for j in range(nkb):
-            t = mask[i * bm:(i + 1) * bm, j * bn:(j + 1) * bn]
+            t = mask[i * bm : (i + 1) * bm, j * bn : (j + 1) * bn]
             status[i, j] = Status.ALL if t.all() else (Status.SOME if t.any() else Status.NONE)
     return BlockMap(n_q, n_k, bm, bn, status)

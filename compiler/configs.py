@@ -13,11 +13,30 @@ from __future__ import annotations
 Config = dict[str, object]
 
 
-def _cfg(bm: int, bn: int, warps: int, stages: int, *, loop_stages: int | None = None, edge_stages: int = 2,
-         tma: bool = False, grid_order: int = 0, maxnreg: int | None = None) -> Config:
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages,
-            "STAGES": stages if loop_stages is None else loop_stages, "EDGE_STAGES": edge_stages,
-            "USE_TMA": 2 if tma else 0, "GRID_ORDER": grid_order, "WARP_SPEC": False, "maxnreg": maxnreg}
+def _cfg(
+    bm: int,
+    bn: int,
+    warps: int,
+    stages: int,
+    *,
+    loop_stages: int | None = None,
+    edge_stages: int = 2,
+    tma: bool = False,
+    grid_order: int = 0,
+    maxnreg: int | None = None,
+) -> Config:
+    return {
+        "BLOCK_M": bm,
+        "BLOCK_N": bn,
+        "num_warps": warps,
+        "num_stages": stages,
+        "STAGES": stages if loop_stages is None else loop_stages,
+        "EDGE_STAGES": edge_stages,
+        "USE_TMA": 2 if tma else 0,
+        "GRID_ORDER": grid_order,
+        "WARP_SPEC": False,
+        "maxnreg": maxnreg,
+    }
 
 
 # (minimum capability, "16bit" | "fp32", head_dim or None) -> config
@@ -78,8 +97,16 @@ BWD_CONFIGS: list[tuple[tuple[int, int], str, int | None, Config]] = [
 BWD_CPU_CONFIG: Config = {"BLOCK_MAJOR": 32, "BLOCK_MINOR": 16, "num_warps": 4, "num_stages": 1}
 
 
-def choose_config(tune: dict, cap: tuple[int, int] | None, kind: str, head_dim: int, overrides: dict | None,
-                  configs: list, grid_configs: list, cpu_config: dict) -> dict:
+def choose_config(
+    tune: dict,
+    cap: tuple[int, int] | None,
+    kind: str,
+    head_dim: int,
+    overrides: dict | None,
+    configs: list,
+    grid_configs: list,
+    cpu_config: dict,
+) -> dict:
     """The launch configuration of a pattern group: the first row of the tables that matches the
     GPU's compute capability `cap` (None: the CPU, under the interpreter), the dtype `kind`
     ("16bit" or "fp32") and head_dim; capped by the group's plan (`tune`: block_cap,
@@ -93,8 +120,11 @@ def choose_config(tune: dict, cap: tuple[int, int] | None, kind: str, head_dim: 
         cfg, cap = dict(cpu_config), (0, 0)
     else:
         table = grid_configs + configs if tune["grid"] else configs
-        cfg = next(dict(c) for (min_cap, k, d, c) in table
-                   if tuple(cap) >= tuple(min_cap) and k == kind and d in (None, head_dim))
+        cfg = next(
+            dict(c)
+            for (min_cap, k, d, c) in table
+            if tuple(cap) >= tuple(min_cap) and k == kind and d in (None, head_dim)
+        )
     rows = min(x for x in (tune["block_cap"], tune["rows_cap"], cfg["BLOCK_M"]) if x is not None)
     if tune["block_cap"] is not None:
         cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], tune["block_cap"]))

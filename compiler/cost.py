@@ -37,7 +37,7 @@ from .blocks import BlockMap
 from .atoms import Conj
 from .count import count_pairs, reduce_term
 from .formula import N, Formula, NoFormula, Piece, flog2, lattice_count
-from .ir import (Chunk, HeadGroup, Lit, Pattern, Power, Status, Term)
+from .ir import Chunk, HeadGroup, Lit, Pattern, Power, Status, Term
 from .blocks import block_map
 
 D = sp.Symbol("D", integer=True, positive=True)
@@ -141,8 +141,16 @@ class _Constraints:
 
     @property
     def range_constants(self) -> list[int]:
-        return [x for x in (self.qlo, None if self.qhi is None else self.qhi + 1,
-                            self.klo, None if self.khi is None else self.khi + 1) if x is not None]
+        return [
+            x
+            for x in (
+                self.qlo,
+                None if self.qhi is None else self.qhi + 1,
+                self.klo,
+                None if self.khi is None else self.khi + 1,
+            )
+            if x is not None
+        ]
 
     def beyond(self) -> "_Constraints | None":
         """The constraints far past every range constant: lower ends hold, upper ends fail."""
@@ -203,18 +211,24 @@ def _chunk_formula(c: _Constraints, size: int) -> Formula:
 
 
 def _power_formula(c: _Constraints, block: int) -> Formula:
-    if c.qlo is not None or c.qhi is not None or c.klo is not None or c.khi is not None \
-            or c.dmod[0] > 1 or c.kmod[0] > 1:
+    if (
+        c.qlo is not None
+        or c.qhi is not None
+        or c.klo is not None
+        or c.khi is not None
+        or c.dmod[0] > 1
+        or c.kmod[0] > 1
+    ):
         raise NoFormula("power(B) combined with ranges or moduli")
     b = block
     total = Formula.const(N, 0, lo=1)
     if c.hi is not None:
-        deltas = [0] + [2 ** i for i in range(64) if 2 ** i <= (c.hi + b - 1) // b]
+        deltas = [0] + [2**i for i in range(64) if 2**i <= (c.hi + b - 1) // b]
         tail_from = None
     else:
         d0 = 1 if c.lo is None else max(1, -(-(c.lo + b - 1) // b))
         i0 = (d0 - 1).bit_length()  # smallest i with 2**i >= d0
-        deltas = [0] + [2 ** i for i in range(i0)]
+        deltas = [0] + [2**i for i in range(i0)]
         tail_from = i0
     for delta in deltas:
         total = total + _shift_formula(c, b, delta)
@@ -222,8 +236,8 @@ def _power_formula(c: _Constraints, block: int) -> Formula:
         nf = sp.floor(N / b)
         rho = N - b * nf
         k = flog2(nf) + 1
-        expr = b * b * (nf * (k - tail_from) - (2 ** k - 2 ** tail_from)) + rho * b * (k - tail_from)
-        start = max(1, b * 2 ** tail_from)
+        expr = b * b * (nf * (k - tail_from) - (2**k - 2**tail_from)) + rho * b * (k - tail_from)
+        start = max(1, b * 2**tail_from)
         geo = Formula(N, ((Piece(1, start - 1, sp.Integer(0)),) if start > 1 else ()) + (Piece(start, None, expr),), 0)
         total = total + geo
     return total
@@ -246,15 +260,19 @@ def _shift_formula(c: _Constraints, b: int, delta: int) -> Formula:
 
 def growth_class(f: Formula) -> str:
     """The asymptotic class of a formula's tail, from exact values at 2^40 and 2^41."""
-    n = 2 ** 40
+    n = 2**40
     a, b = f.at(n), f.at(2 * n)
     if a == 0 and b == 0:
         return "O(1)"
     if a <= 0:
         return "O(N^2)" if b > 0 else "O(1)"
     r = Fraction(b, a)
-    for bound, name in ((3, "O(N^2)"), (Fraction(2025, 1000), "O(N log N)"), (Fraction(3, 2), "O(N)"),
-                        (Fraction(10125, 10000), "O(log N)")):
+    for bound, name in (
+        (3, "O(N^2)"),
+        (Fraction(2025, 1000), "O(N log N)"),
+        (Fraction(3, 2), "O(N)"),
+        (Fraction(10125, 10000), "O(log N)"),
+    ):
         if r > bound:
             return name
     return "O(1)"
@@ -295,10 +313,11 @@ class Quantity:
     note: str | None = None  # why there is no formula, or how the value was obtained
 
     def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value,
-                "formula": None if self.formula is None else [{"range": r, "expr": e}
-                                                              for r, e in self.formula.describe()],
-                "note": self.note}
+        return {
+            "value": self.value,
+            "formula": None if self.formula is None else [{"range": r, "expr": e} for r, e in self.formula.describe()],
+            "note": self.note,
+        }
 
 
 @dataclass(frozen=True)
@@ -341,8 +360,16 @@ def analyze_pairs(pattern: Pattern, n: int) -> tuple[Quantity, str, str]:
         return Quantity(exact, None, f"no formula: {exc}"), structural_class(pattern), "atoms (upper bound)"
     value = f.at(n)
     if value != exact:  # a derivation bug: never show a wrong formula
-        return (Quantity(exact, None, f"formula dropped: it gives {value} at N = {n}, the exact count is {exact} "
-                         "(a bug: please report the pattern)"), structural_class(pattern), "atoms (upper bound)")
+        return (
+            Quantity(
+                exact,
+                None,
+                f"formula dropped: it gives {value} at N = {n}, the exact count is {exact} "
+                "(a bug: please report the pattern)",
+            ),
+            structural_class(pattern),
+            "atoms (upper bound)",
+        )
     return Quantity(exact, f), growth_class(f), "formula"
 
 
@@ -359,8 +386,9 @@ def tile_bytes(bmap: BlockMap, head_dim: int, dtype_bytes: int, q_per_tile: bool
     return (kv + q + n_q) * head_dim * dtype_bytes
 
 
-def group_cost(group: HeadGroup, n: int, head_dim: int | None, dtype_bytes: int = 2,
-               block: tuple[int, int] = (128, 128)) -> GroupCost:
+def group_cost(
+    group: HeadGroup, n: int, head_dim: int | None, dtype_bytes: int = 2, block: tuple[int, int] = (128, 128)
+) -> GroupCost:
     pattern = group.pattern
     pairs, cls, how = analyze_pairs(pattern, n)
     d = head_dim if head_dim is not None else D
@@ -371,13 +399,22 @@ def group_cost(group: HeadGroup, n: int, head_dim: int | None, dtype_bytes: int 
     bmap = block_map(pattern, n, *block)
     tiles = {"empty": bmap.count(Status.NONE), "partial": bmap.count(Status.SOME), "full": bmap.count(Status.ALL)}
     return GroupCost(
-        pattern=pattern, heads=len(group.members), n=n, pairs=pairs, density=pairs.value / (n * n),
-        asymptotic=cls, asymptotic_how=how,
-        flops=Quantity(4 * dval * pairs.value, flops_f, note_d), flops_expr=None if pairs.formula is None
-        else sp.expand(4 * d * pairs.formula.tail),
+        pattern=pattern,
+        heads=len(group.members),
+        n=n,
+        pairs=pairs,
+        density=pairs.value / (n * n),
+        asymptotic=cls,
+        asymptotic_how=how,
+        flops=Quantity(4 * dval * pairs.value, flops_f, note_d),
+        flops_expr=None if pairs.formula is None else sp.expand(4 * d * pairs.formula.tail),
         bytes_min=Quantity(4 * dval * dtype_bytes * n, bmin, "Q, K, V read and O written once"),
-        bytes_tiles=tile_bytes(bmap, dval, dtype_bytes), tiles=tiles, block=block, bmap=bmap,
-        bytes_tiles_qkv=tile_bytes(bmap, dval, dtype_bytes, q_per_tile=True))
+        bytes_tiles=tile_bytes(bmap, dval, dtype_bytes),
+        tiles=tiles,
+        block=block,
+        bmap=bmap,
+        bytes_tiles_qkv=tile_bytes(bmap, dval, dtype_bytes, q_per_tile=True),
+    )
 
 
 DTYPE_BYTES = {"bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp32": 4, "float32": 4}

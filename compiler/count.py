@@ -67,8 +67,7 @@ def _count_union(terms: tuple[Term, ...], n: int) -> int:
         return count_term(terms[0], n)
     first, rest = terms[0], terms[1:]
     both = [t for t in (conjoin(first, r) for r in rest) if t is not None]
-    return (count_term(first, n) + _count_union(rest, n)
-            - _count_union(simplify(Pattern(tuple(both))).terms, n))
+    return count_term(first, n) + _count_union(rest, n) - _count_union(simplify(Pattern(tuple(both))).terms, n)
 
 
 MAX_GROUPS = 6
@@ -149,12 +148,15 @@ def count_term(term: Term, n: int) -> int:
 # ---------------------------------------------------------------- diagonals
 
 
-def _window_count(a: np.ndarray, b: np.ndarray, period: int, lo: np.ndarray, hi: np.ndarray,
-                  step: int, res: np.ndarray) -> np.ndarray:
+def _window_count(
+    a: np.ndarray, b: np.ndarray, period: int, lo: np.ndarray, hi: np.ndarray, step: int, res: np.ndarray
+) -> np.ndarray:
     """#q in [a, b] (a >= 0) with lo <= q mod period <= hi and q = res (mod step); step | period."""
+
     def upto(x: np.ndarray) -> np.ndarray:  # #q in [0, x) with the conditions
         full, part = np.divmod(x, period)
         return full * _residues(lo, hi, step, res) + _residues(lo, np.minimum(hi, part - 1), step, res)
+
     return np.where(b >= a, upto(b + 1) - upto(a), 0)
 
 
@@ -199,8 +201,17 @@ def _count_diagonals(atoms: list, n: int) -> int | None:
         ok = (rho - res) % step == 0
         for w in windows:
             ok = ok & w.window_ok(d, rho % w.period)
-        total += int(_window_count(a[ok], b[ok], period, np.full(ok.sum(), rho), np.full(ok.sum(), rho),
-                                   1, np.zeros(ok.sum(), dtype=np.int64)).sum())
+        total += int(
+            _window_count(
+                a[ok],
+                b[ok],
+                period,
+                np.full(ok.sum(), rho),
+                np.full(ok.sum(), rho),
+                1,
+                np.zeros(ok.sum(), dtype=np.int64),
+            ).sum()
+        )
     return total
 
 
@@ -227,8 +238,9 @@ def _count_nb_group(conjs, rest: tuple[Lit, ...], n: int) -> int:
     none = np.zeros(counts.shape, dtype=bool)
     every = np.ones(counts.shape, dtype=bool)
     for lit in rest:
-        s = np.broadcast_to(lit_tile(lit, q0[:, None], q1[:, None], q0[None, :], q1[None, :], n, n, tile, tile),
-                            counts.shape)
+        s = np.broadcast_to(
+            lit_tile(lit, q0[:, None], q1[:, None], q0[None, :], q1[None, :], n, n, tile, tile), counts.shape
+        )
         none |= s == Status.NONE
         every &= s == Status.ALL
     total = int(counts[every & ~none].sum())
@@ -238,7 +250,7 @@ def _count_nb_group(conjs, rest: tuple[Lit, ...], n: int) -> int:
     dk = np.arange(tile, dtype=np.int64)[None, None, :]
     batch = max(1, (1 << 20) // (tile * tile))
     for s in range(0, len(qi), batch):
-        i, j = qi[s:s + batch], kj[s:s + batch]
+        i, j = qi[s : s + batch], kj[s : s + batch]
         q = (i * tile)[:, None, None] + dq
         k = (j * tile)[:, None, None] + dk
         total += int((np.asarray(term.holds(q, k), dtype=bool) & (q < n) & (k < n)).sum())
@@ -254,7 +266,7 @@ def count_by_tiles(pattern: Pattern, n: int, tile: int = _TILE) -> int:
     dq = np.arange(tile, dtype=np.int64)[None, :, None]
     dk = np.arange(tile, dtype=np.int64)[None, None, :]
     for s in range(0, len(qi), 64):
-        i, j = qi[s:s + 64], kj[s:s + 64]
+        i, j = qi[s : s + 64], kj[s : s + 64]
         q = (i * tile)[:, None, None] + dq
         k = (j * tile)[:, None, None] + dk
         total += int((np.asarray(pattern.holds(q, k), dtype=bool) & (q < n) & (k < n)).sum())

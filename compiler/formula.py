@@ -230,8 +230,9 @@ class Formula:
             if out:  # move leading points of p into the previous piece while it agrees
                 prev = out[-1]
                 lo = p.lo
-                while (p.hi is None or lo <= p.hi) and lo - p.lo < MAX_SHIFT and \
-                        _agree(prev.expr, p.expr, self.var, lo):
+                while (
+                    (p.hi is None or lo <= p.hi) and lo - p.lo < MAX_SHIFT and _agree(prev.expr, p.expr, self.var, lo)
+                ):
                     lo += 1
                 if p.hi is not None and lo > p.hi:
                     out[-1] = Piece(prev.lo, p.hi, prev.expr)
@@ -359,10 +360,18 @@ class _Bound:
         return self.c + self.a * x + self.e * n
 
 
-def lattice_count(var: sp.Symbol, n_min: int, q_lo: Iterable[Affine], q_hi: Iterable[Affine],
-                  k_lo: Iterable[Affine], k_hi: Iterable[Affine], d_lo: int | None = None,
-                  d_hi: int | None = None, dmod: tuple[int, int] = (1, 0),
-                  kmod: tuple[int, int] = (1, 0)) -> Formula:
+def lattice_count(
+    var: sp.Symbol,
+    n_min: int,
+    q_lo: Iterable[Affine],
+    q_hi: Iterable[Affine],
+    k_lo: Iterable[Affine],
+    k_hi: Iterable[Affine],
+    d_lo: int | None = None,
+    d_hi: int | None = None,
+    dmod: tuple[int, int] = (1, 0),
+    kmod: tuple[int, int] = (1, 0),
+) -> Formula:
     """#{(q, k)} under the constraints in the module docstring, for var = n >= n_min."""
     q_lo, q_hi, k_lo, k_hi = map(list, (q_lo, q_hi, k_lo, k_hi))
     md, rd = dmod
@@ -455,8 +464,7 @@ def _chamber_sum(var, rep, points, lows, highs, x_lo, x_hi, x0s, big, mq, residu
             ja = _ceil_div(p[0] - x0, p[1], big, var)
             jb1 = _ceil_div(q[0] - x0, q[1], big, var)
             cnt = jb1 - ja
-            alpha = (_ceil_div(hi.c + hi.a * x0 + 1 - c, hi.e, mq, var)
-                     - _ceil_div(lo.c + lo.a * x0 - c, lo.e, mq, var))
+            alpha = _ceil_div(hi.c + hi.a * x0 + 1 - c, hi.e, mq, var) - _ceil_div(lo.c + lo.a * x0 - c, lo.e, mq, var)
             beta = (hi.a - lo.a) * big // mq
             total += cnt * alpha + sp.Rational(beta, 2) * cnt * (ja + jb1 - 1)
     return sp.expand(total)

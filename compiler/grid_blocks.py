@@ -108,7 +108,7 @@ def _hulls(tiling: GridTiling, tile: tuple[int, ...]) -> tuple[np.ndarray, np.nd
     """Per tile (in tile order), the lowest and highest natural position of its real tokens."""
     counts = tiling.tiles(tile)
     idx = np.indices(counts).reshape(len(counts), -1)
-    strides = np.array([math.prod(tiling.dims[a + 1:]) for a in range(len(tiling.dims))])
+    strides = np.array([math.prod(tiling.dims[a + 1 :]) for a in range(len(tiling.dims))])
     lo = idx * np.array(tile)[:, None]
     hi = np.minimum(lo + np.array(tile)[:, None], np.array(tiling.dims)[:, None]) - 1
     return tiling.prefix + strides @ lo, tiling.prefix + strides @ hi
@@ -146,8 +146,10 @@ def tiled_block_map(pattern: Pattern, tiling: GridTiling) -> TiledBlockMap:
     nbs = [nb for t in pattern.terms for nb in [_pure(t)] if nb is not None]
     for nb in nbs:
         if (nb.dims, nb.prefix) != (tiling.dims, tiling.prefix):
-            raise ValueError(f"the tiling is for grid {tiling.dims} prefix {tiling.prefix}, "
-                             f"the pattern's neighbourhood for grid {nb.dims} prefix {nb.prefix}")
+            raise ValueError(
+                f"the tiling is for grid {tiling.dims} prefix {tiling.prefix}, "
+                f"the pattern's neighbourhood for grid {nb.dims} prefix {nb.prefix}"
+            )
     nqt = math.prod(tiling.tiles(tiling.q_tile))
     nkt = math.prod(tiling.tiles(tiling.k_tile))
     shape = (nqt, nkt)
@@ -202,12 +204,13 @@ def _settle(pattern: Pattern, tiling: GridTiling, status: np.ndarray, ambiguous:
     status[qi[proven], kj[proven]] = Status.SOME
     qi, kj = qi[~proven], kj[~proven]
     for s in range(0, len(qi), _BATCH):
-        i, j = qi[s:s + _BATCH], kj[s:s + _BATCH]
+        i, j = qi[s : s + _BATCH], kj[s : s + _BATCH]
         q, k = qs[i][:, :, None], ks[j][:, None, :]
         real = (q >= 0) & (k >= 0)
         allowed = np.asarray(pattern.holds(q, k), dtype=bool) & real
-        status[i, j] = np.where(allowed.all(axis=(1, 2)), Status.ALL,
-                                np.where(allowed.any(axis=(1, 2)), Status.SOME, Status.NONE))
+        status[i, j] = np.where(
+            allowed.all(axis=(1, 2)), Status.ALL, np.where(allowed.any(axis=(1, 2)), Status.SOME, Status.NONE)
+        )
 
 
 def _prefix_pairs(pattern: Pattern, tiling: GridTiling) -> int:

@@ -43,7 +43,9 @@ class AxisWindow:
     dilation: int
     causal: bool
     stride: int = 1
-    anchorable: bool = False  # compiler.tiling.anchorable: boxes from the shared window when the tile divides the stride
+    anchorable: bool = (
+        False  # compiler.tiling.anchorable: boxes from the shared window when the tile divides the stride
+    )
 
     @property
     def span(self) -> int:
@@ -116,7 +118,7 @@ class GridPlan:
     @property
     def strides(self) -> tuple[int, ...]:
         """Natural (row-major) stride of each axis."""
-        return tuple(math.prod(self.dims[a + 1:]) for a in range(len(self.dims)))
+        return tuple(math.prod(self.dims[a + 1 :]) for a in range(len(self.dims)))
 
     def runs(self, n: int, bm: int, bn: int) -> bool:
         """Whether the tile-order kernel runs a launch of n tokens at these tiles (the generated
@@ -132,8 +134,11 @@ def plan_grid(pattern: Pattern) -> GridPlan | None:
     terms = []
     for t in g.terms:
         axes = tuple(AxisWindow(n, *axis_window(t.nb, a), anchorable(g, a)) for a, n in enumerate(g.dims))
-        terms.append(GridTermPlan(str(t.nb) + (" and " + " and ".join(map(str, t.others)) if t.others else ""),
-                                  axes, tuple(t.others)))
+        terms.append(
+            GridTermPlan(
+                str(t.nb) + (" and " + " and ".join(map(str, t.others)) if t.others else ""), axes, tuple(t.others)
+            )
+        )
     tiles = {}
     for bm, bn in TILE_SIZES:
         tiling = choose_tiling(g, bm, bn)

@@ -16,9 +16,30 @@ from typing import Any
 
 import numpy as np
 
-from .atoms import (ATOM_TYPES, Atom, AtomT, Band, Bounds, Chunk, Conj, Cond, DiffMod, Key, KMod, KRange,  # noqa: F401
-                    ModAtom, Neighborhood, PeriodicAtom, Power, QRange, RangeAtom, axis_high, axis_low,
-                    axis_neighbour, axis_window)
+from .atoms import (
+    ATOM_TYPES,
+    Atom,
+    AtomT,
+    Band,
+    Bounds,
+    Chunk,
+    Conj,
+    Cond,
+    DiffMod,
+    Key,
+    KMod,
+    KRange,  # noqa: F401
+    ModAtom,
+    Neighborhood,
+    PeriodicAtom,
+    Power,
+    QRange,
+    RangeAtom,
+    axis_high,
+    axis_low,
+    axis_neighbour,
+    axis_window,
+)
 from .status import Status, status_of  # noqa: F401
 
 INF = None  # an open end of a range

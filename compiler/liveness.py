@@ -82,7 +82,7 @@ class Region:
     def describe(self) -> str:
         parts = {
             "chunk": f"current chunk of {self.chunk} keys"
-                     + (f", last {self.recent} of it" if self.recent is not None else ""),
+            + (f", last {self.recent} of it" if self.recent is not None else ""),
             "ring": f"ring of the last {self.recent} keys",
             "sink": f"sink: keys {span(self.k_lo, (self.k_hi or 0) + 1)}",
             "stripes": f"column stripes: every key with k mod {self.stride[0]} == {self.stride[1]}",
@@ -133,19 +133,33 @@ class Region:
                 pass
             else:
                 raise NoFormula(f"chunks of {chunk} and {o.chunk} keys with offset limits")
-        r = Region(max(self.k_lo, o.k_lo), _min(self.k_hi, o.k_hi), stride, _min(self.recent, o.recent),
-                   chunk, off, _min(self.until, o.until))
+        r = Region(
+            max(self.k_lo, o.k_lo),
+            _min(self.k_hi, o.k_hi),
+            stride,
+            _min(self.recent, o.recent),
+            chunk,
+            off,
+            _min(self.until, o.until),
+        )
         return None if r.k_hi is not None and r.k_hi < r.k_lo else r
 
     def within(self, o: "Region") -> bool:
         """A sufficient check that every key this region keeps, o keeps too, at every t."""
-        return (self.k_lo >= o.k_lo and _le(self.k_hi, o.k_hi) and _le(self.recent, o.recent)
-                and _le(self.until, o.until)
-                and (o.stride[0] == 1 or (self.stride[0] % o.stride[0] == 0
-                                          and self.stride[1] % o.stride[0] == o.stride[1]))
-                and (o.chunk is None or (self.chunk is not None and o.chunk % self.chunk == 0
-                                         and o.chunk_offset_max is None)
-                     or (self.chunk == o.chunk and _le(self.chunk_offset_max, o.chunk_offset_max))))
+        return (
+            self.k_lo >= o.k_lo
+            and _le(self.k_hi, o.k_hi)
+            and _le(self.recent, o.recent)
+            and _le(self.until, o.until)
+            and (
+                o.stride[0] == 1 or (self.stride[0] % o.stride[0] == 0 and self.stride[1] % o.stride[0] == o.stride[1])
+            )
+            and (
+                o.chunk is None
+                or (self.chunk is not None and o.chunk % self.chunk == 0 and o.chunk_offset_max is None)
+                or (self.chunk == o.chunk and _le(self.chunk_offset_max, o.chunk_offset_max))
+            )
+        )
 
     def size_formula(self) -> Formula:
         """|region at t| as a formula in t >= 0."""
@@ -235,8 +249,11 @@ class CacheLayout:
         return any(r.kind == "full" and r.k_lo == 0 and r.stride[0] == 1 and r.until is None for r in self.regions)
 
     def union(self, other: "CacheLayout") -> "CacheLayout":
-        return _layout(list(self.regions) + list(other.regions), self.exact and other.exact,
-                       self.notes + tuple(n for n in other.notes if n not in self.notes))
+        return _layout(
+            list(self.regions) + list(other.regions),
+            self.exact and other.exact,
+            self.notes + tuple(n for n in other.notes if n not in self.notes),
+        )
 
     def describe(self) -> list[str]:
         if not self.regions:
@@ -244,10 +261,24 @@ class CacheLayout:
         return [r.describe() for r in self.regions]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"regions": [dict(kind=r.kind, describe=r.describe(), k_lo=r.k_lo, k_hi=r.k_hi,
-                                 stride=list(r.stride), recent=r.recent, chunk=r.chunk,
-                                 chunk_offset_max=r.chunk_offset_max, until=r.until) for r in self.regions],
-                "exact": self.exact, "notes": list(self.notes)}
+        return {
+            "regions": [
+                dict(
+                    kind=r.kind,
+                    describe=r.describe(),
+                    k_lo=r.k_lo,
+                    k_hi=r.k_hi,
+                    stride=list(r.stride),
+                    recent=r.recent,
+                    chunk=r.chunk,
+                    chunk_offset_max=r.chunk_offset_max,
+                    until=r.until,
+                )
+                for r in self.regions
+            ],
+            "exact": self.exact,
+            "notes": list(self.notes),
+        }
 
 
 @lru_cache(maxsize=1024)
@@ -264,8 +295,11 @@ def _union_size(regions: tuple[Region, ...]) -> Formula:
 def _prune(regions: list[Region]) -> list[Region]:
     """Drop duplicates and regions inside another one."""
     regions = sorted(set(regions), key=repr)
-    return [r for i, r in enumerate(regions)
-            if not any(j != i and r.within(o) and not (o.within(r) and j > i) for j, o in enumerate(regions))]
+    return [
+        r
+        for i, r in enumerate(regions)
+        if not any(j != i and r.within(o) and not (o.within(r) and j > i) for j, o in enumerate(regions))
+    ]
 
 
 def _layout(regions: list[Region], exact: bool, notes: tuple[str, ...]) -> CacheLayout:

@@ -12,8 +12,22 @@ from typing import Any, Callable
 
 from ..spec.resolved import Assignment, RExpr, ROp, Spec
 from .algebra import complement, difference, intersect, simplify, union
-from .ir import (Band, Chunk, DiffMod, HeadGroup, KMod, KRange, Lit, ModelShape, Neighborhood,
-                 Pattern, Power, Program, QRange, Term)
+from .ir import (
+    Band,
+    Chunk,
+    DiffMod,
+    HeadGroup,
+    KMod,
+    KRange,
+    Lit,
+    ModelShape,
+    Neighborhood,
+    Pattern,
+    Power,
+    Program,
+    QRange,
+    Term,
+)
 
 
 def _one(*atoms: Any) -> Pattern:
@@ -32,8 +46,16 @@ def _global(args: dict[str, Any]) -> Pattern:
 
 
 def _neighborhood(args: dict[str, Any], grid: Any) -> Pattern:
-    return _one(Neighborhood(tuple(grid.dims), tuple(args["kernel"]), tuple(args["dilation"]),
-                             tuple(bool(c) for c in args["causal"]), grid.prefix, tuple(args["stride"])))
+    return _one(
+        Neighborhood(
+            tuple(grid.dims),
+            tuple(args["kernel"]),
+            tuple(args["dilation"]),
+            tuple(bool(c) for c in args["causal"]),
+            grid.prefix,
+            tuple(args["stride"]),
+        )
+    )
 
 
 PRIMITIVES: dict[str, Callable[[dict[str, Any], Any], Pattern]] = {
@@ -74,9 +96,12 @@ def _members(a: Assignment, model: ModelShape) -> set[tuple[int, int]]:
 
 def lower(spec: Spec) -> Program:
     """The IR program of a resolved spec: one head group per distinct pattern."""
-    model = ModelShape(layers=spec.model.layers or 1, heads=spec.model.heads or 1,
-                       kv_heads=spec.model.kv_heads or spec.model.heads or 1,
-                       head_dim=spec.model.head_dim)
+    model = ModelShape(
+        layers=spec.model.layers or 1,
+        heads=spec.model.heads or 1,
+        kv_heads=spec.model.kv_heads or spec.model.heads or 1,
+        head_dim=spec.model.head_dim,
+    )
     groups: dict[Pattern, set[tuple[int, int]]] = {}
     for a in spec.assignments:
         groups.setdefault(lower_expr(a.expr, spec.grid), set()).update(_members(a, model))

@@ -59,11 +59,17 @@ def _where(program: Program, group: HeadGroup) -> str:
 
 
 def check_empty_patterns(program: Program, n: int, layouts: Any) -> list[Diagnostic]:
-    return [Diagnostic("warning", "empty-pattern",
-                       "the pattern allows no (query, key) pair: every output of these heads is zero; "
-                       "check the set operators (an `&` of disjoint patterns, or a `-` that removes everything)",
-                       _where(program, g))
-            for g in program.groups if not g.pattern.terms]
+    return [
+        Diagnostic(
+            "warning",
+            "empty-pattern",
+            "the pattern allows no (query, key) pair: every output of these heads is zero; "
+            "check the set operators (an `&` of disjoint patterns, or a `-` that removes everything)",
+            _where(program, g),
+        )
+        for g in program.groups
+        if not g.pattern.terms
+    ]
 
 
 def empty_rows(pattern: Pattern, n: int, bmap: Any = None, edge_blocks: int = 2) -> list[int]:
@@ -95,11 +101,16 @@ def check_empty_rows(program: Program, n: int, layouts: Any, bmaps: Any = None) 
             continue
         empty = empty_rows(g.pattern, n, None if bmaps is None else bmaps[i])
         if empty:
-            out.append(Diagnostic(
-                "warning", "empty-rows",
-                f"{len(empty):,} query rows ({ranges(empty[:20])}{' ...' if len(empty) > 20 else ''}) have no "
-                "allowed key, so their outputs are zeros; add the diagonal (`| window(1)`) or "
-                "start the band at 0 if those tokens should see something", _where(program, g)))
+            out.append(
+                Diagnostic(
+                    "warning",
+                    "empty-rows",
+                    f"{len(empty):,} query rows ({ranges(empty[:20])}{' ...' if len(empty) > 20 else ''}) have no "
+                    "allowed key, so their outputs are zeros; add the diagonal (`| window(1)`) or "
+                    "start the band at 0 if those tokens should see something",
+                    _where(program, g),
+                )
+            )
     return out
 
 
@@ -110,16 +121,25 @@ def check_causal_decode(program: Program, n: int, layouts: Any) -> list[Diagnost
         if not g.pattern.terms or g.pattern.is_causal:
             continue
         if decoding:
-            out.append(Diagnostic(
-                "warning", "non-causal-decode",
-                "the pattern lets a query read later keys, but the file has a cache block (decoding): "
-                "while decoding, keys after the query do not exist yet, so decode outputs differ from "
-                "prefill; intersect with `causal` for a decoder", _where(program, g)))
+            out.append(
+                Diagnostic(
+                    "warning",
+                    "non-causal-decode",
+                    "the pattern lets a query read later keys, but the file has a cache block (decoding): "
+                    "while decoding, keys after the query do not exist yet, so decode outputs differ from "
+                    "prefill; intersect with `causal` for a decoder",
+                    _where(program, g),
+                )
+            )
         else:
-            out.append(Diagnostic(
-                "note", "non-causal",
-                "not causal (a query reads later keys): an encoder pattern, with no decode and so no "
-                "KV cache", _where(program, g)))
+            out.append(
+                Diagnostic(
+                    "note",
+                    "non-causal",
+                    "not causal (a query reads later keys): an encoder pattern, with no decode and so no KV cache",
+                    _where(program, g),
+                )
+            )
     return out
 
 
@@ -128,12 +148,22 @@ def check_window_covers_n(program: Program, n: int, layouts: Any) -> list[Diagno
     for g in program.groups:
         for term in g.pattern.terms:
             bands = term.atoms_of(Band)
-            if bands and bands[0].lo is not None and bands[0].lo <= 0 and bands[0].hi is not None \
-                    and bands[0].hi >= n - 1 and len(term.lits) == 1:
-                out.append(Diagnostic(
-                    "note", "window-covers-n",
-                    f"band {bands[0]} is wider than N = {n}: at this length it is the same as causal",
-                    _where(program, g)))
+            if (
+                bands
+                and bands[0].lo is not None
+                and bands[0].lo <= 0
+                and bands[0].hi is not None
+                and bands[0].hi >= n - 1
+                and len(term.lits) == 1
+            ):
+                out.append(
+                    Diagnostic(
+                        "note",
+                        "window-covers-n",
+                        f"band {bands[0]} is wider than N = {n}: at this length it is the same as causal",
+                        _where(program, g),
+                    )
+                )
                 break
     return out
 
@@ -146,11 +176,16 @@ def check_grid_kernel(program: Program, n: int, layouts: Any) -> list[Diagnostic
     for g in program.groups:
         has_grid = any(term.atoms_of(Neighborhood) for term in g.pattern.terms)
         if has_grid and grid_terms(g.pattern) is None:
-            out.append(Diagnostic(
-                "warning", "grid-generic-kernel",
-                "this grid pattern runs the generic kernel, not the faster tile-order one: every term must "
-                "hold one neighborhood; for global tokens (CLS, text), declare them as the grid's prefix, "
-                "as in grid(32, 32) prefix = 1, instead of writing | global(1)", _where(program, g)))
+            out.append(
+                Diagnostic(
+                    "warning",
+                    "grid-generic-kernel",
+                    "this grid pattern runs the generic kernel, not the faster tile-order one: every term must "
+                    "hold one neighborhood; for global tokens (CLS, text), declare them as the grid's prefix, "
+                    "as in grid(32, 32) prefix = 1, instead of writing | global(1)",
+                    _where(program, g),
+                )
+            )
     return out
 
 
@@ -161,10 +196,15 @@ def check_grid_length(program: Program, n: int, layouts: Any) -> list[Diagnostic
             for nb in term.atoms_of(Neighborhood):
                 tokens = nb.prefix + int(np.prod(nb.dims))
                 if tokens != n:
-                    out.append(Diagnostic(
-                        "note", "grid-length",
-                        f"the grid holds {tokens} tokens but N = {n}: positions past the grid attend only to "
-                        f"the {nb.prefix} prefix tokens", _where(program, g)))
+                    out.append(
+                        Diagnostic(
+                            "note",
+                            "grid-length",
+                            f"the grid holds {tokens} tokens but N = {n}: positions past the grid attend only to "
+                            f"the {nb.prefix} prefix tokens",
+                            _where(program, g),
+                        )
+                    )
                     return out
     return out
 
@@ -211,41 +251,61 @@ def check_cache_budgets(program: Program, n: int, layouts: Any) -> list[Diagnost
                     lossy.append((l, kv, budget, slots))
                 elif budget is not None and budget > slots and layout.exact:
                     wasted.append((l, kv, budget, slots))
-                if policy.sink and not live[:min(policy.sink, n)].all() and layout.exact:
+                if policy.sink and not live[: min(policy.sink, n)].all() and layout.exact:
                     sinks_dead.append((l, kv))
         where = f"cache rule {i + 1}"
         if lossy:
             l, kv, b, s = lossy[0]
-            out.append(Diagnostic(
-                "note", "lossy-budget",
-                f"budget {b} tokens < {s} slots the pattern needs at decode position {n} (its live keys "
-                f"plus the new token) "
-                f"(layer {l}, KV head {kv}{f', and {len(lossy) - 1} more' if len(lossy) > 1 else ''}): "
-                "eviction is lossy here, as intended for SnapKV/H2O-style policies", where))
+            out.append(
+                Diagnostic(
+                    "note",
+                    "lossy-budget",
+                    f"budget {b} tokens < {s} slots the pattern needs at decode position {n} (its live keys "
+                    f"plus the new token) "
+                    f"(layer {l}, KV head {kv}{f', and {len(lossy) - 1} more' if len(lossy) > 1 else ''}): "
+                    "eviction is lossy here, as intended for SnapKV/H2O-style policies",
+                    where,
+                )
+            )
         if wasted:
             l, kv, b, s = wasted[0]
-            out.append(Diagnostic(
-                "warning", "budget-exceeds-live",
-                f"budget {b} tokens > {s} slots the pattern needs at decode position {n} (its live keys "
-                f"plus the new token; layer {l}, KV head {kv}): the extra slots hold keys no query reads "
-                f"again; a budget of {s} is lossless", where))
+            out.append(
+                Diagnostic(
+                    "warning",
+                    "budget-exceeds-live",
+                    f"budget {b} tokens > {s} slots the pattern needs at decode position {n} (its live keys "
+                    f"plus the new token; layer {l}, KV head {kv}): the extra slots hold keys no query reads "
+                    f"again; a budget of {s} is lossless",
+                    where,
+                )
+            )
         if sinks_dead:
-            out.append(Diagnostic(
-                "warning", "sink-not-read",
-                f"keep sink({policy.sink}) keeps keys that no future query of the pattern reads "
-                f"({len(sinks_dead)} (layer, KV head) pairs); drop the keep rule or add sink({policy.sink}) "
-                "to the pattern", where))
+            out.append(
+                Diagnostic(
+                    "warning",
+                    "sink-not-read",
+                    f"keep sink({policy.sink}) keeps keys that no future query of the pattern reads "
+                    f"({len(sinks_dead)} (layer, KV head) pairs); drop the keep rule or add sink({policy.sink}) "
+                    "to the pattern",
+                    where,
+                )
+            )
     return out
 
 
 CHECKS: tuple[Callable[[Program, int, Any], list[Diagnostic]], ...] = (
-    check_empty_patterns, check_causal_decode, check_window_covers_n, check_grid_kernel, check_grid_length,
+    check_empty_patterns,
+    check_causal_decode,
+    check_window_covers_n,
+    check_grid_kernel,
+    check_grid_length,
     check_cache_budgets,
 )
 
 
-def validate(program: Program, n: int, layouts: Sequence[Any] | None = None,
-             block_maps: Sequence[Any] | None = None) -> list[Diagnostic]:
+def validate(
+    program: Program, n: int, layouts: Sequence[Any] | None = None, block_maps: Sequence[Any] | None = None
+) -> list[Diagnostic]:
     """Every check, warnings first. `layouts` are the groups' cache layouts (compiler.liveness),
     `block_maps` their block maps at n (computed here when not given)."""
     out = [d for check in CHECKS for d in check(program, n, layouts)]

@@ -144,8 +144,14 @@ class GroupPlan:
     @property
     def tuning(self) -> dict[str, int | bool | None]:
         """What the launch configuration reads of the plan (the generated module's _TUNING)."""
-        return {"block_cap": self.block_cap, "rows_cap": self.rows_cap, "narrow": self.narrow,
-                "grows": self.grows, "residue": self.residue, "grid": self.grid is not None}
+        return {
+            "block_cap": self.block_cap,
+            "rows_cap": self.rows_cap,
+            "narrow": self.narrow,
+            "grows": self.grows,
+            "residue": self.residue,
+            "grid": self.grid is not None,
+        }
 
 
 def _pow2_divisor(x: int) -> int:
@@ -184,7 +190,7 @@ def residue_pattern(pattern: Pattern) -> tuple[int, Pattern] | None:
     c = pattern.terms[0].conj
     if len(c.dmods) != 1 or c != Conj(d_lo=c.d_lo, d_hi=c.d_hi, dmods=c.dmods):
         return None
-    (d, r), = c.dmods
+    ((d, r),) = c.dmods
     if r != 0 or not 2 <= d <= RESIDUE_MAX:
         return None
     lo, hi = c.d_lo, c.d_hi
@@ -204,8 +210,7 @@ def plan_group(index: int | str, pattern: Pattern, residue: bool = True) -> Grou
     caps = [_pow2_divisor(a.period) for t in terms for a in t.conj.periodic]
     caps = [c for c in caps if c >= MIN_TILE]
     grows = any(b.hi is None for t in terms for b in t.atoms_of(Band))
-    common = dict(index=index, text=str(pattern), pattern=pattern,
-                  block_cap=min(caps) if caps else None, grows=grows)
+    common = dict(index=index, text=str(pattern), pattern=pattern, block_cap=min(caps) if caps else None, grows=grows)
     if not terms:
         return GroupPlan(mode="empty", terms=(), narrow=0, **common)
     if len(terms) > MAX_TERMS:
@@ -318,6 +323,12 @@ def span_tiles(plan: SpanPlan, n: int, block: int, tile: int) -> tuple[np.ndarra
 
 
 def plan_program(program: Program) -> tuple[GroupPlan, ...]:
-    return tuple(dataclasses.replace(plan_group(i, g.pattern), grid=plan_grid(g.pattern),
-                                     columns=plan_columns(g.pattern), rows=plan_rows(g.pattern))
-                 for i, g in enumerate(program.groups))
+    return tuple(
+        dataclasses.replace(
+            plan_group(i, g.pattern),
+            grid=plan_grid(g.pattern),
+            columns=plan_columns(g.pattern),
+            rows=plan_rows(g.pattern),
+        )
+        for i, g in enumerate(program.groups)
+    )

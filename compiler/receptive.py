@@ -173,7 +173,7 @@ def _fft_correlate(src: np.ndarray, dvec: np.ndarray, n: int) -> np.ndarray:
     a = np.fft.rfft(src.astype(np.float64), size, axis=1)
     b = np.fft.rfft(dvec[::-1].astype(np.float64), size)
     conv = np.fft.irfft(a * b[None, :], size, axis=1)
-    return conv[:, n - 1:2 * n - 1] > 0.5
+    return conv[:, n - 1 : 2 * n - 1] > 0.5
 
 
 def _chunked(src: np.ndarray, dvec: np.ndarray, size: int, delta: int) -> np.ndarray:
@@ -183,7 +183,7 @@ def _chunked(src: np.ndarray, dvec: np.ndarray, size: int, delta: int) -> np.nda
     if shift >= n:
         return np.zeros(n, dtype=bool)
     moved = np.zeros(n, dtype=bool)
-    moved[:n - shift] = src[shift:]  # query q -> position q - shift, in the key's block
+    moved[: n - shift] = src[shift:]  # query q -> position q - shift, in the key's block
     blocks = -(-n // size)
     grid = np.zeros(blocks * size, dtype=bool)
     grid[:n] = moved
@@ -193,7 +193,7 @@ def _chunked(src: np.ndarray, dvec: np.ndarray, size: int, delta: int) -> np.nda
     local = np.zeros(2 * size - 1, dtype=bool)
     a, b = max(lo, 0), min(hi, len(dvec))
     if a < b:
-        local[a - lo:b - lo] = dvec[a:b]
+        local[a - lo : b - lo] = dvec[a:b]
     out = _correlate(grid, local, size).reshape(-1)[:n]
     return out
 
@@ -202,12 +202,12 @@ def _neighborhood(nb: Neighborhood, src: np.ndarray) -> np.ndarray:
     n = len(src)
     p, g = nb.prefix, math.prod(nb.dims)
     out = np.zeros(n, dtype=bool)
-    if src[:min(p, n)].any():
+    if src[: min(p, n)].any():
         return np.ones(n, dtype=bool)
-    out[:min(p, n)] = True
+    out[: min(p, n)] = True
     cells = np.zeros(g, dtype=bool)
-    part = src[p:p + g]
-    cells[:len(part)] = part
+    part = src[p : p + g]
+    cells[: len(part)] = part
     state = cells.reshape(nb.dims).astype(np.int64)
     for axis, length in enumerate(nb.dims):
         x = np.arange(length)[:, None]
@@ -217,7 +217,7 @@ def _neighborhood(nb: Neighborhood, src: np.ndarray) -> np.ndarray:
         state = (state > 0).astype(np.int64)
     flat = state.reshape(-1) > 0
     m = max(0, min(n - p, g))
-    out[p:p + m] |= flat[:m]
+    out[p : p + m] |= flat[:m]
     return out
 
 
@@ -229,7 +229,7 @@ def _enumerate(term: Term, src: np.ndarray) -> np.ndarray:
     k = np.arange(n, dtype=np.int64)[None, :]
     out = np.zeros(n, dtype=bool)
     for s in range(0, len(qs), 256):
-        q = qs[s:s + 256, None]
+        q = qs[s : s + 256, None]
         out |= np.asarray(term.holds(q, k), dtype=bool).any(axis=0)
     return out
 
@@ -256,8 +256,15 @@ class LayerReach:
     span: int = 0  # how far back the unbroken run of positions ending at N - 1 reaches
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layer": self.layer, "earliest": self.earliest, "back": self.back, "span": self.span,
-                "covered": self.covered, "unreachable": self.unreachable, "gaps": [list(g) for g in self.gaps]}
+        return {
+            "layer": self.layer,
+            "earliest": self.earliest,
+            "back": self.back,
+            "span": self.span,
+            "covered": self.covered,
+            "unreachable": self.unreachable,
+            "gaps": [list(g) for g in self.gaps],
+        }
 
 
 @dataclass(frozen=True)
@@ -273,10 +280,17 @@ class ReceptiveField:
     unreachable_final: tuple[tuple[int, int], ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "layers": self.layers, "rows": [r.to_dict() for r in self.rows],
-                "full_at": self.full_at, "full_note": self.full_note, "closed_form": self.closed_form,
-                "uniform": self.uniform, "requested_n": self.requested_n,
-                "unreachable_final": [list(g) for g in self.unreachable_final]}
+        return {
+            "n": self.n,
+            "layers": self.layers,
+            "rows": [r.to_dict() for r in self.rows],
+            "full_at": self.full_at,
+            "full_note": self.full_note,
+            "closed_form": self.closed_form,
+            "uniform": self.uniform,
+            "requested_n": self.requested_n,
+            "unreachable_final": [list(g) for g in self.unreachable_final],
+        }
 
 
 def _gaps(reached: np.ndarray, limit: int = 8) -> tuple[tuple[int, int], ...]:
@@ -297,15 +311,18 @@ def _row(layer: int, reached: np.ndarray) -> LayerReach:
 def layer_patterns(program: Program, layers: int | None = None) -> list[Pattern]:
     """The union of the heads' patterns in each layer; a uniform program is repeated `layers` times."""
     table = program.group_table()
-    per_layer = [simplify(Pattern(tuple({t for g in set(row) for t in program.groups[g].pattern.terms})))
-                 for row in table]
+    per_layer = [
+        simplify(Pattern(tuple({t for g in set(row) for t in program.groups[g].pattern.terms}))) for row in table
+    ]
     if layers is None:
         return per_layer
     if all(p == per_layer[0] for p in per_layer):
         return [per_layer[0]] * layers
     if layers > len(per_layer):
-        raise ValueError(f"the pattern differs by layer and the model has {len(per_layer)} layers; "
-                         f"got --layers {layers}: use at most {len(per_layer)}")
+        raise ValueError(
+            f"the pattern differs by layer and the model has {len(per_layer)} layers; "
+            f"got --layers {layers}: use at most {len(per_layer)}"
+        )
     return per_layer[:layers]
 
 
@@ -366,10 +383,24 @@ def _receptive(patterns: Sequence[Pattern], n: int, use_closed: bool = True) -> 
     if closed is not None and any(closed[1](r.layer) != (r.earliest, r.covered) for r in rows):
         # a closed form that disagrees with the exact vectors is a bug: never show it
         rf = _receptive(patterns, n, use_closed=False)
-        return ReceptiveField(**{**rf.__dict__, "full_note": rf.full_note + "; the closed form disagreed "
-                                 "with the exact sets (a bug: please report the pattern)"})
-    return ReceptiveField(n, layers, tuple(rows), full_at, note, None if closed is None else closed[0], uniform,
-                          None, final.gaps if final else ())
+        return ReceptiveField(
+            **{
+                **rf.__dict__,
+                "full_note": rf.full_note + "; the closed form disagreed "
+                "with the exact sets (a bug: please report the pattern)",
+            }
+        )
+    return ReceptiveField(
+        n,
+        layers,
+        tuple(rows),
+        full_at,
+        note,
+        None if closed is None else closed[0],
+        uniform,
+        None,
+        final.gaps if final else (),
+    )
 
 
 # ---------------------------------------------------------------- closed forms
@@ -407,8 +438,11 @@ def closed_form(pattern: Pattern, n: int):
     if chunks and len(terms) == 1:
         c = chunks[0]
         first = c * ((n - 1) // c)
-        return (f"chunk({c}): only the last chunk, positions {span(first, n)}", lambda l: (first, n - first),
-                1 if first == 0 else None)
+        return (
+            f"chunk({c}): only the last chunk, positions {span(first, n)}",
+            lambda l: (first, n - first),
+            1 if first == 0 else None,
+        )
     if bands and len(bands) == len(terms) - len(sinks) and len(sinks) <= 1 and not powers and not chunks:
         h = max(bands)
         s = min(sinks[0], n) if sinks else 0
@@ -417,6 +451,7 @@ def closed_form(pattern: Pattern, n: int):
             lo = max(0, n - 1 - l * h)
             covered = (n - lo) + max(0, min(s, lo))
             return (0 if s and l >= 1 else lo), covered
+
         text = f"window: back(l) = min(N - 1, {h} * l)"
         if s:
             text += f"; sink: positions {span(0, s)} from layer 1"
@@ -434,9 +469,13 @@ def _power_closed(b: int, n: int):
         deltas = [d for d in range(1, nb) if bin(d).count("1") <= l]
         earliest = (nb - 1 - max(deltas)) * b if deltas else (nb - 1) * b
         return earliest, last + b * len(deltas)
+
     full = max(1, nb.bit_length() - 1) if nb > 1 else 1
-    return (f"power({b}): block distances with at most l bits set after l layers "
-            f"(every distance < 2^l blocks)"), at, full
+    return (
+        (f"power({b}): block distances with at most l bits set after l layers (every distance < 2^l blocks)"),
+        at,
+        full,
+    )
 
 
 def graph_receptive_field(patterns: Sequence[Pattern], n: int) -> list[set[int]]:

@@ -42,10 +42,15 @@ class KV:
     bytes_per_token: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layout": self.layout.to_dict(), "tokens": self.tokens, "bytes": self.tokens * self.bytes_per_token,
-                "formula": None if self.formula is None else [{"range": r, "expr": e}
-                                                              for r, e in self.formula.describe()],
-                "note": self.note, "growth": self.growth, "bytes_per_token": self.bytes_per_token}
+        return {
+            "layout": self.layout.to_dict(),
+            "tokens": self.tokens,
+            "bytes": self.tokens * self.bytes_per_token,
+            "formula": None if self.formula is None else [{"range": r, "expr": e} for r, e in self.formula.describe()],
+            "note": self.note,
+            "growth": self.growth,
+            "bytes_per_token": self.bytes_per_token,
+        }
 
 
 @dataclass
@@ -72,15 +77,26 @@ class GridOrder:
     prefix_pairs: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"block": [self.bm, self.bn], "q_tile": list(self.q_tile), "k_tile": list(self.k_tile),
-                "tile_order": {"tiles": self.tiles, "visited": self.visited, "kernel_visits": self.kernel_visits,
-                               "visited_share": self.visited / self.tiles if self.tiles else 0.0,
-                               "useful_pair_density": self.useful},
-                "row_major": {"tiles": self.row_major_tiles, "visited": self.row_major_visited,
-                              "visited_share": self.row_major_visited / self.row_major_tiles
-                              if self.row_major_tiles else 0.0,
-                              "useful_pair_density": self.row_major_useful},
-                "prefix": self.prefix, "prefix_pairs": self.prefix_pairs}
+        return {
+            "block": [self.bm, self.bn],
+            "q_tile": list(self.q_tile),
+            "k_tile": list(self.k_tile),
+            "tile_order": {
+                "tiles": self.tiles,
+                "visited": self.visited,
+                "kernel_visits": self.kernel_visits,
+                "visited_share": self.visited / self.tiles if self.tiles else 0.0,
+                "useful_pair_density": self.useful,
+            },
+            "row_major": {
+                "tiles": self.row_major_tiles,
+                "visited": self.row_major_visited,
+                "visited_share": self.row_major_visited / self.row_major_tiles if self.row_major_tiles else 0.0,
+                "useful_pair_density": self.row_major_useful,
+            },
+            "prefix": self.prefix,
+            "prefix_pairs": self.prefix_pairs,
+        }
 
 
 GRID_BLOCKS = ((128, 64), (128, 128))  # the tile sizes reported for grid patterns
@@ -113,12 +129,23 @@ def grid_orders(pattern: Pattern, n: int, pairs: int, natural: dict[tuple[int, i
         nat = natural.get((bm, bn)) or block_map(pattern, n, bm, bn)
         nat_visited = int((nat.status != Status.NONE).sum())
         grid_pairs = pairs - tiled.prefix_pairs
-        out.append(GridOrder(
-            bm, bn, tiling.q_tile, tiling.k_tile, int(tiled.status.size), tiled.visited,
-            visited_tiles(g, tiling.q_tile, tiling.k_tile) if whole else None,
-            grid_pairs / (tiled.visited * bm * bn) if tiled.visited else 0.0,
-            int(nat.status.size), nat_visited, pairs / (nat_visited * bm * bn) if nat_visited else 0.0,
-            g.prefix, tiled.prefix_pairs))
+        out.append(
+            GridOrder(
+                bm,
+                bn,
+                tiling.q_tile,
+                tiling.k_tile,
+                int(tiled.status.size),
+                tiled.visited,
+                visited_tiles(g, tiling.q_tile, tiling.k_tile) if whole else None,
+                grid_pairs / (tiled.visited * bm * bn) if tiled.visited else 0.0,
+                int(nat.status.size),
+                nat_visited,
+                pairs / (nat_visited * bm * bn) if nat_visited else 0.0,
+                g.prefix,
+                tiled.prefix_pairs,
+            )
+        )
     return out
 
 
@@ -137,14 +164,25 @@ class GroupReport:
         c = self.cost
         return {
             "grid_order": [g.to_dict() for g in self.grid],
-            "index": self.index, "where": self.where, "pattern": str(c.pattern), "heads": c.heads,
-            "kv_heads": self.kv_pairs, "density": c.density, "asymptotic": c.asymptotic,
-            "asymptotic_from": c.asymptotic_how, "pairs": c.pairs.to_dict(), "flops_per_head": c.flops.to_dict(),
+            "index": self.index,
+            "where": self.where,
+            "pattern": str(c.pattern),
+            "heads": c.heads,
+            "kv_heads": self.kv_pairs,
+            "density": c.density,
+            "asymptotic": c.asymptotic,
+            "asymptotic_from": c.asymptotic_how,
+            "pairs": c.pairs.to_dict(),
+            "flops_per_head": c.flops.to_dict(),
             "flops_formula": None if c.flops_expr is None else str(c.flops_expr),
-            "bytes_per_head_min": c.bytes_min.to_dict(), "bytes_per_head_tiles": c.bytes_tiles,
+            "bytes_per_head_min": c.bytes_min.to_dict(),
+            "bytes_per_head_tiles": c.bytes_tiles,
             "bytes_per_head_tiles_qkv": c.bytes_tiles_qkv,
-            "backward_flops_per_head": c.bwd_flops, "backward_bytes_per_head_min": c.bwd_bytes_min,
-            "tiles": c.tiles, "block": list(c.block), "kv_cache": self.kv.to_dict(),
+            "backward_flops_per_head": c.bwd_flops,
+            "backward_bytes_per_head_min": c.bwd_bytes_min,
+            "tiles": c.tiles,
+            "block": list(c.block),
+            "kv_cache": self.kv.to_dict(),
             "block_map": {"cell_tiles": self.block_cell, "render": self.block_render.splitlines()},
         }
 
@@ -168,13 +206,19 @@ class Analysis:
     def to_dict(self) -> dict[str, Any]:
         m = self.program.model
         return {
-            "name": self.name, "file": self.file, "digest": self.digest, "n": self.n, "block": list(self.block),
+            "name": self.name,
+            "file": self.file,
+            "digest": self.digest,
+            "n": self.n,
+            "block": list(self.block),
             "dtype": self.dtype,
             "model": {"layers": m.layers, "heads": m.heads, "kv_heads": m.kv_heads, "head_dim": m.head_dim},
-            "groups": [g.to_dict() for g in self.groups], "totals": self.totals,
+            "groups": [g.to_dict() for g in self.groups],
+            "totals": self.totals,
             "receptive_field": None if self.receptive is None else self.receptive.to_dict(),
             "receptive_field_error": self.receptive_error,
-            "diagnostics": [d.to_dict() for d in self.diagnostics], "seconds": self.seconds,
+            "diagnostics": [d.to_dict() for d in self.diagnostics],
+            "seconds": self.seconds,
             "decodes": self.decodes,
         }
 
@@ -194,8 +238,8 @@ def coarse_status(status: np.ndarray, cells: int = 40) -> tuple[np.ndarray, int]
     rows, cols = -(-status.shape[0] // f), -(-status.shape[1] // f)
     pad_all = np.full((rows * f, cols * f), Status.ALL, dtype=np.int8)
     pad_none = np.full((rows * f, cols * f), Status.NONE, dtype=np.int8)
-    pad_all[:status.shape[0], :status.shape[1]] = status
-    pad_none[:status.shape[0], :status.shape[1]] = status
+    pad_all[: status.shape[0], : status.shape[1]] = status
+    pad_none[: status.shape[0], : status.shape[1]] = status
     all_full = (pad_all.reshape(rows, f, cols, f) == Status.ALL).all(axis=(1, 3))
     all_empty = (pad_none.reshape(rows, f, cols, f) == Status.NONE).all(axis=(1, 3))
     out = np.where(all_full, Status.ALL, np.where(all_empty, Status.NONE, Status.SOME)).astype(np.int8)
@@ -222,8 +266,9 @@ def _kv(layout: CacheLayout, n: int, bytes_per_token: int) -> KV:
 
 
 def _bounded(layout: CacheLayout) -> bool:
-    return all(r.recent is not None or r.chunk is not None or r.k_hi is not None or r.until is not None
-               for r in layout.regions)
+    return all(
+        r.recent is not None or r.chunk is not None or r.k_hi is not None or r.until is not None for r in layout.regions
+    )
 
 
 def _size_growth(f: Formula) -> str:
@@ -239,10 +284,20 @@ def default_length(program: Program) -> int:
     return 32768
 
 
-def analyze(program: Program, n: int, layers: int | None = None, block: tuple[int, int] = (128, 128),
-            dtype: str = "bf16", file: str = "", with_receptive: bool = True) -> Analysis:
+def analyze(
+    program: Program,
+    n: int,
+    layers: int | None = None,
+    block: tuple[int, int] = (128, 128),
+    dtype: str = "bf16",
+    file: str = "",
+    with_receptive: bool = True,
+) -> Analysis:
     """Run every analysis of `program` at sequence length (and decode position) n."""
-    for name, value, hi in (("the sequence length", n, MAX_ANALYSED_LENGTH), ("layers", 1 if layers is None else layers, MAX_MODEL["layers"])):
+    for name, value, hi in (
+        ("the sequence length", n, MAX_ANALYSED_LENGTH),
+        ("layers", 1 if layers is None else layers, MAX_MODEL["layers"]),
+    ):
         problem = bound_problem(name, value, 1, hi)
         if problem:
             raise ValueError(problem)
@@ -270,8 +325,11 @@ def analyze(program: Program, n: int, layers: int | None = None, block: tuple[in
         grid = grid_orders(g.pattern, n, cost.pairs.value, {tuple(block): cost.bmap})
         if grid:
             seconds[f"grid[{i}]"] = time.perf_counter() - t
-        groups.append(GroupReport(i, describe_members(g.members, model.layers, model.heads), cost, kv, kv_pairs,
-                                  _render(coarse), f, grid))
+        groups.append(
+            GroupReport(
+                i, describe_members(g.members, model.layers, model.heads), cost, kv, kv_pairs, _render(coarse), f, grid
+            )
+        )
     t = time.perf_counter()
     totals = _totals(program, groups, layouts, n, dval, dtype_bytes)
     seconds["totals"] = time.perf_counter() - t
@@ -288,12 +346,14 @@ def analyze(program: Program, n: int, layers: int | None = None, block: tuple[in
     diags = validate(program, n, layouts, [g.cost.bmap for g in groups])
     seconds["passes"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
-    return Analysis(program.name, file, program.digest(), n, block, dtype, program, groups, totals, rf, rf_error,
-                    diags, seconds)
+    return Analysis(
+        program.name, file, program.digest(), n, block, dtype, program, groups, totals, rf, rf_error, diags, seconds
+    )
 
 
-def _totals(program: Program, groups: list[GroupReport], layouts: list[CacheLayout], n: int, dval: int,
-            dtype_bytes: int) -> dict[str, Any]:
+def _totals(
+    program: Program, groups: list[GroupReport], layouts: list[CacheLayout], n: int, dval: int, dtype_bytes: int
+) -> dict[str, Any]:
     model = program.model
     heads = model.layers * model.heads
     pairs = sum(g.cost.pairs.value * g.cost.heads for g in groups)
@@ -326,16 +386,23 @@ def _totals(program: Program, groups: list[GroupReport], layouts: list[CacheLayo
     per_token = 2 * dval * dtype_bytes
     dense_tokens = n * model.layers * model.kv_heads
     return {
-        "heads": heads, "layers": model.layers, "query_heads": model.heads, "kv_heads": model.kv_heads,
-        "head_dim": model.head_dim, "head_dim_assumed": model.head_dim is None,
-        "pairs": pairs, "pairs_formula": None if pairs_f is None else [{"range": r, "expr": e}
-                                                                       for r, e in pairs_f.describe()],
-        "flops": 4 * dval * pairs, "dense_flops": 4 * dval * dense_pairs * heads,
+        "heads": heads,
+        "layers": model.layers,
+        "query_heads": model.heads,
+        "kv_heads": model.kv_heads,
+        "head_dim": model.head_dim,
+        "head_dim_assumed": model.head_dim is None,
+        "pairs": pairs,
+        "pairs_formula": None if pairs_f is None else [{"range": r, "expr": e} for r, e in pairs_f.describe()],
+        "flops": 4 * dval * pairs,
+        "dense_flops": 4 * dval * dense_pairs * heads,
         "dense_baseline": "causal" if causal else "full",
         "flops_fraction_of_dense": pairs / (dense_pairs * heads) if dense_pairs else 0.0,
-        "kv_tokens": tokens, "kv_bytes": tokens * per_token,
+        "kv_tokens": tokens,
+        "kv_bytes": tokens * per_token,
         "kv_formula_tokens": None if kv_f is None else [{"range": r, "expr": e} for r, e in kv_f.describe()],
-        "kv_formula_note": kv_note, "dense_kv_bytes": dense_tokens * per_token,
+        "kv_formula_note": kv_note,
+        "dense_kv_bytes": dense_tokens * per_token,
         "kv_fraction_of_dense": tokens / dense_tokens if dense_tokens else 0.0,
         "bytes_per_token": per_token,
     }
@@ -353,7 +420,7 @@ def _num(x: int) -> str:
 
 
 def _size(b: float) -> str:
-    for unit, f in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+    for unit, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if b >= f:
             return f"{b / f:,.2f} {unit}"
     return f"{int(b)} B"
@@ -385,10 +452,14 @@ def render(a: Analysis, console: Any = None) -> None:
 
     console = console or Console()
     m = a.program.model
-    shape = (f"{_plural(m.layers, 'layer')} x {_plural(m.heads, 'head')} ({m.kv_heads} KV), head_dim "
-             f"{m.head_dim if m.head_dim is not None else '128 (assumed)'}")
-    console.print(f"[bold]{a.name}[/] {a.file}  N = {_num(a.n)}  tiles {a.block[0]}x{a.block[1]}  {a.dtype}  "
-                  f"[dim]{shape}  digest {a.digest}[/]")
+    shape = (
+        f"{_plural(m.layers, 'layer')} x {_plural(m.heads, 'head')} ({m.kv_heads} KV), head_dim "
+        f"{m.head_dim if m.head_dim is not None else '128 (assumed)'}"
+    )
+    console.print(
+        f"[bold]{a.name}[/] {a.file}  N = {_num(a.n)}  tiles {a.block[0]}x{a.block[1]}  {a.dtype}  "
+        f"[dim]{shape}  digest {a.digest}[/]"
+    )
     for g in a.groups:
         c = g.cost
         pairs = f"{c.heads} (layer, head) pair{'s' if c.heads != 1 else ''}"
@@ -396,54 +467,88 @@ def render(a: Analysis, console: Any = None) -> None:
         console.print(f"heads: {g.where}\npattern: {c.pattern}", highlight=False)
         visited = c.tiles["partial"] + c.tiles["full"]
         total_tiles = visited + c.tiles["empty"]
-        console.print(f"density {c.density:.4%} of N x N   tiles: {_num(c.tiles['empty'])} empty, "
-                      f"{_num(c.tiles['partial'])} partial, {_num(c.tiles['full'])} full "
-                      f"({visited / total_tiles:.2%} visited)   asymptotic {c.asymptotic} "
-                      f"[dim](from the {c.asymptotic_how})[/]")
+        console.print(
+            f"density {c.density:.4%} of N x N   tiles: {_num(c.tiles['empty'])} empty, "
+            f"{_num(c.tiles['partial'])} partial, {_num(c.tiles['full'])} full "
+            f"({visited / total_tiles:.2%} visited)   asymptotic {c.asymptotic} "
+            f"[dim](from the {c.asymptotic_how})[/]"
+        )
         t = Table(box=None, header_style="bold", pad_edge=False)
         t.add_column("per head")
         t.add_column(f"at N = {_num(a.n)}", justify="right")
         t.add_column("closed form")
         t.add_row("allowed pairs", _num(c.pairs.value), _formula_text(c.pairs.formula, c.pairs.note))
-        t.add_row("FLOPs (4 D pairs)", f"{c.flops.value:.3e}",
-                  str(c.flops_expr) + "  [dim](large N)[/]" if c.flops_expr is not None else "[dim]4 D pairs[/]")
-        t.add_row("bytes, tiles (Q, K, V per tile)", _size(c.bytes_tiles_qkv),
-                  "[dim]Q, K and V loaded per visited tile, O written once[/]")
-        t.add_row("bytes, tiles (Q kept)", _size(c.bytes_tiles),
-                  "[dim]Q once per visited row block, K and V per visited tile, O once[/]")
+        t.add_row(
+            "FLOPs (4 D pairs)",
+            f"{c.flops.value:.3e}",
+            str(c.flops_expr) + "  [dim](large N)[/]" if c.flops_expr is not None else "[dim]4 D pairs[/]",
+        )
+        t.add_row(
+            "bytes, tiles (Q, K, V per tile)",
+            _size(c.bytes_tiles_qkv),
+            "[dim]Q, K and V loaded per visited tile, O written once[/]",
+        )
+        t.add_row(
+            "bytes, tiles (Q kept)",
+            _size(c.bytes_tiles),
+            "[dim]Q once per visited row block, K and V per visited tile, O once[/]",
+        )
         t.add_row("bytes, minimum", _size(c.bytes_min.value), _formula_text(c.bytes_min.formula, None))
-        t.add_row("backward FLOPs, bytes (minimum)", f"{c.bwd_flops:.3e}, {_size(c.bwd_bytes_min)}",
-                  f"[dim]{BWD_MATMUL_RATIO}x the forward's matrix products; Q, K, V, O, dO read, dQ, dK, dV written once[/]")
+        t.add_row(
+            "backward FLOPs, bytes (minimum)",
+            f"{c.bwd_flops:.3e}, {_size(c.bwd_bytes_min)}",
+            f"[dim]{BWD_MATMUL_RATIO}x the forward's matrix products; Q, K, V, O, dO read, dQ, dK, dV written once[/]",
+        )
         kv = g.kv
         if a.decodes:
-            t.add_row("KV cache (tokens per KV head per layer)",
-                      f"{_num(kv.tokens)} = {_size(kv.tokens * kv.bytes_per_token)}",
-                      _formula_text(kv.formula, kv.note) + f"  [dim]in t, {kv.growth}[/]")
+            t.add_row(
+                "KV cache (tokens per KV head per layer)",
+                f"{_num(kv.tokens)} = {_size(kv.tokens * kv.bytes_per_token)}",
+                _formula_text(kv.formula, kv.note) + f"  [dim]in t, {kv.growth}[/]",
+            )
         else:
             t.add_row("KV cache", "none", f"[dim]{NO_DECODE}[/]")
         console.print(t)
         if a.decodes:
-            console.print("cache layout: " + " + ".join(kv.layout.describe())
-                          + ("" if kv.layout.exact else "  [yellow](superset: not exact)[/]"), highlight=False)
+            console.print(
+                "cache layout: "
+                + " + ".join(kv.layout.describe())
+                + ("" if kv.layout.exact else "  [yellow](superset: not exact)[/]"),
+                highlight=False,
+            )
         cell = f"{g.block_cell}x{g.block_cell}"
         console.print(f"[dim]block map ('#' full, '+' partial, '.' empty; a cell = {cell} tiles):[/]")
         console.print(g.block_render, highlight=False)
         for o in g.grid:
             shape = f"query tile {'x'.join(map(str, o.q_tile))}, key tile {'x'.join(map(str, o.k_tile))}"
             box = "" if o.kernel_visits is None else f"; the kernel's boxes: {_num(o.kernel_visits)}"
-            console.print(f"grid order, {o.bm}x{o.bn} tiles ({shape}): {_num(o.visited)} of {_num(o.tiles)} "
-                          f"visited ({o.visited / o.tiles:.2%}{box}), {o.useful:.1%} useful pairs", highlight=False)
-            console.print(f"  row-major order: {_num(o.row_major_visited)} of {_num(o.row_major_tiles)} visited "
-                          f"({o.row_major_visited / o.row_major_tiles:.2%}), {o.row_major_useful:.1%} useful pairs"
-                          + (f"  [dim](the prefix of {o.prefix} stays in natural order: {_num(o.prefix_pairs)} "
-                             f"pairs)[/]" if o.prefix else ""), highlight=False)
+            console.print(
+                f"grid order, {o.bm}x{o.bn} tiles ({shape}): {_num(o.visited)} of {_num(o.tiles)} "
+                f"visited ({o.visited / o.tiles:.2%}{box}), {o.useful:.1%} useful pairs",
+                highlight=False,
+            )
+            console.print(
+                f"  row-major order: {_num(o.row_major_visited)} of {_num(o.row_major_tiles)} visited "
+                f"({o.row_major_visited / o.row_major_tiles:.2%}), {o.row_major_useful:.1%} useful pairs"
+                + (
+                    f"  [dim](the prefix of {o.prefix} stays in natural order: {_num(o.prefix_pairs)} pairs)[/]"
+                    if o.prefix
+                    else ""
+                ),
+                highlight=False,
+            )
     tot = a.totals
-    console.rule(f"totals over {_plural(tot['layers'], 'layer')} x {_plural(tot['query_heads'], 'head')}",
-                 align="left")
-    kv_text = (f"KV cache at decode position N: {_size(tot['kv_bytes'])} = {tot['kv_fraction_of_dense']:.2%} of a full "
-               f"cache ({_size(tot['dense_kv_bytes'])})" if a.decodes else f"no KV cache ({NO_DECODE})")
-    console.print(f"FLOPs {tot['flops']:.3e} = {tot['flops_fraction_of_dense']:.2%} of dense {tot['dense_baseline']} "
-                  f"({tot['dense_flops']:.3e});  {kv_text}")
+    console.rule(f"totals over {_plural(tot['layers'], 'layer')} x {_plural(tot['query_heads'], 'head')}", align="left")
+    kv_text = (
+        f"KV cache at decode position N: {_size(tot['kv_bytes'])} = {tot['kv_fraction_of_dense']:.2%} of a full "
+        f"cache ({_size(tot['dense_kv_bytes'])})"
+        if a.decodes
+        else f"no KV cache ({NO_DECODE})"
+    )
+    console.print(
+        f"FLOPs {tot['flops']:.3e} = {tot['flops_fraction_of_dense']:.2%} of dense {tot['dense_baseline']} "
+        f"({tot['dense_flops']:.3e});  {kv_text}"
+    )
     if tot["kv_formula_tokens"] and a.decodes:
         pieces = tot["kv_formula_tokens"]
         text = "; ".join(f"{p['expr']} for {p['range']}" for p in pieces[-2:])
@@ -452,8 +557,9 @@ def render(a: Analysis, console: Any = None) -> None:
     if rf is not None:
         console.rule(f"receptive field of the last token (position {rf.n - 1:,})", align="left")
         if rf.requested_n:
-            console.print(f"[yellow]computed at N = {rf.n:,} (the pattern needs enumeration; "
-                          f"asked {rf.requested_n:,})[/]")
+            console.print(
+                f"[yellow]computed at N = {rf.n:,} (the pattern needs enumeration; asked {rf.requested_n:,})[/]"
+            )
         if rf.closed_form:
             console.print(f"closed form: {rf.closed_form}", highlight=False)
         t = Table(box=None, header_style="bold", pad_edge=False)
@@ -472,8 +578,9 @@ def render(a: Analysis, console: Any = None) -> None:
         console.rule("diagnostics", align="left")
         for d in a.diagnostics:
             style = "yellow" if d.level == "warning" else "cyan"
-            console.print(f"[{style}]{d.level}[/] [{d.code}] {d.where + ': ' if d.where else ''}{d.message}",
-                          highlight=False)
+            console.print(
+                f"[{style}]{d.level}[/] [{d.code}] {d.where + ': ' if d.where else ''}{d.message}", highlight=False
+            )
     console.print(f"[dim]analysed in {a.seconds.get('total', 0):.2f} s[/]")
 
 
@@ -496,12 +603,13 @@ def _max_pool(mask: np.ndarray, size: int) -> tuple[np.ndarray, int]:
         return mask, 1
     r, c = -(-mask.shape[0] // f), -(-mask.shape[1] // f)
     pad = np.zeros((r * f, c * f), dtype=bool)
-    pad[:mask.shape[0], :mask.shape[1]] = mask
+    pad[: mask.shape[0], : mask.shape[1]] = mask
     return pad.reshape(r, f, c, f).any(axis=(1, 3)), f
 
 
 def plot(a: Analysis, path: str, max_groups: int = 3) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
@@ -514,12 +622,13 @@ def plot(a: Analysis, path: str, max_groups: int = 3) -> None:
         p = g.cost.pattern
         ns = small_n(p, a.n)
         mask, f = _max_pool(p.mask(ns), 400)
-        row[0].imshow(mask, cmap="Greys", interpolation="nearest", vmin=0, vmax=1,
-                      extent=(0, ns, ns, 0))
+        row[0].imshow(mask, cmap="Greys", interpolation="nearest", vmin=0, vmax=1, extent=(0, ns, ns, 0))
         text = str(p)
         text = text if len(text) < 70 else text[:67] + "..."
-        row[0].set_title(f"group {g.index + 1}: mask at N = {ns}" + (f" (max-pooled {f}x{f})" if f > 1 else "")
-                         + f"\n{text}", fontsize=8)
+        row[0].set_title(
+            f"group {g.index + 1}: mask at N = {ns}" + (f" (max-pooled {f}x{f})" if f > 1 else "") + f"\n{text}",
+            fontsize=8,
+        )
         row[0].set_xlim(-0.02 * ns, 1.02 * ns)
         row[0].set_ylim(1.02 * ns, -0.02 * ns)
         row[0].set_xlabel("key k")
@@ -528,8 +637,11 @@ def plot(a: Analysis, path: str, max_groups: int = 3) -> None:
         coarse, f = coarse_status(bmap.status, 256)
         nb = bmap.status.shape
         row[1].imshow(coarse, cmap=cmap, vmin=0, vmax=2, interpolation="nearest", extent=(0, nb[1], nb[0], 0))
-        row[1].set_title(f"block map at N = {a.n:,}, {a.block[0]}x{a.block[1]} tiles\n"
-                         f"blue full, orange partial" + (f" (a pixel = {f}x{f} tiles)" if f > 1 else ""), fontsize=8)
+        row[1].set_title(
+            f"block map at N = {a.n:,}, {a.block[0]}x{a.block[1]} tiles\n"
+            f"blue full, orange partial" + (f" (a pixel = {f}x{f} tiles)" if f > 1 else ""),
+            fontsize=8,
+        )
         row[1].set_xlim(-0.02 * nb[1], 1.02 * nb[1])
         row[1].set_ylim(1.02 * nb[0], -0.02 * nb[0])
         row[1].set_xlabel("key block")
@@ -539,8 +651,9 @@ def plot(a: Analysis, path: str, max_groups: int = 3) -> None:
     if rf is not None:
         layers = [r.layer for r in rf.rows]
         ax_rf.plot(layers, [r.covered / rf.n for r in rf.rows], "o-", ms=3, label="positions covered / N")
-        ax_rf.plot(layers, [r.span / max(1, rf.n - 1) for r in rf.rows], "s--", ms=3,
-                   label="unbroken reach back / (N - 1)")
+        ax_rf.plot(
+            layers, [r.span / max(1, rf.n - 1) for r in rf.rows], "s--", ms=3, label="unbroken reach back / (N - 1)"
+        )
         ax_rf.set_ylim(-0.02, 1.05)
         ax_rf.set_xlabel("layers")
         ax_rf.set_title(f"receptive field of token N - 1 (N = {rf.n:,})", fontsize=9)

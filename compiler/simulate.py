@@ -85,9 +85,17 @@ class TileCosts:
         tile = bm * bn * head_dim / (self.bm * self.bn * self.head_dim) * ds
         row = bm * head_dim / (self.bm * self.head_dim) * ds
         return dataclasses.replace(
-            self, head_dim=head_dim, dtype=dtype, bm=bm, bn=bn, full_us=self.full_us * tile,
-            masked_us=self.masked_us * tile, program_us=self.program_us * row, sink_us=self.sink_us * row,
-            source=f"scaled from {self.bm}x{self.bn} d{self.head_dim} {self.dtype} (estimate)")
+            self,
+            head_dim=head_dim,
+            dtype=dtype,
+            bm=bm,
+            bn=bn,
+            full_us=self.full_us * tile,
+            masked_us=self.masked_us * tile,
+            program_us=self.program_us * row,
+            sink_us=self.sink_us * row,
+            source=f"scaled from {self.bm}x{self.bn} d{self.head_dim} {self.dtype} (estimate)",
+        )
 
 
 @dataclass(frozen=True)
@@ -106,8 +114,12 @@ class KernelCosts:
                 return t
 
         def distance(t: TileCosts) -> tuple[float, ...]:
-            return (DTYPE_BYTES.get(t.dtype) != DTYPE_BYTES.get(dtype), abs(math.log2(t.head_dim / head_dim)),
-                    abs(math.log2(t.bm * t.bn / (bm * bn))), t.dtype != dtype)
+            return (
+                DTYPE_BYTES.get(t.dtype) != DTYPE_BYTES.get(dtype),
+                abs(math.log2(t.head_dim / head_dim)),
+                abs(math.log2(t.bm * t.bn / (bm * bn))),
+                t.dtype != dtype,
+            )
 
         return min(self.tiles, key=distance).scaled(head_dim, dtype, bm, bn, dtype_scale)
 
@@ -162,13 +174,20 @@ class Profile:
             return KernelCosts(float(k["launch_us"]), tuple(TileCosts(**t) for t in k["tiles"]))
 
         try:
-            return cls(name=d["name"], device=d.get("device", ""), sms=int(d["sms"]),
-                       capability=tuple(int(x) for x in d["capability"]),
-                       attnc=kernel(d["attnc"]), sdpa=kernel(d["sdpa"]), flex=kernel(d["flex"]),
-                       decode=DecodeCosts(**d["decode"]),
-                       dtype_scale={k: float(v) for k, v in d.get("dtype_scale", {"float16": 1, "bfloat16": 1}).items()},
-                       source=d.get("source", ""), calibration=tuple(d.get("calibration", ())),
-                       grid=kernel(d["grid"]) if d.get("grid") else None)
+            return cls(
+                name=d["name"],
+                device=d.get("device", ""),
+                sms=int(d["sms"]),
+                capability=tuple(int(x) for x in d["capability"]),
+                attnc=kernel(d["attnc"]),
+                sdpa=kernel(d["sdpa"]),
+                flex=kernel(d["flex"]),
+                decode=DecodeCosts(**d["decode"]),
+                dtype_scale={k: float(v) for k, v in d.get("dtype_scale", {"float16": 1, "bfloat16": 1}).items()},
+                source=d.get("source", ""),
+                calibration=tuple(d.get("calibration", ())),
+                grid=kernel(d["grid"]) if d.get("grid") else None,
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a device profile: {exc!r}; docs/simulate.md lists its fields") from None
 
@@ -181,9 +200,11 @@ def load_profile(name_or_path: str | Path | Profile = "h100") -> Profile:
     if not path.suffix:
         path = PROFILE_DIR / f"{name_or_path}.json"
     if not path.is_file():
-        raise ValueError(f"no device profile {str(name_or_path)!r}: the shipped ones are "
-                         f"{', '.join(shipped_profiles())}; or pass the path of a profile JSON "
-                         "(bench/calibrate.py writes one)")
+        raise ValueError(
+            f"no device profile {str(name_or_path)!r}: the shipped ones are "
+            f"{', '.join(shipped_profiles())}; or pass the path of a profile JSON "
+            "(bench/calibrate.py writes one)"
+        )
     return _read_profile(str(path.resolve()), path.stat().st_mtime_ns)
 
 
@@ -217,8 +238,14 @@ class Tiles:
         return int(self.full.sum()), int(self.masked.sum()), int(self.narrow.sum())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bm": self.bm, "bn": self.bn, "bn_narrow": self.bn_narrow, "full": self.full.tolist(),
-                "masked": self.masked.tolist(), "narrow": self.narrow.tolist()}
+        return {
+            "bm": self.bm,
+            "bn": self.bn,
+            "bn_narrow": self.bn_narrow,
+            "full": self.full.tolist(),
+            "masked": self.masked.tolist(),
+            "narrow": self.narrow.tolist(),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Tiles":
@@ -293,13 +320,22 @@ class KernelConfig:
     residue: int = 0  # d > 0: the group runs dense attention per residue class q mod d
 
 
-def kernel_config(program: Program, head_dim: int, dtype: str, capability: tuple[int, int] | None,
-                  group: int = 0) -> KernelConfig:
+def kernel_config(
+    program: Program, head_dim: int, dtype: str, capability: tuple[int, int] | None, group: int = 0
+) -> KernelConfig:
     """What the generated module's `config_for(..., group=group)` returns on a GPU of this
     capability (None: the CPU); the tuning of the group is its plan's `tuning`."""
     tune = _plans(program)[group].tuning
-    cfg = configs.choose_config(tune, capability, "fp32" if dtype == "float32" else "16bit", head_dim, None,
-                                configs.CONFIGS, configs.GRID_CONFIGS, configs.CPU_CONFIG)
+    cfg = configs.choose_config(
+        tune,
+        capability,
+        "fp32" if dtype == "float32" else "16bit",
+        head_dim,
+        None,
+        configs.CONFIGS,
+        configs.GRID_CONFIGS,
+        configs.CPU_CONFIG,
+    )
     order = "desc" if cfg["GRID_ORDER"] == 2 else "asc"
     return KernelConfig(cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_N_NARROW"], order, int(tune["residue"]))
 
@@ -316,7 +352,7 @@ def head_group(cfg: KernelConfig, batch: int, heads: int, n: int, head_dim: int,
 
 
 _PLANS: dict[tuple[str, str], Any] = {}  # by (what, program digest): programs with cache policies
-                                        # are not hashable
+# are not hashable
 
 
 def _memo(what: str, program: Program, make: Any) -> Any:
@@ -338,8 +374,7 @@ Segment = tuple[np.ndarray, np.ndarray, int, bool]  # key blocks [lo, hi) of `wi
 _SORT = {1: (), 2: ((0, 1),), 3: ((0, 1), (1, 2), (0, 1))}  # the template's sorting networks
 
 
-def kernel_segments(plan: Any, n: int, bm: int, bn: int, bn_narrow: int,
-                    n_blocks: int | None = None) -> list[Segment]:
+def kernel_segments(plan: Any, n: int, bm: int, bn: int, bn_narrow: int, n_blocks: int | None = None) -> list[Segment]:
     """The key-block loops `_visit_g` of templates/prefill.py.j2 runs, for every query block at once.
 
     `plan` is a compiler.plan.GroupPlan; every line below mirrors a line of the template (the
@@ -393,8 +428,13 @@ def kernel_segments(plan: Any, n: int, bm: int, bn: int, bn_narrow: int,
             if t.full:
                 pb = np.minimum(np.maximum(b * size, p_lo), p_hi)
                 pc = np.minimum(np.maximum(c * size, pb), p_hi)
-                segs.extend([(p_lo // size, pb // size, size, True), (pb // size, pc // size, size, False),
-                             (pc // size, p_hi // size, size, True)])
+                segs.extend(
+                    [
+                        (p_lo // size, pb // size, size, True),
+                        (pb // size, pc // size, size, False),
+                        (pc // size, p_hi // size, size, True),
+                    ]
+                )
             else:
                 segs.append((p_lo // size, p_hi // size, size, True))
 
@@ -487,16 +527,22 @@ def kernel_tiles(plan: Any, n: int, cfg: KernelConfig) -> Tiles:
             return grid
     d = cfg.residue if getattr(plan, "residue_plan", None) is not None else 0
     if not d:
-        return _count(kernel_segments(plan, n, cfg.bm, cfg.bn, cfg.bn_narrow), _no_tiles(n, cfg.bm, cfg.bn, cfg.bn_narrow))
-    per_class = -(-(-(-n // d)) // cfg.bm)
+        return _count(
+            kernel_segments(plan, n, cfg.bm, cfg.bn, cfg.bn_narrow), _no_tiles(n, cfg.bm, cfg.bn, cfg.bn_narrow)
+        )
+    per_class = -(-(-(-n // d)) // cfg.bm)  # noqa: B002  (cdiv(cdiv(n, d), bm): negations, not a decrement)
     parts = []
     for rho in range(d):
         n_rho = (n - rho + d - 1) // d
         z = np.zeros(per_class, dtype=np.int64)
         out = Tiles(cfg.bm, cfg.bn, z, z.copy(), z.copy(), cfg.bn_narrow)
         parts.append(_count(kernel_segments(plan.residue_plan, n_rho, cfg.bm, cfg.bn, cfg.bn_narrow, per_class), out))
-    return Tiles(cfg.bm, cfg.bn, *(np.concatenate([getattr(p, k) for p in parts]) for k in ("full", "masked", "narrow")),
-                 cfg.bn_narrow)
+    return Tiles(
+        cfg.bm,
+        cfg.bn,
+        *(np.concatenate([getattr(p, k) for p in parts]) for k in ("full", "masked", "narrow")),
+        cfg.bn_narrow,
+    )
 
 
 # -------------------------------------------------------------------------------- scheduling
@@ -531,8 +577,9 @@ class Launch:
         rows = [per_head[id(t)] for t in self.heads] * self.batch
         g = self.head_group if self.order == "desc" and len(rows) % max(self.head_group, 1) == 0 else 1
         if g > 1:  # blocks of g pairs: each query block (descending) for the g pairs, then the next
-            seq = np.concatenate([np.stack(rows[i:i + g], axis=1).reshape(-1, rows[i].shape[1])
-                                  for i in range(0, len(rows), g)])
+            seq = np.concatenate(
+                [np.stack(rows[i : i + g], axis=1).reshape(-1, rows[i].shape[1]) for i in range(0, len(rows), g)]
+            )
         else:
             seq = np.concatenate(rows)
         start = np.concatenate(([True], (np.diff(seq, axis=0) != 0).any(axis=1)))
@@ -546,18 +593,26 @@ class Launch:
     def to_dict(self) -> dict[str, Any]:
         kinds = self._kinds()
         index = {id(t): i for i, t in enumerate(kinds)}
-        return {"batch": self.batch, "order": self.order, "head_group": self.head_group, "costs": self.costs,
-                "head_tiles": [index[id(t)] for t in self.heads], "tiles": [t.to_dict() for t in kinds]}
+        return {
+            "batch": self.batch,
+            "order": self.order,
+            "head_group": self.head_group,
+            "costs": self.costs,
+            "head_tiles": [index[id(t)] for t in self.heads],
+            "tiles": [t.to_dict() for t in kinds],
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Launch":
         tiles = [Tiles.from_dict(t) for t in d["tiles"]]
-        return cls(tuple(tiles[i] for i in d["head_tiles"]), d["batch"], d["order"], d.get("head_group", 1),
-                   d.get("costs", ""))
+        return cls(
+            tuple(tiles[i] for i in d["head_tiles"]), d["batch"], d["order"], d.get("head_group", 1), d.get("costs", "")
+        )
 
 
-def schedule(cost: np.ndarray, count: np.ndarray, slots: int, order: str = "lpt",
-             track: bool = False) -> tuple[float, np.ndarray | None]:
+def schedule(
+    cost: np.ndarray, count: np.ndarray, slots: int, order: str = "lpt", track: bool = False
+) -> tuple[float, np.ndarray | None]:
     """Greedy list scheduling: run i is count[i] programs of cost[i], dispatched in the given
     order ("lpt": longest first), each to the slot that frees first. Returns the makespan and,
     with `track`, how many programs of each run the slot that finishes last ran.
@@ -634,12 +689,20 @@ def backward_time(t: KernelTime) -> KernelTime:
     per tile over the forward's 2 (BWD_MATMULS), its program overhead and launch paid once per
     main pass (BWD_PASSES); the small row-sum pass is not counted."""
     r, p = BWD_MATMULS[t.kernel] / 2, BWD_PASSES
-    parts = dict(full_ms=t.full_ms * r, masked_ms=t.masked_ms * r, sink_ms=t.sink_ms * r,
-                 overhead_ms=t.overhead_ms * p, idle_ms=t.idle_ms * r, launch_ms=t.launch_ms * p)
+    parts = dict(
+        full_ms=t.full_ms * r,
+        masked_ms=t.masked_ms * r,
+        sink_ms=t.sink_ms * r,
+        overhead_ms=t.overhead_ms * p,
+        idle_ms=t.idle_ms * r,
+        launch_ms=t.launch_ms * p,
+    )
     return dataclasses.replace(t, ms=sum(parts.values()), note=f"backward: forward tiles x {r}", **parts)
 
 
-def launch_time(kernel: str, launch: Launch, costs: TileCosts, launch_us: float, sms: int, note: str = "") -> KernelTime:
+def launch_time(
+    kernel: str, launch: Launch, costs: TileCosts, launch_us: float, sms: int, note: str = ""
+) -> KernelTime:
     """Predicted time of one launch."""
     feats, count = launch.programs()
     bn_narrow = launch.heads[0].bn_narrow
@@ -650,10 +713,23 @@ def launch_time(kernel: str, launch: Launch, costs: TileCosts, launch_us: float,
     parts = work * unit / slots / 1000.0
     busy = makespan / 1000.0
     t0 = launch.heads[0]
-    return KernelTime(kernel, busy + launch_us / 1000.0, float(parts[1]), float(parts[2]), float(parts[3]),
-                      float(parts[0]), float(max(busy - parts.sum(), 0.0)), launch_us / 1000.0,
-                      int(work[1]), int(work[2]), int(work[3]), int(work[0]), float(work[0] / slots),
-                      (t0.bm, t0.bn), note or costs.source)
+    return KernelTime(
+        kernel,
+        busy + launch_us / 1000.0,
+        float(parts[1]),
+        float(parts[2]),
+        float(parts[3]),
+        float(parts[0]),
+        float(max(busy - parts.sum(), 0.0)),
+        launch_us / 1000.0,
+        int(work[1]),
+        int(work[2]),
+        int(work[3]),
+        int(work[0]),
+        float(work[0] / slots),
+        (t0.bm, t0.bn),
+        note or costs.source,
+    )
 
 
 @dataclass(frozen=True)
@@ -670,14 +746,20 @@ class Shape:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_BYTES:
             raise ValueError(f"dtype {self.dtype!r} is not supported: one of {', '.join(DTYPE_BYTES)}")
-        for name, value, hi in (("the sequence length", self.n, MAX_ANALYSED_LENGTH), ("batch", self.batch, MAX_BATCH),
-                                ("heads", self.heads, MAX_SIMULATED_ROWS), ("head_dim", self.head_dim, MAX_SIMULATED_ROWS)):
+        for name, value, hi in (
+            ("the sequence length", self.n, MAX_ANALYSED_LENGTH),
+            ("batch", self.batch, MAX_BATCH),
+            ("heads", self.heads, MAX_SIMULATED_ROWS),
+            ("head_dim", self.head_dim, MAX_SIMULATED_ROWS),
+        ):
             problem = bound_problem(name, value, 1, hi)
             if problem:
                 raise ValueError(problem)
         if self.batch * self.heads * self.n > MAX_SIMULATED_ROWS:
-            raise ValueError(f"batch x heads x N = {self.batch * self.heads * self.n:,} is more than the simulator's "
-                             f"limit of {MAX_SIMULATED_ROWS:,} (2**32): use a smaller batch, or predict one batch entry")
+            raise ValueError(
+                f"batch x heads x N = {self.batch * self.heads * self.n:,} is more than the simulator's "
+                f"limit of {MAX_SIMULATED_ROWS:,} (2**32): use a smaller batch, or predict one batch entry"
+            )
         if self.heads % self.kv:
             raise ValueError(f"heads={self.heads} is not a multiple of kv_heads={self.kv}: GQA cannot group them")
 
@@ -695,9 +777,11 @@ def head_patterns(program: Program, heads: int, layer: int) -> list[int]:
     if len(set(row)) == 1:
         return row[:1] * heads
     if heads != program.model.heads:
-        raise ValueError(f"{program.name} assigns patterns per head for {program.model.heads} query heads, "
-                         f"got heads={heads}: give the model's heads (--model heads={heads}) so that its "
-                         "sections resolve for that many heads")
+        raise ValueError(
+            f"{program.name} assigns patterns per head for {program.model.heads} query heads, "
+            f"got heads={heads}: give the model's heads (--model heads={heads}) so that its "
+            "sections resolve for that many heads"
+        )
     return row
 
 
@@ -739,18 +823,41 @@ class Workload:
     cache_note: str
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in ("mode", "layers", "bytes_read", "notes", "ideal_tiles", "cache_bytes",
-                                           "dense_cache_bytes", "cache_note")}
-        d.update(shape=dataclasses.asdict(self.shape), capability=list(self.capability),
-                 launches={k: [[l.to_dict(), w] for l, w in v] for k, v in self.launches.items()})
+        d = {
+            k: getattr(self, k)
+            for k in (
+                "mode",
+                "layers",
+                "bytes_read",
+                "notes",
+                "ideal_tiles",
+                "cache_bytes",
+                "dense_cache_bytes",
+                "cache_note",
+            )
+        }
+        d.update(
+            shape=dataclasses.asdict(self.shape),
+            capability=list(self.capability),
+            launches={k: [[l.to_dict(), w] for l, w in v] for k, v in self.launches.items()},
+        )
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Workload":
-        return cls(d["mode"], Shape(**d["shape"]), tuple(d["capability"]), d["layers"],
-                   {k: tuple((Launch.from_dict(l), w) for l, w in v) for k, v in d["launches"].items()},
-                   dict(d["bytes_read"]), dict(d["notes"]), d["ideal_tiles"], d["cache_bytes"],
-                   d["dense_cache_bytes"], d["cache_note"])
+        return cls(
+            d["mode"],
+            Shape(**d["shape"]),
+            tuple(d["capability"]),
+            d["layers"],
+            {k: tuple((Launch.from_dict(l), w) for l, w in v) for k, v in d["launches"].items()},
+            dict(d["bytes_read"]),
+            dict(d["notes"]),
+            d["ideal_tiles"],
+            d["cache_bytes"],
+            d["dense_cache_bytes"],
+            d["cache_note"],
+        )
 
 
 @dataclass(frozen=True)
@@ -792,15 +899,18 @@ def _sum_times(parts: Sequence[tuple[KernelTime, int]]) -> KernelTime:
         return first
     tiles = {t.tile for t, _ in parts}
     note = first.note if len(tiles) == 1 else f"{first.note}; tiles " + ", ".join(f"{m}x{n}" for m, n in sorted(tiles))
-    sums = {k: sum(getattr(t, k) * w for t, w in parts)
-            for k in ("ms", "full_ms", "masked_ms", "sink_ms", "overhead_ms", "idle_ms", "launch_ms", "waves")}
+    sums = {
+        k: sum(getattr(t, k) * w for t, w in parts)
+        for k in ("ms", "full_ms", "masked_ms", "sink_ms", "overhead_ms", "idle_ms", "launch_ms", "waves")
+    }
     for k in ("tiles_full", "tiles_masked", "tiles_sink", "programs"):
         sums[k] = int(sum(getattr(t, k) * w for t, w in parts))
     return dataclasses.replace(first, note=note, **sums)
 
 
-def prefill_workload(program: Program, shape: Shape, capability: tuple[int, int] = (9, 0),
-                     layer: int | None = None) -> Workload:
+def prefill_workload(
+    program: Program, shape: Shape, capability: tuple[int, int] = (9, 0), layer: int | None = None
+) -> Workload:
     """The launches of a prefill forward: attnc's kernel (one launch per head group of a layer,
     as the generated module runs it: that group's plan, over its heads only, at the tiles its
     `config_for` picks on a GPU of this capability), dense SDPA and FlexAttention's block mask."""
@@ -838,9 +948,11 @@ def prefill_workload(program: Program, shape: Shape, capability: tuple[int, int]
         "sdpa": ((dense, layers),),
     }
     res = sorted({cfgs[g].residue for g in used if cfgs[g].residue and plans[g].residue_plan is not None})
-    notes = {"attnc": f"residue mode (dense tiles per class q mod {', '.join(map(str, res))})" if res else "",
-             "sdpa": f"dense {'causal' if causal else 'full'} SDPA",
-             "flex": "estimate: FlexAttention's tile costs on its exact 128 x 128 block mask"}
+    notes = {
+        "attnc": f"residue mode (dense tiles per class q mod {', '.join(map(str, res))})" if res else "",
+        "sdpa": f"dense {'causal' if causal else 'full'} SDPA",
+        "flex": "estimate: FlexAttention's tile costs on its exact 128 x 128 block mask",
+    }
     cache, dense_cache, note = cache_bytes(program, shape, layer)
     return Workload("prefill", shape, tuple(capability), layers, launches, {}, notes, ideal, cache, dense_cache, note)
 
@@ -855,12 +967,27 @@ def decode_workload(program: Program, shape: Shape, layer: int | None = None) ->
     for l, weight in rows:
         for g in head_patterns(program, shape.heads, l):
             row = _next_query_keys(program.groups[g].pattern, shape.n)
-            flex_tokens += (np.add.reduceat(row, np.arange(0, shape.n, FLEX_BLOCK)) > 0).sum() * FLEX_BLOCK * weight / group
-    notes = {"attnc": "cache bytes / bandwidth + launch + split-K reduction",
-             "sdpa": "full cache / bandwidth + launch", "flex": "estimate: non-empty 128-key blocks / bandwidth"}
-    return Workload("decode", shape, (0, 0), sum(w for _, w in rows), {},
-                    {"attnc": float(cache), "sdpa": float(dense), "flex": flex_tokens * per_token}, notes, -1,
-                    cache, dense, note)
+            flex_tokens += (
+                (np.add.reduceat(row, np.arange(0, shape.n, FLEX_BLOCK)) > 0).sum() * FLEX_BLOCK * weight / group
+            )
+    notes = {
+        "attnc": "cache bytes / bandwidth + launch + split-K reduction",
+        "sdpa": "full cache / bandwidth + launch",
+        "flex": "estimate: non-empty 128-key blocks / bandwidth",
+    }
+    return Workload(
+        "decode",
+        shape,
+        (0, 0),
+        sum(w for _, w in rows),
+        {},
+        {"attnc": float(cache), "sdpa": float(dense), "flex": flex_tokens * per_token},
+        notes,
+        -1,
+        cache,
+        dense,
+        note,
+    )
 
 
 def time_workload(work: Workload, profile: str | Path | Profile = "h100") -> Prediction:
@@ -870,17 +997,36 @@ def time_workload(work: Workload, profile: str | Path | Profile = "h100") -> Pre
     if work.mode == "decode":
         d = prof.decode
         fixed = d.launch_us * work.layers
-        for kernel, tbps, reduce in (("attnc", d.attnc_tbps, d.reduce_us), ("sdpa", d.sdpa_tbps, 0.0),
-                                     ("flex", d.flex_tbps, d.reduce_us)):
+        for kernel, tbps, reduce in (
+            ("attnc", d.attnc_tbps, d.reduce_us),
+            ("sdpa", d.sdpa_tbps, 0.0),
+            ("flex", d.flex_tbps, d.reduce_us),
+        ):
             move = work.bytes_read[kernel] / (tbps * 1e12) * 1e3
-            times[kernel] = KernelTime(kernel, move + (fixed + reduce * work.layers) / 1000.0, move, 0.0, 0.0,
-                                       reduce * work.layers / 1000.0, 0.0, fixed / 1000.0, 0, 0, 0, 0, 0.0, (0, 0),
-                                       work.notes[kernel])
+            times[kernel] = KernelTime(
+                kernel,
+                move + (fixed + reduce * work.layers) / 1000.0,
+                move,
+                0.0,
+                0.0,
+                reduce * work.layers / 1000.0,
+                0.0,
+                fixed / 1000.0,
+                0,
+                0,
+                0,
+                0,
+                0.0,
+                (0, 0),
+                work.notes[kernel],
+            )
     else:
         if tuple(prof.capability) != tuple(work.capability):
-            raise ValueError(f"the workload was planned for a GPU of capability {tuple(work.capability)} and the "
-                             f"profile {prof.name!r} is for {tuple(prof.capability)}: the kernel picks other tiles "
-                             "there; build the workload for the profile's capability")
+            raise ValueError(
+                f"the workload was planned for a GPU of capability {tuple(work.capability)} and the "
+                f"profile {prof.name!r} is for {tuple(prof.capability)}: the kernel picks other tiles "
+                "there; build the workload for the profile's capability"
+            )
         s = work.shape
         for kernel, parts in work.launches.items():
             timed = []
@@ -890,19 +1036,32 @@ def time_workload(work: Workload, profile: str | Path | Profile = "h100") -> Pre
                 costs = kc.lookup(s.head_dim, s.dtype, t.bm, t.bn, prof.dtype_scale)
                 timed.append((launch_time(kernel, launch, costs, kc.launch_us, prof.sms, work.notes[kernel]), w))
             times[kernel] = _sum_times(timed)
-    return Prediction(work.mode, work.shape, prof.device or prof.name, work.layers, times["attnc"], times["sdpa"],
-                      times["flex"], work.ideal_tiles, work.cache_bytes, work.dense_cache_bytes, work.cache_note)
+    return Prediction(
+        work.mode,
+        work.shape,
+        prof.device or prof.name,
+        work.layers,
+        times["attnc"],
+        times["sdpa"],
+        times["flex"],
+        work.ideal_tiles,
+        work.cache_bytes,
+        work.dense_cache_bytes,
+        work.cache_note,
+    )
 
 
-def predict_prefill(program: Program, shape: Shape, profile: str | Path | Profile = "h100",
-                    layer: int | None = None) -> Prediction:
+def predict_prefill(
+    program: Program, shape: Shape, profile: str | Path | Profile = "h100", layer: int | None = None
+) -> Prediction:
     """Predicted forward time of attnc's generated kernel, SDPA and FlexAttention (an estimate)."""
     prof = load_profile(profile)
     return time_workload(prefill_workload(program, shape, prof.capability, layer), prof)
 
 
-def predict_decode(program: Program, shape: Shape, profile: str | Path | Profile = "h100",
-                   layer: int | None = None) -> Prediction:
+def predict_decode(
+    program: Program, shape: Shape, profile: str | Path | Profile = "h100", layer: int | None = None
+) -> Prediction:
     """Predicted time of one decode step at context n: bytes read over bandwidth, plus fixed costs."""
     return time_workload(decode_workload(program, shape, layer), profile)
 
@@ -927,8 +1086,10 @@ def cache_tokens(program: Program, shape: Shape, layer: int) -> tuple[list[int],
     if kv_heads != shape.kv:
         stores = [kv_store(program, layer, kv) for kv in range(kv_heads)]
         if len({(s.layout, s.budget) for s in stores}) != 1:
-            raise ValueError(f"{program.name} plans its cache per KV head for {kv_heads} KV heads, got "
-                             f"kv_heads={shape.kv}: give the model's kv_heads (--model kv_heads={shape.kv})")
+            raise ValueError(
+                f"{program.name} plans its cache per KV head for {kv_heads} KV heads, got "
+                f"kv_heads={shape.kv}: give the model's kv_heads (--model kv_heads={shape.kv})"
+            )
         rows = stores[:1] * shape.kv
     else:
         rows = [kv_store(program, layer, kv) for kv in range(kv_heads)]
@@ -980,13 +1141,20 @@ def predict(case: Any, kernel: str = "attnc", profile: str | Path | Profile = "h
             from ..spec.resolve import load
 
             program = lower(load(Path(_get(case, "path", "file"))))
-        shape = Shape(int(_get(case, "n", "N", "seq")), int(_get(case, "batch", "B", default=1)),
-                      int(_get(case, "heads", "H", default=32)), _get(case, "kv_heads", "H_KV"),
-                      int(_get(case, "head_dim", "D", default=128)),
-                      str(_get(case, "dtype", default="bfloat16")).removeprefix("torch."))
+        shape = Shape(
+            int(_get(case, "n", "N", "seq")),
+            int(_get(case, "batch", "B", default=1)),
+            int(_get(case, "heads", "H", default=32)),
+            _get(case, "kv_heads", "H_KV"),
+            int(_get(case, "head_dim", "D", default=128)),
+            str(_get(case, "dtype", default="bfloat16")).removeprefix("torch."),
+        )
         layer = _get(case, "layer")
-        case = decode_workload(program, shape, layer) if _get(case, "decode", default=False) else \
-            prefill_workload(program, shape, load_profile(profile).capability, layer)
+        case = (
+            decode_workload(program, shape, layer)
+            if _get(case, "decode", default=False)
+            else prefill_workload(program, shape, load_profile(profile).capability, layer)
+        )
     t = getattr(time_workload(case, profile), kernel)
     return t.ms + backward_time(t).ms if training else t.ms
 
@@ -1014,9 +1182,15 @@ def _critical(case: Measured, costs: TileCosts, slots: int) -> np.ndarray:
     return np.concatenate(([1.0], crit))
 
 
-def fit_kernel(cases: Sequence[Measured], start: TileCosts, launch_us: float, sms: int,
-               free: Sequence[str] = COST_NAMES, ties: Mapping[str, tuple[str, float]] | None = None,
-               rounds: int = 20) -> tuple[TileCosts, float]:
+def fit_kernel(
+    cases: Sequence[Measured],
+    start: TileCosts,
+    launch_us: float,
+    sms: int,
+    free: Sequence[str] = COST_NAMES,
+    ties: Mapping[str, tuple[str, float]] | None = None,
+    rounds: int = 20,
+) -> tuple[TileCosts, float]:
     """Least-squares costs (relative error) of one kernel from measured launches.
 
     Given the costs, a launch's time is launch_us plus the work of its critical slot, which is
@@ -1080,16 +1254,21 @@ def error_table(rows: Sequence[Mapping[str, Any]], source: str = "") -> str:
     for r in done:
         err = r["predicted_ms"] / r["attnc_ms"] - 1
         errors.append((abs(err), r))
-        lines.append(f"| {str(r['label']).replace('|', '/')} | {r['n']} | {r['attnc_ms']:.3f} | {r['predicted_ms']:.3f} | {err:+.1%} |")
+        lines.append(
+            f"| {str(r['label']).replace('|', '/')} | {r['n']} | {r['attnc_ms']:.3f} | {r['predicted_ms']:.3f} | {err:+.1%} |"
+        )
     within = sum(e <= TOLERANCE for e, _ in errors)
     worst, r = max(errors, key=lambda x: x[0])
-    summary = (f"{within} of {len(done)} cells ({within / len(done):.0%}) are within {TOLERANCE:.0%} of the "
-               f"measurement; the largest error is {worst:.1%} ({r['label']}, N = {r['n']}).")
+    summary = (
+        f"{within} of {len(done)} cells ({within / len(done):.0%}) are within {TOLERANCE:.0%} of the "
+        f"measurement; the largest error is {worst:.1%} ({r['label']}, N = {r['n']})."
+    )
     return "\n".join(([source, ""] if source else []) + lines + ["", summary])
 
 
-def fill_error_section(doc: str | Path, rows: Sequence[Mapping[str, Any]], out: str | Path | None = None,
-                       source: str = "") -> Path:
+def fill_error_section(
+    doc: str | Path, rows: Sequence[Mapping[str, Any]], out: str | Path | None = None, source: str = ""
+) -> Path:
     """Write `error_table(rows)` between the ERROR_BEGIN and ERROR_END markers of `doc` (to `out`
     when given: on the GPU machine, a file under $OUT that comes back)."""
     text = Path(doc).read_text()

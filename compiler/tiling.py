@@ -84,11 +84,12 @@ class GridTiling:
     def positions(self, tile: tuple[int, ...]) -> np.ndarray:
         """Natural position of every slot in tile order (tile by tile, row-major inside), -1 for padding."""
         counts = self.tiles(tile)
-        strides = [math.prod(self.dims[a + 1:]) for a in range(len(self.dims))]
+        strides = [math.prod(self.dims[a + 1 :]) for a in range(len(self.dims))]
         out = []
         for t in itertools.product(*(range(c) for c in counts)):
-            coords = np.stack(np.meshgrid(*(np.arange(o * s, o * s + s) for o, s in zip(t, tile)), indexing="ij"),
-                              -1).reshape(-1, len(tile))
+            coords = np.stack(
+                np.meshgrid(*(np.arange(o * s, o * s + s) for o, s in zip(t, tile)), indexing="ij"), -1
+            ).reshape(-1, len(tile))
             inside = (coords < np.asarray(self.dims)).all(axis=1)
             out.append(np.where(inside, self.prefix + coords @ np.asarray(strides), -1))
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
@@ -101,8 +102,9 @@ class GridTiling:
 
 
 @functools.lru_cache(maxsize=4096)
-def axis_key_tiles(length: int, tq: int, tk: int, kernel: int, dilation: int,
-                   causal: bool, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def axis_key_tiles(
+    length: int, tq: int, tk: int, kernel: int, dilation: int, causal: bool, stride: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Per query tile along one axis, the first and last key tile that its rows' windows reach.
 
     The kernel's rule (grid.py.j2): the lowest window start and the highest window end
@@ -128,8 +130,9 @@ def _subsets(n: int) -> list[tuple[int, ...]]:
 
 
 @functools.lru_cache(maxsize=65536)
-def _axis_box(length: int, tq: int, tk: int, windows: tuple[tuple[int, int, bool, int], ...],
-              shared: bool) -> tuple[np.ndarray, int]:
+def _axis_box(
+    length: int, tq: int, tk: int, windows: tuple[tuple[int, int, bool, int], ...], shared: bool
+) -> tuple[np.ndarray, int]:
     """Per query tile along one axis: key boxes in the intersection of the windows' boxes
     (windows as `axis_window`s), and their sum. `shared`: one window that every query tile
     shares (`anchored`), read as ceil(K / TK) boxes from its start."""
@@ -170,8 +173,10 @@ def _box_axes(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]):
     windows = [[axis_window(t.nb, a) for a in axes] for t in g.terms]
     shared = [anchored(g, a, tq) for a, tq in enumerate(q_tile)]  # one term, so subset == (0,)
     for subset in _subsets(len(g.terms)):
-        yield (1 if len(subset) % 2 else -1), [
-            _axis_box(g.dims[a], q_tile[a], k_tile[a], tuple(windows[t][a] for t in subset), shared[a]) for a in axes]
+        yield (
+            (1 if len(subset) % 2 else -1),
+            [_axis_box(g.dims[a], q_tile[a], k_tile[a], tuple(windows[t][a] for t in subset), shared[a]) for a in axes],
+        )
 
 
 def unmasked_boxes(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]) -> int:
@@ -214,8 +219,12 @@ def choose_tiling(g: GridTerms, block_m: int, block_n: int) -> GridTiling:
     best = None
     for tq in _shapes(block_m, g.dims) or [tuple([1] * (len(g.dims) - 1) + [block_m])]:
         for tk in _shapes(block_n, g.dims) or [tuple([1] * (len(g.dims) - 1) + [block_n])]:
-            key = (visited_tiles(g, tq, tk), -unmasked_boxes(g, tq, tk), tuple(-x for x in reversed(tq)),
-                   tuple(-x for x in reversed(tk)))
+            key = (
+                visited_tiles(g, tq, tk),
+                -unmasked_boxes(g, tq, tk),
+                tuple(-x for x in reversed(tq)),
+                tuple(-x for x in reversed(tk)),
+            )
             if best is None or key < best[0]:
                 best = (key, tq, tk)
     assert best is not None

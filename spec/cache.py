@@ -80,14 +80,24 @@ def _keeps_matter(cells: list[_Cell], selection: Selection) -> None:
                 matters[key] = matters.get(key, False) or not full
     for (kind, loc), ok in matters.items():
         if not ok:
-            selection.reporter.error(loc, f"keep {kind} has no effect: the budget is full wherever it applies", "give this block a budget, such as budget = sink + recent, or remove the keep rule")
+            selection.reporter.error(
+                loc,
+                f"keep {kind} has no effect: the budget is full wherever it applies",
+                "give this block a budget, such as budget = sink + recent, or remove the keep rule",
+            )
 
 
-def _apply(sections: list[ast.CacheSection], domain: frozenset[Pair], cells: dict[Pair, _Cell], selection: Selection) -> None:
+def _apply(
+    sections: list[ast.CacheSection], domain: frozenset[Pair], cells: dict[Pair, _Cell], selection: Selection
+) -> None:
     """Override the cells each section selects, in source order, nested ones after their parent."""
     for section in sections:
         if section.selector.kind == "rest":
-            selection.reporter.error(section.selector.loc, "a cache has no `rest` section", "the rules outside any section already apply to whatever no section selects")
+            selection.reporter.error(
+                section.selector.loc,
+                "a cache has no `rest` section",
+                "the rules outside any section already apply to whatever no section selects",
+            )
             continue
         pairs = selection.select(section.selector, "kv_heads", domain)
         if pairs is None:
@@ -125,9 +135,19 @@ def _rules(items: list, selection: Selection) -> dict[str, Field]:
     for item in items:
         if isinstance(item, ast.CacheSection):
             continue
-        key = item.kind if isinstance(item, ast.Keep) else item.name if isinstance(item, ast.Setting) else type(item).__name__.lower()
+        key = (
+            item.kind
+            if isinstance(item, ast.Keep)
+            else item.name
+            if isinstance(item, ast.Setting)
+            else type(item).__name__.lower()
+        )
         if key in fields:
-            selection.reporter.error(item.loc, f"{_rule_name(key)} is given twice in this block", f"the first is on line {fields[key][1].line}")
+            selection.reporter.error(
+                item.loc,
+                f"{_rule_name(key)} is given twice in this block",
+                f"the first is on line {fields[key][1].line}",
+            )
             continue
         # A rule that failed (already reported) is kept as None: policies using it are skipped.
         fields[key] = (_evaluate(item, selection), item.loc)
@@ -163,7 +183,11 @@ def _positive(expr: ast.ArgValue, what: str, selection: Selection, minimum: int 
         selection.reporter.error(expr.loc, f"{what} must be at least {minimum}, got {value}")
         return None
     if value is not None and position_problem(value, what):
-        selection.reporter.error(expr.loc, str(position_problem(value, what)), "cache sizes lie within 2**30 tokens (docs/language.md, Limits)")
+        selection.reporter.error(
+            expr.loc,
+            str(position_problem(value, what)),
+            "cache sizes lie within 2**30 tokens (docs/language.md, Limits)",
+        )
         return None
     return value
 
@@ -190,7 +214,11 @@ def _budget_list(budget: ast.Budget, selection: Selection) -> RBudget | None:
         selection.reporter.error(budget.loc, "a list budget needs the model's layer count", give_model("layers"))
         return None
     if len(values) != layers:
-        selection.reporter.error(budget.loc, f"the budget lists {len(values)} values, but the model has {layers} layers", "give one budget per layer")
+        selection.reporter.error(
+            budget.loc,
+            f"the budget lists {len(values)} values, but the model has {layers} layers",
+            "give one budget per layer",
+        )
         return None
     return RBudget(kind="list", per_layer=tuple(values))  # type: ignore[arg-type]
 
@@ -204,7 +232,11 @@ def _budget_linear(budget: ast.Budget, selection: Selection) -> RBudget | None:
             return None
         given[option.name] = option.value  # type: ignore[index, assignment]
     if len(budget.values) > 2 or set(given) != {"first", "last"}:
-        selection.reporter.error(budget.loc, "linear takes a first and a last budget", "as in linear(2048, 256): layer 0 gets 2048, the last layer 256")
+        selection.reporter.error(
+            budget.loc,
+            "linear takes a first and a last budget",
+            "as in linear(2048, 256): layer 0 gets 2048, the last layer 256",
+        )
         return None
     first, last = (_positive(given[k], f"linear's {k}", selection) for k in ("first", "last"))
     return None if first is None or last is None else RBudget(kind="linear", first=first, last=last)
@@ -213,7 +245,9 @@ def _budget_linear(budget: ast.Budget, selection: Selection) -> RBudget | None:
 def _budget_adaptive(budget: ast.Budget, selection: Selection) -> RBudget | None:
     """`adaptive(M, by = cake)`: M tokens per layer on average, shared out by the allocator."""
     if len(budget.values) != 1:
-        selection.reporter.error(budget.loc, "adaptive takes one mean budget per layer", "as in adaptive(512, by = cake)")
+        selection.reporter.error(
+            budget.loc, "adaptive takes one mean budget per layer", "as in adaptive(512, by = cake)"
+        )
         return None
     by = "cake"
     for option in budget.options:
@@ -243,7 +277,9 @@ def _evict(evict: ast.Evict, selection: Selection) -> REvict | None:
 
 def _evict_option(score: str, schema: dict, option: ast.Arg, selection: Selection) -> object | None:
     if option.name is None:
-        selection.reporter.error(option.loc, f"{score}'s options are named", "as in snapkv(window = 32, pool = max, kernel = 7)")
+        selection.reporter.error(
+            option.loc, f"{score}'s options are named", "as in snapkv(window = 32, pool = max, kernel = 7)"
+        )
         return None
     if option.name not in schema:
         _bad_option(option, score, tuple(schema), selection)
@@ -326,11 +362,17 @@ def _budget_fits(budget: RBudget, sink: int, recent: int, evicts: bool, where: a
     """The budget holds the keep rules, and without eviction holds nothing else."""
     if budget.kind == "full":
         return True
-    values = {"tokens": [budget.tokens], "adaptive": [budget.tokens], "linear": [budget.first, budget.last]}.get(budget.kind, list(budget.per_layer))
+    values = {"tokens": [budget.tokens], "adaptive": [budget.tokens], "linear": [budget.first, budget.last]}.get(
+        budget.kind, list(budget.per_layer)
+    )
     keep = sink + recent
     smallest = min(v for v in values if v is not None)
     if smallest < keep:
-        selection.reporter.error(where, f"the budget of {smallest} tokens is smaller than its keep rules: sink {sink} + recent {recent} = {keep}", "raise the budget or keep fewer tokens")
+        selection.reporter.error(
+            where,
+            f"the budget of {smallest} tokens is smaller than its keep rules: sink {sink} + recent {recent} = {keep}",
+            "raise the budget or keep fewer tokens",
+        )
         return False
     if not evicts and (budget.kind != "tokens" or smallest > keep):
         kept = f"sink {sink} + recent {recent} = {keep} tokens" if keep else "no keep rules"

@@ -38,7 +38,9 @@ def describe(spec: Spec, lossless: Mapping[int, bool] | None = None) -> str:
 def _pattern(spec: Spec) -> str:
     if len(spec.assignments) == 1 and spec.assignments[0].heads is None:
         return f"{describe_expr(spec.assignments[0].expr)}, {_everywhere(spec)}"
-    return "; ".join(f"{_coverage(spec, group)}: {describe_expr(group[0].expr)}" for group in _by_section(spec.assignments))
+    return "; ".join(
+        f"{_coverage(spec, group)}: {describe_expr(group[0].expr)}" for group in _by_section(spec.assignments)
+    )
 
 
 def _everywhere(spec: Spec) -> str:
@@ -102,8 +104,9 @@ def _is_causal(expr: RExpr) -> bool:
 
 def _cache(spec: Spec, lossless: Mapping[int, bool]) -> str:
     index = {id(p): i for i, p in enumerate(spec.cache)}
-    return "; ".join(_cache_policy(spec, group, [lossless.get(index[id(p)]) for p in group])
-                     for group in _by_section(spec.cache))
+    return "; ".join(
+        _cache_policy(spec, group, [lossless.get(index[id(p)]) for p in group]) for group in _by_section(spec.cache)
+    )
 
 
 def _cache_policy(spec: Spec, group: list[CachePolicy], lossless: list[bool | None]) -> str:

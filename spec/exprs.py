@@ -63,7 +63,11 @@ class ExprScope:
         left, right = self._shape.get(id(op.left), (None, 0, 1)), self._shape.get(id(op.right), (None, 0, 1))
         depth, size = 1 + max(left[1], right[1]), 1 + left[2] + right[2]
         if depth > MAX_DEPTH or size > MAX_NODES:
-            what = f"nested more than {MAX_DEPTH} levels deep" if depth > MAX_DEPTH else f"larger than {MAX_NODES} primitives and operators"
+            what = (
+                f"nested more than {MAX_DEPTH} levels deep"
+                if depth > MAX_DEPTH
+                else f"larger than {MAX_NODES} primitives and operators"
+            )
             self.reporter.error(op.loc, f"expression {what} once its lets are inlined")
             return None
         self._shape[id(op)] = (op, depth, size)  # the node is kept alive so its id stays unique
@@ -153,7 +157,9 @@ class ExprScope:
         result = self.ints.eval(value)
         problem = None if result is None else position_problem(result, f"{prim.name}'s {param.name}")
         if problem:
-            self.reporter.error(value.loc, problem, "positions and position constants lie within +-2**30 (docs/language.md, Limits)")
+            self.reporter.error(
+                value.loc, problem, "positions and position constants lie within +-2**30 (docs/language.md, Limits)"
+            )
             return None
         return result
 

@@ -21,7 +21,11 @@ def read_text(path: Path, reporter: Reporter, loc: Loc, what: str, shown: str, m
             reporter.error(loc, f"{what} '{shown}' {'is not a file' if path.exists() else 'does not exist'}")
             return None
         if path.stat().st_size > max_bytes:
-            reporter.error(loc, f"{what} '{shown}' is larger than {_size(max_bytes)}", "the limits of attnc's input are in docs/language.md")
+            reporter.error(
+                loc,
+                f"{what} '{shown}' is larger than {_size(max_bytes)}",
+                "the limits of attnc's input are in docs/language.md",
+            )
             return None
         data = path.read_bytes()
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic-link loop (Python < 3.13)
@@ -39,8 +43,11 @@ def decode(data: bytes, shown: str, reporter: Reporter) -> str | None:
         line = before.count("\n") + 1
         col = len(before) - (before.rfind("\n") + 1) + 1
         reporter.add_source(shown, data.decode("utf-8", errors="replace"))
-        reporter.error(Loc(file=shown, line=line, col=col), f"byte 0x{data[exc.start]:02x} is not valid UTF-8",
-                       "save the file as UTF-8")
+        reporter.error(
+            Loc(file=shown, line=line, col=col),
+            f"byte 0x{data[exc.start]:02x} is not valid UTF-8",
+            "save the file as UTF-8",
+        )
         return None
 
 

@@ -96,12 +96,16 @@ def _parse(text: str, shown_as: str, reporter: Reporter) -> object | None:
     except _Duplicate as exc:
         first = _key_loc(text, shown_as, exc.key)
         second = _key_loc(text, shown_as, exc.key, after=first)
-        reporter.error(second, f"key {json.dumps(exc.key)} appears twice in one object", "give each set (and each layer) once")
+        reporter.error(
+            second, f"key {json.dumps(exc.key)} appears twice in one object", "give each set (and each layer) once"
+        )
     except RecursionError:
         reporter.error(Loc(file=shown_as, line=1, col=1), "JSON nested too deeply", FORMAT_HINT)
     except ValueError as exc:
         line, col = getattr(exc, "lineno", 1), getattr(exc, "colno", 1)
-        reporter.error(Loc(file=shown_as, line=line, col=col), f"not valid JSON: {getattr(exc, 'msg', exc)}", FORMAT_HINT)
+        reporter.error(
+            Loc(file=shown_as, line=line, col=col), f"not valid JSON: {getattr(exc, 'msg', exc)}", FORMAT_HINT
+        )
     return None
 
 
@@ -170,7 +174,10 @@ def _in_model(head_set: HeadSet, layers: int, kv_heads: int, reporter: Reporter)
     """Whether every layer and KV head the set names exists in the model."""
     bad_layers = sorted(layer for layer, heads in (head_set.per_layer or {}).items() if layer >= layers and heads)
     if bad_layers:
-        reporter.error(head_set.loc, f"head set '{head_set.name}' names layer {bad_layers[0]}, but the model has {layers} layers ({span(0, layers)})")
+        reporter.error(
+            head_set.loc,
+            f"head set '{head_set.name}' names layer {bad_layers[0]}, but the model has {layers} layers ({span(0, layers)})",
+        )
         return False
     named = head_set.uniform or tuple(h for heads in (head_set.per_layer or {}).values() for h in heads)
     bad_heads = sorted(h for h in set(named) if h >= kv_heads)

@@ -121,11 +121,15 @@ class IntScope:
 
 def give_model(field: str) -> str:
     """The hint for a model field that a file needs and nobody gave."""
-    return (f"add {field} to the file's model {{ ... }}, or give it: --model {field}=N on the command line, "
-            f"model={{\"{field}\": N}} in attnc.check or attnc.load")
+    return (
+        f"add {field} to the file's model {{ ... }}, or give it: --model {field}=N on the command line, "
+        f'model={{"{field}": N}} in attnc.check or attnc.load'
+    )
 
 
-def model_bindings(decl_fields: Mapping[str, tuple[ast.Loc, ast.IntExpr]], cli: Mapping[str, int], cli_loc: ast.Loc) -> dict[str, Binding]:
+def model_bindings(
+    decl_fields: Mapping[str, tuple[ast.Loc, ast.IntExpr]], cli: Mapping[str, int], cli_loc: ast.Loc
+) -> dict[str, Binding]:
     """Model fields from the file, overridden by `--model`; kv_heads defaults to heads."""
     bindings = {name: Binding(loc, expr=expr) for name, (loc, expr) in decl_fields.items()}
     for name, value in cli.items():

@@ -41,6 +41,8 @@ def module_name_problem(name: str) -> tuple[str, str] | None:
     """(message, hint) when a pattern named `name` would compile to a module file that hides
     a Python module (`json.py`, `torch.py`), or None."""
     if name.lower() in SHADOWED:
-        return (f"a pattern named '{name}' compiles to {name}.py, which would hide Python's module '{name}'",
-                f"choose another name, such as {name}_pattern")
+        return (
+            f"a pattern named '{name}' compiles to {name}.py, which would hide Python's module '{name}'",
+            f"choose another name, such as {name}_pattern",
+        )
     return None

@@ -96,10 +96,14 @@ class _Builder(Transformer_NonRecursive):
     def loc(self, meta: Meta) -> ast.Loc:
         if getattr(meta, "empty", True) or meta.line is None or meta.column is None:
             return ast.Loc(file=self.filename, line=1, col=1)
-        return ast.Loc(file=self.filename, line=meta.line, col=meta.column, end_line=meta.end_line, end_col=meta.end_column)
+        return ast.Loc(
+            file=self.filename, line=meta.line, col=meta.column, end_line=meta.end_line, end_col=meta.end_column
+        )
 
     def tok_loc(self, tok: Token) -> ast.Loc:
-        return ast.Loc(file=self.filename, line=tok.line or 1, col=tok.column or 1, end_line=tok.end_line, end_col=tok.end_column)
+        return ast.Loc(
+            file=self.filename, line=tok.line or 1, col=tok.column or 1, end_line=tok.end_line, end_col=tok.end_column
+        )
 
     def nested(self, node: Any, *children: Any) -> Any:
         """Record how deep `node` nests; stop at MAX_DEPTH before later stages recurse too far."""
@@ -198,7 +202,11 @@ class _Builder(Transformer_NonRecursive):
         if terms is left:
             left.extend(right)  # the left chain is consumed: grow it in place (linear time)
         if len(terms) > MAX_TERMS:
-            self.reporter.error(node.loc, f"more than {MAX_TERMS} terms joined by '{op}'", "write a shorter expression, or name parts of it with let")
+            self.reporter.error(
+                node.loc,
+                f"more than {MAX_TERMS} terms joined by '{op}'",
+                "write a shorter expression, or name parts of it with let",
+            )
             self.reporter.raise_if_any()
         self.chains[id(node)] = (node, terms, deepest)
         self.alive.append(node)
@@ -300,7 +308,9 @@ class _Builder(Transformer_NonRecursive):
     def num(self, meta: Meta, c: list[Token]) -> ast.Num:
         digits = str(c[0]).replace("_", "")
         if len(digits) > 19 or int(digits) > INT64_MAX:
-            self.reporter.error(self.loc(meta), f"integer {c[0]} does not fit in 64 bits", f"the largest integer is {INT64_MAX}")
+            self.reporter.error(
+                self.loc(meta), f"integer {c[0]} does not fit in 64 bits", f"the largest integer is {INT64_MAX}"
+            )
             return ast.Num(loc=self.loc(meta), value=0)
         return ast.Num(loc=self.loc(meta), value=int(digits))
 

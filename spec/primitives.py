@@ -127,8 +127,12 @@ def _neighborhood(args: Mapping[str, Any], grid: tuple[int, ...] | None) -> list
         return problems
     for axis, (k, s) in enumerate(zip(kernel, stride, strict=False)):
         if s > k:
-            problems.append(("stride", f"stride {s} is larger than kernel {k} on axis {axis} "
-                                       f"(NATTEN's rule: use a stride of at most {k})"))
+            problems.append(
+                (
+                    "stride",
+                    f"stride {s} is larger than kernel {k} on axis {axis} (NATTEN's rule: use a stride of at most {k})",
+                )
+            )
     if problems or grid is None:
         return problems
     for axis, (k, d, n) in enumerate(zip(kernel, dilation, grid, strict=False)):
@@ -176,15 +180,23 @@ def _neighborhood_words(a: Mapping[str, Any]) -> str:
 
 
 def _global_words(a: Mapping[str, Any]) -> str:
-    return (f"the first {a['size']} positions ({span(0, a['size'])}) as global positions, which see and are "
-            "seen by every position")
+    return (
+        f"the first {a['size']} positions ({span(0, a['size'])}) as global positions, which see and are "
+        "seen by every position"
+    )
 
 
 # ---------------------------------------------------------------- the registry
 
 
-def _prim(name: str, usage: str, words: Callable[[Mapping[str, Any]], str], check: Check = _no_check,
-          *forms: tuple[Param, ...], grid: bool = False) -> Primitive:
+def _prim(
+    name: str,
+    usage: str,
+    words: Callable[[Mapping[str, Any]], str],
+    check: Check = _no_check,
+    *forms: tuple[Param, ...],
+    grid: bool = False,
+) -> Primitive:
     return Primitive(name, forms or ((),), usage, check, words, grid)
 
 
@@ -201,8 +213,13 @@ PRIMITIVES: dict[str, Primitive] = {
             (Param("size"),),
             (Param("left"), Param("right")),
         ),
-        _prim("sink", "sink takes one size, as in sink(4)", lambda a: f"the first {a['size']} positions",
-              _at_least(1, "size"), (Param("size"),)),
+        _prim(
+            "sink",
+            "sink takes one size, as in sink(4)",
+            lambda a: f"the first {a['size']} positions",
+            _at_least(1, "size"),
+            (Param("size"),),
+        ),
         _prim(
             "dilated",
             "dilated takes a size and a dilation, as in dilated(512, 2)",
@@ -210,9 +227,13 @@ PRIMITIVES: dict[str, Primitive] = {
             _dilated,
             (Param("size"), Param("dilation")),
         ),
-        _prim("strided", "strided takes one stride, as in strided(128)",
-              lambda a: f"every {_nth(a['stride'])} position back from the query", _at_least(1, "stride"),
-              (Param("stride"),)),
+        _prim(
+            "strided",
+            "strided takes one stride, as in strided(128)",
+            lambda a: f"every {_nth(a['stride'])} position back from the query",
+            _at_least(1, "stride"),
+            (Param("stride"),),
+        ),
         _prim(
             "stride",
             "stride takes a stride and an offset in [0, stride), as in stride(8, 0)",
@@ -220,14 +241,30 @@ PRIMITIVES: dict[str, Primitive] = {
             _stride,
             (Param("stride"), Param("offset")),
         ),
-        _prim("chunk", "chunk takes one size, as in chunk(8192)", lambda a: f"the query's own chunk of {a['size']}",
-              _at_least(1, "size"), (Param("size"),)),
-        _prim("global", "global takes one size, as in global(16)", _global_words, _at_least(1, "size"), (Param("size"),)),
-        _prim("band", "band takes lo and hi (lo <= q - k <= hi), as in band(0, 127)",
-              lambda a: f"keys {a['lo']} to {a['hi']} positions back", _band, (Param("lo"), Param("hi"))),
-        _prim("power", "power takes one block size, as in power(64)",
-              lambda a: f"blocks of {a['block']} at power-of-two block distances", _at_least(1, "block"),
-              (Param("block"),)),
+        _prim(
+            "chunk",
+            "chunk takes one size, as in chunk(8192)",
+            lambda a: f"the query's own chunk of {a['size']}",
+            _at_least(1, "size"),
+            (Param("size"),),
+        ),
+        _prim(
+            "global", "global takes one size, as in global(16)", _global_words, _at_least(1, "size"), (Param("size"),)
+        ),
+        _prim(
+            "band",
+            "band takes lo and hi (lo <= q - k <= hi), as in band(0, 127)",
+            lambda a: f"keys {a['lo']} to {a['hi']} positions back",
+            _band,
+            (Param("lo"), Param("hi")),
+        ),
+        _prim(
+            "power",
+            "power takes one block size, as in power(64)",
+            lambda a: f"blocks of {a['block']} at power-of-two block distances",
+            _at_least(1, "block"),
+            (Param("block"),),
+        ),
         _prim(
             "neighborhood",
             "neighborhood takes a kernel and optionally dilation, causal and stride, one value per grid "
@@ -235,8 +272,12 @@ PRIMITIVES: dict[str, Primitive] = {
             "1 <= stride <= kernel",
             _neighborhood_words,
             _neighborhood,
-            (Param("kernel", AXES_INT), Param("dilation", AXES_INT, 1), Param("causal", AXES_BOOL, False),
-             Param("stride", AXES_INT, 1)),
+            (
+                Param("kernel", AXES_INT),
+                Param("dilation", AXES_INT, 1),
+                Param("causal", AXES_BOOL, False),
+                Param("stride", AXES_INT, 1),
+            ),
             grid=True,
         ),
     )
@@ -298,7 +339,9 @@ def _argument_order(prim: Primitive, call: ast.Prim) -> BindError | None:
     return None
 
 
-def _bind_form(form: tuple[Param, ...], positional: list[ast.Arg], keywords: dict[str, ast.Arg]) -> dict[str, ast.Arg] | None:
+def _bind_form(
+    form: tuple[Param, ...], positional: list[ast.Arg], keywords: dict[str, ast.Arg]
+) -> dict[str, ast.Arg] | None:
     if len(positional) > len(form):
         return None
     names = [p.name for p in form]
@@ -322,5 +365,7 @@ def _arity_message(prim: Primitive, n_positional: int, keywords: list[str]) -> s
             return f"{prim.name} needs {' and '.join(missing)} too"
     if not keywords:
         return f"{prim.name} cannot take {n_positional} argument{'s' if n_positional != 1 else ''}"
-    given = ([f"{n_positional} positional argument{'s' if n_positional != 1 else ''}"] if n_positional else []) + keywords
+    given = (
+        [f"{n_positional} positional argument{'s' if n_positional != 1 else ''}"] if n_positional else []
+    ) + keywords
     return f"{prim.name} cannot take {' and '.join(given)} together"

@@ -103,7 +103,10 @@ def _declarations(file: ast.File, reporter: Reporter) -> _Decls:
         if _check_name(pattern.name, "pattern", pattern.loc, reporter) and module_name_problem(pattern.name):
             reporter.error(pattern.loc, *module_name_problem(pattern.name))  # type: ignore[misc]
         if pattern.name in decls.lets:
-            reporter.error(pattern.loc, f"'{pattern.name}' names both a let (line {decls.lets[pattern.name].loc.line}) and the pattern")
+            reporter.error(
+                pattern.loc,
+                f"'{pattern.name}' names both a let (line {decls.lets[pattern.name].loc.line}) and the pattern",
+            )
     return decls
 
 
@@ -111,14 +114,24 @@ def _declare(stmt: ast.Param | ast.Let, what: str, table: dict, reporter: Report
     """Record a param or let; a bad name is reported but still recorded, so that its uses
     do not add "not defined" errors to the one that matters."""
     if stmt.name in table:
-        reporter.error(stmt.loc, f"{what} '{stmt.name}' is defined twice", f"the first is on line {table[stmt.name].loc.line}")
+        reporter.error(
+            stmt.loc, f"{what} '{stmt.name}' is defined twice", f"the first is on line {table[stmt.name].loc.line}"
+        )
         return
     if not _check_name(stmt.name, what, stmt.loc, reporter):
         pass
     elif stmt.name in PRIMITIVES:
-        reporter.error(stmt.loc, f"'{stmt.name}' is a primitive and cannot be a {what}'s name", f"choose another name, such as my_{stmt.name}")
+        reporter.error(
+            stmt.loc,
+            f"'{stmt.name}' is a primitive and cannot be a {what}'s name",
+            f"choose another name, such as my_{stmt.name}",
+        )
     elif what == "param" and stmt.name in MODEL_FIELDS:
-        reporter.error(stmt.loc, f"'{stmt.name}' is a model field and cannot be a param's name", f"set it with model {{ {stmt.name} = ... }}")
+        reporter.error(
+            stmt.loc,
+            f"'{stmt.name}' is a model field and cannot be a param's name",
+            f"set it with model {{ {stmt.name} = ... }}",
+        )
         return
     table[stmt.name] = stmt
 
@@ -207,7 +220,9 @@ class _Resolver:
                 self._bring_in(module, imported, imp)
         for name, let in decls.lets.items():
             if name in module.exprs.imported:
-                self.reporter.error(let.loc, f"let '{name}' hides the '{name}' imported from {module.exprs.imported[name].origin}")
+                self.reporter.error(
+                    let.loc, f"let '{name}' hides the '{name}' imported from {module.exprs.imported[name].origin}"
+                )
         for name, param in decls.params.items():
             ints.value(name, param.loc)
         for name, let in decls.lets.items():
@@ -224,8 +239,11 @@ class _Resolver:
         if target is None:
             return None
         if not target.is_relative_to(self.root):
-            self.reporter.error(imp.loc, f'cannot import "{imp.path}": it is outside {self.root}, the folder of the main file',
-                                "imports reach only the main file's folder and the folders below it; copy the file there")
+            self.reporter.error(
+                imp.loc,
+                f'cannot import "{imp.path}": it is outside {self.root}, the folder of the main file',
+                "imports reach only the main file's folder and the folders below it; copy the file there",
+            )
             return None
         if any(target == path for path, _ in self.stack):
             cycle = " -> ".join([shown for _, shown in self.stack] + [display])
@@ -264,7 +282,10 @@ class _Resolver:
     def _bring_in(self, module: _Module, imported: _Module, imp: ast.Import) -> None:
         for name, exported in imported.exported.items():
             if name in module.exprs.imported and module.exprs.imported[name].origin != exported.origin:
-                self.reporter.error(imp.loc, f"this import brings in '{name}', already imported from {module.exprs.imported[name].origin}")
+                self.reporter.error(
+                    imp.loc,
+                    f"this import brings in '{name}', already imported from {module.exprs.imported[name].origin}",
+                )
                 continue
             module.exprs.imported[name] = exported
 
@@ -281,17 +302,27 @@ class _Resolver:
         return ints
 
     def _model_bindings(self, decls: _Decls) -> dict[str, Binding]:
-        fields = {name: (expr.loc, expr) for decl in decls.models[:1] for name, expr in decl.fields if name in MODEL_FIELDS}
-        valid_cli = {k: v for k, v in self.cli_model.items() if k in MODEL_FIELDS and 1 <= v <= INT64_MAX}  # others reported
+        fields = {
+            name: (expr.loc, expr) for decl in decls.models[:1] for name, expr in decl.fields if name in MODEL_FIELDS
+        }
+        valid_cli = {
+            k: v for k, v in self.cli_model.items() if k in MODEL_FIELDS and 1 <= v <= INT64_MAX
+        }  # others reported
         return model_bindings(fields, valid_cli, command_line_loc())
 
     def _check_command_line(self) -> None:
         loc = command_line_loc()
         for name, value in self.cli_model.items():
             if name not in MODEL_FIELDS:
-                self.reporter.error(loc, f"unknown model field '{name}' (--model, or model= in Python)", suggest(name, MODEL_FIELDS) or f"the fields are {', '.join(MODEL_FIELDS)}")
+                self.reporter.error(
+                    loc,
+                    f"unknown model field '{name}' (--model, or model= in Python)",
+                    suggest(name, MODEL_FIELDS) or f"the fields are {', '.join(MODEL_FIELDS)}",
+                )
             elif not 1 <= value <= INT64_MAX:
-                self.reporter.error(loc, f"the model's {name} must be at least 1, got {name}={value} (--model, or model= in Python)")
+                self.reporter.error(
+                    loc, f"the model's {name} must be at least 1, got {name}={value} (--model, or model= in Python)"
+                )
         for name, value in self.defines.items():
             if not INT64_MIN <= value <= INT64_MAX:
                 self.reporter.error(loc, f"-D {name}={value} does not fit in 64 bits")
@@ -299,8 +330,14 @@ class _Resolver:
     def _check_defines_used(self) -> None:
         for name in self.defines:
             if name not in self.all_params:
-                hint = suggest(name, self.all_params) or (f"the params are {', '.join(sorted(self.all_params))}" if self.all_params else "this file has no params")
-                self.reporter.error(command_line_loc(), f"-D {name}: no param '{name}' in this file or its imports", hint)
+                hint = suggest(name, self.all_params) or (
+                    f"the params are {', '.join(sorted(self.all_params))}"
+                    if self.all_params
+                    else "this file has no params"
+                )
+                self.reporter.error(
+                    command_line_loc(), f"-D {name}: no param '{name}' in this file or its imports", hint
+                )
 
     def _shape(self, decls: _Decls, ints: IntScope) -> tuple[Shape, bool]:
         """The model's layers, heads and KV heads; False when any of them is wrong."""
@@ -318,7 +355,9 @@ class _Resolver:
                 value = None
             elif value is not None and model_problem(name, value):
                 if value not in reported:
-                    self.reporter.error(binding.loc, str(model_problem(name, value)), f"the limits are {limits_table()}")
+                    self.reporter.error(
+                        binding.loc, str(model_problem(name, value)), f"the limits are {limits_table()}"
+                    )
                 reported.add(value)
                 value = None
             values[name] = value
@@ -328,7 +367,11 @@ class _Resolver:
             self.reporter.error(where, str(pairs_problem(layers, heads)), f"the limits are {limits_table()}")
         if heads and kv_heads and heads % kv_heads:
             where = ints.bindings["kv_heads"].loc
-            self.reporter.error(where, f"kv_heads ({kv_heads}) must divide heads ({heads})", "each KV head serves an equal group of query heads")
+            self.reporter.error(
+                where,
+                f"kv_heads ({kv_heads}) must divide heads ({heads})",
+                "each KV head serves an equal group of query heads",
+            )
         ok = len(self.reporter.diagnostics) == before
         return Shape(values["layers"], heads, kv_heads if ok else None), ok
 
@@ -337,7 +380,11 @@ class _Resolver:
             return None
         decl = decls.grids[0]
         if not 1 <= len(decl.dims) <= 3:
-            self.reporter.error(decl.loc, f"a grid has 1 to 3 dimensions, got {len(decl.dims)}", "as in grid(16, 48, 80) for frames x height x width")
+            self.reporter.error(
+                decl.loc,
+                f"a grid has 1 to 3 dimensions, got {len(decl.dims)}",
+                "as in grid(16, 48, 80) for frames x height x width",
+            )
             return None
         dims = [ints.eval(d) for d in decl.dims]
         prefix = ints.eval(decl.prefix) if decl.prefix is not None else 0
@@ -353,8 +400,11 @@ class _Resolver:
             return None
         tokens = prefix + math.prod(dims)  # type: ignore[arg-type]
         if tokens > MAX_POSITION:
-            self.reporter.error(decl.loc, str(position_problem(tokens, "the grid's token count (prefix + product of the dimensions)")),
-                                "a grid holds at most 2**30 tokens")
+            self.reporter.error(
+                decl.loc,
+                str(position_problem(tokens, "the grid's token count (prefix + product of the dimensions)")),
+                "a grid holds at most 2**30 tokens",
+            )
             return None
         return Grid(dims=tuple(dims), prefix=prefix)  # type: ignore[arg-type]
 
@@ -378,7 +428,11 @@ class _Resolver:
     def _pattern(self, decls: _Decls, module: _Module, selection: Selection, shape_ok: bool) -> list[Assignment]:
         if not decls.patterns:
             if not decls.caches:  # else the cache's own error says it
-                self.reporter.error(ast.Loc(file=module.display, line=1, col=1), "this file has no pattern", "add one, as in pattern dense = causal")
+                self.reporter.error(
+                    ast.Loc(file=module.display, line=1, col=1),
+                    "this file has no pattern",
+                    "add one, as in pattern dense = causal",
+                )
             return []
         decl = decls.patterns[0]
         if isinstance(decl.body, list):
@@ -412,7 +466,9 @@ def _pattern_getter(module: _Module, decl: ast.PatternDecl, reporter: Reporter):
 
     def value(loc: ast.Loc) -> RExpr | None:
         if isinstance(decl.body, list):
-            reporter.error(loc, f"pattern '{decl.name}' of {module.display} has sections and cannot be used in an expression")
+            reporter.error(
+                loc, f"pattern '{decl.name}' of {module.display} has sections and cannot be used in an expression"
+            )
             return None
         if "value" not in cache:
             cache["value"] = module.exprs.resolve(decl.body)
@@ -431,5 +487,9 @@ def _where(filename: str) -> tuple[Path, str]:
 def _model_shape(ints: IntScope, decls: _Decls, cli: Mapping[str, int]) -> ModelShape:
     """The model fields the file or the command line gave (kv_heads stays None if neither did)."""
     given = {name for decl in decls.models[:1] for name, _ in decl.fields} | set(cli)
-    values = {name: ints.value(name, ints.bindings[name].loc) for name in MODEL_FIELDS if name in given and name in ints.bindings}
+    values = {
+        name: ints.value(name, ints.bindings[name].loc)
+        for name in MODEL_FIELDS
+        if name in given and name in ints.bindings
+    }
     return ModelShape(**values)  # type: ignore[arg-type]

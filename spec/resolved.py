@@ -108,11 +108,15 @@ class RBudget(Frozen):
             return self.tokens
         if self.kind == "linear":
             assert self.first is not None and self.last is not None
-            return self.first if layers == 1 else int(round(self.first + (self.last - self.first) * layer / (layers - 1)))
+            return (
+                self.first if layers == 1 else int(round(self.first + (self.last - self.first) * layer / (layers - 1)))
+            )
         if self.kind == "list":
             if len(self.per_layer) != layers:
-                raise ValueError(f"budget list has {len(self.per_layer)} values but the model has {layers} layers: "
-                                 "give one budget per layer")
+                raise ValueError(
+                    f"budget list has {len(self.per_layer)} values but the model has {layers} layers: "
+                    "give one budget per layer"
+                )
             return self.per_layer[layer]
         return None
 

@@ -27,7 +27,9 @@ class _Leaf:
     loc: ast.Loc
 
 
-def resolve_sections(decl: ast.PatternDecl, sections: list[ast.PatternSection], selection: Selection, exprs: ExprScope) -> list[Assignment]:
+def resolve_sections(
+    decl: ast.PatternDecl, sections: list[ast.PatternSection], selection: Selection, exprs: ExprScope
+) -> list[Assignment]:
     """The Assignments of a sectioned pattern (empty after reporting a problem)."""
     if selection.shape.heads is None:
         selection.reporter.error(
@@ -78,7 +80,9 @@ def _choose(
     chosen: list[tuple[ast.PatternSection, frozenset[Pair]]] = []
     rests = [s for s in sections if s.selector.kind == "rest"]
     for extra in rests[1:]:
-        selection.reporter.error(extra.selector.loc, "only one `rest` section per level", f"the first is on line {rests[0].loc.line}")
+        selection.reporter.error(
+            extra.selector.loc, "only one `rest` section per level", f"the first is on line {rests[0].loc.line}"
+        )
     ok = len(rests) <= 1
     for section in sections:
         if section.selector.kind == "rest":
@@ -95,7 +99,12 @@ def _choose(
     return chosen, ok
 
 
-def _disjoint(section: ast.PatternSection, pairs: frozenset[Pair], earlier: list[tuple[ast.PatternSection, frozenset[Pair]]], selection: Selection) -> bool:
+def _disjoint(
+    section: ast.PatternSection,
+    pairs: frozenset[Pair],
+    earlier: list[tuple[ast.PatternSection, frozenset[Pair]]],
+    selection: Selection,
+) -> bool:
     for other, other_pairs in earlier:
         both = pairs & other_pairs
         if both:

@@ -102,7 +102,11 @@ class Selection:
         if stop is None:
             return None
         if start >= stop:
-            self.reporter.error(item.loc, f"the range {start}..{stop} is empty", "a..b covers a, a+1, ..., b-1, so b must be larger than a")
+            self.reporter.error(
+                item.loc,
+                f"the range {start}..{stop} is empty",
+                "a..b covers a, a+1, ..., b-1, so b must be larger than a",
+            )
             return None
         if start < 0 or stop > count:
             what = f"{noun} {start} is" if item.stop is None else f"{noun}s {span(start, stop)} are"
@@ -130,13 +134,19 @@ class Selection:
         if self.head_sets_failed:
             return None
         if self.head_sets is None:
-            self.reporter.error(ref.loc, f"unknown head set '@{ref.name}': no head-set file was given", 'name one with headsets "file.json" or --headsets FILE')
+            self.reporter.error(
+                ref.loc,
+                f"unknown head set '@{ref.name}': no head-set file was given",
+                'name one with headsets "file.json" or --headsets FILE',
+            )
             return None
         if self.shape.layers is None:
             self.reporter.error(ref.loc, "head sets need " + _NEED["layers"])
             return None
         if ref.name not in self.head_sets:
-            hint = suggest(ref.name, self.head_sets) or ("the file's sets are " + ", ".join(sorted(self.head_sets)) if self.head_sets else None)
+            hint = suggest(ref.name, self.head_sets) or (
+                "the file's sets are " + ", ".join(sorted(self.head_sets)) if self.head_sets else None
+            )
             self.reporter.error(ref.loc, f"unknown head set '@{ref.name}'", hint)
             return None
         return self.head_sets[ref.name]
@@ -144,5 +154,7 @@ class Selection:
     def _refuse_head_sets(self, selector: ast.Selector, kind: str) -> bool:
         refs = [i for i in selector.items if isinstance(i, ast.HeadSetRef)]
         if refs:
-            self.reporter.error(refs[0].loc, f"head sets hold KV heads and cannot select {kind}", f"write kv_heads @{refs[0].name}")
+            self.reporter.error(
+                refs[0].loc, f"head sets hold KV heads and cannot select {kind}", f"write kv_heads @{refs[0].name}"
+            )
         return bool(refs)

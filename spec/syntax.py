@@ -29,11 +29,21 @@ INT_START = ("INT", "NAME", "-", "+", "(", "layers", "heads", "kv_heads", "true"
 # groups are matched in list order (most specific first) and shown in rank order.
 _GROUPS: list[tuple[set[str], set[str], str, int]] = [
     ({":", "{"}, {":", "{", ",", "..", *INT_OPS}, "':' or '{' after a selector", 0),
-    ({"INT", "["}, {*INT_START, "["}, "a budget (a number of tokens, full, linear(a, b), [a, b, ...] or adaptive(M, by = cake))", 0),
+    (
+        {"INT", "["},
+        {*INT_START, "["},
+        "a budget (a number of tokens, full, linear(a, b), [a, b, ...] or adaptive(M, by = cake))",
+        0,
+    ),
     ({"INT"}, set(INT_START), "an integer expression", 0),
     ({"NAME", "("}, {"NAME", "("}, "a pattern expression", 0),
     ({"pattern", "let"}, {*STATEMENTS, "$END"}, "a new statement (" + ", ".join(STATEMENTS) + ")", 3),
-    ({"budget", "keep"}, {*CACHE_RULES, *SECTIONS}, "a cache rule (" + ", ".join(CACHE_RULES) + "), a section (heads, kv_heads, layers)", 2),
+    (
+        {"budget", "keep"},
+        {*CACHE_RULES, *SECTIONS},
+        "a cache rule (" + ", ".join(CACHE_RULES) + "), a section (heads, kv_heads, layers)",
+        2,
+    ),
     ({"rest"}, set(SECTIONS), "a section (" + ", ".join(SECTIONS) + ")", 2),
     ({"|", "&"}, set(SET_OPS), "an operator (|, & or -)", 1),
     ({"*", "%"}, set(INT_OPS), "an arithmetic operator", 1),

@@ -32,8 +32,24 @@ PATTERNS = Path(__file__).resolve().parent.parent / "patterns"
 FILES = sorted(PATTERNS.glob("*.attn"))
 
 # what the matrix must cover besides the primitives of the language (spec/primitives.py)
-FEATURES = {"|", "&", "-", "causal-only", "non-causal", "empty", "grid", "grid-dilation", "grid-causal-axis",
-            "grid-prefix", "grid-union", "heads", "layers", "cache", "gqa", "file"}
+FEATURES = {
+    "|",
+    "&",
+    "-",
+    "causal-only",
+    "non-causal",
+    "empty",
+    "grid",
+    "grid-dilation",
+    "grid-causal-axis",
+    "grid-prefix",
+    "grid-union",
+    "heads",
+    "layers",
+    "cache",
+    "gqa",
+    "file",
+}
 
 
 @dataclass(frozen=True)
@@ -110,8 +126,12 @@ def _program(case: Case) -> Program:
     if case.ir is not None:
         from attnc.compiler.ir import HeadGroup, ModelShape
 
-        return Program(name=case.name, source=f"{case.name}.attn", model=ModelShape(),
-                       groups=(HeadGroup(case.ir, frozenset({(0, 0)})),))
+        return Program(
+            name=case.name,
+            source=f"{case.name}.attn",
+            model=ModelShape(),
+            groups=(HeadGroup(case.ir, frozenset({(0, 0)})),),
+        )
     return lower(case.spec)
 
 
@@ -146,8 +166,13 @@ def _features(case: Case) -> frozenset[str]:
         out.add("heads")
     if program.varies_by_layer:
         out.add("layers")
-    nbs = [lit.atom for g in program.groups for t in g.pattern.terms for lit in t.lits
-           if isinstance(lit.atom, Neighborhood)]
+    nbs = [
+        lit.atom
+        for g in program.groups
+        for t in g.pattern.terms
+        for lit in t.lits
+        if isinstance(lit.atom, Neighborhood)
+    ]
     if nbs:
         out.add("grid")
         out |= {"grid-dilation"} if any(d > 1 for nb in nbs for d in nb.dilation) else set()
@@ -192,25 +217,51 @@ ONE_D = [
 
 GRIDS = [
     Case("nb_prefix", text="grid(6, 9) prefix = 2\npattern nb_prefix = neighborhood(kernel = (3, 5))\n", n=56),
-    Case("nb_dilated_causal", n=120, text="grid(4, 5, 6)\npattern nb_dilated_causal = neighborhood(kernel = "
-         "(2, 2, 3), dilation = (1, 2, 2), causal = (true, false, false))\n"),
-    Case("nb_union", n=63, text="grid(7, 9)\npattern nb_union = neighborhood(kernel = (1, 9)) | "
-         "neighborhood(kernel = (3, 3), dilation = (2, 1))\n"),
-    Case("nb_and_causal", n=43, text="grid(5, 8) prefix = 3\npattern nb_and_causal = causal & "
-         "(neighborhood(kernel = (3, 3)) | global(2))\n"),
-    Case("nb_minus_window", n=48, text="grid(6, 8)\npattern nb_minus_window = neighborhood(kernel = 5) - "
-         "window(left = 1, right = 1)\n"),
+    Case(
+        "nb_dilated_causal",
+        n=120,
+        text="grid(4, 5, 6)\npattern nb_dilated_causal = neighborhood(kernel = "
+        "(2, 2, 3), dilation = (1, 2, 2), causal = (true, false, false))\n",
+    ),
+    Case(
+        "nb_union",
+        n=63,
+        text="grid(7, 9)\npattern nb_union = neighborhood(kernel = (1, 9)) | "
+        "neighborhood(kernel = (3, 3), dilation = (2, 1))\n",
+    ),
+    Case(
+        "nb_and_causal",
+        n=43,
+        text="grid(5, 8) prefix = 3\npattern nb_and_causal = causal & (neighborhood(kernel = (3, 3)) | global(2))\n",
+    ),
+    Case(
+        "nb_minus_window",
+        n=48,
+        text="grid(6, 8)\npattern nb_minus_window = neighborhood(kernel = 5) - window(left = 1, right = 1)\n",
+    ),
 ]
 
 SECTIONS = [
-    Case("per_head", n=61, text="model { layers = 1, heads = 4, kv_heads = 2 }\npattern per_head {\n"
-         "  heads 0: causal & window(8)\n  heads 1, 3: causal & (sink(2) | chunk(16))\n  rest: causal\n}\n"),
-    Case("per_layer", n=45, text="model { layers = 3, heads = 2, kv_heads = 1 }\npattern per_layer {\n"
-         "  layers 0: causal\n  layers 1 {\n    heads 0: causal & window(12)\n    rest: causal & dilated(5, 2)\n"
-         "  }\n  rest: causal & dilated(5, 2)\n}\n"),
-    Case("cache_streaming", n=40, text="model { layers = 2, heads = 4, kv_heads = 2 }\n"
-         "pattern cache_streaming = causal & (sink(2) | window(6))\n"
-         "cache {\n  keep sink(2)\n  keep recent(6)\n}\n"),
+    Case(
+        "per_head",
+        n=61,
+        text="model { layers = 1, heads = 4, kv_heads = 2 }\npattern per_head {\n"
+        "  heads 0: causal & window(8)\n  heads 1, 3: causal & (sink(2) | chunk(16))\n  rest: causal\n}\n",
+    ),
+    Case(
+        "per_layer",
+        n=45,
+        text="model { layers = 3, heads = 2, kv_heads = 1 }\npattern per_layer {\n"
+        "  layers 0: causal\n  layers 1 {\n    heads 0: causal & window(12)\n    rest: causal & dilated(5, 2)\n"
+        "  }\n  rest: causal & dilated(5, 2)\n}\n",
+    ),
+    Case(
+        "cache_streaming",
+        n=40,
+        text="model { layers = 2, heads = 4, kv_heads = 2 }\n"
+        "pattern cache_streaming = causal & (sink(2) | window(6))\n"
+        "cache {\n  keep sink(2)\n  keep recent(6)\n}\n",
+    ),
 ]
 
 # the grid files at 40 tokens, a prefix of their grid (their kernels' masks are costly to interpret)
@@ -221,12 +272,19 @@ BY_NAME = {c.name: c for c in CASES}
 assert len(BY_NAME) == len(CASES), "case names are unique (a file named like a case?)"
 
 
-def cases(*, file: bool | None = None, causal: bool | None = None, grid: bool | None = None,
-          single: bool | None = None) -> list[Case]:
+def cases(
+    *, file: bool | None = None, causal: bool | None = None, grid: bool | None = None, single: bool | None = None
+) -> list[Case]:
     """The cases with the given properties (None: either)."""
+
     def keep(c: Case) -> bool:
-        return ((file is None or (c.path is not None) == file) and (causal is None or c.causal == causal)
-                and (grid is None or c.grid == grid) and (single is None or c.single == single))
+        return (
+            (file is None or (c.path is not None) == file)
+            and (causal is None or c.causal == causal)
+            and (grid is None or c.grid == grid)
+            and (single is None or c.single == single)
+        )
+
     return [c for c in CASES if keep(c)]
 
 

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-settings.register_profile("ci", max_examples=100, deadline=None, suppress_health_check=list(HealthCheck),
-                          print_blob=True)
+settings.register_profile(
+    "ci", max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), print_blob=True
+)
 settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

@@ -50,7 +50,8 @@ def _tree(leaves, max_leaves: int):
     return st.recursive(
         leaves,
         lambda children: st.tuples(st.sampled_from(["|", "&", "-"]), children, children).map(
-            lambda t: op(t[0], t[1], t[2])),
+            lambda t: op(t[0], t[1], t[2])
+        ),
         max_leaves=max_leaves,
     )
 
@@ -84,18 +85,25 @@ def neighborhoods(grid: Grid):
     dilation = st.tuples(*(st.integers(1, length) for length in grid.dims))
     kernel_causal = lambda d: st.tuples(  # noqa: E731
         st.tuples(*(st.integers(1, length // x) for length, x in zip(grid.dims, d))),
-        st.tuples(*(st.booleans() for _ in grid.dims)))
-    return dilation.flatmap(lambda d: kernel_causal(d).flatmap(lambda kc: st.tuples(
-        *(st.integers(1, k) for k in kc[0])).map(
-            lambda s: prim("neighborhood", kernel=kc[0], dilation=d, causal=kc[1], stride=s))))
+        st.tuples(*(st.booleans() for _ in grid.dims)),
+    )
+    return dilation.flatmap(
+        lambda d: kernel_causal(d).flatmap(
+            lambda kc: st.tuples(*(st.integers(1, k) for k in kc[0])).map(
+                lambda s: prim("neighborhood", kernel=kc[0], dilation=d, causal=kc[1], stride=s)
+            )
+        )
+    )
 
 
 def grid_expressions(max_leaves: int = 5, max_tokens: int = 120):
     """(expression, grid): random expressions over a random grid whose leaves are
     neighbourhoods on it as often as 1-D primitives, for lower_expr(expr, grid)."""
+
     def over(grid: Grid):
         leaves = st.booleans().flatmap(lambda nb: neighborhoods(grid) if nb else primitives)  # half each
         return st.tuples(_tree(leaves, max_leaves), st.just(grid))
+
     return token_grids(max_tokens=max_tokens).flatmap(over)
 
 
@@ -126,4 +134,5 @@ def lowered(max_leaves: int = 5, causal: bool = False, most: int = 70):
         expr, grid = eg
         expr = op("&", prim("causal"), expr) if causal else expr
         return st.tuples(st.just(lower_expr(expr, grid)), lengths(grid, most))
+
     return any_expressions(max_leaves).flatmap(pick)

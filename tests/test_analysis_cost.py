@@ -11,8 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attnc.compiler.blocks import brute_block_map
-from attnc.compiler.cost import (CLASSES, NoFormula, growth_class, pairs_formula, structural_class,
-                                 tile_bytes)
+from attnc.compiler.cost import CLASSES, NoFormula, growth_class, pairs_formula, structural_class, tile_bytes
 from attnc.compiler.count import count_pairs
 from attnc.compiler.formula import N, Formula, Piece, flog2
 from attnc.compiler.ir import Lit, Neighborhood, Pattern, Term
@@ -22,8 +21,14 @@ from tests.strategies import examples, op, prim
 from tests.strategies import lowered as lowered_cases
 
 C = prim("causal")
-KNOWN_GAPS = ("several chunk/power atoms", "power(B) combined", "does not divide chunk", "residue classes",
-              "range constants span", "neighbourhood")
+KNOWN_GAPS = (
+    "several chunk/power atoms",
+    "power(B) combined",
+    "does not divide chunk",
+    "residue classes",
+    "range constants span",
+    "neighbourhood",
+)
 
 
 def lowered(e):
@@ -81,13 +86,17 @@ def test_pairs_formula_equals_exact_count(case, ns):
     assert CLASSES.index(cls) <= CLASSES.index(structural_class(p)), (str(p), cls)
 
 
-@pytest.mark.parametrize("n", [1, 2, 1019, 1020, 1021, 1023, 1024, 1025, 4093, 4096, 4097, 8191, 8192, 8193,
-                               100_003, 131_072])
+@pytest.mark.parametrize(
+    "n", [1, 2, 1019, 1020, 1021, 1023, 1024, 1025, 4093, 4096, 4097, 8191, 8192, 8193, 100_003, 131_072]
+)
 def test_named_formulas_at_edges(n):
-    for e in (op("&", C, op("|", prim("sink", size=4), prim("window", size=1020))),
-              op("&", C, prim("dilated", size=1024, dilation=4)), op("&", C, prim("chunk", size=8192)),
-              op("&", C, op("|", prim("power", block=64), prim("window", size=256))),
-              op("&", C, op("|", prim("stride", stride=64, offset=63), prim("window", size=128)))):
+    for e in (
+        op("&", C, op("|", prim("sink", size=4), prim("window", size=1020))),
+        op("&", C, prim("dilated", size=1024, dilation=4)),
+        op("&", C, prim("chunk", size=8192)),
+        op("&", C, op("|", prim("power", block=64), prim("window", size=256))),
+        op("&", C, op("|", prim("stride", stride=64, offset=63), prim("window", size=128))),
+    ):
         p = lowered(e)
         assert pairs_formula(p).at(n) == count_pairs(p, n)
 
@@ -113,31 +122,43 @@ def assert_same(f: Formula, pieces: list[tuple[int, int | None, sp.Expr]]) -> No
 
 
 def test_dense_formulas_are_symbolic():
-    assert sp.expand(pairs_formula(lowered(prim("full"))).as_expr() - N ** 2) == 0
+    assert sp.expand(pairs_formula(lowered(prim("full"))).as_expr() - N**2) == 0
     assert sp.expand(pairs_formula(lowered(C)).as_expr() - N * (N + 1) / 2) == 0
 
 
 def test_window_formula_is_symbolic():
     W = 1020
-    assert_same(pairs_formula(lowered(op("&", C, prim("window", size=W)))),
-                [(1, W, N * (N + 1) / 2), (W + 1, None, W * N - sp.Rational(W * (W - 1), 2))])
+    assert_same(
+        pairs_formula(lowered(op("&", C, prim("window", size=W)))),
+        [(1, W, N * (N + 1) / 2), (W + 1, None, W * N - sp.Rational(W * (W - 1), 2))],
+    )
 
 
 def test_streaming_llm_formula_is_symbolic():
     S, W = 4, 1020
     f = pairs_formula(lowered(op("&", C, op("|", prim("sink", size=S), prim("window", size=W)))))
     window = W * N - sp.Rational(W * (W - 1), 2)
-    assert_same(f, [(1, W, N * (N + 1) / 2),
-                    (W + 1, W + S, window + (N - W) * (N - W + 1) / 2),  # sink keys beyond the window
-                    (W + S + 1, None, window + S * (N - W) - sp.Rational(S * (S - 1), 2))])
+    assert_same(
+        f,
+        [
+            (1, W, N * (N + 1) / 2),
+            (W + 1, W + S, window + (N - W) * (N - W + 1) / 2),  # sink keys beyond the window
+            (W + S + 1, None, window + S * (N - W) - sp.Rational(S * (S - 1), 2)),
+        ],
+    )
 
 
 def test_dilated_formula_is_symbolic():
     W, d = 1024, 4
     J = sp.ceiling(N / d)  # diagonals 0, d, 2d, ... that fit below N
     f = pairs_formula(lowered(op("&", C, prim("dilated", size=W, dilation=d))))
-    assert_same(f, [(1, (W - 1) * d + 1, J * N - d * J * (J - 1) / 2),
-                    ((W - 1) * d + 2, None, W * N - sp.Rational(d * W * (W - 1), 2))])
+    assert_same(
+        f,
+        [
+            (1, (W - 1) * d + 1, J * N - d * J * (J - 1) / 2),
+            ((W - 1) * d + 2, None, W * N - sp.Rational(d * W * (W - 1), 2)),
+        ],
+    )
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -145,7 +166,7 @@ def test_chunk_formula_is_symbolic(causal):
     c = 8192
     rho, full = sp.Mod(N, c), sp.floor(N / c)
     e = op("&", C, prim("chunk", size=c)) if causal else prim("chunk", size=c)
-    want = full * c * (c + 1) / 2 + rho * (rho + 1) / 2 if causal else full * c ** 2 + rho ** 2
+    want = full * c * (c + 1) / 2 + rho * (rho + 1) / 2 if causal else full * c**2 + rho**2
     assert_same(pairs_formula(lowered(e)), [(1, None, want)])
 
 
@@ -157,7 +178,7 @@ def test_power_formula_is_n_log_n():
     nb = sp.floor(N / b)
     k = flog2(nb) + 1  # distances 1, 2, 4, ..., 2^(k-1) <= nb
     rho = N - b * nb
-    want = nb * b * (b + 1) / 2 + rho * (rho + 1) / 2 + b * b * (nb * k - (2 ** k - 1)) + rho * b * k
+    want = nb * b * (b + 1) / 2 + rho * (rho + 1) / 2 + b * b * (nb * k - (2**k - 1)) + rho * b * k
     assert_same(f, [(1, b, N * (N + 1) / 2), (b + 1, None, want)])
 
 
@@ -187,20 +208,22 @@ def test_tile_bytes_match_the_mask(case, bm, bn):
     mask = p.mask(n)
     kv = q = 0
     for i in range(0, n, bm):
-        visited = [j for j in range(0, n, bn) if mask[i:i + bm, j:j + bn].any()]
+        visited = [j for j in range(0, n, bn) if mask[i : i + bm, j : j + bn].any()]
         kv += 2 * sum(min(bn, n - j) for j in visited)
         q += min(bm, n - i) if visited else 0
     bmap = block_map(p, n, bm, bn)
     assert tile_bytes(bmap, 16, 2) == (kv + q + n) * 16 * 2
-    q_all = sum(min(bm, n - i) for i in range(0, n, bm) for j in range(0, n, bn) if mask[i:i + bm, j:j + bn].any())
+    q_all = sum(min(bm, n - i) for i in range(0, n, bm) for j in range(0, n, bn) if mask[i : i + bm, j : j + bn].any())
     assert tile_bytes(bmap, 16, 2, q_per_tile=True) == (kv + q_all + n) * 16 * 2
 
 
 def test_count_stays_cheap_at_long_n():
     """Exact counts at N = 131072 come from diagonals, not masks: a dense mask would need 17 GB."""
-    for e in (op("&", C, op("|", prim("sink", size=4), prim("window", size=1020))),
-              op("&", C, op("|", prim("chunk", size=8192), prim("stride", stride=8, offset=0))),
-              op("-", C, prim("chunk", size=4096)),
-              op("|", prim("global", size=16), prim("window", left=256, right=256))):
+    for e in (
+        op("&", C, op("|", prim("sink", size=4), prim("window", size=1020))),
+        op("&", C, op("|", prim("chunk", size=8192), prim("stride", stride=8, offset=0))),
+        op("-", C, prim("chunk", size=4096)),
+        op("|", prim("global", size=16), prim("window", left=256, right=256)),
+    ):
         p = lowered(e)
         assert count_pairs(p, 131072) == pairs_formula(p).at(131072)

@@ -61,8 +61,7 @@ def test_window_stack_reaches_w_minus_one_per_layer():
 
 
 def test_sinks_join_at_layer_one():
-    rf = receptive_field([lower_expr(op("&", C, op("|", prim("sink", size=4), prim("window", size=1020))))] * 3,
-                         131072)
+    rf = receptive_field([lower_expr(op("&", C, op("|", prim("sink", size=4), prim("window", size=1020))))] * 3, 131072)
     assert [r.earliest for r in rf.rows] == [0, 0, 0]
     assert [r.span for r in rf.rows] == [1019, 2038, 3057]
     assert rf.rows[0].covered == 4 + 1020 and rf.rows[0].gaps[0] == (4, 131071 - 1019)
@@ -78,7 +77,7 @@ def test_power_attention_reaches_2_to_the_d_blocks_in_d_layers(b, n):
     reached[n - 1] = True
     for d in range(1, layers + 1):
         reached = step(p, reached)
-        first = max(0, (nb - 2 ** d) * b)  # every block at distance < 2^d, after d layers
+        first = max(0, (nb - 2**d) * b)  # every block at distance < 2^d, after d layers
         assert reached[first:].all(), d
         assert int(reached.sum()) == rf.rows[d - 1].covered
     assert rf.full_at == max(1, nb.bit_length() - 1)
@@ -102,8 +101,14 @@ def test_neighborhood_reach_equals_the_graph():
     for _ in range(20):
         dims = tuple(rng.randint(1, 4) for _ in range(rng.randint(1, 3)))
         kernel = tuple(rng.randint(1, d) for d in dims)
-        nb = Neighborhood(dims, kernel, tuple(1 for _ in dims), tuple(rng.random() < 0.5 for _ in dims),
-                          rng.randint(0, 2), tuple(rng.randint(1, k) for k in kernel))
+        nb = Neighborhood(
+            dims,
+            kernel,
+            tuple(1 for _ in dims),
+            tuple(rng.random() < 0.5 for _ in dims),
+            rng.randint(0, 2),
+            tuple(rng.randint(1, k) for k in kernel),
+        )
         n = nb.prefix + int(np.prod(dims))
         check_against_graph([Pattern((Term((Lit(nb),)),))] * 2, n)
 
@@ -113,8 +118,12 @@ def program(per_layer: list, heads: int = 2) -> Program:
     for l, row in enumerate(per_layer):
         for h, e in enumerate(row if isinstance(row, list) else [row] * heads):
             groups.setdefault(lower_expr(e), set()).add((l, h))
-    return Program("p", "", ModelShape(layers=len(per_layer), heads=heads, kv_heads=1),
-                   tuple(HeadGroup(p, frozenset(m)) for p, m in groups.items()))
+    return Program(
+        "p",
+        "",
+        ModelShape(layers=len(per_layer), heads=heads, kv_heads=1),
+        tuple(HeadGroup(p, frozenset(m)) for p, m in groups.items()),
+    )
 
 
 def test_per_layer_patterns_apply_the_last_layer_first():

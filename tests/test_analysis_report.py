@@ -50,8 +50,13 @@ def test_streaming_analysis_record_json_and_text():
     console = Console(record=True, width=140)
     render(a, console)
     text = console.export_text()
-    for needle in ("sink: keys 0..4", "ring of the last 1019 keys", "512*(2*N - 1023)", "layers to full coverage",
-                   "O(N)"):
+    for needle in (
+        "sink: keys 0..4",
+        "ring of the last 1019 keys",
+        "512*(2*N - 1023)",
+        "layers to full coverage",
+        "O(N)",
+    ):
         assert needle in text, needle
 
 
@@ -66,8 +71,11 @@ def test_per_head_groups_share_kv_heads_by_union():
 
 
 def test_plot_writes_a_png(tmp_path):
-    a = analyze(lower(spec((STREAMING, None, None), (op("&", C, prim("stride", stride=8, offset=7)), None, (3,)))),
-                2048, layers=4)
+    a = analyze(
+        lower(spec((STREAMING, None, None), (op("&", C, prim("stride", stride=8, offset=7)), None, (3,)))),
+        2048,
+        layers=4,
+    )
     out = tmp_path / "a.png"
     plot(a, str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -104,8 +112,9 @@ def test_compares_cache_budgets_with_the_lossless_cache():
 
 def test_describe_members():
     assert describe_members(frozenset({(l, h) for l in range(2) for h in range(4)}), 2, 4) == "all heads"
-    assert describe_members(frozenset({(l, h) for l in range(2) for h in (0, 1, 3)}), 2, 4) == \
-        "all layers, heads 0..2, 3"
+    assert (
+        describe_members(frozenset({(l, h) for l in range(2) for h in (0, 1, 3)}), 2, 4) == "all layers, heads 0..2, 3"
+    )
     assert describe_members(frozenset({(0, 0), (1, 1)}), 2, 4) == "layers 0: heads 0; layers 1: heads 1"
 
 

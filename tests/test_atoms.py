@@ -11,17 +11,33 @@ import pytest
 import torch
 
 from attnc.compiler.atoms import ATOM_TYPES, Atom, Conj, PeriodicAtom, crt
-from attnc.compiler.ir import (Band, Chunk, DiffMod, KMod, KRange, Lit, Neighborhood, Power, QRange, Status,
-                               Term)
+from attnc.compiler.ir import Band, Chunk, DiffMod, KMod, KRange, Lit, Neighborhood, Power, QRange, Status, Term
 
 CASES: list[Atom] = [
-    Band(0, None), Band(0, 7), Band(-3, 5), Band(None, -2), Band(4, 4),
-    KRange(None, 3), KRange(5, 20), KRange(2, None),
-    QRange(None, 4), QRange(10, 30), QRange(7, None),
-    DiffMod(1, 0), DiffMod(3, 1), DiffMod(8, 0), DiffMod(20, 5),
-    KMod(1, 0), KMod(4, 3), KMod(17, 2),
-    Chunk(1), Chunk(5), Chunk(16),
-    Power(1), Power(3), Power(8),
+    Band(0, None),
+    Band(0, 7),
+    Band(-3, 5),
+    Band(None, -2),
+    Band(4, 4),
+    KRange(None, 3),
+    KRange(5, 20),
+    KRange(2, None),
+    QRange(None, 4),
+    QRange(10, 30),
+    QRange(7, None),
+    DiffMod(1, 0),
+    DiffMod(3, 1),
+    DiffMod(8, 0),
+    DiffMod(20, 5),
+    KMod(1, 0),
+    KMod(4, 3),
+    KMod(17, 2),
+    Chunk(1),
+    Chunk(5),
+    Chunk(16),
+    Power(1),
+    Power(3),
+    Power(8),
     Neighborhood((6, 7), (3, 5), (1, 1), (False, False)),
     Neighborhood((5, 8), (2, 3), (2, 2), (True, False), 3),
     Neighborhood((3, 4, 5), (3, 1, 4), (1, 3, 1), (False, True, False), 1),
@@ -73,7 +89,7 @@ def test_tile_is_exact(atom):
         q0, k0 = rng.integers(0, N, 2)
         q1, k1 = q0 + rng.integers(0, 12), k0 + rng.integers(0, 12)
         q1, k1 = min(q1, N - 1), min(k1, N - 1)
-        block = mask[q0:q1 + 1, k0:k1 + 1]
+        block = mask[q0 : q1 + 1, k0 : k1 + 1]
         want = Status.ALL if block.all() else Status.SOME if block.any() else Status.NONE
         assert int(atom.tile(np.int64(q0), np.int64(q1), np.int64(k0), np.int64(k1))) == want, (q0, q1, k0, k1)
 
@@ -86,7 +102,7 @@ def _check_bounds(mask: np.ndarray, hull, full, first: str, last: str, size: int
     env = {first: start, last: np.minimum(start + size, N) - 1}
     lo, hi, on = hull.at(env, N)
     for i, s in enumerate(start):
-        seen = np.flatnonzero(mask[s:env[last][i] + 1].any(axis=0))
+        seen = np.flatnonzero(mask[s : env[last][i] + 1].any(axis=0))
         if not on[i]:
             assert seen.size == 0
         elif seen.size:
@@ -95,7 +111,7 @@ def _check_bounds(mask: np.ndarray, hull, full, first: str, last: str, size: int
         flo, fhi, fon = (full & hull).at(env, N)
         for i, s in enumerate(start):
             if fon[i] and flo[i] <= fhi[i]:
-                assert mask[s:env[last][i] + 1, flo[i]:fhi[i] + 1].all()
+                assert mask[s : env[last][i] + 1, flo[i] : fhi[i] + 1].all()
 
 
 @pytest.mark.parametrize("atom", CASES, ids=IDS)
@@ -194,7 +210,7 @@ def test_periodic_hooks(atom):
                 assert all(mask[q, q - dd] == ok[i] for q in qs), (r, dd)
     dist = set(atom.block_distances(N - 1))
     q, k = _grid()
-    allowed = (q // p - k // p)
+    allowed = q // p - k // p
     assert np.array_equal(mask, np.isin(allowed, sorted(dist)))
 
 

@@ -35,7 +35,7 @@ def _tile_truth(mask: np.ndarray, block: int, tile: int) -> tuple[np.ndarray, np
     every = np.zeros((nb, nt), dtype=bool)
     for i in range(nb):
         for j in range(nt):
-            part = mask[i * block:(i + 1) * block, j * tile:(j + 1) * tile]
+            part = mask[i * block : (i + 1) * block, j * tile : (j + 1) * tile]
             some[i, j] = part.any()
             every[i, j] = part.all() and (j + 1) * tile <= n
     return some, every
@@ -47,8 +47,12 @@ def _check_spans(pattern, n: int, block: int, tile: int) -> None:
         visited, full = span_tiles(plan, n, block, tile)
         some, every = _tile_truth(dense, block, tile)
         side = "column" if plan.columns else "row"
-        assert not (some & ~visited).any(), f"{side} plan skips a tile with allowed pairs: {np.argwhere(some & ~visited)}"
-        assert not (full & ~every).any(), f"{side} plan's unmasked tile is not fully allowed: {np.argwhere(full & ~every)}"
+        assert not (some & ~visited).any(), (
+            f"{side} plan skips a tile with allowed pairs: {np.argwhere(some & ~visited)}"
+        )
+        assert not (full & ~every).any(), (
+            f"{side} plan's unmasked tile is not fully allowed: {np.argwhere(full & ~every)}"
+        )
 
 
 @pytest.mark.parametrize("name", sorted(EXPRS))
@@ -69,8 +73,9 @@ def test_column_plan_of_a_window_is_tight():
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(expressions(5), causal_expressions(4)), st.integers(1, 70),
-       st.sampled_from([(8, 8), (16, 8), (8, 16)]))
+@given(
+    st.one_of(expressions(5), causal_expressions(4)), st.integers(1, 70), st.sampled_from([(8, 8), (16, 8), (8, 16)])
+)
 def test_random_column_plans_cover_the_mask(expr, n, tiles):
     _check_spans(as_pattern(expr), n, *tiles)
 
@@ -91,8 +96,18 @@ def _grads(fn, q, k, v, do, dlse=None, layer=None):
     return q.grad, k.grad, v.grad
 
 
-def check_grads(program, n: int, *, b: int = 1, h: int = 2, h_kv: int = 1, d: int = 16, layer=None,
-                seed: int = 0, with_lse: bool = False):
+def check_grads(
+    program,
+    n: int,
+    *,
+    b: int = 1,
+    h: int = 2,
+    h_kv: int = 1,
+    d: int = 16,
+    layer=None,
+    seed: int = 0,
+    with_lse: bool = False,
+):
     """The kernels' dq, dk, dv against torch autograd through the module's reference (float32),
     within 1e-4 of each gradient's largest entry (at least 1e-2: a gradient that vanishes
     analytically, like dq with one key per row, keeps the float32 rounding of order-one terms)."""
@@ -158,8 +173,9 @@ def test_needs_input_grad_and_strides():
     mod.reference(q, k, v_ref).sum().backward()
     assert q.grad is None and k.grad is None
     assert (v.grad - v_ref.grad).abs().max().item() < 1e-4 * v_ref.grad.abs().max().item()
-    dq, dk, dv = mod._backward(torch.ones_like(q), q, k, v, *mod._forward(q, k, v, None, True, None),
-                               None, None, None, False, True)
+    dq, dk, dv = mod._backward(
+        torch.ones_like(q), q, k, v, *mod._forward(q, k, v, None, True, None), None, None, None, False, True
+    )
     assert dq.numel() == 0 and dk.shape == k.shape and dv.shape == v.shape
 
 
@@ -180,8 +196,11 @@ def _shrunk_program(path: Path):
     from attnc.loader import program_of
 
     text = path.read_text()
-    defines = {name: 8 for name, value in re.findall(r"^\s*param\s+(\w+)\s*=\s*([^#\n]+)", text, re.M)
-               if not value.strip().isdigit() or int(value) >= 16}
+    defines = {
+        name: 8
+        for name, value in re.findall(r"^\s*param\s+(\w+)\s*=\s*([^#\n]+)", text, re.M)
+        if not value.strip().isdigit() or int(value) >= 16
+    }
     return program_of(path, defines=defines)
 
 
@@ -190,8 +209,10 @@ def _shrunk_program(path: Path):
 def test_pattern_file_gradients(path):
     program = _shrunk_program(path)
     if program.grid is not None:
-        pytest.skip("grid patterns: their masks (several neighbourhoods over a large grid) are too slow "
-                    "for the interpreter; test_small_grid_gradients covers the kernels on grids")
+        pytest.skip(
+            "grid patterns: their masks (several neighbourhoods over a large grid) are too slow "
+            "for the interpreter; test_small_grid_gradients covers the kernels on grids"
+        )
     model = program.model
     per_head = any(len(set(row)) > 1 for row in program.group_table())
     h, h_kv = (model.heads, model.kv_heads) if per_head else (2, 1)
@@ -205,8 +226,10 @@ def test_small_grid_gradients():
     from attnc.compiler.lower import lower
     from attnc.spec.resolve import resolve_text
 
-    text = ("grid(5, 7) prefix = 2\npattern p = neighborhood(kernel = (3, 3,), dilation = (1, 1,), "
-            "causal = (false, false,)) | neighborhood(kernel = (1, 3,), dilation = (1, 2,), causal = (false, true,))\n")
+    text = (
+        "grid(5, 7) prefix = 2\npattern p = neighborhood(kernel = (3, 3,), dilation = (1, 1,), "
+        "causal = (false, false,)) | neighborhood(kernel = (1, 3,), dilation = (1, 2,), causal = (false, true,))\n"
+    )
     check_grads(lower(resolve_text(text, "grid_test.attn")), 37, b=1, h=2, h_kv=1)
 
 
@@ -256,15 +279,17 @@ def test_backward_cost_and_prediction(capsys):
     bwd = sim.backward_time(fwd)
     ratio = sim.BWD_MATMULS["attnc"] / 2
     assert bwd.full_ms == pytest.approx(0.6 * ratio) and bwd.launch_ms == pytest.approx(0.1 * sim.BWD_PASSES)
-    assert bwd.ms == pytest.approx(bwd.full_ms + bwd.masked_ms + bwd.sink_ms + bwd.overhead_ms + bwd.idle_ms
-                                   + bwd.launch_ms)
+    assert bwd.ms == pytest.approx(
+        bwd.full_ms + bwd.masked_ms + bwd.sink_ms + bwd.overhead_ms + bwd.idle_ms + bwd.launch_ms
+    )
     path = str(ROOT / "patterns" / "streaming_llm.attn")
     assert main(["simulate", path, "--seq", "8k", "--backward"]) == 0
     assert "training step" in capsys.readouterr().out
     assert main(["simulate", path, "--seq", "8k", "--backward", "--json"]) == 0
     row = json.loads(capsys.readouterr().out)["results"][0]
     assert row["backward"]["attnc"]["forward_backward_ms"] == pytest.approx(
-        row["attnc"]["ms"] + row["backward"]["attnc"]["backward_ms"])
+        row["attnc"]["ms"] + row["backward"]["attnc"]["backward_ms"]
+    )
     assert main(["simulate", path, "--decode", "--backward"]) == 2
 
 
@@ -327,12 +352,15 @@ def test_backward_kernels_compile_for_sm90():
     from tests.test_codegen_support import _DIR
 
     duo = grouped([[prim("causal"), SW] * 2], "duo")
-    cases = [(single(EXPRS["sink_window"], "sw"), dict(dtype="bf16", head_dim=128, group=0, acc=False)),
-             (duo, dict(dtype="fp16", head_dim=64, group=1, acc=True))]
+    cases = [
+        (single(EXPRS["sink_window"], "sw"), dict(dtype="bf16", head_dim=128, group=0, acc=False)),
+        (duo, dict(dtype="fp16", head_dim=64, group=1, acc=True)),
+    ]
     args = [(str(write_module(p, _DIR / p.digest())), opts) for p, opts in cases]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", _BWD_GPU_COMPILE, json.dumps(args)], env=env,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-c", _BWD_GPU_COMPILE, json.dumps(args)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert res.returncode == 0, f"GPU compilation failed:\n{res.stderr[-4000:]}"
     for kernels in json.loads(res.stdout.strip().splitlines()[-1]):
         assert all(k["shared"] <= 232448 for k in kernels), kernels

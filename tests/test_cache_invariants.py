@@ -27,14 +27,14 @@ MAX_STEP = 2
 # tests/test_decode_lossless.py), since the invariants hold or break in the eviction code
 TRITON_ROWS = {"h2o", "fifo"}
 
-appends = st.lists(st.one_of(st.integers(1, MAX_STEP), st.integers(1, MAX_STEP), st.integers(3, 9)),
-                   min_size=1, max_size=9)
+appends = st.lists(
+    st.one_of(st.integers(1, MAX_STEP), st.integers(1, MAX_STEP), st.integers(3, 9)), min_size=1, max_size=9
+)
 
 
 def _program(name):
     # kv head 0: full budget (dense, lossless); kv head 1: the lossy policy
-    return program(causal(), cache=[policy("full", kv_heads=[0]), policy(**_kw(LOSSY[name]), kv_heads=[1])],
-                   name=name)
+    return program(causal(), cache=[policy("full", kv_heads=[0]), policy(**_kw(LOSSY[name]), kv_heads=[1])], name=name)
 
 
 def _kw(p):
@@ -61,7 +61,7 @@ def test_invariants_under_random_appends(name, steps, seed):
     n = 0
     since_prefill = None  # tokens appended since the last prefill-sized append
     for T in steps:
-        cache.append(0, k[:, :, n:n + T], k[:, :, n:n + T], q[:, :, n:n + T])
+        cache.append(0, k[:, :, n : n + T], k[:, :, n : n + T], q[:, :, n : n + T])
         n += T
         if T > MAX_STEP:
             since_prefill = 0
@@ -80,7 +80,7 @@ def test_invariants_under_random_appends(name, steps, seed):
             must = set(range(min(sink_, n))) | set(range(max(n - recent, 0), n))
             assert must <= set(kept)  # kept tokens are never evicted
     if N >= 1 and steps[-1] <= MAX_STEP:
-        qs = q[:, :, N - steps[-1]:N]
+        qs = q[:, :, N - steps[-1] : N]
         torch.testing.assert_close(cache.decode(0, qs), mod.decode_reference(qs, cache.view(0)), atol=1e-5, rtol=0)
 
 
@@ -123,7 +123,9 @@ def test_scores_that_need_queries_say_so():
 
 
 def test_budget_below_keep_rules_is_a_plan_error():
-    with pytest.raises(DecodePlanError, match=r"budget 5 at layer 0 is below its keep rules sink\(2\) \+ recent\(4\) = 6"):
+    with pytest.raises(
+        DecodePlanError, match=r"budget 5 at layer 0 is below its keep rules sink\(2\) \+ recent\(4\) = 6"
+    ):
         plan_decode(program(causal(), cache=[policy(5, sink=2, recent=4, score="h2o")]))
     with pytest.raises(DecodePlanError, match=r"recent\(8\) = 9"):  # snapkv's window is kept too
         plan_decode(program(causal(), cache=[policy(6, sink=1, score="snapkv", window=8)]))

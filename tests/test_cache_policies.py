@@ -58,16 +58,28 @@ def _rules(prog, layer, kv):
     if pol is None or pol.budget.kind == "full":
         return None
     b = pol.budget
-    budget = {"tokens": lambda: b.tokens, "list": lambda: b.per_layer[layer],
-              "linear": lambda: round(b.first + (b.last - b.first) * layer / (LAYERS - 1)),
-              "adaptive": lambda: None}[b.kind]()
+    budget = {
+        "tokens": lambda: b.tokens,
+        "list": lambda: b.per_layer[layer],
+        "linear": lambda: round(b.first + (b.last - b.first) * layer / (LAYERS - 1)),
+        "adaptive": lambda: None,
+    }[b.kind]()
     ev = pol.evict
     score = ev.score if ev else None
     opts = dict(ev.options) if ev else {}
     window_ = opts.get("window", 0) if score == "snapkv" else 0
-    return dict(budget=budget, mean=b.tokens if b.kind == "adaptive" else None, sink=pol.sink,
-                recent=max(pol.recent, window_), score=score, timing=ev.timing if ev else "decode",
-                agg=pol.aggregate, window=opts.get("window", 0), pool=opts.get("pool"), kernel=opts.get("kernel"))
+    return dict(
+        budget=budget,
+        mean=b.tokens if b.kind == "adaptive" else None,
+        sink=pol.sink,
+        recent=max(pol.recent, window_),
+        score=score,
+        timing=ev.timing if ev else "decode",
+        agg=pol.aggregate,
+        window=opts.get("window", 0),
+        pool=opts.get("pool"),
+        kernel=opts.get("kernel"),
+    )
 
 
 def _agg(xs, how):
@@ -102,7 +114,11 @@ class Model:
                     else:
                         logits.append(-math.inf)
                 m = max(logits)
-                e = [math.exp(x - m) if x != -math.inf else 0.0 for x in logits] if m != -math.inf else [0.0] * len(toks)
+                e = (
+                    [math.exp(x - m) if x != -math.inf else 0.0 for x in logits]
+                    if m != -math.inf
+                    else [0.0] * len(toks)
+                )
                 s = sum(e)
                 per_q.append([x / s if s else 0.0 for x in e])
             out.append(per_q)
@@ -154,7 +170,7 @@ class Model:
             pooled = np.zeros_like(a)
             for i in range(E):
                 lo, hi = i - kk // 2, i + kk // 2
-                vals = a[:, max(lo, 0):min(hi, E - 1) + 1]
+                vals = a[:, max(lo, 0) : min(hi, E - 1) + 1]
                 pooled[:, i] = vals.max(1) if r["pool"] == "max" else vals.sum(1) / kk
             for i, t in enumerate(toks):
                 t["score"] = float(_agg(pooled[:, i], r["agg"]))
@@ -173,6 +189,7 @@ class Model:
         def prio(t):
             protected = t["pos"] < r["sink"] or t["pos"] >= end - r["recent"]
             return (math.inf if protected else t["score"], t["pos"])
+
         gone = {id(t) for t in sorted(toks, key=prio)[:m]}
         self.heads[(layer, b, h)] = [t for t in toks if id(t) not in gone]
 
@@ -242,14 +259,14 @@ def test_policy_matches_plain_python_model(name):
                 off, n = view.slots[h]
                 for b in range(B):
                     want = sorted(model.heads[(layer, b, h)], key=lambda x: x["pos"])
-                    pos = view.pos[b, off:off + n].tolist()
+                    pos = view.pos[b, off : off + n].tolist()
                     assert sorted(pos) == [x["pos"] for x in want], (name, t, layer, b, h)
                     order = np.argsort(pos)
-                    kk = view.k[b, off:off + n][order].numpy()
+                    kk = view.k[b, off : off + n][order].numpy()
                     assert np.array_equal(kk, np.stack([x["k"] for x in want]))
-                    assert np.array_equal(view.v[b, off:off + n][order].numpy(), np.stack([x["v"] for x in want]))
+                    assert np.array_equal(view.v[b, off : off + n][order].numpy(), np.stack([x["v"] for x in want]))
                     if model.rules[(layer, h)] is not None and model.rules[(layer, h)]["score"] is not None:
-                        got = cache._layers[layer].score[b, off:off + n][order].numpy()
+                        got = cache._layers[layer].score[b, off : off + n][order].numpy()
                         np.testing.assert_allclose(got, [x["score"] for x in want], rtol=1e-9, atol=1e-12)
     # the decode kernel over the compacted (float32) cache equals its reference
     c32 = mod.Cache(B, dtype=torch.float32, backend=backend)
@@ -257,8 +274,7 @@ def test_policy_matches_plain_python_model(name):
         c32.append(layer, k[:, :, :12].float(), v[:, :, :12].float(), q[:, :, :12].float())
         c32.append(layer, k[:, :, 12:13].float(), v[:, :, 12:13].float(), q[:, :, 12:13].float())
         qs = q[:, :, 12:13].float()
-        torch.testing.assert_close(c32.decode(layer, qs), mod.decode_reference(qs, c32.view(layer)),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(c32.decode(layer, qs), mod.decode_reference(qs, c32.view(layer)), atol=1e-5, rtol=0)
 
 
 def test_budgets_per_layer_and_head():

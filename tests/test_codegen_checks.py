@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.strategies import op, prim
 from tests.test_codegen_support import grouped, inputs, load, single

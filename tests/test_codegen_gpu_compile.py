@@ -16,16 +16,28 @@ SPILL_LIMIT = 64  # the generated modules' _SPILL_LIMIT
 
 @pytest.mark.skipif(not have_ptxas(), reason="no ptxas in the triton install")
 def test_kernels_compile_for_sm90():
-    duo = grouped([[prim("causal"), op("&", prim("causal"), op("|", prim("sink", size=64), prim("window", size=960)))]
-                   * 2], "duo")
+    duo = grouped(
+        [[prim("causal"), op("&", prim("causal"), op("|", prim("sink", size=64), prim("window", size=960)))] * 2], "duo"
+    )
     uncapped = {"maxnreg": None}
-    cases = [gpu_case(single(EXPRS[name], name), use_tma=tma, config=uncapped)
-             for name, tma in [("sink_window", True), ("power", True), ("global", False), ("difference_mod", True),
-                               ("many_terms", True), ("strided_long", True), ("chunk", True)]]
-    cases += [gpu_case(duo, group=1, subset=True, config=uncapped),
-              gpu_case(single(EXPRS["dilated"], "dilated"), residue=3, config=uncapped),
-              gpu_case(single(EXPRS["causal"], "causal"), dtype="fp16", head_dim=256),
-              gpu_case(single(EXPRS["sink_window"], "sw"), head_dim=64, config=uncapped)]
+    cases = [
+        gpu_case(single(EXPRS[name], name), use_tma=tma, config=uncapped)
+        for name, tma in [
+            ("sink_window", True),
+            ("power", True),
+            ("global", False),
+            ("difference_mod", True),
+            ("many_terms", True),
+            ("strided_long", True),
+            ("chunk", True),
+        ]
+    ]
+    cases += [
+        gpu_case(duo, group=1, subset=True, config=uncapped),
+        gpu_case(single(EXPRS["dilated"], "dilated"), residue=3, config=uncapped),
+        gpu_case(single(EXPRS["causal"], "causal"), dtype="fp16", head_dim=256),
+        gpu_case(single(EXPRS["sink_window"], "sw"), head_dim=64, config=uncapped),
+    ]
     capped = [gpu_case(single(EXPRS[name], name)) for name in ("causal", "sink_window")]
     capped += [gpu_case(duo, group=g, subset=True) for g in (0, 1)]
     fp32 = [gpu_case(single(EXPRS["sink_window"], "sw"), dtype="fp32", head_dim=64, use_tma=False)]
@@ -34,7 +46,7 @@ def test_kernels_compile_for_sm90():
         assert kernel["shared"] <= 232448, f"{path} {opts}: more shared memory than an H100 block has"
     for (path, opts), kernel in zip(cases, results):
         assert kernel["stack"] == 0, f"{path} {opts}: registers spilled ({kernel})"
-    for (path, opts), kernel in zip(capped, results[len(cases):]):
+    for (path, opts), kernel in zip(capped, results[len(cases) :]):
         assert kernel["maxnreg"] == 128 and kernel["stack"] <= SPILL_LIMIT, f"{path}: {kernel}"
         assert kernel["shared"] <= 116224, f"{path} {opts}: two programs per SM do not fit ({kernel})"
 
@@ -49,14 +61,22 @@ def test_grid_kernels_compile_for_sm90():
     # (pattern, bytes of stack allowed): one neighbourhood must not spill; a prefix (a second
     # path: prefix rows over every key, through _attend) or a union (a branch per term) spill
     # a little: measured 32 bytes with TMA, 224 with gathers (docs/grids.md, Known gaps)
-    texts = [("grid(128, 128)\npattern a = neighborhood(kernel = (13, 13))\n", 0),
-             ("grid(16, 30, 40) prefix = 8\npattern b = neighborhood(kernel = (5, 7, 7), dilation = (1, 2, 3), "
-              "causal = (true, false, false))\n", 256),
-             ("grid(8, 24, 40)\npattern c = neighborhood(kernel = (1, 24, 40)) | neighborhood(kernel = (5, 7, 9))\n", 256),
-             # GNA: boxes from each tile's shared window, unmasked inside it; a causal strided axis
-             ("grid(128, 128)\npattern d = neighborhood(kernel = (13, 13), stride = (8, 8))\n", 0),
-             ("grid(16, 32, 32)\npattern e = neighborhood(kernel = (4, 7, 7), stride = (2, 4, 3), "
-              "causal = (true, false, false))\n", 64)]  # per-row windows: 32 bytes gathered on sm_80
+    texts = [
+        ("grid(128, 128)\npattern a = neighborhood(kernel = (13, 13))\n", 0),
+        (
+            "grid(16, 30, 40) prefix = 8\npattern b = neighborhood(kernel = (5, 7, 7), dilation = (1, 2, 3), "
+            "causal = (true, false, false))\n",
+            256,
+        ),
+        ("grid(8, 24, 40)\npattern c = neighborhood(kernel = (1, 24, 40)) | neighborhood(kernel = (5, 7, 9))\n", 256),
+        # GNA: boxes from each tile's shared window, unmasked inside it; a causal strided axis
+        ("grid(128, 128)\npattern d = neighborhood(kernel = (13, 13), stride = (8, 8))\n", 0),
+        (
+            "grid(16, 32, 32)\npattern e = neighborhood(kernel = (4, 7, 7), stride = (2, 4, 3), "
+            "causal = (true, false, false))\n",
+            64,
+        ),
+    ]  # per-row windows: 32 bytes gathered on sm_80
     programs = [(lower(resolve_text(t, "g.attn")), limit) for t, limit in texts]
     # TMA on Hopper; gathers on Ampere, and on Hopper where a descriptor cannot be made (32-key tiles)
     cases = [(gpu_case(p, grid=True), limit) for p, limit in programs]

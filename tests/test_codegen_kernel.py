@@ -16,8 +16,17 @@ from hypothesis import strategies as st
 from attnc.compiler.tiling import grid_terms
 from tests.cases import CASES, grid_tokens
 from tests.strategies import causal_expressions, examples, expressions, op, prim
-from tests.test_codegen_support import (EXPRS, assert_close, check_module, dense_reference, grouped, head_masks,
-                                        inputs, load, single)
+from tests.test_codegen_support import (
+    EXPRS,
+    assert_close,
+    check_module,
+    dense_reference,
+    grouped,
+    head_masks,
+    inputs,
+    load,
+    single,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -71,8 +80,11 @@ def test_lengths(n):
     check_module(single(SW, "sw"), n)
 
 
-@pytest.mark.parametrize("cfg", [dict(BLOCK_M=16, BLOCK_N=16), dict(BLOCK_M=16, BLOCK_N=32, BLOCK_N_NARROW=16),
-                                 dict(BLOCK_M=64, BLOCK_N=16)], ids=str)
+@pytest.mark.parametrize(
+    "cfg",
+    [dict(BLOCK_M=16, BLOCK_N=16), dict(BLOCK_M=16, BLOCK_N=32, BLOCK_N_NARROW=16), dict(BLOCK_M=64, BLOCK_N=16)],
+    ids=str,
+)
 def test_tile_configs(cfg):
     for name in ("sink_window", "power", "chunk", "global"):
         check_module(single(EXPRS[name], name), 90, config=cfg)
@@ -136,8 +148,7 @@ def test_strided_views():
 def test_torch_compile_traces_the_custom_op():
     mod = load(single(SW, "sw"))
     q, k, v = inputs(1, 2, 1, 40, 16)
-    compiled = torch.compile(lambda q, k, v: mod.prefill(q, k, v, return_lse=True), backend="aot_eager",
-                             fullgraph=True)
+    compiled = torch.compile(lambda q, k, v: mod.prefill(q, k, v, return_lse=True), backend="aot_eager", fullgraph=True)
     out, lse = compiled(q, k, v)
     out2, lse2 = mod.prefill(q, k, v, return_lse=True)
     assert torch.equal(out, out2) and torch.equal(lse, lse2)
@@ -160,8 +171,11 @@ def test_module_reference_per_layer_and_head():
     mod = load(program)
     q, k, v = inputs(1, 2, 1, 30, 16)
     for layer in (0, 1):
-        assert_close(mod.reference(q, k, v, layer=layer),
-                     dense_reference(q, k, v, head_masks(program, 30, 2, layer))[0], torch.float32)
+        assert_close(
+            mod.reference(q, k, v, layer=layer),
+            dense_reference(q, k, v, head_masks(program, 30, 2, layer))[0],
+            torch.float32,
+        )
 
 
 @examples(8)

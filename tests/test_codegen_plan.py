@@ -82,8 +82,12 @@ def test_many_terms_fall_back_to_one_hull():
 
 
 @examples(20)
-@given(st.one_of(expressions(5), causal_expressions(4)), st.integers(1, 70), st.sampled_from(CONFIGS),
-       st.sampled_from([16, 32]))
+@given(
+    st.one_of(expressions(5), causal_expressions(4)),
+    st.integers(1, 70),
+    st.sampled_from(CONFIGS),
+    st.sampled_from([16, 32]),
+)
 def test_random_patterns_visit_every_needed_key_once(expr, n, cfg, narrow):
     program = single(expr, "rand")
     check_visits(program, n, dict(cfg, BLOCK_N_NARROW=min(narrow, cfg["BLOCK_N"])))

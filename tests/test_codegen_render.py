@@ -59,7 +59,9 @@ def test_user_text_only_in_string_literals():
     marker_name = "zzqxname"
     source = 'dir"with\'quotes\nimport os; os.system("zzqxsrc")\\"""\'\'\'.attn'
     pattern = as_pattern(SW)
-    program = Program(name=marker_name, source=source, model=ModelShape(), groups=(HeadGroup(pattern, frozenset({(0, 0)})),))
+    program = Program(
+        name=marker_name, source=source, model=ModelShape(), groups=(HeadGroup(pattern, frozenset({(0, 0)})),)
+    )
     text = render_module(program)
     compile(text, "evil", "exec")
     for tok in tokenize.generate_tokens(io.StringIO(text).readline):
@@ -77,7 +79,9 @@ def test_pattern_metadata():
     program = grouped([[a, b, a], [a, a, a]], "meta")
     namespace: dict = {}
     tree = ast.parse(render_module(program))
-    keep = [n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id in ("ATTNC_VERSION", "DIGEST", "PATTERN")]
+    keep = [
+        n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id in ("ATTNC_VERSION", "DIGEST", "PATTERN")
+    ]
     exec(compile(ast.Module(keep, []), "p", "exec"), {}, namespace)
     meta = namespace["PATTERN"]
     assert meta["name"] == "meta" and meta["digest"] == program.digest()
@@ -218,4 +222,4 @@ def test_every_pattern_file_compiles(path, tmp_path, predicate_pairs):
 
     out = compile_file(path, tmp_path)
     compile(out.read_text(), str(out), "exec")
-    assert predicate_pairs.count <= 4096 ** 2, f"compiling {path.name} evaluated {predicate_pairs.count} pairs"
+    assert predicate_pairs.count <= 4096**2, f"compiling {path.name} evaluated {predicate_pairs.count} pairs"

@@ -30,8 +30,9 @@ def as_pattern(x) -> Pattern:
 
 def single(expr, name: str = "p") -> Program:
     """A program with one pattern for every head (any head count works)."""
-    return Program(name=name, source=f"{name}.attn", model=ModelShape(),
-                   groups=(HeadGroup(as_pattern(expr), frozenset({(0, 0)})),))
+    return Program(
+        name=name, source=f"{name}.attn", model=ModelShape(), groups=(HeadGroup(as_pattern(expr), frozenset({(0, 0)})),)
+    )
 
 
 def grouped(table: list[list[object]], name: str = "g", kv_heads: int | None = None) -> Program:
@@ -42,9 +43,12 @@ def grouped(table: list[list[object]], name: str = "g", kv_heads: int | None = N
         for h, expr in enumerate(row):
             groups.setdefault(as_pattern(expr), set()).add((l, h))
     ordered = sorted(groups.items(), key=lambda kv: min(kv[1]))
-    return Program(name=name, source=f"{name}.attn",
-                   model=ModelShape(layers=layers, heads=heads, kv_heads=kv_heads or heads),
-                   groups=tuple(HeadGroup(p, frozenset(m)) for p, m in ordered))
+    return Program(
+        name=name,
+        source=f"{name}.attn",
+        model=ModelShape(layers=layers, heads=heads, kv_heads=kv_heads or heads),
+        groups=tuple(HeadGroup(p, frozenset(m)) for p, m in ordered),
+    )
 
 
 def load(program: Program):
@@ -95,8 +99,19 @@ def assert_close(out, ref, dtype):
         assert err < 1e-2, f"relative error {err:.3g}"
 
 
-def check_module(program: Program, n: int, *, b: int = 1, h: int = 2, h_kv: int = 1, d: int = 16,
-                 dtype=torch.float32, layer: int | None = None, config: dict | None = None, seed: int = 0):
+def check_module(
+    program: Program,
+    n: int,
+    *,
+    b: int = 1,
+    h: int = 2,
+    h_kv: int = 1,
+    d: int = 16,
+    dtype=torch.float32,
+    layer: int | None = None,
+    config: dict | None = None,
+    seed: int = 0,
+):
     """Run the generated kernel on random inputs and compare with the independent reference."""
     mod = load(program)
     q, k, v = inputs(b, h, h_kv, n, d, dtype, seed)
@@ -140,11 +155,13 @@ def check_visits(program: Program, n: int, config: dict, heads: int = 1, layer: 
     wasted = 0
     for hh in range(heads):
         for i in range(masked.shape[1]):
-            rows = masks[hh, i * bm:(i + 1) * bm]
+            rows = masks[hh, i * bm : (i + 1) * bm]
             need, full = rows.any(0), rows.all(0)
             seen = masked[hh, i] + unmasked[hh, i]
             assert (seen <= 1).all(), f"head {hh} block {i}: keys visited twice: {np.flatnonzero(seen > 1)}"
-            assert (seen[need] == 1).all(), f"head {hh} block {i}: needed keys missed: {np.flatnonzero(need & (seen == 0))}"
+            assert (seen[need] == 1).all(), (
+                f"head {hh} block {i}: needed keys missed: {np.flatnonzero(need & (seen == 0))}"
+            )
             bad = (unmasked[hh, i] > 0) & ~full
             assert not bad.any(), f"head {hh} block {i}: unmasked keys not allowed for every row: {np.flatnonzero(bad)}"
             wasted += int((seen[~need] > 0).sum())
@@ -164,8 +181,8 @@ def tile_visits(program: Program, n: int, config: dict, heads: int = 1, layer: i
     nkb = -(-n // bn)
     out = np.zeros(masked.shape[:2] + (nkb,), dtype=np.int8)
     for j in range(nkb):
-        m = masked[..., j * bn:(j + 1) * bn]
-        u = unmasked[..., j * bn:(j + 1) * bn]
+        m = masked[..., j * bn : (j + 1) * bn]
+        u = unmasked[..., j * bn : (j + 1) * bn]
         assert ((m.min(-1) == m.max(-1)) & (u.min(-1) == u.max(-1))).all(), "a tile visited in part"
         out[..., j] = np.where(u[..., 0] > 0, 2, np.where(m[..., 0] > 0, 1, 0))
     return out
@@ -285,14 +302,33 @@ print(json.dumps([compile_one(path, opts) for path, opts in json.loads(sys.argv[
 """
 
 
-def gpu_case(program: Program, *, dtype: str = "bf16", head_dim: int = 128, use_tma: bool = True,
-             group: int = 0, subset: bool = False, capability: int = 90, config: dict | None = None,
-             residue: int = 0, grid: bool = False) -> tuple[str, dict]:
+def gpu_case(
+    program: Program,
+    *,
+    dtype: str = "bf16",
+    head_dim: int = 128,
+    use_tma: bool = True,
+    group: int = 0,
+    subset: bool = False,
+    capability: int = 90,
+    config: dict | None = None,
+    residue: int = 0,
+    grid: bool = False,
+) -> tuple[str, dict]:
     """One kernel for compile_for_gpu: the module's path and the launch options (`grid`: the
     group's tile-order kernel instead of the generic one)."""
     path = write_module(program, _DIR / program.digest())
-    return str(path), dict(dtype=dtype, head_dim=head_dim, use_tma=use_tma, group=group, subset=subset,
-                           residue=residue, capability=capability, config=config or {}, grid=grid)
+    return str(path), dict(
+        dtype=dtype,
+        head_dim=head_dim,
+        use_tma=use_tma,
+        group=group,
+        subset=subset,
+        residue=residue,
+        capability=capability,
+        config=config or {},
+        grid=grid,
+    )
 
 
 def compile_for_gpu(cases: list[tuple[str, dict]]) -> list[dict]:
@@ -304,8 +340,9 @@ def compile_for_gpu(cases: list[tuple[str, dict]]) -> list[dict]:
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", _GPU_COMPILE, json.dumps(cases)], env=env,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-c", _GPU_COMPILE, json.dumps(cases)], env=env, capture_output=True, text=True
+    )
     assert res.returncode == 0, f"GPU compilation failed:\n{res.stderr[-4000:]}"
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -314,6 +351,7 @@ def have_ptxas() -> bool:
     """Whether Triton's own ptxas is installed (GPU compiles on this CPU-only machine)."""
     try:
         from triton.backends.nvidia.compiler import get_ptxas
+
         return get_ptxas(90).path is not None
     except Exception:
         return False

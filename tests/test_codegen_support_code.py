@@ -26,7 +26,14 @@ def test_support_files_need_torch_and_triton_only(name):
     tree = ast.parse((SUPPORT / f"{name}.py").read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            assert {a.name.split(".")[0] for a in node.names} <= {"functools", "math", "os", "typing", "torch", "triton"}
+            assert {a.name.split(".")[0] for a in node.names} <= {
+                "functools",
+                "math",
+                "os",
+                "typing",
+                "torch",
+                "triton",
+            }
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             assert node.module.split(".")[0] in {"__future__", "typing", "torch", "triton"}, node.module
         elif isinstance(node, ast.ImportFrom):  # siblings only, inlined earlier
@@ -38,7 +45,9 @@ def test_inlined_text_is_the_file_less_docstring_and_imports(name):
     text = writer.support_source(name)
     assert '"""' + (SUPPORT / f"{name}.py").read_text().split('"""')[1] not in text
     assert "from __future__" not in text and "from ." not in text
-    body = [l for l in (SUPPORT / f"{name}.py").read_text().splitlines() if l.startswith("def ") or l.startswith("class ")]
+    body = [
+        l for l in (SUPPORT / f"{name}.py").read_text().splitlines() if l.startswith("def ") or l.startswith("class ")
+    ]
     assert all(l in text for l in body)
 
 
@@ -54,8 +63,19 @@ def test_generated_module_defines_each_name_once():
 
 
 def pol(**kw):
-    base = dict(index=0, budget=4, adaptive_mean=None, sink=1, recent=2, score="tova", timing="decode",
-                aggregate="mean", window=0, pool="max", kernel=3)
+    base = dict(
+        index=0,
+        budget=4,
+        adaptive_mean=None,
+        sink=1,
+        recent=2,
+        score="tova",
+        timing="decode",
+        aggregate="mean",
+        window=0,
+        pool="max",
+        kernel=3,
+    )
     return Policy(**{**base, **kw})
 
 
@@ -85,8 +105,15 @@ def brute_attention(q, k, kpos, qpos, mask_fn, scale):
     out = torch.zeros(G, T, k.shape[0], dtype=torch.float64)
     for g in range(G):
         for t in range(T):
-            s = torch.tensor([float(q[g, t].double() @ k[e].double()) * scale if mask_fn(int(qpos[t]), int(kpos[e]))
-                              else float("-inf") for e in range(k.shape[0])], dtype=torch.float64)
+            s = torch.tensor(
+                [
+                    float(q[g, t].double() @ k[e].double()) * scale
+                    if mask_fn(int(qpos[t]), int(kpos[e]))
+                    else float("-inf")
+                    for e in range(k.shape[0])
+                ],
+                dtype=torch.float64,
+            )
             out[g, t] = torch.softmax(s, 0).nan_to_num(0.0)
     return out
 
@@ -122,7 +149,7 @@ def test_scores_match_brute_force(score, agg):
     else:
         order = torch.argsort(kpos[0])
         a = att[:, -3:].mean(1)[:, order]  # position order
-        pooled = torch.stack([torch.stack([a[gg, max(0, e - 1):e + 2].max() for e in range(E)]) for gg in range(G)])
+        pooled = torch.stack([torch.stack([a[gg, max(0, e - 1) : e + 2].max() for e in range(E)]) for gg in range(G)])
         want = torch.empty(E, dtype=torch.float64)
         want[order] = red(pooled)
     torch.testing.assert_close(got, want)

@@ -7,8 +7,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_decode_support import (causal, chunk, full_mask_attention, liveness_tokens, module, program, prim,
-                                 rand, sink, stride, window)
+from test_decode_support import (
+    causal,
+    chunk,
+    full_mask_attention,
+    liveness_tokens,
+    module,
+    program,
+    prim,
+    rand,
+    sink,
+    stride,
+    window,
+)
 from strategies import op
 
 from attnc.compiler.lower import lower_expr
@@ -49,12 +60,12 @@ def _decode_all(prog, mod, N, steps, dtype=torch.float32, config=None, prefill=0
         T = min(steps[i % len(steps)], N - t)
         i += 1
         for layer in range(prog.model.layers):
-            cache.append(layer, k[:, :, t:t + T], v[:, :, t:t + T])
-            qs = q[:, :, t:t + T]
+            cache.append(layer, k[:, :, t : t + T], v[:, :, t : t + T])
+            qs = q[:, :, t : t + T]
             o = cache.decode(layer, qs, **kw)
             r = mod.decode_reference(qs, cache.view(layer))
             torch.testing.assert_close(o.double(), r.double(), atol=2e-2 if dtype != torch.float32 else 1e-5, rtol=0)
-            outs[layer][:, :, t:t + T] = o.double()
+            outs[layer][:, :, t : t + T] = o.double()
         t += T
     return q, k, v, outs, cache
 
@@ -124,15 +135,15 @@ def test_triton_append_equals_torch_reference(name):
         if t + T > N:
             break
         for c in (a, b):
-            c.append(0, k[:, :, t:t + T], v[:, :, t:t + T])
+            c.append(0, k[:, :, t : t + T], v[:, :, t : t + T])
         t += T
         va, vb = a.view(0), b.view(0)
         assert va.slots == vb.slots
         assert torch.equal(va.lens, vb.lens)
         for off, n in va.slots:
-            assert torch.equal(va.pos[:, off:off + n], vb.pos[:, off:off + n])
-            assert torch.equal(va.k[:, off:off + n], vb.k[:, off:off + n])
-            assert torch.equal(va.v[:, off:off + n], vb.v[:, off:off + n])
+            assert torch.equal(va.pos[:, off : off + n], vb.pos[:, off : off + n])
+            assert torch.equal(va.k[:, off : off + n], vb.k[:, off : off + n])
+            assert torch.equal(va.v[:, off : off + n], vb.v[:, off : off + n])
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -145,7 +156,7 @@ def test_tokens_equal_liveness_analysis(name):
     n = 0
     for T in (1, 1, 3, 1, 9, 1, 17, 1, 2, 24):
         for layer in range(prog.model.layers):
-            cache.append(layer, k[:, :, n:n + T], k[:, :, n:n + T])
+            cache.append(layer, k[:, :, n : n + T], k[:, :, n : n + T])
         n += T
         for layer in range(prog.model.layers):
             for h, hp in enumerate(plan.heads[layer]):
@@ -163,7 +174,7 @@ def test_memory_matches_layout_formula():
     cache = mod.Cache(B, dtype=torch.float16, max_len=64)
     k = rand(B, 2, 64, D, dtype=torch.float16)
     for n in (1, 5, 13, 40, 64):
-        cache.append(0, k[:, :, cache.seen(0):n], k[:, :, cache.seen(0):n])
+        cache.append(0, k[:, :, cache.seen(0) : n], k[:, :, cache.seen(0) : n])
         mem = cache.memory()[0]
         assert mem == [hp.layout.tokens(n) * 2 * D * 2 for hp in plan.heads[0]]
     assert mem == [64 * 2 * D * 2, 6 * 2 * D * 2]  # full head, sink 2 + ring 4
@@ -177,7 +188,7 @@ def test_dense_store_grows_by_doubling():
     cache.append(0, k[:, :, :10], k[:, :, :10])
     first = cache.allocated()[0]
     for t in range(10, 300, 37):
-        cache.append(0, k[:, :, t:t + 37], k[:, :, t:t + 37])
+        cache.append(0, k[:, :, t : t + 37], k[:, :, t : t + 37])
     assert cache.allocated()[0] > first
     assert cache.kept(0, 0, 0) == list(range(300))
     assert cache.kept(0, 0, 1) == [0, 1, 296, 297, 298, 299]
@@ -193,12 +204,12 @@ def test_rerotate_positions():
     cache = mod.Cache(1, dtype=torch.float32)
     k = rand(1, 2, 12, 16)
     for t in range(12):
-        cache.append(0, k[:, :, t:t + 1], k[:, :, t:t + 1])
+        cache.append(0, k[:, :, t : t + 1], k[:, :, t : t + 1])
     pos = cache.positions(0)[0]
     view = cache.view(0)
     for off, n in view.slots:
-        orig = view.pos[0, off:off + n].tolist()
-        ranks = pos[off:off + n].tolist()
+        orig = view.pos[0, off : off + n].tolist()
+        ranks = pos[off : off + n].tolist()
         assert sorted(ranks) == list(range(n))
         assert [o for _, o in sorted(zip(ranks, orig))] == sorted(orig)
     assert cache.query_positions(0).tolist() == [[[6], [6]]]  # 7 held keys, the newest at rank 6
@@ -209,9 +220,12 @@ def test_kernel_masks_wherever_the_store_holds_invisible_keys():
     patterns' own scale: power(64) and strided(128) differ from causal only far away)."""
     from attnc.codegen.decode_plan import plan_decode
 
-    far = [lower_expr(op("&", prim("causal"), prim("power", block=64))),
-           lower_expr(op("&", prim("causal"), op("|", prim("window", size=128), prim("strided", stride=128)))),
-           causal(chunk(8192)), causal(stride(64, 3), window(16))]
+    far = [
+        lower_expr(op("&", prim("causal"), prim("power", block=64))),
+        lower_expr(op("&", prim("causal"), op("|", prim("window", size=128), prim("strided", stride=128)))),
+        causal(chunk(8192)),
+        causal(stride(64, 3), window(16)),
+    ]
     for p in far:
         assert plan_decode(program(p)).masked == (True,), str(p)
     for p in (causal(), causal(sink(4), window(4092)), causal(window(7))):

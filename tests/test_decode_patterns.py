@@ -54,8 +54,8 @@ def test_case_decodes_like_prefill(case):
     outs = {layer: [] for layer in layers}
     for t in range(PREFILL, N):
         for layer in layers:
-            cache.append(layer, k[:, :, t:t + 1], v[:, :, t:t + 1])
-            outs[layer].append(cache.decode(layer, q[:, :, t:t + 1]))
+            cache.append(layer, k[:, :, t : t + 1], v[:, :, t : t + 1])
+            outs[layer].append(cache.decode(layer, q[:, :, t : t + 1]))
             for h, hp in enumerate(plan.heads[layer]):
                 if hp.layout.exact:
                     assert cache.tokens()[layer][h] == liveness_tokens(prog, layer, h, t + 1)

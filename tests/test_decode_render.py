@@ -20,11 +20,17 @@ PROGRAMS = [
     program(causal()),
     program(causal(sink(4), window(8)), cache=[policy(positions="rerotate")]),
     program([causal(stride(4, 1), window(3)), causal(chunk(6))] * 2),
-    program(causal(), layers=3, cache=[policy(("linear", 16, 8), sink=1, score="snapkv", window=4, kernel=3),
-                                       policy(("adaptive", 12), sink=1, score="snapkv", window=4, layers=[2]),
-                                       policy(9, recent=2, score="h2o", kv_heads=[1], layers=[0]),
-                                       policy(9, score="tova", aggregate="max", layers=[1]),
-                                       policy(9, score="key_norm", timing="decode", layers=[1], kv_heads=[0])]),
+    program(
+        causal(),
+        layers=3,
+        cache=[
+            policy(("linear", 16, 8), sink=1, score="snapkv", window=4, kernel=3),
+            policy(("adaptive", 12), sink=1, score="snapkv", window=4, layers=[2]),
+            policy(9, recent=2, score="h2o", kv_heads=[1], layers=[0]),
+            policy(9, score="tova", aggregate="max", layers=[1]),
+            policy(9, score="key_norm", timing="decode", layers=[1], kv_heads=[0]),
+        ],
+    ),
 ]
 
 

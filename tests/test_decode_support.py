@@ -73,12 +73,28 @@ def program(per_head, *, layers=1, heads=4, kv_heads=2, head_dim=16, cache=(), n
         for h, p in enumerate(row):
             groups.setdefault(p, set()).add((l, h))
     ordered = sorted(groups.items(), key=lambda kv: min(kv[1]))
-    return Program(name=name, source="<test>", model=ModelShape(layers, heads, kv_heads, head_dim),
-                   groups=tuple(HeadGroup(p, frozenset(m)) for p, m in ordered), cache=tuple(cache))
+    return Program(
+        name=name,
+        source="<test>",
+        model=ModelShape(layers, heads, kv_heads, head_dim),
+        groups=tuple(HeadGroup(p, frozenset(m)) for p, m in ordered),
+        cache=tuple(cache),
+    )
 
 
-def policy(budget=None, *, sink=0, recent=0, score=None, timing=None, aggregate="mean", positions="original",
-           layers=None, kv_heads=None, **options):
+def policy(
+    budget=None,
+    *,
+    sink=0,
+    recent=0,
+    score=None,
+    timing=None,
+    aggregate="mean",
+    positions="original",
+    layers=None,
+    kv_heads=None,
+    **options,
+):
     """A CachePolicy record. budget: int, 'full', ('linear', a, b), ('list', [...]), ('adaptive', m)."""
     if budget is None or budget == "full":
         b = RBudget(kind="full")
@@ -94,11 +110,20 @@ def policy(budget=None, *, sink=0, recent=0, score=None, timing=None, aggregate=
     if score is not None:
         defaults = {"snapkv": dict(window=32, pool="max", kernel=7)}.get(score, {})
         defaults.update(options)
-        ev = REvict(score=score, options=defaults,
-                    timing=timing or ("prefill" if score in ("snapkv", "key_norm") else "decode"))
-    return CachePolicy(budget=b, sink=sink, recent=recent, evict=ev, aggregate=aggregate, positions=positions,
-                       layers=None if layers is None else tuple(layers),
-                       kv_heads=None if kv_heads is None else tuple(kv_heads), loc=LOC)
+        ev = REvict(
+            score=score, options=defaults, timing=timing or ("prefill" if score in ("snapkv", "key_norm") else "decode")
+        )
+    return CachePolicy(
+        budget=b,
+        sink=sink,
+        recent=recent,
+        evict=ev,
+        aggregate=aggregate,
+        positions=positions,
+        layers=None if layers is None else tuple(layers),
+        kv_heads=None if kv_heads is None else tuple(kv_heads),
+        loc=LOC,
+    )
 
 
 def module(prog, max_step=1):

@@ -45,11 +45,14 @@ def test_decode_refuses_a_too_small_out_before_writing(mod, filled):
     assert bool((big == 7.0).all())  # nothing written, not even past the end of out
 
 
-@pytest.mark.parametrize("bad, message", [
-    (lambda q: q.new_empty(q.shape, dtype=torch.float16), "out is torch.float16"),
-    (lambda q: q.new_empty((B, H, 1, 2 * D))[..., ::2], "out must be contiguous"),
-    (lambda q: q.numpy(), "out must be a torch.Tensor"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (lambda q: q.new_empty(q.shape, dtype=torch.float16), "out is torch.float16"),
+        (lambda q: q.new_empty((B, H, 1, 2 * D))[..., ::2], "out must be contiguous"),
+        (lambda q: q.numpy(), "out must be a torch.Tensor"),
+    ],
+)
 def test_decode_checks_out(mod, filled, bad, message):
     cache, q = filled
     with pytest.raises((TypeError, ValueError), match=message):
@@ -71,8 +74,9 @@ def test_rank_3_q_names_the_argument(mod, filled, fn):
 
 
 @pytest.mark.parametrize("fn", ["decode", "decode_reference"])
-@pytest.mark.parametrize("scale, error", [(-1.0, ValueError), (float("nan"), ValueError), (0.0, ValueError),
-                                          ("x", TypeError)])
+@pytest.mark.parametrize(
+    "scale, error", [(-1.0, ValueError), (float("nan"), ValueError), (0.0, ValueError), ("x", TypeError)]
+)
 def test_sm_scale(mod, filled, fn, scale, error):
     cache, q = filled
     with pytest.raises(error, match="sm_scale"):
@@ -111,13 +115,16 @@ def test_decode_on_the_cpu_without_the_interpreter_says_what_to_do(mod, filled, 
 # ------------------------------------------------------------------ Cache
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(dtype=torch.int32), "dtype must be one of float16, bfloat16, float32, float64"),
-    (dict(head_dim=24), r"head_dim must be one of \(16, 32, 64, 128, 256\)"),
-    (dict(device="nonsense"), "device must be a torch.device"),
-    (dict(max_len=0), "max_len must be a positive int"),
-    (dict(backend="cuda"), "backend is 'triton' or 'torch'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(dtype=torch.int32), "dtype must be one of float16, bfloat16, float32, float64"),
+        (dict(head_dim=24), r"head_dim must be one of \(16, 32, 64, 128, 256\)"),
+        (dict(device="nonsense"), "device must be a torch.device"),
+        (dict(max_len=0), "max_len must be a positive int"),
+        (dict(backend="cuda"), "backend is 'triton' or 'torch'"),
+    ],
+)
 def test_cache_is_checked_when_built(mod, kwargs, message):
     with pytest.raises(mod.CacheError, match=message):
         mod.Cache(B, **kwargs)

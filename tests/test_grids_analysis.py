@@ -30,13 +30,21 @@ def pattern_of(text: str):
 
 
 def tilings(dims, prefix):
-    return st.tuples(st.tuples(*(st.integers(1, min(L, 5) + 1) for L in dims)),
-                     st.tuples(*(st.integers(1, min(L, 5) + 1) for L in dims))).map(
-        lambda t: GridTiling(tuple(dims), prefix, t[0], t[1]))
+    return st.tuples(
+        st.tuples(*(st.integers(1, min(L, 5) + 1) for L in dims)),
+        st.tuples(*(st.integers(1, min(L, 5) + 1) for L in dims)),
+    ).map(lambda t: GridTiling(tuple(dims), prefix, t[0], t[1]))
 
 
-OTHERS = ["NB", "NB | global(3)", "NB & causal", "NB | window(4)", "causal & (NB | sink(2))", "full - NB",
-          "NB - window(left = 2, right = 2)"]
+OTHERS = [
+    "NB",
+    "NB | global(3)",
+    "NB & causal",
+    "NB | window(4)",
+    "causal & (NB | sink(2))",
+    "full - NB",
+    "NB - window(left = 2, right = 2)",
+]
 
 
 @examples(60)
@@ -101,17 +109,21 @@ def test_prefix_stays_out_of_the_map_but_is_counted():
     assert m.prefix_pairs + 16 * 9 == brute_pairs((4, 4), (3, 3), (1, 1), (False, False), 3).sum()
 
 
-@pytest.mark.parametrize("dims, kernel, bm, bn", [
-    ((128, 128), (13, 13), 128, 64),
-    ((128, 128), (13, 13), 128, 128),
-    ((16, 48, 80), (3, 11, 11), 128, 64),
-])
+@pytest.mark.parametrize(
+    "dims, kernel, bm, bn",
+    [
+        ((128, 128), (13, 13), 128, 64),
+        ((128, 128), (13, 13), 128, 128),
+        ((16, 48, 80), (3, 11, 11), 128, 64),
+    ],
+)
 def test_bench_sizes_are_separable_and_match_the_kernel_count(dims, kernel, bm, bn, predicate_pairs):
     """At the benchmark's sizes a single neighbourhood's tiled map comes from per-axis tables:
     the pattern's predicate is never evaluated on a pair (no enumeration of N x N)."""
     nb = Neighborhood(dims, kernel, (1,) * len(dims), (False,) * len(dims))
-    pattern = pattern_of(f"grid({', '.join(map(str, dims))})\npattern p = neighborhood(kernel = "
-                         f"({', '.join(map(str, kernel))}))")
+    pattern = pattern_of(
+        f"grid({', '.join(map(str, dims))})\npattern p = neighborhood(kernel = ({', '.join(map(str, kernel))}))"
+    )
     assert pattern.terms[0].lits[0].atom == nb
     tiling = choose_tiling(grid_terms(pattern), bm, bn)
     m = tiled_block_map(pattern, tiling)
@@ -217,8 +229,15 @@ def test_analyze_leaves_other_patterns_and_other_lengths_alone():
 
 # ---------------------------------------------------------------- row-major map and counts by boxes
 
-BOX_FORMS = ["U", "U & causal", "U | global(3)", "full - U | window(4)", "U - NB",
-             "U & window(left = 5, right = 3)", "(U) & sink(4) | NB"]
+BOX_FORMS = [
+    "U",
+    "U & causal",
+    "U | global(3)",
+    "full - U | window(4)",
+    "U - NB",
+    "U & window(left = 5, right = 3)",
+    "(U) & sink(4) | NB",
+]
 
 
 @examples(60)
@@ -241,11 +260,13 @@ def test_row_major_map_and_count_of_neighbourhood_unions_equal_brute_force(g, da
     union = " | ".join(parts)
     form = data.draw(st.sampled_from(BOX_FORMS))
     expr = form.replace("U", union).replace("NB", nb(data.draw(on_grid(dims, prefix)))) if form != "U" else union
-    pattern = pattern_of(f"grid({', '.join(map(str, dims))})" + (f" prefix = {prefix}" if prefix else "")
-                         + f"\npattern p = {expr}\n")
+    pattern = pattern_of(
+        f"grid({', '.join(map(str, dims))})" + (f" prefix = {prefix}" if prefix else "") + f"\npattern p = {expr}\n"
+    )
     grid = prefix + math.prod(dims)
-    n = data.draw(st.sampled_from([grid, max(1, grid - data.draw(st.integers(1, 9))),
-                                   grid + data.draw(st.integers(1, 9))]))
+    n = data.draw(
+        st.sampled_from([grid, max(1, grid - data.draw(st.integers(1, 9))), grid + data.draw(st.integers(1, 9))])
+    )
     n_k = data.draw(st.sampled_from([n, max(1, n - 5), n + 7]))
     bm, bn = data.draw(st.integers(1, 9)), data.draw(st.integers(1, 9))
     assert count_pairs(pattern, n) == int(pattern.mask(n).sum())
@@ -260,10 +281,12 @@ def test_box_counts_of_runs_of_queries_equal_enumeration():
     a = Neighborhood((4, 5, 6), (3, 2, 3), (1, 2, 2), (True, False, False), 3)
     b = Neighborhood((4, 5, 6), (2, 5, 2), (2, 1, 1), (False, False, True), 3)
     c = Neighborhood((4, 5, 6), (4, 1, 6), (1, 1, 1), (False, True, False), 3)
-    pattern = pattern_of("grid(4, 5, 6) prefix = 3\npattern p = neighborhood(kernel = (3, 2, 3), dilation = (1, 2, 2), "
-                         "causal = (true, false, false)) | neighborhood(kernel = (2, 5, 2), dilation = (2, 1, 1), "
-                         "causal = (false, false, true)) & neighborhood(kernel = (4, 1, 6), "
-                         "causal = (false, true, false))")
+    pattern = pattern_of(
+        "grid(4, 5, 6) prefix = 3\npattern p = neighborhood(kernel = (3, 2, 3), dilation = (1, 2, 2), "
+        "causal = (true, false, false)) | neighborhood(kernel = (2, 5, 2), dilation = (2, 1, 1), "
+        "causal = (false, false, true)) & neighborhood(kernel = (4, 1, 6), "
+        "causal = (false, true, false))"
+    )
     for n, bm, bn in ((123, 7, 11), (130, 13, 5), (100, 128, 3)):
         counts = box_tile_counts(((a,), (b, c)), n, n, bm, bn)
         mask = pattern.mask(n)
@@ -288,6 +311,5 @@ def test_large_grid_files_count_and_map_by_boxes_and_exactly(name, pairs, predic
         m = pattern.holds(np.arange(i * 128, min(i * 128 + 128, n))[:, None], np.arange(n)[None, :])
         cols = np.add.reduceat(m, np.arange(0, n, 128), axis=1)
         full = np.add.reduceat(np.ones_like(m), np.arange(0, n, 128), axis=1)
-        want = np.where(cols.sum(0) == full.sum(0), Status.ALL,
-                        np.where(cols.sum(0) > 0, Status.SOME, Status.NONE))
+        want = np.where(cols.sum(0) == full.sum(0), Status.ALL, np.where(cols.sum(0) > 0, Status.SOME, Status.NONE))
         assert (bmap.status[i] == want).all()

@@ -31,8 +31,10 @@ CONFIGS = [dict(BLOCK_M=16, BLOCK_N=16), dict(BLOCK_M=32, BLOCK_N=16), dict(BLOC
 
 def call(kernel, dilation, causal, stride) -> str:
     words = lambda xs: "(" + ", ".join(str(x).lower() for x in xs) + ",)"  # noqa: E731
-    return (f"neighborhood(kernel = {words(kernel)}, dilation = {words(dilation)}, causal = {words(causal)}, "
-            f"stride = {words(stride)})")
+    return (
+        f"neighborhood(kernel = {words(kernel)}, dilation = {words(dilation)}, causal = {words(causal)}, "
+        f"stride = {words(stride)})"
+    )
 
 
 @st.composite
@@ -63,8 +65,17 @@ def program_of(text: str):
     return lower(resolve_text(text, "grid_test.attn"))
 
 
-def check_against(text: str, mask: np.ndarray, config: dict, *, h: int = 2, h_kv: int = 1, d: int = 16,
-                  dtype=torch.float32, seed: int = 0):
+def check_against(
+    text: str,
+    mask: np.ndarray,
+    config: dict,
+    *,
+    h: int = 2,
+    h_kv: int = 1,
+    d: int = 16,
+    dtype=torch.float32,
+    seed: int = 0,
+):
     program = program_of(text)
     mod = load(program)
     assert mod._TUNING[0]["grid"], "a union of neighbourhoods runs the tile-order kernel"
@@ -113,9 +124,9 @@ def test_visits_follow_the_token_order(case, config):
         real = tile_rows[tile_rows >= 0]
         need = mask[real].any(axis=0)
         assert (tr[p][need] == 1).all(), f"program {p}: needed keys missed: {np.flatnonzero(need & (tr[p] == 0))}"
-        grid_seen = tr[p][g.prefix:]
+        grid_seen = tr[p][g.prefix :]
         if len(g.terms) == 1:
-            assert box_count(grid_seen.reshape(g.dims), need[g.prefix:].reshape(g.dims), k_tile) == expected[p]
+            assert box_count(grid_seen.reshape(g.dims), need[g.prefix :].reshape(g.dims), k_tile) == expected[p]
             continue
         touched = {i for i, s in enumerate(slots) if grid_seen[s[s >= 0] - g.prefix].any()}
         # every key tile of a box holds a grid token (boxes stop at the last coordinate), so the
@@ -170,8 +181,10 @@ def test_other_lengths_run_the_generic_kernel():
 
 
 def test_heads_mix_grid_and_generic_groups():
-    text = ("grid(7, 9)\nmodel { layers = 1, heads = 4, kv_heads = 2, head_dim = 16 }\n"
-            "pattern p {\n  heads 0..2: neighborhood(kernel = (3, 5))\n  heads 2..4: causal & window(5)\n}\n")
+    text = (
+        "grid(7, 9)\nmodel { layers = 1, heads = 4, kv_heads = 2, head_dim = 16 }\n"
+        "pattern p {\n  heads 0..2: neighborhood(kernel = (3, 5))\n  heads 2..4: causal & window(5)\n}\n"
+    )
     program = program_of(text)
     mod = load(program)
     assert [t["grid"] for t in mod._TUNING] == [True, False]
@@ -204,12 +217,15 @@ def test_tma_views_address_the_grid_rows(prefix):
     assert mod._grid_view(0, gapped) is None
 
 
-@pytest.mark.parametrize("dims, kernel, stride, config, boxes, unmasked", [
-    ((12, 12), (4, 4), (4, 4), dict(BLOCK_M=16, BLOCK_N=16), 1, 1),  # GNA's fully block-sparse case
-    ((12, 12), (5, 5), (4, 4), dict(BLOCK_M=16, BLOCK_N=16), 3, 0),  # boxes of 2 x 8 from the window
-    ((10, 12), (6, 8), (4, 4), dict(BLOCK_M=16, BLOCK_N=32), 2, 1),  # 4 x 8 boxes, the first inside
-    ((4, 8, 8), (2, 4, 4), (2, 4, 4), dict(BLOCK_M=32, BLOCK_N=32), 1, 1),
-])
+@pytest.mark.parametrize(
+    "dims, kernel, stride, config, boxes, unmasked",
+    [
+        ((12, 12), (4, 4), (4, 4), dict(BLOCK_M=16, BLOCK_N=16), 1, 1),  # GNA's fully block-sparse case
+        ((12, 12), (5, 5), (4, 4), dict(BLOCK_M=16, BLOCK_N=16), 3, 0),  # boxes of 2 x 8 from the window
+        ((10, 12), (6, 8), (4, 4), dict(BLOCK_M=16, BLOCK_N=32), 2, 1),  # 4 x 8 boxes, the first inside
+        ((4, 8, 8), (2, 4, 4), (2, 4, 4), dict(BLOCK_M=32, BLOCK_N=32), 1, 1),
+    ],
+)
 def test_strided_tiles_share_one_window(dims, kernel, stride, config, boxes, unmasked):
     """GNA: with the stride a multiple of the query tile, every row of a tile shares one window,
     and the kernel visits the boxes from the window's start (not whole key tiles): exactly

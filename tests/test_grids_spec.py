@@ -46,11 +46,11 @@ def axis_window(x: int, length: int, kernel: int, dilation: int, causal: bool, s
     run = list(range(i - i % stride, min(i - i % stride + stride, len(members))))  # x's stride group
     lead = min(run[0] + (stride - 1 if causal else stride // 2), len(members) - 1)
     if causal:
-        return members[max(0, lead - kernel + 1):i + 1]
+        return members[max(0, lead - kernel + 1) : i + 1]
     starts = [s for s in range(len(members) - kernel + 1) if s <= lead < s + kernel]  # runs that hold the leader
     assert starts, "kernel * dilation <= length leaves every group at least kernel members"
     best = min(starts, key=lambda s: abs(s - (lead - kernel // 2)))
-    return members[best:best + kernel]
+    return members[best : best + kernel]
 
 
 def brute_pairs(dims, kernel, dilation, causal, prefix, stride=None) -> np.ndarray:
@@ -62,8 +62,10 @@ def brute_pairs(dims, kernel, dilation, causal, prefix, stride=None) -> np.ndarr
     coords = list(itertools.product(*(range(d) for d in dims)))  # row-major: the last axis fastest
     index = {c: prefix + i for i, c in enumerate(coords)}
     for c in coords:
-        windows = [axis_window(x, L, k, d, ca, st)
-                   for x, L, k, d, ca, st in zip(c, dims, kernel, dilation, causal, stride or (1,) * len(dims))]
+        windows = [
+            axis_window(x, L, k, d, ca, st)
+            for x, L, k, d, ca, st in zip(c, dims, kernel, dilation, causal, stride or (1,) * len(dims))
+        ]
         for key in itertools.product(*windows):
             mask[index[c], index[key]] = True
     return mask
@@ -147,12 +149,18 @@ def test_every_query_sees_exactly_the_kernel_on_non_causal_axes(g):
 
 
 @examples(75)
-@given(grids(max_tokens=200), st.sampled_from(["global", "causal", "window", "sink"]), st.integers(1, 9),
-       st.sampled_from(["|", "&", "-"]))
+@given(
+    grids(max_tokens=200),
+    st.sampled_from(["global", "causal", "window", "sink"]),
+    st.integers(1, 9),
+    st.sampled_from(["|", "&", "-"]),
+)
 def test_neighbourhood_composes_with_one_dimensional_primitives(g, name, size, op):
     dims, kernel, dilation, causal, prefix, stride = g
     n = prefix + math.prod(dims)
-    other = {"causal": "causal", "global": f"global({size})", "window": f"window({size})", "sink": f"sink({size})"}[name]
+    other = {"causal": "causal", "global": f"global({size})", "window": f"window({size})", "sink": f"sink({size})"}[
+        name
+    ]
     nb = brute_pairs(*g)
     rhs = table_mask(name, {"size": size}, n)
     want = {"|": nb | rhs, "&": nb & rhs, "-": nb & ~rhs}[op]
@@ -162,10 +170,19 @@ def test_neighbourhood_composes_with_one_dimensional_primitives(g, name, size, o
 def on_grid(dims, prefix):
     """A random neighbourhood over the given grid."""
     dilation = st.tuples(*(st.integers(1, L) for L in dims))
-    kernels = dilation.flatmap(lambda d: st.tuples(st.just(d), st.tuples(*(st.integers(1, L // x) for L, x in zip(dims, d)))))
-    return kernels.flatmap(lambda dk: st.tuples(
-        st.just(tuple(dims)), st.just(dk[1]), st.just(dk[0]), st.tuples(*(st.booleans() for _ in dims)), st.just(prefix),
-        st.tuples(*(st.integers(1, k) for k in dk[1]))))
+    kernels = dilation.flatmap(
+        lambda d: st.tuples(st.just(d), st.tuples(*(st.integers(1, L // x) for L, x in zip(dims, d))))
+    )
+    return kernels.flatmap(
+        lambda dk: st.tuples(
+            st.just(tuple(dims)),
+            st.just(dk[1]),
+            st.just(dk[0]),
+            st.tuples(*(st.booleans() for _ in dims)),
+            st.just(prefix),
+            st.tuples(*(st.integers(1, k) for k in dk[1])),
+        )
+    )
 
 
 @examples(40)
@@ -187,10 +204,23 @@ def test_unions_and_intersections_of_neighbourhoods(g, data, op):
 def test_brute_force_on_hand_examples():
     # length 7, kernel 3: the border queries shift inward, the middle ones centre
     assert [axis_window(x, 7, 3, 1, False) for x in range(7)] == [
-        [0, 1, 2], [0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 5], [4, 5, 6], [4, 5, 6]]
+        [0, 1, 2],
+        [0, 1, 2],
+        [1, 2, 3],
+        [2, 3, 4],
+        [3, 4, 5],
+        [4, 5, 6],
+        [4, 5, 6],
+    ]
     # even kernel 4: K // 2 = 2 before the query, 1 after it (NATTEN's left/right extents)
     assert [axis_window(x, 6, 4, 1, False) for x in range(6)] == [
-        [0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5], [2, 3, 4, 5]]
+        [0, 1, 2, 3],
+        [0, 1, 2, 3],
+        [0, 1, 2, 3],
+        [1, 2, 3, 4],
+        [2, 3, 4, 5],
+        [2, 3, 4, 5],
+    ]
     # dilation 2 on length 7: groups {0, 2, 4, 6} and {1, 3, 5}
     assert axis_window(0, 7, 3, 2, False) == [0, 2, 4]
     assert axis_window(6, 7, 3, 2, False) == [2, 4, 6]
@@ -235,27 +265,71 @@ def test_a_causal_frame_axis_is_causal_in_the_flattened_order():
 
 
 BAD = [
-    ("grid(8, 8)\npattern p = neighborhood(kernel = (3, 3), dilation = (1, 3))", "2:26",
-     "neighborhood: kernel 3 x dilation 3 = 9 is larger than grid axis 1 of length 8"),
-    ("grid(6)\npattern p = neighborhood(kernel = 7)", "2:26", "neighborhood: kernel 7 is larger than grid axis 0 of length 6"),
-    ("grid(4, 6, 6)\npattern p = neighborhood(kernel = (5, 3, 3), causal = (true, false, false))", "2:26",
-     "neighborhood: kernel 5 is larger than grid axis 0 of length 4"),
-    ("grid(8, 8)\npattern p = neighborhood(kernel = (3, 3, 3))", "2:35", "neighborhood: kernel has 3 values but the grid has 2 axes"),
-    ("grid(8, 8)\npattern p = neighborhood(kernel = (3,))", "2:35", "neighborhood: kernel has 1 value but the grid has 2 axes"),
-    ("grid(8, 8)\npattern p = neighborhood(kernel = 3, dilation = (1, 2, 2))", "2:49",
-     "neighborhood: dilation has 3 values but the grid has 2 axes"),
-    ("grid(8, 8)\npattern p = neighborhood(kernel = 3, causal = (true, false, false))", "2:47",
-     "neighborhood: causal has 3 values but the grid has 2 axes"),
-    ("grid(8, 8)\npattern p = neighborhood(kernel = (0, 3))", "2:26", "neighborhood: kernel must be at least 1 on every axis, got kernel=(0, 3)"),
-    ("grid(8, 8)\npattern p = neighborhood(kernel = 3, dilation = 0)", "2:38",
-     "neighborhood: dilation must be at least 1 on every axis, got dilation=(0, 0)"),
-    ("grid(8, 8)\npattern p = neighborhood(kernel = (3, 5), stride = (2, 6))", "2:43",
-     "neighborhood: stride 6 is larger than kernel 5 on axis 1 (NATTEN's rule: use a stride of at most 5)"),
-    ("grid(8, 8)\npattern p = neighborhood(kernel = 3, stride = 0)", "2:38",
-     "neighborhood: stride must be at least 1 on every axis, got stride=(0, 0)"),
-    ("grid(8, 8)\npattern p = neighborhood(kernel = 3, stride = (1, 2, 2))", "2:47",
-     "neighborhood: stride has 3 values but the grid has 2 axes"),
-    ("grid(8, 8)\npattern p = neighborhood(kernel = 3, causal = 2)", "2:47", "neighborhood: causal must be true or false, got an integer"),
+    (
+        "grid(8, 8)\npattern p = neighborhood(kernel = (3, 3), dilation = (1, 3))",
+        "2:26",
+        "neighborhood: kernel 3 x dilation 3 = 9 is larger than grid axis 1 of length 8",
+    ),
+    (
+        "grid(6)\npattern p = neighborhood(kernel = 7)",
+        "2:26",
+        "neighborhood: kernel 7 is larger than grid axis 0 of length 6",
+    ),
+    (
+        "grid(4, 6, 6)\npattern p = neighborhood(kernel = (5, 3, 3), causal = (true, false, false))",
+        "2:26",
+        "neighborhood: kernel 5 is larger than grid axis 0 of length 4",
+    ),
+    (
+        "grid(8, 8)\npattern p = neighborhood(kernel = (3, 3, 3))",
+        "2:35",
+        "neighborhood: kernel has 3 values but the grid has 2 axes",
+    ),
+    (
+        "grid(8, 8)\npattern p = neighborhood(kernel = (3,))",
+        "2:35",
+        "neighborhood: kernel has 1 value but the grid has 2 axes",
+    ),
+    (
+        "grid(8, 8)\npattern p = neighborhood(kernel = 3, dilation = (1, 2, 2))",
+        "2:49",
+        "neighborhood: dilation has 3 values but the grid has 2 axes",
+    ),
+    (
+        "grid(8, 8)\npattern p = neighborhood(kernel = 3, causal = (true, false, false))",
+        "2:47",
+        "neighborhood: causal has 3 values but the grid has 2 axes",
+    ),
+    (
+        "grid(8, 8)\npattern p = neighborhood(kernel = (0, 3))",
+        "2:26",
+        "neighborhood: kernel must be at least 1 on every axis, got kernel=(0, 3)",
+    ),
+    (
+        "grid(8, 8)\npattern p = neighborhood(kernel = 3, dilation = 0)",
+        "2:38",
+        "neighborhood: dilation must be at least 1 on every axis, got dilation=(0, 0)",
+    ),
+    (
+        "grid(8, 8)\npattern p = neighborhood(kernel = (3, 5), stride = (2, 6))",
+        "2:43",
+        "neighborhood: stride 6 is larger than kernel 5 on axis 1 (NATTEN's rule: use a stride of at most 5)",
+    ),
+    (
+        "grid(8, 8)\npattern p = neighborhood(kernel = 3, stride = 0)",
+        "2:38",
+        "neighborhood: stride must be at least 1 on every axis, got stride=(0, 0)",
+    ),
+    (
+        "grid(8, 8)\npattern p = neighborhood(kernel = 3, stride = (1, 2, 2))",
+        "2:47",
+        "neighborhood: stride has 3 values but the grid has 2 axes",
+    ),
+    (
+        "grid(8, 8)\npattern p = neighborhood(kernel = 3, causal = 2)",
+        "2:47",
+        "neighborhood: causal must be true or false, got an integer",
+    ),
     ("pattern p = causal | neighborhood(kernel = 3)", "1:22", "neighborhood needs a token grid"),
     ("grid(2, 2, 2, 2)\npattern p = neighborhood(kernel = 1)", "1:1", "a grid has 1 to 3 dimensions, got 4"),
     ("grid(8, 0)\npattern p = causal", "1:9", "a grid dimension must be at least 1, got 0"),

@@ -29,10 +29,17 @@ def test_load_ignores_a_forged_pyc(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     pyc.parent.mkdir(exist_ok=True)
     forged = compile("raise RuntimeError('forged bytecode ran')", str(path), "exec")
     import marshal
+
     stat = path.stat()
-    header = importlib.util.MAGIC_NUMBER + (0).to_bytes(4, "little") + int(stat.st_mtime).to_bytes(4, "little") + (stat.st_size & 0xFFFFFFFF).to_bytes(4, "little")
+    header = (
+        importlib.util.MAGIC_NUMBER
+        + (0).to_bytes(4, "little")
+        + int(stat.st_mtime).to_bytes(4, "little")
+        + (stat.st_size & 0xFFFFFFFF).to_bytes(4, "little")
+    )
     pyc.write_bytes(header + marshal.dumps(forged))
     import sys
+
     del sys.modules[module.__name__]
     assert attnc.load(source).PATTERN["name"] == "forged"
 
@@ -71,8 +78,9 @@ def test_pattern_names_that_hide_modules_are_refused(name: str, tmp_path: Path) 
 def test_load_model_overrides_the_model_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATTNC_CACHE", str(tmp_path / "cache"))
     source = tmp_path / "p.attn"
-    source.write_text("model { layers = 2, heads = 4, kv_heads = 2 }\npattern sized = causal & window(8)\n"
-                      "cache { keep recent(7) }\n")
+    source.write_text(
+        "model { layers = 2, heads = 4, kv_heads = 2 }\npattern sized = causal & window(8)\ncache { keep recent(7) }\n"
+    )
     assert attnc.load(source).PATTERN["model"] == {"layers": 2, "heads": 4, "kv_heads": 2, "head_dim": None}
     module = attnc.load(source, model=dict(layers=6, kv_heads=1, head_dim=32))
     assert module.PATTERN["model"] == {"layers": 6, "heads": 4, "kv_heads": 1, "head_dim": 32}

@@ -21,8 +21,9 @@ def calibrate():
     return sys.modules[name]
 
 
-def test_seed_refuses_to_overwrite_the_shipped_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_seed_refuses_to_overwrite_the_shipped_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     cal = calibrate()
     shipped = tmp_path / "h100.json"
     shipped.write_text("calibrated")

@@ -16,7 +16,9 @@ PATTERNS = ROOT / "patterns"
 
 def test_python_m_cli_knows_every_command() -> None:
     """`python -m attnc.cli` runs main() after every subcommand is registered."""
-    out = subprocess.run([sys.executable, "-m", "attnc.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "attnc.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for command in ("check", "analyze", "simulate", "compile", "calibrate", "eval"):
         assert command in out
 
@@ -40,17 +42,20 @@ def test_compile_many_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["compile", str(files[0]), str(files[2]), "-o", str(tmp_path)]) == 0
 
 
-@pytest.mark.parametrize("argv", [
-    ["analyze", "--seq", str(2**31)],
-    ["analyze", "--layers", str(10**20)],
-    ["simulate", "--seq", str(2**31)],
-    ["simulate", "--decode", "--seq", str(2**40)],
-    ["simulate", "--sweep", "1k..4096m"],
-    ["simulate", "--batch", str(10**22)],
-    ["simulate", "--heads", str(10**20)],
-    ["simulate", "--head-dim", str(10**20)],
-    ["simulate", "--seq", "1m", "--batch", "64", "--heads", "128"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["analyze", "--seq", str(2**31)],
+        ["analyze", "--layers", str(10**20)],
+        ["simulate", "--seq", str(2**31)],
+        ["simulate", "--decode", "--seq", str(2**40)],
+        ["simulate", "--sweep", "1k..4096m"],
+        ["simulate", "--batch", str(10**22)],
+        ["simulate", "--heads", str(10**20)],
+        ["simulate", "--head-dim", str(10**20)],
+        ["simulate", "--seq", "1m", "--batch", "64", "--heads", "128"],
+    ],
+)
 def test_huge_options_are_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*argv, str(PATTERNS / "streaming_llm.attn")]) == 2
     err = capsys.readouterr().err
@@ -60,7 +65,9 @@ def test_huge_options_are_refused(argv: list[str], capsys: pytest.CaptureFixture
 # ---------------------------------------------------------------- hints and warnings
 
 
-def test_grid_prefix_inside_the_parentheses_gets_the_right_form(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_grid_prefix_inside_the_parentheses_gets_the_right_form(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "g.attn"
     bad.write_text("grid(32, 32, prefix = 1)\npattern p = neighborhood(kernel = 3)\n")
     assert main(["check", str(bad)]) == 2

@@ -22,14 +22,22 @@ def shipped_files() -> set[Path]:
     for package, globs in config["package-data"].items():
         parts = package.split(".")
         base = next(".".join(parts[:i]) for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in dirs)
-        folder = ROOT / dirs[base] / Path(*parts[len(base.split(".")):])
+        folder = ROOT / dirs[base] / Path(*parts[len(base.split(".")) :])
         assert package in config["packages"], f"{package} has data but is not a package"
         out |= {p for p in folder.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, g) for g in globs)}
     return out
 
 
-@pytest.mark.parametrize("folder, pattern", [("patterns", "**/*"), ("docs", "*.md"), ("docs/img", "*.png"),
-                                             ("compiler/profiles", "*.json"), ("codegen/templates", "*.j2")])
+@pytest.mark.parametrize(
+    "folder, pattern",
+    [
+        ("patterns", "**/*"),
+        ("docs", "*.md"),
+        ("docs/img", "*.png"),
+        ("compiler/profiles", "*.json"),
+        ("codegen/templates", "*.j2"),
+    ],
+)
 def test_package_data_covers_the_library_and_docs(folder: str, pattern: str) -> None:
     files = {p for p in (ROOT / folder).glob(pattern) if p.is_file()}
     assert files and files <= shipped_files()

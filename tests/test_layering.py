@@ -28,7 +28,7 @@ def _imported_stages(stage: str, path: Path) -> list[tuple[int, str]]:
             if node.level:  # relative: from ..codegen import x, from . import y
                 sub = list(path.relative_to(ROOT / stage).parts[:-1]) if path.is_relative_to(ROOT / stage) else []
                 base = ["attnc"] + ([] if stage == "attnc" else [stage]) + sub
-                base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
                 module = ".".join(base + ([node.module] if node.module else []))
                 names = [module] + ([f"{module}.{a.name}" for a in node.names] if not node.module else [])
             else:

@@ -38,8 +38,24 @@ def test_json_sweep(capsys, tmp_path):
 
 
 def test_decode_and_overrides(capsys):
-    assert simulate(STREAMING, "--decode", "--seq", "128k", "--batch", "8", "--heads", "32", "--kv-heads", "8",
-                    "--json", "-D", "W=4092") == 0
+    assert (
+        simulate(
+            STREAMING,
+            "--decode",
+            "--seq",
+            "128k",
+            "--batch",
+            "8",
+            "--heads",
+            "32",
+            "--kv-heads",
+            "8",
+            "--json",
+            "-D",
+            "W=4092",
+        )
+        == 0
+    )
     r = json.loads(capsys.readouterr().out)["results"][0]
     assert r["mode"] == "decode" and r["speedup"] > 10
     assert r["cache_bytes"] == 8 * 8 * (4 + 4092) * 2 * 128 * 2

@@ -38,7 +38,7 @@ def predicted_visits(plan, n: int, bm: int, bn: int, bnn: int) -> tuple[np.ndarr
         out = masked if is_masked else unmasked
         for i in range(nqb):
             for j in range(int(lo[i]), int(hi[i])):
-                out[i, j * width:min((j + 1) * width, n)] += 1
+                out[i, j * width : min((j + 1) * width, n)] += 1
     return masked, unmasked
 
 
@@ -64,8 +64,9 @@ def test_segments_of_random_patterns(expr, n, cfg):
     check(single(expr, "rnd"), n, cfg)
 
 
-@pytest.mark.parametrize("name", ["causal", "sink_window", "power", "chunk", "strided_long", "global", "dilated",
-                                  "diagonals"])
+@pytest.mark.parametrize(
+    "name", ["causal", "sink_window", "power", "chunk", "strided_long", "global", "dilated", "diagonals"]
+)
 @pytest.mark.parametrize("dtype,head_dim", [("bfloat16", 128), ("bfloat16", 64), ("float16", 256), ("float32", 128)])
 @pytest.mark.parametrize("capability", [(9, 0), (8, 0), None])
 def test_config_is_the_modules(monkeypatch, name, dtype, head_dim, capability):
@@ -87,8 +88,9 @@ def test_config_is_the_modules(monkeypatch, name, dtype, head_dim, capability):
 
 def test_each_group_gets_its_own_config_and_launch(monkeypatch):
     # a chunked group (tiles capped to the chunk) beside a diagonal-loop group (64-row tiles)
-    program = grouped([[EXPRS["chunk"], EXPRS["strided_long"], EXPRS["strided_long"], EXPRS["causal"]]], "mix",
-                      kv_heads=2)
+    program = grouped(
+        [[EXPRS["chunk"], EXPRS["strided_long"], EXPRS["strided_long"], EXPRS["causal"]]], "mix", kv_heads=2
+    )
     mod = load(program)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     mod._CONFIG_CACHE.clear()
@@ -103,9 +105,12 @@ def test_each_group_gets_its_own_config_and_launch(monkeypatch):
     assert [len(l.heads) for l in launches] == [1, 2, 1]  # one launch per group, over its heads only
     assert [(l.heads[0].bm, l.heads[0].bn) for l in launches] == [(32, 32), (64, 64), (128, 64)]
     pred = sim.time_workload(work)
-    parts = [sim.launch_time("attnc", l, sim.load_profile().attnc.lookup(128, "bfloat16", l.heads[0].bm,
-                                                                         l.heads[0].bn, {}), 0, 132)
-             for l in launches]
+    parts = [
+        sim.launch_time(
+            "attnc", l, sim.load_profile().attnc.lookup(128, "bfloat16", l.heads[0].bm, l.heads[0].bn, {}), 0, 132
+        )
+        for l in launches
+    ]
     assert pred.attnc.launch_ms == pytest.approx(3 * sim.load_profile().attnc.launch_us / 1000)
     assert pred.attnc.tiles_full == sum(p.tiles_full for p in parts)
     assert pred.attnc.programs == sum(p.programs for p in parts)
@@ -116,8 +121,10 @@ def test_head_groups_use_their_own_plans():
     program = grouped([[EXPRS["causal"], sw, sw, EXPRS["causal"]]], "mix", kv_heads=2)
     shape = sim.Shape(300, heads=4, kv_heads=2, head_dim=64)
     plans = plan_program(program)
-    per_group = [sim.kernel_tiles(p, 300, sim.kernel_config(program, 64, "bfloat16", (9, 0), g)).totals
-                 for g, p in enumerate(plans)]
+    per_group = [
+        sim.kernel_tiles(p, 300, sim.kernel_config(program, 64, "bfloat16", (9, 0), g)).totals
+        for g, p in enumerate(plans)
+    ]
     pred = sim.predict_prefill(program, shape)
     assert pred.attnc.tiles_full == 2 * per_group[0][0] + 2 * per_group[1][0]
     assert pred.attnc.tiles_masked == 2 * per_group[0][1] + 2 * per_group[1][1]
@@ -135,7 +142,7 @@ def test_residue_mode_runs_dense_tiles_per_class(name, n):
     assert d > 1 and plan.residue_plan is not None
     cfg = sim.KernelConfig(16, 16, 16, "asc", d)
     tiles = sim.kernel_tiles(plan, n, cfg)
-    per_class = -(-(-(-n // d)) // 16)
+    per_class = -(-(-(-n // d)) // 16)  # noqa: B002  (cdiv(cdiv(n, d), 16))
     assert len(tiles.full) == d * per_class
     sub = plan.residue_plan
     for rho in range(d):
@@ -146,7 +153,7 @@ def test_residue_mode_runs_dense_tiles_per_class(name, n):
             seen = np.zeros(max(n_rho, 1), dtype=np.int64)
             for lo, hi, w, _ in segs:
                 for j in range(int(lo[i]), int(hi[i])):
-                    seen[j * w:min((j + 1) * w, n_rho)] += 1
+                    seen[j * w : min((j + 1) * w, n_rho)] += 1
             for qq in range(i * 16, min(i * 16 + 16, n_rho)):
                 need = pattern.holds(np.int64(rho + d * qq), rho + d * np.arange(n_rho, dtype=np.int64))
                 assert (seen[:n_rho][np.asarray(need, dtype=bool)] == 1).all()

@@ -51,8 +51,12 @@ def test_dense_tiles_equal_brute_force(causal, n, bm, bn):
 
 
 @examples(50)
-@given(lowered(most=90), st.sampled_from([(1, 1), (1, 2), (2, 1), (2, 2), (4, 2), (3, 5)]),
-       st.integers(1, 6), st.integers(1, 6))
+@given(
+    lowered(most=90),
+    st.sampled_from([(1, 1), (1, 2), (2, 1), (2, 2), (4, 2), (3, 5)]),
+    st.integers(1, 6),
+    st.integers(1, 6),
+)
 def test_coarsened_block_map_is_the_coarse_block_map(case, factor, bm, bn):
     pattern, n = case
     fine = block_map(pattern, n, bm, bn).status
@@ -84,10 +88,10 @@ def test_kernel_visits_are_sound(expr, n, cfg):
     for lo, hi, width, masked in sim.kernel_segments(plan_program(program)[0], n, *cfg):
         for i in range(seen.shape[0]):
             for j in range(int(lo[i]), int(hi[i])):
-                seen[i, j * width:(j + 1) * width] += 1
-                unmasked[i, j * width:(j + 1) * width] |= not masked
+                seen[i, j * width : (j + 1) * width] += 1
+                unmasked[i, j * width : (j + 1) * width] |= not masked
     for i in range(seen.shape[0]):
-        rows = mask[i * bm:(i + 1) * bm]
+        rows = mask[i * bm : (i + 1) * bm]
         assert (seen[i] <= 1).all(), "a key visited twice"
         assert (seen[i][rows.any(0)] == 1).all(), "an allowed key never visited"
         assert rows.all(0)[unmasked[i]].all(), "a key visited without the mask is not allowed for every row"
@@ -105,8 +109,11 @@ def naive_schedule(cost, count, slots, order):
 
 
 @examples(100)
-@given(st.lists(st.tuples(st.integers(1, 50), st.integers(1, 40)), min_size=1, max_size=12),
-       st.integers(1, 9), st.sampled_from(["lpt", "asc"]))
+@given(
+    st.lists(st.tuples(st.integers(1, 50), st.integers(1, 40)), min_size=1, max_size=12),
+    st.integers(1, 9),
+    st.sampled_from(["lpt", "asc"]),
+)
 def test_schedule_is_greedy_list_scheduling(runs, slots, order):
     cost = np.array([c for c, _ in runs], dtype=float)
     count = np.array([m for _, m in runs])
@@ -156,8 +163,9 @@ def test_dense_causal_speedup_is_the_rate_ratio():
         p = sim.predict_prefill(single(prim("causal")), shape(n))
         assert p.speedup == pytest.approx(sdpa.full_us / (ours.full_us * per_sdpa_tile), rel=0.1)
         nb = n // cfg.bm  # query block i visits the key blocks up to its last row
-        assert p.attnc.tiles_full + p.attnc.tiles_masked == 32 * sum(((i + 1) * cfg.bm - 1) // cfg.bn + 1
-                                                                      for i in range(nb))
+        assert p.attnc.tiles_full + p.attnc.tiles_masked == 32 * sum(
+            ((i + 1) * cfg.bm - 1) // cfg.bn + 1 for i in range(nb)
+        )
 
 
 @examples(20)
@@ -187,7 +195,14 @@ def test_streaming_llm_against_dense():
     assert all(x.speedup > 1 for x in times)
     assert times[0].speedup < times[1].speedup < times[2].speedup, "speedup grows with N for O(N) patterns"
     p = times[-1]
-    parts = p.attnc.full_ms + p.attnc.masked_ms + p.attnc.sink_ms + p.attnc.overhead_ms + p.attnc.idle_ms + p.attnc.launch_ms
+    parts = (
+        p.attnc.full_ms
+        + p.attnc.masked_ms
+        + p.attnc.sink_ms
+        + p.attnc.overhead_ms
+        + p.attnc.idle_ms
+        + p.attnc.launch_ms
+    )
     assert parts == pytest.approx(p.attnc.ms)
     assert p.attnc.tiles_sink > 0, "sinks are a narrow loop"
     assert p.flex.note.startswith("estimate")
@@ -208,9 +223,11 @@ def test_model_layers_multiply():
     import dataclasses
 
     from attnc.compiler.ir import HeadGroup, ModelShape
+
     one = single(SW)
-    many = dataclasses.replace(one, model=ModelShape(layers=4),
-                               groups=(HeadGroup(one.groups[0].pattern, frozenset((l, 0) for l in range(4))),))
+    many = dataclasses.replace(
+        one, model=ModelShape(layers=4), groups=(HeadGroup(one.groups[0].pattern, frozenset((l, 0) for l in range(4))),)
+    )
     a, b = sim.predict_prefill(one, shape(8192)), sim.predict_prefill(many, shape(8192))
     assert b.layers == 4 and b.attnc.ms == pytest.approx(4 * a.attnc.ms) and b.sdpa.ms == pytest.approx(4 * a.sdpa.ms)
     assert sim.predict_prefill(many, shape(8192), layer=2).attnc.ms == pytest.approx(a.attnc.ms)
@@ -239,7 +256,7 @@ def test_simulation_at_128k_counts_without_enumerating(predicate_pairs):
     program = single(SW)
     sim.predict_prefill(program, shape(131072))
     sim.predict_decode(program, shape(131072))
-    assert predicate_pairs.count <= 131072 ** 2 // 1000, predicate_pairs.count
+    assert predicate_pairs.count <= 131072**2 // 1000, predicate_pairs.count
 
 
 def test_bad_inputs_say_what_to_fix():
@@ -284,8 +301,12 @@ def test_fit_recovers_the_costs_that_made_the_times():
     cal = calibrate_module()
     truth = sim.load_profile("h100")
     t = truth.attnc.tiles[0]
-    truth = sim.dataclasses.replace(truth, attnc=sim.KernelCosts(
-        7.0, (sim.dataclasses.replace(t, full_us=2.1, masked_us=3.0, program_us=4.0, sink_us=0.9),)))
+    truth = sim.dataclasses.replace(
+        truth,
+        attnc=sim.KernelCosts(
+            7.0, (sim.dataclasses.replace(t, full_us=2.1, masked_us=3.0, program_us=4.0, sink_us=0.9),)
+        ),
+    )
     cases = [(c, c.launch()) for c in cal.attnc_cases()]
     measured = {}
     for c, launch in cases:
@@ -348,8 +369,12 @@ def test_calibrate_writes_the_fitted_profile(tmp_path, capsys):
     cal = calibrate_module()
     base = anchors_profile()
     t = base.attnc.tiles[0]
-    truth = sim.dataclasses.replace(base, attnc=sim.KernelCosts(12.0, (sim.dataclasses.replace(
-        t, full_us=2.0, masked_us=2.6, program_us=3.0, sink_us=0.7),)))
+    truth = sim.dataclasses.replace(
+        base,
+        attnc=sim.KernelCosts(
+            12.0, (sim.dataclasses.replace(t, full_us=2.0, masked_us=2.6, program_us=3.0, sink_us=0.7),)
+        ),
+    )
     cases = [c for c in cal.attnc_cases() + cal.baseline_cases() if c.kernel != "flex"]
     rows = [{"case": cal.asdict(c), "launch": c.launch().to_dict()} for c in cases]
     (tmp_path / "cases.json").write_text(json.dumps({"capability": [9, 0], "cases": rows}))
@@ -387,8 +412,11 @@ def test_calibrate_writes_the_fitted_profile(tmp_path, capsys):
 
 def test_error_section_is_filled(tmp_path):
     doc = ROOT / "docs" / "simulate.md"
-    rows = [{"label": "causal", "n": 8192, "attnc_ms": 1.0, "predicted_ms": 1.1},
-            {"label": "power", "n": 32768, "attnc_ms": 1.0, "predicted_ms": 0.5}, {"label": "x", "n": 1, "skipped": "t"}]
+    rows = [
+        {"label": "causal", "n": 8192, "attnc_ms": 1.0, "predicted_ms": 1.1},
+        {"label": "power", "n": 32768, "attnc_ms": 1.0, "predicted_ms": 0.5},
+        {"label": "x", "n": 1, "skipped": "t"},
+    ]
     out = sim.fill_error_section(doc, rows, tmp_path / "simulate.md", source="test GPU")
     text = out.read_text()
     assert "| causal | 8192 | 1.000 | 1.100 | +10.0% |" in text
@@ -422,8 +450,12 @@ def test_grid_groups_are_timed_with_the_grid_kernel_costs():
 
     prof = sim.load_profile("h200")
     assert prof.grid is not None
-    slow = dataclasses.replace(prof, grid=sim.KernelCosts(prof.grid.launch_us, tuple(
-        dataclasses.replace(c, masked_us=c.masked_us * 10) for c in prof.grid.tiles)))
+    slow = dataclasses.replace(
+        prof,
+        grid=sim.KernelCosts(
+            prof.grid.launch_us, tuple(dataclasses.replace(c, masked_us=c.masked_us * 10) for c in prof.grid.tiles)
+        ),
+    )
     base = sim.time_workload(work, prof).attnc.ms
     assert sim.time_workload(work, slow).attnc.ms > base
     assert sim.time_workload(other, slow).attnc.ms == sim.time_workload(other, prof).attnc.ms

@@ -64,7 +64,9 @@ def test_headsets_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "heads 0..3: causal" in " ".join(out.split())
 
 
-@pytest.mark.parametrize("args", [["check"], ["check", "x.attn", "-D", "W"], ["check", "x.attn", "-D", "W=big"], ["frobnicate"]])
+@pytest.mark.parametrize(
+    "args", [["check"], ["check", "x.attn", "-D", "W"], ["check", "x.attn", "-D", "W=big"], ["frobnicate"]]
+)
 def test_usage_errors_exit_2(args: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(args)

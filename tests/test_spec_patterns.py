@@ -76,11 +76,21 @@ def test_streaming_llm() -> None:
     spec = by_name("streaming_llm")
     expr = spec.assignments[0].expr
     assert isinstance(expr, ROp) and expr.op == "&"
-    assert isinstance(expr.right, ROp) and [expr.right.left.args, expr.right.right.args] == [{"size": 4}, {"size": 1020}]  # type: ignore[union-attr]
+    assert isinstance(expr.right, ROp) and [expr.right.left.args, expr.right.right.args] == [
+        {"size": 4},
+        {"size": 1020},
+    ]  # type: ignore[union-attr]
     (policy,) = spec.cache
-    assert (policy.sink, policy.recent, policy.budget.tokens, policy.evict, policy.positions) == (4, 1020, 1024, None, "rerotate")
+    assert (policy.sink, policy.recent, policy.budget.tokens, policy.evict, policy.positions) == (
+        4,
+        1020,
+        1024,
+        None,
+        "rerotate",
+    )
     assert describe(spec, lossless_rules(lower(spec))).endswith(
-        "cache keeps sink 4 + recent 1020 per KV head, keys re-rotated to their cache slots, lossless.")
+        "cache keeps sink 4 + recent 1020 per KV head, keys re-rotated to their cache slots, lossless."
+    )
 
 
 def test_keep_rules_are_judged_by_liveness() -> None:
@@ -119,7 +129,13 @@ def test_lserve_streams_half_of_the_kv_heads() -> None:
 def test_duo_attention_uses_the_head_sets() -> None:
     spec = by_name("duo_attention")
     sets = json.loads((PATTERNS / "heads" / "smollm2.json").read_text())
-    full = {(layer, kv) for p in spec.cache if p.budget.kind == "full" for layer in p.layers or () for kv in p.kv_heads or ()}
+    full = {
+        (layer, kv)
+        for p in spec.cache
+        if p.budget.kind == "full"
+        for layer in p.layers or ()
+        for kv in p.kv_heads or ()
+    }
     assert full == {(int(layer), kv) for layer, kvs in sets["retrieval"].items() for kv in kvs}
 
 

@@ -84,8 +84,14 @@ def test_primitive_normal_form(source: str, name: str, args: dict) -> None:
 @pytest.mark.parametrize(
     "source, args",
     [
-        ("neighborhood(kernel = (3, 5, 5))", {"kernel": (3, 5, 5), "dilation": (1, 1, 1), "causal": (False, False, False), "stride": (1, 1, 1)}),
-        ("neighborhood(kernel = 3)", {"kernel": (3, 3, 3), "dilation": (1, 1, 1), "causal": (False, False, False), "stride": (1, 1, 1)}),
+        (
+            "neighborhood(kernel = (3, 5, 5))",
+            {"kernel": (3, 5, 5), "dilation": (1, 1, 1), "causal": (False, False, False), "stride": (1, 1, 1)},
+        ),
+        (
+            "neighborhood(kernel = 3)",
+            {"kernel": (3, 3, 3), "dilation": (1, 1, 1), "causal": (False, False, False), "stride": (1, 1, 1)},
+        ),
         (
             "neighborhood((3, 5, 5), 2, (true, false, false))",
             {"kernel": (3, 5, 5), "dilation": (2, 2, 2), "causal": (True, False, False), "stride": (1, 1, 1)},
@@ -124,7 +130,11 @@ def test_grid_is_resolved() -> None:
         ("causal - full", ("-", ("causal", {}), ("full", {}))),
         (
             "sink(1) | window(2) & chunk(3) - power(4)",
-            ("|", ("sink", {"size": 1}), ("&", ("window", {"size": 2}), ("-", ("chunk", {"size": 3}), ("power", {"block": 4})))),
+            (
+                "|",
+                ("sink", {"size": 1}),
+                ("&", ("window", {"size": 2}), ("-", ("chunk", {"size": 3}), ("power", {"block": 4}))),
+            ),
         ),
     ],
 )
@@ -181,7 +191,9 @@ def test_model_from_file_and_command_line() -> None:
 
 
 def test_unknown_model_field_on_the_command_line() -> None:
-    assert errors("pattern p = causal", model={"head": 4}) == ["unknown model field 'head' (--model, or model= in Python)"]
+    assert errors("pattern p = causal", model={"head": 4}) == [
+        "unknown model field 'head' (--model, or model= in Python)"
+    ]
 
 
 # ---------------------------------------------------------------- sections
@@ -218,7 +230,11 @@ def test_nested_layers_and_heads() -> None:
         }"""
     )
     got = [(a.layers, a.heads, tree(a.expr)[0]) for a in s.assignments]  # type: ignore[index]
-    assert got == [((0, 1), tuple(range(8)), "causal"), ((2, 3), (0, 1, 2, 3), "full"), ((2, 3), (4, 5, 6, 7), "window")]
+    assert got == [
+        ((0, 1), tuple(range(8)), "causal"),
+        ((2, 3), (0, 1, 2, 3), "full"),
+        ((2, 3), (4, 5, 6, 7), "window"),
+    ]
     cover(s.assignments, 4, 8)
 
 
@@ -296,7 +312,9 @@ def test_head_set_errors(tmp_path: Path) -> None:
     path = write_headsets(tmp_path, {"retrieval": [0]}, "pattern p { kv_heads @retreival: causal rest: full }")
     with pytest.raises(AttnError) as info:
         load(path)
-    assert [(d.message, d.hint) for d in info.value.diagnostics] == [("unknown head set '@retreival'", "did you mean 'retrieval'?")]
+    assert [(d.message, d.hint) for d in info.value.diagnostics] == [
+        ("unknown head set '@retreival'", "did you mean 'retrieval'?")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -329,7 +347,9 @@ def test_lets_are_inlined() -> None:
 
 def test_imports_bring_lets_and_the_pattern(tmp_path: Path) -> None:
     (tmp_path / "lib").mkdir()
-    (tmp_path / "lib" / "common.attn").write_text("param W = 64\nlet local = causal & window(W)\npattern base = local | sink(4)\n")
+    (tmp_path / "lib" / "common.attn").write_text(
+        "param W = 64\nlet local = causal & window(W)\npattern base = local | sink(4)\n"
+    )
     (tmp_path / "lib" / "more.attn").write_text('import "common.attn"\nlet wide = local | chunk(W2)\nparam W2 = 128\n')
     main = tmp_path / "main.attn"
     main.write_text('import "lib/common.attn"\nimport "lib/more.attn"\npattern p = base - wide\n')
@@ -351,7 +371,9 @@ def test_import_cycle_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(AttnError) as info:
         load(tmp_path / "a.attn")
     (d,) = info.value.diagnostics
-    assert d.message.startswith("import cycle: ") and d.message.endswith("a.attn -> " + str(tmp_path / "b.attn") + " -> " + str(tmp_path / "a.attn"))
+    assert d.message.startswith("import cycle: ") and d.message.endswith(
+        "a.attn -> " + str(tmp_path / "b.attn") + " -> " + str(tmp_path / "a.attn")
+    )
     assert d.loc.file == str(tmp_path / "b.attn") and (d.loc.line, d.loc.col) == (1, 1)
 
 
@@ -370,7 +392,9 @@ def test_sectioned_pattern_cannot_be_imported_as_an_expression(tmp_path: Path) -
     (tmp_path / "main.attn").write_text('import "lib.attn"\npattern p = s\n')
     with pytest.raises(AttnError) as info:
         load(tmp_path / "main.attn")
-    assert [d.message for d in info.value.diagnostics] == [f"pattern 's' of {tmp_path / 'lib.attn'} has sections and cannot be used in an expression"]
+    assert [d.message for d in info.value.diagnostics] == [
+        f"pattern 's' of {tmp_path / 'lib.attn'} has sections and cannot be used in an expression"
+    ]
 
 
 # ---------------------------------------------------------------- caches
@@ -394,7 +418,9 @@ def test_cache_defaults() -> None:
     assert policy.evict is not None and policy.evict.options == {"window": 32, "pool": "max", "kernel": 7}
 
 
-@pytest.mark.parametrize("score, timing", [("snapkv", "prefill"), ("key_norm", "prefill"), ("h2o", "decode"), ("tova", "decode")])
+@pytest.mark.parametrize(
+    "score, timing", [("snapkv", "prefill"), ("key_norm", "prefill"), ("h2o", "decode"), ("tova", "decode")]
+)
 def test_default_eviction_timing(score: str, timing: str) -> None:
     (policy,) = cache(f"budget = 64 evict {score}")
     assert policy.evict.score == score and policy.evict.timing == timing  # type: ignore[union-attr]
@@ -403,7 +429,10 @@ def test_default_eviction_timing(score: str, timing: str) -> None:
 
 
 def test_evict_options_may_use_params() -> None:
-    (policy,) = cache("budget = B evict snapkv(window = OBS, pool = avg, kernel = 2 * 2 + 1) aggregate = max", "param B = 512\nparam OBS = 16")
+    (policy,) = cache(
+        "budget = B evict snapkv(window = OBS, pool = avg, kernel = 2 * 2 + 1) aggregate = max",
+        "param B = 512\nparam OBS = 16",
+    )
     assert policy.budget.tokens == 512 and policy.aggregate == "max"
     assert policy.evict.options == {"window": 16, "pool": "avg", "kernel": 5}  # type: ignore[union-attr]
 
@@ -423,7 +452,10 @@ def test_budget_schedules() -> None:
 
 def test_full_budget_drops_an_inherited_evict() -> None:
     policies = cache("budget = 256 evict h2o kv_heads 1 { budget = full }", MODEL)
-    assert {(p.kv_heads, p.budget.kind, p.evict is None) for p in policies} == {((0,), "tokens", False), ((1,), "full", True)}
+    assert {(p.kv_heads, p.budget.kind, p.evict is None) for p in policies} == {
+        ((0,), "tokens", False),
+        ((1,), "full", True),
+    }
 
 
 def test_cache_sections_cascade_field_by_field() -> None:
@@ -438,7 +470,13 @@ def test_cache_sections_cascade_field_by_field() -> None:
         for layer in p.layers:  # type: ignore[union-attr]
             for kv in p.kv_heads:  # type: ignore[union-attr]
                 assert (layer, kv) not in cells
-                cells[(layer, kv)] = (p.budget.kind, p.budget.tokens, p.sink, p.evict.score if p.evict else None, p.loc.line)
+                cells[(layer, kv)] = (
+                    p.budget.kind,
+                    p.budget.tokens,
+                    p.sink,
+                    p.evict.score if p.evict else None,
+                    p.loc.line,
+                )
     assert cells == {
         (0, 0): ("tokens", 2048, 8, "snapkv", 5),
         (1, 0): ("tokens", 2048, 8, "snapkv", 5),
@@ -463,9 +501,10 @@ def test_cache_nested_sections() -> None:
 
 
 def test_keep_rules_under_a_full_budget_are_an_error() -> None:
-    assert errors("pattern p = causal\ncache { budget = full layers 0..2 { kv_heads 1 { keep recent(16) } } }", model={"layers": 4, "heads": 2}) == [
-        "keep recent has no effect: the budget is full wherever it applies"
-    ]
+    assert errors(
+        "pattern p = causal\ncache { budget = full layers 0..2 { kv_heads 1 { keep recent(16) } } }",
+        model={"layers": 4, "heads": 2},
+    ) == ["keep recent has no effect: the budget is full wherever it applies"]
     # Inherited by a full-budget section but in force elsewhere: fine.
     assert len(cache("keep sink(4) keep recent(4) kv_heads 1 { budget = full }", MODEL)) == 2
 
@@ -486,7 +525,9 @@ def test_cache_with_head_sets(tmp_path: Path) -> None:
 
 
 def test_spec_round_trips_through_json() -> None:
-    s = spec("grid(4, 8)\nparam W = 8\npattern p = neighborhood(kernel = 3) | causal & window(W)\ncache { keep recent(W) }")
+    s = spec(
+        "grid(4, 8)\nparam W = 8\npattern p = neighborhood(kernel = 3) | causal & window(W)\ncache { keep recent(W) }"
+    )
     assert Spec.model_validate_json(s.model_dump_json()) == s
     assert s.source == "t.attn" and s.name == "p"
 

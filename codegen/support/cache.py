@@ -13,7 +13,7 @@ the decode of the pattern); a generated module declares `class Cache(CacheBase)`
 
 from __future__ import annotations
 
-import math
+import math  # noqa: F401  (the generated module, where this file is inlined, uses it)
 from typing import NamedTuple
 
 import torch
@@ -64,9 +64,24 @@ class CacheSpec(NamedTuple):
 
 
 @triton.jit(do_not_specialize=["n", "SLOTS"])
-def _kv_append_kernel(KN, VN, K, V, POS, LENS, TAB, CNT, n, T, SLOTS,
-                      H_KV: tl.constexpr, CW: tl.constexpr, HEAD_DIM: tl.constexpr,
-                      BLOCK_T: tl.constexpr, SKIP_LOSSY: tl.constexpr):
+def _kv_append_kernel(
+    KN,
+    VN,
+    K,
+    V,
+    POS,
+    LENS,
+    TAB,
+    CNT,
+    n,
+    T,
+    SLOTS,
+    H_KV: tl.constexpr,
+    CW: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    SKIP_LOSSY: tl.constexpr,
+):
     """Write T new tokens (positions n .. n + T - 1) of every KV head of one batch row into
     their slots, and the head's new length. One program per (kv head, batch row).
     KN, VN are contiguous (B, H_KV, T, D); K, V (B, SLOTS, D); POS (B, SLOTS)."""
@@ -119,8 +134,11 @@ def _kv_append_kernel(KN, VN, K, V, POS, LENS, TAB, CNT, n, T, SLOTS,
         tl.store(POS + b * SLOTS + slot64, p, mask=keep)
     ring_len = tl.where(L > 1, S + R + (sb_e - sb_s), S + tl.minimum(ring_total, R))
     ring_len = tl.where(end <= S, end, ring_len)
-    new_len = tl.where(kind == 0, end, tl.where(kind == 1, ring_len, tl.where(kind == 2, end - chunk_start,
-                       tl.where(write, base + T, base))))
+    new_len = tl.where(
+        kind == 0,
+        end,
+        tl.where(kind == 1, ring_len, tl.where(kind == 2, end - chunk_start, tl.where(write, base + T, base))),
+    )
     tl.store(LENS + b * H_KV + h, new_len)
 
 
@@ -230,7 +248,8 @@ class _KvLayer:
         self.order = self.lossless + [h for c in self.classes for h in c.heads]
         self.gid = torch.tensor(spec.gid[layer], dtype=torch.int32, device=device)
         gid_rows = torch.tensor(spec.gid[layer], dtype=torch.int64, device=device).view(
-            spec.decode.kv_heads, spec.decode.group)
+            spec.decode.kv_heads, spec.decode.group
+        )
         for c in self.classes:
             c.idx = torch.tensor([h.index for h in c.heads], dtype=torch.int64, device=device)
             c.gid = gid_rows[c.idx]
@@ -241,17 +260,24 @@ def _cache_device(device, backend):
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise CacheError(f"Cache: device must be a torch.device or a device name such as 'cpu' or 'cuda', "
-                         f"got {device=}") from None
+        raise CacheError(
+            f"Cache: device must be a torch.device or a device name such as 'cpu' or 'cuda', got {device=}"
+        ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise CacheError(f"Cache: device {dev} but CUDA is not available here; use device='cpu' "
-                             "(with TRITON_INTERPRET=1 for the Triton kernels, or backend='torch')")
+            raise CacheError(
+                f"Cache: device {dev} but CUDA is not available here; use device='cpu' "
+                "(with TRITON_INTERPRET=1 for the Triton kernels, or backend='torch')"
+            )
         if dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
     if backend == "triton":
-        check_kernel_device("Cache", dev, "backend='torch' keeps the cache with torch ops on any device "
-                            "(decode_reference reads it).", error=CacheError)
+        check_kernel_device(
+            "Cache",
+            dev,
+            "backend='torch' keeps the cache with torch ops on any device (decode_reference reads it).",
+            error=CacheError,
+        )
     return dev
 
 
@@ -267,8 +293,7 @@ class CacheBase:
 
     spec: CacheSpec = None
 
-    def __init__(self, batch, *, device="cpu", dtype=torch.float16, max_len=None, head_dim=None,
-                 backend="triton"):
+    def __init__(self, batch, *, device="cpu", dtype=torch.float16, max_len=None, head_dim=None, backend="triton"):
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
             raise CacheError(f"Cache: batch must be a positive int, got {batch=}")
         if backend not in ("triton", "torch"):
@@ -279,8 +304,10 @@ class CacheBase:
             raise CacheError(f"Cache: dtype must be one of {dtype_names(CACHE_DTYPES)}, got {dtype=}")
         head_dim = self.spec.head_dim if head_dim is None else head_dim
         if head_dim is None:
-            raise CacheError("Cache: the head size is unknown: pass head_dim=... here, write head_dim in the "
-                             "file's model block, or attnc.load(..., model={'head_dim': ...})")
+            raise CacheError(
+                "Cache: the head size is unknown: pass head_dim=... here, write head_dim in the "
+                "file's model block, or attnc.load(..., model={'head_dim': ...})"
+            )
         if backend == "triton" and head_dim not in HEAD_DIMS:
             raise CacheError(f"Cache: head_dim must be one of {HEAD_DIMS} for the Triton kernels, got {head_dim=}")
         if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim < 1:
@@ -309,14 +336,18 @@ class CacheBase:
         n = L.n
         end = n + T
         if self.max_len is not None and end > self.max_len:
-            raise CacheError(f"layer {layer}: appending {T} tokens to {n} passes the fixed capacity "
-                             f"max_len = {self.max_len}; create the Cache with a larger max_len")
+            raise CacheError(
+                f"layer {layer}: appending {T} tokens to {n} passes the fixed capacity "
+                f"max_len = {self.max_len}; create the Cache with a larger max_len"
+            )
         big = T > self.spec.decode.max_step
         for c in L.classes:
             if q is None and self._needs_q(c, big):
-                raise CacheError(f"layer {layer}: KV heads {[h.index for h in c.heads]} evict by "
-                                 f"{c.policy.score} at {c.policy.timing}, which needs this step's "
-                                 f"queries: call append(layer, k, v, q=q) with q of shape (B, H, T, D)")
+                raise CacheError(
+                    f"layer {layer}: KV heads {[h.index for h in c.heads]} evict by "
+                    f"{c.policy.score} at {c.policy.timing}, which needs this step's "
+                    f"queries: call append(layer, k, v, q=q) with q of shape (B, H, T, D)"
+                )
         if L.k is None:
             self._allocate(L, D, end, T)
         if L.growing or (L.classes and not big):
@@ -370,8 +401,7 @@ class CacheBase:
         """Bytes of K and V held per [layer][kv head]: tokens held * 2 * D * itemsize (the
         liveness formula for lossless heads; slots, positions and scores not counted)."""
         item = torch.empty((), dtype=self.dtype).element_size()
-        return [[h.held * 2 * (L.k.shape[2] if L.k is not None else 0) * item for h in L.heads]
-                for L in self._layers]
+        return [[h.held * 2 * (L.k.shape[2] if L.k is not None else 0) * item for h in L.heads] for L in self._layers]
 
     def allocated(self):
         """Bytes allocated per layer: k, v, positions, scores and lengths."""
@@ -391,7 +421,7 @@ class CacheBase:
         h = L.heads[kv_head]
         if L.pos is None:
             return []
-        p = L.pos[b, h.offset:h.offset + h.extent]
+        p = L.pos[b, h.offset : h.offset + h.extent]
         return sorted(int(x) for x in p[p != self.spec.decode.sentinel].tolist())
 
     def positions(self, layer):
@@ -409,10 +439,10 @@ class CacheBase:
         out = torch.where(pos == sent, torch.full_like(pos, -1), pos)
         for h in L.heads:
             if h.rerotate and h.extent:
-                r = pos[:, h.offset:h.offset + h.extent]
+                r = pos[:, h.offset : h.offset + h.extent]
                 valid = r != sent
                 rank = torch.argsort(torch.argsort(torch.where(valid, r, torch.full_like(r, 1 << 40)), dim=-1), dim=-1)
-                out[:, h.offset:h.offset + h.extent] = torch.where(valid, rank, torch.full_like(rank, -1))
+                out[:, h.offset : h.offset + h.extent] = torch.where(valid, rank, torch.full_like(rank, -1))
         return out
 
     def query_positions(self, layer, T=1):
@@ -427,7 +457,7 @@ class CacheBase:
         out = qp[None, None, :].expand(self.batch, self.spec.decode.kv_heads, T).clone()
         for h in L.heads:
             if h.rerotate and h.extent:
-                r = L.pos[:, h.offset:h.offset + h.extent].to(torch.int64)
+                r = L.pos[:, h.offset : h.offset + h.extent].to(torch.int64)
                 older = (r[:, None, :] < qp[None, :, None]) & (r[:, None, :] != sent)
                 out[:, h.index] = older.sum(-1)
         return out
@@ -450,8 +480,9 @@ class CacheBase:
         if tuple(v.shape) != tuple(k.shape):
             raise CacheError(f"append: k {tuple(k.shape)} and v {tuple(v.shape)} differ; both are (B, H_KV, T, D)")
         if B != self.batch or Hk != ds.kv_heads or T < 1:
-            raise CacheError(f"append: k has shape {tuple(k.shape)}, expected (B={self.batch}, H_KV={ds.kv_heads}, "
-                             f"T>=1, D)")
+            raise CacheError(
+                f"append: k has shape {tuple(k.shape)}, expected (B={self.batch}, H_KV={ds.kv_heads}, T>=1, D)"
+            )
         if Dk != D:
             raise CacheError(f"append: head_dim {Dk} but this cache holds head_dim {D}")
         if q is not None:
@@ -494,14 +525,16 @@ class CacheBase:
         cw = max(h.smod for h in L.heads) + 1
         cnt = torch.zeros((len(L.heads), cw), dtype=torch.int32)
         for h in L.heads:
-            cnt[h.index, :h.smod + 1] = torch.tensor(h.cnt, dtype=torch.int32)
+            cnt[h.index, : h.smod + 1] = torch.tensor(h.cnt, dtype=torch.int32)
         L.cnt = cnt.to(self.device)
 
     def _grow(self, L, need):
         if all(need[i] <= L.heads[i].cap for i in need):
             return
-        caps = {h.index: (self._cap_for(L, h, need[h.index], h.cap) if need.get(h.index, 0) > h.cap else h.cap)
-                for h in L.heads}
+        caps = {
+            h.index: (self._cap_for(L, h, need[h.index], h.cap) if need.get(h.index, 0) > h.cap else h.cap)
+            for h in L.heads
+        }
         for c in L.classes:  # a class keeps equal capacities (one strided view)
             m = max(caps[h.index] for h in c.heads)
             for h in c.heads:
@@ -524,15 +557,16 @@ class CacheBase:
                 m = min(h.cap, cap)
                 for new, old in ((k, L.k), (v, L.v), (pos, L.pos), (score, L.score)):
                     if new is not None:
-                        new[:, off:off + m] = old[:, h.offset:h.offset + m]
+                        new[:, off : off + m] = old[:, h.offset : h.offset + m]
             h.offset, h.cap = off, cap
             off += cap
         L.k, L.v, L.pos, L.score = k, v, pos, score
         L.offsets = torch.tensor([h.offset for h in L.heads], dtype=torch.int32, device=dev)
         tab = torch.zeros((len(L.heads), _KV_TAB_W), dtype=torch.int32)
         for h in L.heads:
-            tab[h.index] = torch.tensor([_KV_KIND[h.kind], h.offset, h.sink, h.ring, h.smod, len(h.sres),
-                                         max(h.chunk, 1), 0], dtype=torch.int32)
+            tab[h.index] = torch.tensor(
+                [_KV_KIND[h.kind], h.offset, h.sink, h.ring, h.smod, len(h.sres), max(h.chunk, 1), 0], dtype=torch.int32
+            )
         L.tab = tab.to(dev)
 
     def _write_triton(self, L, k, v, n, T, skip_lossy):
@@ -541,9 +575,24 @@ class CacheBase:
         if not v.is_contiguous():
             v = v.contiguous()
         _kv_append_kernel[(len(L.heads), self.batch)](
-            k, v, L.k, L.v, L.pos, L.lens, L.tab, L.cnt, n, T, L.k.shape[1],
-            H_KV=len(L.heads), CW=L.cnt.shape[1], HEAD_DIM=k.shape[3], BLOCK_T=min(64, triton.next_power_of_2(T)),
-            SKIP_LOSSY=skip_lossy, num_warps=4)
+            k,
+            v,
+            L.k,
+            L.v,
+            L.pos,
+            L.lens,
+            L.tab,
+            L.cnt,
+            n,
+            T,
+            L.k.shape[1],
+            H_KV=len(L.heads),
+            CW=L.cnt.shape[1],
+            HEAD_DIM=k.shape[3],
+            BLOCK_T=min(64, triton.next_power_of_2(T)),
+            SKIP_LOSSY=skip_lossy,
+            num_warps=4,
+        )
 
     def _write_torch(self, L, k, v, n, T, skip_lossy):
         """The torch reference of _kv_append_kernel (backend='torch')."""
@@ -576,8 +625,12 @@ class CacheBase:
         B, nh, cap = self.batch, len(c.heads), c.heads[0].cap
         a = c.heads[0].offset
         D = L.k.shape[2]
-        return (L.k[:, a:a + nh * cap].view(B, nh, cap, D), L.v[:, a:a + nh * cap].view(B, nh, cap, D),
-                L.pos[:, a:a + nh * cap].view(B, nh, cap), L.score[:, a:a + nh * cap].view(B, nh, cap))
+        return (
+            L.k[:, a : a + nh * cap].view(B, nh, cap, D),
+            L.v[:, a : a + nh * cap].view(B, nh, cap, D),
+            L.pos[:, a : a + nh * cap].view(B, nh, cap),
+            L.score[:, a : a + nh * cap].view(B, nh, cap),
+        )
 
     def _stats(self, c, q, kc, pc, n, T, scale):
         """The attention statistics of this append's queries over a class's candidates."""
@@ -590,6 +643,7 @@ class CacheBase:
 
         def allowed(qp, kp):
             return ds.allowed_torch(qp, kp[..., None, :, :], g)
+
         return attention_stats(qc, kc, pc, qpos, allowed, scale, c.policy.window, ds.sentinel)
 
     def _step(self, L, c, k, q, n, T, scale):
@@ -621,9 +675,9 @@ class CacheBase:
             low = torch.where(prio == prio.amin(-1, keepdim=True), pc, torch.full_like(pc, sent + 1))
             dst = low.argmin(-1, keepdim=True)  # (B, nh, 1)
             for t in (kv, vv):
-                t.scatter_(2, dst[..., None].expand(-1, -1, -1, D), t[:, :, keep:keep + 1, :].clone())
+                t.scatter_(2, dst[..., None].expand(-1, -1, -1, D), t[:, :, keep : keep + 1, :].clone())
             for t in (pv, sv):
-                t.scatter_(2, dst, t[..., keep:keep + 1].clone())
+                t.scatter_(2, dst, t[..., keep : keep + 1].clone())
             pv[..., keep] = sent
             c.held = keep
             L.lens.index_fill_(1, c.idx, keep)
@@ -657,7 +711,11 @@ class CacheBase:
         pos_new = torch.arange(n, n + T, device=self.device, dtype=torch.int32)
         kc = torch.cat([kv[..., :E0, :], k.index_select(1, c.idx)], 2) if T else kv[..., :E0, :].clone()
         vc = torch.cat([vv[..., :E0, :], v.index_select(1, c.idx)], 2) if T else vv[..., :E0, :].clone()
-        pc = torch.cat([pv[..., :E0], pos_new[None, None, :].expand(B, len(c.heads), T)], 2) if T else pv[..., :E0].clone()
+        pc = (
+            torch.cat([pv[..., :E0], pos_new[None, None, :].expand(B, len(c.heads), T)], 2)
+            if T
+            else pv[..., :E0].clone()
+        )
         old = torch.cat([sv[..., :E0], sv.new_zeros((B, len(c.heads), T))], 2) if T else sv[..., :E0].clone()
         E = E0 + T
         new = slice(E0, E)

@@ -40,9 +40,21 @@ def _axes(dims: str) -> tuple[str, ...]:
     return tuple(a.strip() for a in dims.split(","))
 
 
-def check_tensor(where: str, name: str, t, *, dims: str, shape=None, dtypes=None, dtype=None, device=None,
-                 contiguous: bool = False, last_contiguous: bool = False, error=None,
-                 owner: str = "it must be") -> torch.Tensor:
+def check_tensor(
+    where: str,
+    name: str,
+    t,
+    *,
+    dims: str,
+    shape=None,
+    dtypes=None,
+    dtype=None,
+    device=None,
+    contiguous: bool = False,
+    last_contiguous: bool = False,
+    error=None,
+    owner: str = "it must be",
+) -> torch.Tensor:
     """t, checked: a torch.Tensor of rank len(dims.split(',')) (`dims` names its axes, e.g.
     "B, H, T, D"), with `shape` (a tuple; None entries are free), a dtype among `dtypes` or equal
     to `dtype`, on `device`, contiguous (all of it, or its last dimension). `owner` phrases
@@ -51,14 +63,19 @@ def check_tensor(where: str, name: str, t, *, dims: str, shape=None, dtypes=None
     if not isinstance(t, torch.Tensor):
         _fail(error, TypeError, f"{where}: {name} must be a torch.Tensor ({dims}), got {type(t).__name__}")
     if t.dim() != len(axes):
-        _fail(error, ValueError, f"{where}: {name} must have rank {len(axes)} ({dims}); "
-                                 f"got {name}.shape={tuple(t.shape)}")
+        _fail(
+            error, ValueError, f"{where}: {name} must have rank {len(axes)} ({dims}); got {name}.shape={tuple(t.shape)}"
+        )
     if shape is not None:
         for axis, want, got in zip(axes, shape, t.shape):
             if want is not None and got != want:
                 expected = ", ".join(f"{a}={w}" if w is not None else a for a, w in zip(axes, shape))
-                _fail(error, ValueError, f"{where}: {name} must be ({expected}); got {name}.shape={tuple(t.shape)} "
-                                         f"({axis}={got}, expected {want})")
+                _fail(
+                    error,
+                    ValueError,
+                    f"{where}: {name} must be ({expected}); got {name}.shape={tuple(t.shape)} "
+                    f"({axis}={got}, expected {want})",
+                )
     if dtypes is not None and t.dtype not in dtypes:
         _fail(error, TypeError, f"{where}: {name} must be one of {dtype_names(dtypes)}; got {name}.dtype={t.dtype}")
     if dtype is not None and t.dtype != dtype:
@@ -66,11 +83,19 @@ def check_tensor(where: str, name: str, t, *, dims: str, shape=None, dtypes=None
     if device is not None and t.device != (device if isinstance(device, torch.device) else torch.device(device)):
         _fail(error, ValueError, f"{where}: {name} is on {t.device} but {owner} on {device}")
     if contiguous and not t.is_contiguous():
-        _fail(error, ValueError, f"{where}: {name} must be contiguous; got {name}.stride()={tuple(t.stride())}; "
-                                 f"call {name}.contiguous() first")
+        _fail(
+            error,
+            ValueError,
+            f"{where}: {name} must be contiguous; got {name}.stride()={tuple(t.stride())}; "
+            f"call {name}.contiguous() first",
+        )
     if last_contiguous and t.stride(-1) != 1 and t.shape[-1] > 1:
-        _fail(error, ValueError, f"{where}: {name} must have a contiguous last dimension (stride 1); got "
-                                 f"{name}.stride()={tuple(t.stride())}; call {name}.contiguous() first")
+        _fail(
+            error,
+            ValueError,
+            f"{where}: {name} must have a contiguous last dimension (stride 1); got "
+            f"{name}.stride()={tuple(t.stride())}; call {name}.contiguous() first",
+        )
     return t
 
 
@@ -98,9 +123,13 @@ def check_kernel_device(where: str, device, alternative: str, error=None) -> Non
     device = torch.device(device)
     if device.type == "cuda" or (device.type == "cpu" and interpreting()):
         return
-    _fail(error, ValueError, f"{where}: the Triton kernel needs CUDA tensors (or CPU tensors with "
-                             f"TRITON_INTERPRET=1 set before triton is imported); got device {device}. "
-                             f"{alternative}")
+    _fail(
+        error,
+        ValueError,
+        f"{where}: the Triton kernel needs CUDA tensors (or CPU tensors with "
+        f"TRITON_INTERPRET=1 set before triton is imported); got device {device}. "
+        f"{alternative}",
+    )
 
 
 def check_int(where: str, name: str, value, lo: int, hi: int | None = None, error=None) -> int:

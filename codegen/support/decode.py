@@ -10,7 +10,7 @@ or by `_dec_reduce_kernel`. What varies per pattern reaches this code as a `Deco
 
 from __future__ import annotations
 
-import math
+import math  # noqa: F401  (the generated module, where this file is inlined, uses it)
 from typing import Callable, NamedTuple
 
 import torch
@@ -107,8 +107,9 @@ def _dec_merge(PM, PL, PACC, first, nsplit, BLOCK_M: tl.constexpr, HEAD_DIM: tl.
         idx = (first + s) * BLOCK_M + offs_m
         ms = tl.load(PM + idx, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
         ls = tl.load(PL + idx, mask=row_ok, other=0.0, cache_modifier=".cg")
-        a = tl.load(PACC + idx[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0,
-                    cache_modifier=".cg")
+        a = tl.load(
+            PACC + idx[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0, cache_modifier=".cg"
+        )
         m_new = tl.maximum(m, ms)
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         c_old = tl.math.exp2(m - m_use)
@@ -120,9 +121,20 @@ def _dec_merge(PM, PL, PACC, first, nsplit, BLOCK_M: tl.constexpr, HEAD_DIM: tl.
 
 
 @triton.jit(do_not_specialize=["SPLIT", "NSPLIT"])
-def _dec_reduce_kernel(PM, PL, PACC, LENS, O, T, SPLIT, NSPLIT,
-                       H_KV: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr,
-                       BLOCK_M: tl.constexpr):
+def _dec_reduce_kernel(
+    PM,
+    PL,
+    PACC,
+    LENS,
+    O,
+    T,
+    SPLIT,
+    NSPLIT,
+    H_KV: tl.constexpr,
+    G: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     h = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     length = tl.load(LENS + b * H_KV + h)
@@ -176,9 +188,12 @@ def _dec_buffers(spec: DecodeSpec, device, batch, nsplit, block_m, d):
     if buf is None or buf[0].shape[2] < nsplit:
         n = max(nsplit, 2 * buf[0].shape[2] if buf is not None else nsplit)
         pm = torch.empty((batch, spec.kv_heads, n, block_m), device=device, dtype=torch.float32)
-        buf = (pm, torch.empty_like(pm),
-               torch.empty((batch, spec.kv_heads, n, block_m, d), device=device, dtype=torch.float32),
-               torch.zeros((batch, spec.kv_heads), dtype=torch.int32, device=device))
+        buf = (
+            pm,
+            torch.empty_like(pm),
+            torch.empty((batch, spec.kv_heads, n, block_m, d), device=device, dtype=torch.float32),
+            torch.zeros((batch, spec.kv_heads), dtype=torch.int32, device=device),
+        )
         _DEC_BUFS[key] = buf
     return buf
 
@@ -198,8 +213,10 @@ def check_decode_query(where: str, spec: DecodeSpec, q, view: CacheView) -> tupl
     if H != spec.heads:
         raise ValueError(f"{where}: q has {H} heads but the pattern was compiled for {spec.heads}: q (B, H, T, D)")
     if not 1 <= T <= spec.max_step:
-        raise ValueError(f"{where}: {T} query tokens but this cache was generated for at most max_step = "
-                         f"{spec.max_step} per step; regenerate with a larger max_step or decode fewer tokens")
+        raise ValueError(
+            f"{where}: {T} query tokens but this cache was generated for at most max_step = "
+            f"{spec.max_step} per step; regenerate with a larger max_step or decode fewer tokens"
+        )
     if T > view.n:
         raise ValueError(f"{where}: {T} queries but the cache holds only {view.n} tokens: append k, v first")
     check_tensor(where, "q", q, dims="B, H, T, D", dtype=k.dtype, device=k.device)
@@ -211,11 +228,27 @@ def _dec_ok(spec: DecodeSpec, q, view, out) -> bool:
     if type(view) is not CacheView:
         return False
     k = view.k
-    return (type(q) is torch.Tensor and q.dim() == 4 and q.shape[1] == spec.heads
-            and 1 <= q.shape[2] <= spec.max_step and q.shape[2] <= view.n and q.shape[0] == k.shape[0]
-            and q.shape[3] == k.shape[2] and q.dtype == k.dtype and q.device == k.device
-            and (out is None or (type(out) is torch.Tensor and out.shape == q.shape and out.dtype == q.dtype
-                                 and out.device == q.device and out.is_contiguous())))
+    return (
+        type(q) is torch.Tensor
+        and q.dim() == 4
+        and q.shape[1] == spec.heads
+        and 1 <= q.shape[2] <= spec.max_step
+        and q.shape[2] <= view.n
+        and q.shape[0] == k.shape[0]
+        and q.shape[3] == k.shape[2]
+        and q.dtype == k.dtype
+        and q.device == k.device
+        and (
+            out is None
+            or (
+                type(out) is torch.Tensor
+                and out.shape == q.shape
+                and out.dtype == q.dtype
+                and out.device == q.device
+                and out.is_contiguous()
+            )
+        )
+    )
 
 
 def decode_launch(spec: DecodeSpec, q, view, *, sm_scale=None, out=None, config=_DEC_DEFAULT, split=None):
@@ -244,16 +277,53 @@ def decode_launch(spec: DecodeSpec, q, view, *, sm_scale=None, out=None, config=
         pm, pl, pacc, cnt = _dec_buffers(spec, dev, B, geo.nsplit, geo.block_m, D)
     nbuf = pm.shape[2] if geo.reduce else 1
     spec.kernel[(B * geo.work,)](
-        q, k, view.v, view.pos, view.lens, view.offsets, view.gid, out, pm, pl, pacc, cnt,
-        view.n, T, geo.split, nbuf, geo.work, k.shape[1], scale * _DEC_LOG2E,
-        H_KV=spec.kv_heads, G=spec.group, HEAD_DIM=D, BLOCK_M=geo.block_m, BLOCK_N=config.block_n,
-        STAGES=config.stages, MASKED=view.masked or T > 1, REDUCE=geo.reduce,
+        q,
+        k,
+        view.v,
+        view.pos,
+        view.lens,
+        view.offsets,
+        view.gid,
+        out,
+        pm,
+        pl,
+        pacc,
+        cnt,
+        view.n,
+        T,
+        geo.split,
+        nbuf,
+        geo.work,
+        k.shape[1],
+        scale * _DEC_LOG2E,
+        H_KV=spec.kv_heads,
+        G=spec.group,
+        HEAD_DIM=D,
+        BLOCK_M=geo.block_m,
+        BLOCK_N=config.block_n,
+        STAGES=config.stages,
+        MASKED=view.masked or T > 1,
+        REDUCE=geo.reduce,
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        UPCAST=q.dtype == torch.bfloat16 and interpreting(), num_warps=config.num_warps)
+        UPCAST=q.dtype == torch.bfloat16 and interpreting(),
+        num_warps=config.num_warps,
+    )
     if geo.reduce == 1:
-        _dec_reduce_kernel[(spec.kv_heads, B)](pm, pl, pacc, view.lens, out, T, geo.split, nbuf,
-                                               H_KV=spec.kv_heads, G=spec.group, HEAD_DIM=D, BLOCK_M=geo.block_m,
-                                               num_warps=4)
+        _dec_reduce_kernel[(spec.kv_heads, B)](
+            pm,
+            pl,
+            pacc,
+            view.lens,
+            out,
+            T,
+            geo.split,
+            nbuf,
+            H_KV=spec.kv_heads,
+            G=spec.group,
+            HEAD_DIM=D,
+            BLOCK_M=geo.block_m,
+            num_warps=4,
+        )
     return out
 
 
@@ -276,9 +346,9 @@ def decode_torch(spec: DecodeSpec, q, view, *, sm_scale=None) -> torch.Tensor:
     for h, (off, n) in enumerate(view.slots):
         if n == 0:
             continue
-        k = view.k[:, off:off + n].to(ct)
-        v = view.v[:, off:off + n].to(ct)
-        kp = view.pos[:, off:off + n].to(torch.int64)[:, None, :]
+        k = view.k[:, off : off + n].to(ct)
+        v = view.v[:, off : off + n].to(ct)
+        kp = view.pos[:, off : off + n].to(torch.int64)[:, None, :]
         for g in range(spec.group):
             hq = h * spec.group + g
             s = torch.einsum("btd,bnd->btn", q[:, hq].to(ct), k) * scale

@@ -110,8 +110,16 @@ def rescore(pol: Policy, old, stats, k, new):
 # ------------------------------------------------------------------ attention of the queries
 
 
-def attention_stats(q: torch.Tensor, k: torch.Tensor, kpos: torch.Tensor, qpos: torch.Tensor,
-                    allowed: Callable, scale: float, window: int, sentinel: int | None = None) -> Callable:
+def attention_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    kpos: torch.Tensor,
+    qpos: torch.Tensor,
+    allowed: Callable,
+    scale: float,
+    window: int,
+    sentinel: int | None = None,
+) -> Callable:
     """stats(what) over candidates k (..., E, D) at positions kpos (..., E) for queries
     q (..., G, T, D) at positions qpos (T,), memoised per `what`; stats.order is the
     permutation that sorts the candidates by position (set by "window").
@@ -125,6 +133,7 @@ def attention_stats(q: torch.Tensor, k: torch.Tensor, kpos: torch.Tensor, qpos: 
         if what not in cache:
             cache[what] = _attention(q, k, kpos, qpos, allowed, scale, what, window, sentinel, stats)
         return cache[what]
+
     stats.order = None
     return stats
 
@@ -133,10 +142,10 @@ def _attention(q, k, kpos, qpos, allowed, scale, what, window, sentinel, stats):
     ct = torch.float64 if k.dtype == torch.float64 else torch.float32
     T = q.shape[-2]
     if what == "last":
-        q, qpos = q[..., T - 1:, :], qpos[T - 1:]
+        q, qpos = q[..., T - 1 :, :], qpos[T - 1 :]
     elif what == "window":
         w = min(window, T)
-        q, qpos = q[..., T - w:, :], qpos[T - w:]
+        q, qpos = q[..., T - w :, :], qpos[T - w :]
         order = torch.argsort(kpos, dim=-1)
         k = torch.gather(k, -2, order[..., None].expand(*order.shape, k.shape[-1]))
         kpos = torch.gather(kpos, -1, order)
@@ -147,11 +156,11 @@ def _attention(q, k, kpos, qpos, allowed, scale, what, window, sentinel, stats):
     step = max(1, (1 << 25) // max(1, kk[..., 0, 0].numel() * G * E))
     parts, total = [], None
     for s in range(0, q.shape[-2], step):
-        qs = q[..., s:s + step, :].to(kk.dtype)
+        qs = q[..., s : s + step, :].to(kk.dtype)
         t = qs.shape[-2]  # the G query heads of a KV head as one matrix: k is read once, not G times
         sc = torch.matmul(qs.reshape(*qs.shape[:-3], G * t, qs.shape[-1]), kk.transpose(-1, -2))
         sc = sc.reshape(*qs.shape[:-1], E).to(ct) * scale
-        qp = qpos[s:s + step].to(torch.int64)[:, None]
+        qp = qpos[s : s + step].to(torch.int64)[:, None]
         ok = allowed(qp, kp)
         if sentinel is not None:
             ok = ok & (kp != sentinel)[..., None, :, :]

@@ -16,6 +16,7 @@ from .checks import HEAD_DIMS, KERNEL_DTYPES, check_int, check_kernel_device, ch
 try:
     from triton.runtime.errors import OutOfResources as _OutOfResources
 except ImportError:  # another triton layout: nothing to catch
+
     class _OutOfResources(Exception):
         pass
 
@@ -25,8 +26,9 @@ def check_layer(where: str, pattern: dict, layer) -> None:
     layers = pattern["model"]["layers"]
     if layer is None:
         if pattern["varies_by_layer"]:
-            raise ValueError(f"{where}: pattern {pattern['name']!r} differs between layers: pass layer= "
-                             f"(0 <= layer < {layers})")
+            raise ValueError(
+                f"{where}: pattern {pattern['name']!r} differs between layers: pass layer= (0 <= layer < {layers})"
+            )
         return
     check_int(where, "layer", layer, 0, layers)
 
@@ -38,26 +40,35 @@ def check_prefill(where: str, pattern: dict, q, k, v, layer, kernel: bool) -> tu
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(where, name, t, dims="B, H, N, D" if name == "q" else "B, H_KV, N, D")
     if q.dtype not in KERNEL_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"{where}: q, k, v must share one dtype among float16, bfloat16, float32; "
-                        f"got q.dtype={q.dtype}, k.dtype={k.dtype}, v.dtype={v.dtype}")
+        raise TypeError(
+            f"{where}: q, k, v must share one dtype among float16, bfloat16, float32; "
+            f"got q.dtype={q.dtype}, k.dtype={k.dtype}, v.dtype={v.dtype}"
+        )
     if not (q.device == k.device == v.device):
         raise ValueError(f"{where}: q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
     if kernel:
         check_kernel_device(where, q.device, "reference() runs anywhere.")
     B, H, N, D = q.shape
     if k.shape != v.shape:
-        raise ValueError(f"{where}: k and v must have the same shape; got k.shape={tuple(k.shape)}, "
-                         f"v.shape={tuple(v.shape)}")
+        raise ValueError(
+            f"{where}: k and v must have the same shape; got k.shape={tuple(k.shape)}, v.shape={tuple(v.shape)}"
+        )
     Bk, H_KV, Nk, Dk = k.shape
     if (Bk, Nk, Dk) != (B, N, D):
-        raise ValueError(f"{where}: k and v must be (batch={B}, kv_heads, seq={N}, head_dim={D}) to match q; "
-                         f"got k.shape={tuple(k.shape)} for q.shape={tuple(q.shape)}")
+        raise ValueError(
+            f"{where}: k and v must be (batch={B}, kv_heads, seq={N}, head_dim={D}) to match q; "
+            f"got k.shape={tuple(k.shape)} for q.shape={tuple(q.shape)}"
+        )
     if H_KV == 0 or H % H_KV != 0:
-        raise ValueError(f"{where}: the query heads must be a multiple of the key/value heads (GQA); "
-                         f"got H={H} query heads and H_KV={H_KV}")
+        raise ValueError(
+            f"{where}: the query heads must be a multiple of the key/value heads (GQA); "
+            f"got H={H} query heads and H_KV={H_KV}"
+        )
     if pattern["varies_by_head"] and H != pattern["model"]["heads"]:
-        raise ValueError(f"{where}: pattern {pattern['name']!r} assigns patterns per head for a model with "
-                         f"{pattern['model']['heads']} query heads; got H={H}")
+        raise ValueError(
+            f"{where}: pattern {pattern['name']!r} assigns patterns per head for a model with "
+            f"{pattern['model']['heads']} query heads; got H={H}"
+        )
     if D not in HEAD_DIMS:
         raise ValueError(f"{where}: head_dim must be one of {HEAD_DIMS}; got D={D}")
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -74,8 +85,9 @@ def device_key(device, dtype) -> tuple:
 
 def _tma_ok(*tensors) -> bool:
     """Host-side TMA descriptors need 16-byte aligned bases and strides."""
-    return all(t.data_ptr() % 16 == 0 and all((s * t.element_size()) % 16 == 0 for s in t.stride()[:-1])
-               for t in tensors)
+    return all(
+        t.data_ptr() % 16 == 0 and all((s * t.element_size()) % 16 == 0 for s in t.stride()[:-1]) for t in tensors
+    )
 
 
 def _head_group(cfg: dict, B: int, H: int, N: int, D: int, element_size: int) -> tuple:

@@ -28,8 +28,11 @@ def pattern(text: str):
 
 def neighbourhoods() -> None:
     cases = [
-        ("kernel 5 x 5: a middle query and a corner query\n(the corner window shifts inward)",
-         "neighborhood(kernel = (5, 5))", [(6, 6), (0, 1)]),
+        (
+            "kernel 5 x 5: a middle query and a corner query\n(the corner window shifts inward)",
+            "neighborhood(kernel = (5, 5))",
+            [(6, 6), (0, 1)],
+        ),
         ("kernel 3 x 3, dilation 2 x 2", "neighborhood(kernel = (3, 3), dilation = (2, 2))", [(6, 6), (11, 0)]),
         ("kernel 5 x 5, rows causal", "neighborhood(kernel = (5, 5), causal = (true, false))", [(6, 6), (1, 11)]),
     ]
@@ -56,16 +59,26 @@ def neighbourhoods() -> None:
 
 
 def radial() -> None:
-    p = pattern("grid(8, 6, 10)\npattern p = neighborhood(kernel = (3, 6, 10)) | neighborhood(kernel = (5, 3, 5))"
-                " | neighborhood(kernel = (8, 1, 3))")
+    p = pattern(
+        "grid(8, 6, 10)\npattern p = neighborhood(kernel = (3, 6, 10)) | neighborhood(kernel = (5, 3, 5))"
+        " | neighborhood(kernel = (8, 1, 3))"
+    )
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))
     axes[0].imshow(p.mask(480), cmap="Greys", interpolation="nearest")
-    axes[0].set_title("Radial Attention's shape on an 8 x 6 x 10 grid (480 tokens):\n"
-                      "frames within 1: whole frames; within 2: 3 x 5; all: 1 x 3", fontsize=9)
+    axes[0].set_title(
+        "Radial Attention's shape on an 8 x 6 x 10 grid (480 tokens):\n"
+        "frames within 1: whole frames; within 2: 3 x 5; all: 1 x 3",
+        fontsize=9,
+    )
     q = 4 * 60 + 3 * 10 + 5  # frame 4, row 3, column 5
     row = p.mask(480)[q].reshape(8, 6, 10)
-    axes[1].imshow(np.concatenate([np.pad(f, 1, constant_values=0.5) for f in row.astype(float)], axis=1),
-                   cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+    axes[1].imshow(
+        np.concatenate([np.pad(f, 1, constant_values=0.5) for f in row.astype(float)], axis=1),
+        cmap="Greys",
+        vmin=0,
+        vmax=1,
+        interpolation="nearest",
+    )
     axes[1].set_title("the keys of the query at frame 4, row 3, column 5, frame by frame", fontsize=9)
     axes[1].set_yticks([])
     axes[1].set_xticks([])
@@ -81,8 +94,10 @@ def tiled_vs_row_major() -> None:
     natural = block_map(p, 4096, 128, 64).status
     tiled = tiled_block_map(p, tiling).status
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    for ax, status, title in ((axes[0], natural, "row-major order"),
-                              (axes[1], tiled, f"tile order: query tiles {tiling.q_tile}, key tiles {tiling.k_tile}")):
+    for ax, status, title in (
+        (axes[0], natural, "row-major order"),
+        (axes[1], tiled, f"tile order: query tiles {tiling.q_tile}, key tiles {tiling.k_tile}"),
+    ):
         visited = int((status != Status.NONE).sum())
         ax.imshow(status, cmap=TILES, vmin=0, vmax=2, interpolation="nearest", aspect="auto")
         ax.set_title(f"{title}\n{visited} of {status.size} tiles visited", fontsize=9)
