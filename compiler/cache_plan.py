@@ -185,10 +185,15 @@ def _from_liveness(layout: Any, patterns: list[Pattern], max_step: int) -> Layou
     return _ring(sink, window, stripes, exact and max_step == 1)
 
 
+MAX_STRIPE_PERIOD = 4096  # column stripes with a longer period are kept as a dense store
+
+
 def _ring(sink: int, window: int, stripes: list[tuple[int, int]], exact: bool) -> Layout:
     mod = 1
     for m, _ in stripes:
         mod = mod * m // math.gcd(mod, m)
+    if mod > MAX_STRIPE_PERIOD:  # the store tracks each residue of the period: keep every key instead
+        return Layout("dense", exact=False)
     res = tuple(sorted({r2 for m, r in stripes for r2 in range(mod) if r2 % m == r}))
     if res and len(res) == mod:
         return Layout("dense", exact=False)

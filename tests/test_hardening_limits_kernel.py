@@ -16,9 +16,7 @@ from attnc.spec.resolve import resolve_text
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-# Not here: sink, global and stride constants near 2**30 pass the kernels' arithmetic, but the
-# decode plan of a causal pattern (codegen.decode_plan) enumerates every key its cache holds and
-# every stride residue, so compiling them takes time and memory linear in the constant.
+# Causal sink, global and stride patterns at 2**30 (their decode plans): tests/test_large_constants.py.
 BIG = [
     "causal & chunk(2**30)",
     "band(-2**30, 2**30)",
