@@ -40,7 +40,7 @@ def test_rendered_modules_are_python_with_torch_and_triton_only():
         tree = ast.parse(text)
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-        assert imported <= {"math", "os", "typing", "torch", "triton"}, imported
+        assert imported <= {"functools", "math", "os", "typing", "torch", "triton"}, imported
         assert "attnc" not in imported
 
 
