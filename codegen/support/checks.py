@@ -13,8 +13,6 @@ from __future__ import annotations
 import math
 import os
 
-import functools
-
 import torch
 
 HEAD_DIMS = (16, 32, 64, 128, 256)
@@ -34,10 +32,15 @@ def dtype_names(dtypes) -> str:
     return ", ".join(str(d).replace("torch.", "") for d in dtypes)
 
 
-@functools.lru_cache(maxsize=64)
+_AXES: dict[str, tuple[str, ...]] = {}
+
+
 def _axes(dims: str) -> tuple[str, ...]:
-    """The axis names of a `dims` text such as "B, H, T, D" (parsed once: checks run per call)."""
-    return tuple(a.strip() for a in dims.split(","))
+    """The axis names of a `dims` text such as "B, H, T, D", parsed once (checks run per call;
+    a plain dict, which torch.compile traces through, where it warns about lru_cache)."""
+    if dims not in _AXES:
+        _AXES[dims] = tuple(a.strip() for a in dims.split(","))
+    return _AXES[dims]
 
 
 def check_tensor(
