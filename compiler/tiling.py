@@ -180,8 +180,9 @@ def _box_axes(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]):
 
 
 def unmasked_boxes(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]) -> int:
-    """Key boxes per query tile that the kernel runs without a mask: those inside a window that
-    every row of the tile shares (every axis anchored, no other literal): floor(K / TK) per axis."""
+    """Key boxes per query tile that lie wholly inside a window every row of the tile shares
+    (every axis anchored, no other literal): floor(K / TK) per axis. Every pair of such a box
+    is useful (the kernel still applies its one-vector mask there: see grid.py.j2)."""
     if len(g.terms) != 1 or g.terms[0].others or not all(anchored(g, a, tq) for a, tq in enumerate(q_tile)):
         return 0
     return math.prod(k // tk for k, tk in zip(g.terms[0].nb.kernel, k_tile))
@@ -214,7 +215,7 @@ def _shapes(tokens: int, dims: tuple[int, ...]) -> list[tuple[int, ...]]:
 
 def choose_tiling(g: GridTerms, block_m: int, block_n: int) -> GridTiling:
     """The tile shapes (BLOCK_M and BLOCK_N tokens) for which the kernel visits the fewest
-    key tiles; ties go to more boxes without a mask (`unmasked_boxes`), then to the shape with
+    key tiles; ties go to more boxes wholly inside a shared window (`unmasked_boxes`), then to the shape with
     wider rows (longer contiguous runs of tokens)."""
     best = None
     for tq in _shapes(block_m, g.dims) or [tuple([1] * (len(g.dims) - 1) + [block_m])]:
