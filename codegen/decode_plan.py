@@ -17,20 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-from ..compiler.cache_plan import (
-    DecodePlanError,
-    Layout,
-    all_visible,
-    budget_at,
-    decodable,  # noqa: F401
-    is_causal_full,
-    keep_only,
-    kv_store,
-    layout_of,
-    plan_error,
-    policy_for,
-)
+from ..compiler.cache_plan import DecodePlanError, Layout, all_visible, budget_at, is_causal_full, kv_store, plan_error
 from ..compiler.ir import Pattern, Program
+from ..compiler.liveness import decodable
 from . import masks
 from .support.cache import HeadRule
 from .support.policies import SCORERS, Policy
@@ -39,7 +28,7 @@ SENTINEL = 1 << 30  # the position stored in an empty slot: no causal pattern al
 HeadPolicy = Policy  # the lossy part of one KV head's cache (support/policies.py)
 
 
-# --------------------------------------------------------------------------- layouts
+# --------------------------------------------------------------------------- the plan
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..compiler.atoms import Cond, Key
+from ..compiler.atoms import Cond, Key, offset_text
 from ..compiler.plan import GroupPlan, SpanTerm, TermPlan
 from . import masks
-
-
-def _offset(var: str, c: int) -> str:
-    if c == 0:
-        return var
-    return f"{var} + {c}" if c > 0 else f"{var} - {-c}"
 
 
 def key_text(key: Key) -> str:
@@ -27,7 +21,7 @@ def key_text(key: Key) -> str:
     if key.var is None:
         return str(key.add)
     base = key.var if key.step == 1 else f"{key.var} // {key.step} * {key.step}"
-    return _offset(base, key.add)
+    return offset_text(base, key.add)
 
 
 def cond_text(cond: Cond) -> str:

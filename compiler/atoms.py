@@ -226,7 +226,7 @@ class Atom(abc.ABC):
         return " & ".join(self.render_parts(q, k))
 
 
-def _offset(var: str, c: int) -> str:
+def offset_text(var: str, c: int) -> str:
     """`var + c` written without `+ -`."""
     if c == 0:
         return var
@@ -333,9 +333,9 @@ class Band(RangeAtom):
         on the column of query positions, leaving one compare per bound per pair."""
         parts = []
         if self.hi is not None:
-            parts.append(f"({k} >= {_offset(q, -self.hi)})")
+            parts.append(f"({k} >= {offset_text(q, -self.hi)})")
         if self.lo is not None:
-            parts.append(f"({k} <= {_offset(q, -self.lo)})")
+            parts.append(f"({k} <= {offset_text(q, -self.lo)})")
         return parts or [f"({k} >= 0)"]
 
     def constrain(self, c):
@@ -770,7 +770,7 @@ class Neighborhood(Atom):
     def render_parts(self, q, k):
         """NATTEN's rule per axis, strides included, on flattened grid positions (axis_low
         written out)."""
-        gq, gk = f"({_offset(q, -self.prefix)})", f"({_offset(k, -self.prefix)})"
+        gq, gk = f"({offset_text(q, -self.prefix)})", f"({offset_text(k, -self.prefix)})"
         parts = [f"({gq} >= 0)", f"({gk} >= 0)", f"({gq} < {self.size})", f"({gk} < {self.size})"]
         stride = self.size
         for length, kernel, dil, causal, st in zip(self.dims, self.kernel, self.dilation, self.causal, self.stride):

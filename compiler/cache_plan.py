@@ -26,7 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .ir import Band, Lit, Pattern, Program
-from .liveness import cache_layout, decodable  # noqa: F401  (decodable: re-exported for codegen)
+from .liveness import cache_layout, decodable
 
 
 class DecodePlanError(ValueError):

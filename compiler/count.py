@@ -24,7 +24,7 @@ import numpy as np
 
 from .algebra import conjoin, simplify
 from .blocks import MAX_BOX_TERMS, block_map, box_pair_count, box_tile_counts, lit_tile, nb_groups
-from .atoms import Conj, crt, meet_range  # noqa: F401  (crt: the analyses' one CRT)
+from .atoms import Conj, meet_range
 from .ir import Lit, Neighborhood, Pattern, Status, Term
 
 MAX_RESIDUE_LOOP = 256  # several periodic atoms in one term: loop over residues up to this period

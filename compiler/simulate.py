@@ -1076,7 +1076,8 @@ def cache_tokens(program: Program, shape: Shape, layer: int) -> tuple[list[int],
     """Tokens each KV head keeps at context n: the lossless layout of compiler/cache_plan.py
     (its liveness analysis), capped by the cache block's budget. (Imported here: the timing
     half of this module also runs on the GPU machine, which has numpy but not the front end.)"""
-    from .cache_plan import decodable, kv_store
+    from .cache_plan import kv_store
+    from .liveness import decodable
 
     if not all(decodable(g.pattern) for g in program.groups):
         from .liveness import NO_DECODE

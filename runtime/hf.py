@@ -60,8 +60,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from ..codegen.decode_plan import DecodePlanError, head_policy, policy_for
+from ..codegen.decode_plan import DecodePlanError, head_policy
 from ..codegen.support.policies import Policy, attention_stats, lowest, priority, rescore
+from ..compiler.cache_plan import policy_for
 from ..compiler.ir import HeadGroup, ModelShape, Pattern, Program
 
 POSITIONS = ("original", "rerotate")
