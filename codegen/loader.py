@@ -15,6 +15,7 @@ cached module never runs.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Mapping
@@ -63,10 +64,13 @@ def import_file(path: PathLike, module_name: str) -> ModuleType:
 def load_program(program: Program) -> ModuleType:
     """Compile an IR program into the cache and import the text just rendered (not whatever
     the cache file holds by the time it is read)."""
-    text = render_module(program)
     path = cached_path(program)
+    name = f"attnc_generated.{path.stem}"
+    if name in sys.modules:  # imported earlier in this process: nothing to render again
+        return sys.modules[name]
+    text = render_module(program)
     write_atomic(path, text)
-    return import_text(text, path, f"attnc_generated.{path.stem}")
+    return import_text(text, path, name)
 
 
 def load(

@@ -10,6 +10,7 @@ drives the reference, the analyses and the kernel. The IR is immutable and hasha
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,9 +92,10 @@ class Term:
     def atoms_of(self, kind: type) -> list[Any]:
         return [lit.atom for lit in self.lits if not lit.negated and isinstance(lit.atom, kind)]
 
-    @property
+    @functools.cached_property
     def conj(self) -> Conj:
-        """The normal form of the term's positive literals (compiler/atoms.py's Conj)."""
+        """The normal form of the term's positive literals (compiler/atoms.py's Conj), computed
+        once per term (the plan and the analyses ask for it in their loops)."""
         return Conj.of(lit.atom for lit in self.lits if not lit.negated)
 
     def __str__(self) -> str:
