@@ -471,6 +471,17 @@ def time_training(mod, n: int, flex_fn, heads: int = 0, causal: bool = True) -> 
     return res
 
 
+def _status(check, module_of) -> str:
+    """A compile check's answer for the first bench module (imported by `module_of`), or why it
+    did not run."""
+    if module_of is None:
+        return "not run"
+    try:
+        return check(module_of())
+    except Exception as exc:
+        return f"FAILED: {type(exc).__name__}: {exc}"[:300]
+
+
 def run(folder: Path, baseline: Path | None = None, decode: bool = True) -> int:
     import torch
     import triton
@@ -506,19 +517,10 @@ def run(folder: Path, baseline: Path | None = None, decode: bool = True) -> int:
     print(f"checks done at {time.perf_counter() - t_start:.0f} s", flush=True)
 
     bench = [m for m in modules if m["bench"]]
-    compile_status = "not run"
-    if bench:
-        try:
-            compile_status = check_compile(import_module(folder / bench[0]["file"]))
-        except Exception as exc:
-            compile_status = f"FAILED: {type(exc).__name__}: {exc}"[:300]
+    first = (lambda: import_module(folder / bench[0]["file"])) if bench else None
+    compile_status = _status(check_compile, first)
     print(f"torch.compile(prefill): {compile_status}", flush=True)
-    train_status = "not run"
-    if bench:
-        try:
-            train_status = check_compile_training(import_module(folder / bench[0]["file"]))
-        except Exception as exc:
-            train_status = f"FAILED: {type(exc).__name__}: {exc}"[:300]
+    train_status = _status(check_compile_training, first)
     print(f"torch.compile(training step): {train_status}", flush=True)
 
     from torch.nn.attention.flex_attention import flex_attention
