@@ -1,7 +1,7 @@
 """The simulator's model of the generated kernel against the kernel itself (TRITON_INTERPRET=1).
 
 `simulate.kernel_segments` evaluates, on numpy arrays, the key-block loops that
-templates/prefill.py.j2 renders from codegen/plan.py; the kernel's TRACE mode records the
+templates/prefill.py.j2 renders from compiler/plan.py; the kernel's TRACE mode records the
 visits it really makes. They must agree key by key, masked and unmasked, so that the
 simulator counts exactly the tiles the kernel runs. `simulate.kernel_config` must pick the
 tiles and grid order that the generated module's `config_for` picks.
