@@ -17,11 +17,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-from ..compiler.cache_plan import DecodePlanError, Layout, all_visible, budget_at, is_causal_full, kv_store, plan_error
+from ..compiler.cache_plan import (
+    DecodePlanError,
+    Layout,
+    all_visible,
+    budget_at,
+    is_causal_full,
+    kv_store,
+    page_size,
+    plan_error,
+    select_units,
+)
 from ..compiler.ir import Pattern, Program
 from ..compiler.liveness import decodable
 from . import masks
 from .support.cache import HeadRule
+from .support.paged import Select
 from .support.policies import SCORERS, Policy
 
 SENTINEL = 1 << 30  # the position stored in an empty slot: no causal pattern allows it
@@ -39,6 +50,7 @@ class HeadPlan:
     policy: HeadPolicy | None
     rerotate: bool
     groups: tuple[int, ...]  # pattern groups of its query heads
+    select: Select | None = None  # decode-time selection (the paged cache)
 
 
 @dataclass(frozen=True)
@@ -97,12 +109,17 @@ class DecodePlan:
                 "describe_literal": _literal(
                     tuple(
                         tuple(
-                            h.layout.describe() + (f" | {_describe_policy(h.policy)}" if h.policy else "") for h in row
+                            h.layout.describe()
+                            + (f" | {_describe_policy(h.policy)}" if h.policy else "")
+                            + (f" | select {h.select.score} {h.select.units} per step" if h.select else "")
+                            for h in row
                         )
                         for row in self.heads
                     )
                 ),
                 "head_dim_literal": _literal(m.head_dim),
+                "page": page_size(self.program),
+                "select_literal": _literal(tuple(tuple(h.select for h in row) for row in self.heads)),
             }
         }
 
@@ -188,6 +205,14 @@ def head_policy(policy: Any, index: int, layer: int, layers: int, max_step: int)
     return hp
 
 
+def _select(rule: tuple[int, Any] | None) -> Select | None:
+    """The decode-time selection of a cache rule, as the paged cache reads it."""
+    sel = getattr(rule[1], "select", None) if rule is not None else None
+    if sel is None:
+        return None
+    return Select(sel.score, select_units(sel), int(rule[1].sink), int(rule[1].recent), rule[1].aggregate)
+
+
 # --------------------------------------------------------------------------- masks
 
 
@@ -235,7 +260,7 @@ def plan_decode(program: Program, *, max_step: int = 1) -> DecodePlan | None:
                     visible_cache[key] = all_visible(layout, pats, max_step)
                 vis = visible_cache[key]
             layer_masked |= not vis
-            row.append(HeadPlan(layout, policy, bool(rerotate), gids))
+            row.append(HeadPlan(layout, policy, bool(rerotate), gids, _select(store.rule)))
         heads.append(tuple(row))
         masked.append(layer_masked)
     used = sorted({g for row in table for g in row})

@@ -314,6 +314,12 @@ def kv_store(program: Program, layer: int, kv: int, max_step: int = 1) -> KvStor
     if rule is None:
         return KvStore(layout, None, None, gids)
     policy = rule[1]
+    if getattr(policy, "select", None) is not None and layout.kind != "dense":
+        raise plan_error(
+            policy,
+            f"select reads pages of a whole cache, but the pattern of KV head {kv} in layer {layer} keeps only "
+            f"{layout.describe()}: select on heads whose pattern keeps every key (causal)",
+        )
     budget, mean = budget_at(policy, layer, m.layers)
     if budget is None and mean is None:
         return KvStore(layout, None, rule, gids)
@@ -321,6 +327,20 @@ def kv_store(program: Program, layer: int, kv: int, max_step: int = 1) -> KvStor
         kept = keep_only(layout, policy.sink, policy.recent)
         return KvStore(kept, None, rule, gids, lossless=kept == layout)
     return KvStore(layout, budget if budget is not None else mean, rule, gids, lossless=False)
+
+
+def page_size(program: Program) -> int:
+    """Tokens per page of the paged cache: the page of the file's page selections (one size
+    per file), else 16."""
+    pages = {c.select.page for c in program.cache if getattr(c, "select", None) is not None and c.select.score != "tokens"}
+    if len(pages) > 1:
+        raise DecodePlanError(f"the selections of a file share one page size; this one uses {sorted(pages)}")
+    return pages.pop() if pages else 16
+
+
+def select_units(select: Any) -> int:
+    """Units a selection chooses per step: tokens (`tokens`), else whole pages of its budget."""
+    return select.budget if select.score == "tokens" else -(-select.budget // select.page)
 
 
 def lossless_rules(program: Program) -> dict[int, bool]:

@@ -198,16 +198,24 @@ class Setting(Node):
     value: str
 
 
-CacheItem = Union[Budget, Keep, Evict, Setting]
+class Select(Node):
+    """`select quest(budget = 4096, page = 16)`: read only the pages (or tokens) that score
+    best against each decode step's query; the cache itself keeps everything."""
+
+    score: str
+    options: list[Arg]
+
+
+CacheItem = Union[Budget, Keep, Evict, Setting, Select]
 
 
 class CacheSection(Node):
     selector: Selector
-    items: list[Union[Budget, Keep, Evict, Setting, "CacheSection"]]
+    items: list[Union[Budget, Keep, Evict, Setting, Select, "CacheSection"]]
 
 
 class CacheDecl(Node):
-    items: list[Union[Budget, Keep, Evict, Setting, CacheSection]]
+    items: list[Union[Budget, Keep, Evict, Setting, Select, CacheSection]]
 
 
 # ---------------------------------------------------------------- file level

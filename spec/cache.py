@@ -12,6 +12,8 @@ Meaning of the rules (docs/language.md):
 - With `budget = full`, nothing is evicted (an inherited `evict` is dropped).
 - A budget smaller than sink + recent is an error.
 - Eviction timing defaults per score: snapkv and key_norm at prefill, h2o and tova at decode.
+- `select` keeps the whole cache (the budget is full) and reads, at each decode step, the
+  keep rules plus the best pages (or tokens) by its score; it takes no `evict`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from . import ast
 from .errors import one_of, suggest
 from .intexpr import INT64_MAX, give_model
 from .limits import position_problem
-from .resolved import CachePolicy, RBudget, REvict
+from .resolved import CachePolicy, RBudget, REvict, RSelect
 from .select import Selection
 from .shape import Pair, blocks
 
@@ -34,6 +36,13 @@ SCORES: dict[str, dict[str, tuple[object, tuple[str, ...] | None]]] = {
     "tova": {},
     "key_norm": {},
 }
+# selection score -> its options (page: tokens per page; tokens selects single tokens)
+SELECT_SCORES: dict[str, tuple[str, ...]] = {
+    "quest": ("budget", "page"),
+    "mean": ("budget", "page"),
+    "tokens": ("budget",),
+}
+PAGE_SIZES = (16, 32, 64, 128, 256)
 DEFAULT_TIMING = {"snapkv": "prefill", "key_norm": "prefill", "h2o": "decode", "tova": "decode"}
 SETTINGS = {"aggregate": ("mean", "max", "sum"), "positions": ("original", "rerotate")}
 ALLOCATORS = ("cake",)
@@ -73,7 +82,7 @@ def _keeps_matter(cells: list[_Cell], selection: Selection) -> None:
     matters: dict[tuple[str, ast.Loc], bool] = {}
     for cell in cells:
         budget = cell.fields.get("budget", (None, cell.origin))[0]
-        full = isinstance(budget, RBudget) and budget.kind == "full"
+        full = isinstance(budget, RBudget) and budget.kind == "full" and "select" not in cell.fields
         for kind in ("sink", "recent"):
             if kind in cell.fields:
                 key = (kind, cell.fields[kind][1])
@@ -158,6 +167,28 @@ def _rule_name(key: str) -> str:
     return f"keep {key}" if key in ("sink", "recent") else key
 
 
+def _selects(fields: dict[str, Field], selection: Selection) -> bool | None:
+    """Whether a selection is in force; None after reporting a rule it cannot go with
+    (selection keeps the whole cache: no budget but full, no evict)."""
+    if "select" not in fields:
+        return False
+    loc = fields["select"][1]
+    budget = _value(fields, "budget", None)
+    if budget is not None and budget.kind != "full":
+        selection.reporter.error(
+            loc,
+            "select keeps the whole cache and reads a budget of it per step: it cannot go with a cache budget",
+            "remove the budget here (or write budget = full); the select's own budget is what each step reads",
+        )
+        return None
+    if _value(fields, "evict", None) is not None:
+        selection.reporter.error(
+            loc, "select keeps the whole cache: it cannot go with an evict rule", "remove the evict rule or the select"
+        )
+        return None
+    return True
+
+
 def _evaluate(item: object, selection: Selection) -> object | None:
     if isinstance(item, ast.Budget):
         return _budget(item, selection)
@@ -167,7 +198,42 @@ def _evaluate(item: object, selection: Selection) -> object | None:
         return _evict(item, selection)
     if isinstance(item, ast.Setting):
         return _setting(item, selection)
+    if isinstance(item, ast.Select):
+        return _select(item, selection)
     return None
+
+
+def _select(item: ast.Select, selection: Selection) -> RSelect | None:
+    """`select quest(4096, page = 16)`, `select mean(4096, page = 16)`, `select tokens(2048)`:
+    the tokens each step reads (besides the keep rules), and the page size."""
+    known = SELECT_SCORES.get(item.score)
+    if known is None:
+        hint = suggest(item.score, SELECT_SCORES) or f"the selection scores are {one_of(SELECT_SCORES)}"
+        selection.reporter.error(item.loc, f"unknown selection score '{item.score}'", hint)
+        return None
+    example = f"select {item.score}(4096{', page = 16' if 'page' in known else ''})"
+    budgets = [o for o in item.options if o.name is None]
+    if len(budgets) != 1:
+        where = budgets[1].loc if len(budgets) > 1 else item.loc
+        selection.reporter.error(where, f"select {item.score} takes one budget: the tokens each step reads", f"as in {example}")
+        return None
+    values: dict[str, int] = {}
+    for option in item.options:
+        name = option.name or "budget"
+        if name != "budget" and (name not in known or name in values):
+            _bad_option(option, item.score, tuple(k for k in known if k != "budget"), selection)
+            return None
+        value = _positive(option.value, f"{item.score}'s {name}", selection)
+        if value is None:
+            return None
+        values[name] = value
+    page = values.get("page", 16)
+    if page not in PAGE_SIZES:
+        selection.reporter.error(
+            item.loc, f"a page of {page} tokens is not supported", f"the page sizes are {one_of(PAGE_SIZES)}"
+        )
+        return None
+    return RSelect(score=item.score, budget=values["budget"], page=page)  # type: ignore[arg-type]
 
 
 def _positive(expr: ast.ArgValue, what: str, selection: Selection, minimum: int = 1) -> int | None:
@@ -327,6 +393,11 @@ def _policy(fields: dict[str, Field], origin: ast.Loc, selection: Selection) -> 
     depend on it still run, and no policy is made.
     """
     failed = {key for key, (value, _) in fields.items() if value is None}
+    selects = _selects(fields, selection)
+    if selects is None:
+        return None
+    if selects:
+        fields = {**fields, "budget": (RBudget(kind="full"), fields["select"][1])}
     sink = _value(fields, "sink", 0) or 0
     recent = _value(fields, "recent", 0) or 0
     keep = sink + recent
@@ -348,6 +419,7 @@ def _policy(fields: dict[str, Field], origin: ast.Loc, selection: Selection) -> 
         sink=sink,
         recent=recent,
         evict=evict,
+        select=_value(fields, "select", None),
         aggregate=_value(fields, "aggregate", "mean"),
         positions=_value(fields, "positions", "original"),
         loc=origin,

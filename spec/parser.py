@@ -373,6 +373,10 @@ class _Builder(Transformer_NonRecursive):
             return ("timing", None)
         return ("timing", str(c[0]))
 
+    def select_item(self, meta: Meta, c: list[Any]) -> ast.Select:
+        options = [_word_arg(a) for a in c[1:] if isinstance(a, ast.Arg)]
+        return ast.Select(loc=self.loc(meta), score=str(c[0]), options=options)
+
     def setting_item(self, meta: Meta, c: list[Token]) -> ast.Setting:
         return ast.Setting(loc=self.loc(meta), name=str(c[0]), value=str(c[1]))
 

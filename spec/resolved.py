@@ -129,6 +129,16 @@ class REvict(Frozen):
     timing: Literal["prefill", "decode"]
 
 
+class RSelect(Frozen):
+    """Decode-time selection: each step reads the `budget` best tokens' worth of pages
+    (`page` tokens each) by `score` (quest: Quest's bound from per-page channel min/max;
+    mean: the page's mean key; tokens: exact top-k tokens, TokenSelect), plus the keep rules."""
+
+    score: Literal["quest", "mean", "tokens"]
+    budget: int
+    page: int = 16
+
+
 class CachePolicy(Frozen):
     """The cache settings that apply to a set of (layer, KV head) pairs."""
 
@@ -136,6 +146,7 @@ class CachePolicy(Frozen):
     sink: int = 0
     recent: int = 0
     evict: REvict | None = None
+    select: RSelect | None = None
     aggregate: Literal["mean", "max", "sum"] = "mean"
     positions: Literal["original", "rerotate"] = "original"
     layers: tuple[int, ...] | None = None
