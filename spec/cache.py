@@ -170,7 +170,7 @@ def _rule_name(key: str) -> str:
 def _selects(fields: dict[str, Field], selection: Selection) -> bool | None:
     """Whether a selection is in force; None after reporting a rule it cannot go with
     (selection keeps the whole cache: no budget but full, no evict)."""
-    if "select" not in fields:
+    if fields.get("select", (None,))[0] is None:
         return False
     loc = fields["select"][1]
     budget = _value(fields, "budget", None)

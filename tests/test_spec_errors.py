@@ -133,6 +133,30 @@ BAD_INPUTS = [
         "add an evict rule, as in evict snapkv at prefill, or make the budget sink + recent",
     ),
     (
+        "pattern p = causal\ncache { select qest(64) }",
+        "2:9",
+        "unknown selection score 'qest'",
+        "did you mean 'quest'?",
+    ),
+    (
+        "pattern p = causal\ncache { select quest(64, page = 12) }",
+        "2:9",
+        "a page of 12 tokens is not supported",
+        "the page sizes are '16', '32', '64', '128' or '256'",
+    ),
+    (
+        "pattern p = causal\ncache { select tokens(64, page = 16) }",
+        "2:27",
+        "tokens takes no options",
+        None,
+    ),
+    (
+        "pattern p = causal\ncache { budget = 100 select quest(64) }",
+        "2:22",
+        "select keeps the whole cache and reads a budget of it per step: it cannot go with a cache budget",
+        "remove the budget here (or write budget = full); the select's own budget is what each step reads",
+    ),
+    (
         "pattern p = causal\ncache { budget = 10 evict snapkv(windw = 3) }",
         "2:34",
         "snapkv has no option 'windw'",

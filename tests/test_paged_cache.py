@@ -1,0 +1,208 @@
+"""The paged cache (codegen/support/paged.py) and decode-time selection.
+
+- Every causal case of tests/cases.py whose cache keeps its keys (no eviction policy, no
+  selection): the paged cache decodes like the packed one, step by step.
+- Selection: the chosen pages (tokens) equal the torch reference's, which scores the keys
+  themselves with block_scores (not the summaries kept on append) at every step, with ties
+  (integer-valued keys and queries); the paged kernel equals its torch reference.
+- The pool: random appends across rows of different lengths sharing one pool, and releases:
+  no page lost, leaked or shared by mistake (hypothesis).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cases import cases
+from test_decode_support import causal, module, program, rand, sink, window
+
+from attnc.codegen.decode_plan import plan_decode
+from attnc.spec.resolve import resolve_text
+from attnc.compiler.lower import lower
+
+M = "model { layers = 1, heads = 4, kv_heads = 2, head_dim = 16 }\n"
+
+
+def _lossless(case):
+    """(program, its module) when the case decodes and keeps its keys without a policy."""
+    prog = case.program
+    plan = plan_decode(prog)
+    if plan is None or any(h.policy is not None or h.select is not None for row in plan.heads for h in row):
+        return None
+    return prog
+
+
+LOSSLESS = [c for c in cases(causal=True, grid=False) if _lossless(c) is not None]
+
+
+@pytest.mark.parametrize("case", LOSSLESS, ids=str)
+def test_paged_decodes_like_packed(case):
+    prog = case.program
+    _, mod = module(prog)
+    m = prog.model
+    D = m.head_dim or 16
+    B, N, pre = 2, 21, 6
+    layers = sorted({0, m.layers - 1})
+    q = rand(B, m.heads, N, D, seed=1)
+    k = rand(B, m.kv_heads, N, D, seed=2)
+    v = rand(B, m.kv_heads, N, D, seed=3)
+    packed = mod.Cache(B, dtype=torch.float32, head_dim=D)
+    paged = mod.PagedCache(B, dtype=torch.float32, head_dim=D, pages=4 * m.kv_heads * B)
+    for layer in layers:
+        for c in (packed, paged):
+            c.append(layer, k[:, :, :pre], v[:, :, :pre])
+    for t in range(pre, N):
+        for layer in layers:
+            for c in (packed, paged):
+                c.append(layer, k[:, :, t : t + 1], v[:, :, t : t + 1])
+            qs = q[:, :, t : t + 1]
+            want = mod.decode_reference(qs, packed.view(layer))
+            torch.testing.assert_close(paged.decode(layer, qs), want, atol=1e-5, rtol=0)
+            torch.testing.assert_close(paged.decode_reference(layer, qs), want, atol=1e-5, rtol=0)
+            for b in range(B):
+                for h in range(m.kv_heads):
+                    assert paged.kept(layer, b, h) == packed.kept(layer, b, h)
+
+
+def _select_module(rule: str, heads=4, kv_heads=2):
+    text = f"model {{ layers = 1, heads = {heads}, kv_heads = {kv_heads}, head_dim = 16 }}\n"
+    text += f"pattern p = causal\ncache {{ {rule} }}\n"
+    prog = lower(resolve_text(text, "sel.attn"))
+    return module(prog)[1]
+
+
+def _ints(*shape, seed):
+    """Small integers as floats: every score is exact, so ties are real ties."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-2, 3, shape, generator=g).float()
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "select quest(48, page = 16)",
+        "select quest(32, page = 16) keep sink(4) keep recent(20) aggregate = max",
+        "select mean(32, page = 16) keep recent(3)",
+        "select tokens(9) keep sink(2) keep recent(4) aggregate = sum",
+        "kv_heads 1 { select quest(16, page = 16) }",
+    ],
+)
+def test_selection_matches_reference_step_by_step(rule):
+    mod = _select_module(rule)
+    B, H, Hk, D, N = 2, 4, 2, 16, 90
+    q, k, v = _ints(B, H, N, D, seed=1), _ints(B, Hk, N, D, seed=2), rand(B, Hk, N, D, seed=3)
+    cache = mod.PagedCache(B, dtype=torch.float32)
+    cache.append(0, k[:, :, :40], v[:, :, :40])
+    for t in range(40, N):
+        cache.append(0, k[:, :, t : t + 1], v[:, :, t : t + 1])
+        qs = q[:, :, t : t + 1]
+        out = cache.decode(0, qs)
+        got = cache.selected(0)
+        ref = cache.decode_reference(0, qs)
+        want = cache.selected(0)  # decode_reference chose again, from the keys
+        assert got.keys() == want.keys() and got
+        for h in got:
+            assert torch.equal(got[h], want[h]), (t, h, got[h], want[h])
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+
+
+def test_selection_ties_go_to_the_lowest_page():
+    """Equal keys everywhere: every page scores the same, the first pages are chosen."""
+    mod = _select_module("select quest(32, page = 16)")
+    B, Hk, D = 1, 2, 16
+    cache = mod.PagedCache(B, dtype=torch.float32)
+    ones = torch.ones(B, Hk, 100, D)
+    cache.append(0, ones, ones)
+    cache.decode(0, torch.ones(B, 4, 1, D))
+    assert cache.selected(0)[0].tolist() == [[0, 1]]  # pages 0, 1 of 0..5; page 6 is the newest
+
+
+def test_selection_reads_the_keep_rules_and_the_chosen_pages():
+    """A query that matches one page only: the output is that page's values (and the newest
+    page's), never an unread page's."""
+    mod = _select_module("select quest(16, page = 16)", heads=1, kv_heads=1)
+    D = 16
+    k = torch.zeros(1, 1, 64, D)
+    v = torch.zeros(1, 1, 64, D)
+    k[0, 0, 20, 0] = 50.0  # page 1
+    v[0, 0, 20] = 1.0
+    cache = mod.PagedCache(1, dtype=torch.float32)
+    cache.append(0, k, v)
+    q = torch.zeros(1, 1, 1, D)
+    q[..., 0] = 1.0
+    out = cache.decode(0, q)
+    assert cache.selected(0)[0].tolist() == [[1]]
+    assert out[0, 0, 0, 0] > 0.99
+
+
+# ------------------------------------------------------------------ the pool
+
+
+RING = program(causal(sink(2), window(5)), heads=2, kv_heads=2)
+MIXED = program([causal()] * 2 + [causal(sink(1), window(7))] * 2)
+
+
+def _audit(cache, layer):
+    """No page lost, leaked or shared: every pool page is free or held by exactly the one
+    (row, head) whose table names it."""
+    L = cache._layers[layer]
+    pool = L.pool
+    held = [(pg, (b, h)) for b, row in enumerate(L.tables) for h, t in enumerate(row) for pg in t.values()]
+    pages = [pg for pg, _ in held]
+    assert len(pages) == len(set(pages)), "a page is in two tables"
+    assert dict(held) == pool.owner, "the pool's owners differ from the tables"
+    free = pool._free
+    assert len(free) == len(set(free)) and not set(free) & set(pages), "a free page is held"
+    assert len(free) + len(pages) == pool.capacity, "a page is lost"
+    for b, row in enumerate(L.tables):
+        n = L.n[b]
+        for h, t in enumerate(row):
+            sink_, lo = L.bounds(h, n)
+            live = {p // cache.page for p in range(n) if p < sink_ or p >= lo}
+            assert set(t) == live, (b, h, sorted(t), sorted(live))
+            assert L.list is not None or not t
+            assert L.list is None or L.list[b, h, : len(t)].tolist() == list(t.values())
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.sampled_from([RING, MIXED]),
+    st.lists(
+        st.tuples(st.sampled_from(["append", "release"]), st.sets(st.integers(0, 2), min_size=1), st.integers(1, 40)),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_pool_random_appends(prog, ops):
+    _, mod = module(prog)
+    cache = mod.PagedCache(3, dtype=torch.float32, head_dim=16)
+    for op, rows, T in ops:
+        rows = sorted(rows)
+        if op == "release":
+            cache.release(rows[0])
+        else:
+            x = torch.zeros(len(rows), 2, T, 16)
+            cache.append(0, x, x, rows=rows)
+        _audit(cache, 0)
+
+
+def test_rows_of_different_lengths_decode_like_the_reference():
+    _, mod = module(MIXED)
+    cache = mod.PagedCache(2, dtype=torch.float32, head_dim=16)
+    cache.append(0, rand(2, 2, 9, 16, seed=1), rand(2, 2, 9, 16, seed=2))
+    cache.append(0, rand(1, 2, 30, 16, seed=3), rand(1, 2, 30, 16, seed=4), rows=[1])
+    q = rand(2, 4, 1, 16, seed=5)
+    assert cache.seen(0) == [9, 39]
+    torch.testing.assert_close(cache.decode(0, q), cache.decode_reference(0, q), atol=1e-5, rtol=0)
+
+
+def test_fixed_pool_full_is_an_error():
+    _, mod = module(MIXED)
+    cache = mod.PagedCache(1, dtype=torch.float32, head_dim=16, pages=2)
+    x = torch.zeros(1, 2, 16, 16)
+    cache.append(0, x, x)
+    with pytest.raises(mod.CacheError, match="pages are all held"):
+        cache.append(0, x, x)
