@@ -98,12 +98,13 @@ class PagePool:
 
 @triton.jit
 def _pg_score_kernel(
-    Q, SA, SB, LIST, NUB, HI, OUT, T, NU, LW, NH, page,
-    H_KV: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr, RP: tl.constexpr, MODE: tl.constexpr,
+    Q, SA, SB, LIST, NTOK, HI, OUT, T, NU, LW, NH, page,
+    H_KV: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr, RP: tl.constexpr, USZ: tl.constexpr, MODE: tl.constexpr,
     AGG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_U: tl.constexpr, DOT_PREC: tl.constexpr,
 ):  # fmt: skip
     """Scores of the units (pages, or tokens) u of one selecting head against its G * T query
-    rows, aggregated over the rows: OUT (B, NH, NU) float32, -inf past the row's NUB units.
+    rows, aggregated over the rows: OUT (B, NH, NU) float32, -inf past the row's units (its
+    NTOK tokens in units of USZ).
     Unit u is row (LIST[u // RP] * RP + u % RP) of SA (and SB). MODE 0: Quest's bound
     (SA min, SB max); 1: q . (SA / tokens in the page) (the mean key); 2: q . SA (keys)."""
     pid = tl.program_id(0)
@@ -111,7 +112,7 @@ def _pg_score_kernel(
     i = pid % NH
     h = tl.load(HI + i)
     u = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
-    nub = tl.load(NUB + b)
+    nub = (tl.load(NTOK + b) + USZ - 1) // USZ
     ok_u = u < nub
     entry = tl.load(LIST + (b * H_KV + h) * LW + u // RP, mask=ok_u, other=0)
     row = entry.to(tl.int64) * RP + u % RP
@@ -165,7 +166,7 @@ class _PgLayer:
         for h, s in enumerate(self.select):
             if s is not None:
                 groups.setdefault(s, []).append(h)
-        self.groups = list(groups.items())
+        self.groups = [(s, tuple(hs)) for s, hs in groups.items()]
 
     def bounds(self, h: int, n: int) -> tuple[int, int]:
         """(sink, lo): the head holds positions < sink and >= lo (dead pages are freed)."""
@@ -306,6 +307,9 @@ class PagedCacheBase:
         L.pool.grow(pages)
         if old == 0:
             Hk = len(L.rules)
+            L.heads_of = {tuple(hs): torch.tensor(hs, dtype=torch.int64, device=dev) for _, hs in L.groups}
+            units = [1 if s is not None and s.score == "tokens" else P for s in L.select]
+            L.units = torch.tensor(units, dtype=torch.int32, device=dev)
             L.sinks = torch.zeros(Hk, dtype=torch.int32, device=dev)
             L.list = torch.full((self.batch, Hk, 16), -1, dtype=torch.int32, device=dev)
             L.llen_host = [[0] * Hk for _ in range(self.batch)]
@@ -346,49 +350,50 @@ class PagedCacheBase:
 
     # -------------------------------------------------------------- selection
 
-    def _static(self, L, s: Select, unit: int, T: int) -> list[list[int]]:
-        """Per row, the logical units the keep rules always read: those holding positions
-        < sink, and the newest max(recent, T) positions (the step's own tokens)."""
-        out = []
-        for n in L.n:
-            nu = -(-n // unit)
-            first = [u for u in range(min(-(-s.sink // unit), nu))]
-            last = range(max((n - max(s.recent, T)) // unit, 0), nu)
-            out.append(first + [u for u in last if u not in first])
-        return out
+    def _static(self, L, s: Select, unit: int, T: int):
+        """(B, W) logical units the keep rules always read, -1 padded (those holding positions
+        < sink, and the newest max(recent, T): the step's own tokens), and (B, 1) bounds
+        [lo, hi) of the units the selection chooses from. Device arithmetic only (no sync)."""
+        dev = self.device
+        n = L.ntok.to(torch.int64)[:, None]
+        nu = (n + unit - 1) // unit
+        ws = -(-s.sink // unit)
+        r = max(s.recent, T)
+        first = torch.arange(ws, device=dev)[None, :]
+        first = torch.where(first < nu, first, -1)
+        start = ((n - r) // unit).clamp_min(0)
+        last = start + torch.arange(-(-r // unit) + 1, device=dev)[None, :]
+        last = torch.where((last < nu) & (last >= ws), last, -1)
+        return torch.cat([first.expand(self.batch, -1), last], 1), torch.full_like(start, ws), start
 
     def _choose(self, L, q, s: Select, heads, reference=False):
         """The chosen logical units (B, len(heads), s.units) of one selection, -1 padded: the
-        units with the best scores that the keep rules do not read already."""
+        best scores among the units the keep rules do not read already."""
         unit = 1 if s.score == "tokens" else self.page
-        T = q.shape[2]
-        static = self._static(L, s, unit, T)
-        nub = [-(-n // unit) for n in L.n]
-        NU = max(max(nub), 1)
-        scores = self._scores_ref(L, q, s, heads, NU) if reference else self._scores(L, q, s, heads, NU, nub)
-        mask = torch.zeros((self.batch, NU), dtype=torch.bool)
-        for b, st in enumerate(static):
-            mask[b, st] = True
-        scores = scores.masked_fill(mask.to(scores.device)[:, None, :], float("-inf"))
+        static, lo, hi = self._static(L, s, unit, q.shape[2])
+        NU = max(-(-max(L.n) // unit), 1)
+        scores = self._scores_ref(L, q, s, heads, NU) if reference else self._scores(L, q, s, heads, NU)
+        u = torch.arange(NU, device=self.device)[None, :]
+        scores = scores.masked_fill(((u < lo) | (u >= hi))[:, None, :], float("-inf"))
         chosen = top_blocks(scores, s.units)
         if chosen.shape[-1] < s.units:
             pad = chosen.new_full((*chosen.shape[:-1], s.units - chosen.shape[-1]), -1)
             chosen = torch.cat([chosen, pad], -1)
         return chosen, static
 
-    def _scores(self, L, q, s: Select, heads, NU, nub):
+    def _scores(self, L, q, s: Select, heads, NU):
         """The scores (B, nh, NU) of every unit of the selecting heads, by _pg_score_kernel."""
         B, H, T, D = q.shape
         G = H // len(L.rules)
         dev = self.device
-        hi = torch.tensor(heads, dtype=torch.int32, device=dev)
+        hi = L.heads_of[heads]
         out = torch.empty((B, len(heads), NU), dtype=torch.float32, device=dev)
         mode = {"quest": 0, "mean": 1, "tokens": 2}[s.score]
         sa, sb = {0: (L.smin, L.smax), 1: (L.ssum, L.ntok), 2: (L.k, L.k)}[mode]
         block_u = 64 if mode == 0 else 32
         _pg_score_kernel[(B * len(heads), triton.cdiv(NU, block_u))](
-            q, sa, sb, L.list, torch.tensor(nub, dtype=torch.int32, device=dev), hi, out, T, NU, L.list.shape[2],
-            len(heads), self.page, H_KV=len(L.rules), G=G, HEAD_DIM=D, RP=self.page if mode == 2 else 1, MODE=mode,
+            q, sa, sb, L.list, L.ntok, hi, out, T, NU, L.list.shape[2], len(heads), self.page,
+            H_KV=len(L.rules), G=G, HEAD_DIM=D, RP=self.page if mode == 2 else 1, USZ=1 if mode == 2 else self.page, MODE=mode,
             AGG=_PG_AGG[s.aggregate], BLOCK_M=max(16, triton.next_power_of_2(G * T)), BLOCK_U=block_u,
             DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         )  # fmt: skip
@@ -426,18 +431,15 @@ class PagedCacheBase:
     def _lists(self, L, q, reference=False):
         """(list, lengths, units per head, most tokens read by a head) for the kernel: the held
         pages; for selecting heads, the keep rules' units and the chosen ones."""
-        units = [self.page] * len(L.rules)
         tokens = max(max(r) for r in L.llen_host) * self.page
         if not L.groups:
-            return L.list, L.llen, torch.tensor(units, dtype=torch.int32, device=self.device), tokens
+            return L.list, L.llen, L.units, tokens
         parts = []
         for s, heads in L.groups:
             chosen, static = self._choose(L, q, s, heads, reference)
             L.chosen.update({h: chosen[:, i] for i, h in enumerate(heads)})
-            width = max(len(st) for st in static)
-            st = torch.tensor([st + [-1] * (width - len(st)) for st in static], dtype=torch.int64, device=self.device)
-            logical = torch.cat([st[:, None, :].expand(-1, len(heads), -1), chosen.to(torch.int64)], -1)
-            hi = torch.tensor(heads, dtype=torch.int64, device=self.device)
+            logical = torch.cat([static[:, None, :].expand(-1, len(heads), -1), chosen.to(torch.int64)], -1)
+            hi = L.heads_of[heads]
             held = L.list.index_select(1, hi).to(torch.int64)
             if s.score == "tokens":
                 page = torch.gather(held, 2, (logical.clamp_min(0) // self.page))
@@ -445,10 +447,7 @@ class PagedCacheBase:
             else:
                 phys = torch.gather(held, 2, logical.clamp_min(0))
             parts.append((hi, torch.where(logical >= 0, phys, -1).to(torch.int32)))
-            unit = 1 if s.score == "tokens" else self.page
-            for h in heads:
-                units[h] = unit
-            tokens = max(tokens, logical.shape[-1] * unit)
+            tokens = max(tokens, logical.shape[-1] * (1 if s.score == "tokens" else self.page))
         width = max(L.list.shape[2], *(p.shape[-1] for _, p in parts))
         lst = torch.full((self.batch, len(L.rules), width), -1, dtype=torch.int32, device=self.device)
         lst[:, :, : L.list.shape[2]] = L.list
@@ -457,7 +456,7 @@ class PagedCacheBase:
             lst[:, hi] = -1
             lst[:, hi, : p.shape[-1]] = p
             llen[:, hi] = p.shape[-1]
-        return lst, llen, torch.tensor(units, dtype=torch.int32, device=self.device), tokens
+        return lst, llen, L.units, tokens
 
     def selected(self, layer):
         """{kv head: (B, units) logical pages (tokens for `tokens`) the last decode chose, -1 padded}."""
