@@ -100,7 +100,7 @@ class PagePool:
 def _pg_score_kernel(
     Q, SA, SB, LIST, NTOK, HI, OUT, T, NU, LW, NH, page,
     H_KV: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr, RP: tl.constexpr, USZ: tl.constexpr, MODE: tl.constexpr,
-    AGG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_U: tl.constexpr, DOT_PREC: tl.constexpr,
+    AGG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_U: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     """Scores of the units (pages, or tokens) u of one selecting head against its G * T query
     rows, aggregated over the rows: OUT (B, NH, NU) float32, -inf past the row's units (its
@@ -123,11 +123,13 @@ def _pg_score_kernel(
         Q + ((b * H_KV + h) * G * T + offs_m)[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0
     )
     a = tl.load(SA + row[:, None] * HEAD_DIM + offs_d[None, :], mask=ok_u[:, None], other=0.0)
+    if UPCAST:  # the Triton 3.6 interpreter multiplies bf16 wrongly: compute in fp32 there
+        q = q.to(tl.float32)
+        a = a.to(tl.float32)
     if MODE == 0:
-        hi = tl.load(SB + row[:, None] * HEAD_DIM + offs_d[None, :], mask=ok_u[:, None], other=0.0)
-        zero = tl.zeros_like(q)
-        s = tl.dot(tl.maximum(q, zero), tl.trans(hi), input_precision=DOT_PREC)
-        s = tl.dot(tl.minimum(q, zero), tl.trans(a), s, input_precision=DOT_PREC)
+        hi = tl.load(SB + row[:, None] * HEAD_DIM + offs_d[None, :], mask=ok_u[:, None], other=0.0).to(a.dtype)
+        s = tl.dot(tl.where(q > 0, q, 0.0).to(a.dtype), tl.trans(hi), input_precision=DOT_PREC)
+        s = tl.dot(tl.where(q < 0, q, 0.0).to(a.dtype), tl.trans(a), s, input_precision=DOT_PREC)
     elif MODE == 1:
         cnt = tl.minimum(tl.load(SB + b) - u * page, page)  # SB: the row's tokens
         mean = a.to(tl.float32) / tl.maximum(cnt, 1).to(tl.float32)[:, None]
@@ -395,7 +397,7 @@ class PagedCacheBase:
             q, sa, sb, L.list, L.ntok, hi, out, T, NU, L.list.shape[2], len(heads), self.page,
             H_KV=len(L.rules), G=G, HEAD_DIM=D, RP=self.page if mode == 2 else 1, USZ=1 if mode == 2 else self.page, MODE=mode,
             AGG=_PG_AGG[s.aggregate], BLOCK_M=max(16, triton.next_power_of_2(G * T)), BLOCK_U=block_u,
-            DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+            DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=q.dtype == torch.bfloat16 and interpreting(),
         )  # fmt: skip
         return out
 

@@ -1,0 +1,238 @@
+"""Decode with selection: the paged cache's Quest-like step against SDPA over the full cache,
+and the update of score-every-step caches (H2O, TOVA) against a decode step.
+
+B=8, 32 query heads, 8 KV heads, D=128, bf16, context 131072 (--smoke: tiny, on the CPU too):
+  - SDPA over the full cache (enable_gqa=True);
+  - the paged cache with `select quest(4096, page = 16)`: one step = the pages' scores, the
+    top-k (ties to the lowest page) and the kernel over the chosen pages, eager and as a CUDA
+    graph; the selection alone; the paged kernel over every page (no selection);
+  - bytes read / time: the chosen pages' K and V plus the page summaries (selection), or the
+    whole K and V (SDPA, paged full);
+  - H2O and TOVA (packed cache, budget 4096, sink 4, recent 64): one update (append of one
+    token with its scoring and eviction) and one decode step, eager. The paged cache does
+    not serve eviction policies (it says so).
+Correctness first, at a small size: the step against its torch reference (the selection
+recomputed from the keys), and the paged full decode against SDPA.
+
+Two steps, so that the GPU machine needs neither lark nor pydantic:
+    python bench/decode_select.py generate        # here: render the modules into bench/generated/
+    python bench/decode_select.py run [--smoke]   # there: import them, check, time, print
+`run` writes its numbers to $OUT/decode_select.json (OUT unset: ./out/decode_select.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+GEN = HERE / "generated"
+B, H, HK, D = 8, 32, 8, 128
+N = 131072
+BUDGET, PAGE = 4096, 16
+MODEL = f"model {{ layers = 1, heads = {H}, kv_heads = {HK}, head_dim = {D} }}\npattern p = causal\n"
+TEXTS = {
+    "select_quest": MODEL + f"cache {{ select quest({BUDGET}, page = {PAGE}) }}\n",
+    "select_full": MODEL,
+    "evict_h2o": MODEL + f"cache {{ budget = {BUDGET} keep sink(4) keep recent(64) evict h2o }}\n",
+    "evict_tova": MODEL + f"cache {{ budget = {BUDGET} keep sink(4) keep recent(64) evict tova }}\n",
+}
+
+
+def generate(out: Path = GEN) -> None:
+    from attnc.codegen.decode_plan import plan_decode
+    from attnc.codegen.writer import write_decode_module
+    from attnc.compiler.lower import lower
+    from attnc.spec.resolve import resolve_text
+
+    for name, text in TEXTS.items():
+        path = write_decode_module(plan_decode(lower(resolve_text(text, f"{name}.attn"))), out / f"{name}.py")
+        print(f"wrote {path}")
+
+
+# ------------------------------------------------------------------ run (GPU machine)
+
+
+def _import(name):
+    sys.path.insert(0, str(HERE.parent))
+    from codegen.importing import import_module_from_path  # the standard library only: no attnc needed
+
+    return import_module_from_path(GEN / f"{name}.py", name)
+
+
+def _sync(torch):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _eager(fn, torch, calls=50):
+    """Seconds per call in a plain loop (launch overhead and host work included)."""
+    for _ in range(3):
+        fn()
+    _sync(torch)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    _sync(torch)
+    return (time.perf_counter() - t0) / calls
+
+
+def _graph(fn, torch, reps=10, replays=20):
+    """Seconds per call from CUDA-graph replays (GPU time, no launch overhead)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(reps):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) * 1e-3 / reps)
+    return sorted(times)[len(times) // 2]
+
+
+def _rel(a, b):
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
+
+
+def _fill(caches, n, batch, dev, torch, dense=False, chunk=16384):
+    """Append n random tokens to every cache (and return dense K, V when asked)."""
+    g = torch.Generator(device=dev).manual_seed(n)
+    kd = torch.empty((batch, HK, n, D), device=dev, dtype=torch.bfloat16) if dense else None
+    vd = torch.empty_like(kd) if dense else None
+    for t in range(0, n, chunk):
+        T = min(chunk, n - t)
+        k = torch.randn(batch, HK, T, D, device=dev, dtype=torch.bfloat16, generator=g)
+        v = torch.randn(batch, HK, T, D, device=dev, dtype=torch.bfloat16, generator=g)
+        for c in caches:
+            c.append(0, k, v)
+        if dense:
+            kd[:, :, t : t + T], vd[:, :, t : t + T] = k, v
+    return kd, vd
+
+
+def _check(quest, full, res, dev, torch, n, batch):
+    """Small size: the step against its reference, the paged full decode against SDPA."""
+    F = torch.nn.functional
+    qc, fc = quest.PagedCache(batch, device=dev, dtype=torch.bfloat16), full.PagedCache(batch, device=dev, dtype=torch.bfloat16)
+    kd, vd = _fill([qc, fc], n, batch, dev, torch, dense=True, chunk=1024)
+    q = torch.randn(batch, H, 1, D, device=dev, dtype=torch.bfloat16)
+    got = qc.decode(0, q)
+    chosen = qc.selected(0)
+    want = qc.decode_reference(0, q)
+    same = sum(int((chosen[h] == qc.selected(0)[h]).sum()) for h in chosen) / sum(x.numel() for x in chosen.values())
+    sdpa = F.scaled_dot_product_attention(q, kd, vd, enable_gqa=True)
+    res["check"] = {
+        "context": n,
+        "select_rel_err_vs_reference": _rel(got, want),
+        "select_same_pages_as_reference": same,
+        "paged_full_rel_err_vs_sdpa": _rel(fc.decode(0, q), sdpa),
+    }
+    print(f"check at {n} tokens: {res['check']}")
+    assert res["check"]["paged_full_rel_err_vs_sdpa"] < 2e-2, "paged decode differs from SDPA"
+    assert res["check"]["select_rel_err_vs_reference"] < 5e-2, "selected decode differs from its reference"
+
+
+def _select_bench(quest, full, res, dev, torch, n, batch):
+    F = torch.nn.functional
+    qc = quest.PagedCache(batch, device=dev, dtype=torch.bfloat16, pages=batch * HK * (n // PAGE + 2))
+    kd, vd = _fill([qc], n, batch, dev, torch, dense=True)
+    q = torch.randn(batch, H, 1, D, device=dev, dtype=torch.bfloat16)
+    L = qc._layers[0]
+    item = 2
+    pages = n // PAGE
+    read_sel = batch * HK * (BUDGET + 2 * PAGE) * D * 2 * item + batch * HK * pages * D * 2 * item
+    read_full = batch * HK * n * D * 2 * item
+    t_sdpa = _graph(lambda: F.scaled_dot_product_attention(q, kd, vd, enable_gqa=True), torch)
+    t_step = _graph(lambda: qc.decode(0, q), torch)
+    t_sel = _graph(lambda: qc._lists(L, q), torch)
+    t_eager = _eager(lambda: qc.decode(0, q), torch)
+    del kd, vd
+    res["select"] = {
+        "context": n,
+        "batch": batch,
+        "sdpa_s": t_sdpa,
+        "sdpa_TBps": read_full / t_sdpa / 1e12,
+        "quest_step_graph_s": t_step,
+        "quest_step_eager_s": t_eager,
+        "selection_alone_graph_s": t_sel,
+        "quest_step_bytes": read_sel,
+        "quest_step_TBps": read_sel / t_step / 1e12,
+        "speedup_vs_sdpa_graph": t_sdpa / t_step,
+        "speedup_vs_sdpa_eager": t_sdpa / t_eager,
+    }
+    del qc
+    fc = full.PagedCache(batch, device=dev, dtype=torch.bfloat16, pages=batch * HK * (n // PAGE + 2))
+    _fill([fc], n, batch, dev, torch)
+    t_full = _graph(lambda: fc.decode(0, q), torch)
+    res["select"].update({"paged_full_s": t_full, "paged_full_TBps": read_full / t_full / 1e12})
+    del fc
+
+
+def _evict_bench(mod, name, res, dev, torch, n, batch):
+    """One update (append one token with q: score and evict) vs one decode step, eager."""
+    cache = mod.Cache(batch, device=dev, dtype=torch.bfloat16)
+    g = torch.Generator(device=dev).manual_seed(1)
+    for t in range(0, n, 4096):
+        r = lambda *s: torch.randn(*s, device=dev, dtype=torch.bfloat16, generator=g)  # noqa: E731
+        cache.append(0, r(batch, HK, 4096, D), r(batch, HK, 4096, D), r(batch, H, 4096, D))
+    k1 = torch.randn(batch, HK, 1, D, device=dev, dtype=torch.bfloat16)
+    q1 = torch.randn(batch, H, 1, D, device=dev, dtype=torch.bfloat16)
+    t_up = _eager(lambda: cache.append(0, k1, k1, q1), torch)
+    t_dec = _eager(lambda: cache.decode(0, q1), torch)
+    res[name] = {"update_eager_s": t_up, "decode_eager_s": t_dec, "update_over_decode": t_up / t_dec}
+    try:
+        mod.PagedCache(batch, device=dev, dtype=torch.bfloat16)
+        res[name]["paged"] = "served"
+    except mod.CacheError as exc:
+        res[name]["paged"] = f"not served: {exc}"
+
+
+def run(args) -> dict:
+    import torch
+
+    dev = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
+    quest, full = _import("select_quest"), _import("select_full")
+    res: dict = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu"}
+    if args.smoke:
+        _check(quest, full, res, dev, torch, 300, 1)
+    else:
+        _check(quest, full, res, dev, torch, 8192, 2)
+        _select_bench(quest, full, res, dev, torch, N, B)
+        for name in ("evict_h2o", "evict_tova"):
+            _evict_bench(_import(name), name, res, dev, torch, 16384, B)
+    out = Path(os.environ.get("OUT", "out"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "decode_select.json").write_text(json.dumps(res, indent=1))
+    for key, val in res.items():
+        print(key, json.dumps(val, indent=1) if isinstance(val, dict) else val)
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=("generate", "run"))
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (TRITON_INTERPRET=1)")
+    args = ap.parse_args(argv)
+    if args.step == "generate":
+        generate()
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
