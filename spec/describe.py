@@ -132,6 +132,10 @@ def _policy_where(spec: Spec, group: list[CachePolicy]) -> str:
 def _budget(policy: CachePolicy) -> str:
     b = policy.budget
     keep = " + ".join(f"{what} {n}" for what, n in (("sink", policy.sink), ("recent", policy.recent)) if n)
+    if b.kind == "full" and getattr(policy, "select", None) is not None:
+        sel = policy.select
+        unit = "tokens" if sel.score == "tokens" else f"tokens in pages of {sel.page} by {sel.score}"
+        return f"keeps every key, and each decode step reads {sel.budget} {unit}" + (f" plus {keep}" if keep else "")
     if b.kind == "full":
         return "keeps every key"
     if b.kind == "tokens" and policy.evict is None:

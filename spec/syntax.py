@@ -20,7 +20,7 @@ from .primitives import PRIMITIVES
 
 STATEMENTS = ("import", "headsets", "param", "model", "grid", "let", "pattern", "cache")
 SECTIONS = ("heads", "kv_heads", "layers", "rest")
-CACHE_RULES = ("budget", "keep", "evict", "aggregate", "positions")
+CACHE_RULES = ("budget", "keep", "evict", "select", "aggregate", "positions")
 SET_OPS = ("|", "&", "-")
 INT_OPS = ("+", "-", "*", "//", "%", "**")
 INT_START = ("INT", "NAME", "-", "+", "(", "layers", "heads", "kv_heads", "true", "false")
@@ -173,6 +173,8 @@ def _call_usage(name: str, context: object, literals: Mapping[str, str]) -> str 
     kind = literals.get(context.type) if isinstance(context, Token) else None
     if kind == "keep":
         return "keep takes sink(S) or recent(R)"
+    if kind == "select":
+        return "select takes a score, the tokens each step reads and a page size, as in select quest(4096, page = 16)"
     if kind == "evict":
         return "evict takes a score and its options, as in evict snapkv(window = 32, pool = max, kernel = 7) at prefill"
     if kind == "=" and name in ("linear", "adaptive"):
