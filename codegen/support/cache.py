@@ -20,9 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names
+from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names, interpreting
 from .decode import CacheView, DecodeSpec, decode_launch
-from .policies import NEEDS_QUERIES, Policy, attention_stats, lowest, priority, rescore
+from .policies import AGGREGATES, NEEDS_QUERIES, Policy, attention_stats, lowest, priority, rescore
 
 CACHE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _KV_KIND = {"dense": 0, "ring": 1, "chunk": 2, "lossy": 3}
@@ -58,6 +58,7 @@ class CacheSpec(NamedTuple):
     policies: tuple  # Policy records
     gid: tuple  # [layer][query head] -> pattern group
     masked: tuple  # per layer: decode must evaluate the pattern at T == 1
+    step: object = None  # the pattern's _kv_step_kernel: an H2O / TOVA decode step in one launch
 
 
 # ------------------------------------------------------------------ the append kernel
@@ -661,6 +662,8 @@ class CacheBase:
             else:
                 sv[..., new] = 0
             return
+        if self._fused_step(L, c, q, n, T, scale):
+            return
         kc, pc = kv[..., :E, :], pv[..., :E]
         old = sv[..., :E].clone()
         old[..., new] = 0
@@ -699,6 +702,36 @@ class CacheBase:
         pv[..., keep:E] = sent
         c.held = keep
         L.lens.index_fill_(1, c.idx, keep)
+
+    def _fused_step(self, L, c, q, n, T, scale):
+        """An H2O or TOVA decode step of one token in one launch of the pattern's
+        _kv_step_kernel (scores, the lowest (priority, position), the move); False where the
+        torch path below serves (the reference: other scores, T > 1, float64, backend torch)."""
+        pol, E = c.policy, c.held
+        if (
+            self.backend != "triton"
+            or self.spec.step is None
+            or T != 1
+            or q is None
+            or pol.score not in ("h2o", "tova")
+            or self.dtype == torch.float64
+            or E > c.budget + 1
+        ):
+            return False
+        ds = self.spec.decode
+        evict = E > c.budget
+        self.spec.step[(self.batch * len(c.heads),)](
+            q.contiguous(), L.k, L.v, L.pos, L.score, c.idx, L.gid, n, E, E - 1, c.heads[0].offset, c.heads[0].cap,
+            L.k.shape[1], len(c.heads), pol.sink, n + T - pol.protected_recent, scale, H=ds.heads, G=ds.group,
+            HEAD_DIM=L.k.shape[2], BLOCK_G=max(16, triton.next_power_of_2(ds.group)), BLOCK_N=64,
+            TOVA=pol.score == "tova", AGG=AGGREGATES[pol.aggregate], EVICT=evict,
+            DOT_PREC="ieee" if self.dtype == torch.float32 else "tf32",
+            UPCAST=self.dtype == torch.bfloat16 and interpreting(), num_warps=4,
+        )  # fmt: skip
+        if evict:
+            c.held = c.budget
+            L.lens.index_fill_(1, c.idx, c.budget)
+        return True
 
     def _compress(self, L, c, k, v, q, n, T, scale):
         """A prefill-sized append (T > max_step), or T == 0 to shrink to a new budget: score

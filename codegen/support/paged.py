@@ -30,9 +30,7 @@ from .block_scores import block_mean, block_min_max, mean_score, quest_bound, to
 from .cache import CACHE_DTYPES, CacheError, CacheSpec, _cache_device
 from .checks import HEAD_DIMS, check_scale, check_tensor, dtype_names, interpreting
 from .decode import _DEC_LOG2E, DecodeConfig, _dec_buffers, _dec_sms
-from .policies import aggregate
-
-_PG_AGG = {"mean": 0, "max": 1, "sum": 2}
+from .policies import AGGREGATES, aggregate
 
 
 class Select(NamedTuple):
@@ -396,7 +394,7 @@ class PagedCacheBase:
         _pg_score_kernel[(B * len(heads), triton.cdiv(NU, block_u))](
             q, sa, sb, L.list, L.ntok, hi, out, T, NU, L.list.shape[2], len(heads), self.page,
             H_KV=len(L.rules), G=G, HEAD_DIM=D, RP=self.page if mode == 2 else 1, USZ=1 if mode == 2 else self.page, MODE=mode,
-            AGG=_PG_AGG[s.aggregate], BLOCK_M=max(16, triton.next_power_of_2(G * T)), BLOCK_U=block_u,
+            AGG=AGGREGATES[s.aggregate], BLOCK_M=max(16, triton.next_power_of_2(G * T)), BLOCK_U=block_u,
             DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=q.dtype == torch.bfloat16 and interpreting(),
         )  # fmt: skip
         return out

@@ -51,6 +51,9 @@ class Policy(NamedTuple):
         return self.sink + self.protected_recent
 
 
+AGGREGATES = {"mean": 0, "max": 1, "sum": 2}  # the kernels' code of each aggregation
+
+
 def aggregate(x: torch.Tensor, how: str, dim: int) -> torch.Tensor:
     """GQA aggregation of per-query-head scores into one per KV head."""
     if how == "max":
