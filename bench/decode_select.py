@@ -9,8 +9,8 @@ B=8, 32 query heads, 8 KV heads, D=128, bf16, context 131072 (--smoke: tiny, on 
   - bytes read / time: the chosen pages' K and V plus the page summaries (selection), or the
     whole K and V (SDPA, paged full);
   - H2O and TOVA (packed cache, budget 4096, sink 4, recent 64): one update (append of one
-    token with its scoring and eviction) and one decode step, eager. The paged cache does
-    not serve eviction policies (it says so).
+    token with its scoring and eviction: one generated Triton launch, and the torch path)
+    against one decode step, eager. The paged cache does not serve eviction policies.
 Correctness first, at a small size: the step against its torch reference (the selection
 recomputed from the keys), and the paged full decode against SDPA.
 
@@ -69,9 +69,13 @@ def _sync(torch):
         torch.cuda.synchronize()
 
 
-def _eager(fn, torch, calls=50):
+CALLS = [50]  # timed calls per measurement (--smoke: 1)
+
+
+def _eager(fn, torch):
     """Seconds per call in a plain loop (launch overhead and host work included)."""
-    for _ in range(3):
+    calls = CALLS[0]
+    for _ in range(min(3, calls)):
         fn()
     _sync(torch)
     t0 = time.perf_counter()
@@ -82,7 +86,9 @@ def _eager(fn, torch, calls=50):
 
 
 def _graph(fn, torch, reps=10, replays=20):
-    """Seconds per call from CUDA-graph replays (GPU time, no launch overhead)."""
+    """Seconds per call from CUDA-graph replays (GPU time, no launch overhead); eager on the CPU."""
+    if not torch.cuda.is_available() or CALLS[0] == 1:
+        return _eager(fn, torch)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -148,6 +154,8 @@ def _check(quest, full, res, dev, torch, n, batch):
 
 
 def _select_bench(quest, full, res, dev, torch, n, batch):
+    """The Quest-like step (graph and eager), the selection alone, SDPA and the paged kernel
+    over every page, at n tokens."""
     F = torch.nn.functional
     qc = quest.PagedCache(batch, device=dev, dtype=torch.bfloat16, pages=batch * HK * (n // PAGE + 2))
     kd, vd = _fill([qc], n, batch, dev, torch, dense=True)
@@ -184,22 +192,30 @@ def _select_bench(quest, full, res, dev, torch, n, batch):
 
 
 def _evict_bench(mod, name, res, dev, torch, n, batch):
-    """One update (append one token with q: score and evict) vs one decode step, eager."""
-    cache = mod.Cache(batch, device=dev, dtype=torch.bfloat16)
+    """One update (append one token with q: score and evict) vs one decode step, eager: the
+    update in one Triton launch (backend "triton") and the torch path (backend "torch")."""
+    res[name] = {}
     g = torch.Generator(device=dev).manual_seed(1)
-    for t in range(0, n, 4096):
-        r = lambda *s: torch.randn(*s, device=dev, dtype=torch.bfloat16, generator=g)  # noqa: E731
-        cache.append(0, r(batch, HK, 4096, D), r(batch, HK, 4096, D), r(batch, H, 4096, D))
-    k1 = torch.randn(batch, HK, 1, D, device=dev, dtype=torch.bfloat16)
-    q1 = torch.randn(batch, H, 1, D, device=dev, dtype=torch.bfloat16)
-    t_up = _eager(lambda: cache.append(0, k1, k1, q1), torch)
-    t_dec = _eager(lambda: cache.decode(0, q1), torch)
-    res[name] = {"update_eager_s": t_up, "decode_eager_s": t_dec, "update_over_decode": t_up / t_dec}
+    r = lambda *s: torch.randn(*s, device=dev, dtype=torch.bfloat16, generator=g)  # noqa: E731
+    k1, q1 = r(batch, HK, 1, D), r(batch, H, 1, D)
+    for backend in ("triton", "torch"):
+        cache = mod.Cache(batch, device=dev, dtype=torch.bfloat16, backend=backend)
+        for t in range(0, n, 4096):
+            T = min(4096, n - t)
+            cache.append(0, r(batch, HK, T, D), r(batch, HK, T, D), r(batch, H, T, D))
+        res[name][f"update_{backend}_eager_s"] = _eager(lambda: cache.append(0, k1, k1, q1), torch)
+        if backend == "triton":
+            res[name]["decode_eager_s"] = _eager(lambda: cache.decode(0, q1), torch)
+            res[name]["decode_graph_s"] = _graph(lambda: cache.decode(0, q1), torch)
+        del cache
+    d = res[name]
+    d["update_over_decode_eager"] = d["update_triton_eager_s"] / d["decode_eager_s"]
+    d["torch_update_over_decode_eager"] = d["update_torch_eager_s"] / d["decode_eager_s"]
     try:
         mod.PagedCache(batch, device=dev, dtype=torch.bfloat16)
-        res[name]["paged"] = "served"
+        d["paged"] = "served"
     except mod.CacheError as exc:
-        res[name]["paged"] = f"not served: {exc}"
+        d["paged"] = f"not served: {exc}"
 
 
 def run(args) -> dict:
@@ -209,12 +225,15 @@ def run(args) -> dict:
     quest, full = _import("select_quest"), _import("select_full")
     res: dict = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu"}
     if args.smoke:
+        CALLS[0] = 1
         _check(quest, full, res, dev, torch, 300, 1)
+        _select_bench(quest, full, res, dev, torch, 512, 1)
+        _evict_bench(_import("evict_h2o"), "evict_h2o", res, dev, torch, 40, 1)
     else:
         _check(quest, full, res, dev, torch, 8192, 2)
         _select_bench(quest, full, res, dev, torch, N, B)
         for name in ("evict_h2o", "evict_tova"):
-            _evict_bench(_import(name), name, res, dev, torch, 16384, B)
+            _evict_bench(_import(name), name, res, dev, torch, 8192, B)
     out = Path(os.environ.get("OUT", "out"))
     out.mkdir(parents=True, exist_ok=True)
     (out / "decode_select.json").write_text(json.dumps(res, indent=1))
