@@ -226,18 +226,19 @@ class PagedCacheBase:
         if L.k is None:
             self._allocate(L, self.pages or max(4, 2 * len(rows) * Hk * -(-T // P)))
         span = max((L.n[b] + T - 1) // P - L.n[b] // P + 1 for b in rows)
-        phys = torch.zeros((len(rows), Hk, span), dtype=torch.int64)
+        phys = [[[0] * span for _ in range(Hk)] for _ in rows]  # pool page of each new logical page
         new, appended = [], []
         for i, b in enumerate(rows):
             n0 = L.n[b]
             for h in range(Hk):
-                tab = L.tables[b][h]
+                tab, row = L.tables[b][h], phys[i][h]
                 for j, lp in enumerate(range(n0 // P, (n0 + T - 1) // P + 1)):
                     if lp not in tab:
                         tab[lp] = self._alloc(L, (b, h))
                         new.append(tab[lp])
                         appended.append((b, h, len(tab) - 1, tab[lp]))
-                    phys[i, h, j] = tab[lp]
+                    row[j] = tab[lp]
+        phys = torch.tensor(phys, dtype=torch.int64)
         dev = self.device
         if new:
             pg = torch.tensor(new, dtype=torch.int64, device=dev)
@@ -322,7 +323,7 @@ class PagedCacheBase:
             for h in range(Hk):
                 sink, lo = L.bounds(h, L.n[b])
                 tab = L.tables[b][h]
-                dead = [lp for lp in tab if lp * P >= sink and (lp + 1) * P <= lo]
+                dead = [lp for lp in tab if lp * P >= sink and (lp + 1) * P <= lo] if lo > 0 else []
                 for lp in dead:
                     L.pool.free(tab.pop(lp), (b, h))
                 if dead or rebuild:
@@ -431,7 +432,7 @@ class PagedCacheBase:
     def _lists(self, L, q, reference=False):
         """(list, lengths, units per head, most tokens read by a head) for the kernel: the held
         pages; for selecting heads, the keep rules' units and the chosen ones."""
-        tokens = max(max(r) for r in L.llen_host) * self.page
+        tokens = max([n for row in L.llen_host for h, n in enumerate(row) if L.select[h] is None], default=0) * self.page
         if not L.groups:
             return L.list, L.llen, L.units, tokens
         parts = []
