@@ -68,11 +68,11 @@ def test_paged_decodes_like_packed(case):
                         assert paged.kept(layer, b, h) == packed.kept(layer, b, h)
 
 
-def _select_module(rule: str, heads=4, kv_heads=2):
+def _select_module(rule: str, heads=4, kv_heads=2, max_step=1):
     text = f"model {{ layers = 1, heads = {heads}, kv_heads = {kv_heads}, head_dim = 16 }}\n"
     text += f"pattern p = causal\ncache {{ {rule} }}\n"
     prog = lower(resolve_text(text, "sel.attn"))
-    return module(prog)[1]
+    return module(prog, max_step=max_step)[1]
 
 
 def _ints(*shape, seed):
@@ -89,17 +89,23 @@ def _ints(*shape, seed):
         "select mean(32, page = 16) keep recent(3)",
         "select tokens(9) keep sink(2) keep recent(4) aggregate = sum",
         "kv_heads 1 { select quest(16, page = 16) }",
+        "kv_heads 0 { select tokens(5) keep recent(2) }",
+        "select quest(32, page = 16) keep recent(17) | 2",
     ],
 )
 def test_selection_matches_reference_step_by_step(rule):
-    mod = _select_module(rule)
+    """A rule ending in `| T` decodes T tokens per step (max_step = T); selecting heads beside
+    heads that do not select share the kernel's launch."""
+    rule, _, step = rule.partition(" | ")
+    T = int(step or 1)
+    mod = _select_module(rule, max_step=T)
     B, H, Hk, D, N = 2, 4, 2, 16, 90
     q, k, v = _ints(B, H, N, D, seed=1), _ints(B, Hk, N, D, seed=2), rand(B, Hk, N, D, seed=3)
     cache = mod.PagedCache(B, dtype=torch.float32)
     cache.append(0, k[:, :, :40], v[:, :, :40])
-    for t in range(40, N):
-        cache.append(0, k[:, :, t : t + 1], v[:, :, t : t + 1])
-        qs = q[:, :, t : t + 1]
+    for t in range(40, N - T + 1, T):
+        cache.append(0, k[:, :, t : t + T], v[:, :, t : t + T])
+        qs = q[:, :, t : t + T]
         out = cache.decode(0, qs)
         got = cache.selected(0)
         ref = cache.decode_reference(0, qs)

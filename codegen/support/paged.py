@@ -255,8 +255,9 @@ class PagedCacheBase:
         L.pos[slots] = p[:, None, :].expand(-1, Hk, -1).reshape(-1).to(torch.int32)
         pages = pages.reshape(-1)
         if L.smin is not None:
-            L.smin.index_reduce_(0, pages, k.reshape(-1, D), "amin")
-            L.smax.index_reduce_(0, pages, k.reshape(-1, D), "amax")
+            idx = pages[:, None].expand(-1, D)
+            L.smin.scatter_reduce_(0, idx, k.reshape(-1, D), "amin")
+            L.smax.scatter_reduce_(0, idx, k.reshape(-1, D), "amax")
         if L.ssum is not None:
             L.ssum.index_add_(0, pages, k.reshape(-1, D).float())
         for b in rows:
