@@ -134,7 +134,10 @@ def _fill(caches, n, batch, dev, torch, dense=False, chunk=16384):
 def _check(quest, full, res, dev, torch, n, batch):
     """Small size: the step against its reference, the paged full decode against SDPA."""
     F = torch.nn.functional
-    qc, fc = quest.PagedCache(batch, device=dev, dtype=torch.bfloat16), full.PagedCache(batch, device=dev, dtype=torch.bfloat16)
+    qc, fc = (
+        quest.PagedCache(batch, device=dev, dtype=torch.bfloat16),
+        full.PagedCache(batch, device=dev, dtype=torch.bfloat16),
+    )
     kd, vd = _fill([qc, fc], n, batch, dev, torch, dense=True, chunk=1024)
     q = torch.randn(batch, H, 1, D, device=dev, dtype=torch.bfloat16)
     got = qc.decode(0, q)

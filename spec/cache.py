@@ -215,7 +215,9 @@ def _select(item: ast.Select, selection: Selection) -> RSelect | None:
     budgets = [o for o in item.options if o.name is None]
     if len(budgets) != 1:
         where = budgets[1].loc if len(budgets) > 1 else item.loc
-        selection.reporter.error(where, f"select {item.score} takes one budget: the tokens each step reads", f"as in {example}")
+        selection.reporter.error(
+            where, f"select {item.score} takes one budget: the tokens each step reads", f"as in {example}"
+        )
         return None
     values: dict[str, int] = {}
     for option in item.options:

@@ -433,7 +433,9 @@ class PagedCacheBase:
     def _lists(self, L, q, reference=False):
         """(list, lengths, units per head, most tokens read by a head) for the kernel: the held
         pages; for selecting heads, the keep rules' units and the chosen ones."""
-        tokens = max([n for row in L.llen_host for h, n in enumerate(row) if L.select[h] is None], default=0) * self.page
+        tokens = (
+            max([n for row in L.llen_host for h, n in enumerate(row) if L.select[h] is None], default=0) * self.page
+        )
         if not L.groups:
             return L.list, L.llen, L.units, tokens
         parts = []
