@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from cases import cases
 from test_decode_support import causal, module, program, rand, sink, window
 
-from attnc.codegen.decode_plan import plan_decode
+from attnc.codegen.decode_plan import DecodePlanError, plan_decode
 from attnc.spec.resolve import resolve_text
 from attnc.compiler.lower import lower
 
@@ -213,3 +213,19 @@ def test_fixed_pool_full_is_an_error():
     cache.append(0, x, x)
     with pytest.raises(mod.CacheError, match="pages are all held"):
         cache.append(0, x, x)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("pattern p = causal & window(8)\ncache { select quest(64) }", "select reads pages of a whole cache"),
+        (
+            "pattern p = causal\ncache { kv_heads 0 { select quest(64) } kv_heads 1 { select mean(64, page = 32) } }",
+            "share one page size",
+        ),
+    ],
+)
+def test_selection_plan_errors(body, message):
+    prog = lower(resolve_text(M + body, "bad.attn"))
+    with pytest.raises(DecodePlanError, match=message):
+        plan_decode(prog).context()
