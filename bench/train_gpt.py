@@ -154,12 +154,16 @@ def train(cfg: Config, data, attend, steps: int | None, seconds: float, deadline
     model = build_model(cfg, attend)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup))
-    autocast = torch.autocast(cfg.device, dtype=torch.bfloat16)
 
     def loss_fn(x, y):
-        with autocast:
+        with torch.autocast(cfg.device, dtype=torch.bfloat16):
             logits = model(x)
         return F.cross_entropy(logits.float().view(-1, 256), y.reshape(-1))
+
+    def forward_backward(fn, x, y):
+        loss = fn(x, y)
+        loss.backward()
+        return loss
 
     compiled = torch.compile(loss_fn, fullgraph=True, backend=cfg.backend) if cfg.compile else loss_fn
     mode = "compile" if cfg.compile else "eager"
@@ -170,15 +174,15 @@ def train(cfg: Config, data, attend, steps: int | None, seconds: float, deadline
             break
         t0 = time.perf_counter()
         try:
-            loss = compiled(x, y)
+            loss = forward_backward(compiled, x, y)
         except Exception as exc:  # noqa: BLE001  (torch.compile failed: eager, and say so)
             if step or compiled is loss_fn:
                 raise
             error = f"{type(exc).__name__}: {exc}"[:400]
             print(f"torch.compile failed, eager instead: {error}", flush=True)
             compiled, mode = loss_fn, "eager"
-            loss = compiled(x, y)
-        loss.backward()
+            opt.zero_grad(set_to_none=True)
+            loss = forward_backward(compiled, x, y)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)

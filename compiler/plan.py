@@ -358,13 +358,14 @@ def span_tiles(plan: SpanPlan, n: int, block: int, tile: int) -> tuple[np.ndarra
     return visited, full
 
 
+def _with_spans(plan: GroupPlan) -> GroupPlan:
+    """The group's plan with the backward's span plans (its residue plan's too)."""
+    sub = None if plan.residue_plan is None else _with_spans(plan.residue_plan)
+    return dataclasses.replace(plan, columns=plan_columns(plan.pattern), rows=plan_rows(plan.pattern), residue_plan=sub)
+
+
 def plan_program(program: Program) -> tuple[GroupPlan, ...]:
     return tuple(
-        dataclasses.replace(
-            plan_group(i, g.pattern),
-            grid=plan_grid(g.pattern),
-            columns=plan_columns(g.pattern),
-            rows=plan_rows(g.pattern),
-        )
+        _with_spans(dataclasses.replace(plan_group(i, g.pattern), grid=plan_grid(g.pattern)))
         for i, g in enumerate(program.groups)
     )

@@ -151,6 +151,21 @@ def test_pattern_gradients(name):
 SW = EXPRS["sink_window"]
 
 
+@pytest.mark.parametrize("name", ["dilated", "strided_only", "dilated_two_sided"])
+def test_residue_gradients(name):
+    # bands & (q - k) mod d == 0 run per residue class on subsequences (d = 3, 4): N = 70 leaves
+    # classes of different lengths; the generic kernels (RESIDUE=False) give the same gradients
+    mod = check_grads(single(EXPRS[name], name), 70, h=4, h_kv=2)
+    assert mod._TUNING[0]["residue"] > 1
+    q, k, v = inputs(1, 4, 2, 70, 16)
+    do = torch.randn(1, 4, 70, 16, generator=torch.Generator().manual_seed(3))
+    o, lse = mod._forward(q, k, v, None, True, None)
+    per_class = mod._backward(do, q, k, v, o, lse, None, None, None, True, True)
+    generic = mod._backward(do, q, k, v, o, lse, None, None, None, True, True, {"RESIDUE": False})
+    for a, b in zip(per_class, generic):
+        assert (a - b).abs().max().item() <= 1e-4 * b.abs().max().item()
+
+
 @pytest.mark.parametrize("name", ["power", "strided_long", "diagonals"])
 def test_loop_gradients(name):
     # the loop terms over several ranges each: N = 150 holds 10 power blocks of 16 (query and
@@ -335,8 +350,11 @@ def compile_all(path, opts):
     cfg = next(c for (cap, k, d, c) in mod.BWD_CONFIGS if k == kind and d in (None, head_dim) and cap[0] * 10 <= 90)
     major, minor = cfg["BLOCK_MAJOR"], cfg["BLOCK_MINOR"]
     common = dict(KV_GROUP=2, HEAD_DIM=head_dim, DOT_PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False)
-    kernels = [(mod._bwd_dkdv_kernel, dict(BLOCK_M=minor, BLOCK_N=major, GROUP=opts["group"], ACC=opts["acc"], **common)),
-               (mod._bwd_dq_kernel, dict(BLOCK_M=major, BLOCK_N=minor, GROUP=opts["group"], SUBSET=opts["acc"], **common))]
+    res = opts.get("residue", 0)
+    kernels = [(mod._bwd_dkdv_kernel, dict(BLOCK_M=minor, BLOCK_N=major, GROUP=opts["group"], ACC=opts["acc"],
+                                           RESIDUE=res, **common)),
+               (mod._bwd_dq_kernel, dict(BLOCK_M=major, BLOCK_N=minor, GROUP=opts["group"], SUBSET=opts["acc"],
+                                         RESIDUE=res, **common))]
     if opts.get("grid"):  # the tile-order kernels of group 0 instead
         q_kernel, kv_kernel = mod._GRID_BWD[0]
         kernels = [(kv_kernel, dict(BLOCK_M=minor, BLOCK_N=major, ACC=opts["acc"], **common,
@@ -397,6 +415,7 @@ def test_backward_kernels_compile_for_sm90():
         (duo, dict(dtype="fp16", head_dim=64, group=1, acc=True)),
         (single(EXPRS["power"], "power"), dict(dtype="bf16", head_dim=128, group=0, acc=False)),
         (single(EXPRS["diagonals"], "diagonals"), dict(dtype="bf16", head_dim=64, group=0, acc=False)),
+        (single(EXPRS["dilated"], "dilated"), dict(dtype="bf16", head_dim=128, group=0, acc=False, residue=3)),
         (image, dict(dtype="bf16", head_dim=128, group=0, acc=False, grid=True)),
         (video, dict(dtype="bf16", head_dim=64, group=0, acc=True, grid=True)),
     ]

@@ -1,10 +1,11 @@
 """The backward pass alone, per bench/gpu.py case: attnc's backward kernels (from the saved
-output and log-sum-exp), for grid cases also the generic kernels (GRID=False: the row-major
-backward with the mask on every tile), FlexAttention's backward and SDPA's (dense causal, or
+output and log-sum-exp), for grid and dilated cases also the generic kernels (GRID=False,
+RESIDUE=False: the row-major backward with the mask on every tile, instead of the tile order
+or the residue classes), FlexAttention's backward and SDPA's (dense causal, or
 full for the grid cases), as medians of triton.testing.do_bench; TFLOP/s count allowed pairs
 only (10 * D * pairs: five matrix products of 2 * D flops per pair, what FlashAttention-2's
 backward does), and the largest relative gradient difference of the tile-order kernels from
-the generic ones.
+the generic ones (column "specialised vs generic").
 
     python bench/gpu.py --generate DIR                       # here
     python3 bench/proto/bwd_time.py DIR [CASE ...]           # GPU: prints rows, writes $OUT/bwd_time.json
@@ -41,9 +42,10 @@ def backward_row(mod, n: int, heads: int, causal: bool) -> dict:
         return lambda: mod._backward(do, q, k, v, o, lse, None, None, None, True, True, config)
 
     row["attnc_ms"] = gpu._bench(attnc())
-    if hasattr(mod, "_GRID_SHAPE"):
-        row["generic_ms"] = gpu._bench(attnc({"GRID": False}))
-        tiled, generic = attnc()(), attnc({"GRID": False})()
+    if hasattr(mod, "_GRID_SHAPE") or any(t["residue"] for t in mod._TUNING):
+        plain = {"GRID": False, "RESIDUE": False}
+        row["generic_ms"] = gpu._bench(attnc(plain))
+        tiled, generic = attnc()(), attnc(plain)()
         row["vs_generic"] = max(
             ((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(tiled, generic)
         )
@@ -106,7 +108,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bwd_time.json").write_text(json.dumps(rows, indent=1))
     cols = ["attnc", "generic", "flex", "sdpa"]
-    print("| case | N | " + " | ".join(f"{c} ms (TFLOP/s)" for c in cols) + " | tile order vs generic |")
+    print("| case | N | " + " | ".join(f"{c} ms (TFLOP/s)" for c in cols) + " | specialised vs generic |")
     print("|---|---:|" + "---:|" * (len(cols) + 1))
     for r in rows:
         cells = [f"{r[c + '_ms']:.2f} ({r[c + '_tflops']:.0f})" if c + "_ms" in r else "-" for c in cols]
