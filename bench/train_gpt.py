@@ -238,11 +238,12 @@ def run(folder: Path, cfg: Config, out: Path) -> dict:
             r = train(cfg, data, attend, steps, seconds, deadline)
             steps = steps or r["steps"]
             r.update(pattern=manifest["patterns"][name], name=name, backend=backend)
+            r["epochs"] = r["steps"] * cfg.batch * cfg.context / data.numel()  # passes over the text
             result["runs"].append(r)
             left -= 1
             print(
                 f"{name} {backend}: {r['steps']} steps ({r['mode']}), {r['tokens_per_s']:,.0f} tokens/s, "
-                f"final loss {r['final_loss']:.4f}, first step {r['first_step_s']:.1f} s",
+                f"final loss {r['final_loss']:.4f}, first step {r['first_step_s']:.1f} s, {r['epochs']:.1f} epochs",
                 flush=True,
             )
             torch.cuda.empty_cache() if cfg.device == "cuda" else None
