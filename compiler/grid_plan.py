@@ -26,12 +26,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .configs import BWD_CONFIGS, BWD_CPU_CONFIG
 from .ir import Lit, Pattern, axis_window
 from .tiling import GridTerms, anchorable, choose_tiling, grid_terms
 
 # (BLOCK_M, BLOCK_N) pairs that get tile shapes: what compiler/configs.py's rows and the CPU
-# config can pick, and the small tiles tests ask for; other overrides run the generic kernel
-TILE_SIZES = ((16, 16), (16, 32), (32, 16), (32, 32), (64, 32), (64, 64), (128, 64), (128, 128))
+# config can pick, and the small tiles tests ask for; the backward's (major, minor) blocks in
+# both orders (dQ by query tile, dK/dV by key tile); other overrides run the generic kernels
+TILE_SIZES = tuple(
+    dict.fromkeys(
+        [(16, 16), (16, 32), (32, 16), (32, 32), (64, 32), (64, 64), (128, 64), (128, 128)]
+        + [
+            pair
+            for c in [*(row[3] for row in BWD_CONFIGS), BWD_CPU_CONFIG]
+            for pair in ((c["BLOCK_MAJOR"], c["BLOCK_MINOR"]), (c["BLOCK_MINOR"], c["BLOCK_MAJOR"]))
+        ]
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,23 @@ class AxisWindow:
         if d == 1:
             return start
         return f"({start}) * {d} + {group}"
+
+    def query_range(self, y0: str, y1: str) -> tuple[str, str]:
+        """Triton text of (lo, hi): every query coordinate whose window (`low`) holds a key
+        coordinate in [y0, y1] lies in [lo, hi] -- the column view of this axis, which the
+        backward's dK/dV pass visits by key tile. In members u = x // d of one residue class,
+        the window starts at clamp(lead(u) - kernel // 2, 0, last - kernel + 1) (causal:
+        lead(u) - kernel + 1, unclamped) with u - (s - 1) + s // 2 <= lead(u) <= u + s // 2
+        (causal: u <= lead(u) <= u + s - 1); inverting these bounds gives the interval. Key
+        members near either end of the axis are reached from the clamped windows there, so
+        those give the axis' end."""
+        d, s, k, n = self.dilation, self.stride, self.kernel, self.length
+        w0, w1 = (y0, y1) if d == 1 else (f"({y0} // {d})", f"({y1} // {d})")
+        if self.causal:
+            return y0, f"tl.minimum(({w1} + {k - 1}) * {d} + {d - 1}, {n - 1})"
+        lo = f"tl.where({w0} < {k}, 0, ({w0} - {k - 1 - k // 2 + s // 2}) * {d})"
+        reach = f"({w1} + {k // 2 + s - 1 - s // 2}) * {d} + {d - 1}"
+        return lo, f"tl.where({w1} > {n // d - 1 - k}, {n - 1}, tl.minimum({reach}, {n - 1}))"
 
 
 def _log2(v: int) -> int:

@@ -72,6 +72,19 @@ def test_column_plan_of_a_window_is_tight():
     assert visited[0].all(), "the sinks' key block is seen by every query"
 
 
+def test_loop_terms_visit_their_ranges_only():
+    # causal & power(16) at N = 1024: a key block is seen by the queries at block distances 0,
+    # 1, 2, 4, ... (7 ranges of 16), not by every later query as the hull says; both plans cover
+    # the mask (checked at every length by the tests above) with far fewer tiles than causal's
+    power, causal = as_pattern(EXPRS["power"]), as_pattern(EXPRS["causal"])
+    for plan_of in (plan_columns, plan_rows):
+        assert plan_of(power).terms[-1].loop is not None
+        visited, _ = span_tiles(plan_of(power), 1024, 16, 16)
+        dense, _ = span_tiles(plan_of(causal), 1024, 16, 16)
+        assert visited.sum(1).max() <= 7 < dense.sum(1).max()
+        _check_spans(power, 1024, 32, 16)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.one_of(expressions(5), causal_expressions(4)), st.integers(1, 70), st.sampled_from([(8, 8), (16, 8), (8, 16)])
@@ -136,6 +149,28 @@ def test_pattern_gradients(name):
 
 
 SW = EXPRS["sink_window"]
+
+
+@pytest.mark.parametrize("name", ["dilated", "strided_only", "dilated_two_sided"])
+def test_residue_gradients(name):
+    # bands & (q - k) mod d == 0 run per residue class on subsequences (d = 3, 4): N = 70 leaves
+    # classes of different lengths; the generic kernels (RESIDUE=False) give the same gradients
+    mod = check_grads(single(EXPRS[name], name), 70, h=4, h_kv=2)
+    assert mod._TUNING[0]["residue"] > 1
+    q, k, v = inputs(1, 4, 2, 70, 16)
+    do = torch.randn(1, 4, 70, 16, generator=torch.Generator().manual_seed(3))
+    o, lse = mod._forward(q, k, v, None, True, None)
+    per_class = mod._backward(do, q, k, v, o, lse, None, None, None, True, True)
+    generic = mod._backward(do, q, k, v, o, lse, None, None, None, True, True, {"RESIDUE": False})
+    for a, b in zip(per_class, generic):
+        assert (a - b).abs().max().item() <= 1e-4 * b.abs().max().item()
+
+
+@pytest.mark.parametrize("name", ["power", "strided_long", "diagonals"])
+def test_loop_gradients(name):
+    # the loop terms over several ranges each: N = 150 holds 10 power blocks of 16 (query and
+    # key blocks of 32 span two: overlapping ranges, each tile visited once) and 3 diagonals of 64
+    check_grads(single(EXPRS[name], name), 150)
 
 
 @pytest.mark.parametrize("h,h_kv", [(4, 2), (4, 1), (3, 3)])
@@ -315,8 +350,18 @@ def compile_all(path, opts):
     cfg = next(c for (cap, k, d, c) in mod.BWD_CONFIGS if k == kind and d in (None, head_dim) and cap[0] * 10 <= 90)
     major, minor = cfg["BLOCK_MAJOR"], cfg["BLOCK_MINOR"]
     common = dict(KV_GROUP=2, HEAD_DIM=head_dim, DOT_PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False)
-    kernels = [(mod._bwd_dkdv_kernel, dict(BLOCK_M=minor, BLOCK_N=major, GROUP=opts["group"], ACC=opts["acc"], **common)),
-               (mod._bwd_dq_kernel, dict(BLOCK_M=major, BLOCK_N=minor, GROUP=opts["group"], SUBSET=opts["acc"], **common))]
+    res = opts.get("residue", 0)
+    kernels = [(mod._bwd_dkdv_kernel, dict(BLOCK_M=minor, BLOCK_N=major, GROUP=opts["group"], ACC=opts["acc"],
+                                           RESIDUE=res, **common)),
+               (mod._bwd_dq_kernel, dict(BLOCK_M=major, BLOCK_N=minor, GROUP=opts["group"], SUBSET=opts["acc"],
+                                         RESIDUE=res, **common))]
+    if opts.get("grid"):  # the tile-order kernels of group 0 instead
+        q_kernel, kv_kernel = mod._GRID_BWD[0]
+        kernels = [(kv_kernel, dict(BLOCK_M=minor, BLOCK_N=major, ACC=opts["acc"], **common,
+                                    **mod._tile_args(*mod._GRID_TILES[0][(minor, major)]))),
+                   (q_kernel, dict(BLOCK_M=major, BLOCK_N=minor, SUBSET=opts["acc"], STAGES=cfg["num_stages"],
+                                   USE_TMA=False, TRACE=False, **common,
+                                   **mod._tile_args(*mod._GRID_TILES[0][(major, minor)])))]
     out = []
     for fn, constexprs in kernels:
         signature = {}
@@ -354,9 +399,25 @@ def test_backward_kernels_compile_for_sm90():
     from tests.test_codegen_support import _DIR
 
     duo = grouped([[prim("causal"), SW] * 2], "duo")
+    from attnc.compiler.lower import lower
+    from attnc.spec.resolve import resolve_text
+
+    image = lower(
+        resolve_text("grid(32, 32)\npattern p = neighborhood(kernel = (7, 7), dilation = (1, 2))\n", "g.attn")
+    )
+    video = lower(
+        resolve_text(
+            "grid(4, 8, 8)\npattern p = neighborhood(kernel = (3, 3, 3), causal = (true, false, false))\n", "v.attn"
+        )
+    )
     cases = [
         (single(EXPRS["sink_window"], "sw"), dict(dtype="bf16", head_dim=128, group=0, acc=False)),
         (duo, dict(dtype="fp16", head_dim=64, group=1, acc=True)),
+        (single(EXPRS["power"], "power"), dict(dtype="bf16", head_dim=128, group=0, acc=False)),
+        (single(EXPRS["diagonals"], "diagonals"), dict(dtype="bf16", head_dim=64, group=0, acc=False)),
+        (single(EXPRS["dilated"], "dilated"), dict(dtype="bf16", head_dim=128, group=0, acc=False, residue=3)),
+        (image, dict(dtype="bf16", head_dim=128, group=0, acc=False, grid=True)),
+        (video, dict(dtype="bf16", head_dim=64, group=0, acc=True, grid=True)),
     ]
     args = [(str(write_module(p, _DIR / p.digest())), opts) for p, opts in cases]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
