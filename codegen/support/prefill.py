@@ -196,8 +196,11 @@ def check_prefill_memo(spec: PrefillSpec, where: str, q, k, v, layer, kernel: bo
     """check_prefill, with its verdict memoised on everything it reads (types, shapes, dtypes,
     devices, last strides, layer, whether the interpreter runs): a call like an earlier one
     that passed costs one tuple and one dict lookup. Anything unusual takes the full checks."""
-    if type(q) is torch.Tensor and type(k) is torch.Tensor and type(v) is torch.Tensor and (
-        layer is None or type(layer) is int
+    if (
+        type(q) is torch.Tensor
+        and type(k) is torch.Tensor
+        and type(v) is torch.Tensor
+        and (layer is None or type(layer) is int)
     ):
         key = (
             where,
@@ -238,8 +241,9 @@ def _descriptor(t, block):
     return TensorDescriptor(t, list(t.shape), list(t.stride()), block)
 
 
-def _generic_launcher(spec, cfg, grid, q, k, v, o, heads, N, H, nh, D, scale, group, residue, return_lse, use_tma,
-                      padded, upcast, trace) -> Callable:
+def _generic_launcher(
+    spec, cfg, grid, q, k, v, o, heads, N, H, nh, D, scale, group, residue, return_lse, use_tma, padded, upcast, trace
+) -> Callable:
     """run(q, k, v, o, lse, tr, lengths): one launch of the generic kernel with everything that
     does not depend on the data pointers fixed now (strides, grid, constants)."""
     grid_order, head_group = _head_group(cfg, q.shape[0], nh, N, D, q.element_size())
@@ -359,8 +363,11 @@ def _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, trac
     plan = []
     for group, nh, heads in launches_of(spec, q.device, layer, H):
         cfg = config_of(spec, q.device, q.dtype, D, config, group)
-        if spec.tuning[group]["grid"] and cfg.get("GRID", True) and not (trace or padded) and grid_fits(
-            spec, group, N, cfg
+        if (
+            spec.tuning[group]["grid"]
+            and cfg.get("GRID", True)
+            and not (trace or padded)
+            and grid_fits(spec, group, N, cfg)
         ):
             run = _grid_launcher(spec, group, cfg, q, k, v, o, heads, nh, D, scale, return_lse, upcast, False)
             plan.append((group, cfg, run))
@@ -387,7 +394,7 @@ def _run_first(spec, plan, args, rebuild) -> bool:
     the cap, and a launch out of shared memory retries with shallower pipelining (both
     remembered in the memoised configuration). True when no configuration changed."""
     stable = True
-    for i, (group, cfg, run) in enumerate(plan):
+    for i, (_, cfg, run) in enumerate(plan):
         for attempt in range(3):
             try:
                 kernel = run(*args)
