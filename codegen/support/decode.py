@@ -31,9 +31,11 @@ class CacheView(NamedTuple):
     lens: torch.Tensor  # (B, H_KV) int32: slots to read per head, from its offset
     offsets: torch.Tensor  # (H_KV,) int32: first slot of each head
     gid: torch.Tensor  # (H,) int32: pattern group of each query head
-    n: int  # tokens appended so far: the T queries are at positions n - T .. n - 1
-    slots: tuple  # host copy: (offset, len) per KV head (the same for every batch row)
+    n: int  # tokens appended so far (padding included): at least T
+    slots: tuple  # host copy: (offset, len) per KV head, an upper bound of every row's lens
     masked: bool  # the pattern must be evaluated even at T == 1
+    npos: torch.Tensor  # (B, H_KV) int32: each row's tokens so far, on the device: the T
+    # queries of row b are at positions npos[b] - T .. npos[b] - 1
 
 
 class DecodeConfig(NamedTuple):
@@ -77,8 +79,9 @@ _DEC_BUFS: dict = {}
 
 @triton.jit
 def _dec_work(LENS, b, r, SPLIT, H_KV: tl.constexpr):
-    """Program r of batch row b -> (kv head, split, splits of that head): heads take
-    max(1, ceil(len / SPLIT)) consecutive programs, in head order."""
+    """Program r of batch row b -> (kv head, split, splits of that head, live): heads take
+    max(1, ceil(len / SPLIT)) consecutive programs, in head order; programs past the row's
+    last (the grid is sized for the host's upper bound of the lengths) are not live."""
     first = 0
     h = 0
     sid = 0
@@ -90,7 +93,7 @@ def _dec_work(LENS, b, r, SPLIT, H_KV: tl.constexpr):
         sid = tl.where(hit, r - first, sid)
         nsh = tl.where(hit, ns, nsh)
         first += ns
-    return h, sid, nsh
+    return h, sid, nsh, r < first
 
 
 @triton.jit
@@ -289,7 +292,7 @@ def decode_launch(spec: DecodeSpec, q, view, *, sm_scale=None, out=None, config=
         pl,
         pacc,
         cnt,
-        view.n,
+        view.npos,
         T,
         geo.split,
         nbuf,
@@ -341,7 +344,7 @@ def decode_torch(spec: DecodeSpec, q, view, *, sm_scale=None) -> torch.Tensor:
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32
     scale = check_scale("decode_reference", sm_scale, D, "sm_scale")
     out = torch.zeros((B, H, T, D), dtype=ct, device=q.device)
-    qp = torch.arange(view.n - T, view.n, device=q.device, dtype=torch.int64)[None, :, None]
+    qp = (view.npos[:, :1].to(torch.int64) - T + torch.arange(T, device=q.device))[:, :, None]  # (B, T, 1)
     gid = view.gid.to(torch.int64)
     for h, (off, n) in enumerate(view.slots):
         if n == 0:
