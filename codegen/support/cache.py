@@ -401,7 +401,8 @@ class CacheBase:
         if L.k is None:
             raise CacheError(f"layer {layer} holds no tokens yet: append(layer, k, v) first")
         if L.slots is None:
-            L.slots = tuple((h.offset, h.cap if self.max_len is not None else h.extent) for h in L.heads)
+            static = self.max_len is not None or L.pad is not None  # extents: those of the longest row
+            L.slots = tuple((h.offset, h.cap if static else h.extent) for h in L.heads)
             # padded lossy heads hold empty slots (rows with fewer tokens than the budget): masked
             L.masked = self.spec.masked[L.layer] or (L.pad is not None and bool(L.classes))
         return CacheView(L.k, L.v, L.pos, L.lens, L.offsets, L.gid, L.n, L.slots, L.masked, L.npos)
@@ -442,7 +443,7 @@ class CacheBase:
         h = L.heads[kv_head]
         if L.pos is None:
             return []
-        p = L.pos[b, h.offset : h.offset + h.extent]
+        p = L.pos[b, h.offset : h.offset + int(L.lens[b, kv_head])]
         return sorted(int(x) for x in p[p != self.spec.decode.sentinel].tolist())
 
     def positions(self, layer):

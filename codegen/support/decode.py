@@ -352,10 +352,11 @@ def decode_torch(spec: DecodeSpec, q, view, *, sm_scale=None) -> torch.Tensor:
         k = view.k[:, off : off + n].to(ct)
         v = view.v[:, off : off + n].to(ct)
         kp = view.pos[:, off : off + n].to(torch.int64)[:, None, :]
+        read = torch.arange(n, device=q.device) < view.lens[:, h, None, None]  # the slots the kernel reads
         for g in range(spec.group):
             hq = h * spec.group + g
             s = torch.einsum("btd,bnd->btn", q[:, hq].to(ct), k) * scale
-            ok = spec.allowed_torch(qp, kp, gid[hq]) & (kp != spec.sentinel)
+            ok = spec.allowed_torch(qp, kp, gid[hq]) & (kp != spec.sentinel) & read
             s = s.masked_fill(~ok, float("-inf"))
             p = torch.softmax(s, dim=-1).nan_to_num(0.0)
             out[:, hq] = torch.einsum("btn,bnd->btd", p, v)
