@@ -247,6 +247,7 @@ class _KvLayer:
         self.rules = [(hs[0], hs) for hs in rules.values()]
         self.slots = None  # host copy of (offset, len) per head, rebuilt after a change
         self.masked = False  # decode evaluates the pattern (set with slots)
+        self.write_kw = {}  # constants of the append kernel per (T, ...)
         classes = {}
         for h in self.heads:
             if h.kind == "lossy":
@@ -326,6 +327,7 @@ class CacheBase:
         self.head_dim = head_dim
         self.backend = backend
         self._layers = [_KvLayer(self.spec, l, self.device) for l in range(self.spec.layers)]
+        self._checked = {}  # the verdicts of _check
         self._cake = {}  # (policy, layer) -> preference, for adaptive budgets
         self._cake_layers = {}
         for layer in self._layers:
@@ -492,9 +494,21 @@ class CacheBase:
         return self._layers[layer]
 
     def _check(self, L, k, v, q):
-        """(T, D) of a well-formed append; otherwise a CacheError that says what is wrong."""
-        ds = self.spec.decode
+        """(T, D) of a well-formed append; otherwise a CacheError that says what is wrong. The
+        verdict is memoised on everything it reads (types, shapes, dtypes, devices, head_dim):
+        a decode step repeats the same append."""
         D = L.k.shape[2] if L.k is not None else self.head_dim
+        if type(k) is torch.Tensor and type(v) is torch.Tensor and (q is None or type(q) is torch.Tensor):
+            qk = None if q is None else (q.shape, q.dtype, q.device)
+            key = (k.shape, v.shape, k.dtype, v.dtype, k.device, v.device, qk, D)
+            got = self._checked.get(key)
+            if got is None:
+                got = self._checked[key] = self._check_all(k, v, q, D)
+            return got
+        return self._check_all(k, v, q, D)
+
+    def _check_all(self, k, v, q, D):
+        ds = self.spec.decode
         common = dict(dtype=self.dtype, device=self.device, error=CacheError, owner="the cache is")
         for name, x in (("k", k), ("v", v)):
             check_tensor("append", name, x, dims="B, H_KV, T, D", **common)
@@ -619,24 +633,19 @@ class CacheBase:
             k = k.contiguous()
         if not v.is_contiguous():
             v = v.contiguous()
+        key = (T, skip_lossy, L.k.shape[1], k.shape[3], L.cnt.shape[1])
+        kw = L.write_kw.get(key)
+        if kw is None:
+            kw = L.write_kw[key] = dict(
+                H_KV=len(L.heads),
+                CW=L.cnt.shape[1],
+                HEAD_DIM=k.shape[3],
+                BLOCK_T=min(64, triton.next_power_of_2(T)),
+                SKIP_LOSSY=skip_lossy,
+                num_warps=4,
+            )
         _kv_append_kernel[(len(L.heads), self.batch)](
-            k,
-            v,
-            L.k,
-            L.v,
-            L.pos,
-            L.lens,
-            L.npos,
-            L.tab,
-            L.cnt,
-            T,
-            L.k.shape[1],
-            H_KV=len(L.heads),
-            CW=L.cnt.shape[1],
-            HEAD_DIM=k.shape[3],
-            BLOCK_T=min(64, triton.next_power_of_2(T)),
-            SKIP_LOSSY=skip_lossy,
-            num_warps=4,
+            k, v, L.k, L.v, L.pos, L.lens, L.npos, L.tab, L.cnt, T, L.k.shape[1], **kw
         )
 
     def _write_torch(self, L, k, v, n, T, skip_lossy):
