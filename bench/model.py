@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -188,9 +187,7 @@ def random_model(c: Config, device, dtype, seed: int = 0) -> Llama:
                 p.fill_(1.0)
             else:
                 p.normal_(0.0, 0.02, generator=g)
-        m.inv_freq.copy_(
-            1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2, device=device).float() / c.head_dim))
-        )
+        m.inv_freq.copy_(1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2, device=device).float() / c.head_dim)))
     m = m.to(dtype)
     m.inv_freq = m.inv_freq.float()  # RoPE frequencies stay float32, as in transformers
     return m
