@@ -183,13 +183,13 @@ _DUMMIES: dict = {}
 
 def dummies(device) -> tuple:
     """Placeholder tensors (int32, float32) for the pointer arguments a launch does not use."""
-    key = str(device)
-    if key not in _DUMMIES:
-        _DUMMIES[key] = (
+    got = _DUMMIES.get(device)
+    if got is None:
+        got = _DUMMIES[device] = (
             torch.zeros(1, device=device, dtype=torch.int32),
             torch.zeros((1, 1, 1), device=device, dtype=torch.float32),
         )
-    return _DUMMIES[key]
+    return got
 
 
 def check_prefill_memo(spec: PrefillSpec, where: str, q, k, v, layer, kernel: bool = True) -> tuple:
@@ -234,13 +234,6 @@ def check_lengths(where: str, lengths, B: int, device) -> None:
     check_tensor(where, "lengths", lengths, dims="B", shape=(B,), dtypes=(torch.int32, torch.int64), device=device)
 
 
-def _descriptor(t, block):
-    """A host-side TMA descriptor over all of t (4D), one box of `block` rows."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), block)
-
-
 def _generic_launcher(
     spec, cfg, grid, q, k, v, o, heads, N, H, nh, D, scale, group, residue, return_lse, use_tma, padded, upcast, trace
 ) -> Callable:
@@ -259,11 +252,21 @@ def _generic_launcher(
     scalars = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3])
     tail = (N, H, nh, scale * _LOG2E)
     launch = spec.kernel[grid]
-    rows_m, rows_n = [1, 1, cfg["BLOCK_M"], D], [1, 1, cfg["BLOCK_N"], D]
+    if use_tma == 2:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        rows_m, rows_n = [1, 1, cfg["BLOCK_M"], D], [1, 1, cfg["BLOCK_N"], D]
+        q_shape, kv_shape = list(q.shape), list(k.shape)  # host-side descriptors over all of each tensor
+        q_st, k_st, v_st, o_st = list(q.stride()), list(k.stride()), list(v.stride()), list(o.stride())
 
     def run(q, k, v, o, lse, tr, lengths):
         if use_tma == 2:
-            descs = (_descriptor(q, rows_m), _descriptor(k, rows_n), _descriptor(v, rows_n), _descriptor(o, rows_m))
+            descs = (
+                TensorDescriptor(q, q_shape, q_st, rows_m),
+                TensorDescriptor(k, kv_shape, k_st, rows_n),
+                TensorDescriptor(v, kv_shape, v_st, rows_n),
+                TensorDescriptor(o, q_shape, o_st, rows_m),
+            )
         else:
             descs = (q, k, v, o)
         return launch(*descs, q, k, v, o, lse, tr if heads is None else heads, tr, lengths, *scalars,
@@ -413,16 +416,19 @@ def _run_first(spec, plan, args, rebuild) -> bool:
     return stable
 
 
-def forward(spec: PrefillSpec, q, k, v, scale, return_lse, layer, config=None, trace=False, lengths=None):
+def forward(spec: PrefillSpec, q, k, v, scale, return_lse, layer, config=None, trace=False, lengths=None, dims=None):
     """Launch the prefill kernels without the custom-op wrapper: (out, lse or an empty tensor[, trace]).
 
     `lengths` (B,): a left-padded batch, row b's tokens are its last lengths[b] positions,
-    which the pattern numbers from 0; the padding rows of the output are zeros (lse -inf)."""
-    B, H, H_KV, N, D = check_prefill_memo(spec, "prefill", q, k, v, layer)
-    scale = check_scale("prefill", scale, D)
+    which the pattern numbers from 0; the padding rows of the output are zeros (lse -inf).
+    `dims`: the caller has checked every argument (prefill()) and passes (B, H, H_KV, N, D)."""
     padded = lengths is not None
-    if padded:
-        check_lengths("prefill", lengths, B, q.device)
+    if dims is None:
+        dims = check_prefill_memo(spec, "prefill", q, k, v, layer)
+        scale = check_scale("prefill", scale, dims[4])
+        if padded:
+            check_lengths("prefill", lengths, dims[0], q.device)
+    B, H, H_KV, N, D = dims
     new = torch.zeros if padded else torch.empty
     o = new((B, H, N, D), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, N) if return_lse else (0,), device=q.device, dtype=torch.float32)
