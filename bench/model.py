@@ -239,8 +239,13 @@ class Sdpa:
         return self._attend_decode(layer, q)
 
     def _attend_decode(self, layer, q):
-        mask = self.valid[:, None, None, :]
-        return F.scaled_dot_product_attention(q, self.k[layer], self.v[layer], attn_mask=mask, enable_gqa=True)
+        """The G query heads of a KV head as G query rows (no GQA expansion: SDPA's
+        memory-efficient kernel with the key mask, over the whole static cache)."""
+        B, H, _, D = q.shape
+        k, v = self.k[layer], self.v[layer]
+        rows = q.reshape(B, k.shape[1], H // k.shape[1], D)
+        o = F.scaled_dot_product_attention(rows, k, v, attn_mask=self.valid[:, None, None, :])
+        return o.reshape(B, H, 1, D)
 
 
 def _key_mask(lengths, B: int, T: int, device):
@@ -261,6 +266,11 @@ class Flex(Sdpa):
         from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
         if Flex._compiled is None:
+            import torch._dynamo
+
+            for knob in ("cache_size_limit", "recompile_limit"):  # one compile per shape, not eager past 8
+                if hasattr(torch._dynamo.config, knob):
+                    setattr(torch._dynamo.config, knob, 64)
             Flex._compiled = torch.compile(flex_attention, dynamic=False)
         self.masks = {}
         valid = self.valid

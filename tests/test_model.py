@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -97,7 +98,15 @@ def test_padded_batch_attnc_causal_equals_dense(causal_module):
 
 def test_bench_model_smoke(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1", OUT=str(tmp_path))
-    for step in (["generate", "--smoke"], ["run", "--smoke", "--attention", "sdpa", "causal", "streaming"]):
+    for step in (["generate", "--smoke"], ["run", "--smoke", "--attention", "sdpa", "streaming"]):
         subprocess.run([sys.executable, str(ROOT / "bench" / "model.py"), *step], check=True, env=env, cwd=ROOT)
     text = (tmp_path / "model.md").read_text()
-    assert "| causal |" in text and "| streaming |" in text
+    assert "| sdpa |" in text and "| streaming |" in text
+
+
+def test_bench_host_smoke(tmp_path):
+    env = dict(os.environ, TRITON_INTERPRET="1", OUT=str(tmp_path))
+    for step in (["generate"], ["run", "--smoke", "--modules", "host_streaming"]):
+        subprocess.run([sys.executable, str(ROOT / "bench" / "host.py"), *step], check=True, env=env, cwd=ROOT)
+    rows = json.loads((tmp_path / "host.json").read_text())["modules"]["host_streaming"]
+    assert {"prefill", "update", "decode", "step", "prefill_python_only", "step_python_only"} <= set(rows)
