@@ -176,20 +176,20 @@ class Llama(nn.Module):
 
 
 def random_model(c: Config, device, dtype, seed: int = 0) -> Llama:
-    """The model with random weights (normal, std 0.02; norms at 1), built on `device`."""
+    """The model with random weights (normal, std 0.02; norms at 1), built on `device` in
+    `dtype` directly (no float32 copy of the weights)."""
     with torch.device("meta"):
         m = Llama(c)
-    m = m.to_empty(device=device)
+    m = m.to(dtype).to_empty(device=device)
     g = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, p in m.named_parameters():
-            if name.endswith("layernorm.weight") or name.endswith("norm.weight"):
+            if name.endswith("norm.weight"):
                 p.fill_(1.0)
             else:
                 p.normal_(0.0, 0.02, generator=g)
-        m.inv_freq.copy_(1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2, device=device).float() / c.head_dim)))
-    m = m.to(dtype)
-    m.inv_freq = m.inv_freq.float()  # RoPE frequencies stay float32, as in transformers
+    # RoPE frequencies stay float32, as in transformers
+    m.inv_freq = 1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2, device=device).float() / c.head_dim))
     return m
 
 
@@ -461,6 +461,9 @@ def cache_bytes(name, mods, c, n: int, dev, dtype) -> int:
 
 def decode_rate(model, name, mods, c, B: int, n: int, dev, dtype, steps: int, graph: bool) -> dict:
     """Decode tokens/s at batch B after n tokens: eager steps, and CUDA-graph replays."""
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     attn = make_backend(name, mods, c, B, n + 2 * steps + 8, dev, dtype)
     gen = Generator(model, attn)
     fill(gen, c, B, n, dev, dtype)
