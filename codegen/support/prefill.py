@@ -218,7 +218,7 @@ def check_prefill_memo(spec: PrefillSpec, where: str, q, k, v, layer, kernel: bo
             v.stride(-1) if v.dim() else 0,
             layer,
             kernel,
-            kernel and interpreting(),
+            kernel and q.device.type == "cpu" and interpreting(),
         )
         dims = spec.memo.get(key)
         if dims is None:
