@@ -223,9 +223,17 @@ def check_prefill_memo(spec: PrefillSpec, where: str, q, k, v, layer, kernel: bo
         dims = spec.memo.get(key)
         if dims is None:
             dims = check_prefill(where, spec.pattern, q, k, v, layer, kernel)
-            spec.memo[key] = dims
+            _remember(spec, key, dims)
         return dims
     return check_prefill(where, spec.pattern, q, k, v, layer, kernel)
+
+
+def _remember(spec: PrefillSpec, key, value) -> None:
+    """Memoise a verdict or a plan; a memo past 4096 entries (a server seeing ever new prompt
+    lengths) starts again."""
+    if len(spec.memo) > 4096:
+        spec.memo.clear()
+    spec.memo[key] = value
 
 
 def check_lengths(where: str, lengths, B: int, device) -> None:
@@ -462,7 +470,7 @@ def forward(spec: PrefillSpec, q, k, v, scale, return_lse, layer, config=None, t
 
     plan = build()
     if _run_first(spec, plan, (q, k, v, o, lse_arg, dummy_i32, lens_arg), build) and key is not None:
-        spec.memo[key] = plan
+        _remember(spec, key, plan)
     return o, lse
 
 
