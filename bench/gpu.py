@@ -602,6 +602,7 @@ def run(folder: Path, baseline: Path | None = None, decode: bool = True) -> int:
     )
     if decode and not SMOKE:
         text += decode_section()
+    text += model_section(ROOT / "docs" / "benchmarks.md")
     if not SMOKE:
         (ROOT / "docs").mkdir(exist_ok=True)
         (ROOT / "docs" / "benchmarks.md").write_text(text)
@@ -644,6 +645,16 @@ def decode_section() -> str:
         + "\n".join(lines).strip()
         + "\n```\n"
     )
+
+
+MODEL_SECTION = "\n## Inside a model"
+
+
+def model_section(path: Path) -> str:
+    """The section bench/model.py's results fill (from its heading to the end), kept as it is."""
+    old = path.read_text() if path.exists() else ""
+    at = old.find(MODEL_SECTION)
+    return old[at:] if at >= 0 else ""
 
 
 def _md(text: str) -> str:

@@ -209,7 +209,7 @@ def signature_of(names, dtype, tensors, boxes, ints):
             signature[name] = "*" + dtype
         elif name == "LSE":
             signature[name] = "*fp32"
-        elif name in ("HEADS", "TR"):
+        elif name in ("HEADS", "TR", "LENS"):
             signature[name] = "*i32"
         elif name == "qk_scale":
             signature[name] = "fp32"
@@ -285,7 +285,7 @@ def compile_one(path, opts):
                              ("N", "H", "NH"))
     constexprs = dict(KV_GROUP=2, HEAD_DIM=head_dim, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                       BLOCK_N_NARROW=min(narrow, cfg["BLOCK_N"]), GROUP=opts["group"], SUBSET=opts["subset"],
-                      RESIDUE=opts["residue"], HAS_LSE=True, USE_TMA=use_tma, GRID_ORDER=3, HEAD_GROUP=4,
+                      RESIDUE=opts["residue"], HAS_LSE=True, USE_TMA=use_tma, PADDED=False, GRID_ORDER=3, HEAD_GROUP=4,
                       STAGES=cfg["STAGES"], EDGE_STAGES=cfg["EDGE_STAGES"], WARP_SPEC=cfg["WARP_SPEC"],
                       DOT_PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False, TRACE=False)
     div16 = ["Q_ptr", "K_ptr", "V_ptr", "O_ptr", "LSE", "N"] + [n for n in names if n.startswith("stride_")]

@@ -64,7 +64,7 @@ class CacheSpec(NamedTuple):
 # ------------------------------------------------------------------ the append kernel
 
 
-@triton.jit(do_not_specialize=["n", "SLOTS"])
+@triton.jit(do_not_specialize=["SLOTS"])
 def _kv_append_kernel(
     KN,
     VN,
@@ -72,9 +72,9 @@ def _kv_append_kernel(
     V,
     POS,
     LENS,
+    NPOS,
     TAB,
     CNT,
-    n,
     T,
     SLOTS,
     H_KV: tl.constexpr,
@@ -83,11 +83,14 @@ def _kv_append_kernel(
     BLOCK_T: tl.constexpr,
     SKIP_LOSSY: tl.constexpr,
 ):
-    """Write T new tokens (positions n .. n + T - 1) of every KV head of one batch row into
-    their slots, and the head's new length. One program per (kv head, batch row).
+    """Write T new tokens (positions n .. n + T - 1, n = NPOS[b, h]: the row's tokens so far,
+    kept on the device) of every KV head of one batch row into their slots, and the head's
+    new length and NPOS. Negative positions are a left-padded row's padding: not stored.
+    One program per (kv head, batch row): each owns its NPOS entry.
     KN, VN are contiguous (B, H_KV, T, D); K, V (B, SLOTS, D); POS (B, SLOTS)."""
     h = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
+    n = tl.load(NPOS + b * H_KV + h)
     skb = SLOTS.to(tl.int64) * HEAD_DIM
     new_base = (b * H_KV + h) * T * HEAD_DIM
     row = TAB + h * 8
@@ -112,8 +115,8 @@ def _kv_append_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     for t0 in range(0, T, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
-        valid = t < T
         p = n + t
+        valid = (t < T) & (p >= 0)
         pm = p % L
         c0 = tl.load(cnt + pm, mask=valid, other=0)
         c1 = tl.load(cnt + pm + 1, mask=valid, other=0)
@@ -141,6 +144,7 @@ def _kv_append_kernel(
         tl.where(kind == 1, ring_len, tl.where(kind == 2, end - chunk_start, tl.where(write, base + T, base))),
     )
     tl.store(LENS + b * H_KV + h, new_len)
+    tl.store(NPOS + b * H_KV + h, end)
 
 
 # ------------------------------------------------------------------ host state
@@ -234,6 +238,8 @@ class _KvLayer:
         self.n = 0
         self.k = self.v = self.pos = self.score = None
         self.lens = self.offsets = self.tab = self.cnt = None
+        self.npos = None  # (B, H_KV) int32 on the device: each row's tokens so far (negative: padding to come)
+        self.pad = None  # (B, 1, 1) int64: a left-padded batch's padding per row (None: no padding)
         self.lossless = [h for h in self.heads if h.kind != "lossy"]
         self.growing = [h for h in self.lossless if h.grows]
         rules = {}
@@ -241,6 +247,8 @@ class _KvLayer:
             rules.setdefault((h.kind, h.sink, h.ring, h.smod, h.sres, h.chunk), []).append(h)
         self.rules = [(hs[0], hs) for hs in rules.values()]
         self.slots = None  # host copy of (offset, len) per head, rebuilt after a change
+        self.masked = False  # decode evaluates the pattern (set with slots)
+        self.write_kw = {}  # constants of the append kernel per (T, ...)
         classes = {}
         for h in self.heads:
             if h.kind == "lossy":
@@ -320,6 +328,7 @@ class CacheBase:
         self.head_dim = head_dim
         self.backend = backend
         self._layers = [_KvLayer(self.spec, l, self.device) for l in range(self.spec.layers)]
+        self._checked = {}  # the verdicts of _check
         self._cake = {}  # (policy, layer) -> preference, for adaptive budgets
         self._cake_layers = {}
         for layer in self._layers:
@@ -329,11 +338,17 @@ class CacheBase:
 
     # -------------------------------------------------------------- public
 
-    def append(self, layer, k, v, q=None, *, sm_scale=None):
-        """Store T new tokens of one layer (positions n .. n + T - 1) and apply its policies."""
+    def append(self, layer, k, v, q=None, *, sm_scale=None, lengths=None):
+        """Store T new tokens of one layer (positions n .. n + T - 1) and apply its policies.
+
+        `lengths` (B,) int tensor, at a layer's first append only: a left-padded batch, row b's
+        tokens are its last lengths[b] (clamped to [0, T]); each row numbers its own tokens
+        from 0, and the padding is not stored."""
         L = self._layer(layer)
         T, D = self._check(L, k, v, q)
         scale = check_scale("append", sm_scale, D, "sm_scale")
+        if lengths is not None:
+            self._check_lengths(L, lengths, T)
         n = L.n
         end = n + T
         if self.max_len is not None and end > self.max_len:
@@ -351,6 +366,9 @@ class CacheBase:
                 )
         if L.k is None:
             self._allocate(L, D, end, T)
+            if lengths is not None:
+                L.pad = (T - lengths.to(device=self.device, dtype=torch.int64).clamp(0, T)).view(-1, 1, 1)
+                L.npos.copy_((-L.pad).view(-1, 1).expand_as(L.npos))
         if L.growing or (L.classes and not big):
             need = {h.index: h.need(end) for h in L.growing}
             if not big:
@@ -375,16 +393,22 @@ class CacheBase:
             for h in c.heads:
                 h.extent = h.held = c.held
         L.n = end
-        L.slots = None
+        if self.max_len is None:
+            L.slots = None
 
     def view(self, layer):
-        """What the decode kernel reads for this layer (a CacheView)."""
+        """What the decode kernel reads for this layer (a CacheView). With a fixed capacity
+        (max_len) the view's slots are the regions' capacities, so that a decode step launches
+        the same grid at every length (CUDA graphs); the kernel reads the lengths on the device."""
         L = self._layer(layer)
         if L.k is None:
             raise CacheError(f"layer {layer} holds no tokens yet: append(layer, k, v) first")
         if L.slots is None:
-            L.slots = tuple((h.offset, h.extent) for h in L.heads)
-        return CacheView(L.k, L.v, L.pos, L.lens, L.offsets, L.gid, L.n, L.slots, self.spec.masked[L.layer])
+            static = self.max_len is not None or L.pad is not None  # extents: those of the longest row
+            L.slots = tuple((h.offset, h.cap if static else h.extent) for h in L.heads)
+            # padded lossy heads hold empty slots (rows with fewer tokens than the budget): masked
+            L.masked = self.spec.masked[L.layer] or (L.pad is not None and bool(L.classes))
+        return CacheView(L.k, L.v, L.pos, L.lens, L.offsets, L.gid, L.n, L.slots, L.masked, L.npos)
 
     def decode(self, layer, q, **kwargs):
         """decode(q, self.view(layer)): attention of the T newest tokens' queries."""
@@ -422,7 +446,7 @@ class CacheBase:
         h = L.heads[kv_head]
         if L.pos is None:
             return []
-        p = L.pos[b, h.offset : h.offset + h.extent]
+        p = L.pos[b, h.offset : h.offset + int(L.lens[b, kv_head])]
         return sorted(int(x) for x in p[p != self.spec.decode.sentinel].tolist())
 
     def positions(self, layer):
@@ -454,12 +478,12 @@ class CacheBase:
         if not isinstance(T, int) or isinstance(T, bool) or not 1 <= T <= L.n:
             raise CacheError(f"query_positions: T must be an int in 1..{L.n} (the tokens appended), got {T!r}")
         sent = self.spec.decode.sentinel
-        qp = torch.arange(L.n - T, L.n, device=self.device, dtype=torch.int64)
-        out = qp[None, None, :].expand(self.batch, self.spec.decode.kv_heads, T).clone()
+        qp = L.npos[:, :1].to(torch.int64) - T + torch.arange(T, device=self.device)  # (B, T): each row's own
+        out = qp[:, None, :].expand(self.batch, self.spec.decode.kv_heads, T).clone()
         for h in L.heads:
             if h.rerotate and h.extent:
                 r = L.pos[:, h.offset : h.offset + h.extent].to(torch.int64)
-                older = (r[:, None, :] < qp[None, :, None]) & (r[:, None, :] != sent)
+                older = (r[:, None, :] < qp[:, :, None]) & (r[:, None, :] != sent)
                 out[:, h.index] = older.sum(-1)
         return out
 
@@ -471,9 +495,21 @@ class CacheBase:
         return self._layers[layer]
 
     def _check(self, L, k, v, q):
-        """(T, D) of a well-formed append; otherwise a CacheError that says what is wrong."""
-        ds = self.spec.decode
+        """(T, D) of a well-formed append; otherwise a CacheError that says what is wrong. The
+        verdict is memoised on everything it reads (types, shapes, dtypes, devices, head_dim):
+        a decode step repeats the same append."""
         D = L.k.shape[2] if L.k is not None else self.head_dim
+        if type(k) is torch.Tensor and type(v) is torch.Tensor and (q is None or type(q) is torch.Tensor):
+            qk = None if q is None else (q.shape, q.dtype, q.device)
+            key = (k.shape, v.shape, k.dtype, v.dtype, k.device, v.device, qk, D)
+            got = self._checked.get(key)
+            if got is None:
+                got = self._checked[key] = self._check_all(k, v, q, D)
+            return got
+        return self._check_all(k, v, q, D)
+
+    def _check_all(self, k, v, q, D):
+        ds = self.spec.decode
         common = dict(dtype=self.dtype, device=self.device, error=CacheError, owner="the cache is")
         for name, x in (("k", k), ("v", v)):
             check_tensor("append", name, x, dims="B, H_KV, T, D", **common)
@@ -489,6 +525,27 @@ class CacheBase:
         if q is not None:
             check_tensor("append", "q", q, dims="B, H, T, D", shape=(B, ds.heads, T, D), **common)
         return T, D
+
+    def _check_lengths(self, L, lengths, T):
+        """`lengths` of a left-padded batch: (B,) ints on the cache's device, at the layer's first
+        append, which must be a prefill (more than max_step tokens), with the Triton backend."""
+        check_tensor(
+            "append",
+            "lengths",
+            lengths,
+            dims="B",
+            shape=(self.batch,),
+            dtypes=(torch.int32, torch.int64),
+            device=self.device,
+            error=CacheError,
+        )
+        if L.n:
+            raise CacheError(f"append: lengths= is for a layer's first append; layer {L.layer} holds {L.n} tokens")
+        if T <= self.spec.decode.max_step or self.backend != "triton":
+            raise CacheError(
+                f"append: a padded batch (lengths=) starts with a prefill of more than "
+                f"{self.spec.decode.max_step} tokens, with backend='triton'; got T={T}, backend={self.backend!r}"
+            )
 
     def _needs_q(self, c, big):
         s = c.policy.score
@@ -523,6 +580,7 @@ class CacheBase:
             caps[h.index] = self._cap_for(L, h, need, 0)
         self._pack(L, D, caps)
         L.lens = torch.zeros((self.batch, len(L.heads)), dtype=torch.int32, device=self.device)
+        L.npos = torch.zeros_like(L.lens)
         cw = max(h.smod for h in L.heads) + 1
         cnt = torch.zeros((len(L.heads), cw), dtype=torch.int32)
         for h in L.heads:
@@ -562,6 +620,7 @@ class CacheBase:
             h.offset, h.cap = off, cap
             off += cap
         L.k, L.v, L.pos, L.score = k, v, pos, score
+        L.slots = None
         L.offsets = torch.tensor([h.offset for h in L.heads], dtype=torch.int32, device=dev)
         tab = torch.zeros((len(L.heads), _KV_TAB_W), dtype=torch.int32)
         for h in L.heads:
@@ -575,24 +634,19 @@ class CacheBase:
             k = k.contiguous()
         if not v.is_contiguous():
             v = v.contiguous()
+        key = (T, skip_lossy, L.k.shape[1], k.shape[3], L.cnt.shape[1])
+        kw = L.write_kw.get(key)
+        if kw is None:
+            kw = L.write_kw[key] = dict(
+                H_KV=len(L.heads),
+                CW=L.cnt.shape[1],
+                HEAD_DIM=k.shape[3],
+                BLOCK_T=min(64, triton.next_power_of_2(T)),
+                SKIP_LOSSY=skip_lossy,
+                num_warps=4,
+            )
         _kv_append_kernel[(len(L.heads), self.batch)](
-            k,
-            v,
-            L.k,
-            L.v,
-            L.pos,
-            L.lens,
-            L.tab,
-            L.cnt,
-            n,
-            T,
-            L.k.shape[1],
-            H_KV=len(L.heads),
-            CW=L.cnt.shape[1],
-            HEAD_DIM=k.shape[3],
-            BLOCK_T=min(64, triton.next_power_of_2(T)),
-            SKIP_LOSSY=skip_lossy,
-            num_warps=4,
+            k, v, L.k, L.v, L.pos, L.lens, L.npos, L.tab, L.cnt, T, L.k.shape[1], **kw
         )
 
     def _write_torch(self, L, k, v, n, T, skip_lossy):
@@ -618,6 +672,7 @@ class CacheBase:
                 L.v[:, idx] = v[:, h.index, tt]
                 L.pos[:, idx] = (tt + n).to(torch.int32)[None, :].expand(self.batch, -1)
             L.lens[:, h.index] = new_len
+        L.npos += T
 
     # -------------------------------------------------------------- lossy policies
 
@@ -633,7 +688,7 @@ class CacheBase:
             L.score[:, a : a + nh * cap].view(B, nh, cap),
         )
 
-    def _stats(self, c, q, kc, pc, n, T, scale):
+    def _stats(self, L, c, q, kc, pc, n, T, scale):
         """The attention statistics of this append's queries over a class's candidates."""
         if q is None:
             return None
@@ -641,9 +696,10 @@ class CacheBase:
         qc = q.view(self.batch, ds.kv_heads, ds.group, T, q.shape[-1]).index_select(1, c.idx)
         qpos = torch.arange(n, n + T, device=self.device)
         g = c.gid[:, :, None, None]
+        pad = 0 if L.pad is None else L.pad[..., None, None]  # each row numbers its own tokens
 
         def allowed(qp, kp):
-            return ds.allowed_torch(qp, kp[..., None, :, :], g)
+            return ds.allowed_torch(qp - pad, kp[..., None, :, :], g)
 
         return attention_stats(qc, kc, pc, qpos, allowed, scale, c.policy.window, ds.sentinel)
 
@@ -667,12 +723,12 @@ class CacheBase:
         kc, pc = kv[..., :E, :], pv[..., :E]
         old = sv[..., :E].clone()
         old[..., new] = 0
-        stats = self._stats(c, q, kc, pc, n, T, scale)
+        stats = self._stats(L, c, q, kc, pc, n, T, scale)
         sv[..., :E] = rescore(c.policy, old, stats, kc, new)
         if E <= c.budget:
             return
         keep, m = c.budget, E - c.budget
-        prio = priority(pol, sv[..., :E], pc, n + T)
+        prio = self._priority(L, pol, sv[..., :E], pc, n + T)
         D = kv.shape[-1]
         if m == 1:  # one token out (a decode step): the lowest (priority, position) goes
             low = torch.where(prio == prio.amin(-1, keepdim=True), pc, torch.full_like(pc, sent + 1))
@@ -706,10 +762,12 @@ class CacheBase:
     def _fused_step(self, L, c, q, n, T, scale):
         """An H2O or TOVA decode step of one token in one launch of the pattern's
         _kv_step_kernel (scores, the lowest (priority, position), the move); False where the
-        torch path below serves (the reference: other scores, T > 1, float64, backend torch)."""
+        torch path below serves (the reference: other scores, T > 1, float64, backend torch,
+        a left-padded batch, whose rows count positions of their own)."""
         pol, E = c.policy, c.held
         if (
             self.backend != "triton"
+            or L.pad is not None
             or self.spec.step is None
             or T != 1
             or q is None
@@ -733,6 +791,14 @@ class CacheBase:
             L.lens.index_fill_(1, c.idx, c.budget)
         return True
 
+    def _priority(self, L, pol, scores, pos, end):
+        """The eviction priority (policies.priority) at the end of an append; in a padded
+        batch each row's end is its own and empty slots (padding) go first."""
+        if L.pad is None:
+            return priority(pol, scores, pos, end)
+        prio = priority(pol, scores, pos, end - L.pad)
+        return prio.masked_fill(pos == self.spec.decode.sentinel, float("-inf"))
+
     def _compress(self, L, c, k, v, q, n, T, scale):
         """A prefill-sized append (T > max_step), or T == 0 to shrink to a new budget: score
         the held tokens and the new ones together, keep the budget's best, rewrite the
@@ -742,10 +808,13 @@ class CacheBase:
         E0 = c.held
         B = self.batch
         pos_new = torch.arange(n, n + T, device=self.device, dtype=torch.int32)
+        if L.pad is not None:  # each row's own positions; its padding is an empty slot
+            pos_new = pos_new - L.pad[:, 0]
+            pos_new = torch.where(pos_new < 0, self.spec.decode.sentinel, pos_new).to(torch.int32)
         kc = torch.cat([kv[..., :E0, :], k.index_select(1, c.idx)], 2) if T else kv[..., :E0, :].clone()
         vc = torch.cat([vv[..., :E0, :], v.index_select(1, c.idx)], 2) if T else vv[..., :E0, :].clone()
         pc = (
-            torch.cat([pv[..., :E0], pos_new[None, None, :].expand(B, len(c.heads), T)], 2)
+            torch.cat([pv[..., :E0], pos_new.view(-1, 1, T).expand(B, len(c.heads), T)], 2)
             if T
             else pv[..., :E0].clone()
         )
@@ -753,7 +822,7 @@ class CacheBase:
         E = E0 + T
         new = slice(E0, E)
         if T:
-            stats = self._stats(c, q, kc, pc, n, T, scale)
+            stats = self._stats(L, c, q, kc, pc, n, T, scale)
             sc = rescore(c.policy, old, stats, kc, new)
             if pol.adaptive_mean is not None:
                 self._cake_prefer(L, c, stats("window"))
@@ -762,7 +831,7 @@ class CacheBase:
         budget = c.budget if c.budget is not None else E
         keep = min(E, budget)
         if keep < E:
-            ev = lowest(priority(pol, sc, pc, n + T), pc, E - keep)
+            ev = lowest(self._priority(L, pol, sc, pc, n + T), pc, E - keep)
             key = torch.where(ev, torch.full_like(pc, 1 << 30), pc)
             sel = torch.argsort(key, dim=-1, stable=True)[..., :keep]
         else:

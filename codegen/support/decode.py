@@ -31,9 +31,11 @@ class CacheView(NamedTuple):
     lens: torch.Tensor  # (B, H_KV) int32: slots to read per head, from its offset
     offsets: torch.Tensor  # (H_KV,) int32: first slot of each head
     gid: torch.Tensor  # (H,) int32: pattern group of each query head
-    n: int  # tokens appended so far: the T queries are at positions n - T .. n - 1
-    slots: tuple  # host copy: (offset, len) per KV head (the same for every batch row)
+    n: int  # tokens appended so far (padding included): at least T
+    slots: tuple  # host copy: (offset, len) per KV head, an upper bound of every row's lens
     masked: bool  # the pattern must be evaluated even at T == 1
+    npos: torch.Tensor  # (B, H_KV) int32: each row's tokens so far, on the device: the T
+    # queries of row b are at positions npos[b] - T .. npos[b] - 1
 
 
 class DecodeConfig(NamedTuple):
@@ -72,13 +74,15 @@ class DecodePlan(NamedTuple):
 _DEC_DEFAULT = DecodeConfig()
 _DEC_SMS: dict = {}
 _DEC_PLANS: dict = {}
+_DEC_CALLS: dict = {}
 _DEC_BUFS: dict = {}
 
 
 @triton.jit
 def _dec_work(LENS, b, r, SPLIT, H_KV: tl.constexpr):
-    """Program r of batch row b -> (kv head, split, splits of that head): heads take
-    max(1, ceil(len / SPLIT)) consecutive programs, in head order."""
+    """Program r of batch row b -> (kv head, split, splits of that head, live): heads take
+    max(1, ceil(len / SPLIT)) consecutive programs, in head order; programs past the row's
+    last (the grid is sized for the host's upper bound of the lengths) are not live."""
     first = 0
     h = 0
     sid = 0
@@ -90,7 +94,7 @@ def _dec_work(LENS, b, r, SPLIT, H_KV: tl.constexpr):
         sid = tl.where(hit, r - first, sid)
         nsh = tl.where(hit, ns, nsh)
         first += ns
-    return h, sid, nsh
+    return h, sid, nsh, r < first
 
 
 @triton.jit
@@ -252,50 +256,54 @@ def _dec_ok(spec: DecodeSpec, q, view, out) -> bool:
 
 
 def decode_launch(spec: DecodeSpec, q, view, *, sm_scale=None, out=None, config=_DEC_DEFAULT, split=None):
-    """decode() of a generated module: check every argument, then launch its kernel."""
+    """decode() of a generated module: check every argument, then launch its kernel.
+
+    Everything a call derives from the view's slots, the shapes, the dtype, the device and
+    the options (geometry, partial buffers, launch constants) is memoised: a decode step of
+    a model repeats the same call, whose host time is then the checks and the launch."""
     if not _dec_ok(spec, q, view, out):
         check_view("decode", view)
         check_decode_query("decode", spec, q, view)
         check_out("decode", out, dims="B, H, T, D", shape=tuple(q.shape), dtype=q.dtype, device=q.device)
-    if not isinstance(config, DecodeConfig):
+    if config is not _DEC_DEFAULT and not isinstance(config, DecodeConfig):
         raise TypeError(f"decode: config must be a DecodeConfig; got {type(config).__name__}")
     if split is not None:
         check_int("decode", "split", split, 1)
-    check_kernel_device("decode", q.device, "decode_reference() runs anywhere.")
-    B, H, T, D = q.shape
-    scale = check_scale("decode", sm_scale, D, "sm_scale")
-    k = view.k
+    if q.device.type != "cuda":
+        check_kernel_device("decode", q.device, "decode_reference() runs anywhere.")
     if not q.is_contiguous():
         q = q.contiguous()
-    dev = q.device
-    geo = _dec_geometry(spec, view.slots, B, T, config, _dec_sms(dev), split)
+    key = (spec.kernel, view.slots, q.shape, q.dtype, q.device, view.k.shape[1], view.masked, config, split, sm_scale)
+    plan = _DEC_CALLS.get(key)
+    if plan is None:
+        plan = _dec_plan(spec, q, view, sm_scale, config, split)
+        if len(_DEC_CALLS) > 4096:  # caches that grow without max_len change their slots every step
+            _DEC_CALLS.clear()
+        _DEC_CALLS[key] = plan
+    launch, scalars, kw, bufs, reduce = plan
     if out is None:
         out = torch.empty_like(q)
-    if geo.reduce == 0:
-        pm = pl = pacc = cnt = out
-    else:
-        pm, pl, pacc, cnt = _dec_buffers(spec, dev, B, geo.nsplit, geo.block_m, D)
-    nbuf = pm.shape[2] if geo.reduce else 1
-    spec.kernel[(B * geo.work,)](
-        q,
-        k,
-        view.v,
-        view.pos,
-        view.lens,
-        view.offsets,
-        view.gid,
-        out,
-        pm,
-        pl,
-        pacc,
-        cnt,
-        view.n,
-        T,
-        geo.split,
-        nbuf,
-        geo.work,
-        k.shape[1],
-        scale * _DEC_LOG2E,
+    pm, pl, pacc, cnt = bufs or (out, out, out, out)
+    launch(q, view.k, view.v, view.pos, view.lens, view.offsets, view.gid, out, pm, pl, pacc, cnt, view.npos,
+           *scalars, **kw)  # fmt: skip
+    if reduce is not None:
+        reduce(pm, pl, pacc, view.lens, out, *scalars[:3], **reduce_kw(spec, kw))
+    return out
+
+
+def reduce_kw(spec: DecodeSpec, kw: dict) -> dict:
+    """The constants of _dec_reduce_kernel, from the decode kernel's."""
+    return dict(H_KV=kw["H_KV"], G=kw["G"], HEAD_DIM=kw["HEAD_DIM"], BLOCK_M=kw["BLOCK_M"], num_warps=4)
+
+
+def _dec_plan(spec: DecodeSpec, q, view, sm_scale, config, split) -> tuple:
+    """(launch, scalars, constants, partial buffers or None, reduce launch or None) of a decode call."""
+    B, H, T, D = q.shape
+    scale = check_scale("decode", sm_scale, D, "sm_scale")
+    geo = _dec_geometry(spec, view.slots, B, T, config, _dec_sms(q.device), split)
+    bufs = _dec_buffers(spec, q.device, B, geo.nsplit, geo.block_m, D) if geo.reduce else None
+    nbuf = bufs[0].shape[2] if bufs else 1
+    kw = dict(
         H_KV=spec.kv_heads,
         G=spec.group,
         HEAD_DIM=D,
@@ -308,23 +316,9 @@ def decode_launch(spec: DecodeSpec, q, view, *, sm_scale=None, out=None, config=
         UPCAST=q.dtype == torch.bfloat16 and interpreting(),
         num_warps=config.num_warps,
     )
-    if geo.reduce == 1:
-        _dec_reduce_kernel[(spec.kv_heads, B)](
-            pm,
-            pl,
-            pacc,
-            view.lens,
-            out,
-            T,
-            geo.split,
-            nbuf,
-            H_KV=spec.kv_heads,
-            G=spec.group,
-            HEAD_DIM=D,
-            BLOCK_M=geo.block_m,
-            num_warps=4,
-        )
-    return out
+    scalars = (T, geo.split, nbuf, geo.work, view.k.shape[1], scale * _DEC_LOG2E)
+    reduce = _dec_reduce_kernel[(spec.kv_heads, B)] if geo.reduce == 1 else None
+    return spec.kernel[(B * geo.work,)], scalars, kw, bufs, reduce
 
 
 def decode_split_of(spec: DecodeSpec, view, batch: int, config: DecodeConfig = _DEC_DEFAULT) -> int:
@@ -341,7 +335,7 @@ def decode_torch(spec: DecodeSpec, q, view, *, sm_scale=None) -> torch.Tensor:
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32
     scale = check_scale("decode_reference", sm_scale, D, "sm_scale")
     out = torch.zeros((B, H, T, D), dtype=ct, device=q.device)
-    qp = torch.arange(view.n - T, view.n, device=q.device, dtype=torch.int64)[None, :, None]
+    qp = (view.npos[:, :1].to(torch.int64) - T + torch.arange(T, device=q.device))[:, :, None]  # (B, T, 1)
     gid = view.gid.to(torch.int64)
     for h, (off, n) in enumerate(view.slots):
         if n == 0:
@@ -349,10 +343,11 @@ def decode_torch(spec: DecodeSpec, q, view, *, sm_scale=None) -> torch.Tensor:
         k = view.k[:, off : off + n].to(ct)
         v = view.v[:, off : off + n].to(ct)
         kp = view.pos[:, off : off + n].to(torch.int64)[:, None, :]
+        read = torch.arange(n, device=q.device) < view.lens[:, h, None, None]  # the slots the kernel reads
         for g in range(spec.group):
             hq = h * spec.group + g
             s = torch.einsum("btd,bnd->btn", q[:, hq].to(ct), k) * scale
-            ok = spec.allowed_torch(qp, kp, gid[hq]) & (kp != spec.sentinel)
+            ok = spec.allowed_torch(qp, kp, gid[hq]) & (kp != spec.sentinel) & read
             s = s.masked_fill(~ok, float("-inf"))
             p = torch.softmax(s, dim=-1).nan_to_num(0.0)
             out[:, hq] = torch.einsum("btn,bnd->btd", p, v)

@@ -1,17 +1,33 @@
 """The host side of prefill that does not vary per pattern: argument checks, launch
-configuration, grid order, TMA eligibility.
+configuration, grid order, TMA descriptors, the launches of the generic and the tile-order
+kernels, and the per-shape memo that keeps a call's host time small.
 
-What varies per pattern (PATTERN, the tuning of each group, the configuration tables)
-reaches these functions as arguments; the generated module wraps them (config_for, _check).
+What varies per pattern (PATTERN, the tuning of each group, the configuration tables, the
+kernels) reaches these functions as a `PrefillSpec`; the generated module wraps them
+(config_for, _check, _forward).
+
+Host time: everything a call derives from the shapes, strides, dtype, device, layer and
+scale (the checks' verdict, configurations, grids, launch arguments) is computed once and
+kept in `PrefillSpec.memo` under that key; a later call with the same key only allocates
+the output, builds the TMA descriptors (they hold the data pointers) and launches.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable, NamedTuple
 
 import torch
 
-from .checks import HEAD_DIMS, KERNEL_DTYPES, check_int, check_kernel_device, check_tensor
+from .checks import (
+    HEAD_DIMS,
+    KERNEL_DTYPES,
+    check_int,
+    check_kernel_device,
+    check_scale,
+    check_tensor,
+    interpreting,
+)
 
 try:
     from triton.runtime.errors import OutOfResources as _OutOfResources
@@ -101,3 +117,387 @@ def _head_group(cfg: dict, B: int, H: int, N: int, D: int, element_size: int) ->
     group = min(1 << (group.bit_length() - 1), 8)
     group = math.gcd(group, B * H)
     return (3, group) if group > 1 else (2, 1)
+
+
+_LOG2E = 1.4426950408889634
+_SPILL_LIMIT = 64  # bytes of local memory per thread that a register cap may cost
+
+
+class PrefillSpec(NamedTuple):
+    """What a pattern's prefill needs from its generated module."""
+
+    pattern: dict  # PATTERN
+    group_table: list  # [layer][query head] -> pattern group
+    tuning: list  # per group: block_cap, rows_cap, narrow, grows, residue, grid
+    kernel: Callable  # the generic kernel, _fwd_kernel
+    grid_kernels: tuple  # per group: its tile-order kernel, or None
+    grid_tiles: list  # per group: None or {(BLOCK_M, BLOCK_N): (query tile, key tile)}
+    grid_shape: list  # per group: None or (grid dims, prefix, grid tokens)
+    choose: Callable  # compiler/configs.choose_config, as the module carries it
+    configs: list  # CONFIGS
+    grid_configs: list  # GRID_CONFIGS
+    cpu_config: dict  # CPU_CONFIG
+    memo: dict  # per-shape results: configurations, head tables, checks, launch plans
+
+
+def config_of(spec: PrefillSpec, device, dtype, head_dim, overrides=None, group=0) -> dict:
+    """The launch configuration of a pattern group on `device` (a dict; see CONFIGS), memoised.
+    `overrides` (a dict of the same keys) replaces table entries, pattern caps included."""
+    key = ("config", str(device), dtype, head_dim, tuple(sorted((overrides or {}).items())), group)
+    cfg = spec.memo.get(key)
+    if cfg is None:
+        cfg = spec.choose(
+            spec.tuning[group],
+            *device_key(device, dtype),
+            head_dim,
+            overrides,
+            spec.configs,
+            spec.grid_configs,
+            spec.cpu_config,
+        )
+        spec.memo[key] = cfg
+    return cfg
+
+
+def launches_of(spec: PrefillSpec, device, layer, H: int) -> list:
+    """(group, number of heads, int32 tensor of their indices or None for all H) per launch:
+    one launch per pattern group of the layer's heads, memoised."""
+    key = ("launches", str(device), layer, H)
+    out = spec.memo.get(key)
+    if out is None:
+        row = spec.group_table[0 if layer is None else layer]
+        row = row if spec.pattern["varies_by_head"] else [row[0]] * H
+        out = []
+        for g in sorted(set(row)):
+            heads = [h for h in range(H) if row[h] == g]
+            if len(heads) == H:
+                out.append((g, H, None))
+            else:
+                out.append((g, len(heads), torch.tensor(heads, dtype=torch.int32, device=device)))
+        spec.memo[key] = out
+    return out
+
+
+_DUMMIES: dict = {}
+
+
+def dummies(device) -> tuple:
+    """Placeholder tensors (int32, float32) for the pointer arguments a launch does not use."""
+    got = _DUMMIES.get(device)
+    if got is None:
+        got = _DUMMIES[device] = (
+            torch.zeros(1, device=device, dtype=torch.int32),
+            torch.zeros((1, 1, 1), device=device, dtype=torch.float32),
+        )
+    return got
+
+
+def check_prefill_memo(spec: PrefillSpec, where: str, q, k, v, layer, kernel: bool = True) -> tuple:
+    """check_prefill, with its verdict memoised on everything it reads (types, shapes, dtypes,
+    devices, last strides, layer, whether the interpreter runs): a call like an earlier one
+    that passed costs one tuple and one dict lookup. Anything unusual takes the full checks."""
+    if (
+        type(q) is torch.Tensor
+        and type(k) is torch.Tensor
+        and type(v) is torch.Tensor
+        and (layer is None or type(layer) is int)
+    ):
+        key = (
+            where,
+            q.shape,
+            k.shape,
+            v.shape,
+            q.dtype,
+            k.dtype,
+            v.dtype,
+            q.device,
+            k.device,
+            v.device,
+            q.stride(-1) if q.dim() else 0,
+            k.stride(-1) if k.dim() else 0,
+            v.stride(-1) if v.dim() else 0,
+            layer,
+            kernel,
+            kernel and q.device.type == "cpu" and interpreting(),
+        )
+        dims = spec.memo.get(key)
+        if dims is None:
+            dims = check_prefill(where, spec.pattern, q, k, v, layer, kernel)
+            _remember(spec, key, dims)
+        return dims
+    return check_prefill(where, spec.pattern, q, k, v, layer, kernel)
+
+
+def _remember(spec: PrefillSpec, key, value) -> None:
+    """Memoise a verdict or a plan; a memo past 4096 entries (a server seeing ever new prompt
+    lengths) starts again."""
+    if len(spec.memo) > 4096:
+        spec.memo.clear()
+    spec.memo[key] = value
+
+
+def check_lengths(where: str, lengths, B: int, device) -> None:
+    """`lengths` of a left-padded batch: an int32 or int64 tensor (B,) on the inputs' device.
+    Its values are clamped to [0, N] by the kernel (reading them here would wait for the GPU)."""
+    check_tensor(where, "lengths", lengths, dims="B", shape=(B,), dtypes=(torch.int32, torch.int64), device=device)
+
+
+def _generic_launcher(
+    spec, cfg, grid, q, k, v, o, heads, N, H, nh, D, scale, group, residue, return_lse, use_tma, padded, upcast, trace
+) -> Callable:
+    """run(q, k, v, o, lse, tr, lengths): one launch of the generic kernel with everything that
+    does not depend on the data pointers fixed now (strides, grid, constants)."""
+    grid_order, head_group = _head_group(cfg, q.shape[0], nh, N, D, q.element_size())
+    extra = {"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}
+    kw = dict(
+        KV_GROUP=H // k.shape[1], HEAD_DIM=D, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+        BLOCK_N_NARROW=cfg["BLOCK_N_NARROW"], GROUP=group, SUBSET=heads is not None, RESIDUE=residue,
+        HAS_LSE=return_lse, USE_TMA=use_tma, PADDED=padded, GRID_ORDER=grid_order, HEAD_GROUP=head_group,
+        STAGES=cfg["STAGES"], EDGE_STAGES=cfg["EDGE_STAGES"], WARP_SPEC=cfg.get("WARP_SPEC", False),
+        DOT_PREC=cfg["DOT_PREC"], UPCAST=upcast, TRACE=trace, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"], **extra,
+    )  # fmt: skip
+    scalars = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3])
+    tail = (N, H, nh, scale * _LOG2E)
+    launch = spec.kernel[grid]
+    if use_tma == 2:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        rows_m, rows_n = [1, 1, cfg["BLOCK_M"], D], [1, 1, cfg["BLOCK_N"], D]
+        q_shape, kv_shape = list(q.shape), list(k.shape)  # host-side descriptors over all of each tensor
+        q_st, k_st, v_st, o_st = list(q.stride()), list(k.stride()), list(v.stride()), list(o.stride())
+
+    def run(q, k, v, o, lse, tr, lengths):
+        if use_tma == 2:
+            descs = (
+                TensorDescriptor(q, q_shape, q_st, rows_m),
+                TensorDescriptor(k, kv_shape, k_st, rows_n),
+                TensorDescriptor(v, kv_shape, v_st, rows_n),
+                TensorDescriptor(o, q_shape, o_st, rows_m),
+            )
+        else:
+            descs = (q, k, v, o)
+        return launch(*descs, q, k, v, o, lse, tr if heads is None else heads, tr, lengths, *scalars,
+                      *lse.stride()[:2], *tail, **kw)  # fmt: skip
+
+    return run
+
+
+def grid_programs(spec: PrefillSpec, group: int, cfg: dict) -> tuple:
+    """(query tiles, prefix blocks) of a grid group's launch."""
+    dims, prefix, _ = spec.grid_shape[group]
+    q_tile, _ = spec.grid_tiles[group][(cfg["BLOCK_M"], cfg["BLOCK_N"])]
+    return tile_count(dims, q_tile), -(-prefix // cfg["BLOCK_M"])
+
+
+def tile_count(dims, tile) -> int:
+    """How many tiles of `tile` tokens per axis cover a grid of `dims` (the last may hang over)."""
+    count = 1
+    for n, t in zip(dims, tile):
+        count *= -(-n // t)
+    return count
+
+
+def tile_args(q_tile, k_tile) -> dict:
+    """The grid kernels' tile shapes as constexpr arguments TQ0, TQ1, ..., TK0, TK1, ..."""
+    args = {f"TQ{a}": t for a, t in enumerate(q_tile)}
+    args.update({f"TK{a}": t for a, t in enumerate(k_tile)})
+    return args
+
+
+def grid_fits(spec: PrefillSpec, group: int, N: int, cfg: dict) -> bool:
+    """The tile-order kernel covers prefix + grid tokens exactly, with the tile sizes the compiler
+    planned for; other lengths and tiles run the generic kernel."""
+    _, prefix, size = spec.grid_shape[group]
+    return N == prefix + size and (cfg["BLOCK_M"], cfg["BLOCK_N"]) in spec.grid_tiles[group]
+
+
+def grid_view(spec: PrefillSpec, group: int, t):
+    """(base tensor, shape, strides) of t's grid rows as (batch * heads, *grid, head_dim), or None
+    when its layout cannot be addressed that way (heads not evenly spaced)."""
+    dims, prefix, _ = spec.grid_shape[group]
+    B, H, N, D = t.shape
+    if t.stride(0) != H * t.stride(1) and B > 1:
+        return None
+    strides, size = [], 1
+    for n in reversed(dims):
+        strides.append(size * t.stride(2))
+        size *= n
+    return t[:, :, prefix:], [B * H, *dims, D], [t.stride(1), *reversed(strides), 1]
+
+
+def grid_tma_views(spec: PrefillSpec, group: int, q, k, v, o):
+    """The grid views of q, k, v, o (see grid_view), or None unless all four can be TMA
+    descriptors: 16-byte aligned bases and strides, a contiguous last dimension."""
+    views = []
+    for t in (q, k, v, o):
+        view = grid_view(spec, group, t)
+        if view is None or t.stride(-1) != 1:
+            return None
+        base, _, strides = view
+        if base.data_ptr() % 16 or any((s * t.element_size()) % 16 for s in strides[:-1]):
+            return None
+        views.append(view)
+    return views
+
+
+def _grid_launcher(spec, group, cfg, q, k, v, o, heads, nh, D, scale, return_lse, upcast, trace) -> Callable:
+    """run(q, k, v, o, lse, tr, lengths): one launch of a grid group's tile-order kernel (one
+    program per query tile, then per prefix block); TMA boxes of the grid on Hopper."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    use_tma = bool(cfg.get("USE_TMA")) and not trace and grid_tma_views(spec, group, q, k, v, o) is not None
+    tiles = spec.grid_tiles[group]
+    if cfg.get("USE_TMA") and not use_tma and cfg["BLOCK_N"] > 32 and (cfg["BLOCK_M"], 32) in tiles:
+        cfg = dict(cfg, BLOCK_N=32)  # gathered rows: 64-key tiles spill registers (compiler/configs.py)
+    q_tile, k_tile = tiles[(cfg["BLOCK_M"], cfg["BLOCK_N"])]
+    n_tiles, prefix_blocks = grid_programs(spec, group, cfg)
+    B, N = q.shape[0], q.shape[2]
+    kw = tile_args(q_tile, k_tile)
+    kw.update(
+        KV_GROUP=q.shape[1] // k.shape[1], HEAD_DIM=D, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+        SUBSET=heads is not None, HAS_LSE=return_lse, STAGES=cfg["STAGES"], DOT_PREC=cfg["DOT_PREC"],
+        UPCAST=upcast, TRACE=trace, USE_TMA=use_tma, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )  # fmt: skip
+    launch = spec.grid_kernels[group][(n_tiles + prefix_blocks, B * nh)]
+    scalars = (q.shape[1], k.shape[1], *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3])
+
+    def run(q, k, v, o, lse, tr, lengths):
+        if use_tma:
+            views = grid_tma_views(spec, group, q, k, v, o)
+            descs = [
+                TensorDescriptor(base, shape, strides, [1, *tile, shape[-1]])
+                for (base, shape, strides), tile in zip(views, (q_tile, k_tile, k_tile, q_tile))
+            ]
+        else:
+            descs = (q, k, v, o)
+        return launch(q, k, v, o, *descs, lse, tr if heads is None else heads, tr, *scalars, *lse.stride()[:2],
+                      N, nh, scale * _LOG2E, **kw)  # fmt: skip
+
+    return run
+
+
+def _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, trace, padded) -> list:
+    """The launches of one call: (group, config, run) per pattern group of the layer's heads
+    (one launch per group: a run-time branch between groups inside one kernel measured 2x
+    slower on an H100, docs/codegen.md)."""
+    upcast = q.dtype == torch.bfloat16 and q.device.type == "cpu"  # interpreter: see _attend
+    plan = []
+    for group, nh, heads in launches_of(spec, q.device, layer, H):
+        cfg = config_of(spec, q.device, q.dtype, D, config, group)
+        if (
+            spec.tuning[group]["grid"]
+            and cfg.get("GRID", True)
+            and not (trace or padded)
+            and grid_fits(spec, group, N, cfg)
+        ):
+            run = _grid_launcher(spec, group, cfg, q, k, v, o, heads, nh, D, scale, return_lse, upcast, False)
+            plan.append((group, cfg, run))
+            continue
+        residue = spec.tuning[group]["residue"] if cfg.get("RESIDUE", True) and not trace else 0
+        # host-side descriptors address whole rows of (B, H, N, D): not the strided rows of
+        # residue classes, nor the shifted rows of padded batches
+        use_tma = cfg["USE_TMA"] if not (trace or residue or padded) and _tma_ok(q, k, v, o) else 0
+        grid_m = triton_cdiv(N, cfg["BLOCK_M"])
+        if residue:
+            grid_m = residue * triton_cdiv(triton_cdiv(N, residue), cfg["BLOCK_M"])
+        run = _generic_launcher(spec, cfg, (grid_m, q.shape[0] * nh), q, k, v, o, heads, N, H, nh, D, scale, group,
+                                residue, return_lse, use_tma, padded, upcast, trace)  # fmt: skip
+        plan.append((group, cfg, run))
+    return plan
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _run_first(spec, plan, args, rebuild) -> bool:
+    """Run a plan's launches the first time: a kernel that the register cap made spill loses
+    the cap, and a launch out of shared memory retries with shallower pipelining (both
+    remembered in the memoised configuration). True when no configuration changed."""
+    stable = True
+    for i, (_, cfg, run) in enumerate(plan):
+        for attempt in range(3):
+            try:
+                kernel = run(*args)
+                if cfg.get("maxnreg") and getattr(kernel, "n_spills", 0) > _SPILL_LIMIT:
+                    cfg["maxnreg"] = None  # the register cap (two programs per SM) made this kernel spill
+                    stable = False
+                break
+            except _OutOfResources:
+                if attempt == 2 or cfg["num_stages"] <= 1:
+                    raise
+                cfg.update(
+                    num_stages=cfg["num_stages"] - 1, STAGES=max(1, cfg["STAGES"] - 1), EDGE_STAGES=1, maxnreg=None
+                )
+                stable = False
+                run = rebuild()[i][2]
+    return stable
+
+
+def forward(spec: PrefillSpec, q, k, v, scale, return_lse, layer, config=None, trace=False, lengths=None, dims=None):
+    """Launch the prefill kernels without the custom-op wrapper: (out, lse or an empty tensor[, trace]).
+
+    `lengths` (B,): a left-padded batch, row b's tokens are its last lengths[b] positions,
+    which the pattern numbers from 0; the padding rows of the output are zeros (lse -inf).
+    `dims`: the caller has checked every argument (prefill()) and passes (B, H, H_KV, N, D)."""
+    padded = lengths is not None
+    if dims is None:
+        dims = check_prefill_memo(spec, "prefill", q, k, v, layer)
+        scale = check_scale("prefill", scale, dims[4])
+        if padded:
+            check_lengths("prefill", lengths, dims[0], q.device)
+    B, H, H_KV, N, D = dims
+    new = torch.zeros if padded else torch.empty
+    o = new((B, H, N, D), device=q.device, dtype=q.dtype)
+    lse = torch.empty((B, H, N) if return_lse else (0,), device=q.device, dtype=torch.float32)
+    if padded and return_lse:
+        lse.fill_(float("-inf"))
+    if B * H * N == 0:
+        return (o, lse, None) if trace else (o, lse)
+    dummy_i32, dummy_f32 = dummies(q.device)
+    lse_arg = lse if return_lse else dummy_f32
+    lens_arg = lengths if padded else dummy_i32
+    if trace:
+        # the trace has one row per query block: every group must use the same BLOCK_M (tests pass it)
+        group0 = launches_of(spec, q.device, layer, H)[0][0]
+        num_m = triton_cdiv(N, config_of(spec, q.device, q.dtype, D, config, group0)["BLOCK_M"])
+        tr = torch.zeros(B * H * num_m * N, device=q.device, dtype=torch.int32)
+        plan = _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, True, padded)
+        _run_first(spec, plan, (q, k, v, o, lse_arg, tr, lens_arg), lambda: plan)
+        return o, lse, tr.view(B, H, num_m, N)
+    key = None
+    if config is None and q.data_ptr() % 16 == 0 and k.data_ptr() % 16 == 0 and v.data_ptr() % 16 == 0:
+        key = ("plan", q.shape, q.stride(), k.shape, k.stride(), v.stride(), q.dtype, q.device, layer, scale,
+               bool(return_lse), padded)  # fmt: skip
+        plan = spec.memo.get(key)
+        if plan is not None:
+            for _, _, run in plan:
+                run(q, k, v, o, lse_arg, dummy_i32, lens_arg)
+            return o, lse
+
+    def build():
+        return _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, False, padded)
+
+    plan = build()
+    if _run_first(spec, plan, (q, k, v, o, lse_arg, dummy_i32, lens_arg), build) and key is not None:
+        _remember(spec, key, plan)
+    return o, lse
+
+
+def grid_visits_of(spec: PrefillSpec, q, k, v, layer=None, config=None) -> list:
+    """Per grid group of the layer: (group, visits) with visits[b * heads + i, program, key] the
+    number of times the tile-order kernel's program visits each key (natural positions),
+    computing nothing: a test hook for the plan."""
+    B, H, H_KV, N, D = check_prefill_memo(spec, "prefill", q, k, v, layer)
+    out = []
+    for group, nh, heads in launches_of(spec, q.device, layer, H):
+        if spec.grid_kernels[group] is None:
+            continue
+        cfg = config_of(spec, q.device, q.dtype, D, config, group)
+        tiles, prefix_blocks = grid_programs(spec, group, cfg)
+        tr = torch.zeros(B * nh * (tiles + prefix_blocks) * N, device=q.device, dtype=torch.int32)
+        run = _grid_launcher(spec, group, cfg, q, k, v, q, heads, nh, D, 1.0, False, False, True)
+        run(q, k, v, q, dummies(q.device)[1], tr, None)
+        out.append((group, tr.view(B * nh, tiles + prefix_blocks, N)))
+    return out

@@ -1,0 +1,88 @@
+"""The host side of prefill (codegen/support/prefill.py) as an ordinary module, with a stand-in
+kernel that records its launches: the per-shape memo plans a launch once and replays it with
+each call's tensors, a call that differs in anything the checks read is checked again (and
+refused when wrong) before any launch, and padded batches launch the pointer kernel.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnc.codegen.support import prefill as P
+from attnc.compiler import configs
+
+PATTERN = {"name": "p", "model": {"layers": 1, "heads": 4}, "varies_by_layer": False, "varies_by_head": False}
+TUNING = [{"block_cap": None, "rows_cap": None, "narrow": 0, "grows": True, "residue": 0, "grid": False}]
+
+
+class Kernel:
+    """kernel[grid](*args, **kw) records (grid, args, kw); `plans` counts the kernel[grid] lookups."""
+
+    def __init__(self):
+        self.launches, self.plans = [], 0
+
+    def __getitem__(self, grid):
+        self.plans += 1
+        return lambda *args, **kw: self.launches.append((grid, args, kw))
+
+
+def _spec(kernel):
+    return P.PrefillSpec(PATTERN, [[0] * 4], TUNING, kernel, (None,), None, None, configs.choose_config,
+                         configs.CONFIGS, configs.GRID_CONFIGS, configs.CPU_CONFIG, {})  # fmt: skip
+
+
+def _qkv(n=40, dtype=torch.float32):
+    return torch.randn(2, 4, n, 16, dtype=dtype), torch.randn(2, 2, n, 16, dtype=dtype), torch.randn(2, 2, n, 16)
+
+
+def test_a_shape_is_planned_once_and_launched_with_each_calls_tensors():
+    kernel = Kernel()
+    spec = _spec(kernel)
+    q, k, v = _qkv()
+    o1, _ = P.forward(spec, q, k, v, None, False, None)
+    q2, k2, v2 = _qkv()
+    o2, _ = P.forward(spec, q2, k2, v2, None, False, None)
+    assert kernel.plans == 1 and len(kernel.launches) == 2
+    (grid, a1, kw1), (_, a2, kw2) = kernel.launches
+    assert grid == (2, 2 * 4) and kw1 == kw2 and kw1["PADDED"] is False  # 40 rows in 32-row blocks, B * H
+    assert a1[4] is q and a1[7] is o1 and a2[4] is q2 and a2[7] is o2  # descriptors' tensors, then pointers
+    P.forward(spec, q, k, v, 0.5, False, None)  # another scale: another plan
+    assert kernel.plans == 2
+
+
+def test_a_call_that_differs_is_checked_again_before_any_launch():
+    kernel = Kernel()
+    spec = _spec(kernel)
+    q, k, v = _qkv()
+    P.forward(spec, q, k, v, None, False, None)
+    with pytest.raises(TypeError, match="dtype"):
+        P.forward(spec, q, k.to(torch.float16), v, None, False, None)
+    with pytest.raises(ValueError, match="contiguous last dimension"):
+        P.forward(spec, q.transpose(-1, -2).contiguous().transpose(-1, -2), k, v, None, False, None)
+    with pytest.raises(ValueError, match="multiple"):
+        P.forward(spec, torch.randn(2, 3, 40, 16), k, v, None, False, None)
+    with pytest.raises(ValueError, match="layer"):
+        P.forward(spec, q, k, v, None, False, 1)
+    with pytest.raises(TypeError, match="scale"):
+        P.forward(spec, q, k, v, "x", False, None)
+    assert len(kernel.launches) == 1
+
+
+def test_padded_batches_launch_the_pointer_kernel_with_the_lengths():
+    kernel = Kernel()
+    spec = _spec(kernel)
+    q, k, v = _qkv()
+    lengths = torch.tensor([40, 3])
+    out, lse = P.forward(spec, q, k, v, None, True, None, lengths=lengths)
+    ((_, args, kw),) = kernel.launches
+    assert kw["PADDED"] is True and kw["USE_TMA"] == 0 and args[11] is lengths
+    assert (out == 0).all() and torch.isneginf(lse).all()  # the kernel writes the rows; padding stays as set
+
+
+def test_launches_and_views_of_grid_groups():
+    spec = _spec(Kernel())._replace(grid_shape=[((4, 8), 2, 32)])
+    t = torch.randn(2, 3, 34, 16)
+    base, shape, strides = P.grid_view(spec, 0, t)
+    assert base.shape[2] == 32 and shape == [6, 4, 8, 16] and strides == [t.stride(1), 8 * 16, 16, 1]
+    assert P.launches_of(spec, "cpu", None, 4) == [(0, 4, None)]
