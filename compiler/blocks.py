@@ -292,14 +292,16 @@ def _box_sums(dims: tuple[int, ...], windows, starts: np.ndarray, stops: np.ndar
     suffix = [np.ones(len(starts), dtype=np.int64)]
     for s in reversed(sizes[1:]):
         suffix.insert(0, suffix[0] * s)
-    out = np.zeros((len(starts), len(xs)), dtype=np.int64)
-    pref = np.ones((len(starts), len(xs)), dtype=np.int64)
+    out, pref = None, None
     for a, (length, (_, below, member)) in enumerate(zip(dims, tables)):
         digit = (inside // strides[a]) % length
-        s, t = starts[:, a][:, None], stops[:, a][:, None]
-        out += pref * (below[t, digit[None, :]] - below[s, digit[None, :]]) * suffix[a][:, None]
+        s, t = starts[:, a], stops[:, a]
+        # per box the small (box, digit value) table first, then one gather of the digits of xs
+        term = ((below[t] - below[s]) * suffix[a][:, None])[:, digit]
+        out = term if out is None else out + pref * term
         if a + 1 < len(dims):
-            pref *= member[t, digit[None, :]] - member[s, digit[None, :]]
+            step = (member[t] - member[s])[:, digit]
+            pref = step if pref is None else pref * step
     full = (suffix[0] * sizes[0])[:, None]
     return np.where(xs[None, :] >= g, full, out)
 
