@@ -369,7 +369,31 @@ def _plans(program: Program) -> tuple[Any, ...]:
     return _memo("prefill", program, plan_program)
 
 
-Segment = tuple[np.ndarray, np.ndarray, int, bool]  # key blocks [lo, hi) of `width` keys, masked
+@dataclass(frozen=True)
+class Stripe:
+    """The keys of a stripe loop's tiles (templates/prefill.py.j2's STRIPE): tile j holds the
+    keys r + m * i for i in [j * width, (j + 1) * width); a masked one keeps only those in
+    [klo, khi) (per query block), the rest belonging to other loops."""
+
+    m: int
+    r: int
+    klo: np.ndarray
+    khi: np.ndarray
+
+
+# key blocks [lo, hi) of `width` keys, masked, and their stripe (None: consecutive keys)
+Segment = tuple[np.ndarray, np.ndarray, int, bool, "Stripe | None"]
+
+
+def segment_keys(seg: Segment, i: int, n: int) -> np.ndarray:
+    """The keys below n that query block i visits through one segment."""
+    lo, hi, width, masked, stripe = seg
+    keys = np.arange(int(lo[i]) * width, max(int(hi[i]), int(lo[i])) * width, dtype=np.int64)
+    if stripe is not None:
+        keys = stripe.r + stripe.m * keys
+        if masked:
+            keys = keys[(keys >= stripe.klo[i]) & (keys < stripe.khi[i])]
+    return keys[keys < n]
 
 _SORT = {1: (), 2: ((0, 1),), 3: ((0, 1), (1, 2), (0, 1))}  # the template's sorting networks
 
@@ -397,46 +421,71 @@ def kernel_segments(plan: Any, n: int, bm: int, bn: int, bn_narrow: int, n_block
             h_lo = np.where(t_on, np.minimum(h_lo, t_lo), h_lo)
             h_hi = np.where(t_on, np.maximum(h_hi, t_hi), h_hi)
         h_a = h_lo // bn
-        segs.append((h_a, np.where(h_hi >= h_lo, h_hi // bn + 1, h_a), bn, True))
+        segs.append((h_a, np.where(h_hi >= h_lo, h_hi // bn + 1, h_a), bn, True, None))
         return segs
 
     earlier: list[tuple[np.ndarray, np.ndarray]] = []  # [lo, hi) in keys of the terms visited before
 
-    def visit(t: Any, a, b, c, d, size: int) -> None:
-        if not earlier:
-            if t.full and t.edge_merge:  # one loop over [a, b) and [c, d), then [b, c)
-                segs.extend([(a, b, size, True), (c, d, size, True), (b, c, size, False)])
-            elif t.full:
-                segs.extend([(a, b, size, True), (b, c, size, False), (c, d, size, True)])
-            else:
-                segs.append((a, d, size, True))
-            return
-        lo, hi = a * size, d * size
+    def gaps(lo, hi) -> list[tuple[np.ndarray, np.ndarray]]:
+        """[lo, hi) minus the ranges of the earlier terms: the template's sorted gaps."""
         m = len(earlier)
         x = [e[0] for e in earlier]
         y = [e[1] for e in earlier]
-        for i, j in _SORT[m]:
+        for i, j in _SORT.get(m, ()):
             swap = x[j] < x[i]
             xs, ys = np.where(swap, x[j], x[i]), np.where(swap, y[j], y[i])
             x[j], y[j] = np.where(swap, x[i], x[j]), np.where(swap, y[i], y[j])
             x[i], y[i] = xs, ys
         for i in range(1, m):
             y[i] = np.maximum(y[i], y[i - 1])
+        out = []
         for j in range(m + 1):
             p_lo = lo if j == 0 else np.maximum(lo, y[j - 1])
-            p_hi = np.maximum(p_lo, np.minimum(hi, x[j]) if j < m else hi)
+            out.append((p_lo, np.maximum(p_lo, np.minimum(hi, x[j]) if j < m else hi)))
+        return out
+
+    def visit(t: Any, a, b, c, d, size: int) -> None:
+        if not earlier:
+            if t.full and t.edge_merge:  # one loop over [a, b) and [c, d), then [b, c)
+                segs.extend([(a, b, size, True, None), (c, d, size, True, None), (b, c, size, False, None)])
+            elif t.full:
+                segs.extend([(a, b, size, True, None), (b, c, size, False, None), (c, d, size, True, None)])
+            else:
+                segs.append((a, d, size, True, None))
+            return
+        for p_lo, p_hi in gaps(a * size, d * size):
             if t.full:
                 pb = np.minimum(np.maximum(b * size, p_lo), p_hi)
                 pc = np.minimum(np.maximum(c * size, pb), p_hi)
                 segs.extend(
                     [
-                        (p_lo // size, pb // size, size, True),
-                        (pb // size, pc // size, size, False),
-                        (pc // size, p_hi // size, size, True),
+                        (p_lo // size, pb // size, size, True, None),
+                        (pb // size, pc // size, size, False, None),
+                        (pc // size, p_hi // size, size, True, None),
                     ]
                 )
             else:
-                segs.append((p_lo // size, p_hi // size, size, True))
+                segs.append((p_lo // size, p_hi // size, size, True, None))
+
+    def stripe(t: Any, t_lo, t_hi, on, t_flo, t_fhi, f_on, size: int) -> None:
+        """The stripe loop: per gap, the stripe keys r + m * j in it, BLOCK_N j per tile."""
+        m, r = t.loop.m, t.loop.r
+        hi = np.where(on & (t_hi >= t_lo), t_hi + 1, t_lo)
+        for p_lo, p_hi in gaps(t_lo, hi):
+            s_a = -(-(p_lo - r) // m)
+            s_d = np.maximum(-(-(p_hi - r) // m), s_a)
+            j_a = s_a // size
+            j_d = np.where(s_d > s_a, -(-s_d // size), j_a)
+            keys = Stripe(m, r, p_lo, p_hi)
+            if not t.full:
+                segs.append((j_a, j_d, size, True, keys))
+                continue
+            s_b = np.minimum(np.maximum(-(-(t_flo - r) // m), s_a), s_d)
+            s_c = np.minimum(np.maximum(np.maximum(t_fhi + m - r, 0) // m, s_b), s_d)
+            s_c = np.where(f_on, s_c, s_b)
+            j_b = np.minimum(np.maximum(-(-s_b // size), j_a), j_d)
+            j_c = np.minimum(np.maximum(s_c // size, j_b), j_d)
+            segs.extend([(j_a, j_b, size, True, keys), (j_b, j_c, size, False, keys), (j_c, j_d, size, True, keys)])
 
     for i, t in enumerate(plan.terms):
         size = bn_narrow if t.tile == "BLOCK_N_NARROW" else bn
@@ -454,6 +503,9 @@ def kernel_segments(plan: Any, n: int, bm: int, bn: int, bn_narrow: int, n_block
             visit(t, a, b, c, d, size)
             if i < len(plan.terms) - 1:
                 earlier.append((a * size, d * size))
+            continue
+        if loop.kind == "stripe":
+            stripe(t, t_lo, t_hi, on, t_flo, t_fhi, f_on, size)
             continue
         if loop.kind == "power":
             B = loop.block
@@ -490,7 +542,7 @@ def kernel_segments(plan: Any, n: int, bm: int, bn: int, bn_narrow: int, n_block
 
 
 def _count(segs: Sequence[Segment], out: Tiles) -> Tiles:
-    for lo, hi, width, is_masked in segs:
+    for lo, hi, width, is_masked, _ in segs:
         count = np.maximum(hi - lo, 0)
         if width != out.bn:
             out.narrow[:] += count

@@ -85,11 +85,11 @@ def test_kernel_visits_are_sound(expr, n, cfg):
     mask = program.groups[0].pattern.mask(n)
     seen = np.zeros((-(-n // bm), n), dtype=np.int64)
     unmasked = np.zeros(seen.shape, dtype=bool)
-    for lo, hi, width, masked in sim.kernel_segments(plan_program(program)[0], n, *cfg):
+    for seg in sim.kernel_segments(plan_program(program)[0], n, *cfg):
         for i in range(seen.shape[0]):
-            for j in range(int(lo[i]), int(hi[i])):
-                seen[i, j * width : (j + 1) * width] += 1
-                unmasked[i, j * width : (j + 1) * width] |= not masked
+            keys = sim.segment_keys(seg, i, n)
+            np.add.at(seen[i], keys, 1)
+            unmasked[i, keys] |= not seg[3]
     for i in range(seen.shape[0]):
         rows = mask[i * bm : (i + 1) * bm]
         assert (seen[i] <= 1).all(), "a key visited twice"
