@@ -47,7 +47,10 @@ PROFILE_DIR = Path(__file__).parent / "profiles"
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 FLEX_BLOCK = 128  # FlexAttention's block-mask granularity (its default BLOCK_SIZE)
 SDPA_TILE = (128, 128)
-KERNELS = ("attnc", "sdpa", "flex", "grid")  # grid: attnc's tile-order kernel for grid groups
+# grid: attnc's tile-order kernel for grid groups; diag, stripe: attnc's launches of groups with
+# a diagonal loop or a stripe loop (compiler/plan.py's Loop), whose tiles cost their own
+KERNELS = ("attnc", "sdpa", "flex", "grid", "diag", "stripe")
+FAMILIES = ("grid", "diag", "stripe")  # optional in a profile: absent, attnc's costs stand in
 ORDERS = ("lpt", "asc", "desc")
 IDEAL_MAX_TILES = 1 << 21  # finer block maps are not built (a kernel's 64 x 64 tiles at N = 128K)
 
@@ -157,13 +160,13 @@ class Profile:
     source: str = ""
     calibration: tuple[dict[str, Any], ...] = ()
     grid: KernelCosts | None = None  # the tile-order grid kernel; None: attnc's costs stand in
+    diag: KernelCosts | None = None  # launches with a diagonal loop; None: attnc's costs
+    stripe: KernelCosts | None = None  # launches with a stripe loop; None: attnc's costs
 
     def kernel(self, name: str) -> KernelCosts:
         if name not in KERNELS:
             raise ValueError(f"unknown kernel {name!r}: expected one of {', '.join(KERNELS)}")
-        if name == "grid" and self.grid is None:
-            return self.attnc
-        return getattr(self, name)
+        return getattr(self, name) or self.attnc
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1) + "\n"
@@ -186,19 +189,31 @@ class Profile:
                 dtype_scale={k: float(v) for k, v in d.get("dtype_scale", {"float16": 1, "bfloat16": 1}).items()},
                 source=d.get("source", ""),
                 calibration=tuple(d.get("calibration", ())),
-                grid=kernel(d["grid"]) if d.get("grid") else None,
+                **{f: kernel(d[f]) for f in FAMILIES if d.get(f)},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a device profile: {exc!r}; docs/simulate.md lists its fields") from None
 
 
+def device_profile_name(device: str) -> str:
+    """The profile name of a GPU: its model token, lower case ("NVIDIA H200" and "H200" -> "h200",
+    "NVIDIA H100 80GB HBM3" -> "h100"); the whole name, lower case, when it has none."""
+    import re
+
+    m = re.search(r"\b([A-Za-z]{1,2}\d{2,4}[A-Za-z]?)\b", device)
+    return m.group(1).lower() if m else re.sub(r"\W+", "_", device).strip("_").lower()
+
+
 def load_profile(name_or_path: str | Path | Profile = "h100") -> Profile:
-    """A shipped profile by name (`h100`), or a JSON file by path."""
+    """A shipped profile by name (`h100`) or by the GPU's name (`NVIDIA H200`, as
+    torch.cuda.get_device_name gives it), or a JSON file by path."""
     if isinstance(name_or_path, Profile):
         return name_or_path
     path = Path(name_or_path)
     if not path.suffix:
         path = PROFILE_DIR / f"{name_or_path}.json"
+        if not path.is_file():
+            path = PROFILE_DIR / f"{device_profile_name(str(name_or_path))}.json"
     if not path.is_file():
         raise ValueError(
             f"no device profile {str(name_or_path)!r}: the shipped ones are "
@@ -597,6 +612,18 @@ def kernel_tiles(plan: Any, n: int, cfg: KernelConfig) -> Tiles:
     )
 
 
+def cost_family(plan: Any, cfg: KernelConfig, grid_runs: bool) -> str:
+    """Whose tile costs a group's launch runs at (Launch.costs): "grid" for the tile-order
+    kernel, "diag" or "stripe" when the plan it runs has a diagonal or a stripe loop, else ""
+    (attnc's). Residue mode runs the residue plan, which has no loop."""
+    if grid_runs:
+        return "grid"
+    if cfg.residue and getattr(plan, "residue_plan", None) is not None:
+        return ""
+    kinds = {t.loop.kind for t in plan.terms if t.loop is not None}
+    return "diag" if "diffmod" in kinds else ("stripe" if "stripe" in kinds else "")
+
+
 # -------------------------------------------------------------------------------- scheduling
 @dataclass(frozen=True)
 class Launch:
@@ -993,7 +1020,7 @@ def prefill_workload(
         for g in sorted(set(gids)):
             nh = gids.count(g)
             hg = head_group(cfgs[g], shape.batch, nh, shape.n, shape.head_dim, shape.dtype)
-            attnc.append((Launch((mine[g],) * nh, shape.batch, cfgs[g].order, hg, "grid" if grid_runs[g] else ""), w))
+            attnc.append((Launch((mine[g],) * nh, shape.batch, cfgs[g].order, hg, cost_family(plans[g], cfgs[g], grid_runs[g])), w))
     launches = {
         "attnc": tuple(attnc),
         "flex": tuple((Launch(tuple(theirs[g] for g in gids), shape.batch, "asc"), w) for gids, w in rows),

@@ -461,3 +461,31 @@ def test_grid_groups_are_timed_with_the_grid_kernel_costs():
     assert sim.time_workload(other, slow).attnc.ms == sim.time_workload(other, prof).attnc.ms
     fallback = dataclasses.replace(prof, grid=None)
     assert fallback.kernel("grid") is fallback.attnc
+
+
+def test_loop_launches_are_timed_with_their_own_costs():
+    """Groups with a diagonal loop or a stripe loop are charged the profile's `diag` or `stripe`
+    costs (attnc's while the profile has none, so the shipped predictions stay as they were)."""
+    import dataclasses
+
+    prof = sim.load_profile("h100")
+    for text, family in [
+        (op("&", prim("causal"), op("|", prim("window", size=256), prim("strided", stride=256))), "diag"),
+        (op("&", prim("causal"), op("|", prim("window", size=512), prim("stride", stride=4, offset=1))), "stripe"),
+        (SW, ""),
+    ]:
+        work = sim.prefill_workload(single(text), shape(8192))
+        ((launch, _),) = work.launches["attnc"]
+        assert launch.costs == family
+        base = sim.time_workload(work, prof).attnc.ms
+        slower = sim.KernelCosts(prof.attnc.launch_us, tuple(dataclasses.replace(t, full_us=3 * t.full_us, masked_us=3 * t.masked_us) for t in prof.attnc.tiles))
+        other = sim.time_workload(work, dataclasses.replace(prof, diag=slower, stripe=slower)).attnc.ms
+        assert (other > 1.5 * base) == bool(family), family
+
+
+def test_profiles_by_device_name():
+    assert sim.device_profile_name("NVIDIA H100 80GB HBM3") == "h100" == sim.device_profile_name("H100")
+    assert sim.device_profile_name("NVIDIA H200") == "h200"
+    assert sim.load_profile("NVIDIA H200").name == sim.load_profile("h200").name == "h200"
+    with pytest.raises(ValueError, match="shipped ones"):
+        sim.load_profile("NVIDIA B200")
