@@ -131,7 +131,11 @@ class Case:
             if (family or "attnc") != self.kernel:
                 raise CalibrationError(f"{self.name}: the simulator charges its launch as {family or 'attnc'!r}")
             return sim.Launch(
-                (sim.kernel_tiles(plan, self.n, cfg),) * H, B, cfg.order, sim.head_group(cfg, B, H, self.n, D, DTYPE), family
+                (sim.kernel_tiles(plan, self.n, cfg),) * H,
+                B,
+                cfg.order,
+                sim.head_group(cfg, B, H, self.n, D, DTYPE),
+                family,
             )
         if self.kernel == "flex":
             return sim.Launch((sim.flex_tiles(self.pattern(), self.n),) * H, B, "asc")
@@ -199,10 +203,7 @@ def generate(out: Path, capability: tuple[int, int] = CAPABILITY) -> None:
         launch = case.launch(capability)
         rows.append({"case": asdict(case), "launch": launch.to_dict()})
     (out / "cases.json").write_text(json.dumps({"capability": list(capability), "cases": rows}) + "\n")
-    print(
-        f"wrote {len(rows)} cases to {out}/cases.json; on the GPU run:\n"
-        f"  python3 bench/calibrate.py --run {out}"
-    )
+    print(f"wrote {len(rows)} cases to {out}/cases.json; on the GPU run:\n  python3 bench/calibrate.py --run {out}")
 
 
 # ----------------------------------------------------------------------------------- --run
@@ -263,7 +264,11 @@ def calibrate(src: Path, out: Path, base: str, name: str, gpu) -> int:
         decode=gpu.decode(prof.decode),
         source=gpu.source,
     )
-    profile = replace(profile, calibration=tuple(report(profile, cases, measured)))
+    rows = report(profile, cases, measured)
+    if hasattr(gpu, "measure_training"):
+        backward, extra = fit_backward(profile, cases, measured, gpu)
+        profile, rows = replace(profile, backward=backward), rows + extra
+    profile = replace(profile, calibration=tuple(rows))
     out.write_text(profile.to_json())
     print(f"wrote {out} in {time.time() - start:.0f} s")
     return 0
@@ -318,6 +323,26 @@ class Cuda:
             sdpa = torch.nn.functional.scaled_dot_product_attention
             return self.bench(lambda: sdpa(q, k, v, is_causal=case.causal))
         return None if self.flex is None else self.bench(self.flex(case, q, k, v))
+
+    def measure_training(self, case: Case) -> float:
+        """Forward + backward (autograd, a given dout) of an attnc or SDPA case, ms."""
+        torch = self.torch
+        torch.manual_seed(0)
+        q, k, v = (
+            torch.randn(B, H, case.n, D, device="cuda", dtype=getattr(torch, DTYPE), requires_grad=True)
+            for _ in range(3)
+        )
+        dout = torch.randn_like(q)
+        if case.kernel == "sdpa":
+            fn = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=case.causal)  # noqa: E731
+        else:
+            mod = importlib.import_module(case.module)
+            fn = lambda: mod.prefill(q, k, v)  # noqa: E731
+        fn().backward(dout)
+        torch.cuda.synchronize()
+        return float(
+            self.do_bench(lambda: fn().backward(dout), warmup=10, rep=60, grad_to_none=[q, k, v], return_mode="median")
+        )
 
     def _flex(self):
         """A compiled FlexAttention whose mask reads its sink and window from tensors (one compile)."""
@@ -460,6 +485,49 @@ def report(prof: sim.Profile, cases: list[tuple[Case, sim.Launch]], measured: di
     return rows
 
 
+BACKWARD_CASES = ("causal_8k", "causal_32k", "sdpa_causal_8k", "sdpa_causal_32k")  # timed with their backward
+
+
+def fit_backward(prof: sim.Profile, cases: list[tuple[Case, sim.Launch]], measured: dict[str, float], gpu):
+    """The profile's `backward` factors: per kernel, the measured backward (forward + backward
+    minus the forward) over simulate.backward_time's tile part, averaged over its cases; and
+    the report rows (the backward measured beside the fitted model)."""
+    ratios: dict[str, list[float]] = {}
+    timed = []
+    for c, launch in cases:
+        if c.name not in BACKWARD_CASES or c.name not in measured:
+            continue
+        bwd = gpu.measure_training(c) - measured[c.name]
+        kc = prof.kernel(c.kernel)
+        fwd = sim.launch_time(
+            c.kernel, launch, kc.lookup(D, DTYPE, *_tile(launch), prof.dtype_scale), kc.launch_us, prof.sms
+        )
+        unit = sim.backward_time(fwd)
+        fixed = unit.overhead_ms + unit.launch_ms
+        ratios.setdefault(c.kernel, []).append((bwd - fixed) / max(unit.ms - fixed, 1e-9))
+        timed.append((c, fwd, bwd))
+        print(f"  backward {c.name:22s} {bwd:9.4f} ms", flush=True)
+    factors = {k: max(sum(v) / len(v), 0.0) for k, v in ratios.items()}
+    rows = []
+    for c, fwd, bwd in timed:
+        pred = sim.backward_time(fwd, factors[c.kernel]).ms
+        rows.append(
+            {
+                "case": c.name + "_backward",
+                "kernel": c.kernel + "_backward",
+                "n": c.n,
+                "window": c.window,
+                "sink": c.sink,
+                "causal": c.causal,
+                "tile": list(fwd.tile),
+                "measured_ms": round(bwd, 5),
+                "predicted_ms": round(pred, 5),
+                "error": round(pred / bwd - 1, 4),
+            }
+        )
+    return factors, rows
+
+
 # ----------------------------------------------------------------------------------- --seed
 def tflops_ms(tflops: float, n: int, causal: bool = True) -> float:
     """Time of dense attention (B=1, H=32, D=128) at a rate in TFLOP/s (4 N^2 D H flops, halved if causal)."""
@@ -570,7 +638,9 @@ def main(argv: list[str] | None = None) -> int:
         "--force", action="store_true", help="--seed without --out: overwrite the shipped compiler/profiles/h100.json"
     )
     ap.add_argument(
-        "--base", default=None, help="profile whose values start the fit and fill the gaps (default: the GPU's, else h100)"
+        "--base",
+        default=None,
+        help="profile whose values start the fit and fill the gaps (default: the GPU's, else h100)",
     )
     ap.add_argument("--capability", default="9.0", help="GPU capability the kernels are planned for (--generate)")
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention (saves its compile time)")

@@ -54,6 +54,7 @@ def profile_for(device: str) -> str:
     name = simulate.device_profile_name(device)
     return PROFILE or (name if name in simulate.shipped_profiles() else "h100")
 
+
 # name: (.attn text, sequence lengths, what it is)
 CASES = {
     "causal": ("pattern causal = causal\n", [8192, 32768], "causal"),
@@ -504,7 +505,10 @@ def run(folder: Path, baseline: Path | None = None, decode: bool = True) -> int:
     device = "CPU (smoke test, TRITON_INTERPRET=1)" if SMOKE else torch.cuda.get_device_name()
     global PROFILE
     PROFILE = profile_for(device)
-    print(f"{device}; torch {torch.__version__}; triton {triton.__version__}; {len(modules)} modules; profile {PROFILE}", flush=True)
+    print(
+        f"{device}; torch {torch.__version__}; triton {triton.__version__}; {len(modules)} modules; profile {PROFILE}",
+        flush=True,
+    )
 
     checks = check_all(folder, modules)
     for c in checks:

@@ -338,13 +338,14 @@ def box_tile_counts(conjs, n_q: int, n_k: int, bm: int, bn: int) -> np.ndarray:
     recent call's tiles divide are summed from it instead of counted again."""
     key = (conjs, n_q, n_k, bm, bn)
     if key not in _RECENT_COUNTS:
-        finer = [
-            (k, c) for k, c in _RECENT_COUNTS.items() if k[:3] == key[:3] and bm % k[3] == 0 and bn % k[4] == 0
-        ]
+        finer = [(k, c) for k, c in _RECENT_COUNTS.items() if k[:3] == key[:3] and bm % k[3] == 0 and bn % k[4] == 0]
         if finer:
             (_, _, _, fm, fn), counts = finer[0]
-            out = np.add.reduceat(np.add.reduceat(counts, np.arange(0, counts.shape[0], bm // fm), axis=0),
-                                  np.arange(0, counts.shape[1], bn // fn), axis=1)
+            out = np.add.reduceat(
+                np.add.reduceat(counts, np.arange(0, counts.shape[0], bm // fm), axis=0),
+                np.arange(0, counts.shape[1], bn // fn),
+                axis=1,
+            )
             out.setflags(write=False)
         else:
             out = _count_box_tiles(conjs, n_q, n_k, bm, bn)

@@ -162,6 +162,9 @@ class Profile:
     grid: KernelCosts | None = None  # the tile-order grid kernel; None: attnc's costs stand in
     diag: KernelCosts | None = None  # launches with a diagonal loop; None: attnc's costs
     stripe: KernelCosts | None = None  # launches with a stripe loop; None: attnc's costs
+    # per kernel ("attnc", "sdpa", "flex"): measured backward over backward_time's model of its
+    # tile part (bench/calibrate.py fits it; absent: 1, the model as it stands)
+    backward: dict[str, float] = field(default_factory=dict)
 
     def kernel(self, name: str) -> KernelCosts:
         if name not in KERNELS:
@@ -190,6 +193,7 @@ class Profile:
                 source=d.get("source", ""),
                 calibration=tuple(d.get("calibration", ())),
                 **{f: kernel(d[f]) for f in FAMILIES if d.get(f)},
+                backward={k: float(v) for k, v in d.get("backward", {}).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a device profile: {exc!r}; docs/simulate.md lists its fields") from None
@@ -409,6 +413,7 @@ def segment_keys(seg: Segment, i: int, n: int) -> np.ndarray:
         if masked:
             keys = keys[(keys >= stripe.klo[i]) & (keys < stripe.khi[i])]
     return keys[keys < n]
+
 
 _SORT = {1: (), 2: ((0, 1),), 3: ((0, 1), (1, 2), (0, 1))}  # the template's sorting networks
 
@@ -762,12 +767,13 @@ BWD_PASSES = 2  # the backward's main launches: dK/dV by key tile, dQ by query t
 BWD_MATMULS = {"attnc": 7, "flex": 7, "sdpa": round(2 * BWD_MATMUL_RATIO)}
 
 
-def backward_time(t: KernelTime) -> KernelTime:
-    """The backward pass's predicted time from the forward's, by a simple model (not fitted to a
-    measured backward): the forward's tile costs and tail scaled by the kernel's matrix products
-    per tile over the forward's 2 (BWD_MATMULS), its program overhead and launch paid once per
+def backward_time(t: KernelTime, scale: float = 1.0) -> KernelTime:
+    """The backward pass's predicted time from the forward's, by a simple model: the forward's
+    tile costs and tail scaled by the kernel's matrix products per tile over the forward's 2
+    (BWD_MATMULS) and by `scale` (a profile's `backward` factor for the kernel, fitted to
+    measured backward passes; 1 without one), its program overhead and launch paid once per
     main pass (BWD_PASSES); the small row-sum pass is not counted."""
-    r, p = BWD_MATMULS[t.kernel] / 2, BWD_PASSES
+    r, p = BWD_MATMULS[t.kernel] / 2 * scale, BWD_PASSES
     parts = dict(
         full_ms=t.full_ms * r,
         masked_ms=t.masked_ms * r,
@@ -1020,7 +1026,14 @@ def prefill_workload(
         for g in sorted(set(gids)):
             nh = gids.count(g)
             hg = head_group(cfgs[g], shape.batch, nh, shape.n, shape.head_dim, shape.dtype)
-            attnc.append((Launch((mine[g],) * nh, shape.batch, cfgs[g].order, hg, cost_family(plans[g], cfgs[g], grid_runs[g])), w))
+            attnc.append(
+                (
+                    Launch(
+                        (mine[g],) * nh, shape.batch, cfgs[g].order, hg, cost_family(plans[g], cfgs[g], grid_runs[g])
+                    ),
+                    w,
+                )
+            )
     launches = {
         "attnc": tuple(attnc),
         "flex": tuple((Launch(tuple(theirs[g] for g in gids), shape.batch, "asc"), w) for gids, w in rows),
@@ -1236,7 +1249,7 @@ def predict(case: Any, kernel: str = "attnc", profile: str | Path | Profile = "h
             else prefill_workload(program, shape, load_profile(profile).capability, layer)
         )
     t = getattr(time_workload(case, profile), kernel)
-    return t.ms + backward_time(t).ms if training else t.ms
+    return t.ms + backward_time(t, load_profile(profile).backward.get(kernel, 1.0)).ms if training else t.ms
 
 
 # ------------------------------------------------------------------------------------ fitting

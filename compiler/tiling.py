@@ -201,7 +201,9 @@ def _axis_totals(g: GridTerms, axis: int, tq: int, tk: int) -> np.ndarray:
     tile sides only, so choose_tiling's many shapes share it)."""
     windows = [axis_window(t.nb, axis) for t in g.terms]
     shared = anchored(g, axis, tq)
-    out = np.array([_axis_box(g.dims[axis], tq, tk, tuple(windows[t] for t in s), shared)[1] for s in _subsets(len(g.terms))])
+    out = np.array(
+        [_axis_box(g.dims[axis], tq, tk, tuple(windows[t] for t in s), shared)[1] for s in _subsets(len(g.terms))]
+    )
     out.setflags(write=False)
     return out
 

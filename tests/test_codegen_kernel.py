@@ -189,7 +189,9 @@ STRIPES = {
     "alone": op("&", prim("causal"), prim("stride", stride=6, offset=1)),
     "after_window": op("&", prim("causal"), op("|", prim("window", size=12), prim("stride", stride=5, offset=4))),
     "after_two": op(
-        "&", prim("causal"), op("|", op("|", prim("sink", size=3), prim("window", size=9)), prim("stride", stride=7, offset=2))
+        "&",
+        prim("causal"),
+        op("|", op("|", prim("sink", size=3), prim("window", size=9)), prim("stride", stride=7, offset=2)),
     ),
     "two_sided": op("|", prim("window", left=6, right=6), prim("stride", stride=4, offset=3)),
 }

@@ -478,7 +478,10 @@ def test_loop_launches_are_timed_with_their_own_costs():
         ((launch, _),) = work.launches["attnc"]
         assert launch.costs == family
         base = sim.time_workload(work, prof).attnc.ms
-        slower = sim.KernelCosts(prof.attnc.launch_us, tuple(dataclasses.replace(t, full_us=3 * t.full_us, masked_us=3 * t.masked_us) for t in prof.attnc.tiles))
+        slower = sim.KernelCosts(
+            prof.attnc.launch_us,
+            tuple(dataclasses.replace(t, full_us=3 * t.full_us, masked_us=3 * t.masked_us) for t in prof.attnc.tiles),
+        )
         other = sim.time_workload(work, dataclasses.replace(prof, diag=slower, stripe=slower)).attnc.ms
         assert (other > 1.5 * base) == bool(family), family
 
@@ -489,3 +492,43 @@ def test_profiles_by_device_name():
     assert sim.load_profile("NVIDIA H200").name == sim.load_profile("h200").name == "h200"
     with pytest.raises(ValueError, match="shipped ones"):
         sim.load_profile("NVIDIA B200")
+
+
+def test_calibrate_fits_the_backward_factor(tmp_path):
+    """--run times forward + backward of the causal cases too, and stores per kernel the
+    measured backward over backward_time's model, which the training predictions then use."""
+    cal = calibrate_module()
+    truth = sim.load_profile("h100")
+    factor = {"attnc": 1.7, "sdpa": 0.6}
+    cases = [c for c in cal.attnc_cases() + cal.baseline_cases() if c.name in cal.BACKWARD_CASES]
+    rows = [{"case": cal.asdict(c), "launch": c.launch().to_dict()} for c in cases]
+    (tmp_path / "cases.json").write_text(json.dumps({"capability": [9, 0], "cases": rows}))
+
+    class FakeGPU:
+        capability, device, sms, source = (9, 0), "NVIDIA H100 fake", 132, "fake"
+
+        def forward(self, case):
+            launch = case.launch()
+            kc = truth.kernel(case.kernel)
+            costs = kc.lookup(128, "bfloat16", *cal._tile(launch), truth.dtype_scale)
+            return sim.launch_time(case.kernel, launch, costs, kc.launch_us, truth.sms)
+
+        def measure(self, case, launch):
+            return self.forward(case).ms
+
+        def measure_training(self, case):
+            fwd = self.forward(case)
+            return fwd.ms + sim.backward_time(fwd, factor[case.kernel]).ms
+
+        def decode(self, start):
+            return start
+
+    out = tmp_path / "profile.json"
+    assert cal.calibrate(tmp_path, out, "h100", "fake", FakeGPU()) == 0
+    prof = sim.load_profile(out)
+    assert prof.backward["attnc"] == pytest.approx(1.7, rel=0.05) and prof.backward["sdpa"] == pytest.approx(0.6, rel=0.05)
+    backward_rows = [r for r in prof.calibration if r["kernel"].endswith("_backward")]
+    assert len(backward_rows) == 4 and all(abs(r["error"]) < 0.05 for r in backward_rows)
+    plain = sim.predict(dict(program=single(prim("causal")), n=8192), profile="h100", training=True)
+    fitted = sim.predict(dict(program=single(prim("causal")), n=8192), profile=out, training=True)
+    assert fitted > plain

@@ -119,7 +119,9 @@ def table(results: list[dict]) -> str:
                 f"{r['new_tflops']:9.1f} {r['speedup']:6.2f}  {r['err_new_vs_ref']:.1e}"
             )
         else:
-            lines.append(f"{r['case']:28s} {r['n']:6d}  (no timing)  err vs old {r['err_new_vs_old']:.1e}, vs ref {r['err_new_vs_ref']:.1e}")
+            lines.append(
+                f"{r['case']:28s} {r['n']:6d}  (no timing)  err vs old {r['err_new_vs_old']:.1e}, vs ref {r['err_new_vs_ref']:.1e}"
+            )
     return "\n".join(lines)
 
 
