@@ -123,7 +123,9 @@ def _run(args: argparse.Namespace) -> None:
             )
     results = [predict(program, sim.Shape(n, **shape), profile, args.layer) for n in lengths]
     if args.json:
-        rows = [dict(r.to_dict(), **({"backward": _backward_dict(r)} if args.backward else {})) for r in results]
+        rows = [
+            dict(r.to_dict(), **({"backward": _backward_dict(r, profile)} if args.backward else {})) for r in results
+        ]
         print(
             json.dumps(
                 {
@@ -139,7 +141,7 @@ def _run(args: argparse.Namespace) -> None:
     else:
         _print(args.file, program, profile, results)
         if args.backward:
-            _print_backward(results)
+            _print_backward(results, profile)
     if args.plot:
         plot(results, args.plot, f"{program.name} on {profile.device or profile.name}")
         if not args.json:
@@ -219,18 +221,19 @@ def _print(file: Path, program: Any, profile: Any, results: list[Any]) -> None:
     )
 
 
-def _backward_dict(r: Any) -> dict[str, Any]:
+def _backward_dict(r: Any, profile: Any) -> dict[str, Any]:
     """Per kernel: the predicted backward and forward + backward times (ms)."""
     from .compiler.simulate import backward_time
 
     out = {}
     for name in ("attnc", "sdpa", "flex"):
         fwd = getattr(r, name)
-        out[name] = {"backward_ms": backward_time(fwd).ms, "forward_backward_ms": fwd.ms + backward_time(fwd).ms}
+        bwd = backward_time(fwd, profile.backward.get(name, 1.0))
+        out[name] = {"backward_ms": bwd.ms, "forward_backward_ms": fwd.ms + bwd.ms}
     return out
 
 
-def _print_backward(results: list[Any]) -> None:
+def _print_backward(results: list[Any], profile: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -243,7 +246,7 @@ def _print_backward(results: list[Any]) -> None:
     for col in ("N", "attnc bwd", "attnc", "SDPA", "speedup", "Flex*", "vs Flex*"):
         table.add_column(col, justify="right", no_wrap=True)
     for r in results:
-        b = _backward_dict(r)
+        b = _backward_dict(r, profile)
         mine = b["attnc"]["forward_backward_ms"]
         table.add_row(
             f"{r.shape.n:,}",

@@ -3,8 +3,13 @@
 Three steps, each its own command:
 
     python bench/calibrate.py --generate DIR                  # here: kernels + DIR/cases.json
-    python3 bench/calibrate.py --run DIR --out h100.json      # on the GPU: about a minute
+    python3 bench/calibrate.py --run DIR                      # on the GPU: 2-3 minutes
     python bench/calibrate.py --seed --out h100_seeded.json   # here: a profile from published anchor figures
+
+`--run` names the profile after the GPU it runs on (h100, h200: simulate.device_profile_name),
+starts the fit from the shipped profile of that name when there is one, and writes
+$OUT/<name>.json (default ./out/calibrate/<name>.json; `--out` overrides): the file to commit
+as compiler/profiles/<name>.json.
 
 `--generate` compiles the kernels with attnc's codegen and stores each case's launch as the
 simulator counts it. `--run` imports torch, triton, numpy, the modules in DIR and
@@ -17,6 +22,9 @@ bf16) and fits them by least squares (`simulate.fit_kernel`):
     causal & (sink(4) | window(1024)), 8K and 32K  the narrow tiles of the sink loop (16 wide)
     causal & (sink(64) | window(960)), 32K         narrow tiles 64 wide (DuoAttention's heads)
     causal & power(64), 32K                        one factor for the 64 x 64 tiles of power patterns
+    causal & (window(256) | strided(256)), 8K, 32K the launches with a diagonal loop ("diag")
+    causal & (window(512) | stride(4, 1)), 8K, 32K the launches with a stripe loop ("stripe"),
+    causal & (chunk(128) | stride(128, 127)), 32K    and the stripe tiles against the chunk's
     neighbourhoods on 2-D and 3-D grids            the tile-order grid kernel's own costs ("grid")
     SDPA causal (3 N) and full (8K)                SDPA's tile costs
     FlexAttention causal and sink+window           Flex's tile costs (one compile; --no-flex skips)
@@ -32,6 +40,7 @@ import datetime
 import importlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -41,22 +50,27 @@ ROOT = Path(__file__).resolve().parents[1]
 try:
     from attnc.compiler import simulate as sim
     from attnc.compiler.ir import Band, HeadGroup, KRange, Lit, ModelShape, Neighborhood, Pattern, Power, Program, Term
+    from attnc.compiler.atoms import Chunk, DiffMod, KMod
 except ImportError:  # the GPU machine: the source tree, attnc not installed; numpy-only modules
     sys.path.insert(0, str(ROOT))
     from compiler import simulate as sim
     from compiler.ir import Band, HeadGroup, KRange, Lit, ModelShape, Neighborhood, Pattern, Power, Program, Term
+    from compiler.atoms import Chunk, DiffMod, KMod
 
 B, H, D, DTYPE = 1, 32, 128, "bfloat16"
+ATTNC_FAMILIES = ("attnc", "grid", "diag", "stripe")  # cases that time a generated module
 CAPABILITY = (9, 0)  # the GPU the generated cases are planned for (H100, H200)
 
 
 @dataclass(frozen=True)
 class Case:
-    """A calibration launch: causal & (sink(sink) | window(window)); window 0: no window; or
+    """A calibration launch: causal & (sink(sink) | window(window)); window 0: no window;
+    `chunk` in place of the window; `strided`: a term causal & strided(strided) beside it
+    (a diagonal loop), `stride`: a term causal & stride(stride, offset) (a stripe loop); or
     (kernel "grid") a NATTEN neighbourhood of size `nb` over the token grid `grid`."""
 
     name: str
-    kernel: str  # attnc | sdpa | flex | grid
+    kernel: str  # attnc | sdpa | flex | grid | diag | stripe
     n: int
     window: int = 0
     sink: int = 0
@@ -65,6 +79,10 @@ class Case:
     power: int = 0  # causal & power(power) instead (its kernel runs power x power tiles)
     grid: tuple[int, ...] = ()
     nb: tuple[int, ...] = ()
+    chunk: int = 0
+    strided: int = 0
+    stride: int = 0
+    offset: int = 0
 
     def __post_init__(self) -> None:  # from cases.json: lists back to tuples
         object.__setattr__(self, "grid", tuple(self.grid))
@@ -78,10 +96,19 @@ class Case:
             return Pattern((Term(),))
         if self.power:
             return Pattern((Term((Lit(Band(0, None)), Lit(Power(self.power)))),))
-        main = Term((Lit(Band(0, self.window - 1 if self.window else None)),))
-        if not self.sink:
-            return Pattern((main,))
-        return Pattern((main, Term((Lit(Band(0, None)), Lit(KRange(None, self.sink - 1))))))
+        causal = Lit(Band(0, None))
+        if self.chunk:
+            main = Term((causal, Lit(Chunk(self.chunk))))
+        else:
+            main = Term((Lit(Band(0, self.window - 1 if self.window else None)),))
+        terms = [main]
+        if self.sink:
+            terms.append(Term((causal, Lit(KRange(None, self.sink - 1)))))
+        if self.strided:
+            terms.append(Term((causal, Lit(DiffMod(self.strided, 0)))))
+        if self.stride:
+            terms.append(Term((causal, Lit(KMod(self.stride, self.offset)))))
+        return Pattern(tuple(terms))
 
     def program(self) -> Program:
         return Program(
@@ -93,17 +120,22 @@ class Case:
 
     def launch(self, capability: tuple[int, int] = CAPABILITY) -> sim.Launch:
         """The programs this case runs, as the simulator counts them (needs codegen for attnc)."""
-        if self.kernel in ("attnc", "grid"):
+        if self.kernel in ATTNC_FAMILIES:
             from attnc.compiler.plan import plan_program
 
             program = self.program()
+            plan = plan_program(program)[0]
             cfg = sim.kernel_config(program, D, DTYPE, capability, group=0)
+            grid_runs = plan.grid is not None and plan.grid.runs(self.n, cfg.bm, cfg.bn)
+            family = sim.cost_family(plan, cfg, grid_runs)
+            if (family or "attnc") != self.kernel:
+                raise CalibrationError(f"{self.name}: the simulator charges its launch as {family or 'attnc'!r}")
             return sim.Launch(
-                (sim.kernel_tiles(plan_program(program)[0], self.n, cfg),) * H,
+                (sim.kernel_tiles(plan, self.n, cfg),) * H,
                 B,
                 cfg.order,
                 sim.head_group(cfg, B, H, self.n, D, DTYPE),
-                "grid" if self.grid else "",
+                family,
             )
         if self.kernel == "flex":
             return sim.Launch((sim.flex_tiles(self.pattern(), self.n),) * H, B, "asc")
@@ -124,7 +156,12 @@ def attnc_cases() -> list[Case]:
         ("sink64win960_32k", 32768, 960, 64, "cal_sink64win960"),
     ]
     return [Case(name, "attnc", n, w, s, module=m) for name, n, w, s, m in spec] + [
-        Case("power64_32k", "attnc", 32768, module="cal_power64", power=64)
+        Case("power64_32k", "attnc", 32768, module="cal_power64", power=64),
+        Case("diag256_8k", "diag", 8192, 256, module="cal_diag256", strided=256),
+        Case("diag256_32k", "diag", 32768, 256, module="cal_diag256", strided=256),
+        Case("stripe4_8k", "stripe", 8192, 512, module="cal_stripe4", stride=4, offset=1),
+        Case("stripe4_32k", "stripe", 32768, 512, module="cal_stripe4", stride=4, offset=1),
+        Case("stripe128_32k", "stripe", 32768, module="cal_stripe128", chunk=128, stride=128, offset=127),
     ]
 
 
@@ -161,20 +198,19 @@ def generate(out: Path, capability: tuple[int, int] = CAPABILITY) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for case in attnc_cases() + grid_cases() + baseline_cases():
-        if case.kernel in ("attnc", "grid"):
+        if case.kernel in ATTNC_FAMILIES:
             write_module(case.program(), out)
         launch = case.launch(capability)
         rows.append({"case": asdict(case), "launch": launch.to_dict()})
     (out / "cases.json").write_text(json.dumps({"capability": list(capability), "cases": rows}) + "\n")
-    print(
-        f"wrote {len(rows)} cases to {out}/cases.json; on the GPU run:\n"
-        f"  python bench/calibrate.py --run {out} --out profile.json"
-    )
+    print(f"wrote {len(rows)} cases to {out}/cases.json; on the GPU run:\n  python3 bench/calibrate.py --run {out}")
 
 
 # ----------------------------------------------------------------------------------- --run
-def run(src: Path, out: Path, base: str = "h100", flex: bool = True, name: str = "h100") -> int:
-    """Time every case on the GPU, fit the profile and write it (on the GPU machine)."""
+def run(src: Path, out: Path | None = None, base: str | None = None, flex: bool = True, name: str | None = None) -> int:
+    """Time every case on the GPU, fit the profile and write it (on the GPU machine). The
+    profile is named after the GPU (`name`: default simulate.device_profile_name), starts from
+    the shipped profile of that name (else h100) and goes to $OUT/<name>.json by default."""
     import torch
 
     if not torch.cuda.is_available():
@@ -182,7 +218,13 @@ def run(src: Path, out: Path, base: str = "h100", flex: bool = True, name: str =
         return 2
     sys.path.insert(0, str(src))
     try:
-        return calibrate(src, out, base, name, Cuda(flex))
+        gpu = Cuda(flex)
+        name = name or sim.device_profile_name(gpu.device)
+        base = base or (name if name in sim.shipped_profiles() else "h100")
+        out = out or Path(os.environ.get("OUT") or "out/calibrate") / f"{name}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        print(f"calibrating {name} ({gpu.device}) from the {base} profile into {out}", flush=True)
+        return calibrate(src, out, base, name, gpu)
     except CalibrationError as exc:
         print(f"calibrate: {exc}", file=sys.stderr)
         return 2
@@ -222,7 +264,11 @@ def calibrate(src: Path, out: Path, base: str, name: str, gpu) -> int:
         decode=gpu.decode(prof.decode),
         source=gpu.source,
     )
-    profile = replace(profile, calibration=tuple(report(profile, cases, measured)))
+    rows = report(profile, cases, measured)
+    if hasattr(gpu, "measure_training"):
+        backward, extra = fit_backward(profile, cases, measured, gpu)
+        profile, rows = replace(profile, backward=backward), rows + extra
+    profile = replace(profile, calibration=tuple(rows))
     out.write_text(profile.to_json())
     print(f"wrote {out} in {time.time() - start:.0f} s")
     return 0
@@ -261,7 +307,7 @@ class Cuda:
                 torch.randn(B, H, case.n, D, device="cuda", dtype=getattr(torch, DTYPE)) for _ in range(3)
             )
         q, k, v = self.inputs[case.n]
-        if case.kernel in ("attnc", "grid"):
+        if case.kernel in ATTNC_FAMILIES:
             mod = importlib.import_module(case.module)
             cfg = mod.config_for(q.device, q.dtype, D, group=0)
             t = launch.heads[0]
@@ -277,6 +323,26 @@ class Cuda:
             sdpa = torch.nn.functional.scaled_dot_product_attention
             return self.bench(lambda: sdpa(q, k, v, is_causal=case.causal))
         return None if self.flex is None else self.bench(self.flex(case, q, k, v))
+
+    def measure_training(self, case: Case) -> float:
+        """Forward + backward (autograd, a given dout) of an attnc or SDPA case, ms."""
+        torch = self.torch
+        torch.manual_seed(0)
+        q, k, v = (
+            torch.randn(B, H, case.n, D, device="cuda", dtype=getattr(torch, DTYPE), requires_grad=True)
+            for _ in range(3)
+        )
+        dout = torch.randn_like(q)
+        if case.kernel == "sdpa":
+            fn = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=case.causal)  # noqa: E731
+        else:
+            mod = importlib.import_module(case.module)
+            fn = lambda: mod.prefill(q, k, v)  # noqa: E731
+        fn().backward(dout)
+        torch.cuda.synchronize()
+        return float(
+            self.do_bench(lambda: fn().backward(dout), warmup=10, rep=60, grad_to_none=[q, k, v], return_mode="median")
+        )
 
     def _flex(self):
         """A compiled FlexAttention whose mask reads its sink and window from tensors (one compile)."""
@@ -335,6 +401,9 @@ SETTINGS = {
     "sdpa": (("launch_us", "program_us", "full_us"), {"masked_us": ("full_us", 1.2)}),
     "flex": (("program_us", "full_us", "masked_us"), {}),
     "grid": (("program_us", "masked_us"), {"full_us": ("masked_us", 1.0)}),  # all its tiles are masked
+    # two lengths of one pattern: tiles against programs; full tiles at attnc's ratio to masked ones
+    "diag": (("program_us", "masked_us"), {"full_us": ("masked_us", 0.8)}),
+    "stripe": (("program_us", "full_us", "masked_us"), {}),
 }
 
 
@@ -414,6 +483,49 @@ def report(prof: sim.Profile, cases: list[tuple[Case, sim.Launch]], measured: di
             f"({rows[-1]['error']:+.1%})"
         )
     return rows
+
+
+BACKWARD_CASES = ("causal_8k", "causal_32k", "sdpa_causal_8k", "sdpa_causal_32k")  # timed with their backward
+
+
+def fit_backward(prof: sim.Profile, cases: list[tuple[Case, sim.Launch]], measured: dict[str, float], gpu):
+    """The profile's `backward` factors: per kernel, the measured backward (forward + backward
+    minus the forward) over simulate.backward_time's tile part, averaged over its cases; and
+    the report rows (the backward measured beside the fitted model)."""
+    ratios: dict[str, list[float]] = {}
+    timed = []
+    for c, launch in cases:
+        if c.name not in BACKWARD_CASES or c.name not in measured:
+            continue
+        bwd = gpu.measure_training(c) - measured[c.name]
+        kc = prof.kernel(c.kernel)
+        fwd = sim.launch_time(
+            c.kernel, launch, kc.lookup(D, DTYPE, *_tile(launch), prof.dtype_scale), kc.launch_us, prof.sms
+        )
+        unit = sim.backward_time(fwd)
+        fixed = unit.overhead_ms + unit.launch_ms
+        ratios.setdefault(c.kernel, []).append((bwd - fixed) / max(unit.ms - fixed, 1e-9))
+        timed.append((c, fwd, bwd))
+        print(f"  backward {c.name:22s} {bwd:9.4f} ms", flush=True)
+    factors = {k: max(sum(v) / len(v), 0.0) for k, v in ratios.items()}
+    rows = []
+    for c, fwd, bwd in timed:
+        pred = sim.backward_time(fwd, factors[c.kernel]).ms
+        rows.append(
+            {
+                "case": c.name + "_backward",
+                "kernel": c.kernel + "_backward",
+                "n": c.n,
+                "window": c.window,
+                "sink": c.sink,
+                "causal": c.causal,
+                "tile": list(fwd.tile),
+                "measured_ms": round(bwd, 5),
+                "predicted_ms": round(pred, 5),
+                "error": round(pred / bwd - 1, 4),
+            }
+        )
+    return factors, rows
 
 
 # ----------------------------------------------------------------------------------- --seed
@@ -520,15 +632,19 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         default=None,
-        help="profile to write (--run: default profile.json; --seed: required, or --force)",
+        help="profile to write (--run: default $OUT/<name>.json; --seed: required, or --force)",
     )
     ap.add_argument(
         "--force", action="store_true", help="--seed without --out: overwrite the shipped compiler/profiles/h100.json"
     )
-    ap.add_argument("--base", default="h100", help="profile whose values start the fit and fill the gaps")
+    ap.add_argument(
+        "--base",
+        default=None,
+        help="profile whose values start the fit and fill the gaps (default: the GPU's, else h100)",
+    )
     ap.add_argument("--capability", default="9.0", help="GPU capability the kernels are planned for (--generate)")
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention (saves its compile time)")
-    ap.add_argument("--name", default="h100", help="the profile's name (--run)")
+    ap.add_argument("--name", default=None, help="the profile's name (--run; default: from the GPU's name, as h200)")
     args = ap.parse_args(argv)
     if args.generate:
         generate(args.generate, tuple(int(x) for x in args.capability.split(".")))
@@ -544,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         seed(target)
         return 0
-    return run(args.run, args.out or Path("profile.json"), args.base, not args.no_flex, args.name)
+    return run(args.run, args.out, args.base, not args.no_flex, args.name)
 
 
 if __name__ == "__main__":

@@ -44,8 +44,16 @@ sys.path.insert(0, str(ROOT))
 from compiler import simulate  # noqa: E402  (numpy only: runs on the GPU machine without attnc installed)
 from codegen.importing import import_module_from_path  # noqa: E402  (the standard library only)
 
-# the device profile predictions are made with: $ATTNC_PROFILE (bench/calibrate.py's output) or the shipped one
-PROFILE = os.environ.get("ATTNC_PROFILE", "h100")
+# the device profile predictions are made with: $ATTNC_PROFILE (bench/calibrate.py's output), else
+# the shipped profile of the GPU that runs (h100, h200), else h100 (set in main)
+PROFILE = os.environ.get("ATTNC_PROFILE", "")
+
+
+def profile_for(device: str) -> str:
+    """$ATTNC_PROFILE, else the shipped profile named after this GPU, else h100."""
+    name = simulate.device_profile_name(device)
+    return PROFILE or (name if name in simulate.shipped_profiles() else "h100")
+
 
 # name: (.attn text, sequence lengths, what it is)
 CASES = {
@@ -529,7 +537,12 @@ def run(folder: Path, baseline: Path | None = None, decode: bool = True) -> int:
     manifest = json.loads((folder / "manifest.json").read_text())
     modules = manifest["modules"]
     device = "CPU (smoke test, TRITON_INTERPRET=1)" if SMOKE else torch.cuda.get_device_name()
-    print(f"{device}; torch {torch.__version__}; triton {triton.__version__}; {len(modules)} modules", flush=True)
+    global PROFILE
+    PROFILE = profile_for(device)
+    print(
+        f"{device}; torch {torch.__version__}; triton {triton.__version__}; {len(modules)} modules; profile {PROFILE}",
+        flush=True,
+    )
 
     checks = check_all(folder, modules)
     for c in checks:

@@ -31,9 +31,8 @@ from ..compiler.cache_plan import (
 from ..compiler.ir import Pattern, Program
 from ..compiler.liveness import decodable
 from . import masks
-from .support.cache import HeadRule
-from .support.paged import Select
-from .support.policies import SCORERS, Policy
+from ..spec.cache import SCORES
+from .support.records import HeadRule, Policy, Select
 
 SENTINEL = 1 << 30  # the position stored in an empty slot: no causal pattern allows it
 HeadPolicy = Policy  # the lossy part of one KV head's cache (support/policies.py)
@@ -164,8 +163,8 @@ def head_policy(policy: Any, index: int, layer: int, layers: int, max_step: int)
     timing = ev.timing if ev is not None else "decode"
     if mean is not None and (score is None or timing != "prefill"):
         score, timing = score or "snapkv", "prefill"
-    if score is not None and score not in SCORERS:
-        raise plan_error(policy, f"unknown eviction score {score!r}: one of {', '.join(SCORERS)}")
+    if score is not None and score not in SCORES:
+        raise plan_error(policy, f"unknown eviction score {score!r}: one of {', '.join(SCORES)}")
     pool = str(opts.get("pool", "max"))  # spec/cache.py's defaults: window 32, pool max, kernel 7
     if pool not in ("avg", "max", "mean"):
         raise plan_error(policy, f"snapkv pool = {pool!r}: use pool = avg or pool = max")

@@ -204,11 +204,7 @@ def _axis_sums(length: int, windows: tuple[tuple[int, int, bool, int], ...]):
     intersection of the windows (kernel, dilation, causal, stride): sizes |S(x)|, counts
     below v |{y in S(x): y < v}| for v in 0..L, and membership [v in S(x)] for v in 0..L-1."""
     x = np.arange(length, dtype=np.int64)
-    lo, hi, step = np.zeros(length, dtype=np.int64), np.full(length, length - 1, dtype=np.int64), 1
-    for kernel, dilation, causal, stride in windows:
-        lo = np.maximum(lo, axis_low(x, length, kernel, dilation, causal, stride))
-        hi = np.minimum(hi, axis_high(x, length, kernel, dilation, causal, stride))
-        step = math.lcm(step, dilation)
+    lo, hi, step = _axis_bounds(length, windows)
     r = (x % step)[:, None]
     v = np.arange(length + 1, dtype=np.int64)[None, :]
     top = np.minimum(hi[:, None], v - 1)
@@ -230,13 +226,38 @@ def _box_windows(conj: tuple[Neighborhood, ...]) -> tuple[tuple[tuple[int, int, 
 def _inclusion_exclusion(conjs) -> dict[tuple, int]:
     """The boxes (per-axis windows) of every non-empty subset's intersection, with their signs
     summed (boxes that coincide merge)."""
+    dims = conjs[0][0].dims
     coef: dict[tuple, int] = {}
     boxes = [_box_windows(c) for c in conjs]
+    first: dict[tuple, tuple] = {}  # boxes of equal per-axis bounds count as one (their sums agree)
     for r in range(1, len(boxes) + 1):
         for subset in itertools.combinations(boxes, r):
-            key = tuple(tuple(sorted(set().union(*(b[a] for b in subset)))) for a in range(len(boxes[0])))
+            key = tuple(tuple(sorted(set().union(*(b[a] for b in subset)))) for a in range(len(dims)))
+            key = first.setdefault(tuple(_bounds_key(n, w) for n, w in zip(dims, key)), key)
             coef[key] = coef.get(key, 0) + (1 if r % 2 else -1)
     return {k: c for k, c in coef.items() if c}
+
+
+@lru_cache(maxsize=1024)
+def _axis_bounds(length: int, windows: tuple[tuple[int, int, bool, int], ...]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per query coordinate of an axis, the first and last key of the intersection of the
+    windows (kernel, dilation, causal, stride), and the step of its progression (read-only)."""
+    x = np.arange(length, dtype=np.int64)
+    lo, hi, step = np.zeros(length, dtype=np.int64), np.full(length, length - 1, dtype=np.int64), 1
+    for kernel, dilation, causal, stride in windows:
+        lo = np.maximum(lo, axis_low(x, length, kernel, dilation, causal, stride))
+        hi = np.minimum(hi, axis_high(x, length, kernel, dilation, causal, stride))
+        step = math.lcm(step, dilation)
+    lo.setflags(write=False)
+    hi.setflags(write=False)
+    return lo, hi, step
+
+
+@lru_cache(maxsize=1024)
+def _bounds_key(length: int, windows: tuple[tuple[int, int, bool, int], ...]) -> tuple[bytes, bytes, int]:
+    """What an axis's windows select, as a hashable key: equal keys give equal box sums."""
+    lo, hi, step = _axis_bounds(length, windows)
+    return lo.tobytes(), hi.tobytes(), step
 
 
 def _range_boxes(a: int, e: int, dims: tuple[int, ...]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -271,14 +292,16 @@ def _box_sums(dims: tuple[int, ...], windows, starts: np.ndarray, stops: np.ndar
     suffix = [np.ones(len(starts), dtype=np.int64)]
     for s in reversed(sizes[1:]):
         suffix.insert(0, suffix[0] * s)
-    out = np.zeros((len(starts), len(xs)), dtype=np.int64)
-    pref = np.ones((len(starts), len(xs)), dtype=np.int64)
+    out, pref = None, None
     for a, (length, (_, below, member)) in enumerate(zip(dims, tables)):
         digit = (inside // strides[a]) % length
-        s, t = starts[:, a][:, None], stops[:, a][:, None]
-        out += pref * (below[t, digit[None, :]] - below[s, digit[None, :]]) * suffix[a][:, None]
+        s, t = starts[:, a], stops[:, a]
+        # per box the small (box, digit value) table first, then one gather of the digits of xs
+        term = ((below[t] - below[s]) * suffix[a][:, None])[:, digit]
+        out = term if out is None else out + pref * term
         if a + 1 < len(dims):
-            pref *= member[t, digit[None, :]] - member[s, digit[None, :]]
+            step = (member[t] - member[s])[:, digit]
+            pref = step if pref is None else pref * step
     full = (suffix[0] * sizes[0])[:, None]
     return np.where(xs[None, :] >= g, full, out)
 
@@ -306,10 +329,33 @@ def box_pair_count(conjs, n: int) -> int:
     return total + int(_union_sums(conjs, starts, stops, np.array([g_n], dtype=np.int64)).sum())
 
 
-@lru_cache(maxsize=2)
+_RECENT_COUNTS: dict[tuple, np.ndarray] = {}  # the last few box_tile_counts, by their arguments
+
+
 def box_tile_counts(conjs, n_q: int, n_k: int, bm: int, bn: int) -> np.ndarray:
     """Allowed pairs per (bm x bn) tile of a union of conjunctions of neighbourhoods, exactly:
-    a read-only array (query blocks, key blocks)."""
+    a read-only array (query blocks, key blocks). Counts add up, so those of tiles that a
+    recent call's tiles divide are summed from it instead of counted again."""
+    key = (conjs, n_q, n_k, bm, bn)
+    if key not in _RECENT_COUNTS:
+        finer = [(k, c) for k, c in _RECENT_COUNTS.items() if k[:3] == key[:3] and bm % k[3] == 0 and bn % k[4] == 0]
+        if finer:
+            (_, _, _, fm, fn), counts = finer[0]
+            out = np.add.reduceat(
+                np.add.reduceat(counts, np.arange(0, counts.shape[0], bm // fm), axis=0),
+                np.arange(0, counts.shape[1], bn // fn),
+                axis=1,
+            )
+            out.setflags(write=False)
+        else:
+            out = _count_box_tiles(conjs, n_q, n_k, bm, bn)
+        if len(_RECENT_COUNTS) >= 4:
+            del _RECENT_COUNTS[next(iter(_RECENT_COUNTS))]
+        _RECENT_COUNTS[key] = out
+    return _RECENT_COUNTS[key]
+
+
+def _count_box_tiles(conjs, n_q: int, n_k: int, bm: int, bn: int) -> np.ndarray:
     nb = conjs[0][0]
     nqb, nkb = -(-n_q // bm), -(-n_k // bn)
     rows = np.minimum(np.arange(nqb) * bm + bm, n_q) - np.arange(nqb) * bm

@@ -16,9 +16,10 @@ below N // BLOCK_N) and visits, per term, masked [a, b), unmasked [b, c), masked
 minus the blocks of the terms visited before it, so that no block is visited twice. The
 order is chosen here: terms with a full interval first, terms with narrow key tiles (short
 KRange terms, i.e. sinks) after the wide ones, and one term with a Power literal (or a
-(q - k) mod m literal with a large m under a band) last, where it becomes a loop over
-disjoint key ranges (power-of-two block distances, or the diagonals of the modulus)
-instead of one interval. Groups of more than MAX_TERMS terms are visited as one masked loop
+(q - k) mod m literal with a large m under a band, or a k mod m literal) last, where it
+becomes a loop over disjoint key ranges (power-of-two block distances, or the diagonals of
+the modulus) or over the stripe's keys alone (k = r, r + m, ...: tiles of BLOCK_N such keys,
+read with a strided pointer) instead of one interval. Groups of more than MAX_TERMS terms are visited as one masked loop
 over the union of the terms' hulls.
 
 Masked tiles use the union predicate of the whole group, so they are always correct;
@@ -33,7 +34,7 @@ from typing import Literal
 
 import numpy as np
 
-from .atoms import OPEN, Bounds, Conj, DiffMod
+from .atoms import OPEN, Bounds, Conj, DiffMod, KMod
 from .grid_plan import GridPlan, plan_grid
 from .ir import Band, Lit, Pattern, Power, Program, Term
 
@@ -80,14 +81,17 @@ class Loop:
 
     kind "power": block distances 0, 1, 2, 4, ... of Power(block); "diffmod": the diagonals
     q - k = d0, d0 + m, d0 + 2m, ... of DiffMod(m, r) under a Band whose lower end makes
-    d0 the first allowed difference.
+    d0 the first allowed difference; "stripe": the keys k = r + m * j of KMod(m, r) only,
+    BLOCK_N consecutive j per tile (every key of a tile satisfies the literal, so the tile is
+    dense where the term's other literals allow its rows).
     """
 
-    kind: Literal["power", "diffmod"]
+    kind: Literal["power", "diffmod", "stripe"]
     lit: Lit  # the literal that the loop replaces
     block: int = 0  # power
-    m: int = 0  # diffmod
+    m: int = 0  # diffmod, stripe
     d0: int = 0  # diffmod
+    r: int = 0  # stripe
 
 
 def _loop_of(term: Term) -> Loop | None:
@@ -99,6 +103,9 @@ def _loop_of(term: Term) -> Loop | None:
     if bands and mods:
         lo, a = bands[0].lo, mods[0]
         return Loop("diffmod", Lit(a), m=a.m, d0=lo + (a.r - lo) % a.m)
+    stripes = [a for a in term.atoms_of(KMod) if a.m >= 2]
+    if stripes:
+        return Loop("stripe", Lit(stripes[0]), m=stripes[0].m, r=stripes[0].r)
     return None
 
 

@@ -47,7 +47,10 @@ PROFILE_DIR = Path(__file__).parent / "profiles"
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 FLEX_BLOCK = 128  # FlexAttention's block-mask granularity (its default BLOCK_SIZE)
 SDPA_TILE = (128, 128)
-KERNELS = ("attnc", "sdpa", "flex", "grid")  # grid: attnc's tile-order kernel for grid groups
+# grid: attnc's tile-order kernel for grid groups; diag, stripe: attnc's launches of groups with
+# a diagonal loop or a stripe loop (compiler/plan.py's Loop), whose tiles cost their own
+KERNELS = ("attnc", "sdpa", "flex", "grid", "diag", "stripe")
+FAMILIES = ("grid", "diag", "stripe")  # optional in a profile: absent, attnc's costs stand in
 ORDERS = ("lpt", "asc", "desc")
 IDEAL_MAX_TILES = 1 << 21  # finer block maps are not built (a kernel's 64 x 64 tiles at N = 128K)
 
@@ -157,13 +160,16 @@ class Profile:
     source: str = ""
     calibration: tuple[dict[str, Any], ...] = ()
     grid: KernelCosts | None = None  # the tile-order grid kernel; None: attnc's costs stand in
+    diag: KernelCosts | None = None  # launches with a diagonal loop; None: attnc's costs
+    stripe: KernelCosts | None = None  # launches with a stripe loop; None: attnc's costs
+    # per kernel ("attnc", "sdpa", "flex"): measured backward over backward_time's model of its
+    # tile part (bench/calibrate.py fits it; absent: 1, the model as it stands)
+    backward: dict[str, float] = field(default_factory=dict)
 
     def kernel(self, name: str) -> KernelCosts:
         if name not in KERNELS:
             raise ValueError(f"unknown kernel {name!r}: expected one of {', '.join(KERNELS)}")
-        if name == "grid" and self.grid is None:
-            return self.attnc
-        return getattr(self, name)
+        return getattr(self, name) or self.attnc
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1) + "\n"
@@ -186,19 +192,32 @@ class Profile:
                 dtype_scale={k: float(v) for k, v in d.get("dtype_scale", {"float16": 1, "bfloat16": 1}).items()},
                 source=d.get("source", ""),
                 calibration=tuple(d.get("calibration", ())),
-                grid=kernel(d["grid"]) if d.get("grid") else None,
+                **{f: kernel(d[f]) for f in FAMILIES if d.get(f)},
+                backward={k: float(v) for k, v in d.get("backward", {}).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a device profile: {exc!r}; docs/simulate.md lists its fields") from None
 
 
+def device_profile_name(device: str) -> str:
+    """The profile name of a GPU: its model token, lower case ("NVIDIA H200" and "H200" -> "h200",
+    "NVIDIA H100 80GB HBM3" -> "h100"); the whole name, lower case, when it has none."""
+    import re
+
+    m = re.search(r"\b([A-Za-z]{1,2}\d{2,4}[A-Za-z]?)\b", device)
+    return m.group(1).lower() if m else re.sub(r"\W+", "_", device).strip("_").lower()
+
+
 def load_profile(name_or_path: str | Path | Profile = "h100") -> Profile:
-    """A shipped profile by name (`h100`), or a JSON file by path."""
+    """A shipped profile by name (`h100`) or by the GPU's name (`NVIDIA H200`, as
+    torch.cuda.get_device_name gives it), or a JSON file by path."""
     if isinstance(name_or_path, Profile):
         return name_or_path
     path = Path(name_or_path)
     if not path.suffix:
         path = PROFILE_DIR / f"{name_or_path}.json"
+        if not path.is_file():
+            path = PROFILE_DIR / f"{device_profile_name(str(name_or_path))}.json"
     if not path.is_file():
         raise ValueError(
             f"no device profile {str(name_or_path)!r}: the shipped ones are "
@@ -369,7 +388,32 @@ def _plans(program: Program) -> tuple[Any, ...]:
     return _memo("prefill", program, plan_program)
 
 
-Segment = tuple[np.ndarray, np.ndarray, int, bool]  # key blocks [lo, hi) of `width` keys, masked
+@dataclass(frozen=True)
+class Stripe:
+    """The keys of a stripe loop's tiles (templates/prefill.py.j2's STRIPE): tile j holds the
+    keys r + m * i for i in [j * width, (j + 1) * width); a masked one keeps only those in
+    [klo, khi) (per query block), the rest belonging to other loops."""
+
+    m: int
+    r: int
+    klo: np.ndarray
+    khi: np.ndarray
+
+
+# key blocks [lo, hi) of `width` keys, masked, and their stripe (None: consecutive keys)
+Segment = tuple[np.ndarray, np.ndarray, int, bool, "Stripe | None"]
+
+
+def segment_keys(seg: Segment, i: int, n: int) -> np.ndarray:
+    """The keys below n that query block i visits through one segment."""
+    lo, hi, width, masked, stripe = seg
+    keys = np.arange(int(lo[i]) * width, max(int(hi[i]), int(lo[i])) * width, dtype=np.int64)
+    if stripe is not None:
+        keys = stripe.r + stripe.m * keys
+        if masked:
+            keys = keys[(keys >= stripe.klo[i]) & (keys < stripe.khi[i])]
+    return keys[keys < n]
+
 
 _SORT = {1: (), 2: ((0, 1),), 3: ((0, 1), (1, 2), (0, 1))}  # the template's sorting networks
 
@@ -397,46 +441,71 @@ def kernel_segments(plan: Any, n: int, bm: int, bn: int, bn_narrow: int, n_block
             h_lo = np.where(t_on, np.minimum(h_lo, t_lo), h_lo)
             h_hi = np.where(t_on, np.maximum(h_hi, t_hi), h_hi)
         h_a = h_lo // bn
-        segs.append((h_a, np.where(h_hi >= h_lo, h_hi // bn + 1, h_a), bn, True))
+        segs.append((h_a, np.where(h_hi >= h_lo, h_hi // bn + 1, h_a), bn, True, None))
         return segs
 
     earlier: list[tuple[np.ndarray, np.ndarray]] = []  # [lo, hi) in keys of the terms visited before
 
-    def visit(t: Any, a, b, c, d, size: int) -> None:
-        if not earlier:
-            if t.full and t.edge_merge:  # one loop over [a, b) and [c, d), then [b, c)
-                segs.extend([(a, b, size, True), (c, d, size, True), (b, c, size, False)])
-            elif t.full:
-                segs.extend([(a, b, size, True), (b, c, size, False), (c, d, size, True)])
-            else:
-                segs.append((a, d, size, True))
-            return
-        lo, hi = a * size, d * size
+    def gaps(lo, hi) -> list[tuple[np.ndarray, np.ndarray]]:
+        """[lo, hi) minus the ranges of the earlier terms: the template's sorted gaps."""
         m = len(earlier)
         x = [e[0] for e in earlier]
         y = [e[1] for e in earlier]
-        for i, j in _SORT[m]:
+        for i, j in _SORT.get(m, ()):
             swap = x[j] < x[i]
             xs, ys = np.where(swap, x[j], x[i]), np.where(swap, y[j], y[i])
             x[j], y[j] = np.where(swap, x[i], x[j]), np.where(swap, y[i], y[j])
             x[i], y[i] = xs, ys
         for i in range(1, m):
             y[i] = np.maximum(y[i], y[i - 1])
+        out = []
         for j in range(m + 1):
             p_lo = lo if j == 0 else np.maximum(lo, y[j - 1])
-            p_hi = np.maximum(p_lo, np.minimum(hi, x[j]) if j < m else hi)
+            out.append((p_lo, np.maximum(p_lo, np.minimum(hi, x[j]) if j < m else hi)))
+        return out
+
+    def visit(t: Any, a, b, c, d, size: int) -> None:
+        if not earlier:
+            if t.full and t.edge_merge:  # one loop over [a, b) and [c, d), then [b, c)
+                segs.extend([(a, b, size, True, None), (c, d, size, True, None), (b, c, size, False, None)])
+            elif t.full:
+                segs.extend([(a, b, size, True, None), (b, c, size, False, None), (c, d, size, True, None)])
+            else:
+                segs.append((a, d, size, True, None))
+            return
+        for p_lo, p_hi in gaps(a * size, d * size):
             if t.full:
                 pb = np.minimum(np.maximum(b * size, p_lo), p_hi)
                 pc = np.minimum(np.maximum(c * size, pb), p_hi)
                 segs.extend(
                     [
-                        (p_lo // size, pb // size, size, True),
-                        (pb // size, pc // size, size, False),
-                        (pc // size, p_hi // size, size, True),
+                        (p_lo // size, pb // size, size, True, None),
+                        (pb // size, pc // size, size, False, None),
+                        (pc // size, p_hi // size, size, True, None),
                     ]
                 )
             else:
-                segs.append((p_lo // size, p_hi // size, size, True))
+                segs.append((p_lo // size, p_hi // size, size, True, None))
+
+    def stripe(t: Any, t_lo, t_hi, on, t_flo, t_fhi, f_on, size: int) -> None:
+        """The stripe loop: per gap, the stripe keys r + m * j in it, BLOCK_N j per tile."""
+        m, r = t.loop.m, t.loop.r
+        hi = np.where(on & (t_hi >= t_lo), t_hi + 1, t_lo)
+        for p_lo, p_hi in gaps(t_lo, hi):
+            s_a = -(-(p_lo - r) // m)
+            s_d = np.maximum(-(-(p_hi - r) // m), s_a)
+            j_a = s_a // size
+            j_d = np.where(s_d > s_a, -(-s_d // size), j_a)
+            keys = Stripe(m, r, p_lo, p_hi)
+            if not t.full:
+                segs.append((j_a, j_d, size, True, keys))
+                continue
+            s_b = np.minimum(np.maximum(-(-(t_flo - r) // m), s_a), s_d)
+            s_c = np.minimum(np.maximum(np.maximum(t_fhi + m - r, 0) // m, s_b), s_d)
+            s_c = np.where(f_on, s_c, s_b)
+            j_b = np.minimum(np.maximum(-(-s_b // size), j_a), j_d)
+            j_c = np.minimum(np.maximum(s_c // size, j_b), j_d)
+            segs.extend([(j_a, j_b, size, True, keys), (j_b, j_c, size, False, keys), (j_c, j_d, size, True, keys)])
 
     for i, t in enumerate(plan.terms):
         size = bn_narrow if t.tile == "BLOCK_N_NARROW" else bn
@@ -454,6 +523,9 @@ def kernel_segments(plan: Any, n: int, bm: int, bn: int, bn_narrow: int, n_block
             visit(t, a, b, c, d, size)
             if i < len(plan.terms) - 1:
                 earlier.append((a * size, d * size))
+            continue
+        if loop.kind == "stripe":
+            stripe(t, t_lo, t_hi, on, t_flo, t_fhi, f_on, size)
             continue
         if loop.kind == "power":
             B = loop.block
@@ -490,7 +562,7 @@ def kernel_segments(plan: Any, n: int, bm: int, bn: int, bn_narrow: int, n_block
 
 
 def _count(segs: Sequence[Segment], out: Tiles) -> Tiles:
-    for lo, hi, width, is_masked in segs:
+    for lo, hi, width, is_masked, _ in segs:
         count = np.maximum(hi - lo, 0)
         if width != out.bn:
             out.narrow[:] += count
@@ -543,6 +615,18 @@ def kernel_tiles(plan: Any, n: int, cfg: KernelConfig) -> Tiles:
         *(np.concatenate([getattr(p, k) for p in parts]) for k in ("full", "masked", "narrow")),
         cfg.bn_narrow,
     )
+
+
+def cost_family(plan: Any, cfg: KernelConfig, grid_runs: bool) -> str:
+    """Whose tile costs a group's launch runs at (Launch.costs): "grid" for the tile-order
+    kernel, "diag" or "stripe" when the plan it runs has a diagonal or a stripe loop, else ""
+    (attnc's). Residue mode runs the residue plan, which has no loop."""
+    if grid_runs:
+        return "grid"
+    if cfg.residue and getattr(plan, "residue_plan", None) is not None:
+        return ""
+    kinds = {t.loop.kind for t in plan.terms if t.loop is not None}
+    return "diag" if "diffmod" in kinds else ("stripe" if "stripe" in kinds else "")
 
 
 # -------------------------------------------------------------------------------- scheduling
@@ -683,12 +767,13 @@ BWD_PASSES = 2  # the backward's main launches: dK/dV by key tile, dQ by query t
 BWD_MATMULS = {"attnc": 7, "flex": 7, "sdpa": round(2 * BWD_MATMUL_RATIO)}
 
 
-def backward_time(t: KernelTime) -> KernelTime:
-    """The backward pass's predicted time from the forward's, by a simple model (not fitted to a
-    measured backward): the forward's tile costs and tail scaled by the kernel's matrix products
-    per tile over the forward's 2 (BWD_MATMULS), its program overhead and launch paid once per
+def backward_time(t: KernelTime, scale: float = 1.0) -> KernelTime:
+    """The backward pass's predicted time from the forward's, by a simple model: the forward's
+    tile costs and tail scaled by the kernel's matrix products per tile over the forward's 2
+    (BWD_MATMULS) and by `scale` (a profile's `backward` factor for the kernel, fitted to
+    measured backward passes; 1 without one), its program overhead and launch paid once per
     main pass (BWD_PASSES); the small row-sum pass is not counted."""
-    r, p = BWD_MATMULS[t.kernel] / 2, BWD_PASSES
+    r, p = BWD_MATMULS[t.kernel] / 2 * scale, BWD_PASSES
     parts = dict(
         full_ms=t.full_ms * r,
         masked_ms=t.masked_ms * r,
@@ -941,7 +1026,14 @@ def prefill_workload(
         for g in sorted(set(gids)):
             nh = gids.count(g)
             hg = head_group(cfgs[g], shape.batch, nh, shape.n, shape.head_dim, shape.dtype)
-            attnc.append((Launch((mine[g],) * nh, shape.batch, cfgs[g].order, hg, "grid" if grid_runs[g] else ""), w))
+            attnc.append(
+                (
+                    Launch(
+                        (mine[g],) * nh, shape.batch, cfgs[g].order, hg, cost_family(plans[g], cfgs[g], grid_runs[g])
+                    ),
+                    w,
+                )
+            )
     launches = {
         "attnc": tuple(attnc),
         "flex": tuple((Launch(tuple(theirs[g] for g in gids), shape.batch, "asc"), w) for gids, w in rows),
@@ -1157,7 +1249,7 @@ def predict(case: Any, kernel: str = "attnc", profile: str | Path | Profile = "h
             else prefill_workload(program, shape, load_profile(profile).capability, layer)
         )
     t = getattr(time_workload(case, profile), kernel)
-    return t.ms + backward_time(t).ms if training else t.ms
+    return t.ms + backward_time(t, load_profile(profile).backward.get(kernel, 1.0)).ms if training else t.ms
 
 
 # ------------------------------------------------------------------------------------ fitting

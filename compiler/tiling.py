@@ -112,14 +112,11 @@ def axis_key_tiles(
     axis, divided by the key tile.
     """
     starts = np.arange(0, length, tq)
-    first = np.empty(len(starts), dtype=np.int64)
-    last = np.empty(len(starts), dtype=np.int64)
-    for i, s in enumerate(starts):
-        x = np.arange(s, min(s + tq, length))
-        low = np.asarray(axis_low(x, length, kernel, dilation, causal, stride))
-        high = np.asarray(axis_high(x, length, kernel, dilation, causal, stride))
-        first[i] = max(int(low.min()), 0) // tk
-        last[i] = min(int(high.max()), length - 1) // tk
+    x = np.arange(length, dtype=np.int64)
+    low = np.broadcast_to(np.asarray(axis_low(x, length, kernel, dilation, causal, stride), dtype=np.int64), x.shape)
+    high = np.broadcast_to(np.asarray(axis_high(x, length, kernel, dilation, causal, stride), dtype=np.int64), x.shape)
+    first = np.maximum(np.minimum.reduceat(low, starts), 0) // tk
+    last = np.minimum(np.maximum.reduceat(high, starts), length - 1) // tk
     first.setflags(write=False)
     last.setflags(write=False)
     return first, last
@@ -197,9 +194,30 @@ def tile_visits(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]) 
     return total.reshape(-1)
 
 
+@functools.lru_cache(maxsize=4096)
+def _axis_totals(g: GridTerms, axis: int, tq: int, tk: int) -> np.ndarray:
+    """Per subset of terms (in _subsets order), the key boxes summed over the query tile
+    coordinates of one axis: the axis's factor of visited_tiles (it depends on that axis's
+    tile sides only, so choose_tiling's many shapes share it)."""
+    windows = [axis_window(t.nb, axis) for t in g.terms]
+    shared = anchored(g, axis, tq)
+    out = np.array(
+        [_axis_box(g.dims[axis], tq, tk, tuple(windows[t] for t in s), shared)[1] for s in _subsets(len(g.terms))]
+    )
+    out.setflags(write=False)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _subset_signs(n: int) -> np.ndarray:
+    return np.array([1 if len(s) % 2 else -1 for s in _subsets(n)], dtype=np.int64)
+
+
 def visited_tiles(g: GridTerms, q_tile: tuple[int, ...], k_tile: tuple[int, ...]) -> int:
-    """The sum of tile_visits over all query tiles, without building it (per axis sums)."""
-    return sum(sign * math.prod(n for _, n in axes) for sign, axes in _box_axes(g, q_tile, k_tile))
+    """The sum of tile_visits over all query tiles, without building it: by inclusion-exclusion
+    over the terms, each subset's boxes a product of per-axis sums."""
+    factors = [_axis_totals(g, a, tq, tk) for a, (tq, tk) in enumerate(zip(q_tile, k_tile))]
+    return int(np.dot(_subset_signs(len(g.terms)), functools.reduce(np.multiply, factors)))
 
 
 def _shapes(tokens: int, dims: tuple[int, ...]) -> list[tuple[int, ...]]:

@@ -61,7 +61,8 @@ import numpy as np
 import torch
 
 from ..codegen.decode_plan import DecodePlanError, head_policy
-from ..codegen.support.policies import Policy, attention_stats, lowest, priority, rescore
+from ..codegen.support.policies import attention_stats, lowest, priority, rescore
+from ..codegen.support.records import Policy
 from ..compiler.cache_plan import policy_for
 from ..compiler.ir import HeadGroup, ModelShape, Pattern, Program
 

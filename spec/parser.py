@@ -37,9 +37,10 @@ INT64_MAX = 2**63 - 1
 
 @lru_cache(maxsize=1)
 def grammar() -> Lark:
-    """The LALR parser, built once per process."""
+    """The LALR parser, built once per process (lark keeps the built tables in a file of the
+    temporary directory, keyed by the grammar, so later processes load them instead)."""
     text = (Path(__file__).parent / "grammar.lark").read_text()
-    return Lark(text, parser="lalr", lexer="basic", propagate_positions=True, maybe_placeholders=False)
+    return Lark(text, parser="lalr", lexer="basic", propagate_positions=True, maybe_placeholders=False, cache=True)
 
 
 @lru_cache(maxsize=1)

@@ -30,6 +30,7 @@ def test_kernels_compile_for_sm90():
             ("many_terms", True),
             ("strided_long", True),
             ("chunk", True),
+            ("stripes", True),
         ]
     ]
     cases += [
@@ -38,7 +39,7 @@ def test_kernels_compile_for_sm90():
         gpu_case(single(EXPRS["causal"], "causal"), dtype="fp16", head_dim=256),
         gpu_case(single(EXPRS["sink_window"], "sw"), head_dim=64, config=uncapped),
     ]
-    capped = [gpu_case(single(EXPRS[name], name)) for name in ("causal", "sink_window")]
+    capped = [gpu_case(single(EXPRS[name], name)) for name in ("causal", "sink_window", "stripes")]
     capped += [gpu_case(duo, group=g, subset=True) for g in (0, 1)]
     fp32 = [gpu_case(single(EXPRS["sink_window"], "sw"), dtype="fp32", head_dim=64, use_tma=False)]
     results = compile_for_gpu(cases + capped + fp32)

@@ -13,6 +13,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from attnc.compiler.plan import plan_program
 from attnc.compiler.tiling import grid_terms
 from tests.cases import CASES, grid_tokens
 from tests.strategies import causal_expressions, examples, expressions, op, prim
@@ -182,3 +183,25 @@ def test_module_reference_per_layer_and_head():
 @given(st.one_of(expressions(5), causal_expressions(4)), st.integers(1, 48), st.sampled_from([(2, 1), (2, 2)]))
 def test_random_patterns_match_reference(expr, n, heads):
     check_module(single(expr, "rand"), n, h=heads[0], h_kv=heads[1])
+
+
+STRIPES = {
+    "alone": op("&", prim("causal"), prim("stride", stride=6, offset=1)),
+    "after_window": op("&", prim("causal"), op("|", prim("window", size=12), prim("stride", stride=5, offset=4))),
+    "after_two": op(
+        "&",
+        prim("causal"),
+        op("|", op("|", prim("sink", size=3), prim("window", size=9)), prim("stride", stride=7, offset=2)),
+    ),
+    "two_sided": op("|", prim("window", left=6, right=6), prim("stride", stride=4, offset=3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRIPES))
+def test_stripe_loops(name):
+    # k mod m terms read only their stripe's keys (strided pointers), minus the earlier terms' blocks
+    program = single(STRIPES[name], name)
+    assert any(t.loop is not None and t.loop.kind == "stripe" for t in plan_program(program)[0].terms)
+    for n in (1, 50, 77):
+        check_module(program, n, config=dict(BLOCK_M=16, BLOCK_N=16))
+    check_module(program, 77, dtype=torch.bfloat16, config=dict(BLOCK_M=32, BLOCK_N=16))

@@ -34,11 +34,10 @@ def predicted_visits(plan, n: int, bm: int, bn: int, bnn: int) -> tuple[np.ndarr
     nqb = -(-n // bm)
     masked = np.zeros((nqb, n), dtype=np.int64)
     unmasked = np.zeros((nqb, n), dtype=np.int64)
-    for lo, hi, width, is_masked in sim.kernel_segments(plan, n, bm, bn, bnn):
-        out = masked if is_masked else unmasked
+    for seg in sim.kernel_segments(plan, n, bm, bn, bnn):
+        out = masked if seg[3] else unmasked
         for i in range(nqb):
-            for j in range(int(lo[i]), int(hi[i])):
-                out[i, j * width : min((j + 1) * width, n)] += 1
+            np.add.at(out[i], sim.segment_keys(seg, i, n), 1)
     return masked, unmasked
 
 
@@ -151,9 +150,8 @@ def test_residue_mode_runs_dense_tiles_per_class(name, n):
         pattern = program.groups[0].pattern
         for i in range(per_class):
             seen = np.zeros(max(n_rho, 1), dtype=np.int64)
-            for lo, hi, w, _ in segs:
-                for j in range(int(lo[i]), int(hi[i])):
-                    seen[j * w : min((j + 1) * w, n_rho)] += 1
+            for seg in segs:
+                np.add.at(seen, sim.segment_keys(seg, i, n_rho), 1)
             for qq in range(i * 16, min(i * 16 + 16, n_rho)):
                 need = pattern.holds(np.int64(rho + d * qq), rho + d * np.arange(n_rho, dtype=np.int64))
                 assert (seen[:n_rho][np.asarray(need, dtype=bool)] == 1).all()

@@ -85,11 +85,11 @@ def test_kernel_visits_are_sound(expr, n, cfg):
     mask = program.groups[0].pattern.mask(n)
     seen = np.zeros((-(-n // bm), n), dtype=np.int64)
     unmasked = np.zeros(seen.shape, dtype=bool)
-    for lo, hi, width, masked in sim.kernel_segments(plan_program(program)[0], n, *cfg):
+    for seg in sim.kernel_segments(plan_program(program)[0], n, *cfg):
         for i in range(seen.shape[0]):
-            for j in range(int(lo[i]), int(hi[i])):
-                seen[i, j * width : (j + 1) * width] += 1
-                unmasked[i, j * width : (j + 1) * width] |= not masked
+            keys = sim.segment_keys(seg, i, n)
+            np.add.at(seen[i], keys, 1)
+            unmasked[i, keys] |= not seg[3]
     for i in range(seen.shape[0]):
         rows = mask[i * bm : (i + 1) * bm]
         assert (seen[i] <= 1).all(), "a key visited twice"
@@ -461,3 +461,74 @@ def test_grid_groups_are_timed_with_the_grid_kernel_costs():
     assert sim.time_workload(other, slow).attnc.ms == sim.time_workload(other, prof).attnc.ms
     fallback = dataclasses.replace(prof, grid=None)
     assert fallback.kernel("grid") is fallback.attnc
+
+
+def test_loop_launches_are_timed_with_their_own_costs():
+    """Groups with a diagonal loop or a stripe loop are charged the profile's `diag` or `stripe`
+    costs (attnc's while the profile has none, so the shipped predictions stay as they were)."""
+    import dataclasses
+
+    prof = sim.load_profile("h100")
+    for text, family in [
+        (op("&", prim("causal"), op("|", prim("window", size=256), prim("strided", stride=256))), "diag"),
+        (op("&", prim("causal"), op("|", prim("window", size=512), prim("stride", stride=4, offset=1))), "stripe"),
+        (SW, ""),
+    ]:
+        work = sim.prefill_workload(single(text), shape(8192))
+        ((launch, _),) = work.launches["attnc"]
+        assert launch.costs == family
+        base = sim.time_workload(work, prof).attnc.ms
+        slower = sim.KernelCosts(
+            prof.attnc.launch_us,
+            tuple(dataclasses.replace(t, full_us=3 * t.full_us, masked_us=3 * t.masked_us) for t in prof.attnc.tiles),
+        )
+        other = sim.time_workload(work, dataclasses.replace(prof, diag=slower, stripe=slower)).attnc.ms
+        assert (other > 1.5 * base) == bool(family), family
+
+
+def test_profiles_by_device_name():
+    assert sim.device_profile_name("NVIDIA H100 80GB HBM3") == "h100" == sim.device_profile_name("H100")
+    assert sim.device_profile_name("NVIDIA H200") == "h200"
+    assert sim.load_profile("NVIDIA H200").name == sim.load_profile("h200").name == "h200"
+    with pytest.raises(ValueError, match="shipped ones"):
+        sim.load_profile("NVIDIA B200")
+
+
+def test_calibrate_fits_the_backward_factor(tmp_path):
+    """--run times forward + backward of the causal cases too, and stores per kernel the
+    measured backward over backward_time's model, which the training predictions then use."""
+    cal = calibrate_module()
+    truth = sim.load_profile("h100")
+    factor = {"attnc": 1.7, "sdpa": 0.6}
+    cases = [c for c in cal.attnc_cases() + cal.baseline_cases() if c.name in cal.BACKWARD_CASES]
+    rows = [{"case": cal.asdict(c), "launch": c.launch().to_dict()} for c in cases]
+    (tmp_path / "cases.json").write_text(json.dumps({"capability": [9, 0], "cases": rows}))
+
+    class FakeGPU:
+        capability, device, sms, source = (9, 0), "NVIDIA H100 fake", 132, "fake"
+
+        def forward(self, case):
+            launch = case.launch()
+            kc = truth.kernel(case.kernel)
+            costs = kc.lookup(128, "bfloat16", *cal._tile(launch), truth.dtype_scale)
+            return sim.launch_time(case.kernel, launch, costs, kc.launch_us, truth.sms)
+
+        def measure(self, case, launch):
+            return self.forward(case).ms
+
+        def measure_training(self, case):
+            fwd = self.forward(case)
+            return fwd.ms + sim.backward_time(fwd, factor[case.kernel]).ms
+
+        def decode(self, start):
+            return start
+
+    out = tmp_path / "profile.json"
+    assert cal.calibrate(tmp_path, out, "h100", "fake", FakeGPU()) == 0
+    prof = sim.load_profile(out)
+    assert prof.backward["attnc"] == pytest.approx(1.7, rel=0.05) and prof.backward["sdpa"] == pytest.approx(0.6, rel=0.05)
+    backward_rows = [r for r in prof.calibration if r["kernel"].endswith("_backward")]
+    assert len(backward_rows) == 4 and all(abs(r["error"]) < 0.05 for r in backward_rows)
+    plain = sim.predict(dict(program=single(prim("causal")), n=8192), profile="h100", training=True)
+    fitted = sim.predict(dict(program=single(prim("causal")), n=8192), profile=out, training=True)
+    assert fitted > plain

@@ -22,7 +22,8 @@ import triton.language as tl
 
 from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names, interpreting
 from .decode import CacheView, DecodeSpec, decode_launch
-from .policies import AGGREGATES, NEEDS_QUERIES, Policy, attention_stats, lowest, priority, rescore
+from .policies import AGGREGATES, NEEDS_QUERIES, attention_stats, lowest, priority, rescore
+from .records import HeadRule, Policy
 
 CACHE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _KV_KIND = {"dense": 0, "ring": 1, "chunk": 2, "lossy": 3}
@@ -31,20 +32,6 @@ _KV_TAB_W = 8
 
 class CacheError(ValueError):
     """Bad use of a generated cache: wrong shapes or dtypes, past a fixed capacity, ..."""
-
-
-class HeadRule(NamedTuple):
-    """The store of one (layer, KV head) (codegen/decode_plan.py's Layout and policy)."""
-
-    kind: str  # "dense" | "ring" | "chunk" | "lossy"
-    sink: int = 0  # keys below this position stay
-    span: int = 0  # positions the ring serves
-    ring: int = 0  # ring slots
-    smod: int = 1  # stripe modulus (1: no stripes)
-    sres: tuple = ()  # stripe residues
-    chunk: int = 0
-    policy: int = -1  # index into CacheSpec.policies, or -1 (lossless)
-    rerotate: bool = False  # keys stored before RoPE, rotated to their cache slot
 
 
 class CacheSpec(NamedTuple):

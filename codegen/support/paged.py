@@ -31,16 +31,7 @@ from .cache import CACHE_DTYPES, CacheError, CacheSpec, _cache_device
 from .checks import HEAD_DIMS, check_scale, check_tensor, dtype_names, interpreting
 from .decode import _DEC_LOG2E, DecodeConfig, _dec_buffers, _dec_sms
 from .policies import AGGREGATES, aggregate
-
-
-class Select(NamedTuple):
-    """Decode-time selection of one (layer, KV head) (the cache block's `select`)."""
-
-    score: str  # "quest" (per-page channel min/max), "mean" (the page's mean key), "tokens" (exact)
-    units: int  # pages (quest, mean) or tokens (tokens) chosen per step, besides the keep rules
-    sink: int  # keep rules: positions < sink and the newest `recent` are always read
-    recent: int
-    aggregate: str  # over the query heads of the KV head (and the step's tokens): mean | max | sum
+from .records import Select
 
 
 class PagedSpec(NamedTuple):

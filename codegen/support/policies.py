@@ -18,37 +18,11 @@ defines the rules:
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
 
-
-class Policy(NamedTuple):
-    """The lossy part of one (layer, KV head)'s cache (resolved from the file's cache block)."""
-
-    index: int  # which cache policy of the program (heads of one index and budget evict together)
-    budget: int | None  # tokens; None with an adaptive budget (set at run time)
-    adaptive_mean: int | None  # CAKE's mean budget per layer, or None
-    sink: int
-    recent: int
-    score: str | None  # a key of SCORERS; None: evict the oldest unprotected token (FIFO)
-    timing: str  # "prefill" | "decode"
-    aggregate: str  # over the query heads of a KV head: "mean" | "max" | "sum"
-    window: int  # snapkv's observation window (0 for other scores)
-    pool: str  # "max" | "avg" (snapkv)
-    kernel: int  # snapkv's pooling kernel (odd)
-    tau1: float = 1.0  # CAKE's temperatures
-    tau2: float = 1.0
-
-    @property
-    def protected_recent(self) -> int:
-        """The newest positions never evicted: `recent`, and for SnapKV its observation window."""
-        return max(self.recent, self.window if self.score == "snapkv" else 0)
-
-    @property
-    def protected(self) -> int:
-        """Tokens the keep rules protect: the smallest budget that makes sense."""
-        return self.sink + self.protected_recent
+from .records import Policy
 
 
 AGGREGATES = {"mean": 0, "max": 1, "sum": 2}  # the kernels' code of each aggregation
