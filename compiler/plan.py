@@ -33,9 +33,9 @@ from typing import Literal
 
 import numpy as np
 
-from .atoms import OPEN, Bounds, Conj, DiffMod
+from .atoms import OPEN, Bounds, Conj, DiffMod, Select
 from .grid_plan import GridPlan, plan_grid
-from .ir import Band, Lit, Pattern, Power, Program, Term
+from .ir import Band, Lit, Pattern, Power, Program, Selection, Term
 
 MAX_TERMS = 4  # terms visited as separate segment lists; beyond that one masked hull loop
 NARROW_MAX = 64  # a term whose keys span at most this many positions gets narrow key tiles
@@ -140,17 +140,19 @@ class GroupPlan:
     grid: GridPlan | None = None  # a union of neighbourhoods: the tile-order kernel (grid_plan.py)
     columns: "SpanPlan | None" = None  # the backward's column plan (dK, dV by key tile)
     rows: "SpanPlan | None" = None  # the backward's row plan (dQ by query tile)
+    select: "SelectPlan | None" = None  # the selection term's plan (blocks chosen at run time)
 
     @property
     def tuning(self) -> dict[str, int | bool | None]:
         """What the launch configuration reads of the plan (the generated module's _TUNING)."""
+        caps = [c for c in (self.block_cap, self.select and self.select.atom.block) if c]
         return {
-            "block_cap": self.block_cap,
+            "block_cap": min(caps) if caps else None,
             "rows_cap": self.rows_cap,
             "narrow": self.narrow,
             "grows": self.grows,
-            "residue": self.residue,
-            "grid": self.grid is not None,
+            "residue": 0 if self.select else self.residue,
+            "grid": self.grid is not None and self.select is None,
         }
 
 
@@ -322,6 +324,30 @@ def span_tiles(plan: SpanPlan, n: int, block: int, tile: int) -> tuple[np.ndarra
     return visited, full
 
 
+# ------------------------------------------------------------------ selection
+
+
+@dataclass(frozen=True)
+class SelectPlan:
+    """Which key blocks a selection may choose for a query block [q0, q_last], as key
+    intervals the kernels evaluate per block: candidates meet some context term's hull
+    (`reach`, per context term), and are not already covered, for every row of the query
+    block, by a static term's full interval (`covered`, per static term that has one). The
+    selection kernel ranks only the candidates; the attention kernel visits the chosen
+    blocks with the mask `context & not static`, so no pair is counted twice."""
+
+    atom: "Select"
+    context: Pattern
+    reach: tuple[Bounds, ...]
+    covered: tuple[Bounds, ...]
+
+
+def plan_select(static: Pattern, selection: Selection) -> SelectPlan:
+    reach = tuple(term_bounds(t.lits)[0] for t in selection.context.terms)
+    covered = tuple(f for f in (term_bounds(t.lits)[1] for t in static.terms) if f is not None)
+    return SelectPlan(selection.atom, selection.context, reach, covered)
+
+
 def plan_program(program: Program) -> tuple[GroupPlan, ...]:
     return tuple(
         dataclasses.replace(
@@ -329,6 +355,7 @@ def plan_program(program: Program) -> tuple[GroupPlan, ...]:
             grid=plan_grid(g.pattern),
             columns=plan_columns(g.pattern),
             rows=plan_rows(g.pattern),
+            select=None if g.selection is None else plan_select(g.pattern, g.selection),
         )
         for i, g in enumerate(program.groups)
     )

@@ -11,4 +11,4 @@ the NamedTuples these files declare (`decode.DecodeSpec`, `cache.CacheSpec`, ...
 Inlining order (siblings before the files that import them) is `INLINE_ORDER`.
 """
 
-INLINE_ORDER = ("checks", "block_scores", "prefill", "policies", "decode", "cache")
+INLINE_ORDER = ("checks", "block_scores", "selection", "prefill", "policies", "decode", "cache")
