@@ -153,6 +153,7 @@ class GroupPlan:
             "grows": self.grows,
             "residue": 0 if self.select else self.residue,
             "grid": self.grid is not None and self.select is None,
+            "select": self.select is not None,
         }
 
 

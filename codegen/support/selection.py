@@ -77,7 +77,7 @@ def choose(logmass: torch.Tensor, candidates: torch.Tensor, top: int, mass: int)
     return idx.contiguous(), (idx >= 0).sum(-1).to(torch.int32)
 
 
-def select_reference(
+def reference_selection(
     spec: SelectSpec, q: torch.Tensor, k: torch.Tensor, candidates: torch.Tensor, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The chosen blocks of one selection rule, in plain torch."""
