@@ -143,7 +143,7 @@ def module_params(program: Program) -> dict[str, Any]:
     head_groups = any(len(set(row)) > 1 for row in table)
     m = program.model
     return {
-        **(decode_context(program) if not any(g.selection for g in program.groups) else {"dp": None}),
+        **decode_context(program),
         **selection_params(program),
         "version": attnc_version(),
         "source": str(program.source),

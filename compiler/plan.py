@@ -33,7 +33,7 @@ from typing import Literal
 
 import numpy as np
 
-from .atoms import OPEN, Bounds, Conj, DiffMod, Select
+from .atoms import OPEN, Bounds, Conj, DiffMod, RangeAtom, Select
 from .grid_plan import GridPlan, plan_grid
 from .ir import Band, Lit, Pattern, Power, Program, Selection, Term
 
@@ -343,9 +343,35 @@ class SelectPlan:
     covered: tuple[Bounds, ...]
 
 
+def _beyond(term: Term, common: set[Lit]) -> tuple[Lit, ...]:
+    """A static term's literals less what every context pair already satisfies: literals of
+    `common` dropped, range ends equal to a common range's ends opened (causal & window(W),
+    one band 0 <= q - k <= W - 1, becomes q - k <= W - 1 under a causal context)."""
+    out = []
+    for lit in term.lits:
+        if lit in common:
+            continue
+        atom = lit.atom
+        same = [c.atom for c in common if type(c.atom) is type(atom) and isinstance(atom, RangeAtom)]
+        if same and not lit.negated:
+            lo = None if atom.lo == same[0].lo else atom.lo
+            hi = None if atom.hi == same[0].hi else atom.hi
+            if lo is None and hi is None:
+                continue
+            lit = Lit(type(atom)(lo, hi))
+        out.append(lit)
+    return tuple(out)
+
+
 def plan_select(static: Pattern, selection: Selection) -> SelectPlan:
-    reach = tuple(term_bounds(t.lits)[0] for t in selection.context.terms)
-    covered = tuple(f for f in (term_bounds(t.lits)[1] for t in static.terms) if f is not None)
+    """Candidates meet a context term's hull; a block is covered where, for every row of the
+    query block, a static term holds on every key of it that the context allows: the full
+    interval of the term's literals beyond the literals every context term has (`_beyond`)."""
+    terms = selection.context.terms
+    reach = tuple(term_bounds(t.lits)[0] for t in terms)
+    common = set(terms[0].lits).intersection(*(t.lits for t in terms[1:])) if terms else set()
+    common = {l for l in common if not l.negated}
+    covered = tuple(f for f in (term_bounds(_beyond(t, common))[1] for t in static.terms) if f is not None)
     return SelectPlan(selection.atom, selection.context, reach, covered)
 
 
