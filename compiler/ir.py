@@ -186,6 +186,14 @@ class HeadGroup:
     members: frozenset[tuple[int, int]]
     selection: Selection | None = None
 
+    @property
+    def reach(self) -> Pattern:
+        """Every pair the group may attend: the static part and the selection's context (what
+        receptive fields and cache liveness must assume of a selecting head)."""
+        if self.selection is None:
+            return self.pattern
+        return Pattern(self.pattern.terms + self.selection.context.terms)
+
 
 @dataclass(frozen=True)
 class Program:

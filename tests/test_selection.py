@@ -315,3 +315,67 @@ def test_random_compositions(static, sel, how, n):
         assert_close(mod.prefill(q, k, v), mod.reference(q, k, v), torch.float32)
         return
     check_selection(mod, q, k, v)
+
+
+# ---------------------------------------------------------------- analyses
+
+
+def test_bounds_hold_for_any_choice_within_budget():
+    """Static pairs exact; any choice of at most `top` candidate blocks per query block stays
+    within the worst case (brute force over random choices, and the greediest one)."""
+    from attnc.compiler.selection import selection_bounds
+
+    prog = program(text_of("causal & (sink(3) | window(10) | select(mean, top = 2, block = 16))"))
+    g, n = prog.groups[0], 75
+    b = selection_bounds(g, n)
+    pos = np.arange(n)
+    assert b.static_pairs == b.best_pairs == int(g.pattern.mask(n).sum())
+    assert b.reach_pairs == int(g.reach.mask(n).sum()) and b.extra_per_row == 32
+    nb = 5
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        chosen = np.zeros((nb, nb), dtype=bool)
+        for i in range(nb):
+            picks = np.arange(i + 1) if trial == 0 else rng.choice(i + 1, size=min(2, i + 1), replace=False)
+            chosen[i, picks[-2:]] = True
+        m = g.pattern.holds(pos[:, None], pos[None, :]) | g.selection.holds(pos[:, None], pos[None, :], chosen)
+        assert b.static_pairs <= int(m.sum()) <= b.worst_pairs
+
+
+def test_reach_is_what_liveness_and_receptive_fields_assume():
+    from attnc.compiler.liveness import cache_layout
+    from attnc.compiler.receptive import layer_patterns
+    from attnc.compiler.report import analyze
+
+    prog = program(text_of("causal & (window(8) | select(quest, top = 1, block = 16))"))
+    assert layer_patterns(prog)[0].mask(40).sum() == prog.groups[0].reach.mask(40).sum()
+    assert cache_layout(prog.groups[0].reach).exact  # the whole reach: every past key
+    a = analyze(prog, 256, with_receptive=False)
+    assert a.groups[0].kv.tokens == 256 and a.groups[0].selection.worst_pairs > a.groups[0].cost.pairs.value
+    assert "unknowable" in a.groups[0].to_dict()["selection"]
+
+
+@pytest.mark.parametrize("expr", ["causal & (sink(4) | window(20) | select(mean, top = 2, block = 16))",
+                                  "causal & (chunk(32) | select(mean, top = 1, block = 32))",
+                                  "(causal - window(5)) & select(vslash, mass = 50, block = 16)"])
+def test_simulated_candidates_are_the_kernels(expr):
+    """The simulator counts candidates with the numpy rule; the module with its rendered one."""
+    from attnc.compiler.plan import plan_program
+    from attnc.compiler.selection import candidate_counts
+
+    prog = program(text_of(expr), "sel_cands")
+    mod = load(prog)
+    for n in (1, 40, 77, 128):
+        want = mod._candidates(0, n).sum(1).numpy()
+        assert candidate_counts(plan_program(prog)[0].select, n).tolist() == want.tolist()
+
+
+def test_simulator_adds_the_chosen_tiles_and_the_selection():
+    from attnc.compiler.simulate import Shape, predict_prefill, prefill_workload
+
+    static = program("pattern p = causal & (sink(4) | window(1024))\n")
+    sel = program("pattern p = causal & (sink(4) | window(1024) | select(mean, top = 16, block = 128))\n")
+    shape = Shape(32768, 1, 8, 2, 128)
+    a, b = predict_prefill(static, shape), predict_prefill(sel, shape)
+    assert b.attnc.tiles_masked > a.attnc.tiles_masked and b.attnc.ms > a.attnc.ms
+    assert prefill_workload(sel, shape).selection_s > 0 == prefill_workload(static, shape).selection_s
