@@ -35,8 +35,8 @@ def _blocks(x: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def block_mean(k: torch.Tensor, size: int) -> torch.Tensor:
     """The mean of each block of `size` keys, `[..., nb, D]` (float32)."""
-    blocks, counts = _blocks(k.float(), size)
-    return blocks.sum(-2) / counts[:, None]
+    blocks, counts = _blocks(k, size)  # summed in float32 without a float32 copy of k
+    return blocks.sum(-2, dtype=torch.float32) / counts[:, None]
 
 
 def block_min_max(k: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
