@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -103,8 +102,9 @@ def flex_block_mask(mod, idx, cnt, static_blocks, n, heads):
 
     kv_num, kv_idx = as_indices(partial)
     full_num, full_idx = as_indices(full)
-    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK,
-                                    mask_mod=flex_mask_mod(chosen), seq_lengths=(n, n))
+    return BlockMask.from_kv_blocks(
+        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=flex_mask_mod(chosen), seq_lengths=(n, n)
+    )
 
 
 def flex_mask_mod(chosen):
@@ -154,8 +154,10 @@ def run(folder: Path, smoke: bool) -> dict:
 
     def inputs(length, seed):
         gen = torch.Generator(device=device).manual_seed(seed)
-        return [torch.randn(1, h, length, d, device=device, dtype=torch.bfloat16, generator=gen)
-                for h in (heads, kv_heads, kv_heads)]
+        return [
+            torch.randn(1, h, length, d, device=device, dtype=torch.bfloat16, generator=gen)
+            for h in (heads, kv_heads, kv_heads)
+        ]
 
     # ---- correctness at a smaller N
     t0 = time.perf_counter()
@@ -165,19 +167,32 @@ def run(folder: Path, smoke: bool) -> dict:
     same = ((idx == ridx).all(-1) & (cnt == rcnt)).float().mean().item()
     o = mod.prefill(q, k, v, indices=(idx, cnt))
     ref = mod.reference(q, k, v, indices=(idx, cnt))
-    fo = flex(q, k, v, block_mask=flex_block_mask(mod, idx, cnt, static_blocks(n_check, device), n_check, heads),
-              enable_gqa=kv_heads != heads)
-    out["check"] = {"n": n_check, "select_rows_identical": same, "attnc_rel_err": rel(o, ref),
-                    "flex_rel_err": rel(fo, ref), "seconds": time.perf_counter() - t0}
+    fo = flex(
+        q,
+        k,
+        v,
+        block_mask=flex_block_mask(mod, idx, cnt, static_blocks(n_check, device), n_check, heads),
+        enable_gqa=kv_heads != heads,
+    )
+    out["check"] = {
+        "n": n_check,
+        "select_rows_identical": same,
+        "attnc_rel_err": rel(o, ref),
+        "flex_rel_err": rel(fo, ref),
+        "seconds": time.perf_counter() - t0,
+    }
     ok = same >= 0.999 and out["check"]["attnc_rel_err"] < 1e-2 and out["check"]["flex_rel_err"] < 1e-2
     out["check"]["ok"] = ok
-    print(f"check N={n_check}: select rows identical {same:.4%}, attnc rel err {out['check']['attnc_rel_err']:.1e}, "
-          f"flex rel err {out['check']['flex_rel_err']:.1e}: {'ok' if ok else 'FAIL'}", flush=True)
+    print(
+        f"check N={n_check}: select rows identical {same:.4%}, attnc rel err {out['check']['attnc_rel_err']:.1e}, "
+        f"flex rel err {out['check']['flex_rel_err']:.1e}: {'ok' if ok else 'FAIL'}",
+        flush=True,
+    )
     del q, k, v, o, ref, fo
 
     # ---- timings at N
     q, k, v = inputs(n, 2)
-    scale = d ** -0.5
+    scale = d**-0.5
     t = {}
     t["attnc_select"] = bench_ms(lambda: mod.select(q, k), smoke)
     idx, cnt = mod.select(q, k)
@@ -233,7 +248,7 @@ def _selected_pairs(idx, cnt, n, heads, kv_heads) -> int:
 
     r = torch.arange(BLOCK, device=idx.device)
     nq, width = idx.shape[2], idx.shape[3]
-    q = (torch.arange(nq, device=idx.device)[:, None, None, None] * BLOCK + r[None, None, :, None])
+    q = torch.arange(nq, device=idx.device)[:, None, None, None] * BLOCK + r[None, None, :, None]
     total = 0
     for kv in range(kv_heads):
         valid = (torch.arange(width, device=idx.device)[None, :] < cnt[0, kv][:, None]) & (idx[0, kv] >= 0)

@@ -129,10 +129,14 @@ def selection_params(program: Program) -> dict[str, Any]:
         for kv in range(m.kv_heads):
             heads = layer[kv * (m.heads // m.kv_heads) : (kv + 1) * (m.heads // m.kv_heads)]
             if len({sels[g] for g in heads}) > 1 and any(sels[g] for g in heads):
-                raise ValueError(f"{program.name}: the query heads of KV head {kv} select differently; a selection "
-                                 "is chosen per KV head, so its heads must share it")
-    specs = [None if s is None else (s.atom.score, s.atom.top, s.atom.mass, s.atom.block, s.atom.stride, s.atom.last)
-             for s in sels]
+                raise ValueError(
+                    f"{program.name}: the query heads of KV head {kv} select differently; a selection "
+                    "is chosen per KV head, so its heads must share it"
+                )
+    specs = [
+        None if s is None else (s.atom.score, s.atom.top, s.atom.mass, s.atom.block, s.atom.stride, s.atom.last)
+        for s in sels
+    ]
     return {"select_block": min(blocks) if blocks else None, "select_specs": specs}
 
 

@@ -99,8 +99,9 @@ def chosen_counts(plan: Any, n: int) -> np.ndarray:
 SELECT_FLOPS = 50e12  # FLOP/s of the scoring arithmetic (CUDA cores, float32): an estimate
 
 
-def selection_seconds(plan: Any, n: int, batch: int, heads: int, kv_heads: int, head_dim: int, dtype_bytes: int,
-                      tbps: float) -> float:
+def selection_seconds(
+    plan: Any, n: int, batch: int, heads: int, kv_heads: int, head_dim: int, dtype_bytes: int, tbps: float
+) -> float:
     """Predicted time of one selection (pooling, scores, top-k or mass) for a KV head group:
     q and k read once, block summaries and scores written and read back, the scoring arithmetic
     at SELECT_FLOPS (an estimate, not a calibration)."""

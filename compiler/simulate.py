@@ -536,7 +536,9 @@ def kernel_tiles(plan: Any, n: int, cfg: KernelConfig) -> Tiles:
         if getattr(plan, "select", None) is not None:  # the chosen blocks: masked tiles, at the budget
             block = plan.select.atom.block
             rows = np.arange(tiles.masked.size) * cfg.bm // block
-            tiles = dataclasses.replace(tiles, masked=tiles.masked + chosen_counts(plan.select, n)[rows] * (block // cfg.bn))
+            tiles = dataclasses.replace(
+                tiles, masked=tiles.masked + chosen_counts(plan.select, n)[rows] * (block // cfg.bn)
+            )
         return tiles
     per_class = -(-(-(-n // d)) // cfg.bm)  # noqa: B002  (cdiv(cdiv(n, d), bm): negations, not a decrement)
     parts = []

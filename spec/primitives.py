@@ -158,16 +158,23 @@ def _select(args: Mapping[str, Any], _grid: tuple[int, ...] | None) -> list[Prob
     score = args["score"]
     if score not in SCORES:
         hint = suggest(score, list(SCORES))
-        problems.append(("score", f"unknown score '{score}'{f' ({hint})' if hint else ''}; the scores are {', '.join(SCORES)}"))
+        problems.append(
+            ("score", f"unknown score '{score}'{f' ({hint})' if hint else ''}; the scores are {', '.join(SCORES)}")
+        )
     problems += _at_least(1, "top", "stride", "last")(args, _grid)
     if "mass" in args and not 1 <= args["mass"] <= 100:
-        problems.append(("mass", f"mass is a percentage of the estimated attention mass, 1 to 100, got mass={args['mass']}"))
+        problems.append(
+            ("mass", f"mass is a percentage of the estimated attention mass, 1 to 100, got mass={args['mass']}")
+        )
     block = args["block"]
     if not (_is_pow2(block) and 16 <= block <= 1024):
         problems.append(("block", f"block must be a power of two from 16 to 1024, got block={block}"))
     elif score == "antidiagonal" and args["stride"] >= 1 and (block % args["stride"] or block // args["stride"] < 16):
         problems.append(
-            ("stride", f"stride must divide block and leave at least 16 rows: block // stride >= 16, got {block} // {args['stride']}")
+            (
+                "stride",
+                f"stride must divide block and leave at least 16 rows: block // stride >= 16, got {block} // {args['stride']}",
+            )
         )
     return problems
 
@@ -328,7 +335,13 @@ PRIMITIVES: dict[str, Primitive] = {
             _select_words,
             _select,
             *(
-                (Param("score", WORD), Param(budget), Param("block", INT, 64), Param("stride", INT, 8), Param("last", INT, 64))
+                (
+                    Param("score", WORD),
+                    Param(budget),
+                    Param("block", INT, 64),
+                    Param("stride", INT, 8),
+                    Param("last", INT, 64),
+                )
                 for budget in ("top", "mass")
             ),
         ),

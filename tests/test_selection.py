@@ -12,7 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attnc.codegen.support import block_scores, selection
-from attnc.codegen.support.selection import SelectSpec
 from attnc.compiler.atoms import DataDependent, Select
 from attnc.compiler.ir import HeadGroup, ModelShape, Program, split_selection
 from attnc.compiler.lower import lower, lower_expr
@@ -184,7 +183,13 @@ def exact_inputs(b, h, h_kv, n, d, seed):
 
 
 def budget(score: str, top: int, mass: int) -> str:
-    opts = ", block = 32, stride = 2" if score == "antidiagonal" else ", block = 16, last = 8" if score == "vslash" else ", block = 16"
+    opts = (
+        ", block = 32, stride = 2"
+        if score == "antidiagonal"
+        else ", block = 16, last = 8"
+        if score == "vslash"
+        else ", block = 16"
+    )
     return f"select({score}, {'top = ' + str(top) if top else 'mass = ' + str(mass)}{opts})"
 
 
@@ -226,14 +231,16 @@ def test_ties_go_to_the_lowest_block():
     v = torch.randn(1, 1, 70, 16, generator=gen)
     idx, cnt = check_selection(mod, q, k, v)
     # the last block is partial (70 = 4 * 16 + 6): its mean differs; the four whole blocks tie
-    whole = [row[: c] for row, c in zip(idx[0, 0].tolist(), cnt[0, 0].tolist())]
+    whole = [row[:c] for row, c in zip(idx[0, 0].tolist(), cnt[0, 0].tolist())]
     assert whole[0] == [0] and whole[1] == [0, 1] and whole[3] == [0, 1]
 
 
 def test_prefill_against_the_independent_reference():
     """The pairs of static | (context & chosen blocks), from the IR (Pattern.mask, Selection.holds),
     in float64: prefill with random index lists, an index the static part covers included."""
-    prog = program(text_of("(causal & (sink(2) | window(9))) | (causal - window(3)) & select(quest, top = 3, block = 16)"))
+    prog = program(
+        text_of("(causal & (sink(2) | window(9))) | (causal - window(3)) & select(quest, top = 3, block = 16)")
+    )
     mod = load(prog)
     q, k, v = _randn(2, 4, 2, 61, 16, 5)
     nb = 4
@@ -289,7 +296,9 @@ def test_heads_of_one_kv_head_must_share_the_selection():
 
 
 SELECTS = st.builds(
-    lambda score, top, mass: prim("select", score=score, block=16, stride=1, last=8, **({"top": top} if top else {"mass": mass})),
+    lambda score, top, mass: prim(
+        "select", score=score, block=16, stride=1, last=8, **({"top": top} if top else {"mass": mass})
+    ),
     st.sampled_from(SCORES),
     st.integers(0, 3),
     st.integers(30, 100),
@@ -300,7 +309,9 @@ SELECTS = st.builds(
 @given(causal_expressions(4), SELECTS, st.sampled_from(["|", "&"]), st.integers(20, 70))
 def test_random_compositions(static, sel, how, n):
     """A random static part with a selection by union or intersection; kernels match the reference."""
-    expr = op("&", prim("causal"), op(how, static, sel)) if how == "&" else op("|", static, op("&", prim("causal"), sel))
+    expr = (
+        op("&", prim("causal"), op(how, static, sel)) if how == "&" else op("|", static, op("&", prim("causal"), sel))
+    )
     static_part, selection_part = split_selection(lower_expr(expr))
     prog = Program(
         name="sel_random",
@@ -355,9 +366,14 @@ def test_reach_is_what_liveness_and_receptive_fields_assume():
     assert "unknowable" in a.groups[0].to_dict()["selection"]
 
 
-@pytest.mark.parametrize("expr", ["causal & (sink(4) | window(20) | select(mean, top = 2, block = 16))",
-                                  "causal & (chunk(32) | select(mean, top = 1, block = 32))",
-                                  "(causal - window(5)) & select(vslash, mass = 50, block = 16)"])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "causal & (sink(4) | window(20) | select(mean, top = 2, block = 16))",
+        "causal & (chunk(32) | select(mean, top = 1, block = 32))",
+        "(causal - window(5)) & select(vslash, mass = 50, block = 16)",
+    ],
+)
 def test_simulated_candidates_are_the_kernels(expr):
     """The simulator counts candidates with the numpy rule; the module with its rendered one."""
     from attnc.compiler.plan import plan_program
