@@ -167,28 +167,20 @@ def run(folder: Path, smoke: bool) -> dict:
     same = ((idx == ridx).all(-1) & (cnt == rcnt)).float().mean().item()
     o = mod.prefill(q, k, v, indices=(idx, cnt))
     ref = mod.reference(q, k, v, indices=(idx, cnt))
-    fo = flex(
-        q,
-        k,
-        v,
-        block_mask=flex_block_mask(mod, idx, cnt, static_blocks(n_check, device), n_check, heads),
-        enable_gqa=kv_heads != heads,
-    )
     out["check"] = {
         "n": n_check,
         "select_rows_identical": same,
         "attnc_rel_err": rel(o, ref),
-        "flex_rel_err": rel(fo, ref),
         "seconds": time.perf_counter() - t0,
     }
-    ok = same >= 0.999 and out["check"]["attnc_rel_err"] < 1e-2 and out["check"]["flex_rel_err"] < 1e-2
+    ok = same >= 0.999 and out["check"]["attnc_rel_err"] < 1e-2
     out["check"]["ok"] = ok
     print(
-        f"check N={n_check}: select rows identical {same:.4%}, attnc rel err {out['check']['attnc_rel_err']:.1e}, "
-        f"flex rel err {out['check']['flex_rel_err']:.1e}: {'ok' if ok else 'FAIL'}",
+        f"check N={n_check}: select rows identical to the torch reference {same:.4%}, "
+        f"attnc rel err {out['check']['attnc_rel_err']:.1e}: {'ok' if ok else 'FAIL'}",
         flush=True,
     )
-    del q, k, v, o, ref, fo
+    del q, k, v, o, ref
 
     # ---- timings at N
     q, k, v = inputs(n, 2)
@@ -206,6 +198,16 @@ def run(folder: Path, smoke: bool) -> dict:
     bm = flex_block_mask(mod, tidx, tcnt, sblocks, n, heads)
     gqa = kv_heads != heads
     t["flex_attention"] = bench_ms(lambda: flex(q, k, v, block_mask=bm, enable_gqa=gqa), smoke)
+    # at N: Flex and attnc fed the torch selection agree; the two selections (kernel, torch) compared
+    out["check"]["flex_vs_attnc_rel_err_at_n"] = rel(
+        mod.prefill(q, k, v, indices=(tidx, tcnt)), flex(q, k, v, block_mask=bm, enable_gqa=gqa)
+    )
+    out["check"]["select_rows_identical_to_torch_at_n"] = ((idx == tidx).all(-1) & (cnt == tcnt)).float().mean().item()
+    print(
+        f"at N={n}: flex vs attnc (same indices) rel err {out['check']['flex_vs_attnc_rel_err_at_n']:.1e}; "
+        f"selection rows identical to torch's {out['check']['select_rows_identical_to_torch_at_n']:.4%}",
+        flush=True,
+    )
     t["flex_total"] = t["flex_select_torch"] + t["flex_block_mask"] + t["flex_attention"]
     static_bm = create_block_mask(static_mask_mod, None, None, n, n, device=device, BLOCK_SIZE=BLOCK)
     t["flex_static"] = bench_ms(lambda: flex(q, k, v, block_mask=static_bm, enable_gqa=gqa), smoke)
@@ -298,7 +300,7 @@ def main(argv=None) -> int:
         dest.mkdir(parents=True, exist_ok=True)
         (dest / "selection.json").write_text(json.dumps(out, indent=1))
         print(f"wrote {dest / 'selection.json'}")
-        return 0 if out["check"]["ok"] else 1
+        return 0 if out["check"]["ok"] and out["check"]["flex_vs_attnc_rel_err_at_n"] < 1e-2 else 1
     if not (args.generate or args.run):
         ap.print_help()
     return 0
