@@ -19,7 +19,7 @@ from attnc.compiler.status import Status
 from attnc.spec.errors import AttnError
 from attnc.spec.resolve import resolve_text
 from tests.strategies import causal_expressions, examples, op, prim
-from tests.test_codegen_support import assert_close, dense_reference, load
+from tests.test_codegen_support import assert_close, dense_reference, have_ptxas, load
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -395,3 +395,26 @@ def test_simulator_adds_the_chosen_tiles_and_the_selection():
     a, b = predict_prefill(static, shape), predict_prefill(sel, shape)
     assert b.attnc.tiles_masked > a.attnc.tiles_masked and b.attnc.ms > a.attnc.ms
     assert prefill_workload(sel, shape).selection_s > 0 == prefill_workload(static, shape).selection_s
+
+
+@pytest.mark.skipif(not have_ptxas(), reason="no ptxas in the triton install")
+def test_selection_kernels_compile_for_sm90(tmp_path):
+    """The interpreter accepts code the GPU compiler rejects: compile the MoBA-like module's
+    selection, antidiagonal and attention kernels for sm_90 (tests/selection_sm90.py)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from attnc.codegen.writer import write_module
+
+    text = "pattern sel_gpu = causal & (sink(4) | window(1024) | select(mean, top = 16, block = 128))\n"
+    path = write_module(program(text, "sel_gpu"), tmp_path)
+    script = Path(__file__).with_name("selection_sm90.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile, not interpret
+    run = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=900, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    shared = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(shared) == {"select_mode0", "select_mode1", "select_mode2", "antidiagonal", "attention"}
+    assert all(0 < v <= 227 * 1024 for v in shared.values())
