@@ -418,3 +418,20 @@ def test_selection_kernels_compile_for_sm90(tmp_path):
     shared = json.loads(run.stdout.strip().splitlines()[-1])
     assert set(shared) == {"select_mode0", "select_mode1", "select_mode2", "antidiagonal", "attention"}
     assert all(0 < v <= 227 * 1024 for v in shared.values())
+
+
+def test_selection_alone_and_its_diagnostics():
+    """No static part: the kernel visits only the chosen blocks; analyze warns of no empty pattern,
+    and a cache smaller than the reach is lossy (the selection may read any past key)."""
+    from attnc.compiler.cache_plan import lossless_rules
+    from attnc.compiler.passes import validate
+
+    prog = program(text_of("causal & select(quest, top = 2, block = 16)"), "sel_alone")
+    mod = load(prog)
+    q, k, v = exact_inputs(1, 4, 2, 50, 16, 9)
+    check_selection(mod, q, k, v)
+    assert not [d for d in validate(prog, 64) if d.code in ("empty-pattern", "empty-rows")]
+    cached = program(
+        "pattern p = causal & (window(8) | select(mean, top = 1, block = 16))\ncache {\n  keep recent(8)\n}\n"
+    )
+    assert lossless_rules(cached) == {0: False}
