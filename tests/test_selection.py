@@ -435,3 +435,11 @@ def test_selection_alone_and_its_diagnostics():
         "pattern p = causal & (window(8) | select(mean, top = 1, block = 16))\ncache {\n  keep recent(8)\n}\n"
     )
     assert lossless_rules(cached) == {0: False}
+
+
+def test_hugging_face_integration_refuses_selection():
+    """The integration reads one static pattern per head: it refuses a selection, never drops it."""
+    from attnc.runtime.hf import IntegrationError, Layout
+
+    with pytest.raises(IntegrationError, match="select"):
+        Layout.from_program(program(text_of("causal & (window(8) | select(mean, top = 1, block = 16))")))
