@@ -684,6 +684,7 @@ class KernelTime:
     waves: float
     tile: tuple[int, int]
     note: str = ""
+    select_ms: float = 0.0  # a selection's own kernels (an estimate; compiler/selection.py)
 
 
 BWD_PASSES = 2  # the backward's main launches: dK/dV by key tile, dQ by query tile
@@ -1069,7 +1070,7 @@ def time_workload(work: Workload, profile: str | Path | Profile = "h100") -> Pre
         if work.selection_s:
             t = times["attnc"]
             extra = work.selection_s * 1e3
-            times["attnc"] = dataclasses.replace(t, ms=t.ms + extra, overhead_ms=t.overhead_ms + extra)
+            times["attnc"] = dataclasses.replace(t, ms=t.ms + extra, select_ms=extra)
     return Prediction(
         work.mode,
         work.shape,
