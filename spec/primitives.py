@@ -428,6 +428,9 @@ def _arity_message(prim: Primitive, n_positional: int, keywords: list[str]) -> s
         if keywords and set(keywords) <= set(names) and n_positional + len(keywords) < len(names):
             missing = [n for n in names[n_positional:] if n not in keywords]
             return f"{prim.name} needs {' and '.join(missing)} too"
+    following = sorted({f[n_positional].name for f in prim.forms if len(f) > n_positional})
+    if not keywords and len(prim.forms) > 1 and len(following) > 1:  # select(mean): which budget?
+        return f"{prim.name} needs {' or '.join(following)} after {n_positional} argument{'s' * (n_positional != 1)}"
     if not keywords:
         return f"{prim.name} cannot take {n_positional} argument{'s' if n_positional != 1 else ''}"
     given = (

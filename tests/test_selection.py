@@ -47,6 +47,7 @@ def text_of(expr: str, heads: int = 4, kv_heads: int = 2, name: str = "sel") -> 
         ("causal & select(mean, mass = 0)", "1 to 100", "mass"),
         ("causal & select(antidiagonal, top = 2, block = 32, stride = 4)", "at least 16 rows", "stride"),
         ("causal & select(2, top = 3)", "must be a name", "2"),
+        ("causal & select(mean)", "needs mass or top", "select"),
     ],
 )
 def test_errors_point_at_the_selection(expr, message, at):
