@@ -199,6 +199,7 @@ def _print(file: Path, program: Any, profile: Any, results: list[Any]) -> None:
             ("program overhead", t.overhead_ms, f"{t.programs:,} programs, {t.waves:.1f} waves"),
             ("idle SMs at the tail", t.idle_ms, ""),
             ("launch", t.launch_ms, ""),
+            ("selection (estimate)", t.select_ms, "chosen blocks counted at the budget"),
         ]
     where = Table(
         title=f"where attnc's time goes at N={last.shape.n:,}", box=None, header_style="bold", title_justify="left"

@@ -197,9 +197,11 @@ def check_module(path: str, bench: dict | None, smoke: bool = False) -> dict:
                 q = torch.randn(1, heads, n, d, device=DEVICE, dtype=torch.bfloat16, generator=gen)
                 k = torch.randn(1, kv, n, d, device=DEVICE, dtype=torch.bfloat16, generator=gen)
                 v = torch.randn(1, kv, n, d, device=DEVICE, dtype=torch.bfloat16, generator=gen)
-                o = mod.prefill(q, k, v, layer=layer, return_lse=with_lse)
+                # a selecting pattern: both fed the same choice (bench/selection.py checks the selection kernel)
+                sel = {"indices": mod.select_reference(q, k, layer=layer)} if mod.PATTERN.get("selects") else {}
+                o = mod.prefill(q, k, v, layer=layer, return_lse=with_lse, **sel)
                 o, lse = o if with_lse else (o, None)
-                ref, ref_lse = mod.reference(q, k, v, layer=layer, return_lse=True)
+                ref, ref_lse = mod.reference(q, k, v, layer=layer, return_lse=True, **sel)
                 rel = ((o.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12)).item()
                 ok = rel < 1e-2 and not torch.isnan(o).any().item()
                 lse_err = 0.0
@@ -209,7 +211,8 @@ def check_module(path: str, bench: dict | None, smoke: bool = False) -> dict:
                     ok = ok and bool(torch.equal(torch.isfinite(lse), fin)) and lse_err < 1e-2
                 out["checks"].append({"n": n, "layer": layer, "rel_err": rel, "lse_err": lse_err, "ok": ok})
                 del q, k, v, o, ref, ref_lse
-        out["grads"] = [check_grad(mod, heads, kv, d, layer) for layer in layers]
+        selects = mod.PATTERN.get("selects")  # no backward for selection at run time
+        out["grads"] = [] if selects else [check_grad(mod, heads, kv, d, layer) for layer in layers]
         if hasattr(mod, "_GRID_SHAPE") and not smoke:
             out["checks"].extend(check_grid(mod, heads, kv, d))
             out["grads"].extend(check_grid_grads(mod, heads, kv, d))

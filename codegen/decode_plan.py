@@ -224,7 +224,10 @@ def render_pattern(p: Pattern) -> str:
 
 
 def plan_decode(program: Program, *, max_step: int = 1) -> DecodePlan | None:
-    """The decode plan of a program, or None when some pattern is not causal (no decode)."""
+    """The decode plan of a program, or None when some pattern is not causal or selects key blocks
+    at run time (no decode: a prefill selection chooses per query block, not per decoded token)."""
+    if any(g.selection is not None for g in program.groups):
+        return None
     if max_step < 1:
         raise DecodePlanError(f"max_step must be >= 1, got {max_step=}")
     m = program.model

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..compiler.atoms import Cond, Key, offset_text
-from ..compiler.plan import GroupPlan, SpanTerm, TermPlan
+from ..compiler.plan import GroupPlan, SelectPlan, SpanTerm, TermPlan
 from . import masks
 
 
@@ -82,6 +82,35 @@ class TermText(_View):
         self.full_on = on_text(full.on) if full else ""
 
 
+def _meets(lo: str, hi: str, on: str) -> str:
+    """Key blocks [jk0, jk_last] that meet the interval [lo, hi] while `on` holds."""
+    return f"((jk0 <= {hi}) & (jk_last >= {lo}) & ({hi} >= {lo}){' & ' + on if on else ''})"
+
+
+def _within(lo: str, hi: str, on: str) -> str:
+    """Key blocks [jk0, jk_last] inside [lo, hi] while `on` holds."""
+    return f"((jk0 >= {lo}) & (jk_last <= {hi}){' & ' + on if on else ''})"
+
+
+class SelectText(_View):
+    """A SelectPlan with its candidate rule as texts over the key blocks' first and last keys
+    `jk0`, `jk_last` (vectors) and the query block's `q0`, `q_last`, `N`, `zero` (scalars):
+    `candidates` for Triton, `candidates_py` with Python's max and min for the reference,
+    which evaluates it per query block with plain integers."""
+
+    def __init__(self, plan: SelectPlan) -> None:
+        super().__init__(plan)
+        reach = [_meets(max_text(b.lo), min_text(b.hi), on_text(b.on)) for b in plan.reach] or ["(jk0 < 0)"]
+        covered = [_within(max_text(b.lo), min_text(b.hi), on_text(b.on)) for b in plan.covered]
+        text = "(" + " | ".join(reach) + ")"
+        if covered:
+            text += " & ~(" + " | ".join(covered) + ")"
+        self.candidates = text
+        self.candidates_py = text.replace("tl.maximum(", "max(").replace("tl.minimum(", "min(")
+        self.context_mask = masks.render_pattern(plan.context).text()
+        self.spec = (plan.atom.score, plan.atom.top, plan.atom.mass, plan.atom.block, plan.atom.stride, plan.atom.last)
+
+
 class GroupText(_View):
     """A GroupPlan with its terms as TermTexts and its predicate as MaskText (`masks`)."""
 
@@ -90,6 +119,7 @@ class GroupText(_View):
         self.terms = tuple(TermText(t) for t in group.terms)
         self.masks = masks.render_pattern(group.pattern)
         self.residue_plan = None if group.residue_plan is None else GroupText(group.residue_plan)
+        self.select = None if group.select is None else SelectText(group.select)
         # the backward's span plans (compiler.plan.plan_columns / plan_rows), as TermTexts
         self.bwd_columns = () if group.columns is None else tuple(TermText(t) for t in group.columns.terms)
         self.bwd_rows = () if group.rows is None else tuple(TermText(t) for t in group.rows.terms)

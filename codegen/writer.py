@@ -117,6 +117,29 @@ def op_namespace(program: Program) -> str:
     return f"attnc_{program.digest()}_{generator_digest()}"
 
 
+def selection_params(program: Program) -> dict[str, Any]:
+    """The selection's template values: its one block size (None when nothing selects) and
+    each group's rule. A KV head's query heads share one selection (it pools them)."""
+    sels = [g.selection for g in program.groups]
+    blocks = {s.atom.block for s in sels if s is not None}
+    if len(blocks) > 1:
+        raise ValueError(f"{program.name}: every selection of a pattern must use one block size, got {sorted(blocks)}")
+    m = program.model
+    for layer in program.group_table():
+        for kv in range(m.kv_heads):
+            heads = layer[kv * (m.heads // m.kv_heads) : (kv + 1) * (m.heads // m.kv_heads)]
+            if len({sels[g] for g in heads}) > 1 and any(sels[g] for g in heads):
+                raise ValueError(
+                    f"{program.name}: the query heads of KV head {kv} select differently; a selection "
+                    "is chosen per KV head, so its heads must share it"
+                )
+    specs = [
+        None if s is None else (s.atom.score, s.atom.top, s.atom.mass, s.atom.block, s.atom.stride, s.atom.last)
+        for s in sels
+    ]
+    return {"select_block": min(blocks) if blocks else None, "select_specs": specs}
+
+
 def module_params(program: Program) -> dict[str, Any]:
     """Everything module.py.j2 needs, as explicit values."""
     plans = [GroupText(p) for p in plan_program(program)]
@@ -125,6 +148,7 @@ def module_params(program: Program) -> dict[str, Any]:
     m = program.model
     return {
         **decode_context(program),
+        **selection_params(program),
         "version": attnc_version(),
         "source": str(program.source),
         "name": program.name,

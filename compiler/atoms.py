@@ -21,6 +21,14 @@ writing one class here, and no stage dispatches on an atom's type. The protocol 
 - `scale()`: the size of the atom's structure (pictures, lengths that show the pattern).
 
 Periodic atoms (`Chunk`, `Power`) add the counting hooks `period` and `diagonal_windows`.
+
+Data-dependent atoms (`Select`: key blocks chosen at run time by a score of q and k) answer
+what positions can decide and refuse the rest: their tile status is SOME ("maybe") on every
+tile, their key and query intervals are open and never full, their part of a conjunction
+is recorded in `Conj.selects`; `holds`, `render_parts` and `complement` raise
+`DataDependent`, so no stage can take a position-only answer for them by mistake. Lowering
+splits a pattern into its static part and its selection term (ir.Selection), and every
+stage reads the two apart.
 A subclass that misses a method cannot be instantiated (abc), and tests/test_atoms.py runs
 every atom through every method against brute force.
 
@@ -44,7 +52,11 @@ import numpy as np
 
 from .status import brute_tile, mod_status, range_status, status_of
 
-Depends = Literal["q", "k", "d", "qk"]
+Depends = Literal["q", "k", "d", "qk", "data"]
+
+
+class DataDependent(ValueError):
+    """Asked of a data-dependent atom (a selection) what only the inputs can answer."""
 
 
 # ------------------------------------------------------------------ affine bounds as data
@@ -159,6 +171,7 @@ class Conj:
     chunks: tuple["Chunk", ...] = ()
     powers: tuple["Power", ...] = ()
     grids: tuple["Neighborhood", ...] = ()
+    selects: tuple["Select", ...] = ()
 
     @staticmethod
     def of(atoms: Any) -> "Conj":
@@ -812,5 +825,61 @@ class Neighborhood(Atom):
         )
 
 
-ATOM_TYPES = (Band, KRange, QRange, DiffMod, KMod, Chunk, Power, Neighborhood)
-AtomT = Band | KRange | QRange | DiffMod | KMod | Chunk | Power | Neighborhood
+@dataclass(frozen=True, order=True)
+class Select(Atom):
+    """Key blocks chosen at run time: per query block of `block` rows and per KV head, the
+    key blocks of `block` keys that rank highest by `score` under a budget of `top` blocks
+    or of `mass` percent of the estimated attention mass (the other one is 0). `stride`
+    (antidiagonal) and `last` (vslash) are the scores' options. docs/selection.md."""
+
+    score: str
+    top: int
+    mass: int
+    block: int
+    stride: int = 8
+    last: int = 64
+    depends = "data"
+
+    def _refuse(self, what: str) -> DataDependent:
+        return DataDependent(f"{self} is chosen at run time from q and k: positions alone cannot decide {what}")
+
+    def holds(self, q, k):
+        raise self._refuse("membership")
+
+    def tile(self, q0, q1, k0, k1):
+        """SOME ("maybe") everywhere: any block may be chosen, none is chosen for sure."""
+        shape = np.broadcast(np.asarray(q0), np.asarray(q1), np.asarray(k0), np.asarray(k1)).shape
+        return np.full(shape, 1, dtype=np.int8)
+
+    def key_bounds(self):
+        return OPEN, None
+
+    def query_bounds(self):
+        return OPEN, None
+
+    def render_parts(self, q, k):
+        raise self._refuse("a predicate (kernels read the chosen blocks' index lists)")
+
+    def constrain(self, c):
+        return replace(c, selects=c.selects + (self,))
+
+    def complement(self):
+        raise self._refuse("a complement")
+
+    def scale(self) -> int:
+        return self.block
+
+    @property
+    def budget_keys(self) -> int | None:
+        """At most this many selected keys per row (top * block), None for a mass budget."""
+        return self.top * self.block if self.top else None
+
+    def __str__(self) -> str:
+        budget = f"top={self.top}" if self.top else f"mass={self.mass}"
+        opts = f", stride={self.stride}" if self.score == "antidiagonal" else ""
+        opts += f", last={self.last}" if self.score == "vslash" else ""
+        return f"select({self.score}, {budget}, block={self.block}{opts})"
+
+
+ATOM_TYPES = (Band, KRange, QRange, DiffMod, KMod, Chunk, Power, Neighborhood, Select)
+AtomT = Band | KRange | QRange | DiffMod | KMod | Chunk | Power | Neighborhood | Select

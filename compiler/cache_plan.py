@@ -309,7 +309,7 @@ def kv_store(program: Program, layer: int, kv: int, max_step: int = 1) -> KvStor
     group = m.heads // m.kv_heads
     table = program.group_table()
     gids = tuple(sorted({table[layer][kv * group + g] for g in range(group)}))
-    layout = layout_of([program.groups[i].pattern for i in gids], max_step)
+    layout = layout_of([program.groups[i].reach for i in gids], max_step)  # a selection: all it may read
     rule = policy_for(program, layer, kv)
     if rule is None:
         return KvStore(layout, None, None, gids)
@@ -349,7 +349,7 @@ def lossless_rules(program: Program) -> dict[int, bool]:
     """Per cache rule (its index in Program.cache): whether every (layer, KV head) it governs
     keeps every key its patterns may still read. Rules of a program without decode (a
     non-causal pattern) are not judged."""
-    if not all(decodable(g.pattern) for g in program.groups):
+    if not all(decodable(g.reach) for g in program.groups):
         return {}
     m = program.model
     out: dict[int, bool] = {}

@@ -36,6 +36,7 @@ from .atoms import (
     Power,
     QRange,
     RangeAtom,
+    Select,
     axis_high,
     axis_low,
     axis_neighbour,
@@ -145,11 +146,53 @@ class ModelShape:
 
 
 @dataclass(frozen=True)
+class Selection:
+    """The run-time part of a pattern: the pairs of `context` whose key block is among the
+    blocks `atom` chooses for the query's block (docs/selection.md). A pattern
+    `static | (C_1 & select) | (C_2 & select)` has context C_1 | C_2."""
+
+    atom: Select
+    context: Pattern
+
+    def holds(self, q: Any, k: Any, chosen: Any) -> Any:
+        """Membership given the choice: chosen[q div block, k div block] (a boolean array
+        over query blocks and key blocks, numpy or torch) says which blocks were picked."""
+        b = self.atom.block
+        return self.context.holds(q, k) & chosen[q // b, k // b]
+
+    def __str__(self) -> str:
+        return f"({self.context}) and {self.atom}"
+
+
+def split_selection(pattern: Pattern) -> tuple[Pattern, Selection | None]:
+    """(static part, selection): the terms without a Select literal, and the others as one
+    Selection whose context is their union less the Select literal (spec/exprs.py allows one
+    selection per expression, never negated)."""
+    static = tuple(t for t in pattern.terms if not t.atoms_of(Select))
+    chosen = [t for t in pattern.terms if t.atoms_of(Select)]
+    if not chosen:
+        return pattern, None
+    atom = chosen[0].atoms_of(Select)[0]
+    context = Pattern(tuple(Term(tuple(l for l in t.lits if l.atom != atom)) for t in chosen))
+    return Pattern(static), Selection(atom, context)
+
+
+@dataclass(frozen=True)
 class HeadGroup:
-    """One pattern and the (layer, query head) pairs that use it."""
+    """One pattern and the (layer, query head) pairs that use it. `pattern` is the static
+    part; `selection` the part chosen at run time (None for a static pattern)."""
 
     pattern: Pattern
     members: frozenset[tuple[int, int]]
+    selection: Selection | None = None
+
+    @property
+    def reach(self) -> Pattern:
+        """Every pair the group may attend: the static part and the selection's context (what
+        receptive fields and cache liveness must assume of a selecting head)."""
+        if self.selection is None:
+            return self.pattern
+        return Pattern(self.pattern.terms + self.selection.context.terms)
 
 
 @dataclass(frozen=True)
@@ -185,7 +228,7 @@ class Program:
 
     def canonical(self) -> str:
         """A deterministic text of everything that changes generated code."""
-        groups = [(str(g.pattern), repr(g.pattern), sorted(g.members)) for g in self.groups]
+        groups = [(str(g.pattern), repr(g.pattern), sorted(g.members), repr(g.selection)) for g in self.groups]
         cache = [c.model_dump(exclude={"loc"}) if hasattr(c, "model_dump") else repr(c) for c in self.cache]
         grid = self.grid.model_dump() if hasattr(self.grid, "model_dump") else repr(self.grid)
         return repr((self.name, self.model, groups, cache, grid))

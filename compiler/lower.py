@@ -26,7 +26,9 @@ from .ir import (
     Power,
     Program,
     QRange,
+    Select,
     Term,
+    split_selection,
 )
 
 
@@ -71,6 +73,9 @@ PRIMITIVES: dict[str, Callable[[dict[str, Any], Any], Pattern]] = {
     "band": lambda a, grid: _one(Band(a["lo"], a["hi"])),
     "power": lambda a, grid: _one(Power(a["block"])),
     "neighborhood": _neighborhood,
+    "select": lambda a, grid: _one(
+        Select(a["score"], a.get("top", 0), a.get("mass", 0), a["block"], a["stride"], a["last"])
+    ),
 }
 """Each primitive of spec/primitives.py as IR atoms (its meaning), given its arguments and the grid."""
 
@@ -94,6 +99,11 @@ def _members(a: Assignment, model: ModelShape) -> set[tuple[int, int]]:
     return {(l, h) for l in layers for h in heads}
 
 
+def _group(pattern: Pattern, members: frozenset[tuple[int, int]]) -> HeadGroup:
+    static, selection = split_selection(pattern)
+    return HeadGroup(static, members, selection)
+
+
 def lower(spec: Spec) -> Program:
     """The IR program of a resolved spec: one head group per distinct pattern."""
     model = ModelShape(
@@ -110,7 +120,7 @@ def lower(spec: Spec) -> Program:
         name=spec.name,
         source=spec.source,
         model=model,
-        groups=tuple(HeadGroup(p, frozenset(m)) for p, m in ordered),
+        groups=tuple(_group(p, frozenset(m)) for p, m in ordered),
         cache=tuple(spec.cache),
         grid=spec.grid,
         params=tuple(sorted(spec.params.items())),

@@ -68,7 +68,7 @@ def check_empty_patterns(program: Program, n: int, layouts: Any) -> list[Diagnos
             _where(program, g),
         )
         for g in program.groups
-        if not g.pattern.terms
+        if not g.reach.terms
     ]
 
 
@@ -97,9 +97,10 @@ def empty_rows(pattern: Pattern, n: int, bmap: Any = None, edge_blocks: int = 2)
 def check_empty_rows(program: Program, n: int, layouts: Any, bmaps: Any = None) -> list[Diagnostic]:
     out = []
     for i, g in enumerate(program.groups):
-        if not g.pattern.terms:
+        if not g.reach.terms:
             continue
-        empty = empty_rows(g.pattern, n, None if bmaps is None else bmaps[i])
+        # a selecting group: rows its reach leaves empty (the block map is the static part's)
+        empty = empty_rows(g.reach, n, None if bmaps is None or g.selection else bmaps[i])
         if empty:
             out.append(
                 Diagnostic(
@@ -118,7 +119,7 @@ def check_causal_decode(program: Program, n: int, layouts: Any) -> list[Diagnost
     out = []
     decoding = bool(program.cache)
     for g in program.groups:
-        if not g.pattern.terms or g.pattern.is_causal:
+        if not g.reach.terms or g.reach.is_causal:
             continue
         if decoding:
             out.append(

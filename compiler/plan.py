@@ -34,9 +34,9 @@ from typing import Literal
 
 import numpy as np
 
-from .atoms import OPEN, Bounds, Conj, DiffMod, KMod
+from .atoms import OPEN, Bounds, Conj, DiffMod, KMod, RangeAtom, Select
 from .grid_plan import GridPlan, plan_grid
-from .ir import Band, Lit, Pattern, Power, Program, Term
+from .ir import Band, Lit, Pattern, Power, Program, Selection, Term
 
 MAX_TERMS = 4  # terms visited as separate segment lists; beyond that one masked hull loop
 NARROW_MAX = 64  # a term whose keys span at most this many positions gets narrow key tiles
@@ -147,17 +147,20 @@ class GroupPlan:
     grid: GridPlan | None = None  # a union of neighbourhoods: the tile-order kernel (grid_plan.py)
     columns: "SpanPlan | None" = None  # the backward's column plan (dK, dV by key tile)
     rows: "SpanPlan | None" = None  # the backward's row plan (dQ by query tile)
+    select: "SelectPlan | None" = None  # the selection term's plan (blocks chosen at run time)
 
     @property
     def tuning(self) -> dict[str, int | bool | None]:
         """What the launch configuration reads of the plan (the generated module's _TUNING)."""
+        caps = [c for c in (self.block_cap, self.select and self.select.atom.block) if c]
         return {
-            "block_cap": self.block_cap,
+            "block_cap": min(caps) if caps else None,
             "rows_cap": self.rows_cap,
             "narrow": self.narrow,
             "grows": self.grows,
-            "residue": self.residue,
-            "grid": self.grid is not None,
+            "residue": 0 if self.select else self.residue,
+            "grid": self.grid is not None and self.select is None,
+            "select": self.select is not None,
         }
 
 
@@ -371,8 +374,64 @@ def _with_spans(plan: GroupPlan) -> GroupPlan:
     return dataclasses.replace(plan, columns=plan_columns(plan.pattern), rows=plan_rows(plan.pattern), residue_plan=sub)
 
 
+# ------------------------------------------------------------------ selection
+
+
+@dataclass(frozen=True)
+class SelectPlan:
+    """Which key blocks a selection may choose for a query block [q0, q_last], as key
+    intervals the kernels evaluate per block: candidates meet some context term's hull
+    (`reach`, per context term), and are not already covered, for every row of the query
+    block, by a static term's full interval (`covered`, per static term that has one). The
+    selection kernel ranks only the candidates; the attention kernel visits the chosen
+    blocks with the mask `context & not static`, so no pair is counted twice."""
+
+    atom: "Select"
+    context: Pattern
+    reach: tuple[Bounds, ...]
+    covered: tuple[Bounds, ...]
+
+
+def _beyond(term: Term, common: set[Lit]) -> tuple[Lit, ...]:
+    """A static term's literals less what every context pair already satisfies: literals of
+    `common` dropped, range ends equal to a common range's ends opened (causal & window(W),
+    one band 0 <= q - k <= W - 1, becomes q - k <= W - 1 under a causal context)."""
+    out = []
+    for lit in term.lits:
+        if lit in common:
+            continue
+        atom = lit.atom
+        same = [c.atom for c in common if type(c.atom) is type(atom) and isinstance(atom, RangeAtom)]
+        if same and not lit.negated:
+            lo = None if atom.lo == same[0].lo else atom.lo
+            hi = None if atom.hi == same[0].hi else atom.hi
+            if lo is None and hi is None:
+                continue
+            lit = Lit(type(atom)(lo, hi))
+        out.append(lit)
+    return tuple(out)
+
+
+def plan_select(static: Pattern, selection: Selection) -> SelectPlan:
+    """Candidates meet a context term's hull; a block is covered where, for every row of the
+    query block, a static term holds on every key of it that the context allows: the full
+    interval of the term's literals beyond the literals every context term has (`_beyond`)."""
+    terms = selection.context.terms
+    reach = tuple(term_bounds(t.lits)[0] for t in terms)
+    common = set(terms[0].lits).intersection(*(t.lits for t in terms[1:])) if terms else set()
+    common = {l for l in common if not l.negated}
+    covered = tuple(f for f in (term_bounds(_beyond(t, common))[1] for t in static.terms) if f is not None)
+    return SelectPlan(selection.atom, selection.context, reach, covered)
+
+
 def plan_program(program: Program) -> tuple[GroupPlan, ...]:
     return tuple(
-        _with_spans(dataclasses.replace(plan_group(i, g.pattern), grid=plan_grid(g.pattern)))
+        _with_spans(
+            dataclasses.replace(
+                plan_group(i, g.pattern),
+                grid=plan_grid(g.pattern),
+                select=None if g.selection is None else plan_select(g.pattern, g.selection),
+            )
+        )
         for i, g in enumerate(program.groups)
     )

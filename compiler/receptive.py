@@ -309,10 +309,11 @@ def _row(layer: int, reached: np.ndarray) -> LayerReach:
 
 
 def layer_patterns(program: Program, layers: int | None = None) -> list[Pattern]:
-    """The union of the heads' patterns in each layer; a uniform program is repeated `layers` times."""
+    """The union of the heads' patterns in each layer (a selecting head's reach: its static part
+    and its selection's context); a uniform program is repeated `layers` times."""
     table = program.group_table()
     per_layer = [
-        simplify(Pattern(tuple({t for g in set(row) for t in program.groups[g].pattern.terms}))) for row in table
+        simplify(Pattern(tuple({t for g in set(row) for t in program.groups[g].reach.terms}))) for row in table
     ]
     if layers is None:
         return per_layer

@@ -20,6 +20,7 @@ from .ir import Neighborhood, Pattern, Program, Status
 from .liveness import NO_DECODE, CacheLayout, cache_layout, decodable
 from .passes import Diagnostic, describe_members, validate
 from .receptive import ReceptiveField, layer_patterns, receptive_field
+from .selection import UNKNOWABLE, SelectionBounds, selection_bounds
 from .blocks import block_map
 from .grid_blocks import tiled_block_map
 from .tiling import GridTerm, GridTerms, choose_tiling, grid_terms, visited_tiles
@@ -159,6 +160,7 @@ class GroupReport:
     block_render: str
     block_cell: int  # tiles per rendered cell side
     grid: list[GridOrder] = field(default_factory=list)  # tile order against row-major, per tile size
+    selection: SelectionBounds | None = None  # bounds of the selected part (compiler/selection.py)
 
     def to_dict(self) -> dict[str, Any]:
         c = self.cost
@@ -184,6 +186,7 @@ class GroupReport:
             "block": list(c.block),
             "kv_cache": self.kv.to_dict(),
             "block_map": {"cell_tiles": self.block_cell, "render": self.block_render.splitlines()},
+            "selection": None if self.selection is None else self.selection.to_dict(),
         }
 
 
@@ -315,7 +318,7 @@ def analyze(
         cost = group_cost(g, n, head_dim, dtype_bytes, block)
         seconds[f"cost[{i}]"] = time.perf_counter() - t
         t = time.perf_counter()
-        layout = cache_layout(g.pattern)
+        layout = cache_layout(g.reach)
         layouts.append(layout)
         kv = _kv(layout, n, 2 * dval * dtype_bytes)
         seconds[f"liveness[{i}]"] = time.perf_counter() - t
@@ -327,7 +330,15 @@ def analyze(
             seconds[f"grid[{i}]"] = time.perf_counter() - t
         groups.append(
             GroupReport(
-                i, describe_members(g.members, model.layers, model.heads), cost, kv, kv_pairs, _render(coarse), f, grid
+                i,
+                describe_members(g.members, model.layers, model.heads),
+                cost,
+                kv,
+                kv_pairs,
+                _render(coarse),
+                f,
+                grid,
+                selection_bounds(g, n),
             )
         )
     t = time.perf_counter()
@@ -465,6 +476,13 @@ def render(a: Analysis, console: Any = None) -> None:
         pairs = f"{c.heads} (layer, head) pair{'s' if c.heads != 1 else ''}"
         console.rule(f"group {g.index + 1} of {len(a.groups)}: {pairs}", align="left")
         console.print(f"heads: {g.where}\npattern: {c.pattern}", highlight=False)
+        if g.selection is not None:
+            console.print(
+                f"selection: {g.selection.selection}; the rows below count the static part exactly; the "
+                f"selection adds at most {_num(g.selection.worst_pairs - g.selection.static_pairs)} pairs. "
+                f"Keys are {UNKNOWABLE}.",
+                highlight=False,
+            )
         visited = c.tiles["partial"] + c.tiles["full"]
         total_tiles = visited + c.tiles["empty"]
         console.print(
@@ -478,6 +496,9 @@ def render(a: Analysis, console: Any = None) -> None:
         t.add_column(f"at N = {_num(a.n)}", justify="right")
         t.add_column("closed form")
         t.add_row("allowed pairs", _num(c.pairs.value), _formula_text(c.pairs.formula, c.pairs.note))
+        sb = g.selection
+        if sb is not None:
+            t.add_row(f"+ {sb.selection}", f"<= {_num(sb.worst_pairs)}", f"[dim]{sb.worst_formula or 'no formula'}[/]")
         t.add_row(
             "FLOPs (4 D pairs)",
             f"{c.flops.value:.3e}",

@@ -42,6 +42,7 @@ from .blocks import block_map
 from .cost import BWD_MATMUL_RATIO
 from .ir import Pattern, Program, Status
 from .plan import plan_program
+from .selection import chosen_counts, selection_seconds
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
@@ -598,10 +599,19 @@ def kernel_tiles(plan: Any, n: int, cfg: KernelConfig) -> Tiles:
         if grid is not None:
             return grid
     d = cfg.residue if getattr(plan, "residue_plan", None) is not None else 0
+    if getattr(plan, "select", None) is not None:
+        d = 0  # selecting groups never run per residue class
     if not d:
-        return _count(
+        tiles = _count(
             kernel_segments(plan, n, cfg.bm, cfg.bn, cfg.bn_narrow), _no_tiles(n, cfg.bm, cfg.bn, cfg.bn_narrow)
         )
+        if getattr(plan, "select", None) is not None:  # the chosen blocks: masked tiles, at the budget
+            block = plan.select.atom.block
+            rows = np.arange(tiles.masked.size) * cfg.bm // block
+            tiles = dataclasses.replace(
+                tiles, masked=tiles.masked + chosen_counts(plan.select, n)[rows] * (block // cfg.bn)
+            )
+        return tiles
     per_class = -(-(-(-n // d)) // cfg.bm)  # noqa: B002  (cdiv(cdiv(n, d), bm): negations, not a decrement)
     parts = []
     for rho in range(d):
@@ -758,6 +768,7 @@ class KernelTime:
     waves: float
     tile: tuple[int, int]
     note: str = ""
+    select_ms: float = 0.0  # a selection's own kernels (an estimate; compiler/selection.py)
 
 
 BWD_PASSES = 2  # the backward's main launches: dK/dV by key tile, dQ by query tile
@@ -906,6 +917,7 @@ class Workload:
     cache_bytes: int
     dense_cache_bytes: int
     cache_note: str
+    selection_s: float = 0.0  # prefill: predicted seconds of the selections (compiler/selection.py)
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -919,6 +931,7 @@ class Workload:
                 "cache_bytes",
                 "dense_cache_bytes",
                 "cache_note",
+                "selection_s",
             )
         }
         d.update(
@@ -942,6 +955,7 @@ class Workload:
             d["cache_bytes"],
             d["dense_cache_bytes"],
             d["cache_note"],
+            d.get("selection_s", 0.0),
         )
 
 
@@ -991,6 +1005,9 @@ def _sum_times(parts: Sequence[tuple[KernelTime, int]]) -> KernelTime:
     for k in ("tiles_full", "tiles_masked", "tiles_sink", "programs"):
         sums[k] = int(sum(getattr(t, k) * w for t, w in parts))
     return dataclasses.replace(first, note=note, **sums)
+
+
+SELECT_TBPS = 2.5  # TB/s the selection's pooling reads at (an estimate: about 75% of an H100's peak)
 
 
 def prefill_workload(
@@ -1046,7 +1063,21 @@ def prefill_workload(
         "flex": "estimate: FlexAttention's tile costs on its exact 128 x 128 block mask",
     }
     cache, dense_cache, note = cache_bytes(program, shape, layer)
-    return Workload("prefill", shape, tuple(capability), layers, launches, {}, notes, ideal, cache, dense_cache, note)
+    selecting = [(plans[g].select, gids.count(g), w) for gids, w in rows for g in sorted(set(gids))]
+    size = DTYPE_BYTES.get(shape.dtype, 2)
+    kv_per = shape.heads // shape.kv
+    select_s = sum(
+        w * selection_seconds(sp, shape.n, shape.batch, nh, max(1, nh // kv_per), shape.head_dim, size, SELECT_TBPS)
+        for sp, nh, w in selecting
+        if sp is not None
+    )
+    if select_s:
+        notes["attnc"] = (notes["attnc"] + "; " if notes["attnc"] else "") + (
+            "selected blocks at the budget (a mass budget: every candidate); selection time estimated"
+        )
+    return Workload(
+        "prefill", shape, tuple(capability), layers, launches, {}, notes, ideal, cache, dense_cache, note, select_s
+    )
 
 
 def decode_workload(program: Program, shape: Shape, layer: int | None = None) -> Workload:
@@ -1128,6 +1159,10 @@ def time_workload(work: Workload, profile: str | Path | Profile = "h100") -> Pre
                 costs = kc.lookup(s.head_dim, s.dtype, t.bm, t.bn, prof.dtype_scale)
                 timed.append((launch_time(kernel, launch, costs, kc.launch_us, prof.sms, work.notes[kernel]), w))
             times[kernel] = _sum_times(timed)
+        if work.selection_s:
+            t = times["attnc"]
+            extra = work.selection_s * 1e3
+            times["attnc"] = dataclasses.replace(t, ms=t.ms + extra, select_ms=extra)
     return Prediction(
         work.mode,
         work.shape,

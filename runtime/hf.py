@@ -94,6 +94,11 @@ class Layout:
 
     @classmethod
     def from_program(cls, program: Program, module: Any = None) -> "Layout":
+        if any(g.selection is not None for g in program.groups):
+            raise IntegrationError(
+                f"{program.name}: patterns that select key blocks at run time (select) are not supported "
+                "inside Hugging Face models yet: call the generated module's prefill directly"
+            )
         pats = [g.pattern for g in program.groups]
         table = tuple(tuple(pats[i] for i in row) for row in program.group_table())
         positions = "original"

@@ -18,11 +18,26 @@ from .errors import Reporter, suggest
 from .intexpr import IntScope
 from .parser import MAX_DEPTH
 from .limits import position_problem
-from .primitives import AXES_INT, INT, PRIMITIVES, BindError, Param, Primitive, bind
+from .primitives import AXES_INT, INT, PRIMITIVES, WORD, BindError, Param, Primitive, bind
 from .resolved import ArgValue, RExpr, ROp, RPrim
 
 MAX_NODES = 10_000
 """Most primitives and operators in one resolved expression."""
+
+
+def selections(expr: RExpr, memo: dict[int, tuple[RExpr, list[RPrim]]] | None = None) -> list[RPrim]:
+    """The distinct `select` calls of a resolved expression, in source order (`memo`: results
+    by node, for trees whose lets share subtrees)."""
+    memo = {} if memo is None else memo
+    if id(expr) in memo:
+        return memo[id(expr)][1]
+    if isinstance(expr, ROp):
+        out = selections(expr.left, memo)
+        out = out + [s for s in selections(expr.right, memo) if all(s.args != o.args for o in out)]
+    else:
+        out = [expr] if expr.name == "select" else []
+    memo[id(expr)] = (expr, out)
+    return out
 
 
 @dataclass(frozen=True)
@@ -45,12 +60,13 @@ class ExprScope:
     _values: dict[str, RExpr | None] = field(default_factory=dict)
     _active: list[str] = field(default_factory=list)
     _shape: dict[int, tuple[RExpr | None, int, int]] = field(default_factory=dict)
+    _selects: dict[int, tuple[RExpr, list[RPrim]]] = field(default_factory=dict)
 
     def resolve(self, expr: ast.SetExpr) -> RExpr | None:
         """The resolved tree of an expression, or None after reporting its problems."""
         if isinstance(expr, ast.SetOp):
             left, right = self.resolve(expr.left), self.resolve(expr.right)
-            if left is None or right is None:
+            if left is None or right is None or not self._selections_compose(expr.op, left, right):
                 return None
             return self._op(ROp(op=expr.op, left=left, right=right, loc=expr.loc))
         if isinstance(expr, ast.PatternRef):
@@ -72,6 +88,29 @@ class ExprScope:
             return None
         self._shape[id(op)] = (op, depth, size)  # the node is kept alive so its id stays unique
         return op
+
+    def _selections_compose(self, op: str, left: RExpr, right: RExpr) -> bool:
+        """A selection is chosen at run time, so it has no complement to subtract, and one
+        expression holds at most one selection (with one budget and one score); anything else
+        is reported at the offending `select`."""
+        right_sel = selections(right, self._selects)
+        if op == "-" and right_sel:
+            self.reporter.error(
+                right_sel[0].loc,
+                "a selection cannot be subtracted: which keys it picks is known only at run time",
+                "subtract from the static part instead, as in (causal - window(8)) | select(mean, top = 4)",
+            )
+            return False
+        first = selections(left, self._selects)
+        other = [s for s in right_sel if first and s.args != first[0].args]
+        if other:
+            self.reporter.error(
+                other[0].loc,
+                "an expression may hold only one selection (one score and one budget)",
+                "use one select(...) term, or give each head its own section with its own selection",
+            )
+            return False
+        return True
 
     def name(self, name: str, loc: ast.Loc) -> RExpr | None:
         """The value of a let or imported name used at `loc`."""
@@ -138,10 +177,15 @@ class ExprScope:
     def _argument(self, prim: Primitive, param: Param, arg: ast.Arg | None) -> ArgValue | None:
         """One argument evaluated to its normal form (defaults filled in)."""
         if arg is None:  # bind() leaves out only arguments that have defaults
-            return param.default if param.kind == INT else self._axes((param.default,), prim, param, None)  # type: ignore[return-value]
+            return param.default if param.kind in (INT, WORD) else self._axes((param.default,), prim, param, None)  # type: ignore[return-value]
         value = arg.value
         if param.kind == INT:
             return self._int(prim, param, value)
+        if param.kind == WORD:
+            if isinstance(value, (ast.Word, ast.ParamRef)):
+                return value.name
+            self._kind_error(prim, param, value, "a name")
+            return None
         if param.kind == AXES_INT:
             items = value.items if isinstance(value, ast.TupleLit) else [value]
             return self._axes(tuple(self._int(prim, param, v) for v in items), prim, param, value)

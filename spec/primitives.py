@@ -22,8 +22,12 @@ from .limits import position_problem
 REQUIRED = object()
 """Default of an argument that has to be given."""
 
-# Argument kinds: an integer; one integer per grid axis; one boolean per grid axis.
-INT, AXES_INT, AXES_BOOL = "int", "axes_int", "axes_bool"
+# Argument kinds: an integer; one integer per grid axis; one boolean per grid axis; a word
+# (a bare name from a fixed list, such as the score of `select`).
+INT, AXES_INT, AXES_BOOL, WORD = "int", "axes_int", "axes_bool", "word"
+
+SCORES = ("mean", "quest", "antidiagonal", "vslash")
+"""The scores `select` ranks key blocks by (docs/selection.md)."""
 
 Problem = tuple[str, str]
 """(argument name, message): a value that the primitive cannot mean anything with."""
@@ -140,6 +144,50 @@ def _neighborhood(args: Mapping[str, Any], grid: tuple[int, ...] | None) -> list
             what = f"kernel {k}" if d == 1 else f"kernel {k} x dilation {d} = {k * d}"
             problems.append(("kernel", f"{what} is larger than grid axis {axis} of length {n}"))
     return problems
+
+
+def _is_pow2(x: int) -> bool:
+    return x >= 1 and x & (x - 1) == 0
+
+
+def _select(args: Mapping[str, Any], _grid: tuple[int, ...] | None) -> list[Problem]:
+    """A known score; a budget of at least one block or a share in 1..100 percent; blocks a
+    power of two from 16 to 1024 (whole kernel tiles); an antidiagonal stride that leaves at
+    least 16 rows of a block (a matrix-multiply tile)."""
+    problems: list[Problem] = []
+    score = args["score"]
+    if score not in SCORES:
+        hint = suggest(score, list(SCORES))
+        problems.append(
+            ("score", f"unknown score '{score}'{f' ({hint})' if hint else ''}; the scores are {', '.join(SCORES)}")
+        )
+    problems += _at_least(1, "top", "stride", "last")(args, _grid)
+    if "mass" in args and not 1 <= args["mass"] <= 100:
+        problems.append(
+            ("mass", f"mass is a percentage of the estimated attention mass, 1 to 100, got mass={args['mass']}")
+        )
+    block = args["block"]
+    if not (_is_pow2(block) and 16 <= block <= 1024):
+        problems.append(("block", f"block must be a power of two from 16 to 1024, got block={block}"))
+    elif score == "antidiagonal" and args["stride"] >= 1 and (block % args["stride"] or block // args["stride"] < 16):
+        problems.append(
+            (
+                "stride",
+                f"stride must divide block and leave at least 16 rows: block // stride >= 16, got {block} // {args['stride']}",
+            )
+        )
+    return problems
+
+
+def _select_words(a: Mapping[str, Any]) -> str:
+    how = {
+        "mean": "mean-pooled q . mean key",
+        "quest": "Quest's bound from per-channel key min and max",
+        "antidiagonal": f"antidiagonal sums (stride {a['stride']})",
+        "vslash": f"vertical and slash lines of the last {a['last']} queries",
+    }.get(a["score"], a["score"])
+    budget = f"the top {a['top']}" if "top" in a else f"the fewest reaching {a['mass']}% of the estimated mass of"
+    return f"{budget} key blocks of {a['block']} by {how}, chosen at run time per query block and KV head"
 
 
 def _tup(values: Any) -> str:
@@ -280,6 +328,23 @@ PRIMITIVES: dict[str, Primitive] = {
             ),
             grid=True,
         ),
+        _prim(
+            "select",
+            "select takes a score (" + ", ".join(SCORES) + ") and a budget, top = K blocks or mass = P percent, "
+            "as in select(mean, top = 16, block = 128) or select(antidiagonal, mass = 90)",
+            _select_words,
+            _select,
+            *(
+                (
+                    Param("score", WORD),
+                    Param(budget),
+                    Param("block", INT, 64),
+                    Param("stride", INT, 8),
+                    Param("last", INT, 64),
+                )
+                for budget in ("top", "mass")
+            ),
+        ),
     )
 }
 
@@ -363,6 +428,9 @@ def _arity_message(prim: Primitive, n_positional: int, keywords: list[str]) -> s
         if keywords and set(keywords) <= set(names) and n_positional + len(keywords) < len(names):
             missing = [n for n in names[n_positional:] if n not in keywords]
             return f"{prim.name} needs {' and '.join(missing)} too"
+    following = sorted({f[n_positional].name for f in prim.forms if len(f) > n_positional})
+    if not keywords and len(prim.forms) > 1 and len(following) > 1:  # select(mean): which budget?
+        return f"{prim.name} needs {' or '.join(following)} after {n_positional} argument{'s' * (n_positional != 1)}"
     if not keywords:
         return f"{prim.name} cannot take {n_positional} argument{'s' if n_positional != 1 else ''}"
     given = (

@@ -209,6 +209,7 @@ ONE_D = [
     _c("dilated_two_sided", "window(left = 20, right = 9) & strided(4)"),
     _c("strided_long", "causal & (window(8) | strided(64))"),
     _c("many_terms", "(sink(2) | window(3)) | (stride(7, 3) | chunk(20)) | (global(2) | band(-3, -1))"),
+    _c("select_mean", "causal & (sink(4) | window(20) | select(mean, top = 2, block = 16))"),
     # diagonals q - k = 65, 129, ... (a (q - k) modulus whose first difference is not 0), plus a band
     Case("diagonals", ir=Pattern((Term((Lit(Band(3, None)), Lit(DiffMod(64, 1)))), Term((Lit(Band(0, 5)),))))),
 ]
@@ -254,6 +255,14 @@ SECTIONS = [
         text="model { layers = 3, heads = 2, kv_heads = 1 }\npattern per_layer {\n"
         "  layers 0: causal\n  layers 1 {\n    heads 0: causal & window(12)\n    rest: causal & dilated(5, 2)\n"
         "  }\n  rest: causal & dilated(5, 2)\n}\n",
+    ),
+    Case(
+        "select_heads",
+        n=61,
+        text="model { layers = 2, heads = 4, kv_heads = 2 }\npattern select_heads {\n"
+        "  layers 0: causal & (window(8) | select(quest, mass = 80, block = 32))\n"
+        "  rest { kv_heads 0: causal & (sink(2) | select(antidiagonal, top = 2, block = 32, stride = 2))\n"
+        "    rest: causal & window(12) }\n}\n",
     ),
     Case(
         "cache_streaming",

@@ -61,6 +61,9 @@ def test_case_matches_reference(case):
         config = dict(BLOCK_M=16, BLOCK_N=16)
     else:
         config = None if case.single and case.path is None else dict(BLOCK_M=32, BLOCK_N=32)
+    blocks = [g.selection.atom.block for g in program.groups if g.selection is not None]
+    if config and blocks:  # tiles divide the selection's blocks
+        config = {name: min(size, *blocks) for name, size in config.items()}
     for layer in _layers(program):
         check_module(program, case.n, h=h, h_kv=h_kv, layer=layer, config=config)
 

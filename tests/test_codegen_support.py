@@ -71,13 +71,34 @@ def head_masks(program: Program, n: int, heads: int, layer: int | None = None) -
     return torch.stack(out)
 
 
+def selection_masks(program: Program, n: int, heads: int, h_kv: int, layer, indices, counts) -> torch.Tensor:
+    """(B, heads, n, n) bool: the pairs the chosen key blocks add to each query head, from the
+    IR (`Selection.holds` on the chosen blocks of the head's KV head)."""
+    varies = any(len(set(row)) > 1 for row in program.group_table())
+    row = program.group_table()[layer or 0]
+    pos = np.arange(n)[:, None], np.arange(n)[None, :]
+    out = torch.zeros((indices.shape[0], heads, n, n), dtype=torch.bool)
+    for b in range(indices.shape[0]):
+        for h in range(heads):
+            sel = program.groups[row[h] if varies else row[0]].selection
+            if sel is None:
+                continue
+            nb = -(-n // sel.atom.block)
+            chosen = np.zeros((nb, nb), dtype=bool)
+            kv = h // (heads // h_kv)
+            for i in range(nb):
+                chosen[i, indices[b, kv, i, : counts[b, kv, i]].numpy()] = True
+            out[b, h] = torch.from_numpy(np.asarray(sel.holds(*pos, chosen)))
+    return out
+
+
 def dense_reference(q, k, v, masks: torch.Tensor, scale: float | None = None):
     """float64 attention with a dense (H, N, N) mask; empty rows give 0 and lse -inf."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     g = q.shape[1] // k.shape[1]
     qf, kf, vf = q.double(), k.double().repeat_interleave(g, 1), v.double().repeat_interleave(g, 1)
     s = (qf @ kf.transpose(-1, -2)) * scale
-    s = s.masked_fill(~masks[None].to(s.device), float("-inf"))
+    s = s.masked_fill(~(masks if masks.dim() == 4 else masks[None]).to(s.device), float("-inf"))
     lse = torch.logsumexp(s, -1)
     p = torch.exp(s - lse[..., None]).nan_to_num(0.0)
     return p @ vf, lse
@@ -115,8 +136,12 @@ def check_module(
     """Run the generated kernel on random inputs and compare with the independent reference."""
     mod = load(program)
     q, k, v = inputs(b, h, h_kv, n, d, dtype, seed)
-    out, lse = mod._forward(q, k, v, None, True, layer, config=config)
-    ref, ref_lse = dense_reference(q, k, v, head_masks(program, n, h, layer))
+    sel = mod.select(q, k, layer=layer) if mod.PATTERN["selects"] else None
+    out, lse = mod._forward(q, k, v, None, True, layer, config=config, sel=sel)
+    masks = head_masks(program, n, h, layer)
+    if sel is not None:
+        masks = masks | selection_masks(program, n, h, h_kv, layer, *sel)
+    ref, ref_lse = dense_reference(q, k, v, masks)
     assert_close(out, ref, dtype)
     finite = torch.isfinite(ref_lse)
     assert torch.equal(torch.isfinite(lse), finite), "lse must be -inf exactly on rows without keys"

@@ -526,7 +526,9 @@ def test_calibrate_fits_the_backward_factor(tmp_path):
     out = tmp_path / "profile.json"
     assert cal.calibrate(tmp_path, out, "h100", "fake", FakeGPU()) == 0
     prof = sim.load_profile(out)
-    assert prof.backward["attnc"] == pytest.approx(1.7, rel=0.05) and prof.backward["sdpa"] == pytest.approx(0.6, rel=0.05)
+    assert prof.backward["attnc"] == pytest.approx(1.7, rel=0.05) and prof.backward["sdpa"] == pytest.approx(
+        0.6, rel=0.05
+    )
     backward_rows = [r for r in prof.calibration if r["kernel"].endswith("_backward")]
     assert len(backward_rows) == 4 and all(abs(r["error"]) < 0.05 for r in backward_rows)
     plain = sim.predict(dict(program=single(prim("causal")), n=8192), profile="h100", training=True)

@@ -35,8 +35,8 @@ def _blocks(x: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def block_mean(k: torch.Tensor, size: int) -> torch.Tensor:
     """The mean of each block of `size` keys, `[..., nb, D]` (float32)."""
-    blocks, counts = _blocks(k.float(), size)
-    return blocks.sum(-2) / counts[:, None]
+    blocks, counts = _blocks(k, size)  # summed in float32 without a float32 copy of k
+    return blocks.sum(-2, dtype=torch.float32) / counts[:, None]
 
 
 def block_min_max(k: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,5 +72,67 @@ def top_blocks(scores: torch.Tensor, k: int) -> torch.Tensor:
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
     chosen = torch.gather(scores, -1, order)
     order = torch.where(torch.isfinite(chosen), order, torch.full_like(order, nb))
+    order = torch.sort(order, dim=-1).values
+    return torch.where(order == nb, torch.full_like(order, -1), order).to(torch.int32)
+
+
+def antidiagonal_score(q: torch.Tensor, k: torch.Tensor, size: int, stride: int, scale: float) -> torch.Tensor:
+    """XAttention's block score: the log of the summed exp of strided antidiagonal sums.
+
+    q `[..., G, N, D]` (the G query heads of a KV head), k `[..., N, D]`. Rows and keys are cut
+    into runs of `stride`; entry (a, b) is the mean of the `stride` products along the
+    antidiagonal of the stride x stride tile (q row a*stride + stride-1-s with key
+    b*stride + s), times `scale`; a block score is the logsumexp over the G heads and the
+    entries of its tile (incomplete runs at the end count for nothing). `[..., nb, nb]`,
+    float32; a block with no complete run scores -inf.
+    """
+    n, d = k.shape[-2], k.shape[-1]
+    runs, per, nb = n // stride, size // stride, -(-n // size)
+    qr = q[..., : runs * stride, :].float().reshape(*q.shape[:-2], runs, stride, d).flip(-2).flatten(-2)
+    kr = k[..., : runs * stride, :].float().reshape(*k.shape[:-2], runs, stride * d)
+    r = qr @ kr[..., None, :, :].transpose(-1, -2) * (scale / stride)
+    pad = nb * per - runs
+    r = torch.nn.functional.pad(r, (0, pad, 0, pad), value=float("-inf"))
+    r = r.reshape(*r.shape[:-2], nb, per, nb, per).transpose(-3, -2)
+    return torch.logsumexp(r.flatten(-2), dim=-1).logsumexp(dim=-3)
+
+
+def vslash_score(q_last: torch.Tensor, k: torch.Tensor, size: int, n_qblocks: int, scale: float) -> torch.Tensor:
+    """MInference's vertical and slash lines, as block scores.
+
+    q_last `[..., G, L, D]` holds the last L queries (positions N - L to N - 1) of the G query
+    heads of a KV head; k `[..., N, D]`. Their causal attention, summed over heads and rows,
+    gives a vertical score per key and a slash score per distance q - k. The block score of
+    (query block i, key block j) is the log of the vertical mass of key block j plus the slash
+    mass of the distances [(i - j) * size, (i - j + 1) * size). `[..., n_qblocks, nb]`."""
+    n, last = k.shape[-2], q_last.shape[-2]
+    pos = torch.arange(n - last, n, device=k.device)
+    keys = torch.arange(n, device=k.device)
+    logits = (q_last.float() @ k.float()[..., None, :, :].transpose(-1, -2)) * scale
+    logits = logits.masked_fill(keys[None, :] > pos[:, None], float("-inf"))
+    p = torch.softmax(logits, dim=-1).sum(-3)  # [..., L, N]
+    dist = (pos[:, None] - keys[None, :]).clamp(min=0).expand_as(p)
+    slash = torch.zeros_like(p[..., 0, :]).scatter_add_(-1, dist.flatten(-2), p.flatten(-2))
+    nb = -(-n // size)
+    pad = nb * size - n
+    vert = torch.nn.functional.pad(p.sum(-2), (0, pad)).reshape(*p.shape[:-2], nb, size).sum(-1)
+    slash = torch.nn.functional.pad(slash, (0, pad)).reshape(*p.shape[:-2], nb, size).sum(-1)
+    delta = torch.arange(n_qblocks, device=k.device)[:, None] - torch.arange(nb, device=k.device)[None, :]
+    lines = torch.where(delta >= 0, slash[..., delta.clamp(min=0)], torch.zeros((), device=k.device))
+    return torch.log(vert[..., None, :] + lines)
+
+
+def mass_blocks(scores: torch.Tensor, share: float) -> torch.Tensor:
+    """The fewest blocks per row whose softmax over the row's finite scores reaches `share`
+    (0 < share <= 1): the highest first, ties to the lowest index; in increasing index order,
+    padded with -1 to the row's length (int32)."""
+    nb = scores.shape[-1]
+    finite = torch.isfinite(scores)
+    probs = torch.softmax(scores.masked_fill(~finite, float("-inf")), dim=-1).nan_to_num(0.0)
+    ranked, order = torch.sort(probs.masked_fill(~finite, -1.0), dim=-1, descending=True, stable=True)
+    before = torch.cumsum(ranked.clamp(min=0.0), dim=-1) - ranked.clamp(min=0.0)
+    need = ((before < share) & (ranked >= 0)).sum(-1, keepdim=True)
+    slots = torch.arange(nb, device=scores.device)
+    order = torch.where(slots < need, order, torch.full_like(order, nb))
     order = torch.sort(order, dim=-1).values
     return torch.where(order == nb, torch.full_like(order, -1), order).to(torch.int32)

@@ -138,6 +138,7 @@ class PrefillSpec(NamedTuple):
     grid_configs: list  # GRID_CONFIGS
     cpu_config: dict  # CPU_CONFIG
     memo: dict  # per-shape results: configurations, head tables, checks, launch plans
+    select_block: int = 0  # a selection's key block (0: the pattern selects nothing)
 
 
 def config_of(spec: PrefillSpec, device, dtype, head_dim, overrides=None, group=0) -> dict:
@@ -252,7 +253,8 @@ def _generic_launcher(
     kw = dict(
         KV_GROUP=H // k.shape[1], HEAD_DIM=D, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         BLOCK_N_NARROW=cfg["BLOCK_N_NARROW"], GROUP=group, SUBSET=heads is not None, RESIDUE=residue,
-        HAS_LSE=return_lse, USE_TMA=use_tma, PADDED=padded, GRID_ORDER=grid_order, HEAD_GROUP=head_group,
+        HAS_LSE=return_lse, USE_TMA=use_tma, PADDED=padded, SEL_BLOCK=spec.select_block,
+        HAS_SEL=bool(spec.tuning[group].get("select")), GRID_ORDER=grid_order, HEAD_GROUP=head_group,
         STAGES=cfg["STAGES"], EDGE_STAGES=cfg["EDGE_STAGES"], WARP_SPEC=cfg.get("WARP_SPEC", False),
         DOT_PREC=cfg["DOT_PREC"], UPCAST=upcast, TRACE=trace, num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"], **extra,
@@ -267,7 +269,10 @@ def _generic_launcher(
         q_shape, kv_shape = list(q.shape), list(k.shape)  # host-side descriptors over all of each tensor
         q_st, k_st, v_st, o_st = list(q.stride()), list(k.stride()), list(v.stride()), list(o.stride())
 
-    def run(q, k, v, o, lse, tr, lengths):
+    def run(q, k, v, o, lse, tr, lengths, sel=None):
+        if sel is None and kw["HAS_SEL"]:
+            raise ValueError("prefill: this pattern selects key blocks at run time: pass indices=select(q, k)")
+        chosen = (tr, tr, 0, 0) if sel is None else (sel[0], sel[1], sel[0].shape[-1], sel[0].shape[-2])
         if use_tma == 2:
             descs = (
                 TensorDescriptor(q, q_shape, q_st, rows_m),
@@ -278,7 +283,7 @@ def _generic_launcher(
         else:
             descs = (q, k, v, o)
         return launch(*descs, q, k, v, o, lse, tr if heads is None else heads, tr, lengths, *scalars,
-                      *lse.stride()[:2], *tail, **kw)  # fmt: skip
+                      *lse.stride()[:2], *tail, *chosen, **kw)  # fmt: skip
 
     return run
 
@@ -362,7 +367,7 @@ def _grid_launcher(spec, group, cfg, q, k, v, o, heads, nh, D, scale, return_lse
     launch = spec.grid_kernels[group][(n_tiles + prefix_blocks, B * nh)]
     scalars = (q.shape[1], k.shape[1], *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3])
 
-    def run(q, k, v, o, lse, tr, lengths):
+    def run(q, k, v, o, lse, tr, lengths, sel=None):
         if use_tma:
             views = grid_tma_views(spec, group, q, k, v, o)
             descs = [
@@ -385,8 +390,14 @@ def _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, trac
     plan = []
     for group, nh, heads in launches_of(spec, q.device, layer, H):
         cfg = config_of(spec, q.device, q.dtype, D, config, group)
+        selects = spec.tuning[group].get("select")
+        if selects and (spec.select_block % cfg["BLOCK_M"] or spec.select_block % cfg["BLOCK_N"]):
+            raise ValueError(
+                f"prefill: tiles {cfg['BLOCK_M']} x {cfg['BLOCK_N']} must divide the selection block {spec.select_block}"
+            )
         if (
-            spec.tuning[group]["grid"]
+            not selects
+            and spec.tuning[group]["grid"]
             and cfg.get("GRID", True)
             and not (trace or padded)
             and grid_fits(spec, group, N, cfg)
@@ -435,12 +446,15 @@ def _run_first(spec, plan, args, rebuild) -> bool:
     return stable
 
 
-def forward(spec: PrefillSpec, q, k, v, scale, return_lse, layer, config=None, trace=False, lengths=None, dims=None):
+def forward(
+    spec: PrefillSpec, q, k, v, scale, return_lse, layer, config=None, trace=False, lengths=None, dims=None, sel=None
+):
     """Launch the prefill kernels without the custom-op wrapper: (out, lse or an empty tensor[, trace]).
 
     `lengths` (B,): a left-padded batch, row b's tokens are its last lengths[b] positions,
     which the pattern numbers from 0; the padding rows of the output are zeros (lse -inf).
-    `dims`: the caller has checked every argument (prefill()) and passes (B, H, H_KV, N, D)."""
+    `dims`: the caller has checked every argument (prefill()) and passes (B, H, H_KV, N, D).
+    `sel`: (indices, counts) of the chosen key blocks, checked, for a pattern that selects."""
     padded = lengths is not None
     if dims is None:
         dims = check_prefill_memo(spec, "prefill", q, k, v, layer)
@@ -464,7 +478,7 @@ def forward(spec: PrefillSpec, q, k, v, scale, return_lse, layer, config=None, t
         num_m = triton_cdiv(N, config_of(spec, q.device, q.dtype, D, config, group0)["BLOCK_M"])
         tr = torch.zeros(B * H * num_m * N, device=q.device, dtype=torch.int32)
         plan = _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, True, padded)
-        _run_first(spec, plan, (q, k, v, o, lse_arg, tr, lens_arg), lambda: plan)
+        _run_first(spec, plan, (q, k, v, o, lse_arg, tr, lens_arg, sel), lambda: plan)
         return o, lse, tr.view(B, H, num_m, N)
     key = None
     if config is None and q.data_ptr() % 16 == 0 and k.data_ptr() % 16 == 0 and v.data_ptr() % 16 == 0:
@@ -473,14 +487,14 @@ def forward(spec: PrefillSpec, q, k, v, scale, return_lse, layer, config=None, t
         plan = spec.memo.get(key)
         if plan is not None:
             for _, _, run in plan:
-                run(q, k, v, o, lse_arg, dummy_i32, lens_arg)
+                run(q, k, v, o, lse_arg, dummy_i32, lens_arg, sel)
             return o, lse
 
     def build():
         return _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, False, padded)
 
     plan = build()
-    if _run_first(spec, plan, (q, k, v, o, lse_arg, dummy_i32, lens_arg), build) and key is not None:
+    if _run_first(spec, plan, (q, k, v, o, lse_arg, dummy_i32, lens_arg, sel), build) and key is not None:
         _remember(spec, key, plan)
     return o, lse
 
