@@ -262,6 +262,10 @@ class _Builder(Transformer_NonRecursive):
             return self.nested(ast.Prim(loc=self.loc(meta), name=name, args=args), *args)
         return ast.PatternRef(loc=self.loc(meta), name=name)
 
+    def select_word(self, meta: Meta, c: list[Any]) -> str:
+        """`select(...)` in a pattern: the selection primitive, though `select` is a keyword."""
+        return "select"
+
     def kwarg(self, meta: Meta, c: list[Any]) -> ast.Arg:
         return self.nested(ast.Arg(loc=self.loc(meta), name=str(c[0]), value=c[1]), c[1])
 
