@@ -95,9 +95,14 @@ def _graph(fn, torch, reps=10, replays=20):
         fn()
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(reps):
-            fn()
+    try:
+        with torch.cuda.graph(g):
+            for _ in range(reps):
+                fn()
+    except RuntimeError as exc:  # a step that cannot be captured: say so, time it eagerly
+        print(f"CUDA graph capture failed ({str(exc)[:120]}); eager timing instead", flush=True)
+        torch.cuda.synchronize()
+        return _eager(fn, torch)
     g.replay()
     torch.cuda.synchronize()
     times = []

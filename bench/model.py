@@ -295,7 +295,9 @@ class Flex(Sdpa):
         T = q.shape[2]
         key = (T, q.device)
         if key not in Flex.masks:
-            Flex.masks[key] = create_block_mask(lambda b, h, qi, ki: ki <= qi, None, None, T, T, device=q.device)
+            Flex.masks[key] = create_block_mask(
+                lambda b, h, qi, ki: ki <= qi, None, None, T, T, device=q.device, _compile=q.is_cuda
+            )
         return Flex._compiled(q, k, v, block_mask=Flex.masks[key], enable_gqa=True)
 
     def warm(self, n: int, c: Config, device, dtype) -> None:

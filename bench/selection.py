@@ -209,7 +209,9 @@ def run(folder: Path, smoke: bool) -> dict:
         flush=True,
     )
     t["flex_total"] = t["flex_select_torch"] + t["flex_block_mask"] + t["flex_attention"]
-    static_bm = create_block_mask(static_mask_mod, None, None, n, n, device=device, BLOCK_SIZE=BLOCK)
+    static_bm = create_block_mask(
+        static_mask_mod, None, None, n, n, device=device, BLOCK_SIZE=BLOCK, _compile=not smoke
+    )
     t["flex_static"] = bench_ms(lambda: flex(q, k, v, block_mask=static_bm, enable_gqa=gqa), smoke)
     t["sdpa_causal"] = bench_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa), smoke)
     t["attnc_static"] = bench_ms(lambda: mods["static"].prefill(q, k, v), smoke)

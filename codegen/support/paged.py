@@ -448,9 +448,9 @@ class PagedCacheBase:
         lst[:, :, : L.list.shape[2]] = L.list
         llen = L.llen.clone()
         for hi, p in parts:
-            lst[:, hi] = -1
+            lst.index_fill_(1, hi, -1)  # index_fill_: no host tensor, so a CUDA graph can capture it
             lst[:, hi, : p.shape[-1]] = p
-            llen[:, hi] = p.shape[-1]
+            llen.index_fill_(1, hi, p.shape[-1])
         return lst, llen, L.units, tokens
 
     def selected(self, layer):
