@@ -255,14 +255,11 @@ def plan_group(index: int | str, pattern: Pattern, residue: bool = True) -> Grou
 class SpanTerm:
     """One term's intervals on the other side of a block: the hull (every position that some
     member of the block may pair with through the term) and the full interval (positions that
-    pair with every member of the block; None: never full). A term with a `loop` (the
-    forward's Loop: power-of-two block distances, or diagonals) visits, inside the hull of its
-    other literals, one range per distance, nearest first, all masked."""
+    pair with every member of the block; None: never full)."""
 
     text: str
     hull: Bounds
     full_bounds: Bounds | None
-    loop: Loop | None = None
 
     @property
     def full(self) -> bool:
@@ -289,39 +286,13 @@ ColumnPlan = SpanPlan
 
 
 def _plan_span(pattern: Pattern, columns: bool) -> SpanPlan:
-    terms = []
-    loop_slot = next((i for i, t in enumerate(pattern.terms) if _loop_of(t) is not None), None)
-    for i, t in enumerate(pattern.terms):
-        loop = _loop_of(t) if i == loop_slot and len(pattern.terms) <= MAX_TERMS else None
-        if loop is None:
-            terms.append(SpanTerm(str(t), *term_bounds(t.lits, columns)))
-        else:
-            hull, _ = term_bounds(tuple(lit for lit in t.lits if lit != loop.lit), columns)
-            terms.append(SpanTerm(str(t), hull, None, loop))
-    # terms with a full interval first: their tiles are then visited (and skipped later) first;
-    # the loop term last (no later term skips its ranges)
-    terms.sort(key=lambda t: (t.loop is not None, not t.full))
+    """Each term's hull and full interval; loop terms (power, diagonals) visit their hull,
+    masked: a backward that looped over their ranges computed wrong gradients on Hopper GPUs
+    (correct in the interpreter), bench/proto/NOTES.md."""
+    terms = [SpanTerm(str(t), *term_bounds(t.lits, columns)) for t in pattern.terms]
+    # terms with a full interval first: their tiles are then visited (and skipped later) first
+    terms.sort(key=lambda t: not t.full)
     return SpanPlan(str(pattern), pattern, columns, tuple(terms))
-
-
-def loop_ranges(loop: Loop, columns: bool, first, last, n: int) -> list[tuple]:
-    """The loop's ranges on the other side of a block [first, last] (ints or numpy arrays), nearest
-    first, as (lo, hi) before the hull's clip: power: the positions at block distance 0, 1, 2,
-    4, ... after (columns) or before (rows) the block's power blocks; diffmod: the positions
-    at distance d0, d0 + m, ... The kernels compute the same ranges one by one."""
-    sign = 1 if columns else -1
-    out = []
-    if loop.kind == "power":
-        b = loop.block
-        p0, p1 = first // b, last // b
-        dist = 0
-        while dist <= (n - 1) // b:
-            out.append(((p0 + sign * dist) * b, (p1 + sign * dist) * b + b - 1))
-            dist = max(1, 2 * dist)
-    else:
-        for dist in range(loop.d0, n, loop.m):
-            out.append((first + sign * dist, last + sign * dist))
-    return out
 
 
 def plan_columns(pattern: Pattern) -> ColumnPlan:
@@ -332,7 +303,7 @@ def plan_columns(pattern: Pattern) -> ColumnPlan:
 
 def plan_rows(pattern: Pattern) -> SpanPlan:
     """The row plan in the same form: for a query block [q0, q_last], per term, the keys it may
-    attend and those every row attends (term_bounds of all literals, loops included)."""
+    attend and those every row attends (term_bounds of all literals)."""
     return _plan_span(pattern, columns=False)
 
 
@@ -349,13 +320,6 @@ def span_tiles(plan: SpanPlan, n: int, block: int, tile: int) -> tuple[np.ndarra
     full = np.zeros_like(visited)
     for t in plan.terms:
         lo, hi, on = t.hull.at(env, n)
-        if t.loop is not None:
-            for r_lo, r_hi in loop_ranges(t.loop, plan.columns, *env.values(), n):
-                r_lo, r_hi = np.maximum(r_lo, lo), np.minimum(r_hi, hi)
-                a = r_lo // tile
-                d = np.where(on & (r_hi >= r_lo), r_hi // tile + 1, a)
-                visited |= (j >= a[:, None]) & (j < d[:, None])
-            continue
         a = lo // tile
         d = np.where(on & (hi >= lo), hi // tile + 1, a)
         visited |= (j >= a[:, None]) & (j < d[:, None])
