@@ -33,10 +33,12 @@ def check_layer(where: str, pattern: dict, layer) -> None:
     check_int(where, "layer", layer, 0, layers)
 
 
-def check_prefill(where: str, pattern: dict, q, k, v, layer, kernel: bool) -> tuple:
+def check_prefill(where: str, pattern: dict, q, k, v, layer, kernel: bool, part=None) -> tuple:
     """(B, H, H_KV, N, D) of well-formed prefill inputs: q (B, H, N, D), k and v
     (B, H_KV, N, D), one dtype and device, GQA head counts, a supported head_dim, contiguous
-    last dimensions, a valid layer; `kernel`: on a device the Triton kernel can use."""
+    last dimensions, a valid layer; `kernel`: on a device the Triton kernel can use.
+    part (prefill_at): (q_offset, k_lo, k_hi, head_ids): q holds the queries at q_offset ..
+    of the N keys of k and v (N is theirs), the model's query heads head_ids (None: all)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(where, name, t, dims="B, H, N, D" if name == "q" else "B, H_KV, N, D")
     if q.dtype not in KERNEL_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
@@ -54,6 +56,9 @@ def check_prefill(where: str, pattern: dict, q, k, v, layer, kernel: bool) -> tu
             f"{where}: k and v must have the same shape; got k.shape={tuple(k.shape)}, v.shape={tuple(v.shape)}"
         )
     Bk, H_KV, Nk, Dk = k.shape
+    if part is not None:
+        _check_part(where, pattern, part, H, N, Nk)
+        N = Nk
     if (Bk, Nk, Dk) != (B, N, D):
         raise ValueError(
             f"{where}: k and v must be (batch={B}, kv_heads, seq={N}, head_dim={D}) to match q; "
@@ -64,7 +69,7 @@ def check_prefill(where: str, pattern: dict, q, k, v, layer, kernel: bool) -> tu
             f"{where}: the query heads must be a multiple of the key/value heads (GQA); "
             f"got H={H} query heads and H_KV={H_KV}"
         )
-    if pattern["varies_by_head"] and H != pattern["model"]["heads"]:
+    if pattern["varies_by_head"] and H != pattern["model"]["heads"] and (part is None or part[3] is None):
         raise ValueError(
             f"{where}: pattern {pattern['name']!r} assigns patterns per head for a model with "
             f"{pattern['model']['heads']} query heads; got H={H}"
@@ -75,6 +80,29 @@ def check_prefill(where: str, pattern: dict, q, k, v, layer, kernel: bool) -> tu
         check_tensor(where, name, t, dims="B, H, N, D", last_contiguous=True)
     check_layer(where, pattern, layer)
     return B, H, H_KV, N, D
+
+
+def _check_part(where: str, pattern: dict, part, H: int, n_q: int, n_k: int) -> None:
+    """q_offset, the key range and the head ids of prefill_at."""
+    q_offset, k_lo, k_hi, heads = part
+    check_int(where, "q_offset", q_offset, 0)
+    if q_offset + n_q > n_k:
+        raise ValueError(f"{where}: queries at {q_offset} .. {q_offset + n_q - 1} lie beyond the {n_k} keys of k")
+    check_int(where, "k_range[0]", k_lo, 0)
+    check_int(where, "k_range[1]", k_hi, k_lo)
+    if heads is not None:
+        model = pattern["model"]["heads"]
+        if len(heads) != H or len(set(heads)) != H or not all(0 <= h < model for h in heads):
+            raise ValueError(f"{where}: heads must name the {H} distinct query heads of q among 0 .. {model - 1}; got {heads}")
+
+
+def check_key_tile(where: str, k_lo: int, k_hi: int, n_k: int, block_n: int) -> None:
+    """prefill_at's key range starts and ends on key tiles (or ends at N)."""
+    if k_lo % block_n or (k_hi % block_n and k_hi < n_k):
+        raise ValueError(
+            f"{where}: k_range must start and end on multiples of the key tile, {block_n} here "
+            f"(128 suits every configuration), or end at N={n_k}; got ({k_lo}, {k_hi})"
+        )
 
 
 def device_key(device, dtype) -> tuple:
