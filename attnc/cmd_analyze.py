@@ -81,18 +81,17 @@ def run(args: argparse.Namespace) -> int:
 
 def _context(program, n: int, ranks: int, dtype: str) -> list[tuple]:
     """(group, context plan, rows, text) per head group; bytes for the (layer, KV head) pairs that use it."""
-    from .compiler.distributed import context_rows, key_bytes, plan_context, render_context
+    from .compiler.distributed import context_rows, key_bytes, program_contexts, render_context
 
     if ranks < 1 or ranks > n:
         raise ValueError(f"--ranks must be between 1 and N = {n}, got {ranks}")
     m = program.model
     per_kv = max(1, m.heads // max(1, m.kv_heads))
     out = []
-    for g, group in enumerate(program.groups):
+    for g, (group, plan) in enumerate(zip(program.groups, program_contexts(program, n, ranks))):
         pairs = len({(layer, h // per_kv) for layer, h in group.members})
         per_key = key_bytes(pairs, m.head_dim or 128, 4 if dtype == "fp32" else 2)
         what = f" ({pairs} (layer, KV head) pairs, head_dim {m.head_dim or 128}, {dtype}, keys and values)"
-        plan = plan_context(group.pattern, n, ranks)
         out.append((g, plan, context_rows(plan, per_key), render_context(plan, per_key, what)))
     return out
 

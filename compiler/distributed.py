@@ -240,17 +240,33 @@ def plan_layout(pattern: Pattern, n: int, ranks: int, layout: str, align: int = 
     return ContextPlan(n, ranks, layout, segments, work, tuple(needs), tuple(transfers), tuple(pieces), exact)
 
 
-def plan_context(pattern: Pattern, n: int, ranks: int, layout: str | None = None, align: int = ALIGN) -> ContextPlan:
-    """The context plan for n tokens over `ranks` ranks: the given layout, or the best one
-    (least maximum work; within BALANCE_SLACK of it, fewest keys moved)."""
+def plan_contexts(patterns, n: int, ranks: int, layout: str | None = None, align: int = ALIGN) -> tuple[ContextPlan, ...]:
+    """Context plans of several head groups, (pattern, heads using it) each, sharing one layout
+    (the tokens are cut once): the given one, or the best (least maximum work summed over the
+    groups by their heads; within BALANCE_SLACK of it, fewest keys moved)."""
     if ranks < 1 or n < ranks:
         raise ValueError(f"context parallelism needs 1 <= ranks <= n, got ranks={ranks}, n={n}")
-    if layout is not None:
-        return plan_layout(pattern, n, ranks, layout, align)
-    plans = [plan_layout(pattern, n, ranks, name, align) for name in LAYOUTS]
-    best = min(max(p.work) for p in plans)
-    fair = [p for p in plans if max(p.work) <= best * (1 + BALANCE_SLACK)]
-    return min(fair, key=lambda p: sum(p.received_keys(r) for r in range(ranks)))
+    names = LAYOUTS if layout is None else (layout,)
+    options = [tuple(plan_layout(p, n, ranks, name, align) for p, _ in patterns) for name in names]
+
+    def work(plans) -> int:
+        return max(sum(w * pl.work[r] for pl, (_, w) in zip(plans, patterns)) for r in range(ranks))
+
+    def moved(plans) -> int:
+        return sum(w * pl.received_keys(r) for pl, (_, w) in zip(plans, patterns) for r in range(ranks))
+
+    best = min(work(o) for o in options)
+    return min((o for o in options if work(o) <= best * (1 + BALANCE_SLACK)), key=moved)
+
+
+def plan_context(pattern: Pattern, n: int, ranks: int, layout: str | None = None, align: int = ALIGN) -> ContextPlan:
+    """The context plan of one pattern (see plan_contexts)."""
+    return plan_contexts([(pattern, 1)], n, ranks, layout, align)[0]
+
+
+def program_contexts(program: Any, n: int, ranks: int, layout: str | None = None, align: int = ALIGN):
+    """One context plan per head group of a program, sharing one layout."""
+    return plan_contexts([(g.pattern, len(g.members)) for g in program.groups], n, ranks, layout, align)
 
 
 # ----------------------------------------------------------------------------- heads
