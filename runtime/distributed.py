@@ -59,14 +59,13 @@ def _rows(t: torch.Tensor, a: int, b: int) -> torch.Tensor:
 
 def exchange(k: torch.Tensor, v: torch.Tensor, plan: Any, rank: int, group=None, stats: dict | None = None):
     """Start moving the plan's key and value ranges. Returns (keys, values, requests): buffers
-    (B, H_KV, N, D) of every position, this rank's own tokens in place, the ranges it receives
-    arriving (once the requests are waited on), zeros elsewhere (never attended); `stats`
+    (B, H_KV, N, D) of every position (kept between calls, see _buffers), this rank's own
+    tokens in place, the ranges it receives arriving once the requests are waited on; `stats`
     gets the bytes this rank sends and receives."""
     plan = _plan(plan)
     B, H, _, D = k.shape
     n = plan["n"]
-    raw_k = k.new_zeros((n, B, H, D))
-    raw_v = v.new_zeros((n, B, H, D))
+    raw_k, raw_v = _buffers((n, B, H, D), k.dtype, k.device)
     own = _local(plan, rank)
     for a, b, at in own:
         raw_k[a:b] = _rows(k, at, at + b - a)
@@ -87,6 +86,24 @@ def exchange(k: torch.Tensor, v: torch.Tensor, plan: Any, rank: int, group=None,
         stats["sent_bytes"] = stats.get("sent_bytes", 0) + sent
         stats["received_bytes"] = stats.get("received_bytes", 0) + received
     return raw_k.permute(1, 2, 0, 3), raw_v.permute(1, 2, 0, 3), requests
+
+
+_BUFFERS: dict = {}
+
+
+def _buffers(shape: tuple, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key and value buffers of every position, zeroed once and kept: a later call overwrites
+    the ranges it moves, and what else they hold (zeros, or keys of an earlier call) is finite
+    and masked, which is all the kernel asks of keys no query may attend to."""
+    key = (shape, dtype, str(device))
+    if key not in _BUFFERS:
+        _BUFFERS[key] = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+    return _BUFFERS[key]
+
+
+def release_buffers() -> None:
+    """Free the kept key and value buffers."""
+    _BUFFERS.clear()
 
 
 def _global(rank: int, group) -> int:
