@@ -109,7 +109,9 @@ def _run(args: argparse.Namespace) -> None:
     if args.json:
         d = analysis.to_dict()
         if context:
-            d["context_parallel"] = [{"group": g, **plan.to_dict(), "ranks_table": rows} for g, plan, rows, _ in context]
+            d["context_parallel"] = [
+                {"group": g, **plan.to_dict(), "ranks_table": rows} for g, plan, rows, _ in context
+            ]
         print(json.dumps(d, indent=1, default=str))
     else:
         render(analysis)

@@ -73,8 +73,9 @@ def generate(out: Path, smoke: bool) -> None:
         program = program.__class__(**{**program.__dict__, "name": f"dist_{name}"})
         entry = {"module": write_module(program, out).name, "kind": kind}
         if kind == "context":
-            entry["plan"] = plan_context(program.groups[0].pattern, shape["n"], shape["context_ranks"],
-                                         align=shape["align"]).to_dict()
+            entry["plan"] = plan_context(
+                program.groups[0].pattern, shape["n"], shape["context_ranks"], align=shape["align"]
+            ).to_dict()
         else:
             sim = Shape(shape["n"], 1, shape["heads"], None, shape["head_dim"])
             entry["plan"] = plan_heads(program, sim, shape["head_ranks"]).__dict__
@@ -177,8 +178,9 @@ def run_distributed(folder: Path, smoke: bool) -> dict:
                 ref = mod.prefill(q, k, v)[:, heads] if not smoke else mod.reference(q, k, v)[:, heads]
                 assert (out.float() - ref.float()).abs().max().item() < (1e-4 if smoke else 5e-2)
                 del q, k, v, ref
-                times[rank] = _time(lambda: rt.head_attention(mod, hq, hk, hv, plan, rank=rank, config=config),
-                                    device, reps)
+                times[rank] = _time(
+                    lambda: rt.head_attention(mod, hq, hk, hv, plan, rank=rank, config=config), device, reps
+                )
             dist.all_reduce(times)
             t = times[:ranks].tolist()
             rows[name] = {
@@ -198,7 +200,6 @@ def run_single(folder: Path, smoke: bool) -> dict:
     bytes, and both at once on two streams (CUDA)."""
     import torch
 
-    rt = _load(ROOT / "runtime" / "distributed.py", "attnc_dist_runtime")
     manifest = json.loads((folder / "manifest.json").read_text())
     shape = manifest["shape"]
     device = torch.device("cpu" if smoke else "cuda")
@@ -242,8 +243,9 @@ def run_single(folder: Path, smoke: bool) -> dict:
                 attend(local)
                 torch.cuda.current_stream(device).wait_stream(side)
 
-            t_local, t_remote, t_copy, t_both = (_time(f, device, reps) for f in
-                                                 (lambda: attend(local), lambda: attend(remote), copy, both))
+            t_local, t_remote, t_copy, t_both = (
+                _time(f, device, reps) for f in (lambda: attend(local), lambda: attend(remote), copy, both)
+            )
             hidden = (t_local + t_copy - t_both) / t_copy if t_copy > 0 else 1.0
             rows[f"{name} rank {rank}"] = {
                 "local_ms": t_local * 1e3,
@@ -276,7 +278,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "dist.json").write_text(json.dumps(rows, indent=1))
     for name, row in rows.items():
-        print(f"{name:<24} " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        print(
+            f"{name:<24} " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+        )
     print(f"wrote {out / 'dist.json'}")
     return 0
 

@@ -145,7 +145,7 @@ def needed_keys(pattern: Pattern, n: int, cuts: list[int], budget: int = EXACT_B
                     keys[part[i] * a : (part[i] + 1) * a] = True
                 break
             cols = np.array([part[i] for i in pending])
-            q = (lo // a + np.array([order[i][step] for i in pending]) ) * a
+            q = (lo // a + np.array([order[i][step] for i in pending])) * a
             qq = q[:, None, None] + offs[None, :, None]
             kk = cols[:, None, None] * a + offs[None, None, :]
             hit = (np.asarray(pattern.holds(qq, kk), dtype=bool) & (qq < hi) & (kk < n)).any(axis=1)
@@ -240,7 +240,9 @@ def plan_layout(pattern: Pattern, n: int, ranks: int, layout: str, align: int = 
     return ContextPlan(n, ranks, layout, segments, work, tuple(needs), tuple(transfers), tuple(pieces), exact)
 
 
-def plan_contexts(patterns, n: int, ranks: int, layout: str | None = None, align: int = ALIGN) -> tuple[ContextPlan, ...]:
+def plan_contexts(
+    patterns, n: int, ranks: int, layout: str | None = None, align: int = ALIGN
+) -> tuple[ContextPlan, ...]:
     """Context plans of several head groups, (pattern, heads using it) each, sharing one layout
     (the tokens are cut once): the given one, or the best (least maximum work summed over the
     groups by their heads; within BALANCE_SLACK of it, fewest keys moved)."""
@@ -379,8 +381,11 @@ def context_rows(plan: ContextPlan, per_key: int) -> list[dict[str, Any]]:
             "rank": r,
             "queries": [list(s) for s in plan.segments[r]],
             "pairs": plan.work[r],
-            "receives_from": {s: [[a, b] for x, d, a, b in plan.transfers if x == s and d == r] for s in range(plan.ranks)
-                              if any(x == s and d == r for x, d, _, _ in plan.transfers)},
+            "receives_from": {
+                s: [[a, b] for x, d, a, b in plan.transfers if x == s and d == r]
+                for s in range(plan.ranks)
+                if any(x == s and d == r for x, d, _, _ in plan.transfers)
+            },
             "received_bytes": plan.received_keys(r) * per_key,
             "sent_bytes": plan.sent_keys(r) * per_key,
             "ring_received_bytes": plan.ring_received_keys(r) * per_key,
@@ -400,8 +405,11 @@ def render_context(plan: ContextPlan, per_key: int, what: str = "") -> str:
         f"pairs per rank max/mean {max(plan.work) / max(1e-9, sum(plan.work) / plan.ranks):.3f}; "
         f"{_mib(total)} moved{what}, {ratio}{'' if plan.exact else ' (some ranges rounded to whole tiles)'}"
     )
-    lines = [head, f"{'rank':>4}  {'queries':<24} {'pairs':>16}  {'receives (from rank: keys)':<44} "
-             f"{'recv':>12} {'sent':>12} {'ring recv':>12} {'ring sent':>12}"]
+    lines = [
+        head,
+        f"{'rank':>4}  {'queries':<24} {'pairs':>16}  {'receives (from rank: keys)':<44} "
+        f"{'recv':>12} {'sent':>12} {'ring recv':>12} {'ring sent':>12}",
+    ]
     for row in context_rows(plan, per_key):
         src = "; ".join(f"{s}: {_ranges_text([tuple(x) for x in rs])}" for s, rs in row["receives_from"].items())
         lines.append(

@@ -15,7 +15,6 @@ reference under the interpreter.
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,7 +61,7 @@ def _check_plan(pattern, n: int, plan) -> None:
         assert plan.needs[r] == _runs(dense[rows].any(axis=0))
         got = merge_ranges((a, b) for s, d, a, b in plan.transfers if d == r)
         assert got == subtract_ranges(plan.needs[r], segs)
-        for s, d, a, b in plan.transfers:  # each from the rank that owns it
+        for s, _, a, b in plan.transfers:  # each from the rank that owns it
             assert any(x <= a and b <= y for x, y in plan.segments[s])
         covered = np.zeros((n, n), dtype=bool)
         for qa, qb, ka, kb in plan.pieces[r]:
@@ -251,8 +250,14 @@ def test_context_and_head_parallel_on_gloo(world, tmp_path):
         q, k, v = torch.randn(1, h, n, d), torch.randn(1, h_kv, n, d), torch.randn(1, h_kv, n, d)
         torch.save((q, k, v), tmp_path / f"{name}.pt")
         plans = program_contexts(program, n, world, align=ALIGN)
-        job = dict(name=name, module=_module(program), inputs=str(tmp_path / f"{name}.pt"),
-                   plans=[p.to_dict() for p in plans], layers=layers, kernel=kernel)
+        job = dict(
+            name=name,
+            module=_module(program),
+            inputs=str(tmp_path / f"{name}.pt"),
+            plans=[p.to_dict() for p in plans],
+            layers=layers,
+            kernel=kernel,
+        )
         if name == "duo":
             job["head_plan"] = assign_heads([4.0, 4.0, 1, 1, 1, 1, 1, 1], 2, world).__dict__
         jobs.append(job)

@@ -93,7 +93,9 @@ def _check_part(where: str, pattern: dict, part, H: int, n_q: int, n_k: int) -> 
     if heads is not None:
         model = pattern["model"]["heads"]
         if len(heads) != H or len(set(heads)) != H or not all(0 <= h < model for h in heads):
-            raise ValueError(f"{where}: heads must name the {H} distinct query heads of q among 0 .. {model - 1}; got {heads}")
+            raise ValueError(
+                f"{where}: heads must name the {H} distinct query heads of q among 0 .. {model - 1}; got {heads}"
+            )
 
 
 def check_key_tile(where: str, k_lo: int, k_hi: int, n_k: int, block_n: int) -> None:
