@@ -195,21 +195,6 @@ class ContextPlan:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ContextPlan":
-        nest = lambda x, depth: tuple(nest(y, depth - 1) for y in x) if depth else x  # noqa: E731
-        return cls(
-            d["n"],
-            d["ranks"],
-            d["layout"],
-            nest(d["segments"], 3),
-            tuple(d["work"]),
-            nest(d["needs"], 3),
-            nest(d["transfers"], 2),
-            nest(d["pieces"], 3),
-            d.get("exact", True),
-        )
-
 
 def key_bytes(kv_heads: int, head_dim: int, dtype_bytes: int = 2, batch: int = 1) -> int:
     """Bytes moved per key position: its key and its value."""
