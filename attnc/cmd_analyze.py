@@ -105,7 +105,7 @@ def _run(args: argparse.Namespace) -> None:
     program = lower(load(args.file, **spec_options(args)))
     n = args.seq or default_length(program)
     analysis = analyze(program, n, layers=args.layers, block=args.block, dtype=args.dtype, file=str(args.file))
-    context = _context(program, n, args.ranks, args.dtype) if args.ranks else []
+    context = _context(program, n, args.ranks, args.dtype) if args.ranks is not None else []
     if args.json:
         d = analysis.to_dict()
         if context:

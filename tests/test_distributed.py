@@ -144,6 +144,27 @@ def test_prefill_at_matches_reference(text, q_offset, nq, k_range, heads):
         mod.prefill_at(q, k, v, q_offset=q_offset, k_range=(16, 128), heads=heads, config=dict(BLOCK_N=32))
 
 
+def test_analyze_ranks(capsys):
+    """`attnc analyze --ranks`: the table (text) and the plans (JSON); a bad R is an error, exit 2,
+    with no report printed."""
+    import json
+
+    from attnc.cli import main
+
+    path = str(FILE_CASES[0].path.parent / "streaming_llm.attn")
+    assert main(["analyze", path, "--seq", "4096", "--ranks", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "context parallel over 2 ranks" in text and "contiguous layout" in text
+    assert "0: 0..4, 1029..2048" in text  # rank 1 receives the sinks and the last 1019 keys of rank 0
+    assert main(["analyze", path, "--seq", "4096", "--ranks", "2", "--json"]) == 0
+    (group,) = json.loads(capsys.readouterr().out)["context_parallel"]
+    assert group["transfers"] == [[0, 1, 0, 4], [0, 1, 1029, 2048]]
+    assert group["ranks_table"][1]["received_bytes"] == 1023 * 2 * 128 * 2
+    assert main(["analyze", path, "--ranks", "0"]) == 2
+    captured = capsys.readouterr()
+    assert "--ranks" in captured.err and captured.out == ""
+
+
 # ---------------------------------------------------------------------------------- gloo
 FOUR_RANKS = {"streaming_llm", "dense_causal", "llama4_chunked", "longnet_dilated", "power_attention", "natten_image"}
 
