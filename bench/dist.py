@@ -37,6 +37,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# NVLink multicast stays off (shared machines): NCCL, PyTorch's symmetric memory, NVSHMEM
+os.environ.update(NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1", NVSHMEM_DISABLE_NVLS="1")
 
 CASES = {
     "sink_window": ("pattern sink_window = causal & (sink(4) | window(4096))\n", "context"),
