@@ -33,7 +33,11 @@ from attnc.compiler.distributed import (
 from attnc.compiler.lower import lower
 from attnc.compiler.simulate import Shape
 from attnc.spec.resolve import resolve_text
+from hypothesis import given
+from hypothesis import strategies as st
+
 from tests.cases import FILE_CASES
+from tests.strategies import causal_expressions, examples, expressions
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -78,6 +82,18 @@ def test_context_plans_match_the_mask(case):
         for ranks in (2, 3, 4):
             for layout in ("contiguous", "zigzag", None):
                 _check_plan(group.pattern, n, plan_context(group.pattern, n, ranks, layout, align=8))
+
+
+@examples(30)
+@given(
+    st.one_of(expressions(5), causal_expressions(4)), st.integers(8, 130), st.integers(2, 4), st.sampled_from([1, 8])
+)
+def test_random_context_plans_match_the_mask(expr, n, ranks, align):
+    """Random patterns, lengths, rank counts and segment alignments (1: any boundary)."""
+    from tests.test_codegen_support import single
+
+    pattern = single(expr).groups[0].pattern
+    _check_plan(pattern, n, plan_context(pattern, n, ranks, align=align))
 
 
 def test_exact_ranges_of_known_patterns():
