@@ -58,10 +58,11 @@ def _rows(t: torch.Tensor, a: int, b: int) -> torch.Tensor:
 
 
 def exchange(k: torch.Tensor, v: torch.Tensor, plan: Any, rank: int, group=None, stats: dict | None = None):
-    """Start moving the plan's key and value ranges. Returns (keys, values, requests): buffers
+    """Start moving the plan's key and value ranges. Returns (keys, values, pending): buffers
     (B, H_KV, N, D) of every position (kept between calls, see _buffers), this rank's own
-    tokens in place, the ranges it receives arriving once the requests are waited on; `stats`
-    gets the bytes this rank sends and receives."""
+    tokens in place, the ranges it receives arriving once `wait(pending)` returns (pending also
+    keeps the tensors being sent alive until then); `stats` gets the bytes this rank sends and
+    receives."""
     plan = _plan(plan)
     B, H, _, D = k.shape
     n = plan["n"]
@@ -81,11 +82,17 @@ def exchange(k: torch.Tensor, v: torch.Tensor, plan: Any, rank: int, group=None,
             for t in (raw_k[a:b], raw_v[a:b]):
                 ops.append(dist.P2POp(dist.irecv, t, _global(src, group), group))
                 received += t.numel() * t.element_size()
-    requests = dist.batch_isend_irecv(ops) if ops else []
+    pending = (dist.batch_isend_irecv(ops) if ops else [], ops)
     if stats is not None:
         stats["sent_bytes"] = stats.get("sent_bytes", 0) + sent
         stats["received_bytes"] = stats.get("received_bytes", 0) + received
-    return raw_k.permute(1, 2, 0, 3), raw_v.permute(1, 2, 0, 3), requests
+    return raw_k.permute(1, 2, 0, 3), raw_v.permute(1, 2, 0, 3), pending
+
+
+def wait(pending) -> None:
+    """Wait for the transfers that `exchange` started."""
+    for request in pending[0]:
+        request.wait()
 
 
 _BUFFERS: dict = {}
@@ -154,14 +161,13 @@ def context_attention(
     if attend is getattr(mod, "reference", None):
         kw = dict(kw, return_lse=True)
     clock = _Clock(q.device, stats)
-    keys, values, requests = exchange(k, v, plan, rank, group, stats)
+    keys, values, pending = exchange(k, v, plan, rank, group, stats)
     segments = _local(plan, rank)
     acc: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     own = {tuple(s) for s in plan["segments"][rank]}
     for phase in ("local", "remote"):
         if phase == "remote":
-            for r in requests:
-                r.wait()
+            wait(pending)
             clock.lap("wait_s")
         for qa, qb, ka, kb in plan["pieces"][rank]:
             if ((ka, kb) in own) != (phase == "local"):
