@@ -62,6 +62,14 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="PNG",
         help="write a PNG: mask at a small N, block map, receptive field by layer, cache size",
     )
+    p.add_argument(
+        "--ranks",
+        type=int,
+        default=None,
+        metavar="R",
+        help="also plan context parallelism over R ranks: sharding, the key ranges each rank "
+        "receives from which rank, bytes sent and received next to a ring pass (docs/distributed.md)",
+    )
     add_spec_options(p)
 
 
@@ -69,6 +77,23 @@ def run(args: argparse.Namespace) -> int:
     from .cli import run_reporting_errors
 
     return run_reporting_errors("analyze", _run, args)
+
+
+def _context(program, n: int, ranks: int, dtype: str) -> list[tuple]:
+    """(group, context plan, rows, text) per head group; bytes for the (layer, KV head) pairs that use it."""
+    from .compiler.distributed import context_rows, key_bytes, program_contexts, render_context
+
+    if ranks < 1 or ranks > n:
+        raise ValueError(f"--ranks must be between 1 and N = {n}, got {ranks}")
+    m = program.model
+    per_kv = max(1, m.heads // max(1, m.kv_heads))
+    out = []
+    for g, (group, plan) in enumerate(zip(program.groups, program_contexts(program, n, ranks))):
+        pairs = len({(layer, h // per_kv) for layer, h in group.members})
+        per_key = key_bytes(pairs, m.head_dim or 128, 4 if dtype == "fp32" else 2)
+        what = f" ({pairs} (layer, KV head) pairs, head_dim {m.head_dim or 128}, {dtype}, keys and values)"
+        out.append((g, plan, context_rows(plan, per_key), render_context(plan, per_key, what)))
+    return out
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -80,10 +105,18 @@ def _run(args: argparse.Namespace) -> None:
     program = lower(load(args.file, **spec_options(args)))
     n = args.seq or default_length(program)
     analysis = analyze(program, n, layers=args.layers, block=args.block, dtype=args.dtype, file=str(args.file))
+    context = _context(program, n, args.ranks, args.dtype) if args.ranks is not None else []
     if args.json:
-        print(json.dumps(analysis.to_dict(), indent=1, default=str))
+        d = analysis.to_dict()
+        if context:
+            d["context_parallel"] = [
+                {"group": g, **plan.to_dict(), "ranks_table": rows} for g, plan, rows, _ in context
+            ]
+        print(json.dumps(d, indent=1, default=str))
     else:
         render(analysis)
+        for g, _, _, text in context:
+            print(f"group {g + 1}: {text}")
     if args.plot:
         plot(analysis, str(args.plot))
         if not args.json:

@@ -64,7 +64,7 @@ for n in names:
         sig[n] = "*i32"
     elif n == "qk_scale":
         sig[n] = "fp32"
-    elif n.startswith("stride") or n in ("N", "H", "NH", "SEL_W", "SEL_NQB"):
+    elif n.startswith("stride") or n in ("N", "H", "NH", "Q_OFF", "NQ", "K_LO", "K_HI", "SEL_W", "SEL_NQB"):
         sig[n] = "i32"
     else:
         sig[n] = "constexpr"
@@ -89,6 +89,7 @@ cfg = dict(
     TRACE=False,
     HAS_SEL=True,
     SEL_BLOCK=128,
+    KEY_RANGE=False,
 )
 k = triton.compile(
     ASTSource(fn=fn, signature=sig, constexprs=cfg), target=target, options=dict(num_warps=8, num_stages=2)

@@ -307,12 +307,12 @@ def compile_one(path, opts):
     if use_tma == 2:
         boxes = {n: [1, 1, cfg["BLOCK_N"] if n in ("K", "V") else cfg["BLOCK_M"], head_dim] for n in ("Q", "K", "V", "O")}
     signature = signature_of(names, dtype, ("Q", "K", "V", "O", "Q_ptr", "K_ptr", "V_ptr", "O_ptr"), boxes,
-                             ("N", "H", "NH"))
+                             ("N", "H", "NH", "Q_OFF", "NQ", "K_LO", "K_HI"))
     constexprs = dict(KV_GROUP=2, HEAD_DIM=head_dim, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                       BLOCK_N_NARROW=min(narrow, cfg["BLOCK_N"]), GROUP=opts["group"], SUBSET=opts["subset"],
                       RESIDUE=opts["residue"], HAS_LSE=True, USE_TMA=use_tma, PADDED=False, GRID_ORDER=3, HEAD_GROUP=4,
                       STAGES=cfg["STAGES"], EDGE_STAGES=cfg["EDGE_STAGES"], WARP_SPEC=cfg["WARP_SPEC"],
-                      DOT_PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False, TRACE=False)
+                      DOT_PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False, TRACE=False, KEY_RANGE=False)
     div16 = ["Q_ptr", "K_ptr", "V_ptr", "O_ptr", "LSE", "N"] + [n for n in names if n.startswith("stride_")]
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in div16}
     options = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])

@@ -49,10 +49,12 @@ def check_layer(where: str, pattern: dict, layer) -> None:
     check_int(where, "layer", layer, 0, layers)
 
 
-def check_prefill(where: str, pattern: dict, q, k, v, layer, kernel: bool) -> tuple:
+def check_prefill(where: str, pattern: dict, q, k, v, layer, kernel: bool, part=None) -> tuple:
     """(B, H, H_KV, N, D) of well-formed prefill inputs: q (B, H, N, D), k and v
     (B, H_KV, N, D), one dtype and device, GQA head counts, a supported head_dim, contiguous
-    last dimensions, a valid layer; `kernel`: on a device the Triton kernel can use."""
+    last dimensions, a valid layer; `kernel`: on a device the Triton kernel can use.
+    part (prefill_at): (q_offset, k_lo, k_hi, head_ids): q holds the queries at q_offset ..
+    of the N keys of k and v (N is theirs), the model's query heads head_ids (None: all)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(where, name, t, dims="B, H, N, D" if name == "q" else "B, H_KV, N, D")
     if q.dtype not in KERNEL_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
@@ -70,6 +72,9 @@ def check_prefill(where: str, pattern: dict, q, k, v, layer, kernel: bool) -> tu
             f"{where}: k and v must have the same shape; got k.shape={tuple(k.shape)}, v.shape={tuple(v.shape)}"
         )
     Bk, H_KV, Nk, Dk = k.shape
+    if part is not None:
+        _check_part(where, pattern, part, H, N, Nk)
+        N = Nk
     if (Bk, Nk, Dk) != (B, N, D):
         raise ValueError(
             f"{where}: k and v must be (batch={B}, kv_heads, seq={N}, head_dim={D}) to match q; "
@@ -80,7 +85,7 @@ def check_prefill(where: str, pattern: dict, q, k, v, layer, kernel: bool) -> tu
             f"{where}: the query heads must be a multiple of the key/value heads (GQA); "
             f"got H={H} query heads and H_KV={H_KV}"
         )
-    if pattern["varies_by_head"] and H != pattern["model"]["heads"]:
+    if pattern["varies_by_head"] and H != pattern["model"]["heads"] and (part is None or part[3] is None):
         raise ValueError(
             f"{where}: pattern {pattern['name']!r} assigns patterns per head for a model with "
             f"{pattern['model']['heads']} query heads; got H={H}"
@@ -91,6 +96,31 @@ def check_prefill(where: str, pattern: dict, q, k, v, layer, kernel: bool) -> tu
         check_tensor(where, name, t, dims="B, H, N, D", last_contiguous=True)
     check_layer(where, pattern, layer)
     return B, H, H_KV, N, D
+
+
+def _check_part(where: str, pattern: dict, part, H: int, n_q: int, n_k: int) -> None:
+    """q_offset, the key range and the head ids of prefill_at."""
+    q_offset, k_lo, k_hi, heads = part
+    check_int(where, "q_offset", q_offset, 0)
+    if q_offset + n_q > n_k:
+        raise ValueError(f"{where}: queries at {q_offset} .. {q_offset + n_q - 1} lie beyond the {n_k} keys of k")
+    check_int(where, "k_range[0]", k_lo, 0)
+    check_int(where, "k_range[1]", k_hi, k_lo)
+    if heads is not None:
+        model = pattern["model"]["heads"]
+        if len(heads) != H or len(set(heads)) != H or not all(0 <= h < model for h in heads):
+            raise ValueError(
+                f"{where}: heads must name the {H} distinct query heads of q among 0 .. {model - 1}; got {heads}"
+            )
+
+
+def check_key_tile(where: str, k_lo: int, k_hi: int, n_k: int, block_n: int) -> None:
+    """prefill_at's key range starts and ends on key tiles (or ends at N)."""
+    if k_lo % block_n or (k_hi % block_n and k_hi < n_k):
+        raise ValueError(
+            f"{where}: k_range must start and end on multiples of the key tile, {block_n} here "
+            f"(128 suits every configuration), or end at N={n_k}; got ({k_lo}, {k_hi})"
+        )
 
 
 def device_key(device, dtype) -> tuple:
@@ -160,14 +190,17 @@ def config_of(spec: PrefillSpec, device, dtype, head_dim, overrides=None, group=
     return cfg
 
 
-def launches_of(spec: PrefillSpec, device, layer, H: int) -> list:
+def launches_of(spec: PrefillSpec, device, layer, H: int, head_ids=None) -> list:
     """(group, number of heads, int32 tensor of their indices or None for all H) per launch:
-    one launch per pattern group of the layer's heads, memoised."""
-    key = ("launches", str(device), layer, H)
+    one launch per pattern group of the layer's heads, memoised. head_ids (prefill_at): the
+    model's query head of each of the H heads (default: heads 0 .. H - 1)."""
+    key = ("launches", str(device), layer, H, None if head_ids is None else tuple(head_ids))
     out = spec.memo.get(key)
     if out is None:
         row = spec.group_table[0 if layer is None else layer]
         row = row if spec.pattern["varies_by_head"] else [row[0]] * H
+        if head_ids is not None and spec.pattern["varies_by_head"]:
+            row = [row[h] for h in head_ids]
         out = []
         for g in sorted(set(row)):
             heads = [h for h in range(H) if row[h] == g]
@@ -193,15 +226,17 @@ def dummies(device) -> tuple:
     return got
 
 
-def check_prefill_memo(spec: PrefillSpec, where: str, q, k, v, layer, kernel: bool = True) -> tuple:
+def check_prefill_memo(spec: PrefillSpec, where: str, q, k, v, layer, kernel: bool = True, part=None) -> tuple:
     """check_prefill, with its verdict memoised on everything it reads (types, shapes, dtypes,
-    devices, last strides, layer, whether the interpreter runs): a call like an earlier one
-    that passed costs one tuple and one dict lookup. Anything unusual takes the full checks."""
+    devices, last strides, layer, the part of prefill_at, whether the interpreter runs): a call
+    like an earlier one that passed costs one tuple and one dict lookup. Anything unusual takes
+    the full checks."""
     if (
         type(q) is torch.Tensor
         and type(k) is torch.Tensor
         and type(v) is torch.Tensor
         and (layer is None or type(layer) is int)
+        and (part is None or _plain_part(part))
     ):
         key = (
             where,
@@ -220,13 +255,26 @@ def check_prefill_memo(spec: PrefillSpec, where: str, q, k, v, layer, kernel: bo
             layer,
             kernel,
             kernel and q.device.type == "cpu" and interpreting(),
+            _part_key(part),
         )
         dims = spec.memo.get(key)
         if dims is None:
-            dims = check_prefill(where, spec.pattern, q, k, v, layer, kernel)
+            dims = check_prefill(where, spec.pattern, q, k, v, layer, kernel, part)
             _remember(spec, key, dims)
         return dims
-    return check_prefill(where, spec.pattern, q, k, v, layer, kernel)
+    return check_prefill(where, spec.pattern, q, k, v, layer, kernel, part)
+
+
+def _plain_part(part) -> bool:
+    """A part of prefill_at made of plain ints (a memo key can hold it)."""
+    q_offset, k_lo, k_hi, heads = part
+    listed = heads is None or type(heads) in (list, tuple)
+    return listed and all(type(x) is int for x in (q_offset, k_lo, k_hi, *(heads or ())))
+
+
+def _part_key(part):
+    """A part of prefill_at as a memo key (head ids as a tuple); None for a whole prefill."""
+    return None if part is None else (*part[:3], None if part[3] is None else tuple(part[3]))
 
 
 def _remember(spec: PrefillSpec, key, value) -> None:
@@ -244,10 +292,32 @@ def check_lengths(where: str, lengths, B: int, device) -> None:
 
 
 def _generic_launcher(
-    spec, cfg, grid, q, k, v, o, heads, N, H, nh, D, scale, group, residue, return_lse, use_tma, padded, upcast, trace
+    spec,
+    cfg,
+    grid,
+    q,
+    k,
+    v,
+    o,
+    heads,
+    N,
+    H,
+    nh,
+    D,
+    scale,
+    group,
+    residue,
+    return_lse,
+    use_tma,
+    padded,
+    upcast,
+    trace,
+    span=None,
 ) -> Callable:
     """run(q, k, v, o, lse, tr, lengths): one launch of the generic kernel with everything that
-    does not depend on the data pointers fixed now (strides, grid, constants)."""
+    does not depend on the data pointers fixed now (strides, grid, constants). span (prefill_at):
+    (q offset, k_lo, k_hi) with k_hi <= N, the queries' first position and the keys visited."""
+    q_off, k_lo, k_hi = (0, 0, N) if span is None else span
     grid_order, head_group = _head_group(cfg, q.shape[0], nh, N, D, q.element_size())
     extra = {"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}
     kw = dict(
@@ -256,11 +326,11 @@ def _generic_launcher(
         HAS_LSE=return_lse, USE_TMA=use_tma, PADDED=padded, SEL_BLOCK=spec.select_block,
         HAS_SEL=bool(spec.tuning[group].get("select")), GRID_ORDER=grid_order, HEAD_GROUP=head_group,
         STAGES=cfg["STAGES"], EDGE_STAGES=cfg["EDGE_STAGES"], WARP_SPEC=cfg.get("WARP_SPEC", False),
-        DOT_PREC=cfg["DOT_PREC"], UPCAST=upcast, TRACE=trace, num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"], **extra,
+        DOT_PREC=cfg["DOT_PREC"], UPCAST=upcast, TRACE=trace, KEY_RANGE=(k_lo, k_hi) != (0, N),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **extra,
     )  # fmt: skip
     scalars = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3])
-    tail = (N, H, nh, scale * _LOG2E)
+    tail = (N, H, nh, scale * _LOG2E, q_off, q.shape[2], k_lo, k_hi)
     launch = spec.kernel[grid]
     if use_tma == 2:
         from triton.tools.tensor_descriptor import TensorDescriptor
@@ -382,14 +452,19 @@ def _grid_launcher(spec, group, cfg, q, k, v, o, heads, nh, D, scale, return_lse
     return run
 
 
-def _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, trace, padded) -> list:
+def _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, trace, padded, part=None) -> list:
     """The launches of one call: (group, config, run) per pattern group of the layer's heads
     (one launch per group: a run-time branch between groups inside one kernel measured 2x
-    slower on an H100, docs/codegen.md)."""
+    slower on an H100, docs/codegen.md). part (prefill_at): (q offset, k_lo, k_hi, head ids);
+    a part other than all queries and keys runs the generic kernel, without residue classes."""
     upcast = q.dtype == torch.bfloat16 and q.device.type == "cpu"  # interpreter: see _attend
+    span = (0, 0, N) if part is None else (part[0], part[1], min(part[2], N))
+    whole = span == (0, 0, N) and q.shape[2] == N  # heads only: residue classes and grid order still apply
     plan = []
-    for group, nh, heads in launches_of(spec, q.device, layer, H):
+    for group, nh, heads in launches_of(spec, q.device, layer, H, None if part is None else part[3]):
         cfg = config_of(spec, q.device, q.dtype, D, config, group)
+        if part is not None:
+            check_key_tile("prefill_at", part[1], part[2], N, cfg["BLOCK_N"])
         selects = spec.tuning[group].get("select")
         if selects and (spec.select_block % cfg["BLOCK_M"] or spec.select_block % cfg["BLOCK_N"]):
             raise ValueError(
@@ -400,20 +475,21 @@ def _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, trac
             and spec.tuning[group]["grid"]
             and cfg.get("GRID", True)
             and not (trace or padded)
+            and whole
             and grid_fits(spec, group, N, cfg)
         ):
             run = _grid_launcher(spec, group, cfg, q, k, v, o, heads, nh, D, scale, return_lse, upcast, False)
             plan.append((group, cfg, run))
             continue
-        residue = spec.tuning[group]["residue"] if cfg.get("RESIDUE", True) and not trace else 0
+        residue = spec.tuning[group]["residue"] if cfg.get("RESIDUE", True) and not trace and whole else 0
         # host-side descriptors address whole rows of (B, H, N, D): not the strided rows of
         # residue classes, nor the shifted rows of padded batches
         use_tma = cfg["USE_TMA"] if not (trace or residue or padded) and _tma_ok(q, k, v, o) else 0
-        grid_m = triton_cdiv(N, cfg["BLOCK_M"])
+        grid_m = triton_cdiv(q.shape[2], cfg["BLOCK_M"])
         if residue:
             grid_m = residue * triton_cdiv(triton_cdiv(N, residue), cfg["BLOCK_M"])
         run = _generic_launcher(spec, cfg, (grid_m, q.shape[0] * nh), q, k, v, o, heads, N, H, nh, D, scale, group,
-                                residue, return_lse, use_tma, padded, upcast, trace)  # fmt: skip
+                                residue, return_lse, use_tma, padded, upcast, trace, span)  # fmt: skip
         plan.append((group, cfg, run))
     return plan
 
@@ -447,43 +523,59 @@ def _run_first(spec, plan, args, rebuild) -> bool:
 
 
 def forward(
-    spec: PrefillSpec, q, k, v, scale, return_lse, layer, config=None, trace=False, lengths=None, dims=None, sel=None
+    spec: PrefillSpec,
+    q,
+    k,
+    v,
+    scale,
+    return_lse,
+    layer,
+    config=None,
+    trace=False,
+    lengths=None,
+    dims=None,
+    sel=None,
+    part=None,
 ):
     """Launch the prefill kernels without the custom-op wrapper: (out, lse or an empty tensor[, trace]).
 
     `lengths` (B,): a left-padded batch, row b's tokens are its last lengths[b] positions,
     which the pattern numbers from 0; the padding rows of the output are zeros (lse -inf).
     `dims`: the caller has checked every argument (prefill()) and passes (B, H, H_KV, N, D).
-    `sel`: (indices, counts) of the chosen key blocks, checked, for a pattern that selects."""
+    `sel`: (indices, counts) of the chosen key blocks, checked, for a pattern that selects.
+    `part` (prefill_at, neither lengths nor sel): (q_offset, k_lo, k_hi, head_ids): the
+    queries of q at positions q_offset .. of the N keys of k and v, the keys [k_lo, k_hi)
+    only, the model's query heads head_ids (None: all)."""
     padded = lengths is not None
     if dims is None:
-        dims = check_prefill_memo(spec, "prefill", q, k, v, layer)
+        dims = check_prefill_memo(spec, "prefill", q, k, v, layer, part=part)
         scale = check_scale("prefill", scale, dims[4])
         if padded:
             check_lengths("prefill", lengths, dims[0], q.device)
     B, H, H_KV, N, D = dims
+    NQ = q.shape[2]
     new = torch.zeros if padded else torch.empty
-    o = new((B, H, N, D), device=q.device, dtype=q.dtype)
-    lse = torch.empty((B, H, N) if return_lse else (0,), device=q.device, dtype=torch.float32)
+    o = new((B, H, NQ, D), device=q.device, dtype=q.dtype)
+    lse = torch.empty((B, H, NQ) if return_lse else (0,), device=q.device, dtype=torch.float32)
     if padded and return_lse:
         lse.fill_(float("-inf"))
-    if B * H * N == 0:
+    if B * H * NQ == 0:
         return (o, lse, None) if trace else (o, lse)
     dummy_i32, dummy_f32 = dummies(q.device)
     lse_arg = lse if return_lse else dummy_f32
     lens_arg = lengths if padded else dummy_i32
     if trace:
         # the trace has one row per query block: every group must use the same BLOCK_M (tests pass it)
-        group0 = launches_of(spec, q.device, layer, H)[0][0]
-        num_m = triton_cdiv(N, config_of(spec, q.device, q.dtype, D, config, group0)["BLOCK_M"])
+        group0 = launches_of(spec, q.device, layer, H, None if part is None else part[3])[0][0]
+        num_m = triton_cdiv(NQ, config_of(spec, q.device, q.dtype, D, config, group0)["BLOCK_M"])
         tr = torch.zeros(B * H * num_m * N, device=q.device, dtype=torch.int32)
-        plan = _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, True, padded)
+        plan = _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, True, padded, part)
         _run_first(spec, plan, (q, k, v, o, lse_arg, tr, lens_arg, sel), lambda: plan)
         return o, lse, tr.view(B, H, num_m, N)
     key = None
     if config is None and q.data_ptr() % 16 == 0 and k.data_ptr() % 16 == 0 and v.data_ptr() % 16 == 0:
         key = ("plan", q.shape, q.stride(), k.shape, k.stride(), v.stride(), q.dtype, q.device, layer, scale,
-               bool(return_lse), padded)  # fmt: skip
+               bool(return_lse), padded, _part_key(part))  # fmt: skip
         plan = spec.memo.get(key)
         if plan is not None:
             for _, _, run in plan:
@@ -491,7 +583,7 @@ def forward(
             return o, lse
 
     def build():
-        return _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, False, padded)
+        return _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, False, padded, part)
 
     plan = build()
     if _run_first(spec, plan, (q, k, v, o, lse_arg, dummy_i32, lens_arg, sel), build) and key is not None:

@@ -1,0 +1,291 @@
+"""Attention over several GPUs by the compiler's plans: context and head parallelism.
+
+Two steps, on two machines (as bench/gpu.py):
+
+    python bench/dist.py generate DIR                  # here (needs attnc): modules + plans
+    python3 -m torch.distributed.run --nproc-per-node 4 bench/dist.py run DIR   # 4 GPUs
+    python3 bench/dist.py run DIR                      # 1 GPU: the overlap measurement
+
+With 4 processes (NCCL, one GPU each), B=1, H=32, D=128, bf16, N=262144 by default:
+
+1. context parallelism of `causal & (sink(4) | window(4096))` and of `causal`: every rank times
+   the generated kernel on the whole sequence (one GPU) and `context_attention` on its shard
+   (the slowest rank's time counts), checks its rows against the one-GPU output, and reports
+   the bytes it moved against a ring pass's (keys and values of every other rank);
+2. head parallelism of the DuoAttention mix (8 causal + 24 sink(64) | window(960) heads) over
+   ranks 0 and 1: each times its planned heads; the slower over the faster.
+
+With 1 process (no torchrun), for each context case and each rank r of the 4-rank plan, on one
+GPU: the time of r's attention on its own keys, on the received keys, a device copy of the
+bytes r receives, and the own-key attention with the copy running at the same time on a
+second stream: how much of the transfer the local attention can hide.
+
+Prints a table and writes $OUT/dist.json (default ./out/dist). A third word, `smoke`, runs both
+steps on the CPU (gloo, TRITON_INTERPRET=1, tiny shapes) to test this script. (Positional
+words, not options: torch.distributed.run would take `--run` for its own `--run-path`.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+# NVLink multicast stays off (shared machines): NCCL, PyTorch's symmetric memory, NVSHMEM
+os.environ.update(NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1", NVSHMEM_DISABLE_NVLS="1")
+
+CASES = {
+    "sink_window": ("pattern sink_window = causal & (sink(4) | window(4096))\n", "context"),
+    "causal": ("pattern causal = causal\n", "context"),
+    "duo_mix": (
+        "model { layers = 1, heads = 32, kv_heads = 32, head_dim = 128 }\n"
+        "pattern duo_mix {\n  heads 0..8: causal\n  rest: causal & (sink(64) | window(960))\n}\n",
+        "heads",
+    ),
+}
+SHAPE = dict(n=262144, heads=32, head_dim=128, context_ranks=4, head_ranks=2, dtype="bfloat16", align=128)
+SMOKE = dict(n=256, heads=4, head_dim=16, context_ranks=2, head_ranks=2, dtype="float32", align=32)
+SMOKE_TEXT = {
+    "sink_window": "pattern sink_window = causal & (sink(4) | window(40))\n",
+    "duo_mix": "model { layers = 1, heads = 4, kv_heads = 4, head_dim = 16 }\n"
+    "pattern duo_mix {\n  heads 0..1: causal\n  rest: causal & (sink(4) | window(24))\n}\n",
+}
+
+
+# ------------------------------------------------------------------ --generate (here)
+def generate(out: Path, smoke: bool) -> None:
+    from attnc.codegen.writer import write_module
+    from attnc.compiler.distributed import plan_context, plan_heads
+    from attnc.compiler.lower import lower
+    from attnc.compiler.simulate import Shape
+    from attnc.spec.resolve import resolve_text
+
+    shape = SMOKE if smoke else SHAPE
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"shape": shape, "cases": {}}
+    for name, (text, kind) in CASES.items():
+        text = SMOKE_TEXT.get(name, text) if smoke else text
+        program = lower(resolve_text(text, f"bench/{name}.attn"))
+        program = program.__class__(**{**program.__dict__, "name": f"dist_{name}"})
+        entry = {"module": write_module(program, out).name, "kind": kind}
+        if kind == "context":
+            entry["plan"] = plan_context(
+                program.groups[0].pattern, shape["n"], shape["context_ranks"], align=shape["align"]
+            ).to_dict()
+        else:
+            sim = Shape(shape["n"], 1, shape["heads"], None, shape["head_dim"])
+            entry["plan"] = plan_heads(program, sim, shape["head_ranks"]).__dict__
+        manifest["cases"][name] = entry
+        print(f"{name}: {entry['module']}")
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+# ------------------------------------------------------------------ --run (GPU machine)
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _time(fn, device, reps: int) -> float:
+    """Median seconds of fn() (synchronised)."""
+    import torch
+
+    times = []
+    for _ in range(reps + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t)
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def _inputs(shape, device, seed: int, heads: int | None = None):
+    import torch
+
+    g = torch.Generator(device=device).manual_seed(seed)
+    dtype = getattr(torch, shape["dtype"])
+    h = heads or shape["heads"]
+    return [torch.randn(1, h, shape["n"], shape["head_dim"], device=device, dtype=dtype, generator=g) for _ in range(3)]
+
+
+def run_distributed(folder: Path, smoke: bool) -> dict:
+    import torch
+    import torch.distributed as dist
+
+    rt = _load(ROOT / "runtime" / "distributed.py", "attnc_dist_runtime")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    shape = manifest["shape"]
+    backend = "gloo" if smoke else "nccl"
+    dist.init_process_group(backend)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device("cpu") if smoke else torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.all_reduce(torch.zeros(1, device=device))  # the communicators exist before any P2P
+    reps = 1 if smoke else 10
+    config = dict(BLOCK_M=32, BLOCK_N=32) if smoke else None
+    rows = {}
+    for name, entry in manifest["cases"].items():
+        mod = _load(folder / entry["module"], f"attnc_dist_{name}")
+        plan = entry["plan"]
+        q, k, v = _inputs(shape, device, 0)
+        if entry["kind"] == "context":
+            if plan["ranks"] != world:
+                continue
+            full = mod.reference(q, k, v) if smoke else mod.prefill(q, k, v)
+            one = _time(lambda: mod.prefill(q, k, v), device, reps) if not smoke else 0.0
+            lq, lk, lv = (rt.shard(t, plan, rank) for t in (q, k, v))
+            del q, k, v
+            stats: dict = {}
+            out, _ = rt.context_attention(mod, lq, lk, lv, plan, config=config, stats=stats)
+            err = (out.float() - rt.shard(full, plan, rank).float()).abs().max().item()
+            del full
+            dist.barrier()
+            t = _time(lambda: rt.context_attention(mod, lq, lk, lv, plan, config=config), device, reps)
+            worst = torch.tensor([t, err], device=device)
+            dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+            per_key = 2 * shape["heads"] * shape["head_dim"] * lk.element_size()
+            ring = (plan["n"] - sum(b - a for a, b in plan["segments"][rank])) * per_key
+            moved = torch.tensor([stats["received_bytes"], ring], device=device, dtype=torch.float64)
+            dist.all_reduce(moved)
+            rows[name] = {
+                "layout": plan["layout"],
+                "one_gpu_ms": one * 1e3,
+                "dist_ms": worst[0].item() * 1e3,
+                "speedup": one / worst[0].item() if worst[0].item() else 0.0,
+                "max_abs_err_vs_one_gpu": worst[1].item(),
+                "bytes_moved": moved[0].item(),
+                "ring_bytes": moved[1].item(),
+                "bytes_ratio": moved[1].item() / moved[0].item() if moved[0].item() else float("inf"),
+            }
+        else:
+            ranks = len(plan["heads"])
+            times = torch.zeros(world, device=device, dtype=torch.float64)
+            if rank < ranks:
+                heads, kv = list(plan["heads"][rank]), list(plan["kv_heads"][rank])
+                hq, hk, hv = q[:, heads].contiguous(), k[:, kv].contiguous(), v[:, kv].contiguous()
+                out = rt.head_attention(mod, hq, hk, hv, plan, rank=rank, config=config)
+                ref = mod.prefill(q, k, v)[:, heads] if not smoke else mod.reference(q, k, v)[:, heads]
+                assert (out.float() - ref.float()).abs().max().item() < (1e-4 if smoke else 5e-2)
+                del q, k, v, ref
+                times[rank] = _time(
+                    lambda: rt.head_attention(mod, hq, hk, hv, plan, rank=rank, config=config), device, reps
+                )
+            dist.all_reduce(times)
+            t = times[:ranks].tolist()
+            rows[name] = {
+                "rank_ms": [x * 1e3 for x in t],
+                "predicted_ms": list(plan["times"]),
+                "slower_over_faster": max(t) / min(t) if min(t) > 0 else 0.0,
+            }
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    dist.barrier()
+    dist.destroy_process_group()
+    return rows if rank == 0 else {}
+
+
+def run_single(folder: Path, smoke: bool) -> dict:
+    """One device: each rank's own-key and received-key attention, a copy of its received
+    bytes, and both at once on two streams (CUDA)."""
+    import torch
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    shape = manifest["shape"]
+    device = torch.device("cpu" if smoke else "cuda")
+    reps = 1 if smoke else 10
+    config = dict(BLOCK_M=32, BLOCK_N=32) if smoke else None
+    kw = {} if config is None else {"config": config}
+    rows = {}
+    for name, entry in manifest["cases"].items():
+        if entry["kind"] != "context":
+            continue
+        mod = _load(folder / entry["module"], f"attnc_dist_{name}")
+        plan = entry["plan"]
+        q, k, v = _inputs(shape, device, 0)
+        for rank in range(plan["ranks"]):
+            own = {tuple(s) for s in plan["segments"][rank]}
+            local = [p for p in plan["pieces"][rank] if (p[2], p[3]) in own]
+            remote = [p for p in plan["pieces"][rank] if (p[2], p[3]) not in own]
+
+            def attend(pieces):
+                for qa, qb, ka, kb in pieces:
+                    mod.prefill_at(q[:, :, qa:qb], k, v, q_offset=qa, k_range=(ka, kb), **kw)
+
+            ranges = [(a, b) for s, d, a, b in plan["transfers"] if d == rank]
+            src = [t[:, :, a:b].permute(2, 0, 1, 3).contiguous() for a, b in ranges for t in (k, v)]
+            dst = [torch.empty_like(s) for s in src]
+
+            def copy():
+                for s, d in zip(src, dst):
+                    d.copy_(s, non_blocking=True)
+
+            side = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+            def both():
+                if side is None:
+                    copy()
+                    attend(local)
+                    return
+                side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side):
+                    copy()
+                attend(local)
+                torch.cuda.current_stream(device).wait_stream(side)
+
+            t_local, t_remote, t_copy, t_both = (
+                _time(f, device, reps) for f in (lambda: attend(local), lambda: attend(remote), copy, both)
+            )
+            hidden = (t_local + t_copy - t_both) / t_copy if t_copy > 0 else 1.0
+            rows[f"{name} rank {rank}"] = {
+                "local_ms": t_local * 1e3,
+                "remote_ms": t_remote * 1e3,
+                "copy_ms": t_copy * 1e3,
+                "local_with_copy_ms": t_both * 1e3,
+                "copy_hidden": hidden,
+                "received_bytes": sum(s.numel() * s.element_size() for s in src),
+            }
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("mode", choices=("generate", "run"), help="generate: write modules and plans; run: run them")
+    p.add_argument("folder", type=Path, metavar="DIR")
+    p.add_argument("smoke", nargs="?", choices=("smoke",), help="CPU, gloo, tiny shapes (tests this script)")
+    args = p.parse_args(argv)
+    smoke = args.smoke == "smoke"
+    if smoke:
+        os.environ["TRITON_INTERPRET"] = "1"
+    if args.mode == "generate":
+        generate(args.folder, smoke)
+        return 0
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rows = run_distributed(args.folder, smoke) if several else run_single(args.folder, smoke)
+    if not rows:
+        return 0
+    out = Path(os.environ.get("OUT") or ROOT / "out" / "dist")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dist.json").write_text(json.dumps(rows, indent=1))
+    for name, row in rows.items():
+        print(
+            f"{name:<24} " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+        )
+    print(f"wrote {out / 'dist.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

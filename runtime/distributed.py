@@ -1,0 +1,258 @@
+"""Attention over several devices, by the compiler's plans, with torch.distributed as the engine
+(NCCL on GPUs, gloo on CPUs).
+
+Context parallelism (`context_attention`): each rank holds the tokens of its segments (`shard`
+cuts them). The keys and values its queries need from other ranks, exactly the ranges of the
+plan (compiler/distributed.py), move with point-to-point operations (`batch_isend_irecv`)
+into a buffer of key positions 0 .. N - 1; while they are in flight, the rank attends to its
+own keys; then to the received ones; the partial results merge by log-sum-exp. The kernel
+is the generated module's `prefill_at` (queries at their positions, one key range per call).
+Forward only: the backward kernels take no positions yet.
+
+Head parallelism (`head_attention`): each rank computes the heads the head plan gives it;
+`permute_heads` reorders a projection's heads so that each rank's are one contiguous shard.
+
+Plans arrive as compiler.distributed.ContextPlan / HeadPlan objects or as their dicts
+(`to_dict`, JSON), so that a GPU machine without the compiler's dependencies can run them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+
+def _plan(plan: Any) -> dict[str, Any]:
+    return plan.to_dict() if hasattr(plan, "to_dict") else plan
+
+
+def _local(plan: dict, rank: int) -> list[tuple[int, int, int]]:
+    """(start, stop, offset in the rank's local tokens) of each of its segments."""
+    out, at = [], 0
+    for a, b in plan["segments"][rank]:
+        out.append((a, b, at))
+        at += b - a
+    return out
+
+
+def shard(x: torch.Tensor, plan: Any, rank: int, dim: int = 2) -> torch.Tensor:
+    """The rank's tokens of a whole-sequence tensor: its segments, concatenated along `dim`."""
+    plan = _plan(plan)
+    return torch.cat([x.narrow(dim, a, b - a) for a, b in plan["segments"][rank]], dim=dim)
+
+
+def unshard(parts: list[torch.Tensor], plan: Any, dim: int = 2) -> torch.Tensor:
+    """The whole sequence from every rank's tokens (the inverse of `shard`)."""
+    plan = _plan(plan)
+    pieces = []
+    for rank, part in enumerate(parts):
+        pieces += [(a, part.narrow(dim, at, b - a)) for a, b, at in _local(plan, rank)]
+    return torch.cat([p for _, p in sorted(pieces, key=lambda x: x[0])], dim=dim)
+
+
+def _rows(t: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    """Tokens a..b-1 of a (B, H, n, D) tensor as a contiguous (b - a, B, H, D) block."""
+    return t[:, :, a:b].permute(2, 0, 1, 3).contiguous()
+
+
+def exchange(k: torch.Tensor, v: torch.Tensor, plan: Any, rank: int, group=None, stats: dict | None = None):
+    """Start moving the plan's key and value ranges. Returns (keys, values, pending): buffers
+    (B, H_KV, N, D) of every position (kept between calls, see _buffers), this rank's own
+    tokens in place, the ranges it receives arriving once `wait(pending)` returns (pending also
+    keeps the tensors being sent alive until then); `stats` gets the bytes this rank sends and
+    receives."""
+    plan = _plan(plan)
+    B, H, _, D = k.shape
+    n = plan["n"]
+    raw_k, raw_v = _buffers((n, B, H, D), k.dtype, k.device)
+    own = _local(plan, rank)
+    for a, b, at in own:
+        raw_k[a:b] = _rows(k, at, at + b - a)
+        raw_v[a:b] = _rows(v, at, at + b - a)
+    ops, sent, received = [], 0, 0
+    for src, dst, a, b in plan["transfers"]:
+        if src == rank:
+            at = next(o + a - s for s, e, o in own if s <= a and b <= e)
+            for t in (_rows(k, at, at + b - a), _rows(v, at, at + b - a)):
+                ops.append(dist.P2POp(dist.isend, t, _global(dst, group), group))
+                sent += t.numel() * t.element_size()
+        elif dst == rank:
+            for t in (raw_k[a:b], raw_v[a:b]):
+                ops.append(dist.P2POp(dist.irecv, t, _global(src, group), group))
+                received += t.numel() * t.element_size()
+    pending = (dist.batch_isend_irecv(ops) if ops else [], ops)
+    if stats is not None:
+        stats["sent_bytes"] = stats.get("sent_bytes", 0) + sent
+        stats["received_bytes"] = stats.get("received_bytes", 0) + received
+    return raw_k.permute(1, 2, 0, 3), raw_v.permute(1, 2, 0, 3), pending
+
+
+def wait(pending) -> None:
+    """Wait for the transfers that `exchange` started."""
+    for request in pending[0]:
+        request.wait()
+
+
+_BUFFERS: dict = {}
+
+
+def _buffers(shape: tuple, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key and value buffers of every position, zeroed once and kept: a later call overwrites
+    the ranges it moves, and what else they hold (zeros, or keys of an earlier call) is finite
+    and masked, which is all the kernel asks of keys no query may attend to."""
+    key = (shape, dtype, str(device))
+    if key not in _BUFFERS:
+        _BUFFERS[key] = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+    return _BUFFERS[key]
+
+
+def release_buffers() -> None:
+    """Free the kept key and value buffers."""
+    _BUFFERS.clear()
+
+
+def _global(rank: int, group) -> int:
+    return rank if group is None else dist.get_global_rank(group, rank)
+
+
+def merge(o1: torch.Tensor, l1: torch.Tensor, o2: torch.Tensor, l2: torch.Tensor):
+    """Two partial attentions of the same queries over disjoint keys, merged by their
+    log-sum-exps: (out, lse) in float32. Rows without keys in either stay 0 with lse -inf."""
+    m = torch.maximum(l1, l2)
+    safe = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+    w1, w2 = torch.exp(l1 - safe), torch.exp(l2 - safe)
+    total = w1 + w2
+    out = (o1.float() * w1[..., None] + o2.float() * w2[..., None]) / torch.where(total > 0, total, 1)[..., None]
+    return out, torch.where(total > 0, safe + torch.log(total), m)
+
+
+def context_attention(
+    mod: Any,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: Any,
+    *,
+    rank: int | None = None,
+    group=None,
+    scale: float | None = None,
+    layer: int | None = None,
+    heads: list[int] | None = None,
+    config: dict | None = None,
+    attend: Callable | None = None,
+    stats: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of this rank's queries (q, k, v: its tokens, as `shard` cuts them, (B, H, n, D)
+    and (B, H_KV, n, D)) over the whole sequence's allowed keys: (out in q's dtype, lse).
+
+    Own keys are attended while the planned ranges move; the rest after they arrive. `heads`:
+    the model's query heads q holds (a head group's, with their KV heads in k, v), as in
+    prefill_at. `attend`: the function run on each part (default mod.prefill_at; the module's
+    `reference` has the same signature). `stats`: bytes moved and the time of each phase
+    (`local_s`, `wait_s`, `remote_s`, measured on the host after synchronising)."""
+    plan = _plan(plan)
+    rank = dist.get_rank(group) if rank is None else rank
+    attend = attend or mod.prefill_at
+    kw = dict(scale=scale, layer=layer, heads=heads)
+    if config is not None:
+        kw["config"] = config
+    if attend is getattr(mod, "reference", None):
+        kw = dict(kw, return_lse=True)
+    clock = _Clock(q.device, stats)
+    keys, values, pending = exchange(k, v, plan, rank, group, stats)
+    segments = _local(plan, rank)
+    acc: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    own = {tuple(s) for s in plan["segments"][rank]}
+    for phase in ("local", "remote"):
+        if phase == "remote":
+            wait(pending)
+            clock.lap("wait_s")
+        for qa, qb, ka, kb in plan["pieces"][rank]:
+            if ((ka, kb) in own) != (phase == "local"):
+                continue
+            at = next(o + qa - s for s, e, o in segments if s <= qa and qb <= e)
+            o, lse = attend(q[:, :, at : at + qb - qa], keys, values, q_offset=qa, k_range=(ka, kb), **kw)
+            acc[at] = merge(*acc[at], o, lse) if at in acc else (o.float(), lse)
+        clock.lap(f"{phase}_s")
+    out = q.new_zeros(q.shape)
+    lse = torch.full(q.shape[:3], float("-inf"), device=q.device)
+    for at, (o, l) in acc.items():
+        out[:, :, at : at + o.shape[2]] = o.to(q.dtype)
+        lse[:, :, at : at + o.shape[2]] = l
+    return out, lse
+
+
+def context_attention_layer(mod: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plans, *, layer=None, **kw):
+    """context_attention for a whole layer of a module whose heads use different patterns:
+    `plans` holds one plan per head group (compiler.distributed.program_contexts, one layout);
+    each group's heads run with its own plan, moving only its KV heads' ranges."""
+    members = [{h for l, h in g["members"] if l == (layer or 0)} for g in mod.PATTERN["groups"]]
+    used = [g for g, hs in enumerate(members) if hs]
+    if len(used) == 1:
+        return context_attention(mod, q, k, v, plans[used[0]], layer=layer, **kw)
+    per_kv = q.shape[1] // k.shape[1]
+    out, lse = torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+    for g in used:
+        heads = sorted(members[g])
+        kv = sorted({h // per_kv for h in heads})
+        o, l = context_attention(mod, q[:, heads], k[:, kv], v[:, kv], plans[g], layer=layer, heads=heads, **kw)
+        out[:, heads], lse[:, heads] = o, l
+    return out, lse
+
+
+class _Clock:
+    """Host-side phase timer (synchronising the device first) into stats; inert without stats."""
+
+    def __init__(self, device: torch.device, stats: dict | None) -> None:
+        import time
+
+        self.time, self.device, self.stats = time.perf_counter, device, stats
+        self.t = self._now()
+
+    def _now(self) -> float:
+        if self.stats is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return self.time() if self.stats is not None else 0.0
+
+    def lap(self, name: str) -> None:
+        if self.stats is not None:
+            t = self._now()
+            self.stats[name] = self.stats.get(name, 0.0) + t - self.t
+            self.t = t
+
+
+def head_attention(
+    mod: Any,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: Any,
+    *,
+    rank: int | None = None,
+    group=None,
+    scale: float | None = None,
+    layer: int | None = None,
+    config: dict | None = None,
+    attend: Callable | None = None,
+) -> torch.Tensor:
+    """This rank's heads of a head-parallel layer: q (B, H_rank, N, D) holds the query heads
+    plan.heads[rank] (in that order), k and v their KV heads; the output has q's heads."""
+    plan = _plan(plan)
+    rank = dist.get_rank(group) if rank is None else rank
+    attend = attend or mod.prefill_at
+    kw = {} if config is None else {"config": config}
+    if attend is getattr(mod, "reference", None):
+        kw["return_lse"] = True
+    out, _ = attend(q, k, v, heads=list(plan["heads"][rank]), scale=scale, layer=layer, **kw)
+    return out
+
+
+def permute_heads(weight: torch.Tensor, order: list[int], head_dim: int, dim: int = 0) -> torch.Tensor:
+    """A projection's weight with its heads (blocks of head_dim along `dim`) in `order`
+    (HeadPlan.order for q_proj rows and o_proj columns, kv_order for k_proj and v_proj rows):
+    an even tensor-parallel shard of the result holds each rank's planned heads."""
+    shape = weight.shape
+    w = weight.unflatten(dim, (shape[dim] // head_dim, head_dim))
+    return w.index_select(dim, torch.tensor(order, device=weight.device)).flatten(dim, dim + 1)

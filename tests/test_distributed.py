@@ -1,0 +1,344 @@
+"""Attention over several ranks: the compiler's plans against brute force, and the runtime on
+the CPU with gloo (torch.multiprocessing, 2 and 4 processes).
+
+Plans: for every pattern file (small parameters) the keys each rank needs, the pairs of its
+rows, the transfers and the attention calls are compared with the dense mask evaluated pair
+by pair. Runtime: one spawn per world size runs every pattern file through context_attention,
+with the module's torch `reference` as the per-part attention (the interpreter is too slow for
+all files; at 4 ranks a selection), plus a few patterns through the Triton kernel (`prefill_at`,
+TRITON_INTERPRET=1) and a head-parallel DuoAttention mix; the outputs must equal the
+single-process reference and the bytes each rank moved must equal the plan's. prefill_at
+itself (queries at an offset, a key range, a subset of heads) is checked against the
+reference under the interpreter.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+
+from attnc.compiler.distributed import (
+    assign_heads,
+    head_costs,
+    key_bytes,
+    merge_ranges,
+    plan_context,
+    program_contexts,
+    segments_of,
+    subtract_ranges,
+)
+from attnc.compiler.lower import lower
+from attnc.compiler.simulate import Shape
+from attnc.spec.resolve import resolve_text
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.cases import FILE_CASES
+from tests.strategies import causal_expressions, examples, expressions
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+ALIGN = 32  # the CPU tests' key tile (BLOCK_N = 32)
+DUO = (
+    "model { layers = 1, heads = 8, kv_heads = 4, head_dim = 16 }\n"
+    "pattern duo { heads 0..2: causal\n  rest: causal & (sink(4) | window(24)) }\n"
+)
+
+
+def _runs(mask: np.ndarray) -> tuple:
+    idx = np.flatnonzero(mask)
+    return merge_ranges((int(i), int(i) + 1) for i in idx)
+
+
+def _check_plan(pattern, n: int, plan) -> None:
+    """Every field of a context plan against the dense mask."""
+    dense = pattern.mask(n, n)
+    assert merge_ranges(s for segs in plan.segments for s in segs) == ((0, n),)
+    for r, segs in enumerate(plan.segments):
+        rows = np.zeros(n, dtype=bool)
+        for a, b in segs:
+            rows[a:b] = True
+        assert plan.work[r] == int(dense[rows].sum())
+        assert plan.needs[r] == _runs(dense[rows].any(axis=0))
+        got = merge_ranges((a, b) for s, d, a, b in plan.transfers if d == r)
+        assert got == subtract_ranges(plan.needs[r], segs)
+        for s, _, a, b in plan.transfers:  # each from the rank that owns it
+            assert any(x <= a and b <= y for x, y in plan.segments[s])
+        covered = np.zeros((n, n), dtype=bool)
+        for qa, qb, ka, kb in plan.pieces[r]:
+            assert not covered[qa:qb, ka:kb].any(), "attention calls overlap"
+            covered[qa:qb, ka:kb] = True
+        assert not (dense & ~covered)[rows].any(), "an allowed pair no call computes"
+
+
+@pytest.mark.parametrize("case", [c for c in FILE_CASES], ids=str)
+def test_context_plans_match_the_mask(case):
+    """Both layouts and the chosen one, at 2, 3 and 4 ranks, for every head group of a file."""
+    n = 96
+    for group in case.program.groups:
+        for ranks in (2, 3, 4):
+            for layout in ("contiguous", "zigzag", None):
+                _check_plan(group.pattern, n, plan_context(group.pattern, n, ranks, layout, align=8))
+
+
+@examples(30)
+@given(
+    st.one_of(expressions(5), causal_expressions(4)), st.integers(8, 130), st.integers(2, 4), st.sampled_from([1, 8])
+)
+def test_random_context_plans_match_the_mask(expr, n, ranks, align):
+    """Random patterns, lengths, rank counts and segment alignments (1: any boundary)."""
+    from tests.test_codegen_support import single
+
+    pattern = single(expr).groups[0].pattern
+    _check_plan(pattern, n, plan_context(pattern, n, ranks, align=align))
+
+
+def test_exact_ranges_of_known_patterns():
+    """sink + window needs the sinks and the previous rank's last W - 1 keys; a chunked pattern
+    whose chunks align with the segments needs nothing; causal picks zigzag."""
+    sw = lower(resolve_text("pattern p = causal & (sink(4) | window(64))", "p.attn")).groups[0].pattern
+    plan = plan_context(sw, 1024, 4)
+    assert plan.layout == "contiguous"
+    assert [t for t in plan.transfers if t[1] == 2] == [(0, 2, 0, 4), (1, 2, 449, 512)]
+    ch = lower(resolve_text("pattern p = causal & chunk(128)", "p.attn")).groups[0].pattern
+    assert plan_context(ch, 1024, 4).transfers == ()
+    causal = lower(resolve_text("pattern p = causal", "p.attn")).groups[0].pattern
+    plan = plan_context(causal, 1024, 4)
+    assert plan.layout == "zigzag" and len(set(plan.work)) == 1
+    assert plan.received_keys(3) == 384  # keys 384..640 are its own, later ones no query of it reads
+    assert plan.received_keys(0) == plan.ring_received_keys(0)  # the last segment reads every key
+    assert segments_of("zigzag", 1000, 2, 8) == (((0, 248), (752, 1000)), ((248, 752),))
+
+
+def test_head_assignment_balances_costs():
+    """Whole GQA groups, equal counts per rank, every head once, the two heavy groups apart;
+    and the simulator's cost of a full head exceeds a window head's."""
+    plan = assign_heads([10, 10, 10, 10, 1, 1, 1, 1, 1, 1, 1, 1], 2, 2)
+    assert sorted(plan.order) == list(range(12)) and all(len(h) == 6 for h in plan.heads)
+    assert all(h // 2 in plan.kv_heads[r] for r, hs in enumerate(plan.heads) for h in hs)
+    assert plan.times == (24.0, 24.0) and plan.imbalance == 0
+    with pytest.raises(ValueError):
+        assign_heads([1.0] * 6, 2, 2)
+    program = lower(resolve_text(DUO, "duo.attn"))
+    costs = head_costs(program, Shape(8192, 1, 8, 4, 64))
+    assert costs[0] == costs[1] > 2 * costs[2] and costs[2] == costs[7]
+    assert plan.tp_plan()["layers.*.self_attn.o_proj"] == "rowwise"
+
+
+@pytest.mark.parametrize(
+    "text, q_offset, nq, k_range, heads",
+    [
+        ("pattern p = causal & (sink(4) | window(40))", 64, 64, None, None),
+        ("pattern p = causal & (sink(4) | window(40))", 70, 20, (0, 64), None),
+        ("pattern p = causal & (sink(4) | window(40))", 96, 32, (32, 96), None),
+        ("pattern p = causal & dilated(8, 3)", 32, 64, (32, 128), None),
+        ("pattern p = causal & power(8)", 100, 28, (0, 32), None),
+        ("pattern p = causal & (window(12) | stride(5, 4))", 40, 60, (32, 96), None),  # a stripe loop
+        ("pattern p = window(left = 6, right = 6) | stride(4, 3)", 0, 128, (64, 128), None),
+        (DUO, 40, 50, (32, 96), [2, 3, 6, 7]),
+        (DUO, 0, 128, None, [0, 1]),
+    ],
+)
+def test_prefill_at_matches_reference(text, q_offset, nq, k_range, heads):
+    """The kernel on a part of the problem (TRITON_INTERPRET=1): out and lse as the reference's,
+    lse -inf exactly where no key in range is allowed."""
+    from attnc.codegen.loader import load_program
+
+    mod = load_program(lower(resolve_text(text, "p.attn")))
+    torch.manual_seed(0)
+    h = 8 if heads is None else len(heads)
+    q = torch.randn(1, h, nq, 16)
+    k, v = torch.randn(1, h // 2, 128, 16), torch.randn(1, h // 2, 128, 16)
+    kw = dict(q_offset=q_offset, k_range=k_range, heads=heads)
+    out, lse = mod.prefill_at(q, k, v, config=dict(BLOCK_M=32, BLOCK_N=32), **kw)
+    ref, ref_lse = mod.reference(q, k, v, return_lse=True, **kw)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))
+    torch.testing.assert_close(lse.nan_to_num(neginf=0), ref_lse.nan_to_num(neginf=0), atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="key tile"):
+        mod.prefill_at(q, k, v, q_offset=q_offset, k_range=(16, 128), heads=heads, config=dict(BLOCK_N=32))
+
+
+def test_parts_of_a_selecting_pattern_are_refused():
+    """A selection chooses key blocks from all queries and keys at run time: prefill_at and the
+    reference of a part refuse it, as the reference refuses a part of a padded batch."""
+    from attnc.codegen.loader import load_program
+
+    mod = load_program(
+        lower(resolve_text("pattern p = causal & (window(8) | select(mean, top = 2, block = 16))", "p.attn"))
+    )
+    q = k = v = torch.randn(1, 2, 64, 16)
+    with pytest.raises(NotImplementedError, match="selects key blocks"):
+        mod.prefill_at(q, k, v, q_offset=32)
+    with pytest.raises(ValueError, match="do not combine"):
+        mod.reference(q[:, :, 32:], k, v, q_offset=32)
+    plain = load_program(lower(resolve_text("pattern p = causal", "p.attn")))
+    with pytest.raises(ValueError, match="do not combine"):
+        plain.reference(q, k, v, k_range=(0, 32), lengths=torch.full((1,), 64))
+
+
+def test_analyze_ranks(capsys):
+    """`attnc analyze --ranks`: the table (text) and the plans (JSON); a bad R is an error, exit 2,
+    with no report printed."""
+    import json
+
+    from attnc.cli import main
+
+    path = str(FILE_CASES[0].path.parent / "streaming_llm.attn")
+    assert main(["analyze", path, "--seq", "4096", "--ranks", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "context parallel over 2 ranks" in text and "contiguous layout" in text
+    assert "0: 0..4, 1029..2048" in text  # rank 1 receives the sinks and the last 1019 keys of rank 0
+    assert main(["analyze", path, "--seq", "4096", "--ranks", "2", "--json"]) == 0
+    (group,) = json.loads(capsys.readouterr().out)["context_parallel"]
+    assert group["transfers"] == [[0, 1, 0, 4], [0, 1, 1029, 2048]]
+    assert group["ranks_table"][1]["received_bytes"] == 1023 * 2 * 128 * 2
+    assert main(["analyze", path, "--ranks", "0"]) == 2
+    captured = capsys.readouterr()
+    assert "--ranks" in captured.err and captured.out == ""
+
+
+# ---------------------------------------------------------------------------------- gloo
+FOUR_RANKS = {"streaming_llm", "dense_causal", "llama4_chunked", "longnet_dilated", "power_attention", "natten_image"}
+
+
+def _cases_for(world: int):
+    """(name, program, n, layers, kernel): at 2 ranks every pattern file through the reference
+    and a few through the kernel; at 4 ranks a few files through the reference."""
+    n = 64 * world
+    kernel = {"streaming_llm", "llama4_chunked"} if world == 2 else set()
+    out = []
+    for case in FILE_CASES if world == 2 else [c for c in FILE_CASES if c.name in FOUR_RANKS]:
+        program = case.program
+        if any(g.selection is not None for g in program.groups):
+            continue  # a selection runs on the whole sequence (prefill_at refuses it)
+        rows = {}
+        for layer, row in enumerate(program.group_table()):
+            rows.setdefault(tuple(row), layer)
+        layers = list(rows.values())[:2] if program.varies_by_layer else [None]
+        out.append((case.name, program, n, layers, case.name in kernel))
+    return out
+
+
+def _worker(rank: int, world: int, folder: str, jobs: list) -> None:
+    """One rank: every job's context attention (and the head-parallel one), saved for the parent."""
+    import torch.distributed as dist
+
+    from attnc.codegen.loader import import_file
+    from attnc.runtime.distributed import context_attention_layer, head_attention, shard
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    results = {}
+    for job in jobs:
+        mod = import_file(job["module"], f"dist_{job['name']}_{world}_{rank}")
+        q, k, v = torch.load(job["inputs"])
+        plans = job["plans"]
+        for layer in job["layers"]:
+            for kernel in (False, True) if job["kernel"] else (False,):
+                stats = {}
+                kw = dict(config=dict(BLOCK_M=32, BLOCK_N=32)) if kernel else dict(attend=mod.reference)
+                out, lse = context_attention_layer(
+                    mod,
+                    shard(q, plans[0], rank),
+                    shard(k, plans[0], rank),
+                    shard(v, plans[0], rank),
+                    plans,
+                    layer=layer,
+                    stats=stats,
+                    **kw,
+                )
+                results[(job["name"], layer, kernel)] = (out, lse, stats["sent_bytes"], stats["received_bytes"])
+        if "head_plan" in job:
+            hp = job["head_plan"]
+            heads, kv = list(hp["heads"][rank]), list(hp["kv_heads"][rank])
+            out = head_attention(mod, q[:, heads], k[:, kv], v[:, kv], hp, config=dict(BLOCK_M=32, BLOCK_N=32))
+            results[(job["name"], "heads")] = out
+    torch.save(results, f"{folder}/rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _run(world: int, jobs: list, folder: str) -> list[dict]:
+    torch.multiprocessing.spawn(_worker, args=(world, folder, jobs), nprocs=world, join=True)
+    return [torch.load(f"{folder}/rank{r}.pt") for r in range(world)]
+
+
+def _expected_bytes(program, plans, layer, h: int, h_kv: int, rank: int, d: int) -> tuple[int, int]:
+    """(sent, received) float32 bytes of a rank by the plans of the layer's head groups: each
+    group's own KV heads when the layer's heads differ, else all h_kv."""
+    groups = [(p, {x for l, x in g.members if l == (layer or 0)}) for p, g in zip(plans, program.groups)]
+    groups = [(p, heads) for p, heads in groups if heads]
+    sent = received = 0
+    for plan, heads in groups:
+        kv = h_kv if len(groups) == 1 else len({x // (h // h_kv) for x in heads})
+        sent += plan.sent_keys(rank) * key_bytes(kv, d, 4)
+        received += plan.received_keys(rank) * key_bytes(kv, d, 4)
+    return sent, received
+
+
+_WRITTEN: dict[str, str] = {}
+
+
+def _module(program) -> str:
+    """The program's generated module, written once for both world sizes."""
+    from attnc.codegen.writer import write_module
+
+    key = program.digest()
+    if key not in _WRITTEN:
+        _WRITTEN[key] = str(write_module(program, tempfile.mkdtemp(prefix="attnc-dist-")))
+    return _WRITTEN[key]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_context_and_head_parallel_on_gloo(world, tmp_path):
+    from attnc.runtime.distributed import unshard
+
+    torch.manual_seed(world)
+    d = 16
+    jobs, expect = [], {}
+    cases = _cases_for(world)
+    duo = lower(resolve_text(DUO, "duo.attn"))
+    cases.append(("duo", duo, 64 * world, [None], world == 2))
+    for name, program, n, layers, kernel in cases:
+        per_head = len(program.groups) > 1
+        h, h_kv = (program.model.heads, program.model.kv_heads) if per_head else (2, 1)
+        q, k, v = torch.randn(1, h, n, d), torch.randn(1, h_kv, n, d), torch.randn(1, h_kv, n, d)
+        torch.save((q, k, v), tmp_path / f"{name}.pt")
+        plans = program_contexts(program, n, world, align=ALIGN)
+        job = dict(
+            name=name,
+            module=_module(program),
+            inputs=str(tmp_path / f"{name}.pt"),
+            plans=[p.to_dict() for p in plans],
+            layers=layers,
+            kernel=kernel,
+        )
+        if name == "duo":
+            job["head_plan"] = assign_heads([4.0, 4.0, 1, 1, 1, 1, 1, 1], 2, world).__dict__
+        jobs.append(job)
+        expect[name] = (program, plans, q, k, v)
+    results = _run(world, jobs, str(tmp_path))
+    from attnc.codegen.loader import import_file
+
+    for job in jobs:
+        program, plans, q, k, v = expect[job["name"]]
+        mod = import_file(job["module"], f"dist_parent_{job['name']}_{world}")
+        for layer in job["layers"]:
+            ref, ref_lse = mod.reference(q, k, v, layer=layer, return_lse=True)
+            for kernel in (False, True) if job["kernel"] else (False,):
+                key = (job["name"], layer, kernel)
+                out = unshard([r[key][0] for r in results], plans[0])
+                lse = unshard([r[key][1] for r in results], plans[0])
+                torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4, msg=f"{key}")
+                torch.testing.assert_close(lse, ref_lse, atol=2e-5, rtol=1e-4, msg=f"{key} lse")
+                for rank, r in enumerate(results):
+                    assert r[key][2:] == _expected_bytes(program, plans, layer, *q.shape[1:2], k.shape[1], rank, d), key
+        if "head_plan" in job:
+            ref = mod.reference(q, k, v)
+            for rank, r in enumerate(results):
+                heads = list(job["head_plan"]["heads"][rank])
+                torch.testing.assert_close(r[(job["name"], "heads")], ref[:, heads], atol=2e-5, rtol=1e-4)
