@@ -347,10 +347,10 @@ def compile_all(path, opts):
     if opts.get("grid"):  # the tile-order kernels of group 0 instead
         q_kernel, kv_kernel = mod._GRID_BWD[0]
         kernels = [(kv_kernel, dict(BLOCK_M=minor, BLOCK_N=major, ACC=opts["acc"], **common,
-                                    **mod._tile_args(*mod._GRID_TILES[0][(minor, major)]))),
+                                    **mod.tile_args(*mod._GRID_TILES[0][(minor, major)]))),
                    (q_kernel, dict(BLOCK_M=major, BLOCK_N=minor, SUBSET=opts["acc"], STAGES=cfg["num_stages"],
                                    USE_TMA=False, TRACE=False, **common,
-                                   **mod._tile_args(*mod._GRID_TILES[0][(major, minor)])))]
+                                   **mod.tile_args(*mod._GRID_TILES[0][(major, minor)])))]
     out = []
     for fn, constexprs in kernels:
         signature = {}
