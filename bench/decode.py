@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from timing import graph_time
+
 HERE = Path(__file__).resolve().parent
 GEN = HERE / "generated"
 B, H, HK, D = 8, 32, 8, 128
@@ -106,27 +108,7 @@ def _bench(fn, torch, triton):
 
 def _graph_time(fn, torch, reps=20, replays=20):
     """Seconds per call of fn, from CUDA-graph replays of `reps` calls (no launch overhead)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(reps):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) * 1e-3 / reps)
-    times.sort()
-    return times[len(times) // 2]
+    return graph_time(fn, torch, reps, replays)
 
 
 def _eager_time(fn, torch, calls=100):

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from timing import graph_time
+
 HERE = Path(__file__).resolve().parent
 GEN = HERE / "generated"
 B, H, HK, D = 8, 32, 8, 128
@@ -86,34 +88,16 @@ def _eager(fn, torch):
 
 
 def _graph(fn, torch, reps=10, replays=20):
-    """Seconds per call from CUDA-graph replays (GPU time, no launch overhead); eager on the CPU."""
+    """Seconds per call from CUDA-graph replays (GPU time, no launch overhead); eager on the CPU
+    and where the step cannot be captured (said on stdout)."""
     if not torch.cuda.is_available() or CALLS[0] == 1:
         return _eager(fn, torch)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(g):
-            for _ in range(reps):
-                fn()
-    except RuntimeError as exc:  # a step that cannot be captured: say so, time it eagerly
+        return graph_time(fn, torch, reps, replays)
+    except RuntimeError as exc:
         print(f"CUDA graph capture failed ({str(exc)[:120]}); eager timing instead", flush=True)
         torch.cuda.synchronize()
         return _eager(fn, torch)
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) * 1e-3 / reps)
-    return sorted(times)[len(times) // 2]
 
 
 def _rel(a, b):

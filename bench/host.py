@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from timing import graph_time
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 GEN = HERE / "generated"
@@ -101,24 +103,7 @@ def _issue_time(fn, torch, calls: int, cuda: bool) -> tuple[float, float]:
 
 def _graph_time(fn, torch, calls: int) -> float:
     """GPU seconds per call from replays of a CUDA graph of `calls` calls."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        g.replay()
-        torch.cuda.synchronize()
-        best = min(best, (time.perf_counter() - t0) / calls)
-    return best
+    return graph_time(fn, torch, calls)
 
 
 def _profile(fn, calls: int, top: int = 12) -> str:
