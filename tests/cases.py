@@ -301,3 +301,14 @@ def grid_tokens(case: Case) -> int:
     """The grid's tokens, prefix included (0 without a grid)."""
     g = case.program.grid
     return 0 if g is None else g.prefix + math.prod(g.dims)
+
+
+def sampled(params: list, keep: int) -> list:
+    """`params` for pytest.mark.parametrize with `keep` of them, spread evenly, in the default
+    run and the others marked `exhaustive` (they run under `make test-all`): large matrices
+    stay whole in the thorough run without costing every `make test`."""
+    import pytest
+
+    step = max(len(params) / max(keep, 1), 1)
+    chosen = {int(i * step) for i in range(min(keep, len(params)))}
+    return [p if i in chosen else pytest.param(p, marks=pytest.mark.exhaustive) for i, p in enumerate(params)]

@@ -122,7 +122,7 @@ def _loop_patterns():
     return st.tuples(loop_term, other).map(lambda t: t[0] if t[1] is None else union(t[0], as_pattern(t[1])))
 
 
-@examples(12)
+@examples(4)
 @given(_loop_patterns(), st.integers(1, 260), st.sampled_from(CONFIGS))
 def test_loop_terms_visit_every_needed_key_once(pattern, n, cfg):
     program = single(pattern, "loops")

@@ -293,7 +293,7 @@ def _module(program) -> str:
     return _WRITTEN[key]
 
 
-@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("world", [2, pytest.param(4, marks=pytest.mark.exhaustive)])
 def test_context_and_head_parallel_on_gloo(world, tmp_path):
     from attnc.runtime.distributed import unshard
 

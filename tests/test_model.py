@@ -96,6 +96,7 @@ def test_padded_batch_attnc_causal_equals_dense(causal_module):
             torch.testing.assert_close(a[b : b + 1], w, atol=1e-4, rtol=1e-4, msg=f"row {b}, step {i}")
 
 
+@pytest.mark.exhaustive
 def test_bench_model_smoke(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1", OUT=str(tmp_path))
     for step in (["generate", "--smoke"], ["run", "--smoke", "--attention", "sdpa", "streaming"]):
@@ -104,6 +105,7 @@ def test_bench_model_smoke(tmp_path):
     assert "| sdpa |" in text and "| streaming |" in text
 
 
+@pytest.mark.exhaustive
 def test_bench_host_smoke(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1", OUT=str(tmp_path))
     for step in (["generate"], ["run", "--smoke", "--modules", "host_streaming"]):
