@@ -130,7 +130,7 @@ def check_grads(
     return mod
 
 
-@pytest.mark.parametrize("name", sorted(EXPRS))
+@pytest.mark.parametrize("name", sampled(sorted(EXPRS), 12))
 def test_pattern_gradients(name):
     # N = 45: no multiple of the 32-query or 16-key tiles; 2 query heads over 1 KV head
     check_grads(single(EXPRS[name], name), 45)
