@@ -24,22 +24,27 @@ def streaming(window: int, sink: int) -> Pattern:
     return Pattern((Term((Lit(Band(0, window - 1)),)), Term((Lit(Band(0, None)), Lit(KRange(None, sink - 1))))))
 
 
-@pytest.fixture(scope="module")
-def model():
+def tiny_llama(vocab: int, positions: int):
+    """A 2-layer Llama (4 query heads, 2 KV heads, D = 16) with seeded random weights."""
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(
-        vocab_size=96,
+        vocab_size=vocab,
         hidden_size=64,
         intermediate_size=96,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=16,
-        max_position_embeddings=256,
+        max_position_embeddings=positions,
         pad_token_id=None,
         eos_token_id=None,
     )
     return transformers.LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama(96, 256)
 
 
 @pytest.fixture(scope="module")

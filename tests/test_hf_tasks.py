@@ -19,6 +19,7 @@ from attnc.compiler.ir import Band, KRange, Lit, Pattern, Term  # noqa: E402
 from attnc.runtime import calibrate as cal  # noqa: E402
 from attnc.runtime import evaluate as ev  # noqa: E402
 from attnc.runtime import hf  # noqa: E402
+from tests.test_hf_integration import tiny_llama  # noqa: E402
 
 CAUSAL = Pattern((Term((Lit(Band(0, None)),)),))
 STREAM = Pattern((Term((Lit(Band(0, 15)),)), Term((Lit(Band(0, None)), Lit(KRange(None, 3))))))
@@ -36,20 +37,7 @@ class CharTok:
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=1024,
-        pad_token_id=None,
-        eos_token_id=None,
-    )
-    return transformers.LlamaForCausalLM(cfg).eval()
+    return tiny_llama(128, 1024)
 
 
 def test_passkey_prompt_places_the_needle():
