@@ -20,14 +20,14 @@ from __future__ import annotations
 import torch
 
 
-def _blocks(x: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x `[..., N, D]` padded with zeros to whole blocks, as `[..., nb, size, D]`, and the
+def _blocks(x: torch.Tensor, size: int, fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """x `[..., N, D]` padded with `fill` to whole blocks, as `[..., nb, size, D]`, and the
     number of real positions in each block `[nb]`."""
     n = x.shape[-2]
     nb = -(-n // size)
     pad = nb * size - n
     if pad:
-        x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+        x = torch.nn.functional.pad(x, (0, 0, 0, pad), value=fill)
     counts = torch.full((nb,), size, device=x.device, dtype=torch.float32)
     counts[-1] = size - pad
     return x.reshape(*x.shape[:-2], nb, size, x.shape[-1]), counts
@@ -41,14 +41,8 @@ def block_mean(k: torch.Tensor, size: int) -> torch.Tensor:
 
 def block_min_max(k: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel minimum and maximum of each block of `size` keys, each `[..., nb, D]`."""
-    n = k.shape[-2]
-    nb = -(-n // size)
-    pad = nb * size - n
     kf = k.float()
-    lo = torch.nn.functional.pad(kf, (0, 0, 0, pad), value=float("inf")) if pad else kf
-    hi = torch.nn.functional.pad(kf, (0, 0, 0, pad), value=float("-inf")) if pad else kf
-    shape = (*k.shape[:-2], nb, size, k.shape[-1])
-    return lo.reshape(shape).amin(-2), hi.reshape(shape).amax(-2)
+    return _blocks(kf, size, float("inf"))[0].amin(-2), _blocks(kf, size, float("-inf"))[0].amax(-2)
 
 
 def mean_score(q: torch.Tensor, k_mean: torch.Tensor) -> torch.Tensor:
