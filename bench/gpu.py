@@ -31,6 +31,7 @@ import io
 import datetime
 import json
 import os
+import statistics
 import sys
 import time
 import traceback
@@ -446,13 +447,21 @@ def _bench(fn, grads=None) -> float:
     return do_bench(fn, warmup=100, rep=400, return_mode="median", grad_to_none=grads)
 
 
+def _interleaved(fns, rounds: int = 3) -> list[float]:
+    """Median milliseconds of each of fns, timed in alternation for `rounds` rounds: a build
+    compared with another should not gain or lose from the card's clock drifting between two
+    back-to-back measurements."""
+    times = [[_bench(fn) for fn in fns] for _ in range(rounds)]
+    return [statistics.median(col) for col in zip(*times)]
+
+
 _SDPA_MS: dict[tuple[int, int, bool], float] = {}
 
 
 def time_case(mod, n: int, flex_fn, heads: int = 0, causal: bool = True, baseline=None) -> dict:
     """attnc, FlexAttention (same mask) and SDPA (dense: causal, or full for non-causal cases);
-    with `baseline` (the same case from another build of attnc), its time too, measured right
-    after attnc's on the same inputs."""
+    with `baseline` (the same case from another build of attnc), its time too, on the same inputs,
+    the two timed in alternation (three rounds, median of each)."""
     import torch
     import torch.nn.functional as F
 
@@ -461,10 +470,11 @@ def time_case(mod, n: int, flex_fn, heads: int = 0, causal: bool = True, baselin
     pairs = allowed_pairs(mod, n, DEVICE, heads)
     flops = 4 * D * pairs * B  # pairs already summed over heads
     res = {"n": n, "heads": heads, "pairs": pairs, "density": pairs / (heads * n * n)}
-    ms = _bench(lambda: mod.prefill(q, k, v))
+    if baseline is None:
+        ms = _bench(lambda: mod.prefill(q, k, v))
+    else:
+        ms, res["baseline_ms"] = _interleaved([lambda: mod.prefill(q, k, v), lambda: baseline.prefill(q, k, v)])
     res.update(attnc_ms=ms, attnc_tflops=flops / ms / 1e9)
-    if baseline is not None:
-        res["baseline_ms"] = _bench(lambda: baseline.prefill(q, k, v))
     try:
         from torch.nn.attention.flex_attention import create_block_mask
 

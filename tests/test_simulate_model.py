@@ -153,14 +153,30 @@ def shape(n, **kw):
     return sim.Shape(n, **{"heads": 32, **kw})
 
 
-def test_dense_causal_speedup_is_the_rate_ratio():
+def plain_h100() -> "sim.Profile":
+    """The shipped H100 profile without its fitted extras (grid, diagonal and stripe costs,
+    backward factors): a fit test's synthetic truth then stays what the test says it is,
+    whatever the last calibration on the GPU stored."""
     prof = sim.load_profile("h100")
+    return sim.dataclasses.replace(prof, grid=None, diag=None, stripe=None, backward={})
+
+
+def flat_costs(costs: "sim.KernelCosts") -> "sim.KernelCosts":
+    """Costs where a masked tile costs a full one and programs and launches are free."""
+    tiles = tuple(sim.dataclasses.replace(t, masked_us=t.full_us, program_us=0.0) for t in costs.tiles)
+    return sim.KernelCosts(0.0, tiles)
+
+
+def test_dense_causal_speedup_is_the_rate_ratio():
+    """With tile costs alone, causal's speedup over SDPA is the ratio of their tile rates."""
+    prof = plain_h100()
+    prof = sim.dataclasses.replace(prof, attnc=flat_costs(prof.attnc), sdpa=flat_costs(prof.sdpa))
     cfg = sim.kernel_config(single(prim("causal")), 128, "bfloat16", prof.capability)
     ours = prof.attnc.lookup(128, "bfloat16", cfg.bm, cfg.bn, prof.dtype_scale)
     sdpa = prof.sdpa.lookup(128, "bfloat16", 128, 128, prof.dtype_scale)
     per_sdpa_tile = 128 * 128 / (cfg.bm * cfg.bn)  # the kernel's tiles in one of SDPA's
     for n in (8192, 32768):
-        p = sim.predict_prefill(single(prim("causal")), shape(n))
+        p = sim.predict_prefill(single(prim("causal")), shape(n), prof)
         assert p.speedup == pytest.approx(sdpa.full_us / (ours.full_us * per_sdpa_tile), rel=0.1)
         nb = n // cfg.bm  # query block i visits the key blocks up to its last row
         assert p.attnc.tiles_full + p.attnc.tiles_masked == 32 * sum(
@@ -299,7 +315,7 @@ def calibrate_module():
 
 def test_fit_recovers_the_costs_that_made_the_times():
     cal = calibrate_module()
-    truth = sim.load_profile("h100")
+    truth = plain_h100()
     t = truth.attnc.tiles[0]
     truth = sim.dataclasses.replace(
         truth,
@@ -312,7 +328,7 @@ def test_fit_recovers_the_costs_that_made_the_times():
     for c, launch in cases:
         costs = truth.attnc.lookup(128, "bfloat16", *cal._tile(launch), truth.dtype_scale)
         measured[c.name] = sim.launch_time("attnc", launch, costs, truth.attnc.launch_us, truth.sms).ms
-    fitted = cal.fit_profile(sim.load_profile("h100"), cases, measured, {"attnc": cal.SETTINGS["attnc"]})
+    fitted = cal.fit_profile(plain_h100(), cases, measured, {"attnc": cal.SETTINGS["attnc"]})
     tile = cal._tile(cases[0][1])  # the tiles the generated kernel runs (128 x 64 on Hopper)
     got = fitted.attnc.lookup(128, "bfloat16", *tile, fitted.dtype_scale)
     want = truth.attnc.lookup(128, "bfloat16", *tile, truth.dtype_scale)
@@ -498,7 +514,7 @@ def test_calibrate_fits_the_backward_factor(tmp_path):
     """--run times forward + backward of the causal cases too, and stores per kernel the
     measured backward over backward_time's model, which the training predictions then use."""
     cal = calibrate_module()
-    truth = sim.load_profile("h100")
+    truth = plain_h100()
     factor = {"attnc": 1.7, "sdpa": 0.6}
     cases = [c for c in cal.attnc_cases() + cal.baseline_cases() if c.name in cal.BACKWARD_CASES]
     rows = [{"case": cal.asdict(c), "launch": c.launch().to_dict()} for c in cases]
@@ -531,6 +547,6 @@ def test_calibrate_fits_the_backward_factor(tmp_path):
     )
     backward_rows = [r for r in prof.calibration if r["kernel"].endswith("_backward")]
     assert len(backward_rows) == 4 and all(abs(r["error"]) < 0.05 for r in backward_rows)
-    plain = sim.predict(dict(program=single(prim("causal")), n=8192), profile="h100", training=True)
+    plain = sim.predict(dict(program=single(prim("causal")), n=8192), profile=truth, training=True)
     fitted = sim.predict(dict(program=single(prim("causal")), n=8192), profile=out, training=True)
     assert fitted > plain
