@@ -121,7 +121,8 @@ def _run(args: argparse.Namespace) -> None:
                 f"{args.file}: warning: at N = {n:,}: {d.message}; the generic kernel runs at this length",
                 file=sys.stderr,
             )
-    results = [predict(program, sim.Shape(n, **shape), profile, args.layer) for n in lengths]
+    shapes = [sim.Shape(n, **shape) for n in lengths]  # every length checked before any is predicted
+    results = [predict(program, s, profile, args.layer) for s in shapes]
     if args.json:
         rows = [
             dict(r.to_dict(), **({"backward": _backward_dict(r, profile)} if args.backward else {})) for r in results
