@@ -9,12 +9,13 @@ Two steps, as bench/gpu.py:
     python bench/selection.py --generate bench/generated/selection   # here (needs attnc)
     python3 bench/selection.py --run bench/generated/selection       # GPU machine: torch + triton
 
-`--run` first checks, at N = CHECK_N: the selection kernel against the module's torch
+`--run` first checks, at N = CHECK_N: the selection (`select`) against the module's torch
 reference (the share of identical index rows), the attention kernel against the dense torch
 reference fed the same indices, and FlexAttention fed the same indices against both. Then it
 times at N:
-- attnc: the selection kernel (`select`), the attention kernel given its indices, and the two
-  together (`prefill`, which selects first);
+- attnc: the selection (`select`) and its steps alone (pooling, block scores, the choose
+  kernel at num_warps 1 to 8), the attention kernel given its indices, and the two together
+  (`prefill`, which selects first);
 - FlexAttention fed the same selection: the selection in torch (pooled scores, top-k), the
   block mask (`BlockMask.from_kv_blocks`), `flex_attention`, and their sum;
 - FlexAttention on the static part alone, SDPA causal;
@@ -81,6 +82,25 @@ def torch_selection(sel, q, k, candidates, scale):
     pooled = sel.pooled_queries(q, k.shape[1], BLOCK)
     scores = sel.mean_score(pooled, sel.block_mean(k, BLOCK)) * scale
     return sel.choose(scores, candidates, TOP, 0)
+
+
+def select_parts(mod, q, k, scale, smoke: bool) -> dict:
+    """The selection's steps, timed alone: pooling (mean query per block and KV head, mean key),
+    the block scores (one matrix product per KV head), and the choose kernel (top-k per row of
+    block scores; at each num_warps, the module's default first)."""
+    kv = k.shape[1]
+    spec = mod.SelectSpec(*mod._SELECT[0])
+    pooled, means = mod.pooled_queries(q, kv, BLOCK), mod.block_mean(k, BLOCK)
+    mat = mod._estimates(0, spec, q, k, scale)
+    n, width = q.shape[2], mod._select_width(q.shape[2])
+    t = {
+        "attnc_select_pool": bench_ms(lambda: (mod.pooled_queries(q, kv, BLOCK), mod.block_mean(k, BLOCK)), smoke),
+        "attnc_select_scores": bench_ms(lambda: scale * mod.mean_score(pooled, means), smoke),
+        "attnc_select_choose": bench_ms(lambda: mod._choose(0, spec, mat, n, width), smoke),
+    }
+    for warps in (1, 2, 4, 8):
+        t[f"attnc_select_choose_warps{warps}"] = bench_ms(lambda: mod._choose(0, spec, mat, n, width, warps), smoke)
+    return t
 
 
 def flex_block_mask(mod, idx, cnt, static_blocks, n, heads):
@@ -187,6 +207,7 @@ def run(folder: Path, smoke: bool) -> dict:
     scale = d**-0.5
     t = {}
     t["attnc_select"] = bench_ms(lambda: mod.select(q, k), smoke)
+    t.update(select_parts(mod, q, k, scale, smoke))
     idx, cnt = mod.select(q, k)
     t["attnc_attention"] = bench_ms(lambda: mod.prefill(q, k, v, indices=(idx, cnt)), smoke)
     t["attnc_total"] = bench_ms(lambda: mod.prefill(q, k, v), smoke)
@@ -265,7 +286,11 @@ def _selected_pairs(idx, cnt, n, heads, kv_heads) -> int:
 def print_table(out: dict) -> None:
     t = out["ms"]
     rows = [
-        ("attnc: selection kernel", t["attnc_select"]),
+        ("attnc: selection (select)", t["attnc_select"]),
+        ("  pooling (mean query and key per block)", t["attnc_select_pool"]),
+        ("  block scores (matrix product)", t["attnc_select_scores"]),
+        ("  choose kernel (top-k per row)", t["attnc_select_choose"]),
+        *((f"    choose kernel, num_warps={w}", t[f"attnc_select_choose_warps{w}"]) for w in (1, 2, 4, 8)),
         ("attnc: attention kernel (given indices)", t["attnc_attention"]),
         ("attnc: selection + attention (prefill)", t["attnc_total"]),
         ("flex: selection in torch", t["flex_select_torch"]),

@@ -52,9 +52,11 @@ def mean_score(q: torch.Tensor, k_mean: torch.Tensor) -> torch.Tensor:
 
 def quest_bound(q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor) -> torch.Tensor:
     """Quest's upper bound of q . k over each block: sum over channels of
-    max(q_c * min_c, q_c * max_c). q `[..., M, D]`, summaries `[..., nb, D]`: `[..., M, nb]`."""
-    qf = q.float()[..., :, None, :]
-    return torch.maximum(qf * k_min.float()[..., None, :, :], qf * k_max.float()[..., None, :, :]).sum(-1)
+    max(q_c * min_c, q_c * max_c). q `[..., M, D]`, summaries `[..., nb, D]`: `[..., M, nb]`.
+    As two matrix products (no `[..., M, nb, D]` intermediate): the larger product is q_c * max_c
+    where q_c > 0 and q_c * min_c where q_c < 0 (min_c <= max_c)."""
+    qf = q.float()
+    return qf.clamp(min=0) @ k_max.float().transpose(-1, -2) + qf.clamp(max=0) @ k_min.float().transpose(-1, -2)
 
 
 def top_blocks(scores: torch.Tensor, k: int) -> torch.Tensor:
