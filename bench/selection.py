@@ -13,8 +13,8 @@ Two steps, as bench/gpu.py:
 reference (the share of identical index rows), the attention kernel against the dense torch
 reference fed the same indices, and FlexAttention fed the same indices against both. Then it
 times at N:
-- attnc: the selection (`select`) and its steps alone (pooling, block scores, the choose
-  kernel at num_warps 1 to 8), the attention kernel given its indices, and the two together
+- attnc: the selection (`select`) and its steps alone (the block estimates, their pooling, the
+  choose kernel at num_warps 1 to 8), the attention kernel given its indices, and the two together
   (`prefill`, which selects first);
 - FlexAttention fed the same selection: the selection in torch (pooled scores, top-k), the
   block mask (`BlockMask.from_kv_blocks`), `flex_attention`, and their sum;
@@ -86,16 +86,15 @@ def torch_selection(sel, q, k, candidates, scale):
 
 def select_parts(mod, q, k, scale, smoke: bool) -> dict:
     """The selection's steps, timed alone: pooling (mean query per block and KV head, mean key),
-    the block scores (one matrix product per KV head), and the choose kernel (top-k per row of
-    block scores; at each num_warps, the module's default first)."""
+    the block estimates (block_logmass: the pooling and one matrix product per KV head), and the
+    choose kernel (top-k per row of estimates; at the module's num_warps, then at each)."""
     kv = k.shape[1]
     spec = mod.SelectSpec(*mod._SELECT[0])
-    pooled, means = mod.pooled_queries(q, kv, BLOCK), mod.block_mean(k, BLOCK)
     mat = mod._estimates(0, spec, q, k, scale)
     n, width = q.shape[2], mod._select_width(q.shape[2])
     t = {
         "attnc_select_pool": bench_ms(lambda: (mod.pooled_queries(q, kv, BLOCK), mod.block_mean(k, BLOCK)), smoke),
-        "attnc_select_scores": bench_ms(lambda: scale * mod.mean_score(pooled, means), smoke),
+        "attnc_select_estimates": bench_ms(lambda: mod._estimates(0, spec, q, k, scale), smoke),
         "attnc_select_choose": bench_ms(lambda: mod._choose(0, spec, mat, n, width), smoke),
     }
     for warps in (1, 2, 4, 8):
@@ -287,8 +286,8 @@ def print_table(out: dict) -> None:
     t = out["ms"]
     rows = [
         ("attnc: selection (select)", t["attnc_select"]),
-        ("  pooling (mean query and key per block)", t["attnc_select_pool"]),
-        ("  block scores (matrix product)", t["attnc_select_scores"]),
+        ("  block estimates (pooling + matrix product)", t["attnc_select_estimates"]),
+        ("    of which pooling (mean query, mean key)", t["attnc_select_pool"]),
         ("  choose kernel (top-k per row)", t["attnc_select_choose"]),
         *((f"    choose kernel, num_warps={w}", t[f"attnc_select_choose_warps{w}"]) for w in (1, 2, 4, 8)),
         ("attnc: attention kernel (given indices)", t["attnc_attention"]),

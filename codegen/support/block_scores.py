@@ -40,9 +40,9 @@ def block_mean(k: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def block_min_max(k: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel minimum and maximum of each block of `size` keys, each `[..., nb, D]`."""
-    kf = k.float()
-    return _blocks(kf, size, float("inf"))[0].amin(-2), _blocks(kf, size, float("-inf"))[0].amax(-2)
+    """Per-channel minimum and maximum of each block of `size` keys, each `[..., nb, D]`
+    (float32; found in k's dtype, exactly, without a float32 copy of k)."""
+    return _blocks(k, size, float("inf"))[0].amin(-2).float(), _blocks(k, size, float("-inf"))[0].amax(-2).float()
 
 
 def mean_score(q: torch.Tensor, k_mean: torch.Tensor) -> torch.Tensor:
