@@ -14,8 +14,8 @@ reference (the share of identical index rows), the attention kernel against the 
 reference fed the same indices, and FlexAttention fed the same indices against both. Then it
 times at N:
 - attnc: the selection (`select`) and its steps alone (the block estimates, their pooling, the
-  choose kernel at num_warps 1 to 8), the attention kernel given its indices, and the two together
-  (`prefill`, which selects first);
+  choose kernel at num_warps 1 to 8, and a Triton pooling prototype, bench/proto/pool_proto.py),
+  the attention kernel given its indices, and the two together (`prefill`, which selects first);
 - FlexAttention fed the same selection: the selection in torch (pooled scores, top-k), the
   block mask (`BlockMask.from_kv_blocks`), `flex_attention`, and their sum;
 - FlexAttention on the static part alone, SDPA causal;
@@ -99,6 +99,12 @@ def select_parts(mod, q, k, scale, smoke: bool) -> dict:
     }
     for warps in (1, 2, 4, 8):
         t[f"attnc_select_choose_warps{warps}"] = bench_ms(lambda: mod._choose(0, spec, mat, n, width, warps), smoke)
+    sys.path.insert(0, str(ROOT / "bench" / "proto"))
+    from pool_proto import block_mean_triton  # a Triton pooling prototype, checked against the torch one
+
+    err = rel(block_mean_triton(q, BLOCK), mod.block_mean(q, BLOCK))
+    assert err < 1e-5, f"the Triton pooling prototype differs from block_mean: {err:.1e}"
+    t["proto_pool_triton"] = bench_ms(lambda: (block_mean_triton(q, BLOCK), block_mean_triton(k, BLOCK)), smoke)
     return t
 
 
@@ -290,6 +296,7 @@ def print_table(out: dict) -> None:
         ("    of which pooling (mean query, mean key)", t["attnc_select_pool"]),
         ("  choose kernel (top-k per row)", t["attnc_select_choose"]),
         *((f"    choose kernel, num_warps={w}", t[f"attnc_select_choose_warps{w}"]) for w in (1, 2, 4, 8)),
+        ("  (prototype: the pooling as one Triton kernel per tensor)", t["proto_pool_triton"]),
         ("attnc: attention kernel (given indices)", t["attnc_attention"]),
         ("attnc: selection + attention (prefill)", t["attnc_total"]),
         ("flex: selection in torch", t["flex_select_torch"]),
