@@ -296,7 +296,7 @@ def print_table(out: dict) -> None:
         ("    of which pooling (mean query, mean key)", t["attnc_select_pool"]),
         ("  choose kernel (top-k per row)", t["attnc_select_choose"]),
         *((f"    choose kernel, num_warps={w}", t[f"attnc_select_choose_warps{w}"]) for w in (1, 2, 4, 8)),
-        ("  (prototype: the pooling as one Triton kernel per tensor)", t["proto_pool_triton"]),
+        ("  (prototype: the pooling in Triton)", t["proto_pool_triton"]),
         ("attnc: attention kernel (given indices)", t["attnc_attention"]),
         ("attnc: selection + attention (prefill)", t["attnc_total"]),
         ("flex: selection in torch", t["flex_select_torch"]),
