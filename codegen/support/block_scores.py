@@ -35,7 +35,7 @@ def _per_block(x: torch.Tensor, size: int, reduce) -> torch.Tensor:
 def block_mean(k: torch.Tensor, size: int) -> torch.Tensor:
     """The mean of each block of `size` keys, `[..., nb, D]` (float32)."""
     n = k.shape[-2]
-    counts = torch.full((-(-n // size), 1), float(size), device=k.device)
+    counts = torch.full((-(-n // size), 1), float(size), device=k.device, dtype=torch.float32)
     counts[-1] = n - (n - 1) // size * size
     return _per_block(k, size, lambda b, d: b.sum(d, dtype=torch.float32)) / counts  # no float32 copy of k
 
