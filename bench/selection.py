@@ -9,12 +9,13 @@ Two steps, as bench/gpu.py:
     python bench/selection.py --generate bench/generated/selection   # here (needs attnc)
     python3 bench/selection.py --run bench/generated/selection       # GPU machine: torch + triton
 
-`--run` first checks, at N = CHECK_N: the selection kernel against the module's torch
+`--run` first checks, at N = CHECK_N: the selection (`select`) against the module's torch
 reference (the share of identical index rows), the attention kernel against the dense torch
 reference fed the same indices, and FlexAttention fed the same indices against both. Then it
 times at N:
-- attnc: the selection kernel (`select`), the attention kernel given its indices, and the two
-  together (`prefill`, which selects first);
+- attnc: the selection (`select`) and its steps alone (the block estimates, their pooling, the
+  choose kernel at num_warps 1 to 8, and a Triton pooling prototype, bench/proto/pool_proto.py),
+  the attention kernel given its indices, and the two together (`prefill`, which selects first);
 - FlexAttention fed the same selection: the selection in torch (pooled scores, top-k), the
   block mask (`BlockMask.from_kv_blocks`), `flex_attention`, and their sum;
 - FlexAttention on the static part alone, SDPA causal;
@@ -81,6 +82,30 @@ def torch_selection(sel, q, k, candidates, scale):
     pooled = sel.pooled_queries(q, k.shape[1], BLOCK)
     scores = sel.mean_score(pooled, sel.block_mean(k, BLOCK)) * scale
     return sel.choose(scores, candidates, TOP, 0)
+
+
+def select_parts(mod, q, k, scale, smoke: bool) -> dict:
+    """The selection's steps, timed alone: pooling (mean query per block and KV head, mean key),
+    the block estimates (block_logmass: the pooling and one matrix product per KV head), and the
+    choose kernel (top-k per row of estimates; at the module's num_warps, then at each)."""
+    kv = k.shape[1]
+    spec = mod.SelectSpec(*mod._SELECT[0])
+    mat = mod._estimates(0, spec, q, k, scale)
+    n, width = q.shape[2], mod._select_width(q.shape[2])
+    t = {
+        "attnc_select_pool": bench_ms(lambda: (mod.pooled_queries(q, kv, BLOCK), mod.block_mean(k, BLOCK)), smoke),
+        "attnc_select_estimates": bench_ms(lambda: mod._estimates(0, spec, q, k, scale), smoke),
+        "attnc_select_choose": bench_ms(lambda: mod._choose(0, spec, mat, n, width), smoke),
+    }
+    for warps in (1, 2, 4, 8):
+        t[f"attnc_select_choose_warps{warps}"] = bench_ms(lambda: mod._choose(0, spec, mat, n, width, warps), smoke)
+    sys.path.insert(0, str(ROOT / "bench" / "proto"))
+    from pool_proto import block_mean_triton  # a Triton pooling prototype, checked against the torch one
+
+    err = rel(block_mean_triton(q, BLOCK), mod.block_mean(q, BLOCK))
+    assert err < 1e-5, f"the Triton pooling prototype differs from block_mean: {err:.1e}"
+    t["proto_pool_triton"] = bench_ms(lambda: (block_mean_triton(q, BLOCK), block_mean_triton(k, BLOCK)), smoke)
+    return t
 
 
 def flex_block_mask(mod, idx, cnt, static_blocks, n, heads):
@@ -187,6 +212,7 @@ def run(folder: Path, smoke: bool) -> dict:
     scale = d**-0.5
     t = {}
     t["attnc_select"] = bench_ms(lambda: mod.select(q, k), smoke)
+    t.update(select_parts(mod, q, k, scale, smoke))
     idx, cnt = mod.select(q, k)
     t["attnc_attention"] = bench_ms(lambda: mod.prefill(q, k, v, indices=(idx, cnt)), smoke)
     t["attnc_total"] = bench_ms(lambda: mod.prefill(q, k, v), smoke)
@@ -265,7 +291,12 @@ def _selected_pairs(idx, cnt, n, heads, kv_heads) -> int:
 def print_table(out: dict) -> None:
     t = out["ms"]
     rows = [
-        ("attnc: selection kernel", t["attnc_select"]),
+        ("attnc: selection (select)", t["attnc_select"]),
+        ("  block estimates (pooling + matrix product)", t["attnc_select_estimates"]),
+        ("    of which pooling (mean query, mean key)", t["attnc_select_pool"]),
+        ("  choose kernel (top-k per row)", t["attnc_select_choose"]),
+        *((f"    choose kernel, num_warps={w}", t[f"attnc_select_choose_warps{w}"]) for w in (1, 2, 4, 8)),
+        ("  (prototype: the pooling in Triton)", t["proto_pool_triton"]),
         ("attnc: attention kernel (given indices)", t["attnc_attention"]),
         ("attnc: selection + attention (prefill)", t["attnc_total"]),
         ("flex: selection in torch", t["flex_select_torch"]),

@@ -1,5 +1,5 @@
 """Compile the selection kernels of a generated module for Hopper (sm_90) through Triton's own ptxas:
-the selection kernel (each score mode, a row of 1024 key blocks), the antidiagonal kernel and the
+the choose kernel (top-k and mass, a row of 1024 key blocks), the antidiagonal kernel and the
 attention kernel with its selection loop and TMA descriptors. Run by tests/test_selection.py in
 a subprocess: python tests/selection_sm90.py MODULE.py; prints the shared memory of each."""
 
@@ -13,32 +13,17 @@ from triton.compiler import ASTSource
 mod = import_module_from_path(sys.argv[1], "selgpu_mod")
 target = GPUTarget("cuda", 90, 32)
 out = {}
-# the selection kernel: a row of 1024 key blocks (N = 131072, blocks of 128), top-k and mass
-for mode, mass in ((0, False), (1, True), (2, False)):
-    fn = mod._select_kernel_g0
+# the choose kernel: a row of 1024 key blocks (N = 131072, blocks of 128), top 16 and mass
+for name, mass, k_pad in (("choose_top", False, 16), ("choose_mass", True, 1)):
+    fn = mod._choose_g0
     sig = {n: "constexpr" for n in fn.arg_names}
-    sig.update(
-        {n: "*fp32" for n in ("QP", "KS1", "KS2", "MAT")},
-        IDX="*i32",
-        CNT="*i32",
-        N="i32",
-        NQB="i32",
-        NKB="i32",
-        W="i32",
-        top="i32",
-        share="fp32",
-        scale="fp32",
-    )
+    sig.update(MAT="*fp32", IDX="*i32", CNT="*i32", N="i32", NQB="i32", NKB="i32", W="i32", top="i32", share="fp32")
     k = triton.compile(
-        ASTSource(
-            fn=fn,
-            signature=sig,
-            constexprs=dict(MODE=mode, MASS=mass, BLOCK=128, NB_PAD=1024, HEAD_DIM=128, D_CHUNK=16),
-        ),
+        ASTSource(fn=fn, signature=sig, constexprs=dict(MASS=mass, BLOCK=128, NB_PAD=1024, K_PAD=k_pad)),
         target=target,
-        options=dict(num_warps=8),
+        options=dict(num_warps=4),
     )
-    out[f"select_mode{mode}"] = k.metadata.shared
+    out[name] = k.metadata.shared
 fn = mod._antidiagonal_g0
 sig = {n: "constexpr" for n in fn.arg_names}
 sig.update(Q="*bf16", K="*bf16", MAT="*fp32", scale="fp32")

@@ -236,6 +236,26 @@ def test_ties_go_to_the_lowest_block():
     assert whole[0] == [0] and whole[1] == [0, 1] and whole[3] == [0, 1]
 
 
+@pytest.mark.parametrize(
+    "top, mass, n", [(1, 0, 16 * 5), (3, 0, 16 * 33 - 5), (5, 0, 16 * 17), (40, 0, 16 * 9 + 1), (0, 60, 16 * 33 - 5)]
+)
+def test_choose_kernel_against_choose(top, mass, n):
+    """The choose kernel alone, fed estimates full of ties and -inf (as antidiagonal's), against
+    choose(): rows of key blocks no power of two (a padded row), budgets no power of two (tl.topk
+    keeps a power of two above top) or above the number of candidates, a mass budget."""
+    sel = f"select(mean, {'top = ' + str(top) if top else 'mass = ' + str(mass)}, block = 16)"
+    mod = load(program(text_of(f"causal & (window(20) | {sel})", 2, 1), f"sel_choose_{top}_{mass}"))
+    nb = -(-n // 16)
+    gen = torch.Generator().manual_seed(top + mass + n)
+    mat = torch.randint(-3, 3, (2, 1, nb, nb), generator=gen).float()
+    mat[torch.rand(mat.shape, generator=gen) < 0.1] = float("-inf")
+    spec = selection.SelectSpec(*mod._SELECT[0])
+    idx, cnt = mod._choose(0, spec, mat, n, mod._select_width(n))
+    ridx, rcnt = selection.choose(mat, mod._candidates(0, n), spec.top, spec.mass)
+    assert torch.equal(cnt, rcnt) and torch.equal(idx, ridx)
+    assert (cnt >= min(top, 3)).any() and (cnt < rcnt.new_tensor(top or nb)).any()
+
+
 def test_prefill_against_the_independent_reference():
     """The pairs of static | (context & chosen blocks), from the IR (Pattern.mask, Selection.holds),
     in float64: prefill with random index lists, an index the static part covers included."""
@@ -417,7 +437,7 @@ def test_selection_kernels_compile_for_sm90(tmp_path):
     run = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=900, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     shared = json.loads(run.stdout.strip().splitlines()[-1])
-    assert set(shared) == {"select_mode0", "select_mode1", "select_mode2", "antidiagonal", "attention"}
+    assert set(shared) == {"choose_top", "choose_mass", "antidiagonal", "attention"}
     assert all(0 < v <= 227 * 1024 for v in shared.values())
 
 

@@ -20,29 +20,30 @@ from __future__ import annotations
 import torch
 
 
-def _blocks(x: torch.Tensor, size: int, fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """x `[..., N, D]` padded with `fill` to whole blocks, as `[..., nb, size, D]`, and the
-    number of real positions in each block `[nb]`."""
+def _per_block(x: torch.Tensor, size: int, reduce) -> torch.Tensor:
+    """`reduce(blocks, -2)` over each block of `size` positions of x `[..., N, D]`: `[..., nb, D]`.
+    Whole blocks are a view of x; a last, partial block is reduced over the positions it has
+    (no padded copy of x)."""
     n = x.shape[-2]
-    nb = -(-n // size)
-    pad = nb * size - n
-    if pad:
-        x = torch.nn.functional.pad(x, (0, 0, 0, pad), value=fill)
-    counts = torch.full((nb,), size, device=x.device, dtype=torch.float32)
-    counts[-1] = size - pad
-    return x.reshape(*x.shape[:-2], nb, size, x.shape[-1]), counts
+    whole = n - n % size
+    out = reduce(x[..., :whole, :].unflatten(-2, (whole // size, size)), -2)
+    if whole < n:
+        out = torch.cat([out, reduce(x[..., whole:, :].unsqueeze(-3), -2)], -2)
+    return out
 
 
 def block_mean(k: torch.Tensor, size: int) -> torch.Tensor:
     """The mean of each block of `size` keys, `[..., nb, D]` (float32)."""
-    blocks, counts = _blocks(k, size)  # summed in float32 without a float32 copy of k
-    return blocks.sum(-2, dtype=torch.float32) / counts[:, None]
+    n = k.shape[-2]
+    counts = torch.full((-(-n // size), 1), float(size), device=k.device, dtype=torch.float32)
+    counts[-1] = n - (n - 1) // size * size
+    return _per_block(k, size, lambda b, d: b.sum(d, dtype=torch.float32)) / counts  # no float32 copy of k
 
 
 def block_min_max(k: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel minimum and maximum of each block of `size` keys, each `[..., nb, D]`."""
-    kf = k.float()
-    return _blocks(kf, size, float("inf"))[0].amin(-2), _blocks(kf, size, float("-inf"))[0].amax(-2)
+    """Per-channel minimum and maximum of each block of `size` keys, each `[..., nb, D]`
+    (float32; found in k's dtype, exactly, without a float32 copy of k)."""
+    return _per_block(k, size, torch.amin).float(), _per_block(k, size, torch.amax).float()
 
 
 def mean_score(q: torch.Tensor, k_mean: torch.Tensor) -> torch.Tensor:
@@ -52,9 +53,11 @@ def mean_score(q: torch.Tensor, k_mean: torch.Tensor) -> torch.Tensor:
 
 def quest_bound(q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor) -> torch.Tensor:
     """Quest's upper bound of q . k over each block: sum over channels of
-    max(q_c * min_c, q_c * max_c). q `[..., M, D]`, summaries `[..., nb, D]`: `[..., M, nb]`."""
-    qf = q.float()[..., :, None, :]
-    return torch.maximum(qf * k_min.float()[..., None, :, :], qf * k_max.float()[..., None, :, :]).sum(-1)
+    max(q_c * min_c, q_c * max_c). q `[..., M, D]`, summaries `[..., nb, D]`: `[..., M, nb]`.
+    As two matrix products (no `[..., M, nb, D]` intermediate): the larger product is q_c * max_c
+    where q_c > 0 and q_c * min_c where q_c < 0 (min_c <= max_c)."""
+    qf = q.float()
+    return qf.clamp(min=0) @ k_max.float().transpose(-1, -2) + qf.clamp(max=0) @ k_min.float().transpose(-1, -2)
 
 
 def top_blocks(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -48,17 +48,17 @@ def pooled_queries(q: torch.Tensor, kv_heads: int, block: int) -> torch.Tensor:
 
 def block_logmass(spec: SelectSpec, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
     """The log-mass estimate of every (query block, key block) of every KV head,
-    `[B, H_KV, n_qblocks, n_kblocks]` float32: scale * score for `mean` and `quest` (pooled
-    query), the logsumexp of scaled antidiagonal sums (`antidiagonal`), the log of vertical plus
-    slash mass (`vslash`). q `[B, H, N, D]`, k `[B, H_KV, N, D]`."""
+    `[B, H_KV, n_qblocks, n_kblocks]` float32: the score of the scaled pooled query for `mean`
+    and `quest` (scale * score; the scale applied to the small pooled query, not to the
+    matrix), the logsumexp of scaled antidiagonal sums (`antidiagonal`), the log of vertical
+    plus slash mass (`vslash`). q `[B, H, N, D]`, k `[B, H_KV, N, D]`."""
     b, h, n, d = q.shape
     kv = k.shape[1]
     nqb = -(-n // spec.block)
     if spec.score == "mean":
-        return scale * mean_score(pooled_queries(q, kv, spec.block), block_mean(k, spec.block))
+        return mean_score(scale * pooled_queries(q, kv, spec.block), block_mean(k, spec.block))
     if spec.score == "quest":
-        lo, hi = block_min_max(k, spec.block)
-        return scale * quest_bound(pooled_queries(q, kv, spec.block), lo, hi)
+        return quest_bound(scale * pooled_queries(q, kv, spec.block), *block_min_max(k, spec.block))
     grouped = q.reshape(b, kv, h // kv, n, d)
     if spec.score == "antidiagonal":
         return antidiagonal_score(grouped, k, spec.block, spec.stride, scale)
