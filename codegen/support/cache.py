@@ -22,6 +22,7 @@ import triton.language as tl
 
 from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names, interpreting
 from .decode import CacheView, DecodeSpec, decode_launch
+from .launch import FastLaunch, to_device
 from .policies import AGGREGATES, NEEDS_QUERIES, attention_stats, lowest, priority, rescore
 from .records import HeadRule, Policy
 
@@ -235,19 +236,19 @@ class _KvLayer:
         self.rules = [(hs[0], hs) for hs in rules.values()]
         self.slots = None  # host copy of (offset, len) per head, rebuilt after a change
         self.masked = False  # decode evaluates the pattern (set with slots)
-        self.write_kw = {}  # constants of the append kernel per (T, ...)
+        self.write_kw = {}  # the append kernel's launch per (T, ...)
         classes = {}
         for h in self.heads:
             if h.kind == "lossy":
                 classes.setdefault(h.policy, []).append(h)
         self.classes = [_KvClass(hs, p) for p, hs in classes.items()]
         self.order = self.lossless + [h for c in self.classes for h in c.heads]
-        self.gid = torch.tensor(spec.gid[layer], dtype=torch.int32, device=device)
-        gid_rows = torch.tensor(spec.gid[layer], dtype=torch.int64, device=device).view(
+        self.gid = to_device(torch.tensor(spec.gid[layer], dtype=torch.int32), device)
+        gid_rows = to_device(torch.tensor(spec.gid[layer], dtype=torch.int64), device).view(
             spec.decode.kv_heads, spec.decode.group
         )
         for c in self.classes:
-            c.idx = torch.tensor([h.index for h in c.heads], dtype=torch.int64, device=device)
+            c.idx = to_device(torch.tensor([h.index for h in c.heads], dtype=torch.int64), device)
             c.gid = gid_rows[c.idx]
 
 
@@ -572,7 +573,7 @@ class CacheBase:
         cnt = torch.zeros((len(L.heads), cw), dtype=torch.int32)
         for h in L.heads:
             cnt[h.index, : h.smod + 1] = torch.tensor(h.cnt, dtype=torch.int32)
-        L.cnt = cnt.to(self.device)
+        L.cnt = to_device(cnt, self.device)
 
     def _grow(self, L, need):
         if all(need[i] <= L.heads[i].cap for i in need):
@@ -608,23 +609,23 @@ class CacheBase:
             off += cap
         L.k, L.v, L.pos, L.score = k, v, pos, score
         L.slots = None
-        L.offsets = torch.tensor([h.offset for h in L.heads], dtype=torch.int32, device=dev)
+        L.offsets = to_device(torch.tensor([h.offset for h in L.heads], dtype=torch.int32), dev)
         tab = torch.zeros((len(L.heads), _KV_TAB_W), dtype=torch.int32)
         for h in L.heads:
             tab[h.index] = torch.tensor(
                 [_KV_KIND[h.kind], h.offset, h.sink, h.ring, h.smod, len(h.sres), max(h.chunk, 1), 0], dtype=torch.int32
             )
-        L.tab = tab.to(dev)
+        L.tab = to_device(tab, dev)
 
     def _write_triton(self, L, k, v, n, T, skip_lossy):
         if not k.is_contiguous():
             k = k.contiguous()
         if not v.is_contiguous():
             v = v.contiguous()
-        key = (T, skip_lossy, L.k.shape[1], k.shape[3], L.cnt.shape[1])
-        kw = L.write_kw.get(key)
-        if kw is None:
-            kw = L.write_kw[key] = dict(
+        key = (T, skip_lossy, L.k.shape[1], k.shape[3], L.cnt.shape[1], (k.data_ptr() | v.data_ptr()) & 15 == 0)
+        launch = L.write_kw.get(key)
+        if launch is None:
+            kw = dict(
                 H_KV=len(L.heads),
                 CW=L.cnt.shape[1],
                 HEAD_DIM=k.shape[3],
@@ -632,9 +633,8 @@ class CacheBase:
                 SKIP_LOSSY=skip_lossy,
                 num_warps=4,
             )
-        _kv_append_kernel[(len(L.heads), self.batch)](
-            k, v, L.k, L.v, L.pos, L.lens, L.npos, L.tab, L.cnt, T, L.k.shape[1], **kw
-        )
+            launch = L.write_kw[key] = FastLaunch(_kv_append_kernel, (len(L.heads), self.batch), kw)
+        launch(k, v, L.k, L.v, L.pos, L.lens, L.npos, L.tab, L.cnt, T, L.k.shape[1])
 
     def _write_torch(self, L, k, v, n, T, skip_lossy):
         """The torch reference of _kv_append_kernel (backend='torch')."""
