@@ -10,9 +10,11 @@ For each module (dense causal, StreamingLLM, the DuoAttention mix; H=32, H_KV=8,
   bottleneck), and the wall time per call including that synchronisation;
 - the same under a CUDA graph (replays of `calls` captured calls: GPU time alone);
 - SDPA's prefill at the same shape, for scale;
-- a CPU profile (cProfile, top functions by own time) of the Python path of prefill and of
-  one decode step (append + decode), with the Triton launches replaced by no-ops, so that
-  only attnc's own Python remains ("python only" rows; on the CPU as well).
+- the host time of attnc's own Python ("python only" rows, on the CPU as well): the same
+  calls with stand-ins for the compiled kernels whose launch does nothing, taken through
+  the same direct-launch path (FastLaunch) as the real ones, so that only Triton's C
+  launcher and the driver are missing; with a CPU profile (cProfile, top functions by own
+  time) of prefill and of one decode step (append + decode).
 Prints a table and writes $OUT/host.json (default ./out/host.json).
 """
 
