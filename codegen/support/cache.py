@@ -357,7 +357,7 @@ class CacheBase:
             if lengths is not None:
                 L.pad = (T - lengths.to(device=self.device, dtype=torch.int64).clamp(0, T)).view(-1, 1, 1)
                 L.npos.copy_((-L.pad).view(-1, 1).expand_as(L.npos))
-        if L.growing or (L.classes and not big):
+        if (L.growing and self.max_len is None) or (L.classes and not big):  # fixed capacities hold max_len
             need = {h.index: h.need(end) for h in L.growing}
             if not big:
                 for c in L.classes:
