@@ -731,7 +731,21 @@ class Handle:
         mask = kwargs.get("attention_mask")
         if mask is not None and mask.dim() == 2 and not bool(mask.all()):
             self._padding(mask, self.active)
+        self._check_positions(kwargs.get("position_ids"), self.active)
         return args, kwargs
+
+    def _check_positions(self, pos_ids: torch.Tensor | None, store: Any) -> None:
+        """The forward's first position is the number of tokens the cache has seen (once per
+        forward: reading it waits for the device). Padded rows count positions of their own."""
+        if pos_ids is None or getattr(store, "lengths", None) is not None:
+            return
+        first = store.seen[0]
+        got = int(pos_ids.reshape(-1)[0])
+        if got != first:
+            raise IntegrationError(
+                f"position_ids start at {got} but the attnc cache has seen {first} tokens; "
+                "pass the cache returned by the last forward"
+            )
 
     def _padding(self, mask: torch.Tensor, store: Any) -> None:
         """A padded batch's attention_mask (B, cached + new): left padding into the generated
@@ -768,18 +782,11 @@ class Handle:
         layer = module.layer_idx
         store = self.active
         scale = scaling if scaling is not None else q.shape[-1] ** -0.5
-        first = store.seen[layer]
-        pos_ids = kwargs.get("position_ids")
-        padded = getattr(store, "lengths", None) is not None  # rows count positions of their own
-        if pos_ids is not None and not padded and int(pos_ids.reshape(-1)[0]) != first:
-            raise IntegrationError(
-                f"position_ids start at {int(pos_ids.reshape(-1)[0])} but the attnc cache of layer "
-                f"{layer} has seen {first} tokens; pass the cache returned by the last forward"
-            )
         if isinstance(store, KernelStore):
             rotary = _rotary_of(self.model) if self.positions == "rerotate" else None
             out = store.attend(layer, q, k, v, scale, rotary)
-            store.peak_tokens = max(store.peak_tokens, store.tokens())
+            if layer == self.layout.shape.layers - 1:  # once per forward: the count walks every layer
+                store.peak_tokens = max(store.peak_tokens, store.tokens())
             return out.transpose(1, 2)
         first, n = store.append(layer, k, v)
         if store.lossy and n <= MAX_STEP:  # a decode step: decode-timed policies evict before it reads
