@@ -225,7 +225,7 @@ class _KvLayer:
         self.heads = [_KvHead(i, spec.rules[r], spec.policies) for i, r in enumerate(spec.table[layer])]
         self.n = 0
         self.k = self.v = self.pos = self.score = None
-        self.lens = self.offsets = self.tab = self.cnt = None
+        self.lens = self.offsets = self.tab = None
         self.npos = None  # (B, H_KV) int32 on the device: each row's tokens so far (negative: padding to come)
         self.pad = None  # (B, 1, 1) int64: a left-padded batch's padding per row (None: no padding)
         self.lossless = [h for h in self.heads if h.kind != "lossy"]
@@ -243,6 +243,9 @@ class _KvLayer:
                 classes.setdefault(h.policy, []).append(h)
         self.classes = [_KvClass(hs, p) for p, hs in classes.items()]
         self.order = self.lossless + [h for c in self.classes for h in c.heads]
+        cw = max(h.smod for h in self.heads) + 1  # each head's stripe counts, zero-padded to one width
+        cnt = [h.cnt + [0] * (cw - len(h.cnt)) for h in self.heads]
+        self.cnt = to_device(torch.tensor(cnt, dtype=torch.int32).view(len(self.heads), cw), device)
         self.gid = to_device(torch.tensor(spec.gid[layer], dtype=torch.int32), device)
         gid_rows = to_device(torch.tensor(spec.gid[layer], dtype=torch.int64), device).view(
             spec.decode.kv_heads, spec.decode.group
@@ -569,11 +572,6 @@ class CacheBase:
         self._pack(L, D, caps)
         L.lens = torch.zeros((self.batch, len(L.heads)), dtype=torch.int32, device=self.device)
         L.npos = torch.zeros_like(L.lens)
-        cw = max(h.smod for h in L.heads) + 1
-        cnt = torch.zeros((len(L.heads), cw), dtype=torch.int32)
-        for h in L.heads:
-            cnt[h.index, : h.smod + 1] = torch.tensor(h.cnt, dtype=torch.int32)
-        L.cnt = to_device(cnt, self.device)
 
     def _grow(self, L, need):
         if all(need[i] <= L.heads[i].cap for i in need):
@@ -610,12 +608,8 @@ class CacheBase:
         L.k, L.v, L.pos, L.score = k, v, pos, score
         L.slots = None
         L.offsets = to_device(torch.tensor([h.offset for h in L.heads], dtype=torch.int32), dev)
-        tab = torch.zeros((len(L.heads), _KV_TAB_W), dtype=torch.int32)
-        for h in L.heads:
-            tab[h.index] = torch.tensor(
-                [_KV_KIND[h.kind], h.offset, h.sink, h.ring, h.smod, len(h.sres), max(h.chunk, 1), 0], dtype=torch.int32
-            )
-        L.tab = to_device(tab, dev)
+        tab = [[_KV_KIND[h.kind], h.offset, h.sink, h.ring, h.smod, len(h.sres), max(h.chunk, 1), 0] for h in L.heads]
+        L.tab = to_device(torch.tensor(tab, dtype=torch.int32).view(len(L.heads), _KV_TAB_W), dev)
 
     def _write_triton(self, L, k, v, n, T, skip_lossy):
         if not k.is_contiguous():
