@@ -10,9 +10,11 @@ For each module (dense causal, StreamingLLM, the DuoAttention mix; H=32, H_KV=8,
   bottleneck), and the wall time per call including that synchronisation;
 - the same under a CUDA graph (replays of `calls` captured calls: GPU time alone);
 - SDPA's prefill at the same shape, for scale;
-- a CPU profile (cProfile, top functions by own time) of the Python path of prefill and of
-  one decode step (append + decode), with the Triton launches replaced by no-ops, so that
-  only attnc's own Python remains ("python only" rows; on the CPU as well).
+- the host time of attnc's own Python ("python only" rows, on the CPU as well): the same
+  calls with stand-ins for the compiled kernels whose launch does nothing, taken through
+  the same direct-launch path (FastLaunch) as the real ones, so that only Triton's C
+  launcher and the driver are missing; with a CPU profile (cProfile, top functions by own
+  time) of prefill and of one decode step (append + decode).
 Prints a table and writes $OUT/host.json (default ./out/host.json).
 """
 
@@ -79,10 +81,20 @@ def _import(name: str):
 
 
 class _NoLaunch:
-    """Stands for a Triton kernel: kernel[grid](...) does nothing (Python time alone)."""
+    """Stands for a Triton kernel and its compiled kernel: kernel[grid](...) and run(...) do
+    nothing, so that the module's FastLaunch binds it as it binds a compiled kernel and later
+    calls take the same path as on the GPU (attnc's Python alone, without Triton's launcher)."""
+
+    function, packed_metadata = 0, ()
+
+    def __init__(self, kernel):
+        self.fn = kernel.fn
 
     def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
+        return lambda *args, **kwargs: self
+
+    def run(self, *args):
+        return None
 
 
 def _issue_time(fn, torch, calls: int, cuda: bool) -> tuple[float, float]:
@@ -119,11 +131,14 @@ def _profile(fn, calls: int, top: int = 12) -> str:
 
 def _python_only(mod, torch):
     """A copy of the module's launch points with no-op kernels (restore with the returned undo)."""
-    saved = {name: getattr(mod, name) for name in ("_PREFILL", "_kv_append_kernel") if hasattr(mod, name)}
+    names = ("_PREFILL", "_kv_append_kernel", "_current_stream")
+    saved = {name: getattr(mod, name) for name in names if hasattr(mod, name)}
     saved_dec = mod._DEC.kernel
-    mod._PREFILL = mod._PREFILL._replace(kernel=_NoLaunch(), memo={})
-    mod._kv_append_kernel = _NoLaunch()
-    mod._DEC = mod._DEC._replace(kernel=_NoLaunch())
+    mod._PREFILL = mod._PREFILL._replace(kernel=_NoLaunch(mod._PREFILL.kernel), memo={})
+    mod._kv_append_kernel = _NoLaunch(mod._kv_append_kernel)
+    mod._DEC = mod._DEC._replace(kernel=_NoLaunch(mod._DEC.kernel))
+    if not torch.cuda.is_available():
+        mod._current_stream = lambda: (0, 0)  # where the launch would go: no device here
     mod._KV_SPEC = mod._KV_SPEC._replace(decode=mod._DEC)
     mod.Cache.spec = mod._KV_SPEC
 
@@ -161,8 +176,8 @@ def _case(mod, torch, dev, n_prefill: int, ctx: int, calls: int, cuda: bool, smo
         cache.decode(0, q1)
 
     def step():
-        cache.append(0, k1, k1)
-        cache.decode(0, q1)
+        update()
+        decode()
 
     out = {}
     for name, fn in (("prefill", prefill), ("update", update), ("decode", decode), ("step", step)):
@@ -180,7 +195,9 @@ def _case(mod, torch, dev, n_prefill: int, ctx: int, calls: int, cuda: bool, smo
         out["sdpa_prefill"] = {"host_us": host * 1e6, "wall_us": wall * 1e6}
     undo = _python_only(mod, torch)
     try:
-        for name, fn in (("prefill", prefill), ("step", step)):
+        cache = mod.Cache(B, device=dev, dtype=dt, max_len=ctx + 16 * calls + 64)  # its appends: no-op kernels
+        cache.append(0, kc, kc)
+        for name, fn in (("prefill", prefill), ("update", update), ("decode", decode), ("step", step)):
             host, _ = _issue_time(fn, torch, calls, False)
             out[f"{name}_python_only"] = {"host_us": host * 1e6}
         out["profile_prefill"] = _profile(prefill, calls)

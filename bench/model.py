@@ -7,8 +7,12 @@ Face's LlamaForCausalLM (tests/test_model.py checks it on the CPU), with pluggab
 
 - `sdpa`: scaled_dot_product_attention (Hugging Face's default): causal prefill, decode over
   a static cache of max_len slots with a key mask (what a static cache does in transformers);
-- `flex`: FlexAttention (torch.compile'd flex_attention): causal block mask at prefill, a
-  key-mask mask_mod over the static cache at decode;
+- `flex`: FlexAttention (torch.compile'd flex_attention; unfused on the CPU): causal block
+  mask at prefill, a key-mask mask_mod over the static cache at decode;
+- `flex_window`: FlexAttention with the `streaming` pattern's mask, causal & (sink(4) |
+  window(1020)), as Hugging Face's flex backend runs a sliding-window model: the block mask
+  skips the blocks outside the sink and the window at prefill; at decode the mask_mod keeps
+  the sink and the window of the static cache;
 - attnc modules (generated from patterns/*.attn for this model's shape): `causal`
   (dense_causal), `streaming` (streaming_llm: sink 4 + window 1020), `duo` (duo_attention:
   a quarter of the KV heads full, the rest sink 64 + window 256), `power`
@@ -24,12 +28,14 @@ step of the whole model is captured in a CUDA graph and replayed.
     python3 bench/model.py run                      # GPU machine (torch and triton only)
     TRITON_INTERPRET=1 python bench/model.py run --smoke    # CPU, tiny config (a test runs it)
 
-`run` measures, per attention: time to first token (B = 1) at 1K, 32K and 128K tokens;
+`run` measures, per attention: time to first token (B = 1) at 1K, 32K and 128K tokens (the
+median of 3 passes up to 8K, each with a fresh cache, after a pass at the same length);
 decode tokens/s from CUDA-graph replays of one step (and eager) at 32K and 128K for B = 1,
 the goal's batch (8 at 32K, 2 at 128K) and the largest batch that fits; peak GPU memory; the
 largest batch whose cache fits next to the weights at 128K; it checks the graph replay
 against eager steps. Prints a markdown table, writes $OUT/model.json and $OUT/model.md
-(default ./out/).
+(default ./out/). `--profile`: a torch.profiler table of one 1K-token pass per attention
+(device time, host time, synchronisations), also in $OUT/model_profile.txt.
 """
 
 from __future__ import annotations
@@ -223,8 +229,12 @@ class Sdpa:
             self.idx.fill_(T)
         if lengths is None:
             return self._attend_prefill(q, k, v)
-        mask = torch.ones(T, T, device=q.device, dtype=torch.bool).tril() & self.valid[:, None, None, :T]
+        mask = self._allowed(T, lengths, q.device)[:, None] & self.valid[:, None, None, :T]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True).nan_to_num(0.0)
+
+    def _allowed(self, T: int, lengths, device):
+        """(B, T, T): may query i attend key j of a left-padded prompt (each row's positions)."""
+        return torch.ones(T, T, device=device, dtype=torch.bool).tril().expand(len(lengths), T, T)
 
     def _attend_prefill(self, q, k, v):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
@@ -267,6 +277,7 @@ class Flex(Sdpa):
         super().__init__(c, batch, max_len, device, dtype)
         from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+        self.eager = torch.device(device).type != "cuda"  # the CPU smoke run: flex_attention unfused
         if Flex._compiled is None:
             import torch._dynamo as dynamo
 
@@ -275,30 +286,38 @@ class Flex(Sdpa):
                     setattr(dynamo.config, knob, 64)
             Flex._compiled = torch.compile(flex_attention, dynamic=False)
             Flex._compiled_decode = torch.compile(flex_attention, dynamic=False)
-        valid = self.valid
-
-        def key_mask(b, h, q_idx, kv_idx):
-            return valid[b, kv_idx]
-
+        self.flex = flex_attention if self.eager else Flex._compiled
+        self.flex_decode = flex_attention if self.eager else Flex._compiled_decode
         blocks = -(-max_len // 128)
         self.decode_mask = BlockMask.from_kv_blocks(
             torch.full((1, 1, 1), blocks, device=device, dtype=torch.int32),
             torch.arange(blocks, device=device, dtype=torch.int32).view(1, 1, 1, blocks),
             BLOCK_SIZE=128,
-            mask_mod=key_mask,
+            mask_mod=self._decode_mod(),
             seq_lengths=(1, max_len),
         )
+
+    def _decode_mod(self):
+        """The decode step's mask_mod over the static cache: the slots written so far."""
+        valid = self.valid
+
+        def key_mask(b, h, q_idx, kv_idx):
+            return valid[b, kv_idx]
+
+        return key_mask
+
+    def _prefill_mod(self):
+        """The prompt's mask_mod (no padding): causal."""
+        return lambda b, h, qi, ki: ki <= qi
 
     def _attend_prefill(self, q, k, v):
         from torch.nn.attention.flex_attention import create_block_mask
 
         T = q.shape[2]
-        key = (T, q.device)
+        key = (self.name, T, q.device)
         if key not in Flex.masks:
-            Flex.masks[key] = create_block_mask(
-                lambda b, h, qi, ki: ki <= qi, None, None, T, T, device=q.device, _compile=q.is_cuda
-            )
-        return Flex._compiled(q, k, v, block_mask=Flex.masks[key], enable_gqa=True)
+            Flex.masks[key] = create_block_mask(self._prefill_mod(), None, None, T, T, device=q.device, _compile=q.is_cuda)
+        return self.flex(q, k, v, block_mask=Flex.masks[key], enable_gqa=True)
 
     def warm(self, n: int, c: Config, device, dtype) -> None:
         """Compile the prefill attention for n tokens (outside the timed forward pass)."""
@@ -307,7 +326,49 @@ class Flex(Sdpa):
         self._attend_prefill(q, k, k)
 
     def _attend_decode(self, layer, q):
-        return Flex._compiled_decode(q, self.k[layer], self.v[layer], block_mask=self.decode_mask, enable_gqa=True)
+        return self.flex_decode(q, self.k[layer], self.v[layer], block_mask=self.decode_mask, enable_gqa=True)
+
+
+class FlexWindow(Flex):
+    """FlexAttention with the `streaming` pattern's mask, causal & (sink(S) | window(W)), as
+    Hugging Face's flex backend runs a sliding-window model: a block mask at prefill (blocks
+    outside the sink and the window skipped), at decode the written slots within the sink or
+    the window of the static cache (each row's positions: slot - its padding)."""
+
+    name = "flex_window"
+
+    def __init__(self, c: Config, batch: int, max_len: int, device, dtype, sink: int = 4, window: int = 1020):
+        self.sink, self.window = sink, window
+        self.pad = torch.zeros(batch, device=device, dtype=torch.int64)  # each row's padding
+        self.slot = torch.zeros(1, device=device, dtype=torch.int64)  # the decode step's query slot
+        super().__init__(c, batch, max_len, device, dtype)
+
+    def prefill(self, layer, q, k, v, lengths):
+        if layer == 0 and lengths is not None:
+            self.pad.copy_(q.shape[2] - lengths.to(self.pad))
+        return super().prefill(layer, q, k, v, lengths)
+
+    def decode(self, layer, q, k, v):
+        if layer == 0:  # idx moves on at the last layer, before its attention
+            self.slot.copy_(self.idx)
+        return super().decode(layer, q, k, v)
+
+    def _allowed(self, T: int, lengths, device):
+        pos = torch.arange(T, device=device)[None, :] - (T - lengths.to(device)[:, None])  # (B, T)
+        d = pos[:, :, None] - pos[:, None, :]
+        return (d >= 0) & ((pos[:, None, :] < self.sink) | (d < self.window))
+
+    def _prefill_mod(self):
+        S, W = self.sink, self.window
+        return lambda b, h, qi, ki: (ki <= qi) & ((ki < S) | (qi - ki < W))
+
+    def _decode_mod(self):
+        valid, slot, pad, S, W = self.valid, self.slot, self.pad, self.sink, self.window
+
+        def window_mask(b, h, q_idx, kv_idx):
+            return valid[b, kv_idx] & ((kv_idx - pad[b] < S) | (slot[0] - kv_idx < W))
+
+        return window_mask
 
 
 class Attnc:
@@ -334,6 +395,8 @@ def make_backend(name: str, mods: dict, c: Config, batch: int, max_len: int, dev
         return Sdpa(c, batch, max_len, device, dtype)
     if name == "flex":
         return Flex(c, batch, max_len, device, dtype)
+    if name == "flex_window":
+        return FlexWindow(c, batch, max_len, device, dtype)
     return Attnc(mods[name], name, c, batch, max_len, device, dtype)
 
 
@@ -416,20 +479,49 @@ def _seconds(fn, dev, reps: int = 1) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def ttft(model, name, mods, c, n: int, dev, dtype) -> dict:
-    """Time to first token at B = 1: the prompt's forward pass with the cache filled, and the
-    peak memory of that pass."""
+def ttft(model, name, mods, c, n: int, dev, dtype, reps: int = 1) -> dict:
+    """Time to first token at B = 1: the prompt's forward pass with the cache filled (the
+    median of `reps` passes, each with a fresh cache), and the peak memory of that pass."""
+    times = []
+    for _ in range(reps):
+        attn = make_backend(name, mods, c, 1, n + 16, dev, dtype)
+        if hasattr(attn, "warm"):
+            attn.warm(n, c, dev, dtype)
+        ids = torch.randint(0, c.vocab, (1, n), device=dev)
+        gen = Generator(model, attn)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        times.append(_seconds(lambda: gen.prefill(ids), dev))
+        peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else 0
+        del attn, gen
+    return {"s": sorted(times)[len(times) // 2], "all_s": times, "peak_gib": peak / 2**30}
+
+
+def profile_ttft(model, name, mods, c, n: int, dev, dtype, top: int = 12) -> str:
+    """torch.profiler over one time-to-first-token pass (after a warm one): the operators
+    with the most device time and the most host time, and the host-device synchronisations
+    and copies (each one drains the GPU's queue: the host then waits for it)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ttft(model, name, mods, c, n, dev, dtype)
     attn = make_backend(name, mods, c, 1, n + 16, dev, dtype)
     if hasattr(attn, "warm"):
         attn.warm(n, c, dev, dtype)
     ids = torch.randint(0, c.vocab, (1, n), device=dev)
     gen = Generator(model, attn)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t = _seconds(lambda: gen.prefill(ids), dev)
-    peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else 0
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    _sync(dev)
+    with profile(activities=acts) as prof:
+        gen.prefill(ids)
+        _sync(dev)
+    ev = prof.key_averages()
+    device_key = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    syncs = [e for e in ev if "Synchronize" in e.key or "Memcpy" in e.key or "item" in e.key]
+    lines = [f"{name}, TTFT {n} tokens:", ev.table(sort_by=device_key, row_limit=top),
+             ev.table(sort_by="self_cpu_time_total", row_limit=top),
+             "synchronisations and copies: " + (", ".join(f"{e.key} x{e.count}" for e in syncs) or "none")]  # fmt: skip
     del attn, gen
-    return {"s": t, "peak_gib": peak / 2**30}
+    return "\n".join(lines)
 
 
 def fill(gen: Generator, c: Config, B: int, n: int, dev, dtype, chunk: int = 16384) -> None:
@@ -454,7 +546,7 @@ def fill(gen: Generator, c: Config, B: int, n: int, dev, dtype, chunk: int = 163
 
 def cache_bytes(name, mods, c, n: int, dev, dtype) -> int:
     """Bytes one sequence's cache holds at n tokens (allocated, all layers)."""
-    if name in ("sdpa", "flex"):
+    if name in ("sdpa", "flex", "flex_window"):
         return 2 * c.layers * c.kv_heads * n * c.head_dim * torch.finfo(dtype).bits // 8 + n
     attn = make_backend(name, mods, c, 1, n + 64, dev, dtype)
     fill(Generator(None, attn), c, 1, min(n, 4096) if dev.type == "cpu" else n, dev, dtype)
@@ -527,12 +619,17 @@ def run(args) -> dict:
         row = res["rows"].setdefault(name, {"ttft": {}, "decode": {}, "max_batch": {}, "errors": []})
         try:
             row["graph_check_max_abs"] = check_graph(model, name, mods, c, dev, dtype) if not smoke else None
+            if args.profile:
+                row["profile"] = profile_ttft(model, name, mods, c, short, dev, dtype)
+                print(row["profile"], flush=True)
             for n in (short, *contexts):
                 if time.time() - t_start > args.budget:
                     row["errors"].append(f"ttft {n}: skipped (time budget)")
                     continue
                 ttft(model, name, mods, c, min(n, short), dev, dtype)  # compile at a short length
-                row["ttft"][n] = ttft(model, name, mods, c, n, dev, dtype)
+                if short < n <= 32768:  # and at n: launch choices that depend on N (the grid order) compile here
+                    ttft(model, name, mods, c, n, dev, dtype)
+                row["ttft"][n] = ttft(model, name, mods, c, n, dev, dtype, reps=3 if n <= 8192 else 1)
                 print(f"{name} ttft N={n}: {row['ttft'][n]['s'] * 1e3:.1f} ms", flush=True)
             for n in contexts:
                 per_seq = cache_bytes(name, mods, c, n, dev, dtype)
@@ -563,6 +660,8 @@ def run(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "model.json").write_text(json.dumps(res, indent=1, default=str))
     (out / "model.md").write_text(text + "\n")
+    if args.profile:
+        (out / "model_profile.txt").write_text("\n\n".join(r.get("profile", "") for r in res["rows"].values()))
     return res
 
 
@@ -612,7 +711,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=("generate", "run"))
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny config (TRITON_INTERPRET=1)")
-    ap.add_argument("--attention", nargs="*", default=["sdpa", "causal", "streaming", "duo", "power", "flex"])
+    ap.add_argument("--attention", nargs="*",
+                    default=["sdpa", "causal", "streaming", "duo", "power", "flex", "flex_window"])  # fmt: skip
+    ap.add_argument("--profile", action="store_true", help="profile one time-to-first-token pass per attention")
     ap.add_argument("--layers", type=int, default=32, help="layers of the timed model (default 32)")
     ap.add_argument("--max-batch", type=int, default=64, help="cap of the largest batch timed")
     ap.add_argument("--budget", type=float, default=420, help="seconds: skip timings past it")

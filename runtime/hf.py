@@ -45,7 +45,9 @@ module without them decodes with the reference over attnc's store). `KernelStore
 
 Chunked prefill (a forward of many tokens after a cache exists, as the perplexity task
 streams) runs on the reference backend; the generated decode takes at most `max_step` new
-tokens per step. Padded batches are refused: positions are absolute token indices.
+tokens per step. Left-padded batches (an attention_mask with zeros at the start of rows)
+run on the generated kernels: the mask's row sums become the modules' `lengths`, so each row
+computes what it computes alone; the reference backend and positions `rerotate` refuse them.
 """
 
 from __future__ import annotations
@@ -517,6 +519,7 @@ class KernelStore:
         self.cache: Any = None  # created at the first append, when batch, dtype and device are known
         self.peak_tokens = 0
         self.kernel_calls = 0
+        self.lengths: torch.Tensor | None = None  # a left-padded batch: each row's tokens (B,)
 
     def _cache_for(self, k: torch.Tensor) -> Any:
         if self.cache is None:
@@ -553,8 +556,8 @@ class KernelStore:
         first, T = cache.seen(layer), q.shape[2]
         self.kernel_calls += 1
         if first == 0:  # nothing cached: the prefill kernel over the whole forward
-            cache.append(layer, k, v, q=q, sm_scale=scale)
-            return _kernel_prefill(self.module, layer, q, k, v, scale, rotary)
+            cache.append(layer, k, v, q=q, sm_scale=scale, lengths=self.lengths)
+            return _kernel_prefill(self.module, layer, q, k, v, scale, rotary, self.lengths)
         max_step = getattr(self.module, "_DEC_MAX_STEP", 1)
         if T > max_step:
             raise IntegrationError(
@@ -578,16 +581,24 @@ class KernelStore:
 
 
 def _kernel_prefill(
-    module: Any, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, rotary: Callable | None
+    module: Any,
+    layer: int,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    rotary: Callable | None,
+    lengths: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The generated prefill kernel over one forward with nothing cached (keys at 0..T-1).
+    """The generated prefill kernel over one forward with nothing cached (keys at 0..T-1;
+    `lengths`: a left-padded batch, each row's tokens at its end, numbered from 0).
 
     With positions `rerotate` the model handed over unrotated q and k; with an empty cache a
-    key's slot is its position, so both rotate to their positions."""
+    key's slot is its position, so both rotate to their positions (no padding then)."""
     if rotary is not None:
         cos, sin = rotary(q, position_ids=torch.arange(q.shape[2], device=q.device)[None])
         q, k = _rope(q, cos[:, None], sin[:, None]), _rope(k, cos[:, None], sin[:, None])
-    return module.prefill(q.contiguous(), k.contiguous(), v.contiguous(), scale=scale, layer=layer)
+    return module.prefill(q.contiguous(), k.contiguous(), v.contiguous(), scale=scale, layer=layer, lengths=lengths)
 
 
 def check_backend(backend: str) -> None:
@@ -719,11 +730,45 @@ class Handle:
         self.last_cache = cache
         mask = kwargs.get("attention_mask")
         if mask is not None and mask.dim() == 2 and not bool(mask.all()):
-            raise IntegrationError(
-                "padded batches are not supported: attnc positions are absolute token indices; "
-                "run sequences of equal length or one at a time"
-            )
+            self._padding(mask, self.active)
+        self._check_positions(kwargs.get("position_ids"), self.active)
         return args, kwargs
+
+    def _check_positions(self, pos_ids: torch.Tensor | None, store: Any) -> None:
+        """The forward's first position is the number of tokens the cache has seen (once per
+        forward: reading it waits for the device). Padded rows count positions of their own."""
+        if pos_ids is None or getattr(store, "lengths", None) is not None:
+            return
+        first = store.seen[0]
+        got = int(pos_ids.reshape(-1)[0])
+        if got != first:
+            raise IntegrationError(
+                f"position_ids start at {got} but the attnc cache has seen {first} tokens; "
+                "pass the cache returned by the last forward"
+            )
+
+    def _padding(self, mask: torch.Tensor, store: Any) -> None:
+        """A padded batch's attention_mask (B, cached + new): left padding into the generated
+        modules' `lengths` (each row's tokens at its end, numbered from 0 as if it ran alone),
+        given at the prompt's forward; later forwards add real tokens only."""
+        if not isinstance(store, KernelStore) or self.positions != "original":
+            raise IntegrationError(
+                "padded batches run on the generated kernels and cache only (backend 'interpret' or "
+                "'triton', positions 'original'); run sequences of equal length or one at a time"
+            )
+        seen = store.seen[0]
+        if seen == 0:
+            if not bool((mask[:, 1:] >= mask[:, :-1]).all()):
+                raise IntegrationError(
+                    "only left padding is supported (each row's tokens at its end: tokenizer "
+                    "padding_side='left'); this attention_mask has zeros after ones"
+                )
+            store.lengths = mask.sum(-1).to(torch.int64)
+        elif store.lengths is None or not bool(mask[:, seen:].all()):
+            raise IntegrationError(
+                "a padded batch pads its prompt only: the attention_mask of later forwards must be "
+                "ones on the new tokens, and the prompt's forward must have had the padding"
+            )
 
     def _before_attention(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         cos, sin = kwargs["position_embeddings"]
@@ -737,17 +782,11 @@ class Handle:
         layer = module.layer_idx
         store = self.active
         scale = scaling if scaling is not None else q.shape[-1] ** -0.5
-        first = store.seen[layer]
-        pos_ids = kwargs.get("position_ids")
-        if pos_ids is not None and int(pos_ids.reshape(-1)[0]) != first:
-            raise IntegrationError(
-                f"position_ids start at {int(pos_ids.reshape(-1)[0])} but the attnc cache of layer "
-                f"{layer} has seen {first} tokens; pass the cache returned by the last forward"
-            )
         if isinstance(store, KernelStore):
             rotary = _rotary_of(self.model) if self.positions == "rerotate" else None
             out = store.attend(layer, q, k, v, scale, rotary)
-            store.peak_tokens = max(store.peak_tokens, store.tokens())
+            if layer == self.layout.shape.layers - 1:  # once per forward: the count walks every layer
+                store.peak_tokens = max(store.peak_tokens, store.tokens())
             return out.transpose(1, 2)
         first, n = store.append(layer, k, v)
         if store.lossy and n <= MAX_STEP:  # a decode step: decode-timed policies evict before it reads

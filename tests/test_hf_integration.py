@@ -217,6 +217,48 @@ def test_interpreter_backend_with_the_generated_cache(model, positions, tmp_path
     assert torch.equal(got_gen, want_gen)
 
 
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1 (make test)")
+def test_left_padded_batch_runs_each_row_as_alone(model):
+    """A left-padded batch (B = 2) through the generated prefill, cache and decode: logits at
+    each row's tokens equal the dense model's on the padded batch (causal) and attnc's on the
+    row alone (sinks and windows count each row's tokens from 0); generate continues each row
+    as the row alone does."""
+    pytest.importorskip("jinja2")
+    ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(4))
+    pad = [0, 7]
+    mask = torch.ones_like(ids)
+    mask[1, : pad[1]] = 0
+    dense = logits(model, ids, attention_mask=mask)
+    with hf.apply(model, hf.uniform_program("causal", shape(model), CAUSAL), backend="interpret") as h:
+        got = logits(model, ids, attention_mask=mask)
+        assert isinstance(h.active, hf.KernelStore) and h.active.lengths.tolist() == [24, 17]
+    for b in range(2):
+        assert rel(got[b, pad[b] :], dense[b, pad[b] :]) < 1e-4
+    program = duo(model)
+    with hf.apply(model, program, backend="reference"):
+        alone = [logits(model, ids[b : b + 1, pad[b] :])[0] for b in range(2)]
+        alone_gen = [model.generate(ids[b : b + 1, pad[b] :], max_new_tokens=3, do_sample=False) for b in range(2)]
+    with hf.apply(model, program, backend="interpret"):
+        got = logits(model, ids, attention_mask=mask)
+        got_gen = model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
+    for b in range(2):
+        assert rel(got[b, pad[b] :], alone[b]) < 1e-4
+        assert torch.equal(got_gen[b, pad[b] :], alone_gen[b][0])
+
+
+def test_padding_the_kernels_cannot_take_is_refused(model, ids):
+    right = torch.ones_like(ids)
+    right[1, -3:] = 0
+    with hf.apply(model, duo(model)):  # the reference backend keeps absolute positions
+        with pytest.raises(hf.IntegrationError, match="padded batches run on the generated kernels"):
+            logits(model, ids, attention_mask=right.flip(-1))
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.importorskip("jinja2")
+        with hf.apply(model, duo(model), backend="interpret"):
+            with pytest.raises(hf.IntegrationError, match="only left padding"):
+                logits(model, ids, attention_mask=right)
+
+
 # ----------------------------------------------------------------------------- lossy caches (SnapKV)
 
 SNAPKV_ATTN = """

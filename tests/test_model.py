@@ -112,3 +112,26 @@ def test_bench_host_smoke(tmp_path):
         subprocess.run([sys.executable, str(ROOT / "bench" / "host.py"), *step], check=True, env=env, cwd=ROOT)
     rows = json.loads((tmp_path / "host.json").read_text())["modules"]["host_streaming"]
     assert {"prefill", "update", "decode", "step", "prefill_python_only", "step_python_only"} <= set(rows)
+
+
+def test_flex_backends_equal_their_dense_masks():
+    """FlexAttention (unfused on the CPU): `flex` equals SDPA, and `flex_window` equals attnc's
+    streaming pattern with the same sink and window, at the prompt and at decode steps, one
+    sequence and a left-padded batch (each row's sink is its own first tokens)."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    streaming = attnc.load(ROOT / "patterns" / "streaming_llm.attn", model=C.model(), defines={"S": 2, "W": 5})
+    torch.manual_seed(2)
+    model = bm.random_model(C, "cpu", torch.float32)
+    T = 13
+    for B, lengths in ((1, None), (2, torch.tensor([13, 9]))):
+        ids = torch.randint(0, C.vocab, (B, T))
+        steps = [torch.randint(0, C.vocab, (B, 1)) for _ in range(3)]
+        dense = _run(model, bm.Sdpa(C, B, T + 8, "cpu", torch.float32), ids, lengths, steps)
+        flex = _run(model, bm.Flex(C, B, T + 8, "cpu", torch.float32), ids, lengths, steps)
+        window = bm.FlexWindow(C, B, T + 8, "cpu", torch.float32, sink=2, window=5)
+        ours = _run(model, window, ids, lengths, steps)
+        want = _run(model, bm.Attnc(streaming, "streaming", C, B, T + 8, "cpu", torch.float32), ids, lengths, steps)
+        for i in range(len(steps) + 1):
+            torch.testing.assert_close(flex[i], dense[i], atol=1e-4, rtol=1e-4, msg=f"flex, B={B}, step {i}")
+            torch.testing.assert_close(ours[i], want[i], atol=1e-4, rtol=1e-4, msg=f"flex_window, B={B}, step {i}")
+        assert (ours[-1] - dense[-1]).abs().max() > 1e-3  # the window matters at this length

@@ -17,14 +17,27 @@ TUNING = [{"block_cap": None, "rows_cap": None, "narrow": 0, "grows": True, "res
 
 
 class Kernel:
-    """kernel[grid](*args, **kw) records (grid, args, kw); `plans` counts the kernel[grid] lookups."""
+    """kernel[grid](*args, **kw) records (grid, args, kw)."""
 
     def __init__(self):
-        self.launches, self.plans = [], 0
+        self.launches = []
 
     def __getitem__(self, grid):
-        self.plans += 1
         return lambda *args, **kw: self.launches.append((grid, args, kw))
+
+
+@pytest.fixture
+def plans(monkeypatch):
+    """Counts the plans made (P._plan calls)."""
+    made = []
+    plan = P._plan
+
+    def counting(*args, **kw):
+        made.append(1)
+        return plan(*args, **kw)
+
+    monkeypatch.setattr(P, "_plan", counting)
+    return made
 
 
 def _spec(kernel):
@@ -36,19 +49,43 @@ def _qkv(n=40, dtype=torch.float32):
     return torch.randn(2, 4, n, 16, dtype=dtype), torch.randn(2, 2, n, 16, dtype=dtype), torch.randn(2, 2, n, 16)
 
 
-def test_a_shape_is_planned_once_and_launched_with_each_calls_tensors():
+def test_a_shape_is_planned_once_and_launched_with_each_calls_tensors(plans):
     kernel = Kernel()
     spec = _spec(kernel)
     q, k, v = _qkv()
     o1, _ = P.forward(spec, q, k, v, None, False, None)
     q2, k2, v2 = _qkv()
     o2, _ = P.forward(spec, q2, k2, v2, None, False, None)
-    assert kernel.plans == 1 and len(kernel.launches) == 2
+    assert len(plans) == 1 and len(kernel.launches) == 2
     (grid, a1, kw1), (_, a2, kw2) = kernel.launches
     assert grid == (2, 2 * 4) and kw1 == kw2 and kw1["PADDED"] is False  # 40 rows in 32-row blocks, B * H
     assert a1[4] is q and a1[7] is o1 and a2[4] is q2 and a2[7] is o2  # descriptors' tensors, then pointers
     P.forward(spec, q, k, v, 0.5, False, None)  # another scale: another plan
-    assert kernel.plans == 2
+    assert len(plans) == 2
+
+
+def test_prefill_fast_replays_only_a_call_like_a_checked_one(plans):
+    kernel = Kernel()
+    spec = _spec(kernel)
+    q, k, v = _qkv()
+    assert P.prefill_fast(spec, q, k, v, None, False, None, None) is None  # nothing remembered yet
+    P.forward(spec, q, k, v, 0.25, False, None)  # prefill's full path: checks, then the plan
+    q2, k2, v2 = _qkv()
+    o = P.prefill_fast(spec, q2, k2, v2, None, False, None, None)  # the default scale is 1/sqrt(16)
+    assert len(plans) == 1 and len(kernel.launches) == 2 and kernel.launches[1][1][4] is q2
+    assert o.shape == q2.shape and o.is_contiguous()
+    misses = [
+        (q2, k2.to(torch.float16), v2, 0.25, None),  # another dtype
+        (q2[:, :, :39], k2[:, :, :39], v2[:, :, :39], 0.25, None),  # another length
+        (q2, k2, v2, 0.5, None),  # another scale
+        (q2, k2, v2, 0.25, 0),  # a layer
+        (q2.requires_grad_(), k2, v2, 0.25, None),  # autograd: the custom op
+        (torch.randn(2, 4, 40, 17)[..., 1:], k2, v2, 0.25, None),  # not 16-byte aligned
+    ]
+    for a, b, c, scale, layer in misses:
+        assert P.prefill_fast(spec, a, b, c, scale, False, layer, None) is None
+    assert P.prefill_fast(spec, q, k, v, 0.25, True, None, None) is None  # return_lse: another plan
+    assert len(kernel.launches) == 2
 
 
 def test_a_call_that_differs_is_checked_again_before_any_launch():

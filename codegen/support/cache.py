@@ -22,6 +22,7 @@ import triton.language as tl
 
 from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names, interpreting
 from .decode import CacheView, DecodeSpec, decode_launch
+from .launch import FastLaunch, to_device
 from .policies import AGGREGATES, NEEDS_QUERIES, attention_stats, lowest, priority, rescore
 from .records import HeadRule, Policy
 
@@ -224,7 +225,7 @@ class _KvLayer:
         self.heads = [_KvHead(i, spec.rules[r], spec.policies) for i, r in enumerate(spec.table[layer])]
         self.n = 0
         self.k = self.v = self.pos = self.score = None
-        self.lens = self.offsets = self.tab = self.cnt = None
+        self.lens = self.offsets = self.tab = None
         self.npos = None  # (B, H_KV) int32 on the device: each row's tokens so far (negative: padding to come)
         self.pad = None  # (B, 1, 1) int64: a left-padded batch's padding per row (None: no padding)
         self.lossless = [h for h in self.heads if h.kind != "lossy"]
@@ -235,19 +236,22 @@ class _KvLayer:
         self.rules = [(hs[0], hs) for hs in rules.values()]
         self.slots = None  # host copy of (offset, len) per head, rebuilt after a change
         self.masked = False  # decode evaluates the pattern (set with slots)
-        self.write_kw = {}  # constants of the append kernel per (T, ...)
+        self.write_kw = {}  # the append kernel's launch per (T, ...)
         classes = {}
         for h in self.heads:
             if h.kind == "lossy":
                 classes.setdefault(h.policy, []).append(h)
         self.classes = [_KvClass(hs, p) for p, hs in classes.items()]
         self.order = self.lossless + [h for c in self.classes for h in c.heads]
-        self.gid = torch.tensor(spec.gid[layer], dtype=torch.int32, device=device)
-        gid_rows = torch.tensor(spec.gid[layer], dtype=torch.int64, device=device).view(
+        cw = max(h.smod for h in self.heads) + 1  # each head's stripe counts, zero-padded to one width
+        cnt = [h.cnt + [0] * (cw - len(h.cnt)) for h in self.heads]
+        self.cnt = to_device(torch.tensor(cnt, dtype=torch.int32).view(len(self.heads), cw), device)
+        self.gid = to_device(torch.tensor(spec.gid[layer], dtype=torch.int32), device)
+        gid_rows = to_device(torch.tensor(spec.gid[layer], dtype=torch.int64), device).view(
             spec.decode.kv_heads, spec.decode.group
         )
         for c in self.classes:
-            c.idx = torch.tensor([h.index for h in c.heads], dtype=torch.int64, device=device)
+            c.idx = to_device(torch.tensor([h.index for h in c.heads], dtype=torch.int64), device)
             c.gid = gid_rows[c.idx]
 
 
@@ -356,7 +360,7 @@ class CacheBase:
             if lengths is not None:
                 L.pad = (T - lengths.to(device=self.device, dtype=torch.int64).clamp(0, T)).view(-1, 1, 1)
                 L.npos.copy_((-L.pad).view(-1, 1).expand_as(L.npos))
-        if L.growing or (L.classes and not big):
+        if (L.growing and self.max_len is None) or (L.classes and not big):  # fixed capacities hold max_len
             need = {h.index: h.need(end) for h in L.growing}
             if not big:
                 for c in L.classes:
@@ -568,11 +572,6 @@ class CacheBase:
         self._pack(L, D, caps)
         L.lens = torch.zeros((self.batch, len(L.heads)), dtype=torch.int32, device=self.device)
         L.npos = torch.zeros_like(L.lens)
-        cw = max(h.smod for h in L.heads) + 1
-        cnt = torch.zeros((len(L.heads), cw), dtype=torch.int32)
-        for h in L.heads:
-            cnt[h.index, : h.smod + 1] = torch.tensor(h.cnt, dtype=torch.int32)
-        L.cnt = cnt.to(self.device)
 
     def _grow(self, L, need):
         if all(need[i] <= L.heads[i].cap for i in need):
@@ -608,23 +607,19 @@ class CacheBase:
             off += cap
         L.k, L.v, L.pos, L.score = k, v, pos, score
         L.slots = None
-        L.offsets = torch.tensor([h.offset for h in L.heads], dtype=torch.int32, device=dev)
-        tab = torch.zeros((len(L.heads), _KV_TAB_W), dtype=torch.int32)
-        for h in L.heads:
-            tab[h.index] = torch.tensor(
-                [_KV_KIND[h.kind], h.offset, h.sink, h.ring, h.smod, len(h.sres), max(h.chunk, 1), 0], dtype=torch.int32
-            )
-        L.tab = tab.to(dev)
+        L.offsets = to_device(torch.tensor([h.offset for h in L.heads], dtype=torch.int32), dev)
+        tab = [[_KV_KIND[h.kind], h.offset, h.sink, h.ring, h.smod, len(h.sres), max(h.chunk, 1), 0] for h in L.heads]
+        L.tab = to_device(torch.tensor(tab, dtype=torch.int32).view(len(L.heads), _KV_TAB_W), dev)
 
     def _write_triton(self, L, k, v, n, T, skip_lossy):
         if not k.is_contiguous():
             k = k.contiguous()
         if not v.is_contiguous():
             v = v.contiguous()
-        key = (T, skip_lossy, L.k.shape[1], k.shape[3], L.cnt.shape[1])
-        kw = L.write_kw.get(key)
-        if kw is None:
-            kw = L.write_kw[key] = dict(
+        key = (T, skip_lossy, L.k.shape[1], k.shape[3], L.cnt.shape[1], (k.data_ptr() | v.data_ptr()) & 15 == 0)
+        launch = L.write_kw.get(key)
+        if launch is None:
+            kw = dict(
                 H_KV=len(L.heads),
                 CW=L.cnt.shape[1],
                 HEAD_DIM=k.shape[3],
@@ -632,9 +627,8 @@ class CacheBase:
                 SKIP_LOSSY=skip_lossy,
                 num_warps=4,
             )
-        _kv_append_kernel[(len(L.heads), self.batch)](
-            k, v, L.k, L.v, L.pos, L.lens, L.npos, L.tab, L.cnt, T, L.k.shape[1], **kw
-        )
+            launch = L.write_kw[key] = FastLaunch(_kv_append_kernel, (len(L.heads), self.batch), kw)
+        launch(k, v, L.k, L.v, L.pos, L.lens, L.npos, L.tab, L.cnt, T, L.k.shape[1])
 
     def _write_torch(self, L, k, v, n, T, skip_lossy):
         """The torch reference of _kv_append_kernel (backend='torch')."""

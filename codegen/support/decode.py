@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from .checks import check_int, check_kernel_device, check_out, check_scale, check_tensor, interpreting
+from .launch import FastLaunch
 
 _DEC_LOG2E = 1.4426950408889634
 
@@ -273,7 +274,9 @@ def decode_launch(spec: DecodeSpec, q, view, *, sm_scale=None, out=None, config=
         check_kernel_device("decode", q.device, "decode_reference() runs anywhere.")
     if not q.is_contiguous():
         q = q.contiguous()
-    key = (spec.kernel, view.slots, q.shape, q.dtype, q.device, view.k.shape[1], view.masked, config, split, sm_scale)
+    aligned = _aligned(q, out, *view[:6], view.npos)  # the compiled kernel assumes what it saw first
+    key = (spec.kernel, view.slots, q.shape, q.dtype, q.device, view.k.shape[1], view.masked, config, split, sm_scale,
+           aligned)  # fmt: skip
     plan = _DEC_CALLS.get(key)
     if plan is None:
         plan = _dec_plan(spec, q, view, sm_scale, config, split)
@@ -284,11 +287,19 @@ def decode_launch(spec: DecodeSpec, q, view, *, sm_scale=None, out=None, config=
     if out is None:
         out = torch.empty_like(q)
     pm, pl, pacc, cnt = bufs or (out, out, out, out)
-    launch(q, view.k, view.v, view.pos, view.lens, view.offsets, view.gid, out, pm, pl, pacc, cnt, view.npos,
-           *scalars, **kw)  # fmt: skip
+    launch(q, view.k, view.v, view.pos, view.lens, view.offsets, view.gid, out, pm, pl, pacc, cnt, view.npos, *scalars)
     if reduce is not None:
-        reduce(pm, pl, pacc, view.lens, out, *scalars[:3], **reduce_kw(spec, kw))
+        reduce(pm, pl, pacc, view.lens, out, *scalars[:3])
     return out
+
+
+def _aligned(*tensors) -> bool:
+    """Every tensor (None: skipped) starts on 16 bytes, as Triton specialises pointers."""
+    acc = 0
+    for t in tensors:
+        if t is not None:
+            acc |= t.data_ptr()
+    return acc & 15 == 0
 
 
 def reduce_kw(spec: DecodeSpec, kw: dict) -> dict:
@@ -317,8 +328,8 @@ def _dec_plan(spec: DecodeSpec, q, view, sm_scale, config, split) -> tuple:
         num_warps=config.num_warps,
     )
     scalars = (T, geo.split, nbuf, geo.work, view.k.shape[1], scale * _DEC_LOG2E)
-    reduce = _dec_reduce_kernel[(spec.kv_heads, B)] if geo.reduce == 1 else None
-    return spec.kernel[(B * geo.work,)], scalars, kw, bufs, reduce
+    reduce = FastLaunch(_dec_reduce_kernel, (spec.kv_heads, B), reduce_kw(spec, kw)) if geo.reduce == 1 else None
+    return FastLaunch(spec.kernel, (B * geo.work,), kw), scalars, kw, bufs, reduce
 
 
 def decode_split_of(spec: DecodeSpec, view, batch: int, config: DecodeConfig = _DEC_DEFAULT) -> int:

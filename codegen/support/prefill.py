@@ -6,10 +6,11 @@ What varies per pattern (PATTERN, the tuning of each group, the configuration ta
 kernels) reaches these functions as a `PrefillSpec`; the generated module wraps them
 (config_for, _check, _forward).
 
-Host time: everything a call derives from the shapes, strides, dtype, device, layer and
-scale (the checks' verdict, configurations, grids, launch arguments) is computed once and
-kept in `PrefillSpec.memo` under that key; a later call with the same key only allocates
-the output, builds the TMA descriptors (they hold the data pointers) and launches.
+Host time: everything a call derives from the shapes, strides, dtypes, devices, layer and
+scale (the checks' verdict, configurations, grids, launch arguments, the compiled kernels) is
+computed once and kept in `PrefillSpec.memo` under one key (`plan_key`); a later call with
+the same key (`prefill_fast`) only allocates the output, fills the TMA descriptors with the
+data pointers and launches the compiled kernels directly (launch.FastLaunch).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .checks import (
     check_tensor,
     interpreting,
 )
+from .launch import FastLaunch, to_device
 
 try:
     from triton.runtime.errors import OutOfResources as _OutOfResources
@@ -136,6 +138,21 @@ def _tma_ok(*tensors) -> bool:
     )
 
 
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor as _TensorDescriptor
+except ImportError:  # a triton without host-side descriptors: plans never ask for them
+    _TensorDescriptor = None
+
+
+def _descriptor(base, shape: list, strides: list, block: list):
+    """A host-side TMA descriptor of `base`, without TensorDescriptor's per-call validation:
+    the plan checked alignment and strides once (_tma_ok, grid_tma_views), and its memo key
+    (plan_key: shapes, strides, 16-byte aligned inputs) keeps them true for every call."""
+    d = object.__new__(_TensorDescriptor)
+    d.base, d.shape, d.strides, d.block_shape, d.padding = base, shape, strides, block, "zero"
+    return d
+
+
 def _head_group(cfg: dict, B: int, H: int, N: int, D: int, element_size: int) -> tuple:
     """Grid order 3 (heads interleaved in groups) when a group's keys and values fit in L2."""
     if cfg["GRID_ORDER"] == 3:
@@ -207,7 +224,7 @@ def launches_of(spec: PrefillSpec, device, layer, H: int, head_ids=None) -> list
             if len(heads) == H:
                 out.append((g, H, None))
             else:
-                out.append((g, len(heads), torch.tensor(heads, dtype=torch.int32, device=device)))
+                out.append((g, len(heads), to_device(torch.tensor(heads, dtype=torch.int32), device)))
         spec.memo[key] = out
     return out
 
@@ -331,10 +348,8 @@ def _generic_launcher(
     )  # fmt: skip
     scalars = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3])
     tail = (N, H, nh, scale * _LOG2E, q_off, q.shape[2], k_lo, k_hi)
-    launch = spec.kernel[grid]
+    launch = FastLaunch(spec.kernel, grid, kw)
     if use_tma == 2:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
         rows_m, rows_n = [1, 1, cfg["BLOCK_M"], D], [1, 1, cfg["BLOCK_N"], D]
         q_shape, kv_shape = list(q.shape), list(k.shape)  # host-side descriptors over all of each tensor
         q_st, k_st, v_st, o_st = list(q.stride()), list(k.stride()), list(v.stride()), list(o.stride())
@@ -345,15 +360,15 @@ def _generic_launcher(
         chosen = (tr, tr, 0, 0) if sel is None else (sel[0], sel[1], sel[0].shape[-1], sel[0].shape[-2])
         if use_tma == 2:
             descs = (
-                TensorDescriptor(q, q_shape, q_st, rows_m),
-                TensorDescriptor(k, kv_shape, k_st, rows_n),
-                TensorDescriptor(v, kv_shape, v_st, rows_n),
-                TensorDescriptor(o, q_shape, o_st, rows_m),
+                _descriptor(q, q_shape, q_st, rows_m),
+                _descriptor(k, kv_shape, k_st, rows_n),
+                _descriptor(v, kv_shape, v_st, rows_n),
+                _descriptor(o, q_shape, o_st, rows_m),
             )
         else:
             descs = (q, k, v, o)
         return launch(*descs, q, k, v, o, lse, tr if heads is None else heads, tr, lengths, *scalars,
-                      *lse.stride()[:2], *tail, *chosen, **kw)  # fmt: skip
+                      *lse.stride()[:2], *tail, *chosen)  # fmt: skip
 
     return run
 
@@ -419,9 +434,8 @@ def grid_tma_views(spec: PrefillSpec, group: int, q, k, v, o):
 def _grid_launcher(spec, group, cfg, q, k, v, o, heads, nh, D, scale, return_lse, upcast, trace) -> Callable:
     """run(q, k, v, o, lse, tr, lengths): one launch of a grid group's tile-order kernel (one
     program per query tile, then per prefix block); TMA boxes of the grid on Hopper."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    use_tma = bool(cfg.get("USE_TMA")) and not trace and grid_tma_views(spec, group, q, k, v, o) is not None
+    views = grid_tma_views(spec, group, q, k, v, o)
+    use_tma = bool(cfg.get("USE_TMA")) and not trace and views is not None
     tiles = spec.grid_tiles[group]
     if cfg.get("USE_TMA") and not use_tma and cfg["BLOCK_N"] > 32 and (cfg["BLOCK_M"], 32) in tiles:
         cfg = dict(cfg, BLOCK_N=32)  # gathered rows: 64-key tiles spill registers (compiler/configs.py)
@@ -434,20 +448,19 @@ def _grid_launcher(spec, group, cfg, q, k, v, o, heads, nh, D, scale, return_lse
         SUBSET=heads is not None, HAS_LSE=return_lse, STAGES=cfg["STAGES"], DOT_PREC=cfg["DOT_PREC"],
         UPCAST=upcast, TRACE=trace, USE_TMA=use_tma, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
-    launch = spec.grid_kernels[group][(n_tiles + prefix_blocks, B * nh)]
+    launch = FastLaunch(spec.grid_kernels[group], (n_tiles + prefix_blocks, B * nh), kw)
     scalars = (q.shape[1], k.shape[1], *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3])
+    prefix = spec.grid_shape[group][1]
+    boxes = [(shape, strides, [1, *tile, shape[-1]]) for (_, shape, strides), tile in
+             zip(views or (), (q_tile, k_tile, k_tile, q_tile))]  # fmt: skip
 
     def run(q, k, v, o, lse, tr, lengths, sel=None):
-        if use_tma:
-            views = grid_tma_views(spec, group, q, k, v, o)
-            descs = [
-                TensorDescriptor(base, shape, strides, [1, *tile, shape[-1]])
-                for (base, shape, strides), tile in zip(views, (q_tile, k_tile, k_tile, q_tile))
-            ]
+        if use_tma:  # the grid rows start after the prefix: the views' shapes and strides are the plan's
+            descs = [_descriptor(t[:, :, prefix:] if prefix else t, *box) for t, box in zip((q, k, v, o), boxes)]
         else:
             descs = (q, k, v, o)
         return launch(q, k, v, o, *descs, lse, tr if heads is None else heads, tr, *scalars, *lse.stride()[:2],
-                      N, nh, scale * _LOG2E, **kw)  # fmt: skip
+                      N, nh, scale * _LOG2E)  # fmt: skip
 
     return run
 
@@ -572,15 +585,12 @@ def forward(
         plan = _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, True, padded, part)
         _run_first(spec, plan, (q, k, v, o, lse_arg, tr, lens_arg, sel), lambda: plan)
         return o, lse, tr.view(B, H, num_m, N)
-    key = None
-    if config is None and q.data_ptr() % 16 == 0 and k.data_ptr() % 16 == 0 and v.data_ptr() % 16 == 0:
-        key = ("plan", q.shape, q.stride(), k.shape, k.stride(), v.stride(), q.dtype, q.device, layer, scale,
-               bool(return_lse), padded, _part_key(part))  # fmt: skip
-        plan = spec.memo.get(key)
-        if plan is not None:
-            for _, _, run in plan:
-                run(q, k, v, o, lse_arg, dummy_i32, lens_arg, sel)
-            return o, lse
+    key = None if config is not None else plan_key(q, k, v, layer, scale, return_lse, lengths, sel, part)
+    plan = spec.memo.get(key) if key is not None else None
+    if plan is not None:
+        for _, _, run in plan:
+            run(q, k, v, o, lse_arg, dummy_i32, lens_arg, sel)
+        return o, lse
 
     def build():
         return _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, False, padded, part)
@@ -589,6 +599,61 @@ def forward(
     if _run_first(spec, plan, (q, k, v, o, lse_arg, dummy_i32, lens_arg, sel), build) and key is not None:
         _remember(spec, key, plan)
     return o, lse
+
+
+def plan_key(q, k, v, layer, scale: float, return_lse, lengths, sel, part):
+    """The memo key of a call's launch plan, or None when a call cannot have one (inputs not
+    16-byte aligned, arguments of unusual types). It holds everything the checks, the plan
+    and the kernels' specialisation read: shapes, strides, dtypes and devices of q, k, v; the
+    layer, the scale, return_lse, the part of prefill_at; of `lengths` and of the selection's
+    tensors their shape, dtype, device and alignment. A plan is remembered only after the
+    full checks passed, so a hit stands for them."""
+    if (q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15 or (layer is not None and type(layer) is not int):
+        return None
+    extra = []
+    for t in (lengths, *(sel or ())):
+        if t is not None:
+            if type(t) is not torch.Tensor:
+                return None
+            extra.append((t.shape, t.stride(), t.dtype, t.device, t.data_ptr() & 15 == 0))
+    if part is not None and not _plain_part(part):
+        return None
+    return (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype, q.device,
+            k.device, v.device, layer, scale, bool(return_lse), lengths is not None, sel is not None, *extra,
+            _part_key(part))  # fmt: skip
+
+
+def prefill_fast(spec: PrefillSpec, q, k, v, scale, return_lse, layer, lengths):
+    """prefill's common case in one memo lookup: an eager call (no autograd, no torch.compile,
+    no selection) like an earlier one gets its output from the remembered plan; None when
+    the call must take the full path (which remembers the plan for the next)."""
+    if (
+        type(q) is not torch.Tensor
+        or type(k) is not torch.Tensor
+        or type(v) is not torch.Tensor
+        or q.dim() != 4
+        or torch.compiler.is_compiling()
+        or (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+    ):
+        return None
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[3])
+    elif type(scale) is not float:
+        return None
+    key = plan_key(q, k, v, layer, scale, return_lse, lengths, None, None)
+    plan = spec.memo.get(key) if key is not None else None
+    if plan is None:
+        return None
+    padded = lengths is not None
+    o = (torch.zeros if padded else torch.empty)(q.shape, device=q.device, dtype=q.dtype)
+    dummy_i32, dummy_f32 = dummies(q.device)
+    lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32) if return_lse else dummy_f32
+    if padded and return_lse:
+        lse.fill_(float("-inf"))
+    lens = lengths if padded else dummy_i32
+    for _, _, run in plan:
+        run(q, k, v, o, lse, dummy_i32, lens, None)
+    return (o, lse) if return_lse else o
 
 
 def grid_visits_of(spec: PrefillSpec, q, k, v, layer=None, config=None) -> list:

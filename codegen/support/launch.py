@@ -1,0 +1,98 @@
+"""Kernel launches and small host-to-device copies with little host time.
+
+`kernel[grid](*args, **constants)` goes through triton.jit's dispatch on every call: it
+specialises each argument (dtypes, 16-byte alignment of pointers, ints equal to 1 or
+divisible by 16), hashes the specialisation, finds the compiled kernel and launches it; for a
+kernel of fifty arguments that is tens of microseconds. A `FastLaunch` does that once, then
+calls the compiled kernel directly. It is correct where the caller's memo key fixes every
+specialisation its arguments can take (tensors' dtypes and alignment, the values of ints):
+the callers make one per memoised plan.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from triton.knobs import runtime as _TRITON_RUNTIME
+except ImportError:  # another triton layout: no launch hooks to honour
+    _TRITON_RUNTIME = None
+
+
+def _current_stream():
+    """(device index, raw stream) where Triton would launch: the current CUDA device's stream."""
+    device = torch.cuda.current_device()
+    return device, torch._C._cuda_getCurrentRawStream(device)
+
+
+def _hooks_set() -> bool:
+    """Triton's launch hooks (profilers) are set: they need the dispatch's launch metadata."""
+    rt = _TRITON_RUNTIME
+    if rt is None:
+        return False
+    enter, leave = rt.launch_enter_hook, rt.launch_exit_hook
+    return bool(getattr(enter, "calls", enter)) or bool(getattr(leave, "calls", leave))
+
+
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A small host table on `device` without waiting for the GPU: a copy from pageable host
+    memory first waits for the stream's queued work (a CUDA rule), which in a model's prefill
+    would drain the GPU at every layer's first append; a copy from pinned memory does not (the
+    pinned block stays allocated until the copy has run: torch's caching host allocator)."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+class FastLaunch:
+    """launch(*args): kernel[grid](*args, **constants) the first time, then the compiled kernel
+    directly (the positional args first, the constants after them in the kernel's parameter
+    order, as triton.jit binds them). Under the interpreter, or with launch hooks set, every
+    call takes the dispatch. Returns what the dispatch returned (the compiled kernel)."""
+
+    __slots__ = ("kernel", "grid", "constants", "compiled", "tail", "device", "grid3")
+
+    def __init__(self, kernel, grid: tuple, constants: dict):
+        self.kernel = kernel
+        self.grid = grid
+        self.constants = constants
+        self.compiled = None
+        self.tail = ()
+        self.device = None
+        self.grid3 = (*grid, 1, 1)[:3]
+
+    def __call__(self, *args):
+        c = self.compiled
+        if c is not None:
+            device, stream = _current_stream()
+            if device == self.device and not _hooks_set():
+                g = self.grid3
+                try:
+                    c.run(g[0], g[1], g[2], stream, c.function, c.packed_metadata, None, None, None, *args, *self.tail)
+                    return c
+                except TypeError:  # a launcher that takes its arguments otherwise: the dispatch from now on
+                    self.compiled, self.device = None, False
+        got = self.kernel[self.grid](*args, **self.constants)
+        if self.device is None and getattr(got, "function", None) is not None and hasattr(got, "packed_metadata"):
+            self._bind(got, len(args))
+        return got
+
+    def _bind(self, compiled, n_args: int) -> None:
+        """Remember the compiled kernel and the values of the parameters after the positional
+        arguments; stay on the dispatch when the parameters cannot be bound so."""
+        fn = self.kernel.fn
+        code = fn.__code__
+        names = code.co_varnames[: code.co_argcount]
+        defaults = dict(zip(names[len(names) - len(fn.__defaults__ or ()) :], fn.__defaults__ or ()))
+        tail = []
+        for name in names[n_args:]:
+            if name in self.constants:
+                tail.append(self.constants[name])
+            elif name in defaults:
+                tail.append(defaults[name])
+            else:
+                self.device = False
+                return
+        self.tail = tuple(tail)
+        self.device = _current_stream()[0]
+        self.compiled = compiled
