@@ -622,7 +622,7 @@ def run(args) -> dict:
             if args.profile:
                 row["profile"] = profile_ttft(model, name, mods, c, short, dev, dtype)
                 print(row["profile"], flush=True)
-            for n in (short, *contexts):
+            for n in (short, *[n for n in contexts if smoke or n in args.contexts]):
                 if time.time() - t_start > args.budget:
                     row["errors"].append(f"ttft {n}: skipped (time budget)")
                     continue
@@ -631,7 +631,7 @@ def run(args) -> dict:
                     ttft(model, name, mods, c, n, dev, dtype)
                 row["ttft"][n] = ttft(model, name, mods, c, n, dev, dtype, reps=3 if n <= 8192 else 1)
                 print(f"{name} ttft N={n}: {row['ttft'][n]['s'] * 1e3:.1f} ms", flush=True)
-            for n in contexts:
+            for n in [n for n in contexts if smoke or n in args.contexts]:
                 per_seq = cache_bytes(name, mods, c, n, dev, dtype)
                 fits = max(0, int((total - weights - reserve) // max(per_seq, 1)))
                 row["max_batch"][n] = {"cache_gib_per_seq": per_seq / 2**30, "fits": fits}
@@ -717,6 +717,8 @@ def main(argv=None) -> None:
     ap.add_argument("--layers", type=int, default=32, help="layers of the timed model (default 32)")
     ap.add_argument("--max-batch", type=int, default=64, help="cap of the largest batch timed")
     ap.add_argument("--budget", type=float, default=420, help="seconds: skip timings past it")
+    ap.add_argument("--contexts", type=lambda s: {int(x) for x in s.split(",") if x}, default={32768, 131072},
+                    help="the long contexts to time, of 32768,131072 (empty: the short prompt only)")  # fmt: skip
     args = ap.parse_args(argv)  # FlexAttention last: its compiles (one per shape) are the slowest part
     generate(args.smoke) if args.step == "generate" else run(args)
 
