@@ -316,7 +316,9 @@ class Flex(Sdpa):
         T = q.shape[2]
         key = (self.name, T, q.device)
         if key not in Flex.masks:
-            Flex.masks[key] = create_block_mask(self._prefill_mod(), None, None, T, T, device=q.device, _compile=q.is_cuda)
+            Flex.masks[key] = create_block_mask(
+                self._prefill_mod(), None, None, T, T, device=q.device, _compile=q.is_cuda
+            )
         return self.flex(q, k, v, block_mask=Flex.masks[key], enable_gqa=True)
 
     def warm(self, n: int, c: Config, device, dtype) -> None:
