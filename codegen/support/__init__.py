@@ -11,4 +11,15 @@ the NamedTuples these files declare (`decode.DecodeSpec`, `cache.CacheSpec`, ...
 Inlining order (siblings before the files that import them) is `INLINE_ORDER`.
 """
 
-INLINE_ORDER = ("records", "checks", "launch", "block_scores", "selection", "prefill", "policies", "decode", "cache", "paged")
+INLINE_ORDER = (
+    "records",
+    "checks",
+    "launch",
+    "block_scores",
+    "selection",
+    "prefill",
+    "policies",
+    "decode",
+    "cache",
+    "paged",
+)
