@@ -143,12 +143,22 @@ def test_stripes_visit_only_their_keys():
         assert seen[stripe].all() and (unmasked[0, i][stripe] > 0).sum() >= stripe.sum() - 16
 
 
-SPLITS = {  # name: (expression, m, the residue plan's band on subsequences, or None: no split)
+SPLITS = {  # name: (expression, m of its split, or None: no split)
     "window3_strided4": (op("&", prim("causal"), op("|", prim("window", size=3), prim("strided", stride=4))), 4),
     "window20_strided9": (op("&", prim("causal"), op("|", prim("window", size=20), prim("strided", stride=9))), 9),
-    "band_strided5": (op("|", op("&", prim("causal"), prim("window", size=7)), op("&", prim("causal"), prim("strided", stride=5))), 5),
+    "band_strided5": (
+        op("|", op("&", prim("causal"), prim("window", size=7)), op("&", prim("causal"), prim("strided", stride=5))),
+        5,
+    ),
     "two_sided": (op("|", prim("window", left=20, right=9), prim("strided", stride=4)), None),
-    "sink_window_strided": (op("&", prim("causal"), op("|", op("|", prim("sink", size=4), prim("window", size=3)), prim("strided", stride=4))), None),
+    "sink_window_strided": (
+        op(
+            "&",
+            prim("causal"),
+            op("|", op("|", prim("sink", size=4), prim("window", size=3)), prim("strided", stride=4)),
+        ),
+        None,
+    ),
     "strided_alone": (op("&", prim("causal"), prim("strided", stride=4)), None),
 }
 

@@ -116,7 +116,9 @@ def table(results: list[dict]) -> str:
             lines.append(
                 f"{r['case']:28s} {r['n']:6d} {r['old_ms']:8.3f} {r['new_ms']:8.3f} {r['old_tflops']:9.1f} "
                 f"{r['new_tflops']:9.1f} {r['speedup']:6.2f}  {r['err_new_vs_ref']:.1e}"
-                + "".join(f"  {k[:-3]} {v:.3f} ms" for k, v in r.items() if k.endswith("_ms") and k[:-3] not in ("new", "old"))
+                + "".join(
+                    f"  {k[:-3]} {v:.3f} ms" for k, v in r.items() if k.endswith("_ms") and k[:-3] not in ("new", "old")
+                )
             )
         else:
             lines.append(
