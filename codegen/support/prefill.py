@@ -484,14 +484,15 @@ def _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, trac
         residue = spec.tuning[group]["residue"] if cfg.get("RESIDUE", True) and not trace and whole else 0
         split = spec.tuning[group].get("split", 0) if cfg.get("RESIDUE", True) and not trace and whole else 0
         if split:  # two launches, the second merging into the first's output and LSE (lse: see forward)
-            for part_residue in (-split, split):
+            # the classes' launch reads through pointers and spills under the register cap (sm_90 build)
+            for part, part_cfg in ((-split, cfg), (split, dict(cfg, maxnreg=None))):
                 grid_m = triton_cdiv(q.shape[2], cfg["BLOCK_M"])
-                if part_residue > 0:
+                if part > 0:
                     grid_m = split * triton_cdiv(triton_cdiv(N, split), cfg["BLOCK_M"])
-                use_tma = cfg["USE_TMA"] if part_residue < 0 and not padded and _tma_ok(q, k, v, o) else 0
-                run = _generic_launcher(spec, cfg, (grid_m, q.shape[0] * nh), q, k, v, o, heads, N, H, nh, D, scale,
-                                        group, part_residue, True, use_tma, padded, upcast, trace, span)  # fmt: skip
-                plan.append((group, cfg, run))
+                use_tma = cfg["USE_TMA"] if part < 0 and not padded and _tma_ok(q, k, v, o) else 0
+                run = _generic_launcher(spec, part_cfg, (grid_m, q.shape[0] * nh), q, k, v, o, heads, N, H, nh, D,
+                                        scale, group, part, True, use_tma, padded, upcast, trace, span)  # fmt: skip
+                plan.append((group, part_cfg, run))
             continue
         # host-side descriptors address whole rows of (B, H, N, D): not the strided rows of
         # residue classes, nor the shifted rows of padded batches
