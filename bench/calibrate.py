@@ -22,7 +22,8 @@ bf16) and fits them by least squares (`simulate.fit_kernel`):
     causal & (sink(4) | window(1024)), 8K and 32K  the narrow tiles of the sink loop (16 wide)
     causal & (sink(64) | window(960)), 32K         narrow tiles 64 wide (DuoAttention's heads)
     causal & power(64), 32K                        one factor for the 64 x 64 tiles of power patterns
-    causal & (window(256) | strided(256)), 8K, 32K the launches with a diagonal loop ("diag")
+    causal & (sink(4) | window(256) | strided(256)), 8K, 32K  the launches with a diagonal loop
+                                                   ("diag"; without the sink it runs split launches)
     causal & (window(512) | stride(4, 1)), 8K, 32K the launches with a stripe loop ("stripe"),
     causal & (chunk(128) | stride(128, 127)), 32K    and the stripe tiles against the chunk's
     neighbourhoods on 2-D and 3-D grids            the tile-order grid kernel's own costs ("grid")
@@ -157,8 +158,8 @@ def attnc_cases() -> list[Case]:
     ]
     return [Case(name, "attnc", n, w, s, module=m) for name, n, w, s, m in spec] + [
         Case("power64_32k", "attnc", 32768, module="cal_power64", power=64),
-        Case("diag256_8k", "diag", 8192, 256, module="cal_diag256", strided=256),
-        Case("diag256_32k", "diag", 32768, 256, module="cal_diag256", strided=256),
+        Case("diag256_8k", "diag", 8192, 256, 4, module="cal_diag256", strided=256),
+        Case("diag256_32k", "diag", 32768, 256, 4, module="cal_diag256", strided=256),
         Case("stripe4_8k", "stripe", 8192, 512, module="cal_stripe4", stride=4, offset=1),
         Case("stripe4_32k", "stripe", 32768, 512, module="cal_stripe4", stride=4, offset=1),
         Case("stripe128_32k", "stripe", 32768, module="cal_stripe128", chunk=128, stride=128, offset=127),

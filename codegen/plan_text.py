@@ -114,11 +114,21 @@ class SelectText(_View):
 class GroupText(_View):
     """A GroupPlan with its terms as TermTexts and its predicate as MaskText (`masks`)."""
 
+    @staticmethod
+    def _title(index: int | str) -> str:
+        """What a plan is, for docstrings: a group's, its residue plan's or its split plan's."""
+        if isinstance(index, int):
+            return f"Group {index}"
+        role = {"r": "per residue class, on subsequences", "s": "less its residue term (first of two launches)"}
+        return f"Group {index[:-1]} {role[index[-1]]}"
+
     def __init__(self, group: GroupPlan) -> None:
         super().__init__(group)
         self.terms = tuple(TermText(t) for t in group.terms)
         self.masks = masks.render_pattern(group.pattern)
         self.residue_plan = None if group.residue_plan is None else GroupText(group.residue_plan)
+        self.split_plan = None if group.split_plan is None else GroupText(group.split_plan)
+        self.title = self._title(group.index)
         self.select = None if group.select is None else SelectText(group.select)
         # the backward's span plans (compiler.plan.plan_columns / plan_rows), as TermTexts
         self.bwd_columns = () if group.columns is None else tuple(TermText(t) for t in group.columns.terms)

@@ -162,7 +162,7 @@ def module_params(program: Program) -> dict[str, Any]:
         "head_groups": head_groups,
         "varies_by_layer": program.varies_by_layer,
         "groups": list(plans),
-        "all_plans": list(plans) + [p.residue_plan for p in plans if p.residue_plan is not None],
+        "all_plans": list(plans) + [s for p in plans for s in (p.residue_plan, p.split_plan) if s is not None],
         "configs": configs.CONFIGS,
         "grid_configs": configs.GRID_CONFIGS,
         "cpu_config": configs.CPU_CONFIG,

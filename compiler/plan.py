@@ -143,7 +143,9 @@ class GroupPlan:
     grows: bool  # the number of keys grows with q (causal-like): schedule long blocks first
     rows_cap: int | None = None  # query tiles no taller than this (diagonal loops cost BLOCK_M per key)
     residue: int = 0  # d > 0: the group may run in residue mode (see residue_pattern)
-    residue_plan: "GroupPlan | None" = None  # the plan of residue_pattern, on subsequences
+    residue_plan: "GroupPlan | None" = None  # the plan of residue_pattern (or split_pattern's), on subsequences
+    split: int = 0  # m > 0: the group may run as two launches merged by log-sum-exp (see split_pattern)
+    split_plan: "GroupPlan | None" = None  # the first launch's plan: the pattern less its residue term
     grid: GridPlan | None = None  # a union of neighbourhoods: the tile-order kernel (grid_plan.py)
     columns: "SpanPlan | None" = None  # the backward's column plan (dK, dV by key tile)
     rows: "SpanPlan | None" = None  # the backward's row plan (dQ by query tile)
@@ -159,6 +161,7 @@ class GroupPlan:
             "narrow": self.narrow,
             "grows": self.grows,
             "residue": 0 if self.select else self.residue,
+            "split": 0 if self.select else self.split,
             "grid": self.grid is not None and self.select is None,
             "select": self.select is not None,
         }
@@ -186,6 +189,12 @@ def _term_plan(slot: int, term: Term, loop: Loop | None, narrow: int | None) -> 
     )
 
 
+def class_band(lo: int | None, hi: int | None, d: int) -> tuple[int | None, int | None]:
+    """The band lo <= q - k <= hi on the subsequences of one residue class mod d, where
+    q - k = d * (q' - k'): ceil(lo / d) <= q' - k' <= floor(hi / d) (None: open)."""
+    return (None if lo is None else -((-lo) // d)), (None if hi is None else hi // d)
+
+
 def residue_pattern(pattern: Pattern) -> tuple[int, Pattern] | None:
     """(d, pattern on subsequences) when the pattern is bands & (q - k) mod d == 0, else None.
 
@@ -203,19 +212,74 @@ def residue_pattern(pattern: Pattern) -> tuple[int, Pattern] | None:
     ((d, r),) = c.dmods
     if r != 0 or not 2 <= d <= RESIDUE_MAX:
         return None
-    lo, hi = c.d_lo, c.d_hi
-    lo = None if lo is None else -((-lo) // d)
-    hi = None if hi is None else hi // d
+    lo, hi = class_band(c.d_lo, c.d_hi, d)
     if lo is not None and hi is not None and lo > hi:
         return d, Pattern(())
     return d, Pattern((Term((Lit(Band(lo, hi)),)),))
 
 
+def _minus(a: tuple[float, float], b: tuple[float, float]) -> list[tuple[float, float]]:
+    """The integers of interval a not in interval b, as at most two intervals (ends inclusive)."""
+    out = [(a[0], min(a[1], b[0] - 1)), (max(a[0], b[1] + 1), a[1])]
+    return [(lo, hi) for lo, hi in out if lo <= hi]
+
+
+def split_pattern(pattern: Pattern) -> tuple[int, Pattern, Pattern] | None:
+    """(m, rest, pattern on subsequences) when one term is bands & (q - k) mod m == 0 and every
+    other term is a band of q - k alone (causal & (window(W) | strided(m))), else None.
+
+    The strided term's pairs lie within residue classes q mod m, where its band becomes a
+    band of q' - k' (`class_band`); each other term covers there exactly the differences of
+    its own class band. The strided pairs that no other term covers are then the differences
+    of one band (or none; more than one band: None), the pattern on subsequences. The rest
+    (the other terms) runs as an ordinary launch, these pairs in residue mode, and the two
+    partial softmaxes merge by log-sum-exp: no pair counts twice and none is missed.
+    """
+    inf = float("inf")
+    strided, rest = [], []
+    for t in pattern.terms:
+        c = t.conj
+        if any(lit.negated for lit in t.lits):
+            return None
+        if c == Conj(d_lo=c.d_lo, d_hi=c.d_hi):
+            rest.append(t)
+        elif len(c.dmods) == 1 and c.dmods[0][1] == 0 and c == Conj(d_lo=c.d_lo, d_hi=c.d_hi, dmods=c.dmods):
+            strided.append(t)
+        else:
+            return None
+    if len(strided) != 1 or not rest:
+        return None
+    c = strided[0].conj
+    m = c.dmods[0][0]
+    if m < 2:
+        return None
+    ends = lambda lo, hi: (-inf if lo is None else lo, inf if hi is None else hi)  # noqa: E731
+    left = [ends(*class_band(c.d_lo, c.d_hi, m))]
+    for t in rest:
+        left = [piece for a in left for piece in _minus(a, ends(*class_band(t.conj.d_lo, t.conj.d_hi, m)))]
+    if len(left) != 1:
+        return None  # all covered (nothing to add) or several bands: the diagonal loop stays
+    ((lo, hi),) = left
+    band = Band(None if lo == -inf else int(lo), None if hi == inf else int(hi))
+    return m, Pattern(tuple(rest)), Pattern((Term((Lit(band),)),))
+
+
 def plan_group(index: int | str, pattern: Pattern, residue: bool = True) -> GroupPlan:
+    """The group's plan; with `residue`, its residue plan or its split (residue_pattern,
+    split_pattern). A split group's tiles (rows_cap) are those of its two launches; its own
+    plan stays for the calls that run one launch (parts of a sequence, traces)."""
     res = residue_pattern(pattern) if residue else None
     if res is not None:
         sub = plan_group(f"{index}r", res[1], residue=False)
         return dataclasses.replace(plan_group(index, pattern, residue=False), residue=res[0], residue_plan=sub)
+    split = split_pattern(pattern) if residue else None
+    if split is not None:
+        first = plan_group(f"{index}s", split[1], residue=False)
+        sub = plan_group(f"{index}r", split[2], residue=False)
+        whole = plan_group(index, pattern, residue=False)
+        return dataclasses.replace(
+            whole, split=split[0], split_plan=first, residue_plan=sub, rows_cap=first.rows_cap or sub.rows_cap
+        )
     terms = pattern.terms
     caps = [_pow2_divisor(a.period) for t in terms for a in t.conj.periodic]
     caps = [c for c in caps if c >= MIN_TILE]
@@ -333,9 +397,11 @@ def span_tiles(plan: SpanPlan, n: int, block: int, tile: int) -> tuple[np.ndarra
 
 
 def _with_spans(plan: GroupPlan) -> GroupPlan:
-    """The group's plan with the backward's span plans (its residue plan's too)."""
+    """The group's plan with the backward's span plans (its residue and split plans' too)."""
     sub = None if plan.residue_plan is None else _with_spans(plan.residue_plan)
-    return dataclasses.replace(plan, columns=plan_columns(plan.pattern), rows=plan_rows(plan.pattern), residue_plan=sub)
+    first = None if plan.split_plan is None else _with_spans(plan.split_plan)
+    spans = dict(columns=plan_columns(plan.pattern), rows=plan_rows(plan.pattern))
+    return dataclasses.replace(plan, residue_plan=sub, split_plan=first, **spans)
 
 
 # ------------------------------------------------------------------ selection

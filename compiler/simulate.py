@@ -338,6 +338,7 @@ class KernelConfig:
     bn_narrow: int
     order: str  # "desc": GRID_ORDER 2, longest query blocks first; "asc": natural
     residue: int = 0  # d > 0: the group runs dense attention per residue class q mod d
+    split: int = 0  # m > 0: the group runs its split plan, then its residue plan per class q mod m
 
 
 def kernel_config(
@@ -357,7 +358,8 @@ def kernel_config(
         configs.CPU_CONFIG,
     )
     order = "desc" if cfg["GRID_ORDER"] == 2 else "asc"
-    return KernelConfig(cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_N_NARROW"], order, int(tune["residue"]))
+    residue, split = int(tune["residue"]), int(tune.get("split", 0))
+    return KernelConfig(cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_N_NARROW"], order, residue, split)
 
 
 def head_group(cfg: KernelConfig, batch: int, heads: int, n: int, head_dim: int, dtype: str) -> int:
@@ -589,18 +591,45 @@ def grid_kernel_tiles(grid: Any, n: int, cfg: KernelConfig) -> Tiles | None:
     return Tiles(cfg.bm, cfg.bn, z, masked, z.copy(), cfg.bn)
 
 
+def _concat(parts: list[Tiles], cfg: KernelConfig) -> Tiles:
+    """The programs of several Tiles, one after the other."""
+    return Tiles(
+        cfg.bm,
+        cfg.bn,
+        *(np.concatenate([getattr(p, k) for p in parts]) for k in ("full", "masked", "narrow")),
+        cfg.bn_narrow,
+    )
+
+
+def _class_tiles(sub: Any, n: int, d: int, cfg: KernelConfig) -> Tiles:
+    """The residue mode's programs: for each class rho = 0 .. d-1, the plan `sub`'s visits on
+    its subsequence of (n - rho) / d positions, cdiv(cdiv(n, d), BLOCK_M) programs each."""
+    per_class = -(-(-(-n // d)) // cfg.bm)  # noqa: B002  (cdiv(cdiv(n, d), bm): negations, not a decrement)
+    parts = []
+    for rho in range(d):
+        n_rho = (n - rho + d - 1) // d
+        z = np.zeros(per_class, dtype=np.int64)
+        out = Tiles(cfg.bm, cfg.bn, z, z.copy(), z.copy(), cfg.bn_narrow)
+        parts.append(_count(kernel_segments(sub, n_rho, cfg.bm, cfg.bn, cfg.bn_narrow, per_class), out))
+    return _concat(parts, cfg)
+
+
 def kernel_tiles(plan: Any, n: int, cfg: KernelConfig) -> Tiles:
     """Tile counts per program of the generated kernel for one head (see kernel_segments), in
-    grid order. With `cfg.residue` = d (and a residue plan), the kernel's residue mode: for each
-    class rho = 0 .. d-1, the residue plan's visits on its subsequence of (n - rho) / d positions,
-    cdiv(cdiv(n, d), BLOCK_M) programs each."""
+    grid order. With `cfg.residue` = d (and a residue plan), the kernel's residue mode: the
+    residue plan per class q mod d (_class_tiles). With `cfg.split` = m (and a split plan), its
+    two launches as one: the split plan's programs, then the residue plan's per class q mod m."""
     if getattr(plan, "grid", None) is not None:
         grid = grid_kernel_tiles(plan.grid, n, cfg)
         if grid is not None:
             return grid
     d = cfg.residue if getattr(plan, "residue_plan", None) is not None else 0
+    m = cfg.split if getattr(plan, "split_plan", None) is not None else 0
     if getattr(plan, "select", None) is not None:
-        d = 0  # selecting groups never run per residue class
+        d = m = 0  # selecting groups never run per residue class
+    if m:
+        first = dataclasses.replace(cfg, split=0)
+        return _concat([kernel_tiles(plan.split_plan, n, first), _class_tiles(plan.residue_plan, n, m, cfg)], cfg)
     if not d:
         tiles = _count(
             kernel_segments(plan, n, cfg.bm, cfg.bn, cfg.bn_narrow), _no_tiles(n, cfg.bm, cfg.bn, cfg.bn_narrow)
@@ -612,19 +641,7 @@ def kernel_tiles(plan: Any, n: int, cfg: KernelConfig) -> Tiles:
                 tiles, masked=tiles.masked + chosen_counts(plan.select, n)[rows] * (block // cfg.bn)
             )
         return tiles
-    per_class = -(-(-(-n // d)) // cfg.bm)  # noqa: B002  (cdiv(cdiv(n, d), bm): negations, not a decrement)
-    parts = []
-    for rho in range(d):
-        n_rho = (n - rho + d - 1) // d
-        z = np.zeros(per_class, dtype=np.int64)
-        out = Tiles(cfg.bm, cfg.bn, z, z.copy(), z.copy(), cfg.bn_narrow)
-        parts.append(_count(kernel_segments(plan.residue_plan, n_rho, cfg.bm, cfg.bn, cfg.bn_narrow, per_class), out))
-    return Tiles(
-        cfg.bm,
-        cfg.bn,
-        *(np.concatenate([getattr(p, k) for p in parts]) for k in ("full", "masked", "narrow")),
-        cfg.bn_narrow,
-    )
+    return _class_tiles(plan.residue_plan, n, d, cfg)
 
 
 def cost_family(plan: Any, cfg: KernelConfig, grid_runs: bool) -> str:
@@ -635,6 +652,8 @@ def cost_family(plan: Any, cfg: KernelConfig, grid_runs: bool) -> str:
         return "grid"
     if cfg.residue and getattr(plan, "residue_plan", None) is not None:
         return ""
+    if cfg.split and getattr(plan, "split_plan", None) is not None:
+        plan = plan.split_plan  # and the residue plan, which has no loop
     kinds = {t.loop.kind for t in plan.terms if t.loop is not None}
     return "diag" if "diffmod" in kinds else ("stripe" if "stripe" in kinds else "")
 
@@ -1057,6 +1076,7 @@ def prefill_workload(
         "sdpa": ((dense, layers),),
     }
     res = sorted({cfgs[g].residue for g in used if cfgs[g].residue and plans[g].residue_plan is not None})
+    res += sorted({cfgs[g].split for g in used if cfgs[g].split and plans[g].split_plan is not None})
     notes = {
         "attnc": f"residue mode (dense tiles per class q mod {', '.join(map(str, res))})" if res else "",
         "sdpa": f"dense {'causal' if causal else 'full'} SDPA",

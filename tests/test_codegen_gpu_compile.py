@@ -36,11 +36,16 @@ def test_kernels_compile_for_sm90():
     cases += [
         gpu_case(duo, group=1, subset=True, config=uncapped),
         gpu_case(single(EXPRS["dilated"], "dilated"), residue=3, config=uncapped),
+        # split launches (causal & (window(8) | strided(64))): the window's, then the classes'
+        gpu_case(single(EXPRS["strided_long"], "strided_long"), residue=-64, config=uncapped),
+        gpu_case(single(EXPRS["strided_long"], "strided_long"), residue=64, use_tma=False, config=uncapped),
         gpu_case(single(EXPRS["causal"], "causal"), dtype="fp16", head_dim=256),
         gpu_case(single(EXPRS["sink_window"], "sw"), head_dim=64, config=uncapped),
     ]
     capped = [gpu_case(single(EXPRS[name], name)) for name in ("causal", "sink_window", "stripes")]
     capped += [gpu_case(duo, group=g, subset=True) for g in (0, 1)]
+    # a split group's first launch (the classes' launch runs uncapped)
+    capped += [gpu_case(single(EXPRS["strided_long"], "strided_long"), residue=-64)]
     fp32 = [gpu_case(single(EXPRS["sink_window"], "sw"), dtype="fp32", head_dim=64, use_tma=False)]
     results = compile_for_gpu(cases + capped + fp32)
     for (path, opts), kernel in zip(cases + capped + fp32, results):

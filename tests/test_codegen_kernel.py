@@ -105,6 +105,26 @@ def test_residue_classes(name, residue):
     check_module(program, 50, dtype=torch.bfloat16, config=dict(RESIDUE=residue))
 
 
+@pytest.mark.parametrize(
+    "m,window,n",
+    [(4, 3, 30), (4, 3, 32), (9, 20, 77), (9, 20, 81), (16, 16, 50), (5, 1, 23)],
+)
+def test_split_launches(m, window, n):
+    # causal & (window | strided(m)): the window's launch, then the strided pairs it lacks per
+    # residue class q mod m, merged by log-sum-exp; with RESIDUE off, the one-launch plan
+    expr = op("&", prim("causal"), op("|", prim("window", size=window), prim("strided", stride=m)))
+    program = single(expr, f"split{m}")
+    mod = load(program)
+    assert mod._TUNING[0]["split"] == m
+    for residue in (True, False):
+        cfg = dict(BLOCK_M=16, BLOCK_N=16, RESIDUE=residue)
+        check_module(program, n, h=4, h_kv=2, config=cfg)
+    check_module(program, n, h=2, h_kv=1, dtype=torch.bfloat16)
+    q, k, v = inputs(2, 2, 1, n, 16)
+    out = mod.prefill(q, k, v)  # no LSE asked for: the launches merge through their own buffer
+    assert_close(out, dense_reference(q, k, v, head_masks(program, n, 2))[0], torch.float32)
+
+
 @pytest.mark.parametrize("name", ["sink_window", "causal", "global", "power", "strided_long", "dilated"])
 def test_tensor_descriptors_and_head_groups(name):
     # the Hopper path: host-side 4D TMA descriptors, query blocks in groups of 2 heads

@@ -141,3 +141,47 @@ def test_stripes_visit_only_their_keys():
         assert (np.flatnonzero(seen & below) % 8 == 3).all(), f"block {i} reads keys off the stripe"
         stripe = below & (np.arange(200) % 8 == 3)
         assert seen[stripe].all() and (unmasked[0, i][stripe] > 0).sum() >= stripe.sum() - 16
+
+
+SPLITS = {  # name: (expression, m of its split, or None: no split)
+    "window3_strided4": (op("&", prim("causal"), op("|", prim("window", size=3), prim("strided", stride=4))), 4),
+    "window20_strided9": (op("&", prim("causal"), op("|", prim("window", size=20), prim("strided", stride=9))), 9),
+    "band_strided5": (
+        op("|", op("&", prim("causal"), prim("window", size=7)), op("&", prim("causal"), prim("strided", stride=5))),
+        5,
+    ),
+    "two_sided": (op("|", prim("window", left=20, right=9), prim("strided", stride=4)), None),
+    "sink_window_strided": (
+        op(
+            "&",
+            prim("causal"),
+            op("|", op("|", prim("sink", size=4), prim("window", size=3)), prim("strided", stride=4)),
+        ),
+        None,
+    ),
+    "strided_alone": (op("&", prim("causal"), prim("strided", stride=4)), None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPLITS))
+def test_split_pattern_against_brute_force(name):
+    # the rest plus the residue band lifted to positions = the pattern, with no pair twice
+    from attnc.compiler.plan import split_pattern
+
+    expr, m = SPLITS[name]
+    pattern = as_pattern(expr)
+    split = split_pattern(pattern)
+    assert (split is None) == (m is None)
+    if split is None:
+        return
+    assert split[0] == m
+    n = 3 * m + 5
+    q, k = np.arange(n)[:, None], np.arange(n)[None, :]
+    rest = split[1].holds(q, k)
+    same = (q - k) % m == 0
+    lifted = same & split[2].holds(q // m, k // m)  # q' - k' = (q - k) / m within a class
+    assert not (rest & lifted).any()
+    assert np.array_equal(rest | lifted, pattern.holds(q, k))
+    plan = plan_group(0, pattern)
+    assert plan.split == m and plan.split_plan.pattern == split[1] and plan.residue_plan.pattern == split[2]
+    assert plan.tuning["split"] == m and plan.tuning["residue"] == 0

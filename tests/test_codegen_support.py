@@ -301,7 +301,7 @@ def compile_one(path, opts):
     narrow = 16
     while narrow < tune["narrow"]:
         narrow *= 2
-    use_tma = cfg["USE_TMA"] if opts["use_tma"] and not opts["residue"] else 0
+    use_tma = cfg["USE_TMA"] if opts["use_tma"] and opts["residue"] <= 0 else 0  # classes: pointers
     names = mod._fwd_kernel.arg_names
     boxes = {}
     if use_tma == 2:

@@ -39,7 +39,7 @@ def _check_rows(mod, out, lse, q, k, v, lengths, layer=None):
         torch.testing.assert_close(lse[rows], want_lse, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["causal", "sink_window", "dilated", "power", "chunk", "global"])
+@pytest.mark.parametrize("name", ["causal", "sink_window", "dilated", "strided", "power", "chunk", "global"])
 def test_padded_prefill_equals_each_sequence_alone(name):
     mod = load(single(EXPRS[name], name))
     q, k, v = _inputs()

@@ -21,7 +21,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from attnc.compiler.plan import plan_program  # noqa: E402
 from attnc.compiler import simulate as sim  # noqa: E402
-from tests.strategies import causal_expressions, examples  # noqa: E402
+from tests.strategies import causal_expressions, examples, op, prim  # noqa: E402
 from tests.test_codegen_support import EXPRS, grouped, load, single, visits  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -86,10 +86,10 @@ def test_config_is_the_modules(monkeypatch, name, dtype, head_dim, capability):
 
 
 def test_each_group_gets_its_own_config_and_launch(monkeypatch):
-    # a chunked group (tiles capped to the chunk) beside a diagonal-loop group (64-row tiles)
-    program = grouped(
-        [[EXPRS["chunk"], EXPRS["strided_long"], EXPRS["strided_long"], EXPRS["causal"]]], "mix", kv_heads=2
-    )
+    # a chunked group (tiles capped to the chunk) beside a diagonal-loop group (64-row tiles:
+    # the sink keeps it from running as split launches)
+    diag = op("&", prim("causal"), op("|", prim("sink", size=4), prim("strided", stride=64)))
+    program = grouped([[EXPRS["chunk"], diag, diag, EXPRS["causal"]]], "mix", kv_heads=2)
     mod = load(program)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     mod._CONFIG_CACHE.clear()
@@ -158,3 +158,21 @@ def test_residue_mode_runs_dense_tiles_per_class(name, n):
             assert (seen <= 1).all()
     dense = sim.kernel_tiles(plan, n, sim.KernelConfig(16, 16, 16, "asc", 0))
     assert sum(tiles.totals) <= sum(dense.totals) or n < 40
+
+
+def test_split_launches_count_both_launches():
+    # causal & (window(8) | strided(16)): the window's tiles plus, per class q mod 16, the
+    # residue band's; at least the ideal tiles of each part, and far fewer than the diagonal loop
+    from attnc.compiler.plan import split_pattern
+
+    program = single(op("&", prim("causal"), op("|", prim("window", size=8), prim("strided", stride=16))), "split")
+    (plan,) = plan_program(program)
+    n, cfg = 600, sim.KernelConfig(16, 16, 16, "asc", 0, 16)
+    m, rest, sub = split_pattern(plan.pattern)
+    tiles = sim.kernel_tiles(plan, n, cfg)
+    ideal = sum(sim.block_tiles(rest, n, 16, 16).totals)
+    ideal += sum(sum(sim.block_tiles(sub, (n - rho + m - 1) // m, 16, 16).totals) for rho in range(m))
+    assert ideal <= sum(tiles.totals) <= ideal + 2 * m
+    assert tiles.full.size == -(-n // 16) + m * -(-(-(-n // m)) // 16)  # noqa: B002  (both launches' programs)
+    one = sim.kernel_tiles(plan, n, sim.KernelConfig(16, 16, 16, "asc", 0, 0))
+    assert sum(tiles.totals) < sum(one.totals) / 2

@@ -486,7 +486,15 @@ def test_loop_launches_are_timed_with_their_own_costs():
 
     prof = sim.load_profile("h100")
     for text, family in [
-        (op("&", prim("causal"), op("|", prim("window", size=256), prim("strided", stride=256))), "diag"),
+        (
+            op(
+                "&",
+                prim("causal"),
+                op("|", op("|", prim("sink", size=4), prim("window", size=256)), prim("strided", stride=256)),
+            ),
+            "diag",
+        ),
+        (op("&", prim("causal"), op("|", prim("window", size=256), prim("strided", stride=256))), ""),  # split launches
         (op("&", prim("causal"), op("|", prim("window", size=512), prim("stride", stride=4, offset=1))), "stripe"),
         (SW, ""),
     ]:

@@ -12,9 +12,8 @@ those modules, torch and triton, checks new against old and against a dense refe
 the last rows, and times both (median of triton.testing.do_bench; B=1, H=32, D=128, bf16).
 It prints a table and writes $OUT/stripe_bench.json (default ./out/stripe_bench).
 
-The diagonal-loop case (`strided(256)`, a (q - k) mod m term) is timed as it is (both
-modules are the same plan): its rows lie on different stripes, so a stripe gather does not
-apply to it.
+`(q - k) mod m` terms (`strided(m)`) are residue_bench.py's: their rows lie on different
+stripes, so a stripe gather does not apply to them. That script reuses `run` and `main`.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ CASES = {  # name: (.attn pattern, N)
     "fixed128": ("causal & (chunk(128) | stride(128, 127))", 32768),
     "window1024_stride16": ("causal & (window(1024) | stride(16, 0))", 32768),
     "stride8_alone": ("causal & stride(8, 3)", 16384),
-    "diag_window256_strided256": ("causal & (window(256) | strided(256))", 32768),
 }
 B, H, D = 1, 32, 128
 
@@ -81,6 +79,7 @@ def run(src: Path, smoke: bool = False) -> list[dict]:
     for name, case in cases.items():
         n = case["n"]
         new, old = (load(src / f"{name}_{v}.py") for v in ("new", "old"))
+        extra = {v: load(src / f"{name}_{v}.py") for v in case.get("extra", ())}  # timed only
         torch.manual_seed(0)
         q, k, v = (torch.randn(B, heads, n, dim, device=device, dtype=dtype) for _ in range(3))
         o_new, o_old = new.prefill(q, k, v), old.prefill(q, k, v)
@@ -100,7 +99,7 @@ def run(src: Path, smoke: bool = False) -> list[dict]:
         if not smoke:
             from triton.testing import do_bench
 
-            for variant, mod in (("new", new), ("old", old)):
+            for variant, mod in (("new", new), ("old", old), *extra.items()):
                 ms = do_bench(lambda: mod.prefill(q, k, v), warmup=25, rep=100, return_mode="median")
                 row[f"{variant}_ms"] = ms
                 row[f"{variant}_tflops"] = 4 * D * pairs / (ms * 1e-3) / 1e12
@@ -117,6 +116,9 @@ def table(results: list[dict]) -> str:
             lines.append(
                 f"{r['case']:28s} {r['n']:6d} {r['old_ms']:8.3f} {r['new_ms']:8.3f} {r['old_tflops']:9.1f} "
                 f"{r['new_tflops']:9.1f} {r['speedup']:6.2f}  {r['err_new_vs_ref']:.1e}"
+                + "".join(
+                    f"  {k[:-3]} {v:.3f} ms" for k, v in r.items() if k.endswith("_ms") and k[:-3] not in ("new", "old")
+                )
             )
         else:
             lines.append(
@@ -125,8 +127,9 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, generate=generate, name: str = "stripe_bench", doc: str = __doc__) -> int:
+    """The command line of this script and of residue_bench.py (its own `generate`, `name`, `doc`)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("dir", nargs="?", type=Path, help="the folder --generate wrote (GPU step)")
     ap.add_argument("--generate", metavar="DIR", type=Path, help="write both modules of every case (here)")
     ap.add_argument("--smoke", action="store_true", help="generate and run tiny cases on the CPU (TRITON_INTERPRET=1)")
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.generate:
         generate(args.generate)
         return 0
-    out = Path(os.environ.get("OUT") or "out/stripe_bench")
+    out = Path(os.environ.get("OUT") or f"out/{name}")
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     if args.smoke:
@@ -147,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     results = run(src, smoke=args.smoke)
     print(table(results))
     bad = [r["case"] for r in results if r["err_new_vs_ref"] > (1e-4 if args.smoke else 2e-2)]
-    (out / "stripe_bench.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {out / 'stripe_bench.json'} in {time.time() - start:.0f} s" + (f"; WRONG: {bad}" if bad else ""))
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {out / f'{name}.json'} in {time.time() - start:.0f} s" + (f"; WRONG: {bad}" if bad else ""))
     return 1 if bad else 0
 
 

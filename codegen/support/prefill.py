@@ -495,6 +495,18 @@ def _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, trac
             plan.append((group, cfg, run))
             continue
         residue = spec.tuning[group]["residue"] if cfg.get("RESIDUE", True) and not trace and whole else 0
+        split = spec.tuning[group].get("split", 0) if cfg.get("RESIDUE", True) and not trace and whole else 0
+        if split:  # two launches, the second merging into the first's output and LSE (lse: see forward)
+            # the classes' launch reads through pointers and spills under the register cap (sm_90 build)
+            for part, part_cfg in ((-split, cfg), (split, dict(cfg, maxnreg=None))):
+                grid_m = triton_cdiv(q.shape[2], cfg["BLOCK_M"])
+                if part > 0:
+                    grid_m = split * triton_cdiv(triton_cdiv(N, split), cfg["BLOCK_M"])
+                use_tma = cfg["USE_TMA"] if part < 0 and not padded and _tma_ok(q, k, v, o) else 0
+                run = _generic_launcher(spec, part_cfg, (grid_m, q.shape[0] * nh), q, k, v, o, heads, N, H, nh, D,
+                                        scale, group, part, True, use_tma, padded, upcast, trace, span)  # fmt: skip
+                plan.append((group, part_cfg, run))
+            continue
         # host-side descriptors address whole rows of (B, H, N, D): not the strided rows of
         # residue classes, nor the shifted rows of padded batches
         use_tma = cfg["USE_TMA"] if not (trace or residue or padded) and _tma_ok(q, k, v, o) else 0
@@ -576,6 +588,8 @@ def forward(
         return (o, lse, None) if trace else (o, lse)
     dummy_i32, dummy_f32 = dummies(q.device)
     lse_arg = lse if return_lse else dummy_f32
+    if not (return_lse or trace) and any(t.get("split") for t in spec.tuning):
+        lse_arg = torch.empty((B, H, NQ), device=q.device, dtype=torch.float32)  # a split group merges through it
     lens_arg = lengths if padded else dummy_i32
     if trace:
         # the trace has one row per query block: every group must use the same BLOCK_M (tests pass it)
