@@ -336,7 +336,7 @@ def head_costs(program: Any, shape: Any, profile: Any = "h100", layer: int = 0) 
     gids = sim.head_patterns(program, shape.heads, layer)
     out: dict[int, float] = {}
     for g in set(gids):
-        cfg = sim.kernel_config(program, shape.head_dim, shape.dtype, prof.capability, g)
+        cfg = sim.kernel_config(program, shape.head_dim, shape.dtype, prof.capability, g, shape.n)
         feats, count = sim.Launch((sim.kernel_tiles(plans[g], shape.n, cfg),), shape.batch).programs()
         costs = prof.kernel("attnc").lookup(shape.head_dim, shape.dtype, cfg.bm, cfg.bn, prof.dtype_scale)
         slots = prof.sms * costs.slots_per_sm

@@ -44,6 +44,10 @@ DIFFMOD_LOOP_MIN = 64  # (q - k) mod m terms with m at least this loop over thei
 RESIDUE_MAX = 16  # bands & (q - k) mod d == 0 with d up to this run per residue class
 EDGE_MERGE_MIN = 2048  # a first term's band at least this wide walks both masked edges in one loop
 MIN_TILE = 16  # the smallest tile side tl.dot takes
+# a split plan runs only where each residue class holds at least this many rows: below it the
+# classes' launch is mostly overhead (H100: classes of 16 rows 0.44x the diagonal loop's speed,
+# of 85 rows 4.3x, of 128 rows 7.1x; bench/proto/NOTES.md "Split launches")
+SPLIT_MIN_ROWS = 64
 
 
 def atom_bounds(lit: Lit, columns: bool = False) -> tuple[Bounds, Bounds | None]:
@@ -162,6 +166,7 @@ class GroupPlan:
             "grows": self.grows,
             "residue": 0 if self.select else self.residue,
             "split": 0 if self.select else self.split,
+            "split_from": 0 if self.select else self.split * SPLIT_MIN_ROWS,  # the least N that splits
             "grid": self.grid is not None and self.select is None,
             "select": self.select is not None,
         }

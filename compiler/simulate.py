@@ -342,10 +342,16 @@ class KernelConfig:
 
 
 def kernel_config(
-    program: Program, head_dim: int, dtype: str, capability: tuple[int, int] | None, group: int = 0
+    program: Program,
+    head_dim: int,
+    dtype: str,
+    capability: tuple[int, int] | None,
+    group: int = 0,
+    n: int | None = None,
 ) -> KernelConfig:
     """What the generated module's `config_for(..., group=group)` returns on a GPU of this
-    capability (None: the CPU); the tuning of the group is its plan's `tuning`."""
+    capability (None: the CPU); the tuning of the group is its plan's `tuning`. With `n`, the
+    split is off below the plan's `split_from`, as the generated prefill decides at that N."""
     tune = _plans(program)[group].tuning
     cfg = configs.choose_config(
         tune,
@@ -359,6 +365,8 @@ def kernel_config(
     )
     order = "desc" if cfg["GRID_ORDER"] == 2 else "asc"
     residue, split = int(tune["residue"]), int(tune.get("split", 0))
+    if n is not None and n < tune.get("split_from", 0):
+        split = 0
     return KernelConfig(cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_N_NARROW"], order, residue, split)
 
 
@@ -1040,7 +1048,7 @@ def prefill_workload(
     rows = [(head_patterns(program, shape.heads, l), weight) for l, weight in _layers(program, layer)]
     layers = sum(w for _, w in rows)
     used = sorted({g for gids, _ in rows for g in gids})
-    cfgs = {g: kernel_config(program, shape.head_dim, shape.dtype, capability, g) for g in used}
+    cfgs = {g: kernel_config(program, shape.head_dim, shape.dtype, capability, g, shape.n) for g in used}
     mine = {g: kernel_tiles(plans[g], shape.n, cfgs[g]) for g in used}
     grid_runs = {g: plans[g].grid is not None and plans[g].grid.runs(shape.n, cfgs[g].bm, cfgs[g].bn) for g in used}
 

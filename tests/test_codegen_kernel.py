@@ -13,7 +13,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attnc.compiler.plan import plan_program
+from attnc.compiler.plan import SPLIT_MIN_ROWS, plan_program
 from attnc.compiler.tiling import grid_terms
 from tests.cases import CASES, grid_tokens, sampled
 from tests.strategies import causal_expressions, examples, expressions, op, prim
@@ -115,7 +115,8 @@ def test_split_launches(m, window, n):
     expr = op("&", prim("causal"), op("|", prim("window", size=window), prim("strided", stride=m)))
     program = single(expr, f"split{m}")
     mod = load(program)
-    assert mod._TUNING[0]["split"] == m
+    assert mod._TUNING[0]["split"] == m and plan_program(program)[0].tuning["split_from"] == m * SPLIT_MIN_ROWS
+    mod._TUNING[0]["split_from"] = 0  # split at these short lengths too (the module is this test's own)
     for residue in (True, False):
         cfg = dict(BLOCK_M=16, BLOCK_N=16, RESIDUE=residue)
         check_module(program, n, h=4, h_kv=2, config=cfg)

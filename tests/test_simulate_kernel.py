@@ -176,3 +176,8 @@ def test_split_launches_count_both_launches():
     assert tiles.full.size == -(-n // 16) + m * -(-(-(-n // m)) // 16)  # noqa: B002  (both launches' programs)
     one = sim.kernel_tiles(plan, n, sim.KernelConfig(16, 16, 16, "asc", 0, 0))
     assert sum(tiles.totals) < sum(one.totals) / 2
+    # classes shorter than SPLIT_MIN_ROWS run the one-launch plan, as the generated prefill does
+    from attnc.compiler.plan import SPLIT_MIN_ROWS
+
+    at = 16 * SPLIT_MIN_ROWS
+    assert [sim.kernel_config(program, 16, "float32", (9, 0), 0, n).split for n in (at - 1, at)] == [0, 16]

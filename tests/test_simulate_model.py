@@ -498,7 +498,7 @@ def test_loop_launches_are_timed_with_their_own_costs():
         (op("&", prim("causal"), op("|", prim("window", size=512), prim("stride", stride=4, offset=1))), "stripe"),
         (SW, ""),
     ]:
-        work = sim.prefill_workload(single(text), shape(8192))
+        work = sim.prefill_workload(single(text), shape(32768))  # long enough for the split's classes
         ((launch, _),) = work.launches["attnc"]
         assert launch.costs == family
         base = sim.time_workload(work, prof).attnc.ms

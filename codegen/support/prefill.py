@@ -496,6 +496,7 @@ def _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, trac
             continue
         residue = spec.tuning[group]["residue"] if cfg.get("RESIDUE", True) and not trace and whole else 0
         split = spec.tuning[group].get("split", 0) if cfg.get("RESIDUE", True) and not trace and whole else 0
+        split = split if N >= spec.tuning[group].get("split_from", 0) else 0  # short classes: one launch
         if split:  # two launches, the second merging into the first's output and LSE (lse: see forward)
             # the classes' launch reads through pointers and spills under the register cap (sm_90 build)
             for part, part_cfg in ((-split, cfg), (split, dict(cfg, maxnreg=None))):
