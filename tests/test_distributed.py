@@ -233,11 +233,14 @@ def test_analyze_ranks(capsys):
     assert main(["analyze", path, "--seq", "4096", "--ranks", "2"]) == 0
     text = capsys.readouterr().out
     assert "context parallel over 2 ranks" in text and "contiguous layout" in text
+    assert "a backward pass moves the same bytes in reverse" in text
     assert "0: 0..4, 1029..2048" in text  # rank 1 receives the sinks and the last 1019 keys of rank 0
     assert main(["analyze", path, "--seq", "4096", "--ranks", "2", "--json"]) == 0
     (group,) = json.loads(capsys.readouterr().out)["context_parallel"]
     assert group["transfers"] == [[0, 1, 0, 4], [0, 1, 1029, 2048]]
     assert group["ranks_table"][1]["received_bytes"] == 1023 * 2 * 128 * 2
+    assert group["ranks_table"][1]["backward_sent_bytes"] == 1023 * 2 * 128 * 2  # the dK, dV of those keys
+    assert group["ranks_table"][0]["backward_received_bytes"] == group["ranks_table"][0]["sent_bytes"]
     assert main(["analyze", path, "--ranks", "0"]) == 2
     captured = capsys.readouterr()
     assert "--ranks" in captured.err and captured.out == ""
