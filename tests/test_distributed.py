@@ -7,9 +7,12 @@ by pair. Runtime: one spawn per world size runs every pattern file through conte
 with the module's torch `reference` as the per-part attention (the interpreter is too slow for
 all files; at 4 ranks a selection), plus a few patterns through the Triton kernel (`prefill_at`,
 TRITON_INTERPRET=1) and a head-parallel DuoAttention mix; the outputs must equal the
-single-process reference and the bytes each rank moved must equal the plan's. prefill_at
-itself (queries at an offset, a key range, a subset of heads) is checked against the
-reference under the interpreter.
+single-process reference and the bytes each rank moved must equal the plan's. The same spawn
+runs loss.backward() through the kernels for a representative set (causal, sink + window,
+chunked, dilated, power, both layouts, two head groups): every rank's gradients must equal
+single-process autograd's and the bytes moved backward the forward's, reversed. prefill_at
+and backward_at themselves (queries at an offset, a key range, a subset of heads) are checked
+against the reference and its autograd under the interpreter.
 """
 
 from __future__ import annotations
