@@ -410,15 +410,17 @@ def _forward_jobs(world: int, folder) -> tuple[list, dict]:
 
 
 def _grad_jobs(world: int, folder) -> tuple[list, dict]:
-    """The gradient jobs: GRAD_CASES (a layer whose pattern moves keys where layers differ), and
-    the DuoAttention mix at 2 ranks (two head groups, each with its own plan)."""
+    """The gradient jobs: GRAD_CASES, and a DuoAttention mix of 4 heads (two head groups, each
+    with its own plan)."""
     d, n = 16, 64 * world
     files = {c.name: c for c in FILE_CASES}
     cases = [
         (f, layout, lower(load(files[f].path, params)) if params else files[f].program)
         for f, layout, params in GRAD_CASES[world]
     ]
-    cases += [("duo", None, lower(resolve_text(DUO, "duo.attn")))] if world == 2 else []
+    cases.append(
+        ("duo", None, lower(resolve_text(DUO.replace("heads = 8, kv_heads = 4", "heads = 4, kv_heads = 2"), "d.attn")))
+    )
     jobs, expect = [], {}
     for file, layout, program in cases:
         name = f"grad_{file}_{layout}"
