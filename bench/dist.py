@@ -301,9 +301,9 @@ def run_single(folder: Path, smoke: bool) -> dict:
 
             row = {"received_bytes": sum(s.numel() * s.element_size() for s in src)}
             t_copy = _time(copy, device, reps)
-            for prefix, work in (("", attend), ("bwd_", backward)):
+            for prefix, work, n in (("", attend, reps), ("bwd_", backward, max(1, reps // 3))):
                 t_local, t_remote, t_both = (
-                    _time(f, device, reps) for f in (lambda: work(local), lambda: work(remote), lambda: both(work))
+                    _time(f, device, n) for f in (lambda: work(local), lambda: work(remote), lambda: both(work))
                 )
                 row |= {
                     f"{prefix}local_ms": t_local * 1e3,
