@@ -11,14 +11,18 @@ With 4 processes (NCCL, one GPU each), B=1, H=32, D=128, bf16, N=262144 by defau
 1. context parallelism of `causal & (sink(4) | window(4096))` and of `causal`: every rank times
    the generated kernel on the whole sequence (one GPU) and `context_attention` on its shard
    (the slowest rank's time counts), checks its rows against the one-GPU output, and reports
-   the bytes it moved against a ring pass's (keys and values of every other rank);
+   the bytes it moved against a ring pass's (keys and values of every other rank); then the
+   same for a training step's attention (forward and backward, `train_*`: the largest
+   gradient error against the one-GPU gradients, the bytes moved backward);
 2. head parallelism of the DuoAttention mix (8 causal + 24 sink(64) | window(960) heads) over
    ranks 0 and 1: each times its planned heads; the slower over the faster.
 
 With 1 process (no torchrun), for each context case and each rank r of the 4-rank plan, on one
 GPU: the time of r's attention on its own keys, on the received keys, a device copy of the
 bytes r receives, and the own-key attention with the copy running at the same time on a
-second stream: how much of the transfer the local attention can hide.
+second stream: how much of the transfer the local attention can hide (`copy_hidden`); and the
+same for the backward (`bwd_*`: backward_at on r's parts, whose dK, dV shares of the received
+keys, the same bytes, move back while the own-key backward runs).
 
 Prints a table and writes $OUT/dist.json (default ./out/dist). A third word, `smoke`, runs both
 steps on the CPU (gloo, TRITON_INTERPRET=1, tiny shapes) to test this script. (Positional
@@ -144,6 +148,7 @@ def run_distributed(folder: Path, smoke: bool) -> dict:
         if entry["kind"] == "context":
             if plan["ranks"] != world:
                 continue
+            train = _train(mod, rt, plan, q, k, v, _inputs(shape, device, 1)[0], rank, device, reps, config, smoke)
             full = mod.reference(q, k, v) if smoke else mod.prefill(q, k, v)
             one = _time(lambda: mod.prefill(q, k, v), device, reps) if not smoke else 0.0
             lq, lk, lv = (rt.shard(t, plan, rank) for t in (q, k, v))
@@ -169,6 +174,7 @@ def run_distributed(folder: Path, smoke: bool) -> dict:
                 "bytes_moved": moved[0].item(),
                 "ring_bytes": moved[1].item(),
                 "bytes_ratio": moved[1].item() / moved[0].item() if moved[0].item() else float("inf"),
+                **train,
             }
         else:
             ranks = len(plan["heads"])
@@ -197,9 +203,49 @@ def run_distributed(folder: Path, smoke: bool) -> dict:
     return rows if rank == 0 else {}
 
 
+def _train(mod, rt, plan, q, k, v, do, rank: int, device, reps: int, config, smoke: bool) -> dict:
+    """A training step's attention (forward, then backward with the output's gradient do) on
+    one device and context-parallel: both times (the slowest rank's), the largest gradient
+    error against the one-device gradients, and the bytes moved backward (all ranks)."""
+    import torch
+    import torch.distributed as dist
+
+    reps = max(1, reps // 3)
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    (mod.reference if smoke else mod.prefill)(*leaves).backward(do)
+    want = [rt.shard(t.grad, plan, rank) for t in leaves]
+    one = 0.0 if smoke else _time(lambda: mod.prefill(*leaves).backward(do), device, reps)
+    del leaves
+    mine = [rt.shard(t, plan, rank).requires_grad_() for t in (q, k, v)]
+    local_do = rt.shard(do, plan, rank)
+
+    def step(stats=None):
+        out, _ = rt.context_attention(mod, *mine, plan, config=config, stats=stats)
+        out.backward(local_do)
+
+    stats: dict = {}
+    step(stats)
+    err = max((a.grad.float() - b.float()).abs().max().item() for a, b in zip(mine, want))
+    del want
+    dist.barrier()
+    worst = torch.tensor([_time(step, device, reps), err], device=device)
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    moved = torch.tensor([stats["backward_sent_bytes"]], device=device, dtype=torch.float64)
+    dist.all_reduce(moved)
+    return {
+        "train_one_gpu_ms": one * 1e3,
+        "train_dist_ms": worst[0].item() * 1e3,
+        "train_speedup": one / worst[0].item() if worst[0].item() else 0.0,
+        "max_grad_err_vs_one_gpu": worst[1].item(),
+        "backward_bytes_moved": moved[0].item(),
+    }
+
+
 def run_single(folder: Path, smoke: bool) -> dict:
     """One device: each rank's own-key and received-key attention, a copy of its received
-    bytes, and both at once on two streams (CUDA)."""
+    bytes, and both at once on two streams (CUDA); the same for the backward (backward_at on
+    the rank's parts with the whole rows' out and lse), whose dK, dV shares of the received
+    keys move back while the own-key backward runs (the same bytes, so the same copy)."""
     import torch
 
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -215,6 +261,8 @@ def run_single(folder: Path, smoke: bool) -> dict:
         mod = _load(folder / entry["module"], f"attnc_dist_{name}")
         plan = entry["plan"]
         q, k, v = _inputs(shape, device, 0)
+        do = _inputs(shape, device, 1)[0]
+        o, lse = mod.prefill(q, k, v, return_lse=True)
         for rank in range(plan["ranks"]):
             own = {tuple(s) for s in plan["segments"][rank]}
             local = [p for p in plan["pieces"][rank] if (p[2], p[3]) in own]
@@ -223,6 +271,12 @@ def run_single(folder: Path, smoke: bool) -> dict:
             def attend(pieces):
                 for qa, qb, ka, kb in pieces:
                     mod.prefill_at(q[:, :, qa:qb], k, v, q_offset=qa, k_range=(ka, kb), **kw)
+
+            def backward(pieces):
+                for qa, qb, ka, kb in pieces:
+                    rows = (do, q, k, v, o, lse)
+                    rows = [t if t is k or t is v else t[:, :, qa:qb] for t in rows]
+                    mod.backward_at(*rows, q_offset=qa, k_range=(ka, kb))
 
             ranges = [(a, b) for s, d, a, b in plan["transfers"] if d == rank]
             src = [t[:, :, a:b].permute(2, 0, 1, 3).contiguous() for a, b in ranges for t in (k, v)]
@@ -234,29 +288,30 @@ def run_single(folder: Path, smoke: bool) -> dict:
 
             side = torch.cuda.Stream(device) if device.type == "cuda" else None
 
-            def both():
+            def both(work):
                 if side is None:
                     copy()
-                    attend(local)
+                    work(local)
                     return
                 side.wait_stream(torch.cuda.current_stream(device))
                 with torch.cuda.stream(side):
                     copy()
-                attend(local)
+                work(local)
                 torch.cuda.current_stream(device).wait_stream(side)
 
-            t_local, t_remote, t_copy, t_both = (
-                _time(f, device, reps) for f in (lambda: attend(local), lambda: attend(remote), copy, both)
-            )
-            hidden = (t_local + t_copy - t_both) / t_copy if t_copy > 0 else 1.0
-            rows[f"{name} rank {rank}"] = {
-                "local_ms": t_local * 1e3,
-                "remote_ms": t_remote * 1e3,
-                "copy_ms": t_copy * 1e3,
-                "local_with_copy_ms": t_both * 1e3,
-                "copy_hidden": hidden,
-                "received_bytes": sum(s.numel() * s.element_size() for s in src),
-            }
+            row = {"received_bytes": sum(s.numel() * s.element_size() for s in src)}
+            t_copy = _time(copy, device, reps)
+            for prefix, work, n in (("", attend, reps), ("bwd_", backward, max(1, reps // 3))):
+                t_local, t_remote, t_both = (
+                    _time(f, device, n) for f in (lambda: work(local), lambda: work(remote), lambda: both(work))
+                )
+                row |= {
+                    f"{prefix}local_ms": t_local * 1e3,
+                    f"{prefix}remote_ms": t_remote * 1e3,
+                    f"{prefix}local_with_copy_ms": t_both * 1e3,
+                    f"{prefix}copy_hidden": (t_local + t_copy - t_both) / t_copy if src else 1.0,
+                }
+            rows[f"{name} rank {rank}"] = {"copy_ms": t_copy * 1e3, **row}
     return rows
 
 

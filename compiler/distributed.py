@@ -360,7 +360,9 @@ def _mib(x: int) -> str:
 
 
 def context_rows(plan: ContextPlan, per_key: int) -> list[dict[str, Any]]:
-    """One row per rank: its queries, pairs, received and sent keys and bytes, and a ring's."""
+    """One row per rank: its queries, pairs, received and sent keys and bytes, and a ring's.
+    A backward pass (training) moves the same bytes in reverse: the dK, dV of every received
+    range go back to its owner, so a rank sends backward what it received forward."""
     return [
         {
             "rank": r,
@@ -373,6 +375,8 @@ def context_rows(plan: ContextPlan, per_key: int) -> list[dict[str, Any]]:
             },
             "received_bytes": plan.received_keys(r) * per_key,
             "sent_bytes": plan.sent_keys(r) * per_key,
+            "backward_sent_bytes": plan.received_keys(r) * per_key,
+            "backward_received_bytes": plan.sent_keys(r) * per_key,
             "ring_received_bytes": plan.ring_received_keys(r) * per_key,
             "ring_sent_bytes": plan.ring_sent_keys(r) * per_key,
         }
@@ -388,7 +392,8 @@ def render_context(plan: ContextPlan, per_key: int, what: str = "") -> str:
     head = (
         f"context parallel over {plan.ranks} ranks, N = {plan.n:,}: {plan.layout} layout, "
         f"pairs per rank max/mean {max(plan.work) / max(1e-9, sum(plan.work) / plan.ranks):.3f}; "
-        f"{_mib(total)} moved{what}, {ratio}{'' if plan.exact else ' (some ranges rounded to whole tiles)'}"
+        f"{_mib(total)} moved{what}, {ratio}{'' if plan.exact else ' (some ranges rounded to whole tiles)'}; "
+        "a backward pass moves the same bytes in reverse"
     )
     lines = [
         head,

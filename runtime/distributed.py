@@ -7,7 +7,10 @@ plan (compiler/distributed.py), move with point-to-point operations (`batch_isen
 into a buffer of key positions 0 .. N - 1; while they are in flight, the rank attends to its
 own keys; then to the received ones; the partial results merge by log-sum-exp. The kernel
 is the generated module's `prefill_at` (queries at their positions, one key range per call).
-Forward only: the backward kernels take no positions yet.
+It is differentiable (`_ContextAttention`): the backward keeps the key and value ranges the
+forward received, runs the module's `backward_at` on the same parts with the rows' merged
+output and log-sum-exp, and returns the gradients of received keys and values to their owners
+over the same ranges, in the reverse direction (`context_backward`).
 
 Head parallelism (`head_attention`): each rank computes the heads the head plan gives it;
 `permute_heads` reorders a projection's heads so that each rank's are one contiguous shard.
@@ -37,6 +40,11 @@ def _local(plan: dict, rank: int) -> list[tuple[int, int, int]]:
     return out
 
 
+def _at(segments: list[tuple[int, int, int]], a: int, b: int) -> int:
+    """The local offset of positions a..b-1, which lie in one of the rank's segments."""
+    return next(o + a - s for s, e, o in segments if s <= a and b <= e)
+
+
 def shard(x: torch.Tensor, plan: Any, rank: int, dim: int = 2) -> torch.Tensor:
     """The rank's tokens of a whole-sequence tensor: its segments, concatenated along `dim`."""
     plan = _plan(plan)
@@ -64,29 +72,38 @@ def exchange(k: torch.Tensor, v: torch.Tensor, plan: Any, rank: int, group=None,
     keeps the tensors being sent alive until then); `stats` gets the bytes this rank sends and
     receives."""
     plan = _plan(plan)
-    B, H, _, D = k.shape
-    n = plan["n"]
-    raw_k, raw_v = _buffers((n, B, H, D), k.dtype, k.device)
+    raw_k, raw_v = _own_buffers(k, v, plan, rank)
     own = _local(plan, rank)
-    for a, b, at in own:
-        raw_k[a:b] = _rows(k, at, at + b - a)
-        raw_v[a:b] = _rows(v, at, at + b - a)
-    ops, sent, received = [], 0, 0
+    sends, recvs = [], []
     for src, dst, a, b in plan["transfers"]:
         if src == rank:
-            at = next(o + a - s for s, e, o in own if s <= a and b <= e)
-            for t in (_rows(k, at, at + b - a), _rows(v, at, at + b - a)):
-                ops.append(dist.P2POp(dist.isend, t, _global(dst, group), group))
-                sent += t.numel() * t.element_size()
+            at = _at(own, a, b)
+            sends += [(dst, _rows(k, at, at + b - a)), (dst, _rows(v, at, at + b - a))]
         elif dst == rank:
-            for t in (raw_k[a:b], raw_v[a:b]):
-                ops.append(dist.P2POp(dist.irecv, t, _global(src, group), group))
-                received += t.numel() * t.element_size()
-    pending = (dist.batch_isend_irecv(ops) if ops else [], ops)
-    if stats is not None:
-        stats["sent_bytes"] = stats.get("sent_bytes", 0) + sent
-        stats["received_bytes"] = stats.get("received_bytes", 0) + received
+            recvs += [(src, raw_k[a:b]), (src, raw_v[a:b])]
+    pending = _start(sends, recvs, group, stats, "")
     return raw_k.permute(1, 2, 0, 3), raw_v.permute(1, 2, 0, 3), pending
+
+
+def _own_buffers(k: torch.Tensor, v: torch.Tensor, plan: dict, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept (N, B, H_KV, D) key and value buffers with this rank's own tokens in place."""
+    B, H, _, D = k.shape
+    raw_k, raw_v = _buffers((plan["n"], B, H, D), k.dtype, k.device)
+    for a, b, at in _local(plan, rank):
+        raw_k[a:b] = _rows(k, at, at + b - a)
+        raw_v[a:b] = _rows(v, at, at + b - a)
+    return raw_k, raw_v
+
+
+def _start(sends: list, recvs: list, group, stats: dict | None, prefix: str):
+    """Start the point-to-point operations ((peer, tensor) each): the pending handle of `wait`;
+    `stats` gets the bytes sent and received under prefix + "sent_bytes", "received_bytes"."""
+    ops = [dist.P2POp(dist.isend, t, _global(peer, group), group) for peer, t in sends]
+    ops += [dist.P2POp(dist.irecv, t, _global(peer, group), group) for peer, t in recvs]
+    if stats is not None:
+        for key, pairs in (("sent_bytes", sends), ("received_bytes", recvs)):
+            stats[prefix + key] = stats.get(prefix + key, 0) + sum(t.numel() * t.element_size() for _, t in pairs)
+    return (dist.batch_isend_irecv(ops) if ops else [], ops)
 
 
 def wait(pending) -> None:
@@ -151,13 +168,27 @@ def context_attention(
     the model's query heads q holds (a head group's, with their KV heads in k, v), as in
     prefill_at. `attend`: the function run on each part (default mod.prefill_at; the module's
     `reference` has the same signature). `stats`: bytes moved and the time of each phase
-    (`local_s`, `wait_s`, `remote_s`, measured on the host after synchronising)."""
+    (`local_s`, `wait_s`, `remote_s`, measured on the host after synchronising).
+
+    Differentiable in q, k, v (out and lse) when an input requires grad: the backward
+    (`context_backward`, the module's backward_at kernels whatever `attend` is) moves the
+    gradients of the received keys and values back to their owners, the forward's bytes again;
+    its stats are the same names prefixed `backward_`."""
     plan = _plan(plan)
     rank = dist.get_rank(group) if rank is None else rank
-    attend = attend or mod.prefill_at
     kw = dict(scale=scale, layer=layer, heads=heads)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return _ContextAttention.apply(q, k, v, mod, plan, rank, group, kw, config, attend, stats)
+    out, lse, _ = _forward(mod, q, k, v, plan, rank, group, kw, config, attend, stats)
+    return out, lse
+
+
+def _forward(mod, q, k, v, plan: dict, rank: int, group, kw: dict, config, attend, stats):
+    """context_attention's work: (out, lse, (keys, values)), the last the (N, B, H_KV, D)
+    buffers that hold the received ranges."""
+    attend = attend or mod.prefill_at
     if config is not None:
-        kw["config"] = config
+        kw = dict(kw, config=config)
     if attend is getattr(mod, "reference", None):
         kw = dict(kw, return_lse=True)
     clock = _Clock(q.device, stats)
@@ -172,7 +203,7 @@ def context_attention(
         for qa, qb, ka, kb in plan["pieces"][rank]:
             if ((ka, kb) in own) != (phase == "local"):
                 continue
-            at = next(o + qa - s for s, e, o in segments if s <= qa and qb <= e)
+            at = _at(segments, qa, qb)
             o, lse = attend(q[:, :, at : at + qb - qa], keys, values, q_offset=qa, k_range=(ka, kb), **kw)
             acc[at] = merge(*acc[at], o, lse) if at in acc else (o.float(), lse)
         clock.lap(f"{phase}_s")
@@ -181,7 +212,124 @@ def context_attention(
     for at, (o, l) in acc.items():
         out[:, :, at : at + o.shape[2]] = o.to(q.dtype)
         lse[:, :, at : at + o.shape[2]] = l
-    return out, lse
+    return out, lse, (keys.permute(2, 0, 1, 3), values.permute(2, 0, 1, 3))
+
+
+def _received(plan: dict, rank: int) -> list[tuple[int, int, int]]:
+    """(source rank, start, stop) of each range this rank receives, in the plan's order."""
+    return [(src, a, b) for src, dst, a, b in plan["transfers"] if dst == rank]
+
+
+class _ContextAttention(torch.autograd.Function):
+    """context_attention with its backward: the forward keeps its inputs, out, lse and the key
+    and value ranges it received (concatenated, the plan's exact ranges: no second transfer)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mod, plan, rank, group, kw, config, attend, stats):
+        out, lse, (raw_k, raw_v) = _forward(mod, q, k, v, plan, rank, group, kw, config, attend, stats)
+        ranges = _received(plan, rank)
+        kept = [torch.cat([t[a:b] for _, a, b in ranges]) if ranges else t[:0].clone() for t in (raw_k, raw_v)]
+        ctx.save_for_backward(q, k, v, out, lse, *kept)
+        ctx.set_materialize_grads(False)
+        ctx.args = (mod, plan, rank, group, kw, stats)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse, kept_k, kept_v = ctx.saved_tensors
+        mod, plan, rank, group, kw, stats = ctx.args
+        dout = torch.zeros_like(out) if dout is None else dout
+        grads = context_backward(mod, dout, q, k, v, out, lse, plan, (kept_k, kept_v), rank=rank, group=group,
+                                 dlse=dlse, stats=stats, **kw)  # fmt: skip
+        return (*grads, *[None] * 8)
+
+
+def context_backward(
+    mod: Any,
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    plan: Any,
+    kept: tuple[torch.Tensor, torch.Tensor],
+    *,
+    rank: int | None = None,
+    group=None,
+    scale: float | None = None,
+    layer: int | None = None,
+    heads: list[int] | None = None,
+    dlse: torch.Tensor | None = None,
+    stats: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) of this rank's tokens for the context attention that gave (out, lse).
+
+    kept: the key and value ranges the forward received (the plan's, concatenated in its
+    order). Every attention call of the forward has its backward_at: the calls on received
+    keys first, their dK, dV shares summed per key range; those of each received range go
+    back to its owner (point-to-point, in k's dtype: the forward's bytes in reverse) while the
+    calls on own keys run; then the shares this rank's keys got from other ranks are added.
+    dQ accumulates locally. All sums in float32."""
+    plan = _plan(plan)
+    rank = dist.get_rank(group) if rank is None else rank
+    raw_k, raw_v = _own_buffers(k, v, plan, rank)
+    at = 0
+    for _, a, b in _received(plan, rank):
+        raw_k[a:b], raw_v[a:b] = kept[0][at : at + b - a], kept[1][at : at + b - a]
+        at += b - a
+    keys, values = raw_k.permute(1, 2, 0, 3), raw_v.permute(1, 2, 0, 3)
+    segments = _local(plan, rank)
+    own = {tuple(s) for s in plan["segments"][rank]}
+    dq = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
+    dk, dv = (torch.zeros(k.shape, device=k.device, dtype=torch.float32) for _ in range(2))
+    shares: dict[tuple[int, int], list[torch.Tensor]] = {}
+    clock = _Clock(q.device, stats)
+    for phase in ("remote", "local"):
+        if phase == "local":
+            pending, inbox = _return_shares(shares, plan, rank, group, k, stats)
+        for qa, qb, ka, kb in plan["pieces"][rank]:
+            if ((ka, kb) in own) != (phase == "local"):
+                continue
+            rows = slice(_at(segments, qa, qb), _at(segments, qa, qb) + qb - qa)
+            g = mod.backward_at(dout[:, :, rows], q[:, :, rows], keys, values, out[:, :, rows], lse[:, :, rows],
+                                q_offset=qa, k_range=(ka, kb), heads=heads, scale=scale, layer=layer,
+                                dlse=None if dlse is None else dlse[:, :, rows])  # fmt: skip
+            dq[:, :, rows] += g[0]
+            if phase == "local":
+                cols = slice(_at(segments, ka, kb), _at(segments, ka, kb) + kb - ka)
+                dk[:, :, cols] += g[1]
+                dv[:, :, cols] += g[2]
+            elif (ka, kb) in shares:
+                shares[(ka, kb)][0] += g[1]
+                shares[(ka, kb)][1] += g[2]
+            else:
+                shares[(ka, kb)] = [g[1], g[2]]
+        clock.lap(f"backward_{phase}_s")
+    wait(pending)
+    clock.lap("backward_wait_s")
+    for a, b, got_k, got_v in inbox:
+        cols = slice(_at(segments, a, b), _at(segments, a, b) + b - a)
+        dk[:, :, cols] += got_k.permute(1, 2, 0, 3)
+        dv[:, :, cols] += got_v.permute(1, 2, 0, 3)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def _return_shares(shares: dict, plan: dict, rank: int, group, k: torch.Tensor, stats: dict | None):
+    """Start sending each received range's dK, dV shares to its owner (in k's dtype, as
+    (keys, B, H_KV, D) blocks, the forward's layout) and receiving the shares of this rank's
+    keys that the others computed: (pending, [(start, stop, dk block, dv block)])."""
+    B, H, _, D = k.shape
+    sends, recvs, inbox = [], [], []
+    for src, dst, a, b in plan["transfers"]:
+        if dst == rank:
+            ka, kb = next(r for r in shares if r[0] <= a and b <= r[1])
+            sends += [(src, _rows(t, a - ka, b - ka).to(k.dtype)) for t in shares[(ka, kb)]]
+        elif src == rank:
+            box = [torch.empty((b - a, B, H, D), device=k.device, dtype=k.dtype) for _ in range(2)]
+            recvs += [(dst, t) for t in box]
+            inbox.append((a, b, *box))
+    return _start(sends, recvs, group, stats, "backward_"), inbox
 
 
 def context_attention_layer(mod: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plans, *, layer=None, **kw):

@@ -340,11 +340,11 @@ def compile_all(path, opts):
     cfg = next(c for (cap, k, d, c) in mod.BWD_CONFIGS if k == kind and d in (None, head_dim) and cap[0] * 10 <= 90)
     major, minor = cfg["BLOCK_MAJOR"], cfg["BLOCK_MINOR"]
     common = dict(KV_GROUP=2, HEAD_DIM=head_dim, DOT_PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False)
-    res = opts.get("residue", 0)
+    res, part = opts.get("residue", 0), opts.get("part", False)
     kernels = [(mod._bwd_dkdv_kernel, dict(BLOCK_M=minor, BLOCK_N=major, GROUP=opts["group"], ACC=opts["acc"],
-                                           RESIDUE=res, **common)),
+                                           RESIDUE=res, PART=part, **common)),
                (mod._bwd_dq_kernel, dict(BLOCK_M=major, BLOCK_N=minor, GROUP=opts["group"], SUBSET=opts["acc"],
-                                         RESIDUE=res, **common))]
+                                         RESIDUE=res, PART=part, **common))]
     if opts.get("grid"):  # the tile-order kernels of group 0 instead
         q_kernel, kv_kernel = mod._GRID_BWD[0]
         kernels = [(kv_kernel, dict(BLOCK_M=minor, BLOCK_N=major, ACC=opts["acc"], **common,
@@ -362,7 +362,7 @@ def compile_all(path, opts):
                 signature[name] = POINTERS[name]
             elif name in ("sm_scale", "qk_scale"):
                 signature[name] = "fp32"
-            elif name.startswith("stride") or name in ("N", "H", "H_KV", "NH"):
+            elif name.startswith("stride") or name in ("N", "H", "H_KV", "NH", "Q_OFF", "NQ", "K_LO", "K_HI"):
                 signature[name] = "i32"
             else:
                 signature[name] = "*" + dtype
@@ -403,7 +403,9 @@ def test_backward_kernels_compile_for_sm90():
     cases = [
         (single(EXPRS["sink_window"], "sw"), dict(dtype="bf16", head_dim=128, group=0, acc=False)),
         (duo, dict(dtype="fp16", head_dim=64, group=1, acc=True)),
+        (duo, dict(dtype="bf16", head_dim=128, group=1, acc=True, part=True)),  # backward_at
         (single(EXPRS["power"], "power"), dict(dtype="bf16", head_dim=128, group=0, acc=False)),
+        (single(EXPRS["power"], "power"), dict(dtype="bf16", head_dim=64, group=0, acc=False, part=True)),
         (single(EXPRS["diagonals"], "diagonals"), dict(dtype="bf16", head_dim=64, group=0, acc=False)),
         (single(EXPRS["dilated"], "dilated"), dict(dtype="bf16", head_dim=128, group=0, acc=False, residue=3)),
         (image, dict(dtype="bf16", head_dim=128, group=0, acc=False, grid=True)),

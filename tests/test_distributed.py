@@ -7,9 +7,12 @@ by pair. Runtime: one spawn per world size runs every pattern file through conte
 with the module's torch `reference` as the per-part attention (the interpreter is too slow for
 all files; at 4 ranks a selection), plus a few patterns through the Triton kernel (`prefill_at`,
 TRITON_INTERPRET=1) and a head-parallel DuoAttention mix; the outputs must equal the
-single-process reference and the bytes each rank moved must equal the plan's. prefill_at
-itself (queries at an offset, a key range, a subset of heads) is checked against the
-reference under the interpreter.
+single-process reference and the bytes each rank moved must equal the plan's. The same spawn
+runs loss.backward() through the kernels for a representative set (causal, sink + window,
+chunked, dilated, power, both layouts, two head groups): every rank's gradients must equal
+single-process autograd's and the bytes moved backward the forward's, reversed. prefill_at
+and backward_at themselves (queries at an offset, a key range, a subset of heads) are checked
+against the reference and its autograd under the interpreter.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from attnc.compiler.distributed import (
 )
 from attnc.compiler.lower import lower
 from attnc.compiler.simulate import Shape
-from attnc.spec.resolve import resolve_text
+from attnc.spec.resolve import load, resolve_text
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -162,6 +165,48 @@ def test_prefill_at_matches_reference(text, q_offset, nq, k_range, heads):
         mod.prefill_at(q, k, v, q_offset=q_offset, k_range=(16, 128), heads=heads, config=dict(BLOCK_N=32))
 
 
+@pytest.mark.parametrize(
+    "text, q_offset, nq, cuts, heads",
+    [
+        ("pattern p = causal & (sink(4) | window(40))", 70, 20, (32,), None),
+        ("pattern p = causal & dilated(8, 3)", 32, 64, (32, 96), None),
+        ("pattern p = causal & power(8)", 100, 28, (32,), None),
+        ("pattern p = causal & (window(12) | stride(5, 4))", 40, 60, (64,), None),  # a stripe loop forward
+        (DUO, 40, 50, (32,), [2, 3, 6, 7]),
+    ],
+)
+def test_backward_at_matches_autograd(text, q_offset, nq, cuts, heads):
+    """The backward kernels on a part (TRITON_INTERPRET=1): given the rows' whole out and lse,
+    the dQ shares of the key ranges between `cuts` sum to autograd's dQ of those rows, and each
+    range's dK, dV are autograd's for the gradient of those rows alone."""
+    from attnc.codegen.loader import load_program
+
+    mod = load_program(lower(resolve_text(text, "p.attn")))
+    torch.manual_seed(0)
+    h, n = (2 if heads is None else len(heads)), 128
+    leaves = [torch.randn(1, x, n, 16).requires_grad_() for x in (h, h // 2, h // 2)]
+    out, lse = mod.reference(*leaves, return_lse=True, heads=heads)
+    rows = slice(q_offset, q_offset + nq)
+    g, gl = torch.zeros_like(out), torch.zeros_like(lse)
+    g[:, :, rows], gl[:, :, rows] = torch.randn(1, h, nq, 16), torch.randn(1, h, nq)
+    ((out * g).sum() + (lse * gl).sum()).backward()
+    q, k, v = (t.detach() for t in leaves)
+    args = (g[:, :, rows], q[:, :, rows], k, v, out.detach()[:, :, rows], lse.detach()[:, :, rows])
+    dq = 0
+    for lo, hi in zip((0, *cuts), (*cuts, n)):
+        part_q, part_k, part_v = mod.backward_at(
+            *args, q_offset=q_offset, k_range=(lo, hi), heads=heads, dlse=gl[:, :, rows]
+        )
+        dq = dq + part_q
+        torch.testing.assert_close(part_k, leaves[1].grad[:, :, lo:hi], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(part_v, leaves[2].grad[:, :, lo:hi], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(dq, leaves[0].grad[:, :, rows], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="key tile"):
+        mod.backward_at(*args, q_offset=q_offset, k_range=(16, 128), heads=heads)
+    with pytest.raises(ValueError, match="q's shape"):
+        mod.backward_at(args[0], *args[1:5], lse, q_offset=q_offset, heads=heads)
+
+
 def test_parts_of_a_selecting_pattern_are_refused():
     """A selection chooses key blocks from all queries and keys at run time: prefill_at and the
     reference of a part refuse it, as the reference refuses a part of a padded batch."""
@@ -191,11 +236,14 @@ def test_analyze_ranks(capsys):
     assert main(["analyze", path, "--seq", "4096", "--ranks", "2"]) == 0
     text = capsys.readouterr().out
     assert "context parallel over 2 ranks" in text and "contiguous layout" in text
+    assert "a backward pass moves the same bytes in reverse" in text
     assert "0: 0..4, 1029..2048" in text  # rank 1 receives the sinks and the last 1019 keys of rank 0
     assert main(["analyze", path, "--seq", "4096", "--ranks", "2", "--json"]) == 0
     (group,) = json.loads(capsys.readouterr().out)["context_parallel"]
     assert group["transfers"] == [[0, 1, 0, 4], [0, 1, 1029, 2048]]
     assert group["ranks_table"][1]["received_bytes"] == 1023 * 2 * 128 * 2
+    assert group["ranks_table"][1]["backward_sent_bytes"] == 1023 * 2 * 128 * 2  # the dK, dV of those keys
+    assert group["ranks_table"][0]["backward_received_bytes"] == group["ranks_table"][0]["sent_bytes"]
     assert main(["analyze", path, "--ranks", "0"]) == 2
     captured = capsys.readouterr()
     assert "--ranks" in captured.err and captured.out == ""
@@ -235,8 +283,11 @@ def _worker(rank: int, world: int, folder: str, jobs: list) -> None:
     results = {}
     for job in jobs:
         mod = import_file(job["module"], f"dist_{job['name']}_{world}_{rank}")
-        q, k, v = torch.load(job["inputs"])
         plans = job["plans"]
+        if job.get("grad"):
+            results[(job["name"], job["layers"][0], "grad")] = _grad_job(mod, job, rank)
+            continue
+        q, k, v = torch.load(job["inputs"])
         for layer in job["layers"]:
             for kernel in (False, True) if job["kernel"] else (False,):
                 stats = {}
@@ -260,6 +311,21 @@ def _worker(rank: int, world: int, folder: str, jobs: list) -> None:
     torch.save(results, f"{folder}/rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
+
+
+def _grad_job(mod, job: dict, rank: int) -> tuple:
+    """One rank's gradients of its tokens for a loss of out and lse, and its stats."""
+    from attnc.runtime.distributed import context_attention_layer, shard
+
+    plans, layer = job["plans"], job["layers"][0]
+    q, k, v, g, gl = (shard(t, plans[0], rank) for t in torch.load(job["inputs"]))
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    stats: dict = {}
+    out, lse = context_attention_layer(
+        mod, *leaves, plans, layer=layer, stats=stats, config=dict(BLOCK_M=32, BLOCK_N=32)
+    )
+    ((out * g).sum() + (lse.nan_to_num(neginf=0) * gl).sum()).backward()
+    return [t.grad for t in leaves], stats
 
 
 def _run(world: int, jobs: list, folder: str) -> list[dict]:
@@ -293,11 +359,30 @@ def _module(program) -> str:
     return _WRITTEN[key]
 
 
-@pytest.mark.parametrize("world", [2, pytest.param(4, marks=pytest.mark.exhaustive)])
-def test_context_and_head_parallel_on_gloo(world, tmp_path):
-    from attnc.runtime.distributed import unshard
+# (file, layout or None for the planner's choice, params): gradients through the kernels; the
+# chunks and dilated chunks of 24 cross the segments, so that every case moves keys
+GRAD_CASES = {
+    2: [
+        ("dense_causal", None, {}),
+        ("streaming_llm", None, {}),
+        ("streaming_llm", "zigzag", {}),
+        ("llama4_chunked", None, {"C": 24}),
+        ("longnet_dilated", None, {"W": 24}),
+        ("power_attention", None, {}),
+    ],
+    4: [
+        ("dense_causal", None, {}),
+        ("dense_causal", "contiguous", {}),
+        ("streaming_llm", None, {}),
+        ("llama4_chunked", "zigzag", {"C": 24}),
+        ("longnet_dilated", "zigzag", {"W": 24}),
+        ("power_attention", None, {}),
+    ],
+}
 
-    torch.manual_seed(world)
+
+def _forward_jobs(world: int, folder) -> tuple[list, dict]:
+    """The forward jobs: every file of _cases_for, and the DuoAttention mix head-parallel too."""
     d = 16
     jobs, expect = [], {}
     cases = _cases_for(world)
@@ -307,12 +392,12 @@ def test_context_and_head_parallel_on_gloo(world, tmp_path):
         per_head = len(program.groups) > 1
         h, h_kv = (program.model.heads, program.model.kv_heads) if per_head else (2, 1)
         q, k, v = torch.randn(1, h, n, d), torch.randn(1, h_kv, n, d), torch.randn(1, h_kv, n, d)
-        torch.save((q, k, v), tmp_path / f"{name}.pt")
+        torch.save((q, k, v), folder / f"{name}.pt")
         plans = program_contexts(program, n, world, align=ALIGN)
         job = dict(
             name=name,
             module=_module(program),
-            inputs=str(tmp_path / f"{name}.pt"),
+            inputs=str(folder / f"{name}.pt"),
             plans=[p.to_dict() for p in plans],
             layers=layers,
             kernel=kernel,
@@ -321,9 +406,58 @@ def test_context_and_head_parallel_on_gloo(world, tmp_path):
             job["head_plan"] = assign_heads([4.0, 4.0, 1, 1, 1, 1, 1, 1], 2, world).__dict__
         jobs.append(job)
         expect[name] = (program, plans, q, k, v)
-    results = _run(world, jobs, str(tmp_path))
+    return jobs, expect
+
+
+def _grad_jobs(world: int, folder) -> tuple[list, dict]:
+    """The gradient jobs: GRAD_CASES, and a DuoAttention mix of 4 heads (two head groups, each
+    with its own plan)."""
+    d, n = 16, 64 * world
+    files = {c.name: c for c in FILE_CASES}
+    cases = [
+        (f, layout, lower(load(files[f].path, params)) if params else files[f].program)
+        for f, layout, params in GRAD_CASES[world]
+    ]
+    cases.append(
+        ("duo", None, lower(resolve_text(DUO.replace("heads = 8, kv_heads = 4", "heads = 4, kv_heads = 2"), "d.attn")))
+    )
+    jobs, expect = [], {}
+    for file, layout, program in cases:
+        name = f"grad_{file}_{layout}"
+        layer = 0 if program.varies_by_layer else None  # llama4_chunked: a chunked layer
+        by_head = len(set(program.group_table()[0])) > 1
+        h, h_kv = (program.model.heads, program.model.kv_heads) if by_head else (2, 1)
+        q, k, v = torch.randn(1, h, n, d), torch.randn(1, h_kv, n, d), torch.randn(1, h_kv, n, d)
+        g, gl = torch.randn(1, h, n, d), torch.randn(1, h, n)  # the loss's gradients of out and lse
+        torch.save((q, k, v, g, gl), folder / f"{name}.pt")
+        plans = program_contexts(program, n, world, layout, align=ALIGN)
+        plan_dicts = [p.to_dict() for p in plans]
+        jobs.append(dict(name=name, module=_module(program), inputs=str(folder / f"{name}.pt"), plans=plan_dicts,
+                         layers=[layer], grad=True))  # fmt: skip
+        expect[name] = (program, plans, q, k, v, g, gl, layer)
+    return jobs, expect
+
+
+@pytest.fixture(scope="module", params=[2, pytest.param(4, marks=pytest.mark.exhaustive)])
+def gloo(request, tmp_path_factory):
+    """One spawn per world size runs the jobs of the forward and the gradient tests:
+    (world, results per rank, forward jobs and expectations, gradient jobs and expectations)."""
+    world = request.param
+    folder = tmp_path_factory.mktemp(f"gloo{world}")
+    torch.manual_seed(world)
+    forward, expect = _forward_jobs(world, folder)
+    grads, grad_expect = _grad_jobs(world, folder)
+    results = _run(world, forward + grads, str(folder))
+    return world, results, (forward, expect), (grads, grad_expect)
+
+
+def test_context_and_head_parallel_on_gloo(gloo):
+    from attnc.runtime.distributed import unshard
+
     from attnc.codegen.loader import import_file
 
+    world, results, (jobs, expect), _ = gloo
+    d = 16
     for job in jobs:
         program, plans, q, k, v = expect[job["name"]]
         mod = import_file(job["module"], f"dist_parent_{job['name']}_{world}")
@@ -342,3 +476,29 @@ def test_context_and_head_parallel_on_gloo(world, tmp_path):
             for rank, r in enumerate(results):
                 heads = list(job["head_plan"]["heads"][rank])
                 torch.testing.assert_close(r[(job["name"], "heads")], ref[:, heads], atol=2e-5, rtol=1e-4)
+
+
+def test_context_backward_on_gloo(gloo):
+    """loss.backward() through context_attention_layer (the kernels, TRITON_INTERPRET=1): each
+    rank's dQ, dK, dV equal the single-process autograd reference's rows of its tokens, for a
+    loss of out and lse; the bytes it moved backward equal the plan's, the forward's reversed."""
+    from attnc.codegen.loader import import_file
+    from attnc.runtime.distributed import shard
+
+    world, results, _, (jobs, expect) = gloo
+    moved = {}
+    for job in jobs:
+        program, plans, q, k, v, g, gl, layer = expect[job["name"]]
+        mod = import_file(job["module"], f"dist_parent_{job['name']}_{world}")
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out, lse = mod.reference(*leaves, layer=layer, return_lse=True)
+        ((out * g).sum() + (lse.nan_to_num(neginf=0) * gl).sum()).backward()
+        for rank, r in enumerate(results):
+            got, stats = r[(job["name"], layer, "grad")]
+            for name, mine, leaf in zip("qkv", got, leaves):
+                want = shard(leaf.grad, plans[0], rank)
+                torch.testing.assert_close(mine, want, atol=5e-5, rtol=1e-4, msg=f"{job['name']} rank {rank} d{name}")
+            sent, received = _expected_bytes(program, plans, layer, q.shape[1], k.shape[1], rank, 16)
+            assert (stats["backward_sent_bytes"], stats["backward_received_bytes"]) == (received, sent), job["name"]
+        moved[job["name"]] = sum(r[(job["name"], layer, "grad")][1]["backward_sent_bytes"] for r in results)
+    assert all(moved.values()), moved  # the test is not vacuous
