@@ -35,13 +35,12 @@ import sympy as sp
 from .algebra import conjoin, simplify
 from .blocks import BlockMap
 from .atoms import Conj
-from .count import count_pairs, reduce_term
+from .count import BWD_MATMUL_RATIO, count_pairs, reduce_term
 from .formula import N, Formula, NoFormula, Piece, flog2, lattice_count
 from .ir import Chunk, HeadGroup, Lit, Pattern, Power, Status, Term
 from .blocks import block_map
 
 D = sp.Symbol("D", integer=True, positive=True)
-BWD_MATMUL_RATIO = 2.5  # backward matrix products per forward one (5 against 2)
 MAX_CHUNK_PIECES = 16  # chunks before the range constants that get their own piece
 CLASSES = ("O(1)", "O(log N)", "O(N)", "O(N log N)", "O(N^2)")
 

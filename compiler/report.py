@@ -279,14 +279,6 @@ def _size_growth(f: Formula) -> str:
     return {"O(N)": "O(N)", "O(1)": "O(1)"}.get(cls, cls)
 
 
-def default_length(program: Program) -> int:
-    """The N to analyse when none is given: the token count of the grid, else 32768."""
-    grid = program.grid
-    if grid is not None and getattr(grid, "dims", None):
-        return int(getattr(grid, "prefix", 0) or 0) + int(np.prod(grid.dims))
-    return 32768
-
-
 def analyze(
     program: Program,
     n: int,

@@ -16,9 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .cost import NoFormula, pairs_formula
 from .count import count_pairs
-from .formula import N
 from .ir import HeadGroup, Pattern
 
 UNKNOWABLE = (
@@ -46,6 +44,8 @@ class SelectionBounds:
 
 
 def _formula(p: Pattern) -> str | None:
+    from .cost import NoFormula, pairs_formula  # sympy: only the analyses print formulas
+
     try:
         return str(pairs_formula(p).tail)
     except NoFormula:
@@ -65,6 +65,8 @@ def selection_bounds(group: HeadGroup, n: int) -> SelectionBounds | None:
     reachable = count_pairs(group.reach, n)
     extra = sel.atom.budget_keys
     worst = reachable if extra is None else min(reachable, static + n * extra)
+    from .formula import N
+
     best_f, reach_f = _formula(group.pattern), _formula(group.reach)
     worst_f = reach_f if extra is None or best_f is None else f"min({best_f} + {extra}*{N}, {reach_f})"
     return SelectionBounds(str(sel), static, reachable, static, worst, best_f, worst_f, extra)
