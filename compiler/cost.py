@@ -386,8 +386,14 @@ def tile_bytes(bmap: BlockMap, head_dim: int, dtype_bytes: int, q_per_tile: bool
 
 
 def group_cost(
-    group: HeadGroup, n: int, head_dim: int | None, dtype_bytes: int = 2, block: tuple[int, int] = (128, 128)
+    group: HeadGroup,
+    n: int,
+    head_dim: int | None,
+    dtype_bytes: int = 2,
+    block: tuple[int, int] = (128, 128),
+    bmap: BlockMap | None = None,
 ) -> GroupCost:
+    """The costs of a head group at length n; `bmap`: its block map at `block`, when already built."""
     pattern = group.pattern
     pairs, cls, how = analyze_pairs(pattern, n)
     d = head_dim if head_dim is not None else D
@@ -395,7 +401,7 @@ def group_cost(
     flops_f = pairs.formula.scaled(4 * dval) if pairs.formula is not None else None
     note_d = None if head_dim is not None else "head_dim unknown: D = 128 assumed for values"
     bmin = Formula(N, (Piece(1, None, 4 * dval * dtype_bytes * N),), 1)
-    bmap = block_map(pattern, n, *block)
+    bmap = block_map(pattern, n, *block) if bmap is None else bmap
     tiles = {"empty": bmap.count(Status.NONE), "partial": bmap.count(Status.SOME), "full": bmap.count(Status.ALL)}
     return GroupCost(
         pattern=pattern,

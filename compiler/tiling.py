@@ -83,16 +83,15 @@ class GridTiling:
 
     def positions(self, tile: tuple[int, ...]) -> np.ndarray:
         """Natural position of every slot in tile order (tile by tile, row-major inside), -1 for padding."""
-        counts = self.tiles(tile)
-        strides = [math.prod(self.dims[a + 1 :]) for a in range(len(self.dims))]
-        out = []
-        for t in itertools.product(*(range(c) for c in counts)):
-            coords = np.stack(
-                np.meshgrid(*(np.arange(o * s, o * s + s) for o, s in zip(t, tile)), indexing="ij"), -1
-            ).reshape(-1, len(tile))
-            inside = (coords < np.asarray(self.dims)).all(axis=1)
-            out.append(np.where(inside, self.prefix + coords @ np.asarray(strides), -1))
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+        counts, d = self.tiles(tile), len(self.dims)
+        strides = [math.prod(self.dims[a + 1 :]) for a in range(d)]
+        pos, inside = np.int64(self.prefix), np.bool_(True)
+        for a, (c, t) in enumerate(zip(counts, tile)):
+            shape = [1] * (2 * d)
+            shape[a], shape[d + a] = c, t  # axes: tile index per axis, then slot inside the tile
+            coord = (np.arange(c, dtype=np.int64)[:, None] * t + np.arange(t, dtype=np.int64)).reshape(shape)
+            pos, inside = pos + coord * strides[a], inside & (coord < self.dims[a])
+        return np.where(inside, pos, -1).reshape(-1)
 
     def q_positions(self) -> np.ndarray:
         return self.positions(self.q_tile)
