@@ -50,6 +50,14 @@ class GridTerms:
     def size(self) -> int:
         return math.prod(self.dims)
 
+    def __hash__(self) -> int:
+        return self._hash
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        """Computed once: the per-axis caches below are keyed by the grid terms, thousands of times."""
+        return hash((self.dims, self.prefix, self.terms))
+
 
 def grid_terms(pattern: Pattern) -> GridTerms | None:
     """The pattern as neighbourhood terms over one grid, or None when it is not one."""
@@ -235,8 +243,9 @@ def choose_tiling(g: GridTerms, block_m: int, block_n: int) -> GridTiling:
     key tiles; ties go to more boxes wholly inside a shared window (`unmasked_boxes`), then to the shape with
     wider rows (longer contiguous runs of tokens)."""
     best = None
+    k_shapes = _shapes(block_n, g.dims) or [tuple([1] * (len(g.dims) - 1) + [block_n])]
     for tq in _shapes(block_m, g.dims) or [tuple([1] * (len(g.dims) - 1) + [block_m])]:
-        for tk in _shapes(block_n, g.dims) or [tuple([1] * (len(g.dims) - 1) + [block_n])]:
+        for tk in k_shapes:
             key = (
                 visited_tiles(g, tq, tk),
                 -unmasked_boxes(g, tq, tk),
