@@ -371,7 +371,6 @@ def test_candidate_counts_against_the_block_matrix(static, sel, how, n):
     assert candidate_counts(plan, n).tolist() == _brute_candidates(plan, n).tolist()
 
 
-
 def test_bounds_hold_for_any_choice_within_budget():
     """Static pairs exact; any choice of at most `top` candidate blocks per query block stays
     within the worst case (brute force over random choices, and the greediest one)."""
