@@ -99,7 +99,8 @@ def _context(program, n: int, ranks: int, dtype: str) -> list[tuple]:
 def _run(args: argparse.Namespace) -> None:
     from .cli import spec_options
     from .compiler.lower import lower
-    from .compiler.report import analyze, default_length, plot, render
+    from .compiler.passes import default_length
+    from .compiler.report import analyze, plot, render
     from .spec.resolve import load
 
     program = lower(load(args.file, **spec_options(args)))

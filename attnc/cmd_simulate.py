@@ -110,10 +110,9 @@ def _run(args: argparse.Namespace) -> None:
         dtype=args.dtype,
     )
     predict = sim.predict_decode if args.decode else sim.predict_prefill
-    from .compiler.report import default_length
+    from .compiler.passes import check_grid_length, default_length
 
     lengths = args.sweep or [args.seq or default_length(program)]
-    from .compiler.passes import check_grid_length
 
     for n in lengths:
         for d in check_grid_length(program, n, None):

@@ -195,7 +195,7 @@ def _probe_partial(pattern: Pattern, ambiguous: np.ndarray, q0, q1, k0, k1) -> n
 # inclusion-exclusion over its conjunctions' subsets (intersections are boxes again).
 
 MAX_BOX_TERMS = 10  # unions of more conjunctions than this fall back to the general path
-_CELLS = 1 << 21  # (query boxes x key bounds) evaluated at once
+_CELLS = 1 << 18  # (query boxes x key bounds) evaluated at once: small enough to stay in the CPU caches
 
 
 @lru_cache(maxsize=1024)

@@ -35,13 +35,12 @@ import sympy as sp
 from .algebra import conjoin, simplify
 from .blocks import BlockMap
 from .atoms import Conj
-from .count import count_pairs, reduce_term
+from .count import BWD_MATMUL_RATIO, count_pairs, reduce_term
 from .formula import N, Formula, NoFormula, Piece, flog2, lattice_count
 from .ir import Chunk, HeadGroup, Lit, Pattern, Power, Status, Term
 from .blocks import block_map
 
 D = sp.Symbol("D", integer=True, positive=True)
-BWD_MATMUL_RATIO = 2.5  # backward matrix products per forward one (5 against 2)
 MAX_CHUNK_PIECES = 16  # chunks before the range constants that get their own piece
 CLASSES = ("O(1)", "O(log N)", "O(N)", "O(N log N)", "O(N^2)")
 
@@ -387,8 +386,14 @@ def tile_bytes(bmap: BlockMap, head_dim: int, dtype_bytes: int, q_per_tile: bool
 
 
 def group_cost(
-    group: HeadGroup, n: int, head_dim: int | None, dtype_bytes: int = 2, block: tuple[int, int] = (128, 128)
+    group: HeadGroup,
+    n: int,
+    head_dim: int | None,
+    dtype_bytes: int = 2,
+    block: tuple[int, int] = (128, 128),
+    bmap: BlockMap | None = None,
 ) -> GroupCost:
+    """The costs of a head group at length n; `bmap`: its block map at `block`, when already built."""
     pattern = group.pattern
     pairs, cls, how = analyze_pairs(pattern, n)
     d = head_dim if head_dim is not None else D
@@ -396,7 +401,7 @@ def group_cost(
     flops_f = pairs.formula.scaled(4 * dval) if pairs.formula is not None else None
     note_d = None if head_dim is not None else "head_dim unknown: D = 128 assumed for values"
     bmin = Formula(N, (Piece(1, None, 4 * dval * dtype_bytes * N),), 1)
-    bmap = block_map(pattern, n, *block)
+    bmap = block_map(pattern, n, *block) if bmap is None else bmap
     tiles = {"empty": bmap.count(Status.NONE), "partial": bmap.count(Status.SOME), "full": bmap.count(Status.ALL)}
     return GroupCost(
         pattern=pattern,

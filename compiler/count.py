@@ -27,6 +27,7 @@ from .blocks import MAX_BOX_TERMS, block_map, box_pair_count, box_tile_counts, l
 from .atoms import Conj, meet_range
 from .ir import Lit, Neighborhood, Pattern, Status, Term
 
+BWD_MATMUL_RATIO = 2.5  # backward matrix products per allowed pair against the forward's (5 against 2)
 MAX_RESIDUE_LOOP = 256  # several periodic atoms in one term: loop over residues up to this period
 _TILE = 64
 

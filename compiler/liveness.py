@@ -27,17 +27,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import sympy as sp
 
 from .atoms import Conj, crt
 from .count import reduce_term
-from .cost import of_mod
-from .formula import T, Formula, NoFormula, Piece, lattice_count
 from ..spec.shape import span
 from .ir import Pattern, Term
+
+if TYPE_CHECKING:  # the size formulas need sympy: imported where they are built, so that
+    from .formula import Formula  # compile and simulate (layouts only) never load it
 
 NO_DECODE = "a non-causal or grid pattern has no decode, so no decode cache"
 
@@ -47,9 +47,6 @@ def decodable(pattern: Pattern) -> bool:
     pattern without neighbourhoods (a non-causal one reads keys that do not exist yet while
     decoding; grid patterns are for prefill)."""
     return pattern.is_causal and not any(Conj.of([lit.atom]).grids for t in pattern.terms for lit in t.lits)
-
-
-_V = sp.Symbol("v", integer=True, nonnegative=True)
 
 
 @dataclass(frozen=True)
@@ -132,6 +129,8 @@ class Region:
             elif o.chunk % chunk == 0 and off is None and o.chunk_offset_max is None:
                 pass
             else:
+                from .formula import NoFormula
+
                 raise NoFormula(f"chunks of {chunk} and {o.chunk} keys with offset limits")
         r = Region(
             max(self.k_lo, o.k_lo),
@@ -166,6 +165,8 @@ class Region:
         return _region_size(self)
 
     def _size_formula(self) -> Formula:
+        from .formula import T, Formula, lattice_count
+
         if self.chunk is None:
             k_lo = [(self.k_lo, 0)] + ([(-self.recent, 1)] if self.recent is not None else [])
             k_hi = [(-1, 1)] + ([(self.k_hi, 0)] if self.k_hi is not None else [])
@@ -177,6 +178,12 @@ class Region:
         return f
 
     def _chunk_size_formula(self) -> Formula:
+        import sympy as sp
+
+        from .cost import of_mod
+        from .formula import T, Formula, NoFormula, Piece, lattice_count
+
+        v = sp.Symbol("v", integer=True, nonnegative=True)
         c, m = self.chunk, self.stride[0]
         if c % m:
             raise NoFormula(f"stride {m} does not divide chunk {c}")
@@ -192,12 +199,12 @@ class Region:
                 lo.append((self.k_lo, 0))
                 if self.k_hi is not None:
                     hi.append((self.k_hi, 0))
-            return lattice_count(_V, 0, [(0, 0)], [(0, 0)], lo, hi, kmod=self.stride)
+            return lattice_count(v, 0, [(0, 0)], [(0, 0)], lo, hi, kmod=self.stride)
 
         pieces = []
         for u in range(a_star):
             for p in in_chunk(u, True).restricted(0, c - 1).pieces:
-                pieces.append(Piece(p.lo + u * c, p.hi + u * c, sp.expand(p.expr.subs(_V, T - u * c))))
+                pieces.append(Piece(p.lo + u * c, p.hi + u * c, sp.expand(p.expr.subs(v, T - u * c))))
         if self.k_hi is not None:
             tail = sp.Integer(0)
         else:
@@ -283,6 +290,8 @@ class CacheLayout:
 
 @lru_cache(maxsize=1024)
 def _union_size(regions: tuple[Region, ...]) -> Formula:
+    from .formula import T, Formula
+
     if not regions:
         return Formula.const(T, 0, lo=0)
     if len(regions) == 1:

@@ -190,6 +190,14 @@ def check_grid_kernel(program: Program, n: int, layouts: Any) -> list[Diagnostic
     return out
 
 
+def default_length(program: Program) -> int:
+    """The N to analyse when none is given: the token count of the grid, else 32768."""
+    grid = program.grid
+    if grid is not None and getattr(grid, "dims", None):
+        return int(getattr(grid, "prefix", 0) or 0) + int(np.prod(grid.dims))
+    return 32768
+
+
 def check_grid_length(program: Program, n: int, layouts: Any) -> list[Diagnostic]:
     out = []
     for g in program.groups:

@@ -118,10 +118,16 @@ def _grid_terms_of(pattern: Pattern) -> tuple[GridTerms | None, bool]:
     return GridTerms(terms[0].nb.dims, terms[0].nb.prefix, tuple(terms)), False
 
 
+def grid_analysed(pattern: Pattern, n: int) -> bool:
+    """Whether grid_orders compares tile orders for this pattern: a grid pattern at its grid's length."""
+    g, _ = _grid_terms_of(pattern)
+    return g is not None and n == g.prefix + g.size
+
+
 def grid_orders(pattern: Pattern, n: int, pairs: int, natural: dict[tuple[int, int], Any]) -> list[GridOrder]:
     """Tile order against row-major order for a grid pattern analysed at its grid's length."""
     g, whole = _grid_terms_of(pattern)
-    if g is None or n != g.prefix + g.size:
+    if not grid_analysed(pattern, n):
         return []
     out = []
     for bm, bn in GRID_BLOCKS:
@@ -279,14 +285,6 @@ def _size_growth(f: Formula) -> str:
     return {"O(N)": "O(N)", "O(1)": "O(1)"}.get(cls, cls)
 
 
-def default_length(program: Program) -> int:
-    """The N to analyse when none is given: the token count of the grid, else 32768."""
-    grid = program.grid
-    if grid is not None and getattr(grid, "dims", None):
-        return int(getattr(grid, "prefix", 0) or 0) + int(np.prod(grid.dims))
-    return 32768
-
-
 def analyze(
     program: Program,
     n: int,
@@ -315,7 +313,9 @@ def analyze(
     layouts = []
     for i, g in enumerate(program.groups):
         t = time.perf_counter()
-        cost = group_cost(g, n, head_dim, dtype_bytes, block)
+        # the grid orders' block maps first, finer tiles first: coarser ones are summed from them
+        natural = {s: block_map(g.pattern, n, *s) for s in GRID_BLOCKS} if grid_analysed(g.pattern, n) else {}
+        cost = group_cost(g, n, head_dim, dtype_bytes, block, natural.get(tuple(block)))
         seconds[f"cost[{i}]"] = time.perf_counter() - t
         t = time.perf_counter()
         layout = cache_layout(g.reach)
@@ -325,7 +325,7 @@ def analyze(
         coarse, f = coarse_status(cost.bmap.status)
         kv_pairs = len({(l, h // per_kv) for l, h in g.members})
         t = time.perf_counter()
-        grid = grid_orders(g.pattern, n, cost.pairs.value, {tuple(block): cost.bmap})
+        grid = grid_orders(g.pattern, n, cost.pairs.value, {**natural, tuple(block): cost.bmap})
         if grid:
             seconds[f"grid[{i}]"] = time.perf_counter() - t
         groups.append(

@@ -16,9 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .cost import NoFormula, pairs_formula
 from .count import count_pairs
-from .formula import N
 from .ir import HeadGroup, Pattern
 
 UNKNOWABLE = (
@@ -46,6 +44,8 @@ class SelectionBounds:
 
 
 def _formula(p: Pattern) -> str | None:
+    from .cost import NoFormula, pairs_formula  # sympy: only the analyses print formulas
+
     try:
         return str(pairs_formula(p).tail)
     except NoFormula:
@@ -65,6 +65,8 @@ def selection_bounds(group: HeadGroup, n: int) -> SelectionBounds | None:
     reachable = count_pairs(group.reach, n)
     extra = sel.atom.budget_keys
     worst = reachable if extra is None else min(reachable, static + n * extra)
+    from .formula import N
+
     best_f, reach_f = _formula(group.pattern), _formula(group.reach)
     worst_f = reach_f if extra is None or best_f is None else f"min({best_f} + {extra}*{N}, {reach_f})"
     return SelectionBounds(str(sel), static, reachable, static, worst, best_f, worst_f, extra)
@@ -72,21 +74,37 @@ def selection_bounds(group: HeadGroup, n: int) -> SelectionBounds | None:
 
 def candidate_counts(plan: Any, n: int) -> np.ndarray:
     """Per query block of the selection, how many key blocks it may choose from: the rule the
-    selection kernel runs (plan.SelectPlan: meets a context term's hull, not covered), on numpy."""
+    selection kernel runs (plan.SelectPlan: meets a context term's hull, not covered), on numpy.
+
+    Per query block each hull and each covered interval is a run of key blocks [a, e), so the
+    count is a sweep over their ends (O(query blocks x intervals^2), no query x key matrix)."""
     b = plan.atom.block
     nb = -(-n // b)
     q0 = np.arange(nb, dtype=np.int64) * b
     env = {"q0": q0[:, None], "q_last": np.minimum(q0 + b, n)[:, None] - 1}
-    jk0 = np.arange(nb, dtype=np.int64)[None, :] * b
-    jk_last = np.minimum(jk0 + b, n) - 1
-    cand = np.zeros((nb, nb), dtype=bool)
+    runs = []  # (first block, end block, is a hull)
     for hull in plan.reach:
-        lo, hi, on = hull.at(env, n)
-        cand |= (jk0 <= hi) & (jk_last >= lo) & (hi >= lo) & on
+        lo, hi, on = _rows(hull.at(env, n), nb)
+        ok = on & (hi >= lo)  # key blocks that meet [lo, hi]
+        runs.append((np.where(ok, lo // b, 0), np.where(ok, hi // b + 1, 0), True))
     for full in plan.covered:
-        lo, hi, on = full.at(env, n)
-        cand &= ~((jk0 >= lo) & (jk_last <= hi) & on)
-    return cand.sum(1)
+        lo, hi, on = _rows(full.at(env, n), nb)
+        first = -(-lo // b)  # key blocks inside [lo, hi]; the last block ends at n - 1
+        end = np.where(hi >= n - 1, nb, (hi + 1) // b)
+        runs.append((first, np.where(on, np.maximum(end, first), first), False))
+    if not runs:
+        return np.zeros(nb, dtype=np.int64)
+    ends = np.sort(np.stack([x for a, e, _ in runs for x in (a, e)], axis=1), axis=1)
+    start, length = ends[:, :-1], np.diff(ends, axis=1)
+    inside = {True: np.zeros(start.shape, dtype=bool), False: np.zeros(start.shape, dtype=bool)}
+    for a, e, is_hull in runs:
+        inside[is_hull] |= (a[:, None] <= start) & (start < e[:, None])
+    return (length * (inside[True] & ~inside[False])).sum(1)
+
+
+def _rows(bounds: tuple[Any, Any, Any], rows: int) -> list[np.ndarray]:
+    """(lo, hi, on) of Bounds.at as one value per query block."""
+    return [np.broadcast_to(np.asarray(x), (rows, 1)).ravel() for x in bounds]
 
 
 def chosen_counts(plan: Any, n: int) -> np.ndarray:

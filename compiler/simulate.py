@@ -39,7 +39,7 @@ import numpy as np
 from . import configs
 from .limits import MAX_ANALYSED_LENGTH, MAX_BATCH, MAX_SIMULATED_ROWS, bound_problem
 from .blocks import block_map
-from .cost import BWD_MATMUL_RATIO
+from .count import BWD_MATMUL_RATIO
 from .ir import Pattern, Program, Status
 from .plan import plan_program
 from .selection import chosen_counts, selection_seconds
@@ -801,7 +801,7 @@ class KernelTime:
 BWD_PASSES = 2  # the backward's main launches: dK/dV by key tile, dQ by query tile
 # matrix products per tile in the backward, against the forward's 2: attnc's kernels (and
 # FlexAttention's) recompute QK^T and dP in a separate dQ pass (4 + 3); SDPA's FlashAttention-2
-# accumulates dQ atomically in the dK/dV pass (5, cost.BWD_MATMUL_RATIO times the forward)
+# accumulates dQ atomically in the dK/dV pass (5, count.BWD_MATMUL_RATIO times the forward)
 BWD_MATMULS = {"attnc": 7, "flex": 7, "sdpa": round(2 * BWD_MATMUL_RATIO)}
 
 

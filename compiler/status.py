@@ -19,7 +19,7 @@ class Status(enum.IntEnum):
 
 def status_of(all_true: np.ndarray, any_true: np.ndarray) -> np.ndarray:
     """Status codes from two boolean arrays: ALL where all_true, NONE where not any_true."""
-    return np.where(all_true, Status.ALL, np.where(any_true, Status.SOME, Status.NONE)).astype(np.int8)
+    return np.asarray(np.add(np.logical_or(all_true, any_true), all_true, dtype=np.int8))  # NONE 0, SOME 1, ALL 2
 
 
 def range_status(lo_v: np.ndarray, hi_v: np.ndarray, lo: int | None, hi: int | None) -> np.ndarray:

@@ -50,6 +50,14 @@ class GridTerms:
     def size(self) -> int:
         return math.prod(self.dims)
 
+    def __hash__(self) -> int:
+        return self._hash
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        """Computed once: the per-axis caches below are keyed by the grid terms, thousands of times."""
+        return hash((self.dims, self.prefix, self.terms))
+
 
 def grid_terms(pattern: Pattern) -> GridTerms | None:
     """The pattern as neighbourhood terms over one grid, or None when it is not one."""
@@ -83,16 +91,15 @@ class GridTiling:
 
     def positions(self, tile: tuple[int, ...]) -> np.ndarray:
         """Natural position of every slot in tile order (tile by tile, row-major inside), -1 for padding."""
-        counts = self.tiles(tile)
-        strides = [math.prod(self.dims[a + 1 :]) for a in range(len(self.dims))]
-        out = []
-        for t in itertools.product(*(range(c) for c in counts)):
-            coords = np.stack(
-                np.meshgrid(*(np.arange(o * s, o * s + s) for o, s in zip(t, tile)), indexing="ij"), -1
-            ).reshape(-1, len(tile))
-            inside = (coords < np.asarray(self.dims)).all(axis=1)
-            out.append(np.where(inside, self.prefix + coords @ np.asarray(strides), -1))
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+        counts, d = self.tiles(tile), len(self.dims)
+        strides = [math.prod(self.dims[a + 1 :]) for a in range(d)]
+        pos, inside = np.int64(self.prefix), np.bool_(True)
+        for a, (c, t) in enumerate(zip(counts, tile)):
+            shape = [1] * (2 * d)
+            shape[a], shape[d + a] = c, t  # axes: tile index per axis, then slot inside the tile
+            coord = (np.arange(c, dtype=np.int64)[:, None] * t + np.arange(t, dtype=np.int64)).reshape(shape)
+            pos, inside = pos + coord * strides[a], inside & (coord < self.dims[a])
+        return np.where(inside, pos, -1).reshape(-1)
 
     def q_positions(self) -> np.ndarray:
         return self.positions(self.q_tile)
@@ -236,8 +243,9 @@ def choose_tiling(g: GridTerms, block_m: int, block_n: int) -> GridTiling:
     key tiles; ties go to more boxes wholly inside a shared window (`unmasked_boxes`), then to the shape with
     wider rows (longer contiguous runs of tokens)."""
     best = None
+    k_shapes = _shapes(block_n, g.dims) or [tuple([1] * (len(g.dims) - 1) + [block_n])]
     for tq in _shapes(block_m, g.dims) or [tuple([1] * (len(g.dims) - 1) + [block_m])]:
-        for tk in _shapes(block_n, g.dims) or [tuple([1] * (len(g.dims) - 1) + [block_n])]:
+        for tk in k_shapes:
             key = (
                 visited_tiles(g, tq, tk),
                 -unmasked_boxes(g, tq, tk),
