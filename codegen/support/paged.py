@@ -189,13 +189,13 @@ def _pg_topk_kernel(
     last1 = tl.minimum(tl.maximum(n - r, 0) // unit + (r + unit - 1) // unit + 1, nu)
     tab = LIST + (b * H_KV + h) * LW
     sel = SEL + (b * H_KV + h) * SW
-    j = tl.arange(0, WS_PAD)  # the keep rules: [0, ws) and [last0, last1)
-    e = tl.load(tab + j // rp, mask=j < ws, other=0)
-    tl.store(sel + j, e * rp + j % rp, mask=j < ws)
-    j = tl.arange(0, WL_PAD)
-    u = last0 + j
-    e = tl.load(tab + u // rp, mask=u < last1, other=0)
-    tl.store(sel + ws + j, e * rp + u % rp, mask=u < last1)
+    js = tl.arange(0, WS_PAD)  # the keep rules: [0, ws) and [last0, last1)
+    es = tl.load(tab + js // rp, mask=js < ws, other=0)
+    tl.store(sel + js, es * rp + js % rp, mask=js < ws)
+    jl = tl.arange(0, WL_PAD)
+    ul = last0 + jl
+    el = tl.load(tab + ul // rp, mask=ul < last1, other=0)
+    tl.store(sel + ws + jl, el * rp + ul % rp, mask=ul < last1)
     nstat = ws + tl.maximum(last1 - last0, 0)
     sc = SC + pid.to(tl.int64) * NU
     _, key0, ok0 = _pg_unit_keys(sc, 0, NU, BLOCK)
@@ -222,8 +222,8 @@ def _pg_topk_kernel(
         tl.store(sel + nstat + slot, e * rp + u % rp, mask=chosen)
         ties += tl.sum(eq.to(tl.int32), 0)
         placed += tl.sum(chosen.to(tl.int32), 0)
-    j = tl.arange(0, CH_PAD)
-    tl.store(out + j, tl.full([CH_PAD], -1, tl.int32), mask=(j >= need) & (j < units))
+    jc = tl.arange(0, CH_PAD)
+    tl.store(out + jc, tl.full([CH_PAD], -1, tl.int32), mask=(jc >= need) & (jc < units))
     tl.store(SLEN + b * H_KV + h, nstat + need)
 
 
