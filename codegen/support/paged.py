@@ -282,6 +282,7 @@ class PagedCacheBase:
     reads the held pages (selecting heads: the keep rules and the best pages)."""
 
     spec: PagedSpec = None
+    score_tile = (64, 4)  # (units, warps) of a program of _pg_score_kernel (bench/decode_select.py sweeps it)
 
     def __init__(self, batch, *, device="cpu", dtype=torch.float16, pages=None, head_dim=None):
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
@@ -591,7 +592,7 @@ class PagedCacheBase:
         L, T, D, scale = self._check_query(layer, q, "decode", sm_scale)
         q = q.contiguous()
         for g in range(len(L.groups)):
-            self._top(L, self._score(L, q, g), T, g)
+            self._top(L, self._score(L, q, g, *self.score_tile), T, g)
         L.chosen = {h: L.chosen_t[g][:, i] for g, (_, hs) in enumerate(L.groups) for i, h in enumerate(hs)}
         return self._attend(L, q, scale, config)
 
