@@ -137,28 +137,30 @@ def _pg_score_kernel(
 
 @triton.jit
 def _pg_unit_keys(SC, c, NU, BLOCK: tl.constexpr):
-    """Units c .. c + BLOCK - 1 of one score row: (u, key, candidate). `key` orders the float32
-    scores as int64 in [0, 2^32) (-0.0 equals +0.0); scores that are not finite (-inf: no
-    candidate) are no candidates, as in top_blocks."""
+    """Units c .. c + BLOCK - 1 of one score row: (u, key, candidate). `key` (int32) orders the
+    float32 scores (-0.0 equals +0.0); scores that are not finite (-inf: no candidate) are no
+    candidates, as in top_blocks."""
     u = c + tl.arange(0, BLOCK)
     s = tl.load(SC + u, mask=u < NU, other=float("-inf"), cache_modifier=".cg")
     s = tl.where(s == 0.0, 0.0, s)
     x = s.to(tl.int32, bitcast=True)
-    key = (x ^ ((x >> 31) & 0x7FFFFFFF)).to(tl.int64) + tl.full([], 2147483648, tl.int64)
-    return u, key, tl.abs(s) < float("inf")
+    return u, x ^ ((x >> 31) & 0x7FFFFFFF), tl.abs(s) < float("inf")
 
 
 @triton.jit
-def _pg_count(SC, NU, thr, key0, ok0, ONE: tl.constexpr, BLOCK: tl.constexpr):
-    """How many candidate units of a score row have key >= thr (key0, ok0: the row, when it is
-    one block held in registers, ONE)."""
+def _pg_count(SC, NU, thr, key0, ok0, ONE: tl.constexpr, BLOCK: tl.constexpr, ABOVE: tl.constexpr):
+    """How many candidate units of a score row have key >= thr (ABOVE: key > thr); key0, ok0:
+    the row, when it is one block held in registers (ONE)."""
     cnt = tl.zeros([], tl.int32)
     for c in range(0, NU, BLOCK):
         if ONE:
             key, ok = key0, ok0
         else:
             _, key, ok = _pg_unit_keys(SC, c, NU, BLOCK)
-        cnt += tl.sum((ok & (key >= thr)).to(tl.int32), 0)
+        if ABOVE:
+            cnt += tl.sum((ok & (key > thr)).to(tl.int32), 0)
+        else:
+            cnt += tl.sum((ok & (key >= thr)).to(tl.int32), 0)
     return cnt
 
 
@@ -199,12 +201,13 @@ def _pg_topk_kernel(
     nstat = ws + tl.maximum(last1 - last0, 0)
     sc = SC + pid.to(tl.int64) * NU
     _, key0, ok0 = _pg_unit_keys(sc, 0, NU, BLOCK)
-    need = tl.minimum(_pg_count(sc, NU, 0, key0, ok0, ONE, BLOCK), units)
-    thr = tl.zeros([], tl.int64)
-    for bit in range(32):  # the largest thr with need keys >= thr: the need-th largest key
-        c = thr | (tl.full([], 1, tl.int64) << (31 - bit))
-        thr = tl.where(_pg_count(sc, NU, c, key0, ok0, ONE, BLOCK) >= need, c, thr)
-    take = need - _pg_count(sc, NU, thr + 1, key0, ok0, ONE, BLOCK)  # keys equal to thr to take
+    need = tl.minimum(_pg_count(sc, NU, -2147483648, key0, ok0, ONE, BLOCK, False), units)
+    bits = tl.zeros([], tl.int32)  # the threshold's bits, its sign bit flipped (unsigned order)
+    for i in range(32):  # the largest thr with need keys >= thr: the need-th largest key
+        c = bits | (tl.full([], 1, tl.int32) << (31 - i))
+        bits = tl.where(_pg_count(sc, NU, c ^ -2147483648, key0, ok0, ONE, BLOCK, False) >= need, c, bits)
+    thr = bits ^ -2147483648
+    take = need - _pg_count(sc, NU, thr, key0, ok0, ONE, BLOCK, True)  # keys equal to thr to take
     ties = tl.zeros([], tl.int32)
     placed = tl.zeros([], tl.int32)
     out = CHOSEN + pid.to(tl.int64) * units
