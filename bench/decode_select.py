@@ -176,7 +176,7 @@ def _sweep(quest, qc, q, torch, scale, res):
     qc.score_tile = tuple(int(x) for x in best_tile.strip("()").split(","))
     configs = {}
     for bn, warps, stages, pps in ((64, 4, 2, 4), (64, 4, 1, 4), (64, 4, 3, 4), (64, 8, 2, 4), (64, 4, 2, 8),
-                                   (32, 4, 2, 8), (128, 8, 2, 4), (64, 4, 2, 2)):  # fmt: skip
+                                   (32, 4, 2, 8), (128, 8, 2, 4), (64, 4, 2, 2), (64, 4, 2, 3)):  # fmt: skip
         cfg = quest.DecodeConfig(block_n=bn, num_warps=warps, stages=stages, programs_per_sm=pps)
         configs[f"block_n={bn} warps={warps} stages={stages} per_sm={pps}"] = (
             _graph(lambda: qc._attend(L, q, scale, cfg), torch), cfg)
