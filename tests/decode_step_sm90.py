@@ -1,7 +1,8 @@
-"""Compile the paged cache's decode-step kernels of a generated module for Hopper (sm_90)
-through Triton's own ptxas: the page scores, the top-k (one block in registers, and blocks in
-a loop), the attention over the read lists. Run by tests/test_paged_cache.py in a subprocess:
-python tests/paged_sm90.py MODULE.py; prints {kernel: [shared bytes, registers, stack bytes]}."""
+"""Compile the decode-step kernels of a generated module for Hopper (sm_90) through Triton's
+own ptxas: the paged cache's page scores, top-k (one block in registers, and blocks in a
+loop) and attention over the read lists, and the two H2O / TOVA step kernels. Run by
+tests/test_paged_cache.py in a subprocess: python tests/decode_step_sm90.py MODULE.py;
+prints {kernel: [shared bytes, registers, stack bytes]}."""
 
 import json
 import os
@@ -15,7 +16,7 @@ from attnc.codegen.importing import import_module_from_path
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-mod = import_module_from_path(sys.argv[1], "paged_sm90_mod")
+mod = import_module_from_path(sys.argv[1], "decode_step_sm90_mod")
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
 
 
@@ -48,4 +49,10 @@ types.update({n: "i32" for n in ("T", "SPLIT", "NS", "NB", "LW", "SW")})
 cfg = mod.DecodeConfig()
 out["attend"] = usage(mod._pg_fwd_kernel, types, dict(H_KV=8, G=4, HEAD_DIM=128, BLOCK_M=16, BLOCK_N=cfg.block_n,
                       STAGES=cfg.stages, DOT_PREC="tf32", UPCAST=False), cfg.num_warps)  # fmt: skip
+types = dict(Q="*bf16", K="*bf16", V="*bf16", POS="*i32", IDX="*i64", GID="*i32", LG="*fp32", PM="*fp32", PL="*fp32",
+             SCORE="*fp32", PB="*i32", CNT="*i32", sm_scale="fp32")  # fmt: skip
+types.update({n: "i32" for n in ("n_q", "E", "KEEP", "A", "CAP", "SLOTS", "NH", "SPLIT", "NS", "PROT_LO", "PROT_HI")})
+block = dict(G=4, HEAD_DIM=128, BLOCK_G=16, BLOCK_N=mod._KV_STEP_BLOCK)
+out["h2o_stats"] = usage(mod._kv_step_stats_kernel, types, dict(H=32, DOT_PREC="tf32", UPCAST=False, **block), 4)
+out["h2o_step"] = usage(mod._kv_step_kernel, types, dict(TOVA=False, AGG=0, EVICT=True, **block), 4)
 print(json.dumps(out))
