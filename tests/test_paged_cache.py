@@ -326,3 +326,25 @@ def test_paged_kernels_compile_for_sm90():
     usage = json.loads(res.stdout.strip().splitlines()[-1])
     for name, (shared, regs, stack) in usage.items():
         assert stack == 0 and shared <= 232448, (name, shared, regs, stack)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    st.lists(st.sampled_from([float("-inf"), -1.5, -0.0, 0.0, 1.0, 2.0, 2.5]), min_size=24, max_size=24),
+    st.integers(1, 6),
+    st.sampled_from([4, 8192]),
+)
+def test_topk_kernel_is_top_blocks(values, units, block):
+    """_pg_topk_kernel's choice is block_scores.top_blocks' on random rows with many ties."""
+    mod = _select_module(f"select quest({16 * units}, page = 16)", heads=2, kv_heads=1)
+    cache = mod.PagedCache(2, dtype=torch.float32)
+    x = torch.zeros(2, 1, 16 * 12, 16)
+    cache.append(0, x, x)
+    L = cache._layers[0]
+    rows = torch.tensor(values).view(2, 1, 12)
+    mod._PG_TOPK_BLOCK, old = block, mod._PG_TOPK_BLOCK
+    try:
+        cache._top(L, rows.clone(), 1, 0)
+    finally:
+        mod._PG_TOPK_BLOCK = old
+    assert torch.equal(L.chosen_t[0], mod.top_blocks(rows, units))

@@ -176,8 +176,8 @@ def _pg_topk_kernel(
     the lowest unit (block_scores.top_blocks); fewer finite scores: all of them. Writes their
     pool entries (pages; pool slots for TOKENS) to SEL (B, H_KV, SW) and their number to SLEN
     (B, H_KV), and the chosen logical units, increasing and -1 padded, to CHOSEN (B, NH, units).
-    The threshold (the k-th largest score) is found bit by bit from counts: 32 passes over the
-    row, held in registers when it is one block (ONE); equal scores then go by index."""
+    The threshold (the k-th largest score) is found bit by bit from counts: at most 32 passes
+    over the row, held in registers when it is one block (ONE); equal scores then go by index."""
     pid = tl.program_id(0)
     b = (pid // NH).to(tl.int64)
     h = tl.load(HI + pid % NH)
@@ -202,10 +202,18 @@ def _pg_topk_kernel(
     sc = SC + pid.to(tl.int64) * NU
     _, key0, ok0 = _pg_unit_keys(sc, 0, NU, BLOCK)
     need = tl.minimum(_pg_count(sc, NU, -2147483648, key0, ok0, ONE, BLOCK, False), units)
-    bits = tl.zeros([], tl.int32)  # the threshold's bits, its sign bit flipped (unsigned order)
-    for i in range(32):  # the largest thr with need keys >= thr: the need-th largest key
+    # thr: the largest key with need keys >= thr (the need-th largest), bit by bit from the top
+    # (bits: thr with its sign bit flipped, in unsigned order); done early where exactly need
+    # keys are >= thr: those are the chosen ones
+    bits = tl.zeros([], tl.int32)
+    i = 0
+    done = need < 0
+    while (i < 32) & ~done:
         c = bits | (tl.full([], 1, tl.int32) << (31 - i))
-        bits = tl.where(_pg_count(sc, NU, c ^ -2147483648, key0, ok0, ONE, BLOCK, False) >= need, c, bits)
+        cnt = _pg_count(sc, NU, c ^ -2147483648, key0, ok0, ONE, BLOCK, False)
+        bits = tl.where(cnt >= need, c, bits)
+        done = cnt == need
+        i += 1
     thr = bits ^ -2147483648
     take = need - _pg_count(sc, NU, thr, key0, ok0, ONE, BLOCK, True)  # keys equal to thr to take
     ties = tl.zeros([], tl.int32)
