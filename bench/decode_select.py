@@ -179,7 +179,9 @@ def _sweep(quest, qc, q, torch, scale, res):
                                    (32, 4, 2, 8), (128, 8, 2, 4), (64, 4, 2, 2), (64, 4, 2, 3)):  # fmt: skip
         cfg = quest.DecodeConfig(block_n=bn, num_warps=warps, stages=stages, programs_per_sm=pps)
         configs[f"block_n={bn} warps={warps} stages={stages} per_sm={pps}"] = (
-            _graph(lambda: qc._attend(L, q, scale, cfg), torch), cfg)
+            _graph(lambda: qc._attend(L, q, scale, cfg), torch),
+            cfg,
+        )
     best = min(configs, key=lambda k: configs[k][0])
     CONFIG[0] = configs[best][1]
     res["sweep"] = {

@@ -43,7 +43,9 @@ types.update({n: "i32" for n in ("T", "NU", "LW", "SW", "NH", "units", "sink", "
 for one, block in ((True, mod._PG_TOPK_BLOCK), (False, 1024)):
     out[f"topk_one_{one}"] = usage(mod._pg_topk_kernel, types, dict(H_KV=8, P=16, TOKENS=False, BLOCK=block, ONE=one,
                                    WS_PAD=1, WL_PAD=2, CH_PAD=256), 8)  # fmt: skip
-types = {n: "*i32" for n in ("POS", "LIST", "LLEN", "SEL", "SLEN", "SELH", "UNITS", "SINKS", "LO", "NTOK", "GID", "CNT")}
+types = {
+    n: "*i32" for n in ("POS", "LIST", "LLEN", "SEL", "SLEN", "SELH", "UNITS", "SINKS", "LO", "NTOK", "GID", "CNT")
+}
 types.update(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", PM="*fp32", PL="*fp32", PACC="*fp32", qk_scale="fp32")
 types.update({n: "i32" for n in ("T", "SPLIT", "NS", "NB", "LW", "SW")})
 cfg = mod.DecodeConfig()

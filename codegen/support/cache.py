@@ -148,7 +148,7 @@ def _kv_step_launch(spec: CacheSpec, c, q, L, n: int, E: int, prot_hi: int, scal
     ds, pol, B, nh = spec.decode, c.policy, q.shape[0], len(c.heads)
     bn, cap = _KV_STEP_BLOCK, c.heads[0].cap
     per = max(1, _KV_STEP_PER_SM * _dec_sms(q.device) // (B * nh))
-    split = max(bn, -(-(-(-E // per)) // bn) * bn)
+    split = max(bn, triton.cdiv(triton.cdiv(E, per), bn) * bn)
     ns = -(-E // split)
     block_g = max(16, triton.next_power_of_2(ds.group))
     key = (cap, ns)

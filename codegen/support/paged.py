@@ -458,7 +458,9 @@ class PagedCacheBase:
             if row:
                 L.list[b, h, : len(row)] = torch.tensor(row, dtype=torch.int32, device=dev)
         L.llen = torch.tensor(L.llen_host, dtype=torch.int32, device=dev)
-        L.plain_tokens = P * max([n for row in L.llen_host for h, n in enumerate(row) if L.select[h] is None], default=0)
+        L.plain_tokens = P * max(
+            [n for row in L.llen_host for h, n in enumerate(row) if L.select[h] is None], default=0
+        )
         bounds = [[L.bounds(h, L.n[b]) for h in range(Hk)] for b in range(self.batch)]
         L.lo = torch.tensor([[lo for _, lo in r] for r in bounds], dtype=torch.int32, device=dev)
         L.sinks = torch.tensor([bounds[0][h][0] for h in range(Hk)], dtype=torch.int32, device=dev)
@@ -619,7 +621,7 @@ class PagedCacheBase:
             tokens = max(tokens, _sel_width(s, self.page, T)[3] * (1 if s.score == "tokens" else self.page))
         bn = config.block_n
         ns = max(1, min(-(-tokens // bn), config.programs_per_sm * _dec_sms(q.device) // (B * ds.kv_heads)))
-        split = max(config.min_split, -(-(-(-tokens // ns)) // bn) * bn)
+        split = max(config.min_split, triton.cdiv(triton.cdiv(tokens, ns), bn) * bn)
         ns = max(1, -(-tokens // split))
         block_m = max(16, triton.next_power_of_2(ds.group * T))
         pm, pl, pacc, cnt = _dec_buffers(ds, q.device, B, ns, block_m, D)
