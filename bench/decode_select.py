@@ -3,14 +3,19 @@ and the update of score-every-step caches (H2O, TOVA) against a decode step.
 
 B=8, 32 query heads, 8 KV heads, D=128, bf16, context 131072 (--smoke: tiny, on the CPU too):
   - SDPA over the full cache (enable_gqa=True);
-  - the paged cache with `select quest(4096, page = 16)`: one step = the pages' scores, the
-    top-k (ties to the lowest page) and the kernel over the chosen pages, eager and as a CUDA
-    graph; the selection alone; the paged kernel over every page (no selection);
-  - bytes read / time: the chosen pages' K and V plus the page summaries (selection), or the
-    whole K and V (SDPA, paged full);
+  - the paged cache with `select quest(4096, page = 16)`: one step is three launches, timed
+    together (eager and as a CUDA graph) and each alone: `score` (_pg_score_kernel: every
+    page's bound from its min/max summaries), `topk` (_pg_topk_kernel: the 256 best pages,
+    ties to the lowest, and the read lists), `attend` (the paged kernel over the chosen pages,
+    split along them); first a sweep of the score kernel's tile and of a few attention
+    configs (graph time), whose best the timed step uses;
+  - bytes of each part: score: the summaries read and the scores written; topk: the scores;
+    attend: the chosen pages' K, V and positions (the step: their sum); TB/s = bytes / time;
+  - the paged kernel over every page (no selection), and SDPA, over the whole K and V;
   - H2O and TOVA (packed cache, budget 4096, sink 4, recent 64): one update (append of one
     token with its scoring and eviction: one generated Triton launch, and the torch path)
-    against one decode step, eager. The paged cache does not serve eviction policies.
+    against one decode step, eager, and the update's GPU time (graph). The paged cache does not
+    serve eviction policies (said in the output).
 Correctness first, at a small size: the step against its torch reference (the selection
 recomputed from the keys), and the paged full decode against SDPA.
 
@@ -145,41 +150,88 @@ def _check(quest, full, res, dev, torch, n, batch):
     print(f"check at {n} tokens: {res['check']}" + ("" if ok else "  <-- CHECK FAILED (timings follow anyway)"))
 
 
-def _select_bench(quest, full, res, dev, torch, n, batch):
-    """The Quest-like step (graph and eager), the selection alone, SDPA and the paged kernel
-    over every page, at n tokens."""
+def _parts(qc, q, torch, scale):
+    """The three launches of a step, each alone (after one decode, so their inputs are there)."""
+    L = qc._layers[0]
+    qc.decode(0, q)
+    scores = qc._score(L, q, 0, *qc.score_tile)
+    return {
+        "score": lambda: qc._score(L, q, 0, *qc.score_tile),
+        "topk": lambda: qc._top(L, scores, 1, 0),
+        "attend": lambda: qc._attend(L, q, scale, CONFIG[0]),
+        "step": lambda: qc.decode(0, q, config=CONFIG[0]),
+    }
+
+
+CONFIG = [None]  # the attention's DecodeConfig for the step (the sweep's best)
+
+
+def _sweep(quest, qc, q, torch, scale, res):
+    """Graph time of the score kernel's tiles and of a few attention configs; keeps the best."""
+    L = qc._layers[0]
+    tiles = {}
+    for tile in ((64, 4), (128, 4), (128, 8), (32, 4)):
+        tiles[f"{tile}"] = _graph(lambda: qc._score(L, q, 0, *tile), torch)
+    best_tile = min(tiles, key=tiles.get)
+    qc.score_tile = tuple(int(x) for x in best_tile.strip("()").split(","))
+    configs = {}
+    for bn, warps, stages, pps in ((64, 4, 2, 4), (64, 4, 1, 4), (64, 4, 3, 4), (64, 8, 2, 4), (64, 4, 2, 8),
+                                   (32, 4, 2, 8), (128, 8, 2, 4), (64, 4, 2, 2), (64, 4, 2, 3)):  # fmt: skip
+        cfg = quest.DecodeConfig(block_n=bn, num_warps=warps, stages=stages, programs_per_sm=pps)
+        configs[f"block_n={bn} warps={warps} stages={stages} per_sm={pps}"] = (
+            _graph(lambda: qc._attend(L, q, scale, cfg), torch),
+            cfg,
+        )
+    best = min(configs, key=lambda k: configs[k][0])
+    CONFIG[0] = configs[best][1]
+    res["sweep"] = {
+        "score_tile_s": tiles,
+        "score_tile_best": best_tile,
+        "attend_config_s": {k: t for k, (t, _) in configs.items()},
+        "attend_config_best": best,
+    }
+
+
+def _select_bench(quest, full, res, dev, torch, n, batch, sweep=True):
+    """The Quest-like step (graph and eager) and each of its launches alone, SDPA and the paged
+    kernel over every page, at n tokens; bytes and TB/s of each."""
     F = torch.nn.functional
     qc = quest.PagedCache(batch, device=dev, dtype=torch.bfloat16, pages=batch * HK * (n // PAGE + 2))
     kd, vd = _fill([qc], n, batch, dev, torch, dense=True)
     q = torch.randn(batch, H, 1, D, device=dev, dtype=torch.bfloat16)
-    L = qc._layers[0]
+    scale = D**-0.5
     item = 2
-    pages = n // PAGE
-    read_sel = batch * HK * (BUDGET + 2 * PAGE) * D * 2 * item + batch * HK * pages * D * 2 * item
-    read_full = batch * HK * n * D * 2 * item
-    t_sdpa = _graph(lambda: F.scaled_dot_product_attention(q, kd, vd, enable_gqa=True), torch)
-    t_step = _graph(lambda: qc.decode(0, q), torch)
-    t_sel = _graph(lambda: qc._lists(L, q), torch)
-    t_eager = _eager(lambda: qc.decode(0, q), torch)
-    del kd, vd
-    res["select"] = {
-        "context": n,
-        "batch": batch,
-        "sdpa_s": t_sdpa,
-        "sdpa_TBps": read_full / t_sdpa / 1e12,
-        "quest_step_graph_s": t_step,
-        "quest_step_eager_s": t_eager,
-        "selection_alone_graph_s": t_sel,
-        "quest_step_bytes": read_sel,
-        "quest_step_TBps": read_sel / t_step / 1e12,
-        "speedup_vs_sdpa_graph": t_sdpa / t_step,
-        "speedup_vs_sdpa_eager": t_sdpa / t_eager,
+    pages = -(-n // PAGE)
+    heads = batch * HK
+    read_tokens = heads * min(BUDGET + PAGE, n)  # the chosen pages and the newest (partial) one
+    nbytes = {
+        "score": heads * pages * D * 2 * item + heads * pages * 4,  # min, max; the scores written
+        "topk": heads * pages * 4,
+        "attend": read_tokens * (D * 2 * item + 4),  # K, V, positions
     }
-    del qc
+    nbytes["step"] = sum(nbytes.values())
+    read_full = heads * n * D * 2 * item
+    t_sdpa = _graph(lambda: F.scaled_dot_product_attention(q, kd, vd, enable_gqa=True), torch)
+    del kd, vd
+    CONFIG[0] = quest.DecodeConfig()
+    if sweep and torch.cuda.is_available():
+        _sweep(quest, qc, q, torch, scale, res)
+    parts = _parts(qc, q, torch, scale)
+    r = res["select"] = {"context": n, "batch": batch, "sdpa_s": t_sdpa, "sdpa_TBps": read_full / t_sdpa / 1e12,
+                         "score_tile": list(qc.score_tile), "attend_config": CONFIG[0]._asdict()}  # fmt: skip
+    for name, fn in parts.items():
+        g, e = _graph(fn, torch), _eager(fn, torch)
+        r[f"{name}_graph_s"], r[f"{name}_eager_s"] = g, e
+        r[f"{name}_bytes"] = nbytes[name]
+        r[f"{name}_graph_TBps"] = nbytes[name] / g / 1e12
+    r["step_eager_over_graph"] = r["step_eager_s"] / r["step_graph_s"]
+    r["speedup_vs_sdpa_graph"] = t_sdpa / r["step_graph_s"]
+    r["speedup_vs_sdpa_eager"] = t_sdpa / r["step_eager_s"]
+    del qc, parts
     fc = full.PagedCache(batch, device=dev, dtype=torch.bfloat16, pages=batch * HK * (n // PAGE + 2))
     _fill([fc], n, batch, dev, torch)
-    t_full = _graph(lambda: fc.decode(0, q), torch)
-    res["select"].update({"paged_full_s": t_full, "paged_full_TBps": read_full / t_full / 1e12})
+    t_full = _graph(lambda: fc.decode(0, q, config=CONFIG[0]), torch)
+    r.update({"paged_full_s": t_full, "paged_full_TBps": read_full / t_full / 1e12})
     del fc
 
 
@@ -197,12 +249,14 @@ def _evict_bench(mod, name, res, dev, torch, n, batch):
             cache.append(0, r(batch, HK, T, D), r(batch, HK, T, D), r(batch, H, T, D))
         res[name][f"update_{backend}_eager_s"] = _eager(lambda: cache.append(0, k1, k1, q1), torch)
         if backend == "triton":
+            res[name]["update_triton_graph_s"] = _graph(lambda: cache.append(0, k1, k1, q1), torch)
             res[name]["decode_eager_s"] = _eager(lambda: cache.decode(0, q1), torch)
             res[name]["decode_graph_s"] = _graph(lambda: cache.decode(0, q1), torch)
         del cache
     d = res[name]
     d["update_over_decode_eager"] = d["update_triton_eager_s"] / d["decode_eager_s"]
     d["torch_update_over_decode_eager"] = d["update_torch_eager_s"] / d["decode_eager_s"]
+    d["update_over_decode_graph"] = d["update_triton_graph_s"] / d["decode_graph_s"]
     try:
         mod.PagedCache(batch, device=dev, dtype=torch.bfloat16)
         d["paged"] = "served"

@@ -37,3 +37,27 @@ def test_fused_step_equals_torch_path(name):
         assert torch.equal(a.pos, b.pos), t
         assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v)
         torch.testing.assert_close(fused._layers[0].score, ref._layers[0].score, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("score, aggregate", [("h2o", "mean"), ("tova", "max")])
+def test_fused_step_splits_equal_torch_path(score, aggregate, monkeypatch):
+    """Budgets over several splits (tiles of 16 keys, 3 splits of a head): the splits' max and
+    sum merge, and the last split to finish evicts the lowest of all splits."""
+    prog = program(causal(), heads=8, kv_heads=2, head_dim=16,
+                   cache=[policy(40, sink=1, recent=2, score=score, aggregate=aggregate)], name=f"split_{score}")  # fmt: skip
+    _, mod = module(prog)
+    monkeypatch.setattr(mod, "_KV_STEP_BLOCK", 16)
+    monkeypatch.setattr(mod, "_KV_STEP_PER_SM", 64)
+    B, N, pre = 2, 48, 37
+    q, k, v = rand(B, 8, N, 16, seed=4), rand(B, 2, N, 16, seed=5) * 2, rand(B, 2, N, 16, seed=6)
+    fused, ref = mod.Cache(B, dtype=torch.float32), mod.Cache(B, dtype=torch.float32, backend="torch")
+    for c in (fused, ref):
+        c.append(0, k[:, :, :pre], v[:, :, :pre], q[:, :, :pre])
+    for t in range(pre, N):
+        for c in (fused, ref):
+            c.append(0, k[:, :, t : t + 1], v[:, :, t : t + 1], q[:, :, t : t + 1])
+        assert fused._layers[0].classes[0].step_key[1] == 3
+        a, b = fused.view(0), ref.view(0)
+        assert torch.equal(a.pos, b.pos), t
+        assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v)
+        torch.testing.assert_close(fused._layers[0].score, ref._layers[0].score, atol=1e-6, rtol=1e-5)

@@ -232,3 +232,119 @@ def test_selection_plan_errors(body, message):
     prog = lower(resolve_text(M + body, "bad.attn"))
     with pytest.raises(DecodePlanError, match=message):
         plan_decode(prog).context()
+
+
+# ------------------------------------------------------------------ the step's kernels
+
+
+@pytest.mark.parametrize(
+    "rule, topk_block",
+    [
+        ("select quest(48, page = 16) keep sink(3)", None),  # GQA 4, several splits
+        ("select tokens(21) keep recent(5) aggregate = max", 16),  # the top-k over blocks of 16 units
+        ("select quest(32, page = 16) keep recent(17) | 2", 2),  # two tokens a step, blocks of 2 pages
+    ],
+)
+def test_selection_split_kernel_matches_reference(rule, topk_block, monkeypatch):
+    """The step's three launches against the torch reference, with many small splits (block_n
+    16: most splits end inside a page, the last page of a row is partial at most steps), 4
+    query heads per KV head, rows of different lengths, and the top-k's multi-block path."""
+    rule, _, step = rule.partition(" | ")
+    T = int(step or 1)
+    mod = _select_module(rule, heads=8, kv_heads=2, max_step=T)
+    if topk_block:
+        monkeypatch.setattr(mod, "_PG_TOPK_BLOCK", topk_block)
+    config = mod.DecodeConfig(block_n=16, min_split=16, programs_per_sm=64)
+    B, H, Hk, D, N = 2, 8, 2, 16, 60
+    q, k, v = _ints(B, H, N, D, seed=4), _ints(B, Hk, N, D, seed=5), rand(B, Hk, N, D, seed=6)
+    cache = mod.PagedCache(B, dtype=torch.float32)
+    cache.append(0, k[:, :, :40], v[:, :, :40])
+    cache.append(0, k[1:, :, 40:43], v[1:, :, 40:43], rows=[1])  # row 1 runs 3 tokens ahead
+    for t in range(40, N - T - 2, T):
+        kk = torch.cat([k[:1, :, t : t + T], k[1:, :, t + 3 : t + 3 + T]])
+        vv = torch.cat([v[:1, :, t : t + T], v[1:, :, t + 3 : t + 3 + T]])
+        cache.append(0, kk, vv)
+        qs = q[:, :, t : t + T]
+        out = cache.decode(0, qs, config=config)
+        got = cache.selected(0)
+        ref = cache.decode_reference(0, qs)
+        want = cache.selected(0)
+        for h in got:
+            assert torch.equal(got[h], want[h]), (t, h, got[h], want[h])
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+
+
+def test_topk_kernel_ties_and_short_rows():
+    """_pg_topk_kernel alone on hand-made score rows: ties go to the lowest unit, -inf and NaN
+    are never chosen, a row with fewer finite scores than the budget takes all of them, -0.0
+    ties +0.0; against block_scores.top_blocks."""
+    mod = _select_module("select quest(64, page = 16)", heads=2, kv_heads=1)
+    cache = mod.PagedCache(2, dtype=torch.float32)
+    x = torch.zeros(2, 1, 16 * 12, 16)
+    cache.append(0, x, x)
+    L = cache._layers[0]
+    inf = float("inf")
+    rows = torch.tensor(
+        [
+            [1.0, 3.0, 3.0, -0.0, 0.0, 3.0, 0.0, -inf, 2.0, 3.0, -inf, -inf],
+            [-inf, 5.0, float("nan"), -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf],
+        ]
+    )[:, None, :]
+    for block in (16, 4):
+        mod._PG_TOPK_BLOCK, old = block, mod._PG_TOPK_BLOCK
+        try:
+            cache._top(L, rows.clone(), 1, 0)
+        finally:
+            mod._PG_TOPK_BLOCK = old
+        want = mod.top_blocks(torch.where(torch.isnan(rows), -inf, rows), 4)
+        assert torch.equal(L.chosen_t[0], want), (block, L.chosen_t[0], want)
+        assert L.chosen_t[0].tolist() == [[[1, 2, 5, 9]], [[1, -1, -1, -1]]]
+        # the keep rules (the newest page, 11) come first, then the chosen pages' pool pages
+        for b, n in ((0, 4), (1, 1)):
+            assert int(L.slen[b, 0]) == 1 + n
+            lst = L.list[b, 0].tolist()
+            assert L.sel[b, 0, : 1 + n].tolist() == [lst[11]] + [lst[u] for u in want[b, 0, :n].tolist()]
+
+
+@pytest.mark.skipif(not __import__("test_codegen_support").have_ptxas(), reason="no ptxas in the triton install")
+def test_paged_kernels_compile_for_sm90():
+    """The step's kernels (and the H2O / TOVA step's) compile for Hopper through Triton's own
+    ptxas (the interpreter accepts code the GPU compiler rejects) at the benchmark's shape
+    (bf16, D = 128, 4 query heads per KV head), without spilling registers."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    text = "model { layers = 1, heads = 32, kv_heads = 8, head_dim = 128 }\npattern p = causal\n"
+    prog = lower(resolve_text(text + "cache { select quest(4096, page = 16) }\n", "q.attn"))
+    path = module(prog)[1].__file__
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = os.path.join(os.path.dirname(__file__), "decode_step_sm90.py")
+    res = subprocess.run([sys.executable, script, path], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-4000:]
+    usage = json.loads(res.stdout.strip().splitlines()[-1])
+    for name, (shared, regs, stack) in usage.items():
+        assert stack == 0 and shared <= 232448, (name, shared, regs, stack)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    st.lists(st.sampled_from([float("-inf"), -1.5, -0.0, 0.0, 1.0, 2.0, 2.5]), min_size=24, max_size=24),
+    st.integers(1, 6),
+    st.sampled_from([4, 8192]),
+)
+def test_topk_kernel_is_top_blocks(values, units, block):
+    """_pg_topk_kernel's choice is block_scores.top_blocks' on random rows with many ties."""
+    mod = _select_module(f"select quest({16 * units}, page = 16)", heads=2, kv_heads=1)
+    cache = mod.PagedCache(2, dtype=torch.float32)
+    x = torch.zeros(2, 1, 16 * 12, 16)
+    cache.append(0, x, x)
+    L = cache._layers[0]
+    rows = torch.tensor(values).view(2, 1, 12)
+    mod._PG_TOPK_BLOCK, old = block, mod._PG_TOPK_BLOCK
+    try:
+        cache._top(L, rows.clone(), 1, 0)
+    finally:
+        mod._PG_TOPK_BLOCK = old
+    assert torch.equal(L.chosen_t[0], mod.top_blocks(rows, units))

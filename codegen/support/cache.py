@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names, interpreting
-from .decode import CacheView, DecodeSpec, decode_launch
+from .decode import CacheView, DecodeSpec, _dec_sms, decode_launch
 from .launch import FastLaunch, to_device
 from .policies import AGGREGATES, NEEDS_QUERIES, attention_stats, lowest, priority, rescore
 from .records import HeadRule, Policy
@@ -46,7 +46,7 @@ class CacheSpec(NamedTuple):
     policies: tuple  # Policy records
     gid: tuple  # [layer][query head] -> pattern group
     masked: tuple  # per layer: decode must evaluate the pattern at T == 1
-    step: object = None  # the pattern's _kv_step_kernel: an H2O / TOVA decode step in one launch
+    step: tuple = None  # the pattern's (_kv_step_stats_kernel, _kv_step_kernel): an H2O / TOVA decode step
 
 
 # ------------------------------------------------------------------ the append kernel
@@ -133,6 +133,49 @@ def _kv_append_kernel(
     )
     tl.store(LENS + b * H_KV + h, new_len)
     tl.store(NPOS + b * H_KV + h, end)
+
+
+_KV_STEP_BLOCK = 64  # keys per tile of the H2O / TOVA step kernels
+_KV_STEP_PER_SM = 4  # their splits: about this many programs per SM
+
+
+def _kv_step_launch(spec: CacheSpec, c, q, L, n: int, E: int, prot_hi: int, scale: float, evict: bool) -> None:
+    """One H2O or TOVA decode step (T = 1) of a class in two launches of the pattern's kernels
+    (_kv_step_stats_kernel, _kv_step_kernel): the E held keys of each (row, KV head) are cut
+    into splits (about _KV_STEP_PER_SM programs per SM), whose logits, max and sum the second
+    launch turns into scores; the last split of a head to finish evicts. Scratch buffers stay
+    on the class."""
+    stats, step = spec.step
+    ds, pol, B, nh = spec.decode, c.policy, q.shape[0], len(c.heads)
+    bn, cap = _KV_STEP_BLOCK, c.heads[0].cap
+    per = max(1, _KV_STEP_PER_SM * _dec_sms(q.device) // (B * nh))
+    split = max(bn, triton.cdiv(triton.cdiv(E, per), bn) * bn)
+    ns = -(-E // split)
+    block_g = max(16, triton.next_power_of_2(ds.group))
+    key = (cap, ns)
+    if getattr(c, "step_key", None) != key:
+        f32 = dict(dtype=torch.float32, device=q.device)
+        c.step_buf = (
+            torch.empty((B * nh, ds.group, cap), **f32),
+            torch.empty((B * nh * ns, block_g), **f32),
+            torch.empty((B * nh * ns, block_g), **f32),
+            torch.empty((B * nh * ns, 3), dtype=torch.int32, device=q.device),
+            torch.zeros((B * nh,), dtype=torch.int32, device=q.device),
+        )
+        c.step_key = key
+    lg, pm, pl, pb, cnt = c.step_buf
+    A, slots = c.heads[0].offset, L.k.shape[1]
+    grid = (B * nh * ns,)
+    stats[grid](
+        q, L.k, L.pos, c.idx, L.gid, lg, pm, pl, n, E, A, cap, slots, nh, split, ns, scale, H=ds.heads, G=ds.group,
+        HEAD_DIM=L.k.shape[2], BLOCK_G=block_g, BLOCK_N=bn, DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        UPCAST=q.dtype == torch.bfloat16 and interpreting(), num_warps=4,
+    )  # fmt: skip
+    step[grid](
+        L.k, L.v, L.pos, L.score, lg, pm, pl, pb, cnt, n, E, E - 1, A, cap, slots, nh, split, ns, pol.sink, prot_hi,
+        G=ds.group, HEAD_DIM=L.k.shape[2], BLOCK_G=block_g, BLOCK_N=bn, TOVA=pol.score == "tova",
+        AGG=AGGREGATES[pol.aggregate], EVICT=evict, num_warps=4,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------ host state
@@ -741,8 +784,8 @@ class CacheBase:
         L.lens.index_fill_(1, c.idx, keep)
 
     def _fused_step(self, L, c, q, n, T, scale):
-        """An H2O or TOVA decode step of one token in one launch of the pattern's
-        _kv_step_kernel (scores, the lowest (priority, position), the move); False where the
+        """An H2O or TOVA decode step of one token in two launches of the pattern's kernels
+        (_kv_step_launch: scores, the lowest (priority, position), the move); False where the
         torch path below serves (the reference: other scores, T > 1, float64, backend torch,
         a left-padded batch, whose rows count positions of their own)."""
         pol, E = c.policy, c.held
@@ -757,16 +800,8 @@ class CacheBase:
             or E > c.budget + 1
         ):
             return False
-        ds = self.spec.decode
         evict = E > c.budget
-        self.spec.step[(self.batch * len(c.heads),)](
-            q.contiguous(), L.k, L.v, L.pos, L.score, c.idx, L.gid, n, E, E - 1, c.heads[0].offset, c.heads[0].cap,
-            L.k.shape[1], len(c.heads), pol.sink, n + T - pol.protected_recent, scale, H=ds.heads, G=ds.group,
-            HEAD_DIM=L.k.shape[2], BLOCK_G=max(16, triton.next_power_of_2(ds.group)), BLOCK_N=64,
-            TOVA=pol.score == "tova", AGG=AGGREGATES[pol.aggregate], EVICT=evict,
-            DOT_PREC="ieee" if self.dtype == torch.float32 else "tf32",
-            UPCAST=self.dtype == torch.bfloat16 and interpreting(), num_warps=4,
-        )  # fmt: skip
+        _kv_step_launch(self.spec, c, q.contiguous(), L, n, E, n + 1 - pol.protected_recent, scale, evict)
         if evict:
             c.held = c.budget
             L.lens.index_fill_(1, c.idx, c.budget)

@@ -87,22 +87,22 @@ class PagePool:
 
 @triton.jit
 def _pg_score_kernel(
-    Q, SA, SB, LIST, NTOK, HI, OUT, T, NU, LW, NH, page,
+    Q, SA, SB, LIST, NTOK, HI, OUT, T, NU, LW, NH, page, sink, recent,
     H_KV: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr, RP: tl.constexpr, USZ: tl.constexpr, MODE: tl.constexpr,
     AGG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_U: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
-    """Scores of the units (pages, or tokens) u of one selecting head against its G * T query
-    rows, aggregated over the rows: OUT (B, NH, NU) float32, -inf past the row's units (its
-    NTOK tokens in units of USZ).
-    Unit u is row (LIST[u // RP] * RP + u % RP) of SA (and SB). MODE 0: Quest's bound
-    (SA min, SB max); 1: q . (SA / tokens in the page) (the mean key); 2: q . SA (keys)."""
+    """Scores of the candidate units u of one selecting head against its G * T query rows,
+    aggregated over the rows: OUT (B, NH, NU) float32; -inf where u is no candidate (the keep
+    rules read it: u < ceil(sink / USZ) or u >= (n - max(recent, T)) // USZ, or past the row's
+    NTOK tokens). Unit u is row (LIST[u // RP] * RP + u % RP) of SA (and SB). MODE 0: Quest's
+    bound (SA min, SB max); 1: q . (SA / tokens in the page) (the mean key); 2: q . SA (keys)."""
     pid = tl.program_id(0)
     b = (pid // NH).to(tl.int64)
     i = pid % NH
     h = tl.load(HI + i)
     u = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
-    nub = (tl.load(NTOK + b) + USZ - 1) // USZ
-    ok_u = u < nub
+    n = tl.load(NTOK + b)
+    ok_u = (u >= (sink + USZ - 1) // USZ) & (u < tl.maximum(n - tl.maximum(recent, T), 0) // USZ)
     entry = tl.load(LIST + (b * H_KV + h) * LW + u // RP, mask=ok_u, other=0)
     row = entry.to(tl.int64) * RP + u % RP
     offs_m = tl.arange(0, BLOCK_M)
@@ -133,6 +133,120 @@ def _pg_score_kernel(
             out = out / (G * T)
     out = tl.where(ok_u, out, float("-inf"))
     tl.store(OUT + (b * NH + i) * NU + u, out, mask=u < NU)
+
+
+@triton.jit
+def _pg_unit_keys(SC, c, NU, BLOCK: tl.constexpr):
+    """Units c .. c + BLOCK - 1 of one score row: (u, key, candidate). `key` (int32) orders the
+    float32 scores (-0.0 equals +0.0); scores that are not finite (-inf: no candidate) are no
+    candidates, as in top_blocks."""
+    u = c + tl.arange(0, BLOCK)
+    s = tl.load(SC + u, mask=u < NU, other=float("-inf"), cache_modifier=".cg")
+    s = tl.where(s == 0.0, 0.0, s)
+    x = s.to(tl.int32, bitcast=True)
+    return u, x ^ ((x >> 31) & 0x7FFFFFFF), tl.abs(s) < float("inf")
+
+
+@triton.jit
+def _pg_count(SC, NU, thr, key0, ok0, ONE: tl.constexpr, BLOCK: tl.constexpr, ABOVE: tl.constexpr):
+    """How many candidate units of a score row have key >= thr (ABOVE: key > thr); key0, ok0:
+    the row, when it is one block held in registers (ONE)."""
+    cnt = tl.zeros([], tl.int32)
+    for c in range(0, NU, BLOCK):
+        if ONE:
+            key, ok = key0, ok0
+        else:
+            _, key, ok = _pg_unit_keys(SC, c, NU, BLOCK)
+        if ABOVE:
+            cnt += tl.sum((ok & (key > thr)).to(tl.int32), 0)
+        else:
+            cnt += tl.sum((ok & (key >= thr)).to(tl.int32), 0)
+    return cnt
+
+
+@triton.jit
+def _pg_topk_kernel(
+    SC, LIST, NTOK, HI, CHOSEN, SEL, SLEN, T, NU, LW, SW, NH, units, sink, recent,
+    H_KV: tl.constexpr, P: tl.constexpr, TOKENS: tl.constexpr, BLOCK: tl.constexpr, ONE: tl.constexpr,
+    WS_PAD: tl.constexpr, WL_PAD: tl.constexpr, CH_PAD: tl.constexpr,
+):  # fmt: skip
+    """The units one selecting head of one row reads (program b * NH + i, head HI[i]): the keep
+    rules' units (those holding positions < sink, those holding the newest max(recent, T)),
+    then the `units` best candidates of its score row SC (B, NH, NU) (_pg_score_kernel), ties to
+    the lowest unit (block_scores.top_blocks); fewer finite scores: all of them. Writes their
+    pool entries (pages; pool slots for TOKENS) to SEL (B, H_KV, SW) and their number to SLEN
+    (B, H_KV), and the chosen logical units, increasing and -1 padded, to CHOSEN (B, NH, units).
+    The threshold (the k-th largest score) is found bit by bit from counts: at most 32 passes
+    over the row, held in registers when it is one block (ONE); equal scores then go by index."""
+    pid = tl.program_id(0)
+    b = (pid // NH).to(tl.int64)
+    h = tl.load(HI + pid % NH)
+    unit: tl.constexpr = 1 if TOKENS else P
+    rp: tl.constexpr = P if TOKENS else 1
+    n = tl.load(NTOK + b)
+    nu = (n + unit - 1) // unit
+    r = tl.maximum(recent, T)
+    ws = tl.minimum((sink + unit - 1) // unit, nu)
+    last0 = tl.maximum(tl.maximum(n - r, 0) // unit, ws)
+    last1 = tl.minimum(tl.maximum(n - r, 0) // unit + (r + unit - 1) // unit + 1, nu)
+    tab = LIST + (b * H_KV + h) * LW
+    sel = SEL + (b * H_KV + h) * SW
+    js = tl.arange(0, WS_PAD)  # the keep rules: [0, ws) and [last0, last1)
+    es = tl.load(tab + js // rp, mask=js < ws, other=0)
+    tl.store(sel + js, es * rp + js % rp, mask=js < ws)
+    jl = tl.arange(0, WL_PAD)
+    ul = last0 + jl
+    el = tl.load(tab + ul // rp, mask=ul < last1, other=0)
+    tl.store(sel + ws + jl, el * rp + ul % rp, mask=ul < last1)
+    nstat = ws + tl.maximum(last1 - last0, 0)
+    sc = SC + pid.to(tl.int64) * NU
+    _, key0, ok0 = _pg_unit_keys(sc, 0, NU, BLOCK)
+    need = tl.minimum(_pg_count(sc, NU, -2147483648, key0, ok0, ONE, BLOCK, False), units)
+    # thr: the largest key with need keys >= thr (the need-th largest), bit by bit from the top
+    # (bits: thr with its sign bit flipped, in unsigned order); done early where exactly need
+    # keys are >= thr: those are the chosen ones
+    bits = tl.zeros([], tl.int32)
+    i = 0
+    done = need < 0
+    while (i < 32) & ~done:
+        c = bits | (tl.full([], 1, tl.int32) << (31 - i))
+        cnt = _pg_count(sc, NU, c ^ -2147483648, key0, ok0, ONE, BLOCK, False)
+        bits = tl.where(cnt >= need, c, bits)
+        done = cnt == need
+        i += 1
+    thr = bits ^ -2147483648
+    take = need - _pg_count(sc, NU, thr, key0, ok0, ONE, BLOCK, True)  # keys equal to thr to take
+    ties = tl.zeros([], tl.int32)
+    placed = tl.zeros([], tl.int32)
+    out = CHOSEN + pid.to(tl.int64) * units
+    for c in range(0, NU, BLOCK):
+        if ONE:
+            u, key, ok = c + tl.arange(0, BLOCK), key0, ok0
+        else:
+            u, key, ok = _pg_unit_keys(sc, c, NU, BLOCK)
+        eq = ok & (key == thr)
+        rank = ties + tl.cumsum(eq.to(tl.int32), 0)
+        chosen = (ok & (key > thr)) | (eq & (rank <= take))
+        slot = placed + tl.cumsum(chosen.to(tl.int32), 0) - 1
+        tl.store(out + slot, u, mask=chosen)
+        e = tl.load(tab + u // rp, mask=chosen, other=0)
+        tl.store(sel + nstat + slot, e * rp + u % rp, mask=chosen)
+        ties += tl.sum(eq.to(tl.int32), 0)
+        placed += tl.sum(chosen.to(tl.int32), 0)
+    jc = tl.arange(0, CH_PAD)
+    tl.store(out + jc, tl.full([CH_PAD], -1, tl.int32), mask=(jc >= need) & (jc < units))
+    tl.store(SLEN + b * H_KV + h, nstat + need)
+
+
+_PG_TOPK_BLOCK = 8192  # score rows up to this long stay in registers through the top-k's passes
+
+
+def _sel_width(s: Select, page: int, T: int) -> tuple[int, int, int, int]:
+    """Entries one selecting head reads at most, at T query tokens: (units < sink, units of the
+    newest max(recent, T) positions, chosen, their sum); units are pages, tokens for `tokens`."""
+    unit = 1 if s.score == "tokens" else page
+    ws, wl = -(-s.sink // unit), -(-max(s.recent, T) // unit) + 1
+    return ws, wl, s.units, ws + wl + s.units
 
 
 # ------------------------------------------------------------------ host state
@@ -179,6 +293,7 @@ class PagedCacheBase:
     reads the held pages (selecting heads: the keep rules and the best pages)."""
 
     spec: PagedSpec = None
+    score_tile = (64, 4)  # (units, warps) of a program of _pg_score_kernel (bench/decode_select.py sweeps it)
 
     def __init__(self, batch, *, device="cpu", dtype=torch.float16, pages=None, head_dim=None):
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
@@ -306,6 +421,13 @@ class PagedCacheBase:
             L.sinks = torch.zeros(Hk, dtype=torch.int32, device=dev)
             L.list = torch.full((self.batch, Hk, 16), -1, dtype=torch.int32, device=dev)
             L.llen_host = [[0] * Hk for _ in range(self.batch)]
+            L.selh = torch.tensor([s is not None for s in L.select], dtype=torch.int32, device=dev)
+            ms = self.spec.cache.decode.max_step
+            L.sel = torch.full((self.batch, Hk, max([_sel_width(s, P, ms)[3] for s, _ in L.groups], default=1)), -1,
+                               dtype=torch.int32, device=dev)  # fmt: skip
+            L.slen = torch.zeros((self.batch, Hk), dtype=torch.int32, device=dev)
+            L.chosen_t = [torch.full((self.batch, len(hs), s.units), -1, dtype=torch.int32, device=dev)
+                          for s, hs in L.groups]  # fmt: skip
 
     def _update_lists(self, L, rows, appended, rebuild=False):
         """Free dead pages, then bring the device page lists, lengths and bounds up to date."""
@@ -336,6 +458,9 @@ class PagedCacheBase:
             if row:
                 L.list[b, h, : len(row)] = torch.tensor(row, dtype=torch.int32, device=dev)
         L.llen = torch.tensor(L.llen_host, dtype=torch.int32, device=dev)
+        L.plain_tokens = P * max(
+            [n for row in L.llen_host for h, n in enumerate(row) if L.select[h] is None], default=0
+        )
         bounds = [[L.bounds(h, L.n[b]) for h in range(Hk)] for b in range(self.batch)]
         L.lo = torch.tensor([[lo for _, lo in r] for r in bounds], dtype=torch.int32, device=dev)
         L.sinks = torch.tensor([bounds[0][h][0] for h in range(Hk)], dtype=torch.int32, device=dev)
@@ -359,13 +484,14 @@ class PagedCacheBase:
         last = torch.where((last < nu) & (last >= ws), last, -1)
         return torch.cat([first.expand(self.batch, -1), last], 1), torch.full_like(start, ws), start
 
-    def _choose(self, L, q, s: Select, heads, reference=False):
-        """The chosen logical units (B, len(heads), s.units) of one selection, -1 padded: the
-        best scores among the units the keep rules do not read already."""
+    def _choose(self, L, q, s: Select, heads):
+        """The chosen logical units (B, len(heads), s.units) of one selection, -1 padded, in torch
+        (scores from the keys by block_scores): the best among the units the keep rules do not
+        read already, ties to the lowest (top_blocks)."""
         unit = 1 if s.score == "tokens" else self.page
         static, lo, hi = self._static(L, s, unit, q.shape[2])
         NU = max(-(-max(L.n) // unit), 1)
-        scores = self._scores_ref(L, q, s, heads, NU) if reference else self._scores(L, q, s, heads, NU)
+        scores = self._scores_ref(L, q, s, heads, NU)
         u = torch.arange(NU, device=self.device)[None, :]
         scores = scores.masked_fill(((u < lo) | (u >= hi))[:, None, :], float("-inf"))
         chosen = top_blocks(scores, s.units)
@@ -374,26 +500,9 @@ class PagedCacheBase:
             chosen = torch.cat([chosen, pad], -1)
         return chosen, static
 
-    def _scores(self, L, q, s: Select, heads, NU):
-        """The scores (B, nh, NU) of every unit of the selecting heads, by _pg_score_kernel."""
-        B, H, T, D = q.shape
-        G = H // len(L.rules)
-        dev = self.device
-        hi = L.heads_of[heads]
-        out = torch.empty((B, len(heads), NU), dtype=torch.float32, device=dev)
-        mode = {"quest": 0, "mean": 1, "tokens": 2}[s.score]
-        sa, sb = {0: (L.smin, L.smax), 1: (L.ssum, L.ntok), 2: (L.k, L.k)}[mode]
-        block_u = 64 if mode == 0 else 32
-        _pg_score_kernel[(B * len(heads), triton.cdiv(NU, block_u))](
-            q, sa, sb, L.list, L.ntok, hi, out, T, NU, L.list.shape[2], len(heads), self.page,
-            H_KV=len(L.rules), G=G, HEAD_DIM=D, RP=self.page if mode == 2 else 1, USZ=1 if mode == 2 else self.page, MODE=mode,
-            AGG=AGGREGATES[s.aggregate], BLOCK_M=max(16, triton.next_power_of_2(G * T)), BLOCK_U=block_u,
-            DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=q.dtype == torch.bfloat16 and interpreting(),
-        )  # fmt: skip
-        return out
-
     def _scores_ref(self, L, q, s: Select, heads, NU):
-        """_scores in torch, from the keys themselves (block_scores), not the kept summaries."""
+        """The scores (B, nh, NU) of every unit in torch, from the keys themselves (block_scores),
+        not the kept summaries."""
         B, H, T, D = q.shape
         G = H // len(L.rules)
         out = torch.full((B, len(heads), NU), float("-inf"), dtype=torch.float32, device=self.device)
@@ -421,17 +530,48 @@ class PagedCacheBase:
         slots = (pages[:, None] * P + torch.arange(P, device=self.device)).reshape(-1)[:n]
         return L.k[slots]
 
-    def _lists(self, L, q, reference=False):
-        """(list, lengths, units per head, most tokens read by a head) for the kernel: the held
-        pages; for selecting heads, the keep rules' units and the chosen ones."""
-        tokens = (
-            max([n for row in L.llen_host for h, n in enumerate(row) if L.select[h] is None], default=0) * self.page
-        )
+    def _score(self, L, q, g: int, block_u: int = 64, num_warps: int = 4):
+        """The scores (B, nh, NU) of every candidate unit of selection group g (-inf elsewhere),
+        by _pg_score_kernel: one program per BLOCK_U units of one head of one row."""
+        s, heads = L.groups[g]
+        B, H, T, D = q.shape
+        tokens = s.score == "tokens"
+        NU = max(-(-max(L.n) // (1 if tokens else self.page)), 1)
+        out = torch.empty((B, len(heads), NU), dtype=torch.float32, device=self.device)
+        mode = {"quest": 0, "mean": 1, "tokens": 2}[s.score]
+        sa, sb = {0: (L.smin, L.smax), 1: (L.ssum, L.ntok), 2: (L.k, L.k)}[mode]
+        _pg_score_kernel[(B * len(heads), triton.cdiv(NU, block_u))](
+            q, sa, sb, L.list, L.ntok, L.heads_of[heads], out, T, NU, L.list.shape[2], len(heads), self.page, s.sink,
+            s.recent, H_KV=len(L.rules), G=H // len(L.rules), HEAD_DIM=D, RP=self.page if tokens else 1,
+            USZ=1 if tokens else self.page, MODE=mode, AGG=AGGREGATES[s.aggregate],
+            BLOCK_M=max(16, triton.next_power_of_2(H // len(L.rules) * T)), BLOCK_U=block_u,
+            DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=q.dtype == torch.bfloat16 and interpreting(),
+            num_warps=num_warps,
+        )  # fmt: skip
+        return out
+
+    def _top(self, L, scores, T: int, g: int):
+        """Selection group g's read lists from its scores, by _pg_topk_kernel: the keep rules'
+        units and the best ones, into L.sel / L.slen (pool entries) and L.chosen_t[g]."""
+        s, heads = L.groups[g]
+        B, nh, NU = scores.shape
+        ws, wl, _, _ = _sel_width(s, self.page, self.spec.cache.decode.max_step)
+        block = min(triton.next_power_of_2(NU), _PG_TOPK_BLOCK)
+        _pg_topk_kernel[(B * nh,)](
+            scores, L.list, L.ntok, L.heads_of[heads], L.chosen_t[g], L.sel, L.slen, T, NU, L.list.shape[2],
+            L.sel.shape[2], nh, s.units, s.sink, s.recent, H_KV=len(L.rules), P=self.page, TOKENS=s.score == "tokens",
+            BLOCK=block, ONE=NU <= block, WS_PAD=triton.next_power_of_2(max(ws, 1)),
+            WL_PAD=triton.next_power_of_2(wl), CH_PAD=triton.next_power_of_2(s.units), num_warps=8,
+        )  # fmt: skip
+
+    def _lists_reference(self, L, q):
+        """(list, lengths, units per head) that decode_reference reads: the held pages; for
+        selecting heads, the keep rules' units and the chosen ones, chosen in torch."""
         if not L.groups:
-            return L.list, L.llen, L.units, tokens
+            return L.list, L.llen, L.units
         parts = []
         for s, heads in L.groups:
-            chosen, static = self._choose(L, q, s, heads, reference)
+            chosen, static = self._choose(L, q, s, heads)
             L.chosen.update({h: chosen[:, i] for i, h in enumerate(heads)})
             logical = torch.cat([static[:, None, :].expand(-1, len(heads), -1), chosen.to(torch.int64)], -1)
             hi = L.heads_of[heads]
@@ -442,43 +582,56 @@ class PagedCacheBase:
             else:
                 phys = torch.gather(held, 2, logical.clamp_min(0))
             parts.append((hi, torch.where(logical >= 0, phys, -1).to(torch.int32)))
-            tokens = max(tokens, logical.shape[-1] * (1 if s.score == "tokens" else self.page))
         width = max(L.list.shape[2], *(p.shape[-1] for _, p in parts))
         lst = torch.full((self.batch, len(L.rules), width), -1, dtype=torch.int32, device=self.device)
         lst[:, :, : L.list.shape[2]] = L.list
         llen = L.llen.clone()
         for hi, p in parts:
-            lst.index_fill_(1, hi, -1)  # index_fill_: no host tensor, so a CUDA graph can capture it
+            lst.index_fill_(1, hi, -1)
             lst[:, hi, : p.shape[-1]] = p
             llen.index_fill_(1, hi, p.shape[-1])
-        return lst, llen, L.units, tokens
+        return lst, llen, L.units
 
     def selected(self, layer):
         """{kv head: (B, units) logical pages (tokens for `tokens`) the last decode chose, -1 padded}."""
-        return dict(self._layer(layer).chosen)
+        return {h: c.clone() for h, c in self._layer(layer).chosen.items()}
 
     # -------------------------------------------------------------- decoding
 
     def decode(self, layer, q, *, sm_scale=None, config=DecodeConfig()):
         """Attention of the T newest tokens' queries q (B, H, T, D) of every row over the layer's
-        pages (selecting heads: the keep rules' pages and the best ones); (B, H, T, D)."""
+        pages (selecting heads: the keep rules' pages and the best ones); (B, H, T, D).
+        A selection group costs two launches (_score, _top), the attention one (_attend)."""
         L, T, D, scale = self._check_query(layer, q, "decode", sm_scale)
         q = q.contiguous()
-        lst, llen, units, tokens = self._lists(L, q)
+        for g in range(len(L.groups)):
+            self._top(L, self._score(L, q, g, *self.score_tile), T, g)
+        L.chosen = {h: L.chosen_t[g][:, i] for g, (_, hs) in enumerate(L.groups) for i, h in enumerate(hs)}
+        return self._attend(L, q, scale, config)
+
+    def _attend(self, L, q, scale, config=DecodeConfig()):
+        """The pattern's _pg_fwd_kernel over what each head reads (L.list, or for selecting heads
+        L.sel): one program per split of one (row, KV head), the G query heads and T tokens
+        packed as the rows of each tile. The splits: about config.programs_per_sm programs per
+        SM, evenly cut (multiples of block_n) from the most tokens a head may read."""
+        B, H, T, D = q.shape
         ds = self.spec.cache.decode
-        B = self.batch
-        split = max(config.block_n, config.min_split)
-        while split < tokens and B * ds.kv_heads * -(-tokens // split) > config.programs_per_sm * _dec_sms(q.device):
-            split *= 2
+        tokens = L.plain_tokens
+        for s, _ in L.groups:
+            tokens = max(tokens, _sel_width(s, self.page, T)[3] * (1 if s.score == "tokens" else self.page))
+        bn = config.block_n
+        ns = max(1, min(-(-tokens // bn), config.programs_per_sm * _dec_sms(q.device) // (B * ds.kv_heads)))
+        split = max(config.min_split, triton.cdiv(triton.cdiv(tokens, ns), bn) * bn)
         ns = max(1, -(-tokens // split))
         block_m = max(16, triton.next_power_of_2(ds.group * T))
         pm, pl, pacc, cnt = _dec_buffers(ds, q.device, B, ns, block_m, D)
         out = torch.empty_like(q)
         self.spec.kernel[(B * ds.kv_heads * ns,)](
-            q, L.k, L.v, L.pos, lst, llen, units, L.sinks, L.lo, L.ntok, self._gid(L), out, pm, pl, pacc, cnt,
-            T, split, ns, pm.shape[2], lst.shape[2], scale * _DEC_LOG2E, H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=D,
-            BLOCK_M=block_m, BLOCK_N=config.block_n, DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
-            UPCAST=q.dtype == torch.bfloat16 and interpreting(), num_warps=config.num_warps,
+            q, L.k, L.v, L.pos, L.list, L.llen, L.sel, L.slen, L.selh, L.units, L.sinks, L.lo, L.ntok, self._gid(L),
+            out, pm, pl, pacc, cnt, T, split, ns, pm.shape[2], L.list.shape[2], L.sel.shape[2], scale * _DEC_LOG2E,
+            H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=bn, STAGES=config.stages,
+            DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=q.dtype == torch.bfloat16 and interpreting(),
+            num_warps=config.num_warps,
         )  # fmt: skip
         return out
 
@@ -486,7 +639,7 @@ class PagedCacheBase:
         """decode in torch, with the selection's torch reference (scores from the keys by
         block_scores): a masked softmax over each head's read tokens (float32)."""
         L, T, D, scale = self._check_query(layer, q, "decode_reference", sm_scale)
-        lst, llen, units, _ = self._lists(L, q, reference=True)
+        lst, llen, units = self._lists_reference(L, q)
         ds = self.spec.cache.decode
         G = ds.group
         out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)

@@ -1,0 +1,60 @@
+"""Compile the decode-step kernels of a generated module for Hopper (sm_90) through Triton's
+own ptxas: the paged cache's page scores, top-k (one block in registers, and blocks in a
+loop) and attention over the read lists, and the two H2O / TOVA step kernels. Run by
+tests/test_paged_cache.py in a subprocess: python tests/decode_step_sm90.py MODULE.py;
+prints {kernel: [shared bytes, registers, stack bytes]}."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from attnc.codegen.importing import import_module_from_path
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+mod = import_module_from_path(sys.argv[1], "decode_step_sm90_mod")
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
+
+
+def usage(fn, types, constexprs, num_warps):
+    sig = {n: types.get(n, "constexpr") for n in fn.arg_names}
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items() if t.startswith("*")}
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
+                       target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))  # fmt: skip
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(k.asm["cubin"])
+        f.flush()
+        res = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+)", res)
+    return [k.metadata.shared, int(m.group(1)), int(m.group(2))]
+
+
+out = {}
+types = dict(Q="*bf16", SA="*bf16", SB="*bf16", LIST="*i32", NTOK="*i32", HI="*i64", OUT="*fp32")
+types.update({n: "i32" for n in ("T", "NU", "LW", "NH", "page", "sink", "recent")})
+out["score"] = usage(mod._pg_score_kernel, types, dict(H_KV=8, G=4, HEAD_DIM=128, RP=1, USZ=16, MODE=0, AGG=0,
+                     BLOCK_M=16, BLOCK_U=64, DOT_PREC="tf32", UPCAST=False), 4)  # fmt: skip
+types = dict(SC="*fp32", LIST="*i32", NTOK="*i32", HI="*i64", CHOSEN="*i32", SEL="*i32", SLEN="*i32")
+types.update({n: "i32" for n in ("T", "NU", "LW", "SW", "NH", "units", "sink", "recent")})
+for one, block in ((True, mod._PG_TOPK_BLOCK), (False, 1024)):
+    out[f"topk_one_{one}"] = usage(mod._pg_topk_kernel, types, dict(H_KV=8, P=16, TOKENS=False, BLOCK=block, ONE=one,
+                                   WS_PAD=1, WL_PAD=2, CH_PAD=256), 8)  # fmt: skip
+types = {
+    n: "*i32" for n in ("POS", "LIST", "LLEN", "SEL", "SLEN", "SELH", "UNITS", "SINKS", "LO", "NTOK", "GID", "CNT")
+}
+types.update(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", PM="*fp32", PL="*fp32", PACC="*fp32", qk_scale="fp32")
+types.update({n: "i32" for n in ("T", "SPLIT", "NS", "NB", "LW", "SW")})
+cfg = mod.DecodeConfig()
+out["attend"] = usage(mod._pg_fwd_kernel, types, dict(H_KV=8, G=4, HEAD_DIM=128, BLOCK_M=16, BLOCK_N=cfg.block_n,
+                      STAGES=cfg.stages, DOT_PREC="tf32", UPCAST=False), cfg.num_warps)  # fmt: skip
+types = dict(Q="*bf16", K="*bf16", V="*bf16", POS="*i32", IDX="*i64", GID="*i32", LG="*fp32", PM="*fp32", PL="*fp32",
+             SCORE="*fp32", PB="*i32", CNT="*i32", sm_scale="fp32")  # fmt: skip
+types.update({n: "i32" for n in ("n_q", "E", "KEEP", "A", "CAP", "SLOTS", "NH", "SPLIT", "NS", "PROT_LO", "PROT_HI")})
+block = dict(G=4, HEAD_DIM=128, BLOCK_G=16, BLOCK_N=mod._KV_STEP_BLOCK)
+out["h2o_stats"] = usage(mod._kv_step_stats_kernel, types, dict(H=32, DOT_PREC="tf32", UPCAST=False, **block), 4)
+out["h2o_step"] = usage(mod._kv_step_kernel, types, dict(TOVA=False, AGG=0, EVICT=True, **block), 4)
+print(json.dumps(out))
