@@ -51,6 +51,7 @@ tokens per step. Padded batches are refused: positions are absolute token indice
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 from dataclasses import dataclass, field, replace
@@ -60,11 +61,15 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from ..codegen.decode_plan import DecodePlanError, head_policy
+from ..codegen.decode_plan import DecodePlanError, head_policy, head_select
+from ..codegen.support.paged import best_units, keep_units, unit_scores
 from ..codegen.support.policies import attention_stats, lowest, priority, rescore
-from ..codegen.support.records import Policy
-from ..compiler.cache_plan import policy_for
-from ..compiler.ir import HeadGroup, ModelShape, Pattern, Program
+from ..codegen.support.records import Policy, Select
+from ..codegen.support.selection import SelectSpec, block_logmass, choose, chosen_matrix
+from ..compiler.cache_plan import page_size, policy_for
+from ..compiler.ir import HeadGroup, ModelShape, Pattern, Program, Selection
+from ..compiler.plan import SelectPlan, plan_select
+from ..compiler.selection import candidate_matrix
 
 POSITIONS = ("original", "rerotate")
 _COUNTER = itertools.count()
@@ -91,26 +96,45 @@ class Layout:
     positions: str = "original"
     program: Program | None = field(default=None, compare=False)
     module: Any = field(default=None, compare=False)  # the generated module, once compiled
+    groups: tuple[tuple[HeadGroup, ...], ...] = field(default=(), compare=False)  # [layer][query head]
 
     @classmethod
     def from_program(cls, program: Program, module: Any = None) -> "Layout":
-        if any(g.selection is not None for g in program.groups):
-            raise IntegrationError(
-                f"{program.name}: patterns that select key blocks at run time (select) are not supported "
-                "inside Hugging Face models yet: call the generated module's prefill directly"
-            )
-        pats = [g.pattern for g in program.groups]
-        table = tuple(tuple(pats[i] for i in row) for row in program.group_table())
+        rows = tuple(tuple(program.groups[i] for i in row) for row in program.group_table())
+        table = tuple(tuple(g.pattern for g in row) for row in rows)
         positions = "original"
         for policy in program.cache:
             if getattr(policy, "positions", "original") == "rerotate":
                 positions = "rerotate"
-        return cls(program.name, program.model, table, positions, program, module)
+        return cls(program.name, program.model, table, positions, program, module, rows)
 
     def kv_patterns(self, layer: int, kv_head: int) -> tuple[Pattern, ...]:
-        """The distinct patterns of the query heads that read this KV head."""
+        """The distinct patterns of the query heads that read this KV head: what each may
+        attend (a selecting head: its reach, static part or context)."""
         rep = self.shape.heads // self.shape.kv_heads
-        return tuple(dict.fromkeys(self.table[layer][kv_head * rep : (kv_head + 1) * rep]))
+        heads = range(kv_head * rep, (kv_head + 1) * rep)
+        if not self.groups:
+            return tuple(dict.fromkeys(self.table[layer][h] for h in heads))
+        return tuple(dict.fromkeys(self.groups[layer][h].reach for h in heads))
+
+    def selection(self, layer: int, kv_head: int) -> tuple[Pattern, Selection] | None:
+        """(static part, selection) of a KV head whose query heads select key blocks at run
+        time, or None. A selection is chosen per KV head (it pools the query heads), so they
+        must share it; the candidates follow the first head's static part, as in the
+        generated module."""
+        if not self.groups:
+            return None
+        rep = self.shape.heads // self.shape.kv_heads
+        heads = self.groups[layer][kv_head * rep : (kv_head + 1) * rep]
+        sels = {g.selection for g in heads}
+        if sels == {None}:
+            return None
+        if len(sels) > 1:
+            raise IntegrationError(
+                f"{self.name}: the query heads of KV head {kv_head} in layer {layer} select differently; "
+                "a selection is chosen per KV head, so its heads must share it"
+            )
+        return heads[0].pattern, heads[0].selection
 
 
 def uniform_program(
@@ -294,6 +318,32 @@ def select_keep(policy: Policy, scores: torch.Tensor | None, kpos: torch.Tensor,
     return ~lowest(priority(policy, prio, kp, end), kp, E - policy.budget).to(kpos.device)
 
 
+def decode_selections(layout: Layout) -> tuple[list[list[Select | None]], int]:
+    """[layer][KV head]: the decode-time page selection of the file's cache block
+    (codegen.support.records.Select, as the generated PagedCache reads it) or None, and the
+    page size (compiler.cache_plan.page_size)."""
+    n_l, n_kv = layout.shape.layers, layout.shape.kv_heads
+    if layout.program is None:
+        return [[None] * n_kv for _ in range(n_l)], 16
+    table = [[head_select(policy_for(layout.program, l, h)) for h in range(n_kv)] for l in range(n_l)]
+    return table, page_size(layout.program)
+
+
+def page_reads(s: Select, page: int, q: torch.Tensor, k: torch.Tensor, kpos: torch.Tensor) -> torch.Tensor:
+    """(B, L) booleans: the keys one KV head's decode step reads under a decode-time selection,
+    by the generated PagedCache's rules (codegen.support.paged: the keep rules' units, then the
+    `units` best by the page scores of block_scores). q (B, G, T, D) the step's queries, k
+    (B, L, D) every key so far (a selecting head keeps them all, positions 0 .. L - 1)."""
+    B, G, T, D = q.shape
+    unit = 1 if s.score == "tokens" else page
+    n = torch.full((B,), kpos.numel(), dtype=torch.int64, device=k.device)
+    static, lo, hi = keep_units(n, s, unit, T)
+    scores = torch.stack([unit_scores(q[b].reshape(G * T, D), k[b], s, page) for b in range(B)])[:, None]
+    units = torch.cat([static, best_units(scores, lo, hi, s.units)[:, 0].to(torch.int64)], 1)
+    units = torch.where(units >= 0, units, -2)  # pads match no key
+    return ((kpos // unit)[None, :, None] == units[:, None, :]).any(-1)
+
+
 # ----------------------------------------------------------------------------- the cache
 
 
@@ -315,8 +365,11 @@ class KVStore:
         self.pos: list[list[torch.Tensor | None]] = [[None] * n_kv for _ in range(n_l)]
         self.seen = [0] * n_l
         self.peak_tokens = 0
+        self.pairs = 0  # (query, key) pairs attended so far, summed over batch rows and query heads
         self.policy = cache_policies(layout)
         self.lossy = any(p is not None for row in self.policy for p in row)
+        self.select, self.page = decode_selections(layout)
+        self.reads: dict[tuple[int, int], torch.Tensor] = {}  # (layer, KV head): the last decode step's reads
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int]:
         """Add (B, H_KV, n, D) keys and values at the next positions; returns (first, n)."""
@@ -368,6 +421,7 @@ class KVStore:
             "dense_bytes": dense * elt,
             "ratio": held / dense if dense else 0.0,
             "peak_tokens": self.peak_tokens,
+            "pairs": self.pairs,
         }
 
 
@@ -443,18 +497,44 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 class ReferenceEngine:
     """Exact attention over the IR in torch: per query block, only the key columns the pattern
     reaches are gathered, and the block's mask is applied to them. Masks and column lists are
-    memoised per forward (every layer with the same pattern and key positions shares them)."""
+    memoised per forward (every layer with the same pattern and key positions shares them);
+    masks that depend on q and k (a selection) are given as a function and never memoised.
+    `pairs` counts the (query, key) pairs attended, over batch rows and query heads."""
 
     name = "reference"
     block = 512
 
     def __init__(self) -> None:
         self._memo: dict[Any, Any] = {}
+        self.pairs = 0
 
     def new_forward(self) -> None:
         self._memo.clear()
 
-    def _plan(self, pattern: Pattern, qpos: torch.Tensor, kpos: torch.Tensor) -> list[tuple[slice, Any, Any, Any]]:
+    def masks(
+        self, static: Pattern, context: Pattern, qpos: torch.Tensor, kpos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The masks (n, L) of `static` and of `context`, memoised per forward (every layer
+        with the same patterns and positions shares them)."""
+        key = ("masks", static, context, int(qpos[0]), qpos.numel(), kpos.numel())
+        hit = self._memo.get(key)
+        if hit is None:
+            qp, kp = qpos[:, None], kpos[None, :]
+            hit = self._memo[key] = (_holds(static, qp, kp), _holds(context, qp, kp))
+        return hit
+
+    @staticmethod
+    def _entry(sl: slice, m: torch.Tensor) -> tuple[slice, Any, Any, Any, float]:
+        """(rows, key columns or None for all, mask or None, rows with a key or None, pairs
+        per batch row) of one block's mask m (B or 1, rows, L)."""
+        cols = m.any(0).any(0)
+        idx = None if bool(cols.all()) else cols.nonzero().squeeze(1)
+        if idx is not None:
+            m = m[:, :, idx]
+        rows = m.any(-1)
+        return sl, idx, None if bool(m.all()) else m, None if bool(rows.all()) else rows, int(m.sum()) / m.shape[0]
+
+    def _plan(self, pattern: Pattern, qpos: torch.Tensor, kpos: torch.Tensor) -> list[tuple[slice, Any, Any, Any, float]]:
         key = (pattern, int(qpos[0]), qpos.numel(), kpos.numel(), int(kpos[0]), int(kpos[-1]))
         hit = self._memo.get(key)
         if hit is not None and torch.equal(hit[0], kpos):
@@ -462,15 +542,8 @@ class ReferenceEngine:
         plan = []
         for s in range(0, qpos.numel(), self.block):
             sl = slice(s, min(s + self.block, qpos.numel()))
-            m = pattern.holds(qpos[sl, None], kpos[None, :])
-            cols = m.any(0)
-            if bool(cols.all()):
-                idx = None
-            else:
-                idx = cols.nonzero().squeeze(1)
-                m = m[:, idx]
-            rows = m.any(1)
-            plan.append((sl, idx, None if bool(m.all()) else m, None if bool(rows.all()) else rows))
+            m = torch.as_tensor(pattern.holds(qpos[sl, None], kpos[None, :]))
+            plan.append(self._entry(sl, torch.broadcast_to(m, (sl.stop - s, kpos.numel()))[None]))
         self._memo[key] = (kpos, plan)
         return plan
 
@@ -483,23 +556,56 @@ class ReferenceEngine:
         kpos: torch.Tensor,
         pattern: Pattern,
         scale: float,
+        mask: torch.Tensor | None = None,
+        block: int = 1,
     ) -> torch.Tensor:
-        """q (B, G, n, D) against k, v (B, L, D) of one KV head; returns (B, G, n, D)."""
+        """q (B, G, n, D) against k, v (B, L, D) of one KV head; returns (B, G, n, D).
+
+        `mask` (B, n, L), in place of the pattern's: keys chosen at run time, the same for
+        each block of `block` query rows (a selection's query block), which then reads only
+        the key columns some of its rows attend."""
         out = torch.zeros_like(q)
         if k.shape[1] == 0:
             return out
-        for sl, idx, mask, rows in self._plan(pattern, qpos, kpos):
+        if mask is not None:
+            return self._gathered(q, k, v, mask, block, scale)
+        B, G = q.shape[0], q.shape[1]
+        for sl, idx, mask, rows, pairs in self._plan(pattern, qpos, kpos):
+            self.pairs += round(pairs * G * B)
             kk = k if idx is None else k.index_select(1, idx)
             vv = v if idx is None else v.index_select(1, idx)
             if kk.shape[1] == 0:
                 continue
             o = torch.nn.functional.scaled_dot_product_attention(
-                q[:, :, sl], kk[:, None], vv[:, None], attn_mask=mask, scale=scale
+                q[:, :, sl], kk[:, None], vv[:, None], attn_mask=None if mask is None else mask[:, None], scale=scale
             )
             if rows is not None:
-                o = torch.where(rows[:, None], o, torch.zeros((), dtype=o.dtype))
+                o = torch.where(rows[:, None, :, None], o, torch.zeros((), dtype=o.dtype))
             out[:, :, sl] = o
         return out
+
+    def _gathered(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, block: int, scale: float
+    ) -> torch.Tensor:
+        """Attention under a mask (B, n, L) by blocks of `block` query rows, every block at
+        once: each block gathers the W key columns its rows attend (W: the most of any block),
+        then one masked softmax in float32 over (B, G, blocks, block, W)."""
+        B, G, n, D = q.shape
+        nb = -(-n // block)
+        m = torch.nn.functional.pad(mask, (0, 0, 0, nb * block - n)).reshape(B, nb, block, -1)
+        self.pairs += int(torch.count_nonzero(mask)) * G
+        cols = m.any(2)  # (B, nb, L)
+        width = max(int(cols.sum(-1).max()), 1)
+        idx = torch.sort((~cols).to(torch.int8), dim=-1, stable=True).indices[..., :width]  # (B, nb, W)
+        m = torch.gather(m, 3, idx[:, :, None, :].expand(B, nb, block, width))
+        flat = idx.reshape(B, nb * width, 1).expand(B, nb * width, D)
+        kk = torch.gather(k, 1, flat).reshape(B, nb, width, D).float()
+        vv = torch.gather(v, 1, flat).reshape(B, nb, width, D).float()
+        qq = torch.nn.functional.pad(q.float(), (0, 0, 0, nb * block - n)).reshape(B, G, nb, block, D)
+        s = torch.einsum("bgnrd,bnwd->bgnrw", qq, kk) * scale
+        p = torch.softmax(s.masked_fill(~m[:, None], float("-inf")), -1).nan_to_num(0.0)
+        o = torch.einsum("bgnrw,bnwd->bgnrd", p, vv).reshape(B, G, nb * block, D)[:, :, :n]
+        return o.to(q.dtype)
 
 
 class KernelStore:
@@ -808,20 +914,104 @@ class Handle:
         rep = shape.heads // shape.kv_heads
         out = torch.empty_like(q)
         qpos = torch.arange(first, first + n, device=q.device)
+        pairs = self.engine.pairs
         for g in range(shape.kv_heads):
             kg, vg, kpos = store.k[layer][g], store.v[layer][g], store.pos[layer][g]
             kg, qg = self._rotated(kg, q[:, g * rep : (g + 1) * rep], kpos, n)
             heads = self.layout.table[layer][g * rep : (g + 1) * rep]
+            allowed, block = self._chosen_mask(layer, g, qg, kg, qpos, kpos, store, scale)
             for p in dict.fromkeys(heads):
                 sel = [i for i, hp in enumerate(heads) if hp == p]
-                o = self.engine.attend(qg[:, sel], kg, vg, qpos, kpos, p, scale)
+                mask = None if allowed is None else allowed(p)
+                o = self.engine.attend(qg[:, sel], kg, vg, qpos, kpos, p, scale, mask, block or 1)
                 for j, i in enumerate(sel):
                     out[:, g * rep + i] = o[:, j]
+        store.pairs += self.engine.pairs - pairs
         return out
+
+    def _chosen_mask(
+        self,
+        layer: int,
+        g: int,
+        qg: torch.Tensor,
+        kg: torch.Tensor,
+        qpos: torch.Tensor,
+        kpos: torch.Tensor,
+        store: KVStore,
+        scale: float,
+    ) -> tuple[Callable[[Pattern], torch.Tensor] | None, int | None]:
+        """For a KV head whose keys are chosen at run time, the mask (B, n, L) of a head's
+        pattern, and the query rows that share a choice; else (None, None).
+
+        A selection in the pattern (docs/selection.md) adds the pairs of the chosen key blocks;
+        a decode-time page selection (the cache block's `select`, docs/caches.md) restricts a
+        decode step to the pages it reads. Both need every key (a selecting head keeps them)."""
+        found = self.layout.selection(layer, g)
+        pages = store.select[layer][g] if qpos.numel() <= MAX_STEP else None
+        if found is None and pages is None:
+            return None, None
+        if kpos.numel() != int(qpos[-1]) + 1:
+            raise IntegrationError(f"layer {layer}, KV head {g}: a selection needs every key, but the cache dropped some")
+        if found is None:
+            read = page_reads(pages, store.page, qg, kg, kpos)
+            store.reads[(layer, g)] = read
+            return (lambda p: _holds(p, qpos[:, None], kpos[None, :]) & read[:, None, :]), None
+        static, sel = found
+        chosen = self._choose_blocks(static, sel, qg, kg, int(qpos[0]), scale)
+        b = sel.atom.block
+
+        def allowed(p: Pattern) -> torch.Tensor:
+            """Selection.holds with the head's static pattern (masks memoised per forward): the
+            static pairs, or the context's where the query block's choice holds the key block."""
+            fixed, context = self.engine.masks(p, sel.context, qpos, kpos)
+            return fixed | (context & chosen[:, qpos // b][:, :, kpos // b])
+
+        return allowed, b
+
+    def _choose_blocks(
+        self, static: Pattern, sel: Selection, qg: torch.Tensor, kg: torch.Tensor, first: int, scale: float
+    ) -> torch.Tensor:
+        """(B, query blocks, key blocks) booleans: the key blocks a selection chooses.
+
+        A prefill (nothing cached) chooses per query block by the generated module's rule
+        (candidates from the kernel plan, scores and budget of codegen.support.selection). A
+        decode step with a `mean` or `quest` score is a query block of its own rows (MoBA, NSA
+        and Quest score per token); `antidiagonal` and `vslash` are estimates over many queries
+        (XAttention, MInference: prefill methods), so a decode step reads the whole reach."""
+        atom, n_keys, n = sel.atom, kg.shape[1], qg.shape[2]
+        spec = SelectSpec(atom.score, atom.top, atom.mass, atom.block, atom.stride, atom.last)
+        nkb = -(-n_keys // atom.block)
+        if first == 0:
+            cand = torch.from_numpy(candidate_matrix(_select_plan(static, sel), n_keys))
+            idx, cnt = choose(block_logmass(spec, qg, kg[:, None], scale), cand, atom.top, atom.mass)
+            return chosen_matrix(idx, cnt, nkb)[:, 0]
+        if n > MAX_STEP:
+            raise IntegrationError(
+                f"{self.layout.name}: a pattern that selects key blocks runs as one prefill (nothing cached) "
+                f"and decode steps of at most {MAX_STEP} token; chunked prefill is not supported"
+            )
+        i = first // atom.block
+        chosen = torch.ones((qg.shape[0], i + 1, nkb), dtype=torch.bool, device=kg.device)
+        if atom.score in ("mean", "quest"):
+            rows = (np.array([first]), np.array([first + n - 1]))
+            cand = torch.from_numpy(candidate_matrix(_select_plan(static, sel), n_keys, rows))
+            idx, cnt = choose(block_logmass(spec, qg, kg[:, None], scale), cand, atom.top, atom.mass)
+            chosen[:, i] = chosen_matrix(idx, cnt, nkb)[:, 0, 0]
+        return chosen
 
     def _cos_sin(self, slots: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rotary = _rotary_of(self.model)
         return rotary(like, position_ids=slots[None])
+
+
+@functools.lru_cache(maxsize=None)
+def _select_plan(static: Pattern, sel: Selection) -> SelectPlan:
+    return plan_select(static, sel)
+
+
+def _holds(p: Pattern, qp: torch.Tensor, kp: torch.Tensor) -> torch.Tensor:
+    """The pattern's mask (rows, L) for query positions qp (rows, 1) and keys kp (1, L)."""
+    return torch.broadcast_to(torch.as_tensor(p.holds(qp, kp)), (qp.shape[0], kp.shape[1]))
 
 
 def _rotary_of(model: Any) -> Callable:
