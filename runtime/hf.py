@@ -26,6 +26,14 @@ How it plugs in (transformers 5.x; read against `models/llama/modeling_llama.py`
   at every decode step, before the step reads the cache. The forward that appends attends
   over everything first (SnapKV's dense prefill, compressed at the prompt's end); later
   queries read only what was kept. `h2o` and `adaptive` budgets raise IntegrationError.
+- Selection at run time (docs/selection.md): a pattern with `select` chooses key blocks at
+  prefill by the generated module's rule (candidates from the kernel plan,
+  compiler.selection.candidate_matrix; scores and budgets of codegen.support.selection), and
+  a decode step with a `mean` or `quest` score chooses for its own query as a block of its
+  own; `antidiagonal` and `vslash` steps read the head's reach. A cache block's `select`
+  (decode-time page selection, docs/caches.md) makes each decode step read its keep rules'
+  pages and the best pages by the generated PagedCache's rules (codegen.support.paged).
+  Both keep every key; the store counts the (query, key) pairs attended (`memory()["pairs"]`).
 - Positions: `original` (default) keeps the model's RoPE where the model applies it, so keys
   are stored rotated at their absolute positions. `rerotate` (StreamingLLM past the trained
   context) needs keys stored before RoPE: a forward pre-hook on every attention module swaps
@@ -512,15 +520,22 @@ class ReferenceEngine:
         self._memo.clear()
 
     def masks(
-        self, static: Pattern, context: Pattern, qpos: torch.Tensor, kpos: torch.Tensor
+        self, static: Pattern, context: Pattern, qpos: torch.Tensor, kpos: torch.Tensor, block: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The masks (n, L) of `static` and of `context`, memoised per forward (every layer
-        with the same patterns and positions shares them)."""
-        key = ("masks", static, context, int(qpos[0]), qpos.numel(), kpos.numel())
+        """The masks of `static` and of `context` by blocks of `block` query rows, (blocks,
+        block, L) (padding rows attend nothing), memoised per forward (every layer with the
+        same patterns and positions shares them)."""
+        key = ("masks", static, context, int(qpos[0]), qpos.numel(), kpos.numel(), block)
         hit = self._memo.get(key)
         if hit is None:
             qp, kp = qpos[:, None], kpos[None, :]
-            hit = self._memo[key] = (_holds(static, qp, kp), _holds(context, qp, kp))
+            pad = -qpos.numel() % block
+
+            def blocks(p: Pattern) -> torch.Tensor:
+                m = torch.nn.functional.pad(_holds(p, qp, kp), (0, 0, 0, pad))
+                return m.reshape(-1, block, kpos.numel())
+
+            hit = self._memo[key] = (blocks(static), blocks(context))
         return hit
 
     @staticmethod
@@ -556,19 +571,18 @@ class ReferenceEngine:
         kpos: torch.Tensor,
         pattern: Pattern,
         scale: float,
-        mask: torch.Tensor | None = None,
-        block: int = 1,
+        chosen: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """q (B, G, n, D) against k, v (B, L, D) of one KV head; returns (B, G, n, D).
 
-        `mask` (B, n, L), in place of the pattern's: keys chosen at run time, the same for
-        each block of `block` query rows (a selection's query block), which then reads only
-        the key columns some of its rows attend."""
+        `chosen`, for keys chosen at run time, replaces the pattern's mask: (fixed, context,
+        keys), a query attends a key where `fixed` holds, or `context` holds and its block of
+        rows chose the key (fixed and context (blocks, block, L), keys (B, blocks, L))."""
         out = torch.zeros_like(q)
         if k.shape[1] == 0:
             return out
-        if mask is not None:
-            return self._gathered(q, k, v, mask, block, scale)
+        if chosen is not None:
+            return self._gathered(q, k, v, *chosen, scale)
         B, G = q.shape[0], q.shape[1]
         for sl, idx, mask, rows, pairs in self._plan(pattern, qpos, kpos):
             self.pairs += round(pairs * G * B)
@@ -585,19 +599,28 @@ class ReferenceEngine:
         return out
 
     def _gathered(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, block: int, scale: float
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        fixed: torch.Tensor,
+        context: torch.Tensor,
+        keys: torch.Tensor,
+        scale: float,
     ) -> torch.Tensor:
-        """Attention under a mask (B, n, L) by blocks of `block` query rows, every block at
-        once: each block gathers the W key columns its rows attend (W: the most of any block),
-        then one masked softmax in float32 over (B, G, blocks, block, W)."""
+        """Attention where fixed | (context & keys) holds, every block of rows at once: each
+        gathers the W key columns its rows attend (W: the most of any block), then one masked
+        softmax in float32 over (B, G, blocks, block, W)."""
         B, G, n, D = q.shape
-        nb = -(-n // block)
-        m = torch.nn.functional.pad(mask, (0, 0, 0, nb * block - n)).reshape(B, nb, block, -1)
-        self.pairs += int(torch.count_nonzero(mask)) * G
-        cols = m.any(2)  # (B, nb, L)
+        nb, block, L = fixed.shape
+        cols = fixed.any(1) | (context.any(1) & keys)  # (B, nb, L)
         width = max(int(cols.sum(-1).max()), 1)
         idx = torch.sort((~cols).to(torch.int8), dim=-1, stable=True).indices[..., :width]  # (B, nb, W)
-        m = torch.gather(m, 3, idx[:, :, None, :].expand(B, nb, block, width))
+        at = idx[:, :, None, :].expand(B, nb, block, width)
+        m = torch.gather(fixed.expand(B, -1, -1, -1), 3, at) | (
+            torch.gather(context.expand(B, -1, -1, -1), 3, at) & torch.gather(keys, 2, idx)[:, :, None, :]
+        )
+        self.pairs += int(torch.count_nonzero(m)) * G
         flat = idx.reshape(B, nb * width, 1).expand(B, nb * width, D)
         kk = torch.gather(k, 1, flat).reshape(B, nb, width, D).float()
         vv = torch.gather(v, 1, flat).reshape(B, nb, width, D).float()
@@ -919,11 +942,11 @@ class Handle:
             kg, vg, kpos = store.k[layer][g], store.v[layer][g], store.pos[layer][g]
             kg, qg = self._rotated(kg, q[:, g * rep : (g + 1) * rep], kpos, n)
             heads = self.layout.table[layer][g * rep : (g + 1) * rep]
-            allowed, block = self._chosen_mask(layer, g, qg, kg, qpos, kpos, store, scale)
+            allowed = self._chosen_mask(layer, g, qg, kg, qpos, kpos, store, scale)
             for p in dict.fromkeys(heads):
                 sel = [i for i, hp in enumerate(heads) if hp == p]
-                mask = None if allowed is None else allowed(p)
-                o = self.engine.attend(qg[:, sel], kg, vg, qpos, kpos, p, scale, mask, block or 1)
+                chosen = None if allowed is None else allowed(p)
+                o = self.engine.attend(qg[:, sel], kg, vg, qpos, kpos, p, scale, chosen)
                 for j, i in enumerate(sel):
                     out[:, g * rep + i] = o[:, j]
         store.pairs += self.engine.pairs - pairs
@@ -939,9 +962,9 @@ class Handle:
         kpos: torch.Tensor,
         store: KVStore,
         scale: float,
-    ) -> tuple[Callable[[Pattern], torch.Tensor] | None, int | None]:
-        """For a KV head whose keys are chosen at run time, the mask (B, n, L) of a head's
-        pattern, and the query rows that share a choice; else (None, None).
+    ) -> Callable[[Pattern], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None:
+        """For a KV head whose keys are chosen at run time, a head's mask as ReferenceEngine.attend
+        takes it (fixed, context, chosen keys by blocks of rows), given its pattern; else None.
 
         A selection in the pattern (docs/selection.md) adds the pairs of the chosen key blocks;
         a decode-time page selection (the cache block's `select`, docs/caches.md) restricts a
@@ -949,24 +972,22 @@ class Handle:
         found = self.layout.selection(layer, g)
         pages = store.select[layer][g] if qpos.numel() <= MAX_STEP else None
         if found is None and pages is None:
-            return None, None
+            return None
         if kpos.numel() != int(qpos[-1]) + 1:
             raise IntegrationError(f"layer {layer}, KV head {g}: a selection needs every key, but the cache dropped some")
         if found is None:
             read = page_reads(pages, store.page, qg, kg, kpos)
             store.reads[(layer, g)] = read
-            return (lambda p: _holds(p, qpos[:, None], kpos[None, :]) & read[:, None, :]), None
+            never = Pattern(())
+            return lambda p: (*self.engine.masks(never, p, qpos, kpos, qpos.numel()), read[:, None, :])
         static, sel = found
         chosen = self._choose_blocks(static, sel, qg, kg, int(qpos[0]), scale)
         b = sel.atom.block
-
-        def allowed(p: Pattern) -> torch.Tensor:
-            """Selection.holds with the head's static pattern (masks memoised per forward): the
-            static pairs, or the context's where the query block's choice holds the key block."""
-            fixed, context = self.engine.masks(p, sel.context, qpos, kpos)
-            return fixed | (context & chosen[:, qpos // b][:, :, kpos // b])
-
-        return allowed, b
+        first_block = int(qpos[0]) // b
+        keys = chosen[:, first_block:, kpos // b]  # (B, query blocks of this forward, L)
+        # Selection.holds with the head's static part: rows of a forward that starts inside a
+        # block (a decode step) are their own block of rows; they read that block's choice
+        return lambda p: (*self.engine.masks(p, sel.context, qpos, kpos, b if int(qpos[0]) == 0 else qpos.numel()), keys)
 
     def _choose_blocks(
         self, static: Pattern, sel: Selection, qg: torch.Tensor, kg: torch.Tensor, first: int, scale: float
