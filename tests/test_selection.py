@@ -438,9 +438,12 @@ def test_selection_alone_and_its_diagnostics():
     assert lossless_rules(cached) == {0: False}
 
 
-def test_hugging_face_integration_refuses_selection():
-    """The integration reads one static pattern per head: it refuses a selection, never drops it."""
-    from attnc.runtime.hf import IntegrationError, Layout
+def test_hugging_face_integration_keeps_the_selection():
+    """The integration reads the static part per head and the selection per KV head: it never
+    drops a selection (tests/test_hf_integration.py runs it against the generated reference)."""
+    from attnc.runtime.hf import Layout
 
-    with pytest.raises(IntegrationError, match="select"):
-        Layout.from_program(program(text_of("causal & (window(8) | select(mean, top = 1, block = 16))")))
+    layout = Layout.from_program(program(text_of("causal & (window(8) | select(mean, top = 1, block = 16))")))
+    static, sel = layout.selection(0, 0)
+    assert str(sel.atom) == "select(mean, top=1, block=16)" and static == layout.table[0][0]
+    assert layout.kv_patterns(0, 0) == (layout.groups[0][0].reach,)  # liveness: the whole reach
