@@ -8,7 +8,8 @@ query can attend, so its size is the pattern's real memory). `dense` is the unto
 - passkey: a 5-digit key hidden at `depths` evenly spaced depths (0 to 100%) in filler text,
   plain completion ("... What is the pass key? The pass key is"), no chat template, greedy,
   exact match on the first five digits generated. KV memory is what the cache holds after the
-  prompt, as a fraction of a dense cache of the same length.
+  prompt, as a fraction of a dense cache of the same length; `pairs` the share of the prompt's
+  causal (query, key) pairs its forward computed (selection patterns choose them at run time).
 - perplexity: a long real text streamed through the model in chunks, each chunk attending
   only to what the pattern's cache kept; perplexity per window of positions, with the cache
   size reached in each window (constant for a bounded pattern, growing for dense). The text
