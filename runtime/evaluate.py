@@ -228,7 +228,9 @@ def passkey(
                     correct += got == p.key
                     ratios.append(held / dense if dense else 1.0)
                     shares.append(pairs)
-                    answers.append({"depth": p.depth, "key": p.key, "answer": got, "tokens": len(p.ids), "pairs": pairs})
+                    answers.append(
+                        {"depth": p.depth, "key": p.key, "answer": got, "tokens": len(p.ids), "pairs": pairs}
+                    )
                     if progress:
                         progress(f"{cand.label} @ {n}")
                 results.append(
@@ -340,7 +342,9 @@ def passkey_table(results: list[PasskeyResult]):
         row = [label]
         for n in lengths:
             r = next((x for x in results if x.pattern == label and x.length == n), None)
-            row += [f"{r.correct}/{r.trials}", f"{100 * r.pairs:.1f}%", f"{100 * r.kv_ratio:.1f}%"] if r else ["", "", ""]
+            row += (
+                [f"{r.correct}/{r.trials}", f"{100 * r.pairs:.1f}%", f"{100 * r.kv_ratio:.1f}%"] if r else ["", "", ""]
+            )
         table.add_row(*row)
     return table
 

@@ -549,7 +549,9 @@ class ReferenceEngine:
         rows = m.any(-1)
         return sl, idx, None if bool(m.all()) else m, None if bool(rows.all()) else rows, int(m.sum()) / m.shape[0]
 
-    def _plan(self, pattern: Pattern, qpos: torch.Tensor, kpos: torch.Tensor) -> list[tuple[slice, Any, Any, Any, float]]:
+    def _plan(
+        self, pattern: Pattern, qpos: torch.Tensor, kpos: torch.Tensor
+    ) -> list[tuple[slice, Any, Any, Any, float]]:
         key = (pattern, int(qpos[0]), qpos.numel(), kpos.numel(), int(kpos[0]), int(kpos[-1]))
         hit = self._memo.get(key)
         if hit is not None and torch.equal(hit[0], kpos):
@@ -974,7 +976,9 @@ class Handle:
         if found is None and pages is None:
             return None
         if kpos.numel() != int(qpos[-1]) + 1:
-            raise IntegrationError(f"layer {layer}, KV head {g}: a selection needs every key, but the cache dropped some")
+            raise IntegrationError(
+                f"layer {layer}, KV head {g}: a selection needs every key, but the cache dropped some"
+            )
         if found is None:
             read = page_reads(pages, store.page, qg, kg, kpos)
             store.reads[(layer, g)] = read
@@ -987,7 +991,10 @@ class Handle:
         keys = chosen[:, first_block:, kpos // b]  # (B, query blocks of this forward, L)
         # Selection.holds with the head's static part: rows of a forward that starts inside a
         # block (a decode step) are their own block of rows; they read that block's choice
-        return lambda p: (*self.engine.masks(p, sel.context, qpos, kpos, b if int(qpos[0]) == 0 else qpos.numel()), keys)
+        return lambda p: (
+            *self.engine.masks(p, sel.context, qpos, kpos, b if int(qpos[0]) == 0 else qpos.numel()),
+            keys,
+        )
 
     def _choose_blocks(
         self, static: Pattern, sel: Selection, qg: torch.Tensor, kg: torch.Tensor, first: int, scale: float

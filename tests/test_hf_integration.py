@@ -530,8 +530,11 @@ def test_decode_page_selection_reads_exactly_the_chosen_pages(model, tmp_path):
             k, v = store.k[layer][g][0], store.v[layer][g][0]
             qg = q[0, 2 * g : 2 * g + 2, 0]
             bound = torch.stack(
-                [torch.maximum(qg * k[j : j + 16].amin(0), qg * k[j : j + 16].amax(0)).sum(-1)
-                 for j in range(0, 96, 16)], -1
+                [
+                    torch.maximum(qg * k[j : j + 16].amin(0), qg * k[j : j + 16].amax(0)).sum(-1)
+                    for j in range(0, 96, 16)
+                ],
+                -1,
             ).mean(0)  # pages 0..5; page 6 (96..100) holds the step's token and is always read
             best = set(torch.argsort(bound, descending=True, stable=True)[:2].tolist()) | {6}
             read = torch.tensor([int(x) // 16 in best for x in pos])
