@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint eval venv clean
+.PHONY: demo test test-all lint eval eval-selection venv clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -47,6 +47,37 @@ eval: $(STAMP)
 		--task passkey --lengths 8192 | tee -a $(EVAL)/passkey.txt
 	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/streaming_llm.attn --task perplexity --tokens 32768 \
 		--dense-tokens 12288 | tee $(EVAL)/perplexity.txt
+
+# the selection tables of docs/quality.md (CPU: several hours on 2 cores; run `make eval` first)
+eval-selection: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/moba.attn --no-dense -D K=4 -D LB=6@2048 -D LB=7@4096 \
+		--task passkey --lengths 2048,4096 | tee $(EVAL)/selection.txt
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/moba.attn --no-dense -D K=4 -D LB=8 --lengths 8192 \
+		| tee -a $(EVAL)/selection.txt
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/nsa_selection.attn --no-dense -D K=4@2048 -D K=8@4096 \
+		--lengths 2048,4096 | tee -a $(EVAL)/selection.txt
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/nsa_selection.attn --no-dense -D K=16 --lengths 8192 \
+		| tee -a $(EVAL)/selection.txt
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/quest_prefill.attn --no-dense -D P=9@2048 -D P=22@4096 \
+		--lengths 2048,4096 | tee -a $(EVAL)/selection.txt
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/quest_prefill.attn --no-dense -D P=48 --lengths 8192 \
+		| tee -a $(EVAL)/selection.txt
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/minference_vslash.attn --no-dense -D K=2@2048 -D K=6@4096 \
+		--lengths 2048,4096 | tee -a $(EVAL)/selection.txt
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/minference_vslash.attn --no-dense -D K=14 --lengths 8192 \
+		| tee -a $(EVAL)/selection.txt
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/xattention.attn --no-dense -D P=70 --lengths 2048,4096 \
+		| tee -a $(EVAL)/selection.txt
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/xattention.attn --no-dense -D P=70 --lengths 8192 \
+		| tee -a $(EVAL)/selection.txt
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/streaming_llm.attn:original --no-dense -D S=4 \
+		-D W=252@2048 -D W=508@4096 --lengths 2048,4096 | tee -a $(EVAL)/selection.txt
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/streaming_llm.attn:original --no-dense -D S=4 -D W=1020 \
+		--lengths 8192 | tee -a $(EVAL)/selection.txt
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/quest.attn --no-dense -D B=192@2048 -D B=400@4096 \
+		--lengths 2048,4096 | tee -a $(EVAL)/selection.txt
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/quest.attn --no-dense -D B=816 --lengths 8192 \
+		| tee -a $(EVAL)/selection.txt
 
 clean:
 	rm -rf $(VENV) build *.egg-info

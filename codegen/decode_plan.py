@@ -204,7 +204,7 @@ def head_policy(policy: Any, index: int, layer: int, layers: int, max_step: int)
     return hp
 
 
-def _select(rule: tuple[int, Any] | None) -> Select | None:
+def head_select(rule: tuple[int, Any] | None) -> Select | None:
     """The decode-time selection of a cache rule, as the paged cache reads it."""
     sel = getattr(rule[1], "select", None) if rule is not None else None
     if sel is None:
@@ -262,7 +262,7 @@ def plan_decode(program: Program, *, max_step: int = 1) -> DecodePlan | None:
                     visible_cache[key] = all_visible(layout, pats, max_step)
                 vis = visible_cache[key]
             layer_masked |= not vis
-            row.append(HeadPlan(layout, policy, bool(rerotate), gids, _select(store.rule)))
+            row.append(HeadPlan(layout, policy, bool(rerotate), gids, head_select(store.rule)))
         heads.append(tuple(row))
         masked.append(layer_masked)
     used = sorted({g for row in table for g in row})

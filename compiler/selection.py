@@ -72,6 +72,30 @@ def selection_bounds(group: HeadGroup, n: int) -> SelectionBounds | None:
     return SelectionBounds(str(sel), static, reachable, static, worst, best_f, worst_f, extra)
 
 
+def candidate_matrix(plan: Any, n: int, rows: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """[query blocks, key blocks] booleans: the key blocks each query block may choose from, by
+    the rule the selection kernel runs (plan.SelectPlan: meets a context term's hull, not
+    covered), on numpy. `rows`: the query blocks' (first, last) rows, default the blocks of
+    n queries; a decode step is one block of its own rows (runtime/hf.py)."""
+    b = plan.atom.block
+    nb = -(-n // b)
+    if rows is None:
+        q0 = np.arange(nb, dtype=np.int64) * b
+        rows = (q0, np.minimum(q0 + b, n) - 1)
+    q0, q_last = (np.asarray(r, dtype=np.int64) for r in rows)
+    env = {"q0": q0[:, None], "q_last": q_last[:, None]}
+    jk0 = np.arange(nb, dtype=np.int64)[None, :] * b
+    jk_last = np.minimum(jk0 + b, n) - 1
+    cand = np.zeros((q0.shape[0], nb), dtype=bool)
+    for hull in plan.reach:
+        lo, hi, on = hull.at(env, n)
+        cand |= (jk0 <= hi) & (jk_last >= lo) & (hi >= lo) & on
+    for full in plan.covered:
+        lo, hi, on = full.at(env, n)
+        cand &= ~((jk0 >= lo) & (jk_last <= hi) & on)
+    return cand
+
+
 def candidate_counts(plan: Any, n: int) -> np.ndarray:
     """Per query block of the selection, how many key blocks it may choose from: the rule the
     selection kernel runs (plan.SelectPlan: meets a context term's hull, not covered), on numpy.

@@ -8,7 +8,8 @@ query can attend, so its size is the pattern's real memory). `dense` is the unto
 - passkey: a 5-digit key hidden at `depths` evenly spaced depths (0 to 100%) in filler text,
   plain completion ("... What is the pass key? The pass key is"), no chat template, greedy,
   exact match on the first five digits generated. KV memory is what the cache holds after the
-  prompt, as a fraction of a dense cache of the same length.
+  prompt, as a fraction of a dense cache of the same length; `pairs` the share of the prompt's
+  causal (query, key) pairs its forward computed (selection patterns choose them at run time).
 - perplexity: a long real text streamed through the model in chunks, each chunk attending
   only to what the pattern's cache kept; perplexity per window of positions, with the cache
   size reached in each window (constant for a bounded pattern, growing for dense). The text
@@ -149,20 +150,24 @@ class Runner:
         )
 
 
-def _greedy(model: Any, ids: list[int], new_tokens: int, cache: Any) -> tuple[list[int], tuple[int, int]]:
-    """Prompt forward then token-by-token greedy decoding; returns the tokens and the
-    (held, dense) KV tokens right after the prompt."""
+def _greedy(model: Any, ids: list[int], new_tokens: int, cache: Any) -> tuple[list[int], tuple[int, int], float]:
+    """Prompt forward then token-by-token greedy decoding; returns the tokens, the (held,
+    dense) KV tokens right after the prompt, and the share of the prompt's causal pairs its
+    forward attended (1 for dense)."""
     x = torch.tensor([ids])
     out_tokens: list[int] = []
     with torch.no_grad():
         out = model(x, cache=cache, use_cache=True, logits_to_keep=1)
         cache = out.cache
         mem = _cache_tokens(model, cache)
+        shape = hf.model_shape(model.config)
+        causal = len(ids) * (len(ids) + 1) // 2 * shape.layers * shape.heads
+        pairs = getattr(getattr(cache, "store", None), "pairs", causal) / causal
         for _ in range(new_tokens):
             nxt = int(out.logits[0, -1].argmax())
             out_tokens.append(nxt)
             out = model(torch.tensor([[nxt]]), cache=cache, use_cache=True)
-    return out_tokens, mem
+    return out_tokens, mem, pairs
 
 
 def _cache_tokens(model: Any, cache: Any) -> tuple[int, int]:
@@ -187,6 +192,7 @@ class PasskeyResult:
     kv_ratio: float
     answers: list[dict[str, Any]]
     defines: dict[str, int] = field(default_factory=dict)  # the params the pattern ran with
+    pairs: float = 1.0  # share of the prompts' causal (query, key) pairs attended in their forward
 
     @property
     def accuracy(self) -> float:
@@ -214,19 +220,29 @@ def passkey(
         for n in lengths:
             at = cand.at_length(n)
             with runner.session(at) as handle:
-                correct, ratios, answers = 0, [], []
+                correct, ratios, shares, answers = 0, [], [], []
                 for p in trials[n]:
                     cache = handle.new_cache() if handle is not None else None
-                    toks, (held, dense) = _greedy(model, p.ids, 7, cache)
+                    toks, (held, dense), pairs = _greedy(model, p.ids, 7, cache)
                     got = answer_of(tok.decode(toks))
                     correct += got == p.key
                     ratios.append(held / dense if dense else 1.0)
-                    answers.append({"depth": p.depth, "key": p.key, "answer": got, "tokens": len(p.ids)})
+                    shares.append(pairs)
+                    answers.append(
+                        {"depth": p.depth, "key": p.key, "answer": got, "tokens": len(p.ids), "pairs": pairs}
+                    )
                     if progress:
                         progress(f"{cand.label} @ {n}")
                 results.append(
                     PasskeyResult(
-                        cand.label, n, correct, len(trials[n]), sum(ratios) / len(ratios), answers, dict(at.defines)
+                        cand.label,
+                        n,
+                        correct,
+                        len(trials[n]),
+                        sum(ratios) / len(ratios),
+                        answers,
+                        dict(at.defines),
+                        sum(shares) / len(shares),
                     )
                 )
     return results
@@ -314,16 +330,21 @@ def passkey_table(results: list[PasskeyResult]):
     from rich.table import Table
 
     lengths = sorted({r.length for r in results})
-    table = Table(title="passkey retrieval (exact match) and KV memory held after the prompt")
+    table = Table(
+        title="passkey retrieval (exact match), share of the prompt's causal pairs attended, KV memory held after it"
+    )
     table.add_column("pattern")
     for n in lengths:
         table.add_column(f"{n} acc", justify="right")
+        table.add_column(f"{n} pairs", justify="right")
         table.add_column(f"{n} KV", justify="right")
     for label in dict.fromkeys(r.pattern for r in results):
         row = [label]
         for n in lengths:
             r = next((x for x in results if x.pattern == label and x.length == n), None)
-            row += [f"{r.correct}/{r.trials}", f"{100 * r.kv_ratio:.1f}%"] if r else ["", ""]
+            row += (
+                [f"{r.correct}/{r.trials}", f"{100 * r.pairs:.1f}%", f"{100 * r.kv_ratio:.1f}%"] if r else ["", "", ""]
+            )
         table.add_row(*row)
     return table
 

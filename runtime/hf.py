@@ -26,6 +26,14 @@ How it plugs in (transformers 5.x; read against `models/llama/modeling_llama.py`
   at every decode step, before the step reads the cache. The forward that appends attends
   over everything first (SnapKV's dense prefill, compressed at the prompt's end); later
   queries read only what was kept. `h2o` and `adaptive` budgets raise IntegrationError.
+- Selection at run time (docs/selection.md): a pattern with `select` chooses key blocks at
+  prefill by the generated module's rule (candidates from the kernel plan,
+  compiler.selection.candidate_matrix; scores and budgets of codegen.support.selection), and
+  a decode step with a `mean` or `quest` score chooses for its own query as a block of its
+  own; `antidiagonal` and `vslash` steps read the head's reach. A cache block's `select`
+  (decode-time page selection, docs/caches.md) makes each decode step read its keep rules'
+  pages and the best pages by the generated PagedCache's rules (codegen.support.paged).
+  Both keep every key; the store counts the (query, key) pairs attended (`memory()["pairs"]`).
 - Positions: `original` (default) keeps the model's RoPE where the model applies it, so keys
   are stored rotated at their absolute positions. `rerotate` (StreamingLLM past the trained
   context) needs keys stored before RoPE: a forward pre-hook on every attention module swaps
@@ -53,6 +61,7 @@ computes what it computes alone; the reference backend and positions `rerotate` 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 from dataclasses import dataclass, field, replace
@@ -62,11 +71,15 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from ..codegen.decode_plan import DecodePlanError, head_policy
+from ..codegen.decode_plan import DecodePlanError, head_policy, head_select
+from ..codegen.support.paged import best_units, keep_units, unit_scores
 from ..codegen.support.policies import attention_stats, lowest, priority, rescore
-from ..codegen.support.records import Policy
-from ..compiler.cache_plan import policy_for
-from ..compiler.ir import HeadGroup, ModelShape, Pattern, Program
+from ..codegen.support.records import Policy, Select
+from ..codegen.support.selection import SelectSpec, block_logmass, choose, chosen_matrix
+from ..compiler.cache_plan import page_size, policy_for
+from ..compiler.ir import HeadGroup, ModelShape, Pattern, Program, Selection
+from ..compiler.plan import SelectPlan, plan_select
+from ..compiler.selection import candidate_matrix
 
 POSITIONS = ("original", "rerotate")
 _COUNTER = itertools.count()
@@ -93,26 +106,45 @@ class Layout:
     positions: str = "original"
     program: Program | None = field(default=None, compare=False)
     module: Any = field(default=None, compare=False)  # the generated module, once compiled
+    groups: tuple[tuple[HeadGroup, ...], ...] = field(default=(), compare=False)  # [layer][query head]
 
     @classmethod
     def from_program(cls, program: Program, module: Any = None) -> "Layout":
-        if any(g.selection is not None for g in program.groups):
-            raise IntegrationError(
-                f"{program.name}: patterns that select key blocks at run time (select) are not supported "
-                "inside Hugging Face models yet: call the generated module's prefill directly"
-            )
-        pats = [g.pattern for g in program.groups]
-        table = tuple(tuple(pats[i] for i in row) for row in program.group_table())
+        rows = tuple(tuple(program.groups[i] for i in row) for row in program.group_table())
+        table = tuple(tuple(g.pattern for g in row) for row in rows)
         positions = "original"
         for policy in program.cache:
             if getattr(policy, "positions", "original") == "rerotate":
                 positions = "rerotate"
-        return cls(program.name, program.model, table, positions, program, module)
+        return cls(program.name, program.model, table, positions, program, module, rows)
 
     def kv_patterns(self, layer: int, kv_head: int) -> tuple[Pattern, ...]:
-        """The distinct patterns of the query heads that read this KV head."""
+        """The distinct patterns of the query heads that read this KV head: what each may
+        attend (a selecting head: its reach, static part or context)."""
         rep = self.shape.heads // self.shape.kv_heads
-        return tuple(dict.fromkeys(self.table[layer][kv_head * rep : (kv_head + 1) * rep]))
+        heads = range(kv_head * rep, (kv_head + 1) * rep)
+        if not self.groups:
+            return tuple(dict.fromkeys(self.table[layer][h] for h in heads))
+        return tuple(dict.fromkeys(self.groups[layer][h].reach for h in heads))
+
+    def selection(self, layer: int, kv_head: int) -> tuple[Pattern, Selection] | None:
+        """(static part, selection) of a KV head whose query heads select key blocks at run
+        time, or None. A selection is chosen per KV head (it pools the query heads), so they
+        must share it; the candidates follow the first head's static part, as in the
+        generated module."""
+        if not self.groups:
+            return None
+        rep = self.shape.heads // self.shape.kv_heads
+        heads = self.groups[layer][kv_head * rep : (kv_head + 1) * rep]
+        sels = {g.selection for g in heads}
+        if sels == {None}:
+            return None
+        if len(sels) > 1:
+            raise IntegrationError(
+                f"{self.name}: the query heads of KV head {kv_head} in layer {layer} select differently; "
+                "a selection is chosen per KV head, so its heads must share it"
+            )
+        return heads[0].pattern, heads[0].selection
 
 
 def uniform_program(
@@ -296,6 +328,32 @@ def select_keep(policy: Policy, scores: torch.Tensor | None, kpos: torch.Tensor,
     return ~lowest(priority(policy, prio, kp, end), kp, E - policy.budget).to(kpos.device)
 
 
+def decode_selections(layout: Layout) -> tuple[list[list[Select | None]], int]:
+    """[layer][KV head]: the decode-time page selection of the file's cache block
+    (codegen.support.records.Select, as the generated PagedCache reads it) or None, and the
+    page size (compiler.cache_plan.page_size)."""
+    n_l, n_kv = layout.shape.layers, layout.shape.kv_heads
+    if layout.program is None:
+        return [[None] * n_kv for _ in range(n_l)], 16
+    table = [[head_select(policy_for(layout.program, l, h)) for h in range(n_kv)] for l in range(n_l)]
+    return table, page_size(layout.program)
+
+
+def page_reads(s: Select, page: int, q: torch.Tensor, k: torch.Tensor, kpos: torch.Tensor) -> torch.Tensor:
+    """(B, L) booleans: the keys one KV head's decode step reads under a decode-time selection,
+    by the generated PagedCache's rules (codegen.support.paged: the keep rules' units, then the
+    `units` best by the page scores of block_scores). q (B, G, T, D) the step's queries, k
+    (B, L, D) every key so far (a selecting head keeps them all, positions 0 .. L - 1)."""
+    B, G, T, D = q.shape
+    unit = 1 if s.score == "tokens" else page
+    n = torch.full((B,), kpos.numel(), dtype=torch.int64, device=k.device)
+    static, lo, hi = keep_units(n, s, unit, T)
+    scores = torch.stack([unit_scores(q[b].reshape(G * T, D), k[b], s, page) for b in range(B)])[:, None]
+    units = torch.cat([static, best_units(scores, lo, hi, s.units)[:, 0].to(torch.int64)], 1)
+    units = torch.where(units >= 0, units, -2)  # pads match no key
+    return ((kpos // unit)[None, :, None] == units[:, None, :]).any(-1)
+
+
 # ----------------------------------------------------------------------------- the cache
 
 
@@ -317,8 +375,11 @@ class KVStore:
         self.pos: list[list[torch.Tensor | None]] = [[None] * n_kv for _ in range(n_l)]
         self.seen = [0] * n_l
         self.peak_tokens = 0
+        self.pairs = 0  # (query, key) pairs attended so far, summed over batch rows and query heads
         self.policy = cache_policies(layout)
         self.lossy = any(p is not None for row in self.policy for p in row)
+        self.select, self.page = decode_selections(layout)
+        self.reads: dict[tuple[int, int], torch.Tensor] = {}  # (layer, KV head): the last decode step's reads
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int]:
         """Add (B, H_KV, n, D) keys and values at the next positions; returns (first, n)."""
@@ -370,6 +431,7 @@ class KVStore:
             "dense_bytes": dense * elt,
             "ratio": held / dense if dense else 0.0,
             "peak_tokens": self.peak_tokens,
+            "pairs": self.pairs,
         }
 
 
@@ -445,18 +507,53 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 class ReferenceEngine:
     """Exact attention over the IR in torch: per query block, only the key columns the pattern
     reaches are gathered, and the block's mask is applied to them. Masks and column lists are
-    memoised per forward (every layer with the same pattern and key positions shares them)."""
+    memoised per forward (every layer with the same pattern and key positions shares them);
+    masks that depend on q and k (a selection) are given as a function and never memoised.
+    `pairs` counts the (query, key) pairs attended, over batch rows and query heads."""
 
     name = "reference"
     block = 512
 
     def __init__(self) -> None:
         self._memo: dict[Any, Any] = {}
+        self.pairs = 0
 
     def new_forward(self) -> None:
         self._memo.clear()
 
-    def _plan(self, pattern: Pattern, qpos: torch.Tensor, kpos: torch.Tensor) -> list[tuple[slice, Any, Any, Any]]:
+    def masks(
+        self, static: Pattern, context: Pattern, qpos: torch.Tensor, kpos: torch.Tensor, block: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The masks of `static` and of `context` by blocks of `block` query rows, (blocks,
+        block, L) (padding rows attend nothing), memoised per forward (every layer with the
+        same patterns and positions shares them)."""
+        key = ("masks", static, context, int(qpos[0]), qpos.numel(), kpos.numel(), block)
+        hit = self._memo.get(key)
+        if hit is None:
+            qp, kp = qpos[:, None], kpos[None, :]
+            pad = -qpos.numel() % block
+
+            def blocks(p: Pattern) -> torch.Tensor:
+                m = torch.nn.functional.pad(_holds(p, qp, kp), (0, 0, 0, pad))
+                return m.reshape(-1, block, kpos.numel())
+
+            hit = self._memo[key] = (blocks(static), blocks(context))
+        return hit
+
+    @staticmethod
+    def _entry(sl: slice, m: torch.Tensor) -> tuple[slice, Any, Any, Any, float]:
+        """(rows, key columns or None for all, mask or None, rows with a key or None, pairs
+        per batch row) of one block's mask m (B or 1, rows, L)."""
+        cols = m.any(0).any(0)
+        idx = None if bool(cols.all()) else cols.nonzero().squeeze(1)
+        if idx is not None:
+            m = m[:, :, idx]
+        rows = m.any(-1)
+        return sl, idx, None if bool(m.all()) else m, None if bool(rows.all()) else rows, int(m.sum()) / m.shape[0]
+
+    def _plan(
+        self, pattern: Pattern, qpos: torch.Tensor, kpos: torch.Tensor
+    ) -> list[tuple[slice, Any, Any, Any, float]]:
         key = (pattern, int(qpos[0]), qpos.numel(), kpos.numel(), int(kpos[0]), int(kpos[-1]))
         hit = self._memo.get(key)
         if hit is not None and torch.equal(hit[0], kpos):
@@ -464,15 +561,8 @@ class ReferenceEngine:
         plan = []
         for s in range(0, qpos.numel(), self.block):
             sl = slice(s, min(s + self.block, qpos.numel()))
-            m = pattern.holds(qpos[sl, None], kpos[None, :])
-            cols = m.any(0)
-            if bool(cols.all()):
-                idx = None
-            else:
-                idx = cols.nonzero().squeeze(1)
-                m = m[:, idx]
-            rows = m.any(1)
-            plan.append((sl, idx, None if bool(m.all()) else m, None if bool(rows.all()) else rows))
+            m = torch.as_tensor(pattern.holds(qpos[sl, None], kpos[None, :]))
+            plan.append(self._entry(sl, torch.broadcast_to(m, (sl.stop - s, kpos.numel()))[None]))
         self._memo[key] = (kpos, plan)
         return plan
 
@@ -485,23 +575,64 @@ class ReferenceEngine:
         kpos: torch.Tensor,
         pattern: Pattern,
         scale: float,
+        chosen: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """q (B, G, n, D) against k, v (B, L, D) of one KV head; returns (B, G, n, D)."""
+        """q (B, G, n, D) against k, v (B, L, D) of one KV head; returns (B, G, n, D).
+
+        `chosen`, for keys chosen at run time, replaces the pattern's mask: (fixed, context,
+        keys), a query attends a key where `fixed` holds, or `context` holds and its block of
+        rows chose the key (fixed and context (blocks, block, L), keys (B, blocks, L))."""
         out = torch.zeros_like(q)
         if k.shape[1] == 0:
             return out
-        for sl, idx, mask, rows in self._plan(pattern, qpos, kpos):
+        if chosen is not None:
+            return self._gathered(q, k, v, *chosen, scale)
+        B, G = q.shape[0], q.shape[1]
+        for sl, idx, mask, rows, pairs in self._plan(pattern, qpos, kpos):
+            self.pairs += round(pairs * G * B)
             kk = k if idx is None else k.index_select(1, idx)
             vv = v if idx is None else v.index_select(1, idx)
             if kk.shape[1] == 0:
                 continue
             o = torch.nn.functional.scaled_dot_product_attention(
-                q[:, :, sl], kk[:, None], vv[:, None], attn_mask=mask, scale=scale
+                q[:, :, sl], kk[:, None], vv[:, None], attn_mask=None if mask is None else mask[:, None], scale=scale
             )
             if rows is not None:
-                o = torch.where(rows[:, None], o, torch.zeros((), dtype=o.dtype))
+                o = torch.where(rows[:, None, :, None], o, torch.zeros((), dtype=o.dtype))
             out[:, :, sl] = o
         return out
+
+    def _gathered(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        fixed: torch.Tensor,
+        context: torch.Tensor,
+        keys: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor:
+        """Attention where fixed | (context & keys) holds, every block of rows at once: each
+        gathers the W key columns its rows attend (W: the most of any block), then one masked
+        softmax in float32 over (B, G, blocks, block, W)."""
+        B, G, n, D = q.shape
+        nb, block, L = fixed.shape
+        cols = fixed.any(1) | (context.any(1) & keys)  # (B, nb, L)
+        width = max(int(cols.sum(-1).max()), 1)
+        idx = torch.sort((~cols).to(torch.int8), dim=-1, stable=True).indices[..., :width]  # (B, nb, W)
+        at = idx[:, :, None, :].expand(B, nb, block, width)
+        m = torch.gather(fixed.expand(B, -1, -1, -1), 3, at) | (
+            torch.gather(context.expand(B, -1, -1, -1), 3, at) & torch.gather(keys, 2, idx)[:, :, None, :]
+        )
+        self.pairs += int(torch.count_nonzero(m)) * G
+        flat = idx.reshape(B, nb * width, 1).expand(B, nb * width, D)
+        kk = torch.gather(k, 1, flat).reshape(B, nb, width, D).float()
+        vv = torch.gather(v, 1, flat).reshape(B, nb, width, D).float()
+        qq = torch.nn.functional.pad(q.float(), (0, 0, 0, nb * block - n)).reshape(B, G, nb, block, D)
+        s = torch.einsum("bgnrd,bnwd->bgnrw", qq, kk) * scale
+        p = torch.softmax(s.masked_fill(~m[:, None], float("-inf")), -1).nan_to_num(0.0)
+        o = torch.einsum("bgnrw,bnwd->bgnrd", p, vv).reshape(B, G, nb * block, D)[:, :, :n]
+        return o.to(q.dtype)
 
 
 class KernelStore:
@@ -847,20 +978,107 @@ class Handle:
         rep = shape.heads // shape.kv_heads
         out = torch.empty_like(q)
         qpos = torch.arange(first, first + n, device=q.device)
+        pairs = self.engine.pairs
         for g in range(shape.kv_heads):
             kg, vg, kpos = store.k[layer][g], store.v[layer][g], store.pos[layer][g]
             kg, qg = self._rotated(kg, q[:, g * rep : (g + 1) * rep], kpos, n)
             heads = self.layout.table[layer][g * rep : (g + 1) * rep]
+            allowed = self._chosen_mask(layer, g, qg, kg, qpos, kpos, store, scale)
             for p in dict.fromkeys(heads):
                 sel = [i for i, hp in enumerate(heads) if hp == p]
-                o = self.engine.attend(qg[:, sel], kg, vg, qpos, kpos, p, scale)
+                chosen = None if allowed is None else allowed(p)
+                o = self.engine.attend(qg[:, sel], kg, vg, qpos, kpos, p, scale, chosen)
                 for j, i in enumerate(sel):
                     out[:, g * rep + i] = o[:, j]
+        store.pairs += self.engine.pairs - pairs
         return out
+
+    def _chosen_mask(
+        self,
+        layer: int,
+        g: int,
+        qg: torch.Tensor,
+        kg: torch.Tensor,
+        qpos: torch.Tensor,
+        kpos: torch.Tensor,
+        store: KVStore,
+        scale: float,
+    ) -> Callable[[Pattern], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None:
+        """For a KV head whose keys are chosen at run time, a head's mask as ReferenceEngine.attend
+        takes it (fixed, context, chosen keys by blocks of rows), given its pattern; else None.
+
+        A selection in the pattern (docs/selection.md) adds the pairs of the chosen key blocks;
+        a decode-time page selection (the cache block's `select`, docs/caches.md) restricts a
+        decode step to the pages it reads. Both need every key (a selecting head keeps them)."""
+        found = self.layout.selection(layer, g)
+        pages = store.select[layer][g] if qpos.numel() <= MAX_STEP else None
+        if found is None and pages is None:
+            return None
+        if kpos.numel() != int(qpos[-1]) + 1:
+            raise IntegrationError(
+                f"layer {layer}, KV head {g}: a selection needs every key, but the cache dropped some"
+            )
+        if found is None:
+            read = page_reads(pages, store.page, qg, kg, kpos)
+            store.reads[(layer, g)] = read
+            never = Pattern(())
+            return lambda p: (*self.engine.masks(never, p, qpos, kpos, qpos.numel()), read[:, None, :])
+        static, sel = found
+        chosen = self._choose_blocks(static, sel, qg, kg, int(qpos[0]), scale)
+        b = sel.atom.block
+        first_block = int(qpos[0]) // b
+        keys = chosen[:, first_block:, kpos // b]  # (B, query blocks of this forward, L)
+        # Selection.holds with the head's static part: rows of a forward that starts inside a
+        # block (a decode step) are their own block of rows; they read that block's choice
+        return lambda p: (
+            *self.engine.masks(p, sel.context, qpos, kpos, b if int(qpos[0]) == 0 else qpos.numel()),
+            keys,
+        )
+
+    def _choose_blocks(
+        self, static: Pattern, sel: Selection, qg: torch.Tensor, kg: torch.Tensor, first: int, scale: float
+    ) -> torch.Tensor:
+        """(B, query blocks, key blocks) booleans: the key blocks a selection chooses.
+
+        A prefill (nothing cached) chooses per query block by the generated module's rule
+        (candidates from the kernel plan, scores and budget of codegen.support.selection). A
+        decode step with a `mean` or `quest` score is a query block of its own rows (MoBA, NSA
+        and Quest score per token); `antidiagonal` and `vslash` are estimates over many queries
+        (XAttention, MInference: prefill methods), so a decode step reads the whole reach."""
+        atom, n_keys, n = sel.atom, kg.shape[1], qg.shape[2]
+        spec = SelectSpec(atom.score, atom.top, atom.mass, atom.block, atom.stride, atom.last)
+        nkb = -(-n_keys // atom.block)
+        if first == 0:
+            cand = torch.from_numpy(candidate_matrix(_select_plan(static, sel), n_keys))
+            idx, cnt = choose(block_logmass(spec, qg, kg[:, None], scale), cand, atom.top, atom.mass)
+            return chosen_matrix(idx, cnt, nkb)[:, 0]
+        if n > MAX_STEP:
+            raise IntegrationError(
+                f"{self.layout.name}: a pattern that selects key blocks runs as one prefill (nothing cached) "
+                f"and decode steps of at most {MAX_STEP} token; chunked prefill is not supported"
+            )
+        i = first // atom.block
+        chosen = torch.ones((qg.shape[0], i + 1, nkb), dtype=torch.bool, device=kg.device)
+        if atom.score in ("mean", "quest"):
+            rows = (np.array([first]), np.array([first + n - 1]))
+            cand = torch.from_numpy(candidate_matrix(_select_plan(static, sel), n_keys, rows))
+            idx, cnt = choose(block_logmass(spec, qg, kg[:, None], scale), cand, atom.top, atom.mass)
+            chosen[:, i] = chosen_matrix(idx, cnt, nkb)[:, 0, 0]
+        return chosen
 
     def _cos_sin(self, slots: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rotary = _rotary_of(self.model)
         return rotary(like, position_ids=slots[None])
+
+
+@functools.lru_cache(maxsize=None)
+def _select_plan(static: Pattern, sel: Selection) -> SelectPlan:
+    return plan_select(static, sel)
+
+
+def _holds(p: Pattern, qp: torch.Tensor, kp: torch.Tensor) -> torch.Tensor:
+    """The pattern's mask (rows, L) for query positions qp (rows, 1) and keys kp (1, L)."""
+    return torch.broadcast_to(torch.as_tensor(p.holds(qp, kp)), (qp.shape[0], kp.shape[1]))
 
 
 def _rotary_of(model: Any) -> Callable:

@@ -443,3 +443,154 @@ def test_decode_timed_policies_hold_the_budget_at_every_step(model, tmp_path, ru
                 for l in range(2)
                 for g in range(2)
             )
+
+
+# ----------------------------------------------------------------------------- selection at run time
+
+SELECT_ATTN = "model { layers = 2, heads = 4, kv_heads = 2, head_dim = 16 }\npattern p = causal & (TERM)\n"
+SELECTIONS = [
+    "chunk(16) | select(mean, top = 1, block = 16)",
+    "window(4) | select(quest, top = 2, block = 16)",
+    "select(antidiagonal, mass = 80, block = 32, stride = 2)",
+    "sink(4) | window(8) | select(vslash, top = 1, block = 16, last = 8)",
+]
+
+
+def _selecting(tmp_path, term: str) -> str:
+    path = tmp_path / "sel.attn"
+    path.write_text(SELECT_ATTN.replace("TERM", term))
+    return str(path)
+
+
+@pytest.mark.parametrize("term", SELECTIONS)
+def test_selection_prefill_equals_the_generated_reference(model, tmp_path, term):
+    """The reference backend's prefill equals the model whose attention is the generated
+    module's own torch reference (select_reference's choice, dense mask): every score."""
+    pytest.importorskip("jinja2")
+    from transformers import AttentionInterface
+
+    from attnc.loader import load
+
+    path = _selecting(tmp_path, term)
+    module = load(path)
+    ids = torch.randint(0, 96, (2, 80), generator=torch.Generator().manual_seed(1))
+
+    def generated(mod, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
+        return module.reference(query, key, value, scale=scaling, layer=mod.layer_idx).transpose(1, 2), None
+
+    AttentionInterface.register("attnc_test_generated", generated)
+    previous = model.config._attn_implementation
+    model.config._attn_implementation = "attnc_test_generated"
+    try:
+        want = logits(model, ids, use_cache=False)
+    finally:
+        model.config._attn_implementation = previous
+        AttentionInterface._global_mapping.pop("attnc_test_generated", None)
+    dense = logits(model, ids)
+    with hf.apply(model, path) as h:
+        got = logits(model, ids)
+        pairs = h.memory()["pairs"]
+    assert rel(got, want) < 1e-5
+    assert rel(got, dense) > 1e-3  # the selection drops pairs: not the dense model
+    assert 0 < pairs < 2 * 2 * 4 * 80 * 81 // 2  # batch x layers x heads x causal pairs
+
+
+def _capture(h):
+    """Record (q, output) of every attention call of an applied handle, per layer."""
+    seen = {}
+    original = h.attention
+
+    def attention(module, q, k, v, scaling, kwargs):
+        out = original(module, q, k, v, scaling, kwargs)
+        seen[module.layer_idx] = (q, out.transpose(1, 2), scaling)
+        return out
+
+    h.attention = attention
+    return seen
+
+
+def _masked(q, k, v, allowed, scale):
+    """Softmax attention of q (H, D) over k, v (L, D) of its KV head where allowed (H, L)."""
+    s = (q @ k.T * scale).masked_fill(~allowed, float("-inf"))
+    return torch.softmax(s, -1) @ v
+
+
+def _decode_step(model, h, ids):
+    """Prefill ids, then one decode step; returns the store and the step's (q, out) per layer."""
+    cache = h.new_cache()
+    with torch.no_grad():
+        out = model(ids, cache=cache, use_cache=True)
+        seen = _capture(h)
+        model(out.logits[:, -1:].argmax(-1), cache=cache, use_cache=True)
+    return cache.store, seen
+
+
+def test_selection_decode_step_reads_the_best_blocks(model, tmp_path):
+    """A decode step of a `mean` selection is a query block of its own: brute force (the
+    step's query averaged over the KV head's query heads, dot each earlier block's mean key,
+    the best block kept, the own chunk always read) gives the same output."""
+    path = _selecting(tmp_path, "chunk(16) | select(mean, top = 1, block = 16)")
+    ids = torch.randint(0, 96, (1, 70), generator=torch.Generator().manual_seed(2))
+    with hf.apply(model, path) as h:
+        store, seen = _decode_step(model, h, ids)
+    p = 70  # the step's position: chunk 64..79, earlier blocks 0..3
+    for layer in range(2):
+        q, out, scale = seen[layer]
+        for g in range(2):
+            k, v = store.k[layer][g][0], store.v[layer][g][0]
+            qg = q[0, 2 * g : 2 * g + 2, 0]  # (G, D)
+            means = torch.stack([k[16 * j : 16 * j + 16].mean(0) for j in range(4)])
+            best = int(torch.argmax(means @ qg.mean(0)))
+            pos = torch.arange(p + 1)
+            allowed = (pos >= 64) | (pos // 16 == best)
+            want = _masked(qg, k, v, allowed.expand(2, -1), scale)
+            assert torch.allclose(out[0, 2 * g : 2 * g + 2, 0], want, atol=1e-5), (layer, g, best)
+
+
+QUEST_ATTN = """
+model { layers = 2, heads = 4, kv_heads = 2, head_dim = 16 }
+param B = 32
+pattern p = causal
+cache { select quest(B, page = 16) }
+"""
+
+
+def test_decode_page_selection_reads_exactly_the_chosen_pages(model, tmp_path):
+    """Quest at decode: brute force (Quest's bound per 16-key page, mean over the KV head's
+    query heads, the 2 best pages besides the step's own) gives the pages the store read and
+    the step's output (a masked softmax over them); prefill stays dense and the cache whole."""
+    path = tmp_path / "quest.attn"
+    path.write_text(QUEST_ATTN)
+    ids = torch.randint(0, 96, (1, 100), generator=torch.Generator().manual_seed(4))
+    with hf.apply(model, str(path)) as h:
+        store, seen = _decode_step(model, h, ids)
+        assert h.memory()["tokens"] == 4 * 101  # every key kept
+    pos = torch.arange(101)
+    for layer in range(2):
+        q, out, scale = seen[layer]
+        for g in range(2):
+            k, v = store.k[layer][g][0], store.v[layer][g][0]
+            qg = q[0, 2 * g : 2 * g + 2, 0]
+            bound = torch.stack(
+                [
+                    torch.maximum(qg * k[j : j + 16].amin(0), qg * k[j : j + 16].amax(0)).sum(-1)
+                    for j in range(0, 96, 16)
+                ],
+                -1,
+            ).mean(0)  # pages 0..5; page 6 (96..100) holds the step's token and is always read
+            best = set(torch.argsort(bound, descending=True, stable=True)[:2].tolist()) | {6}
+            read = torch.tensor([int(x) // 16 in best for x in pos])
+            assert torch.equal(store.reads[(layer, g)][0], read), (layer, g)
+            want = _masked(qg, k, v, read.expand(2, -1), scale)
+            assert torch.allclose(out[0, 2 * g : 2 * g + 2, 0], want, atol=1e-5), (layer, g)
+
+
+def test_selection_refuses_chunked_prefill(model, tmp_path):
+    path = _selecting(tmp_path, SELECTIONS[0])
+    ids = torch.randint(0, 96, (1, 40), generator=torch.Generator().manual_seed(5))
+    with hf.apply(model, path) as h:
+        cache = h.new_cache()
+        with torch.no_grad():
+            model(ids[:, :20], cache=cache, use_cache=True)
+            with pytest.raises(hf.IntegrationError, match="chunked prefill"):
+                model(ids[:, 20:], cache=cache, use_cache=True)

@@ -352,32 +352,14 @@ def test_random_compositions(static, sel, how, n):
 # ---------------------------------------------------------------- analyses
 
 
-def _brute_candidates(plan, n: int) -> np.ndarray:
-    """Per query block, the key blocks that meet a hull and are not inside a covered interval,
-    block by block on the whole query x key block matrix."""
-    b = plan.atom.block
-    nb = -(-n // b)
-    q0 = np.arange(nb, dtype=np.int64) * b
-    env = {"q0": q0[:, None], "q_last": np.minimum(q0 + b, n)[:, None] - 1}
-    jk0 = np.arange(nb, dtype=np.int64)[None, :] * b
-    jk_last = np.minimum(jk0 + b, n) - 1
-    cand = np.zeros((nb, nb), dtype=bool)
-    for hull in plan.reach:
-        lo, hi, on = hull.at(env, n)
-        cand |= (jk0 <= hi) & (jk_last >= lo) & (hi >= lo) & on
-    for full in plan.covered:
-        lo, hi, on = full.at(env, n)
-        cand &= ~((jk0 >= lo) & (jk_last <= hi) & on)
-    return cand.sum(1)
-
-
 @examples(30)
 @given(causal_expressions(4), SELECTS, st.sampled_from(["|", "&"]), st.integers(1, 300))
 def test_candidate_counts_against_the_block_matrix(static, sel, how, n):
     """The simulator's candidate count per query block (a sweep over runs of key blocks) is the
-    count of the query x key block matrix, for random static parts and lengths."""
+    count of the query x key block matrix (candidate_matrix, which the Hugging Face reference
+    backend selects from), for random static parts and lengths."""
     from attnc.compiler.plan import plan_program
-    from attnc.compiler.selection import candidate_counts
+    from attnc.compiler.selection import candidate_counts, candidate_matrix
 
     expr = (
         op("&", prim("causal"), op(how, static, sel)) if how == "&" else op("|", static, op("&", prim("causal"), sel))
@@ -388,7 +370,7 @@ def test_candidate_counts_against_the_block_matrix(static, sel, how, n):
     group = HeadGroup(static_part, frozenset({(0, 0)}), selection_part)
     prog = Program(name="sel_cands", source="sel_cands.attn", model=ModelShape(heads=1, kv_heads=1), groups=(group,))
     plan = plan_program(prog)[0].select
-    assert candidate_counts(plan, n).tolist() == _brute_candidates(plan, n).tolist()
+    assert candidate_counts(plan, n).tolist() == candidate_matrix(plan, n).sum(1).tolist()
 
 
 def test_bounds_hold_for_any_choice_within_budget():
@@ -497,9 +479,12 @@ def test_selection_alone_and_its_diagnostics():
     assert lossless_rules(cached) == {0: False}
 
 
-def test_hugging_face_integration_refuses_selection():
-    """The integration reads one static pattern per head: it refuses a selection, never drops it."""
-    from attnc.runtime.hf import IntegrationError, Layout
+def test_hugging_face_integration_keeps_the_selection():
+    """The integration reads the static part per head and the selection per KV head: it never
+    drops a selection (tests/test_hf_integration.py runs it against the generated reference)."""
+    from attnc.runtime.hf import Layout
 
-    with pytest.raises(IntegrationError, match="select"):
-        Layout.from_program(program(text_of("causal & (window(8) | select(mean, top = 1, block = 16))")))
+    layout = Layout.from_program(program(text_of("causal & (window(8) | select(mean, top = 1, block = 16))")))
+    static, sel = layout.selection(0, 0)
+    assert str(sel.atom) == "select(mean, top=1, block=16)" and static == layout.table[0][0]
+    assert layout.kv_patterns(0, 0) == (layout.groups[0][0].reach,)  # liveness: the whole reach

@@ -252,6 +252,46 @@ def _sel_width(s: Select, page: int, T: int) -> tuple[int, int, int, int]:
 # ------------------------------------------------------------------ host state
 
 
+def keep_units(n, s: Select, unit: int, T: int):
+    """(B, W) logical units the keep rules always read, -1 padded (those holding positions
+    < sink, and the newest max(recent, T): the step's own tokens), and (B, 1) bounds [lo, hi)
+    of the units the selection chooses from, for rows holding n (B,) tokens. Device
+    arithmetic only (no sync)."""
+    n = n.to(torch.int64)[:, None]
+    nu = (n + unit - 1) // unit
+    ws = -(-s.sink // unit)
+    r = max(s.recent, T)
+    first = torch.arange(ws, device=n.device)[None, :]
+    first = torch.where(first < nu, first, -1)
+    start = ((n - r) // unit).clamp_min(0)
+    last = start + torch.arange(-(-r // unit) + 1, device=n.device)[None, :]
+    last = torch.where((last < nu) & (last >= ws), last, -1)
+    return torch.cat([first.expand(n.shape[0], -1), last], 1), torch.full_like(start, ws), start
+
+
+def unit_scores(qs, keys, s: Select, page: int):
+    """The scores of one KV head's units from its keys (position order) in torch: the step's
+    queries qs (G * T, D) against each page's Quest bound or mean key, or each key
+    (`tokens`), combined over the queries by `aggregate` (block_scores)."""
+    if s.score == "quest":
+        sc = quest_bound(qs, *block_min_max(keys, page))
+    elif s.score == "mean":
+        sc = mean_score(qs, block_mean(keys, page))
+    else:
+        sc = mean_score(qs, keys)
+    return aggregate(sc, s.aggregate, -2)
+
+
+def best_units(scores, lo, hi, units: int):
+    """The `units` best of scores (B, nh, NU) among the units in [lo, hi) (B, 1), -1 padded to
+    `units`; equal scores go to the lowest unit (top_blocks)."""
+    u = torch.arange(scores.shape[-1], device=scores.device)[None, :]
+    chosen = top_blocks(scores.masked_fill(((u < lo) | (u >= hi))[:, None, :], float("-inf")), units)
+    if chosen.shape[-1] < units:
+        chosen = torch.cat([chosen, chosen.new_full((*chosen.shape[:-1], units - chosen.shape[-1]), -1)], -1)
+    return chosen
+
+
 class _PgLayer:
     """One layer: its pool, its page tables, its lengths, and their device copies."""
 
@@ -468,37 +508,15 @@ class PagedCacheBase:
 
     # -------------------------------------------------------------- selection
 
-    def _static(self, L, s: Select, unit: int, T: int):
-        """(B, W) logical units the keep rules always read, -1 padded (those holding positions
-        < sink, and the newest max(recent, T): the step's own tokens), and (B, 1) bounds
-        [lo, hi) of the units the selection chooses from. Device arithmetic only (no sync)."""
-        dev = self.device
-        n = L.ntok.to(torch.int64)[:, None]
-        nu = (n + unit - 1) // unit
-        ws = -(-s.sink // unit)
-        r = max(s.recent, T)
-        first = torch.arange(ws, device=dev)[None, :]
-        first = torch.where(first < nu, first, -1)
-        start = ((n - r) // unit).clamp_min(0)
-        last = start + torch.arange(-(-r // unit) + 1, device=dev)[None, :]
-        last = torch.where((last < nu) & (last >= ws), last, -1)
-        return torch.cat([first.expand(self.batch, -1), last], 1), torch.full_like(start, ws), start
-
     def _choose(self, L, q, s: Select, heads):
         """The chosen logical units (B, len(heads), s.units) of one selection, -1 padded, in torch
         (scores from the keys by block_scores): the best among the units the keep rules do not
-        read already, ties to the lowest (top_blocks)."""
+        read already, ties to the lowest (best_units)."""
         unit = 1 if s.score == "tokens" else self.page
-        static, lo, hi = self._static(L, s, unit, q.shape[2])
+        static, lo, hi = keep_units(L.ntok, s, unit, q.shape[2])
         NU = max(-(-max(L.n) // unit), 1)
         scores = self._scores_ref(L, q, s, heads, NU)
-        u = torch.arange(NU, device=self.device)[None, :]
-        scores = scores.masked_fill(((u < lo) | (u >= hi))[:, None, :], float("-inf"))
-        chosen = top_blocks(scores, s.units)
-        if chosen.shape[-1] < s.units:
-            pad = chosen.new_full((*chosen.shape[:-1], s.units - chosen.shape[-1]), -1)
-            chosen = torch.cat([chosen, pad], -1)
-        return chosen, static
+        return best_units(scores, lo, hi, s.units), static
 
     def _scores_ref(self, L, q, s: Select, heads, NU):
         """The scores (B, nh, NU) of every unit in torch, from the keys themselves (block_scores),
@@ -511,14 +529,7 @@ class PagedCacheBase:
                 keys = self._keys(L, b, h)
                 if not len(keys):
                     continue
-                qs = q[b, h * G : (h + 1) * G].reshape(G * T, D)
-                if s.score == "quest":
-                    sc = quest_bound(qs, *block_min_max(keys, self.page))
-                elif s.score == "mean":
-                    sc = mean_score(qs, block_mean(keys, self.page))
-                else:
-                    sc = mean_score(qs, keys)
-                agg = aggregate(sc, s.aggregate, -2)
+                agg = unit_scores(q[b, h * G : (h + 1) * G].reshape(G * T, D), keys, s, self.page)
                 out[b, i, : agg.shape[-1]] = agg
         return out
 
