@@ -92,7 +92,7 @@ def check_against(
     return mod
 
 
-@examples(8)
+@examples(5)
 @given(grid_patterns(), st.sampled_from(CONFIGS))
 def test_kernel_equals_natten_brute_force(case, config):
     """One head (head groups are test_half_precision_and_gqa's: the pattern does not change them)."""
