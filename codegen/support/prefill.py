@@ -495,8 +495,7 @@ def _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, trac
             plan.append((group, cfg, run))
             continue
         residue = spec.tuning[group]["residue"] if cfg.get("RESIDUE", True) and not trace and whole else 0
-        split = spec.tuning[group].get("split", 0) if cfg.get("RESIDUE", True) and not trace and whole else 0
-        split = split if N >= spec.tuning[group].get("split_from", 0) else 0  # short classes: one launch
+        split = split_at(spec.tuning[group], N) if cfg.get("RESIDUE", True) and not trace and whole else 0
         if split:  # two launches, the second merging into the first's output and LSE (lse: see forward)
             # the classes' launch reads through pointers and spills under the register cap (sm_90 build)
             for part, part_cfg in ((-split, cfg), (split, dict(cfg, maxnreg=None))):
@@ -518,6 +517,12 @@ def _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, trac
                                 residue, return_lse, use_tma, padded, upcast, trace, span)  # fmt: skip
         plan.append((group, cfg, run))
     return plan
+
+
+def split_at(tuning: dict, n: int) -> int:
+    """m when a group of this tuning runs as split launches at n keys (classes q mod m of at
+    least the plan's split_from / m rows), else 0: shorter classes run the one-launch plan."""
+    return tuning.get("split", 0) if n >= tuning.get("split_from", 0) else 0
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -589,7 +594,7 @@ def forward(
         return (o, lse, None) if trace else (o, lse)
     dummy_i32, dummy_f32 = dummies(q.device)
     lse_arg = lse if return_lse else dummy_f32
-    if not (return_lse or trace) and any(t.get("split") for t in spec.tuning):
+    if not (return_lse or trace) and any(split_at(t, N) for t in spec.tuning):
         lse_arg = torch.empty((B, H, NQ), device=q.device, dtype=torch.float32)  # a split group merges through it
     lens_arg = lengths if padded else dummy_i32
     if trace:
