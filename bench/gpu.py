@@ -31,7 +31,6 @@ import io
 import datetime
 import json
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -40,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import decode as decode_bench  # noqa: E402  (bench/decode.py: the decode half of this benchmark)
+from timing import interleaved  # noqa: E402  (bench/timing.py)
 
 sys.path.insert(0, str(ROOT))
 from compiler import simulate  # noqa: E402  (numpy only: runs on the GPU machine without attnc installed)
@@ -447,14 +447,6 @@ def _bench(fn, grads=None) -> float:
     return do_bench(fn, warmup=100, rep=400, return_mode="median", grad_to_none=grads)
 
 
-def _interleaved(fns, rounds: int = 3) -> list[float]:
-    """Median milliseconds of each of fns, timed in alternation for `rounds` rounds: a build
-    compared with another should not gain or lose from the card's clock drifting between two
-    back-to-back measurements."""
-    times = [[_bench(fn) for fn in fns] for _ in range(rounds)]
-    return [statistics.median(col) for col in zip(*times)]
-
-
 _SDPA_MS: dict[tuple[int, int, bool], float] = {}
 
 
@@ -473,7 +465,9 @@ def time_case(mod, n: int, flex_fn, heads: int = 0, causal: bool = True, baselin
     if baseline is None:
         ms = _bench(lambda: mod.prefill(q, k, v))
     else:
-        ms, res["baseline_ms"] = _interleaved([lambda: mod.prefill(q, k, v), lambda: baseline.prefill(q, k, v)])
+        ms, res["baseline_ms"] = interleaved(
+            [lambda: _bench(lambda: mod.prefill(q, k, v)), lambda: _bench(lambda: baseline.prefill(q, k, v))]
+        )
     res.update(attnc_ms=ms, attnc_tflops=flops / ms / 1e9)
     try:
         from torch.nn.attention.flex_attention import create_block_mask

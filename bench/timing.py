@@ -3,6 +3,7 @@ is importable as `timing` from them)."""
 
 from __future__ import annotations
 
+import statistics
 import time
 
 
@@ -28,3 +29,11 @@ def graph_time(fn, torch, calls: int = 20, replays: int = 20) -> float:
         times.append((time.perf_counter() - t0) / calls)
     times.sort()
     return times[len(times) // 2]
+
+
+def interleaved(fns, rounds: int = 3) -> list[float]:
+    """The median of each of fns' results (times), the fns called in alternation for `rounds`
+    rounds: builds or kernels compared this way do not gain or lose from the card's clocks
+    drifting between two back-to-back measurements."""
+    times = [[fn() for fn in fns] for _ in range(rounds)]
+    return [statistics.median(col) for col in zip(*times)]

@@ -11,13 +11,15 @@ direct launch), so that a host-side cause and a kernel-side one can be told apar
 from __future__ import annotations
 
 import importlib.util
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 import triton
 from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from timing import interleaved  # noqa: E402  (bench/timing.py)
 
 CASES = {"bench_sink_window_4096.py": 32768, "bench_chunk.py": 32768, "bench_causal.py": 32768}
 
@@ -72,8 +74,7 @@ def main() -> None:
             lambda: do_bench(lambda: old.prefill(q, k, v), warmup=50, rep=300, return_mode="median"),
             dispatched,
         ]
-        times = [[f() for f in fns] for _ in range(3)]
-        med = [statistics.median(c) for c in zip(*times)]
+        med = interleaved(fns)
         print(f"  ms: new {med[0]:.3f}  old {med[1]:.3f}  new via dispatch {med[2]:.3f}  old/new {med[1] / med[0]:.3f}")
 
 
