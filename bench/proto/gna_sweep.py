@@ -24,7 +24,15 @@ def bench(fn):
 
 
 sdpa = bench(lambda: F.scaled_dot_product_attention(q, k, v))
-print(f"SDPA full: {sdpa:.3f} ms, {4 * D * N * N * B * H / sdpa / 1e9:.0f} TFLOP/s")
+print(f"{torch.cuda.get_device_name()}: SDPA full: {sdpa:.3f} ms, {4 * D * N * N * B * H / sdpa / 1e9:.0f} TFLOP/s")
+# The memory floor of any attention that reads q, k, v once and writes o once: one elementwise
+# kernel with exactly that traffic (3 reads, 1 write of B x H x N x D). GNA's 169 keys per query
+# make it memory-bound: flops / floor is the highest effective rate any kernel can reach here.
+o = torch.empty_like(q)
+floor = bench(lambda: torch.addcmul(q, k, v, out=o))
+moved = 4 * q.numel() * q.element_size()
+print(f"memory floor (q, k, v read, o written: {moved / 1e6:.0f} MB): {floor:.3f} ms, {moved / floor / 1e9:.2f} TB/s; "
+      f"bound {flops / floor / 1e9:.0f} TFLOP/s = {flops / floor / (4 * D * N * N * B * H / sdpa):.0%} of SDPA's rate")
 for name in ("bench_gna_image_13x13_s8", "bench_image_13x13"):
     mod = import_module_from_path(folder / f"{name}.py", name)
     for bm, bn, warps, stages in [(64, 64, 4, 3), (64, 64, 4, 2), (64, 64, 8, 3), (64, 32, 4, 3), (64, 32, 4, 4),
