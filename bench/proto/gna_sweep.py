@@ -31,19 +31,32 @@ print(f"{torch.cuda.get_device_name()}: SDPA full: {sdpa:.3f} ms, {4 * D * N * N
 o = torch.empty_like(q)
 floor = bench(lambda: torch.addcmul(q, k, v, out=o))
 moved = 4 * q.numel() * q.element_size()
-print(f"memory floor (q, k, v read, o written: {moved / 1e6:.0f} MB): {floor:.3f} ms, {moved / floor / 1e9:.2f} TB/s; "
-      f"bound {flops / floor / 1e9:.0f} TFLOP/s = {flops / floor / (4 * D * N * N * B * H / sdpa):.0%} of SDPA's rate")
+print(
+    f"memory floor (q, k, v read, o written: {moved / 1e6:.0f} MB): {floor:.3f} ms, {moved / floor / 1e9:.2f} TB/s; "
+    f"bound {flops / floor / 1e9:.0f} TFLOP/s = {flops / floor / (4 * D * N * N * B * H / sdpa):.0%} of SDPA's rate"
+)
 for name in ("bench_gna_image_13x13_s8", "bench_image_13x13"):
     mod = import_module_from_path(folder / f"{name}.py", name)
-    for bm, bn, warps, stages in [(64, 64, 4, 3), (64, 64, 4, 2), (64, 64, 8, 3), (64, 32, 4, 3), (64, 32, 4, 4),
-                                  (64, 32, 4, 2), (32, 32, 4, 3), (128, 64, 8, 2), (128, 64, 4, 3)]:
+    for bm, bn, warps, stages in [
+        (64, 64, 4, 3),
+        (64, 64, 4, 2),
+        (64, 64, 8, 3),
+        (64, 32, 4, 3),
+        (64, 32, 4, 4),
+        (64, 32, 4, 2),
+        (32, 32, 4, 3),
+        (128, 64, 8, 2),
+        (128, 64, 4, 3),
+    ]:
         cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages, "STAGES": stages}
         try:
             out = mod._forward(q, k, v, None, False, None, config=cfg)[0]
             ref = mod._forward(q, k, v, None, False, None)[0]
             err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
             ms = bench(lambda: mod._forward(q, k, v, None, False, None, config=cfg))
-            print(f"{name} {bm}x{bn} w{warps} s{stages}: {ms:.3f} ms, {flops / ms / 1e9:.0f} TFLOP/s "
-                  f"({flops / ms / 1e9 / (4 * D * N * N * B * H / sdpa / 1e9):.0%} of SDPA), err vs default {err:.1e}")
+            print(
+                f"{name} {bm}x{bn} w{warps} s{stages}: {ms:.3f} ms, {flops / ms / 1e9:.0f} TFLOP/s "
+                f"({flops / ms / 1e9 / (4 * D * N * N * B * H / sdpa / 1e9):.0%} of SDPA), err vs default {err:.1e}"
+            )
         except Exception as exc:  # noqa: BLE001
             print(f"{name} {bm}x{bn} w{warps} s{stages}: {type(exc).__name__}: {str(exc)[:200]}")

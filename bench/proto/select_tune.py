@@ -36,10 +36,23 @@ t_sel = bench(lambda: mod.select(q, k))
 ref = mod._forward(q, k, v, scale, False, None, sel=sel)[0]
 t_def = bench(lambda: mod._forward(q, k, v, scale, False, None, sel=sel))
 sdpa = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
-print(f"{torch.cuda.get_device_name()}: SDPA causal {sdpa:.2f} ms, select {t_sel:.3f} ms, "
-      f"attention (default) {t_def:.3f} ms, total {t_sel + t_def:.3f} ms = {sdpa / (t_sel + t_def):.2f}x SDPA", flush=True)
-base = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "STAGES": 2, "EDGE_STAGES": 2,
-        "USE_TMA": 2, "GRID_ORDER": 2, "WARP_SPEC": False, "maxnreg": 128}
+print(
+    f"{torch.cuda.get_device_name()}: SDPA causal {sdpa:.2f} ms, select {t_sel:.3f} ms, "
+    f"attention (default) {t_def:.3f} ms, total {t_sel + t_def:.3f} ms = {sdpa / (t_sel + t_def):.2f}x SDPA",
+    flush=True,
+)
+base = {
+    "BLOCK_M": 128,
+    "BLOCK_N": 64,
+    "num_warps": 8,
+    "num_stages": 2,
+    "STAGES": 2,
+    "EDGE_STAGES": 2,
+    "USE_TMA": 2,
+    "GRID_ORDER": 2,
+    "WARP_SPEC": False,
+    "maxnreg": 128,
+}
 variants = {
     "default row": {},
     "stages 3": {"num_stages": 3, "STAGES": 3},
