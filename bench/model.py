@@ -29,7 +29,8 @@ step of the whole model is captured in a CUDA graph and replayed.
     TRITON_INTERPRET=1 python bench/model.py run --smoke    # CPU, tiny config (a test runs it)
 
 `run` measures, per attention: time to first token (B = 1) at 1K, 32K and 128K tokens (the
-median of 3 passes up to 8K, each with a fresh cache, after a pass at the same length);
+median of 3 passes up to 8K, each with a fresh cache, after a pass at the same length; the
+kernels for that length compiled before the timed pass);
 decode tokens/s from CUDA-graph replays of one step (and eager) at 32K and 128K for B = 1,
 the goal's batch (8 at 32K, 2 at 128K) and the largest batch that fits; peak GPU memory; the
 largest batch whose cache fits next to the weights at 128K; it checks the graph replay
@@ -390,6 +391,17 @@ class Attnc:
     def decode(self, layer, q, k, v):
         self.cache.append(layer, k, v, q)
         return self.cache.decode(layer, q)
+
+    def warm(self, n: int, c: Config, device, dtype) -> None:
+        """Compile the prefill and the prompt's append for n tokens (Triton specialises on the
+        sizes) outside the timed forward pass, as a server that has seen such a prompt has."""
+        q = torch.randn(1, c.heads, n, c.head_dim, device=device, dtype=dtype)
+        k = torch.randn(1, c.kv_heads, n, c.head_dim, device=device, dtype=dtype)
+        cache = self.mod.Cache(1, device=device, dtype=dtype, max_len=n + 16)
+        for layer in range(c.layers) if self.per_layer else [0]:
+            self.mod.prefill(q, k, k, layer=layer if self.per_layer else None)
+            cache.append(layer, k, k, q)
+        torch.cuda.synchronize(device) if device.type == "cuda" else None
 
 
 def make_backend(name: str, mods: dict, c: Config, batch: int, max_len: int, device, dtype):

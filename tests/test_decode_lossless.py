@@ -147,6 +147,32 @@ def test_triton_append_equals_torch_reference(name):
             assert torch.equal(va.v[:, off : off + n], vb.v[:, off : off + n])
 
 
+@pytest.mark.parametrize("name", ["sink_window", "stripes_window", "dense_gqa"])
+def test_long_prompt_append_equals_torch_reference(name):
+    """A prompt of several token blocks (the append kernel splits it over programs; the last
+    program of each head writes its length), then single steps: slots, lengths, positions,
+    keys and values equal the torch reference's, and the next append sees the new length."""
+    prog, _ = CASES[name]
+    plan, mod = module(prog)
+    B, Hk, D = 2, prog.model.kv_heads, prog.model.head_dim
+    k, v = rand(B, Hk, 140, D, seed=7), rand(B, Hk, 140, D, seed=8)
+    a = mod.Cache(B, dtype=torch.float32, backend="triton")
+    b = mod.Cache(B, dtype=torch.float32, backend="torch")
+    t = 0
+    for T in (130, 1, 1, 8):  # 130 tokens: three blocks of 64
+        for c in (a, b):
+            c.append(0, k[:, :, t : t + T], v[:, :, t : t + T])
+        t += T
+        va, vb = a.view(0), b.view(0)
+        assert va.slots == vb.slots
+        assert torch.equal(va.lens, vb.lens) and torch.equal(va.npos, vb.npos)
+        for off, n in va.slots:
+            assert torch.equal(va.pos[:, off : off + n], vb.pos[:, off : off + n])
+            assert torch.equal(va.k[:, off : off + n], vb.k[:, off : off + n])
+            assert torch.equal(va.v[:, off : off + n], vb.v[:, off : off + n])
+    assert not a._layers[0].done.any()  # the program count is back at zero for the next call
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_tokens_equal_liveness_analysis(name):
     """cache.tokens() (and memory()) is compiler.liveness's size, wherever the layout is exact."""

@@ -63,6 +63,7 @@ def _kv_append_kernel(
     NPOS,
     TAB,
     CNT,
+    DONE,
     T,
     SLOTS,
     H_KV: tl.constexpr,
@@ -70,14 +71,19 @@ def _kv_append_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_T: tl.constexpr,
     SKIP_LOSSY: tl.constexpr,
+    SPLIT_T: tl.constexpr,
 ):
     """Write T new tokens (positions n .. n + T - 1, n = NPOS[b, h]: the row's tokens so far,
     kept on the device) of every KV head of one batch row into their slots, and the head's
     new length and NPOS. Negative positions are a left-padded row's padding: not stored.
-    One program per (kv head, batch row): each owns its NPOS entry.
-    KN, VN are contiguous (B, H_KV, T, D); K, V (B, SLOTS, D); POS (B, SLOTS)."""
+    One program per (kv head, batch row, BLOCK_T tokens), so that a prompt's append spreads
+    over the GPU. Every program reads n and the head's length before any writes them: with
+    several token blocks (SPLIT_T), each counts itself in DONE[b, h] once it has read them,
+    and the last one writes the new length and NPOS and resets the count (a CUDA graph
+    replays it). KN, VN are contiguous (B, H_KV, T, D); K, V (B, SLOTS, D); POS (B, SLOTS)."""
     h = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
+    t0 = tl.program_id(2) * BLOCK_T
     n = tl.load(NPOS + b * H_KV + h)
     skb = SLOTS.to(tl.int64) * HEAD_DIM
     new_base = (b * H_KV + h) * T * HEAD_DIM
@@ -101,29 +107,28 @@ def _kv_append_kernel(
     else:
         write = kind >= 0
     offs_d = tl.arange(0, HEAD_DIM)
-    for t0 in range(0, T, BLOCK_T):
-        t = t0 + tl.arange(0, BLOCK_T)
-        p = n + t
-        valid = (t < T) & (p >= 0)
-        pm = p % L
-        c0 = tl.load(cnt + pm, mask=valid, other=0)
-        c1 = tl.load(cnt + pm + 1, mask=valid, other=0)
-        stripe = (c1 - c0) > 0
-        sb_p = (p // L) * NR + c0
-        ridx = (p - S) - (sb_p - sb_s)
-        ring_slot = S + ridx % tl.maximum(R, 1)
-        in_ring = tl.where(p < S, p, tl.where(stripe, S + R + (sb_p - sb_s), ring_slot))
-        keep_ring = (p < S) | stripe | (ridx >= ring_total - R)
-        slot = tl.where(kind == 0, p, tl.where(kind == 1, in_ring, tl.where(kind == 2, p % C, base + t)))
-        keep = tl.where(kind == 1, keep_ring, tl.where(kind == 2, p >= chunk_start, p >= 0)) & valid & write
-        slot64 = off + slot.to(tl.int64)
-        src = new_base + t[:, None] * HEAD_DIM + offs_d[None, :]
-        kn = tl.load(KN + src, mask=valid[:, None], other=0.0)
-        vn = tl.load(VN + src, mask=valid[:, None], other=0.0)
-        dst = b * skb + slot64[:, None] * HEAD_DIM + offs_d[None, :]
-        tl.store(K + dst, kn, mask=keep[:, None])
-        tl.store(V + dst, vn, mask=keep[:, None])
-        tl.store(POS + b * SLOTS + slot64, p, mask=keep)
+    t = t0 + tl.arange(0, BLOCK_T)
+    p = n + t
+    valid = (t < T) & (p >= 0)
+    pm = p % L
+    c0 = tl.load(cnt + pm, mask=valid, other=0)
+    c1 = tl.load(cnt + pm + 1, mask=valid, other=0)
+    stripe = (c1 - c0) > 0
+    sb_p = (p // L) * NR + c0
+    ridx = (p - S) - (sb_p - sb_s)
+    ring_slot = S + ridx % tl.maximum(R, 1)
+    in_ring = tl.where(p < S, p, tl.where(stripe, S + R + (sb_p - sb_s), ring_slot))
+    keep_ring = (p < S) | stripe | (ridx >= ring_total - R)
+    slot = tl.where(kind == 0, p, tl.where(kind == 1, in_ring, tl.where(kind == 2, p % C, base + t)))
+    keep = tl.where(kind == 1, keep_ring, tl.where(kind == 2, p >= chunk_start, p >= 0)) & valid & write
+    slot64 = off + slot.to(tl.int64)
+    src = new_base + t[:, None] * HEAD_DIM + offs_d[None, :]
+    kn = tl.load(KN + src, mask=valid[:, None], other=0.0)
+    vn = tl.load(VN + src, mask=valid[:, None], other=0.0)
+    dst = b * skb + slot64[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(K + dst, kn, mask=keep[:, None])
+    tl.store(V + dst, vn, mask=keep[:, None])
+    tl.store(POS + b * SLOTS + slot64, p, mask=keep)
     ring_len = tl.where(L > 1, S + R + (sb_e - sb_s), S + tl.minimum(ring_total, R))
     ring_len = tl.where(end <= S, end, ring_len)
     new_len = tl.where(
@@ -131,8 +136,12 @@ def _kv_append_kernel(
         end,
         tl.where(kind == 1, ring_len, tl.where(kind == 2, end - chunk_start, tl.where(write, base + T, base))),
     )
-    tl.store(LENS + b * H_KV + h, new_len)
-    tl.store(NPOS + b * H_KV + h, end)
+    last = True
+    if SPLIT_T:  # the last program of (b, h) to have read n and the length writes them
+        last = tl.atomic_add(DONE + b * H_KV + h, 1, sem="acq_rel") == tl.num_programs(2) - 1
+        tl.store(DONE + b * H_KV + h, 0, mask=last)
+    tl.store(LENS + b * H_KV + h, new_len, mask=last)
+    tl.store(NPOS + b * H_KV + h, end, mask=last)
 
 
 _KV_STEP_BLOCK = 64  # keys per tile of the H2O / TOVA step kernels
@@ -270,6 +279,7 @@ class _KvLayer:
         self.k = self.v = self.pos = self.score = None
         self.lens = self.offsets = self.tab = None
         self.npos = None  # (B, H_KV) int32 on the device: each row's tokens so far (negative: padding to come)
+        self.done = None  # (B, H_KV) int32: the append kernel's count of its programs (zero between calls)
         self.pad = None  # (B, 1, 1) int64: a left-padded batch's padding per row (None: no padding)
         self.lossless = [h for h in self.heads if h.kind != "lossy"]
         self.growing = [h for h in self.lossless if h.grows]
@@ -615,6 +625,7 @@ class CacheBase:
         self._pack(L, D, caps)
         L.lens = torch.zeros((self.batch, len(L.heads)), dtype=torch.int32, device=self.device)
         L.npos = torch.zeros_like(L.lens)
+        L.done = torch.zeros_like(L.lens)  # the append kernel's per-head count of programs
 
     def _grow(self, L, need):
         if all(need[i] <= L.heads[i].cap for i in need):
@@ -662,16 +673,19 @@ class CacheBase:
         key = (T, skip_lossy, L.k.shape[1], k.shape[3], L.cnt.shape[1], (k.data_ptr() | v.data_ptr()) & 15 == 0)
         launch = L.write_kw.get(key)
         if launch is None:
+            block_t = min(64, triton.next_power_of_2(T))
+            blocks = triton.cdiv(T, block_t)
             kw = dict(
                 H_KV=len(L.heads),
                 CW=L.cnt.shape[1],
                 HEAD_DIM=k.shape[3],
-                BLOCK_T=min(64, triton.next_power_of_2(T)),
+                BLOCK_T=block_t,
                 SKIP_LOSSY=skip_lossy,
+                SPLIT_T=blocks > 1,
                 num_warps=4,
             )
-            launch = L.write_kw[key] = FastLaunch(_kv_append_kernel, (len(L.heads), self.batch), kw)
-        launch(k, v, L.k, L.v, L.pos, L.lens, L.npos, L.tab, L.cnt, T, L.k.shape[1])
+            launch = L.write_kw[key] = FastLaunch(_kv_append_kernel, (len(L.heads), self.batch, blocks), kw)
+        launch(k, v, L.k, L.v, L.pos, L.lens, L.npos, L.tab, L.cnt, L.done, T, L.k.shape[1])
 
     def _write_torch(self, L, k, v, n, T, skip_lossy):
         """The torch reference of _kv_append_kernel (backend='torch')."""
