@@ -87,15 +87,16 @@ class PagePool:
 
 @triton.jit
 def _pg_score_kernel(
-    Q, SA, SB, LIST, NTOK, HI, OUT, T, NU, LW, NH, page, sink, recent,
+    Q, SA, SB, SS, LIST, NTOK, HI, OUT, T, NU, LW, NH, page, sink, recent,
     H_KV: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr, RP: tl.constexpr, USZ: tl.constexpr, MODE: tl.constexpr,
     AGG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_U: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
+    SCALED: tl.constexpr,
 ):  # fmt: skip
     """Scores of the candidate units u of one selecting head against its G * T query rows,
     aggregated over the rows: OUT (B, NH, NU) float32; -inf where u is no candidate (the keep
     rules read it: u < ceil(sink / USZ) or u >= (n - max(recent, T)) // USZ, or past the row's
     NTOK tokens). Unit u is row (LIST[u // RP] * RP + u % RP) of SA (and SB). MODE 0: Quest's
-    bound (SA min, SB max); 1: q . (SA / tokens in the page) (the mean key); 2: q . SA (keys)."""
+    bound (SA min, SB max; SCALED: float8 e4m3 times the page's scale SS, fp8_bounds); 1: q . (SA / tokens in the page) (the mean key); 2: q . SA (keys)."""
     pid = tl.program_id(0)
     b = (pid // NH).to(tl.int64)
     i = pid % NH
@@ -114,17 +115,19 @@ def _pg_score_kernel(
     a = tl.load(SA + row[:, None] * HEAD_DIM + offs_d[None, :], mask=ok_u[:, None], other=0.0)
     if UPCAST:  # the Triton 3.6 interpreter multiplies bf16 wrongly: compute in fp32 there
         q = q.to(tl.float32)
-        a = a.to(tl.float32)
-    if MODE == 0:
-        hi = tl.load(SB + row[:, None] * HEAD_DIM + offs_d[None, :], mask=ok_u[:, None], other=0.0).to(a.dtype)
-        s = tl.dot(tl.where(q > 0, q, 0.0).to(a.dtype), tl.trans(hi), input_precision=DOT_PREC)
-        s = tl.dot(tl.where(q < 0, q, 0.0).to(a.dtype), tl.trans(a), s, input_precision=DOT_PREC)
+    if MODE == 0:  # float8 in q's dtype is exact; a power-of-two scale after the sum too
+        a = a.to(q.dtype)
+        hi = tl.load(SB + row[:, None] * HEAD_DIM + offs_d[None, :], mask=ok_u[:, None], other=0.0).to(q.dtype)
+        s = tl.dot(tl.where(q > 0, q, 0.0).to(q.dtype), tl.trans(hi), input_precision=DOT_PREC)
+        s = tl.dot(tl.where(q < 0, q, 0.0).to(q.dtype), tl.trans(a), s, input_precision=DOT_PREC)
+        if SCALED:
+            s = s * tl.load(SS + row, mask=ok_u, other=1.0)[None, :]
     elif MODE == 1:
         cnt = tl.minimum(tl.load(SB + b) - u * page, page)  # SB: the row's tokens
         mean = a.to(tl.float32) / tl.maximum(cnt, 1).to(tl.float32)[:, None]
         s = tl.dot(q.to(tl.float32), tl.trans(mean), input_precision="ieee")
     else:
-        s = tl.dot(q, tl.trans(a), input_precision=DOT_PREC)
+        s = tl.dot(q, tl.trans(a.to(q.dtype)), input_precision=DOT_PREC)
     if AGG == 1:
         out = tl.max(tl.where(row_ok[:, None], s, float("-inf")), 0)
     else:
@@ -148,20 +151,21 @@ def _pg_unit_keys(SC, c, NU, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _pg_count(SC, NU, thr, key0, ok0, ONE: tl.constexpr, BLOCK: tl.constexpr, ABOVE: tl.constexpr):
-    """How many candidate units of a score row have key >= thr (ABOVE: key > thr); key0, ok0:
+def _pg_digits(SC, NU, key0, ok0, prefix, SHIFT: tl.constexpr, ONE: tl.constexpr, BLOCK: tl.constexpr):
+    """Histogram (256 bins) of the 8-bit digit at SHIFT of the candidate keys of a score row in
+    unsigned order (key ^ INT_MIN), among those whose higher digits are prefix's; key0, ok0:
     the row, when it is one block held in registers (ONE)."""
-    cnt = tl.zeros([], tl.int32)
+    hist = tl.zeros([256], tl.int32)
     for c in range(0, NU, BLOCK):
         if ONE:
             key, ok = key0, ok0
         else:
             _, key, ok = _pg_unit_keys(SC, c, NU, BLOCK)
-        if ABOVE:
-            cnt += tl.sum((ok & (key > thr)).to(tl.int32), 0)
-        else:
-            cnt += tl.sum((ok & (key >= thr)).to(tl.int32), 0)
-    return cnt
+        b = key ^ -2147483648
+        if SHIFT < 24:
+            ok = ok & ((b >> (SHIFT + 8)) == (prefix >> (SHIFT + 8)))
+        hist += tl.histogram((b >> SHIFT) & 0xFF, 256, mask=ok)
+    return hist
 
 
 @triton.jit
@@ -176,8 +180,9 @@ def _pg_topk_kernel(
     the lowest unit (block_scores.top_blocks); fewer finite scores: all of them. Writes their
     pool entries (pages; pool slots for TOKENS) to SEL (B, H_KV, SW) and their number to SLEN
     (B, H_KV), and the chosen logical units, increasing and -1 padded, to CHOSEN (B, NH, units).
-    The threshold (the k-th largest score) is found bit by bit from counts: at most 32 passes
-    over the row, held in registers when it is one block (ONE); equal scores then go by index."""
+    The threshold (the k-th largest score) is found by radix select: four histograms of 8-bit
+    digits over the row, held in registers when it is one block (ONE); equal scores then go by
+    index."""
     pid = tl.program_id(0)
     b = (pid // NH).to(tl.int64)
     h = tl.load(HI + pid % NH)
@@ -201,21 +206,23 @@ def _pg_topk_kernel(
     nstat = ws + tl.maximum(last1 - last0, 0)
     sc = SC + pid.to(tl.int64) * NU
     _, key0, ok0 = _pg_unit_keys(sc, 0, NU, BLOCK)
-    need = tl.minimum(_pg_count(sc, NU, -2147483648, key0, ok0, ONE, BLOCK, False), units)
-    # thr: the largest key with need keys >= thr (the need-th largest), bit by bit from the top
-    # (bits: thr with its sign bit flipped, in unsigned order); done early where exactly need
-    # keys are >= thr: those are the chosen ones
-    bits = tl.zeros([], tl.int32)
-    i = 0
-    done = need < 0
-    while (i < 32) & ~done:
-        c = bits | (tl.full([], 1, tl.int32) << (31 - i))
-        cnt = _pg_count(sc, NU, c ^ -2147483648, key0, ok0, ONE, BLOCK, False)
-        bits = tl.where(cnt >= need, c, bits)
-        done = cnt == need
-        i += 1
-    thr = bits ^ -2147483648
-    take = need - _pg_count(sc, NU, thr, key0, ok0, ONE, BLOCK, True)  # keys equal to thr to take
+    # thr: the need-th largest key, a digit of 8 bits at a time from the top (radix select:
+    # the digit whose bin holds the need-th largest of the keys that share the digits above);
+    # above: the keys greater than thr's digits so far
+    need = tl.zeros([], tl.int32)
+    prefix = tl.zeros([], tl.int32)
+    above = tl.zeros([], tl.int32)
+    bins = tl.arange(0, 256)
+    for p in tl.static_range(4):
+        hist = _pg_digits(sc, NU, key0, ok0, prefix, 24 - 8 * p, ONE, BLOCK)
+        if p == 0:
+            need = tl.minimum(tl.sum(hist, 0), units)
+        gt = tl.sum(hist, 0) - tl.cumsum(hist, 0)  # keys of this prefix with a larger digit
+        hit = (gt < need - above) & (gt + hist >= need - above)
+        above += tl.sum(tl.where(hit, gt, 0), 0)
+        prefix = prefix | (tl.sum(tl.where(hit, bins, 0), 0) << (24 - 8 * p))
+    thr = prefix ^ -2147483648
+    take = need - above  # keys equal to thr to take
     ties = tl.zeros([], tl.int32)
     placed = tl.zeros([], tl.int32)
     out = CHOSEN + pid.to(tl.int64) * units
@@ -269,12 +276,48 @@ def keep_units(n, s: Select, unit: int, T: int):
     return torch.cat([first.expand(n.shape[0], -1), last], 1), torch.full_like(start, ws), start
 
 
+def fp8_bounds(lo, hi):
+    """Quest's page summaries as stored: per-channel minima lo and maxima hi (float32, (..., D))
+    in float8 e4m3 times a power-of-two scale per page (..., ): lo rounded down and hi rounded
+    up, so that the bound they give stays an upper bound of q . k over the page (only looser,
+    by at most one float8 step of each channel's extreme). The scale 2^(e - 8), with
+    2^(e - 1) <= max |value| < 2^e (at least 2^-126), keeps every scaled value below 256 before rounding (at
+    most 256 after; float8's largest is 448: no saturation). Returns (lo8, hi8, scale); the bound reads lo8 * scale and hi8 * scale."""
+    amax = torch.maximum(lo.abs(), hi.abs()).amax(-1)
+    e = torch.frexp(torch.where(amax.isfinite(), amax, 0.0))[1]
+    scale = torch.ldexp(torch.ones_like(amax), (e - 8).clamp_min(-126))  # a normal float32
+    return _fp8_outward(lo, scale[..., None], -1), _fp8_outward(hi, scale[..., None], 1), scale
+
+
+def _fp8_outward(x, scale, way: int):
+    """x / scale (float32, |x / scale| < 256) in float8 e4m3 rounded down (way -1) or up (way 1):
+    to nearest, then one step further where that moved the value the wrong way, compared
+    unscaled (x / scale may underflow); rounding keeps the sign, so a step is one code up or
+    down (magnitude codes are ordered)."""
+    y = (x / scale).to(torch.float8_e4m3fn)
+    wrong = y.float() * scale > x if way < 0 else y.float() * scale < x
+    neg = y.view(torch.uint8) >= 128
+    step = torch.where(neg, -way, way).to(torch.int16)  # the code of a negative value counts its magnitude
+    code = y.view(torch.uint8).to(torch.int16) + torch.where(wrong, step, 0)
+    return code.to(torch.uint8).view(torch.float8_e4m3fn)
+
+
+def page_bounds(keys, page: int, bits: int = 16):
+    """The summaries a quest page keeps of its keys (..., N, D), as (lo, hi) float32: their
+    channel minima and maxima (block_min_max), exact at 16 bits, by fp8_bounds at 8."""
+    lo, hi = block_min_max(keys, page)
+    if bits == 16:
+        return lo, hi
+    lo8, hi8, scale = fp8_bounds(lo, hi)
+    return lo8.float() * scale[..., None], hi8.float() * scale[..., None]
+
+
 def unit_scores(qs, keys, s: Select, page: int):
     """The scores of one KV head's units from its keys (position order) in torch: the step's
     queries qs (G * T, D) against each page's Quest bound or mean key, or each key
     (`tokens`), combined over the queries by `aggregate` (block_scores)."""
     if s.score == "quest":
-        sc = quest_bound(qs, *block_min_max(keys, page))
+        sc = quest_bound(qs, *page_bounds(keys, page, s.bits))
     elif s.score == "mean":
         sc = mean_score(qs, block_mean(keys, page))
     else:
@@ -303,7 +346,7 @@ class _PgLayer:
         self.tables = [[{} for _ in self.rules] for _ in range(batch)]  # logical -> pool page, in order
         self.n = [0] * batch
         self.pool = PagePool()
-        self.k = self.v = self.pos = self.smin = self.smax = self.ssum = None
+        self.k = self.v = self.pos = self.smin = self.smax = self.sscale = self.ssum = None
         self.list = self.llen = self.lo = self.ntok = None
         self.sinks = None
         self.chosen: dict = {}
@@ -389,9 +432,8 @@ class PagedCacheBase:
         if new:
             pg = torch.tensor(new, dtype=torch.int64, device=dev)
             L.pos.view(-1, P)[pg] = self.spec.cache.decode.sentinel
-            for s, fill in ((L.smin, float("inf")), (L.smax, float("-inf")), (L.ssum, 0.0)):
-                if s is not None:
-                    s[pg] = fill
+            if L.ssum is not None:
+                L.ssum[pg] = 0.0
         n0s = torch.tensor([L.n[b] for b in rows], dtype=torch.int64, device=dev)
         p = n0s[:, None] + torch.arange(T, device=dev)[None, :]  # (R, T)
         pages = torch.gather(phys.to(dev), 2, (p // P - n0s[:, None] // P)[:, None, :].expand(-1, Hk, -1))
@@ -401,14 +443,25 @@ class PagedCacheBase:
         L.pos[slots] = p[:, None, :].expand(-1, Hk, -1).reshape(-1).to(torch.int32)
         pages = pages.reshape(-1)
         if L.smin is not None:
-            idx = pages[:, None].expand(-1, D)
-            L.smin.scatter_reduce_(0, idx, k.reshape(-1, D), "amin")
-            L.smax.scatter_reduce_(0, idx, k.reshape(-1, D), "amax")
+            self._summarise(L, torch.tensor(sorted(set(phys.reshape(-1).tolist())), dtype=torch.int64, device=dev))
         if L.ssum is not None:
             L.ssum.index_add_(0, pages, k.reshape(-1, D).float())
         for b in rows:
             L.n[b] += T
         self._update_lists(L, rows, appended)
+
+    def _summarise(self, L, pg):
+        """Quest's summaries of pool pages pg from their held keys: the channel minima and
+        maxima, at 8 bits by fp8_bounds (page_bounds is the same rule over keys in order)."""
+        P, D = self.page, self.head_dim
+        k = L.k.view(-1, P, D)[pg]
+        held = (L.pos.view(-1, P)[pg] != self.spec.cache.decode.sentinel)[:, :, None]
+        lo = torch.where(held, k, float("inf")).amin(1)
+        hi = torch.where(held, k, float("-inf")).amax(1)
+        if L.sscale is None:
+            L.smin[pg], L.smax[pg] = lo, hi
+        else:
+            L.smin[pg], L.smax[pg], L.sscale[pg] = fp8_bounds(lo.float(), hi.float())
 
     def release(self, row):
         """End the sequence of a batch row: its pages return to every layer's pool."""
@@ -448,8 +501,11 @@ class PagedCacheBase:
         L.v = grown(L.v, (pages * P, D), self.dtype, 0)
         L.pos = grown(L.pos, (pages * P,), torch.int32, self.spec.cache.decode.sentinel)
         if "quest" in sel:
-            L.smin = grown(L.smin, (pages, D), self.dtype, 0)
-            L.smax = grown(L.smax, (pages, D), self.dtype, 0)
+            fp8 = 8 in {s.bits for s in L.select if s is not None}  # one precision per file (page_size)
+            L.smin = grown(L.smin, (pages, D), torch.float8_e4m3fn if fp8 else self.dtype, 0)
+            L.smax = grown(L.smax, (pages, D), torch.float8_e4m3fn if fp8 else self.dtype, 0)
+            if fp8:
+                L.sscale = grown(L.sscale, (pages,), torch.float32, 1)
         if "mean" in sel:
             L.ssum = grown(L.ssum, (pages, D), torch.float32, 0)
         L.pool.grow(pages)
@@ -550,14 +606,15 @@ class PagedCacheBase:
         NU = max(-(-max(L.n) // (1 if tokens else self.page)), 1)
         out = torch.empty((B, len(heads), NU), dtype=torch.float32, device=self.device)
         mode = {"quest": 0, "mean": 1, "tokens": 2}[s.score]
+        ss = L.sscale if L.sscale is not None else L.ntok  # the scales of float8 summaries (else unread)
         sa, sb = {0: (L.smin, L.smax), 1: (L.ssum, L.ntok), 2: (L.k, L.k)}[mode]
         _pg_score_kernel[(B * len(heads), triton.cdiv(NU, block_u))](
-            q, sa, sb, L.list, L.ntok, L.heads_of[heads], out, T, NU, L.list.shape[2], len(heads), self.page, s.sink,
+            q, sa, sb, ss, L.list, L.ntok, L.heads_of[heads], out, T, NU, L.list.shape[2], len(heads), self.page, s.sink,
             s.recent, H_KV=len(L.rules), G=H // len(L.rules), HEAD_DIM=D, RP=self.page if tokens else 1,
             USZ=1 if tokens else self.page, MODE=mode, AGG=AGGREGATES[s.aggregate],
             BLOCK_M=max(16, triton.next_power_of_2(H // len(L.rules) * T)), BLOCK_U=block_u,
             DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=q.dtype == torch.bfloat16 and interpreting(),
-            num_warps=num_warps,
+            SCALED=L.sscale is not None and mode == 0, num_warps=num_warps,
         )  # fmt: skip
         return out
 
