@@ -398,6 +398,20 @@ def test_paged_kernels_compile_for_sm90():
         assert stack == 0 and shared <= 232448, (name, shared, regs, stack)
 
 
+def test_programs_one_sm_holds():
+    """The attention's splits stop at what one SM holds at once (one wave of programs): an
+    H100's limits, from registers, shared memory and warps."""
+    from types import SimpleNamespace
+
+    from attnc.codegen.support.paged import _resident
+
+    assert _resident(164, 22528, 4) == 3  # 164 registers: 5376 per warp, 3 x 4 warps fit 65536
+    assert _resident(122, 13312, 4) == 4
+    assert _resident(32, 100_000, 4) == 2  # shared memory
+    assert _resident(32, 0, 16) == 4  # warps
+    assert _resident(164, 0, 4, SimpleNamespace(regs_per_multiprocessor=32768)) == 1
+
+
 @settings(max_examples=12, deadline=None)
 @given(
     st.lists(st.sampled_from([float("-inf"), -1.5, -0.0, 0.0, 1.0, 2.0, 2.5]), min_size=24, max_size=24),

@@ -256,6 +256,19 @@ def _sel_width(s: Select, page: int, T: int) -> tuple[int, int, int, int]:
     return ws, wl, s.units, ws + wl + s.units
 
 
+_PG_FIT: dict = {}  # (device, attention launch's constants) -> programs one SM holds at once
+
+
+def _resident(regs: int, shared: int, warps: int, p=None) -> int:
+    """Programs of a kernel (registers per thread, shared bytes, warps) that one SM holds at
+    once: registers are allocated per warp in units of 256, 1 KiB of shared memory is reserved
+    per program; p: the device's properties (absent ones: an H100's)."""
+    smem = getattr(p, "shared_memory_per_multiprocessor", 233472)
+    by_regs = getattr(p, "regs_per_multiprocessor", 65536) // (-(-regs * 32 // 256) * 256 * warps)
+    by_warps = getattr(p, "max_threads_per_multi_processor", 2048) // (32 * warps)
+    return max(1, min(by_regs, by_warps, smem // (shared + 1024), 32))
+
+
 # ------------------------------------------------------------------ host state
 
 
@@ -681,26 +694,34 @@ class PagedCacheBase:
         """The pattern's _pg_fwd_kernel over what each head reads (L.list, or for selecting heads
         L.sel): one program per split of one (row, KV head), the G query heads and T tokens
         packed as the rows of each tile. The splits: about config.programs_per_sm programs per
-        SM, evenly cut (multiples of block_n) from the most tokens a head may read."""
+        SM, evenly cut (multiples of block_n) from the most tokens a head may read; at most as
+        many per SM as one SM holds at once (known from the compiled kernel after its first
+        launch), so that every program runs in one wave: a second, partial wave of programs
+        as long as the first would leave most SMs idle."""
         B, H, T, D = q.shape
         ds = self.spec.cache.decode
         tokens = L.plain_tokens
         for s, _ in L.groups:
             tokens = max(tokens, _sel_width(s, self.page, T)[3] * (1 if s.score == "tokens" else self.page))
         bn = config.block_n
-        ns = max(1, min(-(-tokens // bn), config.programs_per_sm * _dec_sms(q.device) // (B * ds.kv_heads)))
+        fit_key = (q.device, q.dtype, D, T, config)
+        per_sm = min(config.programs_per_sm, _PG_FIT.get(fit_key) or config.programs_per_sm)
+        ns = max(1, min(-(-tokens // bn), per_sm * _dec_sms(q.device) // (B * ds.kv_heads)))
         split = max(config.min_split, triton.cdiv(triton.cdiv(tokens, ns), bn) * bn)
         ns = max(1, -(-tokens // split))
         block_m = max(16, triton.next_power_of_2(ds.group * T))
         pm, pl, pacc, cnt = _dec_buffers(ds, q.device, B, ns, block_m, D)
         out = torch.empty_like(q)
-        self.spec.kernel[(B * ds.kv_heads * ns,)](
+        kernel = self.spec.kernel[(B * ds.kv_heads * ns,)](
             q, L.k, L.v, L.pos, L.list, L.llen, L.sel, L.slen, L.selh, L.units, L.sinks, L.lo, L.ntok, self._gid(L),
             out, pm, pl, pacc, cnt, T, split, ns, pm.shape[2], L.list.shape[2], L.sel.shape[2], scale * _DEC_LOG2E,
             H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=bn, STAGES=config.stages,
             DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=q.dtype == torch.bfloat16 and interpreting(),
             num_warps=config.num_warps,
         )  # fmt: skip
+        if fit_key not in _PG_FIT and q.device.type == "cuda" and getattr(kernel, "n_regs", 0):
+            props = torch.cuda.get_device_properties(q.device)
+            _PG_FIT[fit_key] = _resident(kernel.n_regs, kernel.metadata.shared, config.num_warps, props)
         return out
 
     def decode_reference(self, layer, q, *, sm_scale=None):
