@@ -337,9 +337,13 @@ def page_size(program: Program) -> int:
     }
     if len(pages) > 1:
         raise DecodePlanError(f"the selections of a file share one page size; this one uses {sorted(pages)}")
-    bits = {c.select.bits for c in program.cache if getattr(c, "select", None) is not None and c.select.score == "quest"}
+    bits = {
+        c.select.bits for c in program.cache if getattr(c, "select", None) is not None and c.select.score == "quest"
+    }
     if len(bits) > 1:
-        raise DecodePlanError(f"the quest selections of a file share one summary precision; this one uses bits {sorted(bits)}")
+        raise DecodePlanError(
+            f"the quest selections of a file share one summary precision; this one uses bits {sorted(bits)}"
+        )
     return pages.pop() if pages else 16
 
 

@@ -199,7 +199,9 @@ def test_selection_on_random_keys_matches_reference(bits):
     chooses from the keys (page_bounds' rounding applied alike), and decodes like it."""
     mod = _select_module(f"select quest(48, page = 16, bits = {bits}) keep sink(4)", heads=8, kv_heads=2)
     B, H, Hk, D, N = 2, 8, 2, 16, 150
-    q, k, v = (rand(*s, seed=i, dtype=torch.bfloat16) for i, s in ((8, (B, H, N, D)), (9, (B, Hk, N, D)), (10, (B, Hk, N, D))))
+    q, k, v = (
+        rand(*s, seed=i, dtype=torch.bfloat16) for i, s in ((8, (B, H, N, D)), (9, (B, Hk, N, D)), (10, (B, Hk, N, D)))
+    )
     cache = mod.PagedCache(B, dtype=torch.bfloat16)
     cache.append(0, k[:, :, :140], v[:, :, :140])
     for t in range(140, 143):

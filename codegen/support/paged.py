@@ -473,8 +473,9 @@ class PagedCacheBase:
         hi = torch.where(held, k, float("-inf")).amax(1)
         if L.sscale is None:
             L.smin[pg], L.smax[pg] = lo, hi
-        else:
-            L.smin[pg], L.smax[pg], L.sscale[pg] = fp8_bounds(lo.float(), hi.float())
+        else:  # float8 written as bytes (indexing ops need not serve float8)
+            lo8, hi8, L.sscale[pg] = fp8_bounds(lo.float(), hi.float())
+            L.smin.view(torch.uint8)[pg], L.smax.view(torch.uint8)[pg] = lo8.view(torch.uint8), hi8.view(torch.uint8)
 
     def release(self, row):
         """End the sequence of a batch row: its pages return to every layer's pool."""
@@ -505,6 +506,8 @@ class PagedCacheBase:
         sel = {s.score for s in L.select if s is not None}
 
         def grown(x, shape, dtype, fill):
+            if dtype == torch.float8_e4m3fn:  # as bytes (fill 0)
+                return grown(None if x is None else x.view(torch.uint8), shape, torch.uint8, 0).view(dtype)
             y = torch.full(shape, fill, dtype=dtype, device=dev)
             if x is not None:
                 y[: x.shape[0]] = x
