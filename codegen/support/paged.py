@@ -96,7 +96,8 @@ def _pg_score_kernel(
     aggregated over the rows: OUT (B, NH, NU) float32; -inf where u is no candidate (the keep
     rules read it: u < ceil(sink / USZ) or u >= (n - max(recent, T)) // USZ, or past the row's
     NTOK tokens). Unit u is row (LIST[u // RP] * RP + u % RP) of SA (and SB). MODE 0: Quest's
-    bound (SA min, SB max; SCALED: float8 e4m3 times the page's scale SS, fp8_bounds); 1: q . (SA / tokens in the page) (the mean key); 2: q . SA (keys)."""
+    bound (SA min, SB max; SCALED: float8 e4m3 times the page's scale SS, fp8_bounds); 1:
+    q . (SA / tokens in the page) (the mean key); 2: q . SA (keys)."""
     pid = tl.program_id(0)
     b = (pid // NH).to(tl.int64)
     i = pid % NH
@@ -290,12 +291,13 @@ def keep_units(n, s: Select, unit: int, T: int):
 
 
 def fp8_bounds(lo, hi):
-    """Quest's page summaries as stored: per-channel minima lo and maxima hi (float32, (..., D))
-    in float8 e4m3 times a power-of-two scale per page (..., ): lo rounded down and hi rounded
+    """Quest's page summaries at 8 bits: per-channel minima lo and maxima hi (float32, (..., D))
+    in float8 e4m3 times a power-of-two scale per page (...,): lo rounded down and hi rounded
     up, so that the bound they give stays an upper bound of q . k over the page (only looser,
-    by at most one float8 step of each channel's extreme). The scale 2^(e - 8), with
-    2^(e - 1) <= max |value| < 2^e (at least 2^-126), keeps every scaled value below 256 before rounding (at
-    most 256 after; float8's largest is 448: no saturation). Returns (lo8, hi8, scale); the bound reads lo8 * scale and hi8 * scale."""
+    by at most one float8 step of each channel's extreme). The scale 2^(e - 8), where
+    2^(e - 1) <= max |value| < 2^e (at least 2^-126), keeps every scaled value below 256 before
+    rounding (at most 256 after; float8's largest is 448: nothing saturates). Returns (lo8,
+    hi8, scale); the bound reads lo8 * scale and hi8 * scale."""
     amax = torch.maximum(lo.abs(), hi.abs()).amax(-1)
     e = torch.frexp(torch.where(amax.isfinite(), amax, 0.0))[1]
     scale = torch.ldexp(torch.ones_like(amax), (e - 8).clamp_min(-126))  # a normal float32
