@@ -299,6 +299,7 @@ ATTEND_CONFIGS = (  # (block_n, num_warps, stages, programs_per_sm): the --step 
     (128, 8, 1, 4), (128, 8, 2, 4), (64, 8, 1, 4), (64, 8, 2, 4),
 )  # fmt: skip  (programs_per_sm is capped at what one SM holds, except in `base`)
 SCORE_TILES = ((32, 4), (64, 4), (128, 4), (128, 8), (256, 8))
+TOPK_WARPS = (8, 4, 16, 2)
 
 
 def _variants():
@@ -329,6 +330,14 @@ def _step_variant(name, mod, torch, dev, n, batch, res, sweep: int):
     if sweep:
         tiles = {t: _graph(lambda: qc._score(L, q, 0, *t), torch) for t in SCORE_TILES[:sweep]}
         qc.score_tile = min(tiles, key=tiles.get)
+        scores = qc._score(L, q, 0, *qc.score_tile)
+        if hasattr(qc, "topk_warps"):  # not in `base`
+            warps = {}
+            for w in TOPK_WARPS[:sweep]:
+                qc.topk_warps = w
+                warps[w] = _graph(lambda: qc._top(L, scores, 1, 0), torch)
+            qc.topk_warps = min(warps, key=warps.get)
+            r["sweep_topk_us"] = {str(w): v * 1e6 for w, v in warps.items()}
         cfgs = {c: mod.DecodeConfig(block_n=c[0], num_warps=c[1], stages=c[2], programs_per_sm=c[3])
                 for c in ATTEND_CONFIGS[:sweep]}  # fmt: skip
         times = {c: _graph(lambda: qc._attend(L, q, scale, cfg), torch) for c, cfg in cfgs.items()}
@@ -336,6 +345,7 @@ def _step_variant(name, mod, torch, dev, n, batch, res, sweep: int):
         r["sweep_score_us"] = {str(t): v * 1e6 for t, v in tiles.items()}
         r["sweep_attend_us"] = {str(c): v * 1e6 for c, v in times.items()}
     r["score_tile"], r["attend_config"] = list(qc.score_tile), config._asdict()
+    r["topk_warps"] = getattr(qc, "topk_warps", 8)
     scores = qc._score(L, q, 0, *qc.score_tile)
     parts = {
         "score": lambda: qc._score(L, q, 0, *qc.score_tile),
@@ -413,8 +423,9 @@ def run_step(args) -> dict:
         print(f"{label:24} {g_us:9.1f} {e_us:9.1f} {mb:8.1f} {mb / g_us:6.2f} {sdpa / g_us:7.2f} {sdpa / e_us:12.2f}")
     for name, _ in variants:
         r = res[name]
-        print(f"{name}: score tile {r['score_tile']}, attend {r['attend_config']}, registers {r['registers']}")
-        for key in ("sweep_score_us", "sweep_attend_us"):
+        print(f"{name}: score tile {r['score_tile']}, top-k warps {r['topk_warps']}, attend {r['attend_config']}")
+        print(f"  registers (warps, stages, registers, shared bytes): {r['registers']}")
+        for key in ("sweep_score_us", "sweep_topk_us", "sweep_attend_us"):
             if key in r:
                 print(f"  {key}: " + ", ".join(f"{k}: {v:.1f}" for k, v in r[key].items()))
     out = Path(os.environ.get("OUT", "out"))

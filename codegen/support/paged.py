@@ -152,21 +152,20 @@ def _pg_unit_keys(SC, c, NU, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _pg_digits(SC, NU, key0, ok0, prefix, SHIFT: tl.constexpr, ONE: tl.constexpr, BLOCK: tl.constexpr):
-    """Histogram (256 bins) of the 8-bit digit at SHIFT of the candidate keys of a score row in
-    unsigned order (key ^ INT_MIN), among those whose higher digits are prefix's; key0, ok0:
+def _pg_count(SC, NU, thr, key0, ok0, ONE: tl.constexpr, BLOCK: tl.constexpr, ABOVE: tl.constexpr):
+    """How many candidate units of a score row have key >= thr (ABOVE: key > thr); key0, ok0:
     the row, when it is one block held in registers (ONE)."""
-    hist = tl.zeros([256], tl.int32)
+    cnt = tl.zeros([], tl.int32)
     for c in range(0, NU, BLOCK):
         if ONE:
             key, ok = key0, ok0
         else:
             _, key, ok = _pg_unit_keys(SC, c, NU, BLOCK)
-        b = key ^ -2147483648
-        if SHIFT < 24:
-            ok = ok & ((b >> (SHIFT + 8)) == (prefix >> (SHIFT + 8)))
-        hist += tl.histogram((b >> SHIFT) & 0xFF, 256, mask=ok)
-    return hist
+        if ABOVE:
+            cnt += tl.sum((ok & (key > thr)).to(tl.int32), 0)
+        else:
+            cnt += tl.sum((ok & (key >= thr)).to(tl.int32), 0)
+    return cnt
 
 
 @triton.jit
@@ -181,9 +180,8 @@ def _pg_topk_kernel(
     the lowest unit (block_scores.top_blocks); fewer finite scores: all of them. Writes their
     pool entries (pages; pool slots for TOKENS) to SEL (B, H_KV, SW) and their number to SLEN
     (B, H_KV), and the chosen logical units, increasing and -1 padded, to CHOSEN (B, NH, units).
-    The threshold (the k-th largest score) is found by radix select: four histograms of 8-bit
-    digits over the row, held in registers when it is one block (ONE); equal scores then go by
-    index."""
+    The threshold (the k-th largest score) is found bit by bit from counts: at most 32 passes
+    over the row, held in registers when it is one block (ONE); equal scores then go by index."""
     pid = tl.program_id(0)
     b = (pid // NH).to(tl.int64)
     h = tl.load(HI + pid % NH)
@@ -207,23 +205,21 @@ def _pg_topk_kernel(
     nstat = ws + tl.maximum(last1 - last0, 0)
     sc = SC + pid.to(tl.int64) * NU
     _, key0, ok0 = _pg_unit_keys(sc, 0, NU, BLOCK)
-    # thr: the need-th largest key, a digit of 8 bits at a time from the top (radix select:
-    # the digit whose bin holds the need-th largest of the keys that share the digits above);
-    # above: the keys greater than thr's digits so far
-    need = tl.zeros([], tl.int32)
-    prefix = tl.zeros([], tl.int32)
-    above = tl.zeros([], tl.int32)
-    bins = tl.arange(0, 256)
-    for p in tl.static_range(4):
-        hist = _pg_digits(sc, NU, key0, ok0, prefix, 24 - 8 * p, ONE, BLOCK)
-        if p == 0:
-            need = tl.minimum(tl.sum(hist, 0), units)
-        gt = tl.sum(hist, 0) - tl.cumsum(hist, 0)  # keys of this prefix with a larger digit
-        hit = (gt < need - above) & (gt + hist >= need - above)
-        above += tl.sum(tl.where(hit, gt, 0), 0)
-        prefix = prefix | (tl.sum(tl.where(hit, bins, 0), 0) << (24 - 8 * p))
-    thr = prefix ^ -2147483648
-    take = need - above  # keys equal to thr to take
+    need = tl.minimum(_pg_count(sc, NU, -2147483648, key0, ok0, ONE, BLOCK, False), units)
+    # thr: the largest key with need keys >= thr (the need-th largest), bit by bit from the top
+    # (bits: thr with its sign bit flipped, in unsigned order); done early where exactly need
+    # keys are >= thr: those are the chosen ones
+    bits = tl.zeros([], tl.int32)
+    i = 0
+    done = need < 0
+    while (i < 32) & ~done:
+        c = bits | (tl.full([], 1, tl.int32) << (31 - i))
+        cnt = _pg_count(sc, NU, c ^ -2147483648, key0, ok0, ONE, BLOCK, False)
+        bits = tl.where(cnt >= need, c, bits)
+        done = cnt == need
+        i += 1
+    thr = bits ^ -2147483648
+    take = need - _pg_count(sc, NU, thr, key0, ok0, ONE, BLOCK, True)  # keys equal to thr to take
     ties = tl.zeros([], tl.int32)
     placed = tl.zeros([], tl.int32)
     out = CHOSEN + pid.to(tl.int64) * units
@@ -392,6 +388,7 @@ class PagedCacheBase:
 
     spec: PagedSpec = None
     score_tile = (64, 4)  # (units, warps) of a program of _pg_score_kernel (bench/decode_select.py sweeps it)
+    topk_warps = 8  # warps of a program of _pg_topk_kernel (bench/decode_select.py sweeps it)
 
     def __init__(self, batch, *, device="cpu", dtype=torch.float16, pages=None, head_dim=None):
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
@@ -647,7 +644,7 @@ class PagedCacheBase:
             scores, L.list, L.ntok, L.heads_of[heads], L.chosen_t[g], L.sel, L.slen, T, NU, L.list.shape[2],
             L.sel.shape[2], nh, s.units, s.sink, s.recent, H_KV=len(L.rules), P=self.page, TOKENS=s.score == "tokens",
             BLOCK=block, ONE=NU <= block, WS_PAD=triton.next_power_of_2(max(ws, 1)),
-            WL_PAD=triton.next_power_of_2(wl), CH_PAD=triton.next_power_of_2(s.units), num_warps=8,
+            WL_PAD=triton.next_power_of_2(wl), CH_PAD=triton.next_power_of_2(s.units), num_warps=self.topk_warps,
         )  # fmt: skip
 
     def _lists_reference(self, L, q):
