@@ -296,10 +296,10 @@ def _evict_bench(mod, name, res, dev, torch, n, batch):
 
 ATTEND_CONFIGS = (  # (block_n, num_warps, stages, programs_per_sm): the --step sweep
     (64, 4, 1, 4), (64, 4, 2, 4), (64, 4, 3, 4), (64, 4, 1, 2), (32, 4, 1, 4), (32, 4, 2, 4), (32, 4, 1, 8),
-    (128, 8, 1, 4), (128, 8, 2, 4), (64, 8, 1, 4), (64, 8, 2, 4),
+    (128, 8, 1, 4), (64, 8, 1, 4),
 )  # fmt: skip  (programs_per_sm is capped at what one SM holds, except in `base`)
 SCORE_TILES = ((32, 4), (64, 4), (128, 4), (128, 8), (256, 8))
-TOPK_WARPS = (8, 4, 16, 2)
+TOPK_WARPS = (8, 4, 16)
 
 
 def _variants():
