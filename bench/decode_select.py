@@ -20,9 +20,17 @@ Correctness first, at a small size: the step against its torch reference (the se
 recomputed from the keys), and the paged full decode against SDPA.
 
 Two steps, so that the GPU machine needs neither lark nor pydantic:
-    python bench/decode_select.py generate        # here: render the modules into bench/generated/
-    python bench/decode_select.py run [--smoke]   # there: import them, check, time, print
+    python bench/decode_select.py generate [--base REV]  # here: render the modules into bench/generated/
+    python bench/decode_select.py run [--smoke]          # there: import them, check, time, print
+    python bench/decode_select.py run --step [--smoke]   # the Quest step alone, every variant
 `run` writes its numbers to $OUT/decode_select.json (OUT unset: ./out/decode_select.json).
+
+`--step` times the Quest step of each variant it finds (each checked first against its torch
+reference at 8192 tokens): `base` (bench/generated/base/, rendered by `generate --base REV`
+from the code of git revision REV: the step before a change), `bf16` (summaries in the cache's
+dtype) and `fp8` (`select quest(4096, page = 16, bits = 8)`: float8 summaries rounded
+outward), each with its own sweep of the score tile and the attention config; then one table
+(CUDA graph and eager µs, bytes read, TB/s, speedup over SDPA) and the parts of each step.
 """
 
 from __future__ import annotations
@@ -44,31 +52,53 @@ BUDGET, PAGE = 4096, 16
 MODEL = f"model {{ layers = 1, heads = {H}, kv_heads = {HK}, head_dim = {D} }}\npattern p = causal\n"
 TEXTS = {
     "select_quest": MODEL + f"cache {{ select quest({BUDGET}, page = {PAGE}) }}\n",
+    "select_quest8": MODEL + f"cache {{ select quest({BUDGET}, page = {PAGE}, bits = 8) }}\n",
     "select_full": MODEL,
     "evict_h2o": MODEL + f"cache {{ budget = {BUDGET} keep sink(4) keep recent(64) evict h2o }}\n",
     "evict_tova": MODEL + f"cache {{ budget = {BUDGET} keep sink(4) keep recent(64) evict tova }}\n",
 }
 
 
-def generate(out: Path = GEN) -> None:
+def generate(out: Path = GEN, names=tuple(TEXTS)) -> None:
     from attnc.codegen.decode_plan import plan_decode
     from attnc.codegen.writer import write_decode_module
     from attnc.compiler.lower import lower
     from attnc.spec.resolve import resolve_text
 
-    for name, text in TEXTS.items():
-        path = write_decode_module(plan_decode(lower(resolve_text(text, f"{name}.attn"))), out / f"{name}.py")
-        print(f"wrote {path}")
+    for name in names:
+        plan = plan_decode(lower(resolve_text(TEXTS[name], f"{name}.attn")))
+        print(f"wrote {write_decode_module(plan, out / f'{name}.py')}")
+
+
+def generate_base(rev: str) -> None:
+    """Render select_quest.py into bench/generated/base/ with the code of git revision `rev`
+    (its attnc packages extracted to a temporary folder and imported in a subprocess)."""
+    import subprocess
+    import tempfile
+
+    root = HERE.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        pkg = Path(tmp) / "attnc"
+        pkg.mkdir()
+        for src, dst in (("attnc", pkg), ("spec", pkg / "spec"), ("compiler", pkg / "compiler"),
+                         ("codegen", pkg / "codegen"), ("runtime", pkg / "runtime")):  # fmt: skip
+            dst.mkdir(exist_ok=True)
+            tar = subprocess.run(["git", "-C", str(root), "archive", rev, src], check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "--strip-components=1", "-C", str(dst)], input=tar, check=True)
+        code = (f"import sys; sys.path.insert(0, {tmp!r}); sys.path.insert(0, {str(HERE)!r}); import attnc, decode_select; "
+                f"assert attnc.__file__.startswith({tmp!r}), attnc.__file__; "
+                f"decode_select.generate(decode_select.GEN / 'base', ['select_quest'])")  # fmt: skip
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp)
 
 
 # ------------------------------------------------------------------ run (GPU machine)
 
 
-def _import(name):
+def _import(name, folder=GEN):
     sys.path.insert(0, str(HERE.parent))
     from codegen.importing import import_module_from_path  # the standard library only: no attnc needed
 
-    return import_module_from_path(GEN / f"{name}.py", name)
+    return import_module_from_path(folder / f"{name}.py", f"{folder.name}_{name}")
 
 
 def _sync(torch):
@@ -264,6 +294,146 @@ def _evict_bench(mod, name, res, dev, torch, n, batch):
         d["paged"] = f"not served: {exc}"
 
 
+ATTEND_CONFIGS = (  # (block_n, num_warps, stages, programs_per_sm): the --step sweep
+    (64, 4, 1, 4), (64, 4, 2, 4), (64, 4, 3, 4), (64, 4, 1, 2), (32, 4, 1, 4), (32, 4, 2, 4), (32, 4, 1, 8),
+    (128, 8, 1, 4), (64, 8, 1, 4),
+)  # fmt: skip  (programs_per_sm is capped at what one SM holds, except in `base`)
+SCORE_TILES = ((32, 4), (64, 4), (128, 4), (128, 8), (256, 8))
+TOPK_WARPS = (8, 4, 16)
+
+
+def _variants():
+    """(name, module) of each Quest variant whose module was generated."""
+    found = [("base", GEN / "base", "select_quest"), ("bf16", GEN, "select_quest"), ("fp8", GEN, "select_quest8")]
+    return [(name, _import(mod, folder)) for name, folder, mod in found if (folder / f"{mod}.py").exists()]
+
+
+def _registers(kernel) -> list:
+    """[(num_warps, stages, registers, shared bytes)] of a jit function's compiled versions."""
+    try:
+        return sorted({(k.metadata.num_warps, k.metadata.num_stages, k.n_regs, k.metadata.shared)
+                       for cache in kernel.device_caches.values() for k in cache[0].values()})  # fmt: skip
+    except Exception as exc:  # the compiled kernels' records differ between Triton versions
+        return [f"unknown ({type(exc).__name__})"]
+
+
+def _step_variant(name, mod, torch, dev, n, batch, res, sweep: int):
+    """One variant's step at n tokens: a sweep of its score tile and attention config (graph
+    time; the first `sweep` of each list), then the step and its parts, graph and eager, with the bytes each reads."""
+    qc = mod.PagedCache(batch, device=dev, dtype=torch.bfloat16, pages=batch * HK * (n // PAGE + 2))
+    _fill([qc], n, batch, dev, torch)
+    q = torch.randn(batch, H, 1, D, device=dev, dtype=torch.bfloat16, generator=torch.Generator(dev).manual_seed(0))
+    L, scale = qc._layers[0], D**-0.5
+    config = mod.DecodeConfig()
+    r = res[name] = {}
+    qc.decode(0, q)
+    if sweep:
+        tiles = {t: _graph(lambda: qc._score(L, q, 0, *t), torch) for t in SCORE_TILES[:sweep]}
+        qc.score_tile = min(tiles, key=tiles.get)
+        scores = qc._score(L, q, 0, *qc.score_tile)
+        if hasattr(qc, "topk_warps"):  # not in `base`
+            warps = {}
+            for w in TOPK_WARPS[:sweep]:
+                qc.topk_warps = w
+                warps[w] = _graph(lambda: qc._top(L, scores, 1, 0), torch)
+            qc.topk_warps = min(warps, key=warps.get)
+            r["sweep_topk_us"] = {str(w): v * 1e6 for w, v in warps.items()}
+        cfgs = {c: mod.DecodeConfig(block_n=c[0], num_warps=c[1], stages=c[2], programs_per_sm=c[3])
+                for c in ATTEND_CONFIGS[:sweep]}  # fmt: skip
+        times = {c: _graph(lambda: qc._attend(L, q, scale, cfg), torch) for c, cfg in cfgs.items()}
+        config = cfgs[min(times, key=times.get)]
+        r["sweep_score_us"] = {str(t): v * 1e6 for t, v in tiles.items()}
+        r["sweep_attend_us"] = {str(c): v * 1e6 for c, v in times.items()}
+    r["score_tile"], r["attend_config"] = list(qc.score_tile), config._asdict()
+    r["topk_warps"] = getattr(qc, "topk_warps", 8)
+    scores = qc._score(L, q, 0, *qc.score_tile)
+    parts = {
+        "score": lambda: qc._score(L, q, 0, *qc.score_tile),
+        "topk": lambda: qc._top(L, scores, 1, 0),
+        "attend": lambda: qc._attend(L, q, scale, config),
+        "step": lambda: qc.decode(0, q, config=config),
+    }
+    heads, pages = batch * HK, -(-n // PAGE)
+    summary = 2 * D * L.smin.element_size() + (4 if getattr(L, "sscale", None) is not None else 0)
+    nbytes = {"score": heads * pages * (summary + 4), "topk": heads * pages * 4,
+              "attend": heads * min(BUDGET + PAGE, n) * (D * 2 * 2 + 4)}  # fmt: skip
+    nbytes["step"] = sum(nbytes.values())
+    for part, fn in parts.items():
+        r[f"{part}_graph_us"], r[f"{part}_eager_us"] = _graph(fn, torch) * 1e6, _eager(fn, torch) * 1e6
+        r[f"{part}_MB"] = nbytes[part] / 1e6
+    r["registers"] = {k: _registers(getattr(mod, k)) for k in ("_pg_score_kernel", "_pg_topk_kernel", "_pg_fwd_kernel")}
+    del qc, parts, scores
+
+
+def _check_variant(name, mod, torch, dev, n, batch) -> dict:
+    """The variant's step against its torch reference at n tokens: same pages, output error."""
+    qc = mod.PagedCache(batch, device=dev, dtype=torch.bfloat16)
+    _fill([qc], n, batch, dev, torch, chunk=1024)
+    q = torch.randn(batch, H, 1, D, device=dev, dtype=torch.bfloat16)
+    got = qc.decode(0, q)
+    chosen = qc.selected(0)
+    want = qc.decode_reference(0, q)
+    ref = qc.selected(0)
+    same = sum(int((chosen[h] == ref[h]).sum()) for h in chosen) / sum(x.numel() for x in chosen.values())
+    return {"same_pages": same, "rel_err": _rel(got, want)}
+
+
+def run_step(args) -> dict:
+    """The Quest step of every variant against SDPA: a table (see the module's docstring)."""
+    import torch
+
+    dev = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
+    n, batch, check_n = (512, 1, 300) if args.smoke else (N, B, 8192)
+    CALLS[0] = 1 if args.smoke else CALLS[0]
+    res: dict = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "context": n, "batch": batch}
+    variants = _variants()
+    for name, mod in variants:
+        try:
+            res[f"check_{name}"] = _check_variant(name, mod, torch, dev, check_n, min(batch, 2))
+        except Exception as exc:  # noqa: BLE001 - one variant's failure must not hide the others' numbers
+            res[f"check_{name}"] = f"FAILED: {type(exc).__name__}: {str(exc)[:300]}"
+        print(f"check {name} at {check_n} tokens: {res[f'check_{name}']}", flush=True)
+    g = torch.Generator(device=dev).manual_seed(n)
+    kd = torch.randn(batch, HK, n, D, device=dev, dtype=torch.bfloat16, generator=g)
+    vd = torch.randn_like(kd)
+    q = torch.randn(batch, H, 1, D, device=dev, dtype=torch.bfloat16)
+    F = torch.nn.functional
+    sdpa = _graph(lambda: F.scaled_dot_product_attention(q, kd, vd, enable_gqa=True), torch) * 1e6
+    res["sdpa_us"], res["sdpa_MB"] = sdpa, kd.numel() * 2 * 2 / 1e6
+    del kd, vd
+    for name, mod in variants:
+        try:
+            _step_variant(name, mod, torch, dev, n, batch, res, sweep=1 if args.smoke else len(ATTEND_CONFIGS))
+            print(f"timed {name}", flush=True)
+        except Exception as exc:  # noqa: BLE001
+            res.pop(name, None)
+            res[f"error_{name}"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            print(f"{name} FAILED: {res[f'error_{name}']}", flush=True)
+            if dev == "cuda":
+                torch.cuda.empty_cache()
+    variants = [(name, mod) for name, mod in variants if name in res]
+    rows = [("SDPA (full cache)", sdpa, float("nan"), res["sdpa_MB"])]
+    for name, _ in variants:
+        r = res[name]
+        for part in ("step", "score", "topk", "attend"):
+            rows.append((f"{name} {part}", r[f"{part}_graph_us"], r[f"{part}_eager_us"], r[f"{part}_MB"]))
+    print(f"\n{res['device']}: B={batch}, {H} query heads, {HK} KV heads, D={D}, bf16, context {n}, budget {BUDGET}")
+    print(f"{'':24} {'graph us':>9} {'eager us':>9} {'MB':>8} {'TB/s':>6} {'x SDPA':>7} {'x SDPA eager':>12}")
+    for label, g_us, e_us, mb in rows:
+        print(f"{label:24} {g_us:9.1f} {e_us:9.1f} {mb:8.1f} {mb / g_us:6.2f} {sdpa / g_us:7.2f} {sdpa / e_us:12.2f}")
+    for name, _ in variants:
+        r = res[name]
+        print(f"{name}: score tile {r['score_tile']}, top-k warps {r['topk_warps']}, attend {r['attend_config']}")
+        print(f"  registers (warps, stages, registers, shared bytes): {r['registers']}")
+        for key in ("sweep_score_us", "sweep_topk_us", "sweep_attend_us"):
+            if key in r:
+                print(f"  {key}: " + ", ".join(f"{k}: {v:.1f}" for k, v in r[key].items()))
+    out = Path(os.environ.get("OUT", "out"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "decode_select_step.json").write_text(json.dumps(res, indent=1, default=str))
+    return res
+
+
 def run(args) -> dict:
     import torch
 
@@ -292,9 +462,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=("generate", "run"))
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (TRITON_INTERPRET=1)")
+    ap.add_argument("--step", dest="quest_step", action="store_true", help="run: the Quest step of each variant")
+    ap.add_argument("--base", metavar="REV", help="generate: also render the Quest module of git revision REV")
     args = ap.parse_args(argv)
     if args.step == "generate":
         generate()
+        if args.base:
+            generate_base(args.base)
+    elif args.quest_step:
+        run_step(args)
     else:
         run(args)
 

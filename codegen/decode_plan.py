@@ -209,7 +209,7 @@ def head_select(rule: tuple[int, Any] | None) -> Select | None:
     sel = getattr(rule[1], "select", None) if rule is not None else None
     if sel is None:
         return None
-    return Select(sel.score, select_units(sel), int(rule[1].sink), int(rule[1].recent), rule[1].aggregate)
+    return Select(sel.score, select_units(sel), int(rule[1].sink), int(rule[1].recent), rule[1].aggregate, sel.bits)
 
 
 # --------------------------------------------------------------------------- masks

@@ -331,12 +331,19 @@ def kv_store(program: Program, layer: int, kv: int, max_step: int = 1) -> KvStor
 
 def page_size(program: Program) -> int:
     """Tokens per page of the paged cache: the page of the file's page selections (one size
-    per file), else 16."""
+    per file), else 16. Its quest selections share one summary precision too (one pool)."""
     pages = {
         c.select.page for c in program.cache if getattr(c, "select", None) is not None and c.select.score != "tokens"
     }
     if len(pages) > 1:
         raise DecodePlanError(f"the selections of a file share one page size; this one uses {sorted(pages)}")
+    bits = {
+        c.select.bits for c in program.cache if getattr(c, "select", None) is not None and c.select.score == "quest"
+    }
+    if len(bits) > 1:
+        raise DecodePlanError(
+            f"the quest selections of a file share one summary precision; this one uses bits {sorted(bits)}"
+        )
     return pages.pop() if pages else 16
 
 

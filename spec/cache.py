@@ -38,11 +38,12 @@ SCORES: dict[str, dict[str, tuple[object, tuple[str, ...] | None]]] = {
 }
 # selection score -> its options (page: tokens per page; tokens selects single tokens)
 SELECT_SCORES: dict[str, tuple[str, ...]] = {
-    "quest": ("budget", "page"),
+    "quest": ("budget", "page", "bits"),
     "mean": ("budget", "page"),
     "tokens": ("budget",),
 }
 PAGE_SIZES = (16, 32, 64, 128, 256)
+SUMMARY_BITS = (8, 16)  # quest's page summaries: float8 rounded outward, or the cache's dtype
 DEFAULT_TIMING = {"snapkv": "prefill", "key_norm": "prefill", "h2o": "decode", "tova": "decode"}
 SETTINGS = {"aggregate": ("mean", "max", "sum"), "positions": ("original", "rerotate")}
 ALLOCATORS = ("cake",)
@@ -204,8 +205,9 @@ def _evaluate(item: object, selection: Selection) -> object | None:
 
 
 def _select(item: ast.Select, selection: Selection) -> RSelect | None:
-    """`select quest(4096, page = 16)`, `select mean(4096, page = 16)`, `select tokens(2048)`:
-    the tokens each step reads (besides the keep rules), and the page size."""
+    """`select quest(4096, page = 16, bits = 8)`, `select mean(4096, page = 16)`, `select
+    tokens(2048)`: the tokens each step reads (besides the keep rules), the page size, and the
+    bits of quest's page summaries."""
     known = SELECT_SCORES.get(item.score)
     if known is None:
         hint = suggest(item.score, SELECT_SCORES) or f"the selection scores are {one_of(SELECT_SCORES)}"
@@ -235,7 +237,13 @@ def _select(item: ast.Select, selection: Selection) -> RSelect | None:
             item.loc, f"a page of {page} tokens is not supported", f"the page sizes are {one_of(PAGE_SIZES)}"
         )
         return None
-    return RSelect(score=item.score, budget=values["budget"], page=page)  # type: ignore[arg-type]
+    bits = values.get("bits", 16)
+    if bits not in SUMMARY_BITS:
+        selection.reporter.error(
+            item.loc, f"quest's summaries of {bits} bits are not supported", f"bits is {one_of(SUMMARY_BITS)}"
+        )
+        return None
+    return RSelect(score=item.score, budget=values["budget"], page=page, bits=bits)  # type: ignore[arg-type]
 
 
 def _positive(expr: ast.ArgValue, what: str, selection: Selection, minimum: int = 1) -> int | None:

@@ -132,11 +132,13 @@ class REvict(Frozen):
 class RSelect(Frozen):
     """Decode-time selection: each step reads the `budget` best tokens' worth of pages
     (`page` tokens each) by `score` (quest: Quest's bound from per-page channel min/max;
-    mean: the page's mean key; tokens: exact top-k tokens, TokenSelect), plus the keep rules."""
+    mean: the page's mean key; tokens: exact top-k tokens, TokenSelect), plus the keep rules.
+    bits: quest's summaries in the cache's dtype (16) or in float8 rounded outward (8)."""
 
     score: Literal["quest", "mean", "tokens"]
     budget: int
     page: int = 16
+    bits: int = 16
 
 
 class CachePolicy(Frozen):

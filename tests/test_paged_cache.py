@@ -86,7 +86,7 @@ def _ints(*shape, seed):
     sampled(
         [
             "select quest(48, page = 16)",
-            "select quest(32, page = 16) keep sink(4) keep recent(20) aggregate = max",
+            "select quest(32, page = 16, bits = 8) keep sink(4) keep recent(20) aggregate = max",
             "select mean(32, page = 16) keep recent(3)",
             "select tokens(9) keep sink(2) keep recent(4) aggregate = sum",
             "kv_heads 1 { select quest(16, page = 16) }",
@@ -146,6 +146,72 @@ def test_selection_reads_the_keep_rules_and_the_chosen_pages():
     out = cache.decode(0, q)
     assert cache.selected(0)[0].tolist() == [[1]]
     assert out[0, 0, 0, 0] > 0.99
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.lists(st.floats(-1000, 1000, width=32), min_size=12, max_size=12),
+    st.sampled_from([1e-9, 1e-3, 1.0, 1e3]),
+)
+def test_fp8_bounds_round_outward_by_at_most_one_step(values, mult):
+    """Quest's stored summaries: lo8 * scale <= lo and hi8 * scale >= hi (the bound stays an
+    upper bound), each within one float8 e4m3 step (1/8 of the value, or the smallest
+    subnormal step 2^-9 times the scale); zeros, tiny and large values; the scaled values fit."""
+    from attnc.codegen.support.paged import fp8_bounds
+
+    x = torch.tensor(values).view(2, 6) * mult
+    lo, hi = torch.minimum(x, -x.flip(-1)), torch.maximum(x, x.flip(-1))
+    lo[0, 0] = hi[0, 0] = 0.0
+    lo8, hi8, scale = fp8_bounds(lo, hi)
+    assert lo8.dtype == torch.float8_e4m3fn and scale.shape == (2,)
+    low, high = lo8.float() * scale[:, None], hi8.float() * scale[:, None]
+    assert (low <= lo).all() and (high >= hi).all()
+    step = torch.maximum(torch.maximum(lo.abs(), hi.abs()) / 8, 2.0**-9 * scale[:, None])
+    assert (lo - low <= step).all() and (high - hi <= step).all()
+    assert (lo8.float().abs() <= 256).all() and (hi8.float().abs() <= 256).all()
+
+
+def test_quest_summaries_are_page_bounds_of_the_held_keys():
+    """The summaries kept on append (pages filled over several appends, rows of different
+    lengths, partial pages) are page_bounds of each head's keys in position order: the rule
+    the torch reference scores with."""
+    mod = _select_module("select quest(32, page = 16, bits = 8)")
+    B, Hk, D = 2, 2, 16
+    k = rand(B, Hk, 70, D, seed=7).to(torch.bfloat16) * 5
+    cache = mod.PagedCache(B, dtype=torch.bfloat16)
+    cache.append(0, k[:, :, :21], k[:, :, :21])
+    cache.append(0, k[1:, :, 21:50], k[1:, :, 21:50], rows=[1])
+    cache.append(0, k[:, :, 50:53], k[:, :, 50:53])
+    L = cache._layers[0]
+    for b, n in ((0, 24), (1, 53)):
+        keys = torch.cat([k[b, :, :21], k[b, :, 50:53]], 1) if b == 0 else k[b, :, :53]
+        for h in range(Hk):
+            pages = torch.tensor(list(L.tables[b][h].values()))
+            lo, hi = mod.page_bounds(keys[h], 16, 8)
+            assert len(pages) == -(-n // 16)
+            assert torch.equal(L.smin[pages].float() * L.sscale[pages, None], lo)
+            assert torch.equal(L.smax[pages].float() * L.sscale[pages, None], hi)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_selection_on_random_keys_matches_reference(bits):
+    """bf16 keys and queries with no ties: the step chooses the pages the torch reference
+    chooses from the keys (page_bounds' rounding applied alike), and decodes like it."""
+    mod = _select_module(f"select quest(48, page = 16, bits = {bits}) keep sink(4)", heads=8, kv_heads=2)
+    B, H, Hk, D, N = 2, 8, 2, 16, 150
+    q, k, v = (
+        rand(*s, seed=i, dtype=torch.bfloat16) for i, s in ((8, (B, H, N, D)), (9, (B, Hk, N, D)), (10, (B, Hk, N, D)))
+    )
+    cache = mod.PagedCache(B, dtype=torch.bfloat16)
+    cache.append(0, k[:, :, :140], v[:, :, :140])
+    for t in range(140, 143):
+        cache.append(0, k[:, :, t : t + 1], v[:, :, t : t + 1])
+        out = cache.decode(0, q[:, :, t : t + 1])
+        got = cache.selected(0)
+        ref = cache.decode_reference(0, q[:, :, t : t + 1])
+        for h, want in cache.selected(0).items():
+            assert torch.equal(got[h], want), (t, h, got[h], want)
+        torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=0)
 
 
 # ------------------------------------------------------------------ the pool
@@ -226,6 +292,10 @@ def test_fixed_pool_full_is_an_error():
             "pattern p = causal\ncache { kv_heads 0 { select quest(64) } kv_heads 1 { select mean(64, page = 32) } }",
             "share one page size",
         ),
+        (
+            "pattern p = causal\ncache { kv_heads 0 { select quest(64) } kv_heads 1 { select quest(64, bits = 8) } }",
+            "share one summary precision",
+        ),
     ],
 )
 def test_selection_plan_errors(body, message):
@@ -240,7 +310,7 @@ def test_selection_plan_errors(body, message):
 @pytest.mark.parametrize(
     "rule, topk_block",
     [
-        ("select quest(48, page = 16) keep sink(3)", None),  # GQA 4, several splits
+        ("select quest(48, page = 16, bits = 8) keep sink(3)", None),  # GQA 4, several splits, float8 summaries
         pytest.param(  # token selection, top-k over blocks of 16 units (multi-block top-k: the other two cases)
             "select tokens(21) keep recent(5) aggregate = max", 16, marks=pytest.mark.exhaustive
         ),
@@ -328,6 +398,20 @@ def test_paged_kernels_compile_for_sm90():
     usage = json.loads(res.stdout.strip().splitlines()[-1])
     for name, (shared, regs, stack) in usage.items():
         assert stack == 0 and shared <= 232448, (name, shared, regs, stack)
+
+
+def test_programs_one_sm_holds():
+    """The attention's splits stop at what one SM holds at once (one wave of programs): an
+    H100's limits, from registers, shared memory and warps."""
+    from types import SimpleNamespace
+
+    from attnc.codegen.support.paged import _resident
+
+    assert _resident(164, 22528, 4) == 3  # 164 registers: 5376 per warp, 3 x 4 warps fit 65536
+    assert _resident(122, 13312, 4) == 4
+    assert _resident(32, 100_000, 4) == 2  # shared memory
+    assert _resident(32, 0, 16) == 4  # warps
+    assert _resident(164, 0, 4, SimpleNamespace(regs_per_multiprocessor=32768)) == 1
 
 
 @settings(max_examples=12, deadline=None)

@@ -145,6 +145,18 @@ BAD_INPUTS = [
         "the page sizes are '16', '32', '64', '128' or '256'",
     ),
     (
+        "pattern p = causal\ncache { select quest(64, bits = 4) }",
+        "2:9",
+        "quest's summaries of 4 bits are not supported",
+        "bits is '8' or '16'",
+    ),
+    (
+        "pattern p = causal\ncache { select mean(64, bits = 8) }",
+        "2:25",
+        "mean has no option 'bits'",
+        "mean's options are 'page'",
+    ),
+    (
         "pattern p = causal\ncache { select tokens(64, page = 16) }",
         "2:27",
         "tokens takes no options",

@@ -87,15 +87,17 @@ class PagePool:
 
 @triton.jit
 def _pg_score_kernel(
-    Q, SA, SB, LIST, NTOK, HI, OUT, T, NU, LW, NH, page, sink, recent,
+    Q, SA, SB, SS, LIST, NTOK, HI, OUT, T, NU, LW, NH, page, sink, recent,
     H_KV: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr, RP: tl.constexpr, USZ: tl.constexpr, MODE: tl.constexpr,
     AGG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_U: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
+    SCALED: tl.constexpr,
 ):  # fmt: skip
     """Scores of the candidate units u of one selecting head against its G * T query rows,
     aggregated over the rows: OUT (B, NH, NU) float32; -inf where u is no candidate (the keep
     rules read it: u < ceil(sink / USZ) or u >= (n - max(recent, T)) // USZ, or past the row's
     NTOK tokens). Unit u is row (LIST[u // RP] * RP + u % RP) of SA (and SB). MODE 0: Quest's
-    bound (SA min, SB max); 1: q . (SA / tokens in the page) (the mean key); 2: q . SA (keys)."""
+    bound (SA min, SB max; SCALED: float8 e4m3 times the page's scale SS, fp8_bounds); 1:
+    q . (SA / tokens in the page) (the mean key); 2: q . SA (keys)."""
     pid = tl.program_id(0)
     b = (pid // NH).to(tl.int64)
     i = pid % NH
@@ -114,17 +116,19 @@ def _pg_score_kernel(
     a = tl.load(SA + row[:, None] * HEAD_DIM + offs_d[None, :], mask=ok_u[:, None], other=0.0)
     if UPCAST:  # the Triton 3.6 interpreter multiplies bf16 wrongly: compute in fp32 there
         q = q.to(tl.float32)
-        a = a.to(tl.float32)
-    if MODE == 0:
-        hi = tl.load(SB + row[:, None] * HEAD_DIM + offs_d[None, :], mask=ok_u[:, None], other=0.0).to(a.dtype)
-        s = tl.dot(tl.where(q > 0, q, 0.0).to(a.dtype), tl.trans(hi), input_precision=DOT_PREC)
-        s = tl.dot(tl.where(q < 0, q, 0.0).to(a.dtype), tl.trans(a), s, input_precision=DOT_PREC)
+    if MODE == 0:  # float8 in q's dtype is exact; a power-of-two scale after the sum too
+        a = a.to(q.dtype)
+        hi = tl.load(SB + row[:, None] * HEAD_DIM + offs_d[None, :], mask=ok_u[:, None], other=0.0).to(q.dtype)
+        s = tl.dot(tl.where(q > 0, q, 0.0).to(q.dtype), tl.trans(hi), input_precision=DOT_PREC)
+        s = tl.dot(tl.where(q < 0, q, 0.0).to(q.dtype), tl.trans(a), s, input_precision=DOT_PREC)
+        if SCALED:
+            s = s * tl.load(SS + row, mask=ok_u, other=1.0)[None, :]
     elif MODE == 1:
         cnt = tl.minimum(tl.load(SB + b) - u * page, page)  # SB: the row's tokens
         mean = a.to(tl.float32) / tl.maximum(cnt, 1).to(tl.float32)[:, None]
         s = tl.dot(q.to(tl.float32), tl.trans(mean), input_precision="ieee")
     else:
-        s = tl.dot(q, tl.trans(a), input_precision=DOT_PREC)
+        s = tl.dot(q, tl.trans(a.to(q.dtype)), input_precision=DOT_PREC)
     if AGG == 1:
         out = tl.max(tl.where(row_ok[:, None], s, float("-inf")), 0)
     else:
@@ -249,6 +253,19 @@ def _sel_width(s: Select, page: int, T: int) -> tuple[int, int, int, int]:
     return ws, wl, s.units, ws + wl + s.units
 
 
+_PG_FIT: dict = {}  # (device, attention launch's constants) -> programs one SM holds at once
+
+
+def _resident(regs: int, shared: int, warps: int, p=None) -> int:
+    """Programs of a kernel (registers per thread, shared bytes, warps) that one SM holds at
+    once: registers are allocated per warp in units of 256, 1 KiB of shared memory is reserved
+    per program; p: the device's properties (absent ones: an H100's)."""
+    smem = getattr(p, "shared_memory_per_multiprocessor", 233472)
+    by_regs = getattr(p, "regs_per_multiprocessor", 65536) // (-(-regs * 32 // 256) * 256 * warps)
+    by_warps = getattr(p, "max_threads_per_multi_processor", 2048) // (32 * warps)
+    return max(1, min(by_regs, by_warps, smem // (shared + 1024), 32))
+
+
 # ------------------------------------------------------------------ host state
 
 
@@ -269,12 +286,49 @@ def keep_units(n, s: Select, unit: int, T: int):
     return torch.cat([first.expand(n.shape[0], -1), last], 1), torch.full_like(start, ws), start
 
 
+def fp8_bounds(lo, hi):
+    """Quest's page summaries at 8 bits: per-channel minima lo and maxima hi (float32, (..., D))
+    in float8 e4m3 times a power-of-two scale per page (...,): lo rounded down and hi rounded
+    up, so that the bound they give stays an upper bound of q . k over the page (only looser,
+    by at most one float8 step of each channel's extreme). The scale 2^(e - 8), where
+    2^(e - 1) <= max |value| < 2^e (at least 2^-126), keeps every scaled value below 256 before
+    rounding (at most 256 after; float8's largest is 448: nothing saturates). Returns (lo8,
+    hi8, scale); the bound reads lo8 * scale and hi8 * scale."""
+    amax = torch.maximum(lo.abs(), hi.abs()).amax(-1)
+    e = torch.frexp(torch.where(amax.isfinite(), amax, 0.0))[1]
+    scale = torch.ldexp(torch.ones_like(amax), (e - 8).clamp_min(-126))  # a normal float32
+    return _fp8_outward(lo, scale[..., None], -1), _fp8_outward(hi, scale[..., None], 1), scale
+
+
+def _fp8_outward(x, scale, way: int):
+    """x / scale (float32, |x / scale| < 256) in float8 e4m3 rounded down (way -1) or up (way 1):
+    to nearest, then one step further where that moved the value the wrong way, compared
+    unscaled (x / scale may underflow); rounding keeps the sign, so a step is one code up or
+    down (magnitude codes are ordered)."""
+    y = (x / scale).to(torch.float8_e4m3fn)
+    wrong = y.float() * scale > x if way < 0 else y.float() * scale < x
+    neg = y.view(torch.uint8) >= 128
+    step = torch.where(neg, -way, way).to(torch.int16)  # the code of a negative value counts its magnitude
+    code = y.view(torch.uint8).to(torch.int16) + torch.where(wrong, step, 0)
+    return code.to(torch.uint8).view(torch.float8_e4m3fn)
+
+
+def page_bounds(keys, page: int, bits: int = 16):
+    """The summaries a quest page keeps of its keys (..., N, D), as (lo, hi) float32: their
+    channel minima and maxima (block_min_max), exact at 16 bits, by fp8_bounds at 8."""
+    lo, hi = block_min_max(keys, page)
+    if bits == 16:
+        return lo, hi
+    lo8, hi8, scale = fp8_bounds(lo, hi)
+    return lo8.float() * scale[..., None], hi8.float() * scale[..., None]
+
+
 def unit_scores(qs, keys, s: Select, page: int):
     """The scores of one KV head's units from its keys (position order) in torch: the step's
     queries qs (G * T, D) against each page's Quest bound or mean key, or each key
     (`tokens`), combined over the queries by `aggregate` (block_scores)."""
     if s.score == "quest":
-        sc = quest_bound(qs, *block_min_max(keys, page))
+        sc = quest_bound(qs, *page_bounds(keys, page, s.bits))
     elif s.score == "mean":
         sc = mean_score(qs, block_mean(keys, page))
     else:
@@ -303,7 +357,7 @@ class _PgLayer:
         self.tables = [[{} for _ in self.rules] for _ in range(batch)]  # logical -> pool page, in order
         self.n = [0] * batch
         self.pool = PagePool()
-        self.k = self.v = self.pos = self.smin = self.smax = self.ssum = None
+        self.k = self.v = self.pos = self.smin = self.smax = self.sscale = self.ssum = None
         self.list = self.llen = self.lo = self.ntok = None
         self.sinks = None
         self.chosen: dict = {}
@@ -334,6 +388,7 @@ class PagedCacheBase:
 
     spec: PagedSpec = None
     score_tile = (64, 4)  # (units, warps) of a program of _pg_score_kernel (bench/decode_select.py sweeps it)
+    topk_warps = 8  # warps of a program of _pg_topk_kernel (bench/decode_select.py sweeps it)
 
     def __init__(self, batch, *, device="cpu", dtype=torch.float16, pages=None, head_dim=None):
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
@@ -389,9 +444,8 @@ class PagedCacheBase:
         if new:
             pg = torch.tensor(new, dtype=torch.int64, device=dev)
             L.pos.view(-1, P)[pg] = self.spec.cache.decode.sentinel
-            for s, fill in ((L.smin, float("inf")), (L.smax, float("-inf")), (L.ssum, 0.0)):
-                if s is not None:
-                    s[pg] = fill
+            if L.ssum is not None:
+                L.ssum[pg] = 0.0
         n0s = torch.tensor([L.n[b] for b in rows], dtype=torch.int64, device=dev)
         p = n0s[:, None] + torch.arange(T, device=dev)[None, :]  # (R, T)
         pages = torch.gather(phys.to(dev), 2, (p // P - n0s[:, None] // P)[:, None, :].expand(-1, Hk, -1))
@@ -401,14 +455,26 @@ class PagedCacheBase:
         L.pos[slots] = p[:, None, :].expand(-1, Hk, -1).reshape(-1).to(torch.int32)
         pages = pages.reshape(-1)
         if L.smin is not None:
-            idx = pages[:, None].expand(-1, D)
-            L.smin.scatter_reduce_(0, idx, k.reshape(-1, D), "amin")
-            L.smax.scatter_reduce_(0, idx, k.reshape(-1, D), "amax")
+            self._summarise(L, torch.tensor(sorted(set(phys.reshape(-1).tolist())), dtype=torch.int64, device=dev))
         if L.ssum is not None:
             L.ssum.index_add_(0, pages, k.reshape(-1, D).float())
         for b in rows:
             L.n[b] += T
         self._update_lists(L, rows, appended)
+
+    def _summarise(self, L, pg):
+        """Quest's summaries of pool pages pg from their held keys: the channel minima and
+        maxima, at 8 bits by fp8_bounds (page_bounds is the same rule over keys in order)."""
+        P, D = self.page, self.head_dim
+        k = L.k.view(-1, P, D)[pg]
+        held = (L.pos.view(-1, P)[pg] != self.spec.cache.decode.sentinel)[:, :, None]
+        lo = torch.where(held, k, float("inf")).amin(1)
+        hi = torch.where(held, k, float("-inf")).amax(1)
+        if L.sscale is None:
+            L.smin[pg], L.smax[pg] = lo, hi
+        else:  # float8 written as bytes (indexing ops need not serve float8)
+            lo8, hi8, L.sscale[pg] = fp8_bounds(lo.float(), hi.float())
+            L.smin.view(torch.uint8)[pg], L.smax.view(torch.uint8)[pg] = lo8.view(torch.uint8), hi8.view(torch.uint8)
 
     def release(self, row):
         """End the sequence of a batch row: its pages return to every layer's pool."""
@@ -439,6 +505,8 @@ class PagedCacheBase:
         sel = {s.score for s in L.select if s is not None}
 
         def grown(x, shape, dtype, fill):
+            if dtype == torch.float8_e4m3fn:  # as bytes (fill 0)
+                return grown(None if x is None else x.view(torch.uint8), shape, torch.uint8, 0).view(dtype)
             y = torch.full(shape, fill, dtype=dtype, device=dev)
             if x is not None:
                 y[: x.shape[0]] = x
@@ -448,8 +516,11 @@ class PagedCacheBase:
         L.v = grown(L.v, (pages * P, D), self.dtype, 0)
         L.pos = grown(L.pos, (pages * P,), torch.int32, self.spec.cache.decode.sentinel)
         if "quest" in sel:
-            L.smin = grown(L.smin, (pages, D), self.dtype, 0)
-            L.smax = grown(L.smax, (pages, D), self.dtype, 0)
+            fp8 = 8 in {s.bits for s in L.select if s is not None}  # one precision per file (page_size)
+            L.smin = grown(L.smin, (pages, D), torch.float8_e4m3fn if fp8 else self.dtype, 0)
+            L.smax = grown(L.smax, (pages, D), torch.float8_e4m3fn if fp8 else self.dtype, 0)
+            if fp8:
+                L.sscale = grown(L.sscale, (pages,), torch.float32, 1)
         if "mean" in sel:
             L.ssum = grown(L.ssum, (pages, D), torch.float32, 0)
         L.pool.grow(pages)
@@ -550,14 +621,15 @@ class PagedCacheBase:
         NU = max(-(-max(L.n) // (1 if tokens else self.page)), 1)
         out = torch.empty((B, len(heads), NU), dtype=torch.float32, device=self.device)
         mode = {"quest": 0, "mean": 1, "tokens": 2}[s.score]
+        ss = L.sscale if L.sscale is not None else L.ntok  # the scales of float8 summaries (else unread)
         sa, sb = {0: (L.smin, L.smax), 1: (L.ssum, L.ntok), 2: (L.k, L.k)}[mode]
         _pg_score_kernel[(B * len(heads), triton.cdiv(NU, block_u))](
-            q, sa, sb, L.list, L.ntok, L.heads_of[heads], out, T, NU, L.list.shape[2], len(heads), self.page, s.sink,
+            q, sa, sb, ss, L.list, L.ntok, L.heads_of[heads], out, T, NU, L.list.shape[2], len(heads), self.page, s.sink,
             s.recent, H_KV=len(L.rules), G=H // len(L.rules), HEAD_DIM=D, RP=self.page if tokens else 1,
             USZ=1 if tokens else self.page, MODE=mode, AGG=AGGREGATES[s.aggregate],
             BLOCK_M=max(16, triton.next_power_of_2(H // len(L.rules) * T)), BLOCK_U=block_u,
             DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=q.dtype == torch.bfloat16 and interpreting(),
-            num_warps=num_warps,
+            SCALED=L.sscale is not None and mode == 0, num_warps=num_warps,
         )  # fmt: skip
         return out
 
@@ -572,7 +644,7 @@ class PagedCacheBase:
             scores, L.list, L.ntok, L.heads_of[heads], L.chosen_t[g], L.sel, L.slen, T, NU, L.list.shape[2],
             L.sel.shape[2], nh, s.units, s.sink, s.recent, H_KV=len(L.rules), P=self.page, TOKENS=s.score == "tokens",
             BLOCK=block, ONE=NU <= block, WS_PAD=triton.next_power_of_2(max(ws, 1)),
-            WL_PAD=triton.next_power_of_2(wl), CH_PAD=triton.next_power_of_2(s.units), num_warps=8,
+            WL_PAD=triton.next_power_of_2(wl), CH_PAD=triton.next_power_of_2(s.units), num_warps=self.topk_warps,
         )  # fmt: skip
 
     def _lists_reference(self, L, q):
@@ -624,26 +696,34 @@ class PagedCacheBase:
         """The pattern's _pg_fwd_kernel over what each head reads (L.list, or for selecting heads
         L.sel): one program per split of one (row, KV head), the G query heads and T tokens
         packed as the rows of each tile. The splits: about config.programs_per_sm programs per
-        SM, evenly cut (multiples of block_n) from the most tokens a head may read."""
+        SM, evenly cut (multiples of block_n) from the most tokens a head may read; at most as
+        many per SM as one SM holds at once (known from the compiled kernel after its first
+        launch), so that every program runs in one wave: a second, partial wave of programs
+        as long as the first would leave most SMs idle."""
         B, H, T, D = q.shape
         ds = self.spec.cache.decode
         tokens = L.plain_tokens
         for s, _ in L.groups:
             tokens = max(tokens, _sel_width(s, self.page, T)[3] * (1 if s.score == "tokens" else self.page))
         bn = config.block_n
-        ns = max(1, min(-(-tokens // bn), config.programs_per_sm * _dec_sms(q.device) // (B * ds.kv_heads)))
+        fit_key = (q.device, q.dtype, D, T, config)
+        per_sm = min(config.programs_per_sm, _PG_FIT.get(fit_key) or config.programs_per_sm)
+        ns = max(1, min(-(-tokens // bn), per_sm * _dec_sms(q.device) // (B * ds.kv_heads)))
         split = max(config.min_split, triton.cdiv(triton.cdiv(tokens, ns), bn) * bn)
         ns = max(1, -(-tokens // split))
         block_m = max(16, triton.next_power_of_2(ds.group * T))
         pm, pl, pacc, cnt = _dec_buffers(ds, q.device, B, ns, block_m, D)
         out = torch.empty_like(q)
-        self.spec.kernel[(B * ds.kv_heads * ns,)](
+        kernel = self.spec.kernel[(B * ds.kv_heads * ns,)](
             q, L.k, L.v, L.pos, L.list, L.llen, L.sel, L.slen, L.selh, L.units, L.sinks, L.lo, L.ntok, self._gid(L),
             out, pm, pl, pacc, cnt, T, split, ns, pm.shape[2], L.list.shape[2], L.sel.shape[2], scale * _DEC_LOG2E,
             H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=bn, STAGES=config.stages,
             DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=q.dtype == torch.bfloat16 and interpreting(),
             num_warps=config.num_warps,
         )  # fmt: skip
+        if fit_key not in _PG_FIT and q.device.type == "cuda" and getattr(kernel, "n_regs", 0):
+            props = torch.cuda.get_device_properties(q.device)
+            _PG_FIT[fit_key] = _resident(kernel.n_regs, kernel.metadata.shared, config.num_warps, props)
         return out
 
     def decode_reference(self, layer, q, *, sm_scale=None):

@@ -61,3 +61,4 @@ class Select(NamedTuple):
     sink: int  # keep rules: positions < sink and the newest `recent` are always read
     recent: int
     aggregate: str  # over the query heads of the KV head (and the step's tokens): mean | max | sum
+    bits: int = 16  # quest's summaries: the cache's dtype (16), or float8 rounded outward (8)
