@@ -295,10 +295,27 @@ def _evict_bench(mod, name, res, dev, torch, n, batch):
 
 
 ATTEND_CONFIGS = (  # (block_n, num_warps, stages, programs_per_sm): the --step sweep
-    (64, 4, 1, 4), (64, 4, 2, 4), (64, 4, 3, 4), (64, 4, 1, 2), (32, 4, 1, 4), (32, 4, 2, 4), (32, 4, 1, 8),
-    (128, 8, 1, 4), (64, 8, 1, 4),
+    (64, 4, 1, 4),
+    (64, 4, 2, 4),
+    (64, 4, 3, 4),
+    (64, 4, 1, 2),
+    (32, 4, 1, 4),
+    (32, 4, 2, 4),
+    (32, 4, 1, 8),
+    (128, 8, 1, 4),
+    (64, 8, 1, 4),
 )  # fmt: skip  (programs_per_sm is capped at what one SM holds, except in `base`)
-SCORE_TILES = ((32, 4), (64, 4), (128, 4), (128, 8), (256, 8))
+SCORE_TILES = (
+    (64, 4, 1, 3),
+    (128, 4, 1, 3),
+    (32, 4, 1, 3),
+    (64, 4, 4, 3),
+    (64, 4, 8, 3),
+    (64, 4, 4, 4),
+    (128, 4, 4, 3),
+    (32, 4, 8, 3),
+    (32, 4, 16, 4),
+)  # (units, warps, steps, stages)
 TOPK_WARPS = (8, 4, 16)
 
 
@@ -328,7 +345,8 @@ def _step_variant(name, mod, torch, dev, n, batch, res, sweep: int):
     r = res[name] = {}
     qc.decode(0, q)
     if sweep:
-        tiles = {t: _graph(lambda: qc._score(L, q, 0, *t), torch) for t in SCORE_TILES[:sweep]}
+        shapes = SCORE_TILES if len(qc.score_tile) == 4 else sorted({t[:2] for t in SCORE_TILES})  # `base`: 2
+        tiles = {t: _graph(lambda: qc._score(L, q, 0, *t), torch) for t in shapes[: 1 if sweep == 1 else None]}
         qc.score_tile = min(tiles, key=tiles.get)
         scores = qc._score(L, q, 0, *qc.score_tile)
         if hasattr(qc, "topk_warps"):  # not in `base`

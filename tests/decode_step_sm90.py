@@ -37,7 +37,7 @@ out = {}
 types = dict(Q="*bf16", SA="*fp8e4nv", SB="*fp8e4nv", SS="*fp32", LIST="*i32", NTOK="*i32", HI="*i64", OUT="*fp32")
 types.update({n: "i32" for n in ("T", "NU", "LW", "NH", "page", "sink", "recent")})
 out["score"] = usage(mod._pg_score_kernel, types, dict(H_KV=8, G=4, HEAD_DIM=128, RP=1, USZ=16, MODE=0, AGG=0,
-                     BLOCK_M=16, BLOCK_U=64, DOT_PREC="tf32", UPCAST=False, SCALED=True), 4)  # fmt: skip
+                     BLOCK_M=16, BLOCK_U=64, DOT_PREC="tf32", UPCAST=False, SCALED=True, STEPS=8), 4)  # fmt: skip
 types = dict(SC="*fp32", LIST="*i32", NTOK="*i32", HI="*i64", CHOSEN="*i32", SEL="*i32", SLEN="*i32")
 types.update({n: "i32" for n in ("T", "NU", "LW", "SW", "NH", "units", "sink", "recent")})
 for one, block in ((True, mod._PG_TOPK_BLOCK), (False, 1024)):

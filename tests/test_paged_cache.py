@@ -193,16 +193,18 @@ def test_quest_summaries_are_page_bounds_of_the_held_keys():
             assert torch.equal(L.smax[pages].float() * L.sscale[pages, None], hi)
 
 
-@pytest.mark.parametrize("bits", [8, 16])
-def test_selection_on_random_keys_matches_reference(bits):
+@pytest.mark.parametrize("bits,tile", [(8, None), (16, None), (16, (4, 4, 3, 2))])
+def test_selection_on_random_keys_matches_reference(bits, tile):
     """bf16 keys and queries with no ties: the step chooses the pages the torch reference
-    chooses from the keys (page_bounds' rounding applied alike), and decodes like it."""
+    chooses from the keys (page_bounds' rounding applied alike), and decodes like it; also
+    with the score kernel's programs looping over several blocks of units (`tile`)."""
     mod = _select_module(f"select quest(48, page = 16, bits = {bits}) keep sink(4)", heads=8, kv_heads=2)
     B, H, Hk, D, N = 2, 8, 2, 16, 150
     q, k, v = (
         rand(*s, seed=i, dtype=torch.bfloat16) for i, s in ((8, (B, H, N, D)), (9, (B, Hk, N, D)), (10, (B, Hk, N, D)))
     )
     cache = mod.PagedCache(B, dtype=torch.bfloat16)
+    cache.score_tile = tile or cache.score_tile
     cache.append(0, k[:, :, :140], v[:, :, :140])
     for t in range(140, 143):
         cache.append(0, k[:, :, t : t + 1], v[:, :, t : t + 1])

@@ -90,32 +90,48 @@ def _pg_score_kernel(
     Q, SA, SB, SS, LIST, NTOK, HI, OUT, T, NU, LW, NH, page, sink, recent,
     H_KV: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr, RP: tl.constexpr, USZ: tl.constexpr, MODE: tl.constexpr,
     AGG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_U: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
-    SCALED: tl.constexpr,
+    SCALED: tl.constexpr, STEPS: tl.constexpr,
 ):  # fmt: skip
     """Scores of the candidate units u of one selecting head against its G * T query rows,
     aggregated over the rows: OUT (B, NH, NU) float32; -inf where u is no candidate (the keep
     rules read it: u < ceil(sink / USZ) or u >= (n - max(recent, T)) // USZ, or past the row's
     NTOK tokens). Unit u is row (LIST[u // RP] * RP + u % RP) of SA (and SB). MODE 0: Quest's
     bound (SA min, SB max; SCALED: float8 e4m3 times the page's scale SS, fp8_bounds); 1:
-    q . (SA / tokens in the page) (the mean key); 2: q . SA (keys)."""
+    q . (SA / tokens in the page) (the mean key); 2: q . SA (keys). A program scores STEPS
+    blocks of BLOCK_U units in a pipelined loop (the summaries' loads of the next block in flight
+    while this one is scored), q loaded once."""
     pid = tl.program_id(0)
     b = (pid // NH).to(tl.int64)
     i = pid % NH
     h = tl.load(HI + i)
-    u = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
     n = tl.load(NTOK + b)
-    ok_u = (u >= (sink + USZ - 1) // USZ) & (u < tl.maximum(n - tl.maximum(recent, T), 0) // USZ)
-    entry = tl.load(LIST + (b * H_KV + h) * LW + u // RP, mask=ok_u, other=0)
-    row = entry.to(tl.int64) * RP + u % RP
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < G * T
     q = tl.load(
         Q + ((b * H_KV + h) * G * T + offs_m)[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0
     )
-    a = tl.load(SA + row[:, None] * HEAD_DIM + offs_d[None, :], mask=ok_u[:, None], other=0.0)
     if UPCAST:  # the Triton 3.6 interpreter multiplies bf16 wrongly: compute in fp32 there
         q = q.to(tl.float32)
+    for j in tl.range(0, STEPS):
+        u = (tl.program_id(1) * STEPS + j) * BLOCK_U + tl.arange(0, BLOCK_U)
+        _pg_score_block(
+            SA, SB, SS, LIST, OUT, q, b, i, h, n, u, row_ok, offs_d, T, NU, LW, NH, page, sink, recent,
+            H_KV, G, HEAD_DIM, RP, USZ, MODE, AGG, DOT_PREC, SCALED,
+        )  # fmt: skip
+
+
+@triton.jit
+def _pg_score_block(
+    SA, SB, SS, LIST, OUT, q, b, i, h, n, u, row_ok, offs_d, T, NU, LW, NH, page, sink, recent,
+    H_KV: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr, RP: tl.constexpr, USZ: tl.constexpr, MODE: tl.constexpr,
+    AGG: tl.constexpr, DOT_PREC: tl.constexpr, SCALED: tl.constexpr,
+):  # fmt: skip
+    """One block of units u of _pg_score_kernel: their scores, aggregated, stored."""
+    ok_u = (u >= (sink + USZ - 1) // USZ) & (u < tl.maximum(n - tl.maximum(recent, T), 0) // USZ)
+    entry = tl.load(LIST + (b * H_KV + h) * LW + u // RP, mask=ok_u, other=0)
+    row = entry.to(tl.int64) * RP + u % RP
+    a = tl.load(SA + row[:, None] * HEAD_DIM + offs_d[None, :], mask=ok_u[:, None], other=0.0)
     if MODE == 0:  # float8 in q's dtype is exact; a power-of-two scale after the sum too
         a = a.to(q.dtype)
         hi = tl.load(SB + row[:, None] * HEAD_DIM + offs_d[None, :], mask=ok_u[:, None], other=0.0).to(q.dtype)
@@ -387,7 +403,7 @@ class PagedCacheBase:
     reads the held pages (selecting heads: the keep rules and the best pages)."""
 
     spec: PagedSpec = None
-    score_tile = (64, 4)  # (units, warps) of a program of _pg_score_kernel (bench/decode_select.py sweeps it)
+    score_tile = (64, 4, 1, 3)  # (units, warps, steps, stages) of _pg_score_kernel (bench/decode_select.py sweeps it)
     topk_warps = 8  # warps of a program of _pg_topk_kernel (bench/decode_select.py sweeps it)
 
     def __init__(self, batch, *, device="cpu", dtype=torch.float16, pages=None, head_dim=None):
@@ -612,9 +628,10 @@ class PagedCacheBase:
         slots = (pages[:, None] * P + torch.arange(P, device=self.device)).reshape(-1)[:n]
         return L.k[slots]
 
-    def _score(self, L, q, g: int, block_u: int = 64, num_warps: int = 4):
+    def _score(self, L, q, g: int, block_u: int = 64, num_warps: int = 4, steps: int = 1, stages: int = 3):
         """The scores (B, nh, NU) of every candidate unit of selection group g (-inf elsewhere),
-        by _pg_score_kernel: one program per BLOCK_U units of one head of one row."""
+        by _pg_score_kernel: one program per `steps` blocks of `block_u` units of one head of
+        one row, loaded through a `stages`-deep pipeline."""
         s, heads = L.groups[g]
         B, H, T, D = q.shape
         tokens = s.score == "tokens"
@@ -623,13 +640,13 @@ class PagedCacheBase:
         mode = {"quest": 0, "mean": 1, "tokens": 2}[s.score]
         ss = L.sscale if L.sscale is not None else L.ntok  # the scales of float8 summaries (else unread)
         sa, sb = {0: (L.smin, L.smax), 1: (L.ssum, L.ntok), 2: (L.k, L.k)}[mode]
-        _pg_score_kernel[(B * len(heads), triton.cdiv(NU, block_u))](
+        _pg_score_kernel[(B * len(heads), triton.cdiv(NU, block_u * steps))](
             q, sa, sb, ss, L.list, L.ntok, L.heads_of[heads], out, T, NU, L.list.shape[2], len(heads), self.page, s.sink,
             s.recent, H_KV=len(L.rules), G=H // len(L.rules), HEAD_DIM=D, RP=self.page if tokens else 1,
             USZ=1 if tokens else self.page, MODE=mode, AGG=AGGREGATES[s.aggregate],
             BLOCK_M=max(16, triton.next_power_of_2(H // len(L.rules) * T)), BLOCK_U=block_u,
             DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=q.dtype == torch.bfloat16 and interpreting(),
-            SCALED=L.sscale is not None and mode == 0, num_warps=num_warps,
+            SCALED=L.sscale is not None and mode == 0, STEPS=steps, num_warps=num_warps, num_stages=stages,
         )  # fmt: skip
         return out
 
