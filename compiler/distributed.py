@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from dataclasses import replace as dataclasses_replace
 from functools import reduce
 from typing import Any
 
@@ -178,12 +179,20 @@ class ContextPlan:
     transfers: tuple[tuple[int, int, int, int], ...]
     pieces: tuple[tuple[tuple[int, int, int, int], ...], ...]
     exact: bool = True  # needs are exact key by key (else whole tiles where enumeration was too dear)
+    selection: dict | None = None  # a selecting group's run-time part (plan_selection), None for a static one
 
     def received_keys(self, rank: int) -> int:
-        return sum(b - a for s, d, a, b in self.transfers if d == rank)
+        """Keys the rank receives before attending: the static part's, and a selection's estimate ranges."""
+        return sum(b - a for s, d, a, b in self.all_transfers if d == rank)
 
     def sent_keys(self, rank: int) -> int:
-        return sum(b - a for s, d, a, b in self.transfers if s == rank)
+        return sum(b - a for s, d, a, b in self.all_transfers if s == rank)
+
+    @property
+    def all_transfers(self) -> tuple[tuple[int, int, int, int], ...]:
+        """The static part's transfers, then those a selection's scores need (raw-key scores)."""
+        extra = tuple(tuple(t) for t in self.selection["transfers"]) if self.selection else ()
+        return tuple(self.transfers) + extra
 
     def ring_received_keys(self, rank: int) -> int:
         """A ring pass (or all-gather): every key this rank does not own."""
@@ -226,14 +235,23 @@ def plan_layout(pattern: Pattern, n: int, ranks: int, layout: str, align: int = 
 
 
 def plan_contexts(
-    patterns, n: int, ranks: int, layout: str | None = None, align: int = ALIGN
+    patterns, n: int, ranks: int, layout: str | None = None, align: int = ALIGN, whole: bool = False
 ) -> tuple[ContextPlan, ...]:
     """Context plans of several head groups, (pattern, heads using it) each, sharing one layout
     (the tokens are cut once): the given one, or the best (least maximum work summed over the
-    groups by their heads; within BALANCE_SLACK of it, fewest keys moved)."""
+    groups by their heads; within BALANCE_SLACK of it, fewest keys moved). `whole`: only
+    layouts that give every rank tokens (a selection's blocks must not be cut)."""
     if ranks < 1 or n < ranks:
         raise ValueError(f"context parallelism needs 1 <= ranks <= n, got ranks={ranks}, n={n}")
     names = LAYOUTS if layout is None else (layout,)
+    if whole:
+        names = tuple(x for x in names if all(range_length(s) for s in segments_of(x, n, ranks, align)))
+        if not names:
+            raise ValueError(
+                f"context parallelism of a selecting pattern cuts the sequence at multiples of its selection "
+                f"block ({align} with the kernel's tile): N = {n} is too short to give each of {ranks} ranks "
+                f"{'a piece' if layout != 'zigzag' else 'two pieces'}; use fewer ranks or a longer sequence"
+            )
     options = [tuple(plan_layout(p, n, ranks, name, align) for p, _ in patterns) for name in names]
 
     def work(plans) -> int:
@@ -252,8 +270,84 @@ def plan_context(pattern: Pattern, n: int, ranks: int, layout: str | None = None
 
 
 def program_contexts(program: Any, n: int, ranks: int, layout: str | None = None, align: int = ALIGN):
-    """One context plan per head group of a program, sharing one layout."""
-    return plan_contexts([(g.pattern, len(g.members)) for g in program.groups], n, ranks, layout, align)
+    """One context plan per head group of a program, sharing one layout. A program that selects
+    key blocks cuts its segments at multiples of every selection block too, and its selecting
+    groups' plans carry their run-time part (plan_selection)."""
+    blocks = [g.selection.atom.block for g in program.groups if g.selection is not None]
+    align = math.lcm(align, *blocks)
+    plans = plan_contexts([(g.pattern, len(g.members)) for g in program.groups], n, ranks, layout, align, bool(blocks))
+    return tuple(p if g.selection is None else plan_selection(p, g) for p, g in zip(plans, program.groups))
+
+
+# ----------------------------------------------------------------------------- selection
+SUMMARY_SLOTS = {"mean": 1, "quest": 2}  # float32 vectors per key block that a score reads (key_summary)
+
+
+def _blocks_of(segments, block: int, n: int) -> list[int]:
+    """The selection blocks (query or key) of a rank's segments, whose bounds are multiples of block or n."""
+    return [i for a, b in segments for i in range(a // block, -(-b // block))]
+
+
+def _block_ranges(blocks, block: int, n: int) -> tuple[Range, ...]:
+    return merge_ranges((int(i) * block, min(n, (int(i) + 1) * block)) for i in blocks)
+
+
+def plan_selection(plan: ContextPlan, group: Any) -> ContextPlan:
+    """A selecting group's context plan with its run-time part (`selection`), from the static
+    plan: what the scores need and the most the chosen blocks can move, per rank.
+
+    `mean` and `quest` read key block summaries (SUMMARY_SLOTS float32 vectors of head_dim per
+    block and KV head): every rank sends its blocks' summaries to every other ("summaries"),
+    chooses for its query blocks, then fetches the keys of its chosen blocks that it does not
+    hold (owned or received for the static part). Per rank that is at most `top` blocks per
+    query block (Σ min(top, candidates)), and never more than its candidates' keys it does not
+    hold (`reach`, a mass budget's bound). `antidiagonal` reads every candidate block's keys:
+    they move before the choice (`transfers`, exact), and nothing after; `vslash` reads every
+    key and the sequence's last `last` queries: every key moves to every rank, and those
+    queries from their owners (`q_last`: (owner, start, stop) each)."""
+    from .plan import plan_select
+    from .selection import candidate_matrix
+
+    atom, n, block = group.selection.atom, plan.n, group.selection.atom.block
+    for r, segs in enumerate(plan.segments):
+        if any(a % block or (b % block and b != n) for a, b in segs):
+            raise ValueError(f"rank {r}'s tokens {segs} do not start and end on selection blocks of {block}")
+    cand = candidate_matrix(plan_select(group.pattern, group.selection), n)
+    transfers, bound, reach, q_last = [], [], [], ()
+    for r, segs in enumerate(plan.segments):
+        rows = _blocks_of(segs, block, n)
+        held = merge_ranges([*segs, *((a, b) for s, d, a, b in plan.transfers if d == r)])
+        wanted = _block_ranges(np.flatnonzero(cand[rows].any(0)), block, n)
+        if atom.score == "vslash":
+            wanted = ((0, n),)
+        missing = subtract_ranges(wanted, held)
+        if atom.score in SUMMARY_SLOTS:
+            reach.append(range_length(missing))
+            per_row = cand[rows].sum(1)
+            chosen = per_row if atom.mass else np.minimum(per_row, atom.top)
+            bound.append(int(min(reach[-1], int(chosen.sum()) * block)))
+            continue
+        reach.append(0)
+        bound.append(0)
+        for src, theirs in enumerate(plan.segments):
+            transfers += [(src, r, a, b) for a, b in intersect_ranges(missing, theirs) if src != r]
+    if atom.score == "vslash":
+        rows = ((max(0, n - atom.last), n),)
+        q_last = tuple((r, a, b) for r, segs in enumerate(plan.segments) for a, b in intersect_ranges(rows, segs))
+    return dataclasses_replace(plan, selection={
+        "block": block, "score": atom.score, "top": atom.top, "mass": atom.mass,
+        "route": "summaries" if atom.score in SUMMARY_SLOTS else "keys",
+        "slots": SUMMARY_SLOTS.get(atom.score, 0), "transfers": tuple(transfers), "q_last": q_last,
+        "bound": tuple(bound), "reach": tuple(reach),
+    })  # fmt: skip
+
+
+def summary_blocks(plan: ContextPlan, rank: int) -> tuple[int, int]:
+    """(sent, received) key block summaries of a rank: its blocks to every other rank, every other block to it."""
+    if not plan.selection or plan.selection["route"] != "summaries":
+        return 0, 0
+    mine = len(_blocks_of(plan.segments[rank], plan.selection["block"], plan.n))
+    return mine * (plan.ranks - 1), -(-plan.n // plan.selection["block"]) - mine
 
 
 # ----------------------------------------------------------------------------- heads

@@ -17,6 +17,7 @@ against the reference and its autograd under the interpreter.
 
 from __future__ import annotations
 
+import math
 import tempfile
 
 import numpy as np
@@ -32,6 +33,7 @@ from attnc.compiler.distributed import (
     program_contexts,
     segments_of,
     subtract_ranges,
+    summary_blocks,
 )
 from attnc.compiler.lower import lower
 from attnc.compiler.simulate import Shape
@@ -49,6 +51,9 @@ DUO = (
     "model { layers = 1, heads = 8, kv_heads = 4, head_dim = 16 }\n"
     "pattern duo { heads 0..2: causal\n  rest: causal & (sink(4) | window(24)) }\n"
 )
+# a selecting group beside a static one (two plans for one layer), GQA, head-parallel too
+SELECT_DUO = DUO.replace("duo {", "sduo {").replace("sink(4) | window(24)", "window(8) | select(quest, top = 2, block = 32)")
+SELECT_PARAMS = {"moba": {"LB": 5}}  # blocks of 32: several per rank at these lengths
 
 
 def _runs(mask: np.ndarray) -> tuple:
@@ -250,19 +255,21 @@ def test_analyze_ranks(capsys):
 
 
 # ---------------------------------------------------------------------------------- gloo
-FOUR_RANKS = {"streaming_llm", "dense_causal", "llama4_chunked", "longnet_dilated", "power_attention", "natten_image"}
+FOUR_RANKS = {"streaming_llm", "dense_causal", "llama4_chunked", "longnet_dilated", "power_attention", "natten_image",
+              "nsa_selection", "quest_prefill", "minference_vslash", "xattention"}
 
 
 def _cases_for(world: int):
     """(name, program, n, layers, kernel): at 2 ranks every pattern file through the reference
     and a few through the kernel; at 4 ranks a few files through the reference."""
-    n = 64 * world
-    kernel = {"streaming_llm", "llama4_chunked"} if world == 2 else set()
+    kernel = {"streaming_llm", "llama4_chunked", "nsa_selection"} if world == 2 else set()
     out = []
     for case in FILE_CASES if world == 2 else [c for c in FILE_CASES if c.name in FOUR_RANKS]:
         program = case.program
-        if any(g.selection is not None for g in program.groups):
-            continue  # a selection runs on the whole sequence (prefill_at refuses it)
+        if case.name in SELECT_PARAMS:
+            program = lower(load(case.path, SELECT_PARAMS[case.name]))
+        blocks = [g.selection.atom.block for g in program.groups if g.selection is not None]
+        n = max(64 * world, world * math.lcm(ALIGN, *blocks))  # a selection's blocks are never cut
         rows = {}
         for layer, row in enumerate(program.group_table()):
             rows.setdefault(tuple(row), layer)
@@ -302,7 +309,7 @@ def _worker(rank: int, world: int, folder: str, jobs: list) -> None:
                     stats=stats,
                     **kw,
                 )
-                results[(job["name"], layer, kernel)] = (out, lse, stats["sent_bytes"], stats["received_bytes"])
+                results[(job["name"], layer, kernel)] = (out, lse, stats)
         if "head_plan" in job:
             hp = job["head_plan"]
             heads, kv = list(hp["heads"][rank]), list(hp["kv_heads"][rank])
@@ -333,14 +340,38 @@ def _run(world: int, jobs: list, folder: str) -> list[dict]:
     return [torch.load(f"{folder}/rank{r}.pt") for r in range(world)]
 
 
-def _expected_bytes(program, plans, layer, h: int, h_kv: int, rank: int, d: int) -> tuple[int, int]:
-    """(sent, received) float32 bytes of a rank by the plans of the layer's head groups: each
-    group's own KV heads when the layer's heads differ, else all h_kv."""
+def _layer_groups(program, plans, layer, h: int, h_kv: int) -> list:
+    """(plan, query heads, KV heads) of each head group the layer uses: each group's own KV
+    heads when the layer's heads differ, else all h_kv."""
     groups = [(p, {x for l, x in g.members if l == (layer or 0)}) for p, g in zip(plans, program.groups)]
     groups = [(p, heads) for p, heads in groups if heads]
+    if len(groups) == 1:
+        return [(groups[0][0], h, h_kv)]
+    return [(p, len(heads), len({x // (h // h_kv) for x in heads})) for p, heads in groups]
+
+
+def _check_selection_bytes(program, plans, layer, h: int, h_kv: int, rank: int, stats: dict, key) -> None:
+    """What a selection moved: block summaries and last queries exactly as planned, the chosen
+    blocks' keys within the plan's bound (float32, head_dim 16)."""
+    sent = received = bound = 0
+    for plan, heads, kv in _layer_groups(program, plans, layer, h, h_kv):
+        if plan.selection is None:
+            continue
+        out, into = summary_blocks(plan, rank)
+        per_block, per_query = plan.selection["slots"] * kv * 16 * 4, heads * 16 * 4
+        rows = [(src, b - a) for src, a, b in plan.selection["q_last"]]
+        sent += out * per_block + sum(m * (plan.ranks - 1) for src, m in rows if src == rank) * per_query
+        received += into * per_block + sum(m for src, m in rows if src != rank) * per_query
+        bound += plan.selection["bound"][rank] * key_bytes(kv, 16, 4)
+    assert (stats.get("score_sent_bytes", 0), stats.get("score_received_bytes", 0)) == (sent, received), key
+    assert stats.get("select_received_bytes", 0) <= bound, key
+
+
+def _expected_bytes(program, plans, layer, h: int, h_kv: int, rank: int, d: int) -> tuple[int, int]:
+    """(sent, received) float32 bytes of a rank by the plans of the layer's head groups (a
+    selection's estimate ranges included)."""
     sent = received = 0
-    for plan, heads in groups:
-        kv = h_kv if len(groups) == 1 else len({x // (h // h_kv) for x in heads})
+    for plan, _, kv in _layer_groups(program, plans, layer, h, h_kv):
         sent += plan.sent_keys(rank) * key_bytes(kv, d, 4)
         received += plan.received_keys(rank) * key_bytes(kv, d, 4)
     return sent, received
@@ -388,6 +419,7 @@ def _forward_jobs(world: int, folder) -> tuple[list, dict]:
     cases = _cases_for(world)
     duo = lower(resolve_text(DUO, "duo.attn"))
     cases.append(("duo", duo, 64 * world, [None], world == 2))
+    cases.append(("sduo", lower(resolve_text(SELECT_DUO, "sduo.attn")), 64 * world, [None], False))
     for name, program, n, layers, kernel in cases:
         per_head = len(program.groups) > 1
         h, h_kv = (program.model.heads, program.model.kv_heads) if per_head else (2, 1)
@@ -402,7 +434,7 @@ def _forward_jobs(world: int, folder) -> tuple[list, dict]:
             layers=layers,
             kernel=kernel,
         )
-        if name == "duo":
+        if name in ("duo", "sduo"):
             job["head_plan"] = assign_heads([4.0, 4.0, 1, 1, 1, 1, 1, 1], 2, world).__dict__
         jobs.append(job)
         expect[name] = (program, plans, q, k, v)
@@ -458,6 +490,7 @@ def test_context_and_head_parallel_on_gloo(gloo):
 
     world, results, (jobs, expect), _ = gloo
     d = 16
+    fetched = {}  # bytes of chosen blocks moved, per selecting job
     for job in jobs:
         program, plans, q, k, v = expect[job["name"]]
         mod = import_file(job["module"], f"dist_parent_{job['name']}_{world}")
@@ -470,12 +503,20 @@ def test_context_and_head_parallel_on_gloo(gloo):
                 torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4, msg=f"{key}")
                 torch.testing.assert_close(lse, ref_lse, atol=2e-5, rtol=1e-4, msg=f"{key} lse")
                 for rank, r in enumerate(results):
-                    assert r[key][2:] == _expected_bytes(program, plans, layer, *q.shape[1:2], k.shape[1], rank, d), key
+                    stats = r[key][2]
+                    want = _expected_bytes(program, plans, layer, q.shape[1], k.shape[1], rank, d)
+                    assert (stats["sent_bytes"], stats["received_bytes"]) == want, key
+                    _check_selection_bytes(program, plans, layer, q.shape[1], k.shape[1], rank, stats, key)
+                if any(p.selection and p.selection["route"] == "summaries" for p in plans):
+                    moved = [sum(r[key][2].get(f"select_{x}_bytes", 0) for r in results) for x in ("sent", "received")]
+                    assert moved[0] == moved[1], key
+                    fetched[key] = moved[0]
         if "head_plan" in job:
             ref = mod.reference(q, k, v)
             for rank, r in enumerate(results):
                 heads = list(job["head_plan"]["heads"][rank])
                 torch.testing.assert_close(r[(job["name"], "heads")], ref[:, heads], atol=2e-5, rtol=1e-4)
+    assert sum(fetched.values()) > 0, fetched  # chosen blocks did move: the bound is not vacuous
 
 
 def test_context_backward_on_gloo(gloo):
