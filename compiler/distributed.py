@@ -453,19 +453,21 @@ def _mib(x: int) -> str:
     return f"{x / 2**20:,.2f} MiB"
 
 
-def context_rows(plan: ContextPlan, per_key: int) -> list[dict[str, Any]]:
+def context_rows(plan: ContextPlan, per_key: int, per_block: int = 0, per_query: int = 0) -> list[dict[str, Any]]:
     """One row per rank: its queries, pairs, received and sent keys and bytes, and a ring's.
     A backward pass (training) moves the same bytes in reverse: the dK, dV of every received
-    range go back to its owner, so a rank sends backward what it received forward."""
-    return [
+    range go back to its owner, so a rank sends backward what it received forward. A selecting
+    plan adds `selection` (selection_row; per_block: bytes of one key block's summaries,
+    per_query: of one query row, its heads)."""
+    rows = [
         {
             "rank": r,
             "queries": [list(s) for s in plan.segments[r]],
             "pairs": plan.work[r],
             "receives_from": {
-                s: [[a, b] for x, d, a, b in plan.transfers if x == s and d == r]
+                s: [[a, b] for x, d, a, b in plan.all_transfers if x == s and d == r]
                 for s in range(plan.ranks)
-                if any(x == s and d == r for x, d, _, _ in plan.transfers)
+                if any(x == s and d == r for x, d, _, _ in plan.all_transfers)
             },
             "received_bytes": plan.received_keys(r) * per_key,
             "sent_bytes": plan.sent_keys(r) * per_key,
@@ -476,10 +478,32 @@ def context_rows(plan: ContextPlan, per_key: int) -> list[dict[str, Any]]:
         }
         for r in range(plan.ranks)
     ]
+    if plan.selection:
+        for r, row in enumerate(rows):
+            row["selection"] = selection_row(plan, r, per_key, per_block, per_query)
+            row["backward_sent_bytes"] = row["backward_received_bytes"] = None  # no backward
+    return rows
 
 
-def render_context(plan: ContextPlan, per_key: int, what: str = "") -> str:
-    """The context plan as a text table (attnc analyze --ranks)."""
+def selection_row(plan: ContextPlan, rank: int, per_key: int, per_block: int, per_query: int) -> dict[str, int]:
+    """A selecting plan's bytes for one rank, beyond its static part: the estimate ranges (exact,
+    part of received_bytes), block summaries and last queries (exact), and the chosen blocks'
+    keys it fetches (at most `chosen_max_received_bytes`: min(top, candidates) blocks per query
+    block, within its candidates' keys it does not hold)."""
+    sel = plan.selection
+    out, into = summary_blocks(plan, rank)
+    rows = [(src, b - a) for src, a, b in sel["q_last"]]
+    return {
+        "estimate_received_bytes": sum(b - a for _, d, a, b in sel["transfers"] if d == rank) * per_key,
+        "score_sent_bytes": out * per_block + sum(m * (plan.ranks - 1) for s, m in rows if s == rank) * per_query,
+        "score_received_bytes": into * per_block + sum(m for s, m in rows if s != rank) * per_query,
+        "chosen_max_received_bytes": sel["bound"][rank] * per_key,
+        "candidates_not_held_bytes": sel["reach"][rank] * per_key,
+    }
+
+
+def render_context(plan: ContextPlan, per_key: int, what: str = "", per_block: int = 0, per_query: int = 0) -> str:
+    """The context plan as a text table (attnc analyze --ranks); a selecting plan adds its own."""
     total = sum(plan.received_keys(r) for r in range(plan.ranks)) * per_key
     ring = sum(plan.ring_received_keys(r) for r in range(plan.ranks)) * per_key
     ratio = f"{ring / total:,.1f}x fewer bytes than a ring pass" if total else "nothing moves"
@@ -487,7 +511,7 @@ def render_context(plan: ContextPlan, per_key: int, what: str = "") -> str:
         f"context parallel over {plan.ranks} ranks, N = {plan.n:,}: {plan.layout} layout, "
         f"pairs per rank max/mean {max(plan.work) / max(1e-9, sum(plan.work) / plan.ranks):.3f}; "
         f"{_mib(total)} moved{what}, {ratio}{'' if plan.exact else ' (some ranges rounded to whole tiles)'}; "
-        "a backward pass moves the same bytes in reverse"
+        + ("a backward pass moves the same bytes in reverse" if not plan.selection else "no backward pass (selection)")
     )
     lines = [
         head,
@@ -501,4 +525,35 @@ def render_context(plan: ContextPlan, per_key: int, what: str = "") -> str:
             f"{_mib(row['received_bytes']):>12} {_mib(row['sent_bytes']):>12} "
             f"{_mib(row['ring_received_bytes']):>12} {_mib(row['ring_sent_bytes']):>12}"
         )
+    if plan.selection:
+        lines += _render_selection(plan, per_key, per_block, per_query)
     return "\n".join(lines)
+
+
+def _render_selection(plan: ContextPlan, per_key: int, per_block: int, per_query: int) -> list[str]:
+    """The selected part's lines: what the scores move (exact) and the chosen blocks (a bound)."""
+    sel = plan.selection
+    budget = f"top {sel['top']}" if sel["top"] else f"mass {sel['mass']}%"
+    if sel["route"] == "summaries":
+        how = (
+            f"float32 block summaries ({sel['slots']} x head_dim per block) go to every rank; each rank chooses "
+            f"for its query blocks, then fetches its chosen blocks' keys it does not hold: at most {sel['top'] or 'every'}"
+            " candidate block(s) per query block, so `chosen recv` is a bound, the rest exact"
+        )
+    else:
+        what = "every key (and the last queries)" if sel["score"] == "vslash" else "the keys of every candidate block"
+        how = f"the estimate reads {what}: they move before the choice (in recv above, exact); the chosen blocks are then held"
+    lines = [f"selected part: select({sel['score']}, {budget}, block = {sel['block']}): {how}"]
+    lines.append(
+        f"{'rank':>4}  {'of recv: estimate':>17} {'scores recv':>12} {'scores sent':>12} {'chosen recv':>16} "
+        f"{'all recv':>16} {'ring recv':>12}"
+    )
+    for r in range(plan.ranks):
+        row = selection_row(plan, r, per_key, per_block, per_query)
+        total = plan.received_keys(r) * per_key + row["score_received_bytes"] + row["chosen_max_received_bytes"]
+        lines.append(
+            f"{r:>4}  {_mib(row['estimate_received_bytes']):>17} {_mib(row['score_received_bytes']):>12} "
+            f"{_mib(row['score_sent_bytes']):>12} {'<= ' + _mib(row['chosen_max_received_bytes']):>16} "
+            f"{'<= ' + _mib(total):>16} {_mib(plan.ring_received_keys(r) * per_key):>12}"
+        )
+    return lines

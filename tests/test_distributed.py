@@ -212,22 +212,77 @@ def test_backward_at_matches_autograd(text, q_offset, nq, cuts, heads):
         mod.backward_at(args[0], *args[1:5], lse, q_offset=q_offset, heads=heads)
 
 
-def test_parts_of_a_selecting_pattern_are_refused():
-    """A selection chooses key blocks from all queries and keys at run time: prefill_at and the
-    reference of a part refuse it, as the reference refuses a part of a padded batch."""
-    from attnc.codegen.loader import load_program
+SELECTING = "pattern p = causal & (window(8) | select({score}, top = 2, block = 32{opts}))"
 
-    mod = load_program(
-        lower(resolve_text("pattern p = causal & (window(8) | select(mean, top = 2, block = 16))", "p.attn"))
-    )
-    q = k = v = torch.randn(1, 2, 64, 16)
-    with pytest.raises(NotImplementedError, match="selects key blocks"):
-        mod.prefill_at(q, k, v, q_offset=32)
-    with pytest.raises(ValueError, match="do not combine"):
-        mod.reference(q[:, :, 32:], k, v, q_offset=32)
-    plain = load_program(lower(resolve_text("pattern p = causal", "p.attn")))
-    with pytest.raises(ValueError, match="do not combine"):
-        plain.reference(q, k, v, k_range=(0, 32), lengths=torch.full((1,), 64))
+
+@pytest.mark.parametrize("score, opts", [("mean", ""), ("quest", ""), ("vslash", ", last = 16")])
+def test_parts_of_a_selecting_pattern_add_up(score, opts):
+    """select_at of a part chooses what select chooses for those query blocks (from the key
+    block summaries alone, for mean and quest), and prefill_at of a part (TRITON_INTERPRET=1)
+    is its static part in k_range plus, with indices, the chosen blocks' pairs: merged, the
+    whole prefill's rows. The reference of a part agrees; unaligned parts are refused."""
+    from attnc.codegen.loader import load_program
+    from attnc.runtime.distributed import merge
+
+    mod = load_program(lower(resolve_text(SELECTING.format(score=score, opts=opts), "p.attn")))
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 128, 16), torch.randn(1, 2, 128, 16), torch.randn(1, 2, 128, 16)
+    whole, whole_lse = mod.reference(q, k, v, return_lse=True)
+    idx, cnt = mod.select(q, k)
+    summary, cfg = mod.block_summary(k), dict(BLOCK_M=32, BLOCK_N=32)
+    for qa, qb in ((0, 64), (32, 128)):
+        part = q[:, :, qa:qb]
+        got = mod.select_at(part, k, q_offset=qa, summary=summary, q_last=q[:, :, -16:])
+        assert torch.equal(got[1], cnt[:, :, qa // 32 : qb // 32])
+        assert torch.equal(got[0][..., : idx.shape[-1]], idx[:, :, qa // 32 : qb // 32])
+        static = mod.prefill_at(part, k, v, q_offset=qa, config=cfg)
+        chosen = mod.prefill_at(part, k, v, q_offset=qa, k_range=(0, 0), indices=got, config=cfg)
+        ref = mod.reference(part, k, v, q_offset=qa, k_range=(0, 0), indices=got, return_lse=True)
+        torch.testing.assert_close(chosen[0], ref[0], atol=2e-5, rtol=1e-4)
+        out, lse = merge(*static, *chosen)
+        torch.testing.assert_close(out, whole[:, :, qa:qb], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(lse, whole_lse[:, :, qa:qb], atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="multiple of the selection block"):
+        mod.prefill_at(q[:, :, 16:], k, v, q_offset=16, indices=(idx[:, :, :4], cnt[:, :, :4]), config=cfg)
+    with pytest.raises(ValueError, match="multiple of the selection block"):
+        mod.select_at(q[:, :, 16:], k, q_offset=16)
+
+
+def test_selecting_plans_and_refusals():
+    """A selecting group's plan against the module's own candidates: the mean route moves no
+    key before the choice and bounds the chosen keys by min(top, candidates) blocks per query
+    block within the candidates not held; the antidiagonal route moves exactly the candidate
+    blocks' keys not held. Too short a sequence, and a backward, are refused."""
+    from attnc.codegen.loader import load_program
+    from attnc.runtime.distributed import context_attention
+
+    for text, n in ((SELECTING.format(score="mean", opts=""), 256),
+                    ("pattern p = causal & (sink(4) | select(antidiagonal, top = 2, block = 32, stride = 2))", 256)):  # fmt: skip
+        program = lower(resolve_text(text, "p.attn"))
+        mod = load_program(program)
+        cand = mod._candidates(0, n).numpy()
+        for ranks in (2, 3):
+            (plan,) = program_contexts(program, n, ranks, align=ALIGN)
+            sel = plan.selection
+            for r, segs in enumerate(plan.segments):
+                rows = [i for a, b in segs for i in range(a // 32, -(-b // 32))]
+                keys = np.zeros(n, dtype=bool)
+                for j in np.flatnonzero(cand[rows].any(0)):
+                    keys[j * 32 : (j + 1) * 32] = True
+                for a, b in [*segs, *((a, b) for _, d, a, b in plan.transfers if d == r)]:
+                    keys[a:b] = False
+                if sel["route"] == "summaries":
+                    assert sel["reach"][r] == keys.sum() and sel["transfers"] == ()
+                    assert sel["bound"][r] == min(keys.sum(), np.minimum(cand[rows].sum(1), 2).sum() * 32)
+                    assert summary_blocks(plan, r) == (len(rows) * (ranks - 1), n // 32 - len(rows))
+                else:
+                    got = merge_ranges((a, b) for _, d, a, b in sel["transfers"] if d == r)
+                    assert got == _runs(keys) and sel["bound"][r] == 0
+    with pytest.raises(ValueError, match="too short"):
+        program_contexts(lower(resolve_text(SELECTING.format(score="mean", opts=""), "p.attn")), 64, 4, align=ALIGN)
+    q = torch.randn(1, 2, 64, 16, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="no backward"):
+        context_attention(mod, q, q.detach()[:, :1], q.detach()[:, :1], plan, rank=0)
 
 
 def test_analyze_ranks(capsys):
@@ -252,6 +307,18 @@ def test_analyze_ranks(capsys):
     assert main(["analyze", path, "--ranks", "0"]) == 2
     captured = capsys.readouterr()
     assert "--ranks" in captured.err and captured.out == ""
+    moba = str(FILE_CASES[0].path.parent / "moba.attn")  # blocks of 512, top 2, causal & chunk(512)
+    assert main(["analyze", moba, "--seq", "4096", "--ranks", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "selected part: select(mean, top 2, block = 512)" in text and "no backward pass" in text
+    assert main(["analyze", moba, "--seq", "4096", "--ranks", "2", "--json"]) == 0
+    (group,) = json.loads(capsys.readouterr().out)["context_parallel"]
+    row = group["ranks_table"][1]["selection"]
+    assert group["transfers"] == [] and row["estimate_received_bytes"] == 0
+    assert row["score_received_bytes"] == 4 * 128 * 4  # rank 0's 4 mean keys, float32
+    assert row["chosen_max_received_bytes"] == 2048 * 2 * 128 * 2  # every earlier block: 4 blocks x min(2, ...)
+    assert main(["analyze", moba, "--seq", "1024", "--ranks", "4"]) == 2
+    assert "too short" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------- gloo
