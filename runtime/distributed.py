@@ -225,7 +225,9 @@ def _forward(mod, q, k, v, plan: dict, rank: int, group, kw: dict, config, atten
         _land(fetch)
         clock.lap("fetch_wait_s")
         for (qa, qb, at), indices in zip(segments, chosen):
-            o, lse = attend(q[:, :, at : at + qb - qa], keys, values, q_offset=qa, k_range=(0, 0), indices=indices, **kw)
+            o, lse = attend(
+                q[:, :, at : at + qb - qa], keys, values, q_offset=qa, k_range=(0, 0), indices=indices, **kw
+            )
             acc[at] = merge(*acc[at], o, lse) if at in acc else (o.float(), lse)
         clock.lap("selected_s")
     out = q.new_zeros(q.shape)

@@ -83,7 +83,6 @@ def block_logmass(
         return quest_bound(pooled, s[..., 0, :], s[..., 1, :])
     if spec.score == "antidiagonal":
         return antidiagonal_score(q.reshape(b, kv, h // kv, m, d), k, spec.block, spec.stride, scale)
-    n = k.shape[2]
     q_last = q[:, :, m - min(spec.last, m) :] if q_last is None else q_last
     first, nqb = q_offset // spec.block, -(-m // spec.block)
     grouped = q_last.reshape(b, kv, h // kv, q_last.shape[2], d)
