@@ -510,7 +510,7 @@ def render_context(plan: ContextPlan, per_key: int, what: str = "", per_block: i
     head = (
         f"context parallel over {plan.ranks} ranks, N = {plan.n:,}: {plan.layout} layout, "
         f"pairs per rank max/mean {max(plan.work) / max(1e-9, sum(plan.work) / plan.ranks):.3f}; "
-        f"{_mib(total)} moved{what}, {ratio}{'' if plan.exact else ' (some ranges rounded to whole tiles)'}; "
+        f"{_mib(total)} moved{' before the choice' if plan.selection else ''}{what}, {ratio}{'' if plan.exact else ' (some ranges rounded to whole tiles)'}; "
         + ("a backward pass moves the same bytes in reverse" if not plan.selection else "no backward pass (selection)")
     )
     lines = [
@@ -537,8 +537,9 @@ def _render_selection(plan: ContextPlan, per_key: int, per_block: int, per_query
     if sel["route"] == "summaries":
         how = (
             f"float32 block summaries ({sel['slots']} x head_dim per block) go to every rank; each rank chooses "
-            f"for its query blocks, then fetches its chosen blocks' keys it does not hold: at most {sel['top'] or 'every'}"
-            " candidate block(s) per query block, so `chosen recv` is a bound, the rest exact"
+            "for its query blocks, then fetches its chosen blocks' keys it does not hold: "
+            + (f"at most {sel['top']} blocks per query block" if sel["top"] else "at most every candidate")
+            + ", so `chosen recv` is a bound, the rest exact"
         )
     else:
         what = "every key (and the last queries)" if sel["score"] == "vslash" else "the keys of every candidate block"
