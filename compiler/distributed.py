@@ -15,6 +15,8 @@ W keys before the segment, a chunked pattern whose chunks align with the segment
 nothing, and a dilated pattern needs its sparse ranges. Each rank receives the keys it needs
 that other ranks own, from their owners; a ring pass (or an all-gather) moves every key to
 every rank. Bytes per key: keys and values, kv_heads x head_dim elements each, per batch entry.
+A selecting group's plan adds its run-time part (`plan_selection`): what its scores read, exactly,
+and a bound of the chosen blocks' keys.
 
 Head parallelism. Query heads are assigned to ranks whole KV head by whole KV head (a GQA
 group stays together, as tensor-parallel projections shard them), balancing each rank's

@@ -10,7 +10,10 @@ is the generated module's `prefill_at` (queries at their positions, one key rang
 It is differentiable (`_ContextAttention`): the backward keeps the key and value ranges the
 forward received, runs the module's `backward_at` on the same parts with the rows' merged
 output and log-sum-exp, and returns the gradients of received keys and values to their owners
-over the same ranges, in the reverse direction (`context_backward`).
+over the same ranges, in the reverse direction (`context_backward`). A pattern that selects key
+blocks (plan["selection"]) also moves what its scores read (key block summaries, or keys),
+chooses for its own query blocks with the module's `select_at`, fetches the chosen keys it
+lacks from their owners (`_fetch`) and attends them in one more call per segment; no backward.
 
 Head parallelism (`head_attention`): each rank computes the heads the head plan gives it;
 `permute_heads` reorders a projection's heads so that each rank's are one contiguous shard.
