@@ -7,7 +7,10 @@ by pair. Runtime: one spawn per world size runs every pattern file through conte
 with the module's torch `reference` as the per-part attention (the interpreter is too slow for
 all files; at 4 ranks a selection), plus a few patterns through the Triton kernel (`prefill_at`,
 TRITON_INTERPRET=1) and a head-parallel DuoAttention mix; the outputs must equal the
-single-process reference and the bytes each rank moved must equal the plan's. The same spawn
+single-process reference and the bytes each rank moved must equal the plan's. Patterns that
+select key blocks run too (every selecting file, and a layer mixing a selecting head group
+with a static one, context- and head-parallel): what their scores move must equal the plan's,
+and the chosen blocks' keys moved stay within its bound. The same spawn
 runs loss.backward() through the kernels for a representative set (causal, sink + window,
 chunked, dilated, power, both layouts, two head groups): every rank's gradients must equal
 single-process autograd's and the bytes moved backward the forward's, reversed. prefill_at
@@ -248,6 +251,9 @@ def test_parts_of_a_selecting_pattern_add_up(score, opts):
         mod.prefill_at(q[:, :, 16:], k, v, q_offset=16, indices=(idx[:, :, :4], cnt[:, :, :4]), config=cfg)
     with pytest.raises(ValueError, match="multiple of the selection block"):
         mod.select_at(q[:, :, 16:], k, q_offset=16)
+    plain = load_program(lower(resolve_text("pattern p = causal", "p.attn")))
+    with pytest.raises(ValueError, match="do not combine"):
+        plain.reference(q, k, v, k_range=(0, 32), lengths=torch.full((1,), 64))
 
 
 def test_selecting_plans_and_refusals():
