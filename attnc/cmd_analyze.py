@@ -90,9 +90,13 @@ def _context(program, n: int, ranks: int, dtype: str) -> list[tuple]:
     out = []
     for g, (group, plan) in enumerate(zip(program.groups, program_contexts(program, n, ranks))):
         pairs = len({(layer, h // per_kv) for layer, h in group.members})
-        per_key = key_bytes(pairs, m.head_dim or 128, 4 if dtype == "fp32" else 2)
-        what = f" ({pairs} (layer, KV head) pairs, head_dim {m.head_dim or 128}, {dtype}, keys and values)"
-        out.append((g, plan, context_rows(plan, per_key), render_context(plan, per_key, what)))
+        size, d = 4 if dtype == "fp32" else 2, m.head_dim or 128
+        per_key = key_bytes(pairs, d, size)
+        slots = plan.selection["slots"] if plan.selection else 0
+        per_block, per_query = slots * pairs * d * 4, len(group.members) * d * size  # summaries are float32
+        what = f" ({pairs} (layer, KV head) pairs, head_dim {d}, {dtype}, keys and values)"
+        rows = context_rows(plan, per_key, per_block, per_query)
+        out.append((g, plan, rows, render_context(plan, per_key, what, per_block, per_query)))
     return out
 
 

@@ -8,7 +8,10 @@ Two steps, on two machines (as bench/gpu.py):
 
 With 4 processes (NCCL, one GPU each), B=1, H=32, D=128, bf16, N=262144 by default:
 
-1. context parallelism of `causal & (sink(4) | window(4096))` and of `causal`: every rank times
+1. context parallelism of `causal & (sink(4) | window(4096))`, of `causal` and of a MoBA-like
+   selection (`causal & (sink(4) | window(1024) | select(mean, top = 16, block = 128))`,
+   forward only; the bytes of its block summaries, requests and chosen keys against the plan's
+   bound of the chosen keys): every rank times
    the generated kernel on the whole sequence (one GPU) and `context_attention` on its shard
    (the slowest rank's time counts), checks its rows against the one-GPU output, and reports
    the bytes it moved against a ring pass's (keys and values of every other rank); then the
@@ -47,6 +50,10 @@ os.environ.update(NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1", NV
 CASES = {
     "sink_window": ("pattern sink_window = causal & (sink(4) | window(4096))\n", "context"),
     "causal": ("pattern causal = causal\n", "context"),
+    "select_mean": (
+        "pattern select_mean = causal & (sink(4) | window(1024) | select(mean, top = 16, block = 128))\n",
+        "context",
+    ),
     "duo_mix": (
         "model { layers = 1, heads = 32, kv_heads = 32, head_dim = 128 }\n"
         "pattern duo_mix {\n  heads 0..8: causal\n  rest: causal & (sink(64) | window(960))\n}\n",
@@ -57,6 +64,7 @@ SHAPE = dict(n=262144, heads=32, head_dim=128, context_ranks=4, head_ranks=2, dt
 SMOKE = dict(n=256, heads=4, head_dim=16, context_ranks=2, head_ranks=2, dtype="float32", align=32)
 SMOKE_TEXT = {
     "sink_window": "pattern sink_window = causal & (sink(4) | window(40))\n",
+    "select_mean": "pattern select_mean = causal & (window(8) | select(mean, top = 2, block = 32))\n",
     "duo_mix": "model { layers = 1, heads = 4, kv_heads = 4, head_dim = 16 }\n"
     "pattern duo_mix {\n  heads 0..1: causal\n  rest: causal & (sink(4) | window(24))\n}\n",
 }
@@ -65,7 +73,7 @@ SMOKE_TEXT = {
 # ------------------------------------------------------------------ --generate (here)
 def generate(out: Path, smoke: bool) -> None:
     from attnc.codegen.writer import write_module
-    from attnc.compiler.distributed import plan_context, plan_heads
+    from attnc.compiler.distributed import plan_heads, program_contexts
     from attnc.compiler.lower import lower
     from attnc.compiler.simulate import Shape
     from attnc.spec.resolve import resolve_text
@@ -79,9 +87,8 @@ def generate(out: Path, smoke: bool) -> None:
         program = program.__class__(**{**program.__dict__, "name": f"dist_{name}"})
         entry = {"module": write_module(program, out).name, "kind": kind}
         if kind == "context":
-            entry["plan"] = plan_context(
-                program.groups[0].pattern, shape["n"], shape["context_ranks"], align=shape["align"]
-            ).to_dict()
+            plan = program_contexts(program, shape["n"], shape["context_ranks"], align=shape["align"])[0]
+            entry["plan"] = plan.to_dict()
         else:
             sim = Shape(shape["n"], 1, shape["heads"], None, shape["head_dim"])
             entry["plan"] = plan_heads(program, sim, shape["head_ranks"]).__dict__
@@ -148,7 +155,10 @@ def run_distributed(folder: Path, smoke: bool) -> dict:
         if entry["kind"] == "context":
             if plan["ranks"] != world:
                 continue
-            train = _train(mod, rt, plan, q, k, v, _inputs(shape, device, 1)[0], rank, device, reps, config, smoke)
+            train = {}  # a selecting pattern has no backward
+            if not plan.get("selection"):
+                do = _inputs(shape, device, 1)[0]
+                train = _train(mod, rt, plan, q, k, v, do, rank, device, reps, config, smoke)
             full = mod.reference(q, k, v) if smoke else mod.prefill(q, k, v)
             one = _time(lambda: mod.prefill(q, k, v), device, reps) if not smoke else 0.0
             lq, lk, lv = (rt.shard(t, plan, rank) for t in (q, k, v))
@@ -163,8 +173,14 @@ def run_distributed(folder: Path, smoke: bool) -> dict:
             dist.all_reduce(worst, op=dist.ReduceOp.MAX)
             per_key = 2 * shape["heads"] * shape["head_dim"] * lk.element_size()
             ring = (plan["n"] - sum(b - a for a, b in plan["segments"][rank])) * per_key
-            moved = torch.tensor([stats["received_bytes"], ring], device=device, dtype=torch.float64)
+            sel = plan.get("selection") or {"bound": [0] * world}
+            chosen = [stats.get(f"{x}_received_bytes", 0) for x in ("score", "request", "select")]
+            moved = [stats["received_bytes"], ring, *chosen, sel["bound"][rank] * per_key]
+            moved = torch.tensor(moved, device=device, dtype=torch.float64)
             dist.all_reduce(moved)
+            if plan.get("selection"):  # what the scores and the chosen blocks moved, against the plan's bound
+                names = ("score_bytes", "request_bytes", "chosen_bytes", "chosen_bound_bytes")
+                train = dict(zip(names, moved[2:].tolist()))
             rows[name] = {
                 "layout": plan["layout"],
                 "one_gpu_ms": one * 1e3,
@@ -256,7 +272,7 @@ def run_single(folder: Path, smoke: bool) -> dict:
     kw = {} if config is None else {"config": config}
     rows = {}
     for name, entry in manifest["cases"].items():
-        if entry["kind"] != "context":
+        if entry["kind"] != "context" or entry["plan"].get("selection"):
             continue
         mod = _load(folder / entry["module"], f"attnc_dist_{name}")
         plan = entry["plan"]

@@ -98,7 +98,8 @@ def select_parts(mod, q, k, scale, smoke: bool) -> dict:
         "attnc_select_choose": bench_ms(lambda: mod._choose(0, spec, mat, n, width), smoke),
     }
     for warps in (1, 2, 4, 8):
-        t[f"attnc_select_choose_warps{warps}"] = bench_ms(lambda: mod._choose(0, spec, mat, n, width, warps), smoke)
+        choose = lambda: mod._choose(0, spec, mat, n, width, num_warps=warps)  # noqa: E731
+        t[f"attnc_select_choose_warps{warps}"] = bench_ms(choose, smoke)
     sys.path.insert(0, str(ROOT / "bench" / "proto"))
     from pool_proto import block_mean_triton  # a Triton pooling prototype, checked against the torch one
 

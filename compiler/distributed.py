@@ -15,6 +15,8 @@ W keys before the segment, a chunked pattern whose chunks align with the segment
 nothing, and a dilated pattern needs its sparse ranges. Each rank receives the keys it needs
 that other ranks own, from their owners; a ring pass (or an all-gather) moves every key to
 every rank. Bytes per key: keys and values, kv_heads x head_dim elements each, per batch entry.
+A selecting group's plan adds its run-time part (`plan_selection`): what its scores read, exactly,
+and a bound of the chosen blocks' keys.
 
 Head parallelism. Query heads are assigned to ranks whole KV head by whole KV head (a GQA
 group stays together, as tensor-parallel projections shard them), balancing each rank's
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from dataclasses import replace as dataclasses_replace
 from functools import reduce
 from typing import Any
 
@@ -178,12 +181,20 @@ class ContextPlan:
     transfers: tuple[tuple[int, int, int, int], ...]
     pieces: tuple[tuple[tuple[int, int, int, int], ...], ...]
     exact: bool = True  # needs are exact key by key (else whole tiles where enumeration was too dear)
+    selection: dict | None = None  # a selecting group's run-time part (plan_selection), None for a static one
 
     def received_keys(self, rank: int) -> int:
-        return sum(b - a for s, d, a, b in self.transfers if d == rank)
+        """Keys the rank receives before attending: the static part's, and a selection's estimate ranges."""
+        return sum(b - a for s, d, a, b in self.all_transfers if d == rank)
 
     def sent_keys(self, rank: int) -> int:
-        return sum(b - a for s, d, a, b in self.transfers if s == rank)
+        return sum(b - a for s, d, a, b in self.all_transfers if s == rank)
+
+    @property
+    def all_transfers(self) -> tuple[tuple[int, int, int, int], ...]:
+        """The static part's transfers, then those a selection's scores need (raw-key scores)."""
+        extra = tuple(tuple(t) for t in self.selection["transfers"]) if self.selection else ()
+        return tuple(self.transfers) + extra
 
     def ring_received_keys(self, rank: int) -> int:
         """A ring pass (or all-gather): every key this rank does not own."""
@@ -226,14 +237,23 @@ def plan_layout(pattern: Pattern, n: int, ranks: int, layout: str, align: int = 
 
 
 def plan_contexts(
-    patterns, n: int, ranks: int, layout: str | None = None, align: int = ALIGN
+    patterns, n: int, ranks: int, layout: str | None = None, align: int = ALIGN, whole: bool = False
 ) -> tuple[ContextPlan, ...]:
     """Context plans of several head groups, (pattern, heads using it) each, sharing one layout
     (the tokens are cut once): the given one, or the best (least maximum work summed over the
-    groups by their heads; within BALANCE_SLACK of it, fewest keys moved)."""
+    groups by their heads; within BALANCE_SLACK of it, fewest keys moved). `whole`: only
+    layouts that give every rank tokens (a selection's blocks must not be cut)."""
     if ranks < 1 or n < ranks:
         raise ValueError(f"context parallelism needs 1 <= ranks <= n, got ranks={ranks}, n={n}")
     names = LAYOUTS if layout is None else (layout,)
+    if whole:
+        names = tuple(x for x in names if all(range_length(s) for s in segments_of(x, n, ranks, align)))
+        if not names:
+            raise ValueError(
+                f"context parallelism of a selecting pattern cuts the sequence at multiples of its selection "
+                f"block ({align} with the kernel's tile): N = {n} is too short to give each of {ranks} ranks "
+                f"{'a piece' if layout != 'zigzag' else 'two pieces'}; use fewer ranks or a longer sequence"
+            )
     options = [tuple(plan_layout(p, n, ranks, name, align) for p, _ in patterns) for name in names]
 
     def work(plans) -> int:
@@ -252,8 +272,84 @@ def plan_context(pattern: Pattern, n: int, ranks: int, layout: str | None = None
 
 
 def program_contexts(program: Any, n: int, ranks: int, layout: str | None = None, align: int = ALIGN):
-    """One context plan per head group of a program, sharing one layout."""
-    return plan_contexts([(g.pattern, len(g.members)) for g in program.groups], n, ranks, layout, align)
+    """One context plan per head group of a program, sharing one layout. A program that selects
+    key blocks cuts its segments at multiples of every selection block too, and its selecting
+    groups' plans carry their run-time part (plan_selection)."""
+    blocks = [g.selection.atom.block for g in program.groups if g.selection is not None]
+    align = math.lcm(align, *blocks)
+    plans = plan_contexts([(g.pattern, len(g.members)) for g in program.groups], n, ranks, layout, align, bool(blocks))
+    return tuple(p if g.selection is None else plan_selection(p, g) for p, g in zip(plans, program.groups))
+
+
+# ----------------------------------------------------------------------------- selection
+SUMMARY_SLOTS = {"mean": 1, "quest": 2}  # float32 vectors per key block that a score reads (key_summary)
+
+
+def _blocks_of(segments, block: int, n: int) -> list[int]:
+    """The selection blocks (query or key) of a rank's segments, whose bounds are multiples of block or n."""
+    return [i for a, b in segments for i in range(a // block, -(-b // block))]
+
+
+def _block_ranges(blocks, block: int, n: int) -> tuple[Range, ...]:
+    return merge_ranges((int(i) * block, min(n, (int(i) + 1) * block)) for i in blocks)
+
+
+def plan_selection(plan: ContextPlan, group: Any) -> ContextPlan:
+    """A selecting group's context plan with its run-time part (`selection`), from the static
+    plan: what the scores need and the most the chosen blocks can move, per rank.
+
+    `mean` and `quest` read key block summaries (SUMMARY_SLOTS float32 vectors of head_dim per
+    block and KV head): every rank sends its blocks' summaries to every other ("summaries"),
+    chooses for its query blocks, then fetches the keys of its chosen blocks that it does not
+    hold (owned or received for the static part). Per rank that is at most `top` blocks per
+    query block (Σ min(top, candidates)), and never more than its candidates' keys it does not
+    hold (`reach`, a mass budget's bound). `antidiagonal` reads every candidate block's keys:
+    they move before the choice (`transfers`, exact), and nothing after; `vslash` reads every
+    key and the sequence's last `last` queries: every key moves to every rank, and those
+    queries from their owners (`q_last`: (owner, start, stop) each)."""
+    from .plan import plan_select
+    from .selection import candidate_matrix
+
+    atom, n, block = group.selection.atom, plan.n, group.selection.atom.block
+    for r, segs in enumerate(plan.segments):
+        if any(a % block or (b % block and b != n) for a, b in segs):
+            raise ValueError(f"rank {r}'s tokens {segs} do not start and end on selection blocks of {block}")
+    cand = candidate_matrix(plan_select(group.pattern, group.selection), n)
+    transfers, bound, reach, q_last = [], [], [], ()
+    for r, segs in enumerate(plan.segments):
+        rows = _blocks_of(segs, block, n)
+        held = merge_ranges([*segs, *((a, b) for s, d, a, b in plan.transfers if d == r)])
+        wanted = _block_ranges(np.flatnonzero(cand[rows].any(0)), block, n)
+        if atom.score == "vslash":
+            wanted = ((0, n),)
+        missing = subtract_ranges(wanted, held)
+        if atom.score in SUMMARY_SLOTS:
+            reach.append(range_length(missing))
+            per_row = cand[rows].sum(1)
+            chosen = per_row if atom.mass else np.minimum(per_row, atom.top)
+            bound.append(int(min(reach[-1], int(chosen.sum()) * block)))
+            continue
+        reach.append(0)
+        bound.append(0)
+        for src, theirs in enumerate(plan.segments):
+            transfers += [(src, r, a, b) for a, b in intersect_ranges(missing, theirs) if src != r]
+    if atom.score == "vslash":
+        rows = ((max(0, n - atom.last), n),)
+        q_last = tuple((r, a, b) for r, segs in enumerate(plan.segments) for a, b in intersect_ranges(rows, segs))
+    return dataclasses_replace(plan, selection={
+        "block": block, "score": atom.score, "top": atom.top, "mass": atom.mass,
+        "route": "summaries" if atom.score in SUMMARY_SLOTS else "keys",
+        "slots": SUMMARY_SLOTS.get(atom.score, 0), "transfers": tuple(transfers), "q_last": q_last,
+        "bound": tuple(bound), "reach": tuple(reach),
+    })  # fmt: skip
+
+
+def summary_blocks(plan: ContextPlan, rank: int) -> tuple[int, int]:
+    """(sent, received) key block summaries of a rank: its blocks to every other rank, every other block to it."""
+    if not plan.selection or plan.selection["route"] != "summaries":
+        return 0, 0
+    mine = len(_blocks_of(plan.segments[rank], plan.selection["block"], plan.n))
+    return mine * (plan.ranks - 1), -(-plan.n // plan.selection["block"]) - mine
 
 
 # ----------------------------------------------------------------------------- heads
@@ -359,19 +455,21 @@ def _mib(x: int) -> str:
     return f"{x / 2**20:,.2f} MiB"
 
 
-def context_rows(plan: ContextPlan, per_key: int) -> list[dict[str, Any]]:
+def context_rows(plan: ContextPlan, per_key: int, per_block: int = 0, per_query: int = 0) -> list[dict[str, Any]]:
     """One row per rank: its queries, pairs, received and sent keys and bytes, and a ring's.
     A backward pass (training) moves the same bytes in reverse: the dK, dV of every received
-    range go back to its owner, so a rank sends backward what it received forward."""
-    return [
+    range go back to its owner, so a rank sends backward what it received forward. A selecting
+    plan adds `selection` (selection_row; per_block: bytes of one key block's summaries,
+    per_query: of one query row, its heads)."""
+    rows = [
         {
             "rank": r,
             "queries": [list(s) for s in plan.segments[r]],
             "pairs": plan.work[r],
             "receives_from": {
-                s: [[a, b] for x, d, a, b in plan.transfers if x == s and d == r]
+                s: [[a, b] for x, d, a, b in plan.all_transfers if x == s and d == r]
                 for s in range(plan.ranks)
-                if any(x == s and d == r for x, d, _, _ in plan.transfers)
+                if any(x == s and d == r for x, d, _, _ in plan.all_transfers)
             },
             "received_bytes": plan.received_keys(r) * per_key,
             "sent_bytes": plan.sent_keys(r) * per_key,
@@ -382,18 +480,40 @@ def context_rows(plan: ContextPlan, per_key: int) -> list[dict[str, Any]]:
         }
         for r in range(plan.ranks)
     ]
+    if plan.selection:
+        for r, row in enumerate(rows):
+            row["selection"] = selection_row(plan, r, per_key, per_block, per_query)
+            row["backward_sent_bytes"] = row["backward_received_bytes"] = None  # no backward
+    return rows
 
 
-def render_context(plan: ContextPlan, per_key: int, what: str = "") -> str:
-    """The context plan as a text table (attnc analyze --ranks)."""
+def selection_row(plan: ContextPlan, rank: int, per_key: int, per_block: int, per_query: int) -> dict[str, int]:
+    """A selecting plan's bytes for one rank, beyond its static part: the estimate ranges (exact,
+    part of received_bytes), block summaries and last queries (exact), and the chosen blocks'
+    keys it fetches (at most `chosen_max_received_bytes`: min(top, candidates) blocks per query
+    block, within its candidates' keys it does not hold)."""
+    sel = plan.selection
+    out, into = summary_blocks(plan, rank)
+    rows = [(src, b - a) for src, a, b in sel["q_last"]]
+    return {
+        "estimate_received_bytes": sum(b - a for _, d, a, b in sel["transfers"] if d == rank) * per_key,
+        "score_sent_bytes": out * per_block + sum(m * (plan.ranks - 1) for s, m in rows if s == rank) * per_query,
+        "score_received_bytes": into * per_block + sum(m for s, m in rows if s != rank) * per_query,
+        "chosen_max_received_bytes": sel["bound"][rank] * per_key,
+        "candidates_not_held_bytes": sel["reach"][rank] * per_key,
+    }
+
+
+def render_context(plan: ContextPlan, per_key: int, what: str = "", per_block: int = 0, per_query: int = 0) -> str:
+    """The context plan as a text table (attnc analyze --ranks); a selecting plan adds its own."""
     total = sum(plan.received_keys(r) for r in range(plan.ranks)) * per_key
     ring = sum(plan.ring_received_keys(r) for r in range(plan.ranks)) * per_key
     ratio = f"{ring / total:,.1f}x fewer bytes than a ring pass" if total else "nothing moves"
     head = (
         f"context parallel over {plan.ranks} ranks, N = {plan.n:,}: {plan.layout} layout, "
         f"pairs per rank max/mean {max(plan.work) / max(1e-9, sum(plan.work) / plan.ranks):.3f}; "
-        f"{_mib(total)} moved{what}, {ratio}{'' if plan.exact else ' (some ranges rounded to whole tiles)'}; "
-        "a backward pass moves the same bytes in reverse"
+        f"{_mib(total)} moved{' before the choice' if plan.selection else ''}{what}, {ratio}{'' if plan.exact else ' (some ranges rounded to whole tiles)'}; "
+        + ("a backward pass moves the same bytes in reverse" if not plan.selection else "no backward pass (selection)")
     )
     lines = [
         head,
@@ -407,4 +527,36 @@ def render_context(plan: ContextPlan, per_key: int, what: str = "") -> str:
             f"{_mib(row['received_bytes']):>12} {_mib(row['sent_bytes']):>12} "
             f"{_mib(row['ring_received_bytes']):>12} {_mib(row['ring_sent_bytes']):>12}"
         )
+    if plan.selection:
+        lines += _render_selection(plan, per_key, per_block, per_query)
     return "\n".join(lines)
+
+
+def _render_selection(plan: ContextPlan, per_key: int, per_block: int, per_query: int) -> list[str]:
+    """The selected part's lines: what the scores move (exact) and the chosen blocks (a bound)."""
+    sel = plan.selection
+    budget = f"top {sel['top']}" if sel["top"] else f"mass {sel['mass']}%"
+    if sel["route"] == "summaries":
+        how = (
+            f"float32 block summaries ({sel['slots']} x head_dim per block) go to every rank; each rank chooses "
+            "for its query blocks, then fetches its chosen blocks' keys it does not hold: "
+            + (f"at most {sel['top']} blocks per query block" if sel["top"] else "at most every candidate")
+            + ", so `chosen recv` is a bound, the rest exact"
+        )
+    else:
+        what = "every key (and the last queries)" if sel["score"] == "vslash" else "the keys of every candidate block"
+        how = f"the estimate reads {what}: they move before the choice (in recv above, exact); the chosen blocks are then held"
+    lines = [f"selected part: select({sel['score']}, {budget}, block = {sel['block']}): {how}"]
+    lines.append(
+        f"{'rank':>4}  {'of recv: estimate':>17} {'scores recv':>12} {'scores sent':>12} {'chosen recv':>16} "
+        f"{'all recv':>16} {'ring recv':>12}"
+    )
+    for r in range(plan.ranks):
+        row = selection_row(plan, r, per_key, per_block, per_query)
+        total = plan.received_keys(r) * per_key + row["score_received_bytes"] + row["chosen_max_received_bytes"]
+        lines.append(
+            f"{r:>4}  {_mib(row['estimate_received_bytes']):>17} {_mib(row['score_received_bytes']):>12} "
+            f"{_mib(row['score_sent_bytes']):>12} {'<= ' + _mib(row['chosen_max_received_bytes']):>16} "
+            f"{'<= ' + _mib(total):>16} {_mib(plan.ring_received_keys(r) * per_key):>12}"
+        )
+    return lines

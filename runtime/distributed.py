@@ -10,7 +10,10 @@ is the generated module's `prefill_at` (queries at their positions, one key rang
 It is differentiable (`_ContextAttention`): the backward keeps the key and value ranges the
 forward received, runs the module's `backward_at` on the same parts with the rows' merged
 output and log-sum-exp, and returns the gradients of received keys and values to their owners
-over the same ranges, in the reverse direction (`context_backward`).
+over the same ranges, in the reverse direction (`context_backward`). A pattern that selects key
+blocks (plan["selection"]) also moves what its scores read (key block summaries, or keys),
+chooses for its own query blocks with the module's `select_at`, fetches the chosen keys it
+lacks from their owners (`_fetch`) and attends them in one more call per segment; no backward.
 
 Head parallelism (`head_attention`): each rank computes the heads the head plan gives it;
 `permute_heads` reorders a projection's heads so that each rank's are one contiguous shard.
@@ -75,7 +78,7 @@ def exchange(k: torch.Tensor, v: torch.Tensor, plan: Any, rank: int, group=None,
     raw_k, raw_v = _own_buffers(k, v, plan, rank)
     own = _local(plan, rank)
     sends, recvs = [], []
-    for src, dst, a, b in plan["transfers"]:
+    for src, dst, a, b in _transfers(plan):
         if src == rank:
             at = _at(own, a, b)
             sends += [(dst, _rows(k, at, at + b - a)), (dst, _rows(v, at, at + b - a))]
@@ -83,6 +86,11 @@ def exchange(k: torch.Tensor, v: torch.Tensor, plan: Any, rank: int, group=None,
             recvs += [(src, raw_k[a:b]), (src, raw_v[a:b])]
     pending = _start(sends, recvs, group, stats, "")
     return raw_k.permute(1, 2, 0, 3), raw_v.permute(1, 2, 0, 3), pending
+
+
+def _transfers(plan: dict) -> list:
+    """The key ranges that move before attention: the static part's, then a selection's estimate ranges."""
+    return list(plan["transfers"]) + list((plan.get("selection") or {}).get("transfers", ()))
 
 
 def _own_buffers(k: torch.Tensor, v: torch.Tensor, plan: dict, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,6 +186,11 @@ def context_attention(
     rank = dist.get_rank(group) if rank is None else rank
     kw = dict(scale=scale, layer=layer, heads=heads)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        if plan.get("selection"):
+            raise NotImplementedError(
+                "context_attention: patterns that select key blocks at run time have no backward (prefill on one "
+                "device has none either); run them under torch.no_grad() or detach q, k, v"
+            )
         return _ContextAttention.apply(q, k, v, mod, plan, rank, group, kw, config, attend, stats)
     out, lse, _ = _forward(mod, q, k, v, plan, rank, group, kw, config, attend, stats)
     return out, lse
@@ -193,6 +206,7 @@ def _forward(mod, q, k, v, plan: dict, rank: int, group, kw: dict, config, atten
         kw = dict(kw, return_lse=True)
     clock = _Clock(q.device, stats)
     keys, values, pending = exchange(k, v, plan, rank, group, stats)
+    scores = _start_scores(mod, q, k, plan, rank, group, kw, stats) if plan.get("selection") else None
     segments = _local(plan, rank)
     acc: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     own = {tuple(s) for s in plan["segments"][rank]}
@@ -200,6 +214,9 @@ def _forward(mod, q, k, v, plan: dict, rank: int, group, kw: dict, config, atten
         if phase == "remote":
             wait(pending)
             clock.lap("wait_s")
+            if scores is not None:
+                chosen, fetch = _choose_and_fetch(mod, q, k, v, keys, values, plan, rank, group, kw, stats, scores)
+                clock.lap("select_s")
         for qa, qb, ka, kb in plan["pieces"][rank]:
             if ((ka, kb) in own) != (phase == "local"):
                 continue
@@ -207,12 +224,144 @@ def _forward(mod, q, k, v, plan: dict, rank: int, group, kw: dict, config, atten
             o, lse = attend(q[:, :, at : at + qb - qa], keys, values, q_offset=qa, k_range=(ka, kb), **kw)
             acc[at] = merge(*acc[at], o, lse) if at in acc else (o.float(), lse)
         clock.lap(f"{phase}_s")
+    if scores is not None:  # the chosen blocks' pairs, once the fetched keys are in
+        _land(fetch)
+        clock.lap("fetch_wait_s")
+        for (qa, qb, at), indices in zip(segments, chosen):
+            o, lse = attend(
+                q[:, :, at : at + qb - qa], keys, values, q_offset=qa, k_range=(0, 0), indices=indices, **kw
+            )
+            acc[at] = merge(*acc[at], o, lse) if at in acc else (o.float(), lse)
+        clock.lap("selected_s")
     out = q.new_zeros(q.shape)
     lse = torch.full(q.shape[:3], float("-inf"), device=q.device)
     for at, (o, l) in acc.items():
         out[:, :, at : at + o.shape[2]] = o.to(q.dtype)
         lse[:, :, at : at + o.shape[2]] = l
     return out, lse, (keys.permute(2, 0, 1, 3), values.permute(2, 0, 1, 3))
+
+
+def _start_scores(mod, q, k, plan: dict, rank: int, group, kw: dict, stats) -> tuple:
+    """Start moving what a selection's scores need besides keys (plan["selection"]): every
+    rank's key block summaries to every other (route "summaries": mod.block_summary of each
+    own segment, float32), or the sequence's last queries to every rank (vslash). Returns
+    (summaries (B, H_KV, n_kblocks, S, D) or None, last queries (B, H, L, D) or None, pending)."""
+    sel, n = plan["selection"], plan["n"]
+    block, nb = sel["block"], -(-plan["n"] // sel["block"])
+    others = [r for r in range(plan["ranks"]) if r != rank]
+    sends, recvs, summary, q_last = [], [], None, None
+    if sel["route"] == "summaries":
+        for a, b, at in _local(plan, rank):
+            part = mod.block_summary(k[:, :, at : at + b - a], heads=kw["heads"], layer=kw["layer"])
+            if summary is None:
+                summary = part.new_zeros((nb, *part.shape[:2], *part.shape[3:]))
+            summary[a // block : a // block + part.shape[2]] = part.permute(2, 0, 1, 3, 4)
+            sends += [(r, summary[a // block : a // block + part.shape[2]]) for r in others]
+        for r in others:
+            recvs += [(r, summary[a // block : -(-b // block)]) for a, b in plan["segments"][r]]
+    if sel["q_last"]:
+        lo = min(a for _, a, _ in sel["q_last"])
+        q_last = q.new_empty((n - lo, q.shape[0], q.shape[1], q.shape[3]))
+        for src, a, b in sel["q_last"]:
+            if src == rank:
+                at = _at(_local(plan, rank), a, b)
+                q_last[a - lo : b - lo] = _rows(q, at, at + b - a)
+                sends += [(r, q_last[a - lo : b - lo]) for r in others]
+            else:
+                recvs.append((src, q_last[a - lo : b - lo]))
+    pending = _start(sends, recvs, group, stats, "score_")
+    return summary, q_last, pending
+
+
+def _choose_and_fetch(mod, q, k, v, keys, values, plan: dict, rank: int, group, kw: dict, stats, scores) -> tuple:
+    """Each own segment's chosen blocks (mod.select_at, the module's own rule), and the start
+    of fetching the chosen keys this rank does not hold (route "summaries"; the "keys" route
+    holds every candidate already): ([(indices, counts)] per segment, pending)."""
+    summary, q_last, pending = scores
+    wait(pending)
+    summary = None if summary is None else summary.permute(1, 2, 0, 3, 4)
+    q_last = None if q_last is None else q_last.permute(1, 2, 0, 3)
+    opts = dict(heads=kw["heads"], scale=kw["scale"], layer=kw["layer"], summary=summary, q_last=q_last)
+    chosen = [mod.select_at(q[:, :, at : at + b - a], keys, q_offset=a, **opts) for a, b, at in _local(plan, rank)]
+    if plan["selection"]["route"] != "summaries":
+        return chosen, ([], ([], [], None, None))
+    return chosen, _fetch(chosen, k, v, keys, values, plan, rank, group, stats)
+
+
+def _held(plan: dict, rank: int, device) -> torch.Tensor:
+    """(N,) booleans: the keys a rank holds before choosing (its own, and those moved to it)."""
+    held = torch.zeros(plan["n"], dtype=torch.bool, device=device)
+    for a, b in plan["segments"][rank]:
+        held[a:b] = True
+    for _, dst, a, b in _transfers(plan):
+        if dst == rank:
+            held[a:b] = True
+    return held
+
+
+def _rows_of(ids: torch.Tensor, missing: torch.Tensor, shape: tuple, block: int):
+    """(batch, KV head, position) of the keys that requests `ids` ((b * H_KV + h) * n_kblocks +
+    block each) fetch: the block's keys that `missing` (N,) marks, for that batch entry and head."""
+    B, H_KV, nb = shape
+    n = missing.shape[0]
+    pos = (ids % nb)[:, None] * block + torch.arange(block, device=ids.device)[None, :]
+    ok = (pos < n) & missing[pos.clamp(max=n - 1)]
+    bh = (ids // nb)[:, None].expand_as(pos)[ok]
+    return bh // H_KV, bh % H_KV, pos[ok]
+
+
+def _fetch(chosen: list, k, v, keys, values, plan: dict, rank: int, group, stats) -> tuple:
+    """Request from each owner the keys of this rank's chosen blocks that it does not hold, per
+    (batch entry, KV head, block): the numbers of requests and their ids move first
+    (`request_` bytes, 8 per id), then the owners start sending the keys and values
+    (`select_` bytes) into the key buffers; returns their pending handle."""
+    sel, n, ranks = plan["selection"], plan["n"], plan["ranks"]
+    block, nb = sel["block"], -(-n // sel["block"])
+    B, H_KV = k.shape[:2]
+    device = k.device
+    want = torch.zeros((B, H_KV, nb + 1), dtype=torch.bool, device=device)
+    for idx, cnt in chosen:
+        valid = torch.arange(idx.shape[-1], device=device) < cnt[..., None]
+        want.scatter_(2, torch.where(valid, idx, nb).long().flatten(2), True)
+    mine = ~_held(plan, rank, device)
+    missing_blocks = torch.nn.functional.pad(mine, (0, nb * block - n)).view(nb, block).any(1)
+    owner = torch.empty(nb, dtype=torch.long, device=device)
+    for r, segs in enumerate(plan["segments"]):
+        for a, b in segs:
+            owner[a // block : -(-b // block)] = r
+    flat = (want[..., :nb] & missing_blocks).flatten()
+    ids = torch.nonzero(flat).flatten()
+    others = [r for r in range(ranks) if r != rank]
+    asked = {r: ids[owner[ids % nb] == r] for r in others}
+    counts = {r: torch.zeros(1, dtype=torch.long, device=device) for r in others}
+    wait(_start([(r, torch.tensor([len(asked[r])], device=device)) for r in others],
+                [(r, counts[r]) for r in others], group, stats, "request_"))  # fmt: skip
+    inbox = {r: torch.empty(int(counts[r]), dtype=torch.long, device=device) for r in others if int(counts[r])}
+    wait(_start([(r, asked[r]) for r in others if len(asked[r])], list(inbox.items()), group, stats, "request_"))
+    local = torch.full((n,), -1, dtype=torch.long, device=device)
+    for a, b, at in _local(plan, rank):
+        local[a:b] = torch.arange(at, at + b - a, device=device)
+    sends, recvs, places = [], [], []
+    for r, theirs in inbox.items():
+        bb, hh, pp = _rows_of(theirs, ~_held(plan, r, device), (B, H_KV, nb), block)
+        sends += [(r, k[bb, hh, local[pp]].contiguous()), (r, v[bb, hh, local[pp]].contiguous())]
+    for r in others:
+        if len(asked[r]):
+            bb, hh, pp = _rows_of(asked[r], mine, (B, H_KV, nb), block)
+            got = [keys.new_empty((len(pp), k.shape[3])) for _ in range(2)]
+            recvs += [(r, got[0]), (r, got[1])]
+            places.append((bb, hh, pp, got))
+    pending = _start(sends, recvs, group, stats, "select_")
+    return pending[0], (pending[1], places, keys, values)
+
+
+def _land(fetch: tuple) -> None:
+    """Wait for the fetched keys and values and put them in the key buffers at their (batch, head, position)."""
+    wait(fetch)
+    _, places, keys, values = fetch[1]
+    for bb, hh, pp, (got_k, got_v) in places:
+        keys[bb, hh, pp] = got_k
+        values[bb, hh, pp] = got_v
 
 
 def _received(plan: dict, rank: int) -> list[tuple[int, int, int]]:
@@ -386,14 +535,19 @@ def head_attention(
     attend: Callable | None = None,
 ) -> torch.Tensor:
     """This rank's heads of a head-parallel layer: q (B, H_rank, N, D) holds the query heads
-    plan.heads[rank] (in that order), k and v their KV heads; the output has q's heads."""
+    plan.heads[rank] (in that order), k and v their KV heads; the output has q's heads. A
+    pattern that selects key blocks chooses them here (mod.select_at over the whole sequence
+    of the rank's heads: a KV head's choice needs nothing from other heads)."""
     plan = _plan(plan)
     rank = dist.get_rank(group) if rank is None else rank
     attend = attend or mod.prefill_at
+    heads = list(plan["heads"][rank])
     kw = {} if config is None else {"config": config}
     if attend is getattr(mod, "reference", None):
         kw["return_lse"] = True
-    out, _ = attend(q, k, v, heads=list(plan["heads"][rank]), scale=scale, layer=layer, **kw)
+    if mod.PATTERN["selects"]:
+        kw["indices"] = mod.select_at(q, k, heads=heads, scale=scale, layer=layer)
+    out, _ = attend(q, k, v, heads=heads, scale=scale, layer=layer, **kw)
     return out
 
 

@@ -18,6 +18,7 @@ for name, mass, k_pad in (("choose_top", False, 16), ("choose_mass", True, 1)):
     fn = mod._choose_g0
     sig = {n: "constexpr" for n in fn.arg_names}
     sig.update(MAT="*fp32", IDX="*i32", CNT="*i32", N="i32", NQB="i32", NKB="i32", W="i32", top="i32", share="fp32")
+    sig.update(QB0="i32")
     k = triton.compile(
         ASTSource(fn=fn, signature=sig, constexprs=dict(MASS=mass, BLOCK=128, NB_PAD=1024, K_PAD=k_pad)),
         target=target,
@@ -27,7 +28,7 @@ for name, mass, k_pad in (("choose_top", False, 16), ("choose_mass", True, 1)):
 fn = mod._antidiagonal_g0
 sig = {n: "constexpr" for n in fn.arg_names}
 sig.update(Q="*bf16", K="*bf16", MAT="*fp32", scale="fp32")
-sig.update({n: "i32" for n in fn.arg_names if n.startswith("stride") or n in ("N", "NQB", "NKB", "H_KV")})
+sig.update({n: "i32" for n in fn.arg_names if n.startswith("stride") or n in ("N", "NQB", "NKB", "H_KV", "QB0", "NQ")})
 k = triton.compile(
     ASTSource(fn=fn, signature=sig, constexprs=dict(KV_GROUP=4, STRIDE=8, BLOCK=128, HEAD_DIM=128, UPCAST=False)),
     target=target,

@@ -7,7 +7,10 @@ by pair. Runtime: one spawn per world size runs every pattern file through conte
 with the module's torch `reference` as the per-part attention (the interpreter is too slow for
 all files; at 4 ranks a selection), plus a few patterns through the Triton kernel (`prefill_at`,
 TRITON_INTERPRET=1) and a head-parallel DuoAttention mix; the outputs must equal the
-single-process reference and the bytes each rank moved must equal the plan's. The same spawn
+single-process reference and the bytes each rank moved must equal the plan's. Patterns that
+select key blocks run too (every selecting file, and a layer mixing a selecting head group
+with a static one, context- and head-parallel): what their scores move must equal the plan's,
+and the chosen blocks' keys moved stay within its bound. The same spawn
 runs loss.backward() through the kernels for a representative set (causal, sink + window,
 chunked, dilated, power, both layouts, two head groups): every rank's gradients must equal
 single-process autograd's and the bytes moved backward the forward's, reversed. prefill_at
@@ -17,6 +20,7 @@ against the reference and its autograd under the interpreter.
 
 from __future__ import annotations
 
+import math
 import tempfile
 
 import numpy as np
@@ -32,6 +36,7 @@ from attnc.compiler.distributed import (
     program_contexts,
     segments_of,
     subtract_ranges,
+    summary_blocks,
 )
 from attnc.compiler.lower import lower
 from attnc.compiler.simulate import Shape
@@ -49,6 +54,11 @@ DUO = (
     "model { layers = 1, heads = 8, kv_heads = 4, head_dim = 16 }\n"
     "pattern duo { heads 0..2: causal\n  rest: causal & (sink(4) | window(24)) }\n"
 )
+# a selecting group beside a static one (two plans for one layer), GQA, head-parallel too
+SELECT_DUO = DUO.replace("duo {", "sduo {").replace(
+    "sink(4) | window(24)", "window(8) | select(quest, top = 2, block = 32)"
+)
+SELECT_PARAMS = {"moba": {"LB": 5}}  # blocks of 32: several per rank at these lengths
 
 
 def _runs(mask: np.ndarray) -> tuple:
@@ -207,22 +217,80 @@ def test_backward_at_matches_autograd(text, q_offset, nq, cuts, heads):
         mod.backward_at(args[0], *args[1:5], lse, q_offset=q_offset, heads=heads)
 
 
-def test_parts_of_a_selecting_pattern_are_refused():
-    """A selection chooses key blocks from all queries and keys at run time: prefill_at and the
-    reference of a part refuse it, as the reference refuses a part of a padded batch."""
-    from attnc.codegen.loader import load_program
+SELECTING = "pattern p = causal & (window(8) | select({score}, top = 2, block = 32{opts}))"
 
-    mod = load_program(
-        lower(resolve_text("pattern p = causal & (window(8) | select(mean, top = 2, block = 16))", "p.attn"))
-    )
-    q = k = v = torch.randn(1, 2, 64, 16)
-    with pytest.raises(NotImplementedError, match="selects key blocks"):
-        mod.prefill_at(q, k, v, q_offset=32)
-    with pytest.raises(ValueError, match="do not combine"):
-        mod.reference(q[:, :, 32:], k, v, q_offset=32)
+
+@pytest.mark.parametrize("score, opts", [("mean", ""), ("quest", ""), ("vslash", ", last = 16")])
+def test_parts_of_a_selecting_pattern_add_up(score, opts):
+    """select_at of a part chooses what select chooses for those query blocks (from the key
+    block summaries alone, for mean and quest), and prefill_at of a part (TRITON_INTERPRET=1)
+    is its static part in k_range plus, with indices, the chosen blocks' pairs: merged, the
+    whole prefill's rows. The reference of a part agrees; unaligned parts are refused."""
+    from attnc.codegen.loader import load_program
+    from attnc.runtime.distributed import merge
+
+    mod = load_program(lower(resolve_text(SELECTING.format(score=score, opts=opts), "p.attn")))
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 128, 16), torch.randn(1, 2, 128, 16), torch.randn(1, 2, 128, 16)
+    whole, whole_lse = mod.reference(q, k, v, return_lse=True)
+    idx, cnt = mod.select(q, k)
+    summary, cfg = mod.block_summary(k), dict(BLOCK_M=32, BLOCK_N=32)
+    for qa, qb in ((0, 64), (32, 128)):
+        part = q[:, :, qa:qb]
+        got = mod.select_at(part, k, q_offset=qa, summary=summary, q_last=q[:, :, -16:])
+        assert torch.equal(got[1], cnt[:, :, qa // 32 : qb // 32])
+        assert torch.equal(got[0][..., : idx.shape[-1]], idx[:, :, qa // 32 : qb // 32])
+        static = mod.prefill_at(part, k, v, q_offset=qa, config=cfg)
+        chosen = mod.prefill_at(part, k, v, q_offset=qa, k_range=(0, 0), indices=got, config=cfg)
+        ref = mod.reference(part, k, v, q_offset=qa, k_range=(0, 0), indices=got, return_lse=True)
+        torch.testing.assert_close(chosen[0], ref[0], atol=2e-5, rtol=1e-4)
+        out, lse = merge(*static, *chosen)
+        torch.testing.assert_close(out, whole[:, :, qa:qb], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(lse, whole_lse[:, :, qa:qb], atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="multiple of the selection block"):
+        mod.prefill_at(q[:, :, 16:], k, v, q_offset=16, indices=(idx[:, :, :4], cnt[:, :, :4]), config=cfg)
+    with pytest.raises(ValueError, match="multiple of the selection block"):
+        mod.select_at(q[:, :, 16:], k, q_offset=16)
     plain = load_program(lower(resolve_text("pattern p = causal", "p.attn")))
     with pytest.raises(ValueError, match="do not combine"):
         plain.reference(q, k, v, k_range=(0, 32), lengths=torch.full((1,), 64))
+
+
+def test_selecting_plans_and_refusals():
+    """A selecting group's plan against the module's own candidates: the mean route moves no
+    key before the choice and bounds the chosen keys by min(top, candidates) blocks per query
+    block within the candidates not held; the antidiagonal route moves exactly the candidate
+    blocks' keys not held. Too short a sequence, and a backward, are refused."""
+    from attnc.codegen.loader import load_program
+    from attnc.runtime.distributed import context_attention
+
+    for text, n in ((SELECTING.format(score="mean", opts=""), 256),
+                    ("pattern p = causal & (sink(4) | select(antidiagonal, top = 2, block = 32, stride = 2))", 256)):  # fmt: skip
+        program = lower(resolve_text(text, "p.attn"))
+        mod = load_program(program)
+        cand = mod._candidates(0, n).numpy()
+        for ranks in (2, 3):
+            (plan,) = program_contexts(program, n, ranks, align=ALIGN)
+            sel = plan.selection
+            for r, segs in enumerate(plan.segments):
+                rows = [i for a, b in segs for i in range(a // 32, -(-b // 32))]
+                keys = np.zeros(n, dtype=bool)
+                for j in np.flatnonzero(cand[rows].any(0)):
+                    keys[j * 32 : (j + 1) * 32] = True
+                for a, b in [*segs, *((a, b) for _, d, a, b in plan.transfers if d == r)]:
+                    keys[a:b] = False
+                if sel["route"] == "summaries":
+                    assert sel["reach"][r] == keys.sum() and sel["transfers"] == ()
+                    assert sel["bound"][r] == min(keys.sum(), np.minimum(cand[rows].sum(1), 2).sum() * 32)
+                    assert summary_blocks(plan, r) == (len(rows) * (ranks - 1), n // 32 - len(rows))
+                else:
+                    got = merge_ranges((a, b) for _, d, a, b in sel["transfers"] if d == r)
+                    assert got == _runs(keys) and sel["bound"][r] == 0
+    with pytest.raises(ValueError, match="too short"):
+        program_contexts(lower(resolve_text(SELECTING.format(score="mean", opts=""), "p.attn")), 64, 4, align=ALIGN)
+    q = torch.randn(1, 2, 64, 16, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="no backward"):
+        context_attention(mod, q, q.detach()[:, :1], q.detach()[:, :1], plan, rank=0)
 
 
 def test_analyze_ranks(capsys):
@@ -247,22 +315,36 @@ def test_analyze_ranks(capsys):
     assert main(["analyze", path, "--ranks", "0"]) == 2
     captured = capsys.readouterr()
     assert "--ranks" in captured.err and captured.out == ""
+    moba = str(FILE_CASES[0].path.parent / "moba.attn")  # blocks of 512, top 2, causal & chunk(512)
+    assert main(["analyze", moba, "--seq", "4096", "--ranks", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "selected part: select(mean, top 2, block = 512)" in text and "no backward pass" in text
+    assert main(["analyze", moba, "--seq", "4096", "--ranks", "2", "--json"]) == 0
+    (group,) = json.loads(capsys.readouterr().out)["context_parallel"]
+    row = group["ranks_table"][1]["selection"]
+    assert group["transfers"] == [] and row["estimate_received_bytes"] == 0
+    assert row["score_received_bytes"] == 4 * 128 * 4  # rank 0's 4 mean keys, float32
+    assert row["chosen_max_received_bytes"] == 2048 * 2 * 128 * 2  # every earlier block: 4 blocks x min(2, ...)
+    assert main(["analyze", moba, "--seq", "1024", "--ranks", "4"]) == 2
+    assert "too short" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------- gloo
 FOUR_RANKS = {"streaming_llm", "dense_causal", "llama4_chunked", "longnet_dilated", "power_attention", "natten_image"}
+FOUR_RANKS |= {"nsa_selection", "quest_prefill", "minference_vslash", "xattention"}  # the selecting files
 
 
 def _cases_for(world: int):
     """(name, program, n, layers, kernel): at 2 ranks every pattern file through the reference
     and a few through the kernel; at 4 ranks a few files through the reference."""
-    n = 64 * world
-    kernel = {"streaming_llm", "llama4_chunked"} if world == 2 else set()
+    kernel = {"streaming_llm", "llama4_chunked", "nsa_selection"} if world == 2 else set()
     out = []
     for case in FILE_CASES if world == 2 else [c for c in FILE_CASES if c.name in FOUR_RANKS]:
         program = case.program
-        if any(g.selection is not None for g in program.groups):
-            continue  # a selection runs on the whole sequence (prefill_at refuses it)
+        if case.name in SELECT_PARAMS:
+            program = lower(load(case.path, SELECT_PARAMS[case.name]))
+        blocks = [g.selection.atom.block for g in program.groups if g.selection is not None]
+        n = max(64 * world, world * math.lcm(ALIGN, *blocks))  # a selection's blocks are never cut
         rows = {}
         for layer, row in enumerate(program.group_table()):
             rows.setdefault(tuple(row), layer)
@@ -302,7 +384,7 @@ def _worker(rank: int, world: int, folder: str, jobs: list) -> None:
                     stats=stats,
                     **kw,
                 )
-                results[(job["name"], layer, kernel)] = (out, lse, stats["sent_bytes"], stats["received_bytes"])
+                results[(job["name"], layer, kernel)] = (out, lse, stats)
         if "head_plan" in job:
             hp = job["head_plan"]
             heads, kv = list(hp["heads"][rank]), list(hp["kv_heads"][rank])
@@ -333,14 +415,38 @@ def _run(world: int, jobs: list, folder: str) -> list[dict]:
     return [torch.load(f"{folder}/rank{r}.pt") for r in range(world)]
 
 
-def _expected_bytes(program, plans, layer, h: int, h_kv: int, rank: int, d: int) -> tuple[int, int]:
-    """(sent, received) float32 bytes of a rank by the plans of the layer's head groups: each
-    group's own KV heads when the layer's heads differ, else all h_kv."""
+def _layer_groups(program, plans, layer, h: int, h_kv: int) -> list:
+    """(plan, query heads, KV heads) of each head group the layer uses: each group's own KV
+    heads when the layer's heads differ, else all h_kv."""
     groups = [(p, {x for l, x in g.members if l == (layer or 0)}) for p, g in zip(plans, program.groups)]
     groups = [(p, heads) for p, heads in groups if heads]
+    if len(groups) == 1:
+        return [(groups[0][0], h, h_kv)]
+    return [(p, len(heads), len({x // (h // h_kv) for x in heads})) for p, heads in groups]
+
+
+def _check_selection_bytes(program, plans, layer, h: int, h_kv: int, rank: int, stats: dict, key) -> None:
+    """What a selection moved: block summaries and last queries exactly as planned, the chosen
+    blocks' keys within the plan's bound (float32, head_dim 16)."""
+    sent = received = bound = 0
+    for plan, heads, kv in _layer_groups(program, plans, layer, h, h_kv):
+        if plan.selection is None:
+            continue
+        out, into = summary_blocks(plan, rank)
+        per_block, per_query = plan.selection["slots"] * kv * 16 * 4, heads * 16 * 4
+        rows = [(src, b - a) for src, a, b in plan.selection["q_last"]]
+        sent += out * per_block + sum(m * (plan.ranks - 1) for src, m in rows if src == rank) * per_query
+        received += into * per_block + sum(m for src, m in rows if src != rank) * per_query
+        bound += plan.selection["bound"][rank] * key_bytes(kv, 16, 4)
+    assert (stats.get("score_sent_bytes", 0), stats.get("score_received_bytes", 0)) == (sent, received), key
+    assert stats.get("select_received_bytes", 0) <= bound, key
+
+
+def _expected_bytes(program, plans, layer, h: int, h_kv: int, rank: int, d: int) -> tuple[int, int]:
+    """(sent, received) float32 bytes of a rank by the plans of the layer's head groups (a
+    selection's estimate ranges included)."""
     sent = received = 0
-    for plan, heads in groups:
-        kv = h_kv if len(groups) == 1 else len({x // (h // h_kv) for x in heads})
+    for plan, _, kv in _layer_groups(program, plans, layer, h, h_kv):
         sent += plan.sent_keys(rank) * key_bytes(kv, d, 4)
         received += plan.received_keys(rank) * key_bytes(kv, d, 4)
     return sent, received
@@ -388,6 +494,7 @@ def _forward_jobs(world: int, folder) -> tuple[list, dict]:
     cases = _cases_for(world)
     duo = lower(resolve_text(DUO, "duo.attn"))
     cases.append(("duo", duo, 64 * world, [None], world == 2))
+    cases.append(("sduo", lower(resolve_text(SELECT_DUO, "sduo.attn")), 64 * world, [None], False))
     for name, program, n, layers, kernel in cases:
         per_head = len(program.groups) > 1
         h, h_kv = (program.model.heads, program.model.kv_heads) if per_head else (2, 1)
@@ -402,7 +509,7 @@ def _forward_jobs(world: int, folder) -> tuple[list, dict]:
             layers=layers,
             kernel=kernel,
         )
-        if name == "duo":
+        if name in ("duo", "sduo"):
             job["head_plan"] = assign_heads([4.0, 4.0, 1, 1, 1, 1, 1, 1], 2, world).__dict__
         jobs.append(job)
         expect[name] = (program, plans, q, k, v)
@@ -458,6 +565,7 @@ def test_context_and_head_parallel_on_gloo(gloo):
 
     world, results, (jobs, expect), _ = gloo
     d = 16
+    fetched = {}  # bytes of chosen blocks moved, per selecting job
     for job in jobs:
         program, plans, q, k, v = expect[job["name"]]
         mod = import_file(job["module"], f"dist_parent_{job['name']}_{world}")
@@ -470,12 +578,20 @@ def test_context_and_head_parallel_on_gloo(gloo):
                 torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4, msg=f"{key}")
                 torch.testing.assert_close(lse, ref_lse, atol=2e-5, rtol=1e-4, msg=f"{key} lse")
                 for rank, r in enumerate(results):
-                    assert r[key][2:] == _expected_bytes(program, plans, layer, *q.shape[1:2], k.shape[1], rank, d), key
+                    stats = r[key][2]
+                    want = _expected_bytes(program, plans, layer, q.shape[1], k.shape[1], rank, d)
+                    assert (stats["sent_bytes"], stats["received_bytes"]) == want, key
+                    _check_selection_bytes(program, plans, layer, q.shape[1], k.shape[1], rank, stats, key)
+                if any(p.selection and p.selection["route"] == "summaries" for p in plans):
+                    moved = [sum(r[key][2].get(f"select_{x}_bytes", 0) for r in results) for x in ("sent", "received")]
+                    assert moved[0] == moved[1], key
+                    fetched[key] = moved[0]
         if "head_plan" in job:
             ref = mod.reference(q, k, v)
             for rank, r in enumerate(results):
                 heads = list(job["head_plan"]["heads"][rank])
                 torch.testing.assert_close(r[(job["name"], "heads")], ref[:, heads], atol=2e-5, rtol=1e-4)
+    assert sum(fetched.values()) > 0, fetched  # chosen blocks did move: the bound is not vacuous
 
 
 def test_context_backward_on_gloo(gloo):

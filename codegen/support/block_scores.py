@@ -76,21 +76,21 @@ def top_blocks(scores: torch.Tensor, k: int) -> torch.Tensor:
 def antidiagonal_score(q: torch.Tensor, k: torch.Tensor, size: int, stride: int, scale: float) -> torch.Tensor:
     """XAttention's block score: the log of the summed exp of strided antidiagonal sums.
 
-    q `[..., G, N, D]` (the G query heads of a KV head), k `[..., N, D]`. Rows and keys are cut
-    into runs of `stride`; entry (a, b) is the mean of the `stride` products along the
-    antidiagonal of the stride x stride tile (q row a*stride + stride-1-s with key
+    q `[..., G, M, D]` (the G query heads of a KV head: all N queries, or M of them from a
+    block boundary on, as a rank of context parallelism holds them), k `[..., N, D]`. Rows and
+    keys are cut into runs of `stride`; entry (a, b) is the mean of the `stride` products along
+    the antidiagonal of the stride x stride tile (q row a*stride + stride-1-s with key
     b*stride + s), times `scale`; a block score is the logsumexp over the G heads and the
-    entries of its tile (incomplete runs at the end count for nothing). `[..., nb, nb]`,
-    float32; a block with no complete run scores -inf.
+    entries of its tile (incomplete runs at the end count for nothing). `[..., ceil(M / size),
+    nb]`, float32; a block with no complete run scores -inf.
     """
-    n, d = k.shape[-2], k.shape[-1]
-    runs, per, nb = n // stride, size // stride, -(-n // size)
-    qr = q[..., : runs * stride, :].float().reshape(*q.shape[:-2], runs, stride, d).flip(-2).flatten(-2)
+    m, n, d = q.shape[-2], k.shape[-2], k.shape[-1]
+    runs, q_runs, per, nb, nqb = n // stride, m // stride, size // stride, -(-n // size), -(-m // size)
+    qr = q[..., : q_runs * stride, :].float().reshape(*q.shape[:-2], q_runs, stride, d).flip(-2).flatten(-2)
     kr = k[..., : runs * stride, :].float().reshape(*k.shape[:-2], runs, stride * d)
     r = qr @ kr[..., None, :, :].transpose(-1, -2) * (scale / stride)
-    pad = nb * per - runs
-    r = torch.nn.functional.pad(r, (0, pad, 0, pad), value=float("-inf"))
-    r = r.reshape(*r.shape[:-2], nb, per, nb, per).transpose(-3, -2)
+    r = torch.nn.functional.pad(r, (0, nb * per - runs, 0, nqb * per - q_runs), value=float("-inf"))
+    r = r.reshape(*r.shape[:-2], nqb, per, nb, per).transpose(-3, -2)
     return torch.logsumexp(r.flatten(-2), dim=-1).logsumexp(dim=-3)
 
 

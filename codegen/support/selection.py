@@ -46,24 +46,47 @@ def pooled_queries(q: torch.Tensor, kv_heads: int, block: int) -> torch.Tensor:
     return block_mean(q.reshape(b, kv_heads, h // kv_heads, n, d), block).mean(2)
 
 
-def block_logmass(spec: SelectSpec, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+def key_summary(spec: SelectSpec, k: torch.Tensor) -> torch.Tensor:
+    """What a `mean` or `quest` score reads of the keys: per key block, `[B, H_KV, nb, S, D]`
+    float32, the mean key (S = 1) or the per-channel minimum and maximum (S = 2). Blocks are
+    independent, so the summaries of a sequence cut at block boundaries are the concatenation
+    of its pieces' (what context parallelism exchanges instead of keys)."""
+    if spec.score == "mean":
+        return block_mean(k, spec.block).unsqueeze(-2)
+    return torch.stack(block_min_max(k, spec.block), -2)
+
+
+def block_logmass(
+    spec: SelectSpec,
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    scale: float,
+    q_offset: int = 0,
+    summary: torch.Tensor | None = None,
+    q_last: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The log-mass estimate of every (query block, key block) of every KV head,
     `[B, H_KV, n_qblocks, n_kblocks]` float32: the score of the scaled pooled query for `mean`
     and `quest` (scale * score; the scale applied to the small pooled query, not to the
     matrix), the logsumexp of scaled antidiagonal sums (`antidiagonal`), the log of vertical
-    plus slash mass (`vslash`). q `[B, H, N, D]`, k `[B, H_KV, N, D]`."""
-    b, h, n, d = q.shape
-    kv = k.shape[1]
-    nqb = -(-n // spec.block)
-    if spec.score == "mean":
-        return mean_score(scale * pooled_queries(q, kv, spec.block), block_mean(k, spec.block))
-    if spec.score == "quest":
-        return quest_bound(scale * pooled_queries(q, kv, spec.block), *block_min_max(k, spec.block))
-    grouped = q.reshape(b, kv, h // kv, n, d)
+    plus slash mass (`vslash`). q `[B, H, M, D]`: the queries at positions q_offset .. (a
+    multiple of the block; default all N), k `[B, H_KV, N, D]`. A part of the queries (context
+    parallelism) passes `summary`, the key_summary of all N keys, in place of k for `mean` and
+    `quest`, and `q_last`, the last `last` queries of the sequence, for `vslash`."""
+    b, h, m, d = q.shape
+    kv = (k if summary is None else summary).shape[1]
+    if spec.score in ("mean", "quest"):
+        s = key_summary(spec, k) if summary is None else summary
+        pooled = scale * pooled_queries(q, kv, spec.block)
+        if spec.score == "mean":
+            return mean_score(pooled, s[..., 0, :])
+        return quest_bound(pooled, s[..., 0, :], s[..., 1, :])
     if spec.score == "antidiagonal":
-        return antidiagonal_score(grouped, k, spec.block, spec.stride, scale)
-    last = min(spec.last, n)
-    return vslash_score(grouped[..., n - last :, :], k, spec.block, nqb, scale)
+        return antidiagonal_score(q.reshape(b, kv, h // kv, m, d), k, spec.block, spec.stride, scale)
+    q_last = q[:, :, m - min(spec.last, m) :] if q_last is None else q_last
+    first, nqb = q_offset // spec.block, -(-m // spec.block)
+    grouped = q_last.reshape(b, kv, h // kv, q_last.shape[2], d)
+    return vslash_score(grouped, k, spec.block, first + nqb, scale)[..., first:, :]
 
 
 def choose(logmass: torch.Tensor, candidates: torch.Tensor, top: int, mass: int) -> tuple[torch.Tensor, torch.Tensor]:
