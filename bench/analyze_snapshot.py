@@ -2,8 +2,9 @@
 
     python bench/analyze_snapshot.py OUTDIR [FILES ...] [--seq 4096 ...]
 
-One file per pattern and variant under OUTDIR, with the timing lines ("analysed in ... s",
-JSON "seconds") blanked out, since they differ from run to run. Compare two snapshots with
+One file per pattern and variant under OUTDIR, the file named relative to the checkout (so that
+two checkouts compare), with the timing lines ("analysed in ... s", JSON "seconds") blanked
+out, since they differ from run to run. Compare two snapshots with
 `diff -r BEFORE AFTER`: an optimisation must leave every byte of the analyses unchanged.
 Not a test: nothing asserts.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -22,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def analyze(path: Path, extra: list[str]) -> str:
     """stdout and stderr of one `attnc analyze` run, with the run-dependent timings removed."""
-    cmd = [sys.executable, "-m", "attnc.cli", "analyze", str(path), *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True, env={"COLUMNS": "160", "PATH": ""} | _env())
+    cmd = [sys.executable, "-m", "attnc.cli", "analyze", os.path.relpath(path, ROOT), *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ) | {"COLUMNS": "160"})
     out = r.stdout
     if "--json" in extra and r.returncode == 0:
         d = json.loads(out)
@@ -31,12 +33,6 @@ def analyze(path: Path, extra: list[str]) -> str:
         out = json.dumps(d, indent=1, sort_keys=True)
     out = re.sub(r"analysed in \d+\.\d+ s", "analysed in X s", out)
     return f"exit {r.returncode}\n{out}\n--- stderr\n{r.stderr}"
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if k != "COLUMNS"}
 
 
 def main(argv: list[str] | None = None) -> int:
