@@ -80,10 +80,13 @@ def block_map(pattern: Pattern, n_q: int, bm: int, bn: int, n_k: int | None = No
     k0, k1 = _tile_bounds(n_k, bn)
     q0c, q1c, k0r, k1r = q0[:, None], q1[:, None], k0[None, :], k1[None, :]
     shape = (len(q0), len(k0))
+    groups = nb_groups(pattern.terms)
+    if len(groups) == 1 and groups[0][0] is not None and not groups[0][1]:  # a union of neighbourhoods alone
+        return BlockMap(n_q, n_k, bm, bn, box_union_tiles(groups[0][0], n_q, n_k, bm, bn).copy())
     any_all = np.zeros(shape, dtype=bool)
     live_terms = np.zeros(shape, dtype=np.int32)
     exact_some = np.zeros(shape, dtype=bool)
-    for conjs, rest in nb_groups(pattern.terms):
+    for conjs, rest in groups:
         n_some = np.zeros(shape, dtype=np.int32)
         none = np.zeros(shape, dtype=bool)
         negs = tuple(l.atom for l in rest if l.negated and isinstance(l.atom, Neighborhood))
