@@ -80,10 +80,13 @@ def block_map(pattern: Pattern, n_q: int, bm: int, bn: int, n_k: int | None = No
     k0, k1 = _tile_bounds(n_k, bn)
     q0c, q1c, k0r, k1r = q0[:, None], q1[:, None], k0[None, :], k1[None, :]
     shape = (len(q0), len(k0))
+    groups = nb_groups(pattern.terms)
+    if len(groups) == 1 and groups[0][0] is not None and not groups[0][1]:  # a union of neighbourhoods alone
+        return BlockMap(n_q, n_k, bm, bn, box_union_tiles(groups[0][0], n_q, n_k, bm, bn).copy())
     any_all = np.zeros(shape, dtype=bool)
     live_terms = np.zeros(shape, dtype=np.int32)
     exact_some = np.zeros(shape, dtype=bool)
-    for conjs, rest in nb_groups(pattern.terms):
+    for conjs, rest in groups:
         n_some = np.zeros(shape, dtype=np.int32)
         none = np.zeros(shape, dtype=bool)
         negs = tuple(l.atom for l in rest if l.negated and isinstance(l.atom, Neighborhood))
@@ -106,8 +109,9 @@ def block_map(pattern: Pattern, n_q: int, bm: int, bn: int, n_k: int | None = No
     status[live_terms == 0] = Status.NONE
     status[any_all] = Status.ALL
     ambiguous = ~any_all & (live_terms > 0) & ~((live_terms == 1) & exact_some)
-    ambiguous &= ~_probe_partial(pattern, ambiguous, q0, q1, k0, k1)
-    _settle_by_enumeration(pattern, status, ambiguous, q0, q1, k0, k1, bm, bn)
+    if ambiguous.any():
+        ambiguous &= ~_probe_partial(pattern, ambiguous, q0, q1, k0, k1)
+        _settle_by_enumeration(pattern, status, ambiguous, q0, q1, k0, k1, bm, bn)
     return BlockMap(n_q, n_k, bm, bn, status)
 
 
@@ -281,36 +285,47 @@ def _range_boxes(a: int, e: int, dims: tuple[int, ...]) -> list[tuple[tuple[int,
     return out
 
 
-def _box_sums(dims: tuple[int, ...], windows, starts: np.ndarray, stops: np.ndarray, xs: np.ndarray) -> np.ndarray:
+def _box_sums(
+    dims: tuple[int, ...], windows, starts: np.ndarray, stops: np.ndarray, xs: np.ndarray, dtype: type
+) -> np.ndarray:
     """sum over the queries of each box of F(q, x), for every grid bound x in xs (0..grid size):
-    (boxes, bounds)."""
+    (boxes, bounds). In Horner form from the last axis, F = T_0 + P_0 (T_1 + P_1 (T_2 + ...)),
+    with T_a the axis's count below x's digit times the later axes' sizes and P_a its membership.
+    Every value is at most the box's queries times the grid size: `dtype` must hold that."""
     g = math.prod(dims)
-    strides = [math.prod(dims[a + 1 :]) for a in range(len(dims))]
     inside = np.minimum(xs, g - 1)
     tables = [_axis_sums(length, w) for length, w in zip(dims, windows)]
-    sizes = [z[stops[:, a]] - z[starts[:, a]] for a, (z, _, _) in enumerate(tables)]
-    suffix = [np.ones(len(starts), dtype=np.int64)]
-    for s in reversed(sizes[1:]):
-        suffix.insert(0, suffix[0] * s)
-    out, pref = None, None
-    for a, (length, (_, below, member)) in enumerate(zip(dims, tables)):
-        digit = (inside // strides[a]) % length
+    out, suffix, stride = None, np.ones(len(starts), dtype=np.int64), 1
+    for a in reversed(range(len(dims))):
+        length, (sizes, below, member) = dims[a], tables[a]
+        digit = (inside // stride) % length
         s, t = starts[:, a], stops[:, a]
         # per box the small (box, digit value) table first, then one gather of the digits of xs
-        term = ((below[t] - below[s]) * suffix[a][:, None])[:, digit]
-        out = term if out is None else out + pref * term
-        if a + 1 < len(dims):
-            step = (member[t] - member[s])[:, digit]
-            pref = step if pref is None else pref * step
-    full = (suffix[0] * sizes[0])[:, None]
-    return np.where(xs[None, :] >= g, full, out)
+        term = ((below[t] - below[s]) * suffix[:, None]).astype(dtype)[:, digit]
+        if out is not None:
+            out *= (member[t] - member[s]).astype(dtype)[:, digit]
+            out += term
+        else:
+            out = term
+        suffix = suffix * (sizes[t] - sizes[s])
+        stride *= length
+    out[:, xs >= g] = suffix[:, None]
+    return out
 
 
 def _union_sums(conjs, starts, stops, xs) -> np.ndarray:
+    """sum over the queries of each box of the union's F(q, x), by inclusion-exclusion; in
+    int32 (half the memory traffic of int64) when no partial sum can reach 2^31."""
     dims = conjs[0][0].dims
-    out = np.zeros((len(starts), len(xs)), dtype=np.int64)
-    for windows, c in _inclusion_exclusion(conjs).items():
-        out += c * _box_sums(dims, windows, starts, stops, xs)
+    signs = _inclusion_exclusion(conjs)
+    bound = int(np.prod(stops - starts, axis=1).max()) * math.prod(dims) * sum(abs(c) for c in signs.values())
+    dtype = np.int32 if bound < 2**31 else np.int64
+    out = np.zeros((len(starts), len(xs)), dtype=dtype)
+    for i, (windows, c) in enumerate(signs.items()):
+        sums = _box_sums(dims, windows, starts, stops, xs, dtype)
+        if c != 1:
+            sums *= c
+        out = sums if i == 0 else out + sums
     return out
 
 
@@ -341,11 +356,7 @@ def box_tile_counts(conjs, n_q: int, n_k: int, bm: int, bn: int) -> np.ndarray:
         finer = [(k, c) for k, c in _RECENT_COUNTS.items() if k[:3] == key[:3] and bm % k[3] == 0 and bn % k[4] == 0]
         if finer:
             (_, _, _, fm, fn), counts = finer[0]
-            out = np.add.reduceat(
-                np.add.reduceat(counts, np.arange(0, counts.shape[0], bm // fm), axis=0),
-                np.arange(0, counts.shape[1], bn // fn),
-                axis=1,
-            )
+            out = _sum_groups(_sum_groups(counts, bm // fm), bn // fn, axis=1)
             out.setflags(write=False)
         else:
             out = _count_box_tiles(conjs, n_q, n_k, bm, bn)
@@ -353,6 +364,19 @@ def box_tile_counts(conjs, n_q: int, n_k: int, bm: int, bn: int) -> np.ndarray:
             del _RECENT_COUNTS[next(iter(_RECENT_COUNTS))]
         _RECENT_COUNTS[key] = out
     return _RECENT_COUNTS[key]
+
+
+def _sum_groups(a: np.ndarray, size: int, axis: int = 0) -> np.ndarray:
+    """Sums of consecutive groups of `size` entries along an axis (the last group may be short):
+    `size` strided adds, much faster than np.add.reduceat over many short groups."""
+    if size == 1:
+        return a
+    a = np.moveaxis(a, axis, 0)
+    out = a[::size].copy()
+    for k in range(1, size):
+        part = a[k::size]
+        out[: len(part)] += part
+    return np.moveaxis(out, 0, axis)
 
 
 def _count_box_tiles(conjs, n_q: int, n_k: int, bm: int, bn: int) -> np.ndarray:
@@ -373,18 +397,20 @@ def _count_box_tiles(conjs, n_q: int, n_k: int, bm: int, bn: int) -> np.ndarray:
     first, last = p // bm, (p + g_q - 1) // bm  # query blocks holding grid rows
     per_chunk = max(1, _CELLS // (len(xs) * (2 * len(nb.dims) - 1)))
     for c0 in range(first, last + 1, per_chunk):
-        blocks, boxes = [], []
+        blocks, rank, boxes = [], [], []  # per box: its query block, and its rank among the block's boxes
         for i in range(c0, min(c0 + per_chunk, last + 1)):
             bs = _range_boxes(max(i * bm - p, 0), min((i + 1) * bm - p, g_q), nb.dims)
             boxes += bs
             blocks += [i] * len(bs)
+            rank += range(len(bs))
         if not boxes:
             continue
         starts, stops = (np.array(b, dtype=np.int64) for b in zip(*boxes))
         sums = np.diff(_union_sums(conjs, starts, stops, xs), axis=1)
-        blocks = np.array(blocks)
-        heads = np.flatnonzero(np.concatenate(([True], blocks[1:] != blocks[:-1])))
-        counts[blocks[heads]] += np.add.reduceat(sums, heads, axis=0)
+        blocks, rank = np.array(blocks), np.array(rank)
+        for r in range(int(rank.max()) + 1):  # a block appears once per rank: fancy += is safe
+            sel = rank == r  # (faster than np.add.reduceat over the boxes, which strides badly)
+            counts[blocks[sel]] += sums[sel]
     counts.setflags(write=False)
     return counts
 

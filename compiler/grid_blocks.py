@@ -85,11 +85,15 @@ def _union_status(nbs: list[Neighborhood], tiling: GridTiling) -> np.ndarray:
             masks |= _axis_table(length, nb, axis, nq[axis] * tq, nk[axis] * tk).astype(np.int64) << bit
         blocks = masks.reshape(nq[axis], tq, nk[axis], tk)
         present = {int(v): (blocks == v).any(axis=(1, 3)) for v in np.unique(masks)}
+        last = axis == len(tiling.dims) - 1  # then only whether a combination is zero matters
         nxt: dict[int, np.ndarray] = {}
         for v, s in state.items():
+            joined: dict[int, np.ndarray] = {}  # this axis's tables ORed by the key they give with v
             for w, p in present.items():
+                key = int(v & w != 0) if last else v & w
+                joined[key] = joined[key] | p if key in joined else p
+            for key, p in joined.items():  # s x (p1 | p2) = (s x p1) | (s x p2): one outer product per key
                 both = (s[:, None, :, None] & p[None, :, None, :]).reshape(s.shape[0] * p.shape[0], -1)
-                key = v & w
                 nxt[key] = nxt[key] | both if key in nxt else both
         state = {v: s for v, s in nxt.items() if s.any()} or {0: np.zeros_like(next(iter(nxt.values())))}
     shape = next(iter(state.values())).shape
@@ -154,6 +158,8 @@ def tiled_block_map(pattern: Pattern, tiling: GridTiling) -> TiledBlockMap:
     nkt = math.prod(tiling.tiles(tiling.k_tile))
     shape = (nqt, nkt)
     pure = _union_status(nbs, tiling) if nbs else np.zeros(shape, dtype=np.int8)
+    if len(nbs) == len(pattern.terms):  # a union of neighbourhoods alone: exact as it is
+        return TiledBlockMap(tiling, pure, _prefix_pairs(pattern, tiling))
     hulls = (*_hulls(tiling, tiling.q_tile), *_hulls(tiling, tiling.k_tile))
     qs, ks = _tile_slots(tiling)
     padded = (qs < 0).any(axis=1)[:, None] | (ks < 0).any(axis=1)[None, :]
@@ -191,9 +197,9 @@ def _tile_slots(tiling: GridTiling) -> tuple[np.ndarray, np.ndarray]:
 
 def _settle(pattern: Pattern, tiling: GridTiling, status: np.ndarray, ambiguous: np.ndarray) -> None:
     """Exact statuses of the ambiguous tile pairs: probes first, then every pair."""
-    qi, kj = np.nonzero(ambiguous)
-    if not len(qi):
+    if not ambiguous.any():
         return
+    qi, kj = np.nonzero(ambiguous)
     qs, ks = _tile_slots(tiling)
     rng = np.random.default_rng(_RNG_SEED)
     pq = rng.integers(0, qs.shape[1], _PROBES)

@@ -208,17 +208,50 @@ def _neighborhood(nb: Neighborhood, src: np.ndarray) -> np.ndarray:
     cells = np.zeros(g, dtype=bool)
     part = src[p : p + g]
     cells[: len(part)] = part
-    state = cells.reshape(nb.dims).astype(np.int64)
+    state = cells.reshape(nb.dims)
     for axis, length in enumerate(nb.dims):
-        x = np.arange(length)[:, None]
-        y = np.arange(length)[None, :]
-        rel = np.asarray(axis_neighbour(x, y, length, *axis_window(nb, axis)), dtype=np.int64)
-        state = np.moveaxis(np.tensordot(np.moveaxis(state, axis, -1), rel, axes=([-1], [0])), -1, axis)
-        state = (state > 0).astype(np.int64)
-    flat = state.reshape(-1) > 0
+        moved = np.moveaxis(state, axis, -1)
+        state = np.moveaxis(_axis_reach(moved, length, axis_window(nb, axis)), -1, axis)
+    flat = state.reshape(-1)
     m = max(0, min(n - p, g))
     out[p : p + m] |= flat[:m]
     return out
+
+
+def _axis_reach(state: np.ndarray, length: int, window: tuple[int, int, bool, int]) -> np.ndarray:
+    """out[..., y] = any x with state[..., x] whose window on this axis holds y (on the last
+    axis): a difference of cumulative counts over the queries that read y (`_axis_runs`),
+    O(L) per line instead of a product with the L x L relation."""
+    first, last, step = _axis_runs(length, window)
+    cum = np.zeros(state.shape[:-1] + (length + step,), dtype=np.int32)  # cum[.., x + d]: set of x, x - d, ...
+    for r in range(min(step, length)):
+        np.cumsum(state[..., r::step], axis=-1, out=cum[..., r + step :: step])
+    return cum[..., last + step] > cum[..., first]
+
+
+def _axis_relation(length: int, window: tuple[int, int, bool, int]) -> np.ndarray:
+    """rel[x, y]: query coordinate x's window on the axis holds key coordinate y."""
+    x = np.arange(length)[:, None]
+    return np.asarray(axis_neighbour(x, x.T, length, *window), dtype=bool)
+
+
+@lru_cache(maxsize=256)
+def _axis_runs(length: int, window: tuple[int, int, bool, int]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per key coordinate y, the queries whose windows hold y: first, first + d, ..., last (d
+    the dilation; last < first when there are none). They are such a progression because a
+    window's ends never decrease with x in its dilation group; checked against the relation."""
+    rel = _axis_relation(length, window)
+    step = window[1]
+    x = np.arange(length)[:, None]
+    has = rel.any(axis=0)
+    first = np.where(has, rel.argmax(axis=0), 0)
+    last = np.where(has, length - 1 - rel[::-1].argmax(axis=0), -step)
+    count = np.where(has, (last - first) // step + 1, 0)
+    if (rel & ((x - x.T) % step != 0)).any() or (rel.sum(axis=0) != count).any():
+        raise AssertionError(f"the queries reading a key are not a progression: axis {length}, window {window}")
+    first.setflags(write=False)
+    last.setflags(write=False)
+    return first, last, step
 
 
 def _enumerate(term: Term, src: np.ndarray) -> np.ndarray:

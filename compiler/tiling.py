@@ -119,9 +119,7 @@ def axis_key_tiles(
     axis, divided by the key tile.
     """
     starts = np.arange(0, length, tq)
-    x = np.arange(length, dtype=np.int64)
-    low = np.broadcast_to(np.asarray(axis_low(x, length, kernel, dilation, causal, stride), dtype=np.int64), x.shape)
-    high = np.broadcast_to(np.asarray(axis_high(x, length, kernel, dilation, causal, stride), dtype=np.int64), x.shape)
+    low, high = _axis_ends(length, kernel, dilation, causal, stride)
     first = np.maximum(np.minimum.reduceat(low, starts), 0) // tk
     last = np.minimum(np.maximum.reduceat(high, starts), length - 1) // tk
     first.setflags(write=False)
@@ -129,28 +127,54 @@ def axis_key_tiles(
     return first, last
 
 
+@functools.lru_cache(maxsize=1024)
+def _axis_ends(length: int, kernel: int, dilation: int, causal: bool, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """`ir.axis_low` and `ir.axis_high` of every coordinate of an axis (read-only; choose_tiling
+    reads them for many tile sides)."""
+    x = np.arange(length, dtype=np.int64)
+    low = np.broadcast_to(np.asarray(axis_low(x, length, kernel, dilation, causal, stride), dtype=np.int64), x.shape)
+    high = np.broadcast_to(np.asarray(axis_high(x, length, kernel, dilation, causal, stride), dtype=np.int64), x.shape)
+    return low, high
+
+
 def _subsets(n: int) -> list[tuple[int, ...]]:
     return [s for r in range(1, n + 1) for s in itertools.combinations(range(n), r)]
 
 
-@functools.lru_cache(maxsize=65536)
 def _axis_box(
     length: int, tq: int, tk: int, windows: tuple[tuple[int, int, bool, int], ...], shared: bool
 ) -> tuple[np.ndarray, int]:
     """Per query tile along one axis: key boxes in the intersection of the windows' boxes
-    (windows as `axis_window`s), and their sum. `shared`: one window that every query tile
-    shares (`anchored`), read as ceil(K / TK) boxes from its start."""
+    (windows as `axis_window`s), and their sum (`_subset_boxes` with one subset, all of them)."""
+    out = _subset_boxes(length, tq, tk, windows, (tuple(range(len(windows))),), shared)[0]
+    return out, int(out.sum())
+
+
+@functools.lru_cache(maxsize=4096)
+def _subset_boxes(
+    length: int,
+    tq: int,
+    tk: int,
+    windows: tuple[tuple[int, int, bool, int], ...],
+    subsets: tuple[tuple[int, ...], ...],
+    shared: bool,
+) -> np.ndarray:
+    """Per subset of the windows (rows) and query tile along one axis (columns): key boxes in
+    the intersection of the subset's windows' boxes, all subsets at once. `shared`: one window
+    that every query tile shares (`anchored`), read as ceil(K / TK) boxes from its start."""
     if shared:
-        out = np.full(-(-length // tq), -(-windows[0][0] // tk), dtype=np.int64)
+        out = np.full((len(subsets), -(-length // tq)), -(-windows[0][0] // tk), dtype=np.int64)
     else:
-        first, last = None, None
-        for window in windows:
-            f, l = axis_key_tiles(length, tq, tk, *window)
-            first = f if first is None else np.maximum(first, f)
-            last = l if last is None else np.minimum(last, l)
+        ends = [axis_key_tiles(length, tq, tk, *window) for window in windows]
+        member = np.zeros((len(subsets), len(windows), 1), dtype=bool)
+        for i, subset in enumerate(subsets):
+            member[i, list(subset)] = True
+        big = np.iinfo(np.int64).max
+        first = np.where(member, np.array([f for f, _ in ends])[None], -big).max(axis=1)
+        last = np.where(member, np.array([l for _, l in ends])[None], big).min(axis=1)
         out = np.maximum(last - first + 1, 0)
     out.setflags(write=False)
-    return out, int(out.sum())
+    return out
 
 
 def anchorable(g: GridTerms, axis: int) -> bool:
@@ -206,11 +230,9 @@ def _axis_totals(g: GridTerms, axis: int, tq: int, tk: int) -> np.ndarray:
     """Per subset of terms (in _subsets order), the key boxes summed over the query tile
     coordinates of one axis: the axis's factor of visited_tiles (it depends on that axis's
     tile sides only, so choose_tiling's many shapes share it)."""
-    windows = [axis_window(t.nb, axis) for t in g.terms]
-    shared = anchored(g, axis, tq)
-    out = np.array(
-        [_axis_box(g.dims[axis], tq, tk, tuple(windows[t] for t in s), shared)[1] for s in _subsets(len(g.terms))]
-    )
+    windows = tuple(axis_window(t.nb, axis) for t in g.terms)
+    subsets = tuple(_subsets(len(g.terms)))
+    out = _subset_boxes(g.dims[axis], tq, tk, windows, subsets, anchored(g, axis, tq)).sum(axis=1)
     out.setflags(write=False)
     return out
 

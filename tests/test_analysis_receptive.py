@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -11,7 +12,15 @@ from hypothesis import strategies as st
 
 from attnc.compiler.ir import HeadGroup, Lit, ModelShape, Neighborhood, Pattern, Program, Term
 from attnc.compiler.lower import lower_expr
-from attnc.compiler.receptive import closed_form, graph_receptive_field, layer_patterns, receptive_field, step
+from attnc.compiler.receptive import (
+    _axis_reach,
+    _axis_relation,
+    closed_form,
+    graph_receptive_field,
+    layer_patterns,
+    receptive_field,
+    step,
+)
 from tests.strategies import examples, lowered, op, prim
 
 C = prim("causal")
@@ -98,19 +107,33 @@ def test_dilated_stack_stops_growing():
 
 def test_neighborhood_reach_equals_the_graph():
     rng = random.Random(5)
-    for _ in range(20):
-        dims = tuple(rng.randint(1, 4) for _ in range(rng.randint(1, 3)))
-        kernel = tuple(rng.randint(1, d) for d in dims)
+    for _ in range(30):
+        dims = tuple(rng.randint(1, 6) for _ in range(rng.randint(1, 3)))
+        dilation = tuple(rng.randint(1, max(1, d // 2)) for d in dims)
+        kernel = tuple(rng.randint(1, max(1, d // g)) for d, g in zip(dims, dilation))
         nb = Neighborhood(
             dims,
             kernel,
-            tuple(1 for _ in dims),
+            dilation,
             tuple(rng.random() < 0.5 for _ in dims),
             rng.randint(0, 2),
             tuple(rng.randint(1, k) for k in kernel),
         )
         n = nb.prefix + int(np.prod(dims))
         check_against_graph([Pattern((Term((Lit(nb),)),))] * 2, n)
+
+
+def test_axis_reach_equals_the_relation_product():
+    """One axis of a neighbourhood's step (cumulative counts) against the 0/1 matrix product."""
+    rng = np.random.default_rng(3)
+    for length in range(1, 12):
+        for kernel, dilation, causal, stride in itertools.product(range(1, 5), range(1, 4), (False, True), (1, 2, 3)):
+            if kernel > -(-length // dilation) or stride > kernel:
+                continue
+            window = (kernel, dilation, causal, stride)
+            src = rng.random((3, length)) < 0.3
+            rel = _axis_relation(length, window).astype(np.int64)
+            assert (_axis_reach(src, length, window) == (src.astype(np.int64) @ rel > 0)).all(), window
 
 
 def program(per_layer: list, heads: int = 2) -> Program:

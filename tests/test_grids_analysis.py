@@ -275,7 +275,7 @@ def test_row_major_map_and_count_of_neighbourhood_unions_equal_brute_force(g, da
 
 def test_box_counts_of_runs_of_queries_equal_enumeration():
     """The per-tile counts themselves (not only the statuses they give), on tiles that cut
-    grid rows and frames, with dilation and causal axes."""
+    grid rows and frames, with dilation and causal axes, counted or summed from finer tiles."""
     from attnc.compiler.blocks import box_tile_counts
 
     a = Neighborhood((4, 5, 6), (3, 2, 3), (1, 2, 2), (True, False, False), 3)
@@ -287,7 +287,8 @@ def test_box_counts_of_runs_of_queries_equal_enumeration():
         "causal = (false, false, true)) & neighborhood(kernel = (4, 1, 6), "
         "causal = (false, true, false))"
     )
-    for n, bm, bn in ((123, 7, 11), (130, 13, 5), (100, 128, 3)):
+    # (123, 28, 55) and (123, 14, 22) are summed from (123, 7, 11)'s counts (the first with short last groups)
+    for n, bm, bn in ((123, 7, 11), (123, 28, 55), (123, 14, 22), (130, 13, 5), (100, 128, 3)):
         counts = box_tile_counts(((a,), (b, c)), n, n, bm, bn)
         mask = pattern.mask(n)
         want = np.add.reduceat(np.add.reduceat(mask, np.arange(0, n, bm), axis=0), np.arange(0, n, bn), axis=1)
