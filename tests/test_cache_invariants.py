@@ -54,7 +54,9 @@ def test_invariants_under_random_appends(name, steps, seed):
     budget, sink_ = rec.budget.tokens, rec.sink
     recent = max(rec.recent, rec.evict.options["window"] if rec.evict and rec.evict.score == "snapkv" else 0)
     timing = rec.evict.timing if rec.evict else "decode"
-    after_read = timing == "decode" and rec.evict is not None and rec.evict.score in ("h2o", "tova", "snapkv")  # evicts at the next append
+    after_read = (
+        timing == "decode" and rec.evict is not None and rec.evict.score in ("h2o", "tova", "snapkv")
+    )  # evicts at the next append
     B, D = 2, 16
     N = sum(steps)
     q, k = rand(B, 4, N, D, seed=seed), rand(B, 2, N, D, seed=seed + 1)

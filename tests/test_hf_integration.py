@@ -459,7 +459,9 @@ def test_tova_kernels_equal_the_reference_store(model, tmp_path):
     runs = []
     for backend in ("reference", "interpret"):
         with hf.apply(model, str(path), backend=backend):
-            out = model.generate(ids, max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True)
+            out = model.generate(
+                ids, max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True
+            )
             runs.append((out.sequences, torch.stack(out.logits)))
     assert torch.equal(runs[0][0], runs[1][0])
     assert rel(runs[1][1], runs[0][1]) < 1e-4

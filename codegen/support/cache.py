@@ -139,11 +139,11 @@ _KV_UPD_PER_SM = 4  # its splits: about this many programs per SM
 _KV_FUSED = ("h2o", "tova")  # the scores the update kernel folds from the decode's logits
 
 
-@triton.jit(do_not_specialize=["NH", "n_q", "E", "A", "CAP", "SLOTS", "LGS", "SO0", "SPLIT", "NS", "PROT_LO", "PROT_HI"])
+@triton.jit(do_not_specialize=["n_q", "E", "A", "CAP", "SLOTS", "LGS", "SO0", "SPLIT", "NS", "PROT_LO", "PROT_HI"])
 def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, IDX, NH, n_q, E, A, CAP, SLOTS, LGS,
                       SO0, SPLIT, NS, PROT_LO, PROT_HI, H_KV: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr,
                       BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, SENT: tl.constexpr, TOVA: tl.constexpr,
-                      AGG: tl.constexpr, FOLD: tl.constexpr, EVICT: tl.constexpr):
+                      AGG: tl.constexpr, FOLD: tl.constexpr, EVICT: tl.constexpr):  # fmt: skip
     """The append of one token (position n_q) to an H2O or TOVA class, after the decode of the
     previous step read its E held keys. One program per split of SPLIT held keys of one KV head
     of one batch row (program (b * NH + i) * NS + split; head i = IDX[i] owns slots A + i * CAP
@@ -174,8 +174,9 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
         for j in range(sid * SPLIT, tl.minimum(sid * SPLIT + SPLIT, E), BLOCK_N):
             offs = j + tl.arange(0, BLOCK_N)
             valid = offs < E
-            s = tl.load(lg + offs[None, :] * G + offs_g[:, None], mask=g_ok[:, None] & valid[None, :],
-                        other=float("-inf"))
+            s = tl.load(
+                lg + offs[None, :] * G + offs_g[:, None], mask=g_ok[:, None] & valid[None, :], other=float("-inf")
+            )
             p = tl.math.exp2(s - lse[:, None])
             if AGG == 1:
                 a = tl.max(tl.where(g_ok[:, None], p, float("-inf")), 0)
@@ -240,9 +241,13 @@ def _kv_update_launch(spec: CacheSpec, c, L, k, v, n: int, fold: bool, evict: bo
     per SM); the launch and its scratch buffers are memoised on the class per geometry."""
     ds, pol, B, nh, E = spec.decode, c.policy, L.k.shape[0], len(c.heads), c.held
     bn = _KV_UPD_BLOCK
-    per = max(1, _KV_UPD_PER_SM * _dec_sms(L.k.device) // (B * nh))
-    split = max(bn, triton.cdiv(triton.cdiv(max(E, 1), per), bn) * bn)
-    ns = max(1, -(-E // split))
+    geo = c.geo.get(E)
+    if geo is None:  # plain ints (triton.cdiv is a jit function: slow from Python)
+        per = max(1, _KV_UPD_PER_SM * _dec_sms(L.k.device) // (B * nh))
+        keys = -(-max(E, 1) // per)
+        split = max(bn, -(-keys // bn) * bn)
+        geo = c.geo[E] = (split, max(1, -(-E // split)))
+    split, ns = geo
     key = (ns, fold, evict, (k.data_ptr() | v.data_ptr()) & 15 == 0, L.k.shape[1], L.logits.lg.shape[1])
     got = c.update.get(key)
     if got is None:
@@ -338,7 +343,8 @@ class _KvClass:
         self.idx = None  # device index tensor of the heads
         self.gid = None  # (nh, G) pattern groups of their query heads
         self.pending = None  # (q, n, T, scale) of a decode step whose eviction follows its read
-        self.update = {}  # the update launches (_kv_update_launch) per geometry
+        self.update = {}  # _kv_update_launch's launches and buffers per geometry
+        self.geo = {}  # its splits per held count: E -> (keys per split, splits)
         self.logits_row = 0  # first row of its heads in the layer's StepLogits
 
     @property
