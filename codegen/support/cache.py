@@ -170,12 +170,12 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
     best_i = 0
     if FOLD:
         lse = tl.load(LSE + b * (H_KV * G) + h * G + offs_g, mask=g_ok, other=float("inf"))
-        lg = LG + (b * LGS + SO0 + i * CAP) * G
+        lg = LG + b * (G * LGS) + SO0 + i * CAP
         for j in range(sid * SPLIT, tl.minimum(sid * SPLIT + SPLIT, E), BLOCK_N):
             offs = j + tl.arange(0, BLOCK_N)
             valid = offs < E
             s = tl.load(
-                lg + offs[None, :] * G + offs_g[:, None], mask=g_ok[:, None] & valid[None, :], other=float("-inf")
+                lg + offs_g[:, None] * LGS + offs[None, :], mask=g_ok[:, None] & valid[None, :], other=-float("inf")
             )
             p = tl.math.exp2(s - lse[:, None])
             if AGG == 1:
@@ -248,7 +248,7 @@ def _kv_update_launch(spec: CacheSpec, c, L, k, v, n: int, fold: bool, evict: bo
         split = max(bn, -(-keys // bn) * bn)
         geo = c.geo[E] = (split, max(1, -(-E // split)))
     split, ns = geo
-    key = (ns, fold, evict, (k.data_ptr() | v.data_ptr()) & 15 == 0, L.k.shape[1], L.logits.lg.shape[1])
+    key = (ns, fold, evict, (k.data_ptr() | v.data_ptr()) & 15 == 0, L.k.shape[1], L.logits.lg.shape[2])
     got = c.update.get(key)
     if got is None:
         kw = dict(H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=L.k.shape[2], BLOCK_G=triton.next_power_of_2(ds.group),
@@ -260,7 +260,7 @@ def _kv_update_launch(spec: CacheSpec, c, L, k, v, n: int, fold: bool, evict: bo
     launch, pb, cnt = got
     sc = L.logits
     launch(k, v, L.k, L.v, L.pos, L.score, L.lens, L.npos, sc.lg, sc.lse, pb, cnt, c.idx, nh, n, E,
-           c.heads[0].offset, c.heads[0].cap, L.k.shape[1], sc.lg.shape[1], c.logits_row, split, ns, pol.sink,
+           c.heads[0].offset, c.heads[0].cap, L.k.shape[1], sc.lg.shape[2], c.logits_row, split, ns, pol.sink,
            n - pol.protected_recent)  # fmt: skip
 
 
@@ -946,9 +946,9 @@ class CacheBase:
             for h in c.heads:
                 soff[h.index], rows = rows, rows + h.cap
         sc = L.logits
-        if sc is None or sc.lg.shape[1] != rows or sc.soff.tolist() != soff:
+        if sc is None or sc.lg.shape[2] != rows or sc.soff.tolist() != soff:
             ds, dev = self.spec.decode, self.device
-            lg = torch.zeros((self.batch, rows, ds.group), dtype=torch.float32, device=dev)
+            lg = torch.zeros((self.batch, ds.group, rows), dtype=torch.float32, device=dev)
             lse = torch.full((self.batch, ds.heads), float("inf"), dtype=torch.float32, device=dev)
             L.logits = StepLogits(lg, lse, to_device(torch.tensor(soff, dtype=torch.int32), dev))
         L.logits_ok = True

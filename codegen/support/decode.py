@@ -45,7 +45,7 @@ class StepLogits:
     (H2O, TOVA), and the cache's next append reads (docs/caches.md, "When eviction runs"):
     the logits of the query over every key it read, in the kernel's log2 domain
     (q . k * scale * log2 e, -inf where masked), and each query head's log2-sum-exp, so that
-    attention = exp2(logit - lse). lg (B, R, G) float32: head h's slot j at lg[:, soff[h] + j];
+    attention = exp2(logit - lse). lg (B, G, R) float32: head h's slot j at lg[:, :, soff[h] + j];
     lse (B, H) float32 (+inf: the row saw no key); soff (H_KV,) int32, -1: not scored.
     `read` is the view.n of the last decode that wrote them (-1: none), on the host."""
 
@@ -319,10 +319,10 @@ def decode_launch(spec: DecodeSpec, q, view, *, sm_scale=None, out=None, config=
     lg, lse, soff = (sc.lg, sc.lse, sc.soff) if sc is not None else (view.k, view.k, view.offsets)
     aligned = _aligned(q, out, *view[:6], view.npos, lg, lse, soff)  # the compiled kernel assumes what it saw first
     key = (spec.kernel, view.slots, q.shape, q.dtype, q.device, view.k.shape[1], view.masked, config, split, sm_scale,
-           aligned, sc is not None)  # fmt: skip
+           aligned, sc is not None and lg.shape[2])  # fmt: skip
     plan = _DEC_CALLS.get(key)
     if plan is None:
-        plan = _dec_plan(spec, q, view, sm_scale, config, split, sc is not None)
+        plan = _dec_plan(spec, q, view, sm_scale, config, split, sc.lg.shape[2] if sc is not None else 0)
         if len(_DEC_CALLS) > 4096:  # caches that grow without max_len change their slots every step
             _DEC_CALLS.clear()
         _DEC_CALLS[key] = plan
@@ -331,7 +331,7 @@ def decode_launch(spec: DecodeSpec, q, view, *, sm_scale=None, out=None, config=
         out = torch.empty_like(q)
     pm, pl, pacc, cnt = bufs or (out, out, out, out)
     launch(q, view.k, view.v, view.pos, view.lens, view.offsets, view.gid, out, pm, pl, pacc, cnt, view.npos,
-           lg, lse, soff, lg.shape[1], *scalars)  # fmt: skip
+           lg, lse, soff, *scalars)  # fmt: skip
     if sc is not None:
         sc.read = view.n
     if reduce is not None:
@@ -353,9 +353,10 @@ def reduce_kw(spec: DecodeSpec, kw: dict) -> dict:
     return dict(H_KV=kw["H_KV"], G=kw["G"], HEAD_DIM=kw["HEAD_DIM"], BLOCK_M=kw["BLOCK_M"], num_warps=4)
 
 
-def _dec_plan(spec: DecodeSpec, q, view, sm_scale, config, split, scores=False) -> tuple:
+def _dec_plan(spec: DecodeSpec, q, view, sm_scale, config, split, scores=0) -> tuple:
     """(launch, scalars, constants, partial buffers or None, reduce launch or None) of a decode
-    call; `scores`: the kernel also writes the StepLogits (and merges in the last split)."""
+    call; `scores` (the StepLogits' slots, 0: none): the kernel also writes them (and merges in
+    the last split)."""
     B, H, T, D = q.shape
     scale = check_scale("decode", sm_scale, D, "sm_scale")
     geo = _dec_geometry(spec, view.slots, B, T, config, _dec_sms(q.device), split)
@@ -373,7 +374,8 @@ def _dec_plan(spec: DecodeSpec, q, view, sm_scale, config, split, scores=False) 
         REDUCE=reduce_mode,
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         UPCAST=q.dtype == torch.bfloat16 and interpreting(),
-        SCORES=scores,
+        SCORES=bool(scores),
+        LGS=max(scores, 1),
         num_warps=config.num_warps,
     )
     scalars = (T, geo.split, nbuf, geo.work, view.k.shape[1], scale * _DEC_LOG2E)
