@@ -54,9 +54,9 @@ out["attend"] = usage(mod._pg_fwd_kernel, types, dict(H_KV=8, G=4, HEAD_DIM=128,
                       STAGES=cfg.stages, DOT_PREC="tf32", UPCAST=False), cfg.num_warps)  # fmt: skip
 types = dict(KN="*bf16", VN="*bf16", K="*bf16", V="*bf16", POS="*i32", SCORE="*fp32", LENS="*i32", NPOS="*i32",
              LG="*fp32", LSE="*fp32", PB="*i32", CNT="*i32", IDX="*i64")  # fmt: skip
-types.update({n: "i32" for n in ("NH", "n_q", "E", "A", "CAP", "SLOTS", "LGS", "SO0", "SPLIT", "NS", "PROT_LO",
-                                 "PROT_HI")})  # fmt: skip
-block = dict(H_KV=8, G=4, HEAD_DIM=128, BLOCK_G=4, BLOCK_N=mod._KV_UPD_BLOCK, SENT=1 << 30, AGG=0, FOLD=True)
+types.update({n: "i32" for n in ("NH", "E", "A", "CAP", "SLOTS", "LGS", "SO0", "SPLIT", "NS", "SINK", "RECENT")})
+block = dict(H_KV=8, G=4, HEAD_DIM=128, BLOCK_G=4, BLOCK_N=mod._KV_UPD_BLOCK, SENT=1 << 30, AGG=0, FOLD=True,
+             ADVANCE=True)  # fmt: skip
 out["h2o_update"] = usage(mod._kv_update_kernel, types, dict(TOVA=False, EVICT=True, **block), 4)
 out["tova_update"] = usage(mod._kv_update_kernel, types, dict(TOVA=True, EVICT=True, **block), 4)
 types = {n: "*i32" for n in ("POS", "LENS", "OFFS", "GID", "CNT", "NPOS", "SOFF")}

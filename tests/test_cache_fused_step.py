@@ -101,3 +101,28 @@ def test_fused_step_splits_equal_torch_path(score, aggregate, decode_kw, monkeyp
     q, k, v = _inputs(2, 8, 48, 4, score == "h2o")
     fused = _steps(mod, q, k, v, 37, 48, decode_kw, check_fused=True)
     assert max(key[0] for key in fused._layers[0].classes[0].update) == 3
+
+
+def test_update_launch_repeats_at_the_budget(monkeypatch):
+    """Once the budget is reached, every step's update launch takes the same arguments (the
+    token's position and the keep rules are read on the device), so a captured step replays
+    right; and the positions still advance."""
+    pattern, pol = ROWS["tova"]
+    _, mod = module(program(pattern, heads=4, kv_heads=2, head_dim=16, cache=[pol], name="tova"))
+    seen = []
+    call = mod.FastLaunch.__call__
+
+    def record(self, *args):
+        if self.kernel is mod._kv_update_kernel:
+            seen.append(tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args[2:]))  # not k, v
+        return call(self, *args)
+
+    monkeypatch.setattr(mod.FastLaunch, "__call__", record)
+    q, k, v = _inputs(1, 4, 16, 3, False)
+    cache = mod.Cache(1, dtype=torch.float32)
+    cache.append(0, k[:, :, :9], v[:, :, :9], q[:, :, :9])
+    for t in range(9, 16):
+        cache.append(0, k[:, :, t : t + 1], v[:, :, t : t + 1], q[:, :, t : t + 1])
+        cache.decode(0, q[:, :, t : t + 1])
+    assert len(seen) == 7 and len(set(seen[1:])) == 1  # the first step folds nothing (after the prompt)
+    assert max(cache.kept(0, 0, 0)) == 15 and cache.view(0).npos.tolist() == [[16, 16]]

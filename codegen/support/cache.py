@@ -5,7 +5,9 @@ KV head owns the slots [offset, offset + capacity); lens (B, H_KV) says how many
 decode kernel reads. Lossless heads follow their layout (the liveness of the pattern), lossy
 heads their cache policy (policies.py); docs/caches.md has the exact rules. Appends are one
 Triton launch per layer (lossless heads and the decode-step appends of lossy heads);
-evictions are batched torch ops per policy class.
+evictions are batched torch ops per policy class, except the one-token steps of H2O and
+TOVA: one _kv_update_kernel launch per class folds the decode's logits (StepLogits) into the
+scores, evicts and writes the token.
 
 What varies per pattern is a `CacheSpec` (the rules of every (layer, KV head), the policies,
 the decode of the pattern); a generated module declares `class Cache(CacheBase)` with its spec.
@@ -139,12 +141,13 @@ _KV_UPD_PER_SM = 4  # its splits: about this many programs per SM
 _KV_FUSED = ("h2o", "tova")  # the scores the update kernel folds from the decode's logits
 
 
-@triton.jit(do_not_specialize=["n_q", "E", "A", "CAP", "SLOTS", "LGS", "SO0", "SPLIT", "NS", "PROT_LO", "PROT_HI"])
-def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, IDX, NH, n_q, E, A, CAP, SLOTS, LGS,
-                      SO0, SPLIT, NS, PROT_LO, PROT_HI, H_KV: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr,
+@triton.jit(do_not_specialize=["E", "A", "CAP", "SLOTS", "LGS", "SO0", "SPLIT", "NS", "SINK", "RECENT"])
+def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, IDX, NH, E, A, CAP, SLOTS, LGS,
+                      SO0, SPLIT, NS, SINK, RECENT, H_KV: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr,
                       BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, SENT: tl.constexpr, TOVA: tl.constexpr,
-                      AGG: tl.constexpr, FOLD: tl.constexpr, EVICT: tl.constexpr):  # fmt: skip
-    """The append of one token (position n_q) to an H2O or TOVA class, after the decode of the
+                      AGG: tl.constexpr, FOLD: tl.constexpr, EVICT: tl.constexpr, ADVANCE: tl.constexpr):  # fmt: skip
+    """The append of one token (at position n_q = NPOS[b, h], read on the device: a captured
+    step stays right at every replay) to an H2O or TOVA class, after the decode of the
     previous step read its E held keys. One program per split of SPLIT held keys of one KV head
     of one batch row (program (b * NH + i) * NS + split; head i = IDX[i] owns slots A + i * CAP
     ..). FOLD: the previous step's attention, exp2(LG - LSE) (StepLogits, its rows from SO0 +
@@ -152,15 +155,17 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
     scores. EVICT (E > budget): each split's lowest (priority, position) goes to PB (B * NH *
     NS, 3), and the last split of the head to finish (an atomic count, CNT) moves the
     previous step's token (slot E - 1) into the slot of the lowest of all and writes the new
-    one at slot E - 1; otherwise split 0 writes it at slot E. Protected: pos <
-    PROT_LO or pos >= PROT_HI (the previous step's keep rules). KN, VN contiguous
-    (B, H_KV, 1, D). CacheBase._evict_step (torch) is the reference."""
+    one at slot E - 1; otherwise split 0 writes it at slot E. Protected: pos < SINK or pos >=
+    n_q - RECENT (the previous step's keep rules). ADVANCE: NPOS becomes n_q + 1 (otherwise
+    the append kernel of the layer's lossless heads, launched after, advances it). KN, VN
+    contiguous (B, H_KV, 1, D). CacheBase._evict_step (torch) is the reference."""
     pid = tl.program_id(0)
     bi = pid // NS
     sid = pid % NS
     b = (bi // NH).to(tl.int64)
     i = bi % NH
     h = tl.load(IDX + i)
+    n_q = tl.load(NPOS + b * H_KV + h)
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, HEAD_DIM)
     g_ok = offs_g < G
@@ -191,7 +196,7 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
             tl.store(SCORE + base + offs, new, mask=valid)
             if EVICT:
                 kp = tl.load(POS + base + offs, mask=valid, other=SENT)
-                prio = tl.where((kp < PROT_LO) | (kp >= PROT_HI) | (offs >= E), float("inf"), new)
+                prio = tl.where((kp < SINK) | (kp >= n_q - RECENT) | (offs >= E), float("inf"), new)
                 low = tl.min(prio, 0)
                 lpos = tl.min(tl.where(valid & (prio == low), kp, SENT + 1), 0)
                 better = (low < best_p) | ((low == best_p) & (lpos < best_pos))
@@ -233,12 +238,14 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
         tl.store(POS + slot, n_q)
         tl.store(SCORE + slot, 0.0)
         tl.store(LENS + b * H_KV + h, new_len)
-        tl.store(NPOS + b * H_KV + h, n_q + 1)
+        if ADVANCE:
+            tl.store(NPOS + b * H_KV + h, n_q + 1)
 
 
-def _kv_update_launch(spec: CacheSpec, c, L, k, v, n: int, fold: bool, evict: bool) -> None:
+def _kv_update_launch(spec: CacheSpec, c, L, k, v, fold: bool, evict: bool) -> None:
     """One launch of _kv_update_kernel for a class (its splits: about _KV_UPD_PER_SM programs
-    per SM); the launch and its scratch buffers are memoised on the class per geometry."""
+    per SM); the launch and its scratch buffers are memoised on the class per geometry. No
+    argument changes from step to step once the budget is reached (CUDA graphs)."""
     ds, pol, B, nh, E = spec.decode, c.policy, L.k.shape[0], len(c.heads), c.held
     bn = _KV_UPD_BLOCK
     geo = c.geo.get(E)
@@ -253,15 +260,15 @@ def _kv_update_launch(spec: CacheSpec, c, L, k, v, n: int, fold: bool, evict: bo
     if got is None:
         kw = dict(H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=L.k.shape[2], BLOCK_G=triton.next_power_of_2(ds.group),
                   BLOCK_N=bn, SENT=ds.sentinel, TOVA=pol.score == "tova", AGG=AGGREGATES[pol.aggregate], FOLD=fold,
-                  EVICT=evict, num_warps=4)  # fmt: skip
+                  EVICT=evict, ADVANCE=not L.lossless, num_warps=4)  # fmt: skip
         pb = torch.empty((B * nh * ns, 3), dtype=torch.int32, device=L.k.device)
         cnt = torch.zeros((B * nh,), dtype=torch.int32, device=L.k.device)
         got = c.update[key] = (FastLaunch(_kv_update_kernel, (B * nh * ns,), kw), pb, cnt)
     launch, pb, cnt = got
     sc = L.logits
-    launch(k, v, L.k, L.v, L.pos, L.score, L.lens, L.npos, sc.lg, sc.lse, pb, cnt, c.idx, nh, n, E,
-           c.heads[0].offset, c.heads[0].cap, L.k.shape[1], sc.lg.shape[2], c.logits_row, split, ns, pol.sink,
-           n - pol.protected_recent)  # fmt: skip
+    launch(k, v, L.k, L.v, L.pos, L.score, L.lens, L.npos, sc.lg, sc.lse, pb, cnt, c.idx, nh, E, c.heads[0].offset,
+           c.heads[0].cap, L.k.shape[1], sc.lg.shape[2], c.logits_row, split, ns, pol.sink,
+           pol.protected_recent)  # fmt: skip
 
 
 # ------------------------------------------------------------------ host state
@@ -919,22 +926,23 @@ class CacheBase:
         return L.fused and L.pad is None and all(c.budget is not None for c in L.classes)
 
     def _update(self, L, k, v, q, n, scale):
-        """A one-token append to a fused layer: the append kernel writes the lossless heads, and
-        one _kv_update_kernel launch per class folds the last step's attention (the decode's
-        StepLogits) into the scores, evicts the lowest when over budget and writes the token."""
+        """A one-token append to a fused layer: one _kv_update_kernel launch per class folds the
+        last step's attention (the decode's StepLogits) into the scores, evicts the lowest when
+        over budget and writes the token; then the append kernel writes the lossless heads (and
+        advances every head's position on the device)."""
         if not k.is_contiguous():
             k = k.contiguous()
         if not v.is_contiguous():
             v = v.contiguous()
-        if L.lossless:
-            self._write_triton(L, k, v, n, 1, True)
         self._step_logits(L)
         for c in L.classes:
             fold = c.pending is not None
             evict = fold and c.held > c.budget
-            _kv_update_launch(self.spec, c, L, k, v, n, fold, evict)
+            _kv_update_launch(self.spec, c, L, k, v, fold, evict)
             c.held += 0 if evict else 1
             c.pending = (q, n, 1, scale)
+        if L.lossless:
+            self._write_triton(L, k, v, n, 1, True)
 
     def _step_logits(self, L):
         """The layer's StepLogits, (re)made when its scored regions changed size."""
