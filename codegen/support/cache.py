@@ -508,7 +508,8 @@ class CacheBase:
         for c in L.classes:  # a pending step's eviction runs first (in torch ops, unless fused)
             if c.pending is not None and not read:
                 self._finish(L, c)
-        if (L.growing and self.max_len is None) or (L.classes and not big):  # fixed capacities hold max_len
+        # fixed capacities hold max_len; a decode-timed budget's region holds budget + max_step
+        if (L.growing and self.max_len is None) or (not big and any(c.grows for c in L.classes)):
             need = {h.index: h.need(end) for h in L.growing}
             if not big:
                 for c in L.classes:
