@@ -73,7 +73,7 @@ import torch
 
 from ..codegen.decode_plan import DecodePlanError, head_policy, head_select
 from ..codegen.support.paged import best_units, keep_units, unit_scores
-from ..codegen.support.policies import attention_stats, lowest, priority, rescore
+from ..codegen.support.policies import attention_stats, evicts_after_read, lowest, priority, rescore
 from ..codegen.support.records import Policy, Select
 from ..codegen.support.selection import SelectSpec, block_logmass, choose, chosen_matrix
 from ..compiler.cache_plan import page_size, policy_for
@@ -920,7 +920,8 @@ class Handle:
                 store.peak_tokens = max(store.peak_tokens, store.tokens())
             return out.transpose(1, 2)
         first, n = store.append(layer, k, v)
-        if store.lossy and n <= MAX_STEP:  # a decode step: decode-timed policies evict before it reads
+        step = store.lossy and n <= MAX_STEP
+        if step:  # a decode step: decode-timed policies without attention scores evict before it reads
             self._compress(layer, q, store, first, n, scale, decode_step=True)
         if first == 0 and self.kernels is not None:  # a module without Cache: prefill kernel only
             store.kernel_calls = getattr(store, "kernel_calls", 0) + 1
@@ -930,27 +931,39 @@ class Handle:
         else:
             out = self._attend_store(layer, q, store, first, n, scale)
         store.peak_tokens = max(store.peak_tokens, store.tokens())
+        if step:  # those whose score is the step's attention evict after it
+            self._compress(layer, q, store, first, n, scale, decode_step=True, read=True)
         store.evict(layer)
         if store.lossy and n > MAX_STEP:  # a prefill (or a chunk): every lossy head compresses after it
             self._compress(layer, q, store, first, n, scale, decode_step=False)
         return out.transpose(1, 2)
 
     def _compress(
-        self, layer: int, q: torch.Tensor, store: KVStore, first: int, n: int, scale: float, decode_step: bool
+        self,
+        layer: int,
+        q: torch.Tensor,
+        store: KVStore,
+        first: int,
+        n: int,
+        scale: float,
+        decode_step: bool,
+        read: bool = False,
     ) -> None:
         """Apply the lossy policies of a layer's KV heads (docs/caches.md, "When eviction runs").
 
         After a prefill-sized append (more than MAX_STEP tokens) every lossy head scores the
-        keys it holds together with the new ones and keeps the budget's best; after a decode
-        step only the policies timed `at decode` do (before the step's queries read the
-        cache), the others grow by the step. Scores use the same rotated q and k as attention.
+        keys it holds together with the new ones and keeps the budget's best; at a decode
+        step only the policies timed `at decode` do: before the step's queries read the cache
+        (`read` False) or, those whose score is the step's attention (policies.evicts_after_read),
+        after (`read` True); the others grow by the step. Scores use the same rotated q and k
+        as attention.
         """
         shape = self.layout.shape
         rep = shape.heads // shape.kv_heads
         qpos = torch.arange(first, first + n, device=q.device)
         for g in range(shape.kv_heads):
             policy = store.policy[layer][g]
-            if policy is None or (decode_step and policy.timing != "decode"):
+            if policy is None or (decode_step and (policy.timing != "decode" or evicts_after_read(policy) != read)):
                 continue
             kpos = store.pos[layer][g]
             if kpos is None or kpos.numel() <= policy.budget:

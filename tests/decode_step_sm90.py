@@ -1,6 +1,7 @@
 """Compile the decode-step kernels of a generated module for Hopper (sm_90) through Triton's
 own ptxas: the paged cache's page scores, top-k (one block in registers, and blocks in a
-loop) and attention over the read lists, and the two H2O / TOVA step kernels. Run by
+loop) and attention over the read lists, the H2O / TOVA update and the decode kernel that
+writes their logits. Run by
 tests/test_paged_cache.py in a subprocess: python tests/decode_step_sm90.py MODULE.py;
 prints {kernel: [shared bytes, registers, stack bytes]}."""
 
@@ -51,10 +52,18 @@ types.update({n: "i32" for n in ("T", "SPLIT", "NS", "NB", "LW", "SW")})
 cfg = mod.DecodeConfig()
 out["attend"] = usage(mod._pg_fwd_kernel, types, dict(H_KV=8, G=4, HEAD_DIM=128, BLOCK_M=16, BLOCK_N=cfg.block_n,
                       STAGES=cfg.stages, DOT_PREC="tf32", UPCAST=False), cfg.num_warps)  # fmt: skip
-types = dict(Q="*bf16", K="*bf16", V="*bf16", POS="*i32", IDX="*i64", GID="*i32", LG="*fp32", PM="*fp32", PL="*fp32",
-             SCORE="*fp32", PB="*i32", CNT="*i32", sm_scale="fp32")  # fmt: skip
-types.update({n: "i32" for n in ("n_q", "E", "KEEP", "A", "CAP", "SLOTS", "NH", "SPLIT", "NS", "PROT_LO", "PROT_HI")})
-block = dict(G=4, HEAD_DIM=128, BLOCK_G=16, BLOCK_N=mod._KV_STEP_BLOCK)
-out["h2o_stats"] = usage(mod._kv_step_stats_kernel, types, dict(H=32, DOT_PREC="tf32", UPCAST=False, **block), 4)
-out["h2o_step"] = usage(mod._kv_step_kernel, types, dict(TOVA=False, AGG=0, EVICT=True, **block), 4)
+types = dict(KN="*bf16", VN="*bf16", K="*bf16", V="*bf16", POS="*i32", SCORE="*fp32", LENS="*i32", NPOS="*i32",
+             LG="*fp32", LSE="*fp32", PB="*i32", CNT="*i32", IDX="*i64")  # fmt: skip
+types.update({n: "i32" for n in ("NH", "E", "A", "CAP", "SLOTS", "LGS", "SO0", "SPLIT", "NS", "SINK", "RECENT")})
+block = dict(H_KV=8, G=4, HEAD_DIM=128, BLOCK_G=4, BLOCK_N=mod._KV_UPD_BLOCK, SENT=1 << 30, AGG=0, FOLD=True,
+             ADVANCE=True)  # fmt: skip
+out["h2o_update"] = usage(mod._kv_update_kernel, types, dict(TOVA=False, EVICT=True, **block), 4)
+out["tova_update"] = usage(mod._kv_update_kernel, types, dict(TOVA=True, EVICT=True, **block), 4)
+types = {n: "*i32" for n in ("POS", "LENS", "OFFS", "GID", "CNT", "NPOS", "SOFF")}
+types.update(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", PM="*fp32", PL="*fp32", PACC="*fp32", LG="*fp32",
+             LSE="*fp32", qk_scale="fp32")  # fmt: skip
+types.update({n: "i32" for n in ("T", "SPLIT", "NSPLIT", "W", "SLOTS")})
+out["decode_scores"] = usage(mod._dec_fwd_kernel, types, dict(H_KV=8, G=4, HEAD_DIM=128, BLOCK_M=16,
+                             BLOCK_N=cfg.block_n, STAGES=cfg.stages, MASKED=False, REDUCE=2, DOT_PREC="tf32",
+                             UPCAST=False, SCORES=True, LGS=4160), cfg.num_warps)  # fmt: skip
 print(json.dumps(out))

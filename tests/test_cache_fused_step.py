@@ -1,6 +1,8 @@
-"""H2O and TOVA decode steps in one launch of the generated _kv_step_kernel (scores, the
-lowest (priority, position), the move) against the torch path (backend="torch"), step by
-step: the same tokens kept in the same slots, the same scores."""
+"""H2O and TOVA decode steps through the decode kernel's logits (StepLogits) and one
+_kv_update_kernel launch (fold the step's attention into the scores, the lowest (priority,
+position), the move, the new token) against the torch path (backend="torch", which
+recomputes the step's attention from its queries), step by step: the same tokens kept in
+the same slots, the same scores, the same decode outputs; ties included."""
 
 from __future__ import annotations
 
@@ -18,46 +20,109 @@ ROWS = {
 }
 
 
-@pytest.mark.parametrize("name", sampled(list(ROWS), 2))
-def test_fused_step_equals_torch_path(name):
-    pattern, pol = ROWS[name]
-    heads = 8 if name.endswith("gqa4") else 4
-    prog = program(pattern, heads=heads, kv_heads=2, head_dim=16, cache=[pol], name=name)
-    _, mod = module(prog)
-    B, N, pre = 2, 26, 9
-    q, k, v = rand(B, heads, N, 16, seed=1), rand(B, 2, N, 16, seed=2) * 2, rand(B, 2, N, 16, seed=3)
+def _inputs(B, heads, N, seed, ties):
+    """q, k, v; with `ties`, groups of equal keys (equal logits, equal scores: the oldest goes)."""
+    q, k, v = rand(B, heads, N, 16, seed=seed), rand(B, 2, N, 16, seed=seed + 1) * 2, rand(B, 2, N, 16, seed=seed + 2)
+    if ties:
+        k[:, :, 1::3] = k[:, :, 1:2]
+        k[:, :, 2::4] = 0.0
+    return q, k, v
+
+
+def _steps(mod, q, k, v, pre, N, decode_kw, check_fused):
+    """Run both caches over the same steps (append, then decode) and compare after each."""
+    B = q.shape[0]
     fused, ref = mod.Cache(B, dtype=torch.float32), mod.Cache(B, dtype=torch.float32, backend="torch")
     for c in (fused, ref):
         c.append(0, k[:, :, :pre], v[:, :, :pre], q[:, :, :pre])
+    if check_fused:  # every step after the first folds the decode's logits: no torch eviction
+        fused._finish = lambda *a: pytest.fail("the fused cache evicted in torch ops")
     for t in range(pre, N):
+        sl = slice(t, t + 1)
+        outs = []
         for c in (fused, ref):
-            c.append(0, k[:, :, t : t + 1], v[:, :, t : t + 1], q[:, :, t : t + 1])
+            c.append(0, k[:, :, sl], v[:, :, sl], q[:, :, sl])
+            outs.append(c.decode(0, q[:, :, sl], **decode_kw))
         a, b = fused.view(0), ref.view(0)
         assert a.slots == b.slots
         assert torch.equal(a.pos, b.pos), t
         assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v)
         torch.testing.assert_close(fused._layers[0].score, ref._layers[0].score, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+        assert a.logits.read == fused.seen(0)
+    return fused
 
 
-@pytest.mark.parametrize("score, aggregate", [("h2o", "mean"), ("tova", "max")])
-def test_fused_step_splits_equal_torch_path(score, aggregate, monkeypatch):
-    """Budgets over several splits (tiles of 16 keys, 3 splits of a head): the splits' max and
-    sum merge, and the last split to finish evicts the lowest of all splits."""
-    prog = program(causal(), heads=8, kv_heads=2, head_dim=16,
-                   cache=[policy(40, sink=1, recent=2, score=score, aggregate=aggregate)], name=f"split_{score}")  # fmt: skip
-    _, mod = module(prog)
-    monkeypatch.setattr(mod, "_KV_STEP_BLOCK", 16)
-    monkeypatch.setattr(mod, "_KV_STEP_PER_SM", 64)
-    B, N, pre = 2, 48, 37
-    q, k, v = rand(B, 8, N, 16, seed=4), rand(B, 2, N, 16, seed=5) * 2, rand(B, 2, N, 16, seed=6)
+@pytest.mark.parametrize("name", sampled(list(ROWS), 2))
+@pytest.mark.parametrize("ties", [False, True])
+def test_fused_step_equals_torch_path(name, ties):
+    pattern, pol = ROWS[name]
+    heads = 8 if name.endswith("gqa4") else 4
+    _, mod = module(program(pattern, heads=heads, kv_heads=2, head_dim=16, cache=[pol], name=name))
+    q, k, v = _inputs(2, heads, 24, 1, ties)
+    fused = _steps(mod, q, k, v, 9, 24, {}, check_fused=True)
+    assert fused.tokens()[0][0] == pol.budget.tokens + 1  # the last step's token, its eviction pending
+
+
+def test_appends_without_decode_evict_in_torch():
+    """No decode between appends (no logits to fold): the step's attention is recomputed in
+    torch ops from its queries; the cache still equals the torch path."""
+    pattern, pol = ROWS["h2o"]
+    _, mod = module(program(pattern, heads=4, kv_heads=2, head_dim=16, cache=[pol], name="h2o"))
+    B, N, pre = 2, 20, 9
+    q, k, v = _inputs(B, 4, N, 7, True)
     fused, ref = mod.Cache(B, dtype=torch.float32), mod.Cache(B, dtype=torch.float32, backend="torch")
     for c in (fused, ref):
         c.append(0, k[:, :, :pre], v[:, :, :pre], q[:, :, :pre])
     for t in range(pre, N):
         for c in (fused, ref):
             c.append(0, k[:, :, t : t + 1], v[:, :, t : t + 1], q[:, :, t : t + 1])
-        assert fused._layers[0].classes[0].step_key[1] == 3
-        a, b = fused.view(0), ref.view(0)
-        assert torch.equal(a.pos, b.pos), t
-        assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v)
+            if t % 3 == 0:
+                c.decode(0, q[:, :, t : t + 1])
+        assert torch.equal(fused.view(0).pos, ref.view(0).pos), t
         torch.testing.assert_close(fused._layers[0].score, ref._layers[0].score, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "score, aggregate, decode_kw",
+    [("h2o", "mean", {"split": 16}), ("tova", "max", {}), ("h2o", "sum", {"split": 16, "fused_reduce": False})],
+)
+def test_fused_step_splits_equal_torch_path(score, aggregate, decode_kw, monkeypatch):
+    """Budgets over several splits of the update (tiles of 16 keys, 3 splits of a head) and of
+    the decode (its split merge writes the log-sum-exp; a separate reduce is merged in the kernel
+    instead): the last split of the update to finish evicts the lowest of all splits."""
+    prog = program(causal(), heads=8, kv_heads=2, head_dim=16,
+                   cache=[policy(40, sink=1, recent=2, score=score, aggregate=aggregate)], name=f"split_{score}")  # fmt: skip
+    _, mod = module(prog)
+    monkeypatch.setattr(mod, "_KV_UPD_BLOCK", 16)
+    monkeypatch.setattr(mod, "_KV_UPD_PER_SM", 64)
+    if "fused_reduce" in decode_kw:
+        decode_kw = {"split": 16, "config": mod.DecodeConfig(fused_reduce=False)}
+    q, k, v = _inputs(2, 8, 48, 4, score == "h2o")
+    fused = _steps(mod, q, k, v, 37, 48, decode_kw, check_fused=True)
+    assert max(key[0] for key in fused._layers[0].classes[0].update) == 3
+
+
+def test_update_launch_repeats_at_the_budget(monkeypatch):
+    """Once the budget is reached, every step's update launch takes the same arguments (the
+    token's position and the keep rules are read on the device), so a captured step replays
+    right; and the positions still advance."""
+    pattern, pol = ROWS["tova"]
+    _, mod = module(program(pattern, heads=4, kv_heads=2, head_dim=16, cache=[pol], name="tova"))
+    seen = []
+    call = mod.FastLaunch.__call__
+
+    def record(self, *args):
+        if self.kernel is mod._kv_update_kernel:
+            seen.append(tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args[2:]))  # not k, v
+        return call(self, *args)
+
+    monkeypatch.setattr(mod.FastLaunch, "__call__", record)
+    q, k, v = _inputs(1, 4, 16, 3, False)
+    cache = mod.Cache(1, dtype=torch.float32)
+    cache.append(0, k[:, :, :9], v[:, :, :9], q[:, :, :9])
+    for t in range(9, 16):
+        cache.append(0, k[:, :, t : t + 1], v[:, :, t : t + 1], q[:, :, t : t + 1])
+        cache.decode(0, q[:, :, t : t + 1])
+    assert len(seen) == 7 and len(set(seen[1:])) == 1  # the first step folds nothing (after the prompt)
+    assert max(cache.kept(0, 0, 0)) == 15 and cache.view(0).npos.tolist() == [[16, 16]]

@@ -98,6 +98,7 @@ class Model:
         self.budget = {k: (r["budget"] if r else None) for k, r in self.rules.items()}
         self.n = [0] * LAYERS
         self.pref = {}
+        self.pending = {}  # layer -> (q, n, T) of its last decode step
 
     def probs(self, layer, h, b, toks, q, n, rows):
         """p[g][j][i]: attention of query j (position n + j, j in rows) of query head
@@ -124,16 +125,29 @@ class Model:
             out.append(per_q)
         return np.asarray(out)  # (G, len(rows), E)
 
+    def after_read(self, r):
+        """A decode step of this policy evicts after the step's queries read the cache (at the
+        start of the next append): decode-timed scores that read the step's attention."""
+        return r is not None and r["timing"] == "decode" and r["score"] in ("h2o", "tova", "snapkv")
+
     def append(self, layer, k, v, q):
         n, T = self.n[layer], k.shape[2]
         big = T > MAX_STEP
+        if self.pending.get(layer) is not None:  # the last decode step's eviction, after its read
+            qp, np_, tp = self.pending.pop(layer)
+            for h in range(HK):
+                r = self.rules[(layer, h)]
+                if self.after_read(r):
+                    for b in range(B):
+                        self.rescore(layer, h, b, self.heads[(layer, b, h)], qp, np_, tp, r)
+                        self.evict(layer, b, h, np_ + tp, r)
         for h in range(HK):
             r = self.rules[(layer, h)]
             for b in range(B):
                 toks = self.heads[(layer, b, h)]
                 new = [dict(pos=n + j, k=k[b, h, j], v=v[b, h, j], score=0.0) for j in range(T)]
                 toks += new
-                if r is None:
+                if r is None or (not big and self.after_read(r)):
                     continue
                 if big or r["timing"] == "decode":
                     self.rescore(layer, h, b, toks, q, n, T, r)
@@ -147,9 +161,12 @@ class Model:
                     self.cake(layer, h, q, n, T, r)
         for h in range(HK):
             r = self.rules[(layer, h)]
-            if r is not None and (big or r["timing"] == "decode") and self.budget[(layer, h)] is not None:
-                for b in range(B):
-                    self.evict(layer, b, h, n + T, r)
+            if big or not self.after_read(r):
+                if r is not None and (big or r["timing"] == "decode") and self.budget[(layer, h)] is not None:
+                    for b in range(B):
+                        self.evict(layer, b, h, n + T, r)
+        if not big:
+            self.pending[layer] = (q, n, T)
         self.n[layer] = n + T
 
     def rescore(self, layer, h, b, toks, q, n, T, r):
@@ -234,24 +251,24 @@ def _program(name):
     return program(pat, layers=LAYERS, heads=H, kv_heads=HK, head_dim=D, cache=POLICIES[name], name=name)
 
 
-@pytest.mark.parametrize("name", list(POLICIES))
-def test_policy_matches_plain_python_model(name):
-    prog = _program(name)
-    plan, mod = module(prog, max_step=MAX_STEP)
-    backend = "triton" if name in TRITON_ROWS else "torch"
-    cache = mod.Cache(B, dtype=torch.float64, backend=backend)
+def _compare(name, prog, cache, dtype, decode=False, rtol=1e-9, atol=1e-12):
+    """Run STEPS through the cache and the model (decoding each decode-sized step when asked)
+    and compare after every append."""
     model = Model(prog)
     N = sum(STEPS)
     seed = sum(map(ord, name))
     q = rand(B, H, N, D, dtype=torch.float64, seed=seed)
     k = rand(B, HK, N, D, dtype=torch.float64, seed=seed + 1) * 1.5
     v = rand(B, HK, N, D, dtype=torch.float64, seed=seed + 2)
+    q, k, v = q.to(dtype).double(), k.to(dtype).double(), v.to(dtype).double()  # the model sees the cache's values
     t = 0
     for T in STEPS:
         for layer in range(LAYERS):
             sl = slice(t, t + T)
-            cache.append(layer, k[:, :, sl], v[:, :, sl], q[:, :, sl])
+            cache.append(layer, k[:, :, sl].to(dtype), v[:, :, sl].to(dtype), q[:, :, sl].to(dtype))
             model.append(layer, k[:, :, sl].numpy(), v[:, :, sl].numpy(), q[:, :, sl].numpy())
+            if decode and T <= MAX_STEP:
+                cache.decode(layer, q[:, :, sl].to(dtype))
         t += T
         for layer in range(LAYERS):
             view = cache.view(layer)
@@ -262,12 +279,34 @@ def test_policy_matches_plain_python_model(name):
                     pos = view.pos[b, off : off + n].tolist()
                     assert sorted(pos) == [x["pos"] for x in want], (name, t, layer, b, h)
                     order = np.argsort(pos)
-                    kk = view.k[b, off : off + n][order].numpy()
+                    kk = view.k[b, off : off + n][order].double().numpy()
                     assert np.array_equal(kk, np.stack([x["k"] for x in want]))
-                    assert np.array_equal(view.v[b, off : off + n][order].numpy(), np.stack([x["v"] for x in want]))
+                    vv = view.v[b, off : off + n][order].double().numpy()
+                    assert np.array_equal(vv, np.stack([x["v"] for x in want]))
                     if model.rules[(layer, h)] is not None and model.rules[(layer, h)]["score"] is not None:
-                        got = cache._layers[layer].score[b, off : off + n][order].numpy()
-                        np.testing.assert_allclose(got, [x["score"] for x in want], rtol=1e-9, atol=1e-12)
+                        got = cache._layers[layer].score[b, off : off + n][order].double().numpy()
+                        np.testing.assert_allclose(got, [x["score"] for x in want], rtol=rtol, atol=atol)
+    return q, k, v
+
+
+@pytest.mark.parametrize("name", ["h2o", "tova_sum", "h2o_masked", "duo_mix"])
+def test_fused_steps_match_plain_python_model(name):
+    """float32 caches decoded after every step: one-token steps fold the decode's logits in the
+    update kernel (two-token steps and appends without a decode take the torch path)."""
+    prog = _program(name)
+    _, mod = module(prog, max_step=MAX_STEP)
+    cache = mod.Cache(B, dtype=torch.float32)
+    _compare(name, prog, cache, torch.float32, decode=True, rtol=1e-4, atol=1e-6)
+    assert all(L.logits is not None and L.logits.read == L.n for L in cache._layers)
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_policy_matches_plain_python_model(name):
+    prog = _program(name)
+    plan, mod = module(prog, max_step=MAX_STEP)
+    backend = "triton" if name in TRITON_ROWS else "torch"
+    cache = mod.Cache(B, dtype=torch.float64, backend=backend)
+    q, k, v = _compare(name, prog, cache, torch.float64)
     # the decode kernel over the compacted (float32) cache equals its reference
     c32 = mod.Cache(B, dtype=torch.float32, backend=backend)
     for layer in range(LAYERS):

@@ -445,6 +445,28 @@ def test_decode_timed_policies_hold_the_budget_at_every_step(model, tmp_path, ru
             )
 
 
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1 (make test)")
+def test_tova_kernels_equal_the_reference_store(model, tmp_path):
+    """TOVA at decode through the generated cache and decode kernel (the decode's logits folded
+    into the scores at the next append) and through the reference store (which evicts right
+    after the step's attention): the same generated tokens and logits at every step."""
+    path = tmp_path / "tova.attn"
+    path.write_text(
+        "model { layers = 2, heads = 4, kv_heads = 2, head_dim = 16 }\npattern p = causal\n"
+        "cache {\n  budget = 8\n  keep sink(1)\n  keep recent(1)\n  evict tova\n}\n"
+    )
+    ids = torch.randint(0, 96, (1, 20), generator=torch.Generator().manual_seed(5))
+    runs = []
+    for backend in ("reference", "interpret"):
+        with hf.apply(model, str(path), backend=backend):
+            out = model.generate(
+                ids, max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True
+            )
+            runs.append((out.sequences, torch.stack(out.logits)))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert rel(runs[1][1], runs[0][1]) < 1e-4
+
+
 # ----------------------------------------------------------------------------- selection at run time
 
 SELECT_ATTN = "model { layers = 2, heads = 4, kv_heads = 2, head_dim = 16 }\npattern p = causal & (TERM)\n"

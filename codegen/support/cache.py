@@ -5,7 +5,9 @@ KV head owns the slots [offset, offset + capacity); lens (B, H_KV) says how many
 decode kernel reads. Lossless heads follow their layout (the liveness of the pattern), lossy
 heads their cache policy (policies.py); docs/caches.md has the exact rules. Appends are one
 Triton launch per layer (lossless heads and the decode-step appends of lossy heads);
-evictions are batched torch ops per policy class.
+evictions are batched torch ops per policy class, except the one-token steps of H2O and
+TOVA: one _kv_update_kernel launch per class folds the decode's logits (StepLogits) into the
+scores, evicts and writes the token.
 
 What varies per pattern is a `CacheSpec` (the rules of every (layer, KV head), the policies,
 the decode of the pattern); a generated module declares `class Cache(CacheBase)` with its spec.
@@ -20,10 +22,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names, interpreting
-from .decode import CacheView, DecodeSpec, _dec_sms, decode_launch
+from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names
+from .decode import CacheView, DecodeSpec, StepLogits, _dec_sms, decode_launch
 from .launch import FastLaunch, to_device
-from .policies import AGGREGATES, NEEDS_QUERIES, attention_stats, lowest, priority, rescore
+from .policies import AGGREGATES, NEEDS_QUERIES, attention_stats, evicts_after_read, lowest, priority, rescore
 from .records import HeadRule, Policy
 
 CACHE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -46,7 +48,6 @@ class CacheSpec(NamedTuple):
     policies: tuple  # Policy records
     gid: tuple  # [layer][query head] -> pattern group
     masked: tuple  # per layer: decode must evaluate the pattern at T == 1
-    step: tuple = None  # the pattern's (_kv_step_stats_kernel, _kv_step_kernel): an H2O / TOVA decode step
 
 
 # ------------------------------------------------------------------ the append kernel
@@ -144,47 +145,139 @@ def _kv_append_kernel(
     tl.store(NPOS + b * H_KV + h, end, mask=last)
 
 
-_KV_STEP_BLOCK = 64  # keys per tile of the H2O / TOVA step kernels
-_KV_STEP_PER_SM = 4  # their splits: about this many programs per SM
+_KV_UPD_BLOCK = 256  # keys per tile of the H2O / TOVA update
+_KV_UPD_PER_SM = 4  # its splits: about this many programs per SM
+_KV_FUSED = ("h2o", "tova")  # the scores the update kernel folds from the decode's logits
 
 
-def _kv_step_launch(spec: CacheSpec, c, q, L, n: int, E: int, prot_hi: int, scale: float, evict: bool) -> None:
-    """One H2O or TOVA decode step (T = 1) of a class in two launches of the pattern's kernels
-    (_kv_step_stats_kernel, _kv_step_kernel): the E held keys of each (row, KV head) are cut
-    into splits (about _KV_STEP_PER_SM programs per SM), whose logits, max and sum the second
-    launch turns into scores; the last split of a head to finish evicts. Scratch buffers stay
-    on the class."""
-    stats, step = spec.step
-    ds, pol, B, nh = spec.decode, c.policy, q.shape[0], len(c.heads)
-    bn, cap = _KV_STEP_BLOCK, c.heads[0].cap
-    per = max(1, _KV_STEP_PER_SM * _dec_sms(q.device) // (B * nh))
-    split = max(bn, triton.cdiv(triton.cdiv(E, per), bn) * bn)
-    ns = -(-E // split)
-    block_g = max(16, triton.next_power_of_2(ds.group))
-    key = (cap, ns)
-    if getattr(c, "step_key", None) != key:
-        f32 = dict(dtype=torch.float32, device=q.device)
-        c.step_buf = (
-            torch.empty((B * nh, ds.group, cap), **f32),
-            torch.empty((B * nh * ns, block_g), **f32),
-            torch.empty((B * nh * ns, block_g), **f32),
-            torch.empty((B * nh * ns, 3), dtype=torch.int32, device=q.device),
-            torch.zeros((B * nh,), dtype=torch.int32, device=q.device),
-        )
-        c.step_key = key
-    lg, pm, pl, pb, cnt = c.step_buf
-    A, slots = c.heads[0].offset, L.k.shape[1]
-    grid = (B * nh * ns,)
-    stats[grid](
-        q, L.k, L.pos, c.idx, L.gid, lg, pm, pl, n, E, A, cap, slots, nh, split, ns, scale, H=ds.heads, G=ds.group,
-        HEAD_DIM=L.k.shape[2], BLOCK_G=block_g, BLOCK_N=bn, DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        UPCAST=q.dtype == torch.bfloat16 and interpreting(), num_warps=4,
-    )  # fmt: skip
-    step[grid](
-        L.k, L.v, L.pos, L.score, lg, pm, pl, pb, cnt, n, E, E - 1, A, cap, slots, nh, split, ns, pol.sink, prot_hi,
-        G=ds.group, HEAD_DIM=L.k.shape[2], BLOCK_G=block_g, BLOCK_N=bn, TOVA=pol.score == "tova",
-        AGG=AGGREGATES[pol.aggregate], EVICT=evict, num_warps=4,
-    )  # fmt: skip
+@triton.jit(do_not_specialize=["E", "A", "CAP", "SLOTS", "LGS", "SO0", "SPLIT", "NS", "SINK", "RECENT"])
+def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, IDX, NH, E, A, CAP, SLOTS, LGS,
+                      SO0, SPLIT, NS, SINK, RECENT, H_KV: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr,
+                      BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, SENT: tl.constexpr, TOVA: tl.constexpr,
+                      AGG: tl.constexpr, FOLD: tl.constexpr, EVICT: tl.constexpr, ADVANCE: tl.constexpr):  # fmt: skip
+    """The append of one token (at position n_q = NPOS[b, h], read on the device: a captured
+    step stays right at every replay) to an H2O or TOVA class, after the decode of the
+    previous step read its E held keys. One program per split of SPLIT held keys of one KV head
+    of one batch row (program (b * NH + i) * NS + split; head i = IDX[i] owns slots A + i * CAP
+    ..). FOLD: the previous step's attention, exp2(LG - LSE) (StepLogits, its rows from SO0 +
+    i * CAP), aggregated over the G query heads, is added to (H2O) or replaces (TOVA) the
+    scores. EVICT (E > budget): each split's lowest (priority, position) goes to PB (B * NH *
+    NS, 3), and the last split of the head to finish (an atomic count, CNT) moves the
+    previous step's token (slot E - 1) into the slot of the lowest of all and writes the new
+    one at slot E - 1; otherwise split 0 writes it at slot E. Protected: pos < SINK or pos >=
+    n_q - RECENT (the previous step's keep rules). ADVANCE: NPOS becomes n_q + 1 (otherwise
+    the append kernel of the layer's lossless heads, launched after, advances it). KN, VN
+    contiguous (B, H_KV, 1, D). CacheBase._evict_step (torch) is the reference."""
+    pid = tl.program_id(0)
+    bi = pid // NS
+    sid = pid % NS
+    b = (bi // NH).to(tl.int64)
+    i = bi % NH
+    h = tl.load(IDX + i)
+    n_q = tl.load(NPOS + b * H_KV + h)
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, HEAD_DIM)
+    g_ok = offs_g < G
+    base = b * SLOTS + A + i * CAP
+    best_p = float("inf")
+    best_pos = SENT + 1
+    best_i = 0
+    if FOLD:
+        lse = tl.load(LSE + b * (H_KV * G) + h * G + offs_g, mask=g_ok, other=float("inf"))
+        lg = LG + b * (G * LGS) + SO0 + i * CAP
+        for j in range(sid * SPLIT, tl.minimum(sid * SPLIT + SPLIT, E), BLOCK_N):
+            offs = j + tl.arange(0, BLOCK_N)
+            valid = offs < E
+            s = tl.load(
+                lg + offs_g[:, None] * LGS + offs[None, :], mask=g_ok[:, None] & valid[None, :], other=-float("inf")
+            )
+            p = tl.math.exp2(s - lse[:, None])
+            if AGG == 1:
+                a = tl.max(tl.where(g_ok[:, None], p, float("-inf")), 0)
+            else:
+                a = tl.sum(p, 0)
+                if AGG == 0:
+                    a = a / G
+            if TOVA:
+                new = a
+            else:
+                new = tl.load(SCORE + base + offs, mask=valid, other=0.0) + a
+            tl.store(SCORE + base + offs, new, mask=valid)
+            if EVICT:
+                kp = tl.load(POS + base + offs, mask=valid, other=SENT)
+                prio = tl.where((kp < SINK) | (kp >= n_q - RECENT) | (offs >= E), float("inf"), new)
+                low = tl.min(prio, 0)
+                lpos = tl.min(tl.where(valid & (prio == low), kp, SENT + 1), 0)
+                better = (low < best_p) | ((low == best_p) & (lpos < best_pos))
+                li = tl.min(tl.where(valid & (prio == low) & (kp == lpos), offs, E), 0)
+                best_i = tl.where(better, li, best_i)
+                best_p = tl.where(better, low, best_p)
+                best_pos = tl.where(better, lpos, best_pos)
+    write = sid == 0
+    if EVICT:
+        tl.store(PB + pid * 3, best_p.to(tl.int32, bitcast=True))
+        tl.store(PB + pid * 3 + 1, best_pos)
+        tl.store(PB + pid * 3 + 2, best_i)
+        tl.debug_barrier()  # every thread's score stores come before the count
+        done = tl.atomic_add(CNT + bi, 1, sem="acq_rel")
+        write = done == NS - 1  # the last split: the lowest of all splits goes
+        if write:
+            for t in range(0, NS):
+                low = tl.load(PB + (bi * NS + t) * 3, cache_modifier=".cg").to(tl.float32, bitcast=True)
+                lpos = tl.load(PB + (bi * NS + t) * 3 + 1, cache_modifier=".cg")
+                better = (low < best_p) | ((low == best_p) & (lpos < best_pos))
+                best_i = tl.where(better, tl.load(PB + (bi * NS + t) * 3 + 2, cache_modifier=".cg"), best_i)
+                best_p = tl.where(better, low, best_p)
+                best_pos = tl.where(better, lpos, best_pos)
+            tl.store(CNT + bi, 0)
+    if write:
+        new_len = E + 1
+        if EVICT:  # the previous step's token (slot E - 1) moves into the victim's slot
+            last = base + E - 1
+            dst = base + best_i
+            tl.store(K + dst * HEAD_DIM + offs_d, tl.load(K + last * HEAD_DIM + offs_d))
+            tl.store(V + dst * HEAD_DIM + offs_d, tl.load(V + last * HEAD_DIM + offs_d))
+            tl.store(POS + dst, tl.load(POS + last))
+            tl.store(SCORE + dst, tl.load(SCORE + last, cache_modifier=".cg"))
+            new_len = E
+        slot = base + new_len - 1
+        src = (b * H_KV + h) * HEAD_DIM + offs_d
+        tl.store(K + slot * HEAD_DIM + offs_d, tl.load(KN + src))
+        tl.store(V + slot * HEAD_DIM + offs_d, tl.load(VN + src))
+        tl.store(POS + slot, n_q)
+        tl.store(SCORE + slot, 0.0)
+        tl.store(LENS + b * H_KV + h, new_len)
+        if ADVANCE:
+            tl.store(NPOS + b * H_KV + h, n_q + 1)
+
+
+def _kv_update_launch(spec: CacheSpec, c, L, k, v, fold: bool, evict: bool) -> None:
+    """One launch of _kv_update_kernel for a class (its splits: about _KV_UPD_PER_SM programs
+    per SM); the launch and its scratch buffers are memoised on the class per geometry. No
+    argument changes from step to step once the budget is reached (CUDA graphs)."""
+    ds, pol, B, nh, E = spec.decode, c.policy, L.k.shape[0], len(c.heads), c.held
+    bn = _KV_UPD_BLOCK
+    geo = c.geo.get(E)
+    if geo is None:  # plain ints (triton.cdiv is a jit function: slow from Python)
+        per = max(1, _KV_UPD_PER_SM * _dec_sms(L.k.device) // (B * nh))
+        keys = -(-max(E, 1) // per)
+        split = max(bn, -(-keys // bn) * bn)
+        geo = c.geo[E] = (split, max(1, -(-E // split)))
+    split, ns = geo
+    key = (ns, fold, evict, (k.data_ptr() | v.data_ptr()) & 15 == 0, L.k.shape[1], L.logits.lg.shape[2])
+    got = c.update.get(key)
+    if got is None:
+        kw = dict(H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=L.k.shape[2], BLOCK_G=triton.next_power_of_2(ds.group),
+                  BLOCK_N=bn, SENT=ds.sentinel, TOVA=pol.score == "tova", AGG=AGGREGATES[pol.aggregate], FOLD=fold,
+                  EVICT=evict, ADVANCE=not L.lossless, num_warps=4)  # fmt: skip
+        pb = torch.empty((B * nh * ns, 3), dtype=torch.int32, device=L.k.device)
+        cnt = torch.zeros((B * nh,), dtype=torch.int32, device=L.k.device)
+        got = c.update[key] = (FastLaunch(_kv_update_kernel, (B * nh * ns,), kw), pb, cnt)
+    launch, pb, cnt = got
+    sc = L.logits
+    launch(k, v, L.k, L.v, L.pos, L.score, L.lens, L.npos, sc.lg, sc.lse, pb, cnt, c.idx, nh, E, c.heads[0].offset,
+           c.heads[0].cap, L.k.shape[1], sc.lg.shape[2], c.logits_row, split, ns, pol.sink,
+           pol.protected_recent)  # fmt: skip
 
 
 # ------------------------------------------------------------------ host state
@@ -265,6 +358,10 @@ class _KvClass:
         self.held = 0
         self.idx = None  # device index tensor of the heads
         self.gid = None  # (nh, G) pattern groups of their query heads
+        self.pending = None  # (q, n, T, scale) of a decode step whose eviction follows its read
+        self.update = {}  # _kv_update_launch's launches and buffers per geometry
+        self.geo = {}  # its splits per held count: E -> (keys per split, splits)
+        self.logits_row = 0  # first row of its heads in the layer's StepLogits
 
     @property
     def grows(self):
@@ -290,6 +387,9 @@ class _KvLayer:
         self.slots = None  # host copy of (offset, len) per head, rebuilt after a change
         self.masked = False  # decode evaluates the pattern (set with slots)
         self.write_kw = {}  # the append kernel's launch per (T, ...)
+        self.logits = None  # StepLogits: where decode leaves the attention the next update folds
+        self.logits_ok = False  # its rows follow the regions (reset by a repack)
+        self.fused = None  # one-token appends run in the update kernel (CacheBase._fusable)
         classes = {}
         for h in self.heads:
             if h.kind == "lossy":
@@ -413,14 +513,23 @@ class CacheBase:
             if lengths is not None:
                 L.pad = (T - lengths.to(device=self.device, dtype=torch.int64).clamp(0, T)).view(-1, 1, 1)
                 L.npos.copy_((-L.pad).view(-1, 1).expand_as(L.npos))
-        if (L.growing and self.max_len is None) or (L.classes and not big):  # fixed capacities hold max_len
+        fused = T == 1 and self._fusable(L)
+        read = fused and L.logits is not None and L.logits.read == n  # the last step was decoded
+        for c in L.classes:  # a pending step's eviction runs first (in torch ops, unless fused)
+            if c.pending is not None and not read:
+                self._finish(L, c)
+        # fixed capacities hold max_len; a decode-timed budget's region holds budget + max_step
+        if (L.growing and self.max_len is None) or (not big and any(c.grows for c in L.classes)):
             need = {h.index: h.need(end) for h in L.growing}
             if not big:
                 for c in L.classes:
+                    held = min(c.held, c.budget) if c.pending is not None else c.held
                     for h in c.heads:
-                        need[h.index] = c.held + T
+                        need[h.index] = held + T
             self._grow(L, need)
-        if self.backend == "triton":
+        if fused:
+            self._update(L, k, v, q, n, scale)
+        elif self.backend == "triton":
             self._write_triton(L, k, v, n, T, big)
         else:
             self._write_torch(L, k, v, n, T, big)
@@ -431,7 +540,7 @@ class CacheBase:
         for c in L.classes:
             if big:
                 self._compress(L, c, k, v, q, n, T, scale)
-            else:
+            elif not fused:
                 c.held += T
                 self._step(L, c, k, q, n, T, scale)
             for h in c.heads:
@@ -452,7 +561,7 @@ class CacheBase:
             L.slots = tuple((h.offset, h.cap if static else h.extent) for h in L.heads)
             # padded lossy heads hold empty slots (rows with fewer tokens than the budget): masked
             L.masked = self.spec.masked[L.layer] or (L.pad is not None and bool(L.classes))
-        return CacheView(L.k, L.v, L.pos, L.lens, L.offsets, L.gid, L.n, L.slots, L.masked, L.npos)
+        return CacheView(L.k, L.v, L.pos, L.lens, L.offsets, L.gid, L.n, L.slots, L.masked, L.npos, L.logits)
 
     def decode(self, layer, q, **kwargs):
         """decode(q, self.view(layer)): attention of the T newest tokens' queries."""
@@ -661,6 +770,7 @@ class CacheBase:
             off += cap
         L.k, L.v, L.pos, L.score = k, v, pos, score
         L.slots = None
+        L.logits_ok = False
         L.offsets = to_device(torch.tensor([h.offset for h in L.heads], dtype=torch.int32), dev)
         tab = [[_KV_KIND[h.kind], h.offset, h.sink, h.ring, h.smod, len(h.sres), max(h.chunk, 1), 0] for h in L.heads]
         L.tab = to_device(torch.tensor(tab, dtype=torch.int32).view(len(L.heads), _KV_TAB_W), dev)
@@ -742,11 +852,11 @@ class CacheBase:
         return attention_stats(qc, kc, pc, qpos, allowed, scale, c.policy.window, ds.sentinel)
 
     def _step(self, L, c, k, q, n, T, scale):
-        """A decode-sized append (T <= max_step) to a class, after the kernel wrote the new
-        tokens at slots held - T .. held - 1: rescore, then evict down to the budget by
-        moving surviving new tokens into the evicted slots (O(T) data movement)."""
+        """A decode-sized append (T <= max_step) to a class, after the new tokens were written at
+        slots held - T .. held - 1: policies timed at prefill score the new tokens only; those
+        whose score reads the step's attention evict after the step's queries read the cache
+        (pending until the next append); the others evict now (_evict_step)."""
         pol = c.policy
-        sent = self.spec.decode.sentinel
         E = c.held
         kv, vv, pv, sv = self._region(L, c)
         new = slice(E - T, E)
@@ -756,8 +866,28 @@ class CacheBase:
             else:
                 sv[..., new] = 0
             return
-        if self._fused_step(L, c, q, n, T, scale):
+        if evicts_after_read(pol):
+            sv[..., new] = 0  # not scored until the step's read
+            c.pending = (q, n, T, scale)
             return
+        self._evict_step(L, c, q, n, T, scale)
+
+    def _finish(self, L, c):
+        """The eviction of a pending decode step in torch ops: the attention of its queries
+        (kept from its append) over the tokens held, the step's own last."""
+        q, n, T, scale = c.pending
+        c.pending = None
+        self._evict_step(L, c, q, n, T, scale)
+
+    def _evict_step(self, L, c, q, n, T, scale):
+        """Rescore a class after a decode step of T tokens (positions n .. n + T - 1, at slots
+        held - T .. held - 1), then evict down to the budget by moving surviving new tokens into
+        the evicted slots (O(T) data movement). The reference of _kv_update_kernel."""
+        pol = c.policy
+        sent = self.spec.decode.sentinel
+        E = c.held
+        kv, vv, pv, sv = self._region(L, c)
+        new = slice(E - T, E)
         kc, pc = kv[..., :E, :], pv[..., :E]
         old = sv[..., :E].clone()
         old[..., new] = 0
@@ -797,29 +927,54 @@ class CacheBase:
         c.held = keep
         L.lens.index_fill_(1, c.idx, keep)
 
-    def _fused_step(self, L, c, q, n, T, scale):
-        """An H2O or TOVA decode step of one token in two launches of the pattern's kernels
-        (_kv_step_launch: scores, the lowest (priority, position), the move); False where the
-        torch path below serves (the reference: other scores, T > 1, float64, backend torch,
-        a left-padded batch, whose rows count positions of their own)."""
-        pol, E = c.policy, c.held
-        if (
-            self.backend != "triton"
-            or L.pad is not None
-            or self.spec.step is None
-            or T != 1
-            or q is None
-            or pol.score not in ("h2o", "tova")
-            or self.dtype == torch.float64
-            or E > c.budget + 1
-        ):
-            return False
-        evict = E > c.budget
-        _kv_step_launch(self.spec, c, q.contiguous(), L, n, E, n + 1 - pol.protected_recent, scale, evict)
-        if evict:
-            c.held = c.budget
-            L.lens.index_fill_(1, c.idx, c.budget)
-        return True
+    def _fusable(self, L):
+        """Whether the layer's one-token appends run in the update kernel: every lossy class is
+        H2O or TOVA at decode with a budget, backend triton, a 16- or 32-bit cache, and the rows
+        are not left-padded (their positions differ)."""
+        if L.fused is None:
+            L.fused = (
+                bool(L.classes)
+                and self.backend == "triton"
+                and self.dtype != torch.float64
+                and all(c.policy.score in _KV_FUSED and c.policy.timing == "decode" for c in L.classes)
+            )
+        return L.fused and L.pad is None and all(c.budget is not None for c in L.classes)
+
+    def _update(self, L, k, v, q, n, scale):
+        """A one-token append to a fused layer: one _kv_update_kernel launch per class folds the
+        last step's attention (the decode's StepLogits) into the scores, evicts the lowest when
+        over budget and writes the token; then the append kernel writes the lossless heads (and
+        advances every head's position on the device)."""
+        if not k.is_contiguous():
+            k = k.contiguous()
+        if not v.is_contiguous():
+            v = v.contiguous()
+        self._step_logits(L)
+        for c in L.classes:
+            fold = c.pending is not None
+            evict = fold and c.held > c.budget
+            _kv_update_launch(self.spec, c, L, k, v, fold, evict)
+            c.held += 0 if evict else 1
+            c.pending = (q, n, 1, scale)
+        if L.lossless:
+            self._write_triton(L, k, v, n, 1, True)
+
+    def _step_logits(self, L):
+        """The layer's StepLogits, (re)made when its scored regions changed size."""
+        if L.logits is not None and L.logits_ok:
+            return
+        rows, soff = 0, [-1] * len(L.heads)
+        for c in L.classes:
+            c.logits_row = rows
+            for h in c.heads:
+                soff[h.index], rows = rows, rows + h.cap
+        sc = L.logits
+        if sc is None or sc.lg.shape[2] != rows or sc.soff.tolist() != soff:
+            ds, dev = self.spec.decode, self.device
+            lg = torch.zeros((self.batch, ds.group, rows), dtype=torch.float32, device=dev)
+            lse = torch.full((self.batch, ds.heads), float("inf"), dtype=torch.float32, device=dev)
+            L.logits = StepLogits(lg, lse, to_device(torch.tensor(soff, dtype=torch.int32), dev))
+        L.logits_ok = True
 
     def _priority(self, L, pol, scores, pos, end):
         """The eviction priority (policies.priority) at the end of an append; in a padded
@@ -907,4 +1062,6 @@ class CacheBase:
                 cc.budget = b if cc.budget is None else min(cc.budget, b)
                 if cc is not c and cc.held > cc.budget:
                     LL = self._layers[l]
+                    if cc.pending is not None:
+                        self._finish(LL, cc)
                     self._compress(LL, cc, None, None, None, LL.n, 0, 1.0)

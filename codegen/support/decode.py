@@ -37,6 +37,22 @@ class CacheView(NamedTuple):
     masked: bool  # the pattern must be evaluated even at T == 1
     npos: torch.Tensor  # (B, H_KV) int32: each row's tokens so far, on the device: the T
     # queries of row b are at positions npos[b] - T .. npos[b] - 1
+    logits: "StepLogits | None" = None  # where a one-token decode leaves what the scores read
+
+
+class StepLogits:
+    """What a one-token decode writes for the KV heads whose cache policy scores every step
+    (H2O, TOVA), and the cache's next append reads (docs/caches.md, "When eviction runs"):
+    the logits of the query over every key it read, in the kernel's log2 domain
+    (q . k * scale * log2 e, -inf where masked), and each query head's log2-sum-exp, so that
+    attention = exp2(logit - lse). lg (B, G, R) float32: head h's slot j at lg[:, :, soff[h] + j];
+    lse (B, H) float32 (+inf: the row saw no key); soff (H_KV,) int32, -1: not scored.
+    `read` is the view.n of the last decode that wrote them (-1: none), on the host."""
+
+    __slots__ = ("lg", "lse", "soff", "read")
+
+    def __init__(self, lg: torch.Tensor, lse: torch.Tensor, soff: torch.Tensor):
+        self.lg, self.lse, self.soff, self.read = lg, lse, soff, -1
 
 
 class DecodeConfig(NamedTuple):
@@ -123,6 +139,31 @@ def _dec_merge(PM, PL, PACC, first, nsplit, BLOCK_M: tl.constexpr, HEAD_DIM: tl.
         acc = acc * c_old[:, None] + a * c_new[:, None]
         m = m_new
     return acc / tl.where(l > 0, l, 1.0)[:, None]
+
+
+@triton.jit
+def _dec_store_lse(LSE, m, l, mask):
+    """A query row's log2-sum-exp (StepLogits.lse) from its (max, sum): +inf where the row saw
+    no key, so that exp2(logit - lse) is 0 there."""
+    tl.store(LSE, tl.where(l > 0, m + tl.math.log2(tl.where(l > 0, l, 1.0)), float("inf")), mask=mask)
+
+
+@triton.jit
+def _dec_merge_lse(PM, PL, first, nsplit, BLOCK_M: tl.constexpr, ROWS):
+    """The merged (max, sum) of splits 0 .. nsplit - 1 starting at row block `first`."""
+    offs_m = tl.arange(0, BLOCK_M)
+    row_ok = offs_m < ROWS
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l = tl.zeros([BLOCK_M], tl.float32)
+    for s in range(0, nsplit):
+        idx = (first + s) * BLOCK_M + offs_m
+        ms = tl.load(PM + idx, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
+        ls = tl.load(PL + idx, mask=row_ok, other=0.0, cache_modifier=".cg")
+        m_new = tl.maximum(m, ms)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        l = l * tl.math.exp2(m - m_use) + ls * tl.math.exp2(ms - m_use)
+        m = m_new
+    return m, l
 
 
 @triton.jit(do_not_specialize=["SPLIT", "NSPLIT"])
@@ -274,12 +315,14 @@ def decode_launch(spec: DecodeSpec, q, view, *, sm_scale=None, out=None, config=
         check_kernel_device("decode", q.device, "decode_reference() runs anywhere.")
     if not q.is_contiguous():
         q = q.contiguous()
-    aligned = _aligned(q, out, *view[:6], view.npos)  # the compiled kernel assumes what it saw first
+    sc = view.logits if q.shape[2] == 1 else None  # scores read one-token steps only
+    lg, lse, soff = (sc.lg, sc.lse, sc.soff) if sc is not None else (view.k, view.k, view.offsets)
+    aligned = _aligned(q, out, *view[:6], view.npos, lg, lse, soff)  # the compiled kernel assumes what it saw first
     key = (spec.kernel, view.slots, q.shape, q.dtype, q.device, view.k.shape[1], view.masked, config, split, sm_scale,
-           aligned)  # fmt: skip
+           aligned, sc is not None and lg.shape[2])  # fmt: skip
     plan = _DEC_CALLS.get(key)
     if plan is None:
-        plan = _dec_plan(spec, q, view, sm_scale, config, split)
+        plan = _dec_plan(spec, q, view, sm_scale, config, split, sc.lg.shape[2] if sc is not None else 0)
         if len(_DEC_CALLS) > 4096:  # caches that grow without max_len change their slots every step
             _DEC_CALLS.clear()
         _DEC_CALLS[key] = plan
@@ -287,7 +330,10 @@ def decode_launch(spec: DecodeSpec, q, view, *, sm_scale=None, out=None, config=
     if out is None:
         out = torch.empty_like(q)
     pm, pl, pacc, cnt = bufs or (out, out, out, out)
-    launch(q, view.k, view.v, view.pos, view.lens, view.offsets, view.gid, out, pm, pl, pacc, cnt, view.npos, *scalars)
+    launch(q, view.k, view.v, view.pos, view.lens, view.offsets, view.gid, out, pm, pl, pacc, cnt, view.npos,
+           lg, lse, soff, *scalars)  # fmt: skip
+    if sc is not None:
+        sc.read = view.n
     if reduce is not None:
         reduce(pm, pl, pacc, view.lens, out, *scalars[:3])
     return out
@@ -307,13 +353,16 @@ def reduce_kw(spec: DecodeSpec, kw: dict) -> dict:
     return dict(H_KV=kw["H_KV"], G=kw["G"], HEAD_DIM=kw["HEAD_DIM"], BLOCK_M=kw["BLOCK_M"], num_warps=4)
 
 
-def _dec_plan(spec: DecodeSpec, q, view, sm_scale, config, split) -> tuple:
-    """(launch, scalars, constants, partial buffers or None, reduce launch or None) of a decode call."""
+def _dec_plan(spec: DecodeSpec, q, view, sm_scale, config, split, scores=0) -> tuple:
+    """(launch, scalars, constants, partial buffers or None, reduce launch or None) of a decode
+    call; `scores` (the StepLogits' slots, 0: none): the kernel also writes them (and merges in
+    the last split)."""
     B, H, T, D = q.shape
     scale = check_scale("decode", sm_scale, D, "sm_scale")
     geo = _dec_geometry(spec, view.slots, B, T, config, _dec_sms(q.device), split)
     bufs = _dec_buffers(spec, q.device, B, geo.nsplit, geo.block_m, D) if geo.reduce else None
     nbuf = bufs[0].shape[2] if bufs else 1
+    reduce_mode = 2 if scores and geo.reduce else geo.reduce  # the log-sum-exp is merged in the kernel
     kw = dict(
         H_KV=spec.kv_heads,
         G=spec.group,
@@ -322,13 +371,15 @@ def _dec_plan(spec: DecodeSpec, q, view, sm_scale, config, split) -> tuple:
         BLOCK_N=config.block_n,
         STAGES=config.stages,
         MASKED=view.masked or T > 1,
-        REDUCE=geo.reduce,
+        REDUCE=reduce_mode,
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         UPCAST=q.dtype == torch.bfloat16 and interpreting(),
+        SCORES=bool(scores),
+        LGS=max(scores, 1),
         num_warps=config.num_warps,
     )
     scalars = (T, geo.split, nbuf, geo.work, view.k.shape[1], scale * _DEC_LOG2E)
-    reduce = FastLaunch(_dec_reduce_kernel, (spec.kv_heads, B), reduce_kw(spec, kw)) if geo.reduce == 1 else None
+    reduce = FastLaunch(_dec_reduce_kernel, (spec.kv_heads, B), reduce_kw(spec, kw)) if reduce_mode == 1 else None
     return FastLaunch(spec.kernel, (B * geo.work,), kw), scalars, kw, bufs, reduce
 
 

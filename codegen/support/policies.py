@@ -174,3 +174,12 @@ def lowest(prio: torch.Tensor, pos: torch.Tensor, m: int) -> torch.Tensor:
     order = torch.gather(o1, -1, o2)
     mask = torch.zeros(prio.shape, dtype=torch.bool, device=prio.device)
     return mask.scatter_(-1, order[..., :m], True)
+
+
+def evicts_after_read(pol: Policy) -> bool:
+    """Whether a decode step of this policy evicts after the step's queries read the cache:
+    policies timed at decode whose score reads the step's attention (H2O, TOVA, SnapKV at
+    decode). Their scores are that attention (the decode computes it once), so the step's
+    queries see the tokens held plus their own (budget + T), and the eviction follows, as in
+    H2O's own implementation. Other decode-timed policies evict before the read."""
+    return pol.timing == "decode" and pol.score in NEEDS_QUERIES
