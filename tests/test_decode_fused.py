@@ -153,3 +153,31 @@ def test_fused_step_checks_before_writing():
     assert cache.seen(0) == PREFILL and torch.equal(before[1], after[1]) and torch.equal(before[2], after[2])
     for x, y in zip(before[0], after[0]):
         assert all(torch.equal(u, w) for u, w in zip(x, y))
+
+
+def test_fused_step_memo_serves_repeated_steps():
+    """With max_len a step like an earlier one takes the layer's memo (its checks' verdict and
+    plan): the same outputs and store as append-then-decode; a step that differs (a bad query,
+    a non-contiguous key) misses it and is checked in full."""
+    prog = program(MIXED, heads=8, kv_heads=4)
+    _, mod = module(prog)
+    q, k, v = rand(1, 8, N, 16, seed=16), rand(1, 4, N, 16, seed=17), rand(1, 4, N, 16, seed=18)
+    fused, twin = (mod.Cache(1, dtype=torch.float32, max_len=N) for _ in range(2))
+    for c in (fused, twin):
+        c.append(0, k[:, :, :PREFILL], v[:, :, :PREFILL])
+    for t in range(PREFILL, PREFILL + 4):
+        sl = slice(t, t + 1)
+        qs, ks, vs = q[:, :, sl].contiguous(), k[:, :, sl].contiguous(), v[:, :, sl].contiguous()
+        got = fused.decode(0, qs, ks, vs, sm_scale=0.3)
+        twin.append(0, ks, vs)
+        torch.testing.assert_close(got, twin.decode(0, qs, sm_scale=0.3), atol=1e-6, rtol=1e-6)
+        _assert_same_store(fused, twin, 0)
+    assert len(fused._layers[0].steps) == 1
+    with pytest.raises(TypeError, match="float64"):
+        fused.decode(0, qs.double(), ks, vs, sm_scale=0.3)
+    assert fused.seen(0) == twin.seen(0)
+    wide = rand(1, 4, 1, 32, seed=19)[..., ::2]  # non-contiguous: copied, not memoised
+    got = fused.decode(0, qs, wide, wide, sm_scale=0.3)
+    twin.append(0, wide.contiguous(), wide.contiguous())
+    torch.testing.assert_close(got, twin.decode(0, qs, sm_scale=0.3), atol=1e-6, rtol=1e-6)
+    _assert_same_store(fused, twin, 0)

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names, interpreting
-from .decode import CacheView, DecodeSpec, _dec_sms, _kv_length, _kv_place, decode_launch
+from .decode import _DEC_DEFAULT, CacheView, DecodeSpec, _dec_sms, _kv_length, _kv_place, decode_launch, decode_prepare, decode_run
 from .launch import FastLaunch, to_device
 from .policies import AGGREGATES, NEEDS_QUERIES, attention_stats, lowest, priority, rescore
 from .records import HeadRule, Policy
@@ -213,6 +213,16 @@ class _KvHead:
         return self.sink + ridx % self.ring
 
 
+def _step_key(q, k, v, sm_scale) -> tuple | None:
+    """What the checks and the plan of a fused decode step read of its arguments; last,
+    whether its tensors are contiguous and 16-byte aligned (the steps the memo serves)."""
+    if type(q) is not torch.Tensor or type(k) is not torch.Tensor or type(v) is not torch.Tensor:
+        return None
+    fast = q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
+    fast = fast and not (q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15
+    return (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, sm_scale, fast)
+
+
 class _KvClass:
     """The lossy heads of one layer that share a policy and a budget: contiguous regions
     of equal capacity, so that their eviction is one batch of torch ops."""
@@ -248,6 +258,7 @@ class _KvLayer:
         self.slots = None  # host copy of (offset, len) per head, rebuilt after a change
         self.masked = False  # decode evaluates the pattern (set with slots)
         self.write_kw = {}  # the append kernel's launch per (T, ...)
+        self.steps = {}  # fused decode steps: _step_key -> (slots, T, decode plan)
         classes = {}
         for h in self.heads:
             if h.kind == "lossy":
@@ -399,13 +410,16 @@ class CacheBase:
         return n, T, scale, big
 
     def _advance(self, L, end):
-        """The host counts of layer L once its tokens up to `end` are written."""
+        """The host counts of layer L once its tokens up to `end` are written; the view's
+        slots are rebuilt where they follow the extents and one changed."""
+        moved = bool(L.classes)
         for rep, hs in L.rules:
             e, held = rep.after(end)
+            moved = moved or e != rep.extent
             for h in hs:
                 h.extent, h.held = e, held
         L.n = end
-        if self.max_len is None:
+        if moved and self.max_len is None and L.pad is None:
             L.slots = None
 
     def view(self, layer):
@@ -422,28 +436,38 @@ class CacheBase:
             L.masked = self.spec.masked[L.layer] or (L.pad is not None and bool(L.classes))
         return CacheView(L.k, L.v, L.pos, L.lens, L.offsets, L.gid, L.n, L.slots, L.masked, L.npos)
 
-    def decode(self, layer, q, k=None, v=None, **kwargs):
+    def decode(self, layer, q, k=None, v=None, *, sm_scale=None, out=None, config=_DEC_DEFAULT, split=None):
         """decode(q, self.view(layer)): attention of the T newest tokens' queries.
 
         With k, v (B, H_KV, T, D), the step's own keys and values: append(layer, k, v, q) first.
         A layer without lossy heads (Triton backend) appends them inside the decode kernel,
         one launch for the whole step; lossy heads take append, then decode."""
+        spec = self.spec.decode
         if k is None and v is None:
-            return decode_launch(self.spec.decode, q, self.view(layer), **kwargs)
+            return decode_launch(spec, q, self.view(layer), sm_scale=sm_scale, out=out, config=config, split=split)
         L = self._layer(layer)
-        if L.classes or L.k is None or self.backend != "triton" or not getattr(kwargs.get("config"), "fused_reduce", 1):
-            self.append(layer, k, v, q, sm_scale=kwargs.get("sm_scale"))
-            return decode_launch(self.spec.decode, q, self.view(layer), **kwargs)
-        n, T, _, _ = self._admit(L, k, v, None, kwargs.get("sm_scale"), None)
+        key = _step_key(q, k, v, sm_scale) if out is None and config is _DEC_DEFAULT and split is None else None
+        got = L.steps.get(key)
+        if got is not None and got[0] is L.slots and (self.max_len is None or L.n + got[1] <= self.max_len):
+            slots, T, plan = got  # a step like an earlier one: its checks' verdict and plan hold
+            n = L.n
+            view = CacheView(L.k, L.v, L.pos, L.lens, L.offsets, L.gid, n + T, slots, L.masked, L.npos)
+            out = decode_run(plan, q, view, None, (k, v, L.tab, L.cnt))
+            self._advance(L, n + T)
+            return out
+        if L.classes or L.k is None or self.backend != "triton" or not getattr(config, "fused_reduce", True):
+            self.append(layer, k, v, q, sm_scale=sm_scale)
+            return decode_launch(spec, q, self.view(layer), sm_scale=sm_scale, out=out, config=config, split=split)
+        n, T, _, _ = self._admit(L, k, v, None, sm_scale, None)
         if type(q) is not torch.Tensor or q.dim() != 4 or q.shape[2] != T:
             raise CacheError(f"decode: q must be (B, H, T, D) with the T = {T} tokens of k and v; got "
                              f"{tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")  # fmt: skip
-        if not k.is_contiguous():
-            k = k.contiguous()
-        if not v.is_contiguous():
-            v = v.contiguous()
+        new = (k.contiguous(), v.contiguous(), L.tab, L.cnt)
         view = self.view(L.layer)._replace(n=n + T)
-        out = decode_launch(self.spec.decode, q, view, new=(k, v, L.tab, L.cnt), **kwargs)
+        plan, q = decode_prepare(spec, q, view, sm_scale, out, config, split, new)
+        out = decode_run(plan, q, view, out, new)
+        if key is not None and key[-1]:  # contiguous and aligned: the next such step skips the checks
+            L.steps[key] = (view.slots, T, plan)
         self._advance(L, n + T)
         return out
 

@@ -358,6 +358,12 @@ def decode_launch(spec: DecodeSpec, q, view, *, sm_scale=None, out=None, config=
     `new` (Cache.decode with k and v, checked there): (k, v, slot rules, stripe counts) of T
     tokens the kernel appends before it attends; the view is the cache before them (its n
     counts them)."""
+    plan, q = decode_prepare(spec, q, view, sm_scale, out, config, split, new)
+    return decode_run(plan, q, view, out, new)
+
+
+def decode_prepare(spec: DecodeSpec, q, view, sm_scale, out, config, split, new) -> tuple:
+    """(memoised plan, q made contiguous) of a decode call, every argument checked."""
     if not _dec_ok(spec, q, view, out):
         check_view("decode", view)
         check_decode_query("decode", spec, q, view)
@@ -380,10 +386,16 @@ def decode_launch(spec: DecodeSpec, q, view, *, sm_scale=None, out=None, config=
         if len(_DEC_CALLS) > 4096:  # caches that grow without max_len change their slots every step
             _DEC_CALLS.clear()
         _DEC_CALLS[key] = plan
+    return plan, q
+
+
+def decode_run(plan: tuple, q, view, out, new):
+    """Launch a decode plan (from decode_prepare, for these arguments)."""
     launch, scalars, kw, bufs, reduce, arrive = plan
     if out is None:
         out = torch.empty_like(q)
     pm, pl, pacc, cnt = bufs or (out, out, out, out)
+    kn, vn, tab, kcnt = new or (q, q, q, q)
     launch(q, view.k, view.v, view.pos, view.lens, view.offsets, view.gid, out, pm, pl, pacc, cnt, view.npos,
            kn, vn, tab, kcnt, arrive, *scalars)  # fmt: skip
     if reduce is not None:
