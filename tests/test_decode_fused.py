@@ -28,9 +28,11 @@ def _store(cache, layer):
     positions), the lengths and the rows' positions."""
     view = cache.view(layer)
     lens = view.lens.tolist()
+    L = cache._layers[layer]
     out = []
     for b in range(view.k.shape[0]):
         for h, (off, _) in enumerate(view.slots):
+            assert lens[b][h] <= L.heads[h].cap  # the kernel wrote within the head's region
             sl = slice(off, off + lens[b][h])
             out.append((view.k[b, sl], view.v[b, sl], view.pos[b, sl]))
     return out, view.lens, view.npos
@@ -55,12 +57,12 @@ def _steps(mod, prog, layers, q, k, v, *, batch=1, max_len=None, T=1, lengths=No
             cache.append(layer, k[:, :, :PREFILL], v[:, :, :PREFILL], lengths=lengths)
     outs = {layer: [] for layer in layers}
     for i, t in enumerate(range(PREFILL, N, T)):
-        sl = slice(t, t + T)
+        qs, ks, vs = (x[:, :, t : t + T].contiguous() for x in (q, k, v))  # contiguous: the memo serves
         split = SPLITS[i % len(SPLITS)]
         for layer in layers:
-            got = fused.decode(layer, q[:, :, sl], k[:, :, sl], v[:, :, sl], split=split)
-            twin.append(layer, k[:, :, sl], v[:, :, sl])
-            want = twin.decode(layer, q[:, :, sl], split=split)
+            got = fused.decode(layer, qs, ks, vs, split=split)
+            twin.append(layer, ks, vs)
+            want = twin.decode(layer, qs, split=split)
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
             _assert_same_store(fused, twin, layer)
             outs[layer].append(got)

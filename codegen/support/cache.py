@@ -448,8 +448,8 @@ class CacheBase:
         L = self._layer(layer)
         key = _step_key(q, k, v, sm_scale) if out is None and config is _DEC_DEFAULT and split is None else None
         got = L.steps.get(key)
-        if got is not None and got[0] is L.slots and (self.max_len is None or L.n + got[1] <= self.max_len):
-            slots, T, plan = got  # a step like an earlier one: its checks' verdict and plan hold
+        if got is not None and got[0] is L.slots and (L.n + got[1] <= self.max_len if self.max_len else not L.growing):
+            slots, T, plan = got  # a step like an earlier one, with room: its checks' verdict and plan hold
             n = L.n
             view = CacheView(L.k, L.v, L.pos, L.lens, L.offsets, L.gid, n + T, slots, L.masked, L.npos)
             out = decode_run(plan, q, view, None, (k, v, L.tab, L.cnt))
