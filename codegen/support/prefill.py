@@ -678,8 +678,9 @@ def prefill_fast(spec: PrefillSpec, q, k, v, scale, return_lse, layer, lengths):
 def merge_lse(spec: PrefillSpec, q, N: int, dummy):
     """The LSE argument of a call that returns none: a buffer where a group runs split
     launches at N keys (the second launch merges through the first's LSE), else `dummy`."""
-    if any(split_at(t, N) for t in spec.tuning):
-        return torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
+    for tuning in spec.tuning:
+        if tuning.get("split") and split_at(tuning, N):
+            return torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
     return dummy
 
 
