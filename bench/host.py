@@ -217,7 +217,8 @@ def _case(mod, torch, dev, n_prefill: int, ctx: int, calls: int, cuda: bool, smo
     def step_fused():  # the decode kernel appends: one launch
         cache.decode(0, q1, k1, k1)
 
-    calls_of = (("prefill", prefill), ("update", update), ("decode", decode), ("step", step), ("step_fused", step_fused))
+    calls_of = (("prefill", prefill), ("update", update), ("decode", decode), ("step", step),
+                ("step_fused", step_fused))  # fmt: skip
     out = {"fused_check": _check_fused(mod, torch, dev, dt, kc, 8 if smoke else 300)}
     for name, fn in calls_of:
         host, wall = _issue_time(fn, torch, calls, cuda)

@@ -9,11 +9,17 @@ and lossy layers (which take append, then decode)."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from test_decode_patterns import _program
+from test_codegen_support import have_ptxas
 from test_decode_support import causal, chunk, full_mask_attention, module, policy, program, rand, sink, stride, window
 
 from attnc.codegen.decode_plan import plan_decode
@@ -183,3 +189,20 @@ def test_fused_step_memo_serves_repeated_steps():
     twin.append(0, wide.contiguous(), wide.contiguous())
     torch.testing.assert_close(got, twin.decode(0, qs, sm_scale=0.3), atol=1e-6, rtol=1e-6)
     _assert_same_store(fused, twin, 0)
+
+
+@pytest.mark.skipif(not have_ptxas(), reason="no ptxas in the triton install")
+def test_fused_kernel_compiles_for_sm90_without_spills():
+    """The interpreter accepts code the GPU compiler rejects: compile the decode kernel with and
+    without the fused append for Hopper; neither spills, and the append costs the non-fused
+    kernel nothing (it is compiled out) and the fused one few registers."""
+    _, mod = module(program(_KINDS[0], heads=32, kv_heads=8, head_dim=128))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = Path(__file__).with_name("decode_fused_sm90.py")
+    res = subprocess.run([sys.executable, str(script), mod.__file__], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-4000:]
+    usage = json.loads(res.stdout.strip().splitlines()[-1])
+    assert all(stack == 0 for _, _, stack in usage.values()), usage
+    for reduce in (0, 2):
+        plain, fused = usage[f"decode_append_False_reduce_{reduce}"], usage[f"decode_append_True_reduce_{reduce}"]
+        assert fused[0] == plain[0] and fused[1] <= plain[1] + 16, usage

@@ -21,7 +21,8 @@ import triton
 import triton.language as tl
 
 from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names, interpreting
-from .decode import _DEC_DEFAULT, CacheView, DecodeSpec, _dec_sms, _kv_length, _kv_place, decode_launch, decode_prepare, decode_run
+from .decode import _DEC_DEFAULT, CacheView, DecodeSpec, _dec_sms, _kv_length, _kv_place
+from .decode import decode_launch, decode_prepare, decode_run
 from .launch import FastLaunch, to_device
 from .policies import AGGREGATES, NEEDS_QUERIES, attention_stats, lowest, priority, rescore
 from .records import HeadRule, Policy

@@ -152,12 +152,13 @@ def _kv_length(TAB, CNT, h, n, end, base, write, CW: tl.constexpr):
     ring_len = tl.where(L > 1, S + R + (sb_e - sb_s), S + tl.minimum(ring_total, R))
     ring_len = tl.where(end <= S, end, ring_len)
     lossy = tl.where(write, base + (end - n), base)
-    return tl.where(kind == 0, end, tl.where(kind == 1, ring_len, tl.where(kind == 2, end - ((end - 1) // C) * C, lossy)))
+    chunk_len = end - ((end - 1) // C) * C
+    return tl.where(kind == 0, end, tl.where(kind == 1, ring_len, tl.where(kind == 2, chunk_len, lossy)))
 
 
 @triton.jit
 def _dec_append(KN, VN, K, V, POS, TAB, KCNT, b, h, n, T, length, lo, hi, SLOTS, H_KV: tl.constexpr,
-                CW: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
+                CW: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):  # fmt: skip
     """The fused append of a decode program: store those of the T new tokens of KV head h of
     row b whose slots lie in [lo, hi) (the program's keys), then wait for the program's
     threads so that its reads see them."""
@@ -348,8 +349,7 @@ def _dec_ok(spec: DecodeSpec, q, view, out) -> bool:
     )
 
 
-def decode_launch(spec: DecodeSpec, q, view, *, sm_scale=None, out=None, config=_DEC_DEFAULT, split=None,
-                  new=None):
+def decode_launch(spec: DecodeSpec, q, view, *, sm_scale=None, out=None, config=_DEC_DEFAULT, split=None, new=None):
     """decode() of a generated module: check every argument, then launch its kernel.
 
     Everything a call derives from the view's slots, the shapes, the dtype, the device and
