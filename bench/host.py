@@ -14,7 +14,10 @@ For each module (dense causal, StreamingLLM, the DuoAttention mix; H=32, H_KV=8,
   calls with stand-ins for the compiled kernels whose launch does nothing, taken through
   the same direct-launch path (FastLaunch) as the real ones, so that only Triton's C
   launcher and the driver are missing; with a CPU profile (cProfile, top functions by own
-  time) of prefill and of one decode step (append + decode).
+  time) of prefill and of one decode step (append + decode, and the fused step);
+- the fused step (`Cache.decode(layer, q, k, v)`: the decode kernel appends the token) beside
+  append + decode ("step_fused" and "step" rows), and a check of its outputs and store
+  against append-then-decode on a twin cache (300 steps on the GPU).
 Prints a table and writes $OUT/host.json (default ./out/host.json).
 """
 
@@ -119,14 +122,20 @@ def _graph_time(fn, torch, calls: int) -> float:
 
 
 def _profile(fn, calls: int, top: int = 12) -> str:
+    """The top functions of `calls` calls by own time: microseconds per call (own, with
+    callees) and calls per call, under cProfile (whose overhead inflates small functions)."""
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(calls):
         fn()
     prof.disable()
-    out = io.StringIO()
-    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
-    return out.getvalue()
+    stats = pstats.Stats(prof, stream=io.StringIO()).stats
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    lines = ["   own us   cum us  n/call  function"]
+    for (file, line, name), (_, ncalls, tt, ct, _) in rows:
+        where = f"{Path(file).name}:{line}({name})" if line else name
+        lines.append(f"{tt / calls * 1e6:9.2f} {ct / calls * 1e6:8.2f} {ncalls / calls:7.1f}  {where}")
+    return "\n".join(lines)
 
 
 def _python_only(mod, torch):
@@ -152,6 +161,30 @@ def _python_only(mod, torch):
     return undo
 
 
+def _check_fused(mod, torch, dev, dt, kc, steps: int) -> dict:
+    """The fused step against append-then-decode on twin caches, `steps` tokens after the
+    context kc, with and without max_len: the largest output difference and whether the
+    stores' lengths and positions agree (a correctness check of the fused kernel where it runs)."""
+    H, HK, D = MODEL["heads"], MODEL["kv_heads"], MODEL["head_dim"]
+    g = torch.Generator(device=dev).manual_seed(1)
+    res = {}
+    for max_len in (None, kc.shape[2] + steps + 64):
+        fused, twin = (mod.Cache(1, device=dev, dtype=dt, max_len=max_len) for _ in range(2))
+        for c in (fused, twin):
+            c.append(0, kc, kc)
+        diff = 0.0
+        for _ in range(steps):
+            q1 = torch.randn(1, H, 1, D, device=dev, dtype=dt, generator=g)
+            k1, v1 = (torch.randn(1, HK, 1, D, device=dev, dtype=dt, generator=g) for _ in range(2))
+            got = fused.decode(0, q1, k1, v1)
+            twin.append(0, k1, v1)
+            diff = max(diff, (got.float() - twin.decode(0, q1).float()).abs().max().item())
+        a, b = fused.view(0), twin.view(0)
+        same = torch.equal(a.lens, b.lens) and torch.equal(a.npos, b.npos) and torch.equal(a.pos, b.pos)
+        res["static" if max_len else "growing"] = {"max_abs_diff": diff, "same_store": same}
+    return res
+
+
 def _case(mod, torch, dev, n_prefill: int, ctx: int, calls: int, cuda: bool, smoke: bool) -> dict:
     dt = torch.bfloat16 if cuda else torch.float32
     H, HK, D = MODEL["heads"], MODEL["kv_heads"], MODEL["head_dim"]
@@ -160,7 +193,9 @@ def _case(mod, torch, dev, n_prefill: int, ctx: int, calls: int, cuda: bool, smo
     q = torch.randn(B, H, n_prefill, D, device=dev, dtype=dt, generator=g)
     k = torch.randn(B, HK, n_prefill, D, device=dev, dtype=dt, generator=g)
     v = torch.randn(B, HK, n_prefill, D, device=dev, dtype=dt, generator=g)
-    cache = mod.Cache(B, device=dev, dtype=dt, max_len=ctx + 16 * calls + 64)  # host counts run ahead in captures
+    # the device's counts run ahead of the host's in graph replays (21 replays of `calls`
+    # captured calls, for each of the 3 appending calls): room for all of them
+    cache = mod.Cache(B, device=dev, dtype=dt, max_len=ctx + 3 * (23 * calls + 8) + 64)
     kc = torch.randn(B, HK, ctx, D, device=dev, dtype=dt, generator=g)
     cache.append(0, kc, kc)
     q1 = torch.randn(B, H, 1, D, device=dev, dtype=dt, generator=g)
@@ -175,12 +210,17 @@ def _case(mod, torch, dev, n_prefill: int, ctx: int, calls: int, cuda: bool, smo
     def decode():
         cache.decode(0, q1)
 
-    def step():
+    def step():  # append, then decode: two launches
         update()
         decode()
 
-    out = {}
-    for name, fn in (("prefill", prefill), ("update", update), ("decode", decode), ("step", step)):
+    def step_fused():  # the decode kernel appends: one launch
+        cache.decode(0, q1, k1, k1)
+
+    calls_of = (("prefill", prefill), ("update", update), ("decode", decode), ("step", step),
+                ("step_fused", step_fused))  # fmt: skip
+    out = {"fused_check": _check_fused(mod, torch, dev, dt, kc, 8 if smoke else 300)}
+    for name, fn in calls_of:
         host, wall = _issue_time(fn, torch, calls, cuda)
         row = {"host_us": host * 1e6, "wall_us": wall * 1e6}
         if cuda:
@@ -195,13 +235,17 @@ def _case(mod, torch, dev, n_prefill: int, ctx: int, calls: int, cuda: bool, smo
         out["sdpa_prefill"] = {"host_us": host * 1e6, "wall_us": wall * 1e6}
     undo = _python_only(mod, torch)
     try:
-        cache = mod.Cache(B, device=dev, dtype=dt, max_len=ctx + 16 * calls + 64)  # its appends: no-op kernels
+        # no-op kernels: cheap on the CPU too, so the best of 15 batches of 100 calls (a
+        # shared CPU's preemptions inflate some batches); the profile over 500 calls
+        reps, batch, py_calls = 15, 100, 500
+        cache = mod.Cache(B, device=dev, dtype=dt, max_len=ctx + 3 * reps * (batch + 3) + 2 * py_calls + 64)
         cache.append(0, kc, kc)
-        for name, fn in (("prefill", prefill), ("update", update), ("decode", decode), ("step", step)):
-            host, _ = _issue_time(fn, torch, calls, False)
+        for name, fn in calls_of:
+            host = min(_issue_time(fn, torch, batch, False)[0] for _ in range(reps))
             out[f"{name}_python_only"] = {"host_us": host * 1e6}
-        out["profile_prefill"] = _profile(prefill, calls)
-        out["profile_step"] = _profile(step, calls)
+        out["profile_prefill"] = _profile(prefill, py_calls)
+        out["profile_step"] = _profile(step, py_calls)
+        out["profile_step_fused"] = _profile(step_fused, py_calls)
     finally:
         undo()
     return out
@@ -234,7 +278,7 @@ def render(res: dict) -> str:
     ]
     for name, rows in res["modules"].items():
         for call, r in rows.items():
-            if call.startswith("profile"):
+            if call.startswith("profile") or call == "fused_check":
                 continue
             g = r.get("graph_us")
             ratio = r.get("eager_over_graph")
@@ -242,8 +286,12 @@ def render(res: dict) -> str:
                 f"| {name} | {call} | {r['host_us']:.1f} | {r.get('wall_us', float('nan')):.1f} | "
                 f"{'' if g is None else f'{g:.1f}'} | {'' if ratio is None else f'{ratio:.2f}'} |"
             )
+    lines.append("\nfused step (decode with k, v) against append-then-decode on a twin cache:")
     for name, rows in res["modules"].items():
-        for call in ("profile_prefill", "profile_step"):
+        for kind, r in rows["fused_check"].items():
+            lines.append(f"  {name} {kind}: max |diff| {r['max_abs_diff']:.3g}, same store: {r['same_store']}")
+    for name, rows in res["modules"].items():
+        for call in ("profile_prefill", "profile_step", "profile_step_fused"):
             lines += [f"\n{name} {call} (no-op kernels):", rows[call]]
     return "\n".join(lines)
 

@@ -17,8 +17,10 @@ Face's LlamaForCausalLM (tests/test_model.py checks it on the CPU), with pluggab
   (dense_causal), `streaming` (streaming_llm: sink 4 + window 1020), `duo` (duo_attention:
   a quarter of the KV heads full, the rest sink 64 + window 256), `power`
   (power_attention). Prefill runs the generated `prefill`, decode the generated `Cache` and
-  `decode`. StreamingLLM's `positions = rerotate` is not applied (keys are rotated with
-  their original positions): the same work, other numbers.
+  `decode`: the fused step (`Cache.decode(layer, q, k, v)`: the decode kernel appends the
+  token; one launch per layer); `<module>+append` (e.g. `causal+append`) runs the step as
+  append, then decode, for comparison. StreamingLLM's `positions = rerotate` is not applied
+  (keys are rotated with their original positions): the same work, other numbers.
 
 Batches are left-padded (`lengths`: each row's tokens are its last ones). Each row's
 positions, the caches' lengths and the write index live on the device, so that one decode
@@ -388,6 +390,14 @@ class Attnc:
         self.cache.append(layer, k, v, q, lengths=lengths)
         return o
 
+    def decode(self, layer, q, k, v):  # lossless layers: the decode kernel appends k, v (one launch)
+        return self.cache.decode(layer, q, k, v)
+
+
+class AttncAppend(Attnc):
+    """`<module>+append`: the decode step as append, then decode (two launches per layer), for
+    comparison with the fused step."""
+
     def decode(self, layer, q, k, v):
         self.cache.append(layer, k, v, q)
         return self.cache.decode(layer, q)
@@ -411,6 +421,8 @@ def make_backend(name: str, mods: dict, c: Config, batch: int, max_len: int, dev
         return Flex(c, batch, max_len, device, dtype)
     if name == "flex_window":
         return FlexWindow(c, batch, max_len, device, dtype)
+    if name.endswith("+append"):
+        return AttncAppend(mods[name[: -len("+append")]], name, c, batch, max_len, device, dtype)
     return Attnc(mods[name], name, c, batch, max_len, device, dtype)
 
 
@@ -616,7 +628,7 @@ def run(args) -> dict:
     dtype = torch.float32 if smoke else torch.bfloat16
     c = TINY if smoke else replace(LLAMA_8B, layers=args.layers)
     names = args.attention
-    mods = load_modules("tiny" if smoke else "8b", [n for n in names if n in PATTERNS])
+    mods = load_modules("tiny" if smoke else "8b", sorted({n.removesuffix("+append") for n in names} & set(PATTERNS)))
     short, contexts = (16, (48, 96)) if smoke else (1024, (32768, 131072))
     goal_batch = {contexts[0]: 2 if smoke else 8, contexts[1]: 2}
     steps = 2 if smoke else 10

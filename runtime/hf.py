@@ -640,9 +640,11 @@ class KernelStore:
 
     The one adapter to the generated API: `prefill(q, k, v, scale=, layer=)` for a forward
     with nothing cached, `Cache.append(layer, k, v, q=)` to store, and `Cache.decode(layer, q)`
-    for the few newest queries (up to the module's max_step). With positions `rerotate` the
-    generated cache holds keys before RoPE; they are rotated to `Cache.positions(layer)` and
-    the queries to `Cache.query_positions(layer, T)` before the decode kernel reads them.
+    for the few newest queries (up to the module's max_step), `Cache.decode(layer, q, k, v)` for
+    both at once (the decode kernel appends; one launch per layer and step). With positions
+    `rerotate` the generated cache holds keys before RoPE; they are rotated to
+    `Cache.positions(layer)` and the queries to `Cache.query_positions(layer, T)` before the
+    decode kernel reads them (append, then decode).
     """
 
     def __init__(self, layout: Layout):
@@ -696,18 +698,20 @@ class KernelStore:
                 f"{max_step} per step (and its prefill only an empty cache); feed tokens in steps of <= {max_step}, "
                 "or use backend='reference' for chunked streaming"
             )
+        if rotary is None:  # the decode kernel appends k, v (lossy layers: append, then decode)
+            return cache.decode(layer, q.contiguous(), k, v, sm_scale=scale)
         cache.append(layer, k, v, q=q, sm_scale=scale)
         view = cache.view(layer)
-        if rotary is not None:  # keys stored before RoPE: rotate to their cache slots
-            kpos = cache.positions(layer)  # (B, slots)
-            cos, sin = rotary(view.k, position_ids=kpos.clamp(min=0))
-            view = view._replace(k=_rope(view.k, cos, sin))
-            qpos = cache.query_positions(layer, T)  # (B, H_KV, T)
-            rep = q.shape[1] // qpos.shape[1]
-            qp = qpos.repeat_interleave(rep, 1).reshape(q.shape[0], -1)
-            qcos, qsin = rotary(q, position_ids=qp)
-            shape = (q.shape[0], q.shape[1], T, -1)
-            q = _rope(q, qcos.reshape(shape), qsin.reshape(shape))
+        # keys stored before RoPE: rotate to their cache slots
+        kpos = cache.positions(layer)  # (B, slots)
+        cos, sin = rotary(view.k, position_ids=kpos.clamp(min=0))
+        view = view._replace(k=_rope(view.k, cos, sin))
+        qpos = cache.query_positions(layer, T)  # (B, H_KV, T)
+        rep = q.shape[1] // qpos.shape[1]
+        qp = qpos.repeat_interleave(rep, 1).reshape(q.shape[0], -1)
+        qcos, qsin = rotary(q, position_ids=qp)
+        shape = (q.shape[0], q.shape[1], T, -1)
+        q = _rope(q, qcos.reshape(shape), qsin.reshape(shape))
         return self.module.decode(q.contiguous(), view, sm_scale=scale)
 
 

@@ -59,11 +59,11 @@ block = dict(H_KV=8, G=4, HEAD_DIM=128, BLOCK_G=4, BLOCK_N=mod._KV_UPD_BLOCK, SE
              ADVANCE=True)  # fmt: skip
 out["h2o_update"] = usage(mod._kv_update_kernel, types, dict(TOVA=False, EVICT=True, **block), 4)
 out["tova_update"] = usage(mod._kv_update_kernel, types, dict(TOVA=True, EVICT=True, **block), 4)
-types = {n: "*i32" for n in ("POS", "LENS", "OFFS", "GID", "CNT", "NPOS", "SOFF")}
+types = {n: "*i32" for n in ("POS", "LENS", "OFFS", "GID", "CNT", "NPOS", "SOFF", "TAB", "KCNT", "ARRIVE")}
 types.update(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", PM="*fp32", PL="*fp32", PACC="*fp32", LG="*fp32",
-             LSE="*fp32", qk_scale="fp32")  # fmt: skip
+             LSE="*fp32", KN="*bf16", VN="*bf16", qk_scale="fp32")  # fmt: skip
 types.update({n: "i32" for n in ("T", "SPLIT", "NSPLIT", "W", "SLOTS")})
 out["decode_scores"] = usage(mod._dec_fwd_kernel, types, dict(H_KV=8, G=4, HEAD_DIM=128, BLOCK_M=16,
                              BLOCK_N=cfg.block_n, STAGES=cfg.stages, MASKED=False, REDUCE=2, DOT_PREC="tf32",
-                             UPCAST=False, SCORES=True, LGS=4160), cfg.num_warps)  # fmt: skip
+                             UPCAST=False, SCORES=True, LGS=4160, APPEND=False, CW=1), cfg.num_warps)  # fmt: skip
 print(json.dumps(out))

@@ -122,8 +122,9 @@ def test_split_launches(m, window, n):
         check_module(program, n, h=4, h_kv=2, config=cfg)
     check_module(program, n, h=2, h_kv=1, dtype=torch.bfloat16)
     q, k, v = inputs(2, 2, 1, n, 16)
-    out = mod.prefill(q, k, v)  # no LSE asked for: the launches merge through their own buffer
-    assert_close(out, dense_reference(q, k, v, head_masks(program, n, 2))[0], torch.float32)
+    ref = dense_reference(q, k, v, head_masks(program, n, 2))[0]
+    for _ in range(2):  # no LSE asked for: the launches merge through their own buffer (the memo's call too)
+        assert_close(mod.prefill(q, k, v), ref, torch.float32)
 
 
 @pytest.mark.parametrize("name", ["sink_window", "causal", "global", "power", "strided_long", "dilated"])

@@ -111,7 +111,10 @@ def test_bench_host_smoke(tmp_path):
     for step in (["generate"], ["run", "--smoke", "--modules", "host_streaming"]):
         subprocess.run([sys.executable, str(ROOT / "bench" / "host.py"), *step], check=True, env=env, cwd=ROOT)
     rows = json.loads((tmp_path / "host.json").read_text())["modules"]["host_streaming"]
-    assert {"prefill", "update", "decode", "step", "prefill_python_only", "step_python_only"} <= set(rows)
+    assert {"prefill", "update", "decode", "step", "step_fused", "prefill_python_only", "step_python_only",
+            "step_fused_python_only"} <= set(rows)  # fmt: skip
+    for check in rows["fused_check"].values():  # the fused step against append-then-decode
+        assert check["same_store"] and check["max_abs_diff"] < 1e-5
 
 
 def test_flex_backends_equal_their_dense_masks():

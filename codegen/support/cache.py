@@ -22,8 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names
-from .decode import CacheView, DecodeSpec, StepLogits, _dec_sms, decode_launch
+from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names, interpreting
+from .decode import _DEC_DEFAULT, CacheView, DecodeSpec, StepLogits, _dec_sms, _kv_length, _kv_place
+from .decode import decode_launch, decode_prepare, decode_run
 from .launch import FastLaunch, to_device
 from .policies import AGGREGATES, NEEDS_QUERIES, attention_stats, evicts_after_read, lowest, priority, rescore
 from .records import HeadRule, Policy
@@ -88,61 +89,29 @@ def _kv_append_kernel(
     n = tl.load(NPOS + b * H_KV + h)
     skb = SLOTS.to(tl.int64) * HEAD_DIM
     new_base = (b * H_KV + h) * T * HEAD_DIM
-    row = TAB + h * 8
-    kind = tl.load(row)
-    off = tl.load(row + 1).to(tl.int64)
-    S = tl.load(row + 2)
-    R = tl.load(row + 3)
-    L = tl.load(row + 4)
-    NR = tl.load(row + 5)
-    C = tl.load(row + 6)
     base = tl.load(LENS + b * H_KV + h)
-    end = n + T
-    cnt = CNT + h * CW
-    sb_s = (S // L) * NR + tl.load(cnt + S % L)
-    sb_e = (end // L) * NR + tl.load(cnt + end % L)
-    ring_total = (end - S) - (sb_e - sb_s)
-    chunk_start = ((end - 1) // C) * C
     if SKIP_LOSSY:
-        write = kind != 3
+        write = tl.load(TAB + h * 8) != 3
     else:
-        write = kind >= 0
+        write = True
     offs_d = tl.arange(0, HEAD_DIM)
     t = t0 + tl.arange(0, BLOCK_T)
-    p = n + t
-    valid = (t < T) & (p >= 0)
-    pm = p % L
-    c0 = tl.load(cnt + pm, mask=valid, other=0)
-    c1 = tl.load(cnt + pm + 1, mask=valid, other=0)
-    stripe = (c1 - c0) > 0
-    sb_p = (p // L) * NR + c0
-    ridx = (p - S) - (sb_p - sb_s)
-    ring_slot = S + ridx % tl.maximum(R, 1)
-    in_ring = tl.where(p < S, p, tl.where(stripe, S + R + (sb_p - sb_s), ring_slot))
-    keep_ring = (p < S) | stripe | (ridx >= ring_total - R)
-    slot = tl.where(kind == 0, p, tl.where(kind == 1, in_ring, tl.where(kind == 2, p % C, base + t)))
-    keep = tl.where(kind == 1, keep_ring, tl.where(kind == 2, p >= chunk_start, p >= 0)) & valid & write
-    slot64 = off + slot.to(tl.int64)
+    valid = t < T
+    slot64, keep = _kv_place(TAB, CNT, h, n, n + T, base, n + t, CW)
+    keep = keep & valid & write
     src = new_base + t[:, None] * HEAD_DIM + offs_d[None, :]
     kn = tl.load(KN + src, mask=valid[:, None], other=0.0)
     vn = tl.load(VN + src, mask=valid[:, None], other=0.0)
     dst = b * skb + slot64[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(K + dst, kn, mask=keep[:, None])
     tl.store(V + dst, vn, mask=keep[:, None])
-    tl.store(POS + b * SLOTS + slot64, p, mask=keep)
-    ring_len = tl.where(L > 1, S + R + (sb_e - sb_s), S + tl.minimum(ring_total, R))
-    ring_len = tl.where(end <= S, end, ring_len)
-    new_len = tl.where(
-        kind == 0,
-        end,
-        tl.where(kind == 1, ring_len, tl.where(kind == 2, end - chunk_start, tl.where(write, base + T, base))),
-    )
+    tl.store(POS + b * SLOTS + slot64, n + t, mask=keep)
     last = True
     if SPLIT_T:  # the last program of (b, h) to have read n and the length writes them
         last = tl.atomic_add(DONE + b * H_KV + h, 1, sem="acq_rel") == tl.num_programs(2) - 1
         tl.store(DONE + b * H_KV + h, 0, mask=last)
-    tl.store(LENS + b * H_KV + h, new_len, mask=last)
-    tl.store(NPOS + b * H_KV + h, end, mask=last)
+    tl.store(LENS + b * H_KV + h, _kv_length(TAB, CNT, h, n, n + T, base, write, CW), mask=last)
+    tl.store(NPOS + b * H_KV + h, n + T, mask=last)
 
 
 _KV_UPD_BLOCK = 256  # keys per tile of the H2O / TOVA update
@@ -347,6 +316,16 @@ class _KvHead:
         return self.sink + ridx % self.ring
 
 
+def _step_key(q, k, v, sm_scale) -> tuple | None:
+    """What the checks and the plan of a fused decode step read of its arguments; last,
+    whether its tensors are contiguous and 16-byte aligned (the steps the memo serves)."""
+    if type(q) is not torch.Tensor or type(k) is not torch.Tensor or type(v) is not torch.Tensor:
+        return None
+    fast = q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
+    fast = fast and not (q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15
+    return (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, sm_scale, fast)
+
+
 class _KvClass:
     """The lossy heads of one layer that share a policy and a budget: contiguous regions
     of equal capacity, so that their eviction is one batch of torch ops."""
@@ -390,6 +369,7 @@ class _KvLayer:
         self.logits = None  # StepLogits: where decode leaves the attention the next update folds
         self.logits_ok = False  # its rows follow the regions (reset by a repack)
         self.fused = None  # one-token appends run in the update kernel (CacheBase._fusable)
+        self.steps = {}  # fused decode steps: _step_key -> (slots, T, decode plan)
         classes = {}
         for h in self.heads:
             if h.kind == "lossy":
@@ -489,6 +469,26 @@ class CacheBase:
         tokens are its last lengths[b] (clamped to [0, T]); each row numbers its own tokens
         from 0, and the padding is not stored."""
         L = self._layer(layer)
+        n, T, scale, big, fused = self._admit(L, k, v, q, sm_scale, lengths)
+        if fused:
+            self._update(L, k, v, q, n, scale)
+        elif self.backend == "triton":
+            self._write_triton(L, k, v, n, T, big)
+        else:
+            self._write_torch(L, k, v, n, T, big)
+        for c in L.classes:
+            if big:
+                self._compress(L, c, k, v, q, n, T, scale)
+            elif not fused:
+                c.held += T
+                self._step(L, c, k, q, n, T, scale)
+            for h in c.heads:
+                h.extent = h.held = c.held
+        self._advance(L, n + T)
+
+    def _admit(self, L, k, v, q, sm_scale, lengths):
+        """(n, T, scale, prefill-sized) of an append of k, v to layer L, checked, with room
+        made for it (the store allocated or grown); nothing is written yet."""
         T, D = self._check(L, k, v, q)
         scale = check_scale("append", sm_scale, D, "sm_scale")
         if lengths is not None:
@@ -497,14 +497,14 @@ class CacheBase:
         end = n + T
         if self.max_len is not None and end > self.max_len:
             raise CacheError(
-                f"layer {layer}: appending {T} tokens to {n} passes the fixed capacity "
+                f"layer {L.layer}: appending {T} tokens to {n} passes the fixed capacity "
                 f"max_len = {self.max_len}; create the Cache with a larger max_len"
             )
         big = T > self.spec.decode.max_step
         for c in L.classes:
             if q is None and self._needs_q(c, big):
                 raise CacheError(
-                    f"layer {layer}: KV heads {[h.index for h in c.heads]} evict by "
+                    f"layer {L.layer}: KV heads {[h.index for h in c.heads]} evict by "
                     f"{c.policy.score} at {c.policy.timing}, which needs this step's "
                     f"queries: call append(layer, k, v, q=q) with q of shape (B, H, T, D)"
                 )
@@ -527,26 +527,19 @@ class CacheBase:
                     for h in c.heads:
                         need[h.index] = held + T
             self._grow(L, need)
-        if fused:
-            self._update(L, k, v, q, n, scale)
-        elif self.backend == "triton":
-            self._write_triton(L, k, v, n, T, big)
-        else:
-            self._write_torch(L, k, v, n, T, big)
+        return n, T, scale, big, fused
+
+    def _advance(self, L, end):
+        """The host counts of layer L once its tokens up to `end` are written; the view's
+        slots are rebuilt where they follow the extents and one changed."""
+        moved = bool(L.classes)
         for rep, hs in L.rules:
             e, held = rep.after(end)
+            moved = moved or e != rep.extent
             for h in hs:
                 h.extent, h.held = e, held
-        for c in L.classes:
-            if big:
-                self._compress(L, c, k, v, q, n, T, scale)
-            elif not fused:
-                c.held += T
-                self._step(L, c, k, q, n, T, scale)
-            for h in c.heads:
-                h.extent = h.held = c.held
         L.n = end
-        if self.max_len is None:
+        if moved and self.max_len is None and L.pad is None:
             L.slots = None
 
     def view(self, layer):
@@ -563,9 +556,40 @@ class CacheBase:
             L.masked = self.spec.masked[L.layer] or (L.pad is not None and bool(L.classes))
         return CacheView(L.k, L.v, L.pos, L.lens, L.offsets, L.gid, L.n, L.slots, L.masked, L.npos, L.logits)
 
-    def decode(self, layer, q, **kwargs):
-        """decode(q, self.view(layer)): attention of the T newest tokens' queries."""
-        return decode_launch(self.spec.decode, q, self.view(layer), **kwargs)
+    def decode(self, layer, q, k=None, v=None, *, sm_scale=None, out=None, config=_DEC_DEFAULT, split=None):
+        """decode(q, self.view(layer)): attention of the T newest tokens' queries.
+
+        With k, v (B, H_KV, T, D), the step's own keys and values: append(layer, k, v, q) first.
+        A layer without lossy heads (Triton backend) appends them inside the decode kernel,
+        one launch for the whole step; lossy heads take append, then decode."""
+        spec = self.spec.decode
+        if k is None and v is None:
+            return decode_launch(spec, q, self.view(layer), sm_scale=sm_scale, out=out, config=config, split=split)
+        L = self._layer(layer)
+        key = _step_key(q, k, v, sm_scale) if out is None and config is _DEC_DEFAULT and split is None else None
+        got = L.steps.get(key)
+        if got is not None and got[0] is L.slots and (L.n + got[1] <= self.max_len if self.max_len else not L.growing):
+            slots, T, plan = got  # a step like an earlier one, with room: its checks' verdict and plan hold
+            n = L.n
+            view = CacheView(L.k, L.v, L.pos, L.lens, L.offsets, L.gid, n + T, slots, L.masked, L.npos)
+            out = decode_run(plan, q, view, None, (k, v, L.tab, L.cnt))
+            self._advance(L, n + T)
+            return out
+        if L.classes or L.k is None or self.backend != "triton" or not getattr(config, "fused_reduce", True):
+            self.append(layer, k, v, q, sm_scale=sm_scale)
+            return decode_launch(spec, q, self.view(layer), sm_scale=sm_scale, out=out, config=config, split=split)
+        n, T, _, _, _ = self._admit(L, k, v, None, sm_scale, None)
+        if type(q) is not torch.Tensor or q.dim() != 4 or q.shape[2] != T:
+            raise CacheError(f"decode: q must be (B, H, T, D) with the T = {T} tokens of k and v; got "
+                             f"{tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")  # fmt: skip
+        new = (k.contiguous(), v.contiguous(), L.tab, L.cnt)
+        view = self.view(L.layer)._replace(n=n + T)
+        plan, q = decode_prepare(spec, q, view, sm_scale, out, config, split, new)
+        out = decode_run(plan, q, view, out, new)
+        if key is not None and key[-1]:  # contiguous and aligned: the next such step skips the checks
+            L.steps[key] = (view.slots, T, plan)
+        self._advance(L, n + T)
+        return out
 
     def seen(self, layer):
         """Tokens appended to this layer so far."""

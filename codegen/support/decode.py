@@ -115,6 +115,99 @@ def _dec_work(LENS, b, r, SPLIT, H_KV: tl.constexpr):
 
 
 @triton.jit
+def _kv_place(TAB, CNT, h, n, end, base, p, CW: tl.constexpr):
+    """(slot, keep) of the tokens at positions p (a block) of an append of positions
+    n .. end - 1 to KV head h, whose length was `base`: the slot from the start of the layer's
+    store (the head's offset added), and whether the token is stored (a ring's tokens dead
+    before the append returns, an earlier chunk's and a padded row's negative positions are
+    not). TAB row h: (kind, offset, sink S, ring R, stripe period L, stripes per period NR,
+    chunk C); CNT row h: stripes before each residue. The cache's append kernel and the
+    decode kernel's fused append both place tokens so (the plain-Python twin: _KvHead.place)."""
+    row = TAB + h * 8
+    kind = tl.load(row)
+    off = tl.load(row + 1).to(tl.int64)
+    S = tl.load(row + 2)
+    R = tl.load(row + 3)
+    L = tl.load(row + 4)
+    NR = tl.load(row + 5)
+    C = tl.load(row + 6)
+    cnt = CNT + h * CW
+    sb_s = (S // L) * NR + tl.load(cnt + S % L)
+    sb_e = (end // L) * NR + tl.load(cnt + end % L)
+    ring_total = (end - S) - (sb_e - sb_s)
+    live = p >= 0
+    pm = tl.where(live, p % L, 0)
+    c0 = tl.load(cnt + pm, mask=live, other=0)
+    c1 = tl.load(cnt + pm + 1, mask=live, other=0)
+    stripe = (c1 - c0) > 0
+    sb_p = (p // L) * NR + c0
+    ridx = (p - S) - (sb_p - sb_s)
+    ring_slot = S + ridx % tl.maximum(R, 1)
+    in_ring = tl.where(p < S, p, tl.where(stripe, S + R + (sb_p - sb_s), ring_slot))
+    keep_ring = (p < S) | stripe | (ridx >= ring_total - R)
+    slot = tl.where(kind == 0, p, tl.where(kind == 1, in_ring, tl.where(kind == 2, p % C, base + (p - n))))
+    keep = tl.where(kind == 1, keep_ring, tl.where(kind == 2, p >= ((end - 1) // C) * C, True)) & live
+    return off + slot.to(tl.int64), keep
+
+
+@triton.jit
+def _kv_length(TAB, CNT, h, n, end, base, write, CW: tl.constexpr):
+    """KV head h's slots to read after an append of positions n .. end - 1 (its length was
+    `base`; `write`: a lossy head's tokens are stored at base ..)."""
+    row = TAB + h * 8
+    kind = tl.load(row)
+    S = tl.load(row + 2)
+    R = tl.load(row + 3)
+    L = tl.load(row + 4)
+    NR = tl.load(row + 5)
+    C = tl.load(row + 6)
+    cnt = CNT + h * CW
+    sb_s = (S // L) * NR + tl.load(cnt + S % L)
+    sb_e = (end // L) * NR + tl.load(cnt + end % L)
+    ring_total = (end - S) - (sb_e - sb_s)
+    ring_len = tl.where(L > 1, S + R + (sb_e - sb_s), S + tl.minimum(ring_total, R))
+    ring_len = tl.where(end <= S, end, ring_len)
+    lossy = tl.where(write, base + (end - n), base)
+    chunk_len = end - ((end - 1) // C) * C
+    return tl.where(kind == 0, end, tl.where(kind == 1, ring_len, tl.where(kind == 2, chunk_len, lossy)))
+
+
+@triton.jit
+def _dec_append(KN, VN, K, V, POS, TAB, KCNT, b, h, n, T, length, lo, hi, SLOTS, H_KV: tl.constexpr,
+                CW: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):  # fmt: skip
+    """The fused append of a decode program: store those of the T new tokens of KV head h of
+    row b whose slots lie in [lo, hi) (the program's keys), then wait for the program's
+    threads so that its reads see them."""
+    t = tl.arange(0, BLOCK_T)
+    offs_d = tl.arange(0, HEAD_DIM)
+    slot, keep = _kv_place(TAB, KCNT, h, n, n + T, length, n + t, CW)
+    keep = keep & (t < T) & (slot >= lo) & (slot < hi)
+    src = ((b * H_KV + h) * T + t)[:, None] * HEAD_DIM + offs_d[None, :]
+    kn = tl.load(KN + src, mask=keep[:, None], other=0.0)
+    vn = tl.load(VN + src, mask=keep[:, None], other=0.0)
+    dst = (b * SLOTS + slot)[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(K + dst, kn, mask=keep[:, None])
+    tl.store(V + dst, vn, mask=keep[:, None])
+    tl.store(POS + b * SLOTS + slot, n + t, mask=keep)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _dec_arrive(ARRIVE, LENS, NPOS, TAB, KCNT, b, W, T, H_KV: tl.constexpr, CW: tl.constexpr):
+    """Count this program in among the W of row b once it has read LENS and NPOS; the last to
+    arrive writes every head's new length and NPOS (the other programs read the old ones,
+    which decided their keys) and resets the counter."""
+    done = tl.atomic_add(ARRIVE + b, 1, sem="acq_rel")
+    if done == W - 1:
+        for hh in tl.static_range(H_KV):
+            n = tl.load(NPOS + b * H_KV + hh)
+            length = tl.load(LENS + b * H_KV + hh)
+            tl.store(LENS + b * H_KV + hh, _kv_length(TAB, KCNT, hh, n, n + T, length, True, CW))
+            tl.store(NPOS + b * H_KV + hh, n + T)
+        tl.store(ARRIVE + b, 0)
+
+
+@triton.jit
 def _dec_merge(PM, PL, PACC, first, nsplit, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, ROWS):
     """Merge the partial (max, sum, acc) of splits 0 .. nsplit - 1 starting at row block
     `first`; returns the normalised output rows (zeros where no key was allowed)."""
@@ -297,12 +390,21 @@ def _dec_ok(spec: DecodeSpec, q, view, out) -> bool:
     )
 
 
-def decode_launch(spec: DecodeSpec, q, view, *, sm_scale=None, out=None, config=_DEC_DEFAULT, split=None):
+def decode_launch(spec: DecodeSpec, q, view, *, sm_scale=None, out=None, config=_DEC_DEFAULT, split=None, new=None):
     """decode() of a generated module: check every argument, then launch its kernel.
 
     Everything a call derives from the view's slots, the shapes, the dtype, the device and
     the options (geometry, partial buffers, launch constants) is memoised: a decode step of
-    a model repeats the same call, whose host time is then the checks and the launch."""
+    a model repeats the same call, whose host time is then the checks and the launch.
+    `new` (Cache.decode with k and v, checked there): (k, v, slot rules, stripe counts) of T
+    tokens the kernel appends before it attends; the view is the cache before them (its n
+    counts them)."""
+    plan, q = decode_prepare(spec, q, view, sm_scale, out, config, split, new)
+    return decode_run(plan, q, view, out, new)
+
+
+def decode_prepare(spec: DecodeSpec, q, view, sm_scale, out, config, split, new) -> tuple:
+    """(memoised plan, q made contiguous) of a decode call, every argument checked."""
     if not _dec_ok(spec, q, view, out):
         check_view("decode", view)
         check_decode_query("decode", spec, q, view)
@@ -317,21 +419,30 @@ def decode_launch(spec: DecodeSpec, q, view, *, sm_scale=None, out=None, config=
         q = q.contiguous()
     sc = view.logits if q.shape[2] == 1 else None  # scores read one-token steps only
     lg, lse, soff = (sc.lg, sc.lse, sc.soff) if sc is not None else (view.k, view.k, view.offsets)
-    aligned = _aligned(q, out, *view[:6], view.npos, lg, lse, soff)  # the compiled kernel assumes what it saw first
+    kn, vn, tab, kcnt = new or (q, q, q, q)
+    aligned = _aligned(q, out, *view[:6], view.npos, lg, lse, soff, kn, vn)  # the compiled kernel assumes what it saw first
     key = (spec.kernel, view.slots, q.shape, q.dtype, q.device, view.k.shape[1], view.masked, config, split, sm_scale,
-           aligned, sc is not None and lg.shape[2])  # fmt: skip
+           aligned, sc is not None and lg.shape[2], new and kcnt.shape[1])  # fmt: skip
     plan = _DEC_CALLS.get(key)
     if plan is None:
-        plan = _dec_plan(spec, q, view, sm_scale, config, split, sc.lg.shape[2] if sc is not None else 0)
+        plan = _dec_plan(spec, q, view, sm_scale, config, split, sc.lg.shape[2] if sc is not None else 0, new)
         if len(_DEC_CALLS) > 4096:  # caches that grow without max_len change their slots every step
             _DEC_CALLS.clear()
         _DEC_CALLS[key] = plan
-    launch, scalars, kw, bufs, reduce = plan
+    return plan, q
+
+
+def decode_run(plan: tuple, q, view, out, new):
+    """Launch a decode plan (from decode_prepare, for these arguments)."""
+    launch, scalars, kw, bufs, reduce, arrive = plan
     if out is None:
         out = torch.empty_like(q)
     pm, pl, pacc, cnt = bufs or (out, out, out, out)
+    sc = view.logits if q.shape[2] == 1 else None  # scores read one-token steps only
+    lg, lse, soff = (sc.lg, sc.lse, sc.soff) if sc is not None else (view.k, view.k, view.offsets)
+    kn, vn, tab, kcnt = new or (q, q, q, q)
     launch(q, view.k, view.v, view.pos, view.lens, view.offsets, view.gid, out, pm, pl, pacc, cnt, view.npos,
-           lg, lse, soff, *scalars)  # fmt: skip
+           lg, lse, soff, kn, vn, tab, kcnt, arrive, *scalars)  # fmt: skip
     if sc is not None:
         sc.read = view.n
     if reduce is not None:
@@ -353,10 +464,10 @@ def reduce_kw(spec: DecodeSpec, kw: dict) -> dict:
     return dict(H_KV=kw["H_KV"], G=kw["G"], HEAD_DIM=kw["HEAD_DIM"], BLOCK_M=kw["BLOCK_M"], num_warps=4)
 
 
-def _dec_plan(spec: DecodeSpec, q, view, sm_scale, config, split, scores=0) -> tuple:
-    """(launch, scalars, constants, partial buffers or None, reduce launch or None) of a decode
-    call; `scores` (the StepLogits' slots, 0: none): the kernel also writes them (and merges in
-    the last split)."""
+def _dec_plan(spec: DecodeSpec, q, view, sm_scale, config, split, scores=0, new=None) -> tuple:
+    """(launch, scalars, constants, partial buffers or None, reduce launch or None, arrival
+    counters) of a decode call; `scores` (the StepLogits' slots, 0: none): the kernel also
+    writes them (and merges in the last split); `new`: the tokens it appends first."""
     B, H, T, D = q.shape
     scale = check_scale("decode", sm_scale, D, "sm_scale")
     geo = _dec_geometry(spec, view.slots, B, T, config, _dec_sms(q.device), split)
@@ -376,11 +487,16 @@ def _dec_plan(spec: DecodeSpec, q, view, sm_scale, config, split, scores=0) -> t
         UPCAST=q.dtype == torch.bfloat16 and interpreting(),
         SCORES=bool(scores),
         LGS=max(scores, 1),
+        APPEND=new is not None,
+        CW=new[3].shape[1] if new else 1,
         num_warps=config.num_warps,
     )
+    if new is not None and reduce_mode == 1:  # _dec_reduce_kernel would read the lengths after the append
+        raise ValueError("decode: appending k, v in the decode kernel needs DecodeConfig(fused_reduce=True)")
     scalars = (T, geo.split, nbuf, geo.work, view.k.shape[1], scale * _DEC_LOG2E)
     reduce = FastLaunch(_dec_reduce_kernel, (spec.kv_heads, B), reduce_kw(spec, kw)) if reduce_mode == 1 else None
-    return FastLaunch(spec.kernel, (B * geo.work,), kw), scalars, kw, bufs, reduce
+    arrive = torch.zeros((B,), dtype=torch.int32, device=q.device) if new is not None else q
+    return FastLaunch(spec.kernel, (B * geo.work,), kw), scalars, kw, bufs, reduce, arrive
 
 
 def decode_split_of(spec: DecodeSpec, view, batch: int, config: DecodeConfig = _DEC_DEFAULT) -> int:

@@ -593,9 +593,7 @@ def forward(
     if B * H * NQ == 0:
         return (o, lse, None) if trace else (o, lse)
     dummy_i32, dummy_f32 = dummies(q.device)
-    lse_arg = lse if return_lse else dummy_f32
-    if not (return_lse or trace) and any(split_at(t, N) for t in spec.tuning):
-        lse_arg = torch.empty((B, H, NQ), device=q.device, dtype=torch.float32)  # a split group merges through it
+    lse_arg = lse if return_lse else dummy_f32 if trace else merge_lse(spec, q, N, dummy_f32)
     lens_arg = lengths if padded else dummy_i32
     if trace:
         # the trace has one row per query block: every group must use the same BLOCK_M (tests pass it)
@@ -667,13 +665,23 @@ def prefill_fast(spec: PrefillSpec, q, k, v, scale, return_lse, layer, lengths):
     padded = lengths is not None
     o = (torch.zeros if padded else torch.empty)(q.shape, device=q.device, dtype=q.dtype)
     dummy_i32, dummy_f32 = dummies(q.device)
-    lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32) if return_lse else dummy_f32
+    lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32) if return_lse else None
+    lse_arg = lse if return_lse else merge_lse(spec, q, k.shape[2], dummy_f32)
     if padded and return_lse:
         lse.fill_(float("-inf"))
     lens = lengths if padded else dummy_i32
     for _, _, run in plan:
-        run(q, k, v, o, lse, dummy_i32, lens, None)
+        run(q, k, v, o, lse_arg, dummy_i32, lens, None)
     return (o, lse) if return_lse else o
+
+
+def merge_lse(spec: PrefillSpec, q, N: int, dummy):
+    """The LSE argument of a call that returns none: a buffer where a group runs split
+    launches at N keys (the second launch merges through the first's LSE), else `dummy`."""
+    for tuning in spec.tuning:
+        if tuning.get("split") and split_at(tuning, N):
+            return torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
+    return dummy
 
 
 def grid_visits_of(spec: PrefillSpec, q, k, v, layer=None, config=None) -> list:
