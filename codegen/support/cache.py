@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names, interpreting
+from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names
 from .decode import _DEC_DEFAULT, CacheView, DecodeSpec, StepLogits, _dec_sms, _kv_length, _kv_place
 from .decode import decode_launch, decode_prepare, decode_run
 from .launch import FastLaunch, to_device
