@@ -420,9 +420,8 @@ def decode_prepare(spec: DecodeSpec, q, view, sm_scale, out, config, split, new)
     sc = view.logits if q.shape[2] == 1 else None  # scores read one-token steps only
     lg, lse, soff = (sc.lg, sc.lse, sc.soff) if sc is not None else (view.k, view.k, view.offsets)
     kn, vn, tab, kcnt = new or (q, q, q, q)
-    aligned = _aligned(
-        q, out, *view[:6], view.npos, lg, lse, soff, kn, vn
-    )  # the compiled kernel assumes what it saw first
+    # the compiled kernel assumes the alignment it saw first
+    aligned = _aligned(q, out, *view[:6], view.npos, lg, lse, soff, kn, vn)
     key = (spec.kernel, view.slots, q.shape, q.dtype, q.device, view.k.shape[1], view.masked, config, split, sm_scale,
            aligned, sc is not None and lg.shape[2], new and kcnt.shape[1])  # fmt: skip
     plan = _DEC_CALLS.get(key)
