@@ -393,15 +393,6 @@ class Attnc:
     def decode(self, layer, q, k, v):  # lossless layers: the decode kernel appends k, v (one launch)
         return self.cache.decode(layer, q, k, v)
 
-
-class AttncAppend(Attnc):
-    """`<module>+append`: the decode step as append, then decode (two launches per layer), for
-    comparison with the fused step."""
-
-    def decode(self, layer, q, k, v):
-        self.cache.append(layer, k, v, q)
-        return self.cache.decode(layer, q)
-
     def warm(self, n: int, c: Config, device, dtype) -> None:
         """Compile the prefill and the prompt's append for n tokens (Triton specialises on the
         sizes) outside the timed forward pass, as a server that has seen such a prompt has."""
@@ -412,6 +403,15 @@ class AttncAppend(Attnc):
             self.mod.prefill(q, k, k, layer=layer if self.per_layer else None)
             cache.append(layer, k, k, q)
         torch.cuda.synchronize(device) if device.type == "cuda" else None
+
+
+class AttncAppend(Attnc):
+    """`<module>+append`: the decode step as append, then decode (two launches per layer), for
+    comparison with the fused step."""
+
+    def decode(self, layer, q, k, v):
+        self.cache.append(layer, k, v, q)
+        return self.cache.decode(layer, q)
 
 
 def make_backend(name: str, mods: dict, c: Config, batch: int, max_len: int, device, dtype):
