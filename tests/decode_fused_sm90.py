@@ -4,32 +4,12 @@ with and without the fused append (APPEND), and the cache's append kernel (bf16,
 python tests/decode_fused_sm90.py MODULE.py; prints {kernel: [shared bytes, registers, stack bytes]}."""
 
 import json
-import os
-import re
-import subprocess
 import sys
-import tempfile
 
-import triton
 from attnc.codegen.importing import import_module_from_path
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from sm90_usage import usage
 
 mod = import_module_from_path(sys.argv[1], "decode_fused_sm90_mod")
-CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
-
-
-def usage(fn, types, constexprs, num_warps):
-    sig = {n: types.get(n, "constexpr") for n in fn.arg_names}
-    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items() if t.startswith("*")}
-    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
-                       target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))  # fmt: skip
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(k.asm["cubin"])
-        f.flush()
-        res = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True, text=True).stdout
-    m = re.search(r"REG:(\d+) STACK:(\d+)", res)
-    return [k.metadata.shared, int(m.group(1)), int(m.group(2))]
 
 
 out = {}

@@ -115,14 +115,10 @@ def _dec_work(LENS, b, r, SPLIT, H_KV: tl.constexpr):
 
 
 @triton.jit
-def _kv_place(TAB, CNT, h, n, end, base, p, CW: tl.constexpr):
-    """(slot, keep) of the tokens at positions p (a block) of an append of positions
-    n .. end - 1 to KV head h, whose length was `base`: the slot from the start of the layer's
-    store (the head's offset added), and whether the token is stored (a ring's tokens dead
-    before the append returns, an earlier chunk's and a padded row's negative positions are
-    not). TAB row h: (kind, offset, sink S, ring R, stripe period L, stripes per period NR,
-    chunk C); CNT row h: stripes before each residue. The cache's append kernel and the
-    decode kernel's fused append both place tokens so (the plain-Python twin: _KvHead.place)."""
+def _kv_rule(TAB, CNT, h, end, CW: tl.constexpr):
+    """KV head h's slot rule (TAB row h: kind, offset, sink S, ring R, stripe period L,
+    stripes per period NR, chunk C; CNT row h: stripes before each residue) and, for an
+    append ending at `end`, the stripes before S and before end and the ring's tokens so far."""
     row = TAB + h * 8
     kind = tl.load(row)
     off = tl.load(row + 1).to(tl.int64)
@@ -134,7 +130,19 @@ def _kv_place(TAB, CNT, h, n, end, base, p, CW: tl.constexpr):
     cnt = CNT + h * CW
     sb_s = (S // L) * NR + tl.load(cnt + S % L)
     sb_e = (end // L) * NR + tl.load(cnt + end % L)
-    ring_total = (end - S) - (sb_e - sb_s)
+    return kind, off, S, R, L, NR, C, cnt, sb_s, sb_e, (end - S) - (sb_e - sb_s)
+
+
+@triton.jit
+def _kv_place(TAB, CNT, h, n, end, base, p, CW: tl.constexpr):
+    """(slot, keep) of the tokens at positions p (a block) of an append of positions
+    n .. end - 1 to KV head h, whose length was `base`: the slot from the start of the layer's
+    store (the head's offset added), and whether the token is stored (a ring's tokens dead
+    before the append returns, an earlier chunk's and a padded row's negative positions are
+    not). TAB row h: (kind, offset, sink S, ring R, stripe period L, stripes per period NR,
+    chunk C); CNT row h: stripes before each residue. The cache's append kernel and the
+    decode kernel's fused append both place tokens so (the plain-Python twin: _KvHead.place)."""
+    kind, off, S, R, L, NR, C, cnt, sb_s, sb_e, ring_total = _kv_rule(TAB, CNT, h, end, CW)
     live = p >= 0
     pm = tl.where(live, p % L, 0)
     c0 = tl.load(cnt + pm, mask=live, other=0)
@@ -154,17 +162,7 @@ def _kv_place(TAB, CNT, h, n, end, base, p, CW: tl.constexpr):
 def _kv_length(TAB, CNT, h, n, end, base, write, CW: tl.constexpr):
     """KV head h's slots to read after an append of positions n .. end - 1 (its length was
     `base`; `write`: a lossy head's tokens are stored at base ..)."""
-    row = TAB + h * 8
-    kind = tl.load(row)
-    S = tl.load(row + 2)
-    R = tl.load(row + 3)
-    L = tl.load(row + 4)
-    NR = tl.load(row + 5)
-    C = tl.load(row + 6)
-    cnt = CNT + h * CW
-    sb_s = (S // L) * NR + tl.load(cnt + S % L)
-    sb_e = (end // L) * NR + tl.load(cnt + end % L)
-    ring_total = (end - S) - (sb_e - sb_s)
+    kind, _, S, R, L, NR, C, _, sb_s, sb_e, ring_total = _kv_rule(TAB, CNT, h, end, CW)
     ring_len = tl.where(L > 1, S + R + (sb_e - sb_s), S + tl.minimum(ring_total, R))
     ring_len = tl.where(end <= S, end, ring_len)
     lossy = tl.where(write, base + (end - n), base)
