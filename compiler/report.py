@@ -223,7 +223,7 @@ class Analysis:
             "dtype": self.dtype,
             "model": {"layers": m.layers, "heads": m.heads, "kv_heads": m.kv_heads, "head_dim": m.head_dim},
             "groups": [g.to_dict() for g in self.groups],
-            "totals": self.totals,
+            "totals": {k: v.make() if isinstance(v, Deferred) else v for k, v in self.totals.items()},
             "receptive_field": None if self.receptive is None else self.receptive.to_dict(),
             "receptive_field_error": self.receptive_error,
             "diagnostics": [d.to_dict() for d in self.diagnostics],
@@ -362,6 +362,25 @@ def analyze(
     )
 
 
+class Deferred:
+    """A value of the JSON report that only JSON prints, computed when the report is written
+    as JSON (`Analysis.to_dict`): the text report never pays for it."""
+
+    def __init__(self, make):
+        self.make = make
+
+
+def _total_pairs_formula(groups: list[GroupReport]) -> list[dict[str, str]] | None:
+    """The allowed pairs of every (layer, head) together, as pieces of a formula in N (None
+    where a group has none): the groups' formulas scaled by their heads, summed."""
+    if any(g.cost.pairs.formula is None for g in groups):
+        return None
+    total = groups[0].cost.pairs.formula.scaled(groups[0].cost.heads)
+    for g in groups[1:]:
+        total = total + g.cost.pairs.formula.scaled(g.cost.heads)
+    return [{"range": r, "expr": e} for r, e in total.describe()]
+
+
 def _totals(
     program: Program, groups: list[GroupReport], layouts: list[CacheLayout], n: int, dval: int, dtype_bytes: int
 ) -> dict[str, Any]:
@@ -370,11 +389,6 @@ def _totals(
     pairs = sum(g.cost.pairs.value * g.cost.heads for g in groups)
     causal = all(g.cost.pattern.is_causal for g in groups)
     dense_pairs = n * (n + 1) // 2 if causal else n * n
-    pairs_f = None
-    if all(g.cost.pairs.formula is not None for g in groups):
-        pairs_f = groups[0].cost.pairs.formula.scaled(groups[0].cost.heads)
-        for g in groups[1:]:
-            pairs_f = pairs_f + g.cost.pairs.formula.scaled(g.cost.heads)
     # the cache of a (layer, KV head) serves every query head of its GQA group: union of layouts
     per_kv = max(1, model.heads // max(1, model.kv_heads))
     table = program.group_table()
@@ -404,7 +418,7 @@ def _totals(
         "head_dim": model.head_dim,
         "head_dim_assumed": model.head_dim is None,
         "pairs": pairs,
-        "pairs_formula": None if pairs_f is None else [{"range": r, "expr": e} for r, e in pairs_f.describe()],
+        "pairs_formula": Deferred(lambda: _total_pairs_formula(groups)),
         "flops": 4 * dval * pairs,
         "dense_flops": 4 * dval * dense_pairs * heads,
         "dense_baseline": "causal" if causal else "full",
