@@ -405,7 +405,8 @@ def _totals(
         tokens += count * layout.size_at(n)
         if kv_f is not None:
             try:
-                kv_f = kv_f + layout.size_formula().scaled(count)
+                one = groups[next(iter(gs))].kv.formula if len(gs) == 1 else None  # derived already
+                kv_f = kv_f + (one or layout.size_formula()).scaled(count)
             except NoFormula as exc:
                 kv_f, kv_note = None, f"no formula: {exc}"
     per_token = 2 * dval * dtype_bytes
