@@ -336,8 +336,9 @@ FOUR_RANKS |= {"nsa_selection", "quest_prefill", "minference_vslash", "xattentio
 
 def _cases_for(world: int):
     """(name, program, n, layers, kernel): at 2 ranks every pattern file through the reference
-    and a few through the kernel; at 4 ranks a few files through the reference."""
-    kernel = {"streaming_llm", "llama4_chunked", "nsa_selection"} if world == 2 else set()
+    and two through the kernel; at 4 ranks (make test-all) a few files through the reference
+    and a selecting one through the kernel."""
+    kernel = {"streaming_llm", "llama4_chunked"} if world == 2 else {"nsa_selection"}
     out = []
     for case in FILE_CASES if world == 2 else [c for c in FILE_CASES if c.name in FOUR_RANKS]:
         program = case.program
