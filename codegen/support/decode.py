@@ -415,9 +415,7 @@ def decode_prepare(spec: DecodeSpec, q, view, sm_scale, out, config, split, new)
         check_kernel_device("decode", q.device, "decode_reference() runs anywhere.")
     if not q.is_contiguous():
         q = q.contiguous()
-    sc = view.logits if q.shape[2] == 1 else None  # scores read one-token steps only
-    lg, lse, soff = (sc.lg, sc.lse, sc.soff) if sc is not None else (view.k, view.k, view.offsets)
-    kn, vn, tab, kcnt = new or (q, q, q, q)
+    sc, (lg, lse, soff, kn, vn, tab, kcnt) = _dec_extras(q, view, new)
     # the compiled kernel assumes the alignment it saw first
     aligned = _aligned(q, out, *view[:6], view.npos, lg, lse, soff, kn, vn)
     key = (spec.kernel, view.slots, q.shape, q.dtype, q.device, view.k.shape[1], view.masked, config, split, sm_scale,
@@ -437,16 +435,23 @@ def decode_run(plan: tuple, q, view, out, new):
     if out is None:
         out = torch.empty_like(q)
     pm, pl, pacc, cnt = bufs or (out, out, out, out)
-    sc = view.logits if q.shape[2] == 1 else None  # scores read one-token steps only
-    lg, lse, soff = (sc.lg, sc.lse, sc.soff) if sc is not None else (view.k, view.k, view.offsets)
-    kn, vn, tab, kcnt = new or (q, q, q, q)
+    sc, extras = _dec_extras(q, view, new)
     launch(q, view.k, view.v, view.pos, view.lens, view.offsets, view.gid, out, pm, pl, pacc, cnt, view.npos,
-           lg, lse, soff, kn, vn, tab, kcnt, arrive, *scalars)  # fmt: skip
+           *extras, arrive, *scalars)  # fmt: skip
     if sc is not None:
         sc.read = view.n
     if reduce is not None:
         reduce(pm, pl, pacc, view.lens, out, *scalars[:3])
     return out
+
+
+def _dec_extras(q, view, new) -> tuple:
+    """(StepLogits or None, the kernel's (LG, LSE, SOFF, KN, VN, TAB, KCNT) arguments): the
+    view's step logits where a one-token step writes them, the tokens to append (`new`);
+    any tensor where a feature is off (its pointers are never read)."""
+    sc = view.logits if q.shape[2] == 1 else None  # scores read one-token steps only
+    lg, lse, soff = (sc.lg, sc.lse, sc.soff) if sc is not None else (view.k, view.k, view.offsets)
+    return sc, (lg, lse, soff, *(new or (q, q, q, q)))
 
 
 def _aligned(*tensors) -> bool:
