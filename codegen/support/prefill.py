@@ -678,9 +678,8 @@ def prefill_fast(spec: PrefillSpec, q, k, v, scale, return_lse, layer, lengths):
 def merge_lse(spec: PrefillSpec, q, N: int, dummy):
     """The LSE argument of a call that returns none: a buffer where a group runs split
     launches at N keys (the second launch merges through the first's LSE), else `dummy`."""
-    for tuning in spec.tuning:
-        if tuning.get("split") and split_at(tuning, N):
-            return torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
+    if any(split_at(tuning, N) for tuning in spec.tuning):
+        return torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
     return dummy
 
 
