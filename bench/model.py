@@ -38,7 +38,8 @@ the goal's batch (8 at 32K, 2 at 128K) and the largest batch that fits; peak GPU
 largest batch whose cache fits next to the weights at 128K; it checks the graph replay
 against eager steps. Prints a markdown table, writes $OUT/model.json and $OUT/model.md
 (default ./out/). `--profile`: a torch.profiler table of one 1K-token pass per attention
-(device time, host time, synchronisations), also in $OUT/model_profile.txt.
+(device time, host time, synchronisations), also in $OUT/model_profile.txt; `--profile-at N`
+profiles an N-token pass instead.
 """
 
 from __future__ import annotations
@@ -647,7 +648,7 @@ def run(args) -> dict:
         try:
             row["graph_check_max_abs"] = check_graph(model, name, mods, c, dev, dtype) if not smoke else None
             if args.profile:
-                row["profile"] = profile_ttft(model, name, mods, c, short, dev, dtype)
+                row["profile"] = profile_ttft(model, name, mods, c, args.profile_at or short, dev, dtype)
                 print(row["profile"], flush=True)
             for n in (short, *timed):
                 if time.time() - t_start > args.budget:
@@ -741,6 +742,7 @@ def main(argv=None) -> None:
     ap.add_argument("--attention", nargs="*",
                     default=["sdpa", "causal", "streaming", "duo", "power", "flex", "flex_window"])  # fmt: skip
     ap.add_argument("--profile", action="store_true", help="profile one time-to-first-token pass per attention")
+    ap.add_argument("--profile-at", type=int, default=0, help="tokens of the profiled pass (default: the short prompt)")
     ap.add_argument("--layers", type=int, default=32, help="layers of the timed model (default 32)")
     ap.add_argument("--max-batch", type=int, default=64, help="cap of the largest batch timed")
     ap.add_argument("--budget", type=float, default=420, help="seconds: skip timings past it")

@@ -436,13 +436,16 @@ def lattice_count(
     return Formula(var, tuple(pieces), big).merged()
 
 
+@lru_cache(maxsize=4096)
 def _ceil_div(c: int, e: int, m: int, var: sp.Symbol) -> sp.Expr:
-    """ceiling((c + e * var) / m) for an integer var, without asking sympy when it is exact."""
-    if e == 0:
-        return sp.Integer(-(-c // m))
-    if m == 1:
-        return c + e * var
-    return sp.ceiling(sp.Rational(c, m) + sp.Rational(e, m) * var)
+    """ceiling((c + e * var) / m) for an integer var, in the form sympy's ceiling gives it (its
+    integer terms outside), built without sympy's assumption queries, which made this the
+    slowest step of an analysis; memoised: one analysis asks the same few quotients often."""
+    if e % m == 0:
+        return sp.Integer(-(-c // m)) + (e // m) * var
+    whole = sp.Integer(c // m) if c % m == 0 else sp.Integer(0)
+    rest = sp.Rational(e, m) * var + (0 if c % m == 0 else sp.Rational(c, m))
+    return whole + sp.ceiling(rest, evaluate=False)
 
 
 def _chamber_sum(var, rep, points, lows, highs, x_lo, x_hi, x0s, big, mq, residue) -> sp.Expr:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from attnc.compiler.blocks import brute_block_map
 from attnc.compiler.cost import CLASSES, NoFormula, growth_class, pairs_formula, structural_class, tile_bytes
 from attnc.compiler.count import count_pairs
-from attnc.compiler.formula import N, Formula, Piece, flog2
+from attnc.compiler.formula import N, T, Formula, Piece, _ceil_div, flog2
 from attnc.compiler.ir import Lit, Neighborhood, Pattern, Term
 from attnc.compiler.lower import lower_expr
 from attnc.compiler.blocks import block_map
@@ -227,3 +227,11 @@ def test_count_stays_cheap_at_long_n():
     ):
         p = lowered(e)
         assert count_pairs(p, 131072) == pairs_formula(p).at(131072)
+
+
+@given(st.integers(-600, 600), st.integers(-9, 9), st.integers(1, 16), st.sampled_from([N, T]))
+def test_ceil_div_is_sympys_ceiling(c, e, m, var):
+    """The lattice engine's quotient, built without sympy's evaluation, is the very expression
+    sympy's ceiling gives (the same tree: the reports print it), for N and t."""
+    want = sp.ceiling(sp.Rational(c, m) + sp.Rational(e, m) * var)
+    assert sp.srepr(_ceil_div(c, e, m, var)) == sp.srepr(want)
