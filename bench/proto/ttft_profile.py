@@ -6,7 +6,7 @@ the attention alone (the generated prefill and the prompt's append against SDPA 
 all 32 heads and over the 8 full heads), all on the same GPU in one run.
 
     python bench/model.py generate                                   # here
-    python3 bench/proto/ttft_profile.py [--layers 4] [--n 131072]     # GPU machine
+    python3 bench/proto/ttft_profile.py [--layers 4] [--n 131072] [--names sdpa,duo] [--alone]   # GPU
 """
 
 from __future__ import annotations
@@ -74,15 +74,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--n", type=int, default=131072)
+    ap.add_argument("--names", default="sdpa,duo", help="backends of bench/model.py to profile")
+    ap.add_argument("--alone", action="store_true", help="also time duo's attention alone")
     args = ap.parse_args()
+    names = args.names.split(",")
     dev, dtype = torch.device("cuda"), torch.bfloat16
     c = replace(M.LLAMA_8B, layers=args.layers)
-    mods = M.load_modules("8b", ["duo"])
+    mods = M.load_modules("8b", [n for n in names if n in M.PATTERNS] or ["duo"])
     model = M.random_model(c, dev, dtype)
     res = {"device": torch.cuda.get_device_name(), "layers": c.layers, "n": args.n}
-    res["attention"] = attention_alone(mods, c, args.n, dev, dtype)
-    print(json.dumps(res["attention"], indent=1), flush=True)
-    for name in ("sdpa", "duo"):
+    if args.alone:
+        res["attention"] = attention_alone(mods, c, args.n, dev, dtype)
+        print(json.dumps(res["attention"], indent=1), flush=True)
+    for name in names:
         M.ttft(model, name, mods, c, 1024, dev, dtype)
         res[f"{name}_ttft_s"] = M.ttft(model, name, mods, c, args.n, dev, dtype)["s"]
         print(name, "ttft", res[f"{name}_ttft_s"], flush=True)
@@ -90,7 +94,7 @@ def main() -> None:
         print(res[f"{name}_profile"], flush=True)
     out = Path(os.environ.get("OUT", "out"))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ttft_profile.json").write_text(json.dumps(res, indent=1))
+    (out / f"ttft_profile_{args.n}.json").write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":
