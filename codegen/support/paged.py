@@ -245,6 +245,7 @@ def _pg_topk_kernel(
     el = tl.load(tab + ul // rp, mask=ul < last1, other=0)
     tl.store(sel + ws + jl, el * rp + ul % rp, mask=ul < last1)
     nstat = ws + tl.maximum(last1 - last0, 0)
+    tl.static_assert(BLOCK < 65536)  # per block, counts of keys above and equal to thr share an int32
     sc = SC + pid.to(tl.int64) * NU
     _, key0, ok0 = _pg_unit_keys(sc, 0, NU, BLOCK)
     thr, take = _pg_threshold(sc, NU, units, key0, ok0, ONE, BLOCK, RADIX)
@@ -257,14 +258,17 @@ def _pg_topk_kernel(
         else:
             u, key, ok = _pg_unit_keys(sc, c, NU, BLOCK)
         eq = ok & (key == thr)
-        rank = ties + tl.cumsum(eq.to(tl.int32), 0)
-        chosen = (ok & (key > thr)) | (eq & (rank <= take))
-        slot = placed + tl.cumsum(chosen.to(tl.int32), 0) - 1
+        above = ok & (key > thr)
+        cnt = tl.cumsum(above.to(tl.int32) * 65536 + eq.to(tl.int32), 0)  # both counts in one scan
+        rank = ties + (cnt & 0xFFFF)  # of the keys equal to thr, the first `take` are chosen
+        chosen = above | (eq & (rank <= take))
+        slot = placed + (cnt >> 16) + tl.minimum(rank, take) - tl.minimum(ties, take) - 1
         tl.store(out + slot, u, mask=chosen)
         e = tl.load(tab + u // rp, mask=chosen, other=0)
         tl.store(sel + nstat + slot, e * rp + u % rp, mask=chosen)
-        ties += tl.sum(eq.to(tl.int32), 0)
-        placed += tl.sum(chosen.to(tl.int32), 0)
+        tot = tl.sum(above.to(tl.int32) * 65536 + eq.to(tl.int32), 0)
+        placed += (tot >> 16) + tl.minimum(ties + (tot & 0xFFFF), take) - tl.minimum(ties, take)
+        ties += tot & 0xFFFF
     jc = tl.arange(0, CH_PAD)
     tl.store(out + jc, tl.full([CH_PAD], -1, tl.int32), mask=(jc >= placed) & (jc < units))
     tl.store(SLEN + b * H_KV + h, nstat + placed)
