@@ -442,7 +442,7 @@ def _stress_rows(kind: str, nu: int, seed: int) -> torch.Tensor:
     """Two score rows of nu units that stress the top-k's radix search: many ties at the
     threshold, all equal, mostly -inf (fewer candidates than the budget), signed zeros and
     subnormals, neighbouring floats (keys that differ in their last bits: every pass runs),
-    magnitudes from 2^-60 to 2^60 of both signs."""
+    magnitudes from 2^-60 to 2^60 of both signs, magnitudes above 2^120 among -inf and NaN."""
     g = torch.Generator().manual_seed(seed)
     if kind == "ties":
         pick = torch.tensor([-1.5, -0.0, 0.0, 1.0, 2.0, 2.5])
@@ -458,6 +458,10 @@ def _stress_rows(kind: str, nu: int, seed: int) -> torch.Tensor:
     if kind == "close":
         bits = torch.tensor([1.0, -3.0]).view(torch.int32)[:, None] + torch.randint(0, 6, (2, nu), generator=g)
         return bits.to(torch.int32).view(torch.float32)
+    if kind == "huge":  # near the ends of the keys' range, among -inf and NaN (no candidates)
+        row = torch.rand(2, nu, generator=g) + 1.0
+        pick = torch.tensor([2.0**120, -(2.0**120), 1.5e38, float("-inf"), float("nan")])
+        return row * pick[torch.randint(0, 5, (2, nu), generator=g)]
     return torch.randn(2, nu, generator=g) * 2.0 ** torch.randint(-60, 61, (2, nu), generator=g).float()
 
 
@@ -477,9 +481,9 @@ def test_topk_kernel_radix_stress(radix, block, monkeypatch):
         x = torch.zeros(2, 1, 16 * nu, 16)
         cache.append(0, x, x)
         L = cache._layers[0]
-        for seed, kind in enumerate(("ties", "equal", "sparse", "zeros", "close", "wide")):
+        for seed, kind in enumerate(("ties", "equal", "sparse", "zeros", "close", "wide", "huge")):
             rows = _stress_rows(kind, nu, seed)[:, None, :]
             cache._top(L, rows.clone(), 1, 0)
-            want = mod.top_blocks(rows, units)
+            want = mod.top_blocks(torch.where(rows.isnan(), float("-inf"), rows), units)
             assert torch.equal(L.chosen_t[0], want), (kind, units, L.chosen_t[0], want)
             assert L.slen[:, 0].tolist() == [1 + int((w >= 0).sum()) for w in want[:, 0]], kind

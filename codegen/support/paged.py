@@ -157,56 +157,57 @@ def _pg_score_block(
 
 @triton.jit
 def _pg_unit_keys(SC, c, NU, BLOCK: tl.constexpr):
-    """Units c .. c + BLOCK - 1 of one score row: (u, key, candidate). `key` (int32) orders the
-    float32 scores (-0.0 equals +0.0); scores that are not finite (-inf: no candidate) are no
-    candidates, as in top_blocks."""
+    """Units c .. c + BLOCK - 1 of one score row: (u, key). `key` (int32) orders the float32
+    scores (-0.0 equals +0.0) above -2^31, the key of the scores that are not finite (-inf: no
+    candidate), which are no candidates, as in top_blocks."""
     u = c + tl.arange(0, BLOCK)
     s = tl.load(SC + u, mask=u < NU, other=float("-inf"), cache_modifier=".cg")
     s = tl.where(s == 0.0, 0.0, s)
     x = s.to(tl.int32, bitcast=True)
-    return u, x ^ ((x >> 31) & 0x7FFFFFFF), tl.abs(s) < float("inf")
+    return u, tl.where(tl.abs(s) < float("inf"), x ^ ((x >> 31) & 0x7FFFFFFF), -2147483648)
 
 
 @triton.jit
-def _pg_digits(SC, NU, lo, span, shift, key0, ok0, ONE: tl.constexpr, BLOCK: tl.constexpr, RADIX: tl.constexpr):
-    """The histogram (2^RADIX,) of the digits (key - lo) >> shift of a score row's candidate
-    keys in [lo, lo + span] (unsigned span); key0, ok0: the row, when it is one block held in
-    registers (ONE)."""
+def _pg_digits(SC, NU, lo, span, shift, key0, ONE: tl.constexpr, BLOCK: tl.constexpr, RADIX: tl.constexpr):
+    """The histogram (2^RADIX,) of the digits (key - lo) >> shift of a score row's keys in
+    [lo, lo + span] (unsigned span: key - lo wraps below lo); key0: the row, when it is one
+    block held in registers (ONE)."""
     h = tl.zeros([1 << RADIX], tl.int32)
     for c in range(0, NU, BLOCK):
         if ONE:
-            key, ok = key0, ok0
+            key = key0
         else:
-            _, key, ok = _pg_unit_keys(SC, c, NU, BLOCK)
+            _, key = _pg_unit_keys(SC, c, NU, BLOCK)
         off = (key - lo).to(tl.uint32, bitcast=True)
-        h += tl.histogram(((off >> shift) & ((1 << RADIX) - 1)).to(tl.int32), 1 << RADIX, mask=ok & (off <= span))
+        h += tl.histogram(((off >> shift) & ((1 << RADIX) - 1)).to(tl.int32), 1 << RADIX, mask=off <= span)
     return h
 
 
 @triton.jit
-def _pg_threshold(SC, NU, units, key0, ok0, ONE: tl.constexpr, BLOCK: tl.constexpr, RADIX: tl.constexpr):
+def _pg_threshold(SC, NU, units, key0, ONE: tl.constexpr, BLOCK: tl.constexpr, RADIX: tl.constexpr):
     """(thr, take): the `units`-th largest candidate key of a score row (its smallest, where it
     has fewer) and how many keys equal to thr to take (every key > thr is taken). A radix
     search from the top bit, RADIX bits a pass (one histogram: one reduction round): a pass
     counts the digits of the keys in the range [lo, lo + span] still open, keeps the digit
     holding the rem-th largest of them and narrows the range to it; it stops early where that
     digit and those above hold exactly rem keys (thr: the digit's lowest key; all keys >= thr
-    are taken)."""
-    lo = tl.full([], -2147483648, tl.int32)
-    span = tl.full([], 0xFFFFFFFF, tl.uint32)
+    are taken). Ranges end at 2^31 - 1 and the first starts above -2^31, the key of no
+    candidate (key - lo then wraps above span)."""
+    lo = tl.full([], -2147483647, tl.int32)
+    span = tl.full([], 0xFFFFFFFE, tl.uint32)
     rem = tl.zeros([], tl.int32) + units  # keys still to choose within the range
     digit = tl.arange(0, 1 << RADIX)
     shift = tl.full([], 32, tl.int32)
     done = rem < 0
     while (shift > 0) & ~done:
         shift = tl.maximum(shift - RADIX, 0)
-        sfx = tl.cumsum(_pg_digits(SC, NU, lo, span, shift, key0, ok0, ONE, BLOCK, RADIX), 0, reverse=True)
+        sfx = tl.cumsum(_pg_digits(SC, NU, lo, span, shift, key0, ONE, BLOCK, RADIX), 0, reverse=True)
         ge = (sfx >= rem) | (digit == 0)  # sfx: keys of digit >= d; digit 0 also for short rows
         d = tl.sum(ge.to(tl.int32), 0) - 1
         done = tl.min(tl.where(ge, sfx, 2147483647), 0) <= rem
         rem -= tl.max(tl.where(ge, 0, sfx), 0)  # the keys of digits above d: all taken
         lo += d << shift
-        span = ((1 << shift) - 1).to(tl.uint32)
+        span = tl.minimum(((1 << shift) - 1).to(tl.uint32), (2147483647 - lo).to(tl.uint32, bitcast=True))
     return lo, rem
 
 
@@ -225,6 +226,10 @@ def _pg_topk_kernel(
     The threshold (the k-th largest score) comes from _pg_threshold's radix search over the
     row, held in registers when it is one block (ONE); equal scores then go by index."""
     pid = tl.program_id(0)
+    tl.static_assert(BLOCK < 65536)  # per block, counts of keys above and equal to thr share an int32
+    sc = SC + pid.to(tl.int64) * NU
+    _, key0 = _pg_unit_keys(sc, 0, NU, BLOCK)
+    thr, take = _pg_threshold(sc, NU, units, key0, ONE, BLOCK, RADIX)
     b = (pid // NH).to(tl.int64)
     h = tl.load(HI + pid % NH)
     unit: tl.constexpr = 1 if TOKENS else P
@@ -245,20 +250,16 @@ def _pg_topk_kernel(
     el = tl.load(tab + ul // rp, mask=ul < last1, other=0)
     tl.store(sel + ws + jl, el * rp + ul % rp, mask=ul < last1)
     nstat = ws + tl.maximum(last1 - last0, 0)
-    tl.static_assert(BLOCK < 65536)  # per block, counts of keys above and equal to thr share an int32
-    sc = SC + pid.to(tl.int64) * NU
-    _, key0, ok0 = _pg_unit_keys(sc, 0, NU, BLOCK)
-    thr, take = _pg_threshold(sc, NU, units, key0, ok0, ONE, BLOCK, RADIX)
     ties = tl.zeros([], tl.int32)
     placed = tl.zeros([], tl.int32)
     out = CHOSEN + pid.to(tl.int64) * units
     for c in range(0, NU, BLOCK):
         if ONE:
-            u, key, ok = c + tl.arange(0, BLOCK), key0, ok0
+            u, key = c + tl.arange(0, BLOCK), key0
         else:
-            u, key, ok = _pg_unit_keys(sc, c, NU, BLOCK)
-        eq = ok & (key == thr)
-        above = ok & (key > thr)
+            u, key = _pg_unit_keys(sc, c, NU, BLOCK)
+        eq = key == thr  # thr > -2^31: no candidate is ever chosen
+        above = key > thr
         cnt = tl.cumsum(above.to(tl.int32) * 65536 + eq.to(tl.int32), 0)  # both counts in one scan
         rank = ties + (cnt & 0xFFFF)  # of the keys equal to thr, the first `take` are chosen
         chosen = above | (eq & (rank <= take))
