@@ -158,8 +158,8 @@ def _pg_score_block(
 @triton.jit
 def _pg_unit_keys(SC, c, NU, BLOCK: tl.constexpr):
     """Units c .. c + BLOCK - 1 of one score row: (u, key). `key` (int32) orders the float32
-    scores (-0.0 equals +0.0) above -2^31, the key of the scores that are not finite (-inf: no
-    candidate), which are no candidates, as in top_blocks."""
+    scores (-0.0 equals +0.0); scores that are not finite (-inf: no candidate) are no
+    candidates, as in top_blocks: their key is -2^31, below every finite score's."""
     u = c + tl.arange(0, BLOCK)
     s = tl.load(SC + u, mask=u < NU, other=float("-inf"), cache_modifier=".cg")
     s = tl.where(s == 0.0, 0.0, s)
@@ -276,7 +276,7 @@ def _pg_topk_kernel(
 
 
 _PG_TOPK_BLOCK = 8192  # score rows up to this long stay in registers through the top-k's passes
-_PG_RADIX = 5  # bits a pass of the top-k's radix search (tl.histogram pads fewer than 32 bins to 32)
+_PG_RADIX = 5  # bits a pass of the top-k radix search: 32 bins (tl.histogram pads fewer to 32)
 
 
 def _sel_width(s: Select, page: int, T: int) -> tuple[int, int, int, int]:
