@@ -23,7 +23,7 @@ types = dict(SC="*fp32", LIST="*i32", NTOK="*i32", HI="*i64", CHOSEN="*i32", SEL
 types.update({n: "i32" for n in ("T", "NU", "LW", "SW", "NH", "units", "sink", "recent")})
 for one, block in ((True, mod._PG_TOPK_BLOCK), (False, 1024)):
     out[f"topk_one_{one}"] = usage(mod._pg_topk_kernel, types, dict(H_KV=8, P=16, TOKENS=False, BLOCK=block, ONE=one,
-                                   WS_PAD=1, WL_PAD=2, CH_PAD=256), 8)  # fmt: skip
+                                   RADIX=mod._PG_RADIX, WS_PAD=1, WL_PAD=2, CH_PAD=256), 8)  # fmt: skip
 types = {
     n: "*i32" for n in ("POS", "LIST", "LLEN", "SEL", "SLEN", "SELH", "UNITS", "SINKS", "LO", "NTOK", "GID", "CNT")
 }

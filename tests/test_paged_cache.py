@@ -436,3 +436,54 @@ def test_topk_kernel_is_top_blocks(values, units, block):
     finally:
         mod._PG_TOPK_BLOCK = old
     assert torch.equal(L.chosen_t[0], mod.top_blocks(rows, units))
+
+
+def _stress_rows(kind: str, nu: int, seed: int) -> torch.Tensor:
+    """Two score rows of nu units that stress the top-k's radix search: many ties at the
+    threshold, all equal, mostly -inf (fewer candidates than the budget), signed zeros and
+    subnormals, neighbouring floats (keys that differ in their last bits: every pass runs),
+    magnitudes from 2^-60 to 2^60 of both signs, magnitudes above 2^120 among -inf and NaN."""
+    g = torch.Generator().manual_seed(seed)
+    if kind == "ties":
+        pick = torch.tensor([-1.5, -0.0, 0.0, 1.0, 2.0, 2.5])
+        return pick[torch.randint(0, 6, (2, nu), generator=g)]
+    if kind == "equal":
+        return torch.full((2, nu), 1.25)
+    if kind == "sparse":
+        row = torch.randn(2, nu, generator=g)
+        return torch.where(torch.rand(2, nu, generator=g) < 0.2, row, float("-inf"))
+    if kind == "zeros":
+        pick = torch.tensor([-0.0, 0.0, 1e-45, -1e-45, 2e-45])
+        return pick[torch.randint(0, 5, (2, nu), generator=g)]
+    if kind == "close":
+        bits = torch.tensor([1.0, -3.0]).view(torch.int32)[:, None] + torch.randint(0, 6, (2, nu), generator=g)
+        return bits.to(torch.int32).view(torch.float32)
+    if kind == "huge":  # near the ends of the keys' range, among -inf and NaN (no candidates)
+        row = torch.rand(2, nu, generator=g) + 1.0
+        pick = torch.tensor([2.0**120, -(2.0**120), 1.5e38, float("-inf"), float("nan")])
+        return row * pick[torch.randint(0, 5, (2, nu), generator=g)]
+    return torch.randn(2, nu, generator=g) * 2.0 ** torch.randint(-60, 61, (2, nu), generator=g).float()
+
+
+@pytest.mark.parametrize("radix", [4, 5, 8])
+@pytest.mark.parametrize("block", [8, 64])
+def test_topk_kernel_radix_stress(radix, block, monkeypatch):
+    """_pg_topk_kernel against block_scores.top_blocks on rows that stress its radix search
+    (_stress_rows), at 4, 5 and 8 bits a pass, a row of 40 units in blocks of 8 (the multi-block
+    path; 40 is no multiple of 16) and held in registers (one block of 64): the chosen units,
+    -1 padded, and the read lists' lengths."""
+    nu = 40
+    for units in (5, 16):
+        mod = _select_module(f"select quest({16 * units}, page = 16)", heads=2, kv_heads=1)
+        monkeypatch.setattr(mod, "_PG_RADIX", radix)
+        monkeypatch.setattr(mod, "_PG_TOPK_BLOCK", block)
+        cache = mod.PagedCache(2, dtype=torch.float32)
+        x = torch.zeros(2, 1, 16 * nu, 16)
+        cache.append(0, x, x)
+        L = cache._layers[0]
+        for seed, kind in enumerate(("ties", "equal", "sparse", "zeros", "close", "wide", "huge")):
+            rows = _stress_rows(kind, nu, seed)[:, None, :]
+            cache._top(L, rows.clone(), 1, 0)
+            want = mod.top_blocks(torch.where(rows.isnan(), float("-inf"), rows), units)
+            assert torch.equal(L.chosen_t[0], want), (kind, units, L.chosen_t[0], want)
+            assert L.slen[:, 0].tolist() == [1 + int((w >= 0).sum()) for w in want[:, 0]], kind

@@ -157,38 +157,65 @@ def _pg_score_block(
 
 @triton.jit
 def _pg_unit_keys(SC, c, NU, BLOCK: tl.constexpr):
-    """Units c .. c + BLOCK - 1 of one score row: (u, key, candidate). `key` (int32) orders the
-    float32 scores (-0.0 equals +0.0); scores that are not finite (-inf: no candidate) are no
-    candidates, as in top_blocks."""
+    """Units c .. c + BLOCK - 1 of one score row: (u, key). `key` (int32) orders the float32
+    scores (-0.0 equals +0.0); scores that are not finite (-inf: no candidate) are no
+    candidates, as in top_blocks: their key is -2^31, below every finite score's."""
     u = c + tl.arange(0, BLOCK)
     s = tl.load(SC + u, mask=u < NU, other=float("-inf"), cache_modifier=".cg")
     s = tl.where(s == 0.0, 0.0, s)
     x = s.to(tl.int32, bitcast=True)
-    return u, x ^ ((x >> 31) & 0x7FFFFFFF), tl.abs(s) < float("inf")
+    return u, tl.where(tl.abs(s) < float("inf"), x ^ ((x >> 31) & 0x7FFFFFFF), -2147483648)
 
 
 @triton.jit
-def _pg_count(SC, NU, thr, key0, ok0, ONE: tl.constexpr, BLOCK: tl.constexpr, ABOVE: tl.constexpr):
-    """How many candidate units of a score row have key >= thr (ABOVE: key > thr); key0, ok0:
-    the row, when it is one block held in registers (ONE)."""
-    cnt = tl.zeros([], tl.int32)
+def _pg_digits(SC, NU, lo, span, shift, key0, ONE: tl.constexpr, BLOCK: tl.constexpr, RADIX: tl.constexpr):
+    """The histogram (2^RADIX,) of the digits (key - lo) >> shift of a score row's keys in
+    [lo, lo + span] (unsigned span: key - lo wraps below lo); key0: the row, when it is one
+    block held in registers (ONE)."""
+    h = tl.zeros([1 << RADIX], tl.int32)
     for c in range(0, NU, BLOCK):
         if ONE:
-            key, ok = key0, ok0
+            key = key0
         else:
-            _, key, ok = _pg_unit_keys(SC, c, NU, BLOCK)
-        if ABOVE:
-            cnt += tl.sum((ok & (key > thr)).to(tl.int32), 0)
-        else:
-            cnt += tl.sum((ok & (key >= thr)).to(tl.int32), 0)
-    return cnt
+            _, key = _pg_unit_keys(SC, c, NU, BLOCK)
+        off = (key - lo).to(tl.uint32, bitcast=True)
+        h += tl.histogram(((off >> shift) & ((1 << RADIX) - 1)).to(tl.int32), 1 << RADIX, mask=off <= span)
+    return h
+
+
+@triton.jit
+def _pg_threshold(SC, NU, units, key0, ONE: tl.constexpr, BLOCK: tl.constexpr, RADIX: tl.constexpr):
+    """(thr, take): the `units`-th largest candidate key of a score row (its smallest, where it
+    has fewer) and how many keys equal to thr to take (every key > thr is taken). A radix
+    search from the top bit, RADIX bits a pass (one histogram: one reduction round): a pass
+    counts the digits of the keys in the range [lo, lo + span] still open, keeps the digit
+    holding the rem-th largest of them and narrows the range to it; it stops early where that
+    digit and those above hold exactly rem keys (thr: the digit's lowest key; all keys >= thr
+    are taken). Ranges end at 2^31 - 1 and the first starts above -2^31, the key of no
+    candidate (key - lo then wraps above span)."""
+    lo = tl.full([], -2147483647, tl.int32)
+    span = tl.full([], 0xFFFFFFFE, tl.uint32)
+    rem = tl.zeros([], tl.int32) + units  # keys still to choose within the range
+    digit = tl.arange(0, 1 << RADIX)
+    shift = tl.full([], 32, tl.int32)
+    done = rem < 0
+    while (shift > 0) & ~done:
+        shift = tl.maximum(shift - RADIX, 0)
+        sfx = tl.cumsum(_pg_digits(SC, NU, lo, span, shift, key0, ONE, BLOCK, RADIX), 0, reverse=True)
+        ge = (sfx >= rem) | (digit == 0)  # sfx: keys of digit >= d; digit 0 also for short rows
+        d = tl.sum(ge.to(tl.int32), 0) - 1
+        done = tl.min(tl.where(ge, sfx, 2147483647), 0) <= rem
+        rem -= tl.max(tl.where(ge, 0, sfx), 0)  # the keys of digits above d: all taken
+        lo += d << shift
+        span = tl.minimum(((1 << shift) - 1).to(tl.uint32), (2147483647 - lo).to(tl.uint32, bitcast=True))
+    return lo, rem
 
 
 @triton.jit
 def _pg_topk_kernel(
     SC, LIST, NTOK, HI, CHOSEN, SEL, SLEN, T, NU, LW, SW, NH, units, sink, recent,
     H_KV: tl.constexpr, P: tl.constexpr, TOKENS: tl.constexpr, BLOCK: tl.constexpr, ONE: tl.constexpr,
-    WS_PAD: tl.constexpr, WL_PAD: tl.constexpr, CH_PAD: tl.constexpr,
+    RADIX: tl.constexpr, WS_PAD: tl.constexpr, WL_PAD: tl.constexpr, CH_PAD: tl.constexpr,
 ):  # fmt: skip
     """The units one selecting head of one row reads (program b * NH + i, head HI[i]): the keep
     rules' units (those holding positions < sink, those holding the newest max(recent, T)),
@@ -196,9 +223,13 @@ def _pg_topk_kernel(
     the lowest unit (block_scores.top_blocks); fewer finite scores: all of them. Writes their
     pool entries (pages; pool slots for TOKENS) to SEL (B, H_KV, SW) and their number to SLEN
     (B, H_KV), and the chosen logical units, increasing and -1 padded, to CHOSEN (B, NH, units).
-    The threshold (the k-th largest score) is found bit by bit from counts: at most 32 passes
-    over the row, held in registers when it is one block (ONE); equal scores then go by index."""
+    The threshold (the k-th largest score) comes from _pg_threshold's radix search over the
+    row, held in registers when it is one block (ONE); equal scores then go by index."""
     pid = tl.program_id(0)
+    tl.static_assert(BLOCK < 65536)  # per block, counts of keys above and equal to thr share an int32
+    sc = SC + pid.to(tl.int64) * NU
+    _, key0 = _pg_unit_keys(sc, 0, NU, BLOCK)
+    thr, take = _pg_threshold(sc, NU, units, key0, ONE, BLOCK, RADIX)
     b = (pid // NH).to(tl.int64)
     h = tl.load(HI + pid % NH)
     unit: tl.constexpr = 1 if TOKENS else P
@@ -219,46 +250,33 @@ def _pg_topk_kernel(
     el = tl.load(tab + ul // rp, mask=ul < last1, other=0)
     tl.store(sel + ws + jl, el * rp + ul % rp, mask=ul < last1)
     nstat = ws + tl.maximum(last1 - last0, 0)
-    sc = SC + pid.to(tl.int64) * NU
-    _, key0, ok0 = _pg_unit_keys(sc, 0, NU, BLOCK)
-    need = tl.minimum(_pg_count(sc, NU, -2147483648, key0, ok0, ONE, BLOCK, False), units)
-    # thr: the largest key with need keys >= thr (the need-th largest), bit by bit from the top
-    # (bits: thr with its sign bit flipped, in unsigned order); done early where exactly need
-    # keys are >= thr: those are the chosen ones
-    bits = tl.zeros([], tl.int32)
-    i = 0
-    done = need < 0
-    while (i < 32) & ~done:
-        c = bits | (tl.full([], 1, tl.int32) << (31 - i))
-        cnt = _pg_count(sc, NU, c ^ -2147483648, key0, ok0, ONE, BLOCK, False)
-        bits = tl.where(cnt >= need, c, bits)
-        done = cnt == need
-        i += 1
-    thr = bits ^ -2147483648
-    take = need - _pg_count(sc, NU, thr, key0, ok0, ONE, BLOCK, True)  # keys equal to thr to take
     ties = tl.zeros([], tl.int32)
     placed = tl.zeros([], tl.int32)
     out = CHOSEN + pid.to(tl.int64) * units
     for c in range(0, NU, BLOCK):
         if ONE:
-            u, key, ok = c + tl.arange(0, BLOCK), key0, ok0
+            u, key = c + tl.arange(0, BLOCK), key0
         else:
-            u, key, ok = _pg_unit_keys(sc, c, NU, BLOCK)
-        eq = ok & (key == thr)
-        rank = ties + tl.cumsum(eq.to(tl.int32), 0)
-        chosen = (ok & (key > thr)) | (eq & (rank <= take))
-        slot = placed + tl.cumsum(chosen.to(tl.int32), 0) - 1
+            u, key = _pg_unit_keys(sc, c, NU, BLOCK)
+        eq = key == thr  # thr > -2^31: no candidate is ever chosen
+        above = key > thr
+        cnt = tl.cumsum(above.to(tl.int32) * 65536 + eq.to(tl.int32), 0)  # both counts in one scan
+        rank = ties + (cnt & 0xFFFF)  # of the keys equal to thr, the first `take` are chosen
+        chosen = above | (eq & (rank <= take))
+        slot = placed + (cnt >> 16) + tl.minimum(rank, take) - tl.minimum(ties, take) - 1
         tl.store(out + slot, u, mask=chosen)
         e = tl.load(tab + u // rp, mask=chosen, other=0)
         tl.store(sel + nstat + slot, e * rp + u % rp, mask=chosen)
-        ties += tl.sum(eq.to(tl.int32), 0)
-        placed += tl.sum(chosen.to(tl.int32), 0)
+        tot = tl.sum(above.to(tl.int32) * 65536 + eq.to(tl.int32), 0)
+        placed += (tot >> 16) + tl.minimum(ties + (tot & 0xFFFF), take) - tl.minimum(ties, take)
+        ties += tot & 0xFFFF
     jc = tl.arange(0, CH_PAD)
-    tl.store(out + jc, tl.full([CH_PAD], -1, tl.int32), mask=(jc >= need) & (jc < units))
-    tl.store(SLEN + b * H_KV + h, nstat + need)
+    tl.store(out + jc, tl.full([CH_PAD], -1, tl.int32), mask=(jc >= placed) & (jc < units))
+    tl.store(SLEN + b * H_KV + h, nstat + placed)
 
 
 _PG_TOPK_BLOCK = 8192  # score rows up to this long stay in registers through the top-k's passes
+_PG_RADIX = 5  # bits a pass of the top-k radix search: 32 bins (tl.histogram pads fewer to 32)
 
 
 def _sel_width(s: Select, page: int, T: int) -> tuple[int, int, int, int]:
@@ -660,7 +678,7 @@ class PagedCacheBase:
         _pg_topk_kernel[(B * nh,)](
             scores, L.list, L.ntok, L.heads_of[heads], L.chosen_t[g], L.sel, L.slen, T, NU, L.list.shape[2],
             L.sel.shape[2], nh, s.units, s.sink, s.recent, H_KV=len(L.rules), P=self.page, TOKENS=s.score == "tokens",
-            BLOCK=block, ONE=NU <= block, WS_PAD=triton.next_power_of_2(max(ws, 1)),
+            BLOCK=block, ONE=NU <= block, RADIX=_PG_RADIX, WS_PAD=triton.next_power_of_2(max(ws, 1)),
             WL_PAD=triton.next_power_of_2(wl), CH_PAD=triton.next_power_of_2(s.units), num_warps=self.topk_warps,
         )  # fmt: skip
 
