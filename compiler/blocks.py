@@ -78,7 +78,6 @@ def block_map(pattern: Pattern, n_q: int, bm: int, bn: int, n_k: int | None = No
     n_k = n_q if n_k is None else n_k
     q0, q1 = _tile_bounds(n_q, bm)
     k0, k1 = _tile_bounds(n_k, bn)
-    q0c, q1c, k0r, k1r = q0[:, None], q1[:, None], k0[None, :], k1[None, :]
     shape = (len(q0), len(k0))
     groups = nb_groups(pattern.terms)
     if len(groups) == 1 and groups[0][0] is not None and not groups[0][1]:  # a union of neighbourhoods alone
@@ -96,7 +95,7 @@ def block_map(pattern: Pattern, n_q: int, bm: int, bn: int, n_k: int | None = No
             rest = tuple(l for l in rest if not (l.negated and isinstance(l.atom, Neighborhood)))
         else:
             statuses = [] if conjs is None else [box_union_tiles(conjs, n_q, n_k, bm, bn)]
-        statuses += [lit_tile(lit, q0c, q1c, k0r, k1r, n_q, n_k, bm, bn) for lit in rest]
+        statuses += [lit_tile(lit, n_q, n_k, bm, bn) for lit in rest]
         for s in statuses:
             s = np.broadcast_to(s, shape)
             none |= s == Status.NONE
@@ -156,11 +155,20 @@ def nb_groups(terms) -> list[tuple[tuple | None, tuple[Lit, ...]]]:
     return out + plain
 
 
-def lit_tile(lit: Lit, q0, q1, k0, k1, n_q: int, n_k: int, bm: int, bn: int) -> np.ndarray:
+@lru_cache(maxsize=32)
+def lit_tile(lit: Lit, n_q: int, n_k: int, bm: int, bn: int) -> np.ndarray:
+    """The status of one literal on every bm x bn tile of an n_q x n_k relation (an array that
+    broadcasts to the tile grid). Memoised, so read-only: the head groups of one pattern often
+    share literals (a causal mask, a window)."""
     if isinstance(lit.atom, Neighborhood):
         s = box_union_tiles(((lit.atom,),), n_q, n_k, bm, bn)
-        return (2 - s).astype(np.int8) if lit.negated else s
-    return lit.tile(q0, q1, k0, k1)
+        s = (2 - s).astype(np.int8) if lit.negated else s.copy()
+    else:
+        q0, q1 = _tile_bounds(n_q, bm)
+        k0, k1 = _tile_bounds(n_k, bn)
+        s = np.asarray(lit.tile(q0[:, None], q1[:, None], k0[None, :], k1[None, :]))
+    s.flags.writeable = False
+    return s
 
 
 def _probe_partial(pattern: Pattern, ambiguous: np.ndarray, q0, q1, k0, k1) -> np.ndarray:

@@ -234,14 +234,10 @@ def _count_nb_group(conjs, rest: tuple[Lit, ...], n: int) -> int:
     where both are partial are enumerated (for `& causal`, the diagonal tiles)."""
     tile = max(_TILE, 1 << (-(-n // 512) - 1).bit_length())
     counts = box_tile_counts(conjs, n, n, tile, tile)
-    q0 = np.arange(0, n, tile, dtype=np.int64)
-    q1 = np.minimum(q0 + tile, n) - 1
     none = np.zeros(counts.shape, dtype=bool)
     every = np.ones(counts.shape, dtype=bool)
     for lit in rest:
-        s = np.broadcast_to(
-            lit_tile(lit, q0[:, None], q1[:, None], q0[None, :], q1[None, :], n, n, tile, tile), counts.shape
-        )
+        s = np.broadcast_to(lit_tile(lit, n, n, tile, tile), counts.shape)
         none |= s == Status.NONE
         every &= s == Status.ALL
     total = int(counts[every & ~none].sum())

@@ -340,8 +340,10 @@ def _agree(a: sp.Expr, b: sp.Expr, var: sp.Symbol, n: int) -> bool:
         return False
 
 
+@lru_cache(maxsize=1024)
 def pretty(e: sp.Expr) -> str:
-    """One line: factored polynomials, or common factors pulled out when floors and Mods appear."""
+    """One line: factored polynomials, or common factors pulled out when floors and Mods appear
+    (memoised: head groups and totals print the same expressions)."""
     return sp.sstr(sp.factor_terms(e) if e.has(sp.floor, sp.ceiling, sp.Mod) else sp.factor(e))
 
 
