@@ -33,18 +33,21 @@ def _current_stream():
 _SCRATCH: dict = {}
 
 
-def scratch(size: int, alignment: int, stream) -> torch.Tensor:
+def scratch(size: int, alignment: int, stream):
     """Triton's allocator for a launch's global scratch (where kernels build their TMA
     descriptors: 128 bytes per descriptor and program). One buffer per (device, stream), grown
     as needed and reused by every launch on that stream, which the stream runs one after
-    another; a fresh one while a CUDA graph is being captured (the graph's pool keeps it)."""
+    another; given as its address (an int, which Triton's launcher takes without asking the
+    driver about the pointer). A fresh tensor while a CUDA graph is being captured (the
+    graph's pool keeps its memory for the replays)."""
     if torch.cuda.is_current_stream_capturing():
         return torch.empty(size, device="cuda", dtype=torch.int8)
     key = (torch._C._cuda_getDevice(), stream)
-    buf = _SCRATCH.get(key)
-    if buf is None or buf.numel() < size:  # torch's blocks are 512-byte aligned, Triton asks for 128
-        buf = _SCRATCH[key] = torch.empty(max(size, 1 << 16), device="cuda", dtype=torch.int8)
-    return buf
+    got = _SCRATCH.get(key)
+    if got is None or got[0].numel() < size:  # torch's blocks are 512-byte aligned, Triton asks for 128
+        buf = torch.empty(max(size, 1 << 16), device="cuda", dtype=torch.int8)
+        got = _SCRATCH[key] = (buf, buf.data_ptr())
+    return got[1]
 
 
 def _hooks_set() -> bool:
