@@ -9,8 +9,10 @@ kernels) reaches these functions as a `PrefillSpec`; the generated module wraps 
 Host time: everything a call derives from the shapes, strides, dtypes, devices, layer and
 scale (the checks' verdict, configurations, grids, launch arguments, the compiled kernels) is
 computed once and kept in `PrefillSpec.memo` under one key (`plan_key`); a later call with
-the same key (`prefill_fast`) only allocates the output, fills the TMA descriptors with the
-data pointers and launches the compiled kernels directly (launch.FastLaunch).
+the same key (`prefill_fast`) only allocates the output and launches the compiled kernels
+directly (launch.FastLaunch), the TMA descriptors built in the kernel (USE_TMA 3) or, with
+host-side ones (USE_TMA 2), filled with the data pointers here and encoded by Triton's
+launcher.
 """
 
 from __future__ import annotations
@@ -686,19 +688,15 @@ def prefill_fast(spec: PrefillSpec, q, k, v, scale, return_lse, layer, lengths):
     if hit is None:
         return None
     device = q.device
-    if lengths is None:
-        o = torch.empty(q.shape, device=device, dtype=q.dtype)
-        lens = hit.dummy_i32
-    else:
-        o, lens = torch.zeros(q.shape, device=device, dtype=q.dtype), lengths
-    if return_lse:
+    o = (torch.empty if lengths is None else torch.zeros)(q.shape, device=device, dtype=q.dtype)
+    if return_lse or hit.merge:  # the LSE asked for, or the split launches' merge buffer
         lse = torch.empty(q.shape[:3], device=device, dtype=torch.float32)
-        if lengths is not None:
+        if return_lse and lengths is not None:
             lse.fill_(float("-inf"))
-    else:  # the split launches' merge buffer, or nothing to write
-        lse = torch.empty(q.shape[:3], device=device, dtype=torch.float32) if hit.merge else hit.dummy_f32
+    else:
+        lse = hit.dummy_f32
     for run in hit.runs:
-        run(q, k, v, o, lse, hit.dummy_i32, lens, None)
+        run(q, k, v, o, lse, hit.dummy_i32, lengths, None)
     return (o, lse) if return_lse else o
 
 
