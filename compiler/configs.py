@@ -13,10 +13,10 @@ from __future__ import annotations
 Config = dict[str, object]
 
 # How a Hopper launch reads q, k, v, o through TMA (USE_TMA of the rows that ask for it): 2,
-# host-side descriptors, which Triton's launcher encodes on every launch (tens of
-# microseconds of host time per call); 3, descriptors the kernel builds on the device (in the
-# launch's global scratch), which leave the host nothing to encode. The grid groups' kernel
-# has host-side descriptors only (any non-zero value).
+# host-side descriptors, which Triton's launcher encodes again at every launch (host time per
+# call); 3, descriptors the kernel builds on the device (in the launch's global scratch),
+# which leave the host nothing to encode. The grid groups' kernel has host-side descriptors
+# only (any non-zero value). bench/prefill_host.py measures the two side by side.
 TMA = 3
 
 
