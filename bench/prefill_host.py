@@ -105,6 +105,8 @@ def run_gpu(args) -> dict:
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "rows": []}  # fmt: skip
     for name, label in MODULES.items():
+        if args.modules and name not in args.modules:
+            continue
         mod = _import(name)
         for n in args.n:
             g = torch.Generator(device=dev).manual_seed(n)
@@ -210,6 +212,7 @@ def main(argv=None) -> None:
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes (TRITON_INTERPRET=1)")
     ap.add_argument("--n", type=int, nargs="*", default=[128, 1024, 4096])
     ap.add_argument("--calls", type=int, default=200)
+    ap.add_argument("--modules", nargs="*", help="a subset of " + ", ".join(MODULES))
     ap.add_argument("--profile", action="store_true", help="a CPU profile of attnc's Python (first N)")
     args = ap.parse_args(argv)
     res = run_smoke(args) if args.smoke else run_gpu(args)
