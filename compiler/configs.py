@@ -12,6 +12,13 @@ from __future__ import annotations
 
 Config = dict[str, object]
 
+# How a Hopper launch reads q, k, v, o through TMA (USE_TMA of the rows that ask for it): 2,
+# host-side descriptors, which Triton's launcher encodes again at every launch (host time per
+# call); 3, descriptors the kernel builds on the device (in the launch's global scratch),
+# which leave the host nothing to encode. The grid groups' kernel has host-side descriptors
+# only (any non-zero value). bench/prefill_host.py measures the two side by side.
+TMA = 3
+
 
 def _cfg(
     bm: int,
@@ -32,7 +39,7 @@ def _cfg(
         "num_stages": stages,
         "STAGES": stages if loop_stages is None else loop_stages,
         "EDGE_STAGES": edge_stages,
-        "USE_TMA": 2 if tma else 0,
+        "USE_TMA": TMA if tma else 0,
         "GRID_ORDER": grid_order,
         "WARP_SPEC": False,
         "maxnreg": maxnreg,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tests.strategies import op, prim
-from tests.test_codegen_support import grouped, inputs, load, single
+import torch
+
+from tests.test_codegen_support import assert_close, grouped, inputs, load, single
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -129,3 +131,33 @@ def test_reference_checks_too(mod):
     q, k, v = qkv(h=3, h_kv=2)
     with pytest.raises(ValueError, match="H_KV=2"):
         mod.reference(q, k, v)
+
+
+def test_a_call_like_an_earlier_one_takes_the_memo_and_is_still_checked(mod, monkeypatch):
+    # the first call plans and remembers; a second one with the same shapes, strides, dtypes and
+    # devices launches the remembered plan (no new plan); one that differs in anything the
+    # checks read is refused as on a first call, before any launch
+    q, k, v = qkv(n=24)
+    mod.prefill(q, k, v)
+    launches = []
+    launch = mod.FastLaunch.__call__
+    monkeypatch.setattr(mod.FastLaunch, "__call__", lambda self, *a: launches.append(1) or launch(self, *a))
+    monkeypatch.setattr(mod, "_plan", lambda *a, **kw: pytest.fail("a call like an earlier one was planned again"))
+    q2, k2, v2 = inputs(1, 2, 1, 24, 16, seed=1)
+    out = mod.prefill_fast(mod._PREFILL, q2, k2, v2, None, False, None, None)  # the memo's path itself
+    assert out is not None and len(launches) == 1
+    assert_close(out, mod.reference(q2, k2, v2), torch.float32)
+    assert_close(mod.prefill(q2, k2, v2), out, torch.float32)
+    bad = [
+        ((q2, k2.half(), v2), TypeError, r"k.dtype=torch.float16"),
+        ((q2.double(), k2.double(), v2.double()), TypeError, "float16, bfloat16, float32"),
+        ((q2, k2.to("meta"), v2), ValueError, "one device"),
+        ((q2, k2[:, :, :20], v2[:, :, :20]), ValueError, r"seq=24"),
+        ((q2, k2.transpose(-1, -2).contiguous().transpose(-1, -2), v2), ValueError, "contiguous last dimension"),
+        ((q2, k2.numpy(), v2), TypeError, "k must be a torch.Tensor"),
+        ((q2[0], k2, v2), ValueError, "rank 4"),
+    ]
+    for args, error, message in bad:
+        with pytest.raises(error, match=message):
+            mod.prefill(*args)
+    assert len(launches) == 2

@@ -127,10 +127,12 @@ def test_split_launches(m, window, n):
         assert_close(mod.prefill(q, k, v), ref, torch.float32)
 
 
+@pytest.mark.parametrize("tma", [2, 3])
 @pytest.mark.parametrize("name", ["sink_window", "causal", "global", "power", "strided_long", "dilated"])
-def test_tensor_descriptors_and_head_groups(name):
-    # the Hopper path: host-side 4D TMA descriptors, query blocks in groups of 2 heads
-    cfg = dict(BLOCK_M=16, BLOCK_N=16, USE_TMA=2, GRID_ORDER=3, HEAD_GROUP=2)
+def test_tensor_descriptors_and_head_groups(name, tma):
+    # the Hopper path: 4D TMA descriptors (2 host-side, 3 built in the kernel), query blocks in
+    # groups of 2 heads
+    cfg = dict(BLOCK_M=16, BLOCK_N=16, USE_TMA=tma, GRID_ORDER=3, HEAD_GROUP=2)
     check_module(single(EXPRS[name], name), 77, b=2, h=4, h_kv=2, dtype=torch.float16, config=cfg)
 
 

@@ -306,8 +306,12 @@ def compile_one(path, opts):
     boxes = {}
     if use_tma == 2:
         boxes = {n: [1, 1, cfg["BLOCK_N"] if n in ("K", "V") else cfg["BLOCK_M"], head_dim] for n in ("Q", "K", "V", "O")}
+    # as the host launches it: None (a constexpr) for the descriptor slots without host-side
+    # descriptors, HEADS for all heads, TR and LENS
     signature = signature_of(names, dtype, ("Q", "K", "V", "O", "Q_ptr", "K_ptr", "V_ptr", "O_ptr"), boxes,
                              ("N", "H", "NH", "Q_OFF", "NQ", "K_LO", "K_HI"))
+    unused = ["TR", "LENS"] + ([] if use_tma == 2 else ["Q", "K", "V", "O"]) + ([] if opts["subset"] else ["HEADS"])
+    signature.update(dict.fromkeys(unused, "constexpr"))
     constexprs = dict(KV_GROUP=2, HEAD_DIM=head_dim, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                       BLOCK_N_NARROW=min(narrow, cfg["BLOCK_N"]), GROUP=opts["group"], SUBSET=opts["subset"],
                       RESIDUE=opts["residue"], HAS_LSE=True, USE_TMA=use_tma, PADDED=False, GRID_ORDER=3, HEAD_GROUP=4,

@@ -112,3 +112,54 @@ def test_to_device_copies_host_tables():
     t = torch.tensor([[1, 2], [3, 4]], dtype=torch.int32)
     got = L.to_device(t, "cpu")
     assert torch.equal(got, t) and got.dtype == torch.int32
+
+
+def test_kernels_with_global_scratch_get_the_scratch_allocator_for_their_launches_only(device):
+    # a kernel that builds TMA descriptors on the device asks Triton's allocator for scratch at
+    # every launch: FastLaunch sets `scratch` around its launches (the dispatch's too), and
+    # leaves whatever the caller had set (Triton's null allocator here) outside them
+    seen = []
+
+    class Meta:
+        global_scratch_size = 512
+
+    class Scratching(Kernel):
+        def __getitem__(self, grid):
+            seen.append(L._TRITON_ALLOCATOR.get())
+            return super().__getitem__(grid)
+
+    kernel = Scratching()
+    kernel.compiled.metadata = Meta()
+    kernel.compiled.run = lambda *args: seen.append(L._TRITON_ALLOCATOR.get())
+    outside = L._TRITON_ALLOCATOR.get()
+    launch = L.FastLaunch(kernel, (1,), {"BLOCK": 16})
+    launch(1, 2, 3)  # the dispatch
+    launch(1, 2, 3)  # the compiled kernel
+    assert seen == [L.scratch, L.scratch] and L._TRITON_ALLOCATOR.get() is outside
+    plain = Kernel()  # no scratch: the direct launch leaves the allocator alone
+    plain.compiled.run = lambda *args: seen.append(L._TRITON_ALLOCATOR.get())
+    launch = L.FastLaunch(plain, (1,), {"BLOCK": 16})
+    launch(1, 2, 3)
+    launch(1, 2, 3)
+    assert seen[-1] is outside
+
+
+def test_scratch_is_one_buffer_per_device_and_stream(monkeypatch):
+    # CPU stand-ins for the CUDA calls: the buffer is reused on its stream, grown when a launch
+    # asks for more, separate per stream, and a fresh tensor while a graph is being captured
+    made = []
+    monkeypatch.setattr(L, "_SCRATCH", {})
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 0, raising=False)
+    capturing = {"on": False}
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing["on"])
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda size, device, dtype: made.append(size) or empty(size, dtype=dtype))
+    a = L.scratch(1024, 128, 7)
+    assert L.scratch(4096, 128, 7) == a and made == [1 << 16]  # reused, as an address (an int)
+    b = L.scratch(1 << 17, 128, 7)
+    assert made == [1 << 16, 1 << 17] and L._SCRATCH[(0, 7)][0].numel() == 1 << 17 and b == L._SCRATCH[(0, 7)][1]
+    L.scratch(1024, 128, 8)  # another stream: its own buffer
+    assert len(L._SCRATCH) == 2
+    capturing["on"] = True
+    fresh = L.scratch(1024, 128, 7)
+    assert isinstance(fresh, torch.Tensor) and fresh.numel() == 1024 and made[-1] == 1024

@@ -117,6 +117,19 @@ def test_bench_host_smoke(tmp_path):
         assert check["same_store"] and check["max_abs_diff"] < 1e-5
 
 
+@pytest.mark.exhaustive
+def test_bench_prefill_host_smoke(tmp_path):
+    env = dict(os.environ, TRITON_INTERPRET="1", OUT=str(tmp_path))
+    subprocess.run([sys.executable, str(ROOT / "bench" / "host.py"), "generate"], check=True, env=env, cwd=ROOT)
+    subprocess.run([sys.executable, str(ROOT / "bench" / "prefill_host.py"), "--smoke"], check=True, env=env, cwd=ROOT)
+    rows = json.loads((tmp_path / "prefill_host.json").read_text())["rows"]
+    checked = [r for r in rows if "max_abs_diff_vs_sdpa" in r]
+    assert {r["variant"] for r in checked} == {"host descriptors", "device descriptors"}
+    assert all(r["max_abs_diff_vs_sdpa"] < 1e-5 for r in checked)
+    assert all(r["bitwise_equal_variants"] for r in checked if "bitwise_equal_variants" in r)
+    assert sum("python_us" in r for r in rows) == 4  # attnc's Python, per module and variant
+
+
 def test_flex_backends_equal_their_dense_masks():
     """FlexAttention (unfused on the CPU): `flex` equals SDPA, and `flex_window` equals attnc's
     streaming pattern with the same sink and window, at the prompt and at decode steps, one

@@ -17,12 +17,37 @@ try:
     from triton.knobs import runtime as _TRITON_RUNTIME
 except ImportError:  # another triton layout: no launch hooks to honour
     _TRITON_RUNTIME = None
+try:
+    from triton.runtime._allocation import _allocator as _TRITON_ALLOCATOR
+except ImportError:  # another triton layout: kernels with global scratch use the process's allocator
+    _TRITON_ALLOCATOR = None
 
 
 def _current_stream():
-    """(device index, raw stream) where Triton would launch: the current CUDA device's stream."""
-    device = torch.cuda.current_device()
+    """(device index, raw stream) where Triton would launch: the current CUDA device's stream
+    (torch.cuda.current_device without its lazy-init check: a bound kernel has run on CUDA)."""
+    device = torch._C._cuda_getDevice()
     return device, torch._C._cuda_getCurrentRawStream(device)
+
+
+_SCRATCH: dict = {}
+
+
+def scratch(size: int, alignment: int, stream):
+    """Triton's allocator for a launch's global scratch (where kernels build their TMA
+    descriptors: 128 bytes per descriptor and program). One buffer per (device, stream), grown
+    as needed and reused by every launch on that stream, which the stream runs one after
+    another; given as its address (an int, which Triton's launcher takes without asking the
+    driver about the pointer). A fresh tensor while a CUDA graph is being captured (the
+    graph's pool keeps its memory for the replays)."""
+    if torch.cuda.is_current_stream_capturing():
+        return torch.empty(size, device="cuda", dtype=torch.int8)
+    key = (torch._C._cuda_getDevice(), stream)
+    got = _SCRATCH.get(key)
+    if got is None or got[0].numel() < size:  # torch's blocks are 512-byte aligned, Triton asks for 128
+        buf = torch.empty(max(size, 1 << 16), device="cuda", dtype=torch.int8)
+        got = _SCRATCH[key] = (buf, buf.data_ptr())
+    return got[1]
 
 
 def _hooks_set() -> bool:
@@ -48,9 +73,11 @@ class FastLaunch:
     """launch(*args): kernel[grid](*args, **constants) the first time, then the compiled kernel
     directly (the positional args first, the constants after them in the kernel's parameter
     order, as triton.jit binds them). Under the interpreter, or with launch hooks set, every
-    call takes the dispatch. Returns what the dispatch returned (the compiled kernel)."""
+    call takes the dispatch. Returns what the dispatch returned (the compiled kernel). A kernel
+    that needs global scratch (descriptors built on the device) gets it from `scratch`, set
+    for its launches only."""
 
-    __slots__ = ("kernel", "grid", "constants", "compiled", "tail", "device", "grid3")
+    __slots__ = ("kernel", "grid", "constants", "compiled", "tail", "device", "grid3", "scratch")
 
     def __init__(self, kernel, grid: tuple, constants: dict):
         self.kernel = kernel
@@ -60,6 +87,7 @@ class FastLaunch:
         self.tail = ()
         self.device = None
         self.grid3 = (*grid, 1, 1)[:3]
+        self.scratch = False
 
     def __call__(self, *args):
         c = self.compiled
@@ -67,12 +95,21 @@ class FastLaunch:
             device, stream = _current_stream()
             if device == self.device and not _hooks_set():
                 g = self.grid3
+                token = _TRITON_ALLOCATOR.set(scratch) if self.scratch else None
                 try:
                     c.run(g[0], g[1], g[2], stream, c.function, c.packed_metadata, None, None, None, *args, *self.tail)
                     return c
                 except TypeError:  # a launcher that takes its arguments otherwise: the dispatch from now on
                     self.compiled, self.device = None, False
-        got = self.kernel[self.grid](*args, **self.constants)
+                finally:
+                    if token is not None:
+                        _TRITON_ALLOCATOR.reset(token)
+        token = _TRITON_ALLOCATOR.set(scratch) if _TRITON_ALLOCATOR is not None else None
+        try:
+            got = self.kernel[self.grid](*args, **self.constants)
+        finally:
+            if token is not None:
+                _TRITON_ALLOCATOR.reset(token)
         if self.device is None and getattr(got, "function", None) is not None and hasattr(got, "packed_metadata"):
             self._bind(got, len(args))
         return got
@@ -95,4 +132,6 @@ class FastLaunch:
                 return
         self.tail = tuple(tail)
         self.device = _current_stream()[0]
+        needs = getattr(getattr(compiled, "metadata", None), "global_scratch_size", 0)
+        self.scratch = bool(needs) and _TRITON_ALLOCATOR is not None
         self.compiled = compiled

@@ -9,8 +9,10 @@ kernels) reaches these functions as a `PrefillSpec`; the generated module wraps 
 Host time: everything a call derives from the shapes, strides, dtypes, devices, layer and
 scale (the checks' verdict, configurations, grids, launch arguments, the compiled kernels) is
 computed once and kept in `PrefillSpec.memo` under one key (`plan_key`); a later call with
-the same key (`prefill_fast`) only allocates the output, fills the TMA descriptors with the
-data pointers and launches the compiled kernels directly (launch.FastLaunch).
+the same key (`prefill_fast`) only allocates the output and launches the compiled kernels
+directly (launch.FastLaunch), the TMA descriptors built in the kernel (USE_TMA 3) or, with
+host-side ones (USE_TMA 2), filled with the data pointers here and encoded by Triton's
+launcher.
 """
 
 from __future__ import annotations
@@ -354,10 +356,18 @@ def _generic_launcher(
         q_shape, kv_shape = list(q.shape), list(k.shape)  # host-side descriptors over all of each tensor
         q_st, k_st, v_st, o_st = list(q.stride()), list(k.stride()), list(v.stride()), list(o.stride())
 
+    # pointers the kernel does not read here go as None (a constexpr to Triton, nothing for its
+    # launcher to resolve): the descriptor slots without host-side descriptors, HEADS for all
+    # heads, TR outside a trace, LENS for an unpadded batch, the selection without one
+    has_sel, no_descs = kw["HAS_SEL"], (None,) * 4
+
     def run(q, k, v, o, lse, tr, lengths, sel=None):
-        if sel is None and kw["HAS_SEL"]:
-            raise ValueError("prefill: this pattern selects key blocks at run time: pass indices=select(q, k)")
-        chosen = (tr, tr, 0, 0) if sel is None else (sel[0], sel[1], sel[0].shape[-1], sel[0].shape[-2])
+        if sel is None:
+            if has_sel:
+                raise ValueError("prefill: this pattern selects key blocks at run time: pass indices=select(q, k)")
+            chosen = (None, None, 0, 0)
+        else:
+            chosen = (sel[0], sel[1], sel[0].shape[-1], sel[0].shape[-2])
         if use_tma == 2:
             descs = (
                 _descriptor(q, q_shape, q_st, rows_m),
@@ -366,8 +376,8 @@ def _generic_launcher(
                 _descriptor(o, q_shape, o_st, rows_m),
             )
         else:
-            descs = (q, k, v, o)
-        return launch(*descs, q, k, v, o, lse, tr if heads is None else heads, tr, lengths, *scalars,
+            descs = no_descs
+        return launch(*descs, q, k, v, o, lse, heads, tr if trace else None, lengths if padded else None, *scalars,
                       *lse.stride()[:2], *tail, *chosen)  # fmt: skip
 
     return run
@@ -593,7 +603,8 @@ def forward(
     if B * H * NQ == 0:
         return (o, lse, None) if trace else (o, lse)
     dummy_i32, dummy_f32 = dummies(q.device)
-    lse_arg = lse if return_lse else dummy_f32 if trace else merge_lse(spec, q, N, dummy_f32)
+    merge = not (return_lse or trace) and _merges(spec, N)
+    lse_arg = torch.empty((B, H, NQ), device=q.device, dtype=torch.float32) if merge else lse if return_lse else dummy_f32
     lens_arg = lengths if padded else dummy_i32
     if trace:
         # the trace has one row per query block: every group must use the same BLOCK_M (tests pass it)
@@ -604,9 +615,9 @@ def forward(
         _run_first(spec, plan, (q, k, v, o, lse_arg, tr, lens_arg, sel), lambda: plan)
         return o, lse, tr.view(B, H, num_m, N)
     key = None if config is not None else plan_key(q, k, v, layer, scale, return_lse, lengths, sel, part)
-    plan = spec.memo.get(key) if key is not None else None
-    if plan is not None:
-        for _, _, run in plan:
+    hit = spec.memo.get(key) if key is not None else None
+    if hit is not None:
+        for run in hit.runs:
             run(q, k, v, o, lse_arg, dummy_i32, lens_arg, sel)
         return o, lse
 
@@ -615,8 +626,19 @@ def forward(
 
     plan = build()
     if _run_first(spec, plan, (q, k, v, o, lse_arg, dummy_i32, lens_arg, sel), build) and key is not None:
-        _remember(spec, key, plan)
+        _remember(spec, key, Memoised(tuple(run for _, _, run in plan), merge, dummy_i32, dummy_f32))
     return o, lse
+
+
+class Memoised(NamedTuple):
+    """A remembered call (the memo's value under its plan_key): its launches, and what else
+    the key fixes: whether a call that returns no LSE needs a buffer to merge split launches
+    through, and the device's placeholder tensors."""
+
+    runs: tuple
+    merge: bool
+    dummy_i32: torch.Tensor
+    dummy_f32: torch.Tensor
 
 
 def plan_key(q, k, v, layer, scale: float, return_lse, lengths, sel, part):
@@ -628,6 +650,9 @@ def plan_key(q, k, v, layer, scale: float, return_lse, lengths, sel, part):
     full checks passed, so a hit stands for them."""
     if (q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15 or (layer is not None and type(layer) is not int):
         return None
+    if lengths is None and sel is None and part is None:  # a whole prefill: the common case, built at once
+        return (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype,
+                q.device, k.device, v.device, layer, scale, bool(return_lse))  # fmt: skip
     extra = []
     for t in (lengths, *(sel or ())):
         if t is not None:
@@ -659,28 +684,26 @@ def prefill_fast(spec: PrefillSpec, q, k, v, scale, return_lse, layer, lengths):
     elif type(scale) is not float:
         return None
     key = plan_key(q, k, v, layer, scale, return_lse, lengths, None, None)
-    plan = spec.memo.get(key) if key is not None else None
-    if plan is None:
+    hit = spec.memo.get(key) if key is not None else None
+    if hit is None:
         return None
-    padded = lengths is not None
-    o = (torch.zeros if padded else torch.empty)(q.shape, device=q.device, dtype=q.dtype)
-    dummy_i32, dummy_f32 = dummies(q.device)
-    lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32) if return_lse else None
-    lse_arg = lse if return_lse else merge_lse(spec, q, k.shape[2], dummy_f32)
-    if padded and return_lse:
-        lse.fill_(float("-inf"))
-    lens = lengths if padded else dummy_i32
-    for _, _, run in plan:
-        run(q, k, v, o, lse_arg, dummy_i32, lens, None)
+    device = q.device
+    o = (torch.empty if lengths is None else torch.zeros)(q.shape, device=device, dtype=q.dtype)
+    if return_lse or hit.merge:  # the LSE asked for, or the split launches' merge buffer
+        lse = torch.empty(q.shape[:3], device=device, dtype=torch.float32)
+        if return_lse and lengths is not None:
+            lse.fill_(float("-inf"))
+    else:
+        lse = hit.dummy_f32
+    for run in hit.runs:
+        run(q, k, v, o, lse, hit.dummy_i32, lengths, None)
     return (o, lse) if return_lse else o
 
 
-def merge_lse(spec: PrefillSpec, q, N: int, dummy):
-    """The LSE argument of a call that returns none: a buffer where a group runs split
-    launches at N keys (the second launch merges through the first's LSE), else `dummy`."""
-    if any(split_at(tuning, N) for tuning in spec.tuning):
-        return torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
-    return dummy
+def _merges(spec: PrefillSpec, N: int) -> bool:
+    """A call at N keys that returns no LSE still needs an LSE buffer: a group runs split
+    launches there (the second launch merges through the first's LSE)."""
+    return any(split_at(tuning, N) for tuning in spec.tuning)
 
 
 def grid_visits_of(spec: PrefillSpec, q, k, v, layer=None, config=None) -> list:
