@@ -40,5 +40,5 @@ for append in (False, True):  # the H2O / TOVA step: the logits, the fold and th
     out[f"decode_scores_append_{append}"] = usage(mod._dec_fwd_kernel, types, dict(H_KV=8, G=4, HEAD_DIM=128,
         BLOCK_M=16, BLOCK_N=cfg.block_n, STAGES=cfg.stages, MASKED=False, REDUCE=2, DOT_PREC="tf32", UPCAST=False,
         SCORES=True, LGS=4160, BLOCK_G=4, BLOCK_E=mod._DEC_FOLD_BLOCK, APPEND=append, CW=1), cfg.num_warps,
-        mod._DEC_STEP_REGS if append else None)  # fmt: skip
+        mod._DEC_STEP_REGS)  # fmt: skip
 print(json.dumps(out))

@@ -21,8 +21,8 @@ from .checks import check_int, check_kernel_device, check_out, check_scale, chec
 from .launch import FastLaunch
 
 _DEC_LOG2E = 1.4426950408889634
-_DEC_FOLD_BLOCK = 256  # keys per tile of a scored head's fold (_dec_fold)
-_DEC_STEP_REGS = 160  # registers of a scored step that appends (the decode that only scores takes ~156)
+_DEC_FOLD_BLOCK = 512  # keys per tile of a scored head's fold (_dec_fold)
+_DEC_STEP_REGS = 160  # at most this many registers for a scored decode (it takes ~156; 3 programs per SM)
 
 
 class CacheView(NamedTuple):
@@ -583,7 +583,7 @@ def _dec_plan(spec: DecodeSpec, q, view, sm_scale, config, split, scores=0, new=
         CW=new[3].shape[1] if new else 1,
         num_warps=config.num_warps,
     )
-    if scores and new is not None:  # ptxas would keep the step to 128 registers and spill (sm_90)
+    if scores:  # ptxas would keep a step that appends to 128 registers and spill (sm_90)
         kw["maxnreg"] = _DEC_STEP_REGS
     if new is not None and reduce_mode == 1:  # _dec_reduce_kernel would read the lengths after the append
         raise ValueError("decode: appending k, v in the decode kernel needs DecodeConfig(fused_reduce=True)")
