@@ -283,9 +283,9 @@ def _dec_fold(LSE_H, LG_H, SC_H, K_H, V_H, POS_H, SPOL_H, E, qpos, G: tl.constex
     offs_g = tl.arange(0, BLOCK_G)
     g_ok = offs_g < G
     lse = tl.load(LSE_H + offs_g, mask=g_ok, other=float("inf"), cache_modifier=".cg")
-    best_p = float("inf")
-    best_pos = SENT + 1
-    best_i = E - 1
+    best_p = tl.full([BLOCK_E], float("inf"), tl.float32)  # per lane: the lowest (priority, position, slot)
+    best_pos = tl.full([BLOCK_E], SENT + 1, tl.int32)
+    best_s = tl.full([BLOCK_E], 0, tl.int32)
     for j in range(0, E, BLOCK_E):
         offs = j + tl.arange(0, BLOCK_E)
         valid = offs < E
@@ -300,13 +300,13 @@ def _dec_fold(LSE_H, LG_H, SC_H, K_H, V_H, POS_H, SPOL_H, E, qpos, G: tl.constex
         tl.store(SC_H + offs, new, mask=valid)
         prio = tl.where((kp < sink) | (kp > qpos - recent), float("inf"), new)
         prio = tl.where(valid, tl.where(kp == SENT, float("-inf"), prio), float("inf"))
-        low = tl.min(prio, 0)
-        lpos = tl.min(tl.where(valid & (prio == low), kp, SENT + 1), 0)
-        li = tl.min(tl.where(valid & (prio == low) & (kp == lpos), offs, E), 0)
-        better = (low < best_p) | ((low == best_p) & (lpos < best_pos))
-        best_i = tl.where(better, li, best_i)
-        best_p = tl.where(better, low, best_p)
-        best_pos = tl.where(better, lpos, best_pos)
+        better = (prio < best_p) | ((prio == best_p) & (kp < best_pos))  # a lane's slots ascend: ties keep the first
+        best_p = tl.where(better, prio, best_p)
+        best_pos = tl.where(better, kp, best_pos)
+        best_s = tl.where(better, offs, best_s)
+    low = tl.min(best_p, 0)  # one reduction over the lanes
+    lpos = tl.min(tl.where(best_p == low, best_pos, SENT + 1), 0)
+    best_i = tl.min(tl.where((best_p == low) & (best_pos == lpos), best_s, E), 0)
     if E > budget:  # the step's token (the last slot) moves into the victim's slot
         tl.debug_barrier()  # every thread's score stores before the move reads one
         offs_d = tl.arange(0, HEAD_DIM)
