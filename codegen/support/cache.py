@@ -458,11 +458,11 @@ class CacheBase:
         if type(q) is not torch.Tensor or q.dim() != 4 or q.shape[2] != T:
             raise CacheError(f"decode: q must be (B, H, T, D) with the T = {T} tokens of k and v; got "
                              f"{tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")  # fmt: skip
-        if L.logits is not None:  # the step folds its attention and evicts in the same launch
-            L.logits.armed = True
         new = (k.contiguous(), v.contiguous(), L.tab, L.cnt)
         view = self.view(L.layer)._replace(n=n + T)
         plan, q = decode_prepare(spec, q, view, sm_scale, out, config, split, new)
+        if L.logits is not None:  # the step folds its attention and evicts in the same launch
+            L.logits.armed = True
         out = decode_run(plan, q, view, out, new)
         if key is not None and key[-1]:  # contiguous and aligned: the next such step skips the checks
             L.steps[key] = (view.slots, T, plan)
