@@ -604,7 +604,9 @@ def forward(
         return (o, lse, None) if trace else (o, lse)
     dummy_i32, dummy_f32 = dummies(q.device)
     merge = not (return_lse or trace) and _merges(spec, N)
-    lse_arg = torch.empty((B, H, NQ), device=q.device, dtype=torch.float32) if merge else lse if return_lse else dummy_f32
+    lse_arg = (
+        torch.empty((B, H, NQ), device=q.device, dtype=torch.float32) if merge else lse if return_lse else dummy_f32
+    )
     lens_arg = lengths if padded else dummy_i32
     if trace:
         # the trace has one row per query block: every group must use the same BLOCK_M (tests pass it)
