@@ -13,16 +13,15 @@ mod = import_module_from_path(sys.argv[1], "decode_fused_sm90_mod")
 
 
 out = {}
-types = {n: "*i32" for n in ("POS", "LENS", "OFFS", "GID", "CNT", "NPOS", "TAB", "KCNT", "ARRIVE", "SPOL")}
+types = {n: "*i32" for n in ("POS", "LENS", "OFFS", "GID", "CNT", "NPOS", "TAB", "KCNT", "ARRIVE", "SOFF")}
 types.update(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", KN="*bf16", VN="*bf16", PM="*fp32", PL="*fp32", PACC="*fp32")
-types.update(LG="*fp32", LSE="*fp32", SC="*fp32")
-types.update({n: "i32" for n in ("T", "FOLD", "SPLIT", "NSPLIT", "W", "SLOTS")}, qk_scale="fp32")
+types.update(LG="*fp32", LSE="*fp32")
+types.update({n: "i32" for n in ("T", "SPLIT", "NSPLIT", "W", "SLOTS")}, qk_scale="fp32")
 cfg = mod.DecodeConfig()
 for append in (False, True):
     for reduce in (0, 2):
         kw = dict(H_KV=8, G=4, HEAD_DIM=128, BLOCK_M=16, BLOCK_N=cfg.block_n, STAGES=cfg.stages, MASKED=True,
-                  REDUCE=reduce, DOT_PREC="tf32", UPCAST=False, APPEND=append, CW=2, SCORES=False, LGS=1,
-                  BLOCK_G=4, BLOCK_E=mod._DEC_FOLD_BLOCK)  # fmt: skip
+                  REDUCE=reduce, DOT_PREC="tf32", UPCAST=False, APPEND=append, CW=2, SCORES=False, LGS=1)  # fmt: skip
         out[f"decode_append_{append}_reduce_{reduce}"] = usage(mod._dec_fwd_kernel, types, kw, cfg.num_warps)
 types = {n: "*i32" for n in ("POS", "LENS", "NPOS", "TAB", "CNT", "DONE")}
 types.update(KN="*bf16", VN="*bf16", K="*bf16", V="*bf16", T="i32", SLOTS="i32")

@@ -14,13 +14,13 @@ from triton.compiler import ASTSource
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
 
 
-def usage(fn, types: dict, constexprs: dict, num_warps: int, maxnreg: int | None = None) -> list:
+def usage(fn, types: dict, constexprs: dict, num_warps: int) -> list:
     """[shared bytes, registers, stack bytes] of `fn` compiled with argument `types` (pointers
-    16-byte aligned; absent names are constexprs) and `constexprs` (at most `maxnreg` registers)."""
+    16-byte aligned; absent names are constexprs) and `constexprs`."""
     sig = {n: types.get(n, "constexpr") for n in fn.arg_names}
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items() if t.startswith("*")}
     k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
-                       target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, maxnreg=maxnreg))  # fmt: skip
+                       target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))  # fmt: skip
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(k.asm["cubin"])
         f.flush()

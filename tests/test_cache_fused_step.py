@@ -1,9 +1,8 @@
-"""H2O and TOVA decode steps whose decode kernel folds the step's attention into the scores
-and evicts (the last split of each (row, KV head), after its merge: _dec_fold), in one launch
-with the step's own token (`cache.decode(layer, q, k, v)`) or after a separate append,
-against the torch path (backend="torch", which recomputes the step's attention from its
-queries at the next append; here forced right after the step): the same tokens kept in the
-same slots, the same scores, the same decode outputs, step by step; ties included."""
+"""H2O and TOVA decode steps through the decode kernel's logits (StepLogits) and one
+_kv_update_kernel launch (fold the step's attention into the scores, the lowest (priority,
+position), the move, the new token) against the torch path (backend="torch", which
+recomputes the step's attention from its queries), step by step: the same tokens kept in
+the same slots, the same scores, the same decode outputs; ties included."""
 
 from __future__ import annotations
 
@@ -30,76 +29,44 @@ def _inputs(B, heads, N, seed, ties):
     return q, k, v
 
 
-def _settle(cache):
-    """Run the torch path's pending evictions now (they wait for the next append)."""
-    for L in cache._layers:
-        for c in L.classes:
-            if c.pending is not None:
-                cache._finish(L, c)
-
-
-def _launches(mod, monkeypatch):
-    """The kernels launched, in order (a list that grows)."""
-    seen = []
-    call = mod.FastLaunch.__call__
-
-    def record(self, *args):
-        seen.append(self.kernel)
-        return call(self, *args)
-
-    monkeypatch.setattr(mod.FastLaunch, "__call__", record)
-    return seen
-
-
-def _steps(mod, q, k, v, pre, N, decode_kw, fused_step, monkeypatch):
-    """Run both caches over the same steps and compare after each: the triton cache in one
-    decode launch per step (fused_step) or an append and a decode, never in torch ops."""
+def _steps(mod, q, k, v, pre, N, decode_kw, check_fused):
+    """Run both caches over the same steps (append, then decode) and compare after each."""
     B = q.shape[0]
     fused, ref = mod.Cache(B, dtype=torch.float32), mod.Cache(B, dtype=torch.float32, backend="torch")
     for c in (fused, ref):
         c.append(0, k[:, :, :pre], v[:, :, :pre], q[:, :, :pre])
-    fused._finish = lambda *a: pytest.fail("the fused cache evicted in torch ops")
-    seen = _launches(mod, monkeypatch)
+    if check_fused:  # every step after the first folds the decode's logits: no torch eviction
+        fused._finish = lambda *a: pytest.fail("the fused cache evicted in torch ops")
     for t in range(pre, N):
         sl = slice(t, t + 1)
-        del seen[:]
-        if fused_step:  # one launch for the step (a separate reduce kernel is asked: append, then decode)
-            out = fused.decode(0, q[:, :, sl], k[:, :, sl], v[:, :, sl], **decode_kw)
-            assert seen == [mod._dec_fwd_kernel] * (1 if "config" not in decode_kw else 0) or len(seen) == 2, seen
-        else:
-            fused.append(0, k[:, :, sl], v[:, :, sl], q[:, :, sl])
-            out = fused.decode(0, q[:, :, sl], **decode_kw)
-        assert seen == [mod._dec_fwd_kernel] or seen == [mod._kv_append_kernel, mod._dec_fwd_kernel], seen
-        ref.append(0, k[:, :, sl], v[:, :, sl], q[:, :, sl])
-        want = ref.decode(0, q[:, :, sl])
-        _settle(ref)
+        outs = []
+        for c in (fused, ref):
+            c.append(0, k[:, :, sl], v[:, :, sl], q[:, :, sl])
+            outs.append(c.decode(0, q[:, :, sl], **decode_kw))
         a, b = fused.view(0), ref.view(0)
-        assert torch.equal(a.lens, b.lens), t
+        assert a.slots == b.slots
         assert torch.equal(a.pos, b.pos), t
         assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v)
         torch.testing.assert_close(fused._layers[0].score, ref._layers[0].score, atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
-        assert fused.tokens()[0] == a.lens[0].tolist()  # the host counts follow the kernel
+        torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
         assert a.logits.read == fused.seen(0)
     return fused
 
 
 @pytest.mark.parametrize("name", sampled(list(ROWS), 2))
 @pytest.mark.parametrize("ties", [False, True])
-@pytest.mark.parametrize("fused_step", [True, False])
-def test_decode_evicts_like_the_torch_path(name, ties, fused_step, monkeypatch):
+def test_fused_step_equals_torch_path(name, ties):
     pattern, pol = ROWS[name]
     heads = 8 if name.endswith("gqa4") else 4
     _, mod = module(program(pattern, heads=heads, kv_heads=2, head_dim=16, cache=[pol], name=name))
     q, k, v = _inputs(2, heads, 24, 1, ties)
-    fused = _steps(mod, q, k, v, 9, 24, {}, fused_step, monkeypatch)
-    assert fused.tokens()[0][0] == pol.budget.tokens  # the step's eviction ran in its decode
+    fused = _steps(mod, q, k, v, 9, 24, {}, check_fused=True)
+    assert fused.tokens()[0][0] == pol.budget.tokens + 1  # the last step's token, its eviction pending
 
 
 def test_appends_without_decode_evict_in_torch():
     """No decode between appends (no logits to fold): the step's attention is recomputed in
-    torch ops from its queries; the cache still equals the torch path. Decoding a step twice,
-    or right after a prefill, folds nothing more."""
+    torch ops from its queries; the cache still equals the torch path."""
     pattern, pol = ROWS["h2o"]
     _, mod = module(program(pattern, heads=4, kv_heads=2, head_dim=16, cache=[pol], name="h2o"))
     B, N, pre = 2, 20, 9
@@ -107,15 +74,11 @@ def test_appends_without_decode_evict_in_torch():
     fused, ref = mod.Cache(B, dtype=torch.float32), mod.Cache(B, dtype=torch.float32, backend="torch")
     for c in (fused, ref):
         c.append(0, k[:, :, :pre], v[:, :, :pre], q[:, :, :pre])
-    fused.decode(0, q[:, :, pre - 1 : pre])  # after the prompt: its scores are final
     for t in range(pre, N):
         for c in (fused, ref):
             c.append(0, k[:, :, t : t + 1], v[:, :, t : t + 1], q[:, :, t : t + 1])
             if t % 3 == 0:
                 c.decode(0, q[:, :, t : t + 1])
-                c.decode(0, q[:, :, t : t + 1])
-        for c in (fused, ref):
-            _settle(c)
         assert torch.equal(fused.view(0).pos, ref.view(0).pos), t
         torch.testing.assert_close(fused._layers[0].score, ref._layers[0].score, atol=1e-6, rtol=1e-5)
 
@@ -124,42 +87,42 @@ def test_appends_without_decode_evict_in_torch():
     "score, aggregate, decode_kw",
     [("h2o", "mean", {"split": 16}), ("tova", "max", {}), ("h2o", "sum", {"split": 16, "fused_reduce": False})],
 )
-@pytest.mark.parametrize("fused_step", [True, False])
-def test_fold_over_splits_equals_torch_path(score, aggregate, decode_kw, fused_step, monkeypatch):
-    """Budgets over several splits of the decode (the last split to finish merges the
-    log-sum-exp and folds the logits every split wrote; with fused_reduce=False the merge is
-    still in the kernel) and several tiles of the fold (16 keys): the lowest of all goes."""
+def test_fused_step_splits_equal_torch_path(score, aggregate, decode_kw, monkeypatch):
+    """Budgets over several splits of the update (tiles of 16 keys, 3 splits of a head) and of
+    the decode (its split merge writes the log-sum-exp; a separate reduce is merged in the kernel
+    instead): the last split of the update to finish evicts the lowest of all splits."""
     prog = program(causal(), heads=8, kv_heads=2, head_dim=16,
                    cache=[policy(40, sink=1, recent=2, score=score, aggregate=aggregate)], name=f"split_{score}")  # fmt: skip
     _, mod = module(prog)
-    monkeypatch.setattr(mod, "_DEC_FOLD_BLOCK", 16)
+    monkeypatch.setattr(mod, "_KV_UPD_BLOCK", 16)
+    monkeypatch.setattr(mod, "_KV_UPD_PER_SM", 64)
     if "fused_reduce" in decode_kw:
         decode_kw = {"split": 16, "config": mod.DecodeConfig(fused_reduce=False)}
-    q, k, v = _inputs(2, 8, 46, 4, score == "h2o")
-    _steps(mod, q, k, v, 37, 46, decode_kw, fused_step, monkeypatch)
+    q, k, v = _inputs(2, 8, 48, 4, score == "h2o")
+    fused = _steps(mod, q, k, v, 37, 48, decode_kw, check_fused=True)
+    assert max(key[0] for key in fused._layers[0].classes[0].update) == 3
 
 
-def test_step_launch_repeats_at_the_budget(monkeypatch):
-    """Once the budget is reached, every fused step launches the decode kernel with the same
-    arguments but q, k, v and the output (the token's position, the lengths and the victim are
-    on the device), so a captured step replays right; and the positions still advance."""
+def test_update_launch_repeats_at_the_budget(monkeypatch):
+    """Once the budget is reached, every step's update launch takes the same arguments (the
+    token's position and the keep rules are read on the device), so a captured step replays
+    right; and the positions still advance."""
     pattern, pol = ROWS["tova"]
     _, mod = module(program(pattern, heads=4, kv_heads=2, head_dim=16, cache=[pol], name="tova"))
     seen = []
     call = mod.FastLaunch.__call__
 
     def record(self, *args):
-        if self.kernel is mod._dec_fwd_kernel:  # not q (0), k and v (17, 18), the output (7; also unused buffers)
-            seen.append(tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for i, a in enumerate(args)
-                              if i not in (0, 17, 18) and a is not args[7]))  # fmt: skip
+        if self.kernel is mod._kv_update_kernel:
+            seen.append(tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args[2:]))  # not k, v
         return call(self, *args)
 
     monkeypatch.setattr(mod.FastLaunch, "__call__", record)
     q, k, v = _inputs(1, 4, 16, 3, False)
-    cache = mod.Cache(1, dtype=torch.float32, max_len=32)
+    cache = mod.Cache(1, dtype=torch.float32)
     cache.append(0, k[:, :, :9], v[:, :, :9], q[:, :, :9])
     for t in range(9, 16):
-        cache.decode(0, q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1])
-    assert len(seen) == 7 and len(set(seen)) == 1
+        cache.append(0, k[:, :, t : t + 1], v[:, :, t : t + 1], q[:, :, t : t + 1])
+        cache.decode(0, q[:, :, t : t + 1])
+    assert len(seen) == 7 and len(set(seen[1:])) == 1  # the first step folds nothing (after the prompt)
     assert max(cache.kept(0, 0, 0)) == 15 and cache.view(0).npos.tolist() == [[16, 16]]
-    assert len(cache.kept(0, 0, 0)) == pol.budget.tokens

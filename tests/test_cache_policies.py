@@ -130,10 +130,10 @@ class Model:
         start of the next append): decode-timed scores that read the step's attention."""
         return r is not None and r["timing"] == "decode" and r["score"] in ("h2o", "tova", "snapkv")
 
-    def settle(self, layer):
-        """The last decode step's eviction, after its read: at the next append, or as soon as
-        the step is decoded (a one-token step of H2O and TOVA, evicted by the decode kernel)."""
-        if self.pending.get(layer) is not None:
+    def append(self, layer, k, v, q):
+        n, T = self.n[layer], k.shape[2]
+        big = T > MAX_STEP
+        if self.pending.get(layer) is not None:  # the last decode step's eviction, after its read
             qp, np_, tp = self.pending.pop(layer)
             for h in range(HK):
                 r = self.rules[(layer, h)]
@@ -141,11 +141,6 @@ class Model:
                     for b in range(B):
                         self.rescore(layer, h, b, self.heads[(layer, b, h)], qp, np_, tp, r)
                         self.evict(layer, b, h, np_ + tp, r)
-
-    def append(self, layer, k, v, q):
-        n, T = self.n[layer], k.shape[2]
-        big = T > MAX_STEP
-        self.settle(layer)
         for h in range(HK):
             r = self.rules[(layer, h)]
             for b in range(B):
@@ -274,8 +269,6 @@ def _compare(name, prog, cache, dtype, decode=False, rtol=1e-9, atol=1e-12):
             model.append(layer, k[:, :, sl].numpy(), v[:, :, sl].numpy(), q[:, :, sl].numpy())
             if decode and T <= MAX_STEP:
                 cache.decode(layer, q[:, :, sl].to(dtype))
-                if T == 1:  # the decode kernel evicted (every decoded row here is H2O or TOVA)
-                    model.settle(layer)
         t += T
         for layer in range(LAYERS):
             view = cache.view(layer)
@@ -298,8 +291,8 @@ def _compare(name, prog, cache, dtype, decode=False, rtol=1e-9, atol=1e-12):
 
 @pytest.mark.parametrize("name", ["h2o", "tova_sum", "h2o_masked", "duo_mix"])
 def test_fused_steps_match_plain_python_model(name):
-    """float32 caches decoded after every step: one-token steps fold the step's attention and
-    evict in the decode kernel (two-token steps and appends without a decode take the torch path)."""
+    """float32 caches decoded after every step: one-token steps fold the decode's logits in the
+    update kernel (two-token steps and appends without a decode take the torch path)."""
     prog = _program(name)
     _, mod = module(prog, max_step=MAX_STEP)
     cache = mod.Cache(B, dtype=torch.float32)
@@ -320,8 +313,7 @@ def test_policy_matches_plain_python_model(name):
         c32.append(layer, k[:, :, :12].float(), v[:, :, :12].float(), q[:, :, :12].float())
         c32.append(layer, k[:, :, 12:13].float(), v[:, :, 12:13].float(), q[:, :, 12:13].float())
         qs = q[:, :, 12:13].float()
-        want = mod.decode_reference(qs, c32.view(layer))  # before the decode (it may evict)
-        torch.testing.assert_close(c32.decode(layer, qs), want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(c32.decode(layer, qs), mod.decode_reference(qs, c32.view(layer)), atol=1e-5, rtol=0)
 
 
 def test_budgets_per_layer_and_head():

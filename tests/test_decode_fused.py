@@ -125,9 +125,9 @@ def test_fused_step_several_tokens():
     torch.testing.assert_close(outs[0].double(), ref, atol=1e-5, rtol=0)
 
 
-def test_h2o_layer_step_equals_append_then_decode():
-    """A layer with an H2O head: the fused step (one launch: the append, the attention, the
-    fold of its attention into the scores and the eviction) equals append, then decode."""
+def test_lossy_layer_takes_append_then_decode():
+    """A layer with a lossy head appends (its policy scores with this step's queries), then
+    decodes: the same as calling both."""
     prog = program(causal(), heads=4, kv_heads=2, cache=[policy(8, score="h2o")])
     _, mod = module(prog)
     q, k, v = rand(1, 4, N, 16, seed=10), rand(1, 2, N, 16, seed=11), rand(1, 2, N, 16, seed=12)

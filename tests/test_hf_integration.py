@@ -447,10 +447,9 @@ def test_decode_timed_policies_hold_the_budget_at_every_step(model, tmp_path, ru
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1 (make test)")
 def test_tova_kernels_equal_the_reference_store(model, tmp_path):
-    """TOVA at decode through the generated cache and decode kernel (which folds the step's
-    attention into the scores and evicts in the step's launch) and through the reference store
-    (which evicts right after the step's attention): the same generated tokens and logits at
-    every step."""
+    """TOVA at decode through the generated cache and decode kernel (the decode's logits folded
+    into the scores at the next append) and through the reference store (which evicts right
+    after the step's attention): the same generated tokens and logits at every step."""
     path = tmp_path / "tova.attn"
     path.write_text(
         "model { layers = 2, heads = 4, kv_heads = 2, head_dim = 16 }\npattern p = causal\n"

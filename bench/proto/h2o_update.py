@@ -1,28 +1,24 @@
-"""The H2O / TOVA step with its update inside the decode launch, against a cache of the same
-budget with no scores, eager and as CUDA graphs; and against the current path.
+"""The H2O / TOVA update against the decode step, old against new, eager and as CUDA graphs.
 
-new: `cache.decode(0, q, k, v)`: one decode launch appends the step's token, attends, and
-     the last split of each (row, KV head) folds the step's attention into the scores and
-     evicts (the step reads, then evicts);
-old: the tree at REV (default: the commit before this change): `append` (one
-     _kv_update_kernel launch folds the last decode's logits, evicts, writes the token), then
-     `decode` (writes the logits).
-streaming: the same budget with no scores (keep sink(4) keep recent(4092): a ring store),
-     its fused step `cache.decode(0, q, k, v)`: one launch, no update: the floor.
+old: the update recomputes q . k over every held key before the step reads the cache (two
+     launches, _kv_step_stats_kernel + _kv_step_kernel; the step's queries see `budget` keys);
+new: the decode kernel writes the step's logits and log-sum-exp, and the next append folds
+     them into the scores, evicts and writes its token in one launch (_kv_update_kernel; the
+     step's queries see `budget + 1` keys).
 Shape: B = 8, 32 query heads, 8 KV heads, D = 128, bf16, budget 4096 (sink 4, recent 64),
-after an 8192-token prompt. "update cost" = (step - streaming step) / streaming step, same
-mode (eager: plain Python loop, launch overhead included; graph: CUDA-graph replays).
-First a check (float32, B = 2 rows of different lengths: the second left-padded by 3, 4200
-tokens, 20 steps): the new step against the old path, step by step: the same outputs, and
-the same tokens in the same slots with the same scores once the old path's next append has
-run its eviction (the old cache holds the step's token in the slot the new one empties).
+after an 8192-token prompt. Rows: decode (cache.decode), update (cache.append of one token;
+for new, with the last step's logits marked as read, as after a decode), step (append +
+decode, what a model runs), and a StreamingLLM append (sink 4 + ring 4092, no policy) for
+the floor of an append's host time. "% of decode" divides by the same version's decode, same
+mode. First a check at the same shape on a small context: the fused path against the torch
+path (the same kept positions after every step of append + decode).
 
     python bench/proto/h2o_update.py generate [--old-rev REV]   # here: needs attnc and git
     python3 bench/proto/h2o_update.py run [--smoke]              # GPU machine: torch + triton
     TRITON_INTERPRET=1 python bench/proto/h2o_update.py run --smoke   # CPU, tiny budget
 
 `generate` renders the new modules with this tree and the old ones with the tree at REV
-into bench/generated/h2o_update/ (git-ignored: carry it to the GPU machine).
+(default: the commit before the update reused the logits) into bench/generated/h2o_update/.
 `run` prints a table and writes $OUT/h2o_update.json (OUT unset: ./out/).
 """
 
@@ -42,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 BENCH = HERE.parent
 ROOT = BENCH.parent
 GEN = BENCH / "generated" / "h2o_update"
-OLD_REV = "e97d385"
+OLD_REV = "0f8eb3e"
 B, H, HK, D = 8, 32, 8, 128
 CONTEXT, BUDGET = 8192, 4096
 MODEL = f"model {{ layers = 1, heads = {H}, kv_heads = {HK}, head_dim = {D} }}\npattern p = causal\n"
@@ -143,60 +139,57 @@ def _graph(fn, torch):
         return None
 
 
-def _filled(mod, dev, torch, batch, context, dtype=None, pads=None):
-    """A cache after a prompt of `context` tokens (row b left-padded by pads[b])."""
+def _filled(mod, dev, torch, batch, context, backend="triton", dtype=None):
     dtype = dtype or torch.bfloat16
     g = torch.Generator(device=dev).manual_seed(0)
     r = lambda *s: torch.randn(*s, device=dev, dtype=dtype, generator=g)  # noqa: E731
-    cache = mod.Cache(batch, device=dev, dtype=dtype, max_len=context + 4096)
+    cache = mod.Cache(batch, device=dev, dtype=dtype, backend=backend, max_len=context + 4096)
     for t in range(0, context, 4096):
         T = min(4096, context - t)
-        lens = None if t or pads is None else torch.tensor([T - p for p in pads], device=dev)
-        cache.append(0, r(batch, HK, T, D), r(batch, HK, T, D), r(batch, H, T, D), lengths=lens)
+        cache.append(0, r(batch, HK, T, D), r(batch, HK, T, D), r(batch, H, T, D))
     return cache, r
 
 
-def _step_fn(cache, r, batch, fused, kw=None):
-    """One decode step over one fixed token (k, v, q): the fused step, or append then decode."""
+def _step_fns(cache, r, batch, new):
+    """decode, update and step closures over one fixed token (k, v, q)."""
     k1, v1, q1 = r(batch, HK, 1, D), r(batch, HK, 1, D), r(batch, H, 1, D)
-    kw = kw or {}
+    L = cache._layers[0]
+
+    def update():
+        if new and L.logits is not None:
+            L.logits.read = L.n  # as after a decode of the last step: the fused path
+        cache.append(0, k1, v1, q1)
 
     def step():
-        if fused:
-            return cache.decode(0, q1, k1, v1, **kw)
         cache.append(0, k1, v1, q1)
-        return cache.decode(0, q1)
+        cache.decode(0, q1)
 
     for _ in range(3):  # the steady state: budget reached, one eviction per step
         step()
-    return step
+    return {"decode": lambda: cache.decode(0, q1), "update": update, "step": step}
 
 
 def _check(mods, dev, torch, batch, context, steps):
-    """The new step (one launch) against the old path (append, then decode), float32, rows of
-    different lengths: the same outputs every step, and after the old path's next append (its
-    eviction of the last step) the same positions and scores in every slot, but for the slot
-    of its new token, which the new cache has emptied."""
+    """The fused update (new, decoded every step) against its torch path (float32): the same
+    positions kept after every step."""
     res = {}
-    f32, sent = torch.float32, 1 << 30
+    f32 = torch.float32
     for name in ("h2o", "tova"):
-        new, r = _filled(mods[f"new_{name}"], dev, torch, batch, context, f32, [3 * b for b in range(batch)])
-        old, _ = _filled(mods[f"old_{name}"], dev, torch, batch, context, f32, [3 * b for b in range(batch)])
-        same, err = True, 0.0
+        mod = mods[f"new_{name}"]
+        a, r = _filled(mod, dev, torch, batch, context, dtype=f32)
+        b, _ = _filled(mod, dev, torch, batch, context, "torch", f32)
+        same = True
         for _ in range(steps):
             k1, v1, q1 = r(batch, HK, 1, D), r(batch, HK, 1, D), r(batch, H, 1, D)
-            pos, score = new.view(0).pos.clone(), new._layers[0].score.clone()
-            old.append(0, k1, v1, q1)
-            op = old.view(0).pos
-            cur = torch.where(op == sent, -1, op).amax(-1, keepdim=True)  # each row's new token
-            op = torch.where(op == cur, sent, op)
-            held = op != sent
-            same &= bool(torch.equal(op, pos))
-            same &= bool(torch.allclose(old._layers[0].score[held], score[held], rtol=1e-4, atol=1e-6))
-            a, b = new.decode(0, q1, k1, v1), old.decode(0, q1)
-            err = max(err, float((a - b).norm() / b.norm()))
-        res[name] = {"same_slots_and_scores": same, "out_rel_err": err, "held": new.tokens()[0][0]}
-        del new, old
+            outs = []
+            for c in (a, b):
+                c.append(0, k1, v1, q1)
+                outs.append(c.decode(0, q1))
+            same &= bool(torch.equal(a.view(0).pos, b.view(0).pos))
+        err = float((outs[0].float() - outs[1].float()).norm() / outs[1].float().norm())
+        fused = a._layers[0].logits is not None and a._layers[0].logits.read == a.seen(0)
+        res[name] = {"same_positions": same, "out_rel_err": err, "fused_path": fused}
+        del a, b
     print("check:", json.dumps(res), flush=True)
     return res
 
@@ -212,47 +205,42 @@ def run(args) -> dict:
         CALLS[0] = 1
     mods = {f"{v}_{n}": _import(f"{v}_{n}{sfx}") for v in ("old", "new") for n in ("h2o", "tova", "streaming")}
     res = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "batch": batch, "context": context,
-           "check": _check(mods, dev, torch, 2, context if smoke else 4200, 6 if smoke else 20)}  # fmt: skip
+           "check": _check(mods, dev, torch, batch if smoke else 2, context if smoke else 4200, 6 if smoke else 20)}  # fmt: skip
     rows = []
-    # variants of the new H2O step: at most 128 registers (4 programs per SM, a few bytes
-    # spilled) instead of _DEC_STEP_REGS; splits for 3 programs per SM instead of 4
-    regs = {"_DEC_STEP_REGS": 128}
-    per_sm = {"config": mods["new_h2o"].DecodeConfig(programs_per_sm=3)}
-    for name, version, fused, label, patch, kw in (
-        ("streaming", "new", True, "", None, None), ("h2o", "new", True, "", None, None),
-        ("tova", "new", True, "", None, None), ("h2o", "old", False, "", None, None),
-        ("tova", "old", False, "", None, None), ("h2o", "new", True, " regs128", regs, None),
-        ("h2o", "new", True, " per_sm3", None, per_sm),
-    ):  # fmt: skip
-        mod = mods[f"{version}_{name}"]
-        saved = {k: getattr(mod, k) for k in patch or {}}
-        for k, x in (patch or {}).items():
-            setattr(mod, k, x)
-        mod._DEC_CALLS.clear()  # plans made with other constants
-        cache, r = _filled(mod, dev, torch, batch, context)
-        fn = _step_fn(cache, r, batch, fused, kw)
-        t = {"eager": _eager(fn, torch), "graph": _graph(fn, torch), "held": cache.tokens()[0][0]}
-        res[f"{version}_{name}{label}"] = t
-        rows.append((f"{name} {version}{label}", "decode(q, k, v)" if fused else "append+decode", t))
-        del cache, fn
-        for k, x in saved.items():
-            setattr(mod, k, x)
-        mod._DEC_CALLS.clear()
-    _table(rows, res["new_streaming"])
+    for name in ("h2o", "tova"):
+        for version in ("old", "new"):
+            cache, r = _filled(mods[f"{version}_{name}"], dev, torch, batch, context)
+            fns = _step_fns(cache, r, batch, version == "new")
+            t = {f"{what}_{mode}": (_eager(fn, torch) if mode == "eager" else _graph(fn, torch))
+                 for what, fn in fns.items() for mode in ("eager", "graph")}  # fmt: skip
+            t["held"] = cache.tokens()[0][0]
+            res[f"{version}_{name}"] = t
+            for what in ("decode", "update", "step"):
+                rows.append((f"{name} {version}", what, t[f"{what}_eager"], t[f"{what}_graph"],
+                             t["decode_eager"], t["decode_graph"]))  # fmt: skip
+            del cache, fns
+    for version in ("old", "new"):
+        cache, r = _filled(mods[f"{version}_streaming"], dev, torch, batch, context)
+        fns = _step_fns(cache, r, batch, False)
+        t = {f"{what}_{mode}": (_eager(fn, torch) if mode == "eager" else _graph(fn, torch))
+             for what, fn in fns.items() if what != "step" for mode in ("eager", "graph")}  # fmt: skip
+        res[f"{version}_streaming"] = t
+        rows.append((f"streaming {version}", "append", t["update_eager"], t["update_graph"], t["decode_eager"],
+                     t["decode_graph"]))  # fmt: skip
+        del cache, fns
+    _table(rows)
     out = Path(os.environ.get("OUT", "out"))
     out.mkdir(parents=True, exist_ok=True)
     (out / "h2o_update.json").write_text(json.dumps(res, indent=1))
     return res
 
 
-def _table(rows, floor) -> None:
+def _table(rows) -> None:
     us = lambda s: "-" if s is None else f"{s * 1e6:9.1f}"  # noqa: E731
-    pct = lambda a, b: "-" if a is None or b is None else f"{(a - b) / b:+8.1%}"  # noqa: E731
-    print(f"{'cache':<22}{'step':<17}{'eager us':>10}{'graph us':>10}{'update eager':>14}{'update graph':>14}")
-    for name, what, t in rows:
-        e, g = t["eager"], t["graph"]
-        print(f"{name:<22}{what:<17}{us(e):>10}{us(g):>10}{pct(e, floor['eager']):>14}{pct(g, floor['graph']):>14}")
-    print("update = (step - the streaming step) / the streaming step: the same budget with no scores")
+    pct = lambda a, b: "-" if a is None or b is None else f"{a / b:7.1%}"  # noqa: E731
+    print(f"{'cache':<16}{'call':<8}{'eager us':>10}{'graph us':>10}{'% of decode eager':>19}{'% of decode graph':>19}")
+    for name, what, e, g, de, dg in rows:
+        print(f"{name:<16}{what:<8}{us(e):>10}{us(g):>10}{pct(e, de):>19}{pct(g, dg):>19}")
 
 
 def main(argv=None):

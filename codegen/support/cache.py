@@ -5,9 +5,9 @@ KV head owns the slots [offset, offset + capacity); lens (B, H_KV) says how many
 decode kernel reads. Lossless heads follow their layout (the liveness of the pattern), lossy
 heads their cache policy (policies.py); docs/caches.md has the exact rules. Appends are one
 Triton launch per layer (lossless heads and the decode-step appends of lossy heads);
-evictions are batched torch ops per policy class, except the decoded one-token steps of H2O
-and TOVA: the decode kernel folds the step's attention into the scores and evicts
-(StepLogits, _dec_fold), and `decode(layer, q, k, v)` appends the token too: one launch.
+evictions are batched torch ops per policy class, except the one-token steps of H2O and
+TOVA: one _kv_update_kernel launch per class folds the decode's logits (StepLogits) into the
+scores, evicts and writes the token.
 
 What varies per pattern is a `CacheSpec` (the rules of every (layer, KV head), the policies,
 the decode of the pattern); a generated module declares `class Cache(CacheBase)` with its spec.
@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names
-from .decode import _DEC_DEFAULT, CacheView, DecodeSpec, StepLogits, _kv_length, _kv_place
+from .decode import _DEC_DEFAULT, CacheView, DecodeSpec, StepLogits, _dec_sms, _kv_length, _kv_place
 from .decode import decode_launch, decode_prepare, decode_run
 from .launch import FastLaunch, to_device
 from .policies import AGGREGATES, NEEDS_QUERIES, attention_stats, evicts_after_read, lowest, priority, rescore
@@ -114,7 +114,139 @@ def _kv_append_kernel(
     tl.store(NPOS + b * H_KV + h, n + T, mask=last)
 
 
-_KV_FUSED = ("h2o", "tova")  # the scores the decode kernel folds from the step's logits (_dec_fold)
+_KV_UPD_BLOCK = 256  # keys per tile of the H2O / TOVA update
+_KV_UPD_PER_SM = 4  # its splits: about this many programs per SM
+_KV_FUSED = ("h2o", "tova")  # the scores the update kernel folds from the decode's logits
+
+
+@triton.jit(do_not_specialize=["E", "A", "CAP", "SLOTS", "LGS", "SO0", "SPLIT", "NS", "SINK", "RECENT"])
+def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, IDX, NH, E, A, CAP, SLOTS, LGS,
+                      SO0, SPLIT, NS, SINK, RECENT, H_KV: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr,
+                      BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, SENT: tl.constexpr, TOVA: tl.constexpr,
+                      AGG: tl.constexpr, FOLD: tl.constexpr, EVICT: tl.constexpr, ADVANCE: tl.constexpr):  # fmt: skip
+    """The append of one token (at position n_q = NPOS[b, h], read on the device: a captured
+    step stays right at every replay) to an H2O or TOVA class, after the decode of the
+    previous step read its E held keys. One program per split of SPLIT held keys of one KV head
+    of one batch row (program (b * NH + i) * NS + split; head i = IDX[i] owns slots A + i * CAP
+    ..). FOLD: the previous step's attention, exp2(LG - LSE) (StepLogits, its rows from SO0 +
+    i * CAP), aggregated over the G query heads, is added to (H2O) or replaces (TOVA) the
+    scores. EVICT (E > budget): each split's lowest (priority, position) goes to PB (B * NH *
+    NS, 3), and the last split of the head to finish (an atomic count, CNT) moves the
+    previous step's token (slot E - 1) into the slot of the lowest of all and writes the new
+    one at slot E - 1; otherwise split 0 writes it at slot E. Protected: pos < SINK or pos >=
+    n_q - RECENT (the previous step's keep rules). ADVANCE: NPOS becomes n_q + 1 (otherwise
+    the append kernel of the layer's lossless heads, launched after, advances it). KN, VN
+    contiguous (B, H_KV, 1, D). CacheBase._evict_step (torch) is the reference."""
+    pid = tl.program_id(0)
+    bi = pid // NS
+    sid = pid % NS
+    b = (bi // NH).to(tl.int64)
+    i = bi % NH
+    h = tl.load(IDX + i)
+    n_q = tl.load(NPOS + b * H_KV + h)
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, HEAD_DIM)
+    g_ok = offs_g < G
+    base = b * SLOTS + A + i * CAP
+    best_p = float("inf")
+    best_pos = SENT + 1
+    best_i = 0
+    if FOLD:
+        lse = tl.load(LSE + b * (H_KV * G) + h * G + offs_g, mask=g_ok, other=float("inf"))
+        lg = LG + b * (G * LGS) + SO0 + i * CAP
+        for j in range(sid * SPLIT, tl.minimum(sid * SPLIT + SPLIT, E), BLOCK_N):
+            offs = j + tl.arange(0, BLOCK_N)
+            valid = offs < E
+            s = tl.load(
+                lg + offs_g[:, None] * LGS + offs[None, :], mask=g_ok[:, None] & valid[None, :], other=-float("inf")
+            )
+            p = tl.math.exp2(s - lse[:, None])
+            if AGG == 1:
+                a = tl.max(tl.where(g_ok[:, None], p, float("-inf")), 0)
+            else:
+                a = tl.sum(p, 0)
+                if AGG == 0:
+                    a = a / G
+            if TOVA:
+                new = a
+            else:
+                new = tl.load(SCORE + base + offs, mask=valid, other=0.0) + a
+            tl.store(SCORE + base + offs, new, mask=valid)
+            if EVICT:
+                kp = tl.load(POS + base + offs, mask=valid, other=SENT)
+                prio = tl.where((kp < SINK) | (kp >= n_q - RECENT) | (offs >= E), float("inf"), new)
+                low = tl.min(prio, 0)
+                lpos = tl.min(tl.where(valid & (prio == low), kp, SENT + 1), 0)
+                better = (low < best_p) | ((low == best_p) & (lpos < best_pos))
+                li = tl.min(tl.where(valid & (prio == low) & (kp == lpos), offs, E), 0)
+                best_i = tl.where(better, li, best_i)
+                best_p = tl.where(better, low, best_p)
+                best_pos = tl.where(better, lpos, best_pos)
+    write = sid == 0
+    if EVICT:
+        tl.store(PB + pid * 3, best_p.to(tl.int32, bitcast=True))
+        tl.store(PB + pid * 3 + 1, best_pos)
+        tl.store(PB + pid * 3 + 2, best_i)
+        tl.debug_barrier()  # every thread's score stores come before the count
+        done = tl.atomic_add(CNT + bi, 1, sem="acq_rel")
+        write = done == NS - 1  # the last split: the lowest of all splits goes
+        if write:
+            for t in range(0, NS):
+                low = tl.load(PB + (bi * NS + t) * 3, cache_modifier=".cg").to(tl.float32, bitcast=True)
+                lpos = tl.load(PB + (bi * NS + t) * 3 + 1, cache_modifier=".cg")
+                better = (low < best_p) | ((low == best_p) & (lpos < best_pos))
+                best_i = tl.where(better, tl.load(PB + (bi * NS + t) * 3 + 2, cache_modifier=".cg"), best_i)
+                best_p = tl.where(better, low, best_p)
+                best_pos = tl.where(better, lpos, best_pos)
+            tl.store(CNT + bi, 0)
+    if write:
+        new_len = E + 1
+        if EVICT:  # the previous step's token (slot E - 1) moves into the victim's slot
+            last = base + E - 1
+            dst = base + best_i
+            tl.store(K + dst * HEAD_DIM + offs_d, tl.load(K + last * HEAD_DIM + offs_d))
+            tl.store(V + dst * HEAD_DIM + offs_d, tl.load(V + last * HEAD_DIM + offs_d))
+            tl.store(POS + dst, tl.load(POS + last))
+            tl.store(SCORE + dst, tl.load(SCORE + last, cache_modifier=".cg"))
+            new_len = E
+        slot = base + new_len - 1
+        src = (b * H_KV + h) * HEAD_DIM + offs_d
+        tl.store(K + slot * HEAD_DIM + offs_d, tl.load(KN + src))
+        tl.store(V + slot * HEAD_DIM + offs_d, tl.load(VN + src))
+        tl.store(POS + slot, n_q)
+        tl.store(SCORE + slot, 0.0)
+        tl.store(LENS + b * H_KV + h, new_len)
+        if ADVANCE:
+            tl.store(NPOS + b * H_KV + h, n_q + 1)
+
+
+def _kv_update_launch(spec: CacheSpec, c, L, k, v, fold: bool, evict: bool) -> None:
+    """One launch of _kv_update_kernel for a class (its splits: about _KV_UPD_PER_SM programs
+    per SM); the launch and its scratch buffers are memoised on the class per geometry. No
+    argument changes from step to step once the budget is reached (CUDA graphs)."""
+    ds, pol, B, nh, E = spec.decode, c.policy, L.k.shape[0], len(c.heads), c.held
+    bn = _KV_UPD_BLOCK
+    geo = c.geo.get(E)
+    if geo is None:  # plain ints (triton.cdiv is a jit function: slow from Python)
+        per = max(1, _KV_UPD_PER_SM * _dec_sms(L.k.device) // (B * nh))
+        keys = -(-max(E, 1) // per)
+        split = max(bn, -(-keys // bn) * bn)
+        geo = c.geo[E] = (split, max(1, -(-E // split)))
+    split, ns = geo
+    key = (ns, fold, evict, (k.data_ptr() | v.data_ptr()) & 15 == 0, L.k.shape[1], L.logits.lg.shape[2])
+    got = c.update.get(key)
+    if got is None:
+        kw = dict(H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=L.k.shape[2], BLOCK_G=triton.next_power_of_2(ds.group),
+                  BLOCK_N=bn, SENT=ds.sentinel, TOVA=pol.score == "tova", AGG=AGGREGATES[pol.aggregate], FOLD=fold,
+                  EVICT=evict, ADVANCE=not L.lossless, num_warps=4)  # fmt: skip
+        pb = torch.empty((B * nh * ns, 3), dtype=torch.int32, device=L.k.device)
+        cnt = torch.zeros((B * nh,), dtype=torch.int32, device=L.k.device)
+        got = c.update[key] = (FastLaunch(_kv_update_kernel, (B * nh * ns,), kw), pb, cnt)
+    launch, pb, cnt = got
+    sc = L.logits
+    launch(k, v, L.k, L.v, L.pos, L.score, L.lens, L.npos, sc.lg, sc.lse, pb, cnt, c.idx, nh, E, c.heads[0].offset,
+           c.heads[0].cap, L.k.shape[1], sc.lg.shape[2], c.logits_row, split, ns, pol.sink,
+           pol.protected_recent)  # fmt: skip
 
 
 # ------------------------------------------------------------------ host state
@@ -206,6 +338,9 @@ class _KvClass:
         self.idx = None  # device index tensor of the heads
         self.gid = None  # (nh, G) pattern groups of their query heads
         self.pending = None  # (q, n, T, scale) of a decode step whose eviction follows its read
+        self.update = {}  # _kv_update_launch's launches and buffers per geometry
+        self.geo = {}  # its splits per held count: E -> (keys per split, splits)
+        self.logits_row = 0  # first row of its heads in the layer's StepLogits
 
     @property
     def grows(self):
@@ -231,9 +366,9 @@ class _KvLayer:
         self.slots = None  # host copy of (offset, len) per head, rebuilt after a change
         self.masked = False  # decode evaluates the pattern (set with slots)
         self.write_kw = {}  # the append kernel's launch per (T, ...)
-        self.logits = None  # StepLogits: the logits, the policies and the scores a decode step folds
+        self.logits = None  # StepLogits: where decode leaves the attention the next update folds
         self.logits_ok = False  # its rows follow the regions (reset by a repack)
-        self.fused = None  # one-token steps evict in the decode kernel (CacheBase._fusable)
+        self.fused = None  # one-token appends run in the update kernel (CacheBase._fusable)
         self.steps = {}  # fused decode steps: _step_key -> (slots, T, decode plan)
         classes = {}
         for h in self.heads:
@@ -335,20 +470,20 @@ class CacheBase:
         from 0, and the padding is not stored."""
         L = self._layer(layer)
         n, T, scale, big, fused = self._admit(L, k, v, q, sm_scale, lengths)
-        if self.backend == "triton":
+        if fused:
+            self._update(L, k, v, q, n, scale)
+        elif self.backend == "triton":
             self._write_triton(L, k, v, n, T, big)
         else:
             self._write_torch(L, k, v, n, T, big)
         for c in L.classes:
             if big:
                 self._compress(L, c, k, v, q, n, T, scale)
-            else:
+            elif not fused:
                 c.held += T
                 self._step(L, c, k, q, n, T, scale)
             for h in c.heads:
                 h.extent = h.held = c.held
-        if L.logits is not None:  # a one-token step's eviction runs in its decode
-            L.logits.armed = fused
         self._advance(L, n + T)
 
     def _admit(self, L, k, v, q, sm_scale, lengths):
@@ -378,9 +513,10 @@ class CacheBase:
             if lengths is not None:
                 L.pad = (T - lengths.to(device=self.device, dtype=torch.int64).clamp(0, T)).view(-1, 1, 1)
                 L.npos.copy_((-L.pad).view(-1, 1).expand_as(L.npos))
-        self._evicted(L)
-        for c in L.classes:  # a pending step's eviction runs first (in torch ops: it was not decoded)
-            if c.pending is not None:
+        fused = T == 1 and self._fusable(L)
+        read = fused and L.logits is not None and L.logits.read == n  # the last step was decoded
+        for c in L.classes:  # a pending step's eviction runs first (in torch ops, unless fused)
+            if c.pending is not None and not read:
                 self._finish(L, c)
         # fixed capacities hold max_len; a decode-timed budget's region holds budget + max_step
         if (L.growing and self.max_len is None) or (not big and any(c.grows for c in L.classes)):
@@ -391,9 +527,6 @@ class CacheBase:
                     for h in c.heads:
                         need[h.index] = held + T
             self._grow(L, need)
-        fused = T == 1 and self._fusable(L)
-        if fused:
-            self._step_logits(L)
         return n, T, scale, big, fused
 
     def _advance(self, L, end):
@@ -431,66 +564,32 @@ class CacheBase:
         one launch for the whole step; lossy heads take append, then decode."""
         spec = self.spec.decode
         if k is None and v is None:
-            out = decode_launch(spec, q, self.view(layer), sm_scale=sm_scale, out=out, config=config, split=split)
-            self._evicted(self._layers[layer])
-            return out
+            return decode_launch(spec, q, self.view(layer), sm_scale=sm_scale, out=out, config=config, split=split)
         L = self._layer(layer)
         key = _step_key(q, k, v, sm_scale) if out is None and config is _DEC_DEFAULT and split is None else None
         got = L.steps.get(key)
-        if (got is not None and got[0] is L.slots and not any(c.pending is not None for c in L.classes)
-                and (L.n + got[1] <= self.max_len if self.max_len else not L.growing)):  # fmt: skip
+        if got is not None and got[0] is L.slots and (L.n + got[1] <= self.max_len if self.max_len else not L.growing):
             slots, T, plan = got  # a step like an earlier one, with room: its checks' verdict and plan hold
             n = L.n
-            if L.logits is not None:
-                L.logits.armed = True
-            view = CacheView(L.k, L.v, L.pos, L.lens, L.offsets, L.gid, n + T, slots, L.masked, L.npos, L.logits)
+            view = CacheView(L.k, L.v, L.pos, L.lens, L.offsets, L.gid, n + T, slots, L.masked, L.npos)
             out = decode_run(plan, q, view, None, (k, v, L.tab, L.cnt))
-            self._stepped(L, n, T)
+            self._advance(L, n + T)
             return out
-        T1 = type(k) is torch.Tensor and k.dim() == 4 and k.shape[2] == 1
-        lossy = bool(L.classes) and not (T1 and L.k is not None and self._fusable(L))
-        if lossy or L.k is None or self.backend != "triton" or not getattr(config, "fused_reduce", True):
+        if L.classes or L.k is None or self.backend != "triton" or not getattr(config, "fused_reduce", True):
             self.append(layer, k, v, q, sm_scale=sm_scale)
-            out = decode_launch(spec, q, self.view(layer), sm_scale=sm_scale, out=out, config=config, split=split)
-            self._evicted(L)
-            return out
-        n, T, _, _, _ = self._admit(L, k, v, q if L.classes else None, sm_scale, None)
+            return decode_launch(spec, q, self.view(layer), sm_scale=sm_scale, out=out, config=config, split=split)
+        n, T, _, _, _ = self._admit(L, k, v, None, sm_scale, None)
         if type(q) is not torch.Tensor or q.dim() != 4 or q.shape[2] != T:
             raise CacheError(f"decode: q must be (B, H, T, D) with the T = {T} tokens of k and v; got "
                              f"{tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")  # fmt: skip
         new = (k.contiguous(), v.contiguous(), L.tab, L.cnt)
         view = self.view(L.layer)._replace(n=n + T)
         plan, q = decode_prepare(spec, q, view, sm_scale, out, config, split, new)
-        if L.logits is not None:  # the step folds its attention and evicts in the same launch
-            L.logits.armed = True
         out = decode_run(plan, q, view, out, new)
         if key is not None and key[-1]:  # contiguous and aligned: the next such step skips the checks
             L.steps[key] = (view.slots, T, plan)
-        self._stepped(L, n, T)
-        return out
-
-    def _stepped(self, L, n, T):
-        """The host counts after a fused step of T tokens from n (its lossy heads evicted in
-        the kernel: back to the budget)."""
-        for c in L.classes:
-            c.held = min(c.held + T, c.budget)
-            for h in c.heads:
-                h.extent = h.held = c.held
         self._advance(L, n + T)
-
-    def _evicted(self, L):
-        """The host counts of a layer whose last one-token step was decoded since its append:
-        the decode kernel folded its attention and evicted (StepLogits.read)."""
-        if L.logits is None or L.logits.read != L.n:
-            return
-        for c in L.classes:
-            if c.pending is not None:
-                c.pending = None
-                c.held = min(c.held, c.budget)
-                for h in c.heads:
-                    h.extent = h.held = c.held
-        if self.max_len is None and L.pad is None:
-            L.slots = None
+        return out
 
     def seen(self, layer):
         """Tokens appended to this layer so far."""
@@ -807,7 +906,7 @@ class CacheBase:
     def _evict_step(self, L, c, q, n, T, scale):
         """Rescore a class after a decode step of T tokens (positions n .. n + T - 1, at slots
         held - T .. held - 1), then evict down to the budget by moving surviving new tokens into
-        the evicted slots (O(T) data movement). The reference of the decode kernel's (_dec_fold)."""
+        the evicted slots (O(T) data movement). The reference of _kv_update_kernel."""
         pol = c.policy
         sent = self.spec.decode.sentinel
         E = c.held
@@ -853,8 +952,9 @@ class CacheBase:
         L.lens.index_fill_(1, c.idx, keep)
 
     def _fusable(self, L):
-        """Whether the layer's one-token steps evict in the decode kernel: every lossy class is
-        H2O or TOVA at decode with a budget, backend triton, a 16- or 32-bit cache."""
+        """Whether the layer's one-token appends run in the update kernel: every lossy class is
+        H2O or TOVA at decode with a budget, backend triton, a 16- or 32-bit cache, and the rows
+        are not left-padded (their positions differ)."""
         if L.fused is None:
             L.fused = (
                 bool(L.classes)
@@ -862,29 +962,42 @@ class CacheBase:
                 and self.dtype != torch.float64
                 and all(c.policy.score in _KV_FUSED and c.policy.timing == "decode" for c in L.classes)
             )
-        return L.fused and all(c.budget is not None for c in L.classes)
+        return L.fused and L.pad is None and all(c.budget is not None for c in L.classes)
+
+    def _update(self, L, k, v, q, n, scale):
+        """A one-token append to a fused layer: one _kv_update_kernel launch per class folds the
+        last step's attention (the decode's StepLogits) into the scores, evicts the lowest when
+        over budget and writes the token; then the append kernel writes the lossless heads (and
+        advances every head's position on the device)."""
+        if not k.is_contiguous():
+            k = k.contiguous()
+        if not v.is_contiguous():
+            v = v.contiguous()
+        self._step_logits(L)
+        for c in L.classes:
+            fold = c.pending is not None
+            evict = fold and c.held > c.budget
+            _kv_update_launch(self.spec, c, L, k, v, fold, evict)
+            c.held += 0 if evict else 1
+            c.pending = (q, n, 1, scale)
+        if L.lossless:
+            self._write_triton(L, k, v, n, 1, True)
 
     def _step_logits(self, L):
-        """The layer's StepLogits, (re)made when its scored regions or its store changed: the
-        logits' rows and each KV head's policy (StepLogits.spol)."""
+        """The layer's StepLogits, (re)made when its scored regions changed size."""
         if L.logits is not None and L.logits_ok:
             return
-        rows, spol = 0, [[-1, 1 << 30, 0, 0, 0] for _ in L.heads]
+        rows, soff = 0, [-1] * len(L.heads)
         for c in L.classes:
-            p = c.policy
+            c.logits_row = rows
             for h in c.heads:
-                spol[h.index] = [rows, c.budget, p.sink, p.protected_recent,
-                                 AGGREGATES[p.aggregate] + 4 * (p.score == "tova")]  # fmt: skip
-                rows += h.cap
-        dev, sc = self.device, L.logits
-        spol = to_device(torch.tensor(spol, dtype=torch.int32), dev)
-        if sc is None or sc.lg.shape[2] != rows:
-            ds = self.spec.decode
+                soff[h.index], rows = rows, rows + h.cap
+        sc = L.logits
+        if sc is None or sc.lg.shape[2] != rows or sc.soff.tolist() != soff:
+            ds, dev = self.spec.decode, self.device
             lg = torch.zeros((self.batch, ds.group, rows), dtype=torch.float32, device=dev)
             lse = torch.full((self.batch, ds.heads), float("inf"), dtype=torch.float32, device=dev)
-            L.logits = StepLogits(lg, lse, spol, L.score)
-        else:
-            sc.spol, sc.score = spol, L.score
+            L.logits = StepLogits(lg, lse, to_device(torch.tensor(soff, dtype=torch.int32), dev))
         L.logits_ok = True
 
     def _priority(self, L, pol, scores, pos, end):
@@ -971,7 +1084,6 @@ class CacheBase:
                 if cc.policy.index != pol.index:
                     continue
                 cc.budget = b if cc.budget is None else min(cc.budget, b)
-                self._layers[l].logits_ok = False  # the decode kernel reads the budgets
                 if cc is not c and cc.held > cc.budget:
                     LL = self._layers[l]
                     if cc.pending is not None:

@@ -21,8 +21,6 @@ from .checks import check_int, check_kernel_device, check_out, check_scale, chec
 from .launch import FastLaunch
 
 _DEC_LOG2E = 1.4426950408889634
-_DEC_FOLD_BLOCK = 512  # keys per tile of a scored head's fold (_dec_fold)
-_DEC_STEP_REGS = 160  # at most this many registers for a scored decode (it takes ~156; 3 programs per SM)
 
 
 class CacheView(NamedTuple):
@@ -43,20 +41,18 @@ class CacheView(NamedTuple):
 
 
 class StepLogits:
-    """What a one-token decode writes and reads for the KV heads whose cache policy scores
-    every step (H2O, TOVA; docs/caches.md, "When eviction runs"): the logits of the query over
-    every key it read, in the kernel's log2 domain (q . k * scale * log2 e, -inf where masked),
-    and each query head's log2-sum-exp, so that attention = exp2(logit - lse). lg (B, G, R)
-    float32: head h's slot j at lg[:, :, spol[h, 0] + j]; lse (B, H) float32 (+inf: the row saw
-    no key); spol (H_KV, 5) int32 per KV head: (first row of lg, -1: not scored; budget; sink;
-    recent; aggregation code + 4 for TOVA); score: the layer's scores (B, slots).
-    `armed` (host): the decode folds the step's attention into the scores and evicts (the
-    cache's one-token step, once); `read`: the view.n of the last decode that wrote them (-1: none)."""
+    """What a one-token decode writes for the KV heads whose cache policy scores every step
+    (H2O, TOVA), and the cache's next append reads (docs/caches.md, "When eviction runs"):
+    the logits of the query over every key it read, in the kernel's log2 domain
+    (q . k * scale * log2 e, -inf where masked), and each query head's log2-sum-exp, so that
+    attention = exp2(logit - lse). lg (B, G, R) float32: head h's slot j at lg[:, :, soff[h] + j];
+    lse (B, H) float32 (+inf: the row saw no key); soff (H_KV,) int32, -1: not scored.
+    `read` is the view.n of the last decode that wrote them (-1: none), on the host."""
 
-    __slots__ = ("lg", "lse", "spol", "score", "read", "armed")
+    __slots__ = ("lg", "lse", "soff", "read")
 
-    def __init__(self, lg: torch.Tensor, lse: torch.Tensor, spol: torch.Tensor, score: torch.Tensor):
-        self.lg, self.lse, self.spol, self.score, self.read, self.armed = lg, lse, spol, score, -1, False
+    def __init__(self, lg: torch.Tensor, lse: torch.Tensor, soff: torch.Tensor):
+        self.lg, self.lse, self.soff, self.read = lg, lse, soff, -1
 
 
 class DecodeConfig(NamedTuple):
@@ -195,23 +191,17 @@ def _dec_append(KN, VN, K, V, POS, TAB, KCNT, b, h, n, T, length, lo, hi, SLOTS,
 
 
 @triton.jit
-def _dec_arrive(ARRIVE, LENS, NPOS, TAB, KCNT, SPOL, b, W, T, fold, H_KV: tl.constexpr, CW: tl.constexpr,
-                APPEND: tl.constexpr, SCORES: tl.constexpr):  # fmt: skip
+def _dec_arrive(ARRIVE, LENS, NPOS, TAB, KCNT, b, W, T, H_KV: tl.constexpr, CW: tl.constexpr):
     """Count this program in among the W of row b once it has read LENS and NPOS; the last to
-    arrive writes every head's new length (APPEND: after the T new tokens; `fold`: a scored
-    head over its budget loses one token) and NPOS (the other programs read the old ones,
+    arrive writes every head's new length and NPOS (the other programs read the old ones,
     which decided their keys) and resets the counter."""
     done = tl.atomic_add(ARRIVE + b, 1, sem="acq_rel")
     if done == W - 1:
         for hh in tl.static_range(H_KV):
+            n = tl.load(NPOS + b * H_KV + hh)
             length = tl.load(LENS + b * H_KV + hh)
-            if APPEND:
-                n = tl.load(NPOS + b * H_KV + hh)
-                length = _kv_length(TAB, KCNT, hh, n, n + T, length, True, CW)
-                tl.store(NPOS + b * H_KV + hh, n + T)
-            if SCORES:
-                length = tl.where(fold != 0, tl.minimum(length, tl.load(SPOL + hh * 5 + 1)), length)
-            tl.store(LENS + b * H_KV + hh, length)
+            tl.store(LENS + b * H_KV + hh, _kv_length(TAB, KCNT, hh, n, n + T, length, True, CW))
+            tl.store(NPOS + b * H_KV + hh, n + T)
         tl.store(ARRIVE + b, 0)
 
 
@@ -247,80 +237,6 @@ def _dec_store_lse(LSE, m, l, mask):
     """A query row's log2-sum-exp (StepLogits.lse) from its (max, sum): +inf where the row saw
     no key, so that exp2(logit - lse) is 0 there."""
     tl.store(LSE, tl.where(l > 0, m + tl.math.log2(tl.where(l > 0, l, 1.0)), float("inf")), mask=mask)
-
-
-@triton.jit
-def _dec_step_end(LSE, m, l, mask, scored, fold, LSE_H, LG_H, SC_H, K_H, V_H, POS_H, SPOL_H, E, qpos, G: tl.constexpr,
-                  BLOCK_G: tl.constexpr, BLOCK_E: tl.constexpr, LGS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                  SENT: tl.constexpr):  # fmt: skip
-    """The end of a one-token step for a scored KV head, in the program that holds its final
-    (max, sum): write each query head's log2-sum-exp (LSE, under `mask`) and, when the step
-    folds, fold its attention into the scores and evict (_dec_fold)."""
-    _dec_store_lse(LSE, m, l, mask)
-    if scored & (fold != 0):
-        _dec_fold(LSE_H, LG_H, SC_H, K_H, V_H, POS_H, SPOL_H, E, qpos, G, BLOCK_G, BLOCK_E, LGS, HEAD_DIM, SENT)
-
-
-@triton.jit
-def _dec_fold(LSE_H, LG_H, SC_H, K_H, V_H, POS_H, SPOL_H, E, qpos, G: tl.constexpr, BLOCK_G: tl.constexpr,
-              BLOCK_E: tl.constexpr, LGS: tl.constexpr, HEAD_DIM: tl.constexpr, SENT: tl.constexpr):  # fmt: skip
-    """The step reads, then evicts (policies.evicts_after_read), for one (row, KV head) whose
-    E keys the step's query (at position qpos) has read: its attention exp2(logit - lse)
-    (the logits every split of the head wrote to LG_H, G rows of stride LGS; the log2-sum-exp
-    of each query head at LSE_H), aggregated over the G query heads (SPOL_H: budget, sink,
-    recent, aggregation + 4 for TOVA), is added to (H2O) or replaces (TOVA) the scores SC_H
-    (the step's own token starts from 0). Over the budget, the lowest (priority, position)
-    goes (policies.priority: pos < sink and pos > qpos - recent protected; an empty slot of a
-    padded row first): the last slot's token moves into its slot and the last slot empties
-    (the new length is written by _dec_arrive). SC_H, K_H, V_H, POS_H: the head's first slot
-    of the row. CacheBase._evict_step (torch) is the reference."""
-    tl.debug_barrier()  # this program's logits and lse (other threads) before they are read
-    budget = tl.load(SPOL_H + 1)
-    sink = tl.load(SPOL_H + 2)
-    recent = tl.load(SPOL_H + 3)
-    mode = tl.load(SPOL_H + 4)
-    agg = mode % 4
-    offs_g = tl.arange(0, BLOCK_G)
-    g_ok = offs_g < G
-    lse = tl.load(LSE_H + offs_g, mask=g_ok, other=float("inf"), cache_modifier=".cg")
-    best_p = tl.full([BLOCK_E], float("inf"), tl.float32)  # per lane: the lowest (priority, position, slot)
-    best_pos = tl.full([BLOCK_E], SENT + 1, tl.int32)
-    best_s = tl.full([BLOCK_E], 0, tl.int32)
-    for j in range(0, E, BLOCK_E):
-        offs = j + tl.arange(0, BLOCK_E)
-        valid = offs < E
-        s = tl.load(LG_H + offs_g[:, None] * LGS + offs[None, :], mask=g_ok[:, None] & valid[None, :],
-                    other=float("-inf"), cache_modifier=".cg")  # fmt: skip
-        p = tl.math.exp2(s - lse[:, None])
-        a = tl.sum(p, 0)
-        a = tl.where(agg == 1, tl.max(tl.where(g_ok[:, None], p, float("-inf")), 0), tl.where(agg == 0, a / G, a))
-        kp = tl.load(POS_H + offs, mask=valid, other=SENT, cache_modifier=".cg")
-        old = tl.where(kp == qpos, 0.0, tl.load(SC_H + offs, mask=valid, other=0.0))
-        new = tl.where(mode >= 4, a, old + a)
-        tl.store(SC_H + offs, new, mask=valid)
-        prio = tl.where((kp < sink) | (kp > qpos - recent), float("inf"), new)
-        prio = tl.where(valid, tl.where(kp == SENT, float("-inf"), prio), float("inf"))
-        better = (prio < best_p) | ((prio == best_p) & (kp < best_pos))  # a lane's slots ascend: ties keep the first
-        best_p = tl.where(better, prio, best_p)
-        best_pos = tl.where(better, kp, best_pos)
-        best_s = tl.where(better, offs, best_s)
-    low = tl.min(best_p, 0)  # one reduction over the lanes
-    lpos = tl.min(tl.where(best_p == low, best_pos, SENT + 1), 0)
-    best_i = tl.min(tl.where((best_p == low) & (best_pos == lpos), best_s, E), 0)
-    if E > budget:  # the step's token (the last slot) moves into the victim's slot
-        tl.debug_barrier()  # every thread's score stores before the move reads one
-        offs_d = tl.arange(0, HEAD_DIM)
-        last = E - 1
-        k = tl.load(K_H + last * HEAD_DIM + offs_d, cache_modifier=".cg")
-        v = tl.load(V_H + last * HEAD_DIM + offs_d, cache_modifier=".cg")
-        p_last = tl.load(POS_H + last, cache_modifier=".cg")
-        s_last = tl.load(SC_H + last, cache_modifier=".cg")
-        tl.debug_barrier()
-        tl.store(K_H + best_i * HEAD_DIM + offs_d, k)
-        tl.store(V_H + best_i * HEAD_DIM + offs_d, v)
-        tl.store(SC_H + best_i, s_last)
-        tl.store(POS_H + last, SENT)
-        tl.store(POS_H + best_i, tl.where(best_i == last, SENT, p_last))
 
 
 @triton.jit
@@ -499,9 +415,9 @@ def decode_prepare(spec: DecodeSpec, q, view, sm_scale, out, config, split, new)
         check_kernel_device("decode", q.device, "decode_reference() runs anywhere.")
     if not q.is_contiguous():
         q = q.contiguous()
-    sc, (lg, lse, spol, score, kn, vn, tab, kcnt, _) = _dec_extras(q, view, new)
+    sc, (lg, lse, soff, kn, vn, tab, kcnt) = _dec_extras(q, view, new)
     # the compiled kernel assumes the alignment it saw first
-    aligned = _aligned(q, out, *view[:6], view.npos, lg, lse, spol, score, kn, vn)
+    aligned = _aligned(q, out, *view[:6], view.npos, lg, lse, soff, kn, vn)
     key = (spec.kernel, view.slots, q.shape, q.dtype, q.device, view.k.shape[1], view.masked, config, split, sm_scale,
            aligned, sc is not None and lg.shape[2], new and kcnt.shape[1])  # fmt: skip
     plan = _DEC_CALLS.get(key)
@@ -523,21 +439,19 @@ def decode_run(plan: tuple, q, view, out, new):
     launch(q, view.k, view.v, view.pos, view.lens, view.offsets, view.gid, out, pm, pl, pacc, cnt, view.npos,
            *extras, arrive, *scalars)  # fmt: skip
     if sc is not None:
-        sc.read, sc.armed = view.n, False
+        sc.read = view.n
     if reduce is not None:
         reduce(pm, pl, pacc, view.lens, out, *scalars[:3])
     return out
 
 
 def _dec_extras(q, view, new) -> tuple:
-    """(StepLogits or None, the kernel's (LG, LSE, SPOL, SC, KN, VN, TAB, KCNT, FOLD)
-    arguments): the view's step logits where a one-token step writes them (FOLD: the step's
-    attention is folded into the scores, StepLogits.armed), the tokens to append (`new`); any
-    tensor where a feature is off (its pointers are never read)."""
+    """(StepLogits or None, the kernel's (LG, LSE, SOFF, KN, VN, TAB, KCNT) arguments): the
+    view's step logits where a one-token step writes them, the tokens to append (`new`);
+    any tensor where a feature is off (its pointers are never read)."""
     sc = view.logits if q.shape[2] == 1 else None  # scores read one-token steps only
-    if sc is None:
-        return None, (view.k, view.k, view.offsets, view.k, *(new or (q, q, q, q)), 0)
-    return sc, (sc.lg, sc.lse, sc.spol, sc.score, *(new or (q, q, q, q)), 1 if sc.armed else 0)
+    lg, lse, soff = (sc.lg, sc.lse, sc.soff) if sc is not None else (view.k, view.k, view.offsets)
+    return sc, (lg, lse, soff, *(new or (q, q, q, q)))
 
 
 def _aligned(*tensors) -> bool:
@@ -577,19 +491,15 @@ def _dec_plan(spec: DecodeSpec, q, view, sm_scale, config, split, scores=0, new=
         UPCAST=q.dtype == torch.bfloat16 and interpreting(),
         SCORES=bool(scores),
         LGS=max(scores, 1),
-        BLOCK_G=triton.next_power_of_2(spec.group),
-        BLOCK_E=_DEC_FOLD_BLOCK,
         APPEND=new is not None,
         CW=new[3].shape[1] if new else 1,
         num_warps=config.num_warps,
     )
-    if scores:  # ptxas would keep a step that appends to 128 registers and spill (sm_90)
-        kw["maxnreg"] = _DEC_STEP_REGS
     if new is not None and reduce_mode == 1:  # _dec_reduce_kernel would read the lengths after the append
         raise ValueError("decode: appending k, v in the decode kernel needs DecodeConfig(fused_reduce=True)")
     scalars = (T, geo.split, nbuf, geo.work, view.k.shape[1], scale * _DEC_LOG2E)
     reduce = FastLaunch(_dec_reduce_kernel, (spec.kv_heads, B), reduce_kw(spec, kw)) if reduce_mode == 1 else None
-    arrive = torch.zeros((B,), dtype=torch.int32, device=q.device) if new is not None or scores else q
+    arrive = torch.zeros((B,), dtype=torch.int32, device=q.device) if new is not None else q
     return FastLaunch(spec.kernel, (B * geo.work,), kw), scalars, kw, bufs, reduce, arrive
 
 
