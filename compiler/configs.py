@@ -16,8 +16,11 @@ Config = dict[str, object]
 # host-side descriptors, which Triton's launcher encodes again at every launch (host time per
 # call); 3, descriptors the kernel builds on the device (in the launch's global scratch),
 # which leave the host nothing to encode. The grid groups' kernel has host-side descriptors
-# only (any non-zero value). bench/prefill_host.py measures the two side by side.
-TMA = 3
+# only (any non-zero value). bench/prefill_host.py measures the two side by side: on an H100
+# (causal and StreamingLLM, B=1, H=32, D=128) device descriptors cut the host time per call
+# from 26-28 to 18-20 us but cost GPU time in every program (N = 128: 7.8 -> 11.6 us;
+# 1024: 37.8 -> 40.8; 4096: 288 -> 301 causal, 167 -> 186 StreamingLLM), so host ones stay.
+TMA = 2
 
 
 def _cfg(
