@@ -415,6 +415,14 @@ class AttncAppend(Attnc):
         return self.cache.decode(layer, q)
 
 
+class AttncContiguous(Attnc):
+    """`<module>+contiguous`: the prefill given q, k, v copied to (B, H, T, D) order first (the
+    model's projections leave them as (B, T, H, D) viewed), to measure what the layout costs."""
+
+    def prefill(self, layer, q, k, v, lengths):
+        return super().prefill(layer, q.contiguous(), k.contiguous(), v.contiguous(), lengths)
+
+
 def make_backend(name: str, mods: dict, c: Config, batch: int, max_len: int, device, dtype):
     if name == "sdpa":
         return Sdpa(c, batch, max_len, device, dtype)
@@ -424,6 +432,8 @@ def make_backend(name: str, mods: dict, c: Config, batch: int, max_len: int, dev
         return FlexWindow(c, batch, max_len, device, dtype)
     if name.endswith("+append"):
         return AttncAppend(mods[name[: -len("+append")]], name, c, batch, max_len, device, dtype)
+    if name.endswith("+contiguous"):
+        return AttncContiguous(mods[name[: -len("+contiguous")]], name, c, batch, max_len, device, dtype)
     return Attnc(mods[name], name, c, batch, max_len, device, dtype)
 
 

@@ -49,7 +49,15 @@ def attention_alone(mods, c, n: int, dev, dtype) -> dict:
     mod = mods["duo"]
     out = {"duo_prefill_ms": _events(lambda: mod.prefill(q, k, v))}
     qt = q.transpose(1, 2).contiguous().transpose(1, 2)  # the model's layout: (B, T, H, D) viewed
+    kt, vt = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (k, v))
     out["duo_prefill_strided_q_ms"] = _events(lambda: mod.prefill(qt, k, v))
+    out["duo_prefill_strided_qkv_ms"] = _events(lambda: mod.prefill(qt, kt, vt))
+    out["duo_prefill_strided_qkv_copied_ms"] = _events(
+        lambda: mod.prefill(qt.contiguous(), kt.contiguous(), vt.contiguous())
+    )
+    out["sdpa_causal_8_strided_ms"] = _events(
+        lambda: F.scaled_dot_product_attention(qt[:, :8], kt[:, :2], vt[:, :2], is_causal=True, enable_gqa=True)
+    )
     times = []
     for _ in range(3):
         cache = mod.Cache(1, device=dev, dtype=dtype, max_len=n + 16)
@@ -76,11 +84,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=131072)
     ap.add_argument("--names", default="sdpa,duo", help="backends of bench/model.py to profile")
     ap.add_argument("--alone", action="store_true", help="also time duo's attention alone")
+    ap.add_argument("--no-profile", action="store_true", help="time to first token only")
     args = ap.parse_args()
     names = args.names.split(",")
     dev, dtype = torch.device("cuda"), torch.bfloat16
     c = replace(M.LLAMA_8B, layers=args.layers)
-    mods = M.load_modules("8b", [n for n in names if n in M.PATTERNS] or ["duo"])
+    mods = M.load_modules("8b", sorted({n.split("+")[0] for n in names if n != "sdpa"} | {"duo"}))
     model = M.random_model(c, dev, dtype)
     res = {"device": torch.cuda.get_device_name(), "layers": c.layers, "n": args.n}
     if args.alone:
@@ -90,8 +99,9 @@ def main() -> None:
         M.ttft(model, name, mods, c, 1024, dev, dtype)
         res[f"{name}_ttft_s"] = M.ttft(model, name, mods, c, args.n, dev, dtype)["s"]
         print(name, "ttft", res[f"{name}_ttft_s"], flush=True)
-        res[f"{name}_profile"] = M.profile_ttft(model, name, mods, c, args.n, dev, dtype, top=15)
-        print(res[f"{name}_profile"], flush=True)
+        if not args.no_profile:
+            res[f"{name}_profile"] = M.profile_ttft(model, name, mods, c, args.n, dev, dtype, top=15)
+            print(res[f"{name}_profile"], flush=True)
     out = Path(os.environ.get("OUT", "out"))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"ttft_profile_{args.n}.json").write_text(json.dumps(res, indent=1))
