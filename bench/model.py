@@ -19,7 +19,8 @@ Face's LlamaForCausalLM (tests/test_model.py checks it on the CPU), with pluggab
   (power_attention). Prefill runs the generated `prefill`, decode the generated `Cache` and
   `decode`: the fused step (`Cache.decode(layer, q, k, v)`: the decode kernel appends the
   token; one launch per layer); `<module>+append` (e.g. `causal+append`) runs the step as
-  append, then decode, for comparison. StreamingLLM's `positions = rerotate` is not applied
+  append, then decode, for comparison; `<module>+contiguous` copies q, k, v to (B, H, T, D)
+  order before the prefill (the projections leave them strided). StreamingLLM's `positions = rerotate` is not applied
   (keys are rotated with their original positions): the same work, other numbers.
 
 Batches are left-padded (`lengths`: each row's tokens are its last ones). Each row's
