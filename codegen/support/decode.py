@@ -434,7 +434,7 @@ def decode_run(plan: tuple, q, view, out, new):
     launch, scalars, kw, bufs, reduce, arrive = plan
     if out is None:
         out = torch.empty_like(q)
-    pm, pl, pacc, cnt = bufs or (out, out, out, out)
+    pm, pl, pacc, cnt = bufs or (None, None, None, None)
     sc, extras = _dec_extras(q, view, new)
     launch(q, view.k, view.v, view.pos, view.lens, view.offsets, view.gid, out, pm, pl, pacc, cnt, view.npos,
            *extras, arrive, *scalars)  # fmt: skip
@@ -448,10 +448,11 @@ def decode_run(plan: tuple, q, view, out, new):
 def _dec_extras(q, view, new) -> tuple:
     """(StepLogits or None, the kernel's (LG, LSE, SOFF, KN, VN, TAB, KCNT) arguments): the
     view's step logits where a one-token step writes them, the tokens to append (`new`);
-    any tensor where a feature is off (its pointers are never read)."""
+    None where a feature is off: the kernel never reads them, and a None is a constant to
+    Triton, not a pointer its launcher must resolve with the driver (host time per step)."""
     sc = view.logits if q.shape[2] == 1 else None  # scores read one-token steps only
-    lg, lse, soff = (sc.lg, sc.lse, sc.soff) if sc is not None else (view.k, view.k, view.offsets)
-    return sc, (lg, lse, soff, *(new or (q, q, q, q)))
+    lg, lse, soff = (sc.lg, sc.lse, sc.soff) if sc is not None else (None, None, None)
+    return sc, (lg, lse, soff, *(new or (None, None, None, None)))
 
 
 def _aligned(*tensors) -> bool:
@@ -499,7 +500,7 @@ def _dec_plan(spec: DecodeSpec, q, view, sm_scale, config, split, scores=0, new=
         raise ValueError("decode: appending k, v in the decode kernel needs DecodeConfig(fused_reduce=True)")
     scalars = (T, geo.split, nbuf, geo.work, view.k.shape[1], scale * _DEC_LOG2E)
     reduce = FastLaunch(_dec_reduce_kernel, (spec.kv_heads, B), reduce_kw(spec, kw)) if reduce_mode == 1 else None
-    arrive = torch.zeros((B,), dtype=torch.int32, device=q.device) if new is not None else q
+    arrive = torch.zeros((B,), dtype=torch.int32, device=q.device) if new is not None else None
     return FastLaunch(spec.kernel, (B * geo.work,), kw), scalars, kw, bufs, reduce, arrive
 
 
