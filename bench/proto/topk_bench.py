@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -36,6 +35,9 @@ import triton.language as tl
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from codegen.support import paged  # noqa: E402  (the tree's kernel; torch and triton only)
+
+sys.path.insert(0, str(ROOT / "bench"))
+from timing import graph_time  # noqa: E402
 
 
 # ------------------------------------------------------------------ old: the bit-by-bit search
@@ -168,28 +170,9 @@ def _outputs(x: dict) -> tuple:
     return x["chosen"].clone(), x["sel"].clone(), x["slen"].clone()
 
 
-def _graph_us(fn, calls: int = 20, replays: int = 20) -> float:
-    """Median GPU µs per call from replays of one CUDA graph of `calls` calls."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / calls)
-    return statistics.median(times)
+def _graph_us(fn) -> float:
+    """Median GPU µs per call from replays of one CUDA graph of 20 calls (bench/timing.py)."""
+    return graph_time(fn, torch) * 1e6
 
 
 def _events_us(fn, reps: int = 200) -> float:
