@@ -274,10 +274,10 @@ class _KvHead:
             return e, e
         if n <= self.sink:
             return n, n
-        st = self.stripes_before(n) - self.stripes_before(self.sink)
         if not self.sres:
             e = self.sink + min(n - self.sink, self.ring)
             return e, e
+        st = self.stripes_before(n) - self.stripes_before(self.sink)
         # with stripes the ring may still hold keys older than the window: read, masked,
         # not counted (held counts the live keys: the liveness formula)
         lo = max(self.sink, n - self.span)
