@@ -155,11 +155,25 @@ def nb_groups(terms) -> list[tuple[tuple | None, tuple[Lit, ...]]]:
     return out + plain
 
 
-@lru_cache(maxsize=32)
+_LIT_TILES: dict = {}  # (lit, n_q, n_k, bm, bn) -> lit_tile's statuses, at most _LIT_TILE_BYTES
+_LIT_TILE_BYTES = 64 << 20
+
+
 def lit_tile(lit: Lit, n_q: int, n_k: int, bm: int, bn: int) -> np.ndarray:
     """The status of one literal on every bm x bn tile of an n_q x n_k relation (an array that
-    broadcasts to the tile grid). Memoised, so read-only: the head groups of one pattern often
-    share literals (a causal mask, a window)."""
+    broadcasts to the tile grid). Memoised up to 64 MiB in all, so read-only: the head groups
+    of one pattern often share literals (a causal mask, a window)."""
+    key = (lit, n_q, n_k, bm, bn)
+    s = _LIT_TILES.get(key)
+    if s is None:
+        s = _lit_statuses(lit, n_q, n_k, bm, bn)
+        if sum(a.nbytes for a in _LIT_TILES.values()) + s.nbytes > _LIT_TILE_BYTES:
+            _LIT_TILES.clear()
+        _LIT_TILES[key] = s
+    return s
+
+
+def _lit_statuses(lit: Lit, n_q: int, n_k: int, bm: int, bn: int) -> np.ndarray:
     if isinstance(lit.atom, Neighborhood):
         s = box_union_tiles(((lit.atom,),), n_q, n_k, bm, bn)
         s = (2 - s).astype(np.int8) if lit.negated else s.copy()
