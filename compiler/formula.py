@@ -445,9 +445,10 @@ def _ceil_div(c: int, e: int, m: int, var: sp.Symbol) -> sp.Expr:
     slowest step of an analysis; memoised: one analysis asks the same few quotients often."""
     if e % m == 0:
         return sp.Integer(-(-c // m)) + (e // m) * var
-    whole = sp.Integer(c // m) if c % m == 0 else sp.Integer(0)
-    rest = sp.Rational(e, m) * var + (0 if c % m == 0 else sp.Rational(c, m))
-    return whole + sp.ceiling(rest, evaluate=False)
+    whole, part = divmod(c, m)
+    if part:
+        return sp.ceiling(sp.Rational(e, m) * var + sp.Rational(c, m), evaluate=False)
+    return whole + sp.ceiling(sp.Rational(e, m) * var, evaluate=False)
 
 
 def _chamber_sum(var, rep, points, lows, highs, x_lo, x_hi, x0s, big, mq, residue) -> sp.Expr:

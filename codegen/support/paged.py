@@ -260,14 +260,15 @@ def _pg_topk_kernel(
             u, key = _pg_unit_keys(sc, c, NU, BLOCK)
         eq = key == thr  # thr > -2^31: no candidate is ever chosen
         above = key > thr
-        cnt = tl.cumsum(above.to(tl.int32) * 65536 + eq.to(tl.int32), 0)  # both counts in one scan
+        both = above.to(tl.int32) * 65536 + eq.to(tl.int32)  # both counts in one scan and one sum
+        cnt = tl.cumsum(both, 0)
         rank = ties + (cnt & 0xFFFF)  # of the keys equal to thr, the first `take` are chosen
         chosen = above | (eq & (rank <= take))
         slot = placed + (cnt >> 16) + tl.minimum(rank, take) - tl.minimum(ties, take) - 1
         tl.store(out + slot, u, mask=chosen)
         e = tl.load(tab + u // rp, mask=chosen, other=0)
         tl.store(sel + nstat + slot, e * rp + u % rp, mask=chosen)
-        tot = tl.sum(above.to(tl.int32) * 65536 + eq.to(tl.int32), 0)
+        tot = tl.sum(both, 0)
         placed += (tot >> 16) + tl.minimum(ties + (tot & 0xFFFF), take) - tl.minimum(ties, take)
         ties += tot & 0xFFFF
     jc = tl.arange(0, CH_PAD)
