@@ -531,7 +531,7 @@ def _status(check, module_of) -> str:
         return f"FAILED: {type(exc).__name__}: {exc}"[:300]
 
 
-def run(folder: Path, baseline: Path | None = None, decode: bool = True) -> int:
+def run(folder: Path, baseline: Path | None = None, decode: bool = True, check_only: bool = False) -> int:
     import torch
     import triton
 
@@ -569,6 +569,8 @@ def run(folder: Path, baseline: Path | None = None, decode: bool = True) -> int:
         if "error" in c:
             print(c["error"])
     print(f"checks done at {time.perf_counter() - t_start:.0f} s", flush=True)
+    if check_only:
+        return 0 if all(c["ok"] for c in checks) else 1
 
     bench = [m for m in modules if m["bench"]]
     first = (lambda: import_module(folder / bench[0]["file"])) if bench else None
@@ -783,6 +785,7 @@ def main(argv=None) -> int:
         help="with --run: also time the bench cases of another build's --generate DIR",
     )
     p.add_argument("--no-decode", action="store_true", help="with --run: skip the decode benchmark (bench/decode.py)")
+    p.add_argument("--check-only", action="store_true", help="with --run: the correctness checks alone (no timing)")
     args = p.parse_args(argv)
     if args.generate:
         generate(args.generate)
@@ -790,7 +793,7 @@ def main(argv=None) -> int:
         return 0
     if args.smoke:
         _smoke()
-    return run(args.run, args.baseline, decode=not args.no_decode)
+    return run(args.run, args.baseline, decode=not args.no_decode, check_only=args.check_only)
 
 
 def _smoke() -> None:

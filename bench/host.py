@@ -83,21 +83,34 @@ def _import(name: str):
     return import_module_from_path(GEN / f"{name}.py", f"attnc_host_{name}")
 
 
+class _Nothing:
+    """A call that does nothing (an object, not a function: it has no Python code, as Triton's
+    C launch has none)."""
+
+    def __call__(self, *args):
+        return None
+
+
+class _NoRun(_Nothing):
+    """Triton's launcher of a compiled kernel, and its C launch, both doing nothing."""
+
+    global_scratch_size = profile_scratch_size = 0
+    launch_cooperative_grid = launch_pdl = False
+    launch = _Nothing()
+
+
 class _NoLaunch:
-    """Stands for a Triton kernel and its compiled kernel: kernel[grid](...) and run(...) do
+    """Stands for a Triton kernel and its compiled kernel: kernel[grid](...) and the launch do
     nothing, so that the module's FastLaunch binds it as it binds a compiled kernel and later
     calls take the same path as on the GPU (attnc's Python alone, without Triton's launcher)."""
 
-    function, packed_metadata = 0, ()
+    function, packed_metadata, run = 0, (), _NoRun()
 
     def __init__(self, kernel):
         self.fn = kernel.fn
 
     def __getitem__(self, grid):
         return lambda *args, **kwargs: self
-
-    def run(self, *args):
-        return None
 
 
 def _issue_time(fn, torch, calls: int, cuda: bool) -> tuple[float, float]:
@@ -260,8 +273,10 @@ def run(args) -> dict:
     dev = "cuda" if cuda else "cpu"
     n_prefill, ctx, calls = (16, 64, 3) if args.smoke else (128, 4096, 200)
     res = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__, "modules": {}}
+    res["launcher"] = "Triton's" if args.triton_launcher else "raw"
     for name in args.modules or MODULES:
         mod = _import(name)
+        mod.DIRECT = not args.triton_launcher
         res["modules"][name] = _case(mod, torch, dev, n_prefill, ctx, calls, cuda, args.smoke)
     print(render(res))
     out = Path(os.environ.get("OUT", ROOT / "out"))
@@ -272,7 +287,8 @@ def run(args) -> dict:
 
 def render(res: dict) -> str:
     lines = [
-        f"host time per call ({res['device']}; N=128 prefill, 4096-token cache, B=1, H=32/8, D=128)",
+        f"host time per call ({res['device']}; N=128 prefill, 4096-token cache, B=1, H=32/8, D=128; "
+        f"{res['launcher']} launch)",
         "| module | call | host us | wall us | graph us | eager/graph |",
         "|---|---|---:|---:|---:|---:|",
     ]
@@ -301,6 +317,7 @@ def main(argv=None) -> None:
     ap.add_argument("step", choices=("generate", "run"))
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes (TRITON_INTERPRET=1)")
     ap.add_argument("--modules", nargs="*", help="a subset of " + ", ".join(MODULES))
+    ap.add_argument("--triton-launcher", action="store_true", help="launch through Triton's launcher (no RawLaunch)")
     args = ap.parse_args(argv)
     generate() if args.step == "generate" else run(args)
 

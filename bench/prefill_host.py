@@ -1,5 +1,7 @@
 """Host and GPU time of one prefill call, with the TMA descriptors built on the host
-(USE_TMA 2: Triton's launcher encodes them at every launch) or in the kernel (USE_TMA 3).
+(USE_TMA 2) or in the kernel (USE_TMA 3), and host-side ones launched through Triton's
+launcher (which encodes them at every launch) or through attnc's raw launch (launch.RawLaunch:
+encoded once per address).
 
     python bench/host.py generate                       # here (needs attnc): bench/generated/host_*.py
     python3 bench/prefill_host.py                       # on the GPU machine (torch and triton only)
@@ -37,14 +39,20 @@ from timing import graph_time
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = {"host_causal": "causal", "host_streaming": "streaming"}  # generated module: label
-VARIANTS = {2: "host descriptors", 3: "device descriptors"}
+VARIANTS = {  # name: (USE_TMA, raw launch)
+    "host descriptors": (2, True),
+    "host descriptors, Triton's launcher": (2, False),
+    "device descriptors": (3, True),
+}
 
 
-def set_variant(mod, tma: int) -> None:
-    """The module's TMA rows read through `tma` (2 or 3); the memo starts again."""
+def set_variant(mod, tma: int, direct: bool = True) -> None:
+    """The module's TMA rows read through `tma` (2 or 3), its launches bound to the raw launch
+    or not (`direct`); the memo starts again."""
     for _, _, _, cfg in mod.CONFIGS:
         if cfg.get("USE_TMA"):
             cfg["USE_TMA"] = tma
+    mod.DIRECT = direct
     mod._CONFIG_CACHE.clear()
 
 
@@ -116,23 +124,23 @@ def run_gpu(args) -> dict:
             ref = s_fn()
             fn = lambda: mod.prefill(q, k, v)  # noqa: E731
             memos, outs, rows = {}, {}, {}
-            for tma, vname in VARIANTS.items():  # each variant's plans (compiled kernels), kept apart
-                set_variant(mod, tma)
+            for vname, (tma, direct) in VARIANTS.items():  # each variant's plans (launches), kept apart
+                set_variant(mod, tma, direct)
                 try:
-                    outs[tma] = fn()
+                    outs[vname] = fn()
                     fn()
                 except Exception as e:  # a variant that does not run here: the other one is still measured
                     res["rows"].append({"module": label, "N": n, "variant": vname, "error": repr(e)[:300]})
                     continue
-                memos[tma] = dict(mod._CONFIG_CACHE)
+                memos[vname] = dict(mod._CONFIG_CACHE)
                 py, prof = python_time(mod, torch, fn, args.profile and n == args.n[0])
-                rows[tma] = {"module": label, "N": n, "variant": vname, "python_us": py * 1e6, "profile": prof,
-                             "max_abs_diff_vs_sdpa": (outs[tma].float() - ref.float()).abs().max().item()}  # fmt: skip
+                rows[vname] = {"module": label, "N": n, "variant": vname, "python_us": py * 1e6, "profile": prof,
+                               "max_abs_diff_vs_sdpa": (outs[vname].float() - ref.float()).abs().max().item()}  # fmt: skip
 
-            def timed(tma, how):
+            def timed(vname, how):
                 def measure():
                     mod._CONFIG_CACHE.clear()
-                    mod._CONFIG_CACHE.update(memos[tma])
+                    mod._CONFIG_CACHE.update(memos[vname])
                     return how()
 
                 return measure
@@ -143,8 +151,9 @@ def run_gpu(args) -> dict:
             for row, (host, busy), gpu in zip(rows.values(), hosts, gpus):
                 row.update(host_us=host * 1e6, busy=busy, gpu_us=gpu * 1e6)
                 res["rows"].append(row)
-            if len(outs) == 2:
-                res["rows"][-1]["bitwise_equal_variants"] = torch.equal(outs[2], outs[3])
+            if len(outs) > 1:
+                first = next(iter(outs.values()))
+                res["rows"][-1]["bitwise_equal_variants"] = all(torch.equal(o, first) for o in outs.values())
             s_host, s_busy = busy_issue_time(torch, s_fn, args.calls)
             row = {"module": label, "N": n, "variant": "torch SDPA", "host_us": s_host * 1e6, "busy": s_busy}
             try:
@@ -152,8 +161,13 @@ def run_gpu(args) -> dict:
             except RuntimeError as e:  # not capturable here: host time only
                 row["error"] = repr(e)[:300]
             res["rows"].append(row)
-        set_variant(mod, 3)
+        set_variant(mod, 2)
     return res
+
+
+def _interpreted() -> dict:
+    """The variants that differ without a GPU (the interpreter has no launcher): name: USE_TMA."""
+    return {name: tma for name, (tma, direct) in VARIANTS.items() if direct}
 
 
 def run_smoke(args) -> dict:
@@ -170,7 +184,7 @@ def run_smoke(args) -> dict:
             k, v = (torch.randn(1, 1, n, 16, generator=g) for _ in range(2))
             ref = sdpa(torch, mod, q, k, v, label == "causal")()
             outs = {}
-            for tma, vname in VARIANTS.items():
+            for vname, tma in _interpreted().items():
                 outs[tma], _ = mod._forward(q, k, v, None, False, None, config={"USE_TMA": tma})
                 diff = (outs[tma] - ref).abs().max().item()
                 res["rows"].append({"module": label, "N": n, "variant": vname, "max_abs_diff_vs_sdpa": diff})
@@ -179,7 +193,7 @@ def run_smoke(args) -> dict:
         mod.device_key.__globals__["device_key"] = lambda device, dtype: ((9, 0), "16bit")
         q = torch.randn(1, 32, 128, 128, dtype=torch.bfloat16)
         k, v = (torch.randn(1, 8, 128, 128, dtype=torch.bfloat16) for _ in range(2))
-        for tma, vname in VARIANTS.items():
+        for vname, tma in _interpreted().items():
             set_variant(mod, tma)
             py, prof = python_time(mod, torch, lambda: mod.prefill(q, k, v), args.profile)
             res["rows"].append({"module": label, "N": 128, "variant": vname, "python_us": py * 1e6, "profile": prof})

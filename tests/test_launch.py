@@ -163,3 +163,91 @@ def test_scratch_is_one_buffer_per_device_and_stream(monkeypatch):
     capturing["on"] = True
     fresh = L.scratch(1024, 128, 7)
     assert isinstance(fresh, torch.Tensor) and fresh.numel() == 1024 and made[-1] == 1024
+
+
+class _CLaunch:
+    """Triton's compiled C launch (a builtin: no Python code of its own): records its calls."""
+
+    def __init__(self, calls: list):
+        self.calls = calls
+
+    def __call__(self, *args):
+        self.calls.append(args)
+
+
+def _c_launch_stand_in(calls: list) -> _CLaunch:
+    return _CLaunch(calls)
+
+
+def test_the_raw_launch_hands_the_c_launch_what_tritons_launcher_would(monkeypatch, device):
+    # Triton's own wrapper (wrap_handle_tensordesc) around a recording C launch, with a stand-in
+    # for the CUDA encoding of a descriptor: the raw launch must pass the same arguments, but
+    # tensors as their addresses and each descriptor encoded once per (address, shape, strides)
+    from triton.backends.nvidia import driver as nv
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    encoded = []
+
+    def encode(desc, meta):
+        encoded.append(desc.base.data_ptr())
+        return [("CUtensorMap", desc.base.data_ptr(), meta["swizzle"]), *desc.shape, *desc.strides]
+
+    monkeypatch.setattr(nv, "make_tensordesc_arg", encode)
+    monkeypatch.setattr(L, "_encode_descriptor", encode)
+    calls: list = []
+    signature = {0: "*fp32", 1: "tensordesc<bf16[16, 16]>", 2: "i32", 3: "*fp32", 4: "constexpr"}
+    wrapped = nv.wrap_handle_tensordesc(_c_launch_stand_in(calls), signature, [{"swizzle": 128}])
+
+    class Run:
+        launch, global_scratch_size, profile_scratch_size = staticmethod(wrapped), 0, 0
+        launch_cooperative_grid, launch_pdl = False, True
+
+    class Compiled:
+        function, packed_metadata, run = "fn-handle", (4, 1, 0), Run()
+
+    x, y = torch.zeros(8), torch.ones(8)
+    base, other = torch.zeros(32, 16, dtype=torch.bfloat16), torch.zeros(32, 16, dtype=torch.bfloat16)
+    desc = lambda t: TensorDescriptor.from_tensor(t, [16, 16])  # noqa: E731
+    args = (x, desc(base), 7, None, 64)
+    raw = L.RawLaunch.of(Compiled, args)
+    assert raw is not None and raw.pointers == (0,)
+    wrapped(3, 1, 1, 77, "fn-handle", False, True, None, None, (4, 1, 0), None, None, None, *args)  # Triton's way
+    raw((3, 1, 1), 77, Compiled, args)
+    tritons, ours = calls
+    assert tritons[:13] == ours[:13] and tritons[14:] == ours[14:]  # launch flags, metadata, the rest
+    assert tritons[13] is x and ours[13] == x.data_ptr()
+    assert encoded == [base.data_ptr(), base.data_ptr()]  # Triton's call, then ours
+    raw((3, 1, 1), 77, Compiled, (y, desc(base), 7, x, 64))  # same descriptor: not encoded again
+    raw((3, 1, 1), 77, Compiled, (y, desc(other), 7, x, 64))  # another address: encoded
+    assert encoded[2:] == [other.data_ptr()] and calls[2][13] == y.data_ptr()
+    assert calls[2][20] is x  # None when bound: a tensor there goes as it is (Triton's launcher reads it)
+    # where Triton's launcher is not laid out as expected, or the kernel needs scratch: none
+    Run.global_scratch_size = 64
+    assert L.RawLaunch.of(Compiled, args) is None
+
+
+def test_fast_launch_takes_the_raw_launch_once_bound(monkeypatch, device):
+    calls: list = []
+
+    class Run:
+        launch, global_scratch_size, profile_scratch_size = staticmethod(_c_launch_stand_in(calls)), 0, 0
+        launch_cooperative_grid, launch_pdl = False, False
+
+        def __call__(self, *args):
+            raise AssertionError("Triton's launcher is not called once the raw launch is bound")
+
+    kernel = Kernel()
+    kernel.compiled.run = Run()
+    launch = L.FastLaunch(kernel, (2,), {"BLOCK": 16})
+    x = torch.zeros(4)
+    launch(x, 1, 2)  # the dispatch
+    launch(x, 1, 3)
+    ((*head, a, b, n, block, flag, scale),) = calls
+    assert head == [2, 1, 1, 77, "fn-handle", False, False, None, None, ("meta",), None, None, None]
+    assert (a, b, n, block, flag, scale) == (x.data_ptr(), 1, 3, 16, False, 2.0)
+    monkeypatch.setattr(L, "DIRECT", False)  # bound without it: Triton's launcher
+    kernel.compiled.run = lambda *args: calls.append(("triton",) + args)
+    launch = L.FastLaunch(kernel, (2,), {"BLOCK": 16})
+    launch(x, 1, 2)
+    launch(x, 1, 3)
+    assert calls[-1][0] == "triton" and calls[-1][10] is x

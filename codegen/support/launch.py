@@ -7,6 +7,12 @@ kernel of fifty arguments that is tens of microseconds. A `FastLaunch` does that
 calls the compiled kernel directly. It is correct where the caller's memo key fixes every
 specialisation its arguments can take (tensors' dtypes and alignment, the values of ints):
 the callers make one per memoised plan.
+
+Below the compiled kernel, Triton's launcher still costs microseconds per call: Python that
+allocates scratch and expands every host-side TMA descriptor into a freshly encoded
+CUtensorMap, then C that asks the driver about every tensor's pointer. `RawLaunch` calls the
+C launch itself with tensors as their addresses (an int is taken as it is) and descriptors
+encoded once per (address, shape, strides).
 """
 
 from __future__ import annotations
@@ -21,6 +27,12 @@ try:
     from triton.runtime._allocation import _allocator as _TRITON_ALLOCATOR
 except ImportError:  # another triton layout: kernels with global scratch use the process's allocator
     _TRITON_ALLOCATOR = None
+try:
+    from triton.backends.nvidia.driver import make_tensordesc_arg as _encode_descriptor
+except ImportError:  # another triton layout: launches with host-side descriptors keep Triton's launcher
+    _encode_descriptor = None
+
+DIRECT = True  # FastLaunch calls the C launch itself (RawLaunch); False: Triton's launcher (benchmarks)
 
 
 def _current_stream():
@@ -69,6 +81,65 @@ def to_device(t: torch.Tensor, device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
+class RawLaunch:
+    """Triton's C launch of one compiled kernel, called without the Python around it: the
+    tensors among the arguments go as their addresses (the launcher takes an int as it is,
+    without asking the driver about the pointer), and each host-side descriptor expands to
+    its encoded CUtensorMap, shape and strides as Triton's wrapper would expand it, encoded
+    once per (position, address, shape, strides) (a descriptor is a function of those and of
+    the compiled kernel's block and swizzle). `of` returns None where Triton's launcher is
+    not laid out as expected, or the kernel needs scratch: the caller keeps Triton's."""
+
+    __slots__ = ("launch", "flags", "pointers", "descriptors", "encoded")
+    ENCODED_MAX = 256  # descriptors remembered per launch (the caching allocator reuses addresses)
+
+    def __init__(self, launch, flags: tuple, pointers: tuple, descriptors: tuple):
+        self.launch = launch
+        self.flags = flags  # (cooperative grid, programmatic dependent launch)
+        self.pointers = pointers  # positions of the tensor arguments
+        self.descriptors = descriptors  # ((position, Triton's metadata), ...), the last position first
+        self.encoded: dict = {}
+
+    @classmethod
+    def of(cls, compiled, args: tuple):
+        """The raw launch of `compiled` for arguments laid out as `args` (positional and tail)."""
+        run = compiled.run
+        fn = getattr(run, "launch", None)
+        if fn is None or getattr(run, "global_scratch_size", 1) or getattr(run, "profile_scratch_size", 1):
+            return None
+        code = getattr(fn, "__code__", None)
+        if code is None:  # the C launch itself: no descriptor among the arguments
+            launch, metas = fn, {}
+        else:  # Triton's wrapper that expands descriptors: its launch and where they are
+            cells = dict(zip(code.co_freevars, (c.cell_contents for c in fn.__closure__ or ())))
+            launch, where, meta = cells.get("launcher"), cells.get("tensordesc_indices"), cells.get("tensordesc_meta")
+            if launch is None or where is None or not meta or None in meta or _encode_descriptor is None:
+                return None
+            metas = dict(zip(sorted(where), meta))
+        pointers = tuple(i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and i not in metas)
+        flags = (run.launch_cooperative_grid, run.launch_pdl)
+        return cls(launch, flags, pointers, tuple(sorted(metas.items(), reverse=True)))
+
+    def __call__(self, grid: tuple, stream, compiled, args: tuple) -> None:
+        a = list(args)
+        for i in self.pointers:
+            t = a[i]
+            if t is not None:
+                a[i] = t.data_ptr()
+        for i, meta in self.descriptors:
+            d = a[i]
+            key = (i, d.base.data_ptr(), *d.shape, *d.strides)
+            enc = self.encoded.get(key)
+            if enc is None:
+                if len(self.encoded) >= self.ENCODED_MAX:
+                    self.encoded.clear()
+                enc = self.encoded[key] = _encode_descriptor(d, meta)
+            a[i : i + 1] = enc
+        g = grid
+        self.launch(g[0], g[1], g[2], stream, compiled.function, *self.flags, None, None, compiled.packed_metadata,
+                    None, None, None, *a)  # fmt: skip
+
+
 class FastLaunch:
     """launch(*args): kernel[grid](*args, **constants) the first time, then the compiled kernel
     directly (the positional args first, the constants after them in the kernel's parameter
@@ -77,7 +148,7 @@ class FastLaunch:
     that needs global scratch (descriptors built on the device) gets it from `scratch`, set
     for its launches only."""
 
-    __slots__ = ("kernel", "grid", "constants", "compiled", "tail", "device", "grid3", "scratch")
+    __slots__ = ("kernel", "grid", "constants", "compiled", "tail", "device", "grid3", "scratch", "raw")
 
     def __init__(self, kernel, grid: tuple, constants: dict):
         self.kernel = kernel
@@ -88,6 +159,7 @@ class FastLaunch:
         self.device = None
         self.grid3 = (*grid, 1, 1)[:3]
         self.scratch = False
+        self.raw = None
 
     def __call__(self, *args):
         c = self.compiled
@@ -97,10 +169,13 @@ class FastLaunch:
                 g = self.grid3
                 token = _TRITON_ALLOCATOR.set(scratch) if self.scratch else None
                 try:
+                    if self.raw is not None:
+                        self.raw(g, stream, c, args + self.tail)
+                        return c
                     c.run(g[0], g[1], g[2], stream, c.function, c.packed_metadata, None, None, None, *args, *self.tail)
                     return c
                 except TypeError:  # a launcher that takes its arguments otherwise: the dispatch from now on
-                    self.compiled, self.device = None, False
+                    self.compiled, self.device, self.raw = None, False, None
                 finally:
                     if token is not None:
                         _TRITON_ALLOCATOR.reset(token)
@@ -111,12 +186,14 @@ class FastLaunch:
             if token is not None:
                 _TRITON_ALLOCATOR.reset(token)
         if self.device is None and getattr(got, "function", None) is not None and hasattr(got, "packed_metadata"):
-            self._bind(got, len(args))
+            self._bind(got, args)
         return got
 
-    def _bind(self, compiled, n_args: int) -> None:
-        """Remember the compiled kernel and the values of the parameters after the positional
-        arguments; stay on the dispatch when the parameters cannot be bound so."""
+    def _bind(self, compiled, args: tuple) -> None:
+        """Remember the compiled kernel, the values of the parameters after the positional
+        arguments and its raw launch; stay on the dispatch when the parameters cannot be
+        bound so."""
+        n_args = len(args)
         fn = self.kernel.fn
         code = fn.__code__
         names = code.co_varnames[: code.co_argcount]
@@ -134,4 +211,5 @@ class FastLaunch:
         self.device = _current_stream()[0]
         needs = getattr(getattr(compiled, "metadata", None), "global_scratch_size", 0)
         self.scratch = bool(needs) and _TRITON_ALLOCATOR is not None
+        self.raw = RawLaunch.of(compiled, args + self.tail) if DIRECT and not self.scratch else None
         self.compiled = compiled
