@@ -221,6 +221,13 @@ def test_the_raw_launch_hands_the_c_launch_what_tritons_launcher_would(monkeypat
     raw((3, 1, 1), 77, Compiled, (y, desc(other), 7, x, 64))  # another address: encoded
     assert encoded[2:] == [other.data_ptr()] and calls[2][13] == y.data_ptr()
     assert calls[2][20] is x  # None when bound: a tensor there goes as it is (Triton's launcher reads it)
+    # the bare tensor in the descriptor's place: described as the first launch's descriptor
+    raw((3, 1, 1), 77, Compiled, (y, other, 7, x, 64))
+    raw((3, 1, 1), 77, Compiled, (y, other, 7, x, 64))
+    assert encoded[3:] == [other.data_ptr()] and calls[-1][14:19] == calls[3][14:19]
+    dressed = raw.dressed((y, other, 7, x, 64))
+    assert isinstance(dressed[1], TensorDescriptor) and dressed[1].base is other and dressed[0] is y
+    assert (list(dressed[1].shape), list(dressed[1].strides), dressed[1].block_shape) == ([32, 16], [16, 1], [16, 16])
     # where Triton's launcher is not laid out as expected, or the kernel needs scratch: none
     Run.global_scratch_size = 64
     assert L.RawLaunch.of(Compiled, args) is None
@@ -251,3 +258,36 @@ def test_fast_launch_takes_the_raw_launch_once_bound(monkeypatch, device):
     launch(x, 1, 2)
     launch(x, 1, 3)
     assert calls[-1][0] == "triton" and calls[-1][10] is x
+
+
+def test_the_dispatch_gets_descriptors_where_callers_pass_bare_tensors(monkeypatch, device):
+    # once bound to a raw launch that describes bare tensors (`describes`), a caller passes the
+    # tensor in the descriptor's place; a call that takes the dispatch (another device here)
+    # must still hand triton.jit a descriptor, described as the first launch's
+    from triton.backends.nvidia import driver as nv
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    monkeypatch.setattr(L, "_encode_descriptor", lambda d, meta: [("CUtensorMap", d.base.data_ptr())])
+
+    def desc_body(D, n):
+        """The stand-in kernel's parameters: a descriptor and an int."""
+
+    calls: list = []
+    kernel = Kernel()
+    kernel.fn = desc_body
+    kernel.compiled.run = type("Run", (), {
+        "launch": staticmethod(nv.wrap_handle_tensordesc(_c_launch_stand_in(calls), {0: "tensordesc", 1: "i32"},
+                                                         [{"swizzle": 128}])),
+        "global_scratch_size": 0, "profile_scratch_size": 0, "launch_cooperative_grid": False, "launch_pdl": False,
+    })()  # fmt: skip
+    launch = L.FastLaunch(kernel, (1,), {})
+    t = torch.zeros(32, 16, dtype=torch.bfloat16)
+    assert not launch.describes
+    launch(TensorDescriptor.from_tensor(t, [16, 16]), 5)  # the dispatch binds the raw launch
+    assert launch.describes
+    launch(t, 6)  # the raw launch, the bare tensor described
+    assert calls[-1][13:] == (("CUtensorMap", t.data_ptr()), 6)
+    device["index"] = 1
+    launch(t, 7)
+    (_, (d, n), _) = kernel.dispatches[-1]
+    assert isinstance(d, TensorDescriptor) and d.base is t and d.block_shape == [16, 16] and n == 7

@@ -17,6 +17,8 @@ encoded once per (address, shape, strides).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 try:
@@ -87,8 +89,10 @@ class RawLaunch:
     without asking the driver about the pointer), and each host-side descriptor expands to
     its encoded CUtensorMap, shape and strides as Triton's wrapper would expand it, encoded
     once per (position, address, shape, strides) (a descriptor is a function of those and of
-    the compiled kernel's block and swizzle). `of` returns None where Triton's launcher is
-    not laid out as expected, or the kernel needs scratch: the caller keeps Triton's."""
+    the compiled kernel's block and swizzle). In a descriptor's place a caller may pass the
+    bare tensor: it is described as the descriptor of the first launch (`dressed`), whose
+    shape and strides the caller's memo key fixes. `of` returns None where Triton's launcher
+    is not laid out as expected, or the kernel needs scratch: the caller keeps Triton's."""
 
     __slots__ = ("launch", "flags", "pointers", "descriptors", "encoded")
     ENCODED_MAX = 256  # descriptors remembered per launch (the caching allocator reuses addresses)
@@ -97,7 +101,7 @@ class RawLaunch:
         self.launch = launch
         self.flags = flags  # (cooperative grid, programmatic dependent launch)
         self.pointers = pointers  # positions of the tensor arguments
-        self.descriptors = descriptors  # ((position, Triton's metadata), ...), the last position first
+        self.descriptors = descriptors  # ((position, Triton's metadata, first descriptor), ...), last first
         self.encoded: dict = {}
 
     @classmethod
@@ -118,7 +122,15 @@ class RawLaunch:
             metas = dict(zip(sorted(where), meta))
         pointers = tuple(i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and i not in metas)
         flags = (run.launch_cooperative_grid, run.launch_pdl)
-        return cls(launch, flags, pointers, tuple(sorted(metas.items(), reverse=True)))
+        return cls(launch, flags, pointers, tuple((i, m, args[i]) for i, m in sorted(metas.items(), reverse=True)))
+
+    def dressed(self, args: tuple) -> tuple:
+        """args with every bare tensor in a descriptor's place described as the first launch's."""
+        a = list(args)
+        for i, _, first in self.descriptors:
+            if isinstance(a[i], torch.Tensor):
+                a[i] = dataclasses.replace(first, base=a[i])
+        return tuple(a)
 
     def __call__(self, grid: tuple, stream, compiled, args: tuple) -> None:
         a = list(args)
@@ -126,14 +138,15 @@ class RawLaunch:
             t = a[i]
             if t is not None:
                 a[i] = t.data_ptr()
-        for i, meta in self.descriptors:
+        for i, meta, first in self.descriptors:
             d = a[i]
-            key = (i, d.base.data_ptr(), *d.shape, *d.strides)
+            bare = type(d) is torch.Tensor
+            key = (i, d.data_ptr()) if bare else (i, d.base.data_ptr(), *d.shape, *d.strides)
             enc = self.encoded.get(key)
             if enc is None:
                 if len(self.encoded) >= self.ENCODED_MAX:
                     self.encoded.clear()
-                enc = self.encoded[key] = _encode_descriptor(d, meta)
+                enc = self.encoded[key] = _encode_descriptor(dataclasses.replace(first, base=d) if bare else d, meta)
             a[i : i + 1] = enc
         g = grid
         self.launch(g[0], g[1], g[2], stream, compiled.function, *self.flags, None, None, compiled.packed_metadata,
@@ -161,6 +174,11 @@ class FastLaunch:
         self.scratch = False
         self.raw = None
 
+    @property
+    def describes(self) -> bool:
+        """Bound to a raw launch that takes bare tensors in its descriptors' places."""
+        return self.raw is not None and bool(self.raw.descriptors)
+
     def __call__(self, *args):
         c = self.compiled
         if c is not None:
@@ -175,10 +193,14 @@ class FastLaunch:
                     c.run(g[0], g[1], g[2], stream, c.function, c.packed_metadata, None, None, None, *args, *self.tail)
                     return c
                 except TypeError:  # a launcher that takes its arguments otherwise: the dispatch from now on
-                    self.compiled, self.device, self.raw = None, False, None
+                    self.compiled, self.device = None, False
                 finally:
                     if token is not None:
                         _TRITON_ALLOCATOR.reset(token)
+        if self.raw is not None and self.raw.descriptors:  # the dispatch needs descriptors, not bare tensors
+            args = self.raw.dressed(args)
+            if self.device is False:
+                self.raw = None
         token = _TRITON_ALLOCATOR.set(scratch) if _TRITON_ALLOCATOR is not None else None
         try:
             got = self.kernel[self.grid](*args, **self.constants)

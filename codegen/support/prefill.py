@@ -368,7 +368,9 @@ def _generic_launcher(
             chosen = (None, None, 0, 0)
         else:
             chosen = (sel[0], sel[1], sel[0].shape[-1], sel[0].shape[-2])
-        if use_tma == 2:
+        if use_tma == 2 and launch.describes:  # the raw launch describes them as at the first launch
+            descs = (q, k, v, o)
+        elif use_tma == 2:
             descs = (
                 _descriptor(q, q_shape, q_st, rows_m),
                 _descriptor(k, kv_shape, k_st, rows_n),
