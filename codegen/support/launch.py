@@ -94,19 +94,22 @@ class RawLaunch:
     shape and strides the caller's memo key fixes. `of` returns None where Triton's launcher
     is not laid out as expected, or the kernel needs scratch: the caller keeps Triton's."""
 
-    __slots__ = ("launch", "flags", "pointers", "descriptors", "encoded")
+    __slots__ = ("launch", "flags", "pointers", "addresses", "descriptors", "encoded")
     ENCODED_MAX = 256  # descriptors remembered per launch (the caching allocator reuses addresses)
 
-    def __init__(self, launch, flags: tuple, pointers: tuple, descriptors: tuple):
+    def __init__(self, launch, flags: tuple, pointers: tuple, n_args: int, tail: tuple, descriptors: tuple):
         self.launch = launch
         self.flags = flags  # (cooperative grid, programmatic dependent launch)
         self.pointers = pointers  # positions of the tensor arguments
+        self.addresses = _addresses(n_args, pointers, tail)
         self.descriptors = descriptors  # ((position, Triton's metadata, first descriptor), ...), last first
         self.encoded: dict = {}
 
     @classmethod
-    def of(cls, compiled, args: tuple):
-        """The raw launch of `compiled` for arguments laid out as `args` (positional and tail)."""
+    def of(cls, compiled, args: tuple, tail: tuple = ()):
+        """The raw launch of `compiled` for positional arguments laid out as `args`, then the
+        parameters' values `tail`. A tensor's position stays a tensor at every call: a None
+        there is a constant to Triton, another specialisation, another compiled kernel."""
         run = compiled.run
         fn = getattr(run, "launch", None)
         if fn is None or getattr(run, "global_scratch_size", 1) or getattr(run, "profile_scratch_size", 1):
@@ -120,9 +123,11 @@ class RawLaunch:
             if launch is None or where is None or not meta or None in meta or _encode_descriptor is None:
                 return None
             metas = dict(zip(sorted(where), meta))
+        full = (*args, *tail)
         pointers = tuple(i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and i not in metas)
         flags = (run.launch_cooperative_grid, run.launch_pdl)
-        return cls(launch, flags, pointers, tuple((i, m, args[i]) for i, m in sorted(metas.items(), reverse=True)))
+        descriptors = tuple((i, m, full[i]) for i, m in sorted(metas.items(), reverse=True))
+        return cls(launch, flags, pointers, len(args), tail, descriptors)
 
     def dressed(self, args: tuple) -> tuple:
         """args with every bare tensor in a descriptor's place described as the first launch's."""
@@ -133,11 +138,15 @@ class RawLaunch:
         return tuple(a)
 
     def __call__(self, grid: tuple, stream, compiled, args: tuple) -> None:
-        a = list(args)
-        for i in self.pointers:
-            t = a[i]
-            if t is not None:
-                a[i] = t.data_ptr()
+        a = self.addresses(args)
+        if self.descriptors:
+            a = self._encode(list(a))
+        g = grid
+        self.launch(g[0], g[1], g[2], stream, compiled.function, *self.flags, None, None, compiled.packed_metadata,
+                    None, None, None, *a)  # fmt: skip
+
+    def _encode(self, a: list) -> list:
+        """a with each descriptor (or bare tensor in its place) expanded to its encoding."""
         for i, meta, first in self.descriptors:
             d = a[i]
             bare = type(d) is torch.Tensor
@@ -148,9 +157,14 @@ class RawLaunch:
                     self.encoded.clear()
                 enc = self.encoded[key] = _encode_descriptor(dataclasses.replace(first, base=d) if bare else d, meta)
             a[i : i + 1] = enc
-        g = grid
-        self.launch(g[0], g[1], g[2], stream, compiled.function, *self.flags, None, None, compiled.packed_metadata,
-                    None, None, None, *a)  # fmt: skip
+        return a
+
+
+def _addresses(n_args: int, pointers: tuple, tail: tuple):
+    """args -> (*args with the tensors at `pointers` as their addresses, *tail): one compiled
+    expression per layout (a loop over the arguments would cost more than the launch saves)."""
+    items = ", ".join(f"a[{i}].data_ptr()" if i in pointers else f"a[{i}]" for i in range(n_args))
+    return eval(f"lambda a, tail=tail: ({items}{', ' if n_args else ''}*tail)", {"tail": tail})  # noqa: S307
 
 
 class FastLaunch:
@@ -188,7 +202,7 @@ class FastLaunch:
                 token = _TRITON_ALLOCATOR.set(scratch) if self.scratch else None
                 try:
                     if self.raw is not None:
-                        self.raw(g, stream, c, args + self.tail)
+                        self.raw(g, stream, c, args)
                         return c
                     c.run(g[0], g[1], g[2], stream, c.function, c.packed_metadata, None, None, None, *args, *self.tail)
                     return c
@@ -233,5 +247,5 @@ class FastLaunch:
         self.device = _current_stream()[0]
         needs = getattr(getattr(compiled, "metadata", None), "global_scratch_size", 0)
         self.scratch = bool(needs) and _TRITON_ALLOCATOR is not None
-        self.raw = RawLaunch.of(compiled, args + self.tail) if DIRECT and not self.scratch else None
+        self.raw = RawLaunch.of(compiled, args, self.tail) if DIRECT and not self.scratch else None
         self.compiled = compiled
