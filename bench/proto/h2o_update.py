@@ -15,6 +15,7 @@ path (the same kept positions after every step of append + decode).
 
     python bench/proto/h2o_update.py generate [--old-rev REV]   # here: needs attnc and git
     python3 bench/proto/h2o_update.py run [--smoke]              # GPU machine: torch + triton
+    python3 bench/proto/h2o_update.py sweep                      # GPU: the update's split and tile
     TRITON_INTERPRET=1 python bench/proto/h2o_update.py run --smoke   # CPU, tiny budget
 
 `generate` renders the new modules with this tree and the old ones with the tree at REV
@@ -235,6 +236,43 @@ def run(args) -> dict:
     return res
 
 
+SWEEP = [(per_sm, block) for per_sm in (2, 4, 8, 16) for block in (128, 256, 512)]
+
+
+def sweep(args) -> dict:
+    """The new update's split (programs per SM) and tile (keys) against the whole step, eager
+    and as a graph, beside the same-budget StreamingLLM step (the cost of scoring nothing)."""
+    import torch
+
+    dev = "cuda"
+    res = {"device": torch.cuda.get_device_name(), "rows": []}
+    base, r = _filled(_import("new_streaming"), dev, torch, B, CONTEXT)
+    fns = _step_fns(base, r, B, False)
+    floor = {"eager": _eager(fns["step"], torch), "graph": _graph(fns["step"], torch)}
+    res["streaming_step"] = floor
+    del base, fns
+    print(f"streaming step (no score): eager {floor['eager'] * 1e6:.1f} us, graph {floor['graph'] * 1e6:.1f} us")
+    for name in ("h2o", "tova"):
+        mod = _import(f"new_{name}")
+        for per_sm, block in SWEEP:
+            mod._KV_UPD_PER_SM, mod._KV_UPD_BLOCK = per_sm, block
+            cache, r = _filled(mod, dev, torch, B, CONTEXT)
+            fns = _step_fns(cache, r, B, True)
+            row = {"cache": name, "per_sm": per_sm, "block": block}
+            row.update({f"{w}_{m}": (_eager(fns[w], torch) if m == "eager" else _graph(fns[w], torch))
+                        for w in ("step", "update") for m in ("eager", "graph")})  # fmt: skip
+            res["rows"].append(row)
+            over = {m: row[f"step_{m}"] / floor[m] - 1 for m in ("eager", "graph")}
+            print(f"{name} per_sm {per_sm:2d} block {block:3d}: step eager {row['step_eager'] * 1e6:6.1f} "
+                  f"({over['eager']:+.1%}) graph {row['step_graph'] * 1e6:6.1f} ({over['graph']:+.1%}); "
+                  f"update graph {row['update_graph'] * 1e6:5.1f}", flush=True)  # fmt: skip
+            del cache, fns
+    out = Path(os.environ.get("OUT", "out"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "h2o_sweep.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
 def _table(rows) -> None:
     us = lambda s: "-" if s is None else f"{s * 1e6:9.1f}"  # noqa: E731
     pct = lambda a, b: "-" if a is None or b is None else f"{a / b:7.1%}"  # noqa: E731
@@ -245,14 +283,14 @@ def _table(rows) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("generate", "run"))
+    ap.add_argument("step", choices=("generate", "run", "sweep"))
     ap.add_argument("--smoke", action="store_true", help="tiny budget on the CPU (TRITON_INTERPRET=1)")
     ap.add_argument("--old-rev", default=OLD_REV, help="git revision of the old update (generate)")
     args = ap.parse_args(argv)
     if args.step == "generate":
         generate(args.old_rev)
     else:
-        run(args)
+        (sweep if args.step == "sweep" else run)(args)
 
 
 if __name__ == "__main__":
