@@ -27,6 +27,7 @@ from .decode import _DEC_DEFAULT, CacheView, DecodeSpec, StepLogits, _dec_sms, _
 from .decode import decode_launch, decode_prepare, decode_run
 from .launch import FastLaunch, to_device
 from .policies import AGGREGATES, NEEDS_QUERIES, attention_stats, evicts_after_read, lowest, priority, rescore
+from .policies import survivors, victim
 from .records import HeadRule, Policy
 
 CACHE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -149,7 +150,7 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
     contiguous (B, H_KV, 1, D). CacheBase._evict_step (torch) is the reference.
     PAGE > 0 (the paged cache): head h of row b holds LENS[b, h] slots (E: the most of any
     row, for the splits) in the pool pages LIST[b, h, :] (LW entries a row; _kv_slot); its
-    position is NPOS[b]; it folds where PEND[b] != 0 and evicts where it folds past BUDGET."""
+    position is NPOS[b] - 1; it folds where PEND[b] != 0 and evicts where it folds past BUDGET."""
     pid = tl.program_id(0)
     bi = pid // NS
     sid = pid % NS
@@ -165,7 +166,7 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
     else:
         tab = LIST + (b * H_KV + h) * LW
         E = tl.load(LENS + b * H_KV + h)
-        n_q = tl.load(NPOS + b)
+        n_q = tl.load(NPOS + b) - 1  # NPOS: the row's tokens, this one's included
         fold = tl.load(PEND + b) != 0
         ev = fold & (E > BUDGET)
         hi = tl.where(fold, tl.minimum(sid * SPLIT + SPLIT, E), sid * SPLIT)
@@ -246,33 +247,40 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
             tl.store(NPOS + b * H_KV + h, n_q + 1)
 
 
-def _kv_update_launch(spec: CacheSpec, c, L, k, v, fold: bool, evict: bool) -> None:
+def _kv_update_launch(spec: CacheSpec, c, L, k, v, fold: bool, evict: bool, paged=None) -> None:
     """One launch of _kv_update_kernel for a class (its splits: about _KV_UPD_PER_SM programs
     per SM); the launch and its scratch buffers are memoised on the class per geometry. No
-    argument changes from step to step once the budget is reached (CUDA graphs)."""
-    ds, pol, B, nh, E = spec.decode, c.policy, L.k.shape[0], len(c.heads), c.held
+    argument changes from step to step once the budget is reached (CUDA graphs). `paged`
+    (the paged cache): (held (B, H_KV), tokens (B,), page lists, pending rows (B,), page size);
+    c.held is then the most any row holds and c.slots each head's logits rows."""
+    ds, pol, B, nh, E = spec.decode, c.policy, k.shape[0], len(c.heads), c.held
     bn = _KV_UPD_BLOCK
     geo = c.geo.get(E)
     if geo is None:  # plain ints (triton.cdiv is a jit function: slow from Python)
-        per = max(1, _KV_UPD_PER_SM * _dec_sms(L.k.device) // (B * nh))
+        per = max(1, _KV_UPD_PER_SM * _dec_sms(k.device) // (B * nh))
         keys = -(-max(E, 1) // per)
         split = max(bn, -(-keys // bn) * bn)
         geo = c.geo[E] = (split, max(1, -(-E // split)))
     split, ns = geo
-    key = (ns, fold, evict, (k.data_ptr() | v.data_ptr()) & 15 == 0, L.k.shape[1], L.logits.lg.shape[2])
+    if paged is None:
+        lens, npos, lists, pend, page = L.lens, L.npos, None, None, 0
+        a, cap, slots = c.heads[0].offset, c.heads[0].cap, L.k.shape[1]
+    else:
+        (lens, npos, lists, pend, page), a, cap, slots = paged, 0, c.slots, 0
+    key = (ns, fold, evict, (k.data_ptr() | v.data_ptr()) & 15 == 0, slots, L.logits.lg.shape[2])
     got = c.update.get(key)
     if got is None:
-        kw = dict(H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=L.k.shape[2], BLOCK_G=triton.next_power_of_2(ds.group),
+        kw = dict(H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=k.shape[3], BLOCK_G=triton.next_power_of_2(ds.group),
                   BLOCK_N=bn, SENT=ds.sentinel, TOVA=pol.score == "tova", AGG=AGGREGATES[pol.aggregate], FOLD=fold,
-                  EVICT=evict, ADVANCE=not L.lossless, PAGE=0, num_warps=4)  # fmt: skip
-        pb = torch.empty((B * nh * ns, 3), dtype=torch.int32, device=L.k.device)
-        cnt = torch.zeros((B * nh,), dtype=torch.int32, device=L.k.device)
+                  EVICT=evict, ADVANCE=paged is None and not L.lossless, PAGE=page, num_warps=4)  # fmt: skip
+        pb = torch.empty((B * nh * ns, 3), dtype=torch.int32, device=k.device)
+        cnt = torch.zeros((B * nh,), dtype=torch.int32, device=k.device)
         got = c.update[key] = (FastLaunch(_kv_update_kernel, (B * nh * ns,), kw), pb, cnt)
     launch, pb, cnt = got
     sc = L.logits
-    launch(k, v, L.k, L.v, L.pos, L.score, L.lens, L.npos, sc.lg, sc.lse, pb, cnt, c.idx, None, None, nh, E,
-           c.heads[0].offset, c.heads[0].cap, L.k.shape[1], sc.lg.shape[2], c.logits_row, split, ns, pol.sink,
-           pol.protected_recent, c.budget, 0)  # fmt: skip
+    launch(k, v, L.k, L.v, L.pos, L.score, lens, npos, sc.lg, sc.lse, pb, cnt, c.idx, lists, pend, nh, E, a, cap,
+           slots, sc.lg.shape[2], c.logits_row, split, ns, pol.sink, pol.protected_recent, c.budget,
+           0 if lists is None else lists.shape[2])  # fmt: skip
 
 
 # ------------------------------------------------------------------ host state
@@ -949,8 +957,7 @@ class CacheBase:
         prio = self._priority(L, pol, sv[..., :E], pc, n + T)
         D = kv.shape[-1]
         if m == 1:  # one token out (a decode step): the lowest (priority, position) goes
-            low = torch.where(prio == prio.amin(-1, keepdim=True), pc, torch.full_like(pc, sent + 1))
-            dst = low.argmin(-1, keepdim=True)  # (B, nh, 1)
+            dst = victim(prio, pc, sent)  # (B, nh, 1)
             for t in (kv, vv):
                 t.scatter_(2, dst[..., None].expand(-1, -1, -1, D), t[:, :, keep : keep + 1, :].clone())
             for t in (pv, sv):
@@ -1065,12 +1072,7 @@ class CacheBase:
             sc = old
         budget = c.budget if c.budget is not None else E
         keep = min(E, budget)
-        if keep < E:
-            ev = lowest(self._priority(L, pol, sc, pc, n + T), pc, E - keep)
-            key = torch.where(ev, torch.full_like(pc, 1 << 30), pc)
-            sel = torch.argsort(key, dim=-1, stable=True)[..., :keep]
-        else:
-            sel = torch.argsort(pc, dim=-1, stable=True)
+        sel = survivors(self._priority(L, pol, sc, pc, n + T) if keep < E else sc, pc, keep)
         if keep > c.heads[0].cap:
             self._grow(L, {h.index: keep for h in c.heads})
             kv, vv, pv, sv = self._region(L, c)
