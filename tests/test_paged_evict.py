@@ -79,3 +79,76 @@ def test_paged_steps_equal_packed_per_row(name):
             if r.kind == "lossy":
                 assert L.held[b][h] == min(paged.seen(0)[b], cap)
                 assert len(L.tables[b][h]) == -(-L.held[b][h] // paged.page) <= -(-cap // paged.page)
+
+
+def test_rows_join_and_steps_without_decode_equal_packed():
+    """The torch paths: a row released and refilled while the others decode (each row against
+    its own packed Cache, a new one for the refilled row), and steps with no decode between
+    them (no logits: the eviction recomputes the step's attention, as the packed cache does)."""
+    mod = _module("h2o")
+    B, N = 2, 40
+    q, k, v = _inputs(B, N, 5)
+    paged = mod.PagedCache(B, dtype=torch.float32)
+    packed = [mod.Cache(1, dtype=torch.float32) for _ in range(B)]
+    lens = [0, 0]
+
+    def add(b, T, rows):
+        t = lens[b]
+        packed[b].append(0, k[b : b + 1, :, t : t + T], v[b : b + 1, :, t : t + T], q[b : b + 1, :, t : t + T])
+        lens[b] += T
+        return [x[b : b + 1, :, t : t + T] for x in (k, v, q)]
+
+    for b, T in ((0, 22), (1, 12)):
+        paged.append(0, *add(b, T, [b]), rows=[b])
+    for step in range(8):
+        if step == 3:  # row 1 ends; a new sequence takes its row (the same tokens, from 0)
+            paged.release(1)
+            packed[1], lens[1] = mod.Cache(1, dtype=torch.float32), 0
+            paged.append(0, *add(1, 23, [1]), rows=[1])
+        parts = [add(b, 1, None) for b in range(B)]
+        paged.append(0, *(torch.cat([p[i] for p in parts]) for i in range(3)))
+        qq = torch.cat([p[2] for p in parts])
+        if step % 3 != 1:  # otherwise no decode: the next append recomputes the attention
+            out = paged.decode(0, qq)
+            for b in range(B):
+                torch.testing.assert_close(out[b : b + 1], packed[b].decode(0, qq[b : b + 1]), atol=1e-5, rtol=1e-5)
+        for b in range(B):
+            L = packed[b]._layers[0]
+            for h, head in enumerate(L.heads):
+                pos, score = _slots(paged, b, h)
+                sl = slice(head.offset, head.offset + int(L.lens[0, h]))
+                assert torch.equal(pos, L.pos[0, sl]), (step, b, h, pos, L.pos[0, sl])
+                torch.testing.assert_close(score, L.score[0, sl], atol=1e-6, rtol=1e-5)
+        _audit(paged, 0)
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["prompt", "step", "step", "release"]), st.integers(0, 2), st.integers(2, 40)),
+        min_size=1,
+        max_size=8,
+    ),
+)
+def test_pool_random_appends_evictions_releases(ops):
+    """Prompts of random rows, steps of every row (decoded or not), releases, across rows that
+    share one pool with an H2O head and a dense one: no page lost, leaked or shared, and each
+    H2O head within its capacity's pages (the audit); every page returns once all rows end."""
+    mod = _module("h2o_mixed")
+    cache = mod.PagedCache(3, dtype=torch.float32)
+    for i, (op, row, T) in enumerate(ops):
+        if op == "release":
+            cache.release(row)
+        elif op == "prompt":
+            x = rand(1, 8, T, 16, seed=i)
+            cache.append(0, x[:, :2], x[:, 2:4], x, rows=[row])
+        else:
+            x = rand(3, 8, 1, 16, seed=i)
+            cache.append(0, x[:, :2], x[:, 2:4], x)
+            if T % 2:
+                cache.decode(0, x)
+        _audit(cache, 0)
+    for row in range(3):
+        cache.release(row)
+    L = cache._layers[0]
+    assert L.pool.free_pages == L.pool.capacity and not L.pool.owner
