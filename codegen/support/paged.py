@@ -409,7 +409,7 @@ class _PgLayer:
                 classes.setdefault(p, []).append(h)
         self.classes = [_KvClass(tuple(hs), p) for p, hs in classes.items()]  # H2O, TOVA
         self.held = [[0] * len(self.rules) for _ in range(batch)]  # slots a lossy head of a row holds
-        self.pend: list = [None] * batch  # (q (H, 1, D), scale) of a row's step whose eviction is pending
+        self.pend: list = [None] * batch  # (q, its row, scale) of a row's step whose eviction is pending
         self.decoded = False  # a decode wrote the step logits since the last append
         self.score = self.logits = self.held_t = self.pend_t = None
 
@@ -562,8 +562,9 @@ class PagedCacheBase:
             for b in range(self.batch):
                 E = L.held[b][c.heads[0]]
                 end = E if L.pend[b] is not None and E > c.budget else E + 1
-                for h in c.heads:
-                    out += self._lossy_page(L, b, h, end)
+                if len(L.tables[b][c.heads[0]]) * self.page < end:  # a class's heads hold alike
+                    for h in c.heads:
+                        out += self._lossy_page(L, b, h, end)
         return out
 
     def _lossy_step(self, L, k, v, q, scale):
@@ -590,10 +591,10 @@ class PagedCacheBase:
     def _pending(self, L, rows, q, scale):
         """Rows whose last append was one token: its eviction waits for the step's read."""
         for i, b in enumerate(rows):
-            L.pend[b] = None if q is None else (q[i], scale)
+            L.pend[b] = None if q is None else (q, i, scale)
         flags = [int(p is not None) for p in L.pend]
-        if L.pend_t is None or L.pend_t.tolist() != flags:
-            L.pend_t = torch.tensor(flags, dtype=torch.int32, device=self.device)
+        if L.pend_t is None or L.pend_host != flags:  # a step at the budget copies nothing (CUDA graphs)
+            L.pend_host, L.pend_t = flags, torch.tensor(flags, dtype=torch.int32, device=self.device)
 
     def _slots(self, L, b, heads, E):
         """(len(heads), E) pool slots of the first E slots of lossy heads of row b."""
@@ -619,8 +620,8 @@ class PagedCacheBase:
         """The pending eviction of row b's last step in torch (the packed cache's rule,
         CacheBase._evict_step): its attention recomputed from its queries rescores the held
         tokens; past the budget the lowest goes, its slot taking the step's token (the last)."""
-        q, scale = L.pend[b]
-        sent, n = self.spec.cache.decode.sentinel, L.n[b]
+        q, i, scale = L.pend[b]
+        q, sent, n = q[i], self.spec.cache.decode.sentinel, L.n[b]
         for c in L.classes:
             E = L.held[b][c.heads[0]]
             sl = self._slots(L, b, c.heads, E)
