@@ -345,7 +345,8 @@ def _steps_bench(mods, res, dev, torch, n, batch, check_steps=3):
     for key, row in out.items():
         if isinstance(row, dict) and "step_eager_us" in row:
             cells = [row.get(x, float("nan")) for x in ("step_graph_us", "step_eager_us", "decode_graph_us")]
-            print(f"{key:22} {cells[0]:14.1f} {cells[1]:14.1f} {cells[2]:16.1f} {row.get('update_graph_us', float('nan')):16.1f}")
+            cells.append(row.get("update_graph_us", float("nan")))
+            print(f"{key:22} {cells[0]:14.1f} {cells[1]:14.1f} {cells[2]:16.1f} {cells[3]:16.1f}")
 
 
 ATTEND_CONFIGS = (  # (block_n, num_warps, stages, programs_per_sm): the --step sweep

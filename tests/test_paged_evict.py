@@ -41,10 +41,17 @@ def _slots(paged, b, h):
     return L.pos[sl], L.score[sl] if L.rules[h].kind == "lossy" else None
 
 
-@pytest.mark.parametrize("name", list(POLICIES))
-def test_paged_steps_equal_packed_per_row(name):
+@pytest.mark.parametrize("name, splits", [("h2o", False), ("tova", False), ("h2o_mixed", False), ("h2o", True)])
+def test_paged_steps_equal_packed_per_row(name, splits, monkeypatch):
+    """`splits`: the update over several splits of 16 keys (the lowest of all splits goes), the
+    decodes over splits of 16 keys (the log-sum-exp merged across them)."""
     mod = _module(name)
-    prompts, N = (9, 26, 17), 34
+    kw, pkw = {}, {}
+    if splits:
+        monkeypatch.setattr(mod, "_KV_UPD_BLOCK", 16)
+        monkeypatch.setattr(mod, "_KV_UPD_PER_SM", 64)
+        kw, pkw = {"split": 16}, {"config": mod.DecodeConfig(block_n=16, min_split=16, programs_per_sm=64)}
+    prompts, N = (9, 26, 17), 34 - 3 * splits
     B = len(prompts)
     q, k, v = _inputs(B, N, 3)
     paged = mod.PagedCache(B, dtype=torch.float32)
@@ -58,11 +65,11 @@ def test_paged_steps_equal_packed_per_row(name):
         paged.append(0, kk, vv, qq)
         if step == 0:  # from now on every step folds the decode's logits in one launch: no torch
             paged._lossy_torch = lambda *a: pytest.fail("the paged cache took the torch path")
-        out = paged.decode(0, qq)
+        out = paged.decode(0, qq, **pkw)
         ref = paged.decode_reference(0, qq)
         for b, c in enumerate(packed):
             c.append(0, kk[b : b + 1], vv[b : b + 1], qq[b : b + 1])
-            want = c.decode(0, qq[b : b + 1])
+            want = c.decode(0, qq[b : b + 1], **kw)
             torch.testing.assert_close(out[b : b + 1], want, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(ref[b : b + 1], want, atol=1e-5, rtol=1e-5)
             L = c._layers[0]
@@ -79,6 +86,8 @@ def test_paged_steps_equal_packed_per_row(name):
             if r.kind == "lossy":
                 assert L.held[b][h] == min(paged.seen(0)[b], cap)
                 assert len(L.tables[b][h]) == -(-L.held[b][h] // paged.page) <= -(-cap // paged.page)
+    if splits:
+        assert max(key[0] for key in L.classes[0].update) > 1
 
 
 def test_rows_join_and_steps_without_decode_equal_packed():

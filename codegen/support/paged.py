@@ -644,7 +644,7 @@ class PagedCacheBase:
         one token goes after the held ones (its eviction pending); a prompt is scored with the
         held tokens and the budget's best are kept in position order (CacheBase._compress's
         rule: policies.survivors). Returns the new pages."""
-        sent, out = self.spec.cache.decode.sentinel, []
+        out = []
         for i, b in enumerate(rows):
             if L.pend[b] is not None:
                 self._finish(L, b)
