@@ -239,7 +239,7 @@ def _audit(cache, layer):
         n = L.n[b]
         for h, t in enumerate(row):
             if L.rules[h].kind == "lossy":  # H2O, TOVA: pages in slot order, within the capacity
-                cap = -(-(L.classes[0].budget + 1) // cache.page)
+                cap = -(-(next(c for c in L.classes if h in c.heads).budget + 1) // cache.page)
                 assert list(t) == list(range(len(t))) and -(-L.held[b][h] // cache.page) <= len(t) <= cap
                 assert not t or L.list[b, h, : len(t)].tolist() == list(t.values())
                 continue

@@ -15,14 +15,17 @@ from test_decode_support import causal, module, policy, program, rand
 from test_paged_cache import _audit
 
 POLICIES = {
-    "h2o": policy(20, sink=1, recent=2, score="h2o"),
-    "tova": policy(18, sink=2, recent=1, score="tova", aggregate="max"),
-    "h2o_mixed": policy(20, sink=1, recent=3, score="h2o", aggregate="sum", kv_heads=[1]),
+    "h2o": [policy(20, sink=1, recent=2, score="h2o")],
+    "h2o_tova": [  # two classes (two launches a step), two capacities
+        policy(20, sink=1, recent=2, score="h2o", kv_heads=[0]),
+        policy(14, sink=2, recent=1, score="tova", aggregate="max", kv_heads=[1]),
+    ],
+    "h2o_mixed": [policy(20, sink=1, recent=3, score="h2o", aggregate="sum", kv_heads=[1])],  # head 0 dense
 }
 
 
 def _module(name):
-    return module(program(causal(), heads=8, kv_heads=2, head_dim=16, cache=[POLICIES[name]], name=f"pg_{name}"))[1]
+    return module(program(causal(), heads=8, kv_heads=2, head_dim=16, cache=POLICIES[name], name=f"pg_{name}"))[1]
 
 
 def _inputs(B, N, seed):
@@ -41,7 +44,7 @@ def _slots(paged, b, h):
     return L.pos[sl], L.score[sl] if L.rules[h].kind == "lossy" else None
 
 
-@pytest.mark.parametrize("name, splits", [("h2o", False), ("tova", False), ("h2o_mixed", False), ("h2o", True)])
+@pytest.mark.parametrize("name, splits", [("h2o", False), ("h2o_tova", False), ("h2o_mixed", False), ("h2o", True)])
 def test_paged_steps_equal_packed_per_row(name, splits, monkeypatch):
     """`splits`: the update over several splits of 16 keys (the lowest of all splits goes), the
     decodes over splits of 16 keys (the log-sum-exp merged across them)."""
@@ -80,10 +83,10 @@ def test_paged_steps_equal_packed_per_row(name, splits, monkeypatch):
                 if score is not None:
                     torch.testing.assert_close(score, L.score[0, sl], atol=1e-6, rtol=1e-5)
     L = paged._layers[0]
-    cap = L.classes[0].budget + 1  # the packed capacity: budget + max_step, in whole pages
-    for b in range(B):
-        for h, r in enumerate(L.rules):
-            if r.kind == "lossy":
+    for c in L.classes:
+        cap = c.budget + 1  # the packed capacity: budget + max_step, in whole pages
+        for b in range(B):
+            for h in c.heads:
                 assert L.held[b][h] == min(paged.seen(0)[b], cap)
                 assert len(L.tables[b][h]) == -(-L.held[b][h] // paged.page) <= -(-cap // paged.page)
     if splits:
@@ -161,3 +164,29 @@ def test_pool_random_appends_evictions_releases(ops):
         cache.release(row)
     L = cache._layers[0]
     assert L.pool.free_pages == L.pool.capacity and not L.pool.owner
+
+
+def test_step_at_the_budget_repeats(monkeypatch):
+    """Once every row holds its budget, a step takes no page, rebuilds no list and launches the
+    update with the same arguments (lengths, positions, pending rows on the device): a captured
+    step replays right; the positions still advance on the device."""
+    mod = _module("h2o")
+    seen = []
+    call = mod.FastLaunch.__call__
+
+    def record(self, *args):
+        if self.kernel is mod._kv_update_kernel:
+            seen.append(tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args[2:]))  # not k, v
+        return call(self, *args)
+
+    monkeypatch.setattr(mod.FastLaunch, "__call__", record)
+    q, k, v = _inputs(2, 28, 9)
+    cache = mod.PagedCache(2, dtype=torch.float32)
+    cache.append(0, k[:, :, :24], v[:, :, :24], q[:, :, :24])
+    for t in range(24, 28):
+        if t == 26:
+            cache._update_lists = lambda *a, **kw: pytest.fail("a step at the budget rebuilt the page lists")
+        cache.append(0, k[:, :, t : t + 1], v[:, :, t : t + 1], q[:, :, t : t + 1])
+        cache.decode(0, q[:, :, t : t + 1])
+    assert len(seen) == 3 and len(set(seen)) == 1  # the first step after the prompt: in torch
+    assert cache._layers[0].ntok.tolist() == [28, 28] and max(cache.kept(0, 1, 0)) == 27

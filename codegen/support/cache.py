@@ -149,8 +149,10 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
     the append kernel of the layer's lossless heads, launched after, advances it). KN, VN
     contiguous (B, H_KV, 1, D). CacheBase._evict_step (torch) is the reference.
     PAGE > 0 (the paged cache): head h of row b holds LENS[b, h] slots (E: the most of any
-    row, for the splits) in the pool pages LIST[b, h, :] (LW entries a row; _kv_slot); its
-    position is NPOS[b] - 1; it folds where PEND[b] != 0 and evicts where it folds past BUDGET."""
+    row, for the splits) in the pool pages LIST[b, h, :] (LW entries a row; _kv_slot); the
+    token's position is NPOS[b] (ADVANCE: the last program of the row to have read it, an
+    atomic count at CNT[B * NH + b], advances it); it folds where PEND[b] != 0 and evicts where
+    it folds past BUDGET."""
     pid = tl.program_id(0)
     bi = pid // NS
     sid = pid % NS
@@ -166,7 +168,12 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
     else:
         tab = LIST + (b * H_KV + h) * LW
         E = tl.load(LENS + b * H_KV + h)
-        n_q = tl.load(NPOS + b) - 1  # NPOS: the row's tokens, this one's included
+        n_q = tl.load(NPOS + b)
+        if ADVANCE:
+            row_cnt = CNT + tl.num_programs(0) // NS + b
+            if tl.atomic_add(row_cnt, 1, sem="acq_rel") == NH * NS - 1:
+                tl.store(NPOS + b, n_q + 1)
+                tl.store(row_cnt, 0)
         fold = tl.load(PEND + b) != 0
         ev = fold & (E > BUDGET)
         hi = tl.where(fold, tl.minimum(sid * SPLIT + SPLIT, E), sid * SPLIT)
@@ -243,7 +250,7 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
         tl.store(POS + slot, n_q)
         tl.store(SCORE + slot, 0.0)
         tl.store(LENS + b * H_KV + h, new_len)
-        if ADVANCE:
+        if ADVANCE and PAGE == 0:
             tl.store(NPOS + b * H_KV + h, n_q + 1)
 
 
@@ -251,8 +258,9 @@ def _kv_update_launch(spec: CacheSpec, c, L, k, v, fold: bool, evict: bool, page
     """One launch of _kv_update_kernel for a class (its splits: about _KV_UPD_PER_SM programs
     per SM); the launch and its scratch buffers are memoised on the class per geometry. No
     argument changes from step to step once the budget is reached (CUDA graphs). `paged`
-    (the paged cache): (held (B, H_KV), tokens (B,), page lists, pending rows (B,), page size);
-    c.held is then the most any row holds and c.slots each head's logits rows."""
+    (the paged cache): (held (B, H_KV), tokens (B,), page lists, pending rows (B,), page size,
+    advance the tokens); c.held is then the most any row holds and c.slots each head's
+    logits rows."""
     ds, pol, B, nh, E = spec.decode, c.policy, k.shape[0], len(c.heads), c.held
     bn = _KV_UPD_BLOCK
     geo = c.geo.get(E)
@@ -263,18 +271,18 @@ def _kv_update_launch(spec: CacheSpec, c, L, k, v, fold: bool, evict: bool, page
         geo = c.geo[E] = (split, max(1, -(-E // split)))
     split, ns = geo
     if paged is None:
-        lens, npos, lists, pend, page = L.lens, L.npos, None, None, 0
+        lens, npos, lists, pend, page, advance = L.lens, L.npos, None, None, 0, not L.lossless
         a, cap, slots = c.heads[0].offset, c.heads[0].cap, L.k.shape[1]
     else:
-        (lens, npos, lists, pend, page), a, cap, slots = paged, 0, c.slots, 0
-    key = (ns, fold, evict, (k.data_ptr() | v.data_ptr()) & 15 == 0, slots, L.logits.lg.shape[2])
+        (lens, npos, lists, pend, page, advance), a, cap, slots = paged, 0, c.slots, 0
+    key = (ns, fold, evict, (k.data_ptr() | v.data_ptr()) & 15 == 0, slots, L.logits.lg.shape[2], advance)
     got = c.update.get(key)
     if got is None:
         kw = dict(H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=k.shape[3], BLOCK_G=triton.next_power_of_2(ds.group),
                   BLOCK_N=bn, SENT=ds.sentinel, TOVA=pol.score == "tova", AGG=AGGREGATES[pol.aggregate], FOLD=fold,
-                  EVICT=evict, ADVANCE=paged is None and not L.lossless, PAGE=page, num_warps=4)  # fmt: skip
+                  EVICT=evict, ADVANCE=advance, PAGE=page, num_warps=4)  # fmt: skip
         pb = torch.empty((B * nh * ns, 3), dtype=torch.int32, device=k.device)
-        cnt = torch.zeros((B * nh,), dtype=torch.int32, device=k.device)
+        cnt = torch.zeros((B * nh + (B if page else 0),), dtype=torch.int32, device=k.device)
         got = c.update[key] = (FastLaunch(_kv_update_kernel, (B * nh * ns,), kw), pb, cnt)
     launch, pb, cnt = got
     sc = L.logits

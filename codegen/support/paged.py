@@ -494,10 +494,10 @@ class PagedCacheBase:
         L.decoded = False
         for b in rows:
             L.n[b] += T
-        if fused and not appended and not L.plain:  # at the budget: nothing but the positions changes
-            L.ntok += 1
-        else:
+        if not fused or appended or L.plain:  # at the budget, a step changes no list (CUDA graphs)
             self._update_lists(L, rows, appended)
+            if fused:
+                L.ntok -= 1  # the update kernel advances it
         if fused:
             self._lossy_step(L, k, v, q, scale)
 
@@ -576,8 +576,8 @@ class PagedCacheBase:
             k = k.contiguous()
         if not v.is_contiguous():
             v = v.contiguous()
-        where = (L.held_t, L.ntok, L.list, L.pend_t, self.page)
         for c in L.classes:
+            where = (L.held_t, L.ntok, L.list, L.pend_t, self.page, c is L.classes[-1])
             held = [L.held[b][c.heads[0]] for b in range(self.batch)]
             c.held = max(held)
             fold = any(pend)
