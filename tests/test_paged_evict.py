@@ -190,3 +190,15 @@ def test_step_at_the_budget_repeats(monkeypatch):
         cache.decode(0, q[:, :, t : t + 1])
     assert len(seen) == 3 and len(set(seen)) == 1  # the first step after the prompt: in torch
     assert cache._layers[0].ntok.tolist() == [28, 28] and max(cache.kept(0, 1, 0)) == 27
+
+
+def test_other_policies_and_appends_without_queries_are_errors():
+    snap = program(causal(), heads=8, kv_heads=2, head_dim=16, cache=[policy(40, score="snapkv")], name="pg_snap")
+    with pytest.raises(module(snap)[1].CacheError, match="serves h2o and tova at decode"):
+        module(snap)[1].PagedCache(1, dtype=torch.float32)
+    mod = _module("h2o")
+    cache = mod.PagedCache(1, dtype=torch.float32)
+    x = torch.zeros(1, 2, 4, 16)
+    with pytest.raises(mod.CacheError, match="needs the step's queries"):
+        cache.append(0, x, x)
+    assert cache.seen(0) == [0]

@@ -14,6 +14,12 @@ what the pattern forbids. Selecting heads (`select` in the cache block) keep eve
 each decode step scores their pages (or tokens) against the step's queries, keeps the best
 (`block_scores.top_blocks`: ties to the lowest index) and reads them with the keep rules.
 
+H2O and TOVA heads hold the packed Cache's slots in pages (slot j in the head's page j //
+page): at most budget + 1 slots, pages taken as they grow; the paged kernel writes their step
+logits and the packed cache's `_kv_update_kernel`, given the page lists, folds, evicts into
+the victim's slot and writes the next token; prompts and other appends go by the packed
+rules in torch (policies.py).
+
 What varies per pattern is a `PagedSpec` (the CacheSpec, the page size, the selections, the
 pattern's paged kernel `_pg_fwd_kernel` in paged.py.j2).
 """
@@ -446,11 +452,9 @@ class PagedCacheBase:
         cs = self.spec.cache
         for p in cs.policies:
             if p.score not in _KV_FUSED or p.timing != "decode" or p.budget is None or cs.decode.max_step != 1:
-                raise CacheError(
-                    f"PagedCache: this file's cache evicts by {p.score} at {p.timing} (budget {p.budget}, max_step "
-                    f"{cs.decode.max_step}); the paged cache serves h2o and tova at decode with a fixed budget and "
-                    "one token a step: use the packed Cache"
-                )
+                raise CacheError(f"PagedCache: this file's cache evicts by {p.score} at {p.timing} (budget "
+                                 f"{p.budget}, max_step {cs.decode.max_step}); the paged cache serves h2o and tova at "
+                                 "decode with a fixed budget and one token a step: use the packed Cache")  # fmt: skip
         head_dim = cs.head_dim if head_dim is None else head_dim
         if head_dim not in HEAD_DIMS:
             raise CacheError(f"PagedCache: head_dim must be one of {HEAD_DIMS}, got {head_dim=}")
@@ -571,11 +575,7 @@ class PagedCacheBase:
         """A one-token step of every row after a decode: one _kv_update_kernel launch per class
         folds the decode's logits into the scores of the rows whose step is pending, evicts
         where they pass the budget, and writes the new token (each row at its own length)."""
-        pend = [p is not None for p in L.pend]
-        if not k.is_contiguous():
-            k = k.contiguous()
-        if not v.is_contiguous():
-            v = v.contiguous()
+        pend, k, v = [p is not None for p in L.pend], k.contiguous(), v.contiguous()
         for c in L.classes:
             where = (L.held_t, L.ntok, L.list, L.pend_t, self.page, c is L.classes[-1])
             held = [L.held[b][c.heads[0]] for b in range(self.batch)]
@@ -609,12 +609,9 @@ class PagedCacheBase:
         idx = torch.tensor(c.heads, dtype=torch.int64, device=self.device)
         qc = q.view(ds.kv_heads, ds.group, T, q.shape[-1]).index_select(0, idx)
         g = torch.tensor(self.spec.cache.gid[L.layer], device=self.device).view(ds.kv_heads, ds.group)[idx]
-        qpos = torch.arange(n, n + T, device=self.device)
-
-        def allowed(qp, kp):
-            return ds.allowed_torch(qp, kp[..., None, :, :], g[:, :, None, None])
-
-        return attention_stats(qc, kc, pc, qpos, allowed, scale, c.policy.window, ds.sentinel)
+        allowed = lambda qp, kp: ds.allowed_torch(qp, kp[..., None, :, :], g[:, :, None, None])  # noqa: E731
+        return attention_stats(qc, kc, pc, torch.arange(n, n + T, device=self.device), allowed, scale,
+                               c.policy.window, ds.sentinel)  # fmt: skip
 
     def _finish(self, L, b):
         """The pending eviction of row b's last step in torch (the packed cache's rule,
