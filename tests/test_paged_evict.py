@@ -54,7 +54,7 @@ def test_paged_steps_equal_packed_per_row(name, splits, monkeypatch):
         monkeypatch.setattr(mod, "_KV_UPD_BLOCK", 16)
         monkeypatch.setattr(mod, "_KV_UPD_PER_SM", 64)
         kw, pkw = {"split": 16}, {"config": mod.DecodeConfig(block_n=16, min_split=16, programs_per_sm=64)}
-    prompts, N = (9, 26, 17), 34 - 3 * splits
+    prompts, N = (13, 26, 17), 32 - 2 * splits  # row 0 takes its second page at a fused step
     B = len(prompts)
     q, k, v = _inputs(B, N, 3)
     paged = mod.PagedCache(B, dtype=torch.float32)
