@@ -14,8 +14,12 @@ B=8, 32 query heads, 8 KV heads, D=128, bf16, context 131072 (--smoke: tiny, on 
   - the paged kernel over every page (no selection), and SDPA, over the whole K and V;
   - H2O and TOVA (packed cache, budget 4096, sink 4, recent 64): one update (append of one
     token with its scoring and eviction: one generated Triton launch, and the torch path)
-    against one decode step, eager, and the update's GPU time (graph). The paged cache does not
-    serve eviction policies (said in the output).
+    against one decode step, eager, and the update's GPU time (graph);
+  - the step (append of one token, then decode) of H2O and TOVA on the packed Cache and on the
+    PagedCache (prompt 8192, budget 4096, page 16), beside a cache of the same budget that
+    scores nothing (sink 4 + recent 4092: a ring; packed: its one-launch fused step), eager and
+    graph, with the decode alone (the update: the difference); checked first (paged vs packed:
+    the same positions kept, the outputs' relative error).
 Correctness first, at a small size: the step against its torch reference (the selection
 recomputed from the keys), and the paged full decode against SDPA.
 
@@ -23,6 +27,7 @@ Two steps, so that the GPU machine needs neither lark nor pydantic:
     python bench/decode_select.py generate [--base REV]  # here: render the modules into bench/generated/
     python bench/decode_select.py run [--smoke]          # there: import them, check, time, print
     python bench/decode_select.py run --step [--smoke]   # the Quest step alone, every variant
+    python bench/decode_select.py run --evict [--smoke]  # the H2O / TOVA / no-score steps alone
 `run` writes its numbers to $OUT/decode_select.json (OUT unset: ./out/decode_select.json).
 
 `--step` times the Quest step of each variant it finds (each checked first against its torch
@@ -56,6 +61,7 @@ TEXTS = {
     "select_full": MODEL,
     "evict_h2o": MODEL + f"cache {{ budget = {BUDGET} keep sink(4) keep recent(64) evict h2o }}\n",
     "evict_tova": MODEL + f"cache {{ budget = {BUDGET} keep sink(4) keep recent(64) evict tova }}\n",
+    "evict_none": MODEL + f"cache {{ keep sink(4) keep recent({BUDGET - 4}) }}\n",
 }
 
 
@@ -287,11 +293,62 @@ def _evict_bench(mod, name, res, dev, torch, n, batch):
     d["update_over_decode_eager"] = d["update_triton_eager_s"] / d["decode_eager_s"]
     d["torch_update_over_decode_eager"] = d["update_torch_eager_s"] / d["decode_eager_s"]
     d["update_over_decode_graph"] = d["update_triton_graph_s"] / d["decode_graph_s"]
-    try:
-        mod.PagedCache(batch, device=dev, dtype=torch.bfloat16)
-        d["paged"] = "served"
-    except mod.CacheError as exc:
-        d["paged"] = f"not served: {exc}"
+
+
+def _prompt(caches, n, batch, dev, torch, queries):
+    """The same n-token prompt (with its queries where a policy scores it) into every cache."""
+    g = torch.Generator(device=dev).manual_seed(n)
+    for t in range(0, n, 4096):
+        T = min(4096, n - t)
+        k, v = (torch.randn(batch, HK, T, D, device=dev, dtype=torch.bfloat16, generator=g) for _ in range(2))
+        q = torch.randn(batch, H, T, D, device=dev, dtype=torch.bfloat16, generator=g) if queries else None
+        for c in caches:
+            c.append(0, k, v, q) if queries else c.append(0, k, v)
+
+
+def _steps_bench(mods, res, dev, torch, n, batch, check_steps=3):
+    """The step (append of one token, then decode) of H2O, TOVA and a cache of the same budget
+    that scores nothing (sink 4 + recent 4092: a ring), on the packed Cache and the PagedCache,
+    eager and graph; the decode alone too (the update is the difference). First a check: the
+    paged H2O and TOVA caches keep the packed ones' positions and decode alike."""
+    g = torch.Generator(device=dev).manual_seed(2)
+    r = lambda *s: torch.randn(*s, device=dev, dtype=torch.bfloat16, generator=g)  # noqa: E731
+    k1, v1, q1 = r(batch, HK, 1, D), r(batch, HK, 1, D), r(batch, H, 1, D)
+    out = res["steps"] = {"context": n, "batch": batch, "budget": BUDGET}
+    for name, mod in mods.items():
+        scored = name != "evict_none"
+        pages = batch * HK * (-(-(BUDGET + 1) // PAGE) + (0 if scored else 2))
+        packed = mod.Cache(batch, device=dev, dtype=torch.bfloat16)
+        paged = mod.PagedCache(batch, device=dev, dtype=torch.bfloat16, pages=pages if scored else None)
+        _prompt([packed, paged], n, batch, dev, torch, scored)
+        if scored:
+            packed_step = lambda c=packed: (c.append(0, k1, v1, q1), c.decode(0, q1))  # noqa: E731
+            paged_step = lambda c=paged: (c.append(0, k1, v1, q1), c.decode(0, q1))  # noqa: E731
+            for _ in range(check_steps):  # past the budget, every step evicts
+                a, b = packed_step()[1], paged_step()[1]
+            pairs = [(set(packed.kept(0, x, h)), set(paged.kept(0, x, h))) for x in range(batch) for h in range(HK)]
+            same = sum(len(p & q) for p, q in pairs) / max(1, sum(len(p) for p, _ in pairs))
+            out[f"{name}_check"] = {"same_positions": same, "identical": all(p == q for p, q in pairs),
+                                    "rel_err": _rel(b, a)}  # fmt: skip
+            print(f"check {name}: paged vs packed after {check_steps} steps: {out[f'{name}_check']}", flush=True)
+        else:
+            packed_step = lambda c=packed: c.decode(0, q1, k1, v1)  # noqa: E731  (the fused step: one launch)
+            paged_step = lambda c=paged: (c.append(0, k1, v1), c.decode(0, q1))  # noqa: E731
+        for label, c, step in (("packed", packed, packed_step), ("paged", paged, paged_step)):
+            row = out[f"{name}_{label}"] = {}
+            row["step_eager_us"] = _eager(step, torch) * 1e6
+            row["decode_graph_us"] = _graph(lambda c=c: c.decode(0, q1), torch) * 1e6
+            if scored or label == "packed":  # a lossless paged append copies its page tables: no capture
+                row["step_graph_us"] = _graph(step, torch) * 1e6
+                row["update_graph_us"] = row["step_graph_us"] - row["decode_graph_us"]
+        del packed, paged
+    print(f"\nB={batch}, {H} query heads, {HK} KV heads, D={D}, bf16, prompt {n}, budget {BUDGET} (sink 4, recent 64)")
+    print(f"{'':22} {'step graph us':>14} {'step eager us':>14} {'decode graph us':>16} {'update graph us':>16}")
+    for key, row in out.items():
+        if isinstance(row, dict) and "step_eager_us" in row:
+            cells = [row.get(x, float("nan")) for x in ("step_graph_us", "step_eager_us", "decode_graph_us")]
+            cells.append(row.get("update_graph_us", float("nan")))
+            print(f"{key:22} {cells[0]:14.1f} {cells[1]:14.1f} {cells[2]:16.1f} {cells[3]:16.1f}")
 
 
 ATTEND_CONFIGS = (  # (block_n, num_warps, stages, programs_per_sm): the --step sweep
@@ -458,16 +515,18 @@ def run(args) -> dict:
     dev = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     quest, full = _import("select_quest"), _import("select_full")
     res: dict = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu"}
-    if args.smoke:
-        CALLS[0] = 1
+    CALLS[0] = 1 if args.smoke else CALLS[0]
+    if args.smoke and not args.evict:
         _check(quest, full, res, dev, torch, 300, 1)
         _select_bench(quest, full, res, dev, torch, 512, 1)
         _evict_bench(_import("evict_h2o"), "evict_h2o", res, dev, torch, 40, 1)
-    else:
+    elif not args.evict:
         _check(quest, full, res, dev, torch, 8192, 2)
         _select_bench(quest, full, res, dev, torch, N, B)
         for name in ("evict_h2o", "evict_tova"):
             _evict_bench(_import(name), name, res, dev, torch, 8192, B)
+    mods = {name: _import(name) for name in ("evict_h2o", "evict_tova", "evict_none")}
+    _steps_bench(mods, res, dev, torch, 40 if args.smoke else 8192, 2 if args.smoke else B)
     out = Path(os.environ.get("OUT", "out"))
     out.mkdir(parents=True, exist_ok=True)
     (out / "decode_select.json").write_text(json.dumps(res, indent=1))
@@ -482,6 +541,7 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (TRITON_INTERPRET=1)")
     ap.add_argument("--step", dest="quest_step", action="store_true", help="run: the Quest step of each variant")
     ap.add_argument("--base", metavar="REV", help="generate: also render the Quest module of git revision REV")
+    ap.add_argument("--evict", action="store_true", help="run: the H2O / TOVA / no-score steps only (packed, paged)")
     args = ap.parse_args(argv)
     if args.step == "generate":
         generate()

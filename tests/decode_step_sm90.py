@@ -1,7 +1,7 @@
 """Compile the decode-step kernels of a generated module for Hopper (sm_90) through Triton's
 own ptxas: the paged cache's page scores, top-k (one block in registers, and blocks in a
-loop) and attention over the read lists, the H2O / TOVA update and the decode kernel that
-writes their logits. Run by
+loop) and attention over the read lists (also writing H2O / TOVA logits), the H2O / TOVA
+update (packed and through page lists) and the decode kernel that writes their logits. Run by
 tests/test_paged_cache.py in a subprocess: python tests/decode_step_sm90.py MODULE.py;
 prints {kernel: [shared bytes, registers, stack bytes]}."""
 
@@ -30,15 +30,20 @@ types = {
 types.update(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", PM="*fp32", PL="*fp32", PACC="*fp32", qk_scale="fp32")
 types.update({n: "i32" for n in ("T", "SPLIT", "NS", "NB", "LW", "SW")})
 cfg = mod.DecodeConfig()
-out["attend"] = usage(mod._pg_fwd_kernel, types, dict(H_KV=8, G=4, HEAD_DIM=128, BLOCK_M=16, BLOCK_N=cfg.block_n,
-                      STAGES=cfg.stages, DOT_PREC="tf32", UPCAST=False), cfg.num_warps)  # fmt: skip
+fwd = dict(H_KV=8, G=4, HEAD_DIM=128, BLOCK_M=16, BLOCK_N=cfg.block_n, STAGES=cfg.stages, DOT_PREC="tf32", UPCAST=False)
+out["attend"] = usage(mod._pg_fwd_kernel, types, dict(SCORES=False, LGS=1, LG=None, LSE=None, SOFF=None, **fwd),
+                      cfg.num_warps)  # fmt: skip
+types.update(LG="*fp32", LSE="*fp32", SOFF="*i32")
+out["attend_scores"] = usage(mod._pg_fwd_kernel, types, dict(SCORES=True, LGS=4112, **fwd), cfg.num_warps)
 types = dict(KN="*bf16", VN="*bf16", K="*bf16", V="*bf16", POS="*i32", SCORE="*fp32", LENS="*i32", NPOS="*i32",
-             LG="*fp32", LSE="*fp32", PB="*i32", CNT="*i32", IDX="*i64")  # fmt: skip
-types.update({n: "i32" for n in ("NH", "E", "A", "CAP", "SLOTS", "LGS", "SO0", "SPLIT", "NS", "SINK", "RECENT")})
+             LG="*fp32", LSE="*fp32", PB="*i32", CNT="*i32", IDX="*i64", LIST="*i32", PEND="*i32")  # fmt: skip
+types.update({n: "i32" for n in ("NH", "E", "A", "CAP", "SLOTS", "LGS", "SO0", "SPLIT", "NS", "SINK", "RECENT",
+                                 "BUDGET", "LW")})  # fmt: skip
 block = dict(H_KV=8, G=4, HEAD_DIM=128, BLOCK_G=4, BLOCK_N=mod._KV_UPD_BLOCK, SENT=1 << 30, AGG=0, FOLD=True,
              ADVANCE=True)  # fmt: skip
-out["h2o_update"] = usage(mod._kv_update_kernel, types, dict(TOVA=False, EVICT=True, **block), 4)
-out["tova_update"] = usage(mod._kv_update_kernel, types, dict(TOVA=True, EVICT=True, **block), 4)
+out["h2o_update"] = usage(mod._kv_update_kernel, types, dict(TOVA=False, EVICT=True, PAGE=0, **block), 4)
+out["tova_update"] = usage(mod._kv_update_kernel, types, dict(TOVA=True, EVICT=True, PAGE=0, **block), 4)
+out["h2o_update_paged"] = usage(mod._kv_update_kernel, types, dict(TOVA=False, EVICT=True, PAGE=16, **block), 4)
 types = {n: "*i32" for n in ("POS", "LENS", "OFFS", "GID", "CNT", "NPOS", "SOFF", "TAB", "KCNT", "ARRIVE")}
 types.update(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", PM="*fp32", PL="*fp32", PACC="*fp32", LG="*fp32",
              LSE="*fp32", KN="*bf16", VN="*bf16", qk_scale="fp32")  # fmt: skip

@@ -238,6 +238,11 @@ def _audit(cache, layer):
     for b, row in enumerate(L.tables):
         n = L.n[b]
         for h, t in enumerate(row):
+            if L.rules[h].kind == "lossy":  # H2O, TOVA: pages in slot order, within the capacity
+                cap = -(-(next(c for c in L.classes if h in c.heads).budget + 1) // cache.page)
+                assert list(t) == list(range(len(t))) and -(-L.held[b][h] // cache.page) <= len(t) <= cap
+                assert not t or L.list[b, h, : len(t)].tolist() == list(t.values())
+                continue
             sink_, lo = L.bounds(h, n)
             live = {p // cache.page for p in range(n) if p < sink_ or p >= lo}
             assert set(t) == live, (b, h, sorted(t), sorted(live))

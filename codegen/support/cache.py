@@ -27,6 +27,7 @@ from .decode import _DEC_DEFAULT, CacheView, DecodeSpec, StepLogits, _dec_sms, _
 from .decode import decode_launch, decode_prepare, decode_run
 from .launch import FastLaunch, to_device
 from .policies import AGGREGATES, NEEDS_QUERIES, attention_stats, evicts_after_read, lowest, priority, rescore
+from .policies import survivors, victim
 from .records import HeadRule, Policy
 
 CACHE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -119,11 +120,21 @@ _KV_UPD_PER_SM = 4  # its splits: about this many programs per SM
 _KV_FUSED = ("h2o", "tova")  # the scores the update kernel folds from the decode's logits
 
 
-@triton.jit(do_not_specialize=["E", "A", "CAP", "SLOTS", "LGS", "SO0", "SPLIT", "NS", "SINK", "RECENT"])
-def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, IDX, NH, E, A, CAP, SLOTS, LGS,
-                      SO0, SPLIT, NS, SINK, RECENT, H_KV: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr,
-                      BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, SENT: tl.constexpr, TOVA: tl.constexpr,
-                      AGG: tl.constexpr, FOLD: tl.constexpr, EVICT: tl.constexpr, ADVANCE: tl.constexpr):  # fmt: skip
+@triton.jit
+def _kv_slot(base, tab, offs, mask, PAGE: tl.constexpr):
+    """Where held slots `offs` of one head lie (flat slot indices): base + offs in a packed
+    region; with pages (PAGE > 0), slot j in pool page tab[j // PAGE], at j % PAGE."""
+    if PAGE == 0:
+        return base + offs
+    return tl.load(tab + offs // PAGE, mask=mask, other=0).to(tl.int64) * PAGE + offs % PAGE
+
+
+@triton.jit(do_not_specialize=["E", "A", "CAP", "SLOTS", "LGS", "SO0", "SPLIT", "NS", "SINK", "RECENT", "BUDGET", "LW"])
+def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, IDX, LIST, PEND, NH, E, A, CAP, SLOTS,
+                      LGS, SO0, SPLIT, NS, SINK, RECENT, BUDGET, LW, H_KV: tl.constexpr, G: tl.constexpr,
+                      HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, SENT: tl.constexpr,
+                      TOVA: tl.constexpr, AGG: tl.constexpr, FOLD: tl.constexpr, EVICT: tl.constexpr,
+                      ADVANCE: tl.constexpr, PAGE: tl.constexpr):  # fmt: skip
     """The append of one token (at position n_q = NPOS[b, h], read on the device: a captured
     step stays right at every replay) to an H2O or TOVA class, after the decode of the
     previous step read its E held keys. One program per split of SPLIT held keys of one KV head
@@ -136,27 +147,49 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
     one at slot E - 1; otherwise split 0 writes it at slot E. Protected: pos < SINK or pos >=
     n_q - RECENT (the previous step's keep rules). ADVANCE: NPOS becomes n_q + 1 (otherwise
     the append kernel of the layer's lossless heads, launched after, advances it). KN, VN
-    contiguous (B, H_KV, 1, D). CacheBase._evict_step (torch) is the reference."""
+    contiguous (B, H_KV, 1, D). CacheBase._evict_step (torch) is the reference.
+    PAGE > 0 (the paged cache): head h of row b holds LENS[b, h] slots (E: the most of any
+    row, for the splits) in the pool pages LIST[b, h, :] (LW entries a row; _kv_slot); the
+    token's position is NPOS[b] (ADVANCE: the last program of the row to have read it, an
+    atomic count at CNT[B * NH + b], advances it); it folds where PEND[b] != 0 and evicts where
+    it folds past BUDGET."""
     pid = tl.program_id(0)
     bi = pid // NS
     sid = pid % NS
     b = (bi // NH).to(tl.int64)
     i = bi % NH
     h = tl.load(IDX + i)
-    n_q = tl.load(NPOS + b * H_KV + h)
+    base = b * SLOTS + A + i * CAP
+    tab = LIST
+    ev = E > BUDGET  # packed: EVICT says it
+    if PAGE == 0:
+        n_q = tl.load(NPOS + b * H_KV + h)
+        hi = tl.minimum(sid * SPLIT + SPLIT, E)
+    else:
+        tab = LIST + (b * H_KV + h) * LW
+        E = tl.load(LENS + b * H_KV + h)
+        n_q = tl.load(NPOS + b)
+        if ADVANCE:
+            row_cnt = CNT + tl.num_programs(0) // NS + b
+            if tl.atomic_add(row_cnt, 1, sem="acq_rel") == NH * NS - 1:
+                tl.store(NPOS + b, n_q + 1)
+                tl.store(row_cnt, 0)
+        fold = tl.load(PEND + b) != 0
+        ev = fold & (E > BUDGET)
+        hi = tl.where(fold, tl.minimum(sid * SPLIT + SPLIT, E), sid * SPLIT)
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, HEAD_DIM)
     g_ok = offs_g < G
-    base = b * SLOTS + A + i * CAP
     best_p = float("inf")
     best_pos = SENT + 1
     best_i = 0
     if FOLD:
         lse = tl.load(LSE + b * (H_KV * G) + h * G + offs_g, mask=g_ok, other=float("inf"))
         lg = LG + b * (G * LGS) + SO0 + i * CAP
-        for j in range(sid * SPLIT, tl.minimum(sid * SPLIT + SPLIT, E), BLOCK_N):
+        for j in range(sid * SPLIT, hi, BLOCK_N):
             offs = j + tl.arange(0, BLOCK_N)
             valid = offs < E
+            sl = _kv_slot(base, tab, offs, valid, PAGE)
             s = tl.load(
                 lg + offs_g[:, None] * LGS + offs[None, :], mask=g_ok[:, None] & valid[None, :], other=-float("inf")
             )
@@ -170,10 +203,10 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
             if TOVA:
                 new = a
             else:
-                new = tl.load(SCORE + base + offs, mask=valid, other=0.0) + a
-            tl.store(SCORE + base + offs, new, mask=valid)
+                new = tl.load(SCORE + sl, mask=valid, other=0.0) + a
+            tl.store(SCORE + sl, new, mask=valid)
             if EVICT:
-                kp = tl.load(POS + base + offs, mask=valid, other=SENT)
+                kp = tl.load(POS + sl, mask=valid, other=SENT)
                 prio = tl.where((kp < SINK) | (kp >= n_q - RECENT) | (offs >= E), float("inf"), new)
                 low = tl.min(prio, 0)
                 lpos = tl.min(tl.where(valid & (prio == low), kp, SENT + 1), 0)
@@ -202,51 +235,60 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
     if write:
         new_len = E + 1
         if EVICT:  # the previous step's token (slot E - 1) moves into the victim's slot
-            last = base + E - 1
-            dst = base + best_i
-            tl.store(K + dst * HEAD_DIM + offs_d, tl.load(K + last * HEAD_DIM + offs_d))
-            tl.store(V + dst * HEAD_DIM + offs_d, tl.load(V + last * HEAD_DIM + offs_d))
-            tl.store(POS + dst, tl.load(POS + last))
-            tl.store(SCORE + dst, tl.load(SCORE + last, cache_modifier=".cg"))
-            new_len = E
-        slot = base + new_len - 1
+            if ev:
+                last = _kv_slot(base, tab, E - 1, True, PAGE)
+                dst = _kv_slot(base, tab, best_i, True, PAGE)
+                tl.store(K + dst * HEAD_DIM + offs_d, tl.load(K + last * HEAD_DIM + offs_d))
+                tl.store(V + dst * HEAD_DIM + offs_d, tl.load(V + last * HEAD_DIM + offs_d))
+                tl.store(POS + dst, tl.load(POS + last))
+                tl.store(SCORE + dst, tl.load(SCORE + last, cache_modifier=".cg"))
+                new_len = E
+        slot = _kv_slot(base, tab, new_len - 1, True, PAGE)
         src = (b * H_KV + h) * HEAD_DIM + offs_d
         tl.store(K + slot * HEAD_DIM + offs_d, tl.load(KN + src))
         tl.store(V + slot * HEAD_DIM + offs_d, tl.load(VN + src))
         tl.store(POS + slot, n_q)
         tl.store(SCORE + slot, 0.0)
         tl.store(LENS + b * H_KV + h, new_len)
-        if ADVANCE:
+        if ADVANCE and PAGE == 0:
             tl.store(NPOS + b * H_KV + h, n_q + 1)
 
 
-def _kv_update_launch(spec: CacheSpec, c, L, k, v, fold: bool, evict: bool) -> None:
+def _kv_update_launch(spec: CacheSpec, c, L, k, v, fold: bool, evict: bool, paged=None) -> None:
     """One launch of _kv_update_kernel for a class (its splits: about _KV_UPD_PER_SM programs
     per SM); the launch and its scratch buffers are memoised on the class per geometry. No
-    argument changes from step to step once the budget is reached (CUDA graphs)."""
-    ds, pol, B, nh, E = spec.decode, c.policy, L.k.shape[0], len(c.heads), c.held
+    argument changes from step to step once the budget is reached (CUDA graphs). `paged`
+    (the paged cache): (held (B, H_KV), tokens (B,), page lists, pending rows (B,), page size,
+    advance the tokens); c.held is then the most any row holds and c.slots each head's
+    logits rows."""
+    ds, pol, B, nh, E = spec.decode, c.policy, k.shape[0], len(c.heads), c.held
     bn = _KV_UPD_BLOCK
     geo = c.geo.get(E)
     if geo is None:  # plain ints (triton.cdiv is a jit function: slow from Python)
-        per = max(1, _KV_UPD_PER_SM * _dec_sms(L.k.device) // (B * nh))
+        per = max(1, _KV_UPD_PER_SM * _dec_sms(k.device) // (B * nh))
         keys = -(-max(E, 1) // per)
         split = max(bn, -(-keys // bn) * bn)
         geo = c.geo[E] = (split, max(1, -(-E // split)))
     split, ns = geo
-    key = (ns, fold, evict, (k.data_ptr() | v.data_ptr()) & 15 == 0, L.k.shape[1], L.logits.lg.shape[2])
+    if paged is None:
+        lens, npos, lists, pend, page, advance = L.lens, L.npos, None, None, 0, not L.lossless
+        a, cap, slots = c.heads[0].offset, c.heads[0].cap, L.k.shape[1]
+    else:
+        (lens, npos, lists, pend, page, advance), a, cap, slots = paged, 0, c.slots, 0
+    key = (ns, fold, evict, (k.data_ptr() | v.data_ptr()) & 15 == 0, slots, L.logits.lg.shape[2], advance)
     got = c.update.get(key)
     if got is None:
-        kw = dict(H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=L.k.shape[2], BLOCK_G=triton.next_power_of_2(ds.group),
+        kw = dict(H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=k.shape[3], BLOCK_G=triton.next_power_of_2(ds.group),
                   BLOCK_N=bn, SENT=ds.sentinel, TOVA=pol.score == "tova", AGG=AGGREGATES[pol.aggregate], FOLD=fold,
-                  EVICT=evict, ADVANCE=not L.lossless, num_warps=4)  # fmt: skip
-        pb = torch.empty((B * nh * ns, 3), dtype=torch.int32, device=L.k.device)
-        cnt = torch.zeros((B * nh,), dtype=torch.int32, device=L.k.device)
+                  EVICT=evict, ADVANCE=advance, PAGE=page, num_warps=4)  # fmt: skip
+        pb = torch.empty((B * nh * ns, 3), dtype=torch.int32, device=k.device)
+        cnt = torch.zeros((B * nh + (B if page else 0),), dtype=torch.int32, device=k.device)
         got = c.update[key] = (FastLaunch(_kv_update_kernel, (B * nh * ns,), kw), pb, cnt)
     launch, pb, cnt = got
     sc = L.logits
-    launch(k, v, L.k, L.v, L.pos, L.score, L.lens, L.npos, sc.lg, sc.lse, pb, cnt, c.idx, nh, E, c.heads[0].offset,
-           c.heads[0].cap, L.k.shape[1], sc.lg.shape[2], c.logits_row, split, ns, pol.sink,
-           pol.protected_recent)  # fmt: skip
+    launch(k, v, L.k, L.v, L.pos, L.score, lens, npos, sc.lg, sc.lse, pb, cnt, c.idx, lists, pend, nh, E, a, cap,
+           slots, sc.lg.shape[2], c.logits_row, split, ns, pol.sink, pol.protected_recent, c.budget,
+           0 if lists is None else lists.shape[2])  # fmt: skip
 
 
 # ------------------------------------------------------------------ host state
@@ -923,8 +965,7 @@ class CacheBase:
         prio = self._priority(L, pol, sv[..., :E], pc, n + T)
         D = kv.shape[-1]
         if m == 1:  # one token out (a decode step): the lowest (priority, position) goes
-            low = torch.where(prio == prio.amin(-1, keepdim=True), pc, torch.full_like(pc, sent + 1))
-            dst = low.argmin(-1, keepdim=True)  # (B, nh, 1)
+            dst = victim(prio, pc, sent)  # (B, nh, 1)
             for t in (kv, vv):
                 t.scatter_(2, dst[..., None].expand(-1, -1, -1, D), t[:, :, keep : keep + 1, :].clone())
             for t in (pv, sv):
@@ -1039,12 +1080,7 @@ class CacheBase:
             sc = old
         budget = c.budget if c.budget is not None else E
         keep = min(E, budget)
-        if keep < E:
-            ev = lowest(self._priority(L, pol, sc, pc, n + T), pc, E - keep)
-            key = torch.where(ev, torch.full_like(pc, 1 << 30), pc)
-            sel = torch.argsort(key, dim=-1, stable=True)[..., :keep]
-        else:
-            sel = torch.argsort(pc, dim=-1, stable=True)
+        sel = survivors(self._priority(L, pol, sc, pc, n + T) if keep < E else sc, pc, keep)
         if keep > c.heads[0].cap:
             self._grow(L, {h.index: keep for h in c.heads})
             kv, vv, pv, sv = self._region(L, c)

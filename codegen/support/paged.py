@@ -14,6 +14,12 @@ what the pattern forbids. Selecting heads (`select` in the cache block) keep eve
 each decode step scores their pages (or tokens) against the step's queries, keeps the best
 (`block_scores.top_blocks`: ties to the lowest index) and reads them with the keep rules.
 
+H2O and TOVA heads hold the packed Cache's slots in pages (slot j in the head's page j //
+page): at most budget + 1 slots, pages taken as they grow; the paged kernel writes their step
+logits and the packed cache's `_kv_update_kernel`, given the page lists, folds, evicts into
+the victim's slot and writes the next token; prompts and other appends go by the packed
+rules in torch (policies.py).
+
 What varies per pattern is a `PagedSpec` (the CacheSpec, the page size, the selections, the
 pattern's paged kernel `_pg_fwd_kernel` in paged.py.j2).
 """
@@ -27,10 +33,10 @@ import triton
 import triton.language as tl
 
 from .block_scores import block_mean, block_min_max, mean_score, quest_bound, top_blocks
-from .cache import CACHE_DTYPES, CacheError, CacheSpec, _cache_device
+from .cache import _KV_FUSED, CACHE_DTYPES, CacheError, CacheSpec, _cache_device, _KvClass, _kv_update_launch
 from .checks import HEAD_DIMS, check_scale, check_tensor, dtype_names, interpreting
-from .decode import _DEC_LOG2E, DecodeConfig, _dec_buffers, _dec_sms
-from .policies import AGGREGATES, aggregate
+from .decode import _DEC_LOG2E, DecodeConfig, StepLogits, _dec_buffers, _dec_sms
+from .policies import AGGREGATES, aggregate, attention_stats, priority, rescore, survivors, victim
 from .records import Select
 
 
@@ -401,6 +407,17 @@ class _PgLayer:
             if s is not None:
                 groups.setdefault(s, []).append(h)
         self.groups = [(s, tuple(hs)) for s, hs in groups.items()]
+        pols = [cs.policies[r.policy] if r.kind == "lossy" else None for r in self.rules]
+        self.plain = [h for h, p in enumerate(pols) if p is None]  # heads whose pages follow positions
+        classes: dict = {}
+        for h, p in enumerate(pols):
+            if p is not None:
+                classes.setdefault(p, []).append(h)
+        self.classes = [_KvClass(tuple(hs), p) for p, hs in classes.items()]  # H2O, TOVA
+        self.held = [[0] * len(self.rules) for _ in range(batch)]  # slots a lossy head of a row holds
+        self.pend: list = [None] * batch  # (q, its row, scale) of a row's step whose eviction is pending
+        self.decoded = False  # a decode wrote the step logits since the last append
+        self.score = self.logits = self.held_t = self.pend_t = None
 
     def bounds(self, h: int, n: int) -> tuple[int, int]:
         """(sink, lo): the head holds positions < sink and >= lo (dead pages are freed)."""
@@ -433,8 +450,11 @@ class PagedCacheBase:
         if pages is not None and (not isinstance(pages, int) or isinstance(pages, bool) or pages < 1):
             raise CacheError(f"PagedCache: pages must be a positive int or None, got {pages=}")
         cs = self.spec.cache
-        if any(r.kind == "lossy" for r in cs.rules):
-            raise CacheError("PagedCache: this file's cache evicts by a policy; the packed Cache serves it")
+        for p in cs.policies:
+            if p.score not in _KV_FUSED or p.timing != "decode" or p.budget is None or cs.decode.max_step != 1:
+                raise CacheError(f"PagedCache: this file's cache evicts by {p.score} at {p.timing} (budget "
+                                 f"{p.budget}, max_step {cs.decode.max_step}); the paged cache serves h2o and tova at "
+                                 "decode with a fixed budget and one token a step: use the packed Cache")  # fmt: skip
         head_dim = cs.head_dim if head_dim is None else head_dim
         if head_dim not in HEAD_DIMS:
             raise CacheError(f"PagedCache: head_dim must be one of {HEAD_DIMS}, got {head_dim=}")
@@ -445,9 +465,10 @@ class PagedCacheBase:
 
     # -------------------------------------------------------------- appending
 
-    def append(self, layer, k, v, rows=None):
+    def append(self, layer, k, v, q=None, rows=None, *, sm_scale=None):
         """Store T new tokens (positions n_b .. n_b + T - 1) of each row b in `rows` (default:
-        every row, in order); k, v: (len(rows), H_KV, T, D)."""
+        every row, in order); k, v: (len(rows), H_KV, T, D); q (len(rows), H, T, D): the step's
+        queries, which H2O and TOVA heads score with (docs/caches.md)."""
         L = self._layer(layer)
         rows = list(range(self.batch)) if rows is None else [int(r) for r in rows]
         if len(set(rows)) != len(rows) or not all(0 <= r < self.batch for r in rows):
@@ -459,15 +480,42 @@ class PagedCacheBase:
         T = k.shape[2]
         if tuple(v.shape) != tuple(k.shape) or T < 1:
             raise CacheError(f"append: k {tuple(k.shape)} and v {tuple(v.shape)} must match, with T >= 1")
+        if L.classes:
+            if q is None:
+                raise CacheError(f"layer {L.layer}: KV heads {[h for c in L.classes for h in c.heads]} evict by "
+                                 "h2o or tova, which needs the step's queries: append(layer, k, v, q=q, rows=rows)")  # fmt: skip
+            check_tensor("append", "q", q, dims="R, H, T, D", shape=(len(rows), self.spec.cache.decode.heads, T, D),
+                         dtype=self.dtype, device=self.device, error=CacheError)  # fmt: skip
+        scale = check_scale("append", sm_scale, D, "sm_scale")
         if L.k is None:
             self._allocate(L, self.pages or max(4, 2 * len(rows) * Hk * -(-T // P)))
+        appended = self._write(L, rows, k, v, T) if L.plain else []
+        fused = bool(L.classes) and T == 1 and L.decoded and rows == list(range(self.batch))
+        if L.classes and fused:
+            appended += self._lossy_pages(L)
+        elif L.classes:
+            appended += self._lossy_torch(L, rows, k, v, q, T, scale)
+        L.decoded = False
+        for b in rows:
+            L.n[b] += T
+        if not fused or appended or L.plain:  # at the budget, a step changes no list (CUDA graphs)
+            self._update_lists(L, rows, appended)
+            if fused:
+                L.ntok -= 1  # the update kernel advances it
+        if fused:
+            self._lossy_step(L, k, v, q, scale)
+
+    def _write(self, L, rows, k, v, T):
+        """Write the tokens of the heads whose pages follow positions, allocating pages; returns
+        the (row, head, list index, page) of each new page."""
+        P, D, hs = self.page, self.head_dim, L.plain
         span = max((L.n[b] + T - 1) // P - L.n[b] // P + 1 for b in rows)
-        phys = [[[0] * span for _ in range(Hk)] for _ in rows]  # pool page of each new logical page
+        phys = [[[0] * span for _ in hs] for _ in rows]  # pool page of each new logical page
         new, appended = [], []
         for i, b in enumerate(rows):
             n0 = L.n[b]
-            for h in range(Hk):
-                tab, row = L.tables[b][h], phys[i][h]
+            for x, h in enumerate(hs):
+                tab, row = L.tables[b][h], phys[i][x]
                 for j, lp in enumerate(range(n0 // P, (n0 + T - 1) // P + 1)):
                     if lp not in tab:
                         tab[lp] = self._alloc(L, (b, h))
@@ -481,21 +529,149 @@ class PagedCacheBase:
             L.pos.view(-1, P)[pg] = self.spec.cache.decode.sentinel
             if L.ssum is not None:
                 L.ssum[pg] = 0.0
+        if len(hs) < len(L.rules):
+            idx = torch.tensor(hs, dtype=torch.int64, device=k.device)
+            k, v = k.index_select(1, idx), v.index_select(1, idx)
         n0s = torch.tensor([L.n[b] for b in rows], dtype=torch.int64, device=dev)
         p = n0s[:, None] + torch.arange(T, device=dev)[None, :]  # (R, T)
-        pages = torch.gather(phys.to(dev), 2, (p // P - n0s[:, None] // P)[:, None, :].expand(-1, Hk, -1))
+        pages = torch.gather(phys.to(dev), 2, (p // P - n0s[:, None] // P)[:, None, :].expand(-1, len(hs), -1))
         slots = (pages * P + (p % P)[:, None, :]).reshape(-1)
         L.k[slots] = k.reshape(-1, D)
         L.v[slots] = v.reshape(-1, D)
-        L.pos[slots] = p[:, None, :].expand(-1, Hk, -1).reshape(-1).to(torch.int32)
+        L.pos[slots] = p[:, None, :].expand(-1, len(hs), -1).reshape(-1).to(torch.int32)
         pages = pages.reshape(-1)
         if L.smin is not None:
             self._summarise(L, torch.tensor(sorted(set(phys.reshape(-1).tolist())), dtype=torch.int64, device=dev))
         if L.ssum is not None:
             L.ssum.index_add_(0, pages, k.reshape(-1, D).float())
-        for b in rows:
-            L.n[b] += T
-        self._update_lists(L, rows, appended)
+        return appended
+
+    # -------------------------------------------------------------- H2O and TOVA heads
+
+    def _lossy_page(self, L, b, h, slots: int) -> list:
+        """Pages for a lossy head's first `slots` slots (taken from the pool as it grows, never
+        past its capacity); the (row, head, list index, page) of each new one."""
+        tab, out = L.tables[b][h], []
+        while len(tab) * self.page < slots:
+            tab[len(tab)] = pg = self._alloc(L, (b, h))
+            L.pos[pg * self.page : (pg + 1) * self.page] = self.spec.cache.decode.sentinel
+            out.append((b, h, len(tab) - 1, pg))
+        return out
+
+    def _lossy_pages(self, L) -> list:
+        """Before a fused step: the page of the slot each row's new token takes (the last slot
+        after an eviction, else the one after the held ones)."""
+        out = []
+        for c in L.classes:
+            for b in range(self.batch):
+                E = L.held[b][c.heads[0]]
+                end = E if L.pend[b] is not None and E > c.budget else E + 1
+                if len(L.tables[b][c.heads[0]]) * self.page < end:  # a class's heads hold alike
+                    for h in c.heads:
+                        out += self._lossy_page(L, b, h, end)
+        return out
+
+    def _lossy_step(self, L, k, v, q, scale):
+        """A one-token step of every row after a decode: one _kv_update_kernel launch per class
+        folds the decode's logits into the scores of the rows whose step is pending, evicts
+        where they pass the budget, and writes the new token (each row at its own length)."""
+        pend, k, v = [p is not None for p in L.pend], k.contiguous(), v.contiguous()
+        for c in L.classes:
+            where = (L.held_t, L.ntok, L.list, L.pend_t, self.page, c is L.classes[-1])
+            held = [L.held[b][c.heads[0]] for b in range(self.batch)]
+            c.held = max(held)
+            fold = any(pend)
+            evict = any(p and e > c.budget for p, e in zip(pend, held))
+            _kv_update_launch(self.spec.cache, c, L, k, v, fold, evict, where)
+            for b, e in enumerate(held):
+                for h in c.heads:
+                    L.held[b][h] = e if pend[b] and e > c.budget else e + 1
+        self._pending(L, range(self.batch), q, scale)
+
+    def _pending(self, L, rows, q, scale):
+        """Rows whose last append was one token: its eviction waits for the step's read."""
+        for i, b in enumerate(rows):
+            L.pend[b] = None if q is None else (q, i, scale)
+        flags = [int(p is not None) for p in L.pend]
+        if L.pend_t is None or L.pend_host != flags:  # a step at the budget copies nothing (CUDA graphs)
+            L.pend_host, L.pend_t = flags, torch.tensor(flags, dtype=torch.int32, device=self.device)
+
+    def _slots(self, L, b, heads, E):
+        """(len(heads), E) pool slots of the first E slots of lossy heads of row b."""
+        pages = torch.tensor([list(L.tables[b][h].values()) for h in heads], dtype=torch.int64, device=self.device)
+        j = torch.arange(E, device=self.device)
+        return pages[:, j // self.page] * self.page + j % self.page
+
+    def _stats(self, L, c, b, q, kc, pc, n, T, scale):
+        """The attention of row b's queries q (H, T, D) at positions n .. n + T - 1 over a
+        class's candidates kc (nh, E, D) at pc (nh, E) (policies.attention_stats)."""
+        ds = self.spec.cache.decode
+        idx = torch.tensor(c.heads, dtype=torch.int64, device=self.device)
+        qc = q.view(ds.kv_heads, ds.group, T, q.shape[-1]).index_select(0, idx)
+        g = torch.tensor(self.spec.cache.gid[L.layer], device=self.device).view(ds.kv_heads, ds.group)[idx]
+        allowed = lambda qp, kp: ds.allowed_torch(qp, kp[..., None, :, :], g[:, :, None, None])  # noqa: E731
+        return attention_stats(qc, kc, pc, torch.arange(n, n + T, device=self.device), allowed, scale,
+                               c.policy.window, ds.sentinel)  # fmt: skip
+
+    def _finish(self, L, b):
+        """The pending eviction of row b's last step in torch (the packed cache's rule,
+        CacheBase._evict_step): its attention recomputed from its queries rescores the held
+        tokens; past the budget the lowest goes, its slot taking the step's token (the last)."""
+        q, i, scale = L.pend[b]
+        q, sent, n = q[i], self.spec.cache.decode.sentinel, L.n[b]
+        for c in L.classes:
+            E = L.held[b][c.heads[0]]
+            sl = self._slots(L, b, c.heads, E)
+            kc, pc = L.k[sl], L.pos[sl]
+            old = L.score[sl]
+            old[:, E - 1] = 0
+            sc = rescore(c.policy, old, self._stats(L, c, b, q, kc, pc, n - 1, 1, scale), kc, slice(E - 1, E))
+            L.score[sl] = sc
+            if E > c.budget:
+                dst = sl.gather(1, victim(priority(c.policy, sc, pc, n), pc, sent))[:, 0]
+                for t in (L.k, L.v, L.pos, L.score):
+                    t[dst] = t[sl[:, E - 1]]
+                L.pos[sl[:, E - 1]] = sent
+                for h in c.heads:
+                    L.held[b][h] = E - 1
+        L.pend[b] = None
+
+    def _lossy_torch(self, L, rows, k, v, q, T, scale) -> list:
+        """Appends to lossy heads other than a fused step, in torch: pending evictions first;
+        one token goes after the held ones (its eviction pending); a prompt is scored with the
+        held tokens and the budget's best are kept in position order (CacheBase._compress's
+        rule: policies.survivors). Returns the new pages."""
+        out = []
+        for i, b in enumerate(rows):
+            if L.pend[b] is not None:
+                self._finish(L, b)
+            n = L.n[b]
+            for c in L.classes:
+                E0 = L.held[b][c.heads[0]]
+                idx = torch.tensor(c.heads, dtype=torch.int64, device=self.device)
+                sl0 = self._slots(L, b, c.heads, E0)
+                kc = torch.cat([L.k[sl0], k[i].index_select(0, idx)], 1)
+                vc = torch.cat([L.v[sl0], v[i].index_select(0, idx)], 1)
+                new = torch.arange(n, n + T, dtype=torch.int32, device=self.device)
+                pc = torch.cat([L.pos[sl0], new.expand(len(c.heads), T)], 1)
+                sc = torch.cat([L.score[sl0], L.score.new_zeros((len(c.heads), T))], 1)
+                if T == 1:
+                    keep, sel = E0 + 1, torch.arange(E0 + 1, device=self.device).expand(len(c.heads), -1)
+                else:
+                    keep = min(E0 + T, c.budget)
+                    sc = rescore(c.policy, sc, self._stats(L, c, b, q[i], kc, pc, n, T, scale), kc, slice(E0, E0 + T))
+                    sel = survivors(priority(c.policy, sc, pc, n + T), pc, keep)
+                for h in c.heads:
+                    out += self._lossy_page(L, b, h, keep)
+                sl = self._slots(L, b, c.heads, keep)
+                for dst, src in ((L.k, kc), (L.v, vc)):
+                    dst[sl] = torch.gather(src, 1, sel[..., None].expand(-1, -1, src.shape[-1]))
+                L.pos[sl], L.score[sl] = torch.gather(pc, 1, sel), torch.gather(sc, 1, sel)
+                for h in c.heads:
+                    L.held[b][h] = keep
+        self._pending(L, rows, q if T == 1 else None, scale)
+        L.held_t = torch.tensor(L.held, dtype=torch.int32, device=self.device)
+        return out
 
     def _summarise(self, L, pg):
         """Quest's summaries of pool pages pg from their held keys: the channel minima and
@@ -521,6 +697,10 @@ class PagedCacheBase:
                     L.pool.free(page, (row, h))
                 tab.clear()
             L.n[row] = 0
+            L.held[row] = [0] * len(L.rules)
+            if L.classes and L.list is not None:
+                self._pending(L, [row], None, None)
+                L.held_t[row] = 0
             if L.list is not None:
                 self._update_lists(L, [row], [], rebuild=True)
 
@@ -558,7 +738,11 @@ class PagedCacheBase:
                 L.sscale = grown(L.sscale, (pages,), torch.float32, 1)
         if "mean" in sel:
             L.ssum = grown(L.ssum, (pages, D), torch.float32, 0)
+        if L.classes:
+            L.score = grown(L.score, (pages * P,), torch.float32, 0)
         L.pool.grow(pages)
+        if old == 0 and L.classes:
+            self._step_logits(L)
         if old == 0:
             Hk = len(L.rules)
             L.heads_of = {tuple(hs): torch.tensor(hs, dtype=torch.int64, device=dev) for _, hs in L.groups}
@@ -574,6 +758,23 @@ class PagedCacheBase:
             L.slen = torch.zeros((self.batch, Hk), dtype=torch.int32, device=dev)
             L.chosen_t = [torch.full((self.batch, len(hs), s.units), -1, dtype=torch.int32, device=dev)
                           for s, hs in L.groups]  # fmt: skip
+
+    def _step_logits(self, L):
+        """The classes' device state and the layer's StepLogits: each lossy head holds at most
+        the packed cache's capacity (budget + max_step) in whole pages, its logits rows as many."""
+        ds, dev, rows = self.spec.cache.decode, self.device, 0
+        soff = [-1] * len(L.rules)
+        for c in L.classes:
+            c.idx = torch.tensor(c.heads, dtype=torch.int64, device=dev)
+            c.slots = -(-(c.budget + ds.max_step) // self.page) * self.page
+            c.logits_row = rows
+            for h in c.heads:
+                soff[h], rows = rows, rows + c.slots
+        lg = torch.zeros((self.batch, ds.group, rows), dtype=torch.float32, device=dev)
+        lse = torch.full((self.batch, ds.heads), float("inf"), dtype=torch.float32, device=dev)
+        L.logits = StepLogits(lg, lse, torch.tensor(soff, dtype=torch.int32, device=dev))
+        L.held_t = torch.zeros((self.batch, len(L.rules)), dtype=torch.int32, device=dev)
+        self._pending(L, [], None, None)
 
     def _update_lists(self, L, rows, appended, rebuild=False):
         """Free dead pages, then bring the device page lists, lengths and bounds up to date."""
@@ -726,7 +927,9 @@ class PagedCacheBase:
         for g in range(len(L.groups)):
             self._top(L, self._score(L, q, g, *self.score_tile), T, g)
         L.chosen = {h: L.chosen_t[g][:, i] for g, (_, hs) in enumerate(L.groups) for i, h in enumerate(hs)}
-        return self._attend(L, q, scale, config)
+        out = self._attend(L, q, scale, config)
+        L.decoded = bool(L.classes)
+        return out
 
     def _attend(self, L, q, scale, config=DecodeConfig()):
         """The pattern's _pg_fwd_kernel over what each head reads (L.list, or for selecting heads
@@ -750,12 +953,15 @@ class PagedCacheBase:
         block_m = max(16, triton.next_power_of_2(ds.group * T))
         pm, pl, pacc, cnt = _dec_buffers(ds, q.device, B, ns, block_m, D)
         out = torch.empty_like(q)
+        sc = L.logits if T == 1 else None  # H2O and TOVA heads: their step's logits
+        lg, lse, soff = (sc.lg, sc.lse, sc.soff) if sc is not None else (None, None, None)
         kernel = self.spec.kernel[(B * ds.kv_heads * ns,)](
             q, L.k, L.v, L.pos, L.list, L.llen, L.sel, L.slen, L.selh, L.units, L.sinks, L.lo, L.ntok, self._gid(L),
-            out, pm, pl, pacc, cnt, T, split, ns, pm.shape[2], L.list.shape[2], L.sel.shape[2], scale * _DEC_LOG2E,
-            H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=bn, STAGES=config.stages,
-            DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=q.dtype == torch.bfloat16 and interpreting(),
-            num_warps=config.num_warps,
+            out, pm, pl, pacc, cnt, lg, lse, soff, T, split, ns, pm.shape[2], L.list.shape[2], L.sel.shape[2],
+            scale * _DEC_LOG2E, H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=bn,
+            STAGES=config.stages, DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+            UPCAST=q.dtype == torch.bfloat16 and interpreting(), SCORES=sc is not None,
+            LGS=sc.lg.shape[2] if sc is not None else 1, num_warps=config.num_warps,
         )  # fmt: skip
         if fit_key not in _PG_FIT and q.device.type == "cuda" and getattr(kernel, "n_regs", 0):
             props = torch.cuda.get_device_properties(q.device)

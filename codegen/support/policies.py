@@ -176,6 +176,22 @@ def lowest(prio: torch.Tensor, pos: torch.Tensor, m: int) -> torch.Tensor:
     return mask.scatter_(-1, order[..., :m], True)
 
 
+def survivors(prio: torch.Tensor, pos: torch.Tensor, keep: int) -> torch.Tensor:
+    """Indices of the `keep` candidates that stay (the others have the lowest (priority,
+    position)), in position order: what a compression keeps."""
+    key = pos
+    if keep < pos.shape[-1]:
+        key = torch.where(lowest(prio, pos, pos.shape[-1] - keep), torch.full_like(pos, 1 << 30), pos)
+    return torch.argsort(key, dim=-1, stable=True)[..., :keep]
+
+
+def victim(prio: torch.Tensor, pos: torch.Tensor, sentinel: int) -> torch.Tensor:
+    """(..., 1) index of the one candidate a one-token eviction drops: the lowest priority,
+    then the lowest position (the rule of lowest(prio, pos, 1), in one pass)."""
+    low = torch.where(prio == prio.amin(-1, keepdim=True), pos, torch.full_like(pos, sentinel + 1))
+    return low.argmin(-1, keepdim=True)
+
+
 def evicts_after_read(pol: Policy) -> bool:
     """Whether a decode step of this policy evicts after the step's queries read the cache:
     policies timed at decode whose score reads the step's attention (H2O, TOVA, SnapKV at
