@@ -17,8 +17,6 @@ encoded once per (address, shape, strides).
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 try:
@@ -134,7 +132,7 @@ class RawLaunch:
         a = list(args)
         for i, _, first in self.descriptors:
             if isinstance(a[i], torch.Tensor):
-                a[i] = dataclasses.replace(first, base=a[i])
+                a[i] = _rebased(first, a[i])
         return tuple(a)
 
     def __call__(self, grid: tuple, stream, compiled, args: tuple) -> None:
@@ -155,9 +153,17 @@ class RawLaunch:
             if enc is None:
                 if len(self.encoded) >= self.ENCODED_MAX:
                     self.encoded.clear()
-                enc = self.encoded[key] = _encode_descriptor(dataclasses.replace(first, base=d) if bare else d, meta)
+                enc = self.encoded[key] = _encode_descriptor(_rebased(first, d) if bare else d, meta)
             a[i : i + 1] = enc
         return a
+
+
+def _rebased(desc, base):
+    """A copy of host-side descriptor `desc` over the tensor `base` (same shape, strides, block)."""
+    d = object.__new__(type(desc))
+    d.__dict__.update(desc.__dict__)
+    d.base = base
+    return d
 
 
 def _addresses(n_args: int, pointers: tuple, tail: tuple):
