@@ -41,8 +41,11 @@ types.update({n: "i32" for n in ("NH", "E", "A", "CAP", "SLOTS", "LGS", "SO0", "
                                  "BUDGET", "LW")})  # fmt: skip
 block = dict(H_KV=8, G=4, HEAD_DIM=128, BLOCK_G=4, BLOCK_N=mod._KV_UPD_BLOCK, SENT=1 << 30, AGG=0, FOLD=True,
              ADVANCE=True)  # fmt: skip
-out["h2o_update"] = usage(mod._kv_update_kernel, types, dict(TOVA=False, EVICT=True, PAGE=0, **block), 4)
-out["tova_update"] = usage(mod._kv_update_kernel, types, dict(TOVA=True, EVICT=True, PAGE=0, **block), 4)
+packed = {n: t for n, t in types.items() if n not in ("LIST", "PEND")}  # the packed launch passes None there
+for name, tova in (("h2o_update", False), ("tova_update", True)):
+    out[name] = usage(
+        mod._kv_update_kernel, packed, dict(TOVA=tova, EVICT=True, PAGE=0, LIST=None, PEND=None, **block), 4
+    )
 out["h2o_update_paged"] = usage(mod._kv_update_kernel, types, dict(TOVA=False, EVICT=True, PAGE=16, **block), 4)
 types = {n: "*i32" for n in ("POS", "LENS", "OFFS", "GID", "CNT", "NPOS", "SOFF", "TAB", "KCNT", "ARRIVE")}
 types.update(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", PM="*fp32", PL="*fp32", PACC="*fp32", LG="*fp32",

@@ -124,9 +124,11 @@ _KV_FUSED = ("h2o", "tova")  # the scores the update kernel folds from the decod
 def _kv_slot(base, tab, offs, mask, PAGE: tl.constexpr):
     """Where held slots `offs` of one head lie (flat slot indices): base + offs in a packed
     region; with pages (PAGE > 0), slot j in pool page tab[j // PAGE], at j % PAGE."""
-    if PAGE == 0:
-        return base + offs
-    return tl.load(tab + offs // PAGE, mask=mask, other=0).to(tl.int64) * PAGE + offs % PAGE
+    if PAGE == 0:  # one branch each: a packed launch passes no LIST (None) to compile the other
+        slot = base + offs
+    else:
+        slot = tl.load(tab + offs // PAGE, mask=mask, other=0).to(tl.int64) * PAGE + offs % PAGE
+    return slot
 
 
 @triton.jit(do_not_specialize=["E", "A", "CAP", "SLOTS", "LGS", "SO0", "SPLIT", "NS", "SINK", "RECENT", "BUDGET", "LW"])
