@@ -26,14 +26,7 @@ def test_support_files_need_torch_and_triton_only(name):
     tree = ast.parse((SUPPORT / f"{name}.py").read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            assert {a.name.split(".")[0] for a in node.names} <= {
-                "functools",
-                "math",
-                "os",
-                "typing",
-                "torch",
-                "triton",
-            }
+            assert {a.name.split(".")[0] for a in node.names} <= support.IMPORTS
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             assert node.module.split(".")[0] in {"__future__", "typing", "torch", "triton"}, node.module
         elif isinstance(node, ast.ImportFrom):  # siblings only, inlined earlier

@@ -11,6 +11,7 @@ import torch
 from test_decode_support import causal, chunk, policy, program, rand, sink, stride, window
 
 from attnc.codegen.decode_plan import decode_context, plan_decode
+from attnc.codegen import support
 from attnc.codegen.importing import import_module_from_path
 from attnc.codegen.writer import render_decode_module
 from attnc.compiler.lower import lower_expr
@@ -40,7 +41,7 @@ def test_rendered_modules_are_python_with_torch_and_triton_only():
         tree = ast.parse(text)
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-        assert imported <= {"functools", "math", "os", "typing", "torch", "triton"}, imported
+        assert imported <= support.IMPORTS, imported
         assert "attnc" not in imported
 
 

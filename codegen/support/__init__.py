@@ -8,8 +8,11 @@ generated module stays standalone. The per-pattern parts (kernel bodies with the
 expressions, tables of constants) stay in the templates and reach this code as named data:
 the NamedTuples these files declare (`decode.DecodeSpec`, `cache.CacheSpec`, ...).
 
-Inlining order (siblings before the files that import them) is `INLINE_ORDER`.
+Inlining order (siblings before the files that import them) is `INLINE_ORDER`; the modules
+a support file (so a generated module) may import are `IMPORTS`.
 """
+
+IMPORTS = frozenset({"functools", "heapq", "math", "os", "typing", "torch", "triton"})
 
 INLINE_ORDER = (
     "records",

@@ -26,6 +26,7 @@ pattern's paged kernel `_pg_fwd_kernel` in paged.py.j2).
 
 from __future__ import annotations
 
+import heapq
 from typing import Callable, NamedTuple
 
 import torch
@@ -33,6 +34,7 @@ import triton
 import triton.language as tl
 
 from .block_scores import block_mean, block_min_max, mean_score, quest_bound, top_blocks
+from .launch import to_device
 from .cache import _KV_FUSED, CACHE_DTYPES, CacheError, CacheSpec, _cache_device, _KvClass, _kv_update_launch
 from .checks import HEAD_DIMS, check_scale, check_tensor, dtype_names, interpreting
 from .decode import _DEC_LOG2E, DecodeConfig, StepLogits, _dec_buffers, _dec_sms
@@ -54,18 +56,20 @@ class PagedSpec(NamedTuple):
 
 class PagePool:
     """Page ids 0 .. capacity - 1 of one pool: which are free and who owns the others.
-    `alloc` hands out the lowest free id; `free` takes a page back from its owner."""
+    `alloc` hands out the lowest free id; `free` takes a page back from its owner (the free
+    ids are a heap: both in O(log pages), as a step frees and takes pages)."""
 
     def __init__(self, capacity: int = 0):
         self.capacity = 0
-        self._free: list[int] = []  # a stack, lowest id on top
+        self._free: list[int] = []  # a min-heap of the free ids
         self.owner: dict[int, object] = {}
         self.grow(capacity)
 
     def grow(self, capacity: int) -> None:
         """Add ids up to `capacity` (the pool's tensors grew to hold them)."""
         if capacity > self.capacity:
-            self._free = list(range(capacity - 1, self.capacity - 1, -1)) + self._free
+            self._free += range(self.capacity, capacity)
+            heapq.heapify(self._free)
             self.capacity = capacity
 
     @property
@@ -75,7 +79,7 @@ class PagePool:
     def alloc(self, owner: object) -> int:
         if not self._free:
             raise CacheError(f"page pool full ({self.capacity} pages)")
-        page = self._free.pop()
+        page = heapq.heappop(self._free)
         self.owner[page] = owner
         return page
 
@@ -83,9 +87,7 @@ class PagePool:
         if self.owner.get(page) != owner:
             raise CacheError(f"page {page} is not held by {owner!r} (held by {self.owner.get(page)!r})")
         del self.owner[page]
-        self._free.append(page)
-        if len(self._free) > 1 and self._free[-2] < page:
-            self._free.sort(reverse=True)
+        heapq.heappush(self._free, page)
 
 
 # ------------------------------------------------------------------ the selection's scores
@@ -429,6 +431,25 @@ class _PgLayer:
         return 0, 0
 
 
+def _table(values, dtype, device) -> torch.Tensor:
+    """A small host table (Python lists) on the device, copied from pinned memory: a step's
+    tables do not wait for the GPU's queued work (launch.to_device)."""
+    return to_device(torch.tensor(values, dtype=dtype), device)
+
+
+def _dead_pages(tab: dict, sink: int, lo: int, page: int) -> list:
+    """The logical pages of a table (keys in position order: pages are added as tokens come
+    and leave from the front) whose every position is dead: past the sinks, before lo. Stops
+    at the first page reaching lo, so a step looks at the sink pages and the dead ones only."""
+    dead = []
+    for lp in tab:
+        if (lp + 1) * page > lo:
+            break
+        if lp * page >= sink:
+            dead.append(lp)
+    return dead
+
+
 class PagedCacheBase:
     """The paged KV cache of a pattern file (a subclass sets `spec`).
 
@@ -525,23 +546,23 @@ class PagedCacheBase:
         phys = torch.tensor(phys, dtype=torch.int64)
         dev = self.device
         if new:
-            pg = torch.tensor(new, dtype=torch.int64, device=dev)
+            pg = _table(new, torch.int64, dev)
             L.pos.view(-1, P)[pg] = self.spec.cache.decode.sentinel
             if L.ssum is not None:
                 L.ssum[pg] = 0.0
         if len(hs) < len(L.rules):
             idx = torch.tensor(hs, dtype=torch.int64, device=k.device)
             k, v = k.index_select(1, idx), v.index_select(1, idx)
-        n0s = torch.tensor([L.n[b] for b in rows], dtype=torch.int64, device=dev)
+        n0s = _table([L.n[b] for b in rows], torch.int64, dev)
         p = n0s[:, None] + torch.arange(T, device=dev)[None, :]  # (R, T)
-        pages = torch.gather(phys.to(dev), 2, (p // P - n0s[:, None] // P)[:, None, :].expand(-1, len(hs), -1))
+        pages = torch.gather(to_device(phys, dev), 2, (p // P - n0s[:, None] // P)[:, None, :].expand(-1, len(hs), -1))
         slots = (pages * P + (p % P)[:, None, :]).reshape(-1)
         L.k[slots] = k.reshape(-1, D)
         L.v[slots] = v.reshape(-1, D)
         L.pos[slots] = p[:, None, :].expand(-1, len(hs), -1).reshape(-1).to(torch.int32)
         pages = pages.reshape(-1)
         if L.smin is not None:
-            self._summarise(L, torch.tensor(sorted(set(phys.reshape(-1).tolist())), dtype=torch.int64, device=dev))
+            self._summarise(L, _table(sorted(set(phys.reshape(-1).tolist())), torch.int64, dev))
         if L.ssum is not None:
             L.ssum.index_add_(0, pages, k.reshape(-1, D).float())
         return appended
@@ -594,11 +615,11 @@ class PagedCacheBase:
             L.pend[b] = None if q is None else (q, i, scale)
         flags = [int(p is not None) for p in L.pend]
         if L.pend_t is None or L.pend_host != flags:  # a step at the budget copies nothing (CUDA graphs)
-            L.pend_host, L.pend_t = flags, torch.tensor(flags, dtype=torch.int32, device=self.device)
+            L.pend_host, L.pend_t = flags, _table(flags, torch.int32, self.device)
 
     def _slots(self, L, b, heads, E):
         """(len(heads), E) pool slots of the first E slots of lossy heads of row b."""
-        pages = torch.tensor([list(L.tables[b][h].values()) for h in heads], dtype=torch.int64, device=self.device)
+        pages = _table([list(L.tables[b][h].values()) for h in heads], torch.int64, self.device)
         j = torch.arange(E, device=self.device)
         return pages[:, j // self.page] * self.page + j % self.page
 
@@ -784,7 +805,7 @@ class PagedCacheBase:
             for h in range(Hk):
                 sink, lo = L.bounds(h, L.n[b])
                 tab = L.tables[b][h]
-                dead = [lp for lp in tab if lp * P >= sink and (lp + 1) * P <= lo] if lo > 0 else []
+                dead = _dead_pages(tab, sink, lo, P) if lo > 0 else ()
                 for lp in dead:
                     L.pool.free(tab.pop(lp), (b, h))
                 if dead or rebuild:
@@ -798,20 +819,20 @@ class PagedCacheBase:
         fresh = [(b, h, i, pg) for b, h, i, pg in appended if (b, h) not in changed]
         if fresh:
             idx = torch.tensor(fresh, dtype=torch.int64).T
-            L.list[idx[0], idx[1], idx[2]] = idx[3].to(torch.int32).to(dev)
+            L.list[idx[0], idx[1], idx[2]] = to_device(idx[3].to(torch.int32), dev)
         for b, h in sorted(changed):
             row = list(L.tables[b][h].values())
             L.list[b, h] = -1
             if row:
-                L.list[b, h, : len(row)] = torch.tensor(row, dtype=torch.int32, device=dev)
-        L.llen = torch.tensor(L.llen_host, dtype=torch.int32, device=dev)
+                L.list[b, h, : len(row)] = _table(row, torch.int32, dev)
+        L.llen = _table(L.llen_host, torch.int32, dev)
         L.plain_tokens = P * max(
             [n for row in L.llen_host for h, n in enumerate(row) if L.select[h] is None], default=0
         )
         bounds = [[L.bounds(h, L.n[b]) for h in range(Hk)] for b in range(self.batch)]
-        L.lo = torch.tensor([[lo for _, lo in r] for r in bounds], dtype=torch.int32, device=dev)
-        L.sinks = torch.tensor([bounds[0][h][0] for h in range(Hk)], dtype=torch.int32, device=dev)
-        L.ntok = torch.tensor(L.n, dtype=torch.int32, device=dev)
+        L.lo = _table([[lo for _, lo in r] for r in bounds], torch.int32, dev)
+        L.sinks = _table([bounds[0][h][0] for h in range(Hk)], torch.int32, dev)
+        L.ntok = _table(L.n, torch.int32, dev)
 
     # -------------------------------------------------------------- selection
 
@@ -844,7 +865,7 @@ class PagedCacheBase:
         """The keys of one head of one row in position order (selecting heads hold them all)."""
         P = self.page
         n = L.n[b]
-        pages = torch.tensor(list(L.tables[b][h].values()), dtype=torch.int64, device=self.device)
+        pages = _table(list(L.tables[b][h].values()), torch.int64, self.device)
         slots = (pages[:, None] * P + torch.arange(P, device=self.device)).reshape(-1)[:n]
         return L.k[slots]
 
