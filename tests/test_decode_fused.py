@@ -53,16 +53,16 @@ def _assert_same_store(a, b, layer):
     assert a.tokens() == b.tokens() and a.seen(layer) == b.seen(layer)
 
 
-def _steps(mod, prog, layers, q, k, v, *, batch=1, max_len=None, T=1, lengths=None):
-    """Decode tokens PREFILL .. N - 1, T per step, fused and append-then-decode on twin caches;
-    returns the fused outputs per layer (B, H, N - PREFILL, D), checked against the twin's."""
+def _steps(mod, prog, layers, q, k, v, *, batch=1, max_len=None, T=1, lengths=None, end=N):
+    """Decode tokens PREFILL .. end - 1, T per step, fused and append-then-decode on twin caches;
+    returns the fused outputs per layer (B, H, end - PREFILL, D), checked against the twin's."""
     D = q.shape[-1]
     fused, twin = (mod.Cache(batch, dtype=torch.float32, head_dim=D, max_len=max_len) for _ in range(2))
     for cache in (fused, twin):
         for layer in layers:
             cache.append(layer, k[:, :, :PREFILL], v[:, :, :PREFILL], lengths=lengths)
     outs = {layer: [] for layer in layers}
-    for i, t in enumerate(range(PREFILL, N, T)):
+    for i, t in enumerate(range(PREFILL, end, T)):
         qs, ks, vs = (x[:, :, t : t + T].contiguous() for x in (q, k, v))  # contiguous: the memo serves
         split = SPLITS[i % len(SPLITS)]
         for layer in layers:
@@ -107,11 +107,12 @@ def test_fused_step_padded_batch(max_len):
     B, D = 3, 16
     q, k, v = rand(B, 8, N, D, seed=4), rand(B, 4, N, D, seed=5), rand(B, 4, N, D, seed=6)
     lengths = torch.tensor([PREFILL, PREFILL - 7, 1])
-    outs = _steps(mod, prog, [0], q, k, v, batch=B, max_len=max_len, lengths=lengths)
+    end = PREFILL + len(SPLITS)  # one step per split setting
+    outs = _steps(mod, prog, [0], q, k, v, batch=B, max_len=max_len, lengths=lengths, end=end)
     for b, n_pad in enumerate((PREFILL - lengths).tolist()):  # each row alone: its tokens after its padding
-        sl = slice(n_pad, N)
+        sl = slice(n_pad, end)
         ref = full_mask_attention(prog, 0, q[b : b + 1, :, sl], k[b : b + 1, :, sl], v[b : b + 1, :, sl])
-        torch.testing.assert_close(outs[0][b : b + 1].double(), ref[:, :, -(N - PREFILL) :], atol=1e-5, rtol=0)
+        torch.testing.assert_close(outs[0][b : b + 1].double(), ref[:, :, -(end - PREFILL) :], atol=1e-5, rtol=0)
 
 
 def test_fused_step_several_tokens():
