@@ -103,21 +103,28 @@ def test_fused_step_splits_equal_torch_path(score, aggregate, decode_kw, monkeyp
     assert max(key[0] for key in fused._layers[0].classes[0].update) == 3
 
 
+def update_launches(monkeypatch, mod) -> list:
+    """The arguments of every later _kv_update_kernel launch of `mod` (tensors as their
+    addresses; not the token's k and v, which change every step)."""
+    seen = []
+    call = mod.FastLaunch.__call__
+
+    def record(self, *args):
+        if self.kernel is mod._kv_update_kernel:
+            seen.append(tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args[2:]))
+        return call(self, *args)
+
+    monkeypatch.setattr(mod.FastLaunch, "__call__", record)
+    return seen
+
+
 def test_update_launch_repeats_at_the_budget(monkeypatch):
     """Once the budget is reached, every step's update launch takes the same arguments (the
     token's position and the keep rules are read on the device), so a captured step replays
     right; and the positions still advance."""
     pattern, pol = ROWS["tova"]
     _, mod = module(program(pattern, heads=4, kv_heads=2, head_dim=16, cache=[pol], name="tova"))
-    seen = []
-    call = mod.FastLaunch.__call__
-
-    def record(self, *args):
-        if self.kernel is mod._kv_update_kernel:
-            seen.append(tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args[2:]))  # not k, v
-        return call(self, *args)
-
-    monkeypatch.setattr(mod.FastLaunch, "__call__", record)
+    seen = update_launches(monkeypatch, mod)
     q, k, v = _inputs(1, 4, 16, 3, False)
     cache = mod.Cache(1, dtype=torch.float32)
     cache.append(0, k[:, :, :9], v[:, :, :9], q[:, :, :9])

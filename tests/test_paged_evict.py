@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from test_cache_fused_step import update_launches
 from test_decode_support import causal, module, policy, program, rand
 from test_paged_cache import _audit
 
@@ -171,15 +172,7 @@ def test_step_at_the_budget_repeats(monkeypatch):
     update with the same arguments (lengths, positions, pending rows on the device): a captured
     step replays right; the positions still advance on the device."""
     mod = _module("h2o")
-    seen = []
-    call = mod.FastLaunch.__call__
-
-    def record(self, *args):
-        if self.kernel is mod._kv_update_kernel:
-            seen.append(tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args[2:]))  # not k, v
-        return call(self, *args)
-
-    monkeypatch.setattr(mod.FastLaunch, "__call__", record)
+    seen = update_launches(monkeypatch, mod)
     q, k, v = _inputs(2, 28, 9)
     cache = mod.PagedCache(2, dtype=torch.float32)
     cache.append(0, k[:, :, :24], v[:, :, :24], q[:, :, :24])
