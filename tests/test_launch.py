@@ -252,6 +252,10 @@ def test_fast_launch_takes_the_raw_launch_once_bound(monkeypatch, device):
     ((*head, a, b, n, block, flag, scale),) = calls
     assert head == [2, 1, 1, 77, "fn-handle", False, False, None, None, ("meta",), None, None, None]
     assert (a, b, n, block, flag, scale) == (x.data_ptr(), 1, 3, 16, False, 2.0)
+    launch(None, 1, 4)  # None where a tensor was bound (another specialisation): the dispatch, for good
+    assert kernel.dispatches[-1][1] == (None, 1, 4) and len(calls) == 1
+    launch(x, 1, 5)
+    assert len(kernel.dispatches) == 3 and len(calls) == 1
     monkeypatch.setattr(L, "DIRECT", False)  # bound without it: Triton's launcher
     kernel.compiled.run = lambda *args: calls.append(("triton",) + args)
     launch = L.FastLaunch(kernel, (2,), {"BLOCK": 16})

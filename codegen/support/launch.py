@@ -212,7 +212,7 @@ class FastLaunch:
                         return c
                     c.run(g[0], g[1], g[2], stream, c.function, c.packed_metadata, None, None, None, *args, *self.tail)
                     return c
-                except TypeError:  # a launcher that takes its arguments otherwise: the dispatch from now on
+                except (TypeError, AttributeError):  # arguments laid out otherwise than bound: the dispatch from now on
                     self.compiled, self.device = None, False
                 finally:
                     if token is not None:
