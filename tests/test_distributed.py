@@ -97,7 +97,7 @@ def test_context_plans_match_the_mask(case):
                 _check_plan(group.pattern, n, plan_context(group.pattern, n, ranks, layout, align=8))
 
 
-@examples(15)
+@examples(8)
 @given(
     st.one_of(expressions(5), causal_expressions(4)), st.integers(8, 130), st.integers(2, 4), st.sampled_from([1, 8])
 )

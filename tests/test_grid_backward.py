@@ -30,7 +30,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 TL = types.SimpleNamespace(minimum=min, maximum=max, where=lambda c, a, b: a if c else b)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.data())
 def test_query_range_holds_every_query_that_sees_the_tile(data):
     n = data.draw(st.integers(1, 24))

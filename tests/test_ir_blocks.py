@@ -36,7 +36,7 @@ def brute_mask(expr, n: int) -> np.ndarray:
     return np.array([[allowed(expr, q, k) for k in range(n)] for q in range(n)], dtype=bool)
 
 
-@examples(75)
+@examples(50)
 @given(expressions(), st.integers(1, 40))
 def test_lowered_pattern_means_what_the_table_says(expr, n):
     assert (lower_expr(expr).mask(n) == brute_mask(expr, n)).all()

@@ -326,7 +326,7 @@ SELECTS = st.builds(
 )
 
 
-@examples(4)
+@examples(3)
 @given(causal_expressions(4), SELECTS, st.sampled_from(["|", "&"]), st.integers(20, 70))
 def test_random_compositions(static, sel, how, n):
     """A random static part with a selection by union or intersection; kernels match the reference."""
