@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 test: $(STAMP)
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -n 2 tests
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -n 2 --dist worksteal tests
 
 # everything: the exhaustive sweeps too, and ten times the hypothesis examples (tests/conftest.py)
 test-all: $(STAMP)
