@@ -66,6 +66,8 @@ def test_paged_decodes_like_packed(case):
                 for h in range(m.kv_heads):
                     if not paged._layers[layer].rules[h].sres:
                         assert paged.kept(layer, b, h) == packed.kept(layer, b, h)
+    for layer in layers:  # one memoised launch per geometry, not one per step
+        assert 1 <= len(paged._layers[layer].attend) <= 2
 
 
 def _select_module(rule: str, heads=4, kv_heads=2, max_step=1):

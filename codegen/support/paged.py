@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .block_scores import block_mean, block_min_max, mean_score, quest_bound, top_blocks
-from .launch import to_device
+from .launch import FastLaunch, to_device
 from .cache import _KV_FUSED, CACHE_DTYPES, CacheError, CacheSpec, _cache_device, _KvClass, _kv_update_launch
 from .checks import HEAD_DIMS, check_scale, check_tensor, dtype_names, interpreting
 from .decode import _DEC_LOG2E, DecodeConfig, StepLogits, _dec_buffers, _dec_sms
@@ -404,6 +404,7 @@ class _PgLayer:
         self.list = self.llen = self.lo = self.ntok = None
         self.sinks = None
         self.chosen: dict = {}
+        self.attend: dict = {}  # the decode kernel's launches (FastLaunch) per geometry
         groups: dict = {}
         for h, s in enumerate(self.select):
             if s is not None:
@@ -976,13 +977,21 @@ class PagedCacheBase:
         out = torch.empty_like(q)
         sc = L.logits if T == 1 else None  # H2O and TOVA heads: their step's logits
         lg, lse, soff = (sc.lg, sc.lse, sc.soff) if sc is not None else (None, None, None)
-        kernel = self.spec.kernel[(B * ds.kv_heads * ns,)](
+        lgs = sc.lg.shape[2] if sc is not None else 1
+        # everything Triton specialises on but the do_not_specialize ints: constants, grid, the
+        # pointers given as None, q's alignment (the cache's own tensors are allocated aligned)
+        key = (q.device, q.dtype, D, ns, block_m, config, sc is not None, lgs, q.data_ptr() % 16 == 0)
+        launch = L.attend.get(key)
+        if launch is None:
+            kw = dict(H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=bn, STAGES=config.stages,
+                      DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+                      UPCAST=q.dtype == torch.bfloat16 and interpreting(), SCORES=sc is not None, LGS=lgs,
+                      num_warps=config.num_warps)  # fmt: skip
+            launch = L.attend[key] = FastLaunch(self.spec.kernel, (B * ds.kv_heads * ns,), kw)
+        kernel = launch(
             q, L.k, L.v, L.pos, L.list, L.llen, L.sel, L.slen, L.selh, L.units, L.sinks, L.lo, L.ntok, self._gid(L),
             out, pm, pl, pacc, cnt, lg, lse, soff, T, split, ns, pm.shape[2], L.list.shape[2], L.sel.shape[2],
-            scale * _DEC_LOG2E, H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=bn,
-            STAGES=config.stages, DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
-            UPCAST=q.dtype == torch.bfloat16 and interpreting(), SCORES=sc is not None,
-            LGS=sc.lg.shape[2] if sc is not None else 1, num_warps=config.num_warps,
+            scale * _DEC_LOG2E,
         )  # fmt: skip
         if fit_key not in _PG_FIT and q.device.type == "cuda" and getattr(kernel, "n_regs", 0):
             props = torch.cuda.get_device_properties(q.device)
