@@ -25,7 +25,7 @@ import triton.language as tl
 from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names
 from .decode import _DEC_DEFAULT, CacheView, DecodeSpec, StepLogits, _dec_sms, _kv_length, _kv_place
 from .decode import decode_launch, decode_prepare, decode_run
-from .launch import FastLaunch, to_device
+from .launch import FastLaunch, table
 from .policies import AGGREGATES, NEEDS_QUERIES, attention_stats, evicts_after_read, lowest, priority, rescore
 from .policies import survivors, victim
 from .records import HeadRule, Policy
@@ -422,13 +422,11 @@ class _KvLayer:
         self.order = self.lossless + [h for c in self.classes for h in c.heads]
         cw = max(h.smod for h in self.heads) + 1  # each head's stripe counts, zero-padded to one width
         cnt = [h.cnt + [0] * (cw - len(h.cnt)) for h in self.heads]
-        self.cnt = to_device(torch.tensor(cnt, dtype=torch.int32).view(len(self.heads), cw), device)
-        self.gid = to_device(torch.tensor(spec.gid[layer], dtype=torch.int32), device)
-        gid_rows = to_device(torch.tensor(spec.gid[layer], dtype=torch.int64), device).view(
-            spec.decode.kv_heads, spec.decode.group
-        )
+        self.cnt = table(cnt, torch.int32, device).view(len(self.heads), cw)
+        self.gid = table(spec.gid[layer], torch.int32, device)
+        gid_rows = table(spec.gid[layer], torch.int64, device).view(spec.decode.kv_heads, spec.decode.group)
         for c in self.classes:
-            c.idx = to_device(torch.tensor([h.index for h in c.heads], dtype=torch.int64), device)
+            c.idx = table([h.index for h in c.heads], torch.int64, device)
             c.gid = gid_rows[c.idx]
 
 
@@ -839,9 +837,9 @@ class CacheBase:
         L.k, L.v, L.pos, L.score = k, v, pos, score
         L.slots = None
         L.logits_ok = False
-        L.offsets = to_device(torch.tensor([h.offset for h in L.heads], dtype=torch.int32), dev)
+        L.offsets = table([h.offset for h in L.heads], torch.int32, dev)
         tab = [[_KV_KIND[h.kind], h.offset, h.sink, h.ring, h.smod, len(h.sres), max(h.chunk, 1), 0] for h in L.heads]
-        L.tab = to_device(torch.tensor(tab, dtype=torch.int32).view(len(L.heads), _KV_TAB_W), dev)
+        L.tab = table(tab, torch.int32, dev).view(len(L.heads), _KV_TAB_W)
 
     def _write_triton(self, L, k, v, n, T, skip_lossy):
         if not k.is_contiguous():
@@ -1040,7 +1038,7 @@ class CacheBase:
             ds, dev = self.spec.decode, self.device
             lg = torch.zeros((self.batch, ds.group, rows), dtype=torch.float32, device=dev)
             lse = torch.full((self.batch, ds.heads), float("inf"), dtype=torch.float32, device=dev)
-            L.logits = StepLogits(lg, lse, to_device(torch.tensor(soff, dtype=torch.int32), dev))
+            L.logits = StepLogits(lg, lse, table(soff, torch.int32, dev))
         L.logits_ok = True
 
     def _priority(self, L, pol, scores, pos, end):

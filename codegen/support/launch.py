@@ -81,6 +81,11 @@ def to_device(t: torch.Tensor, device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
+def table(values, dtype, device) -> torch.Tensor:
+    """A small table of Python values (a list, nested lists) on `device`, through to_device."""
+    return to_device(torch.tensor(values, dtype=dtype), device)
+
+
 class RawLaunch:
     """Triton's C launch of one compiled kernel, called without the Python around it: the
     tensors among the arguments go as their addresses (the launcher takes an int as it is,

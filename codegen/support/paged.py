@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .block_scores import block_mean, block_min_max, mean_score, quest_bound, top_blocks
-from .launch import FastLaunch, to_device
+from .launch import FastLaunch, table, to_device
 from .cache import _KV_FUSED, CACHE_DTYPES, CacheError, CacheSpec, _cache_device, _KvClass, _kv_update_launch
 from .checks import HEAD_DIMS, check_scale, check_tensor, dtype_names, interpreting
 from .decode import _DEC_LOG2E, DecodeConfig, StepLogits, _dec_buffers, _dec_sms
@@ -432,12 +432,6 @@ class _PgLayer:
         return 0, 0
 
 
-def _table(values, dtype, device) -> torch.Tensor:
-    """A small host table (Python lists) on the device, copied from pinned memory: a step's
-    tables do not wait for the GPU's queued work (launch.to_device)."""
-    return to_device(torch.tensor(values, dtype=dtype), device)
-
-
 def _dead_pages(tab: dict, sink: int, lo: int, page: int) -> list:
     """The logical pages of a table (keys in position order: pages are added as tokens come
     and leave from the front) whose every position is dead: past the sinks, before lo. Stops
@@ -547,14 +541,14 @@ class PagedCacheBase:
         phys = torch.tensor(phys, dtype=torch.int64)
         dev = self.device
         if new:
-            pg = _table(new, torch.int64, dev)
+            pg = table(new, torch.int64, dev)
             L.pos.view(-1, P)[pg] = self.spec.cache.decode.sentinel
             if L.ssum is not None:
                 L.ssum[pg] = 0.0
         if len(hs) < len(L.rules):
             idx = torch.tensor(hs, dtype=torch.int64, device=k.device)
             k, v = k.index_select(1, idx), v.index_select(1, idx)
-        n0s = _table([L.n[b] for b in rows], torch.int64, dev)
+        n0s = table([L.n[b] for b in rows], torch.int64, dev)
         p = n0s[:, None] + torch.arange(T, device=dev)[None, :]  # (R, T)
         pages = torch.gather(to_device(phys, dev), 2, (p // P - n0s[:, None] // P)[:, None, :].expand(-1, len(hs), -1))
         slots = (pages * P + (p % P)[:, None, :]).reshape(-1)
@@ -563,7 +557,7 @@ class PagedCacheBase:
         L.pos[slots] = p[:, None, :].expand(-1, len(hs), -1).reshape(-1).to(torch.int32)
         pages = pages.reshape(-1)
         if L.smin is not None:
-            self._summarise(L, _table(sorted(set(phys.reshape(-1).tolist())), torch.int64, dev))
+            self._summarise(L, table(sorted(set(phys.reshape(-1).tolist())), torch.int64, dev))
         if L.ssum is not None:
             L.ssum.index_add_(0, pages, k.reshape(-1, D).float())
         return appended
@@ -616,11 +610,11 @@ class PagedCacheBase:
             L.pend[b] = None if q is None else (q, i, scale)
         flags = [int(p is not None) for p in L.pend]
         if L.pend_t is None or L.pend_host != flags:  # a step at the budget copies nothing (CUDA graphs)
-            L.pend_host, L.pend_t = flags, _table(flags, torch.int32, self.device)
+            L.pend_host, L.pend_t = flags, table(flags, torch.int32, self.device)
 
     def _slots(self, L, b, heads, E):
         """(len(heads), E) pool slots of the first E slots of lossy heads of row b."""
-        pages = _table([list(L.tables[b][h].values()) for h in heads], torch.int64, self.device)
+        pages = table([list(L.tables[b][h].values()) for h in heads], torch.int64, self.device)
         j = torch.arange(E, device=self.device)
         return pages[:, j // self.page] * self.page + j % self.page
 
@@ -825,15 +819,15 @@ class PagedCacheBase:
             row = list(L.tables[b][h].values())
             L.list[b, h] = -1
             if row:
-                L.list[b, h, : len(row)] = _table(row, torch.int32, dev)
-        L.llen = _table(L.llen_host, torch.int32, dev)
+                L.list[b, h, : len(row)] = table(row, torch.int32, dev)
+        L.llen = table(L.llen_host, torch.int32, dev)
         L.plain_tokens = P * max(
             [n for row in L.llen_host for h, n in enumerate(row) if L.select[h] is None], default=0
         )
         bounds = [[L.bounds(h, L.n[b]) for h in range(Hk)] for b in range(self.batch)]
-        L.lo = _table([[lo for _, lo in r] for r in bounds], torch.int32, dev)
-        L.sinks = _table([bounds[0][h][0] for h in range(Hk)], torch.int32, dev)
-        L.ntok = _table(L.n, torch.int32, dev)
+        L.lo = table([[lo for _, lo in r] for r in bounds], torch.int32, dev)
+        L.sinks = table([bounds[0][h][0] for h in range(Hk)], torch.int32, dev)
+        L.ntok = table(L.n, torch.int32, dev)
 
     # -------------------------------------------------------------- selection
 
@@ -866,7 +860,7 @@ class PagedCacheBase:
         """The keys of one head of one row in position order (selecting heads hold them all)."""
         P = self.page
         n = L.n[b]
-        pages = _table(list(L.tables[b][h].values()), torch.int64, self.device)
+        pages = table(list(L.tables[b][h].values()), torch.int64, self.device)
         slots = (pages[:, None] * P + torch.arange(P, device=self.device)).reshape(-1)[:n]
         return L.k[slots]
 

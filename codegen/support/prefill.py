@@ -31,7 +31,7 @@ from .checks import (
     check_tensor,
     interpreting,
 )
-from .launch import FastLaunch, to_device
+from .launch import FastLaunch, table
 
 try:
     from triton.runtime.errors import OutOfResources as _OutOfResources
@@ -226,7 +226,7 @@ def launches_of(spec: PrefillSpec, device, layer, H: int, head_ids=None) -> list
             if len(heads) == H:
                 out.append((g, H, None))
             else:
-                out.append((g, len(heads), to_device(torch.tensor(heads, dtype=torch.int32), device)))
+                out.append((g, len(heads), table(heads, torch.int32, device)))
         spec.memo[key] = out
     return out
 
