@@ -13,13 +13,14 @@ from __future__ import annotations
 Config = dict[str, object]
 
 # How a Hopper launch reads q, k, v, o through TMA (USE_TMA of the rows that ask for it): 2,
-# host-side descriptors, which Triton's launcher encodes again at every launch (host time per
-# call); 3, descriptors the kernel builds on the device (in the launch's global scratch),
-# which leave the host nothing to encode. The grid groups' kernel has host-side descriptors
-# only (any non-zero value). bench/prefill_host.py measures the two side by side: on an H100
-# (causal and StreamingLLM, B=1, H=32, D=128) device descriptors cut the host time per call
-# from 26-28 to 18-20 us but cost GPU time in every program (N = 128: 7.8 -> 11.6 us;
-# 1024: 37.8 -> 40.8; 4096: 288 -> 301 causal, 167 -> 186 StreamingLLM), so host ones stay.
+# host-side descriptors (encoded by the generated module's raw launch once per data address;
+# Triton's own launcher would encode them at every launch); 3, descriptors the kernel builds
+# on the device (in the launch's global scratch), which leave the host nothing to encode. The
+# grid groups' kernel has host-side descriptors only (any non-zero value). bench/prefill_host.py
+# measures them side by side: on an H100 (causal and StreamingLLM, B=1, H=32, D=128), host time
+# per call 20.5-20.9 us (27.7-28.0 through Triton's launcher) against 19.2-19.3 for device
+# descriptors, which cost GPU time in every program (N = 128: 7.8 -> 11.6 us; 1024: 37.8 ->
+# 40.8; 4096: 288 -> 301 causal, 167 -> 186 StreamingLLM), so host ones stay.
 TMA = 2
 
 

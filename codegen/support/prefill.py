@@ -11,8 +11,8 @@ scale (the checks' verdict, configurations, grids, launch arguments, the compile
 computed once and kept in `PrefillSpec.memo` under one key (`plan_key`); a later call with
 the same key (`prefill_fast`) only allocates the output and launches the compiled kernels
 directly (launch.FastLaunch), the TMA descriptors built in the kernel (USE_TMA 3) or, with
-host-side ones (USE_TMA 2), filled with the data pointers here and encoded by Triton's
-launcher.
+host-side ones (USE_TMA 2), encoded by the raw launch once per data address
+(launch.RawLaunch; the first launch fills them here).
 """
 
 from __future__ import annotations
@@ -468,7 +468,9 @@ def _grid_launcher(spec, group, cfg, q, k, v, o, heads, nh, D, scale, return_lse
 
     def run(q, k, v, o, lse, tr, lengths, sel=None):
         if use_tma:  # the grid rows start after the prefix: the views' shapes and strides are the plan's
-            descs = [_descriptor(t[:, :, prefix:] if prefix else t, *box) for t, box in zip((q, k, v, o), boxes)]
+            views = [t[:, :, prefix:] if prefix else t for t in (q, k, v, o)]
+            # the raw launch describes bare views as at the first launch (as _generic_launcher's)
+            descs = views if launch.describes else [_descriptor(t, *box) for t, box in zip(views, boxes)]
         else:
             descs = (q, k, v, o)
         return launch(q, k, v, o, *descs, lse, tr if heads is None else heads, tr, *scalars, *lse.stride()[:2],
