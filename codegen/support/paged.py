@@ -622,10 +622,9 @@ class PagedCacheBase:
         """The attention of row b's queries q (H, T, D) at positions n .. n + T - 1 over a
         class's candidates kc (nh, E, D) at pc (nh, E) (policies.attention_stats)."""
         ds = self.spec.cache.decode
-        idx = torch.tensor(c.heads, dtype=torch.int64, device=self.device)
-        qc = q.view(ds.kv_heads, ds.group, T, q.shape[-1]).index_select(0, idx)
-        g = torch.tensor(self.spec.cache.gid[L.layer], device=self.device).view(ds.kv_heads, ds.group)[idx]
-        allowed = lambda qp, kp: ds.allowed_torch(qp, kp[..., None, :, :], g[:, :, None, None])  # noqa: E731
+        qc = q.view(ds.kv_heads, ds.group, T, q.shape[-1]).index_select(0, c.idx)
+        g = c.gid[:, :, None, None]
+        allowed = lambda qp, kp: ds.allowed_torch(qp, kp[..., None, :, :], g)  # noqa: E731
         return attention_stats(qc, kc, pc, torch.arange(n, n + T, device=self.device), allowed, scale,
                                c.policy.window, ds.sentinel)  # fmt: skip
 
@@ -664,10 +663,9 @@ class PagedCacheBase:
             n = L.n[b]
             for c in L.classes:
                 E0 = L.held[b][c.heads[0]]
-                idx = torch.tensor(c.heads, dtype=torch.int64, device=self.device)
                 sl0 = self._slots(L, b, c.heads, E0)
-                kc = torch.cat([L.k[sl0], k[i].index_select(0, idx)], 1)
-                vc = torch.cat([L.v[sl0], v[i].index_select(0, idx)], 1)
+                kc = torch.cat([L.k[sl0], k[i].index_select(0, c.idx)], 1)
+                vc = torch.cat([L.v[sl0], v[i].index_select(0, c.idx)], 1)
                 new = torch.arange(n, n + T, dtype=torch.int32, device=self.device)
                 pc = torch.cat([L.pos[sl0], new.expand(len(c.heads), T)], 1)
                 sc = torch.cat([L.score[sl0], L.score.new_zeros((len(c.heads), T))], 1)
@@ -686,7 +684,7 @@ class PagedCacheBase:
                 for h in c.heads:
                     L.held[b][h] = keep
         self._pending(L, rows, q if T == 1 else None, scale)
-        L.held_t = torch.tensor(L.held, dtype=torch.int32, device=self.device)
+        L.held_t = table(L.held, torch.int32, self.device)
         return out
 
     def _summarise(self, L, pg):
@@ -780,15 +778,17 @@ class PagedCacheBase:
         the packed cache's capacity (budget + max_step) in whole pages, its logits rows as many."""
         ds, dev, rows = self.spec.cache.decode, self.device, 0
         soff = [-1] * len(L.rules)
+        gid_rows = table(self.spec.cache.gid[L.layer], torch.int64, dev).view(ds.kv_heads, ds.group)
         for c in L.classes:
-            c.idx = torch.tensor(c.heads, dtype=torch.int64, device=dev)
+            c.idx = table(c.heads, torch.int64, dev)
+            c.gid = gid_rows[c.idx]  # the group of each of its query heads, as the packed cache's
             c.slots = -(-(c.budget + ds.max_step) // self.page) * self.page
             c.logits_row = rows
             for h in c.heads:
                 soff[h], rows = rows, rows + c.slots
         lg = torch.zeros((self.batch, ds.group, rows), dtype=torch.float32, device=dev)
         lse = torch.full((self.batch, ds.heads), float("inf"), dtype=torch.float32, device=dev)
-        L.logits = StepLogits(lg, lse, torch.tensor(soff, dtype=torch.int32, device=dev))
+        L.logits = StepLogits(lg, lse, table(soff, torch.int32, dev))
         L.held_t = torch.zeros((self.batch, len(L.rules)), dtype=torch.int32, device=dev)
         self._pending(L, [], None, None)
 
