@@ -1035,10 +1035,7 @@ class CacheBase:
                 soff[h.index], rows = rows, rows + h.cap
         sc = L.logits
         if sc is None or sc.lg.shape[2] != rows or sc.soff.tolist() != soff:
-            ds, dev = self.spec.decode, self.device
-            lg = torch.zeros((self.batch, ds.group, rows), dtype=torch.float32, device=dev)
-            lse = torch.full((self.batch, ds.heads), float("inf"), dtype=torch.float32, device=dev)
-            L.logits = StepLogits(lg, lse, table(soff, torch.int32, dev))
+            L.logits = StepLogits(self.batch, self.spec.decode, rows, soff, self.device)
         L.logits_ok = True
 
     def _priority(self, L, pol, scores, pos, end):

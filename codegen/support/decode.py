@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .checks import check_int, check_kernel_device, check_out, check_scale, check_tensor, interpreting
-from .launch import FastLaunch
+from .launch import FastLaunch, table
 
 _DEC_LOG2E = 1.4426950408889634
 
@@ -51,8 +51,12 @@ class StepLogits:
 
     __slots__ = ("lg", "lse", "soff", "read")
 
-    def __init__(self, lg: torch.Tensor, lse: torch.Tensor, soff: torch.Tensor):
-        self.lg, self.lse, self.soff, self.read = lg, lse, soff, -1
+    def __init__(self, batch: int, spec: "DecodeSpec", rows: int, soff: list, device):
+        """Fresh buffers: `rows` logit slots per row and query head of a group, soff per KV
+        head, no key read yet (lse +inf)."""
+        self.lg = torch.zeros((batch, spec.group, rows), dtype=torch.float32, device=device)
+        self.lse = torch.full((batch, spec.heads), float("inf"), dtype=torch.float32, device=device)
+        self.soff, self.read = table(soff, torch.int32, device), -1
 
 
 class DecodeConfig(NamedTuple):

@@ -786,9 +786,7 @@ class PagedCacheBase:
             c.logits_row = rows
             for h in c.heads:
                 soff[h], rows = rows, rows + c.slots
-        lg = torch.zeros((self.batch, ds.group, rows), dtype=torch.float32, device=dev)
-        lse = torch.full((self.batch, ds.heads), float("inf"), dtype=torch.float32, device=dev)
-        L.logits = StepLogits(lg, lse, table(soff, torch.int32, dev))
+        L.logits = StepLogits(self.batch, ds, rows, soff, dev)
         L.held_t = torch.zeros((self.batch, len(L.rules)), dtype=torch.int32, device=dev)
         self._pending(L, [], None, None)
 
