@@ -134,8 +134,8 @@ def _kv_slot(base, tab, offs, mask, PAGE: tl.constexpr):
 @triton.jit(do_not_specialize=["E", "A", "CAP", "SLOTS", "LGS", "SO0", "SPLIT", "NS", "SINK", "RECENT", "BUDGET", "LW"])
 def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, IDX, LIST, PEND, NH, E, A, CAP, SLOTS,
                       LGS, SO0, SPLIT, NS, SINK, RECENT, BUDGET, LW, H_KV: tl.constexpr, G: tl.constexpr,
-                      HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, SENT: tl.constexpr,
-                      TOVA: tl.constexpr, AGG: tl.constexpr, FOLD: tl.constexpr, EVICT: tl.constexpr,
+                      HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_NS: tl.constexpr,
+                      SENT: tl.constexpr, TOVA: tl.constexpr, AGG: tl.constexpr, FOLD: tl.constexpr, EVICT: tl.constexpr,
                       ADVANCE: tl.constexpr, PAGE: tl.constexpr):  # fmt: skip
     """The append of one token (at position n_q = NPOS[b, h], read on the device: a captured
     step stays right at every replay) to an H2O or TOVA class, after the decode of the
@@ -225,14 +225,16 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
         tl.debug_barrier()  # every thread's score stores come before the count
         done = tl.atomic_add(CNT + bi, 1, sem="acq_rel")
         write = done == NS - 1  # the last split: the lowest of all splits goes
-        if write:
-            for t in range(0, NS):
-                low = tl.load(PB + (bi * NS + t) * 3, cache_modifier=".cg").to(tl.float32, bitcast=True)
-                lpos = tl.load(PB + (bi * NS + t) * 3 + 1, cache_modifier=".cg")
-                better = (low < best_p) | ((low == best_p) & (lpos < best_pos))
-                best_i = tl.where(better, tl.load(PB + (bi * NS + t) * 3 + 2, cache_modifier=".cg"), best_i)
-                best_p = tl.where(better, low, best_p)
-                best_pos = tl.where(better, lpos, best_pos)
+        if write:  # every split's candidate in one load (positions are unique: one (low, pos) wins)
+            offs_t = tl.arange(0, BLOCK_NS)
+            row = PB + (bi * NS + offs_t) * 3
+            t_ok = offs_t < NS
+            lows = tl.load(row, mask=t_ok, other=0x7F800000, cache_modifier=".cg").to(tl.float32, bitcast=True)
+            lposs = tl.load(row + 1, mask=t_ok, other=SENT + 1, cache_modifier=".cg")
+            best_p = tl.min(lows, 0)
+            best_pos = tl.min(tl.where(lows == best_p, lposs, SENT + 1), 0)
+            wins = (lows == best_p) & (lposs == best_pos)
+            best_i = tl.min(tl.where(wins, tl.load(row + 2, mask=t_ok & wins, other=0, cache_modifier=".cg"), E), 0)
             tl.store(CNT + bi, 0)
     if write:
         new_len = E + 1
@@ -281,8 +283,9 @@ def _kv_update_launch(spec: CacheSpec, c, L, k, v, fold: bool, evict: bool, page
     got = c.update.get(key)
     if got is None:
         kw = dict(H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=k.shape[3], BLOCK_G=triton.next_power_of_2(ds.group),
-                  BLOCK_N=bn, SENT=ds.sentinel, TOVA=pol.score == "tova", AGG=AGGREGATES[pol.aggregate], FOLD=fold,
-                  EVICT=evict, ADVANCE=advance, PAGE=page, num_warps=4)  # fmt: skip
+                  BLOCK_N=bn, BLOCK_NS=triton.next_power_of_2(ns), SENT=ds.sentinel, TOVA=pol.score == "tova",
+                  AGG=AGGREGATES[pol.aggregate], FOLD=fold, EVICT=evict, ADVANCE=advance, PAGE=page,
+                  num_warps=4)  # fmt: skip
         pb = torch.empty((B * nh * ns, 3), dtype=torch.int32, device=k.device)
         cnt = torch.zeros((B * nh + (B if page else 0),), dtype=torch.int32, device=k.device)
         got = c.update[key] = (FastLaunch(_kv_update_kernel, (B * nh * ns,), kw), pb, cnt)
