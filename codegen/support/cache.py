@@ -218,14 +218,24 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
                 best_p = tl.where(better, low, best_p)
                 best_pos = tl.where(better, lpos, best_pos)
     write = sid == 0
+    src = (b * H_KV + h) * HEAD_DIM + offs_d
+    k_new, v_new = tl.load(KN + src), tl.load(VN + src)
     if EVICT:
+        # what the writer moves (the previous step's token, slot E - 1) does not depend on the
+        # victim: read before the count by every split (any may finish last)
+        moved = _kv_slot(base, tab, E - 1, ev, PAGE)
+        k_moved = tl.load(K + moved * HEAD_DIM + offs_d, mask=ev)
+        v_moved = tl.load(V + moved * HEAD_DIM + offs_d, mask=ev)
+        pos_moved = tl.load(POS + moved, mask=ev)
         tl.store(PB + pid * 3, best_p.to(tl.int32, bitcast=True))
         tl.store(PB + pid * 3 + 1, best_pos)
         tl.store(PB + pid * 3 + 2, best_i)
         tl.debug_barrier()  # every thread's score stores come before the count
         done = tl.atomic_add(CNT + bi, 1, sem="acq_rel")
         write = done == NS - 1  # the last split: the lowest of all splits goes
+        score_moved = tl.full((), 0.0, tl.float32)
         if write:  # every split's candidate in one load (positions are unique: one (low, pos) wins)
+            score_moved = tl.load(SCORE + moved, mask=ev, cache_modifier=".cg")  # folded by its split
             offs_t = tl.arange(0, BLOCK_NS)
             row = PB + (bi * NS + offs_t) * 3
             t_ok = offs_t < NS
@@ -238,19 +248,17 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
             tl.store(CNT + bi, 0)
     if write:
         new_len = E + 1
-        if EVICT:  # the previous step's token (slot E - 1) moves into the victim's slot
+        if EVICT:  # the previous step's token moves into the victim's slot
             if ev:
-                last = _kv_slot(base, tab, E - 1, True, PAGE)
                 dst = _kv_slot(base, tab, best_i, True, PAGE)
-                tl.store(K + dst * HEAD_DIM + offs_d, tl.load(K + last * HEAD_DIM + offs_d))
-                tl.store(V + dst * HEAD_DIM + offs_d, tl.load(V + last * HEAD_DIM + offs_d))
-                tl.store(POS + dst, tl.load(POS + last))
-                tl.store(SCORE + dst, tl.load(SCORE + last, cache_modifier=".cg"))
+                tl.store(K + dst * HEAD_DIM + offs_d, k_moved)
+                tl.store(V + dst * HEAD_DIM + offs_d, v_moved)
+                tl.store(POS + dst, pos_moved)
+                tl.store(SCORE + dst, score_moved)
                 new_len = E
         slot = _kv_slot(base, tab, new_len - 1, True, PAGE)
-        src = (b * H_KV + h) * HEAD_DIM + offs_d
-        tl.store(K + slot * HEAD_DIM + offs_d, tl.load(KN + src))
-        tl.store(V + slot * HEAD_DIM + offs_d, tl.load(VN + src))
+        tl.store(K + slot * HEAD_DIM + offs_d, k_new)
+        tl.store(V + slot * HEAD_DIM + offs_d, v_new)
         tl.store(POS + slot, n_q)
         tl.store(SCORE + slot, 0.0)
         tl.store(LENS + b * H_KV + h, new_len)
