@@ -295,3 +295,56 @@ def test_the_dispatch_gets_descriptors_where_callers_pass_bare_tensors(monkeypat
     launch(t, 7)
     (_, (d, n), _) = kernel.dispatches[-1]
     assert isinstance(d, TensorDescriptor) and d.base is t and d.block_shape == [16, 16] and n == 7
+
+
+def _bound_kernel(calls: list, n_params: int) -> Kernel:
+    """A stand-in kernel of n_params parameters (then BLOCK) whose compiled C launch records."""
+    names = ", ".join(f"p{i}" for i in range(n_params))
+    scope: dict = {}
+    exec(f"def many({names}, BLOCK=8):\n    pass", scope)  # noqa: S102
+    kernel = Kernel()
+    kernel.fn = scope["many"]
+    kernel.compiled.run = type("Run", (), {
+        "launch": staticmethod(_c_launch_stand_in(calls)), "global_scratch_size": 0, "profile_scratch_size": 0,
+        "launch_cooperative_grid": False, "launch_pdl": True,
+    })()  # fmt: skip
+    return kernel
+
+
+def test_a_bound_launch_passes_what_the_raw_launch_would_with_the_free_arguments_replaced(device):
+    calls: list = []
+    launch = L.FastLaunch(_bound_kernel(calls, 5), (4, 2), {"BLOCK": 32})
+    a, b, c, d = (torch.zeros(4) for _ in range(4))
+    assert launch.bound((a, 1, b, None, 2.5), (0, 1)) is None  # not bound yet (no dispatch so far)
+    launch(a, 1, b, None, 2.5)  # the dispatch binds the raw launch
+    run = launch.bound((a, 1, b, None, 2.5), (0, 1))
+    launch(c, 9, b, None, 2.5)  # the raw launch, for comparison
+    assert run(c, 9) is True
+    assert calls[0] == calls[1] and calls[1][13:] == (c.data_ptr(), 9, b.data_ptr(), None, 2.5, 32)
+    assert calls[1][:13] == (4, 2, 1, 77, "fn-handle", False, True, None, None, ("meta",), None, None, None)
+    device["index"] = 1  # another device, or launch hooks set: the caller takes the full path
+    assert run(d, 3) is False and len(calls) == 2
+    device["index"], device["hooks"] = 0, True
+    assert run(d, 3) is False and len(calls) == 2
+
+
+def test_a_fused_decode_step_binds_q_out_and_the_new_tokens(device):
+    # decode_bound's free positions are those of q, out and the step's k and v in the decode
+    # kernel's argument list (_dec_args): a bound step launches what decode_run would
+    from attnc.codegen.support import decode as dec
+
+    calls: list = []
+    t = lambda: torch.zeros(1, 2, 1, 4)  # noqa: E731  (q: B, H, T = 1, D)
+    view = dec.CacheView(t(), t(), t(), t(), t(), t(), 5, ((0, 4),), False, t())
+    new = (t(), t(), t(), t())
+    scalars = (3, 4, 0.5)
+    q, out = t(), t()
+    n_args = len(dec._dec_args((None, scalars, {}, None, None, t()), q, view, out, new)[1])
+    plan = (L.FastLaunch(_bound_kernel(calls, n_args), (2,), {"BLOCK": 8}), scalars, {}, None, None, t())
+    dec.decode_run(plan, q, view, out, new)  # the dispatch binds the raw launch
+    run = dec.decode_bound(plan, q, view, new)
+    q2, out2, k2, v2 = t(), t(), t(), t()
+    new2 = (k2, v2, *new[2:])
+    dec.decode_run(plan, q2, view, out2, new2)
+    assert run(q2, out2, k2, v2) is True and calls[-1] == calls[-2]
+    assert dec.decode_bound((*plan[:4], "a reduce launch", plan[5]), q, view, new) is None

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names
 from .decode import _DEC_DEFAULT, CacheView, DecodeSpec, StepLogits, _dec_sms, _kv_length, _kv_place
-from .decode import decode_launch, decode_prepare, decode_run
+from .decode import decode_bound, decode_launch, decode_prepare, decode_run
 from .launch import FastLaunch, table
 from .policies import AGGREGATES, NEEDS_QUERIES, attention_stats, evicts_after_read, lowest, priority, rescore
 from .policies import survivors, victim
@@ -622,8 +622,13 @@ class CacheBase:
         key = _step_key(q, k, v, sm_scale) if out is None and config is _DEC_DEFAULT and split is None else None
         got = L.steps.get(key)
         if got is not None and got[0] is L.slots and (L.n + got[1] <= self.max_len if self.max_len else not L.growing):
-            slots, T, plan = got  # a step like an earlier one, with room: its checks' verdict and plan hold
+            slots, T, plan, bound = got  # a step like an earlier one, with room: its checks' verdict and plan hold
             n = L.n
+            if bound is not None:  # the same view (a repack changes L.slots): straight to the launch
+                out = torch.empty_like(q)
+                if bound(q, out, k, v):
+                    self._advance(L, n + T)
+                    return out
             view = CacheView(L.k, L.v, L.pos, L.lens, L.offsets, L.gid, n + T, slots, L.masked, L.npos)
             out = decode_run(plan, q, view, None, (k, v, L.tab, L.cnt))
             self._advance(L, n + T)
@@ -640,7 +645,7 @@ class CacheBase:
         plan, q = decode_prepare(spec, q, view, sm_scale, out, config, split, new)
         out = decode_run(plan, q, view, out, new)
         if key is not None and key[-1]:  # contiguous and aligned: the next such step skips the checks
-            L.steps[key] = (view.slots, T, plan)
+            L.steps[key] = (view.slots, T, plan, decode_bound(plan, q, view, new))
         self._advance(L, n + T)
         return out
 

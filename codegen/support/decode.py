@@ -435,18 +435,42 @@ def decode_prepare(spec: DecodeSpec, q, view, sm_scale, out, config, split, new)
 
 def decode_run(plan: tuple, q, view, out, new):
     """Launch a decode plan (from decode_prepare, for these arguments)."""
-    launch, scalars, kw, bufs, reduce, arrive = plan
+    launch, scalars, _, bufs, reduce, _ = plan
     if out is None:
         out = torch.empty_like(q)
-    pm, pl, pacc, cnt = bufs or (None, None, None, None)
-    sc, extras = _dec_extras(q, view, new)
-    launch(q, view.k, view.v, view.pos, view.lens, view.offsets, view.gid, out, pm, pl, pacc, cnt, view.npos,
-           *extras, arrive, *scalars)  # fmt: skip
+    sc, args = _dec_args(plan, q, view, out, new)
+    launch(*args)
     if sc is not None:
         sc.read = view.n
     if reduce is not None:
+        pm, pl, pacc, _ = bufs
         reduce(pm, pl, pacc, view.lens, out, *scalars[:3])
     return out
+
+
+_DEC_FREE = (0, 7, 16, 17)  # what changes between a cache's fused steps: q, out and the new k, v
+
+
+def decode_bound(plan: tuple, q, view, new):
+    """run(q, out, k, v) -> bool: a fused step (`new`: the step's k, v and the layer's tables)
+    of this plan over this view, with everything but q, out and the step's k, v taken now
+    (FastLaunch.bound): for a cache's memo of steps whose view stays the same tensors (a
+    repack invalidates it). None where the plan launches more than the one kernel or writes
+    step logits, or its launch is not bound to a raw launch."""
+    sc, args = _dec_args(plan, q, view, q, new)
+    if plan[4] is not None or sc is not None or new is None:
+        return None
+    return plan[0].bound(args, _DEC_FREE)
+
+
+def _dec_args(plan: tuple, q, view, out, new) -> tuple:
+    """(StepLogits or None, the decode kernel's positional arguments) of a plan's launch."""
+    _, scalars, _, bufs, _, arrive = plan
+    pm, pl, pacc, cnt = bufs or (None, None, None, None)
+    sc, extras = _dec_extras(q, view, new)
+    args = (q, view.k, view.v, view.pos, view.lens, view.offsets, view.gid, out, pm, pl, pacc, cnt, view.npos,
+            *extras, arrive, *scalars)  # fmt: skip
+    return sc, args
 
 
 def _dec_extras(q, view, new) -> tuple:

@@ -97,7 +97,7 @@ class RawLaunch:
     shape and strides the caller's memo key fixes. `of` returns None where Triton's launcher
     is not laid out as expected, or the kernel needs scratch: the caller keeps Triton's."""
 
-    __slots__ = ("launch", "flags", "pointers", "addresses", "descriptors", "encoded")
+    __slots__ = ("launch", "flags", "pointers", "addresses", "tail", "descriptors", "encoded")
     ENCODED_MAX = 256  # descriptors remembered per launch (the caching allocator reuses addresses)
 
     def __init__(self, launch, flags: tuple, pointers: tuple, n_args: int, tail: tuple, descriptors: tuple):
@@ -105,6 +105,7 @@ class RawLaunch:
         self.flags = flags  # (cooperative grid, programmatic dependent launch)
         self.pointers = pointers  # positions of the tensor arguments
         self.addresses = _addresses(n_args, pointers, tail)
+        self.tail = tail  # the values of the parameters after the positional arguments
         self.descriptors = descriptors  # ((position, Triton's metadata, first descriptor), ...), last first
         self.encoded: dict = {}
 
@@ -147,6 +148,31 @@ class RawLaunch:
         g = grid
         self.launch(g[0], g[1], g[2], stream, compiled.function, *self.flags, None, None, compiled.packed_metadata,
                     None, None, None, *a)  # fmt: skip
+
+    def partial(self, grid: tuple, compiled, args: tuple, free: tuple):
+        """go(stream, *values): this launch of `compiled` over `grid` with `args`, but the
+        arguments at positions `free` replaced by `values` (tensors there go as their addresses
+        at each call). Every other tensor goes as its address now: the caller guarantees that
+        those very tensors (kept alive here) are what each call would pass. One compiled
+        expression (the call's Python is one tuple). None where descriptors are among the
+        arguments (their encodings are per address)."""
+        if self.descriptors:
+            return None
+        env = {"launch": self.launch, "function": compiled.function, "meta": compiled.packed_metadata,
+               "keep": args, "tail": self.tail}  # fmt: skip
+        items, names = [], [f"x{j}" for j in range(len(free))]
+        for i, a in enumerate(args):
+            if i in free:
+                name = names[free.index(i)]
+                items.append(f"{name}.data_ptr()" if i in self.pointers else name)
+            elif i in self.pointers:
+                items.append(str(a.data_ptr()))
+            else:
+                env[f"c{i}"] = a
+                items.append(f"c{i}")
+        head = f"{grid[0]}, {grid[1]}, {grid[2]}, stream, function, {self.flags[0]}, {self.flags[1]}, None, None, meta"
+        body = f"launch({head}, None, None, None, {', '.join(items)}{', ' if items else ''}*tail)"
+        return eval(f"lambda stream, {', '.join(names)}: {body}", env)  # noqa: S307
 
     def _encode(self, a: list) -> list:
         """a with each descriptor (or bare tensor in its place) expanded to its encoding."""
@@ -235,6 +261,29 @@ class FastLaunch:
         if self.device is None and getattr(got, "function", None) is not None and hasattr(got, "packed_metadata"):
             self._bind(got, args)
         return got
+
+    def bound(self, args: tuple, free: tuple):
+        """run(*values) -> bool: this launch with `args`, but the arguments at positions `free`
+        replaced by `values`, straight to the C launch (RawLaunch.partial); False where a call
+        must take the full path (another device, launch hooks set). None where the launch is
+        not bound to a raw launch without descriptors. The caller's memo must fix every other
+        argument: the very tensors (their addresses are taken now) and values."""
+        raw = self.raw
+        if self.compiled is None or raw is None:
+            return None
+        go = raw.partial(self.grid3, self.compiled, args, free)
+        if go is None:
+            return None
+        device = self.device
+
+        def run(*values) -> bool:
+            dev, stream = _current_stream()
+            if dev != device or _hooks_set():
+                return False
+            go(stream, *values)
+            return True
+
+        return run
 
     def _bind(self, compiled, args: tuple) -> None:
         """Remember the compiled kernel, the values of the parameters after the positional
