@@ -733,7 +733,9 @@ def _kernel_prefill(
     if rotary is not None:
         cos, sin = rotary(q, position_ids=torch.arange(q.shape[2], device=q.device)[None])
         q, k = _rope(q, cos[:, None], sin[:, None]), _rope(k, cos[:, None], sin[:, None])
-    return module.prefill(q.contiguous(), k.contiguous(), v.contiguous(), scale=scale, layer=layer, lengths=lengths)
+    # the projections' (B, T, H, D) layout viewed as (B, H, T, D) goes as it is (the kernels take
+    # strides), and the output comes back in q's layout: its transpose for the model copies nothing
+    return module.prefill(q, k, v, scale=scale, layer=layer, lengths=lengths)
 
 
 def check_backend(backend: str) -> None:

@@ -232,3 +232,18 @@ def test_stripe_loops(name):
     for n in (1, 50, 77):
         check_module(program, n, config=dict(BLOCK_M=16, BLOCK_N=16))
     check_module(program, 77, dtype=torch.bfloat16, config=dict(BLOCK_M=32, BLOCK_N=16))
+
+
+def test_the_output_follows_qs_layout():
+    # as SDPA's: a model's q is its (B, N, H, D) projection viewed as (B, H, N, D); the output
+    # in that layout lets o.transpose(1, 2).reshape(B, N, H * D) copy nothing
+    mod = load(single(SW, "sw"))
+    q, k, v = (torch.randn(2, 45, h, 16).transpose(1, 2) for h in (4, 2, 2))
+    out = mod.prefill(q, k, v)
+    assert out.stride() == q.stride() and out.transpose(1, 2).is_contiguous()
+    ref, _ = dense_reference(q, k, v, head_masks(single(SW), 45, 4))
+    assert_close(out, ref, torch.float32)
+    again = mod.prefill(q, k, v)  # the memoised call
+    assert again.stride() == q.stride() and torch.equal(again, out)
+    dense = mod.prefill(q.contiguous(), k.contiguous(), v.contiguous())
+    assert dense.is_contiguous() and torch.equal(dense, out)

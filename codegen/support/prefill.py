@@ -588,6 +588,9 @@ def forward(
     which the pattern numbers from 0; the padding rows of the output are zeros (lse -inf).
     `dims`: the caller has checked every argument (prefill()) and passes (B, H, H_KV, N, D).
     `sel`: (indices, counts) of the chosen key blocks, checked, for a pattern that selects.
+    out_layout: the output has q's strides (torch.empty_like keeps a dense tensor's), as SDPA's
+    output does: a model whose q is a (B, N, H, D) projection viewed as (B, H, N, D) gets an
+    output that `o.transpose(1, 2).reshape(B, N, H * D)` views without a copy.
     `part` (prefill_at, neither lengths nor sel): (q_offset, k_lo, k_hi, head_ids): the
     queries of q at positions q_offset .. of the N keys of k and v, the keys [k_lo, k_hi)
     only, the model's query heads head_ids (None: all)."""
@@ -599,8 +602,7 @@ def forward(
             check_lengths("prefill", lengths, dims[0], q.device)
     B, H, H_KV, N, D = dims
     NQ = q.shape[2]
-    new = torch.zeros if padded else torch.empty
-    o = new((B, H, NQ, D), device=q.device, dtype=q.dtype)
+    o = (torch.zeros_like if padded else torch.empty_like)(q)  # in q's layout (out_layout)
     lse = torch.empty((B, H, NQ) if return_lse else (0,), device=q.device, dtype=torch.float32)
     if padded and return_lse:
         lse.fill_(float("-inf"))
@@ -694,7 +696,7 @@ def prefill_fast(spec: PrefillSpec, q, k, v, scale, return_lse, layer, lengths):
     if hit is None:
         return None
     device = q.device
-    o = (torch.empty if lengths is None else torch.zeros)(q.shape, device=device, dtype=q.dtype)
+    o = (torch.empty_like if lengths is None else torch.zeros_like)(q)
     if return_lse or hit.merge:  # the LSE asked for, or the split launches' merge buffer
         lse = torch.empty(q.shape[:3], device=device, dtype=torch.float32)
         if return_lse and lengths is not None:
