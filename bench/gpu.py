@@ -211,6 +211,8 @@ def check_module(path: str, bench: dict | None, smoke: bool = False) -> dict:
                     lse_err = (lse[fin] - ref_lse[fin]).abs().max().item() if fin.any() else 0.0
                     ok = ok and bool(torch.equal(torch.isfinite(lse), fin)) and lse_err < 1e-2
                 out["checks"].append({"n": n, "layer": layer, "rel_err": rel, "lse_err": lse_err, "ok": ok})
+                if not with_lse:
+                    out["checks"].append(check_layout(mod, q, k, v, o, layer, sel))
                 del q, k, v, o, ref, ref_lse
         selects = mod.PATTERN.get("selects")  # no backward for selection at run time
         out["grads"] = [] if selects else [check_grad(mod, heads, kv, d, layer) for layer in layers]
@@ -229,6 +231,22 @@ def check_module(path: str, bench: dict | None, smoke: bool = False) -> dict:
     out["seconds"] = time.perf_counter() - t0
     out["ok"] = "error" not in out and all(c["ok"] for c in out["checks"] + out.get("grads", []))
     return out
+
+
+def as_projected(t):
+    """t (B, H, N, D) in a model's layout: its (B, N, H, D) projection viewed as (B, H, N, D)."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def check_layout(mod, q, k, v, o, layer, sel: dict) -> dict:
+    """The same call on q, k, v in a model's layout (as_projected): the same output (against o,
+    the contiguous inputs' output), in q's layout (prefill's output follows q's strides)."""
+    qs, ks, vs = (as_projected(t) for t in (q, k, v))
+    got = mod.prefill(qs, ks, vs, layer=layer, **sel)
+    rel = ((got.float() - o.float()).norm() / o.float().norm().clamp_min(1e-12)).item()
+    same_layout = got.stride() == qs.stride()
+    return {"n": q.shape[2], "layer": layer, "layout": "projected", "rel_err": rel, "lse_err": 0.0,
+            "same_layout": same_layout, "ok": rel < 1e-3 and same_layout}  # fmt: skip
 
 
 GRAD_TOL = 2e-2  # bf16 gradients: relative error (Frobenius) against the float32 reference's
@@ -283,6 +301,7 @@ def check_grid(mod, heads: int, kv: int, d: int) -> list[dict]:
                 "against": "reference" if small else "generic kernel",
             }
         )
+        out.append(check_layout(mod, q, k, v, o, None, {}))
         del q, k, v, o, ref
         torch.cuda.empty_cache()
     return out
