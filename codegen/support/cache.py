@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names
+from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names, verdict_key
 from .decode import _DEC_DEFAULT, CacheView, DecodeSpec, StepLogits, _dec_sms, _kv_length, _kv_place
 from .decode import decode_bound, decode_launch, decode_prepare, decode_run
 from .launch import FastLaunch, table
@@ -734,12 +734,11 @@ class CacheBase:
         verdict is memoised on everything it reads (types, shapes, dtypes, devices, head_dim):
         a decode step repeats the same append."""
         D = L.k.shape[2] if L.k is not None else self.head_dim
-        if type(k) is torch.Tensor and type(v) is torch.Tensor and (q is None or type(q) is torch.Tensor):
-            qk = None if q is None else (q.shape, q.dtype, q.device)
-            key = (k.shape, v.shape, k.dtype, v.dtype, k.device, v.device, qk, D)
-            got = self._checked.get(key)
+        key = verdict_key(k, v, q)
+        if key is not None:
+            got = self._checked.get((key, D))
             if got is None:
-                got = self._checked[key] = self._check_all(k, v, q, D)
+                got = self._checked[key, D] = self._check_all(k, v, q, D)
             return got
         return self._check_all(k, v, q, D)
 

@@ -102,6 +102,22 @@ def check_tensor(
     return t
 
 
+def verdict_key(*tensors) -> tuple | None:
+    """What check_tensor reads of each argument without a stride rule (shape, dtype, device; a
+    None stays None), as a memo key of a verdict: a decode step passes the same kinds of
+    tensors at every step. None where an argument is neither a tensor nor None (those take
+    the full checks every time)."""
+    key = []
+    for t in tensors:
+        if t is None:
+            key.append(None)
+        elif type(t) is torch.Tensor:
+            key.append((t.shape, t.dtype, t.device))
+        else:
+            return None
+    return tuple(key)
+
+
 def check_out(where: str, out, *, dims: str, shape, dtype, device) -> torch.Tensor:
     """An `out=` buffer: exactly `shape`, `dtype`, on `device`, contiguous (the kernels write
     it with the strides of a contiguous tensor)."""

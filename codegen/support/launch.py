@@ -35,6 +35,17 @@ except ImportError:  # another triton layout: launches with host-side descriptor
 DIRECT = True  # FastLaunch calls the C launch itself (RawLaunch); False: Triton's launcher (benchmarks)
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) of ints on the host (triton.cdiv is a jit function: microseconds a call)."""
+    return -(-a // b)
+
+
+def pow2_at_least(x: int) -> int:
+    """The least power of two >= x (x >= 1) on the host (triton.next_power_of_2 is a
+    constexpr function: microseconds a call)."""
+    return 1 << (x - 1).bit_length()
+
+
 def _current_stream():
     """(device index, raw stream) where Triton would launch: the current CUDA device's stream
     (torch.cuda.current_device without its lazy-init check: a bound kernel has run on CUDA)."""

@@ -34,9 +34,9 @@ import triton
 import triton.language as tl
 
 from .block_scores import block_mean, block_min_max, mean_score, quest_bound, top_blocks
-from .launch import FastLaunch, table, to_device
+from .launch import FastLaunch, cdiv, pow2_at_least, table, to_device
 from .cache import _KV_FUSED, CACHE_DTYPES, CacheError, CacheSpec, _cache_device, _KvClass, _kv_update_launch
-from .checks import HEAD_DIMS, check_scale, check_tensor, dtype_names, interpreting
+from .checks import HEAD_DIMS, check_scale, check_tensor, dtype_names, interpreting, verdict_key
 from .decode import _DEC_LOG2E, DecodeConfig, StepLogits, _dec_buffers, _dec_sms
 from .policies import AGGREGATES, aggregate, attention_stats, priority, rescore, survivors, victim
 from .records import Select
@@ -405,6 +405,7 @@ class _PgLayer:
         self.sinks = None
         self.chosen: dict = {}
         self.attend: dict = {}  # the decode kernel's launches (FastLaunch) per geometry
+        self.geo: dict = {}  # the decode's geometry per (tokens, shape, config): _attend
         groups: dict = {}
         for h, s in enumerate(self.select):
             if s is not None:
@@ -478,6 +479,8 @@ class PagedCacheBase:
         self.device = _cache_device(device, "triton")
         self.page = self.spec.page
         self._layers = [_PgLayer(self.spec, l, batch) for l in range(cs.layers)]
+        self._rows = list(range(batch))  # every row, in order (append's default; never mutated)
+        self._checked: set = set()  # the verdicts of append's and decode's tensor checks
 
     # -------------------------------------------------------------- appending
 
@@ -486,27 +489,25 @@ class PagedCacheBase:
         every row, in order); k, v: (len(rows), H_KV, T, D); q (len(rows), H, T, D): the step's
         queries, which H2O and TOVA heads score with (docs/caches.md)."""
         L = self._layer(layer)
-        rows = list(range(self.batch)) if rows is None else [int(r) for r in rows]
-        if len(set(rows)) != len(rows) or not all(0 <= r < self.batch for r in rows):
-            raise CacheError(f"append: rows must be distinct batch rows in 0..{self.batch - 1}, got {rows}")
-        Hk, D, P = len(L.rules), self.head_dim, self.page
-        for name, x in (("k", k), ("v", v)):
-            check_tensor("append", name, x, dims="R, H_KV, T, D", shape=(len(rows), Hk, None, D), dtype=self.dtype,
-                         device=self.device, error=CacheError)  # fmt: skip
+        if rows is None:
+            rows = self._rows
+        else:
+            rows = [int(r) for r in rows]
+            if len(set(rows)) != len(rows) or not all(0 <= r < self.batch for r in rows):
+                raise CacheError(f"append: rows must be distinct batch rows in 0..{self.batch - 1}, got {rows}")
+        D = self.head_dim
+        key = verdict_key(k, v, q)  # a step repeats the same append: the verdict is memoised
+        key = key and (key, len(rows), L.layer)
+        if key is None or key not in self._checked:
+            self._check_append(L, len(rows), k, v, q)
+            if key is not None:
+                self._checked.add(key)
         T = k.shape[2]
-        if tuple(v.shape) != tuple(k.shape) or T < 1:
-            raise CacheError(f"append: k {tuple(k.shape)} and v {tuple(v.shape)} must match, with T >= 1")
-        if L.classes:
-            if q is None:
-                raise CacheError(f"layer {L.layer}: KV heads {[h for c in L.classes for h in c.heads]} evict by "
-                                 "h2o or tova, which needs the step's queries: append(layer, k, v, q=q, rows=rows)")  # fmt: skip
-            check_tensor("append", "q", q, dims="R, H, T, D", shape=(len(rows), self.spec.cache.decode.heads, T, D),
-                         dtype=self.dtype, device=self.device, error=CacheError)  # fmt: skip
         scale = check_scale("append", sm_scale, D, "sm_scale")
         if L.k is None:
-            self._allocate(L, self.pages or max(4, 2 * len(rows) * Hk * -(-T // P)))
+            self._allocate(L, self.pages or max(4, 2 * len(rows) * len(L.rules) * -(-T // self.page)))
         appended = self._write(L, rows, k, v, T) if L.plain else []
-        fused = bool(L.classes) and T == 1 and L.decoded and rows == list(range(self.batch))
+        fused = bool(L.classes) and T == 1 and L.decoded and rows == self._rows
         if L.classes and fused:
             appended += self._lossy_pages(L)
         elif L.classes:
@@ -520,6 +521,23 @@ class PagedCacheBase:
                 L.ntok -= 1  # the update kernel advances it
         if fused:
             self._lossy_step(L, k, v, q, scale)
+
+    def _check_append(self, L, R: int, k, v, q) -> None:
+        """k, v (R, H_KV, T, D) of this cache's dtype and device, T >= 1; q (R, H, T, D) where
+        the layer has H2O or TOVA heads; otherwise a CacheError that says what is wrong."""
+        Hk, D = len(L.rules), self.head_dim
+        for name, x in (("k", k), ("v", v)):
+            check_tensor("append", name, x, dims="R, H_KV, T, D", shape=(R, Hk, None, D), dtype=self.dtype,
+                         device=self.device, error=CacheError)  # fmt: skip
+        T = k.shape[2]
+        if tuple(v.shape) != tuple(k.shape) or T < 1:
+            raise CacheError(f"append: k {tuple(k.shape)} and v {tuple(v.shape)} must match, with T >= 1")
+        if L.classes:
+            if q is None:
+                raise CacheError(f"layer {L.layer}: KV heads {[h for c in L.classes for h in c.heads]} evict by "
+                                 "h2o or tova, which needs the step's queries: append(layer, k, v, q=q, rows=rows)")  # fmt: skip
+            check_tensor("append", "q", q, dims="R, H, T, D", shape=(R, self.spec.cache.decode.heads, T, D),
+                         dtype=self.dtype, device=self.device, error=CacheError)  # fmt: skip
 
     def _write(self, L, rows, k, v, T):
         """Write the tokens of the heads whose pages follow positions, allocating pages; returns
@@ -600,8 +618,9 @@ class PagedCacheBase:
             evict = any(p and e > c.budget for p, e in zip(pend, held))
             _kv_update_launch(self.spec.cache, c, L, k, v, fold, evict, where)
             for b, e in enumerate(held):
-                for h in c.heads:
-                    L.held[b][h] = e if pend[b] and e > c.budget else e + 1
+                if not (pend[b] and e > c.budget):  # an evicting row holds as many as before
+                    for h in c.heads:
+                        L.held[b][h] = e + 1
         self._pending(L, range(self.batch), q, scale)
 
     def _pending(self, L, rows, q, scale):
@@ -874,11 +893,11 @@ class PagedCacheBase:
         mode = {"quest": 0, "mean": 1, "tokens": 2}[s.score]
         ss = L.sscale if L.sscale is not None else L.ntok  # the scales of float8 summaries (else unread)
         sa, sb = {0: (L.smin, L.smax), 1: (L.ssum, L.ntok), 2: (L.k, L.k)}[mode]
-        _pg_score_kernel[(B * len(heads), triton.cdiv(NU, block_u * steps))](
+        _pg_score_kernel[(B * len(heads), cdiv(NU, block_u * steps))](
             q, sa, sb, ss, L.list, L.ntok, L.heads_of[heads], out, T, NU, L.list.shape[2], len(heads), self.page, s.sink,
             s.recent, H_KV=len(L.rules), G=H // len(L.rules), HEAD_DIM=D, RP=self.page if tokens else 1,
             USZ=1 if tokens else self.page, MODE=mode, AGG=AGGREGATES[s.aggregate],
-            BLOCK_M=max(16, triton.next_power_of_2(H // len(L.rules) * T)), BLOCK_U=block_u,
+            BLOCK_M=max(16, pow2_at_least(H // len(L.rules) * T)), BLOCK_U=block_u,
             DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=q.dtype == torch.bfloat16 and interpreting(),
             SCALED=L.sscale is not None and mode == 0, STEPS=steps, num_warps=num_warps, num_stages=stages,
         )  # fmt: skip
@@ -890,12 +909,12 @@ class PagedCacheBase:
         s, heads = L.groups[g]
         B, nh, NU = scores.shape
         ws, wl, _, _ = _sel_width(s, self.page, self.spec.cache.decode.max_step)
-        block = min(triton.next_power_of_2(NU), _PG_TOPK_BLOCK)
+        block = min(pow2_at_least(NU), _PG_TOPK_BLOCK)
         _pg_topk_kernel[(B * nh,)](
             scores, L.list, L.ntok, L.heads_of[heads], L.chosen_t[g], L.sel, L.slen, T, NU, L.list.shape[2],
             L.sel.shape[2], nh, s.units, s.sink, s.recent, H_KV=len(L.rules), P=self.page, TOKENS=s.score == "tokens",
-            BLOCK=block, ONE=NU <= block, RADIX=_PG_RADIX, WS_PAD=triton.next_power_of_2(max(ws, 1)),
-            WL_PAD=triton.next_power_of_2(wl), CH_PAD=triton.next_power_of_2(s.units), num_warps=self.topk_warps,
+            BLOCK=block, ONE=NU <= block, RADIX=_PG_RADIX, WS_PAD=pow2_at_least(max(ws, 1)),
+            WL_PAD=pow2_at_least(wl), CH_PAD=pow2_at_least(s.units), num_warps=self.topk_warps,
         )  # fmt: skip
 
     def _lists_reference(self, L, q):
@@ -955,17 +974,16 @@ class PagedCacheBase:
         as long as the first would leave most SMs idle."""
         B, H, T, D = q.shape
         ds = self.spec.cache.decode
-        tokens = L.plain_tokens
-        for s, _ in L.groups:
-            tokens = max(tokens, _sel_width(s, self.page, T)[3] * (1 if s.score == "tokens" else self.page))
-        bn = config.block_n
         fit_key = (q.device, q.dtype, D, T, config)
-        per_sm = min(config.programs_per_sm, _PG_FIT.get(fit_key) or config.programs_per_sm)
-        ns = max(1, min(-(-tokens // bn), per_sm * _dec_sms(q.device) // (B * ds.kv_heads)))
-        split = max(config.min_split, triton.cdiv(triton.cdiv(tokens, ns), bn) * bn)
-        ns = max(1, -(-tokens // split))
-        block_m = max(16, triton.next_power_of_2(ds.group * T))
-        pm, pl, pacc, cnt = _dec_buffers(ds, q.device, B, ns, block_m, D)
+        geo_key = (L.plain_tokens, B, fit_key)
+        geo = L.geo.get(geo_key)
+        if geo is None:
+            geo = self._geometry(L, B, T, D, config, fit_key)
+            if fit_key in _PG_FIT or q.device.type != "cuda":  # known after the first launch on a GPU
+                if len(L.geo) > 256:
+                    L.geo.clear()
+                L.geo[geo_key] = geo
+        ns, split, block_m, (pm, pl, pacc, cnt) = geo
         out = torch.empty_like(q)
         sc = L.logits if T == 1 else None  # H2O and TOVA heads: their step's logits
         lg, lse, soff = (sc.lg, sc.lse, sc.soff) if sc is not None else (None, None, None)
@@ -975,7 +993,7 @@ class PagedCacheBase:
         key = (q.device, q.dtype, D, ns, block_m, config, sc is not None, lgs, q.data_ptr() % 16 == 0)
         launch = L.attend.get(key)
         if launch is None:
-            kw = dict(H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=bn, STAGES=config.stages,
+            kw = dict(H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=config.block_n, STAGES=config.stages,
                       DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
                       UPCAST=q.dtype == torch.bfloat16 and interpreting(), SCORES=sc is not None, LGS=lgs,
                       num_warps=config.num_warps)  # fmt: skip
@@ -989,6 +1007,21 @@ class PagedCacheBase:
             props = torch.cuda.get_device_properties(q.device)
             _PG_FIT[fit_key] = _resident(kernel.n_regs, kernel.metadata.shared, config.num_warps, props)
         return out
+
+    def _geometry(self, L, B: int, T: int, D: int, config, fit_key) -> tuple:
+        """(splits, keys per split, rows of a tile, partial buffers) of _attend for the most
+        tokens a head may read now."""
+        ds = self.spec.cache.decode
+        tokens = L.plain_tokens
+        for s, _ in L.groups:
+            tokens = max(tokens, _sel_width(s, self.page, T)[3] * (1 if s.score == "tokens" else self.page))
+        bn = config.block_n
+        per_sm = min(config.programs_per_sm, _PG_FIT.get(fit_key) or config.programs_per_sm)
+        ns = max(1, min(cdiv(tokens, bn), per_sm * _dec_sms(fit_key[0]) // (B * ds.kv_heads)))
+        split = max(config.min_split, cdiv(cdiv(tokens, ns), bn) * bn)
+        ns = max(1, cdiv(tokens, split))
+        block_m = max(16, pow2_at_least(ds.group * T))
+        return ns, split, block_m, _dec_buffers(ds, fit_key[0], B, ns, block_m, D)
 
     def decode_reference(self, layer, q, *, sm_scale=None):
         """decode in torch, with the selection's torch reference (scores from the keys by
@@ -1021,8 +1054,12 @@ class PagedCacheBase:
         L = self._layer(layer)
         ds = self.spec.cache.decode
         D = self.head_dim
-        check_tensor(where, "q", q, dims="B, H, T, D", shape=(self.batch, ds.heads, None, D), dtype=self.dtype,
-                     device=self.device, error=CacheError)  # fmt: skip
+        key = verdict_key(q)
+        if key is None or (where, key) not in self._checked:
+            check_tensor(where, "q", q, dims="B, H, T, D", shape=(self.batch, ds.heads, None, D), dtype=self.dtype,
+                         device=self.device, error=CacheError)  # fmt: skip
+            if key is not None:
+                self._checked.add((where, key))
         T = q.shape[2]
         if not 1 <= T <= ds.max_step or T > min(L.n):
             raise CacheError(

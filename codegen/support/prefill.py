@@ -31,7 +31,7 @@ from .checks import (
     check_tensor,
     interpreting,
 )
-from .launch import FastLaunch, table
+from .launch import FastLaunch, cdiv, table
 
 try:
     from triton.runtime.errors import OutOfResources as _OutOfResources
@@ -513,9 +513,9 @@ def _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, trac
         if split:  # two launches, the second merging into the first's output and LSE (lse: see forward)
             # the classes' launch reads through pointers and spills under the register cap (sm_90 build)
             for part, part_cfg in ((-split, cfg), (split, dict(cfg, maxnreg=None))):
-                grid_m = triton_cdiv(q.shape[2], cfg["BLOCK_M"])
+                grid_m = cdiv(q.shape[2], cfg["BLOCK_M"])
                 if part > 0:
-                    grid_m = split * triton_cdiv(triton_cdiv(N, split), cfg["BLOCK_M"])
+                    grid_m = split * cdiv(cdiv(N, split), cfg["BLOCK_M"])
                 use_tma = cfg["USE_TMA"] if part < 0 and not padded and _tma_ok(q, k, v, o) else 0
                 run = _generic_launcher(spec, part_cfg, (grid_m, q.shape[0] * nh), q, k, v, o, heads, N, H, nh, D,
                                         scale, group, part, True, use_tma, padded, upcast, trace, span)  # fmt: skip
@@ -524,9 +524,9 @@ def _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, trac
         # host-side descriptors address whole rows of (B, H, N, D): not the strided rows of
         # residue classes, nor the shifted rows of padded batches
         use_tma = cfg["USE_TMA"] if not (trace or residue or padded) and _tma_ok(q, k, v, o) else 0
-        grid_m = triton_cdiv(q.shape[2], cfg["BLOCK_M"])
+        grid_m = cdiv(q.shape[2], cfg["BLOCK_M"])
         if residue:
-            grid_m = residue * triton_cdiv(triton_cdiv(N, residue), cfg["BLOCK_M"])
+            grid_m = residue * cdiv(cdiv(N, residue), cfg["BLOCK_M"])
         run = _generic_launcher(spec, cfg, (grid_m, q.shape[0] * nh), q, k, v, o, heads, N, H, nh, D, scale, group,
                                 residue, return_lse, use_tma, padded, upcast, trace, span)  # fmt: skip
         plan.append((group, cfg, run))
@@ -537,10 +537,6 @@ def split_at(tuning: dict, n: int) -> int:
     """m when a group of this tuning runs as split launches at n keys (classes q mod m of at
     least the plan's split_from / m rows), else 0: shorter classes run the one-launch plan."""
     return tuning.get("split", 0) if n >= tuning.get("split_from", 0) else 0
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _run_first(spec, plan, args, rebuild) -> bool:
@@ -617,7 +613,7 @@ def forward(
     if trace:
         # the trace has one row per query block: every group must use the same BLOCK_M (tests pass it)
         group0 = launches_of(spec, q.device, layer, H, None if part is None else part[3])[0][0]
-        num_m = triton_cdiv(NQ, config_of(spec, q.device, q.dtype, D, config, group0)["BLOCK_M"])
+        num_m = cdiv(NQ, config_of(spec, q.device, q.dtype, D, config, group0)["BLOCK_M"])
         tr = torch.zeros(B * H * num_m * N, device=q.device, dtype=torch.int32)
         plan = _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, True, padded, part)
         _run_first(spec, plan, (q, k, v, o, lse_arg, tr, lens_arg, sel), lambda: plan)
