@@ -250,6 +250,8 @@ def _audit(cache, layer):
             assert set(t) == live, (b, h, sorted(t), sorted(live))
             assert L.list is not None or not t
             assert L.list is None or L.list[b, h, : len(t)].tolist() == list(t.values())
+            assert L.lo is None or L.lo[b, h].item() == lo  # the device bounds (a quiet step moves them there)
+    assert L.ntok is None or L.ntok.tolist() == L.n
 
 
 @settings(max_examples=25, deadline=None)
@@ -272,6 +274,34 @@ def test_pool_random_appends(prog, ops):
             x = torch.zeros(len(rows), 2, T, 16)
             cache.append(0, x, x, rows=rows)
         _audit(cache, 0)
+
+
+def test_quiet_steps_write_where_the_full_path_would():
+    # one-token steps of every row that open and free no page take the quiet path (device
+    # state moved on by torch ops); twin caches, one forced through the full path, hold the
+    # same pages, positions, keys and device tables after every step, across page
+    # boundaries and window deaths (pages of 16, windows of 7, prompts of 3 and 20 tokens)
+    _, mod = module(MIXED)
+    quiet, full = (mod.PagedCache(2, dtype=torch.float32, head_dim=16) for _ in range(2))
+    for c in (quiet, full):
+        c.append(0, rand(1, 2, 3, 16, seed=1), rand(1, 2, 3, 16, seed=2), rows=[0])
+        c.append(0, rand(1, 2, 20, 16, seed=3), rand(1, 2, 20, 16, seed=4), rows=[1])
+    taken = 0
+    for t in range(40):
+        k, v = rand(2, 2, 1, 16, seed=10 + t), rand(2, 2, 1, 16, seed=100 + t)
+        full._layers[0].fast = None  # disarmed: the full path
+        state = quiet._layers[0].fast
+        quiet.append(0, k, v)
+        full.append(0, k, v)
+        taken += state is not None and quiet._layers[0].fast is state  # a quiet step keeps its state
+        a, b = quiet._layers[0], full._layers[0]
+        assert a.tables == b.tables and a.n == b.n
+        for name in ("k", "v", "pos", "ntok", "lo", "list", "llen"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), (t, name)
+        _audit(quiet, 0)
+        q = rand(2, 4, 1, 16, seed=200 + t)
+        torch.testing.assert_close(quiet.decode(0, q), full.decode_reference(0, q), atol=1e-5, rtol=0)
+    assert taken >= 30  # most steps were quiet
 
 
 def test_rows_of_different_lengths_decode_like_the_reference():

@@ -422,6 +422,15 @@ class _PgLayer:
         self.pend: list = [None] * batch  # (q, its row, scale) of a row's step whose eviction is pending
         self.decoded = False  # a decode wrote the step logits since the last append
         self.score = self.logits = self.held_t = self.pend_t = None
+        self.fast = None  # the device state of the quiet one-token steps (PagedCacheBase._arm_fast)
+        P = spec.page
+        breaks = {(P, 0)}  # (m, r): a step of a row at n with n % m == r is not quiet; here, a new page
+        for h, r in enumerate(self.rules):
+            if self.select[h] is None and r.kind == "ring" and not r.sres:
+                breaks.add((P, (r.ring - 1) % P))  # lo = n + 1 - ring reaches a page's end: a page dies
+            elif r.kind == "chunk":
+                breaks.add((r.chunk, 0))  # a new chunk: lo moves, pages die
+        self.breaks = tuple(sorted(breaks))
 
     def bounds(self, h: int, n: int) -> tuple[int, int]:
         """(sink, lo): the head holds positions < sink and >= lo (dead pages are freed)."""
@@ -433,17 +442,21 @@ class _PgLayer:
         return 0, 0
 
 
-def _dead_pages(tab: dict, sink: int, lo: int, page: int) -> list:
-    """The logical pages of a table (keys in position order: pages are added as tokens come
-    and leave from the front) whose every position is dead: past the sinks, before lo. Stops
-    at the first page reaching lo, so a step looks at the sink pages and the dead ones only."""
-    dead = []
+def _dead_pages(tab: dict, sink: int, lo: int, page: int) -> tuple[int, list]:
+    """(where, pages): the logical pages of a table (keys in position order: pages are added as
+    tokens come and leave from the front) whose every position is dead, past the sinks and
+    before lo, and the index in the table of the first of them (they follow the sink pages,
+    one run). Stops at the first page reaching lo, so a step looks at the sink pages and the
+    dead ones only."""
+    dead, where = [], 0
     for lp in tab:
         if (lp + 1) * page > lo:
             break
         if lp * page >= sink:
             dead.append(lp)
-    return dead
+        else:
+            where += 1
+    return where, dead
 
 
 class PagedCacheBase:
@@ -504,6 +517,9 @@ class PagedCacheBase:
                 self._checked.add(key)
         T = k.shape[2]
         scale = check_scale("append", sm_scale, D, "sm_scale")
+        if self._quiet_step(L, rows, k, v, T):
+            return
+        L.fast = None
         if L.k is None:
             self._allocate(L, self.pages or max(4, 2 * len(rows) * len(L.rules) * -(-T // self.page)))
         appended = self._write(L, rows, k, v, T) if L.plain else []
@@ -521,6 +537,56 @@ class PagedCacheBase:
                 L.ntok -= 1  # the update kernel advances it
         if fused:
             self._lossy_step(L, k, v, q, scale)
+        if not L.classes and not L.groups:
+            self._arm_fast(L)
+
+    def _arm_fast(self, L) -> None:
+        """The device state of the next quiet steps of a layer whose heads all keep tokens by
+        position (no H2O or TOVA, no selection): per (row, head) the slot of its next token (in
+        the page of its last one; -1 where it would open a page, which a quiet step never
+        does) and that token's position; per row its tokens; per (row, head) the lower bound
+        of what it holds. A quiet step adds one to each (a window's bound moves with it)."""
+        P, B, Hk, dev = self.page, self.batch, len(L.rules), self.device
+        slots, pos, lo, step = [], [], [], []
+        for b in range(B):
+            n = L.n[b]
+            for h in range(Hk):
+                page = L.tables[b][h].get(n // P)
+                slots.append(page * P + n % P if page is not None else -1)
+                pos.append(n)
+                lo.append(L.bounds(h, n)[1])
+                step.append(int(L.select[h] is None and L.rules[h].kind == "ring" and not L.rules[h].sres))
+        a = -(-len(pos) // 4) * 4  # sections start on 16 bytes (the kernels' pointers are aligned)
+        b = a + -(-B // 4) * 4
+        pad = lambda x, m: x + [0] * (m - len(x))  # noqa: E731
+        state = table(pad(pos, a) + pad(list(L.n), b - a) + lo, torch.int32, dev)
+        inc = table(pad([1] * len(pos), a) + pad([1] * B, b - a) + step, torch.int32, dev)
+        L.ntok, L.lo = state[a : a + B], state[b:].view(B, Hk)
+        L.fast = (table(slots, torch.int64, dev), state, inc, len(pos))
+
+    def _quiet_step(self, L, rows, k, v, T) -> bool:
+        """A one-token step of every row of an armed layer (_arm_fast) that opens no page and
+        frees none (L.breaks): its tokens go to the slots the device state holds, and the
+        state moves on, in five torch ops and no host table. False where the step is not
+        quiet: append's full path takes it."""
+        f, n = L.fast, L.n
+        if f is None or T != 1 or rows != self._rows:
+            return False
+        for m, r in L.breaks:
+            for x in n:
+                if x % m == r:
+                    return False
+        slots, state, inc, count = f
+        D = self.head_dim
+        L.k.index_copy_(0, slots, k.reshape(count, D))
+        L.v.index_copy_(0, slots, v.reshape(count, D))
+        L.pos.index_copy_(0, slots, state[:count])
+        slots += 1
+        state += inc
+        for b in range(len(n)):
+            n[b] += 1
+        L.decoded = False
+        return True
 
     def _check_append(self, L, R: int, k, v, q) -> None:
         """k, v (R, H_KV, T, D) of this cache's dtype and device, T >= 1; q (R, H, T, D) where
@@ -730,6 +796,7 @@ class PagedCacheBase:
                     L.pool.free(page, (row, h))
                 tab.clear()
             L.n[row] = 0
+            L.fast = None
             L.held[row] = [0] * len(L.rules)
             if L.classes and L.list is not None:
                 self._pending(L, [row], None, None)
@@ -812,31 +879,42 @@ class PagedCacheBase:
     def _update_lists(self, L, rows, appended, rebuild=False):
         """Free dead pages, then bring the device page lists, lengths and bounds up to date."""
         P, Hk, dev = self.page, len(L.rules), self.device
-        changed = set()
+        changed, shifts, new = set(), {}, {pg for _, _, _, pg in appended}
         for b in rows:
             for h in range(Hk):
                 sink, lo = L.bounds(h, L.n[b])
                 tab = L.tables[b][h]
-                dead = _dead_pages(tab, sink, lo, P) if lo > 0 else ()
-                for lp in dead:
-                    L.pool.free(tab.pop(lp), (b, h))
-                if dead or rebuild:
+                at, dead = _dead_pages(tab, sink, lo, P) if lo > 0 else (0, ())
+                freed = [tab.pop(lp) for lp in dead]
+                for page in freed:
+                    L.pool.free(page, (b, h))
+                if rebuild or not new.isdisjoint(freed):  # a page of this append died with it: rebuilt
                     changed.add((b, h))
+                elif dead:
+                    shifts.setdefault((at, len(dead)), []).append((b, h))
                 L.llen_host[b][h] = len(tab)
         width = max(max(r) for r in L.llen_host)
         if width > L.list.shape[2]:
             grown = torch.full((self.batch, Hk, max(width, 2 * L.list.shape[2])), -1, dtype=torch.int32, device=dev)
             grown[:, :, : L.list.shape[2]] = L.list
             L.list = grown
-        fresh = [(b, h, i, pg) for b, h, i, pg in appended if (b, h) not in changed]
+        w, moved = L.list.shape[2], {}
+        for (at, d), bh in shifts.items():  # on the device: the pages after a dead run move up by its length
+            idx = table([[b for b, _ in bh], [h for _, h in bh]], torch.int64, dev)
+            L.list[idx[0], idx[1], at : w - d] = L.list[idx[0], idx[1], at + d :]
+            L.list[idx[0], idx[1], w - d :] = -1
+            moved.update(dict.fromkeys(bh, d))
+        # new pages (appended before the dead ones left) at their index in the table now
+        fresh = [(b, h, i - moved.get((b, h), 0), pg) for b, h, i, pg in appended if (b, h) not in changed]
         if fresh:
             idx = torch.tensor(fresh, dtype=torch.int64).T
             L.list[idx[0], idx[1], idx[2]] = to_device(idx[3].to(torch.int32), dev)
-        for b, h in sorted(changed):
-            row = list(L.tables[b][h].values())
-            L.list[b, h] = -1
-            if row:
-                L.list[b, h, : len(row)] = table(row, torch.int32, dev)
+        if changed:  # the rebuilt rows in one copy (-1 padded to the lists' width)
+            bh = sorted(changed)
+            w = L.list.shape[2]
+            rows_ = [list(L.tables[b][h].values()) for b, h in bh]
+            idx = table([[b for b, _ in bh], [h for _, h in bh]], torch.int64, dev)
+            L.list[idx[0], idx[1]] = table([r + [-1] * (w - len(r)) for r in rows_], torch.int32, dev)
         L.llen = table(L.llen_host, torch.int32, dev)
         L.plain_tokens = P * max(
             [n for row in L.llen_host for h, n in enumerate(row) if L.select[h] is None], default=0
