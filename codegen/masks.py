@@ -17,11 +17,6 @@ from ..compiler.ir import Lit, Pattern, Term
 Q, K = "q", "k"
 
 
-def render_lit(lit: Lit, q: str = Q, k: str = K) -> str:
-    """A literal as a conjunction-safe text (no top-level `|`)."""
-    return " & ".join(lit.render_parts(q, k))
-
-
 def render_lits(lits: tuple[Lit, ...], q: str = Q, k: str = K) -> str:
     """A conjunction of literals as one text (`k >= 0` when there are none)."""
     return " & ".join(part for lit in lits for part in lit.render_parts(q, k)) or f"({k} >= 0)"
@@ -30,10 +25,6 @@ def render_lits(lits: tuple[Lit, ...], q: str = Q, k: str = K) -> str:
 def conjuncts(term: Term, q: str = Q, k: str = K) -> list[str]:
     """The term as a list of texts whose conjunction it is (bands and ranges split per bound)."""
     return list(dict.fromkeys(part for lit in term.lits for part in lit.render_parts(q, k)))
-
-
-def render_term(term: Term, q: str = Q, k: str = K) -> str:
-    return " & ".join(conjuncts(term, q, k)) or f"({k} >= 0)"
 
 
 @dataclass(frozen=True)
