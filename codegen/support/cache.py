@@ -512,6 +512,10 @@ class CacheBase:
             for c in layer.classes:
                 if c.policy.adaptive_mean is not None:
                     self._cake_layers.setdefault(c.policy.index, []).append(layer.layer)
+        if max_len is not None:  # fixed capacities: every store now, not inside the first forward pass
+            for L in self._layers:
+                if not any(c.grows for c in L.classes):
+                    self._allocate(L, head_dim, 0, 1)
 
     # -------------------------------------------------------------- public
 
@@ -563,9 +567,9 @@ class CacheBase:
                 )
         if L.k is None:
             self._allocate(L, D, end, T)
-            if lengths is not None:
-                L.pad = (T - lengths.to(device=self.device, dtype=torch.int64).clamp(0, T)).view(-1, 1, 1)
-                L.npos.copy_((-L.pad).view(-1, 1).expand_as(L.npos))
+        if lengths is not None:  # the layer's first append (_check_lengths)
+            L.pad = (T - lengths.to(device=self.device, dtype=torch.int64).clamp(0, T)).view(-1, 1, 1)
+            L.npos.copy_((-L.pad).view(-1, 1).expand_as(L.npos))
         fused = T == 1 and self._fusable(L)
         read = fused and L.logits is not None and L.logits.read == n  # the last step was decoded
         for c in L.classes:  # a pending step's eviction runs first (in torch ops, unless fused)
@@ -600,7 +604,7 @@ class CacheBase:
         (max_len) the view's slots are the regions' capacities, so that a decode step launches
         the same grid at every length (CUDA graphs); the kernel reads the lengths on the device."""
         L = self._layer(layer)
-        if L.k is None:
+        if not L.n:
             raise CacheError(f"layer {layer} holds no tokens yet: append(layer, k, v) first")
         if L.slots is None:
             static = self.max_len is not None or L.pad is not None  # extents: those of the longest row
@@ -633,7 +637,7 @@ class CacheBase:
             out = decode_run(plan, q, view, None, (k, v, L.tab, L.cnt))
             self._advance(L, n + T)
             return out
-        if L.classes or L.k is None or self.backend != "triton" or not getattr(config, "fused_reduce", True):
+        if L.classes or not L.n or self.backend != "triton" or not getattr(config, "fused_reduce", True):
             self.append(layer, k, v, q, sm_scale=sm_scale)
             return decode_launch(spec, q, self.view(layer), sm_scale=sm_scale, out=out, config=config, split=split)
         n, T, _, _, _ = self._admit(L, k, v, None, sm_scale, None)
@@ -692,7 +696,7 @@ class CacheBase:
         holds, 0 .. held - 1 in order of original position (keys are stored un-rotated and
         rotated to these cache slots, StreamingLLM)."""
         L = self._layer(layer)
-        if L.pos is None:
+        if not L.n:
             raise CacheError(f"layer {layer} holds no tokens yet: append(layer, k, v) first")
         sent = self.spec.decode.sentinel
         pos = L.pos.to(torch.int64)
