@@ -228,6 +228,15 @@ def test_the_raw_launch_hands_the_c_launch_what_tritons_launcher_would(monkeypat
     dressed = raw.dressed((y, other, 7, x, 64))
     assert isinstance(dressed[1], TensorDescriptor) and dressed[1].base is other and dressed[0] is y
     assert (list(dressed[1].shape), list(dressed[1].strides), dressed[1].block_shape) == ([32, 16], [16, 1], [16, 16])
+    # a partial launch (FastLaunch.bound): the free places take new tensors, a bare one in the
+    # descriptor's place encoded per address as the raw launch encodes it; the rest fixed now
+    go = raw.partial((3, 1, 1), Compiled, (y, other, 7, x, 64), (0, 1))
+    raw((3, 1, 1), 77, Compiled, (x, base, 7, x, 64))
+    go(77, x, base)
+    assert calls[-1] == calls[-2] and calls[-1][13] == x.data_ptr()
+    fixed = raw.partial((3, 1, 1), Compiled, (y, desc(other), 7, x, 64), (0,))  # a descriptor fixed: encoded now
+    fixed(77, x)
+    assert calls[-1][14:19] == calls[3][14:19]
     # where Triton's launcher is not laid out as expected, or the kernel needs scratch: none
     Run.global_scratch_size = 64
     assert L.RawLaunch.of(Compiled, args) is None

@@ -123,3 +123,59 @@ def test_launches_and_views_of_grid_groups():
     base, shape, strides = P.grid_view(spec, 0, t)
     assert base.shape[2] == 32 and shape == [6, 4, 8, 16] and strides == [t.stride(1), 8 * 16, 16, 1]
     assert P.launches_of(spec, "cpu", None, 4) == [(0, 4, None)]
+
+
+class _CLaunch:
+    """A compiled kernel's C launch (an object without Python code of its own): records."""
+
+    def __init__(self, calls: list):
+        self.calls = calls
+
+    def __call__(self, *args):
+        self.calls.append(args)
+
+
+class BindingKernel:
+    """kernel[grid](*args, **kw) returns a compiled kernel whose C launch records its calls; its
+    `fn` takes exactly the launch's positional arguments (so FastLaunch binds a raw launch)."""
+
+    def __init__(self, calls: list):
+        self.fn = None
+        run = type("Run", (), {"launch": _CLaunch(calls), "global_scratch_size": 0, "profile_scratch_size": 0,
+                               "launch_cooperative_grid": False, "launch_pdl": False})()  # fmt: skip
+        self.compiled = type("Compiled", (), {"function": "fn-handle", "packed_metadata": (), "run": run})()
+
+    def __getitem__(self, grid):
+        def dispatch(*args, **kw):
+            scope: dict = {}
+            exec(f"def fn({', '.join(f'p{i}' for i in range(len(args)))}):\n    pass", scope)  # noqa: S102
+            self.fn = scope["fn"]
+            return self.compiled
+
+        return dispatch
+
+
+def test_a_remembered_call_goes_through_its_bound_launch(monkeypatch):
+    # a call like a remembered one launches through the launch bound at its first such call
+    # (FastLaunch.bound): the C launch gets what the plan's run would hand it
+    from attnc.codegen.support import launch as L
+
+    monkeypatch.setattr(L, "_current_stream", lambda: (0, 77))
+    monkeypatch.setattr(L, "_hooks_set", lambda: False)
+    calls: list = []
+    spec = _spec(BindingKernel(calls))
+    q, k, v = _qkv()
+    P.forward(spec, q, k, v, 0.25, False, None)  # the full path: the dispatch, the plan remembered
+    q2, k2, v2 = _qkv()
+    o2 = P.prefill_fast(spec, q2, k2, v2, 0.25, False, None, None)
+    hit = spec.memo[P.plan_key(q2, k2, v2, None, 0.25, False, None, None, None)]
+    assert hit.bound and len(hit.bound) == len(hit.runs)
+    assert calls[-1][17] == q2.data_ptr() and calls[-1][20] == o2.data_ptr()  # after the descriptors' 4 places
+    bound = calls[-len(hit.runs) :]
+    for run in hit.runs:  # the same call through the plan's runs (the raw launch)
+        run(q2, k2, v2, o2, hit.dummy_f32, hit.dummy_i32, None, None)
+    assert calls[-len(hit.runs) :] == bound
+    monkeypatch.setattr(L, "_current_stream", lambda: (1, 77))  # another device: the runs (the dispatch)
+    n = len(calls)
+    P.prefill_fast(spec, q2, k2, v2, 0.25, False, None, None)
+    assert len(calls) == n

@@ -163,17 +163,20 @@ class RawLaunch:
     def partial(self, grid: tuple, compiled, args: tuple, free: tuple):
         """go(stream, *values): this launch of `compiled` over `grid` with `args`, but the
         arguments at positions `free` replaced by `values` (tensors there go as their addresses
-        at each call). Every other tensor goes as its address now: the caller guarantees that
-        those very tensors (kept alive here) are what each call would pass. One compiled
-        expression (the call's Python is one tuple). None where descriptors are among the
-        arguments (their encodings are per address)."""
-        if self.descriptors:
-            return None
+        at each call; a bare tensor in a descriptor's place as its encoding, remembered per
+        address as __call__ does). Every other tensor goes as its address now, every other
+        descriptor as its encoding now: the caller guarantees that those very tensors (kept
+        alive here) are what each call would pass. One compiled expression."""
         env = {"launch": self.launch, "function": compiled.function, "meta": compiled.packed_metadata,
                "keep": args, "tail": self.tail}  # fmt: skip
         items, names = [], [f"x{j}" for j in range(len(free))]
+        described = {i: (meta, first) for i, meta, first in self.descriptors}
         for i, a in enumerate(args):
-            if i in free:
+            if i in described:
+                env[f"e{i}"] = lambda t, i=i, m=described[i]: self._encoding(i, m[0], m[1], t)  # noqa: E731
+                items.append(f"*e{i}({names[free.index(i)]})" if i in free else f"*e{i}(c{i})")
+                env[f"c{i}"] = a
+            elif i in free:
                 name = names[free.index(i)]
                 items.append(f"{name}.data_ptr()" if i in self.pointers else name)
             elif i in self.pointers:
@@ -188,16 +191,20 @@ class RawLaunch:
     def _encode(self, a: list) -> list:
         """a with each descriptor (or bare tensor in its place) expanded to its encoding."""
         for i, meta, first in self.descriptors:
-            d = a[i]
-            bare = type(d) is torch.Tensor
-            key = (i, d.data_ptr()) if bare else (i, d.base.data_ptr(), *d.shape, *d.strides)
-            enc = self.encoded.get(key)
-            if enc is None:
-                if len(self.encoded) >= self.ENCODED_MAX:
-                    self.encoded.clear()
-                enc = self.encoded[key] = _encode_descriptor(_rebased(first, d) if bare else d, meta)
-            a[i : i + 1] = enc
+            a[i : i + 1] = self._encoding(i, meta, first, a[i])
         return a
+
+    def _encoding(self, i: int, meta, first, d) -> list:
+        """The encoding of descriptor d at position i (a bare tensor: described as `first`),
+        remembered per (position, address, shape, strides)."""
+        bare = type(d) is torch.Tensor
+        key = (i, d.data_ptr()) if bare else (i, d.base.data_ptr(), *d.shape, *d.strides)
+        enc = self.encoded.get(key)
+        if enc is None:
+            if len(self.encoded) >= self.ENCODED_MAX:
+                self.encoded.clear()
+            enc = self.encoded[key] = _encode_descriptor(_rebased(first, d) if bare else d, meta)
+        return enc
 
 
 def _rebased(desc, base):
@@ -277,14 +284,13 @@ class FastLaunch:
         """run(*values) -> bool: this launch with `args`, but the arguments at positions `free`
         replaced by `values`, straight to the C launch (RawLaunch.partial); False where a call
         must take the full path (another device, launch hooks set). None where the launch is
-        not bound to a raw launch without descriptors. The caller's memo must fix every other
-        argument: the very tensors (their addresses are taken now) and values."""
+        not bound to a raw launch. The caller's memo must fix every other argument: the very
+        tensors (their addresses are taken now) and values; descriptors' places take bare
+        tensors (described as at the first launch)."""
         raw = self.raw
         if self.compiled is None or raw is None:
             return None
         go = raw.partial(self.grid3, self.compiled, args, free)
-        if go is None:
-            return None
         device = self.device
 
         def run(*values) -> bool:

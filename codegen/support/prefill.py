@@ -382,6 +382,20 @@ def _generic_launcher(
         return launch(*descs, q, k, v, o, lse, heads, tr if trace else None, lengths if padded else None, *scalars,
                       *lse.stride()[:2], *tail, *chosen)  # fmt: skip
 
+    def bind(q, k, v, o, lse):
+        """go(q, k, v, o, lse) -> bool: run() of a whole prefill with these tensors' shapes and
+        strides and everything else fixed (FastLaunch.bound), or None (padded, selecting or
+        traced launches, or a launch not bound to a raw one)."""
+        if padded or has_sel or trace or (use_tma == 2 and not launch.describes):
+            return None
+        descs = (q, k, v, o) if use_tma == 2 else no_descs
+        args = (*descs, q, k, v, o, lse, heads, None, None, *scalars, *lse.stride()[:2], *tail, None, None, 0, 0)
+        go = launch.bound(args, (0, 1, 2, 3, 4, 5, 6, 7, 8) if use_tma == 2 else (4, 5, 6, 7, 8))
+        if go is None or use_tma != 2:
+            return go
+        return lambda q, k, v, o, lse: go(q, k, v, o, q, k, v, o, lse)
+
+    run.bind = bind
     return run
 
 
@@ -643,6 +657,7 @@ class Memoised(NamedTuple):
     merge: bool
     dummy_i32: torch.Tensor
     dummy_f32: torch.Tensor
+    bound: tuple | None = None  # the runs bound to their launches (an unpadded call), once built
 
 
 def plan_key(q, k, v, layer, scale: float, return_lse, lengths, sel, part):
@@ -699,9 +714,26 @@ def prefill_fast(spec: PrefillSpec, q, k, v, scale, return_lse, layer, lengths):
             lse.fill_(float("-inf"))
     else:
         lse = hit.dummy_f32
+    if lengths is None and _bound_runs(spec, key, hit, q, k, v, o, lse):
+        return (o, lse) if return_lse else o
     for run in hit.runs:
         run(q, k, v, o, lse, hit.dummy_i32, lengths, None)
     return (o, lse) if return_lse else o
+
+
+def _bound_runs(spec: PrefillSpec, key, hit: Memoised, q, k, v, o, lse) -> bool:
+    """Launch a remembered unpadded call's runs through their bound launches (built at its
+    first such call and remembered with it); False where they cannot (the caller runs them)."""
+    gos = hit.bound
+    if gos is None:
+        gos = tuple(getattr(run, "bind", lambda *a: None)(q, k, v, o, lse) for run in hit.runs)
+        gos = gos if all(gos) else ()
+        spec.memo[key] = hit._replace(bound=gos)
+    if not gos or not gos[0](q, k, v, o, lse):  # the first checks the device and hooks for all
+        return False
+    for go in gos[1:]:
+        go(q, k, v, o, lse)
+    return True
 
 
 def _merges(spec: PrefillSpec, N: int) -> bool:
