@@ -613,16 +613,14 @@ def forward(
     B, H, H_KV, N, D = dims
     NQ = q.shape[2]
     o = (torch.zeros_like if padded else torch.empty_like)(q)  # in q's layout (out_layout)
-    lse = torch.empty((B, H, NQ) if return_lse else (0,), device=q.device, dtype=torch.float32)
+    lse = q.new_empty((B, H, NQ) if return_lse else (0,), dtype=torch.float32)
     if padded and return_lse:
         lse.fill_(float("-inf"))
     if B * H * NQ == 0:
         return (o, lse, None) if trace else (o, lse)
     dummy_i32, dummy_f32 = dummies(q.device)
     merge = not (return_lse or trace) and _merges(spec, N)
-    lse_arg = (
-        torch.empty((B, H, NQ), device=q.device, dtype=torch.float32) if merge else lse if return_lse else dummy_f32
-    )
+    lse_arg = q.new_empty((B, H, NQ), dtype=torch.float32) if merge else lse if return_lse else dummy_f32
     lens_arg = lengths if padded else dummy_i32
     if trace:
         # the trace has one row per query block: every group must use the same BLOCK_M (tests pass it)
@@ -706,10 +704,9 @@ def prefill_fast(spec: PrefillSpec, q, k, v, scale, return_lse, layer, lengths):
     hit = spec.memo.get(key) if key is not None else None
     if hit is None:
         return None
-    device = q.device
     o = (torch.empty_like if lengths is None else torch.zeros_like)(q)
     if return_lse or hit.merge:  # the LSE asked for, or the split launches' merge buffer
-        lse = torch.empty(q.shape[:3], device=device, dtype=torch.float32)
+        lse = q.new_empty(q.shape[:3], dtype=torch.float32)  # new_empty: less host time than torch.empty
         if return_lse and lengths is not None:
             lse.fill_(float("-inf"))
     else:
