@@ -359,13 +359,19 @@ def _generic_launcher(
     # pointers the kernel does not read here go as None (a constexpr to Triton, nothing for its
     # launcher to resolve): the descriptor slots without host-side descriptors, HEADS for all
     # heads, TR outside a trace, LENS for an unpadded batch, the selection without one
-    has_sel, no_descs = kw["HAS_SEL"], (None,) * 4
+    has_sel, no_descs, no_sel = kw["HAS_SEL"], (None,) * 4, (None, None, 0, 0)
+
+    def arguments(descs, q, k, v, o, lse, tr, lengths, chosen) -> tuple:
+        """The kernel's positional arguments: the descriptors' places (0-3), q, k, v, o, lse
+        (4-8), then what the plan fixes (tr and lengths only where read) and the selection."""
+        return (*descs, q, k, v, o, lse, heads, tr if trace else None, lengths if padded else None, *scalars,
+                *lse.stride()[:2], *tail, *chosen)  # fmt: skip
 
     def run(q, k, v, o, lse, tr, lengths, sel=None):
         if sel is None:
             if has_sel:
                 raise ValueError("prefill: this pattern selects key blocks at run time: pass indices=select(q, k)")
-            chosen = (None, None, 0, 0)
+            chosen = no_sel
         else:
             chosen = (sel[0], sel[1], sel[0].shape[-1], sel[0].shape[-2])
         if use_tma == 2 and launch.describes:  # the raw launch describes them as at the first launch
@@ -379,8 +385,7 @@ def _generic_launcher(
             )
         else:
             descs = no_descs
-        return launch(*descs, q, k, v, o, lse, heads, tr if trace else None, lengths if padded else None, *scalars,
-                      *lse.stride()[:2], *tail, *chosen)  # fmt: skip
+        return launch(*arguments(descs, q, k, v, o, lse, tr, lengths, chosen))
 
     def bind(q, k, v, o, lse):
         """go(q, k, v, o, lse) -> bool: run() of a whole prefill with these tensors' shapes and
@@ -389,7 +394,7 @@ def _generic_launcher(
         if padded or has_sel or trace or (use_tma == 2 and not launch.describes):
             return None
         descs = (q, k, v, o) if use_tma == 2 else no_descs
-        args = (*descs, q, k, v, o, lse, heads, None, None, *scalars, *lse.stride()[:2], *tail, None, None, 0, 0)
+        args = arguments(descs, q, k, v, o, lse, None, None, no_sel)
         go = launch.bound(args, (0, 1, 2, 3, 4, 5, 6, 7, 8) if use_tma == 2 else (4, 5, 6, 7, 8))
         if go is None or use_tma != 2:
             return go
