@@ -423,10 +423,12 @@ class _PgLayer:
         self.decoded = False  # a decode wrote the step logits since the last append
         self.score = self.logits = self.held_t = self.pend_t = None
         self.fast = None  # the device state of the quiet one-token steps (PagedCacheBase._arm_fast)
+        # heads that hold a sliding window (lo = n - ring, bounds): lo moves with every token
+        self.sliding = [s is None and r.kind == "ring" and not r.sres for s, r in zip(self.select, self.rules)]
         P = spec.page
         breaks = {(P, 0)}  # (m, r): a step of a row at n with n % m == r is not quiet; here, a new page
         for h, r in enumerate(self.rules):
-            if self.select[h] is None and r.kind == "ring" and not r.sres:
+            if self.sliding[h]:
                 breaks.add((P, (r.ring - 1) % P))  # lo = n + 1 - ring reaches a page's end: a page dies
             elif r.kind == "chunk":
                 breaks.add((r.chunk, 0))  # a new chunk: lo moves, pages die
@@ -435,7 +437,7 @@ class _PgLayer:
     def bounds(self, h: int, n: int) -> tuple[int, int]:
         """(sink, lo): the head holds positions < sink and >= lo (dead pages are freed)."""
         r = self.rules[h]
-        if self.select[h] is None and r.kind == "ring" and not r.sres:
+        if self.sliding[h]:
             return r.sink, n - r.ring
         if r.kind == "chunk":
             return 0, ((n - 1) // r.chunk) * r.chunk if n else 0
@@ -509,12 +511,8 @@ class PagedCacheBase:
             if len(set(rows)) != len(rows) or not all(0 <= r < self.batch for r in rows):
                 raise CacheError(f"append: rows must be distinct batch rows in 0..{self.batch - 1}, got {rows}")
         D = self.head_dim
-        key = verdict_key(k, v, q)  # a step repeats the same append: the verdict is memoised
-        key = key and (key, len(rows), L.layer)
-        if key is None or key not in self._checked:
-            self._check_append(L, len(rows), k, v, q)
-            if key is not None:
-                self._checked.add(key)
+        key, R = verdict_key(k, v, q), len(rows)  # a step repeats the same append: the verdict is memoised
+        self._checked_once(key and ("append", key, R, L.layer), lambda: self._check_append(L, R, k, v, q))
         T = k.shape[2]
         scale = check_scale("append", sm_scale, D, "sm_scale")
         if self._quiet_step(L, rows, k, v, T):
@@ -555,7 +553,7 @@ class PagedCacheBase:
                 slots.append(page * P + n % P if page is not None else -1)
                 pos.append(n)
                 lo.append(L.bounds(h, n)[1])
-                step.append(int(L.select[h] is None and L.rules[h].kind == "ring" and not L.rules[h].sres))
+                step.append(int(L.sliding[h]))
         a = -(-len(pos) // 4) * 4  # sections start on 16 bytes (the kernels' pointers are aligned)
         b = a + -(-B // 4) * 4
         pad = lambda x, m: x + [0] * (m - len(x))  # noqa: E731
@@ -583,10 +581,16 @@ class PagedCacheBase:
         L.pos.index_copy_(0, slots, state[:count])
         slots += 1
         state += inc
-        for b in range(len(n)):
-            n[b] += 1
+        n[:] = [x + 1 for x in n]
         L.decoded = False
         return True
+
+    def _checked_once(self, key, check) -> None:
+        """Run check() unless it passed before for `key` (None: every time)."""
+        if key is None or key not in self._checked:
+            check()
+            if key is not None:
+                self._checked.add(key)
 
     def _check_append(self, L, R: int, k, v, q) -> None:
         """k, v (R, H_KV, T, D) of this cache's dtype and device, T >= 1; q (R, H, T, D) where
@@ -1133,11 +1137,9 @@ class PagedCacheBase:
         ds = self.spec.cache.decode
         D = self.head_dim
         key = verdict_key(q)
-        if key is None or (where, key) not in self._checked:
-            check_tensor(where, "q", q, dims="B, H, T, D", shape=(self.batch, ds.heads, None, D), dtype=self.dtype,
-                         device=self.device, error=CacheError)  # fmt: skip
-            if key is not None:
-                self._checked.add((where, key))
+        self._checked_once(key and (where, key), lambda: check_tensor(
+            where, "q", q, dims="B, H, T, D", shape=(self.batch, ds.heads, None, D), dtype=self.dtype,
+            device=self.device, error=CacheError))  # fmt: skip
         T = q.shape[2]
         if not 1 <= T <= ds.max_step or T > min(L.n):
             raise CacheError(
