@@ -172,10 +172,12 @@ class RawLaunch:
         items, names = [], [f"x{j}" for j in range(len(free))]
         described = {i: (meta, first) for i, meta, first in self.descriptors}
         for i, a in enumerate(args):
-            if i in described:
+            if i in described and i in free:  # encoded per address at each call
                 env[f"e{i}"] = lambda t, i=i, m=described[i]: self._encoding(i, m[0], m[1], t)  # noqa: E731
-                items.append(f"*e{i}({names[free.index(i)]})" if i in free else f"*e{i}(c{i})")
-                env[f"c{i}"] = a
+                items.append(f"*e{i}({names[free.index(i)]})")
+            elif i in described:  # encoded now
+                env[f"c{i}"] = self._encoding(i, *described[i], a)
+                items.append(f"*c{i}")
             elif i in free:
                 name = names[free.index(i)]
                 items.append(f"{name}.data_ptr()" if i in self.pointers else name)
