@@ -18,9 +18,9 @@ Config = dict[str, object]
 # on the device (in the launch's global scratch), which leave the host nothing to encode. The
 # grid groups' kernel has host-side descriptors only (any non-zero value). bench/prefill_host.py
 # measures them side by side: on an H100 (causal and StreamingLLM, B=1, H=32, D=128), host time
-# per call 20.5-20.9 us (27.7-28.0 through Triton's launcher) against 19.2-19.3 for device
-# descriptors, which cost GPU time in every program (N = 128: 7.8 -> 11.6 us; 1024: 37.8 ->
-# 40.8; 4096: 288 -> 301 causal, 167 -> 186 StreamingLLM), so host ones stay.
+# per call 14.5-14.8 us (24.3-24.9 through Triton's launcher) against 16.5-16.8 for device
+# descriptors, which also cost GPU time in every program (N = 128: 7.8 -> 11.6 us; 1024: 37.8
+# -> 40.8; 4096: 288 -> 301 causal, 167 -> 186 StreamingLLM), so host ones stay.
 TMA = 2
 
 
