@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..compiler.atoms import Cond, Key, offset_text
+from ..compiler.atoms import Bounds, Cond, Key, offset_text
 from ..compiler.plan import GroupPlan, SelectPlan, SpanTerm, TermPlan
 from . import masks
 
@@ -92,21 +92,32 @@ def _within(lo: str, hi: str, on: str) -> str:
     return f"((jk0 >= {lo}) & (jk_last <= {hi}){' & ' + on if on else ''})"
 
 
+def _python(text: str) -> str:
+    """A block rule's Triton text with Python's max and min, for plain integers."""
+    return text.replace("tl.maximum(", "max(").replace("tl.minimum(", "min(")
+
+
+def _blocks(side, yes: tuple[Bounds, ...], no: tuple[Bounds, ...], other) -> str:
+    """Key blocks that `side` some interval of `yes` and `other` none of `no`, as text."""
+    some = [side(max_text(b.lo), min_text(b.hi), on_text(b.on)) for b in yes] or ["(jk0 < 0)"]
+    none = [other(max_text(b.lo), min_text(b.hi), on_text(b.on)) for b in no]
+    return "(" + " | ".join(some) + ")" + (" & ~(" + " | ".join(none) + ")" if none else "")
+
+
 class SelectText(_View):
-    """A SelectPlan with its candidate rule as texts over the key blocks' first and last keys
+    """A SelectPlan with its block rules as texts over the key blocks' first and last keys
     `jk0`, `jk_last` (vectors) and the query block's `q0`, `q_last`, `N`, `zero` (scalars):
-    `candidates` for Triton, `candidates_py` with Python's max and min for the reference,
-    which evaluates it per query block with plain integers."""
+    `candidates` (meets a context hull, not covered) for Triton, `candidates_py` with Python's
+    max and min for the reference, which evaluates it per query block with plain integers;
+    `clean` (within a context term's full interval, meeting no static hull), with `jk_last`
+    the block's unclipped last key, so that a clean block lies before N."""
 
     def __init__(self, plan: SelectPlan) -> None:
         super().__init__(plan)
-        reach = [_meets(max_text(b.lo), min_text(b.hi), on_text(b.on)) for b in plan.reach] or ["(jk0 < 0)"]
-        covered = [_within(max_text(b.lo), min_text(b.hi), on_text(b.on)) for b in plan.covered]
-        text = "(" + " | ".join(reach) + ")"
-        if covered:
-            text += " & ~(" + " | ".join(covered) + ")"
-        self.candidates = text
-        self.candidates_py = text.replace("tl.maximum(", "max(").replace("tl.minimum(", "min(")
+        self.candidates = _blocks(_meets, plan.reach, plan.covered, _within)
+        self.candidates_py = _python(self.candidates)
+        self.clean = _blocks(_within, plan.whole, plan.apart, _meets)
+        self.clean_py = _python(self.clean)
         self.context_mask = masks.render_pattern(plan.context).text()
         self.spec = (plan.atom.score, plan.atom.top, plan.atom.mass, plan.atom.block, plan.atom.stride, plan.atom.last)
 

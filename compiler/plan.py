@@ -419,12 +419,17 @@ class SelectPlan:
     (`reach`, per context term), and are not already covered, for every row of the query
     block, by a static term's full interval (`covered`, per static term that has one). The
     selection kernel ranks only the candidates; the attention kernel visits the chosen
-    blocks with the mask `context & not static`, so no pair is counted twice."""
+    blocks with the mask `context & not static`, so no pair is counted twice, except where a
+    chosen block is clean: inside some context term's full interval (`whole`) and meeting no
+    static term's hull (`apart`) for every row, and wholly before N: then every pair it adds is
+    allowed, and the kernel visits it without the mask."""
 
     atom: "Select"
     context: Pattern
     reach: tuple[Bounds, ...]
     covered: tuple[Bounds, ...]
+    whole: tuple[Bounds, ...]
+    apart: tuple[Bounds, ...]
 
 
 def _beyond(term: Term, common: set[Lit]) -> tuple[Lit, ...]:
@@ -456,7 +461,9 @@ def plan_select(static: Pattern, selection: Selection) -> SelectPlan:
     common = set(terms[0].lits).intersection(*(t.lits for t in terms[1:])) if terms else set()
     common = {l for l in common if not l.negated}
     covered = tuple(f for f in (term_bounds(_beyond(t, common))[1] for t in static.terms) if f is not None)
-    return SelectPlan(selection.atom, selection.context, reach, covered)
+    whole = tuple(f for f in (term_bounds(t.lits)[1] for t in terms) if f is not None)
+    apart = tuple(term_bounds(t.lits)[0] for t in static.terms)
+    return SelectPlan(selection.atom, selection.context, reach, covered, whole, apart)
 
 
 def plan_program(program: Program) -> tuple[GroupPlan, ...]:

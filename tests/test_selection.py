@@ -273,9 +273,18 @@ def test_prefill_against_the_independent_reference():
             for i in range(nb):
                 c = int(cnt[b, h, i])
                 idx[b, h, i, :c] = torch.randperm(nb, generator=gen)[:c].sort().values.to(torch.int32)
+    idx[0, 0, 3], cnt[0, 0, 3] = torch.tensor([0, 1, 2], dtype=torch.int32), 3
     out = mod.prefill(q, k, v, indices=(idx, cnt))
     g = prog.groups[0]
     pos = np.arange(61)
+    # the lists hold clean runs (visited without the mask) with masked blocks on both sides
+    from attnc.codegen.plan_text import SelectText
+    from attnc.compiler.plan import plan_program
+
+    clean_py = SelectText(plan_program(prog)[0].select).clean_py
+    jk0 = idx[0, 0, 3].long() * 16
+    env = dict(q0=48, q_last=60, N=61, zero=0, jk0=jk0, jk_last=jk0 + 15, max=max, min=min)
+    assert eval(clean_py, env).tolist() == [False, True, False]
     for b in range(2):
         masks = []
         for h in range(4):
@@ -371,6 +380,50 @@ def test_candidate_counts_against_the_block_matrix(static, sel, how, n):
     prog = Program(name="sel_cands", source="sel_cands.attn", model=ModelShape(heads=1, kv_heads=1), groups=(group,))
     plan = plan_program(prog)[0].select
     assert candidate_counts(plan, n).tolist() == candidate_matrix(plan, n).sum(1).tolist()
+
+
+@examples(30)
+@given(causal_expressions(4), SELECTS, st.sampled_from(["|", "&"]), st.integers(1, 200))
+def test_clean_blocks_need_no_mask(static, sel, how, n):
+    """A chosen block the attention kernel visits without the mask (SelectText.clean, for a
+    tile of rows q0 .. q_last) adds only allowed pairs: context and not static, keys before n,
+    for every row (brute force); and the rule finds the plainly clean blocks of causal
+    selections at all (it is not empty by construction)."""
+    from attnc.codegen.plan_text import SelectText
+    from attnc.compiler.plan import plan_program
+
+    expr = (
+        op("&", prim("causal"), op(how, static, sel)) if how == "&" else op("|", static, op("&", prim("causal"), sel))
+    )
+    static_part, selection_part = split_selection(lower_expr(expr))
+    if selection_part is None:
+        return
+    group = HeadGroup(static_part, frozenset({(0, 0)}), selection_part)
+    prog = Program(name="sel_clean", source="sel_clean.attn", model=ModelShape(heads=1, kv_heads=1), groups=(group,))
+    plan = plan_program(prog)[0].select
+    adds = plan.context.mask(n) & ~static_part.mask(n)
+    b = plan.atom.block
+    jk0 = np.arange(-(-n // b)) * b
+    for rows in (b, max(b // 2, 1)):
+        for q0 in range(0, n, rows):
+            q_last = min(q0 + rows, n) - 1
+            env = dict(q0=q0, q_last=q_last, N=n, zero=0, jk0=jk0, jk_last=jk0 + b - 1, max=max, min=min)
+            clean = np.broadcast_to(eval(SelectText(plan).clean_py, env), jk0.shape)
+            for j in np.flatnonzero(clean):
+                assert jk0[j] + b <= n and adds[q0 : q_last + 1, jk0[j] : jk0[j] + b].all(), (q0, q_last, j)
+
+
+def test_clean_run_of_a_moba_like_selection():
+    """causal & (sink(4) | window(64) | top 2 of 16): blocks wholly below the window and past
+    the sink's block are clean; the sink's block and the window's edge are not."""
+    from attnc.codegen.plan_text import SelectText
+    from attnc.compiler.plan import plan_program
+
+    prog = program(text_of("causal & (sink(4) | window(64) | select(mean, top = 2, block = 16))", 1, 1))
+    text = SelectText(plan_program(prog)[0].select).clean_py
+    jk0 = np.arange(16) * 16
+    env = dict(q0=192, q_last=207, N=256, zero=0, jk0=jk0, jk_last=jk0 + 15, max=max, min=min)
+    assert np.flatnonzero(eval(text, env)).tolist() == list(range(1, 8))  # block 8 meets the window
 
 
 def test_bounds_hold_for_any_choice_within_budget():
