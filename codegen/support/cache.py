@@ -25,7 +25,7 @@ import triton.language as tl
 from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names, verdict_key
 from .decode import _DEC_DEFAULT, CacheView, DecodeSpec, StepLogits, _dec_sms, _kv_length, _kv_place
 from .decode import decode_bound, decode_launch, decode_prepare, decode_run
-from .launch import FastLaunch, table
+from .launch import FastLaunch, cdiv, pow2_at_least, table
 from .policies import AGGREGATES, NEEDS_QUERIES, attention_stats, evicts_after_read, lowest, priority, rescore
 from .policies import survivors, victim
 from .records import HeadRule, Policy
@@ -290,8 +290,8 @@ def _kv_update_launch(spec: CacheSpec, c, L, k, v, fold: bool, evict: bool, page
     key = (ns, fold, evict, (k.data_ptr() | v.data_ptr()) & 15 == 0, slots, L.logits.lg.shape[2], advance)
     got = c.update.get(key)
     if got is None:
-        kw = dict(H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=k.shape[3], BLOCK_G=triton.next_power_of_2(ds.group),
-                  BLOCK_N=bn, BLOCK_NS=triton.next_power_of_2(ns), SENT=ds.sentinel, TOVA=pol.score == "tova",
+        kw = dict(H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=k.shape[3], BLOCK_G=pow2_at_least(ds.group),
+                  BLOCK_N=bn, BLOCK_NS=pow2_at_least(ns), SENT=ds.sentinel, TOVA=pol.score == "tova",
                   AGG=AGGREGATES[pol.aggregate], FOLD=fold, EVICT=evict, ADVANCE=advance, PAGE=page,
                   num_warps=4)  # fmt: skip
         pb = torch.empty((B * nh * ns, 3), dtype=torch.int32, device=k.device)
@@ -868,8 +868,8 @@ class CacheBase:
         key = (T, skip_lossy, L.k.shape[1], k.shape[3], L.cnt.shape[1], (k.data_ptr() | v.data_ptr()) & 15 == 0)
         launch = L.write_kw.get(key)
         if launch is None:
-            block_t = min(64, triton.next_power_of_2(T))
-            blocks = triton.cdiv(T, block_t)
+            block_t = min(64, pow2_at_least(T))
+            blocks = cdiv(T, block_t)
             kw = dict(
                 H_KV=len(L.heads),
                 CW=L.cnt.shape[1],

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .checks import check_int, check_kernel_device, check_out, check_scale, check_tensor, interpreting
-from .launch import FastLaunch, table
+from .launch import FastLaunch, pow2_at_least, table
 
 _DEC_LOG2E = 1.4426950408889634
 
@@ -315,7 +315,7 @@ def _dec_geometry(spec: DecodeSpec, slots, batch, T, config, sms, split=None) ->
         per_head = [max(1, -(-n // split)) for n in lens]
         nsplit = max(per_head)
         reduce = 0 if nsplit == 1 else (2 if config.fused_reduce else 1)
-        plan = DecodePlan(split, nsplit, sum(per_head), reduce, max(16, triton.next_power_of_2(spec.group * T)))
+        plan = DecodePlan(split, nsplit, sum(per_head), reduce, max(16, pow2_at_least(spec.group * T)))
         if len(_DEC_PLANS) > 4096:
             _DEC_PLANS.clear()
         _DEC_PLANS[key] = plan
