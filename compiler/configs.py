@@ -35,6 +35,7 @@ def _cfg(
     tma: bool = False,
     grid_order: int = 0,
     maxnreg: int | None = None,
+    hopper: bool = False,
 ) -> Config:
     return {
         "BLOCK_M": bm,
@@ -47,6 +48,7 @@ def _cfg(
         "GRID_ORDER": grid_order,
         "WARP_SPEC": False,
         "maxnreg": maxnreg,
+        "HOPPER": hopper,  # plain causal groups on long prompts: the Gluon kernel (codegen/support/hopper.py)
     }
 
 
@@ -55,8 +57,8 @@ CONFIGS: list[tuple[tuple[int, int], str, int | None, Config]] = [
     # Hopper (H100 / H200). bench/proto/NOTES.md: 128 x 64 tiles, 8 warps, 2-stage pipelines,
     # registers capped at 128 so that two programs share an SM, host-side TMA descriptors;
     # measured at head_dim 128 and 64.
-    ((9, 0), "16bit", 128, _cfg(128, 64, 8, 2, edge_stages=2, tma=True, grid_order=2, maxnreg=128)),
-    ((9, 0), "16bit", 64, _cfg(128, 64, 8, 2, edge_stages=2, tma=True, grid_order=2, maxnreg=128)),
+    ((9, 0), "16bit", 128, _cfg(128, 64, 8, 2, edge_stages=2, tma=True, grid_order=2, maxnreg=128, hopper=True)),
+    ((9, 0), "16bit", 64, _cfg(128, 64, 8, 2, edge_stages=2, tma=True, grid_order=2, maxnreg=128, hopper=True)),
     ((9, 0), "16bit", 256, _cfg(128, 64, 8, 2, edge_stages=2, grid_order=2)),  # no spills (sm_90 build)
     ((9, 0), "16bit", None, _cfg(128, 64, 8, 2, edge_stages=2, tma=True, grid_order=2)),
     # Ampere / Ada

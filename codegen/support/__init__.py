@@ -18,6 +18,7 @@ INLINE_ORDER = (
     "records",
     "checks",
     "launch",
+    "hopper",
     "block_scores",
     "selection",
     "prefill",

@@ -1,0 +1,279 @@
+"""Causal prefill on Hopper (sm_90) as an explicitly warp-specialised Gluon kernel.
+
+Triton 3.6 cannot warp-specialise the generated kernels (its automatic pass fails on their
+segmented loops or miscompiles a single masked one), and without it their rate stays near
+0.9x of cuDNN's. This kernel states FlashAttention-3's schedule in Gluon
+(`triton.experimental.gluon`, part of Triton): per CTA a 128-row query tile split between two
+consumer warpgroups (64 rows each) and a one-warp producer that streams K and V tiles of 128
+keys by TMA into two-stage rings guarded by mbarriers; each consumer issues S_j = Q K_j^T
+and O += P_{j-1} V_{j-1} as asynchronous wgmmas, waits for S_j alone and runs the softmax of
+tile j under the PV product (P stays in registers as the wgmma's A operand). The causal
+mask runs on the diagonal tiles only. It serves groups whose pattern is exactly `causal` on
+long prompts (`HOPPER_MIN_N`), where its rate pays (docs/codegen.md); every other launch,
+and every launch under TRITON_INTERPRET (Gluon has no interpreter), is the generated kernel.
+
+Layouts: q, k, v are read through 2-D TMA descriptors over either (B * H * N, D) (contiguous
+(B, H, N, D)) or (B * N, H * D) (a model's (B, N, H, D) projections viewed as (B, H, N, D)).
+Keys past N of a head read the rows that follow (the next head's or batch's, or TMA's zero
+fill at the end); they lie in diagonal tiles, where the mask removes them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+except ImportError:  # a Triton without Gluon: the generated kernel serves every launch
+    gluon = None
+
+HOPPER_MIN_N = 4096  # shorter prompts: the generated kernel (host time and rate measured, docs/codegen.md)
+_HOPPER_ROWS, _HOPPER_KEYS, _HOPPER_STAGES = 64, 128, 2  # rows per consumer warpgroup, keys per tile, ring depth
+
+
+def _gluon_jit(**options):
+    """gluon.jit(**options), or a plain function where this Triton has no Gluon."""
+    return gluon.jit(**options) if gluon is not None else (lambda fn: fn)
+
+
+@_gluon_jit()
+def _hp_coords(HEADS, N, NH, H, Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, GROUP: gl.constexpr, BLOCK_M: gl.constexpr,
+               HEAD_GROUP: gl.constexpr, SUBSET: gl.constexpr):
+    """This program's query tile: (q0, b, h, Q row, Q column, K/V row, K/V column). Longest tile
+    first; HEAD_GROUP > 1: heads fastest inside groups of HEAD_GROUP (their K/V fit in L2)."""
+    num_m = gl.num_programs(0)
+    if HEAD_GROUP == 1:
+        pid_m = num_m - 1 - gl.program_id(0)
+        bh = gl.program_id(1)
+    else:
+        lin = gl.program_id(1) * num_m + gl.program_id(0)
+        r = lin % (num_m * HEAD_GROUP)
+        pid_m = num_m - 1 - r // HEAD_GROUP
+        bh = (lin // (num_m * HEAD_GROUP)) * HEAD_GROUP + r % HEAD_GROUP
+    b = bh // NH
+    h = bh % NH
+    if SUBSET:
+        h = gl.load(HEADS + h)
+    kv = h // GROUP
+    q0 = pid_m * BLOCK_M
+    return q0, b, h, b * Q_RB + h * Q_RH + q0, h * Q_CH, b * K_RB + kv * K_RH, kv * K_CH
+
+
+@_gluon_jit()
+def _hp_softmax(s, m_i, l_i, qk_scale, offs_m, k0, MASKED: gl.constexpr, s_layout: gl.constexpr):
+    """One online-softmax step (log2 domain): p, the new max and sum, and the rescale alpha."""
+    if MASKED:
+        offs_n = k0 + gl.arange(0, s.shape[1], layout=gl.SliceLayout(0, s_layout))
+        s = gl.where(gl.expand_dims(offs_n, 0) <= gl.expand_dims(offs_m, 1), s, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+    p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
+    alpha = gl.exp2(m_i - m_new)
+    return p, m_new, l_i * alpha + gl.sum(p, axis=1), alpha
+
+
+@_gluon_jit()
+def _hp_step(s, m_i, l_i, qk_scale, offs_m, j, c, BLOCK_N: gl.constexpr, s_layout: gl.constexpr):
+    """The softmax of key tile j: masked (k <= q) from the diagonal tile c on."""
+    if j >= c:
+        p, m_new, l_new, alpha = _hp_softmax(s, m_i, l_i, qk_scale, offs_m, j * BLOCK_N, True, s_layout)
+    else:
+        p, m_new, l_new, alpha = _hp_softmax(s, m_i, l_i, qk_scale, offs_m, j * BLOCK_N, False, s_layout)
+    return p, m_new, l_new, alpha
+
+
+@_gluon_jit()
+def _hp_consumer(q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, HEADS, O, LSE, N, NH, H,
+                 Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
+                 qk_scale, WG: gl.constexpr, GROUP: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                 HAS_LSE: gl.constexpr, HEAD_GROUP: gl.constexpr, SUBSET: gl.constexpr):
+    """Consumer warpgroup WG: query rows q0 + 64 WG .. + 63 over key tiles [0, d) of the CTA's tile."""
+    ROWS: gl.constexpr = q_bufs.shape[1]
+    HEAD_DIM: gl.constexpr = q_bufs.shape[2]
+    q0, b, h, _, _, _, _ = _hp_coords(HEADS, N, NH, H, Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, GROUP, 2 * ROWS,
+                                      HEAD_GROUP, SUBSET)
+    c = q0 // BLOCK_N  # tiles below c are under the diagonal for every row of the CTA
+    d = (gl.minimum(q0 + 2 * ROWS, N) - 1) // BLOCK_N + 1
+    q_lo = q0 + WG * ROWS
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    dtype: gl.constexpr = q_bufs.dtype
+    q_smem = q_bufs.index(WG)
+    offs_m = q_lo + gl.arange(0, ROWS, layout=gl.SliceLayout(1, s_layout))
+    s_zero = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
+
+    mbarrier.wait(q_bar, 0)
+    mbarrier.wait(k_ready.index(0), 0)
+    s_tok = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    s = warpgroup_mma_wait(0, deps=(s_tok,))
+    mbarrier.arrive(k_empty.index(0), count=1)
+    m_i = gl.full([ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
+    l_i = gl.zeros([ROWS], gl.float32, gl.SliceLayout(1, s_layout))
+    p, m_i, l_i, alpha = _hp_step(s, m_i, l_i, qk_scale, offs_m, 0, c, BLOCK_N, s_layout)
+    p = gl.convert_layout(p.to(dtype), p_layout)
+    o = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
+    for j in range(1, d):
+        sj = j % STAGES
+        sp = (j - 1) % STAGES
+        mbarrier.wait(k_ready.index(sj), (j // STAGES) & 1)
+        mbarrier.wait(v_ready.index(sp), ((j - 1) // STAGES) & 1)
+        s_tok = warpgroup_mma(q_smem, k_bufs.index(sj).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        o_tok = warpgroup_mma(p, v_bufs.index(sp), o, is_async=True)
+        s = warpgroup_mma_wait(1, deps=(s_tok,))  # S_j done; PV_{j-1} runs under the softmax
+        mbarrier.arrive(k_empty.index(sj), count=1)
+        p_next, m_i, l_i, alpha = _hp_step(s, m_i, l_i, qk_scale, offs_m, j, c, BLOCK_N, s_layout)
+        p_next = gl.convert_layout(p_next.to(dtype), p_layout)
+        o, p = warpgroup_mma_wait(0, deps=(o_tok, p))
+        mbarrier.arrive(v_empty.index(sp), count=1)
+        o = o * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+        p = p_next
+    sl = (d - 1) % STAGES
+    mbarrier.wait(v_ready.index(sl), ((d - 1) // STAGES) & 1)
+    o_tok = warpgroup_mma(p, v_bufs.index(sl), o, is_async=True)
+    o, p = warpgroup_mma_wait(0, deps=(o_tok, p))
+    mbarrier.arrive(v_empty.index(sl), count=1)
+
+    out = (o / gl.expand_dims(gl.convert_layout(l_i, gl.SliceLayout(1, o_layout)), 1)).to(dtype)
+    rows = q_lo + gl.arange(0, ROWS, layout=gl.SliceLayout(1, o_layout))
+    cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+    base = O + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh
+    ptrs = base + gl.expand_dims(rows.to(gl.int64) * stride_on, 1) + gl.expand_dims(cols, 0)
+    gl.store(ptrs, out, mask=gl.expand_dims(rows < N, 1))
+    if HAS_LSE:
+        lse = (m_i + gl.log2(l_i)) * 0.6931471805599453
+        rows_s = q_lo + gl.arange(0, ROWS, layout=gl.SliceLayout(1, s_layout))
+        gl.store(LSE + b.to(gl.int64) * stride_lb + h * stride_lh + rows_s, lse, mask=rows_s < N)
+
+
+@_gluon_jit()
+def _hp_producer(q_desc, k_desc, v_desc, q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, HEADS,
+                 N, NH, H, Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, GROUP: gl.constexpr, BLOCK_N: gl.constexpr,
+                 STAGES: gl.constexpr, HEAD_GROUP: gl.constexpr, SUBSET: gl.constexpr):
+    """The one-warp producer: Q's two halves once, then K_t and V_t into their rings, t in [0, d)."""
+    ROWS: gl.constexpr = q_bufs.shape[1]
+    q0, _, _, q_row, q_col, kv_row, kv_col = _hp_coords(HEADS, N, NH, H, Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, GROUP,
+                                                        2 * ROWS, HEAD_GROUP, SUBSET)
+    d = (gl.minimum(q0 + 2 * ROWS, N) - 1) // BLOCK_N + 1
+    mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_bufs.index(0))
+    tma.async_copy_global_to_shared(q_desc, [q_row + ROWS, q_col], q_bar, q_bufs.index(1))
+    for t in range(d):
+        s = t % STAGES
+        ph = (t // STAGES) & 1
+        # a fresh mbarrier has completed the phase before phase 0: the first round passes at once
+        mbarrier.wait(k_empty.index(s), ph ^ 1)
+        mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [kv_row + t * BLOCK_N, kv_col], k_ready.index(s), k_bufs.index(s))
+        mbarrier.wait(v_empty.index(s), ph ^ 1)
+        mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(v_desc, [kv_row + t * BLOCK_N, kv_col], v_ready.index(s), v_bufs.index(s))
+
+
+@_gluon_jit(do_not_specialize=["N", "NH", "H", "Q_RB", "Q_RH", "K_RB", "K_RH", "stride_ob", "stride_oh",
+                               "stride_on", "stride_lb", "stride_lh"])
+def _hopper_causal_kernel(q_desc, k_desc, v_desc, HEADS, O, LSE, N, NH, H, Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH,
+                          stride_ob, stride_oh, stride_on, stride_lb, stride_lh, qk_scale,
+                          GROUP: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_LSE: gl.constexpr,
+                          HEAD_GROUP: gl.constexpr, SUBSET: gl.constexpr):
+    """Causal attention of one 128-row query tile: two consumer warpgroups and a TMA producer warp."""
+    q_bufs = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+    k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+    v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(k_empty.index(i), count=2)  # one arrival per consumer warpgroup
+        mbarrier.init(v_empty.index(i), count=2)
+    fence_async_shared()
+    WG0: gl.constexpr = 0
+    WG1: gl.constexpr = 1
+    gl.warp_specialize([
+        (_hp_consumer, (q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, HEADS, O, LSE, N, NH, H,
+                        Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
+                        qk_scale, WG0, GROUP, BLOCK_N, STAGES, HAS_LSE, HEAD_GROUP, SUBSET)),
+        (_hp_consumer, (q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, HEADS, O, LSE, N, NH, H,
+                        Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
+                        qk_scale, WG1, GROUP, BLOCK_N, STAGES, HAS_LSE, HEAD_GROUP, SUBSET)),
+        (_hp_producer, (q_desc, k_desc, v_desc, q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
+                        HEADS, N, NH, H, Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, GROUP, BLOCK_N, STAGES, HEAD_GROUP,
+                        SUBSET)),
+    ], [4, 1], [240, 24])
+
+
+# ------------------------------------------------------------------ host side
+
+
+def hopper_rows(t: torch.Tensor):
+    """(2-D view, rows per batch, rows per head, columns per head) of a (B, H, N, D) tensor whose
+    rows TMA can address: (B * H * N, D) for a contiguous tensor, (B * N, H * D) for (B, N, H, D)
+    viewed as (B, H, N, D); None for another layout or unaligned addresses."""
+    B, H, N, D = t.shape
+    s0, s1, s2, s3 = t.stride()
+    if s3 != 1 or t.data_ptr() % 16 or (s2 * t.element_size()) % 16:
+        return None
+    if s2 == D and (H == 1 or s1 == N * D) and (B == 1 or s0 == H * N * D):
+        return torch.as_strided(t, (B * H * N, D), (D, 1)), H * N, N, 0
+    if s1 == D and s2 == H * D and (B == 1 or s0 == N * H * D):
+        return torch.as_strided(t, (B * N, H * D), (H * D, 1)), N, 0, D
+    return None
+
+
+def hopper_ok(q: torch.Tensor, N: int) -> bool:
+    """Whether the Hopper kernel may serve a causal launch: a Hopper GPU, Gluon, 16-bit inputs of
+    head dimension 64 or 128, a prompt of at least HOPPER_MIN_N tokens."""
+    return (
+        gluon is not None
+        and N >= HOPPER_MIN_N
+        and q.is_cuda
+        and q.dtype in (torch.bfloat16, torch.float16)
+        and q.shape[3] in (64, 128)
+        and torch.cuda.get_device_capability(q.device)[0] == 9
+    )
+
+
+def hopper_launcher(q, k, v, o, heads, nh: int, H: int, scale: float, return_lse: bool, head_group: int):
+    """run(q, k, v, o, lse, tr, lengths, sel=None): one launch of the Hopper kernel for these
+    tensors' layouts (the caller's memo key fixes shapes and strides), or None where a layout
+    does not suit it (hopper_rows)."""
+    rows = [hopper_rows(t) for t in (q, k, v)]
+    if None in rows or o.stride() != q.stride():
+        return None
+    B, _, N, D = q.shape
+    dt = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+    q_block, kv_block = [_HOPPER_ROWS, D], [_HOPPER_KEYS, D]
+    q_layout = gl.NVMMASharedLayout.get_default_for(q_block, dt)
+    kv_layout = gl.NVMMASharedLayout.get_default_for(kv_block, dt)
+    (_, q_rb, q_rh, q_ch), (_, k_rb, k_rh, k_ch) = rows[0], rows[1]
+    grid = (-(-N // (2 * _HOPPER_ROWS)), B * nh)
+    const = dict(GROUP=H // k.shape[1], BLOCK_N=_HOPPER_KEYS, STAGES=_HOPPER_STAGES, HAS_LSE=return_lse,
+                 HEAD_GROUP=head_group, SUBSET=heads is not None, num_warps=4, maxnreg=168)  # fmt: skip
+
+    def describe(t, block, layout):
+        view = hopper_rows(t)[0]
+        return GluonDescriptor(view, list(view.shape), list(view.stride()), block, layout)
+
+    def run(q, k, v, o, lse, tr=None, lengths=None, sel=None):
+        _hopper_causal_kernel[grid](
+            describe(q, q_block, q_layout), describe(k, kv_block, kv_layout), describe(v, kv_block, kv_layout),
+            heads, o, lse, N, nh, H, q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, *o.stride()[:3],
+            *(lse.stride()[:2] if return_lse else (0, 0)), scale * 1.4426950408889634, **const,
+        )  # fmt: skip
+
+    return run

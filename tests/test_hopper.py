@@ -1,0 +1,77 @@
+"""The Hopper causal kernel (codegen/support/hopper.py): which launches it serves, the rows its
+TMA descriptors address (against indexing the tensors themselves), and a build for sm_90 through
+Triton's own ptxas. Gluon has no interpreter: bench/gpu.py checks the kernel against the torch
+reference on the GPU (docs/codegen.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnc.codegen.support import hopper
+from attnc.compiler.lower import lower
+from attnc.compiler.plan import plan_program
+from attnc.spec.resolve import resolve_text
+from tests.test_codegen_support import have_ptxas
+
+
+def plan_of(expr: str):
+    return plan_program(lower(resolve_text(f"pattern h = {expr}\n", "h.attn")))[0]
+
+
+@pytest.mark.parametrize(
+    "expr, causal",
+    [("causal", True), ("window(64)", False), ("causal & window(64)", False), ("causal | sink(4)", False),
+     ("causal & select(mean, top = 2, block = 16)", False), ("full", False)],
+)  # fmt: skip
+def test_only_plain_causal_groups_are_marked(expr, causal):
+    assert plan_of(expr).tuning["causal"] is causal
+
+
+def _model_layout(B, H, N, D):
+    """(B, H, N, D) as a model's projection leaves it: (B, N, H, D) viewed with heads second."""
+    return torch.randn(B, N, H, D).transpose(1, 2)
+
+
+@pytest.mark.parametrize("make", [lambda B, H, N, D: torch.randn(B, H, N, D), _model_layout])
+@pytest.mark.parametrize("B, H", [(1, 3), (2, 4), (2, 1)])
+def test_descriptor_rows_address_each_head(make, B, H):
+    """Row b * rows_per_batch + h * rows_per_head + n, columns h * cols_per_head .. + D of the
+    2-D view hold t[b, h, n] for every batch, head and position."""
+    N, D = 5, 8
+    t = make(B, H, N, D)
+    view, rb, rh, ch = hopper.hopper_rows(t)
+    for b in range(B):
+        for h in range(H):
+            rows = view[b * rb + h * rh : b * rb + h * rh + N, h * ch : h * ch + D]
+            assert torch.equal(rows, t[b, h])
+
+
+def test_other_layouts_are_left_to_the_generated_kernel():
+    t = torch.randn(2, 4, 6, 8)
+    assert hopper.hopper_rows(t[:, :, :, :4]) is None  # rows not contiguous in memory
+    assert hopper.hopper_rows(t.transpose(0, 1)) is None  # batch inside heads
+    assert hopper.hopper_rows(t[:, :, 1:]) is None  # a head's rows followed by another's part (not its start)
+    assert not hopper.hopper_ok(torch.randn(1, 1, 8192, 128, dtype=torch.bfloat16), 8192)  # not on a GPU
+
+
+@pytest.mark.skipif(not have_ptxas(), reason="no ptxas in the triton install")
+def test_hopper_kernel_compiles_for_sm90(tmp_path):
+    """The generated module's Hopper kernel builds for sm_90 (bf16 and fp16, D = 128 and 64, GQA,
+    a head subset, LSE), in shared memory one H100 block holds, without spills."""
+    from attnc.codegen.writer import write_module
+
+    path = write_module(lower(resolve_text("pattern hopper_gpu = causal\n", "hopper_gpu.attn")), tmp_path)
+    script = Path(__file__).with_name("hopper_sm90.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile, not interpret
+    run = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=900, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    cases = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(cases) == 3
+    assert all(0 < c["shared"] <= 227 * 1024 and c["stack"] == 0 for c in cases.values()), cases
