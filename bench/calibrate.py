@@ -17,7 +17,8 @@ compiler/simulate.py (numpy only: no lark, no pydantic), so it runs on the GPU m
 is. It times synthetic patterns chosen to separate the profile's unknowns (B=1, H=32, D=128,
 bf16) and fits them by least squares (`simulate.fit_kernel`):
 
-    causal at N = 1K, 8K, 32K                      full tiles, the masked diagonal, launch overhead
+    causal at N = 1K                               full tiles, the masked diagonal, launch overhead
+    causal at N = 8K, 16K, 32K                     the Gluon causal kernel on Hopper ("hopper")
     window(64), window(1024), window(4096), 32K    masked tiles against per-program overhead
     causal & (sink(4) | window(1024)), 8K and 32K  the narrow tiles of the sink loop (16 wide)
     causal & (sink(64) | window(960)), 32K         narrow tiles 64 wide (DuoAttention's heads)
@@ -59,7 +60,7 @@ except ImportError:  # the GPU machine: the source tree, attnc not installed; nu
     from compiler.atoms import Chunk, DiffMod, KMod
 
 B, H, D, DTYPE = 1, 32, 128, "bfloat16"
-ATTNC_FAMILIES = ("attnc", "grid", "diag", "stripe")  # cases that time a generated module
+ATTNC_FAMILIES = ("attnc", "grid", "diag", "stripe", "hopper")  # cases that time a generated module
 CAPABILITY = (9, 0)  # the GPU the generated cases are planned for (H100, H200)
 
 
@@ -71,7 +72,7 @@ class Case:
     (kernel "grid") a NATTEN neighbourhood of size `nb` over the token grid `grid`."""
 
     name: str
-    kernel: str  # attnc | sdpa | flex | grid | diag | stripe
+    kernel: str  # attnc | sdpa | flex | grid | diag | stripe | hopper
     n: int
     window: int = 0
     sink: int = 0
@@ -126,7 +127,7 @@ class Case:
 
             program = self.program()
             plan = plan_program(program)[0]
-            cfg = sim.kernel_config(program, D, DTYPE, capability, group=0)
+            cfg = sim.kernel_config(program, D, DTYPE, capability, group=0, n=self.n)
             grid_runs = plan.grid is not None and plan.grid.runs(self.n, cfg.bm, cfg.bn)
             family = sim.cost_family(plan, cfg, grid_runs)
             if (family or "attnc") != self.kernel:
@@ -147,8 +148,6 @@ def attnc_cases() -> list[Case]:
     """Seven kernels (seven compiles); the causal one at three lengths, sink+window at two."""
     spec = [
         ("causal_1k", 1024, 0, 0, "cal_causal"),
-        ("causal_8k", 8192, 0, 0, "cal_causal"),
-        ("causal_32k", 32768, 0, 0, "cal_causal"),
         ("win64_32k", 32768, 64, 0, "cal_win64"),
         ("win1024_32k", 32768, 1024, 0, "cal_win1024"),
         ("win4096_32k", 32768, 4096, 0, "cal_win4096"),
@@ -157,6 +156,7 @@ def attnc_cases() -> list[Case]:
         ("sink64win960_32k", 32768, 960, 64, "cal_sink64win960"),
     ]
     return [Case(name, "attnc", n, w, s, module=m) for name, n, w, s, m in spec] + [
+        *(Case(f"causal_{n // 1024}k", "hopper", n, module="cal_causal") for n in (8192, 16384, 32768)),
         Case("power64_32k", "attnc", 32768, module="cal_power64", power=64),
         Case("diag256_8k", "diag", 8192, 256, 4, module="cal_diag256", strided=256),
         Case("diag256_32k", "diag", 32768, 256, 4, module="cal_diag256", strided=256),
@@ -313,7 +313,10 @@ class Cuda:
             cfg = mod.config_for(q.device, q.dtype, D, group=0)
             t = launch.heads[0]
             planned = (t.bm, t.bn, t.bn_narrow, launch.order)
-            got = (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_N_NARROW"], "desc" if cfg["GRID_ORDER"] == 2 else "asc")
+            tiles = (cfg["BLOCK_M"], cfg["BLOCK_N"])
+            if 0 < cfg.get("HOPPER", 0) <= case.n:  # the Gluon causal kernel
+                tiles = (sim.HOPPER_TILE, sim.HOPPER_TILE)
+            got = (*tiles, cfg["BLOCK_N_NARROW"], "desc" if cfg["GRID_ORDER"] == 2 else "asc")
             if planned != got:
                 raise CalibrationError(
                     f"{case.module} runs (BM, BN, narrow, order) = {got}, the cases planned "
@@ -405,6 +408,8 @@ SETTINGS = {
     # two lengths of one pattern: tiles against programs; full tiles at attnc's ratio to masked ones
     "diag": (("program_us", "masked_us"), {"full_us": ("masked_us", 0.8)}),
     "stripe": (("program_us", "full_us", "masked_us"), {}),
+    # causal at three lengths: full tiles against programs; the diagonal tile at 1.2 full ones
+    "hopper": (("program_us", "full_us"), {"masked_us": ("full_us", 1.2)}),
 }
 
 
@@ -489,6 +494,12 @@ def report(prof: sim.Profile, cases: list[tuple[Case, sim.Launch]], measured: di
 BACKWARD_CASES = ("causal_8k", "causal_32k", "sdpa_causal_8k", "sdpa_causal_32k")  # timed with their backward
 
 
+def backward_key(kernel: str) -> str:
+    """Whose backward factor a case measures: a generated module's backward kernels are
+    attnc's whichever forward kernel ran (the Gluon causal kernel's included)."""
+    return "attnc" if kernel in ATTNC_FAMILIES else kernel
+
+
 def fit_backward(prof: sim.Profile, cases: list[tuple[Case, sim.Launch]], measured: dict[str, float], gpu):
     """The profile's `backward` factors: per kernel, the measured backward (forward + backward
     minus the forward) over simulate.backward_time's tile part, averaged over its cases; and
@@ -499,19 +510,17 @@ def fit_backward(prof: sim.Profile, cases: list[tuple[Case, sim.Launch]], measur
         if c.name not in BACKWARD_CASES or c.name not in measured:
             continue
         bwd = gpu.measure_training(c) - measured[c.name]
-        kc = prof.kernel(c.kernel)
-        fwd = sim.launch_time(
-            c.kernel, launch, kc.lookup(D, DTYPE, *_tile(launch), prof.dtype_scale), kc.launch_us, prof.sms
-        )
+        kc, key = prof.kernel(c.kernel), backward_key(c.kernel)
+        fwd = sim.launch_time(key, launch, kc.lookup(D, DTYPE, *_tile(launch), prof.dtype_scale), kc.launch_us, prof.sms)
         unit = sim.backward_time(fwd)
         fixed = unit.overhead_ms + unit.launch_ms
-        ratios.setdefault(c.kernel, []).append((bwd - fixed) / max(unit.ms - fixed, 1e-9))
+        ratios.setdefault(key, []).append((bwd - fixed) / max(unit.ms - fixed, 1e-9))
         timed.append((c, fwd, bwd))
         print(f"  backward {c.name:22s} {bwd:9.4f} ms", flush=True)
     factors = {k: max(sum(v) / len(v), 0.0) for k, v in ratios.items()}
     rows = []
     for c, fwd, bwd in timed:
-        pred = sim.backward_time(fwd, factors[c.kernel]).ms
+        pred = sim.backward_time(fwd, factors[backward_key(c.kernel)]).ms
         rows.append(
             {
                 "case": c.name + "_backward",

@@ -22,6 +22,11 @@ Config = dict[str, object]
 # descriptors, which also cost GPU time in every program (N = 128: 7.8 -> 11.6 us; 1024: 37.8
 # -> 40.8; 4096: 288 -> 301 causal, 167 -> 186 StreamingLLM), so host ones stay.
 TMA = 2
+# Groups whose pattern is exactly `causal`, on Hopper (compute capability 9.x), in 16-bit
+# inputs of head_dim 64 or 128 (the rows below that set `hopper`), from this many keys on run
+# the Gluon kernel of codegen/support/hopper.py (FlashAttention-3's schedule). H100, B=1,
+# H=32, D=128: 0.97-1.05x SDPA's rate at 4K-128K, where the generated kernel runs 0.86-0.91x.
+HOPPER_MIN_N = 4096
 
 
 def _cfg(
@@ -48,7 +53,7 @@ def _cfg(
         "GRID_ORDER": grid_order,
         "WARP_SPEC": False,
         "maxnreg": maxnreg,
-        "HOPPER": hopper,  # plain causal groups on long prompts: the Gluon kernel (codegen/support/hopper.py)
+        "HOPPER": HOPPER_MIN_N if hopper else 0,  # causal groups from this many keys: the Gluon kernel
     }
 
 
@@ -123,7 +128,8 @@ def choose_config(
     """The launch configuration of a pattern group: the first row of the tables that matches the
     GPU's compute capability `cap` (None: the CPU, under the interpreter), the dtype `kind`
     ("16bit" or "fp32") and head_dim; capped by the group's plan (`tune`: block_cap,
-    rows_cap, narrow, grows, grid); then `overrides` (a dict of the same keys). The tables are
+    rows_cap, narrow, grows, grid, causal); then `overrides` (a dict of the same keys). HOPPER > 0:
+    a plain causal group on a Hopper GPU runs the Gluon kernel from HOPPER keys on. The tables are
     CONFIGS, GRID_CONFIGS and CPU_CONFIG (passed in: a generated module holds its own copies).
 
     The one definition of this rule: generated modules carry its source (config_for), and the
@@ -155,5 +161,7 @@ def choose_config(
         cfg["BLOCK_N_NARROW"] = min(narrow, cfg["BLOCK_N"]) if tune["narrow"] else cfg["BLOCK_N"]
     if "USE_TMA" not in (overrides or {}):
         cfg["USE_TMA"] = int(cfg.get("USE_TMA", 0)) if cap[0] >= 9 else 0
+    if not (tune.get("causal") and cap[0] == 9) and "HOPPER" not in (overrides or {}):
+        cfg["HOPPER"] = 0  # the Gluon kernel: plain causal groups on Hopper only
     cfg["DOT_PREC"] = "ieee" if kind == "fp32" else "tf32"
     return cfg

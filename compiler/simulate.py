@@ -48,10 +48,11 @@ PROFILE_DIR = Path(__file__).parent / "profiles"
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 FLEX_BLOCK = 128  # FlexAttention's block-mask granularity (its default BLOCK_SIZE)
 SDPA_TILE = (128, 128)
+HOPPER_TILE = 128  # query rows and keys per tile of the Gluon causal kernel (codegen/support/hopper.py)
 # grid: attnc's tile-order kernel for grid groups; diag, stripe: attnc's launches of groups with
 # a diagonal loop or a stripe loop (compiler/plan.py's Loop), whose tiles cost their own
-KERNELS = ("attnc", "sdpa", "flex", "grid", "diag", "stripe")
-FAMILIES = ("grid", "diag", "stripe")  # optional in a profile: absent, attnc's costs stand in
+KERNELS = ("attnc", "sdpa", "flex", "grid", "diag", "stripe", "hopper")
+FAMILIES = ("grid", "diag", "stripe", "hopper")  # optional in a profile: absent, attnc's costs stand in
 ORDERS = ("lpt", "asc", "desc")
 IDEAL_MAX_TILES = 1 << 21  # finer block maps are not built (a kernel's 64 x 64 tiles at N = 128K)
 
@@ -163,6 +164,7 @@ class Profile:
     grid: KernelCosts | None = None  # the tile-order grid kernel; None: attnc's costs stand in
     diag: KernelCosts | None = None  # launches with a diagonal loop; None: attnc's costs
     stripe: KernelCosts | None = None  # launches with a stripe loop; None: attnc's costs
+    hopper: KernelCosts | None = None  # the Gluon causal kernel on Hopper; None: attnc's costs
     # per kernel ("attnc", "sdpa", "flex"): measured backward over backward_time's model of its
     # tile part (bench/calibrate.py fits it; absent: 1, the model as it stands)
     backward: dict[str, float] = field(default_factory=dict)
@@ -339,6 +341,7 @@ class KernelConfig:
     order: str  # "desc": GRID_ORDER 2, longest query blocks first; "asc": natural
     residue: int = 0  # d > 0: the group runs dense attention per residue class q mod d
     split: int = 0  # m > 0: the group runs its split plan, then its residue plan per class q mod m
+    hopper: bool = False  # the Gluon causal kernel (codegen/support/hopper.py): 128 x 128 tiles
 
 
 def kernel_config(
@@ -364,6 +367,8 @@ def kernel_config(
         configs.CPU_CONFIG,
     )
     order = "desc" if cfg["GRID_ORDER"] == 2 else "asc"
+    if n is not None and 0 < cfg.get("HOPPER", 0) <= n:  # as the generated prefill decides at that N
+        return KernelConfig(HOPPER_TILE, HOPPER_TILE, cfg["BLOCK_N_NARROW"], order, hopper=True)
     residue, split = int(tune["residue"]), int(tune.get("split", 0))
     if n is not None and n < tune.get("split_from", 0):
         split = 0
@@ -655,9 +660,12 @@ def kernel_tiles(plan: Any, n: int, cfg: KernelConfig) -> Tiles:
 def cost_family(plan: Any, cfg: KernelConfig, grid_runs: bool) -> str:
     """Whose tile costs a group's launch runs at (Launch.costs): "grid" for the tile-order
     kernel, "diag" or "stripe" when the plan it runs has a diagonal or a stripe loop, else ""
-    (attnc's). Residue mode runs the residue plan, which has no loop."""
+    (attnc's), "hopper" for the Gluon causal kernel. Residue mode runs the residue plan, which has
+    no loop."""
     if grid_runs:
         return "grid"
+    if cfg.hopper:
+        return "hopper"
     if cfg.residue and getattr(plan, "residue_plan", None) is not None:
         return ""
     if cfg.split and getattr(plan, "split_plan", None) is not None:

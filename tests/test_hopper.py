@@ -58,7 +58,7 @@ def test_other_layouts_are_left_to_the_generated_kernel():
     assert hopper.hopper_rows(t[:, :, :, :4]) is None  # rows not contiguous in memory
     assert hopper.hopper_rows(t.transpose(0, 1)) is None  # batch inside heads
     assert hopper.hopper_rows(t[:, :, 1:]) is None  # a head's rows followed by another's part (not its start)
-    assert not hopper.hopper_ok(torch.randn(1, 1, 8192, 128, dtype=torch.bfloat16), 8192)  # not on a GPU
+    assert not hopper.hopper_ok(torch.randn(1, 1, 8192, 128, dtype=torch.bfloat16), 8192, 4096)  # not on a GPU
 
 
 @pytest.mark.skipif(not have_ptxas(), reason="no ptxas in the triton install")
@@ -75,3 +75,25 @@ def test_hopper_kernel_compiles_for_sm90(tmp_path):
     cases = json.loads(run.stdout.strip().splitlines()[-1])
     assert len(cases) == 3
     assert all(0 < c["shared"] <= 227 * 1024 and c["stack"] == 0 for c in cases.values()), cases
+
+
+@pytest.mark.parametrize(
+    "expr, cap, dtype, d, n, runs",
+    [("causal", (9, 0), "bfloat16", 128, 4096, True), ("causal", (9, 0), "float16", 64, 131072, True),
+     ("causal", (9, 0), "bfloat16", 128, 4095, False), ("causal", (8, 0), "bfloat16", 128, 8192, False),
+     ("causal", (10, 0), "bfloat16", 128, 8192, False), ("causal", (9, 0), "float32", 128, 8192, False),
+     ("causal", (9, 0), "bfloat16", 256, 8192, False), ("causal & window(4096)", (9, 0), "bfloat16", 128, 8192, False),
+     ("causal", None, "bfloat16", 128, 8192, False)],
+)  # fmt: skip
+def test_the_configuration_decides_where_the_kernel_runs(expr, cap, dtype, d, n, runs):
+    """One rule (compiler/configs.py's choose_config, which generated modules carry): plain causal
+    groups, Hopper, 16-bit, head_dim 64 or 128, from HOPPER_MIN_N keys on; the simulator charges
+    such a launch to the profile's `hopper` costs at the kernel's 128 x 128 tiles."""
+    from attnc.compiler import simulate
+
+    prog = lower(resolve_text(f"pattern h = {expr}\n", "h.attn"))
+    cfg = simulate.kernel_config(prog, d, dtype, cap, 0, n)
+    assert cfg.hopper is runs
+    if runs:
+        assert (cfg.bm, cfg.bn) == (simulate.HOPPER_TILE,) * 2
+        assert simulate.cost_family(plan_program(prog)[0], cfg, False) == "hopper"

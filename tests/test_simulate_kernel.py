@@ -98,7 +98,7 @@ def test_each_group_gets_its_own_config_and_launch(monkeypatch):
         cfg = sim.kernel_config(program, 128, "bfloat16", (9, 0), g)
         assert (cfg.bm, cfg.bn, cfg.bn_narrow) == (got["BLOCK_M"], got["BLOCK_N"], got["BLOCK_N_NARROW"])
     mod._CONFIG_CACHE.clear()
-    shape = sim.Shape(4096, heads=4, kv_heads=2, head_dim=128)
+    shape = sim.Shape(2048, heads=4, kv_heads=2, head_dim=128)  # below HOPPER_MIN_N: the generated kernels
     work = sim.prefill_workload(program, shape, (9, 0))
     launches = [l for l, _ in work.launches["attnc"]]
     assert [len(l.heads) for l in launches] == [1, 2, 1]  # one launch per group, over its heads only

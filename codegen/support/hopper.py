@@ -9,8 +9,9 @@ keys by TMA into two-stage rings guarded by mbarriers; each consumer issues S_j 
 and O += P_{j-1} V_{j-1} as asynchronous wgmmas, waits for S_j alone and runs the softmax of
 tile j under the PV product (P stays in registers as the wgmma's A operand). The causal
 mask runs on the diagonal tiles only. It serves groups whose pattern is exactly `causal` on
-long prompts (`HOPPER_MIN_N`), where its rate pays (docs/codegen.md); every other launch,
-and every launch under TRITON_INTERPRET (Gluon has no interpreter), is the generated kernel.
+long prompts (the configuration's `HOPPER`: compiler/configs.py), where its rate pays
+(docs/codegen.md); every other launch, and every launch on the CPU (Gluon has no
+interpreter), is the generated kernel.
 
 Layouts: q, k, v are read through 2-D TMA descriptors over either (B * H * N, D) (contiguous
 (B, H, N, D)) or (B * N, H * D) (a model's (B, N, H, D) projections viewed as (B, H, N, D)).
@@ -36,7 +37,6 @@ try:
 except ImportError:  # a Triton without Gluon: the generated kernel serves every launch
     gluon = None
 
-HOPPER_MIN_N = 4096  # shorter prompts: the generated kernel (host time and rate measured, docs/codegen.md)
 _HOPPER_ROWS, _HOPPER_KEYS, _HOPPER_STAGES = 64, 128, 2  # rows per consumer warpgroup, keys per tile, ring depth
 
 
@@ -235,17 +235,10 @@ def hopper_rows(t: torch.Tensor):
     return None
 
 
-def hopper_ok(q: torch.Tensor, N: int) -> bool:
-    """Whether the Hopper kernel may serve a causal launch: a Hopper GPU, Gluon, 16-bit inputs of
-    head dimension 64 or 128, a prompt of at least HOPPER_MIN_N tokens."""
-    return (
-        gluon is not None
-        and N >= HOPPER_MIN_N
-        and q.is_cuda
-        and q.dtype in (torch.bfloat16, torch.float16)
-        and q.shape[3] in (64, 128)
-        and torch.cuda.get_device_capability(q.device)[0] == 9
-    )
+def hopper_ok(q: torch.Tensor, N: int, min_n: int) -> bool:
+    """Whether the Hopper kernel may serve a causal launch of N keys whose configuration allows
+    it from min_n keys on (0: never): Gluon, q on a GPU (the configuration checked the rest)."""
+    return 0 < min_n <= N and gluon is not None and q.is_cuda
 
 
 def hopper_launcher(q, k, v, o, heads, nh: int, H: int, scale: float, return_lse: bool, head_group: int):

@@ -512,13 +512,7 @@ def _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, trac
         cfg = config_of(spec, q.device, q.dtype, D, config, group)
         if part is not None:
             check_key_tile("prefill_at", part[1], part[2], N, cfg["BLOCK_N"])
-        if (
-            spec.tuning[group].get("causal")
-            and cfg.get("HOPPER")
-            and not (trace or padded)
-            and whole
-            and hopper_ok(q, N)
-        ):
+        if hopper_ok(q, N, cfg.get("HOPPER", 0)) and not (trace or padded) and whole:
             head_group = _head_group(cfg, q.shape[0], nh, N, D, q.element_size())[1]
             run = hopper_launcher(q, k, v, o, heads, nh, H, scale, return_lse, head_group)
             if run is not None:
