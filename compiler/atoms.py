@@ -458,7 +458,7 @@ class DiffMod(ModAtom):
         return (q - k) % self.m == self.r
 
     def tile(self, q0, q1, k0, k1):
-        return mod_status(q0 - k1, q1 - k0, self.m, self.r)
+        return mod_status(q0, -k1, (q1 - q0) + (k1 - k0), self.m, self.r)
 
     def render_parts(self, q, k):
         if self.m == 1:
@@ -484,7 +484,7 @@ class KMod(ModAtom):
         return (k + 0 * q) % self.m == self.r
 
     def tile(self, q0, q1, k0, k1):
-        return mod_status(k0 + 0 * q0, k1 + 0 * q1, self.m, self.r)
+        return mod_status(k0, 0 * q0, (k1 - k0) + 0 * (q1 - q0), self.m, self.r)
 
     def render_parts(self, q, k):
         if self.m == 1:

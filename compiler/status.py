@@ -31,13 +31,17 @@ def range_status(lo_v: np.ndarray, hi_v: np.ndarray, lo: int | None, hi: int | N
     return status_of(all_true, any_true)
 
 
-def mod_status(lo_v: np.ndarray, hi_v: np.ndarray, m: int, r: int) -> np.ndarray:
-    """Status of `x mod m == r` when x takes every integer in [lo_v, hi_v]."""
+def mod_status(lo_a: np.ndarray, lo_b: np.ndarray, width: np.ndarray, m: int, r: int) -> np.ndarray:
+    """Status of `x mod m == r` when x takes every integer in [lo, lo + width], lo = lo_a + lo_b.
+
+    The low end comes in two parts that broadcast, each reduced modulo m apart: over a grid of
+    tiles (lo_a a column, lo_b a row) the only division is per row and per column, not per tile."""
     if m == 1:
-        return np.full(np.broadcast(lo_v, hi_v).shape, Status.ALL, dtype=np.int8)
-    first_hit = lo_v + (r - lo_v) % m  # the smallest x >= lo_v with x mod m == r
-    any_true = first_hit <= hi_v
-    all_true = (lo_v == hi_v) & any_true
+        return np.full(np.broadcast(lo_a, lo_b, width).shape, Status.ALL, dtype=np.int8)
+    gap = (r - lo_a) % m + (-lo_b) % m  # (r - lo) mod m, plus m when the two parts wrap
+    gap = gap - m * (gap >= m)  # the smallest x >= lo with x mod m == r, less lo
+    any_true = gap <= width
+    all_true = (width == 0) & any_true
     return status_of(all_true, any_true)
 
 
