@@ -22,24 +22,32 @@ def status_of(all_true: np.ndarray, any_true: np.ndarray) -> np.ndarray:
     return np.asarray(np.add(np.logical_or(all_true, any_true), all_true, dtype=np.int8))  # NONE 0, SOME 1, ALL 2
 
 
-def range_status(lo_v: np.ndarray, hi_v: np.ndarray, lo: int | None, hi: int | None) -> np.ndarray:
-    """Status of `lo <= x <= hi` when x takes every integer in [lo_v, hi_v]."""
-    lo_b = -(2**62) if lo is None else lo
-    hi_b = 2**62 if hi is None else hi
-    all_true = (lo_v >= lo_b) & (hi_v <= hi_b)
-    any_true = (hi_v >= lo_b) & (lo_v <= hi_b)
+def range_status(lo_a: Any, lo_b: Any, hi_a: Any, hi_b: Any, lo: int | None, hi: int | None) -> np.ndarray:
+    """Status of `lo <= x <= hi` when x takes every integer in [lo_a + lo_b, hi_a + hi_b]
+    (integer arrays that broadcast). Each bound is compared as a parts' difference, so a grid
+    of tiles (the a parts a column, the b parts a row) compares without an integer array per tile."""
+    lo_b_ = -(2**62) if lo is None else lo
+    hi_b_ = 2**62 if hi is None else hi
+    all_true = (lo_a >= lo_b_ - lo_b) & (hi_a <= hi_b_ - hi_b)
+    any_true = (hi_a >= lo_b_ - hi_b) & (lo_a <= hi_b_ - lo_b)
     return status_of(all_true, any_true)
 
 
-def mod_status(lo_a: np.ndarray, lo_b: np.ndarray, width: np.ndarray, m: int, r: int) -> np.ndarray:
-    """Status of `x mod m == r` when x takes every integer in [lo, lo + width], lo = lo_a + lo_b.
+def mod_status(lo_a: Any, lo_b: Any, width_a: Any, width_b: Any, m: int, r: int) -> np.ndarray:
+    """Status of `x mod m == r` when x takes every integer in [lo, lo + width], with
+    lo = lo_a + lo_b and width = width_a + width_b (integer arrays that broadcast).
 
-    The low end comes in two parts that broadcast, each reduced modulo m apart: over a grid of
-    tiles (lo_a a column, lo_b a row) the only division is per row and per column, not per tile."""
+    Over a grid of tiles (the a parts a column, the b parts a row) each part is reduced modulo
+    m on its own, so the only division is per row and per column, and the per-tile arithmetic
+    runs in the narrowest integer type that holds it."""
     if m == 1:
-        return np.full(np.broadcast(lo_a, lo_b, width).shape, Status.ALL, dtype=np.int8)
-    gap = (r - lo_a) % m + (-lo_b) % m  # (r - lo) mod m, plus m when the two parts wrap
-    gap = gap - m * (gap >= m)  # the smallest x >= lo with x mod m == r, less lo
+        return np.full(np.broadcast(lo_a, lo_b, width_a, width_b).shape, Status.ALL, dtype=np.int8)
+    width_a, width_b = np.asarray(width_a), np.asarray(width_b)
+    bound = max(2 * m, int(np.abs(width_a).max(initial=0)) + int(np.abs(width_b).max(initial=0)))
+    dtype = np.int16 if bound < 2**15 else np.int32 if bound < 2**31 else np.int64
+    gap = np.asarray(((r - np.asarray(lo_a)) % m).astype(dtype) + ((-np.asarray(lo_b)) % m).astype(dtype))
+    np.subtract(gap, m, out=gap, where=gap >= m)  # the smallest x >= lo with x mod m == r, less lo
+    width = width_a.astype(dtype) + width_b.astype(dtype)
     any_true = gap <= width
     all_true = (width == 0) & any_true
     return status_of(all_true, any_true)
