@@ -587,7 +587,10 @@ def is_power_distance(d: Any) -> Any:
 
 
 def _bit_length(x: np.ndarray) -> np.ndarray:
-    """Elementwise int.bit_length for non-negative int64 arrays."""
+    """Elementwise int.bit_length for non-negative int64 arrays: the binary exponent of the
+    float (exact below 2**53, which covers any distance of an analysable length), else bit by bit."""
+    if x.size == 0 or x.max() < 2**53:
+        return np.frexp(x.astype(np.float64))[1].astype(np.int64)
     out = np.zeros(x.shape, dtype=np.int64)
     v = x.copy()
     while (v > 0).any():
