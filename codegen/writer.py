@@ -72,11 +72,13 @@ def support_source(name: str) -> str:
 
 
 def _dropped_lines(text: str) -> set[int]:
-    """The line numbers of a support file's module docstring, `from __future__` imports and
-    sibling imports, from a parse of its header alone where that suffices (`_header`)."""
+    """support_source's lines to drop, parsing only the lines before the first definition (not
+    the whole file: most of compile's work on it) unless a `from` comes later or they don't parse."""
+    first = re.search(r"^(?:def|class|async def|@)\b", text, re.M)
+    late = first is None or re.search(r"^from\b|;\s*from\b", text[first.start() :], re.M)
     try:
-        nodes = ast.parse(_header(text)).body
-    except SyntaxError:  # a definition-like line inside the docstring cut the header short
+        nodes = ast.parse(text if late else text[: first.start()]).body
+    except SyntaxError:
         nodes = ast.parse(text).body
     drop: set[int] = set()
     for node in nodes:
@@ -85,17 +87,6 @@ def _dropped_lines(text: str) -> set[int]:
         if docstring or relative:
             drop.update(range(node.lineno, node.end_lineno + 1))
     return drop
-
-
-def _header(text: str) -> str:
-    """The lines of a support file before its first top-level definition, where its docstring
-    and imports are; the whole text when an import (`from` at a line's start or after `;`)
-    comes later. Parsing the header alone spares parsing the file, most of `attnc compile`'s
-    work on the support files."""
-    first = re.search(r"^(?:def|class|async def|@)\b", text, re.M)
-    if first is None or re.search(r"^from\b|;\s*from\b", text[first.start() :], re.M):
-        return text
-    return text[: first.start()]
 
 
 def compiler_source(name: str) -> str:

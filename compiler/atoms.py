@@ -587,16 +587,10 @@ def is_power_distance(d: Any) -> Any:
 
 
 def _bit_length(x: np.ndarray) -> np.ndarray:
-    """Elementwise int.bit_length for non-negative int64 arrays: the binary exponent of the
-    float (exact below 2**53, which covers any distance of an analysable length), else bit by bit."""
+    """Elementwise int.bit_length for non-negative int64 arrays: the float's binary exponent (exact below 2**53)."""
     if x.size == 0 or x.max() < 2**53:
         return np.frexp(x.astype(np.float64))[1].astype(np.int64)
-    out = np.zeros(x.shape, dtype=np.int64)
-    v = x.copy()
-    while (v > 0).any():
-        out += v > 0
-        v >>= 1
-    return out
+    return np.array([int(v).bit_length() for v in x.ravel()], dtype=np.int64).reshape(x.shape)
 
 
 def _power_hits(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

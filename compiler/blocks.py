@@ -70,7 +70,6 @@ def _tile_bounds(n: int, b: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 _PROBES = 60
-_FIRST_PROBES = 8  # the corners and four of the random probes
 _RNG_SEED = 20240607
 
 
@@ -187,14 +186,13 @@ def _lit_statuses(lit: Lit, n_q: int, n_k: int, bm: int, bn: int) -> np.ndarray:
 
 
 def _probe_partial(pattern: Pattern, ambiguous: np.ndarray, q0, q1, k0, k1) -> np.ndarray:
-    """Ambiguous tiles where some probe is allowed and another forbidden: certainly partial.
-    The corners and a few probes go first; only the tiles they leave undecided get all the
-    probes (the tiles found are the same, since the first probes are among them)."""
+    """Ambiguous tiles where some probe is allowed and another forbidden: certainly partial. The
+    corners and 4 probes go first, all probes only to the tiles left (the same tiles are found)."""
     out = np.zeros(ambiguous.shape, dtype=bool)
     rng = np.random.default_rng(_RNG_SEED)
     fq = np.concatenate([[0.0, 0.0, 1.0, 1.0], rng.random(_PROBES)])[None, :]
     fk = np.concatenate([[0.0, 1.0, 0.0, 1.0], rng.random(_PROBES)])[None, :]
-    for probes in (_FIRST_PROBES, fq.shape[1]):
+    for probes in (8, fq.shape[1]):
         qi, kj = np.nonzero(ambiguous & ~out)
         for s in range(0, len(qi), 4096):
             i, j = qi[s : s + 4096], kj[s : s + 4096]

@@ -23,23 +23,16 @@ def status_of(all_true: np.ndarray, any_true: np.ndarray) -> np.ndarray:
 
 
 def range_status(lo_a: Any, lo_b: Any, hi_a: Any, hi_b: Any, lo: int | None, hi: int | None) -> np.ndarray:
-    """Status of `lo <= x <= hi` when x takes every integer in [lo_a + lo_b, hi_a + hi_b]
-    (integer arrays that broadcast). Each bound is compared as a parts' difference, so a grid
-    of tiles (the a parts a column, the b parts a row) compares without an integer array per tile."""
-    lo_b_ = -(2**62) if lo is None else lo
-    hi_b_ = 2**62 if hi is None else hi
-    all_true = (lo_a >= lo_b_ - lo_b) & (hi_a <= hi_b_ - hi_b)
-    any_true = (hi_a >= lo_b_ - hi_b) & (lo_a <= hi_b_ - lo_b)
-    return status_of(all_true, any_true)
+    """Status of `lo <= x <= hi` when x takes every integer in [lo_a + lo_b, hi_a + hi_b] (arrays
+    that broadcast, on a tile grid a column and a row: no integer array per tile is built)."""
+    lo, hi = -(2**62) if lo is None else lo, 2**62 if hi is None else hi
+    return status_of((lo_a >= lo - lo_b) & (hi_a <= hi - hi_b), (hi_a >= lo - hi_b) & (lo_a <= hi - lo_b))
 
 
 def mod_status(lo_a: Any, lo_b: Any, width_a: Any, width_b: Any, m: int, r: int) -> np.ndarray:
-    """Status of `x mod m == r` when x takes every integer in [lo, lo + width], with
-    lo = lo_a + lo_b and width = width_a + width_b (integer arrays that broadcast).
-
-    Over a grid of tiles (the a parts a column, the b parts a row) each part is reduced modulo
-    m on its own, so the only division is per row and per column, and the per-tile arithmetic
-    runs in the narrowest integer type that holds it."""
+    """Status of `x mod m == r` when x takes every integer in [lo_a + lo_b, lo_a + lo_b + width_a
+    + width_b] (arrays that broadcast, on a tile grid a column and a row): each part is reduced
+    mod m apart, and per tile only adds and compares run, in the narrowest integer type."""
     if m == 1:
         return np.full(np.broadcast(lo_a, lo_b, width_a, width_b).shape, Status.ALL, dtype=np.int8)
     width_a, width_b = np.asarray(width_a), np.asarray(width_b)
@@ -48,9 +41,8 @@ def mod_status(lo_a: Any, lo_b: Any, width_a: Any, width_b: Any, m: int, r: int)
     gap = np.asarray(((r - np.asarray(lo_a)) % m).astype(dtype) + ((-np.asarray(lo_b)) % m).astype(dtype))
     np.subtract(gap, m, out=gap, where=gap >= m)  # the smallest x >= lo with x mod m == r, less lo
     width = width_a.astype(dtype) + width_b.astype(dtype)
-    any_true = gap <= width
-    all_true = (width == 0) & any_true
-    return status_of(all_true, any_true)
+    hit = gap <= width
+    return status_of((width == 0) & hit, hit)
 
 
 def brute_tile(atom: Any, q0, q1, k0, k1) -> np.ndarray:
