@@ -20,6 +20,7 @@ import hashlib
 import inspect
 import os
 import pprint
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -63,17 +64,29 @@ def support_source(name: str) -> str:
     """The text of support/<name>.py as it is inlined into a generated module: verbatim, less
     its module docstring, `from __future__` imports and sibling imports (`from .x import ...`;
     the siblings are inlined into the same module, earlier: support.INLINE_ORDER)."""
-    path = SUPPORT / f"{name}.py"
-    text = path.read_text()
+    text = (SUPPORT / f"{name}.py").read_text()
+    drop = _dropped_lines(text)
+    lines = [line for i, line in enumerate(text.splitlines(), 1) if i not in drop]
+    body = "\n".join(lines).strip("\n")
+    return f"# {'-' * 66} codegen/support/{name}.py (inlined)\n{body}\n"
+
+
+def _dropped_lines(text: str) -> set[int]:
+    """support_source's lines to drop, parsing only the lines before the first definition (not
+    the whole file: most of compile's work on it) unless a `from` comes later or they don't parse."""
+    first = re.search(r"^(?:def|class|async def|@)\b", text, re.M)
+    late = first is None or re.search(r"^from\b|;\s*from\b", text[first.start() :], re.M)
+    try:
+        nodes = ast.parse(text if late else text[: first.start()]).body
+    except SyntaxError:
+        nodes = ast.parse(text).body
     drop: set[int] = set()
-    for node in ast.parse(text).body:
+    for node in nodes:
         docstring = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and node.lineno == 1
         relative = isinstance(node, ast.ImportFrom) and (node.level > 0 or node.module == "__future__")
         if docstring or relative:
             drop.update(range(node.lineno, node.end_lineno + 1))
-    lines = [line for i, line in enumerate(text.splitlines(), 1) if i not in drop]
-    body = "\n".join(lines).strip("\n")
-    return f"# {'-' * 66} codegen/support/{name}.py (inlined)\n{body}\n"
+    return drop
 
 
 def compiler_source(name: str) -> str:

@@ -321,7 +321,7 @@ class Band(RangeAtom):
         return _rng(q - k, self.lo, self.hi)
 
     def tile(self, q0, q1, k0, k1):
-        return range_status(q0 - k1, q1 - k0, self.lo, self.hi)
+        return range_status(q0, -k1, q1, -k0, self.lo, self.hi)
 
     def key_bounds(self):
         hull = Bounds(
@@ -370,7 +370,7 @@ class KRange(RangeAtom):
         return _rng(k + 0 * q, self.lo, self.hi)
 
     def tile(self, q0, q1, k0, k1):
-        return range_status(k0 + 0 * q0, k1 + 0 * q1, self.lo, self.hi)
+        return range_status(k0, 0 * q0, k1, 0 * q1, self.lo, self.hi)
 
     def key_bounds(self):
         b = Bounds(() if self.lo is None else (_const(self.lo),), () if self.hi is None else (_const(self.hi),))
@@ -402,7 +402,7 @@ class QRange(RangeAtom):
         return _rng(q + 0 * k, self.lo, self.hi)
 
     def tile(self, q0, q1, k0, k1):
-        return range_status(q0 + 0 * k0, q1 + 0 * k1, self.lo, self.hi)
+        return range_status(q0, 0 * k0, q1, 0 * k1, self.lo, self.hi)
 
     def key_bounds(self):
         """Any key, while some row of the block is in range (hull) or all are (full)."""
@@ -458,7 +458,7 @@ class DiffMod(ModAtom):
         return (q - k) % self.m == self.r
 
     def tile(self, q0, q1, k0, k1):
-        return mod_status(q0 - k1, q1 - k0, self.m, self.r)
+        return mod_status(q0, -k1, q1 - q0, k1 - k0, self.m, self.r)
 
     def render_parts(self, q, k):
         if self.m == 1:
@@ -484,7 +484,7 @@ class KMod(ModAtom):
         return (k + 0 * q) % self.m == self.r
 
     def tile(self, q0, q1, k0, k1):
-        return mod_status(k0 + 0 * q0, k1 + 0 * q1, self.m, self.r)
+        return mod_status(k0, 0 * q0, k1 - k0, 0 * q1, self.m, self.r)
 
     def render_parts(self, q, k):
         if self.m == 1:
@@ -587,13 +587,10 @@ def is_power_distance(d: Any) -> Any:
 
 
 def _bit_length(x: np.ndarray) -> np.ndarray:
-    """Elementwise int.bit_length for non-negative int64 arrays."""
-    out = np.zeros(x.shape, dtype=np.int64)
-    v = x.copy()
-    while (v > 0).any():
-        out += v > 0
-        v >>= 1
-    return out
+    """Elementwise int.bit_length for non-negative int64 arrays: the float's binary exponent (exact below 2**53)."""
+    if x.size == 0 or x.max() < 2**53:
+        return np.frexp(x.astype(np.float64))[1].astype(np.int64)
+    return np.array([int(v).bit_length() for v in x.ravel()], dtype=np.int64).reshape(x.shape)
 
 
 def _power_hits(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

@@ -22,23 +22,27 @@ def status_of(all_true: np.ndarray, any_true: np.ndarray) -> np.ndarray:
     return np.asarray(np.add(np.logical_or(all_true, any_true), all_true, dtype=np.int8))  # NONE 0, SOME 1, ALL 2
 
 
-def range_status(lo_v: np.ndarray, hi_v: np.ndarray, lo: int | None, hi: int | None) -> np.ndarray:
-    """Status of `lo <= x <= hi` when x takes every integer in [lo_v, hi_v]."""
-    lo_b = -(2**62) if lo is None else lo
-    hi_b = 2**62 if hi is None else hi
-    all_true = (lo_v >= lo_b) & (hi_v <= hi_b)
-    any_true = (hi_v >= lo_b) & (lo_v <= hi_b)
-    return status_of(all_true, any_true)
+def range_status(lo_a: Any, lo_b: Any, hi_a: Any, hi_b: Any, lo: int | None, hi: int | None) -> np.ndarray:
+    """Status of `lo <= x <= hi` when x takes every integer in [lo_a + lo_b, hi_a + hi_b] (arrays
+    that broadcast, on a tile grid a column and a row: no integer array per tile is built)."""
+    lo, hi = -(2**62) if lo is None else lo, 2**62 if hi is None else hi
+    return status_of((lo_a >= lo - lo_b) & (hi_a <= hi - hi_b), (hi_a >= lo - hi_b) & (lo_a <= hi - lo_b))
 
 
-def mod_status(lo_v: np.ndarray, hi_v: np.ndarray, m: int, r: int) -> np.ndarray:
-    """Status of `x mod m == r` when x takes every integer in [lo_v, hi_v]."""
+def mod_status(lo_a: Any, lo_b: Any, width_a: Any, width_b: Any, m: int, r: int) -> np.ndarray:
+    """Status of `x mod m == r` when x takes every integer in [lo_a + lo_b, lo_a + lo_b + width_a
+    + width_b] (arrays that broadcast, on a tile grid a column and a row): each part is reduced
+    mod m apart, and per tile only adds and compares run, in the narrowest integer type."""
     if m == 1:
-        return np.full(np.broadcast(lo_v, hi_v).shape, Status.ALL, dtype=np.int8)
-    first_hit = lo_v + (r - lo_v) % m  # the smallest x >= lo_v with x mod m == r
-    any_true = first_hit <= hi_v
-    all_true = (lo_v == hi_v) & any_true
-    return status_of(all_true, any_true)
+        return np.full(np.broadcast(lo_a, lo_b, width_a, width_b).shape, Status.ALL, dtype=np.int8)
+    width_a, width_b = np.asarray(width_a), np.asarray(width_b)
+    bound = max(2 * m, int(np.abs(width_a).max(initial=0)) + int(np.abs(width_b).max(initial=0)))
+    dtype = np.int16 if bound < 2**15 else np.int32 if bound < 2**31 else np.int64
+    gap = np.asarray(((r - np.asarray(lo_a)) % m).astype(dtype) + ((-np.asarray(lo_b)) % m).astype(dtype))
+    np.subtract(gap, m, out=gap, where=gap >= m)  # the smallest x >= lo with x mod m == r, less lo
+    width = width_a.astype(dtype) + width_b.astype(dtype)
+    hit = gap <= width
+    return status_of((width == 0) & hit, hit)
 
 
 def brute_tile(atom: Any, q0, q1, k0, k1) -> np.ndarray:

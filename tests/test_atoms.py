@@ -96,6 +96,19 @@ def test_tile_is_exact(atom):
         assert int(atom.tile(np.int64(q0), np.int64(q1), np.int64(k0), np.int64(k1))) == want, (q0, q1, k0, k1)
 
 
+@pytest.mark.parametrize("atom", CASES, ids=IDS)
+def test_tile_is_exact_over_a_grid_of_tiles(atom):
+    """As block maps call it: query tiles' ends a column, key tiles' ends a row (uneven sides)."""
+    mask, rng = _mask(atom), np.random.default_rng(1)
+    for _ in range(8):
+        q_cuts, k_cuts = (np.unique(np.r_[0, rng.integers(1, N, 12), N]) for _ in range(2))
+        q0, q1, k0, k1 = q_cuts[:-1, None], q_cuts[1:, None] - 1, k_cuts[None, :-1], k_cuts[None, 1:] - 1
+        got = np.broadcast_to(atom.tile(q0, q1, k0, k1), (len(q_cuts) - 1, len(k_cuts) - 1))
+        for (i, j), s in np.ndenumerate(got):
+            block = mask[q0[i, 0] : q1[i, 0] + 1, k0[0, j] : k1[0, j] + 1]
+            assert s == (Status.ALL if block.all() else Status.SOME if block.any() else Status.NONE), (i, j)
+
+
 def _check_bounds(mask: np.ndarray, hull, full, first: str, last: str, size: int) -> None:
     """The contract of key_bounds (rows of `mask` are the blocks' side): for blocks of `size`
     rows, the hull holds every column some row reaches, and no row reaches one while it is

@@ -44,6 +44,27 @@ def test_inlined_text_is_the_file_less_docstring_and_imports(name):
     assert all(l in text for l in body)
 
 
+def _dropped_by_whole_parse(text: str) -> set[int]:
+    """The lines support_source drops, from a parse of the whole file (the reference)."""
+    drop = set()
+    for node in ast.parse(text).body:
+        relative = isinstance(node, ast.ImportFrom) and (node.level > 0 or node.module == "__future__")
+        docstring = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and node.lineno == 1
+        if relative or docstring:
+            drop.update(range(node.lineno, node.end_lineno + 1))
+    return drop
+
+
+LATE_IMPORT = '"""Doc."""\nfrom __future__ import annotations\n\ndef f():\n    pass\n\nfrom .x import (\n    y,\n)\n'
+DEF_IN_DOCSTRING = '"""Doc:\ndef f(): is not code\n"""\nfrom .x import y\nimport torch\n\n\nclass A:\n    pass\n'
+
+
+@pytest.mark.parametrize("text", [*((SUPPORT / f"{n}.py").read_text() for n in FILES), LATE_IMPORT, DEF_IN_DOCSTRING])
+def test_dropped_lines_from_the_header_are_those_of_the_whole_file(text):
+    assert writer._dropped_lines(text) == _dropped_by_whole_parse(text)
+    assert _dropped_by_whole_parse(text)  # every case has something to drop
+
+
 def test_generated_module_defines_each_name_once():
     from test_decode_render import PROGRAMS
 
