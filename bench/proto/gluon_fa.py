@@ -525,9 +525,11 @@ def check(var: Variant) -> bool:
         attention(q, k, v, var, return_lse=True, out=o, lse=lse)
         torch.cuda.synchronize()
         ro, rl = reference(q, k, v)
-        eo = (o.float() - ro).abs().max().item()
+        err = (o.float() - ro).abs()
+        eo = err.max().item()
+        excess = (err - 2e-2 * ro.abs()).max().item()  # bf16 output: |dO| <= 1e-2 + 2e-2 |O|
         el = (lse - rl).abs().max().item()
-        good = eo < 2e-2 and el < 1e-2  # NaN compares False
+        good = excess < 1e-2 and el < 1e-2 and not o.isnan().any().item()  # NaN compares False
         ok &= good
         _log(None, f"  check {var.name()} B={B} H={H} H_KV={H_KV} N={N} D={D} {str(dt)[6:]}: "
                    f"max|dO|={eo:.2e} max|dLSE|={el:.2e} {'ok' if good else 'WRONG'}")
@@ -590,21 +592,27 @@ def _watchdog(seconds: float, fh) -> None:
 
 
 def run_gpu(out_dir: Path) -> int:
-    """Check each variant in a child process (a hang or crash costs that variant only), then time."""
+    """Check the variants in parallel child processes (a hang or crash costs that variant only), then time."""
     start = time.time()
     with open(out_dir / "gluon_fa.log", "w") as fh:
         _watchdog(175, fh)
         _log(fh, f"triton {triton.__version__} torch {torch.__version__} {torch.cuda.get_device_name()}")
-        good = []
-        for i, var in enumerate(VARIANTS):
+        children = []
+        for i in range(len(VARIANTS)):
+            log = tempfile.TemporaryFile(mode="w+")
             cmd = [sys.executable, os.path.abspath(__file__), "--check", str(i)]
+            children.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True), log))
+        good = []
+        for var, (proc, log) in zip(VARIANTS, children):
             try:
-                res = subprocess.run(cmd, capture_output=True, text=True, timeout=40)
-                rc, text = res.returncode, res.stdout + res.stderr[-1500:]
-            except subprocess.TimeoutExpired as exc:
-                out = exc.stdout or ""
-                rc, text = "timeout (hang?)", out.decode() if isinstance(out, bytes) else out
-            _log(fh, text.rstrip())
+                rc = proc.wait(timeout=max(1.0, start + 100 - time.time()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                rc = "timeout (hang?)"
+            log.seek(0)
+            lines = log.read().rstrip().splitlines()
+            _log(fh, "\n".join(lines if rc == 0 else lines[-25:]))
             _log(fh, f"{var.name()}: {'correct' if rc == 0 else f'NOT USED (rc={rc})'}")
             if rc == 0:
                 good.append(var)
