@@ -212,10 +212,22 @@ def _consume(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, 
 
 
 @gluon.jit
-def _coords(N, H, GROUP: gl.constexpr, BLOCK_M: gl.constexpr):
-    """This program's query tile (longest first within a head) and its rows in the flat tensors."""
-    pid_m = gl.num_programs(0) - 1 - gl.program_id(0)
-    bh = gl.program_id(1)
+def _coords(N, H, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, HEAD_GROUP: gl.constexpr):
+    """This program's query tile and its rows in the flat tensors.
+
+    HEAD_GROUP == 1: query tiles fastest, longest first, one head after another (the Triton
+    kernel's GRID_ORDER=2). HEAD_GROUP > 1: groups of HEAD_GROUP heads whose K/V fit in L2
+    together, heads fastest inside a group, longest tile first (GRID_ORDER=3).
+    """
+    num_m = gl.num_programs(0)
+    if HEAD_GROUP == 1:
+        pid_m = num_m - 1 - gl.program_id(0)
+        bh = gl.program_id(1)
+    else:
+        lin = gl.program_id(1) * num_m + gl.program_id(0)
+        r = lin % (num_m * HEAD_GROUP)
+        pid_m = num_m - 1 - r // HEAD_GROUP
+        bh = (lin // (num_m * HEAD_GROUP)) * HEAD_GROUP + r % HEAD_GROUP
     q0 = pid_m * BLOCK_M
     bh_kv = (bh // H) * (H // GROUP) + (bh % H) // GROUP
     return q0, bh * N + q0, bh_kv * N
@@ -223,12 +235,13 @@ def _coords(N, H, GROUP: gl.constexpr, BLOCK_M: gl.constexpr):
 
 @gluon.jit
 def _fa_plain(q_desc, k_desc, v_desc, o_ptr, lse_ptr, N, H, qk_scale,
-              GROUP: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_LSE: gl.constexpr):
+              GROUP: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_LSE: gl.constexpr,
+              HEAD_GROUP: gl.constexpr):
     """Single-partition kernel: BLOCK_M // 16 warps own a BLOCK_M-row query tile and load for themselves."""
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
     NUM_WARPS: gl.constexpr = gl.num_warps()
-    q0, q_row, kv_row = _coords(N, H, GROUP, BLOCK_M)
+    q0, q_row, kv_row = _coords(N, H, GROUP, BLOCK_M, HEAD_GROUP)
     c, d = _tile_range(q0, BLOCK_M, N, BLOCK_N)
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
@@ -257,11 +270,12 @@ def _fa_plain(q_desc, k_desc, v_desc, o_ptr, lse_ptr, N, H, qk_scale,
 @gluon.jit
 def _ws_consumer(q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns,
                  o_ptr, lse_ptr, N, H, qk_scale, WG: gl.constexpr, GROUP: gl.constexpr,
-                 BLOCK_N: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr, HAS_LSE: gl.constexpr):
+                 BLOCK_N: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr, HAS_LSE: gl.constexpr,
+                 HEAD_GROUP: gl.constexpr):
     """Consumer warpgroup WG (0 or 1): query rows [q0 + 64*WG, q0 + 64*WG + 64) of this CTA's tile."""
     ROWS: gl.constexpr = q_bufs.shape[1]
     HEAD_DIM: gl.constexpr = q_bufs.shape[2]
-    q0, q_row, kv_row = _coords(N, H, GROUP, 2 * ROWS)
+    q0, q_row, kv_row = _coords(N, H, GROUP, 2 * ROWS, HEAD_GROUP)
     c, d = _tile_range(q0, 2 * ROWS, N, BLOCK_N)  # both warpgroups walk the CTA's tiles (shared stages)
     _consume(q_bufs.index(WG), q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
              turns.index(WG), turns.index(1 - WG), None, None, kv_row, o_ptr, lse_ptr,
@@ -271,10 +285,10 @@ def _ws_consumer(q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_emp
 
 @gluon.jit
 def _ws_producer(q_desc, k_desc, v_desc, q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                 N, H, GROUP: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+                 N, H, GROUP: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HEAD_GROUP: gl.constexpr):
     """1-warp producer: Q (two 64-row halves) once, then K_t and V_t into their rings, t in [0, d)."""
     ROWS: gl.constexpr = q_bufs.shape[1]
-    q0, q_row, kv_row = _coords(N, H, GROUP, 2 * ROWS)
+    q0, q_row, kv_row = _coords(N, H, GROUP, 2 * ROWS, HEAD_GROUP)
     c, d = _tile_range(q0, 2 * ROWS, N, BLOCK_N)
     mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_bar, q_bufs.index(0))
@@ -295,7 +309,7 @@ def _ws_producer(q_desc, k_desc, v_desc, q_bufs, q_bar, k_bufs, v_bufs, k_ready,
 @gluon.jit
 def _fa_ws(q_desc, k_desc, v_desc, o_ptr, lse_ptr, N, H, qk_scale,
            GROUP: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr,
-           HAS_LSE: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+           HAS_LSE: gl.constexpr, CONSUMER_REGS: gl.constexpr, HEAD_GROUP: gl.constexpr):
     """Warp-specialised kernel: 2 consumer warpgroups (64 rows each) + a 1-warp TMA producer."""
     q_bufs = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
@@ -320,11 +334,11 @@ def _fa_ws(q_desc, k_desc, v_desc, o_ptr, lse_ptr, N, H, qk_scale,
     WG1: gl.constexpr = 1
     gl.warp_specialize([
         (_ws_consumer, (q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns, o_ptr, lse_ptr,
-                        N, H, qk_scale, WG0, GROUP, BLOCK_N, STAGES, PINGPONG, HAS_LSE)),
+                        N, H, qk_scale, WG0, GROUP, BLOCK_N, STAGES, PINGPONG, HAS_LSE, HEAD_GROUP)),
         (_ws_consumer, (q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns, o_ptr, lse_ptr,
-                        N, H, qk_scale, WG1, GROUP, BLOCK_N, STAGES, PINGPONG, HAS_LSE)),
+                        N, H, qk_scale, WG1, GROUP, BLOCK_N, STAGES, PINGPONG, HAS_LSE, HEAD_GROUP)),
         (_ws_producer, (q_desc, k_desc, v_desc, q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                        N, H, GROUP, BLOCK_N, STAGES)),
+                        N, H, GROUP, BLOCK_N, STAGES, HEAD_GROUP)),
     ], [4, 1], [CONSUMER_REGS, 24])
 
 
@@ -373,27 +387,40 @@ def _gl_dtype(t: torch.dtype):
     return {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[t]
 
 
-def _kernel_args(var: Variant, D: int, dtype, group: int, has_lse: bool):
+def head_group(B: int, H: int, N: int, D: int) -> int:
+    """Heads whose K/V (<= 24 MB, at most 8) are walked together, as the Triton default picks it."""
+    hg = max(1, (24 << 20) // (2 * N * D * 2))
+    hg = min(1 << (hg.bit_length() - 1), 8)
+    while (B * H) % hg:
+        hg //= 2
+    return hg
+
+
+def _kernel_args(var: Variant, D: int, dtype, group: int, has_lse: bool, hg: int):
     """(kernel, q block, kv block, constexprs, launch options) of a variant."""
     if var.kind == "plain":
         qb, warps = [var.BLOCK_M, D], var.BLOCK_M // 16
-        const = dict(GROUP=group, BLOCK_N=var.BLOCK_N, STAGES=var.STAGES, HAS_LSE=has_lse)
+        const = dict(GROUP=group, BLOCK_N=var.BLOCK_N, STAGES=var.STAGES, HAS_LSE=has_lse, HEAD_GROUP=hg)
         opts = dict(num_warps=warps)
         if var.maxnreg:
             opts["maxnreg"] = var.maxnreg
         return _fa_plain, qb, [var.BLOCK_N, D], const, opts
     const = dict(GROUP=group, BLOCK_N=var.BLOCK_N, STAGES=var.STAGES, PINGPONG=var.PINGPONG, HAS_LSE=has_lse,
-                 CONSUMER_REGS=var.consumer_regs)
+                 CONSUMER_REGS=var.consumer_regs, HEAD_GROUP=hg)
     return _fa_ws, [64, D], [var.BLOCK_N, D], const, dict(num_warps=4, maxnreg=var.maxnreg or 168)
 
 
-def attention(q, k, v, var: Variant, *, return_lse: bool = False, out=None, lse=None):
-    """Causal attention of (B, H, N, D) q and (B, H_KV, N, D) k, v with a Gluon variant."""
+def attention(q, k, v, var: Variant, *, return_lse: bool = False, out=None, lse=None, hg: int | None = None):
+    """Causal attention of (B, H, N, D) q and (B, H_KV, N, D) k, v with a Gluon variant.
+
+    hg: heads per grid group (None: `head_group`, 1: one head after another).
+    """
     B, H, N, D = q.shape
     H_KV = k.shape[1]
     assert H % H_KV == 0 and k.shape == v.shape == (B, H_KV, N, D) and D in (64, 128)
     q, k, v = (t.contiguous() for t in (q, k, v))
-    kernel, qb, kb, const, opts = _kernel_args(var, D, q.dtype, H // H_KV, return_lse)
+    hg = head_group(B, H, N, D) if hg is None else hg
+    kernel, qb, kb, const, opts = _kernel_args(var, D, q.dtype, H // H_KV, return_lse, hg)
     gdt = _gl_dtype(q.dtype)
     q_desc = TensorDescriptor(q.view(B * H * N, D), [B * H * N, D], [D, 1], qb, _layout(qb, gdt))
     k_desc = TensorDescriptor(k.view(B * H_KV * N, D), [B * H_KV * N, D], [D, 1], kb, _layout(kb, gdt))
@@ -439,12 +466,13 @@ def _cuobjdump_res(cubin: bytes) -> str:
     return f"regs={m.group(1)} stack={m.group(2)}" if m else "regs=?"
 
 
-def compile_variant(var: Variant, D: int = 128, dtype=torch.bfloat16, group: int = 1, has_lse: bool = True):
+def compile_variant(var: Variant, D: int = 128, dtype=torch.bfloat16, group: int = 1, has_lse: bool = True,
+                    hg: int = 1):
     """Compile a variant for sm_90 here (Triton's bundled ptxas); returns the compiled kernel."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    kernel, qb, kb, const, opts = _kernel_args(var, D, dtype, group, has_lse)
+    kernel, qb, kb, const, opts = _kernel_args(var, D, dtype, group, has_lse, hg)
     gdt = _gl_dtype(dtype)
     sig = {}
     for name in kernel.arg_names:
@@ -470,20 +498,18 @@ def compile_variant(var: Variant, D: int = 128, dtype=torch.bfloat16, group: int
 def compile_all(out_dir: Path) -> int:
     failed = 0
     for var in VARIANTS:
-        for D, group in ((128, 1), (128, 4), (64, 1)):
+        for D, group, hg in ((128, 1, 1), (128, 1, 4), (128, 4, 1), (64, 1, 1)):
             if D == 64 and var.BLOCK_N == 64:
                 continue
             t = time.time()
-            label = f"{var.name():34s} D={D:3d} group={group}"
+            label = f"{var.name():34s} D={D:3d} gqa={group} hg={hg}"
             try:
-                k = compile_variant(var, D=D, group=group)
+                k = compile_variant(var, D=D, group=group, hg=hg)
                 meta = k.metadata
-                warps = getattr(meta, "num_warps", "?")
-                total = getattr(meta, "total_num_warps", None) or warps
                 note = "  OVER 232448" if meta.shared > SHARED_MAX else ""
                 print(f"{label} ok {time.time() - t:5.1f}s shared={meta.shared} {_cuobjdump_res(k.asm['cubin'])} "
-                      f"warps={warps} total_warps={total}{note}", flush=True)
-                if D == 128 and group == 1:
+                      f"warps={meta.num_warps}{note}", flush=True)
+                if D == 128 and group == 1 and hg == 1:
                     stem = re.sub(r"[^A-Za-z0-9]+", "_", var.name())
                     for ext in ("ttgir", "ptx"):
                         (out_dir / f"{stem}.{ext}").write_text(k.asm[ext])
@@ -511,9 +537,9 @@ def check(var: Variant) -> bool:
     Ends with one launch at the benchmark's settings (bf16, no LSE) so its compile is cached.
     """
     ok = True
-    cases = [(1, 4, 4, 1000, 128, torch.bfloat16), (1, 4, 4, 4096, 128, torch.bfloat16),
-             (2, 8, 2, 1000, 128, torch.bfloat16), (1, 4, 4, 777, 64, torch.float16)]
-    for B, H, H_KV, N, D, dt in cases:
+    cases = [(1, 4, 4, 1000, 128, torch.bfloat16, None), (1, 4, 4, 4096, 128, torch.bfloat16, 1),
+             (2, 8, 2, 1000, 128, torch.bfloat16, None), (1, 4, 4, 777, 64, torch.float16, None)]
+    for B, H, H_KV, N, D, dt, hg in cases:
         if D == 64 and var.BLOCK_N == 64:
             continue
         torch.manual_seed(0)
@@ -522,7 +548,7 @@ def check(var: Variant) -> bool:
         v = torch.randn(B, H_KV, N, D, device="cuda", dtype=dt)
         o = torch.full_like(q, float("nan"))
         lse = torch.full((B, H, N), float("nan"), device="cuda", dtype=torch.float32)
-        attention(q, k, v, var, return_lse=True, out=o, lse=lse)
+        attention(q, k, v, var, return_lse=True, out=o, lse=lse, hg=hg)
         torch.cuda.synchronize()
         ro, rl = reference(q, k, v)
         err = (o.float() - ro).abs()
@@ -531,10 +557,12 @@ def check(var: Variant) -> bool:
         el = (lse - rl).abs().max().item()
         good = excess < 1e-2 and el < 1e-2 and not o.isnan().any().item()  # NaN compares False
         ok &= good
-        _log(None, f"  check {var.name()} B={B} H={H} H_KV={H_KV} N={N} D={D} {str(dt)[6:]}: "
+        hg = head_group(B, H, N, D) if hg is None else hg
+        _log(None, f"  check {var.name()} B={B} H={H} H_KV={H_KV} N={N} D={D} {str(dt)[6:]} hg={hg}: "
                    f"max|dO|={eo:.2e} max|dLSE|={el:.2e} {'ok' if good else 'WRONG'}")
-    q = torch.randn(1, 2, 512, 128, device="cuda", dtype=torch.bfloat16)
-    attention(q, q, q, var)
+    q = torch.randn(1, 4, 512, 128, device="cuda", dtype=torch.bfloat16)
+    for hg in (1, 4):  # the benchmark's grid orders (N = 32K and 8K)
+        attention(q, q, q, var, hg=hg)
     torch.cuda.synchronize()
     return ok
 
