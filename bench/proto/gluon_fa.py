@@ -114,17 +114,20 @@ def _issue_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, v_ready, kv_row, t_k, t_v
 
 
 @gluon.jit
-def _consume(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turn_mine, turn_other,
-             k_desc, v_desc, kv_row, o_ptr, lse_ptr, o_row, q_lo, c, d, N, qk_scale,
+def _consume(q_smem, q_bar, q_phase, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, it0,
+             turn_mine, turn_other, turn, k_desc, v_desc, kv_row, o_ptr, lse_ptr, o_row, q_lo, c, d, N, qk_scale,
              ROWS: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
              NUM_WARPS: gl.constexpr, PRODUCE: gl.constexpr, PINGPONG: gl.constexpr, FIRST: gl.constexpr,
              HAS_LSE: gl.constexpr):
     """Attention of ROWS query rows [q_lo, q_lo + ROWS) over key tiles [0, d); writes O (and LSE).
 
-    PRODUCE: this partition also issues the K/V loads (single-partition kernel); else it waits on
-    the ready barriers filled by a producer partition and arrives on k_empty / v_empty.
+    Key tile j sits in ring stage (it0 + j) % STAGES and is that stage's ((it0 + j) // STAGES)-th
+    fill (it0: K/V tiles this CTA consumed before, for the persistent kernel). Q is ready when
+    q_bar has completed a phase of parity q_phase.
+    PRODUCE: this partition also issues the K/V loads (single-partition kernel, it0 = 0); else it
+    waits on the ready barriers filled by a producer partition and arrives on k_empty / v_empty.
     PINGPONG: before each group of wgmma issues wait for turn_mine, after it arrive on turn_other
-    (FIRST: this warpgroup goes first).
+    (FIRST: this warpgroup goes first); `turn` counts the groups (mod 2), returned updated.
     """
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -134,20 +137,20 @@ def _consume(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, 
     dtype: gl.constexpr = q_smem.dtype
     offs_m = q_lo + gl.arange(0, ROWS, layout=gl.SliceLayout(1, s_layout))
     s_zero = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
-    turn = 0
 
-    mbarrier.wait(q_bar, 0)
+    mbarrier.wait(q_bar, q_phase)
     # tile 0: S_0 = Q K_0^T, softmax
-    mbarrier.wait(k_ready.index(0), 0)
+    s0 = it0 % STAGES
+    mbarrier.wait(k_ready.index(s0), (it0 // STAGES) & 1)
     if PINGPONG:
         mbarrier.wait(turn_mine, turn ^ FIRST)
-    s_tok = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    s_tok = warpgroup_mma(q_smem, k_bufs.index(s0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     if PINGPONG:
         mbarrier.arrive(turn_other, count=1)
         turn ^= 1
     s = warpgroup_mma_wait(0, deps=(s_tok, ))
     if not PRODUCE:
-        mbarrier.arrive(k_empty.index(0), count=1)
+        mbarrier.arrive(k_empty.index(s0), count=1)
     m_i = gl.full([ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
     l_i = gl.zeros([ROWS], gl.float32, gl.SliceLayout(1, s_layout))
     p, m_i, l_i, alpha = _step(s, m_i, l_i, qk_scale, offs_m, 0, c, BLOCK_N, s_layout)
@@ -155,8 +158,8 @@ def _consume(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, 
     o = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
 
     for j in range(1, d):
-        sj = j % STAGES
-        sp = (j - 1) % STAGES
+        sj = (it0 + j) % STAGES
+        sp = (it0 + j - 1) % STAGES
         if PRODUCE:
             # every warp is past iteration j-1: S_{j-1} and PV_{j-2} are complete in every
             # warpgroup, so K stage (j-1)%S and V stage (j-2)%S may be refilled
@@ -165,8 +168,8 @@ def _consume(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, 
             t_v = j - 2 + STAGES
             _issue_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, v_ready, kv_row, t_k, t_v, t_k < d,
                       (j >= 2) & (t_v < d), BLOCK_N, STAGES)
-        mbarrier.wait(k_ready.index(sj), (j // STAGES) & 1)
-        mbarrier.wait(v_ready.index(sp), ((j - 1) // STAGES) & 1)
+        mbarrier.wait(k_ready.index(sj), ((it0 + j) // STAGES) & 1)
+        mbarrier.wait(v_ready.index(sp), ((it0 + j - 1) // STAGES) & 1)
         if PINGPONG:
             mbarrier.wait(turn_mine, turn ^ FIRST)
         s_tok = warpgroup_mma(q_smem, k_bufs.index(sj).permute((1, 0)), s_zero, use_acc=False, is_async=True)
@@ -186,13 +189,14 @@ def _consume(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, 
         p = p_next
 
     # last PV
-    sl = (d - 1) % STAGES
-    mbarrier.wait(v_ready.index(sl), ((d - 1) // STAGES) & 1)
+    sl = (it0 + d - 1) % STAGES
+    mbarrier.wait(v_ready.index(sl), ((it0 + d - 1) // STAGES) & 1)
     if PINGPONG:
         mbarrier.wait(turn_mine, turn ^ FIRST)
     o_tok = warpgroup_mma(p, v_bufs.index(sl), o, is_async=True)
     if PINGPONG:
         mbarrier.arrive(turn_other, count=1)
+        turn ^= 1
     o, p = warpgroup_mma_wait(0, deps=(o_tok, p))
     if not PRODUCE:
         mbarrier.arrive(v_empty.index(sl), count=1)
@@ -209,6 +213,7 @@ def _consume(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, 
         lse = (m_i + gl.log2(l_i)) * 0.6931471805599453
         rows_s = gl.arange(0, ROWS, layout=gl.SliceLayout(1, s_layout))
         gl.store(lse_ptr + o_row.to(gl.int64) + rows_s, lse, mask=(q_lo + rows_s) < N)
+    return turn
 
 
 @gluon.jit
@@ -262,7 +267,7 @@ def _fa_plain(q_desc, k_desc, v_desc, o_ptr, lse_ptr, N, H, qk_scale,
     for t in gl.static_range(STAGES):
         _issue_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, v_ready, kv_row, t, t, t < d, t < d, BLOCK_N, STAGES)
 
-    _consume(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_ready, v_ready, q_bar, q_bar,
+    _consume(q_smem, q_bar, 0, k_bufs, v_bufs, k_ready, v_ready, k_ready, v_ready, 0, q_bar, q_bar, 0,
              k_desc, v_desc, kv_row, o_ptr, lse_ptr, q_row, q0, c, d, N, qk_scale,
              BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, NUM_WARPS, True, False, 0, HAS_LSE)
 
@@ -277,8 +282,8 @@ def _ws_consumer(q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_emp
     HEAD_DIM: gl.constexpr = q_bufs.shape[2]
     q0, q_row, kv_row = _coords(N, H, GROUP, 2 * ROWS, HEAD_GROUP)
     c, d = _tile_range(q0, 2 * ROWS, N, BLOCK_N)  # both warpgroups walk the CTA's tiles (shared stages)
-    _consume(q_bufs.index(WG), q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-             turns.index(WG), turns.index(1 - WG), None, None, kv_row, o_ptr, lse_ptr,
+    _consume(q_bufs.index(WG), q_bar, 0, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, 0,
+             turns.index(WG), turns.index(1 - WG), 0, None, None, kv_row, o_ptr, lse_ptr,
              q_row + WG * ROWS, q0 + WG * ROWS, c, d, N, qk_scale,
              ROWS, BLOCK_N, HEAD_DIM, STAGES, 4, False, PINGPONG, 1 - WG, HAS_LSE)
 
