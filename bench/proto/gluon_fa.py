@@ -217,25 +217,26 @@ def _consume(q_smem, q_bar, q_phase, k_bufs, v_bufs, k_ready, v_ready, k_empty, 
 
 
 @gluon.jit
-def _coords(N, H, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, HEAD_GROUP: gl.constexpr):
-    """This program's query tile and its rows in the flat tensors.
+def _tile_coords(lin, num_m, N, H, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, HEAD_GROUP: gl.constexpr):
+    """Work tile `lin` -> (q0, first Q/O row, first K/V row) in the flat tensors.
 
-    HEAD_GROUP == 1: query tiles fastest, longest first, one head after another (the Triton
-    kernel's GRID_ORDER=2). HEAD_GROUP > 1: groups of HEAD_GROUP heads whose K/V fit in L2
-    together, heads fastest inside a group, longest tile first (GRID_ORDER=3).
+    Groups of HEAD_GROUP heads (their K/V fit in L2 together), heads fastest inside a group,
+    longest query tile first. HEAD_GROUP == 1 is one head after another (the Triton kernel's
+    GRID_ORDER=2); > 1 is its GRID_ORDER=3.
     """
-    num_m = gl.num_programs(0)
-    if HEAD_GROUP == 1:
-        pid_m = num_m - 1 - gl.program_id(0)
-        bh = gl.program_id(1)
-    else:
-        lin = gl.program_id(1) * num_m + gl.program_id(0)
-        r = lin % (num_m * HEAD_GROUP)
-        pid_m = num_m - 1 - r // HEAD_GROUP
-        bh = (lin // (num_m * HEAD_GROUP)) * HEAD_GROUP + r % HEAD_GROUP
+    r = lin % (num_m * HEAD_GROUP)
+    pid_m = num_m - 1 - r // HEAD_GROUP
+    bh = (lin // (num_m * HEAD_GROUP)) * HEAD_GROUP + r % HEAD_GROUP
     q0 = pid_m * BLOCK_M
     bh_kv = (bh // H) * (H // GROUP) + (bh % H) // GROUP
     return q0, bh * N + q0, bh_kv * N
+
+
+@gluon.jit
+def _coords(N, H, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, HEAD_GROUP: gl.constexpr):
+    """This program's work tile (grid: query tiles x B*H)."""
+    num_m = gl.num_programs(0)
+    return _tile_coords(gl.program_id(1) * num_m + gl.program_id(0), num_m, N, H, GROUP, BLOCK_M, HEAD_GROUP)
 
 
 @gluon.jit
@@ -347,12 +348,133 @@ def _fa_ws(q_desc, k_desc, v_desc, o_ptr, lse_ptr, N, H, qk_scale,
     ], [4, 1], [CONSUMER_REGS, 24])
 
 
+@gluon.jit
+def _read_tile(tile_ids, b, NUM_WARPS: gl.constexpr):
+    """The work tile the producer wrote into slot b (every thread reads the same value)."""
+    layout: gl.constexpr = gl.BlockedLayout([1], [32], [NUM_WARPS], [0])
+    return gl.max(tile_ids.index(b).load(layout), axis=0)
+
+
+@gluon.jit
+def _wsp_consumer(q_bufs, q_ready, q_empty, tile_ids, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns,
+                  o_ptr, lse_ptr, N, H, num_m, total, qk_scale, WG: gl.constexpr, GROUP: gl.constexpr,
+                  BLOCK_N: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr, HAS_LSE: gl.constexpr,
+                  HEAD_GROUP: gl.constexpr):
+    """Persistent consumer warpgroup WG: work tiles as the producer hands them out, until the sentinel."""
+    ROWS: gl.constexpr = q_bufs.shape[1]
+    HEAD_DIM: gl.constexpr = q_bufs.shape[2]
+    n = 0
+    it = 0
+    turn = 0
+    mbarrier.wait(q_ready.index(0), 0)
+    tile = _read_tile(tile_ids, 0, 4)
+    while tile < total:
+        b = n % 2
+        q0, q_row, kv_row = _tile_coords(tile, num_m, N, H, GROUP, 2 * ROWS, HEAD_GROUP)
+        c, d = _tile_range(q0, 2 * ROWS, N, BLOCK_N)
+        turn = _consume(q_bufs.index(2 * b + WG), q_ready.index(b), (n // 2) & 1, k_bufs, v_bufs, k_ready, v_ready,
+                        k_empty, v_empty, it, turns.index(WG), turns.index(1 - WG), turn, None, None, kv_row,
+                        o_ptr, lse_ptr, q_row + WG * ROWS, q0 + WG * ROWS, c, d, N, qk_scale,
+                        ROWS, BLOCK_N, HEAD_DIM, STAGES, 4, False, PINGPONG, 1 - WG, HAS_LSE)
+        mbarrier.arrive(q_empty.index(b), count=1)  # this warpgroup is done with Q buffer b and slot b
+        it += d
+        n += 1
+        mbarrier.wait(q_ready.index(n % 2), (n // 2) & 1)
+        tile = _read_tile(tile_ids, n % 2, 4)
+
+
+@gluon.jit
+def _wsp_producer(q_desc, k_desc, v_desc, q_bufs, q_ready, q_empty, tile_ids, k_bufs, v_bufs, k_ready, v_ready,
+                  k_empty, v_empty, counter, N, H, num_m, total, GROUP: gl.constexpr, BLOCK_N: gl.constexpr,
+                  STAGES: gl.constexpr, HEAD_GROUP: gl.constexpr):
+    """Persistent 1-warp producer: takes work tiles from a global counter (longest first, so the
+    greedy order is LPT), writes each into slot n % 2 with its Q (two 64-row halves), then its
+    K/V tiles; ends by writing a sentinel (>= total) that the consumers stop on."""
+    ROWS: gl.constexpr = q_bufs.shape[1]
+    slot_layout: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
+    n = 0
+    it = 0
+    tile = gl.program_id(0)
+    while tile < total:
+        b = n % 2
+        # Q buffer / slot b was last used by work tile n-2: wait for both consumers to finish it
+        mbarrier.wait(q_empty.index(b), ((n // 2) & 1) ^ 1)
+        tile_ids.index(b).store(gl.full([1], tile, gl.int32, slot_layout))
+        gl.thread_barrier()  # every lane's store before the arrive below (which releases them)
+        q0, q_row, kv_row = _tile_coords(tile, num_m, N, H, GROUP, 2 * ROWS, HEAD_GROUP)
+        c, d = _tile_range(q0, 2 * ROWS, N, BLOCK_N)
+        mbarrier.expect(q_ready.index(b), 2 * q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_ready.index(b), q_bufs.index(2 * b))
+        tma.async_copy_global_to_shared(q_desc, [q_row + ROWS, 0], q_ready.index(b), q_bufs.index(2 * b + 1))
+        for t in range(d):
+            s = (it + t) % STAGES
+            ph = ((it + t) // STAGES) & 1
+            mbarrier.wait(k_empty.index(s), ph ^ 1)
+            mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(k_desc, [kv_row + t * BLOCK_N, 0], k_ready.index(s), k_bufs.index(s))
+            mbarrier.wait(v_empty.index(s), ph ^ 1)
+            mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(v_desc, [kv_row + t * BLOCK_N, 0], v_ready.index(s), v_bufs.index(s))
+        it += d
+        n += 1
+        tile = gl.atomic_add(counter, 1) + gl.num_programs(0)
+    b = n % 2
+    mbarrier.wait(q_empty.index(b), ((n // 2) & 1) ^ 1)
+    tile_ids.index(b).store(gl.full([1], tile, gl.int32, slot_layout))
+    gl.thread_barrier()
+    mbarrier.arrive(q_ready.index(b), count=1)
+
+
+@gluon.jit
+def _fa_ws_persistent(q_desc, k_desc, v_desc, o_ptr, lse_ptr, counter, N, H, num_m, total, qk_scale,
+                      GROUP: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr,
+                      HAS_LSE: gl.constexpr, CONSUMER_REGS: gl.constexpr, HEAD_GROUP: gl.constexpr):
+    """Persistent warp-specialised kernel (one CTA per SM): as _fa_ws, with Q double-buffered so the
+    producer loads the next work tile's Q and K/V while the consumers finish the current one."""
+    q_bufs = gl.allocate_shared_memory(q_desc.dtype, [4] + q_desc.block_type.shape, q_desc.layout)
+    k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+    v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    tile_ids = gl.allocate_shared_memory(gl.int32, [2, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(q_ready.index(i), count=1)
+        mbarrier.init(q_empty.index(i), count=2)
+        mbarrier.init(turns.index(i), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(k_empty.index(i), count=2)
+        mbarrier.init(v_empty.index(i), count=2)
+    fence_async_shared()
+
+    WG0: gl.constexpr = 0
+    WG1: gl.constexpr = 1
+    gl.warp_specialize([
+        (_wsp_consumer, (q_bufs, q_ready, q_empty, tile_ids, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
+                         turns, o_ptr, lse_ptr, N, H, num_m, total, qk_scale, WG0, GROUP, BLOCK_N, STAGES, PINGPONG,
+                         HAS_LSE, HEAD_GROUP)),
+        (_wsp_consumer, (q_bufs, q_ready, q_empty, tile_ids, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
+                         turns, o_ptr, lse_ptr, N, H, num_m, total, qk_scale, WG1, GROUP, BLOCK_N, STAGES, PINGPONG,
+                         HAS_LSE, HEAD_GROUP)),
+        (_wsp_producer, (q_desc, k_desc, v_desc, q_bufs, q_ready, q_empty, tile_ids, k_bufs, v_bufs, k_ready,
+                         v_ready, k_empty, v_empty, counter, N, H, num_m, total, GROUP, BLOCK_N, STAGES,
+                         HEAD_GROUP)),
+    ], [4, 1], [CONSUMER_REGS, 24])
+
+
 # ----------------------------------------------------------------------------- host side
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One kernel configuration: 'plain' (single partition) or 'ws' (producer + 2 consumer warpgroups)."""
+    """One kernel configuration: 'plain' (single partition), 'ws' (producer + 2 consumer warpgroups)
+    or 'wsp' (ws, persistent: one CTA per SM takes work tiles from a global counter)."""
 
     kind: str
     BLOCK_N: int = 128
@@ -368,7 +490,7 @@ class Variant:
             s += " pingpong"
         if self.maxnreg:
             s += f" r{self.maxnreg}"
-        if self.kind == "ws":
+        if self.kind != "plain" and self.consumer_regs != 240:
             s += f" c{self.consumer_regs}"
         return s
 
@@ -381,6 +503,9 @@ VARIANTS = [
     Variant("ws", 128, 2, PINGPONG=True),
     Variant("ws", 128, 3, PINGPONG=True),
     Variant("ws", 64, 4, PINGPONG=True),
+    Variant("wsp", 128, 2),
+    Variant("wsp", 128, 2, PINGPONG=True),
+    Variant("wsp", 64, 4, PINGPONG=True),
 ]
 
 
@@ -412,7 +537,8 @@ def _kernel_args(var: Variant, D: int, dtype, group: int, has_lse: bool, hg: int
         return _fa_plain, qb, [var.BLOCK_N, D], const, opts
     const = dict(GROUP=group, BLOCK_N=var.BLOCK_N, STAGES=var.STAGES, PINGPONG=var.PINGPONG, HAS_LSE=has_lse,
                  CONSUMER_REGS=var.consumer_regs, HEAD_GROUP=hg)
-    return _fa_ws, [64, D], [var.BLOCK_N, D], const, dict(num_warps=4, maxnreg=var.maxnreg or 168)
+    kernel = _fa_ws_persistent if var.kind == "wsp" else _fa_ws
+    return kernel, [64, D], [var.BLOCK_N, D], const, dict(num_warps=4, maxnreg=var.maxnreg or 168)
 
 
 def attention(q, k, v, var: Variant, *, return_lse: bool = False, out=None, lse=None, hg: int | None = None):
@@ -434,8 +560,16 @@ def attention(q, k, v, var: Variant, *, return_lse: bool = False, out=None, lse=
     if return_lse and lse is None:
         lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
     bm = var.BLOCK_M if var.kind == "plain" else 128
-    grid = (triton.cdiv(N, bm), B * H)
-    kernel[grid](q_desc, k_desc, v_desc, o, lse if return_lse else o, N, H, D**-0.5 * LOG2E, **const, **opts)
+    num_m = triton.cdiv(N, bm)
+    lse_arg = lse if return_lse else o
+    if var.kind == "wsp":
+        total = num_m * B * H
+        grid = (min(total, torch.cuda.get_device_properties(q.device).multi_processor_count), )
+        counter = torch.zeros(1, device=q.device, dtype=torch.int32)
+        kernel[grid](q_desc, k_desc, v_desc, o, lse_arg, counter, N, H, num_m, total, D**-0.5 * LOG2E, **const,
+                     **opts)
+    else:
+        kernel[(num_m, B * H)](q_desc, k_desc, v_desc, o, lse_arg, N, H, D**-0.5 * LOG2E, **const, **opts)
     return (o, lse) if return_lse else o
 
 
@@ -491,11 +625,14 @@ def compile_variant(var: Variant, D: int = 128, dtype=torch.bfloat16, group: int
             sig[name] = f"*{gdt}"
         elif name == "lse_ptr":
             sig[name] = "*fp32"
+        elif name == "counter":
+            sig[name] = "*i32"
         elif name == "qk_scale":
             sig[name] = "fp32"
         else:
             sig[name] = "i32"
-    attrs = {(kernel.arg_names.index(n), ): [["tt.divisibility", 16]] for n in ("o_ptr", "lse_ptr")}
+    attrs = {(kernel.arg_names.index(n), ): [["tt.divisibility", 16]] for n in ("o_ptr", "lse_ptr", "counter")
+             if n in kernel.arg_names}
     return triton.compile(GluonASTSource(kernel, sig, const, attrs), target=GPUTarget("cuda", 90, 128),
                           options=opts)
 
