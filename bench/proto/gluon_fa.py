@@ -8,7 +8,7 @@ Output O (same dtype) and optionally LSE (B, H, N) float32, natural log. Causal 
 the diagonal key tiles; interior tiles run no mask code. Online softmax in fp32, log2 domain
 (exp2, with sm_scale * log2(e) folded into one multiply-add per score).
 
-Two kernels share one consumer routine (`_consume`):
+Three kernels share one consumer routine (`_consume`):
 
 - `plain` (no warp specialisation): one partition of BLOCK_M // 16 warps owns a BLOCK_M-row
   query tile and issues its own TMA loads into rings of STAGES K and V buffers, each guarded by
@@ -21,16 +21,22 @@ Two kernels share one consumer routine (`_consume`):
   soon as its QK^T finished, without waiting for the PV of the same tile. With PINGPONG the two
   consumer warpgroups take turns issuing their wgmmas (FA3's inter-warpgroup schedule), through
   two mbarriers, so one warpgroup's softmax runs under the other's GEMMs.
+- `wsp`: `ws` made persistent (one CTA per SM). The producer takes work tiles from a global
+  counter (in longest-first order, so the greedy assignment is LPT), writes each tile's index
+  into one of two shared-memory slots beside a double-buffered Q, and runs ahead into the next
+  tile's Q and K/V while the consumers finish the current one; the K/V rings, their phases and
+  the ping-pong turns continue across tiles. A sentinel tile index ends the consumers.
 
-In both, the consumer loop is FA3's intra-warpgroup overlap: at key tile j it issues
+In all three, the consumer loop is FA3's intra-warpgroup overlap: at key tile j it issues
 S_j = Q K_j^T and O += P_{j-1} V_{j-1} as async wgmmas, waits for S_j only, runs the softmax
 of tile j while the PV wgmma runs, then waits for it and rescales O. P stays in registers as
 the A operand of the PV wgmma (DotOperandLayout), never through shared memory.
 
 Loads use 2-D TMA descriptors over the flattened (B*H*N, D) tensors: rows past N of a head read
 the next head's rows (finite values, masked by k <= q for every stored row) or TMA's zero fill
-past the end; O and LSE stores are masked to rows < N. Grid: (query tiles, B*H), longest
-query tile first within each head.
+past the end; O and LSE stores are masked to rows < N. Work order: longest query tile first,
+within a head, or within groups of heads whose K/V fit in L2 (as the Triton kernel's grid).
+gluon_fa_model.py replays the barrier protocol on the CPU (random interleavings).
 """
 
 from __future__ import annotations
