@@ -547,10 +547,12 @@ def _kernel_args(var: Variant, D: int, dtype, group: int, has_lse: bool, hg: int
     return kernel, [64, D], [var.BLOCK_N, D], const, dict(num_warps=4, maxnreg=var.maxnreg or 168)
 
 
-def attention(q, k, v, var: Variant, *, return_lse: bool = False, out=None, lse=None, hg: int | None = None):
+def attention(q, k, v, var: Variant, *, return_lse: bool = False, out=None, lse=None, hg: int | None = None,
+              ctas: int | None = None):
     """Causal attention of (B, H, N, D) q and (B, H_KV, N, D) k, v with a Gluon variant.
 
     hg: heads per grid group (None: `head_group`, 1: one head after another).
+    ctas: persistent variant only: CTAs to launch (default: one per SM).
     """
     B, H, N, D = q.shape
     H_KV = k.shape[1]
@@ -570,7 +572,8 @@ def attention(q, k, v, var: Variant, *, return_lse: bool = False, out=None, lse=
     lse_arg = lse if return_lse else o
     if var.kind == "wsp":
         total = num_m * B * H
-        grid = (min(total, torch.cuda.get_device_properties(q.device).multi_processor_count), )
+        ctas = ctas or torch.cuda.get_device_properties(q.device).multi_processor_count
+        grid = (min(total, ctas), )
         counter = torch.zeros(1, device=q.device, dtype=torch.int32)
         kernel[grid](q_desc, k_desc, v_desc, o, lse_arg, counter, N, H, num_m, total, D**-0.5 * LOG2E, **const,
                      **opts)
@@ -685,9 +688,10 @@ def check(var: Variant) -> bool:
     Ends with one launch at the benchmark's settings (bf16, no LSE) so its compile is cached.
     """
     ok = True
-    cases = [(1, 4, 4, 1000, 128, torch.bfloat16, None), (1, 4, 4, 4096, 128, torch.bfloat16, 1),
-             (2, 8, 2, 1000, 128, torch.bfloat16, None), (1, 4, 4, 777, 64, torch.float16, None)]
-    for B, H, H_KV, N, D, dt, hg in cases:
+    # (B, H, H_KV, N, D, dtype, heads per group, CTAs of the persistent kernel: 7 -> ~18 work tiles each)
+    cases = [(1, 4, 4, 1000, 128, torch.bfloat16, None, None), (1, 4, 4, 4096, 128, torch.bfloat16, 1, None),
+             (2, 8, 2, 1000, 128, torch.bfloat16, None, 7), (1, 4, 4, 777, 64, torch.float16, None, 5)]
+    for B, H, H_KV, N, D, dt, hg, ctas in cases:
         if D == 64 and var.BLOCK_N == 64:
             continue
         torch.manual_seed(0)
@@ -696,7 +700,7 @@ def check(var: Variant) -> bool:
         v = torch.randn(B, H_KV, N, D, device="cuda", dtype=dt)
         o = torch.full_like(q, float("nan"))
         lse = torch.full((B, H, N), float("nan"), device="cuda", dtype=torch.float32)
-        attention(q, k, v, var, return_lse=True, out=o, lse=lse, hg=hg)
+        attention(q, k, v, var, return_lse=True, out=o, lse=lse, hg=hg, ctas=ctas)
         torch.cuda.synchronize()
         ro, rl = reference(q, k, v)
         err = (o.float() - ro).abs()
@@ -706,7 +710,7 @@ def check(var: Variant) -> bool:
         good = excess < 1e-2 and el < 1e-2 and not o.isnan().any().item()  # NaN compares False
         ok &= good
         hg = head_group(B, H, N, D) if hg is None else hg
-        _log(None, f"  check {var.name()} B={B} H={H} H_KV={H_KV} N={N} D={D} {str(dt)[6:]} hg={hg}: "
+        _log(None, f"  check {var.name()} B={B} H={H} H_KV={H_KV} N={N} D={D} {str(dt)[6:]} hg={hg} ctas={ctas}: "
                    f"max|dO|={eo:.2e} max|dLSE|={el:.2e} {'ok' if good else 'WRONG'}")
     q = torch.randn(1, 4, 512, 128, device="cuda", dtype=torch.bfloat16)
     for hg in (1, 4):  # the benchmark's grid orders (N = 32K and 8K)
@@ -730,29 +734,29 @@ def bench(fh, variants, deadline: float) -> None:
         torch.manual_seed(0)
         q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
         flops = 2 * 2 * B * H * D * N * (N + 1) / 2
-        rows = []
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        sdpa = []
+        _log(fh, f"N={N} B={B} H={H} D={D} bf16 causal (max|O - SDPA| beside each)")
 
         def timed(name, fn):
             if time.time() > deadline:
-                _log(fh, f"  N={N} {name}: skipped (time budget)")
+                _log(fh, f"  {name}: skipped (time budget)")
                 return
             try:
-                fn()
-                torch.cuda.synchronize()
-                rows.append((name, do_bench(fn, warmup=25, rep=150, return_mode="median")))
+                err = (fn().float() - ref.float()).abs().max().item()
+                ms = do_bench(fn, warmup=25, rep=150, return_mode="median")
             except Exception as exc:
-                _log(fh, f"  N={N} {name}: FAILED {type(exc).__name__}: {str(exc).splitlines()[:1]}")
+                _log(fh, f"  {name}: FAILED {type(exc).__name__}: {str(exc).splitlines()[:1]}")
+                return
+            sdpa.append(ms)
+            _log(fh, f"  {name:44s} {ms:8.3f} ms {flops / ms / 1e9:7.1f} TFLOP/s  x SDPA {sdpa[0] / ms:.3f}"
+                     f"  err {err:.1e}")
 
         timed("SDPA", lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
         if pk is not None:
             timed("triton prefill default (128x64 w8 s2 r128)", lambda: pk.attention(q, k, v))
         for var in variants:
             timed("gluon " + var.name(), lambda var=var: attention(q, k, v, var))
-        sdpa = rows[0][1] if rows and rows[0][0] == "SDPA" else None
-        _log(fh, f"N={N} B={B} H={H} D={D} bf16 causal")
-        for name, ms in rows:
-            ratio = f"{sdpa / ms:.3f}" if sdpa else "-"
-            _log(fh, f"  {name:44s} {ms:8.3f} ms {flops / ms / 1e9:7.1f} TFLOP/s  x SDPA {ratio}")
 
 
 def _watchdog(seconds: float, fh) -> None:
