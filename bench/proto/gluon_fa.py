@@ -245,7 +245,7 @@ def _coords(N, H, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, HEAD_GROUP: gl.con
     return _tile_coords(gl.program_id(1) * num_m + gl.program_id(0), num_m, N, H, GROUP, BLOCK_M, HEAD_GROUP)
 
 
-@gluon.jit
+@gluon.jit(do_not_specialize=["N", "H"])  # one compile for every N
 def _fa_plain(q_desc, k_desc, v_desc, o_ptr, lse_ptr, N, H, qk_scale,
               GROUP: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_LSE: gl.constexpr,
               HEAD_GROUP: gl.constexpr):
@@ -318,7 +318,7 @@ def _ws_producer(q_desc, k_desc, v_desc, q_bufs, q_bar, k_bufs, v_bufs, k_ready,
         tma.async_copy_global_to_shared(v_desc, [kv_row + t * BLOCK_N, 0], v_ready.index(s), v_bufs.index(s))
 
 
-@gluon.jit
+@gluon.jit(do_not_specialize=["N", "H"])  # one compile for every N
 def _fa_ws(q_desc, k_desc, v_desc, o_ptr, lse_ptr, N, H, qk_scale,
            GROUP: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr,
            HAS_LSE: gl.constexpr, CONSUMER_REGS: gl.constexpr, HEAD_GROUP: gl.constexpr):
@@ -431,7 +431,7 @@ def _wsp_producer(q_desc, k_desc, v_desc, q_bufs, q_ready, q_empty, tile_ids, k_
     mbarrier.arrive(q_ready.index(b), count=1)
 
 
-@gluon.jit
+@gluon.jit(do_not_specialize=["N", "H", "num_m", "total"])  # one compile for every N
 def _fa_ws_persistent(q_desc, k_desc, v_desc, o_ptr, lse_ptr, counter, N, H, num_m, total, qk_scale,
                       GROUP: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr,
                       HAS_LSE: gl.constexpr, CONSUMER_REGS: gl.constexpr, HEAD_GROUP: gl.constexpr):
@@ -712,8 +712,7 @@ def check(var: Variant) -> bool:
         hg = head_group(B, H, N, D) if hg is None else hg
         _log(None, f"  check {var.name()} B={B} H={H} H_KV={H_KV} N={N} D={D} {str(dt)[6:]} hg={hg} ctas={ctas}: "
                    f"max|dO|={eo:.2e} max|dLSE|={el:.2e} {'ok' if good else 'WRONG'}")
-    # same integer specialisations (multiples of 16) as the benchmark's N, H, tile counts
-    q = torch.randn(1, 32, 2048, 128, device="cuda", dtype=torch.bfloat16)
+    q = torch.randn(1, 4, 512, 128, device="cuda", dtype=torch.bfloat16)
     for hg in (1, 4):  # the benchmark's work orders (N = 32K and 8K)
         attention(q, q, q, var, hg=hg)
     torch.cuda.synchronize()
