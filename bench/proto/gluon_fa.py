@@ -505,6 +505,7 @@ VARIANTS = [
     Variant("plain", 128, 2),
     Variant("plain", 128, 3),
     Variant("plain", 64, 3),
+    Variant("plain", 64, 2, maxnreg=128),  # 2 CTAs per SM (96 KB, 128 registers), as the Triton default
     Variant("ws", 128, 2),
     Variant("ws", 128, 2, PINGPONG=True),
     Variant("ws", 128, 3, PINGPONG=True),
