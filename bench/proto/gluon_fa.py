@@ -65,7 +65,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 SHARED_MAX = 232448  # bytes of shared memory one H100 block may use
 
 
@@ -216,7 +215,7 @@ def _consume(q_smem, q_bar, q_phase, k_bufs, v_bufs, k_ready, v_ready, k_empty, 
     ptrs = o_ptr + o_row.to(gl.int64) * HEAD_DIM + gl.expand_dims(rows * HEAD_DIM, 1) + gl.expand_dims(cols, 0)
     gl.store(ptrs, out, mask=gl.expand_dims(ok, 1))
     if HAS_LSE:
-        lse = (m_i + gl.log2(l_i)) * 0.6931471805599453
+        lse = (m_i + gl.log2(l_i)) * 0.6931471805599453  # log2 -> natural log
         rows_s = gl.arange(0, ROWS, layout=gl.SliceLayout(1, s_layout))
         gl.store(lse_ptr + o_row.to(gl.int64) + rows_s, lse, mask=(q_lo + rows_s) < N)
     return turn
