@@ -14,9 +14,15 @@ from __future__ import annotations
 import os
 import tempfile
 
-import numpy as np
-import pytest
-from hypothesis import HealthCheck, settings
+# One thread per process for numpy's BLAS and torch's pools, set before either is imported: the
+# tests' tensors are tiny, and `make test` runs two xdist workers on two cores, where a pool's
+# threads spin-waiting beside the other worker slow it far more than they ever help.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
     "ci", max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), print_blob=True
