@@ -132,9 +132,10 @@ def test_split_launches(m, window, n):
 @pytest.mark.parametrize("name", ["sink_window", "causal", "global", "power", "strided_long", "dilated"])
 def test_tensor_descriptors_and_head_groups(name, tma):
     # the Hopper path: 4D TMA descriptors (2 host-side, 3 built in the kernel), query blocks in
-    # groups of 2 heads
+    # groups of 2 heads; N = 45 ends in a partial tile as 77 does (77: strided(64) needs q >= 64)
     cfg = dict(BLOCK_M=16, BLOCK_N=16, USE_TMA=tma, GRID_ORDER=3, HEAD_GROUP=2)
-    check_module(single(EXPRS[name], name), 77, b=2, h=4, h_kv=2, dtype=torch.float16, config=cfg)
+    n = 77 if name == "strided_long" else 45
+    check_module(single(EXPRS[name], name), n, b=2, h=4, h_kv=2, dtype=torch.float16, config=cfg)
 
 
 @pytest.mark.parametrize("d", [16, 32, 64])
