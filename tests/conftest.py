@@ -14,15 +14,63 @@ from __future__ import annotations
 import os
 import tempfile
 
-import numpy as np
-import pytest
-from hypothesis import HealthCheck, settings
+# One thread per process for numpy's BLAS and torch's pools, set before either is imported: the
+# tests' tensors are tiny, and `make test` runs two xdist workers on two cores, where a pool's
+# threads spin-waiting beside the other worker slow it far more than they ever help.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
     "ci", max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), print_blob=True
 )
 settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def _patch_the_language_once_per_launch() -> None:
+    """Triton's interpreter patches the language modules a @triton.jit function sees (a scan of
+    all their members) at every call of a helper inside a kernel, tl.sum and tl.zeros among
+    them, and never undoes those patches (only the launch's own, when it ends): the kernels
+    here call helpers in their inner loops. This patches each module once per launch and
+    skips the repeats, which would find every builtin patched already; what the kernels
+    compute is unchanged. A Triton without these internals is left alone."""
+    try:
+        import triton.language as tl
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    patch, empty = getattr(interpreter, "_patch_lang", None), getattr(interpreter, "_LangPatchScope", None)
+    if patch is None or empty is None or getattr(patch, "once_per_launch", False):
+        return
+    launches: list[set] = []  # the language modules patched within each running launch
+
+    def patch_lang(fn):
+        seen = {id(v) for v in fn.__globals__.values() if isinstance(v, type(tl)) and v in (tl, tl.core)}
+        if launches and seen and seen <= launches[-1]:
+            return empty()  # a helper of the running launch: its modules are patched already
+        scope = patch(fn)
+        if launches:  # a helper that sees another module: patched as Triton does, for good
+            launches[-1] |= seen
+            return scope
+        restore = scope.restore
+
+        def restore_and_end():
+            launches.pop()
+            restore()
+
+        scope.restore = restore_and_end
+        launches.append(seen)
+        return scope
+
+    patch_lang.once_per_launch = True
+    interpreter._patch_lang = patch_lang
+
+
+_patch_the_language_once_per_launch()
 
 # Modules that the tests compile through attnc.load / write_module without a folder of their
 # own land in one cache per session (and per xdist worker), shared by every test of it, never

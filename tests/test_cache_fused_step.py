@@ -59,8 +59,8 @@ def test_fused_step_equals_torch_path(name, ties):
     pattern, pol = ROWS[name]
     heads = 8 if name.endswith("gqa4") else 4
     _, mod = module(program(pattern, heads=heads, kv_heads=2, head_dim=16, cache=[pol], name=name))
-    q, k, v = _inputs(2, heads, 24, 1, ties)
-    fused = _steps(mod, q, k, v, 9, 24, {}, check_fused=True)
+    q, k, v = _inputs(2, heads, 18, 1, ties)  # 9 steps past budgets of 6 to 8: every one evicts
+    fused = _steps(mod, q, k, v, 9, 18, {}, check_fused=True)
     assert fused.tokens()[0][0] == pol.budget.tokens + 1  # the last step's token, its eviction pending
 
 
@@ -98,8 +98,8 @@ def test_fused_step_splits_equal_torch_path(score, aggregate, decode_kw, monkeyp
     monkeypatch.setattr(mod, "_KV_UPD_PER_SM", 64)
     if "fused_reduce" in decode_kw:
         decode_kw = {"split": 16, "config": mod.DecodeConfig(fused_reduce=False)}
-    q, k, v = _inputs(2, 8, 48, 4, score == "h2o")
-    fused = _steps(mod, q, k, v, 37, 48, decode_kw, check_fused=True)
+    q, k, v = _inputs(2, 8, 45, 4, score == "h2o")  # 3 steps below the budget, 5 that evict
+    fused = _steps(mod, q, k, v, 37, 45, decode_kw, check_fused=True)
     assert max(key[0] for key in fused._layers[0].classes[0].update) == 3
 
 

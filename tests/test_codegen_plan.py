@@ -87,7 +87,7 @@ def test_many_terms_fall_back_to_one_hull():
     assert plan_group(0, pattern).mode == "hull"
 
 
-@examples(20)
+@examples(12)
 @given(
     st.one_of(expressions(5), causal_expressions(4)),
     st.integers(1, 70),
@@ -99,7 +99,7 @@ def test_random_patterns_visit_every_needed_key_once(expr, n, cfg, narrow):
     check_visits(program, n, dict(cfg, BLOCK_N_NARROW=min(narrow, cfg["BLOCK_N"])))
 
 
-@examples(12)
+@examples(8)
 @given(causal_expressions(4), st.integers(1, 70), st.sampled_from(CONFIGS))
 def test_random_patterns_against_block_map(expr, n, cfg):
     program = single(expr, "rand")

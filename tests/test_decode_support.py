@@ -136,6 +136,16 @@ def module(prog, max_step=1):
     return _MODULES[key]
 
 
+def checked_steps(start: int, stop: int, period: int = 16, step: int = 1, margin: int = 2) -> frozenset[int]:
+    """The steps of range(start, stop, step) at which a step-by-step test decodes and checks
+    (it appends at every step): the first two, the last, and every step within `margin` of a
+    multiple of `period` (a page or block boundary). The steps between take the path of
+    their neighbours on other random inputs, and under the interpreter each costs a launch."""
+    steps = range(start, stop, step)
+    near = {t for t in steps if min(t % period, period - t % period) <= margin}
+    return frozenset({*steps[:2], *steps[-1:], *near})
+
+
 # ------------------------------------------------------------------ references
 
 

@@ -57,7 +57,7 @@ def test_segments_are_the_kernels_visits(name, cfg):
         check(single(EXPRS[name], name), n, cfg)
 
 
-@examples(10)
+@examples(6)
 @given(causal_expressions(), st.integers(1, 90), st.sampled_from(CONFIGS))
 def test_segments_of_random_patterns(expr, n, cfg):
     check(single(expr, "rnd"), n, cfg)
