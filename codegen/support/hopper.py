@@ -39,7 +39,9 @@ try:
 except ImportError:  # a Triton without Gluon: the generated kernel serves every launch
     gluon = None
 
-_HOPPER_ROWS, _HOPPER_KEYS, _HOPPER_STAGES = 64, 128, 2  # rows per consumer warpgroup, keys per tile, ring depth
+_HOPPER_ROWS = 64  # query rows per consumer warpgroup (two per CTA)
+_HOPPER_KEYS = 128  # keys per K/V tile
+_HOPPER_STAGES = 2  # depth of the K and V rings
 
 
 def _gluon_jit(**options):
