@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import torch
 
-from .launch import FastLaunch
-
 try:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
@@ -262,18 +260,15 @@ def hopper_launcher(q, k, v, o, heads, nh: int, H: int, scale: float, return_lse
     const = dict(GROUP=H // k.shape[1], BLOCK_N=_HOPPER_KEYS, STAGES=_HOPPER_STAGES, HAS_LSE=return_lse,
                  HEAD_GROUP=head_group, SUBSET=heads is not None, num_warps=4, maxnreg=168)  # fmt: skip
 
-    launch = FastLaunch(_hopper_causal_kernel, grid, const)
     blocks = ((q_block, q_layout), (kv_block, kv_layout), (kv_block, kv_layout))
     tail = (N, nh, H, q_rb, q_rh, q_ch, k_rb, k_rh, k_ch)
     lse_strides = (0, 0)
 
     def run(q, k, v, o, lse, tr=None, lengths=None, sel=None):
-        if launch.describes:  # the raw launch describes bare tensors as at the first launch
-            descs = (q, k, v)
-        else:
-            descs = [GluonDescriptor(view, list(view.shape), list(view.stride()), *box)
-                     for view, box in zip((hopper_rows(t)[0] for t in (q, k, v)), blocks)]  # fmt: skip
-        return launch(*descs, heads, o, lse, *tail, *o.stride()[:3],
-                      *(lse.stride()[:2] if return_lse else lse_strides), scale * 1.4426950408889634)  # fmt: skip
+        descs = [GluonDescriptor(view, list(view.shape), list(view.stride()), *box)
+                 for view, box in zip((hopper_rows(t)[0] for t in (q, k, v)), blocks)]  # fmt: skip
+        return _hopper_causal_kernel[grid](*descs, heads, o, lse, *tail, *o.stride()[:3],
+                                           *(lse.stride()[:2] if return_lse else lse_strides),
+                                           scale * 1.4426950408889634, **const)  # fmt: skip
 
     return run
