@@ -361,24 +361,33 @@ def test_random_compositions(static, sel, how, n):
 # ---------------------------------------------------------------- analyses
 
 
-@examples(30)
-@given(causal_expressions(4), SELECTS, st.sampled_from(["|", "&"]), st.integers(1, 300))
-def test_candidate_counts_against_the_block_matrix(static, sel, how, n):
-    """The simulator's candidate count per query block (a sweep over runs of key blocks) is the
-    count of the query x key block matrix (candidate_matrix, which the Hugging Face reference
-    backend selects from), for random static parts and lengths."""
+def composed_plan(static, sel, how: str):
+    """(static part, SelectPlan) of `causal & (static how sel)` or `static | (causal & sel)`, one
+    head; (static part, None) where the static part contains every pair the selection adds."""
     from attnc.compiler.plan import plan_program
-    from attnc.compiler.selection import candidate_counts, candidate_matrix
 
     expr = (
         op("&", prim("causal"), op(how, static, sel)) if how == "&" else op("|", static, op("&", prim("causal"), sel))
     )
     static_part, selection_part = split_selection(lower_expr(expr))
     if selection_part is None:
-        return
+        return static_part, None
     group = HeadGroup(static_part, frozenset({(0, 0)}), selection_part)
-    prog = Program(name="sel_cands", source="sel_cands.attn", model=ModelShape(heads=1, kv_heads=1), groups=(group,))
-    plan = plan_program(prog)[0].select
+    prog = Program(name="sel_plan", source="sel_plan.attn", model=ModelShape(heads=1, kv_heads=1), groups=(group,))
+    return static_part, plan_program(prog)[0].select
+
+
+@examples(30)
+@given(causal_expressions(4), SELECTS, st.sampled_from(["|", "&"]), st.integers(1, 300))
+def test_candidate_counts_against_the_block_matrix(static, sel, how, n):
+    """The simulator's candidate count per query block (a sweep over runs of key blocks) is the
+    count of the query x key block matrix (candidate_matrix, which the Hugging Face reference
+    backend selects from), for random static parts and lengths."""
+    from attnc.compiler.selection import candidate_counts, candidate_matrix
+
+    static_part, plan = composed_plan(static, sel, how)
+    if plan is None:
+        return
     assert candidate_counts(plan, n).tolist() == candidate_matrix(plan, n).sum(1).tolist()
 
 
@@ -390,17 +399,10 @@ def test_clean_blocks_need_no_mask(static, sel, how, n):
     for every row (brute force); and the rule finds the plainly clean blocks of causal
     selections at all (it is not empty by construction)."""
     from attnc.codegen.plan_text import SelectText
-    from attnc.compiler.plan import plan_program
 
-    expr = (
-        op("&", prim("causal"), op(how, static, sel)) if how == "&" else op("|", static, op("&", prim("causal"), sel))
-    )
-    static_part, selection_part = split_selection(lower_expr(expr))
-    if selection_part is None:
+    static_part, plan = composed_plan(static, sel, how)
+    if plan is None:
         return
-    group = HeadGroup(static_part, frozenset({(0, 0)}), selection_part)
-    prog = Program(name="sel_clean", source="sel_clean.attn", model=ModelShape(heads=1, kv_heads=1), groups=(group,))
-    plan = plan_program(prog)[0].select
     adds = plan.context.mask(n) & ~static_part.mask(n)
     b = plan.atom.block
     jk0 = np.arange(-(-n // b)) * b
