@@ -511,7 +511,9 @@ def fit_backward(prof: sim.Profile, cases: list[tuple[Case, sim.Launch]], measur
             continue
         bwd = gpu.measure_training(c) - measured[c.name]
         kc, key = prof.kernel(c.kernel), backward_key(c.kernel)
-        fwd = sim.launch_time(key, launch, kc.lookup(D, DTYPE, *_tile(launch), prof.dtype_scale), kc.launch_us, prof.sms)
+        fwd = sim.launch_time(
+            key, launch, kc.lookup(D, DTYPE, *_tile(launch), prof.dtype_scale), kc.launch_us, prof.sms
+        )
         unit = sim.backward_time(fwd)
         fixed = unit.overhead_ms + unit.launch_ms
         ratios.setdefault(key, []).append((bwd - fixed) / max(unit.ms - fixed, 1e-9))

@@ -17,7 +17,6 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
 
 
-
 def resources(kernel) -> dict:
     """Registers per thread and stack (spill) bytes of a compiled kernel, from cuobjdump."""
     tool = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
@@ -32,8 +31,11 @@ def resources(kernel) -> dict:
 mod = import_module_from_path(sys.argv[1], "hopper_mod")
 fn = mod._hopper_causal_kernel
 out = {}
-for D, dt, group, lse, subset, hg in ((128, "bf16", 1, False, False, 1), (128, "bf16", 4, True, True, 4),
-                                     (64, "fp16", 2, True, False, 8)):
+for D, dt, group, lse, subset, hg in (
+    (128, "bf16", 1, False, False, 1),
+    (128, "bf16", 4, True, True, 4),
+    (64, "fp16", 2, True, False, 8),
+):
     gdt = gl.bfloat16 if dt == "bf16" else gl.float16
     const = dict(GROUP=group, BLOCK_N=128, STAGES=2, HAS_LSE=lse, HEAD_GROUP=hg, SUBSET=subset)
     sig = {}
@@ -42,7 +44,11 @@ for D, dt, group, lse, subset, hg in ((128, "bf16", 1, False, False, 1), (128, "
             sig[n] = "constexpr"
         elif n.endswith("_desc"):
             block = [64, D] if n == "q_desc" else [128, D]
-            sig[n] = f"tensordesc<{gdt}[{block[0]}, {block[1]}]," + repr(gl.NVMMASharedLayout.get_default_for(block, gdt)) + ">"
+            sig[n] = (
+                f"tensordesc<{gdt}[{block[0]}, {block[1]}],"
+                + repr(gl.NVMMASharedLayout.get_default_for(block, gdt))
+                + ">"
+            )
         elif n == "HEADS":
             sig[n] = "*i32" if subset else "constexpr"
         elif n == "O":
@@ -55,7 +61,8 @@ for D, dt, group, lse, subset, hg in ((128, "bf16", 1, False, False, 1), (128, "
             sig[n] = "i32"
     if not subset:
         const["HEADS"] = None
-    k = triton.compile(GluonASTSource(fn, sig, const), target=GPUTarget("cuda", 90, 128),
-                       options=dict(num_warps=4, maxnreg=168))
+    k = triton.compile(
+        GluonASTSource(fn, sig, const), target=GPUTarget("cuda", 90, 128), options=dict(num_warps=4, maxnreg=168)
+    )
     out[f"D{D}_{dt}_g{group}_lse{int(lse)}_sub{int(subset)}"] = dict(shared=k.metadata.shared, **resources(k))
 print(json.dumps(out))

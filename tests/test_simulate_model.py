@@ -177,7 +177,9 @@ def test_dense_causal_speedup_is_the_rate_ratio():
     for n in (2048, 8192, 32768):
         cfg = sim.kernel_config(single(prim("causal")), 128, "bfloat16", prof.capability, n=n)
         assert cfg.hopper is (n >= 4096)
-        ours = prof.kernel("hopper" if cfg.hopper else "attnc").lookup(128, "bfloat16", cfg.bm, cfg.bn, prof.dtype_scale)
+        ours = prof.kernel("hopper" if cfg.hopper else "attnc").lookup(
+            128, "bfloat16", cfg.bm, cfg.bn, prof.dtype_scale
+        )
         per_sdpa_tile = 128 * 128 / (cfg.bm * cfg.bn)  # the kernel's tiles in one of SDPA's
         p = sim.predict_prefill(single(prim("causal")), shape(n), prof)
         assert p.speedup == pytest.approx(sdpa.full_us / (ours.full_us * per_sdpa_tile), rel=0.1)

@@ -16,7 +16,8 @@ interpreter), is the generated kernel.
 Layouts: q, k, v are read through 2-D TMA descriptors over either (B * H * N, D) (contiguous
 (B, H, N, D)) or (B * N, H * D) (a model's (B, N, H, D) projections viewed as (B, H, N, D)).
 Keys past N of a head read the rows that follow (the next head's or batch's, or TMA's zero
-fill at the end); they lie in diagonal tiles, where the mask removes them.
+fill at the end); they lie in diagonal tiles, where the mask weights them by zero, so the
+inputs must be finite (an infinity in another head's values would reach this head's output).
 """
 
 from __future__ import annotations
@@ -48,8 +49,22 @@ def _gluon_jit(**options):
 
 
 @_gluon_jit()
-def _hp_coords(HEADS, N, NH, H, Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, GROUP: gl.constexpr, BLOCK_M: gl.constexpr,
-               HEAD_GROUP: gl.constexpr, SUBSET: gl.constexpr):
+def _hp_coords(
+    HEADS,
+    N,
+    NH,
+    H,
+    Q_RB,
+    Q_RH,
+    Q_CH,
+    K_RB,
+    K_RH,
+    K_CH,
+    GROUP: gl.constexpr,
+    BLOCK_M: gl.constexpr,
+    HEAD_GROUP: gl.constexpr,
+    SUBSET: gl.constexpr,
+):
     """This program's query tile: (q0, b, h, Q row, Q column, K/V row, K/V column). Longest tile
     first; HEAD_GROUP > 1: heads fastest inside groups of HEAD_GROUP (their K/V fit in L2)."""
     num_m = gl.num_programs(0)
@@ -93,22 +108,56 @@ def _hp_step(s, m_i, l_i, qk_scale, offs_m, j, c, BLOCK_N: gl.constexpr, s_layou
 
 
 @_gluon_jit()
-def _hp_consumer(q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, HEADS, O, LSE, N, NH, H,
-                 Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
-                 qk_scale, WG: gl.constexpr, GROUP: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                 HAS_LSE: gl.constexpr, HEAD_GROUP: gl.constexpr, SUBSET: gl.constexpr):
+def _hp_consumer(
+    q_bufs,
+    q_bar,
+    k_bufs,
+    v_bufs,
+    k_ready,
+    v_ready,
+    k_empty,
+    v_empty,
+    HEADS,
+    O,
+    LSE,
+    N,
+    NH,
+    H,
+    Q_RB,
+    Q_RH,
+    Q_CH,
+    K_RB,
+    K_RH,
+    K_CH,
+    stride_ob,
+    stride_oh,
+    stride_on,
+    stride_lb,
+    stride_lh,
+    qk_scale,
+    WG: gl.constexpr,
+    GROUP: gl.constexpr,
+    BLOCK_N: gl.constexpr,
+    STAGES: gl.constexpr,
+    HAS_LSE: gl.constexpr,
+    HEAD_GROUP: gl.constexpr,
+    SUBSET: gl.constexpr,
+):
     """Consumer warpgroup WG: query rows q0 + 64 WG .. + 63 over key tiles [0, d) of the CTA's tile."""
     ROWS: gl.constexpr = q_bufs.shape[1]
     HEAD_DIM: gl.constexpr = q_bufs.shape[2]
-    q0, b, h, _, _, _, _ = _hp_coords(HEADS, N, NH, H, Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, GROUP, 2 * ROWS,
-                                      HEAD_GROUP, SUBSET)
+    q0, b, h, _, _, _, _ = _hp_coords(
+        HEADS, N, NH, H, Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, GROUP, 2 * ROWS, HEAD_GROUP, SUBSET
+    )
     c = q0 // BLOCK_N  # tiles below c are under the diagonal for every row of the CTA
     d = (gl.minimum(q0 + 2 * ROWS, N) - 1) // BLOCK_N + 1
     q_lo = q0 + WG * ROWS
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16]
+    )
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HEAD_DIM, 16]
+    )
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     dtype: gl.constexpr = q_bufs.dtype
     q_smem = q_bufs.index(WG)
@@ -159,13 +208,39 @@ def _hp_consumer(q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_emp
 
 
 @_gluon_jit()
-def _hp_producer(q_desc, k_desc, v_desc, q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, HEADS,
-                 N, NH, H, Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, GROUP: gl.constexpr, BLOCK_N: gl.constexpr,
-                 STAGES: gl.constexpr, HEAD_GROUP: gl.constexpr, SUBSET: gl.constexpr):
+def _hp_producer(
+    q_desc,
+    k_desc,
+    v_desc,
+    q_bufs,
+    q_bar,
+    k_bufs,
+    v_bufs,
+    k_ready,
+    v_ready,
+    k_empty,
+    v_empty,
+    HEADS,
+    N,
+    NH,
+    H,
+    Q_RB,
+    Q_RH,
+    Q_CH,
+    K_RB,
+    K_RH,
+    K_CH,
+    GROUP: gl.constexpr,
+    BLOCK_N: gl.constexpr,
+    STAGES: gl.constexpr,
+    HEAD_GROUP: gl.constexpr,
+    SUBSET: gl.constexpr,
+):
     """The one-warp producer: Q's two halves once, then K_t and V_t into their rings, t in [0, d)."""
     ROWS: gl.constexpr = q_bufs.shape[1]
-    q0, _, _, q_row, q_col, kv_row, kv_col = _hp_coords(HEADS, N, NH, H, Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, GROUP,
-                                                        2 * ROWS, HEAD_GROUP, SUBSET)
+    q0, _, _, q_row, q_col, kv_row, kv_col = _hp_coords(
+        HEADS, N, NH, H, Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, GROUP, 2 * ROWS, HEAD_GROUP, SUBSET
+    )
     d = (gl.minimum(q0 + 2 * ROWS, N) - 1) // BLOCK_N + 1
     mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_bufs.index(0))
@@ -182,12 +257,51 @@ def _hp_producer(q_desc, k_desc, v_desc, q_bufs, q_bar, k_bufs, v_bufs, k_ready,
         tma.async_copy_global_to_shared(v_desc, [kv_row + t * BLOCK_N, kv_col], v_ready.index(s), v_bufs.index(s))
 
 
-@_gluon_jit(do_not_specialize=["N", "NH", "H", "Q_RB", "Q_RH", "K_RB", "K_RH", "stride_ob", "stride_oh",
-                               "stride_on", "stride_lb", "stride_lh"])
-def _hopper_causal_kernel(q_desc, k_desc, v_desc, HEADS, O, LSE, N, NH, H, Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH,
-                          stride_ob, stride_oh, stride_on, stride_lb, stride_lh, qk_scale,
-                          GROUP: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_LSE: gl.constexpr,
-                          HEAD_GROUP: gl.constexpr, SUBSET: gl.constexpr):
+@_gluon_jit(
+    do_not_specialize=[
+        "N",
+        "NH",
+        "H",
+        "Q_RB",
+        "Q_RH",
+        "K_RB",
+        "K_RH",
+        "stride_ob",
+        "stride_oh",
+        "stride_on",
+        "stride_lb",
+        "stride_lh",
+    ]
+)
+def _hopper_causal_kernel(
+    q_desc,
+    k_desc,
+    v_desc,
+    HEADS,
+    O,
+    LSE,
+    N,
+    NH,
+    H,
+    Q_RB,
+    Q_RH,
+    Q_CH,
+    K_RB,
+    K_RH,
+    K_CH,
+    stride_ob,
+    stride_oh,
+    stride_on,
+    stride_lb,
+    stride_lh,
+    qk_scale,
+    GROUP: gl.constexpr,
+    BLOCK_N: gl.constexpr,
+    STAGES: gl.constexpr,
+    HAS_LSE: gl.constexpr,
+    HEAD_GROUP: gl.constexpr,
+    SUBSET: gl.constexpr,
+):
     """Causal attention of one 128-row query tile: two consumer warpgroups and a TMA producer warp."""
     q_bufs = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
@@ -206,17 +320,119 @@ def _hopper_causal_kernel(q_desc, k_desc, v_desc, HEADS, O, LSE, N, NH, H, Q_RB,
     fence_async_shared()
     WG0: gl.constexpr = 0
     WG1: gl.constexpr = 1
-    gl.warp_specialize([
-        (_hp_consumer, (q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, HEADS, O, LSE, N, NH, H,
-                        Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
-                        qk_scale, WG0, GROUP, BLOCK_N, STAGES, HAS_LSE, HEAD_GROUP, SUBSET)),
-        (_hp_consumer, (q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, HEADS, O, LSE, N, NH, H,
-                        Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
-                        qk_scale, WG1, GROUP, BLOCK_N, STAGES, HAS_LSE, HEAD_GROUP, SUBSET)),
-        (_hp_producer, (q_desc, k_desc, v_desc, q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                        HEADS, N, NH, H, Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, GROUP, BLOCK_N, STAGES, HEAD_GROUP,
-                        SUBSET)),
-    ], [4, 1], [240, 24])
+    gl.warp_specialize(
+        [
+            (
+                _hp_consumer,
+                (
+                    q_bufs,
+                    q_bar,
+                    k_bufs,
+                    v_bufs,
+                    k_ready,
+                    v_ready,
+                    k_empty,
+                    v_empty,
+                    HEADS,
+                    O,
+                    LSE,
+                    N,
+                    NH,
+                    H,
+                    Q_RB,
+                    Q_RH,
+                    Q_CH,
+                    K_RB,
+                    K_RH,
+                    K_CH,
+                    stride_ob,
+                    stride_oh,
+                    stride_on,
+                    stride_lb,
+                    stride_lh,
+                    qk_scale,
+                    WG0,
+                    GROUP,
+                    BLOCK_N,
+                    STAGES,
+                    HAS_LSE,
+                    HEAD_GROUP,
+                    SUBSET,
+                ),
+            ),
+            (
+                _hp_consumer,
+                (
+                    q_bufs,
+                    q_bar,
+                    k_bufs,
+                    v_bufs,
+                    k_ready,
+                    v_ready,
+                    k_empty,
+                    v_empty,
+                    HEADS,
+                    O,
+                    LSE,
+                    N,
+                    NH,
+                    H,
+                    Q_RB,
+                    Q_RH,
+                    Q_CH,
+                    K_RB,
+                    K_RH,
+                    K_CH,
+                    stride_ob,
+                    stride_oh,
+                    stride_on,
+                    stride_lb,
+                    stride_lh,
+                    qk_scale,
+                    WG1,
+                    GROUP,
+                    BLOCK_N,
+                    STAGES,
+                    HAS_LSE,
+                    HEAD_GROUP,
+                    SUBSET,
+                ),
+            ),
+            (
+                _hp_producer,
+                (
+                    q_desc,
+                    k_desc,
+                    v_desc,
+                    q_bufs,
+                    q_bar,
+                    k_bufs,
+                    v_bufs,
+                    k_ready,
+                    v_ready,
+                    k_empty,
+                    v_empty,
+                    HEADS,
+                    N,
+                    NH,
+                    H,
+                    Q_RB,
+                    Q_RH,
+                    Q_CH,
+                    K_RB,
+                    K_RH,
+                    K_CH,
+                    GROUP,
+                    BLOCK_N,
+                    STAGES,
+                    HEAD_GROUP,
+                    SUBSET,
+                ),
+            ),
+        ],
+        [4, 1],
+        [240, 24],
+    )
 
 
 # ------------------------------------------------------------------ host side
