@@ -22,7 +22,6 @@ from ..compiler.cache_plan import (
     Layout,
     all_visible,
     budget_at,
-    is_causal_full,
     kv_store,
     page_size,
     plan_error,
@@ -255,7 +254,7 @@ def plan_decode(program: Program, *, max_step: int = 1) -> DecodePlan | None:
             if policy is not None:
                 if policy.score:
                     scores.add(policy.score)
-                vis = all(is_causal_full(p) for p in pats)
+                vis = all(p.covers_causal for p in pats)
             else:
                 key = (layout, gids)
                 if key not in visible_cache:

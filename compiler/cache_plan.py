@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .ir import Band, Lit, Pattern, Program
+from .ir import Pattern, Program
 from .liveness import cache_layout, decodable
 
 
@@ -255,7 +255,7 @@ def all_visible(layout: Layout, patterns: list[Pattern], max_step: int) -> bool:
     if layout.kind == "chunk" or layout.stripe_res:
         return False
     if layout.kind == "dense":
-        return all(is_causal_full(p) for p in patterns)
+        return all(p.covers_causal for p in patterns)
     span = layout.sink + layout.ring_capacity(max_step) + 2
     scale = max(_scale(patterns), span)
     ns = set(range(1, 130))
@@ -282,11 +282,6 @@ def _run_visible(pattern: Pattern, q: int, a: int, b: int) -> bool:
     if b - a + 1 > _ENUMERATED_RUN:
         return False  # not proven: the kernel keeps the mask
     return bool(np.asarray(pattern.holds(q_, np.arange(a, b + 1, dtype=np.int64))).all())
-
-
-def is_causal_full(p: Pattern) -> bool:
-    """The pattern is exactly causal (a causal pattern with a term that is causal alone)."""
-    return any(t.lits == (Lit(Band(0, None)),) for t in p.terms)
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,11 @@ class Pattern:
         """True when every term forbids k > q (every allowed pair is causal)."""
         return all(any(b.lo is not None and b.lo >= 0 for b in t.atoms_of(Band)) for t in self.terms)
 
+    @property
+    def covers_causal(self) -> bool:
+        """True when some term is causal alone (0 <= q - k): every causal pair is allowed."""
+        return any(t.lits == (Lit(Band(0, None)),) for t in self.terms)
+
     def __str__(self) -> str:
         if not self.terms:
             return "nothing"
