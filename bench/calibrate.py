@@ -314,7 +314,7 @@ class Cuda:
             t = launch.heads[0]
             planned = (t.bm, t.bn, t.bn_narrow, launch.order)
             tiles = (cfg["BLOCK_M"], cfg["BLOCK_N"])
-            if 0 < cfg.get("HOPPER", 0) <= case.n:  # the Gluon causal kernel
+            if sim.runs_hopper(cfg, case.n):  # the Gluon causal kernel
                 tiles = (sim.HOPPER_TILE, sim.HOPPER_TILE)
             got = (*tiles, cfg["BLOCK_N_NARROW"], "desc" if cfg["GRID_ORDER"] == 2 else "asc")
             if planned != got:

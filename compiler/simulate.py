@@ -367,12 +367,18 @@ def kernel_config(
         configs.CPU_CONFIG,
     )
     order = "desc" if cfg["GRID_ORDER"] == 2 else "asc"
-    if n is not None and 0 < cfg.get("HOPPER", 0) <= n:  # as the generated prefill decides at that N
+    if n is not None and runs_hopper(cfg, n):
         return KernelConfig(HOPPER_TILE, HOPPER_TILE, cfg["BLOCK_N_NARROW"], order, hopper=True)
     residue, split = int(tune["residue"]), int(tune.get("split", 0))
     if n is not None and n < tune.get("split_from", 0):
         split = 0
     return KernelConfig(cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_N_NARROW"], order, residue, split)
+
+
+def runs_hopper(cfg: Mapping[str, Any], n: int) -> bool:
+    """Whether a module's launch configuration (config_for's dict) runs the Gluon causal kernel at
+    n keys, as the generated prefill decides (codegen/support/hopper.py's hopper_ok)."""
+    return 0 < cfg.get("HOPPER", 0) <= n
 
 
 def head_group(cfg: KernelConfig, batch: int, heads: int, n: int, head_dim: int, dtype: str) -> int:
