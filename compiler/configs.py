@@ -22,11 +22,16 @@ Config = dict[str, object]
 # descriptors, which also cost GPU time in every program (N = 128: 7.8 -> 11.6 us; 1024: 37.8
 # -> 40.8; 4096: 288 -> 301 causal, 167 -> 186 StreamingLLM), so host ones stay.
 TMA = 2
-# Groups whose pattern is exactly `causal`, on Hopper (compute capability 9.x), in 16-bit
-# inputs of head_dim 64 or 128 (the rows below that set `hopper`), from this many keys on run
-# the Gluon kernel of codegen/support/hopper.py (FlashAttention-3's schedule). H100, B=1,
-# H=32, D=128: 0.97-1.05x SDPA's rate at 4K-128K, where the generated kernel runs 0.86-0.91x.
+# Groups of the shape `causal & (sink(S) | window(W))` (plain causal, StreamingLLM, sliding
+# windows), on Hopper (compute capability 9.x), in 16-bit inputs of head_dim 64 or 128 (the rows
+# below that set `hopper`), from HOPPER_MIN_N keys on and with no window or one of at least
+# HOPPER_MIN_WINDOW keys, run the Gluon kernel of codegen/support/hopper.py (FlashAttention-3's
+# schedule). Causal, B=1, H=32, D=128: 0.95-1.06x SDPA's rate at 4K-128K on an H100 and an
+# H200, where the generated kernel runs 0.86-0.93x. Its fixed cost per 128-row query tile (the
+# pipeline's fill and drain, a whole tile for a few sinks) loses on short windows: at 32K on an
+# H200 it takes 1.13x the generated kernel's time with window(1024), 0.90x with window(4096).
 HOPPER_MIN_N = 4096
+HOPPER_MIN_WINDOW = 3072
 
 
 def _cfg(
@@ -53,7 +58,8 @@ def _cfg(
         "GRID_ORDER": grid_order,
         "WARP_SPEC": False,
         "maxnreg": maxnreg,
-        "HOPPER": HOPPER_MIN_N if hopper else 0,  # causal groups from this many keys: the Gluon kernel
+        "HOPPER": HOPPER_MIN_N if hopper else 0,  # band groups from this many keys: the Gluon kernel
+        "HOPPER_WINDOW": HOPPER_MIN_WINDOW,  # ... if their window has at least this many keys (or none)
     }
 
 
@@ -128,8 +134,9 @@ def choose_config(
     """The launch configuration of a pattern group: the first row of the tables that matches the
     GPU's compute capability `cap` (None: the CPU, under the interpreter), the dtype `kind`
     ("16bit" or "fp32") and head_dim; capped by the group's plan (`tune`: block_cap,
-    rows_cap, narrow, grows, grid, causal); then `overrides` (a dict of the same keys). HOPPER > 0:
-    a plain causal group on a Hopper GPU runs the Gluon kernel from HOPPER keys on. The tables are
+    rows_cap, narrow, grows, grid, band); then `overrides` (a dict of the same keys). HOPPER > 0:
+    a group of the shape `causal & (sink(S) | window(W))` (plan tuning `band`) with W = 0 or
+    W >= HOPPER_WINDOW on a Hopper GPU runs the Gluon kernel from HOPPER keys on. The tables are
     CONFIGS, GRID_CONFIGS and CPU_CONFIG (passed in: a generated module holds its own copies).
 
     The one definition of this rule: generated modules carry its source (config_for), and the
@@ -161,7 +168,9 @@ def choose_config(
         cfg["BLOCK_N_NARROW"] = min(narrow, cfg["BLOCK_N"]) if tune["narrow"] else cfg["BLOCK_N"]
     if "USE_TMA" not in (overrides or {}):
         cfg["USE_TMA"] = int(cfg.get("USE_TMA", 0)) if cap[0] >= 9 else 0
-    if not (tune.get("causal") and cap[0] == 9) and "HOPPER" not in (overrides or {}):
-        cfg["HOPPER"] = 0  # the Gluon kernel: plain causal groups on Hopper only
+    band = tune.get("band")
+    gluon = band is not None and cap[0] == 9 and (band[1] == 0 or band[1] >= cfg["HOPPER_WINDOW"])
+    if not gluon and "HOPPER" not in (overrides or {}):
+        cfg["HOPPER"] = 0  # the Gluon kernel: causal, sink and long-window groups on Hopper only
     cfg["DOT_PREC"] = "ieee" if kind == "fp32" else "tf32"
     return cfg

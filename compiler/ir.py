@@ -29,7 +29,7 @@ from .atoms import (
     DiffMod,
     Key,
     KMod,
-    KRange,  # noqa: F401
+    KRange,
     ModAtom,
     Neighborhood,
     PeriodicAtom,
@@ -135,6 +135,30 @@ class Pattern:
     def covers_causal(self) -> bool:
         """True when some term is causal alone (0 <= q - k): every causal pair is allowed."""
         return any(t.lits == (Lit(Band(0, None)),) for t in self.terms)
+
+    @property
+    def causal_band(self) -> tuple[int, int] | None:
+        """(S, W) when the pattern is `causal & (sink(S) | window(W))` in one of its forms:
+        k <= q and (k < S or q - k < W), S = 0 without sinks, W = 0 for no window (causal
+        itself); None for any other pattern. The shape of StreamingLLM, Mistral's sliding
+        window and plain causal, which the Hopper kernel serves (codegen/support/hopper.py)."""
+        sink, windows = 0, []
+        for t in self.terms:
+            bands, keys = t.atoms_of(Band), t.atoms_of(KRange)
+            if len(t.lits) == 1 and bands and bands[0].lo == 0:
+                windows.append(0 if bands[0].hi is None else bands[0].hi + 1)
+            elif (
+                len(t.lits) == 2
+                and bands == [Band(0, None)]
+                and keys
+                and keys[0].lo in (None, 0)
+                and keys[0].hi is not None
+                and not sink
+            ):
+                sink = keys[0].hi + 1
+            else:
+                return None
+        return (sink, windows[0]) if len(windows) == 1 else None
 
     def __str__(self) -> str:
         if not self.terms:

@@ -169,7 +169,7 @@ class GroupPlan:
             "split_from": 0 if self.select else self.split * SPLIT_MIN_ROWS,  # the least N that splits
             "grid": self.grid is not None and self.select is None,
             "select": self.select is not None,
-            "causal": self.select is None and self.pattern.is_causal and self.pattern.covers_causal,
+            "band": None if self.select else self.pattern.causal_band,  # (S, W): the Hopper kernel's shape
         }
 
 

@@ -48,7 +48,7 @@ PROFILE_DIR = Path(__file__).parent / "profiles"
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 FLEX_BLOCK = 128  # FlexAttention's block-mask granularity (its default BLOCK_SIZE)
 SDPA_TILE = (128, 128)
-HOPPER_TILE = 128  # query rows and keys per tile of the Gluon causal kernel (codegen/support/hopper.py)
+HOPPER_TILE = 128  # query rows and keys per tile of the Gluon kernel (codegen/support/hopper.py)
 # grid: attnc's tile-order kernel for grid groups; diag, stripe: attnc's launches of groups with
 # a diagonal loop or a stripe loop (compiler/plan.py's Loop), whose tiles cost their own
 KERNELS = ("attnc", "sdpa", "flex", "grid", "diag", "stripe", "hopper")
@@ -164,7 +164,7 @@ class Profile:
     grid: KernelCosts | None = None  # the tile-order grid kernel; None: attnc's costs stand in
     diag: KernelCosts | None = None  # launches with a diagonal loop; None: attnc's costs
     stripe: KernelCosts | None = None  # launches with a stripe loop; None: attnc's costs
-    hopper: KernelCosts | None = None  # the Gluon causal kernel on Hopper; None: attnc's costs
+    hopper: KernelCosts | None = None  # the Gluon kernel on Hopper; None: attnc's costs
     # per kernel ("attnc", "sdpa", "flex"): measured backward over backward_time's model of its
     # tile part (bench/calibrate.py fits it; absent: 1, the model as it stands)
     backward: dict[str, float] = field(default_factory=dict)
@@ -341,7 +341,7 @@ class KernelConfig:
     order: str  # "desc": GRID_ORDER 2, longest query blocks first; "asc": natural
     residue: int = 0  # d > 0: the group runs dense attention per residue class q mod d
     split: int = 0  # m > 0: the group runs its split plan, then its residue plan per class q mod m
-    hopper: bool = False  # the Gluon causal kernel (codegen/support/hopper.py): 128 x 128 tiles
+    hopper: bool = False  # the Gluon kernel (codegen/support/hopper.py): 128 x 128 tiles
 
 
 def kernel_config(
@@ -351,24 +351,26 @@ def kernel_config(
     capability: tuple[int, int] | None,
     group: int = 0,
     n: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> KernelConfig:
     """What the generated module's `config_for(..., group=group)` returns on a GPU of this
-    capability (None: the CPU); the tuning of the group is its plan's `tuning`. With `n`, the
-    split is off below the plan's `split_from`, as the generated prefill decides at that N."""
+    capability (None: the CPU), under a call's `config` overrides; the tuning of the group is
+    its plan's `tuning`. With `n`, the split is off below the plan's `split_from`, as the
+    generated prefill decides at that N."""
     tune = _plans(program)[group].tuning
     cfg = configs.choose_config(
         tune,
         capability,
         "fp32" if dtype == "float32" else "16bit",
         head_dim,
-        None,
+        dict(overrides) if overrides else None,
         configs.CONFIGS,
         configs.GRID_CONFIGS,
         configs.CPU_CONFIG,
     )
     order = "desc" if cfg["GRID_ORDER"] == 2 else "asc"
     if n is not None and runs_hopper(cfg, n):
-        return KernelConfig(HOPPER_TILE, HOPPER_TILE, cfg["BLOCK_N_NARROW"], order, hopper=True)
+        return KernelConfig(HOPPER_TILE, HOPPER_TILE, HOPPER_TILE, order, hopper=True)  # sinks too: whole tiles
     residue, split = int(tune["residue"]), int(tune.get("split", 0))
     if n is not None and n < tune.get("split_from", 0):
         split = 0
@@ -376,7 +378,7 @@ def kernel_config(
 
 
 def runs_hopper(cfg: Mapping[str, Any], n: int) -> bool:
-    """Whether a module's launch configuration (config_for's dict) runs the Gluon causal kernel at
+    """Whether a module's launch configuration (config_for's dict) runs the Gluon kernel at
     n keys, as the generated prefill decides (codegen/support/hopper.py's hopper_ok)."""
     return 0 < cfg.get("HOPPER", 0) <= n
 
@@ -666,7 +668,7 @@ def kernel_tiles(plan: Any, n: int, cfg: KernelConfig) -> Tiles:
 def cost_family(plan: Any, cfg: KernelConfig, grid_runs: bool) -> str:
     """Whose tile costs a group's launch runs at (Launch.costs): "grid" for the tile-order
     kernel, "diag" or "stripe" when the plan it runs has a diagonal or a stripe loop, else ""
-    (attnc's), "hopper" for the Gluon causal kernel. Residue mode runs the residue plan, which has
+    (attnc's), "hopper" for the Gluon kernel. Residue mode runs the residue plan, which has
     no loop."""
     if grid_runs:
         return "grid"

@@ -1,6 +1,6 @@
-"""Compile the Hopper causal kernel (codegen/support/hopper.py) of a generated module for sm_90
-through Triton's own ptxas, with and without LSE, a head subset, GQA, D = 64 and 128, bf16 and
-fp16. Run by tests/test_hopper.py in a subprocess: python tests/hopper_sm90.py MODULE.py;
+"""Compile the Hopper kernel (codegen/support/hopper.py) of a generated module for sm_90 through
+Triton's own ptxas, causal and banded (sinks and a window), with and without LSE, a head subset,
+GQA, D = 64 and 128, bf16 and fp16. Run by tests/test_hopper.py in a subprocess: python tests/hopper_sm90.py MODULE.py;
 prints JSON: per case, shared memory, registers per thread and spilled bytes."""
 
 import json
@@ -29,15 +29,16 @@ def resources(kernel) -> dict:
 
 
 mod = import_module_from_path(sys.argv[1], "hopper_mod")
-fn = mod._hopper_causal_kernel
+fn = mod._hopper_kernel
 out = {}
-for D, dt, group, lse, subset, hg in (
-    (128, "bf16", 1, False, False, 1),
-    (128, "bf16", 4, True, True, 4),
-    (64, "fp16", 2, True, False, 8),
+for D, dt, group, lse, subset, hg, band in (
+    (128, "bf16", 1, False, False, 1, False),
+    (128, "bf16", 4, True, True, 4, True),
+    (64, "fp16", 2, True, False, 8, True),
+    (128, "fp16", 1, False, False, 2, True),
 ):
     gdt = gl.bfloat16 if dt == "bf16" else gl.float16
-    const = dict(GROUP=group, BLOCK_N=128, STAGES=2, HAS_LSE=lse, HEAD_GROUP=hg, SUBSET=subset)
+    const = dict(GROUP=group, BLOCK_N=128, STAGES=2, HAS_LSE=lse, HEAD_GROUP=hg, SUBSET=subset, BAND=band)
     sig = {}
     for n in fn.arg_names:
         if n in const:
@@ -64,5 +65,7 @@ for D, dt, group, lse, subset, hg in (
     k = triton.compile(
         GluonASTSource(fn, sig, const), target=GPUTarget("cuda", 90, 128), options=dict(num_warps=4, maxnreg=168)
     )
-    out[f"D{D}_{dt}_g{group}_lse{int(lse)}_sub{int(subset)}"] = dict(shared=k.metadata.shared, **resources(k))
+    out[f"D{D}_{dt}_g{group}_lse{int(lse)}_sub{int(subset)}_band{int(band)}"] = dict(
+        shared=k.metadata.shared, **resources(k)
+    )
 print(json.dumps(out))

@@ -26,12 +26,22 @@ def plan_of(expr: str):
 
 
 @pytest.mark.parametrize(
-    "expr, causal",
-    [("causal", True), ("window(64)", False), ("causal & window(64)", False), ("causal | sink(4)", False),
-     ("causal & select(mean, top = 2, block = 16)", False), ("full", False)],
+    "expr, band",
+    [("causal", (0, 0)), ("window(64)", (0, 64)), ("causal & window(64)", (0, 64)),
+     ("causal & (sink(4) | window(1024))", (4, 1024)), ("causal & (sink(4) | window(8) | sink(16))", (16, 8)),
+     ("causal & (window(8) | window(32))", (0, 32)), ("causal | sink(4)", None), ("causal & sink(4)", None),
+     ("causal & (sink(4) | window(8) | strided(16))", None), ("causal & (global(4) | window(16))", None),
+     ("window(left = 4, right = 2)", None), ("causal & select(mean, top = 2, block = 16)", None),
+     ("causal & (window(64) | select(mean, top = 2, block = 16))", None), ("full", None)],
 )  # fmt: skip
-def test_only_plain_causal_groups_are_marked(expr, causal):
-    assert plan_of(expr).tuning["causal"] is causal
+def test_causal_sink_window_groups_are_marked(expr, band):
+    """The plan marks `causal & (sink(S) | window(W))` groups with (S, W) (W = 0: causal) and
+    nothing else; the mark is exact: it allows the very pairs of the pattern."""
+    assert plan_of(expr).tuning["band"] == band
+    if band is not None:
+        (sink, window), q, k = band, torch.arange(300)[:, None], torch.arange(300)[None, :]
+        expected = (k <= q) & ((k < sink) | (q - k < (window or 10**9)))
+        assert torch.equal(torch.as_tensor(plan_of(expr).pattern.holds(q, k)), expected)
 
 
 def _model_layout(B, H, N, D):
@@ -73,7 +83,7 @@ def test_hopper_kernel_compiles_for_sm90(tmp_path):
     run = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=900, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     cases = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(cases) == 3
+    assert len(cases) == 4
     assert all(0 < c["shared"] <= 227 * 1024 and c["stack"] == 0 for c in cases.values()), cases
 
 
@@ -82,12 +92,15 @@ def test_hopper_kernel_compiles_for_sm90(tmp_path):
     [("causal", (9, 0), "bfloat16", 128, 4096, True), ("causal", (9, 0), "float16", 64, 131072, True),
      ("causal", (9, 0), "bfloat16", 128, 4095, False), ("causal", (8, 0), "bfloat16", 128, 8192, False),
      ("causal", (10, 0), "bfloat16", 128, 8192, False), ("causal", (9, 0), "float32", 128, 8192, False),
-     ("causal", (9, 0), "bfloat16", 256, 8192, False), ("causal & window(4096)", (9, 0), "bfloat16", 128, 8192, False),
+     ("causal", (9, 0), "bfloat16", 256, 8192, False), ("causal & window(4096)", (9, 0), "bfloat16", 128, 8192, True),
+     ("causal & (sink(4) | window(1024))", (9, 0), "bfloat16", 128, 32768, False),
+     ("causal & (sink(64) | window(3072))", (9, 0), "bfloat16", 128, 32768, True),
+     ("causal & (sink(4) | window(64) | strided(256))", (9, 0), "bfloat16", 128, 32768, False),
      ("causal", None, "bfloat16", 128, 8192, False)],
 )  # fmt: skip
 def test_the_configuration_decides_where_the_kernel_runs(expr, cap, dtype, d, n, runs):
-    """One rule (compiler/configs.py's choose_config, which generated modules carry): plain causal
-    groups, Hopper, 16-bit, head_dim 64 or 128, from HOPPER_MIN_N keys on; the simulator charges
+    """One rule (compiler/configs.py's choose_config, which generated modules carry): causal,
+    sink and long-window groups (HOPPER_MIN_WINDOW), Hopper, 16-bit, head_dim 64 or 128, from HOPPER_MIN_N keys on; the simulator charges
     such a launch to the profile's `hopper` costs at the kernel's 128 x 128 tiles."""
     from attnc.compiler import simulate
 
@@ -97,3 +110,17 @@ def test_the_configuration_decides_where_the_kernel_runs(expr, cap, dtype, d, n,
     if runs:
         assert (cfg.bm, cfg.bn) == (simulate.HOPPER_TILE,) * 2
         assert simulate.cost_family(plan_program(prog)[0], cfg, False) == "hopper"
+
+
+def test_a_configuration_override_moves_the_window_threshold():
+    """config={"HOPPER_WINDOW": w} lets shorter windows take the Gluon kernel; HOPPER = 0 turns it off."""
+    from attnc.compiler import simulate
+
+    prog = lower(resolve_text("pattern h = causal & (sink(4) | window(1024))\n", "h.attn"))
+    run = lambda **o: simulate.kernel_config(prog, 128, "bfloat16", (9, 0), 0, 32768, o).hopper  # noqa: E731
+    assert (run(), run(HOPPER_WINDOW=1024), run(HOPPER_WINDOW=1025), run(HOPPER_WINDOW=1024, HOPPER=0)) == (
+        False,
+        True,
+        False,
+        False,
+    )

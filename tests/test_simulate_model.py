@@ -486,7 +486,8 @@ def test_grid_groups_are_timed_with_the_grid_kernel_costs():
 
 def test_loop_launches_are_timed_with_their_own_costs():
     """Groups with a diagonal loop or a stripe loop are charged the profile's `diag` or `stripe`
-    costs (attnc's while the profile has none, so the shipped predictions stay as they were)."""
+    costs (attnc's while the profile has none, so the shipped predictions stay as they were),
+    groups the Gluon kernel runs its `hopper` costs."""
     import dataclasses
 
     prof = sim.load_profile("h100")
@@ -502,6 +503,7 @@ def test_loop_launches_are_timed_with_their_own_costs():
         (op("&", prim("causal"), op("|", prim("window", size=256), prim("strided", stride=256))), ""),  # split launches
         (op("&", prim("causal"), op("|", prim("window", size=512), prim("stride", stride=4, offset=1))), "stripe"),
         (SW, ""),
+        (op("&", prim("causal"), op("|", prim("sink", size=4), prim("window", size=4096))), "hopper"),  # Gluon
     ]:
         work = sim.prefill_workload(single(text), shape(32768))  # long enough for the split's classes
         ((launch, _),) = work.launches["attnc"]
@@ -511,7 +513,7 @@ def test_loop_launches_are_timed_with_their_own_costs():
             prof.attnc.launch_us,
             tuple(dataclasses.replace(t, full_us=3 * t.full_us, masked_us=3 * t.masked_us) for t in prof.attnc.tiles),
         )
-        other = sim.time_workload(work, dataclasses.replace(prof, diag=slower, stripe=slower)).attnc.ms
+        other = sim.time_workload(work, dataclasses.replace(prof, diag=slower, stripe=slower, hopper=slower)).attnc.ms
         assert (other > 1.5 * base) == bool(family), family
 
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from .launch import FastLaunch
+
 try:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
@@ -49,24 +51,9 @@ def _gluon_jit(**options):
 
 
 @_gluon_jit()
-def _hp_coords(
-    HEADS,
-    N,
-    NH,
-    H,
-    Q_RB,
-    Q_RH,
-    Q_CH,
-    K_RB,
-    K_RH,
-    K_CH,
-    GROUP: gl.constexpr,
-    BLOCK_M: gl.constexpr,
-    HEAD_GROUP: gl.constexpr,
-    SUBSET: gl.constexpr,
-):
-    """This program's query tile: (q0, b, h, Q row, Q column, K/V row, K/V column). Longest tile
-    first; HEAD_GROUP > 1: heads fastest inside groups of HEAD_GROUP (their K/V fit in L2)."""
+def _hp_tile(HEADS, NH, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, HEAD_GROUP: gl.constexpr, SUBSET: gl.constexpr):
+    """This program's query tile: (q0, batch, head, KV head). Longest tile first; HEAD_GROUP > 1:
+    heads fastest inside groups of HEAD_GROUP (their K/V fit in L2)."""
     num_m = gl.num_programs(0)
     if HEAD_GROUP == 1:
         pid_m = num_m - 1 - gl.program_id(0)
@@ -80,77 +67,100 @@ def _hp_coords(
     h = bh % NH
     if SUBSET:
         h = gl.load(HEADS + h)
-    kv = h // GROUP
-    q0 = pid_m * BLOCK_M
-    return q0, b, h, b * Q_RB + h * Q_RH + q0, h * Q_CH, b * K_RB + kv * K_RH, kv * K_CH
+    return pid_m * BLOCK_M, b, h, h // GROUP
 
 
 @_gluon_jit()
-def _hp_softmax(s, m_i, l_i, qk_scale, offs_m, k0, MASKED: gl.constexpr, s_layout: gl.constexpr):
-    """One online-softmax step (log2 domain): p, the new max and sum, and the rescale alpha."""
+def _hp_span(q0, N, SINK, WINDOW, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BAND: gl.constexpr):
+    """The key tiles a query tile visits, in order: (n_sink, lo, count): tiles [0, n_sink) (the
+    sinks before the window), then [lo, d) up to the diagonal; tile i of the visit is
+    _hp_key_tile(i, n_sink, lo). Causal (BAND off): every tile from 0."""
+    d = (gl.minimum(q0 + BLOCK_M, N) - 1) // BLOCK_N + 1
+    if BAND:
+        lo = gl.maximum(q0 - WINDOW + 1, 0) // BLOCK_N
+        n_sink = gl.minimum((SINK + BLOCK_N - 1) // BLOCK_N, lo)
+    else:
+        lo = 0
+        n_sink = 0
+    return n_sink, lo, n_sink + d - lo
+
+
+@_gluon_jit()
+def _hp_key_tile(i, n_sink, lo):
+    """The key tile of step i of a query tile's visit (_hp_span)."""
+    return gl.where(i < n_sink, i, i - n_sink + lo)
+
+
+@_gluon_jit()
+def _hp_softmax(
+    s, m_i, l_i, qk_scale, offs_m, k0, SINK, WINDOW, MASKED: gl.constexpr, BAND: gl.constexpr, s_layout: gl.constexpr
+):
+    """One online-softmax step (log2 domain): p, the new max and sum, and the rescale alpha.
+    MASKED: only k <= q (and, BAND, k < SINK or q - k < WINDOW) count; a row with no key yet
+    keeps a zero sum (its max stays -inf, read as 0 when subtracting)."""
     if MASKED:
-        offs_n = k0 + gl.arange(0, s.shape[1], layout=gl.SliceLayout(0, s_layout))
-        s = gl.where(gl.expand_dims(offs_n, 0) <= gl.expand_dims(offs_m, 1), s, float("-inf"))
+        k = gl.expand_dims(k0 + gl.arange(0, s.shape[1], layout=gl.SliceLayout(0, s_layout)), 0)
+        q = gl.expand_dims(offs_m, 1)
+        if BAND:
+            s = gl.where((k <= q) & ((k < SINK) | (q - k < WINDOW)), s, float("-inf"))
+        else:
+            s = gl.where(k <= q, s, float("-inf"))
     m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
-    p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
-    alpha = gl.exp2(m_i - m_new)
+    if MASKED and BAND:  # a row whose keys so far all lie outside its window
+        m_sub = gl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_sub = m_new
+    p = gl.exp2(s * qk_scale - gl.expand_dims(m_sub, 1))
+    alpha = gl.exp2(m_i - m_sub)
     return p, m_new, l_i * alpha + gl.sum(p, axis=1), alpha
 
 
 @_gluon_jit()
-def _hp_step(s, m_i, l_i, qk_scale, offs_m, j, c, BLOCK_N: gl.constexpr, s_layout: gl.constexpr):
-    """The softmax of key tile j: masked (k <= q) from the diagonal tile c on."""
-    if j >= c:
-        p, m_new, l_new, alpha = _hp_softmax(s, m_i, l_i, qk_scale, offs_m, j * BLOCK_N, True, s_layout)
+def _hp_step(
+    s,
+    m_i,
+    l_i,
+    qk_scale,
+    offs_m,
+    j,
+    c,
+    q_lo,
+    SINK,
+    WINDOW,
+    BLOCK_N: gl.constexpr,
+    BAND: gl.constexpr,
+    s_layout: gl.constexpr,
+):
+    """The softmax of key tile j for rows offs_m (q_lo, ...): masked from the diagonal tile c on
+    and, BAND, on tiles that reach below the last row's window and are not wholly sinks."""
+    masked = j >= c
+    if BAND:
+        below = j * BLOCK_N < q_lo + s.shape[0] - WINDOW
+        masked = masked | (below & ((j + 1) * BLOCK_N > SINK))
+    if masked:
+        p, m_new, l_new, alpha = _hp_softmax(
+            s, m_i, l_i, qk_scale, offs_m, j * BLOCK_N, SINK, WINDOW, True, BAND, s_layout
+        )
     else:
-        p, m_new, l_new, alpha = _hp_softmax(s, m_i, l_i, qk_scale, offs_m, j * BLOCK_N, False, s_layout)
+        p, m_new, l_new, alpha = _hp_softmax(
+            s, m_i, l_i, qk_scale, offs_m, j * BLOCK_N, SINK, WINDOW, False, BAND, s_layout
+        )
     return p, m_new, l_new, alpha
 
 
 @_gluon_jit()
 def _hp_consumer(
-    q_bufs,
-    q_bar,
-    k_bufs,
-    v_bufs,
-    k_ready,
-    v_ready,
-    k_empty,
-    v_empty,
-    HEADS,
-    O,
-    LSE,
-    N,
-    NH,
-    H,
-    Q_RB,
-    Q_RH,
-    Q_CH,
-    K_RB,
-    K_RH,
-    K_CH,
-    stride_ob,
-    stride_oh,
-    stride_on,
-    stride_lb,
-    stride_lh,
-    qk_scale,
-    WG: gl.constexpr,
-    GROUP: gl.constexpr,
-    BLOCK_N: gl.constexpr,
-    STAGES: gl.constexpr,
-    HAS_LSE: gl.constexpr,
-    HEAD_GROUP: gl.constexpr,
-    SUBSET: gl.constexpr,
-):
-    """Consumer warpgroup WG: query rows q0 + 64 WG .. + 63 over key tiles [0, d) of the CTA's tile."""
+    q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, HEADS, O, LSE, N, NH, SINK, WINDOW,
+    stride_ob, stride_oh, stride_on, stride_lb, stride_lh, qk_scale,
+    WG: gl.constexpr, GROUP: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_LSE: gl.constexpr,
+    HEAD_GROUP: gl.constexpr, SUBSET: gl.constexpr, BAND: gl.constexpr,
+):  # fmt: skip
+    """Consumer warpgroup WG: query rows q0 + 64 WG .. + 63 over the key tiles of the CTA's visit."""
     ROWS: gl.constexpr = q_bufs.shape[1]
     HEAD_DIM: gl.constexpr = q_bufs.shape[2]
-    q0, b, h, _, _, _, _ = _hp_coords(
-        HEADS, N, NH, H, Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, GROUP, 2 * ROWS, HEAD_GROUP, SUBSET
-    )
+    q0, b, h, _ = _hp_tile(HEADS, NH, GROUP, 2 * ROWS, HEAD_GROUP, SUBSET)
+    n_sink, lo, count = _hp_span(q0, N, SINK, WINDOW, 2 * ROWS, BLOCK_N, BAND)
     c = q0 // BLOCK_N  # tiles below c are under the diagonal for every row of the CTA
-    d = (gl.minimum(q0 + 2 * ROWS, N) - 1) // BLOCK_N + 1
     q_lo = q0 + WG * ROWS
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16]
@@ -171,26 +181,30 @@ def _hp_consumer(
     mbarrier.arrive(k_empty.index(0), count=1)
     m_i = gl.full([ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
     l_i = gl.zeros([ROWS], gl.float32, gl.SliceLayout(1, s_layout))
-    p, m_i, l_i, alpha = _hp_step(s, m_i, l_i, qk_scale, offs_m, 0, c, BLOCK_N, s_layout)
+    j = _hp_key_tile(0, n_sink, lo)
+    p, m_i, l_i, alpha = _hp_step(s, m_i, l_i, qk_scale, offs_m, j, c, q_lo, SINK, WINDOW, BLOCK_N, BAND, s_layout)
     p = gl.convert_layout(p.to(dtype), p_layout)
     o = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
-    for j in range(1, d):
-        sj = j % STAGES
-        sp = (j - 1) % STAGES
-        mbarrier.wait(k_ready.index(sj), (j // STAGES) & 1)
-        mbarrier.wait(v_ready.index(sp), ((j - 1) // STAGES) & 1)
-        s_tok = warpgroup_mma(q_smem, k_bufs.index(sj).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    for i in range(1, count):
+        si = i % STAGES
+        sp = (i - 1) % STAGES
+        mbarrier.wait(k_ready.index(si), (i // STAGES) & 1)
+        mbarrier.wait(v_ready.index(sp), ((i - 1) // STAGES) & 1)
+        s_tok = warpgroup_mma(q_smem, k_bufs.index(si).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         o_tok = warpgroup_mma(p, v_bufs.index(sp), o, is_async=True)
-        s = warpgroup_mma_wait(1, deps=(s_tok,))  # S_j done; PV_{j-1} runs under the softmax
-        mbarrier.arrive(k_empty.index(sj), count=1)
-        p_next, m_i, l_i, alpha = _hp_step(s, m_i, l_i, qk_scale, offs_m, j, c, BLOCK_N, s_layout)
+        s = warpgroup_mma_wait(1, deps=(s_tok,))  # S_i done; PV_{i-1} runs under the softmax
+        mbarrier.arrive(k_empty.index(si), count=1)
+        j = _hp_key_tile(i, n_sink, lo)
+        p_next, m_i, l_i, alpha = _hp_step(
+            s, m_i, l_i, qk_scale, offs_m, j, c, q_lo, SINK, WINDOW, BLOCK_N, BAND, s_layout
+        )
         p_next = gl.convert_layout(p_next.to(dtype), p_layout)
         o, p = warpgroup_mma_wait(0, deps=(o_tok, p))
         mbarrier.arrive(v_empty.index(sp), count=1)
         o = o * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
         p = p_next
-    sl = (d - 1) % STAGES
-    mbarrier.wait(v_ready.index(sl), ((d - 1) // STAGES) & 1)
+    sl = (count - 1) % STAGES
+    mbarrier.wait(v_ready.index(sl), ((count - 1) // STAGES) & 1)
     o_tok = warpgroup_mma(p, v_bufs.index(sl), o, is_async=True)
     o, p = warpgroup_mma_wait(0, deps=(o_tok, p))
     mbarrier.arrive(v_empty.index(sl), count=1)
@@ -209,100 +223,48 @@ def _hp_consumer(
 
 @_gluon_jit()
 def _hp_producer(
-    q_desc,
-    k_desc,
-    v_desc,
-    q_bufs,
-    q_bar,
-    k_bufs,
-    v_bufs,
-    k_ready,
-    v_ready,
-    k_empty,
-    v_empty,
-    HEADS,
-    N,
-    NH,
-    H,
-    Q_RB,
-    Q_RH,
-    Q_CH,
-    K_RB,
-    K_RH,
-    K_CH,
-    GROUP: gl.constexpr,
-    BLOCK_N: gl.constexpr,
-    STAGES: gl.constexpr,
-    HEAD_GROUP: gl.constexpr,
-    SUBSET: gl.constexpr,
-):
-    """The one-warp producer: Q's two halves once, then K_t and V_t into their rings, t in [0, d)."""
+    q_desc, k_desc, v_desc, q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, HEADS, N, NH,
+    SINK, WINDOW, Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH,
+    GROUP: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HEAD_GROUP: gl.constexpr,
+    SUBSET: gl.constexpr, BAND: gl.constexpr,
+):  # fmt: skip
+    """The one-warp producer: Q's two halves once, then each visited key tile's K and V into
+    their rings. A head's rows start at b * RB + h * RH of a descriptor, its columns at h * CH."""
     ROWS: gl.constexpr = q_bufs.shape[1]
-    q0, _, _, q_row, q_col, kv_row, kv_col = _hp_coords(
-        HEADS, N, NH, H, Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, GROUP, 2 * ROWS, HEAD_GROUP, SUBSET
-    )
-    d = (gl.minimum(q0 + 2 * ROWS, N) - 1) // BLOCK_N + 1
+    q0, b, h, kv = _hp_tile(HEADS, NH, GROUP, 2 * ROWS, HEAD_GROUP, SUBSET)
+    n_sink, lo, count = _hp_span(q0, N, SINK, WINDOW, 2 * ROWS, BLOCK_N, BAND)
+    q_row = b * Q_RB + h * Q_RH + q0
+    kv_row = b * K_RB + kv * K_RH
     mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_bufs.index(0))
-    tma.async_copy_global_to_shared(q_desc, [q_row + ROWS, q_col], q_bar, q_bufs.index(1))
-    for t in range(d):
-        s = t % STAGES
-        ph = (t // STAGES) & 1
+    tma.async_copy_global_to_shared(q_desc, [q_row, h * Q_CH], q_bar, q_bufs.index(0))
+    tma.async_copy_global_to_shared(q_desc, [q_row + ROWS, h * Q_CH], q_bar, q_bufs.index(1))
+    for i in range(count):
+        s = i % STAGES
+        ph = (i // STAGES) & 1
+        row = kv_row + _hp_key_tile(i, n_sink, lo) * BLOCK_N
         # a fresh mbarrier has completed the phase before phase 0: the first round passes at once
         mbarrier.wait(k_empty.index(s), ph ^ 1)
         mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [kv_row + t * BLOCK_N, kv_col], k_ready.index(s), k_bufs.index(s))
+        tma.async_copy_global_to_shared(k_desc, [row, kv * K_CH], k_ready.index(s), k_bufs.index(s))
         mbarrier.wait(v_empty.index(s), ph ^ 1)
         mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(v_desc, [kv_row + t * BLOCK_N, kv_col], v_ready.index(s), v_bufs.index(s))
+        tma.async_copy_global_to_shared(v_desc, [row, kv * K_CH], v_ready.index(s), v_bufs.index(s))
 
 
-@_gluon_jit(
-    do_not_specialize=[
-        "N",
-        "NH",
-        "H",
-        "Q_RB",
-        "Q_RH",
-        "K_RB",
-        "K_RH",
-        "stride_ob",
-        "stride_oh",
-        "stride_on",
-        "stride_lb",
-        "stride_lh",
-    ]
-)
-def _hopper_causal_kernel(
-    q_desc,
-    k_desc,
-    v_desc,
-    HEADS,
-    O,
-    LSE,
-    N,
-    NH,
-    H,
-    Q_RB,
-    Q_RH,
-    Q_CH,
-    K_RB,
-    K_RH,
-    K_CH,
-    stride_ob,
-    stride_oh,
-    stride_on,
-    stride_lb,
-    stride_lh,
-    qk_scale,
-    GROUP: gl.constexpr,
-    BLOCK_N: gl.constexpr,
-    STAGES: gl.constexpr,
-    HAS_LSE: gl.constexpr,
-    HEAD_GROUP: gl.constexpr,
-    SUBSET: gl.constexpr,
-):
-    """Causal attention of one 128-row query tile: two consumer warpgroups and a TMA producer warp."""
+_RUNTIME = ["N", "NH", "SINK", "WINDOW", "Q_RB", "Q_RH", "K_RB", "K_RH"] + [
+    f"stride_{x}" for x in ("ob", "oh", "on", "lb", "lh")
+]
+
+
+@_gluon_jit(do_not_specialize=_RUNTIME)
+def _hopper_kernel(
+    q_desc, k_desc, v_desc, HEADS, O, LSE, N, NH, SINK, WINDOW, Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH,
+    stride_ob, stride_oh, stride_on, stride_lb, stride_lh, qk_scale,
+    GROUP: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_LSE: gl.constexpr,
+    HEAD_GROUP: gl.constexpr, SUBSET: gl.constexpr, BAND: gl.constexpr,
+):  # fmt: skip
+    """`causal & (sink(SINK) | window(WINDOW))` (BAND; else causal) for one 128-row query tile:
+    two consumer warpgroups and a TMA producer warp."""
     q_bufs = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
@@ -322,15 +284,15 @@ def _hopper_causal_kernel(
     WG1: gl.constexpr = 1
     # fmt: off
     gl.warp_specialize([
-        (_hp_consumer, (q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, HEADS, O, LSE, N, NH, H,
-                        Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
-                        qk_scale, WG0, GROUP, BLOCK_N, STAGES, HAS_LSE, HEAD_GROUP, SUBSET)),
-        (_hp_consumer, (q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, HEADS, O, LSE, N, NH, H,
-                        Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
-                        qk_scale, WG1, GROUP, BLOCK_N, STAGES, HAS_LSE, HEAD_GROUP, SUBSET)),
+        (_hp_consumer, (q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, HEADS, O, LSE, N, NH, SINK,
+                        WINDOW, stride_ob, stride_oh, stride_on, stride_lb, stride_lh, qk_scale, WG0, GROUP, BLOCK_N,
+                        STAGES, HAS_LSE, HEAD_GROUP, SUBSET, BAND)),
+        (_hp_consumer, (q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, HEADS, O, LSE, N, NH, SINK,
+                        WINDOW, stride_ob, stride_oh, stride_on, stride_lb, stride_lh, qk_scale, WG1, GROUP, BLOCK_N,
+                        STAGES, HAS_LSE, HEAD_GROUP, SUBSET, BAND)),
         (_hp_producer, (q_desc, k_desc, v_desc, q_bufs, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                        HEADS, N, NH, H, Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, GROUP, BLOCK_N, STAGES, HEAD_GROUP,
-                        SUBSET)),
+                        HEADS, N, NH, SINK, WINDOW, Q_RB, Q_RH, Q_CH, K_RB, K_RH, K_CH, GROUP, BLOCK_N, STAGES,
+                        HEAD_GROUP, SUBSET, BAND)),
     ], [4, 1], [240, 24])  # the two consumers' arguments differ in WG only (a tuple built once loses constexprs)
     # fmt: on
 
@@ -354,15 +316,16 @@ def hopper_rows(t: torch.Tensor):
 
 
 def hopper_ok(q: torch.Tensor, N: int, min_n: int) -> bool:
-    """Whether the Hopper kernel may serve a causal launch of N keys whose configuration allows
-    it from min_n keys on (0: never): Gluon, q on a GPU (the configuration checked the rest)."""
+    """Whether the Hopper kernel may serve a launch of N keys whose configuration allows it from
+    min_n keys on (0: never): Gluon, q on a GPU (the configuration checked the rest)."""
     return 0 < min_n <= N and gluon is not None and q.is_cuda
 
 
-def hopper_launcher(q, k, v, o, heads, nh: int, H: int, scale: float, return_lse: bool, head_group: int):
-    """run(q, k, v, o, lse, tr, lengths, sel=None): one launch of the Hopper kernel for these
-    tensors' layouts (the caller's memo key fixes shapes and strides), or None where a layout
-    does not suit it (hopper_rows)."""
+def hopper_launcher(q, k, v, o, heads, nh: int, H: int, band: tuple, scale: float, return_lse: bool, head_group: int):
+    """run(q, k, v, o, lse, tr, lengths, sel=None): one launch of the Hopper kernel over
+    `causal & (sink(S) | window(W))`, band = (S, W) (W = 0: causal), for these tensors' layouts
+    (the caller's memo key fixes shapes and strides), or None where a layout does not suit it
+    (hopper_rows)."""
     rows = [hopper_rows(t) for t in (q, k, v)]
     if None in rows or o.stride() != q.stride():
         return None
@@ -374,17 +337,21 @@ def hopper_launcher(q, k, v, o, heads, nh: int, H: int, scale: float, return_lse
     (_, q_rb, q_rh, q_ch), (_, k_rb, k_rh, k_ch) = rows[0], rows[1]
     grid = (-(-N // (2 * _HOPPER_ROWS)), B * nh)
     const = dict(GROUP=H // k.shape[1], BLOCK_N=_HOPPER_KEYS, STAGES=_HOPPER_STAGES, HAS_LSE=return_lse,
-                 HEAD_GROUP=head_group, SUBSET=heads is not None, num_warps=4, maxnreg=168)  # fmt: skip
+                 HEAD_GROUP=head_group, SUBSET=heads is not None, BAND=band[1] > 0, num_warps=4,
+                 maxnreg=168)  # fmt: skip
 
+    launch = FastLaunch(_hopper_kernel, grid, const)
     blocks = ((q_block, q_layout), (kv_block, kv_layout), (kv_block, kv_layout))
-    tail = (N, nh, H, q_rb, q_rh, q_ch, k_rb, k_rh, k_ch)
+    tail = (N, nh, *band, q_rb, q_rh, q_ch, k_rb, k_rh, k_ch)
     lse_strides = (0, 0)
 
     def run(q, k, v, o, lse, tr=None, lengths=None, sel=None):
-        descs = [GluonDescriptor(view, list(view.shape), list(view.stride()), *box)
-                 for view, box in zip((hopper_rows(t)[0] for t in (q, k, v)), blocks)]  # fmt: skip
-        return _hopper_causal_kernel[grid](*descs, heads, o, lse, *tail, *o.stride()[:3],
-                                           *(lse.stride()[:2] if return_lse else lse_strides),
-                                           scale * 1.4426950408889634, **const)  # fmt: skip
+        if launch.describes:  # the C launch describes bare tensors as at the first launch
+            descs = (q, k, v)
+        else:
+            descs = [GluonDescriptor(view, list(view.shape), list(view.stride()), *box)
+                     for view, box in zip((hopper_rows(t)[0] for t in (q, k, v)), blocks)]  # fmt: skip
+        return launch(*descs, heads, o, lse, *tail, *o.stride()[:3],
+                      *(lse.stride()[:2] if return_lse else lse_strides), scale * 1.4426950408889634)  # fmt: skip
 
     return run

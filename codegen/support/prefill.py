@@ -514,7 +514,7 @@ def _plan(spec, q, k, v, o, lse, N, H, D, scale, return_lse, layer, config, trac
             check_key_tile("prefill_at", part[1], part[2], N, cfg["BLOCK_N"])
         if hopper_ok(q, N, cfg.get("HOPPER", 0)) and not (trace or padded) and whole:
             head_group = _head_group(cfg, q.shape[0], nh, N, D, q.element_size())[1]
-            run = hopper_launcher(q, k, v, o, heads, nh, H, scale, return_lse, head_group)
+            run = hopper_launcher(q, k, v, o, heads, nh, H, spec.tuning[group]["band"], scale, return_lse, head_group)
             if run is not None:
                 plan.append((group, cfg, run))
                 continue
