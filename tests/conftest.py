@@ -72,6 +72,33 @@ def _patch_the_language_once_per_launch() -> None:
 
 _patch_the_language_once_per_launch()
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _draw_constants_from_the_project_alone() -> None:
+    """Hypothesis draws some integers from the constants of the "local" modules in
+    sys.modules, which it finds by parsing each new one's source before a test's draws. The
+    tests import a few hundred generated modules (about 250 KB of text each) from temporary
+    folders; parsing them all costs about a minute of CPU per suite. This keeps the modules of
+    this repository (the compiler's own constants) and leaves the generated ones out; what
+    the tests check is unchanged. A Hypothesis without these internals is left alone."""
+    try:
+        from hypothesis.internal.conjecture import providers
+    except ImportError:
+        return
+    is_local = getattr(providers, "is_local_module_file", None)
+    if is_local is None or getattr(is_local, "project_alone", False):
+        return
+
+    def in_the_project(path: str) -> bool:
+        return os.path.abspath(path).startswith(ROOT + os.sep) and is_local(path)
+
+    in_the_project.project_alone = True
+    providers.is_local_module_file = in_the_project
+
+
+_draw_constants_from_the_project_alone()
+
 # Modules that the tests compile through attnc.load / write_module without a folder of their
 # own land in one cache per session (and per xdist worker), shared by every test of it, never
 # in the user's cache.
