@@ -72,6 +72,30 @@ def _patch_the_language_once_per_launch() -> None:
 
 _patch_the_language_once_per_launch()
 
+
+def _skip_overflow_conditions_nobody_checks() -> None:
+    """With `sanitize_overflow` on (the interpreter's default), every 32-bit integer +, - and *
+    of a kernel is computed again in 64 bits and compared with the type's range, and the
+    condition goes to tl.device_assert, which drops it unless the options' `debug` is on: the
+    interpreter's never is. That dead work is about a third of the interpreter's time on the
+    kernels here; with `debug` off it is switched off, which leaves every result and every
+    check as they were. A Triton without these internals, or with `debug` on, is left alone."""
+    import dataclasses
+
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    builder = getattr(interpreter, "interpreter_builder", None)
+    options = getattr(builder, "options", None)
+    if not dataclasses.is_dataclass(options) or getattr(options, "debug", True):
+        return
+    if getattr(options, "sanitize_overflow", False):
+        builder.options = dataclasses.replace(options, sanitize_overflow=False)
+
+
+_skip_overflow_conditions_nobody_checks()
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
