@@ -360,7 +360,9 @@ def _worker(rank: int, world: int, folder: str, jobs: list) -> None:
 
     from attnc.codegen.loader import import_file
     from attnc.runtime.distributed import context_attention_layer, head_attention, shard
+    from tests.interpreter_speed import speed_up_the_interpreter
 
+    speed_up_the_interpreter()  # as in the suite's own processes (tests/conftest.py)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
     results = {}

@@ -1,0 +1,71 @@
+"""Two patches of Triton's interpreter that change how fast it runs, never what it computes;
+tests/conftest.py applies them in every process of the suite, and processes that the tests
+spawn (tests/test_distributed.py's ranks) apply them too."""
+
+from __future__ import annotations
+
+
+def speed_up_the_interpreter() -> None:
+    """Both patches below (each a no-op on a Triton without the internals it expects)."""
+    _patch_the_language_once_per_launch()
+    _skip_overflow_conditions_nobody_checks()
+
+
+def _patch_the_language_once_per_launch() -> None:
+    """Triton's interpreter patches the language modules a @triton.jit function sees (a scan of
+    all their members) at every call of a helper inside a kernel, tl.sum and tl.zeros among
+    them, and never undoes those patches (only the launch's own, when it ends): the kernels
+    here call helpers in their inner loops. This patches each module once per launch and
+    skips the repeats, which would find every builtin patched already; what the kernels
+    compute is unchanged. A Triton without these internals is left alone."""
+    try:
+        import triton.language as tl
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    patch, empty = getattr(interpreter, "_patch_lang", None), getattr(interpreter, "_LangPatchScope", None)
+    if patch is None or empty is None or getattr(patch, "once_per_launch", False):
+        return
+    launches: list[set] = []  # the language modules patched within each running launch
+
+    def patch_lang(fn):
+        seen = {id(v) for v in fn.__globals__.values() if isinstance(v, type(tl)) and v in (tl, tl.core)}
+        if launches and seen and seen <= launches[-1]:
+            return empty()  # a helper of the running launch: its modules are patched already
+        scope = patch(fn)
+        if launches:  # a helper that sees another module: patched as Triton does, for good
+            launches[-1] |= seen
+            return scope
+        restore = scope.restore
+
+        def restore_and_end():
+            launches.pop()
+            restore()
+
+        scope.restore = restore_and_end
+        launches.append(seen)
+        return scope
+
+    patch_lang.once_per_launch = True
+    interpreter._patch_lang = patch_lang
+
+
+def _skip_overflow_conditions_nobody_checks() -> None:
+    """With `sanitize_overflow` on (the interpreter's default), every 32-bit integer +, - and *
+    of a kernel is computed again in 64 bits and compared with the type's range, and the
+    condition goes to tl.device_assert, which drops it unless the options' `debug` is on: the
+    interpreter's never is. That dead work is about a third of the interpreter's time on the
+    kernels here; with `debug` off it is switched off, which leaves every result and every
+    check as they were. A Triton without these internals, or with `debug` on, is left alone."""
+    import dataclasses
+
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    builder = getattr(interpreter, "interpreter_builder", None)
+    options = getattr(builder, "options", None)
+    if not dataclasses.is_dataclass(options) or getattr(options, "debug", True):
+        return
+    if getattr(options, "sanitize_overflow", False):
+        builder.options = dataclasses.replace(options, sanitize_overflow=False)
