@@ -33,7 +33,7 @@ from ..compiler.ir import Program
 from ..compiler.plan import plan_program
 from . import masks
 from .decode_plan import DecodePlan, decode_context
-from .importing import import_module_from_path
+from .importing import compile_text, import_module_from_path
 from .plan_text import GroupText
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -211,7 +211,7 @@ def module_params(program: Program) -> dict[str, Any]:
 def render_module(program: Program) -> str:
     """The generated module's text (checked to compile as Python)."""
     text = environment().get_template("module.py.j2").render(**module_params(program))
-    compile(text, f"<attnc module {program.name}>", "exec")
+    compile_text(text, f"<attnc module {program.name}>")
     return text
 
 
@@ -261,7 +261,7 @@ def render_decode_module(plan: DecodePlan) -> str:
     """A standalone module with the cache manager and the decode kernel of a plan (tests,
     benchmarks); the real generated module includes the same two templates."""
     text = environment().get_template("decode_module_test.py.j2").render(**plan.context())
-    compile(text, f"<attnc decode module {plan.program.name}>", "exec")
+    compile_text(text, f"<attnc decode module {plan.program.name}>")
     return text
 
 

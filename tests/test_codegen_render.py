@@ -165,6 +165,24 @@ def test_cache_reuse(tmp_path, monkeypatch):
     assert load_program(program) is load_program(program)
 
 
+def test_a_module_imported_after_its_render_check_is_its_file(tmp_path):
+    """import_text reuses the code of render's compile check: every function of the module
+    still names the file (tracebacks, Triton's source lookup), whose source is the text."""
+    import inspect
+
+    from attnc.codegen.importing import import_text
+
+    text = render_module(single(SW, "checked"))
+    path = tmp_path / "checked.py"
+    path.write_text(text)
+    mod = import_text(text, path, "attnc_test_checked_render")
+    kernel = mod._fwd_kernel.fn
+    assert kernel.__code__.co_filename == str(path) == inspect.getsourcefile(kernel)
+    assert inspect.getsource(kernel) in text
+    nested = [c for f in vars(mod).values() if inspect.isfunction(f) for c in f.__code__.co_consts]
+    assert {c.co_filename for c in nested if inspect.iscode(c)} == {str(path)}
+
+
 # ------------------------------------------------------------------ files and the CLI
 
 
