@@ -1,4 +1,4 @@
-"""Two patches of Triton's interpreter that change how fast it runs, never what it computes;
+"""Patches of Triton's interpreter that change how fast it runs, never what it computes;
 tests/conftest.py applies them in every process of the suite, and processes that the tests
 spawn (tests/test_distributed.py's ranks) apply them too."""
 
@@ -6,9 +6,10 @@ from __future__ import annotations
 
 
 def speed_up_the_interpreter() -> None:
-    """Both patches below (each a no-op on a Triton without the internals it expects)."""
+    """The patches below (each a no-op on a Triton without the internals it expects)."""
     _patch_the_language_once_per_launch()
     _skip_overflow_conditions_nobody_checks()
+    _numpy_types_once_per_type()
 
 
 def _patch_the_language_once_per_launch() -> None:
@@ -69,3 +70,29 @@ def _skip_overflow_conditions_nobody_checks() -> None:
         return
     if getattr(options, "sanitize_overflow", False):
         builder.options = dataclasses.replace(options, sanitize_overflow=False)
+
+
+def _numpy_types_once_per_type() -> None:
+    """The interpreter maps a Triton type to the numpy type that holds its values at every
+    operation of a kernel, building a table of nineteen numpy types each time: about a twentieth
+    of its time here. This keeps each answer, by the type's class and name (a block type's
+    name holds its shape and element type); the answers are the same."""
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    get = getattr(interpreter, "_get_np_dtype", None)
+    if get is None or getattr(get, "once_per_type", False):
+        return
+    known: dict = {}
+
+    def get_np_dtype(tt_dtype):
+        key = (type(tt_dtype), getattr(tt_dtype, "name", None))
+        if key[1] is None:
+            return get(tt_dtype)
+        if key not in known:
+            known[key] = get(tt_dtype)
+        return known[key]
+
+    get_np_dtype.once_per_type = True
+    interpreter._get_np_dtype = get_np_dtype
