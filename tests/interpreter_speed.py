@@ -11,6 +11,7 @@ def speed_up_the_interpreter() -> None:
     _skip_overflow_conditions_nobody_checks()
     _numpy_types_once_per_type()
     _tuple_type_names_when_read()
+    _tuple_types_when_read()
 
 
 def _patch_the_language_once_per_launch() -> None:
@@ -120,3 +121,45 @@ def _tuple_type_names_when_read() -> None:
         return "[" + ",".join([f"{k}:{v}" for k, v in zip(self.fields, self.types)]) + "]"
 
     kind.__init__, kind.name = init, property(name)
+
+
+class _TypeWhenRead:
+    """tl.tuple's `type`: the one given when it was made, else its values' tuple type, made
+    when first read (then kept, as Triton keeps the one it makes at once)."""
+
+    def __get__(self, value, owner=None):
+        if value is None:
+            return self
+        kept = value.__dict__
+        if "_type_when_read" not in kept:
+            import triton.language as tl
+
+            kept["_type_when_read"] = tl.core._type_for_tuple_values(kept["values"])
+        return kept["_type_when_read"]
+
+    def __set__(self, value, kind) -> None:
+        value.__dict__["_type_when_read"] = kind
+
+
+def _tuple_types_when_read() -> None:
+    """Every tensor the interpreter makes holds its shape as a tl.tuple, which makes the tuple
+    type of its values at once; it is hardly ever read. This makes it when it is read, from
+    the same values: about a twentieth of the interpreter's time here."""
+    try:
+        import triton.language as tl
+    except ImportError:
+        return
+    kind, make = getattr(tl, "tuple", None), getattr(tl.core, "_type_for_tuple_values", None)
+    if kind is None or make is None or isinstance(vars(kind).get("type"), _TypeWhenRead):
+        return
+    if "type" in vars(kind) or not hasattr(kind([1]), "values"):
+        return
+
+    def init(self, args, type=None):
+        self.values = [i for i in args]
+        if isinstance(type, tl.tuple_type):
+            self.type = type
+        elif type is not None:  # as Triton's: a list of types
+            self.type = tl.tuple_type(type)
+
+    kind.__init__, kind.type = init, _TypeWhenRead()
