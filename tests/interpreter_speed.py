@@ -29,10 +29,18 @@ def _patch_the_language_once_per_launch() -> None:
     patch, empty = getattr(interpreter, "_patch_lang", None), getattr(interpreter, "_LangPatchScope", None)
     if patch is None or empty is None or getattr(patch, "once_per_launch", False):
         return
-    launches: list[set] = []  # the language modules patched within each running launch
+    launches: list[frozenset] = []  # the language modules patched within each running launch
+    known: dict = {}  # function -> (the size of its globals, the language modules among them)
+
+    def modules_of(fn) -> frozenset:
+        names = fn.__globals__
+        if fn not in known or known[fn][0] != len(names):  # globals only grow (Triton adds its own)
+            seen = frozenset(id(v) for v in names.values() if isinstance(v, type(tl)) and v in (tl, tl.core))
+            known[fn] = len(names), seen
+        return known[fn][1]
 
     def patch_lang(fn):
-        seen = {id(v) for v in fn.__globals__.values() if isinstance(v, type(tl)) and v in (tl, tl.core)}
+        seen = modules_of(fn)
         if launches and seen and seen <= launches[-1]:
             return empty()  # a helper of the running launch: its modules are patched already
         scope = patch(fn)
