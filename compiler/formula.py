@@ -244,19 +244,16 @@ class Formula:
         return Formula(self.var, tuple(out), self.period)
 
     def _same(self, e: sp.Expr, p: Piece) -> bool:
-        """Whether expression e equals piece p on all of p's integers."""
-        if sp.expand(e - p.expr) == 0:
-            return True
-        if self.period == 0:
-            return False
+        """Whether expression e equals piece p on all of p's integers: point by point where that
+        decides it (much cheaper than sympy's expand), else symbolically."""
         span = 3 * self.period + 3  # quasi-polynomials of degree <= 2 that agree this long are equal
-        if span > MAX_CHECK and (p.hi is None or p.hi - p.lo + 1 > MAX_CHECK):
-            return False  # too long to check point by point: keep the pieces apart
-        last = p.lo + span - 1 if p.hi is None else min(p.hi, p.lo + span - 1)
-        try:
-            return all(evaluate(e, self.var, n) == evaluate(p.expr, self.var, n) for n in range(p.lo, last + 1))
-        except ValueError:  # e is not defined there (flog2 of 0)
-            return False
+        if self.period and not (span > MAX_CHECK and (p.hi is None or p.hi - p.lo + 1 > MAX_CHECK)):
+            last = p.lo + span - 1 if p.hi is None else min(p.hi, p.lo + span - 1)
+            try:
+                return all(evaluate(e, self.var, n) == evaluate(p.expr, self.var, n) for n in range(p.lo, last + 1))
+            except ValueError:  # e is not defined there (flog2 of 0)
+                pass
+        return sp.expand(e - p.expr) == 0
 
     # ------------------------------------------------------------ presentation
 
