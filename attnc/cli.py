@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -44,6 +45,9 @@ def register(command: Subcommand) -> Subcommand:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `attnc` with `argv` (default: sys.argv[1:]) and return its exit status."""
+    # numpy's OpenBLAS starts a thread per core when imported, which spins for a while (some
+    # 0.06 s of CPU time); attnc does no linear algebra big enough to want them
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
