@@ -453,7 +453,7 @@ def _chamber_sum(var, rep, points, lows, highs, x_lo, x_hi, x0s, big, mq, residu
         return p[0] + p[1] * rep
 
     ordered = sorted(points, key=at)
-    total = sp.Integer(0)
+    terms = []  # summed once at the end: adding them one by one re-flattens the growing sum
     for p, q in zip(ordered, ordered[1:]):
         xm = (at(p) + at(q)) / 2
         if any(xm < c + e * rep for c, e in x_lo) or any(xm >= c + 1 + e * rep for c, e in x_hi):
@@ -469,5 +469,5 @@ def _chamber_sum(var, rep, points, lows, highs, x_lo, x_hi, x0s, big, mq, residu
             cnt = jb1 - ja
             alpha = _ceil_div(hi.c + hi.a * x0 + 1 - c, hi.e, mq, var) - _ceil_div(lo.c + lo.a * x0 - c, lo.e, mq, var)
             beta = (hi.a - lo.a) * big // mq
-            total += cnt * alpha + sp.Rational(beta, 2) * cnt * (ja + jb1 - 1)
-    return sp.expand(total)
+            terms.append(cnt * alpha + sp.Rational(beta, 2) * cnt * (ja + jb1 - 1))
+    return sp.expand(sp.Add(*terms))
