@@ -45,8 +45,7 @@ def register(command: Subcommand) -> Subcommand:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `attnc` with `argv` (default: sys.argv[1:]) and return its exit status."""
-    # numpy's OpenBLAS starts a thread per core when imported, which spins for a while (some
-    # 0.06 s of CPU time); attnc does no linear algebra big enough to want them
+    # numpy's OpenBLAS starts a thread per core that spins some 0.06 s: attnc's algebra is small
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -131,10 +130,9 @@ def run_reporting_errors(command: str, body: Callable[[argparse.Namespace], None
 
 @contextmanager
 def long_lived() -> Iterator[None]:
-    """Around a command's imports: what they create (some 70,000 objects for `attnc analyze`,
-    sympy's modules most of them) lives until the process ends, so the cyclic garbage
-    collector pauses while it is made and never scans it again (gc.freeze); later objects are
-    collected as usual. Scanning them cost `attnc analyze` about 0.1 s, and freed nothing."""
+    """Around a command's imports, whose objects (some 70,000 for `attnc analyze`, mostly sympy's)
+    live until exit: the garbage collector pauses, then never scans them (gc.freeze), which cost
+    `attnc analyze` about 0.1 s and freed nothing. Later objects are collected as usual."""
     enabled = gc.isenabled()
     gc.disable()
     try:
