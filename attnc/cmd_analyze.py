@@ -101,11 +101,13 @@ def _context(program, n: int, ranks: int, dtype: str) -> list[tuple]:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .cli import spec_options
-    from .compiler.lower import lower
-    from .compiler.passes import default_length
-    from .compiler.report import analyze, plot, render
-    from .spec.resolve import load
+    from .cli import long_lived, spec_options
+
+    with long_lived():
+        from .compiler.lower import lower
+        from .compiler.passes import default_length
+        from .compiler.report import analyze, plot, render
+        from .spec.resolve import load
 
     program = lower(load(args.file, **spec_options(args)))
     n = args.seq or default_length(program)

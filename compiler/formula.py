@@ -244,19 +244,16 @@ class Formula:
         return Formula(self.var, tuple(out), self.period)
 
     def _same(self, e: sp.Expr, p: Piece) -> bool:
-        """Whether expression e equals piece p on all of p's integers."""
-        if sp.expand(e - p.expr) == 0:
-            return True
-        if self.period == 0:
-            return False
+        """Whether expression e equals piece p on all of p's integers: point by point where that
+        decides it (much cheaper than sympy's expand), else symbolically."""
         span = 3 * self.period + 3  # quasi-polynomials of degree <= 2 that agree this long are equal
-        if span > MAX_CHECK and (p.hi is None or p.hi - p.lo + 1 > MAX_CHECK):
-            return False  # too long to check point by point: keep the pieces apart
-        last = p.lo + span - 1 if p.hi is None else min(p.hi, p.lo + span - 1)
-        try:
-            return all(evaluate(e, self.var, n) == evaluate(p.expr, self.var, n) for n in range(p.lo, last + 1))
-        except ValueError:  # e is not defined there (flog2 of 0)
-            return False
+        if self.period and not (span > MAX_CHECK and (p.hi is None or p.hi - p.lo + 1 > MAX_CHECK)):
+            last = p.lo + span - 1 if p.hi is None else min(p.hi, p.lo + span - 1)
+            try:
+                return all(evaluate(e, self.var, n) == evaluate(p.expr, self.var, n) for n in range(p.lo, last + 1))
+            except ValueError:  # e is not defined there (flog2 of 0)
+                pass
+        return sp.expand(e - p.expr) == 0
 
     # ------------------------------------------------------------ presentation
 
@@ -456,7 +453,7 @@ def _chamber_sum(var, rep, points, lows, highs, x_lo, x_hi, x0s, big, mq, residu
         return p[0] + p[1] * rep
 
     ordered = sorted(points, key=at)
-    total = sp.Integer(0)
+    terms = []  # summed once at the end: adding them one by one re-flattens the growing sum
     for p, q in zip(ordered, ordered[1:]):
         xm = (at(p) + at(q)) / 2
         if any(xm < c + e * rep for c, e in x_lo) or any(xm >= c + 1 + e * rep for c, e in x_hi):
@@ -472,5 +469,5 @@ def _chamber_sum(var, rep, points, lows, highs, x_lo, x_hi, x0s, big, mq, residu
             cnt = jb1 - ja
             alpha = _ceil_div(hi.c + hi.a * x0 + 1 - c, hi.e, mq, var) - _ceil_div(lo.c + lo.a * x0 - c, lo.e, mq, var)
             beta = (hi.a - lo.a) * big // mq
-            total += cnt * alpha + sp.Rational(beta, 2) * cnt * (ja + jb1 - 1)
-    return sp.expand(total)
+            terms.append(cnt * alpha + sp.Rational(beta, 2) * cnt * (ja + jb1 - 1))
+    return sp.expand(sp.Add(*terms))

@@ -88,8 +88,13 @@ def empty_rows(pattern: Pattern, n: int, bmap: Any = None, edge_blocks: int = 2)
         if not (row != Status.NONE).any():
             out.extend(int(x) for x in q)
         elif i < edge_blocks and not (row == Status.ALL).any() and (row == Status.SOME).sum() <= 64:
-            ks = np.concatenate([np.arange(j * bn, min((j + 1) * bn, n)) for j in np.flatnonzero(row == Status.SOME)])
-            hit = np.asarray(pattern.holds(q[:, None], ks[None, :].astype(np.int64)), dtype=bool).any(axis=1)
+            hit = np.zeros(len(q), dtype=bool)
+            # tiles nearest the diagonal first: they usually give every row a key, and the rest is skipped
+            for j in sorted(np.flatnonzero(row == Status.SOME), key=lambda j: abs(j * bn - i * bm)):
+                ks = np.arange(j * bn, min((j + 1) * bn, n), dtype=np.int64)
+                hit |= np.asarray(pattern.holds(q[:, None], ks[None, :]), dtype=bool).any(axis=1)
+                if hit.all():
+                    break
             out.extend(int(x) for x in q[~hit])
     return sorted(set(out))
 

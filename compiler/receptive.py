@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Sequence
 
@@ -389,8 +389,8 @@ def _receptive(patterns: Sequence[Pattern], n: int, use_closed: bool = True) -> 
             if full_at is None and nxt.all():
                 full_at = l
             fixed = fixed or bool((nxt == reached).all())
-            if l <= layers:
-                rows.append(_row(l, nxt))
+            if l <= layers:  # a fixed point repeats the last row
+                rows.append(replace(rows[-1], layer=l) if fixed and rows else _row(l, nxt))
             reached = nxt
         if closed is not None:
             full_at = closed[2]
