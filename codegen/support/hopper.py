@@ -1,4 +1,5 @@
-"""Causal prefill on Hopper (sm_90) as an explicitly warp-specialised Gluon kernel.
+"""Prefill of `causal & (sink(S) | window(W))` on Hopper (sm_90) as an explicitly
+warp-specialised Gluon kernel.
 
 Triton 3.6 cannot warp-specialise the generated kernels (its automatic pass fails on their
 segmented loops or miscompiles a single masked one), and without it their rate stays near
@@ -7,10 +8,12 @@ segmented loops or miscompiles a single masked one), and without it their rate s
 consumer warpgroups (64 rows each) and a one-warp producer that streams K and V tiles of 128
 keys by TMA into two-stage rings guarded by mbarriers; each consumer issues S_j = Q K_j^T
 and O += P_{j-1} V_{j-1} as asynchronous wgmmas, waits for S_j alone and runs the softmax of
-tile j under the PV product (P stays in registers as the wgmma's A operand). The causal
-mask runs on the diagonal tiles only. It serves groups whose pattern is exactly `causal` on
-long prompts (the configuration's `HOPPER`: compiler/configs.py), where its rate pays
-(docs/codegen.md); every other launch, and every launch on the CPU (Gluon has no
+tile j under the PV product (P stays in registers as the wgmma's A operand). A query tile
+visits the sink tiles below its window, then its window's tiles up to the diagonal (BAND; W =
+0 is causal: every tile from 0); the mask runs only on tiles some row of a warpgroup needs it
+on. It serves groups of that shape (the plan's `band`) on long prompts and, with a window, long
+windows (the configuration's `HOPPER` and `HOPPER_WINDOW`: compiler/configs.py), where its rate
+pays (docs/codegen.md); every other launch, and every launch on the CPU (Gluon has no
 interpreter), is the generated kernel.
 
 Layouts: q, k, v are read through 2-D TMA descriptors over either (B * H * N, D) (contiguous
