@@ -46,9 +46,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace, path: Path) -> None:
-    from .cli import print_kernel_warnings
-    from .codegen.writer import write_module
-    from .loader import program_of
+    from .cli import long_lived, print_kernel_warnings
+
+    with long_lived():
+        from .codegen.writer import write_module
+        from .loader import program_of
 
     program = program_of(path, dict(args.defines), args.model, args.headsets)
     print(write_module(program, args.out))

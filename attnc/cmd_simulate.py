@@ -86,11 +86,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .cli import spec_options
-    from .compiler import simulate as sim
-    from .compiler.lower import lower
-    from .spec.limits import MAX_MODEL, model_problem
-    from .spec.resolve import load
+    from .cli import long_lived, spec_options
+
+    with long_lived():
+        from .compiler import simulate as sim
+        from .compiler.lower import lower
+        from .spec.limits import MAX_MODEL, model_problem
+        from .spec.resolve import load
 
     for name in ("heads", "kv_heads", "head_dim"):
         value = getattr(args, name)
