@@ -74,9 +74,9 @@ eval-selection: $(STAMP)
 		-D W=252@2048 -D W=508@4096 --lengths 2048,4096 | tee -a $(EVAL)/selection.txt
 	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/streaming_llm.attn:original --no-dense -D S=4 -D W=1020 \
 		--lengths 8192 | tee -a $(EVAL)/selection.txt
-	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/quest.attn --no-dense -D B=192@2048 -D B=400@4096 \
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/quest.attn --no-dense -D B=144@2048 -D B=352@4096 \
 		--lengths 2048,4096 | tee -a $(EVAL)/selection.txt
-	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/quest.attn --no-dense -D B=816 --lengths 8192 \
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/quest.attn --no-dense -D B=768 --lengths 8192 \
 		| tee -a $(EVAL)/selection.txt
 
 clean:
