@@ -37,11 +37,12 @@ def plan_of(expr: str):
 def test_causal_sink_window_groups_are_marked(expr, band):
     """The plan marks `causal & (sink(S) | window(W))` groups with (S, W) (W = 0: causal) and
     nothing else; the mark is exact: it allows the very pairs of the pattern."""
-    assert plan_of(expr).tuning["band"] == band
+    plan = plan_of(expr)
+    assert plan.tuning["band"] == band
     if band is not None:
         (sink, window), q, k = band, torch.arange(300)[:, None], torch.arange(300)[None, :]
         expected = (k <= q) & ((k < sink) | (q - k < (window or 10**9)))
-        assert torch.equal(torch.as_tensor(plan_of(expr).pattern.holds(q, k)), expected)
+        assert torch.equal(torch.as_tensor(plan.pattern.holds(q, k)), expected)
 
 
 def _model_layout(B, H, N, D):
