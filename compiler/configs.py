@@ -30,8 +30,17 @@ TMA = 2
 # H200, where the generated kernel runs 0.86-0.93x. Its fixed cost per 128-row query tile (the
 # pipeline's fill and drain, a whole tile for a few sinks) loses on short windows: at 32K on an
 # H200 it takes 1.13x the generated kernel's time with window(1024), 0.90x with window(4096).
+# Persistent for windows (one program per SM), on an H100 at 32K: 0.97-1.01x with window(1024)
+# and (2048), 0.97x with window(3072), 0.89x with window(4096) (bench/proto/NOTES.md).
 HOPPER_MIN_N = 4096
 HOPPER_MIN_WINDOW = 3072
+
+# Groups that run as split launches (a window, then the strided pairs per residue class: the
+# plan's `split`) take 64 x 32 tiles of 4 warps on Hopper: on an H100, `causal & (window(256) |
+# strided(256))` at 32K ran both launches in 1.05 ms, against 1.32 at the 128 x 64 tiles of 8
+# warps (the residue launch's classes of 128 rows are one query tile each: small tiles keep
+# more of them in flight), 1.16 at 64 x 64 (bench/proto/residue_sweep.py). choose_config
+# states it (generated modules carry that function alone).
 
 
 def _cfg(
@@ -160,6 +169,8 @@ def choose_config(
             cfg["num_warps"] = min(cfg["num_warps"], 4)  # one warpgroup for 64-row tiles
             cfg["maxnreg"] = None
     cfg["GRID_ORDER"] = 2 if (tune["grows"] and cfg.get("GRID_ORDER", 0) != 0) else 0
+    if tune.get("split") and cap[0] >= 9 and kind == "16bit":  # split launches: small tiles (above)
+        cfg.update(BLOCK_M=64, BLOCK_N=32, num_warps=4, maxnreg=None)
     cfg.update(overrides or {})
     if "BLOCK_N_NARROW" not in (overrides or {}):
         narrow = 16

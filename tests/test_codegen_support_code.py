@@ -187,3 +187,22 @@ def test_choose_config_on_the_cpu_applies_caps_and_overrides():
     cap, kind = prefill.device_key("cpu", torch.float32)
     cfg = choose_config(tune, cap, kind, 16, {"num_warps": 2}, [], [], cpu)
     assert (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["DOT_PREC"], cfg["USE_TMA"]) == (32, 32, 2, "ieee", 0)
+
+
+@pytest.mark.parametrize(
+    "cap, kind, split_tiles, tiles",
+    [
+        ((9, 0), "16bit", (64, 32, 4), (128, 64, 8)),
+        ((8, 0), "16bit", (128, 64, 4), (128, 64, 4)),
+        ((9, 0), "fp32", (32, 16, 4), (32, 16, 4)),
+    ],
+)
+def test_split_groups_take_small_tiles_on_hopper(cap, kind, split_tiles, tiles):
+    """A group that runs as split launches (plan tuning `split`) takes 64 x 32 tiles of 4 warps on
+    Hopper in 16 bits (measured there); elsewhere, and without a split, the table's row."""
+    from attnc.compiler.configs import CONFIGS, CPU_CONFIG, GRID_CONFIGS, choose_config
+
+    tune = {"block_cap": None, "rows_cap": None, "narrow": 0, "grows": True, "grid": False}
+    for split, want in ((256, split_tiles), (0, tiles)):
+        cfg = choose_config(dict(tune, split=split), cap, kind, 64, None, CONFIGS, GRID_CONFIGS, CPU_CONFIG)
+        assert (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"]) == want

@@ -7,10 +7,11 @@ edges of its tile visit, then an A/B against the generated Triton kernel and Fle
 Checks (bf16, both layouts, GQA, head subsets, N not a multiple of 128, windows narrower than a
 tile, sinks over several tiles): the module's `prefill` (the Gluon kernel from 4096 keys on)
 against its float32 `reference`, the log-sum-exp too, a second call (the bound C launch) equal
-to the first, and the Triton kernel (configuration HOPPER=0) beside it. Timing (B=1, H=32,
-D=128, bf16, N=32768): medians of three interleaved do_bench rounds of the Gluon kernel (forced:
-configuration HOPPER_WINDOW=1), the Triton kernel, the module's own choice (`default`) and, for
-two cases, FlexAttention (compiled, block mask built once).
+to the first and to the kernel launched as one program per query tile, and the Triton kernel
+(configuration HOPPER=0) beside it. Timing (B=1, H=32, D=128, bf16, N=32768): medians of three
+interleaved do_bench rounds of the Gluon kernel (forced: configuration HOPPER_WINDOW=1; persistent,
+and `per_tile`: one program per query tile), the Triton kernel, the module's own choice
+(`default`), SDPA for causal and, for two cases, FlexAttention (compiled, block mask built once).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 CASES = {  # name: (pattern text, (sink, window) of its band heads, timed at 32K)
+    "causal": ("pattern causal = causal\n", (0, 0), True),
     "win64": ("pattern win64 = causal & window(64)\n", (0, 64), False),
     "win100": ("pattern win100 = causal & window(100)\n", (0, 100), False),
     "sink200_win300": ("pattern sink200_win300 = causal & (sink(200) | window(300))\n", (200, 300), False),
@@ -84,14 +86,24 @@ def check(mod, name: str) -> bool:
         again = mod.prefill(q, k, v)
         ref, ref_lse = mod.reference(q, k, v, return_lse=True)
         tri = mod._forward(q, k, v, D**-0.5, False, None, config={"HOPPER": 0})[0]
+        per_tile = per_tile_programs(mod, lambda: mod._forward(q, k, v, D**-0.5, False, None, config={}))[0]
         e, e_tri, lse_e = rel(o, ref), rel(tri, ref), (lse - ref_lse).abs().max().item()
-        same = torch.equal(again, o)
+        same = torch.equal(again, o) and torch.equal(per_tile, o)
         good = e < 1e-2 and lse_e < 1e-2 and same and not torch.isnan(o).any().item()
         ok &= good
         print(f"  {name} B={B} H={H}/{HKV} N={N} D={D} {layout}: err {e:.1e} (triton {e_tri:.1e}) "
               f"lse {lse_e:.1e} again equal {same} stride {o.stride() == q.stride()} {'ok' if good else 'FAIL'}",
               flush=True)  # fmt: skip
     return ok
+
+
+def per_tile_programs(mod, fn):
+    """fn() with the Hopper kernel launched as one program per query tile (not persistent)."""
+    mod.HOPPER_PROGRAMS_PER_SM = 0
+    try:
+        return fn()
+    finally:
+        mod.HOPPER_PROGRAMS_PER_SM = 1
 
 
 def flex_fn(band, q, k, v):
@@ -110,6 +122,7 @@ def flex_fn(band, q, k, v):
 
 
 def time_case(mod, name: str, band) -> dict:
+    import torch
     from triton.testing import do_bench
 
     B, H, N, D = 1, 32, 32768, 128
@@ -117,9 +130,14 @@ def time_case(mod, name: str, band) -> dict:
     q, k, v = inputs(B, H, HKV, N, D, "contig", 7)
     fns = {  # configuration overrides: the unmemoised path (host time is no matter at 32K)
         "hopper": lambda: mod._forward(q, k, v, D**-0.5, False, None, config={"HOPPER_WINDOW": 1}),
+        "per_tile": lambda: per_tile_programs(
+            mod, lambda: mod._forward(q, k, v, D**-0.5, False, None, config={"HOPPER_WINDOW": 1})
+        ),
         "triton": lambda: mod._forward(q, k, v, D**-0.5, False, None, config={"HOPPER": 0}),
         "default": lambda: mod.prefill(q, k, v),
     }
+    if name == "causal":
+        fns["sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     if band is not None and name in FLEX:
         fns["flex"] = flex_fn(band, q, k, v)
         e_flex = rel(fns["flex"](), mod.prefill(q, k, v))
@@ -131,7 +149,7 @@ def time_case(mod, name: str, band) -> dict:
             rows[n].append(do_bench(fn, warmup=10, rep=100, return_mode="median"))
     t = {n: statistics.median(r) for n, r in rows.items()}
     line = " ".join(f"{n} {ms:.3f} ms" for n, ms in t.items())
-    ratios = f"hopper/triton {t['hopper'] / t['triton']:.3f}"
+    ratios = f"hopper/triton {t['hopper'] / t['triton']:.3f} hopper/per_tile {t['hopper'] / t['per_tile']:.3f}"
     if "flex" in t:
         ratios += f" hopper/flex {t['hopper'] / t['flex']:.3f} triton/flex {t['triton'] / t['flex']:.3f}"
     print(f"{name} N={N}: {line} | {ratios} | flex vs hopper err {e_flex:.1e}", flush=True)
