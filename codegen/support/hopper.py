@@ -15,8 +15,8 @@ on. With a window the kernel is persistent (one program per SM takes query tiles
 consumer releases its Q half after a tile's last QK^T, so the next tile's Q and first K/V tiles
 load under this tile's last PV product and epilogue): a window's tiles visit few key tiles, and
 the fill and drain of each would otherwise stand alone (H100: sink(4) | window(1024) at 32K
-1.49 against 1.66 ms). Causal tiles visit many, and there one program per tile (the GPU's own
-scheduling, longest first) balanced better (13.8 against 14.7 ms). It serves groups of that
+1.49-1.56 against 1.65-1.66 ms). Causal tiles visit many, and there one program per tile (the
+GPU's own scheduling, longest first) balanced better (13.8-14.3 against 14.6-14.7 ms). It serves groups of that
 shape (the plan's `band`) on long prompts and, with a window, long windows (the
 configuration's `HOPPER` and `HOPPER_WINDOW`: compiler/configs.py), where its rate pays
 (docs/codegen.md); every other launch, and every launch on the CPU (Gluon has no interpreter),
