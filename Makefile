@@ -58,7 +58,7 @@ eval-selection: $(STAMP)
 		--lengths 2048,4096 | tee -a $(EVAL)/selection.txt
 	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/nsa_selection.attn --no-dense -D K=16 --lengths 8192 \
 		| tee -a $(EVAL)/selection.txt
-	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/quest_prefill.attn --no-dense -D P=1@2048 -D T=1984@2048 \
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/quest_prefill.attn --no-dense -D P=5@2048 -D T=2016@2048 -D L=1@2048 \
 		-D P=14@4096 -D T=4032@4096 --lengths 2048,4096 | tee -a $(EVAL)/selection.txt
 	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/quest_prefill.attn --no-dense -D P=41 -D T=8128 --lengths 8192 \
 		| tee -a $(EVAL)/selection.txt
