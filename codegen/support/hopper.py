@@ -354,6 +354,7 @@ def hopper_ok(q: torch.Tensor, N: int, min_n: int) -> bool:
 
 @functools.cache
 def _sm_count(device_index: int) -> int:
+    """The GPU's streaming multiprocessors: the persistent grid's size, read once per device."""
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
