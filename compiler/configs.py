@@ -160,6 +160,8 @@ def choose_config(
             for (min_cap, k, d, c) in table
             if tuple(cap) >= tuple(min_cap) and k == kind and d in (None, head_dim)
         )
+        if tune.get("split") and cap[0] >= 9 and kind == "16bit":  # split launches: small tiles (above)
+            cfg.update(BLOCK_M=64, BLOCK_N=32, num_warps=4, maxnreg=None)
     rows = min(x for x in (tune["block_cap"], tune["rows_cap"], cfg["BLOCK_M"]) if x is not None)
     if tune["block_cap"] is not None:
         cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], tune["block_cap"]))
@@ -169,8 +171,6 @@ def choose_config(
             cfg["num_warps"] = min(cfg["num_warps"], 4)  # one warpgroup for 64-row tiles
             cfg["maxnreg"] = None
     cfg["GRID_ORDER"] = 2 if (tune["grows"] and cfg.get("GRID_ORDER", 0) != 0) else 0
-    if tune.get("split") and cap[0] >= 9 and kind == "16bit":  # split launches: small tiles (above)
-        cfg.update(BLOCK_M=64, BLOCK_N=32, num_warps=4, maxnreg=None)
     cfg.update(overrides or {})
     if "BLOCK_N_NARROW" not in (overrides or {}):
         narrow = 16

@@ -206,3 +206,5 @@ def test_split_groups_take_small_tiles_on_hopper(cap, kind, split_tiles, tiles):
     for split, want in ((256, split_tiles), (0, tiles)):
         cfg = choose_config(dict(tune, split=split), cap, kind, 64, None, CONFIGS, GRID_CONFIGS, CPU_CONFIG)
         assert (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"]) == want
+    capped = choose_config(dict(tune, split=256, block_cap=16), cap, kind, 64, None, CONFIGS, GRID_CONFIGS, CPU_CONFIG)
+    assert capped["BLOCK_N"] == 16  # the plan's caps bound the split tiles too
