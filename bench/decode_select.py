@@ -361,6 +361,9 @@ ATTEND_CONFIGS = (  # (block_n, num_warps, stages, programs_per_sm): the --step 
     (32, 4, 1, 8),
     (128, 8, 1, 4),
     (64, 8, 1, 4),
+    (64, 4, 1, 8),
+    (32, 4, 2, 8),
+    (16, 4, 1, 8),
 )  # fmt: skip  (programs_per_sm is capped at what one SM holds, except in `base`)
 SCORE_TILES = (
     (64, 4, 1, 3),

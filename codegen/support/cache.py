@@ -901,9 +901,9 @@ class CacheBase:
             if ts:
                 idx = torch.tensor(slots, dtype=torch.int64, device=self.device) + h.offset
                 tt = torch.tensor(ts, dtype=torch.int64, device=self.device)
-                L.k[:, idx] = k[:, h.index, tt]
-                L.v[:, idx] = v[:, h.index, tt]
-                L.pos[:, idx] = (tt + n).to(torch.int32)[None, :].expand(self.batch, -1)
+                L.k.index_copy_(1, idx, k[:, h.index, tt])  # one kernel each (x[:, idx] = y: index_put_)
+                L.v.index_copy_(1, idx, v[:, h.index, tt])
+                L.pos.index_copy_(1, idx, (tt + n).to(torch.int32)[None, :].expand(self.batch, -1))
             L.lens[:, h.index] = new_len
         L.npos += T
 

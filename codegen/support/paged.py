@@ -93,7 +93,7 @@ class PagePool:
 # ------------------------------------------------------------------ the selection's scores
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "NU", "LW", "NH", "page", "sink", "recent"])
 def _pg_score_kernel(
     Q, SA, SB, SS, LIST, NTOK, HI, OUT, T, NU, LW, NH, page, sink, recent,
     H_KV: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr, RP: tl.constexpr, USZ: tl.constexpr, MODE: tl.constexpr,
@@ -219,7 +219,7 @@ def _pg_threshold(SC, NU, units, key0, ONE: tl.constexpr, BLOCK: tl.constexpr, R
     return lo, rem
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "NU", "LW", "SW", "NH", "units", "sink", "recent"])
 def _pg_topk_kernel(
     SC, LIST, NTOK, HI, CHOSEN, SEL, SLEN, T, NU, LW, SW, NH, units, sink, recent,
     H_KV: tl.constexpr, P: tl.constexpr, TOKENS: tl.constexpr, BLOCK: tl.constexpr, ONE: tl.constexpr,
@@ -405,6 +405,7 @@ class _PgLayer:
         self.sinks = None
         self.chosen: dict = {}
         self.attend: dict = {}  # the decode kernel's launches (FastLaunch) per geometry
+        self.launches: dict = {}  # the selection's score and top-k launches (FastLaunch) per shape
         self.geo: dict = {}  # the decode's geometry per (tokens, shape, config): _attend
         groups: dict = {}
         for h, s in enumerate(self.select):
@@ -442,6 +443,15 @@ class _PgLayer:
         if r.kind == "chunk":
             return 0, ((n - 1) // r.chunk) * r.chunk if n else 0
         return 0, 0
+
+
+def _memo_launch(memo: dict, key, kernel, grid: tuple, constants: dict) -> FastLaunch:
+    """memo[key] = FastLaunch(kernel, grid, constants); the memo is emptied past 256 entries
+    (the score kernel's grid grows with the longest row: one launch per 64 of its pages)."""
+    if len(memo) > 256:
+        memo.clear()
+    memo[key] = FastLaunch(kernel, grid, constants)
+    return memo[key]
 
 
 def _dead_pages(tab: dict, sink: int, lo: int, page: int) -> tuple[int, list]:
@@ -628,11 +638,11 @@ class PagedCacheBase:
                     row[j] = tab[lp]
         phys = torch.tensor(phys, dtype=torch.int64)
         dev = self.device
-        if new:
+        if new:  # index_fill_ / index_copy_ below: one kernel each (x[idx] = y is a slower index_put_)
             pg = table(new, torch.int64, dev)
-            L.pos.view(-1, P)[pg] = self.spec.cache.decode.sentinel
+            L.pos.view(-1, P).index_fill_(0, pg, self.spec.cache.decode.sentinel)
             if L.ssum is not None:
-                L.ssum[pg] = 0.0
+                L.ssum.index_fill_(0, pg, 0.0)
         if len(hs) < len(L.rules):
             idx = torch.tensor(hs, dtype=torch.int64, device=k.device)
             k, v = k.index_select(1, idx), v.index_select(1, idx)
@@ -640,9 +650,9 @@ class PagedCacheBase:
         p = n0s[:, None] + torch.arange(T, device=dev)[None, :]  # (R, T)
         pages = torch.gather(to_device(phys, dev), 2, (p // P - n0s[:, None] // P)[:, None, :].expand(-1, len(hs), -1))
         slots = (pages * P + (p % P)[:, None, :]).reshape(-1)
-        L.k[slots] = k.reshape(-1, D)
-        L.v[slots] = v.reshape(-1, D)
-        L.pos[slots] = p[:, None, :].expand(-1, len(hs), -1).reshape(-1).to(torch.int32)
+        L.k.index_copy_(0, slots, k.reshape(-1, D))
+        L.v.index_copy_(0, slots, v.reshape(-1, D))
+        L.pos.index_copy_(0, slots, p[:, None, :].expand(-1, len(hs), -1).reshape(-1).to(torch.int32))
         pages = pages.reshape(-1)
         if L.smin is not None:
             self._summarise(L, table(sorted(set(phys.reshape(-1).tolist())), torch.int64, dev))
@@ -730,12 +740,12 @@ class PagedCacheBase:
             old = L.score[sl]
             old[:, E - 1] = 0
             sc = rescore(c.policy, old, self._stats(L, c, b, q, kc, pc, n - 1, 1, scale), kc, slice(E - 1, E))
-            L.score[sl] = sc
+            L.score.index_copy_(0, sl.reshape(-1), sc.reshape(-1))
             if E > c.budget:
                 dst = sl.gather(1, victim(priority(c.policy, sc, pc, n), pc, sent))[:, 0]
                 for t in (L.k, L.v, L.pos, L.score):
-                    t[dst] = t[sl[:, E - 1]]
-                L.pos[sl[:, E - 1]] = sent
+                    t.index_copy_(0, dst, t.index_select(0, sl[:, E - 1]))
+                L.pos.index_fill_(0, sl[:, E - 1], sent)
                 for h in c.heads:
                     L.held[b][h] = E - 1
         L.pend[b] = None
@@ -767,9 +777,13 @@ class PagedCacheBase:
                 for h in c.heads:
                     out += self._lossy_page(L, b, h, keep)
                 sl = self._slots(L, b, c.heads, keep)
+                flat = sl.reshape(-1)
                 for dst, src in ((L.k, kc), (L.v, vc)):
-                    dst[sl] = torch.gather(src, 1, sel[..., None].expand(-1, -1, src.shape[-1]))
-                L.pos[sl], L.score[sl] = torch.gather(pc, 1, sel), torch.gather(sc, 1, sel)
+                    dst.index_copy_(
+                        0, flat, torch.gather(src, 1, sel[..., None].expand(-1, -1, src.shape[-1])).flatten(0, 1)
+                    )
+                L.pos.index_copy_(0, flat, torch.gather(pc, 1, sel).reshape(-1))
+                L.score.index_copy_(0, flat, torch.gather(sc, 1, sel).reshape(-1))
                 for h in c.heads:
                     L.held[b][h] = keep
         self._pending(L, rows, q if T == 1 else None, scale)
@@ -785,10 +799,13 @@ class PagedCacheBase:
         lo = torch.where(held, k, float("inf")).amin(1)
         hi = torch.where(held, k, float("-inf")).amax(1)
         if L.sscale is None:
-            L.smin[pg], L.smax[pg] = lo, hi
+            L.smin.index_copy_(0, pg, lo)
+            L.smax.index_copy_(0, pg, hi)
         else:  # float8 written as bytes (indexing ops need not serve float8)
-            lo8, hi8, L.sscale[pg] = fp8_bounds(lo.float(), hi.float())
-            L.smin.view(torch.uint8)[pg], L.smax.view(torch.uint8)[pg] = lo8.view(torch.uint8), hi8.view(torch.uint8)
+            lo8, hi8, scale = fp8_bounds(lo.float(), hi.float())
+            L.sscale.index_copy_(0, pg, scale)
+            L.smin.view(torch.uint8).index_copy_(0, pg, lo8.view(torch.uint8))
+            L.smax.view(torch.uint8).index_copy_(0, pg, hi8.view(torch.uint8))
 
     def release(self, row):
         """End the sequence of a batch row: its pages return to every layer's pool."""
@@ -903,22 +920,23 @@ class PagedCacheBase:
             grown[:, :, : L.list.shape[2]] = L.list
             L.list = grown
         w, moved = L.list.shape[2], {}
+        flat = L.list.view(-1, w)  # row b * Hk + h: one (row, head)'s list
         for (at, d), bh in shifts.items():  # on the device: the pages after a dead run move up by its length
-            idx = table([[b for b, _ in bh], [h for _, h in bh]], torch.int64, dev)
-            L.list[idx[0], idx[1], at : w - d] = L.list[idx[0], idx[1], at + d :]
-            L.list[idx[0], idx[1], w - d :] = -1
+            idx = table([b * Hk + h for b, h in bh], torch.int64, dev)
+            kept = flat.index_select(0, idx)
+            kept = torch.cat([kept[:, :at], kept[:, at + d :], torch.full_like(kept[:, :d], -1)], 1)
+            flat.index_copy_(0, idx, kept)
             moved.update(dict.fromkeys(bh, d))
         # new pages (appended before the dead ones left) at their index in the table now
-        fresh = [(b, h, i - moved.get((b, h), 0), pg) for b, h, i, pg in appended if (b, h) not in changed]
+        fresh = [((b * Hk + h) * w + i - moved.get((b, h), 0), pg) for b, h, i, pg in appended if (b, h) not in changed]
         if fresh:
-            idx = torch.tensor(fresh, dtype=torch.int64).T
-            L.list[idx[0], idx[1], idx[2]] = to_device(idx[3].to(torch.int32), dev)
+            idx = table(fresh, torch.int64, dev)
+            L.list.view(-1).index_copy_(0, idx[:, 0], idx[:, 1].to(torch.int32))
         if changed:  # the rebuilt rows in one copy (-1 padded to the lists' width)
             bh = sorted(changed)
-            w = L.list.shape[2]
             rows_ = [list(L.tables[b][h].values()) for b, h in bh]
-            idx = table([[b for b, _ in bh], [h for _, h in bh]], torch.int64, dev)
-            L.list[idx[0], idx[1]] = table([r + [-1] * (w - len(r)) for r in rows_], torch.int32, dev)
+            idx = table([b * Hk + h for b, h in bh], torch.int64, dev)
+            flat.index_copy_(0, idx, table([r + [-1] * (w - len(r)) for r in rows_], torch.int32, dev))
         L.llen = table(L.llen_host, torch.int32, dev)
         L.plain_tokens = P * max(
             [n for row in L.llen_host for h, n in enumerate(row) if L.select[h] is None], default=0
@@ -975,13 +993,18 @@ class PagedCacheBase:
         mode = {"quest": 0, "mean": 1, "tokens": 2}[s.score]
         ss = L.sscale if L.sscale is not None else L.ntok  # the scales of float8 summaries (else unread)
         sa, sb = {0: (L.smin, L.smax), 1: (L.ssum, L.ntok), 2: (L.k, L.k)}[mode]
-        _pg_score_kernel[(B * len(heads), cdiv(NU, block_u * steps))](
-            q, sa, sb, ss, L.list, L.ntok, L.heads_of[heads], out, T, NU, L.list.shape[2], len(heads), self.page, s.sink,
-            s.recent, H_KV=len(L.rules), G=H // len(L.rules), HEAD_DIM=D, RP=self.page if tokens else 1,
+        grid = (B * len(heads), cdiv(NU, block_u * steps))
+        key = ("score", g, grid, q.device, q.dtype, T, D, block_u, num_warps, steps, stages, q.data_ptr() % 16 == 0)
+        launch = L.launches.get(key) or _memo_launch(L.launches, key, _pg_score_kernel, grid, dict(
+            H_KV=len(L.rules), G=H // len(L.rules), HEAD_DIM=D, RP=self.page if tokens else 1,
             USZ=1 if tokens else self.page, MODE=mode, AGG=AGGREGATES[s.aggregate],
             BLOCK_M=max(16, pow2_at_least(H // len(L.rules) * T)), BLOCK_U=block_u,
-            DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=q.dtype == torch.bfloat16 and interpreting(),
-            SCALED=L.sscale is not None and mode == 0, STEPS=steps, num_warps=num_warps, num_stages=stages,
+            DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+            UPCAST=q.dtype == torch.bfloat16 and interpreting(), SCALED=L.sscale is not None and mode == 0,
+            STEPS=steps, num_warps=num_warps, num_stages=stages))  # fmt: skip
+        launch(
+            q, sa, sb, ss, L.list, L.ntok, L.heads_of[heads], out, T, NU, L.list.shape[2], len(heads), self.page, s.sink,
+            s.recent,
         )  # fmt: skip
         return out
 
@@ -992,11 +1015,14 @@ class PagedCacheBase:
         B, nh, NU = scores.shape
         ws, wl, _, _ = _sel_width(s, self.page, self.spec.cache.decode.max_step)
         block = min(pow2_at_least(NU), _PG_TOPK_BLOCK)
-        _pg_topk_kernel[(B * nh,)](
+        key = ("top", g, B * nh, scores.device, T, block, NU <= block, self.topk_warps)
+        launch = L.launches.get(key) or _memo_launch(L.launches, key, _pg_topk_kernel, (B * nh,), dict(
+            H_KV=len(L.rules), P=self.page, TOKENS=s.score == "tokens", BLOCK=block, ONE=NU <= block,
+            RADIX=_PG_RADIX, WS_PAD=pow2_at_least(max(ws, 1)), WL_PAD=pow2_at_least(wl),
+            CH_PAD=pow2_at_least(s.units), num_warps=self.topk_warps))  # fmt: skip
+        launch(
             scores, L.list, L.ntok, L.heads_of[heads], L.chosen_t[g], L.sel, L.slen, T, NU, L.list.shape[2],
-            L.sel.shape[2], nh, s.units, s.sink, s.recent, H_KV=len(L.rules), P=self.page, TOKENS=s.score == "tokens",
-            BLOCK=block, ONE=NU <= block, RADIX=_PG_RADIX, WS_PAD=pow2_at_least(max(ws, 1)),
-            WL_PAD=pow2_at_least(wl), CH_PAD=pow2_at_least(s.units), num_warps=self.topk_warps,
+            L.sel.shape[2], nh, s.units, s.sink, s.recent,
         )  # fmt: skip
 
     def _lists_reference(self, L, q):
