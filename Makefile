@@ -78,6 +78,12 @@ eval-selection: $(STAMP)
 		--lengths 2048,4096 | tee -a $(EVAL)/selection.txt
 	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/quest.attn --no-dense -D B=768 --lengths 8192 \
 		| tee -a $(EVAL)/selection.txt
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/pooled_pages.attn --no-dense -D B=144@2048 -D B=352@4096 \
+		--lengths 2048,4096 | tee -a $(EVAL)/selection.txt
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/pooled_pages.attn --no-dense -D B=768 --lengths 8192 \
+		| tee -a $(EVAL)/selection.txt
+	HF_HUB_OFFLINE=1 $(BIN)/attnc eval smollm2 patterns/quest.attn patterns/pooled_pages.attn -D B=352 --lengths 4096 \
+		--depths 12 | tee -a $(EVAL)/selection.txt
 
 clean:
 	rm -rf $(VENV) build *.egg-info

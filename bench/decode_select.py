@@ -33,8 +33,8 @@ Two steps, so that the GPU machine needs neither lark nor pydantic:
 `--step` times the Quest step of each variant it finds (each checked first against its torch
 reference at 8192 tokens): `base` (bench/generated/base/, rendered by `generate --base REV`
 from the code of git revision REV: the step before a change), `bf16` (summaries in the cache's
-dtype) and `fp8` (`select quest(4096, page = 16, bits = 8)`: float8 summaries rounded
-outward), each with its own sweep of the score tile and the attention config; then one table
+dtype), `fp8` (`select quest(4096, page = 16, bits = 8)`: float8 summaries rounded
+outward) and `mean` (`select mean(4096, page = 16)`: pages scored by their mean key), each with its own sweep of the score tile and the attention config; then one table
 (CUDA graph and eager µs, bytes read, TB/s, speedup over SDPA) and the parts of each step.
 """
 
@@ -58,6 +58,7 @@ MODEL = f"model {{ layers = 1, heads = {H}, kv_heads = {HK}, head_dim = {D} }}\n
 TEXTS = {
     "select_quest": MODEL + f"cache {{ select quest({BUDGET}, page = {PAGE}) }}\n",
     "select_quest8": MODEL + f"cache {{ select quest({BUDGET}, page = {PAGE}, bits = 8) }}\n",
+    "select_mean": MODEL + f"cache {{ select mean({BUDGET}, page = {PAGE}) }}\n",
     "select_full": MODEL,
     "evict_h2o": MODEL + f"cache {{ budget = {BUDGET} keep sink(4) keep recent(64) evict h2o }}\n",
     "evict_tova": MODEL + f"cache {{ budget = {BUDGET} keep sink(4) keep recent(64) evict tova }}\n",
@@ -381,7 +382,12 @@ TOPK_WARPS = (8, 4, 16)
 
 def _variants():
     """(name, module) of each Quest variant whose module was generated."""
-    found = [("base", GEN / "base", "select_quest"), ("bf16", GEN, "select_quest"), ("fp8", GEN, "select_quest8")]
+    found = [
+        ("base", GEN / "base", "select_quest"),
+        ("bf16", GEN, "select_quest"),
+        ("fp8", GEN, "select_quest8"),
+        ("mean", GEN, "select_mean"),
+    ]
     return [(name, _import(mod, folder)) for name, folder, mod in found if (folder / f"{mod}.py").exists()]
 
 
@@ -432,7 +438,10 @@ def _step_variant(name, mod, torch, dev, n, batch, res, sweep: int):
         "step": lambda: qc.decode(0, q, config=config),
     }
     heads, pages = batch * HK, -(-n // PAGE)
-    summary = 2 * D * L.smin.element_size() + (4 if getattr(L, "sscale", None) is not None else 0)
+    if L.smin is not None:  # quest: min and max (and a scale at 8 bits); mean: the float32 key sum
+        summary = 2 * D * L.smin.element_size() + (4 if getattr(L, "sscale", None) is not None else 0)
+    else:
+        summary = D * L.ssum.element_size()
     nbytes = {"score": heads * pages * (summary + 4), "topk": heads * pages * 4,
               "attend": heads * min(BUDGET + PAGE, n) * (D * 2 * 2 + 4)}  # fmt: skip
     nbytes["step"] = sum(nbytes.values())

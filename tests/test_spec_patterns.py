@@ -22,7 +22,7 @@ METHODS = {
     "dense_causal", "mistral_sliding_window", "streaming_llm", "longnet_dilated", "sparse_transformer_strided",
     "sparse_transformer_fixed", "longformer", "llama4_chunked", "power_attention", "s2_attention", "duo_attention",
     "razor_attention", "lserve", "snapkv", "h2o", "pyramidkv", "cake", "tova",
-    "moba", "nsa_selection", "quest", "quest_prefill", "xattention", "minference_vslash", "biformer",
+    "moba", "nsa_selection", "quest", "quest_prefill", "pooled_pages", "xattention", "minference_vslash", "biformer",
 }  # fmt: skip
 
 
