@@ -78,7 +78,7 @@ def generate(out: Path = GEN, names=tuple(TEXTS)) -> None:
 
 
 def generate_base(rev: str) -> None:
-    """Render select_quest.py into bench/generated/base/ with the code of git revision `rev`
+    """Render select_quest.py and evict_none.py into bench/generated/base/ with the code of git revision `rev`
     (its attnc packages extracted to a temporary folder and imported in a subprocess)."""
     import subprocess
     import tempfile
@@ -94,7 +94,7 @@ def generate_base(rev: str) -> None:
             subprocess.run(["tar", "-x", "--strip-components=1", "-C", str(dst)], input=tar, check=True)
         code = (f"import sys; sys.path.insert(0, {tmp!r}); sys.path.insert(0, {str(HERE)!r}); import attnc, decode_select; "
                 f"assert attnc.__file__.startswith({tmp!r}), attnc.__file__; "
-                f"decode_select.generate(decode_select.GEN / 'base', ['select_quest'])")  # fmt: skip
+                f"decode_select.generate(decode_select.GEN / 'base', ['select_quest', 'evict_none'])")  # fmt: skip
         subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp)
 
 

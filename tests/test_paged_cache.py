@@ -138,6 +138,24 @@ def test_selection_ties_go_to_the_lowest_page():
     assert cache.selected(0)[0].tolist() == [[0, 1]]  # pages 0, 1 of 0..5; page 6 is the newest
 
 
+def test_mean_keys_are_scored_in_the_cache_dtype():
+    """A bf16 cache scores a page by its mean key rounded to bf16: page 2's mean, 1 + 2^-11 in
+    float32, rounds to page 1's 1.0, so the tie goes to page 1 (float32 means would choose
+    page 2), in the kernel and in the torch reference alike."""
+    mod = _select_module("select mean(16, page = 16)", heads=1, kv_heads=1)
+    D = 16
+    k = torch.zeros(1, 1, 64, D, dtype=torch.bfloat16)
+    k[0, 0, 16:48] = 1.0  # pages 1 and 2
+    k[0, 0, 40] = 1.0 + 2.0**-7  # one key of page 2 a bf16 step above 1
+    cache = mod.PagedCache(1, dtype=torch.bfloat16)
+    cache.append(0, k, k)
+    q = torch.ones(1, 1, 1, D, dtype=torch.bfloat16)
+    cache.decode(0, q)
+    got = cache.selected(0)[0].tolist()
+    cache.decode_reference(0, q)
+    assert got == cache.selected(0)[0].tolist() == [[1]]
+
+
 def test_selection_reads_the_keep_rules_and_the_chosen_pages():
     """A query that matches one page only: the output is that page's values (and the newest
     page's), never an unread page's."""

@@ -93,7 +93,7 @@ class PagePool:
 # ------------------------------------------------------------------ the selection's scores
 
 
-@triton.jit(do_not_specialize=["T", "NU", "LW", "NH", "page", "sink", "recent"])
+@triton.jit
 def _pg_score_kernel(
     Q, SA, SB, SS, LIST, NTOK, HI, OUT, T, NU, LW, NH, page, sink, recent,
     H_KV: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr, RP: tl.constexpr, USZ: tl.constexpr, MODE: tl.constexpr,
@@ -105,7 +105,7 @@ def _pg_score_kernel(
     rules read it: u < ceil(sink / USZ) or u >= (n - max(recent, T)) // USZ, or past the row's
     NTOK tokens). Unit u is row (LIST[u // RP] * RP + u % RP) of SA (and SB). MODE 0: Quest's
     bound (SA min, SB max; SCALED: float8 e4m3 times the page's scale SS, fp8_bounds); 1:
-    q . (SA / tokens in the page) (the mean key); 2: q . SA (keys). A program scores STEPS
+    q . (SA / tokens in the page) (the mean key, rounded to Q's dtype); 2: q . SA (keys). A program scores STEPS
     blocks of BLOCK_U units in a pipelined loop (the summaries' loads of the next block in flight
     while this one is scored), q loaded once."""
     pid = tl.program_id(0)
@@ -125,7 +125,7 @@ def _pg_score_kernel(
         u = (tl.program_id(1) * STEPS + j) * BLOCK_U + tl.arange(0, BLOCK_U)
         _pg_score_block(
             SA, SB, SS, LIST, OUT, q, b, i, h, n, u, row_ok, offs_d, T, NU, LW, NH, page, sink, recent,
-            H_KV, G, HEAD_DIM, RP, USZ, MODE, AGG, DOT_PREC, SCALED,
+            H_KV, G, HEAD_DIM, RP, USZ, MODE, AGG, DOT_PREC, SCALED, Q.dtype.element_ty,
         )  # fmt: skip
 
 
@@ -133,9 +133,10 @@ def _pg_score_kernel(
 def _pg_score_block(
     SA, SB, SS, LIST, OUT, q, b, i, h, n, u, row_ok, offs_d, T, NU, LW, NH, page, sink, recent,
     H_KV: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr, RP: tl.constexpr, USZ: tl.constexpr, MODE: tl.constexpr,
-    AGG: tl.constexpr, DOT_PREC: tl.constexpr, SCALED: tl.constexpr,
+    AGG: tl.constexpr, DOT_PREC: tl.constexpr, SCALED: tl.constexpr, KEY_DTYPE: tl.constexpr,
 ):  # fmt: skip
-    """One block of units u of _pg_score_kernel: their scores, aggregated, stored."""
+    """One block of units u of _pg_score_kernel: their scores, aggregated, stored (KEY_DTYPE:
+    the cache's, which the mean key is rounded to)."""
     ok_u = (u >= (sink + USZ - 1) // USZ) & (u < tl.maximum(n - tl.maximum(recent, T), 0) // USZ)
     entry = tl.load(LIST + (b * H_KV + h) * LW + u // RP, mask=ok_u, other=0)
     row = entry.to(tl.int64) * RP + u % RP
@@ -147,10 +148,10 @@ def _pg_score_block(
         s = tl.dot(tl.where(q < 0, q, 0.0).to(q.dtype), tl.trans(a), s, input_precision=DOT_PREC)
         if SCALED:
             s = s * tl.load(SS + row, mask=ok_u, other=1.0)[None, :]
-    elif MODE == 1:
+    elif MODE == 1:  # the mean key in the cache's dtype (unit_scores): one product on the tensor cores
         cnt = tl.minimum(tl.load(SB + b) - u * page, page)  # SB: the row's tokens
-        mean = a.to(tl.float32) / tl.maximum(cnt, 1).to(tl.float32)[:, None]
-        s = tl.dot(q.to(tl.float32), tl.trans(mean), input_precision="ieee")
+        mean = tl.math.div_rn(a.to(tl.float32), tl.maximum(cnt, 1).to(tl.float32)[:, None])
+        s = tl.dot(q, tl.trans(mean.to(KEY_DTYPE).to(q.dtype)), input_precision=DOT_PREC)
     else:
         s = tl.dot(q, tl.trans(a.to(q.dtype)), input_precision=DOT_PREC)
     if AGG == 1:
@@ -219,7 +220,7 @@ def _pg_threshold(SC, NU, units, key0, ONE: tl.constexpr, BLOCK: tl.constexpr, R
     return lo, rem
 
 
-@triton.jit(do_not_specialize=["T", "NU", "LW", "SW", "NH", "units", "sink", "recent"])
+@triton.jit
 def _pg_topk_kernel(
     SC, LIST, NTOK, HI, CHOSEN, SEL, SLEN, T, NU, LW, SW, NH, units, sink, recent,
     H_KV: tl.constexpr, P: tl.constexpr, TOKENS: tl.constexpr, BLOCK: tl.constexpr, ONE: tl.constexpr,
@@ -373,7 +374,7 @@ def unit_scores(qs, keys, s: Select, page: int):
     if s.score == "quest":
         sc = quest_bound(qs, *page_bounds(keys, page, s.bits))
     elif s.score == "mean":
-        sc = mean_score(qs, block_mean(keys, page))
+        sc = mean_score(qs, block_mean(keys, page).to(keys.dtype))  # rounded as the kernel scores it
     else:
         sc = mean_score(qs, keys)
     return aggregate(sc, s.aggregate, -2)
@@ -443,6 +444,13 @@ class _PgLayer:
         if r.kind == "chunk":
             return 0, ((n - 1) // r.chunk) * r.chunk if n else 0
         return 0, 0
+
+
+def _specialised(ints: tuple) -> tuple:
+    """What triton.jit specialises an int argument on (equal to 1, divisible by 16), for each of
+    `ints`: with it in a launch's memo key, the memoised launch is the one the dispatch would
+    pick (the divisibility lets the kernels load and store rows of scores in wide vectors)."""
+    return tuple((x == 1, x % 16 == 0) for x in ints)
 
 
 def _memo_launch(memo: dict, key, kernel, grid: tuple, constants: dict) -> FastLaunch:
@@ -994,7 +1002,9 @@ class PagedCacheBase:
         ss = L.sscale if L.sscale is not None else L.ntok  # the scales of float8 summaries (else unread)
         sa, sb = {0: (L.smin, L.smax), 1: (L.ssum, L.ntok), 2: (L.k, L.k)}[mode]
         grid = (B * len(heads), cdiv(NU, block_u * steps))
-        key = ("score", g, grid, q.device, q.dtype, T, D, block_u, num_warps, steps, stages, q.data_ptr() % 16 == 0)
+        ints = (T, NU, L.list.shape[2], len(heads), self.page, s.sink, s.recent)
+        key = ("score", g, grid, q.device, q.dtype, D, block_u, num_warps, steps, stages, q.data_ptr() % 16 == 0,
+               _specialised(ints))  # fmt: skip
         launch = L.launches.get(key) or _memo_launch(L.launches, key, _pg_score_kernel, grid, dict(
             H_KV=len(L.rules), G=H // len(L.rules), HEAD_DIM=D, RP=self.page if tokens else 1,
             USZ=1 if tokens else self.page, MODE=mode, AGG=AGGREGATES[s.aggregate],
@@ -1002,10 +1012,7 @@ class PagedCacheBase:
             DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
             UPCAST=q.dtype == torch.bfloat16 and interpreting(), SCALED=L.sscale is not None and mode == 0,
             STEPS=steps, num_warps=num_warps, num_stages=stages))  # fmt: skip
-        launch(
-            q, sa, sb, ss, L.list, L.ntok, L.heads_of[heads], out, T, NU, L.list.shape[2], len(heads), self.page, s.sink,
-            s.recent,
-        )  # fmt: skip
+        launch(q, sa, sb, ss, L.list, L.ntok, L.heads_of[heads], out, *ints)
         return out
 
     def _top(self, L, scores, T: int, g: int):
@@ -1015,15 +1022,13 @@ class PagedCacheBase:
         B, nh, NU = scores.shape
         ws, wl, _, _ = _sel_width(s, self.page, self.spec.cache.decode.max_step)
         block = min(pow2_at_least(NU), _PG_TOPK_BLOCK)
-        key = ("top", g, B * nh, scores.device, T, block, NU <= block, self.topk_warps)
+        ints = (T, NU, L.list.shape[2], L.sel.shape[2], nh, s.units, s.sink, s.recent)
+        key = ("top", g, B * nh, scores.device, block, NU <= block, self.topk_warps, _specialised(ints))
         launch = L.launches.get(key) or _memo_launch(L.launches, key, _pg_topk_kernel, (B * nh,), dict(
             H_KV=len(L.rules), P=self.page, TOKENS=s.score == "tokens", BLOCK=block, ONE=NU <= block,
             RADIX=_PG_RADIX, WS_PAD=pow2_at_least(max(ws, 1)), WL_PAD=pow2_at_least(wl),
             CH_PAD=pow2_at_least(s.units), num_warps=self.topk_warps))  # fmt: skip
-        launch(
-            scores, L.list, L.ntok, L.heads_of[heads], L.chosen_t[g], L.sel, L.slen, T, NU, L.list.shape[2],
-            L.sel.shape[2], nh, s.units, s.sink, s.recent,
-        )  # fmt: skip
+        launch(scores, L.list, L.ntok, L.heads_of[heads], L.chosen_t[g], L.sel, L.slen, *ints)
 
     def _lists_reference(self, L, q):
         """(list, lengths, units per head) that decode_reference reads: the held pages; for
