@@ -105,9 +105,9 @@ def _pg_score_kernel(
     rules read it: u < ceil(sink / USZ) or u >= (n - max(recent, T)) // USZ, or past the row's
     NTOK tokens). Unit u is row (LIST[u // RP] * RP + u % RP) of SA (and SB). MODE 0: Quest's
     bound (SA min, SB max; SCALED: float8 e4m3 times the page's scale SS, fp8_bounds); 1:
-    q . (SA / tokens in the page) (the mean key, rounded to Q's dtype); 2: q . SA (keys). A program scores STEPS
-    blocks of BLOCK_U units in a pipelined loop (the summaries' loads of the next block in flight
-    while this one is scored), q loaded once."""
+    q . (SA / tokens in the page) (the mean key, rounded to Q's dtype); 2: q . SA (keys). A
+    program scores STEPS blocks of BLOCK_U units in a pipelined loop (the summaries' loads of
+    the next block in flight while this one is scored), q loaded once."""
     pid = tl.program_id(0)
     b = (pid // NH).to(tl.int64)
     i = pid % NH
