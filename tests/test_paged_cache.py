@@ -138,6 +138,27 @@ def test_selection_ties_go_to_the_lowest_page():
     assert cache.selected(0)[0].tolist() == [[0, 1]]  # pages 0, 1 of 0..5; page 6 is the newest
 
 
+def test_selection_steps_of_different_lengths_share_one_cache():
+    """Steps of 2 and then 5 tokens (4 query heads a KV head: 8 and 20 rows to score): each
+    scores every row of its own step. Only the 5-token step's last rows (query head 3) look for
+    page 1, so a step scored with the 2-token step's 16 rows would choose page 0 (all ties)."""
+    mod = _select_module("select quest(16, page = 16)", heads=4, kv_heads=1, max_step=5)
+    D = 16
+    k = torch.zeros(1, 1, 69, D)
+    k[0, 0, 20, 0] = 50.0  # page 1
+    cache = mod.PagedCache(1, dtype=torch.float32)
+    cache.append(0, k[:, :, :62], k[:, :, :62])
+    cache.append(0, k[:, :, 62:64], k[:, :, 62:64])
+    cache.decode(0, torch.zeros(1, 4, 2, D))
+    cache.append(0, k[:, :, 64:69], k[:, :, 64:69])
+    q = torch.zeros(1, 4, 5, D)
+    q[0, 3, 1:, 0] = 1.0
+    cache.decode(0, q)
+    got = cache.selected(0)[0].tolist()
+    cache.decode_reference(0, q)
+    assert got == cache.selected(0)[0].tolist() == [[1]]
+
+
 def test_mean_keys_are_scored_in_the_cache_dtype():
     """A bf16 cache scores a page by its mean key rounded to bf16: page 2's mean, 1 + 2^-11 in
     float32, rounds to page 1's 1.0, so the tie goes to page 1 (float32 means would choose

@@ -1003,8 +1003,8 @@ class PagedCacheBase:
         sa, sb = {0: (L.smin, L.smax), 1: (L.ssum, L.ntok), 2: (L.k, L.k)}[mode]
         grid = (B * len(heads), cdiv(NU, block_u * steps))
         ints = (T, NU, L.list.shape[2], len(heads), self.page, s.sink, s.recent)
-        key = ("score", g, grid, q.device, q.dtype, D, block_u, num_warps, steps, stages, q.data_ptr() % 16 == 0,
-               _specialised(ints))  # fmt: skip
+        key = ("score", g, grid, q.device, q.dtype, T, D, block_u, num_warps, steps, stages,  # T: BLOCK_M
+               q.data_ptr() % 16 == 0, _specialised(ints))  # fmt: skip
         launch = L.launches.get(key) or _memo_launch(L.launches, key, _pg_score_kernel, grid, dict(
             H_KV=len(L.rules), G=H // len(L.rules), HEAD_DIM=D, RP=self.page if tokens else 1,
             USZ=1 if tokens else self.page, MODE=mode, AGG=AGGREGATES[s.aggregate],
