@@ -66,6 +66,9 @@ TEXTS = {
 }
 
 
+BASE = ("select_quest", "evict_h2o", "evict_tova", "evict_none")  # rendered from `--base REV` too
+
+
 def generate(out: Path = GEN, names=tuple(TEXTS)) -> None:
     from attnc.codegen.decode_plan import plan_decode
     from attnc.codegen.writer import write_decode_module
@@ -78,7 +81,7 @@ def generate(out: Path = GEN, names=tuple(TEXTS)) -> None:
 
 
 def generate_base(rev: str) -> None:
-    """Render select_quest.py and evict_none.py into bench/generated/base/ with the code of git revision `rev`
+    """Render the Quest and H2O / TOVA / no-score modules into bench/generated/base/ with the code of git revision `rev`
     (its attnc packages extracted to a temporary folder and imported in a subprocess)."""
     import subprocess
     import tempfile
@@ -94,7 +97,7 @@ def generate_base(rev: str) -> None:
             subprocess.run(["tar", "-x", "--strip-components=1", "-C", str(dst)], input=tar, check=True)
         code = (f"import sys; sys.path.insert(0, {tmp!r}); sys.path.insert(0, {str(HERE)!r}); import attnc, decode_select; "
                 f"assert attnc.__file__.startswith({tmp!r}), attnc.__file__; "
-                f"decode_select.generate(decode_select.GEN / 'base', ['select_quest', 'evict_none'])")  # fmt: skip
+                f"decode_select.generate(decode_select.GEN / 'base', {list(BASE)!r})")  # fmt: skip
         subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp)
 
 
@@ -307,17 +310,64 @@ def _prompt(caches, n, batch, dev, torch, queries):
             c.append(0, k, v, q) if queries else c.append(0, k, v)
 
 
+def _kernel_us(step, torch, steps=20) -> dict:
+    """{kernel: GPU microseconds per step} of `step` over `steps` eager steps (torch.profiler),
+    and "all kernels" their sum; {} where the profiler records no GPU activity."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if not torch.cuda.is_available() or CALLS[0] == 1:
+        return {}
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    got = {}
+    for e in prof.key_averages():
+        us = getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0))
+        if us > 0:
+            got[e.key[:60]] = round(us / steps, 2)
+    if got:
+        got["all kernels"] = round(sum(got.values()), 2)
+    return got
+
+
+def _host_us(step, torch, steps=20) -> float:
+    """Host microseconds per step: `steps` steps queued on an idle GPU without waiting (the
+    queue holds them all), timed on the host alone."""
+    step()
+    _sync(torch)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    t1 = time.perf_counter()
+    _sync(torch)
+    return (t1 - t0) / steps * 1e6
+
+
+def _final_state(c, step, batch) -> tuple:
+    """(positions each (row, KV head) keeps, the output of one more step) of a cache."""
+    out = step()
+    out = out[1] if isinstance(out, tuple) else out
+    return [sorted(c.kept(0, x, h)) for x in range(batch) for h in range(HK)], out
+
+
 def _steps_bench(mods, res, dev, torch, n, batch, check_steps=3):
     """The step (append of one token, then decode) of H2O, TOVA and a cache of the same budget
     that scores nothing (sink 4 + recent 4092: a ring), on the packed Cache and the PagedCache,
-    eager and graph; the decode alone too (the update is the difference). First a check: the
-    paged H2O and TOVA caches keep the packed ones' positions and decode alike."""
+    eager and graph; the decode alone too (the update is the difference), the paged H2O and
+    TOVA decode without its logits, and each kernel's GPU time per step (profiler). First a
+    check: the paged H2O and TOVA caches keep the packed ones' positions and decode alike.
+    Modules named base_X (an earlier build, `--base`) run the same steps: after every timing,
+    X and base_X must keep the same positions and decode alike."""
     g = torch.Generator(device=dev).manual_seed(2)
     r = lambda *s: torch.randn(*s, device=dev, dtype=torch.bfloat16, generator=g)  # noqa: E731
     k1, v1, q1 = r(batch, HK, 1, D), r(batch, HK, 1, D), r(batch, H, 1, D)
     out = res["steps"] = {"context": n, "batch": batch, "budget": BUDGET}
+    final = {}
     for name, mod in mods.items():
-        scored = name != "evict_none"
+        scored = not name.endswith("evict_none")
         pages = batch * HK * (-(-(BUDGET + 1) // PAGE) + (0 if scored else 2))
         packed = mod.Cache(batch, device=dev, dtype=torch.bfloat16)
         paged = mod.PagedCache(batch, device=dev, dtype=torch.bfloat16, pages=pages if scored else None)
@@ -342,7 +392,21 @@ def _steps_bench(mods, res, dev, torch, n, batch, check_steps=3):
             if scored or label == "packed":  # a lossless paged append copies its page tables: no capture
                 row["step_graph_us"] = _graph(step, torch) * 1e6
                 row["update_graph_us"] = row["step_graph_us"] - row["decode_graph_us"]
+            if scored and label == "paged":  # the same decode without writing its logits
+                L = c._layer(0)
+                lg, L.logits = L.logits, None
+                row["decode_nologits_graph_us"] = _graph(lambda c=c: c.decode(0, q1), torch) * 1e6
+                L.logits = lg
+            row["kernels_us"] = _kernel_us(step, torch)
+            row["host_us"] = _host_us(step, torch)
+            print(f"{name}_{label}: {row}", flush=True)  # as it comes: a run cut short keeps it
+            final[f"{name}_{label}"] = _final_state(c, step, batch)
         del packed, paged
+    for key, (kept, got) in final.items():
+        if key.startswith("base_"):
+            kept_new, got_new = final[key[5:]]
+            out[f"{key[5:]}_vs_base"] = {"same_positions": kept == kept_new, "rel_err": _rel(got_new, got)}
+            print(f"check {key[5:]} against the base build: {out[f'{key[5:]}_vs_base']}", flush=True)
     print(f"\nB={batch}, {H} query heads, {HK} KV heads, D={D}, bf16, prompt {n}, budget {BUDGET} (sink 4, recent 64)")
     print(f"{'':22} {'step graph us':>14} {'step eager us':>14} {'decode graph us':>16} {'update graph us':>16}")
     for key, row in out.items():
@@ -350,6 +414,14 @@ def _steps_bench(mods, res, dev, torch, n, batch, check_steps=3):
             cells = [row.get(x, float("nan")) for x in ("step_graph_us", "step_eager_us", "decode_graph_us")]
             cells.append(row.get("update_graph_us", float("nan")))
             print(f"{key:22} {cells[0]:14.1f} {cells[1]:14.1f} {cells[2]:16.1f} {cells[3]:16.1f}")
+    for key, row in out.items():
+        if isinstance(row, dict) and row.get("kernels_us"):
+            extra = (
+                f", decode without logits (graph) {row['decode_nologits_graph_us']:.1f}"
+                if "decode_nologits_graph_us" in row
+                else ""
+            )
+            print(f"{key}: host us per step {row['host_us']:.1f}, GPU us per step {row['kernels_us']}{extra}")
 
 
 ATTEND_CONFIGS = (  # (block_n, num_warps, stages, programs_per_sm): the --step sweep
@@ -378,6 +450,11 @@ SCORE_TILES = (
     (32, 4, 16, 4),
 )  # (units, warps, steps, stages)
 TOPK_WARPS = (8, 4, 16)
+
+
+def _base(name):
+    """The module `name` of the base build (generate --base), or None."""
+    return _import(name, GEN / "base") if (GEN / "base" / f"{name}.py").exists() else None
 
 
 def _variants():
@@ -537,7 +614,10 @@ def run(args) -> dict:
         _select_bench(quest, full, res, dev, torch, N, B)
         for name in ("evict_h2o", "evict_tova"):
             _evict_bench(_import(name), name, res, dev, torch, 8192, B)
-    mods = {name: _import(name) for name in ("evict_h2o", "evict_tova", "evict_none")}
+    names = ("evict_h2o", "evict_none", "evict_tova")
+    mods = {name: _import(name) for name in names}
+    if args.evict:  # the base build's, where rendered, interleaved with this build's
+        mods = {f"{pre}{name}": mod for name in names for pre, mod in (("base_", _base(name)), ("", mods[name])) if mod}
     _steps_bench(mods, res, dev, torch, 40 if args.smoke else 8192, 2 if args.smoke else B)
     out = Path(os.environ.get("OUT", "out"))
     out.mkdir(parents=True, exist_ok=True)
