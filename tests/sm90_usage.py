@@ -16,7 +16,10 @@ CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/
 
 def usage(fn, types: dict, constexprs: dict, num_warps: int) -> list:
     """[shared bytes, registers, stack bytes] of `fn` compiled with argument `types` (pointers
-    16-byte aligned; absent names are constexprs) and `constexprs`."""
+    16-byte aligned; absent names are constexprs) and `constexprs`. A kernel that declares PDL
+    compiles as it launches on Hopper, a programmatic dependent (PDL true), unless told."""
+    if "PDL" in fn.arg_names:
+        constexprs = {"PDL": True, **constexprs}
     sig = {n: types.get(n, "constexpr") for n in fn.arg_names}
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items() if t.startswith("*")}
     k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),

@@ -357,3 +357,26 @@ def test_a_fused_decode_step_binds_q_out_and_the_new_tokens(device):
     dec.decode_run(plan, q2, view, out2, new2)
     assert run(q2, out2, k2, v2) is True and calls[-1] == calls[-2]
     assert dec.decode_bound((*plan[:4], "a reduce launch", plan[5]), q, view, new) is None
+
+
+class DependentKernel(Kernel):
+    """A stand-in kernel that declares PDL (a launch may make it a programmatic dependent)."""
+
+    arg_names = ("X", "PDL")
+
+
+def test_kernels_that_declare_pdl_launch_as_programmatic_dependents_on_hopper(monkeypatch, device):
+    capability = {"major": 9}
+    monkeypatch.setattr(L, "interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (capability["major"], 0))
+    kernel = DependentKernel()
+    launch = L.FastLaunch(kernel, (4,), {"BLOCK": 8})
+    launch(torch.zeros(2))
+    assert kernel.dispatches[0][2] == {"BLOCK": 8, "PDL": True, "launch_pdl": True}
+    assert L.FastLaunch(Kernel(), (4,), {"BLOCK": 8}).constants == {"BLOCK": 8}  # no PDL parameter
+    capability["major"] = 8  # before Hopper: launched plainly
+    assert L.FastLaunch(DependentKernel(), (4,), {}).constants == {}
+    monkeypatch.setattr(L, "interpreting", lambda: True)
+    capability["major"] = 9
+    assert L.FastLaunch(DependentKernel(), (4,), {}).constants == {}

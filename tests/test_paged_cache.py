@@ -487,6 +487,29 @@ def test_paged_kernels_compile_for_sm90():
         assert stack == 0 and shared <= 232448, (name, shared, regs, stack)
 
 
+DEPENDENT_KERNELS = ("_kv_append_kernel", "_kv_update_kernel", "_dec_fwd_kernel", "_dec_reduce_kernel",
+                     "_pg_score_kernel", "_pg_topk_kernel", "_pg_fwd_kernel")  # fmt: skip
+
+
+def test_decode_step_kernels_wait_for_the_kernel_before_them_first():
+    """On Hopper the decode step's kernels launch as programmatic dependents: their programs may
+    start while the kernel before them on the stream still runs. Each one's first statement
+    (after its docstring) waits for it, so that none reads or writes memory early; so does
+    every other kernel of a generated module that declares PDL."""
+    import ast
+    import inspect
+    import textwrap
+
+    text = "model { layers = 1, heads = 4, kv_heads = 2, head_dim = 16 }\npattern p = causal\n"
+    mod = module(lower(resolve_text(text + "cache { select quest(64, page = 16) }\n", "q.attn")))[1]
+    kernels = {n: k for n, k in vars(mod).items() if "PDL" in getattr(k, "arg_names", ()) and n != "wait_previous"}
+    assert set(DEPENDENT_KERNELS) <= set(kernels)
+    for name, kernel in kernels.items():
+        body = ast.parse(textwrap.dedent(inspect.getsource(kernel.fn))).body[0].body
+        first = body[1] if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) else body[0]
+        assert ast.unparse(first) == "wait_previous(PDL)", f"{name} starts with {ast.unparse(first)}"
+
+
 def test_programs_one_sm_holds():
     """The attention's splits stop at what one SM holds at once (one wave of programs): an
     H100's limits, from registers, shared memory and warps."""

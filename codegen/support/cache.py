@@ -25,7 +25,7 @@ import triton.language as tl
 from .checks import HEAD_DIMS, check_kernel_device, check_scale, check_tensor, dtype_names, verdict_key
 from .decode import _DEC_DEFAULT, CacheView, DecodeSpec, StepLogits, _dec_sms, _kv_length, _kv_place
 from .decode import decode_bound, decode_launch, decode_prepare, decode_run
-from .launch import FastLaunch, cdiv, pow2_at_least, table
+from .launch import FastLaunch, cdiv, pow2_at_least, table, wait_previous
 from .policies import AGGREGATES, NEEDS_QUERIES, attention_stats, evicts_after_read, lowest, priority, rescore
 from .policies import survivors, victim
 from .records import HeadRule, Policy
@@ -75,6 +75,7 @@ def _kv_append_kernel(
     BLOCK_T: tl.constexpr,
     SKIP_LOSSY: tl.constexpr,
     SPLIT_T: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """Write T new tokens (positions n .. n + T - 1, n = NPOS[b, h]: the row's tokens so far,
     kept on the device) of every KV head of one batch row into their slots, and the head's
@@ -84,6 +85,7 @@ def _kv_append_kernel(
     several token blocks (SPLIT_T), each counts itself in DONE[b, h] once it has read them,
     and the last one writes the new length and NPOS and resets the count (a CUDA graph
     replays it). KN, VN are contiguous (B, H_KV, T, D); K, V (B, SLOTS, D); POS (B, SLOTS)."""
+    wait_previous(PDL)
     h = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     t0 = tl.program_id(2) * BLOCK_T
@@ -136,7 +138,7 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
                       LGS, SO0, SPLIT, NS, SINK, RECENT, BUDGET, LW, H_KV: tl.constexpr, G: tl.constexpr,
                       HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_NS: tl.constexpr,
                       SENT: tl.constexpr, TOVA: tl.constexpr, AGG: tl.constexpr, FOLD: tl.constexpr, EVICT: tl.constexpr,
-                      ADVANCE: tl.constexpr, PAGE: tl.constexpr):  # fmt: skip
+                      ADVANCE: tl.constexpr, PAGE: tl.constexpr, PDL: tl.constexpr = False):  # fmt: skip
     """The append of one token (at position n_q = NPOS[b, h], read on the device: a captured
     step stays right at every replay) to an H2O or TOVA class, after the decode of the
     previous step read its E held keys. One program per split of SPLIT held keys of one KV head
@@ -155,6 +157,7 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
     token's position is NPOS[b] (ADVANCE: the last program of the row to have read it, an
     atomic count at CNT[B * NH + b], advances it); it folds where PEND[b] != 0 and evicts where
     it folds past BUDGET."""
+    wait_previous(PDL)
     pid = tl.program_id(0)
     bi = pid // NS
     sid = pid % NS

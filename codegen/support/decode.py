@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .checks import check_int, check_kernel_device, check_out, check_scale, check_tensor, interpreting
-from .launch import FastLaunch, pow2_at_least, table
+from .launch import FastLaunch, pow2_at_least, table, wait_previous
 
 _DEC_LOG2E = 1.4426950408889634
 
@@ -275,7 +275,9 @@ def _dec_reduce_kernel(
     G: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    wait_previous(PDL)
     h = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     length = tl.load(LENS + b * H_KV + h)

@@ -13,11 +13,18 @@ allocates scratch and expands every host-side TMA descriptor into a freshly enco
 CUtensorMap, then C that asks the driver about every tensor's pointer. `RawLaunch` calls the
 C launch itself with tensors as their addresses (an int is taken as it is) and descriptors
 encoded once per (address, shape, strides).
+A kernel that declares `PDL` (a decode step's) launches as a programmatic dependent on Hopper:
+the GPU prepares its launch while the kernel before it runs; its programs wait for that
+kernel's writes first (`wait_previous`).
 """
 
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
+
+from .checks import interpreting
 
 try:
     from triton.knobs import runtime as _TRITON_RUNTIME
@@ -33,6 +40,24 @@ except ImportError:  # another triton layout: launches with host-side descriptor
     _encode_descriptor = None
 
 DIRECT = True  # FastLaunch calls the C launch itself (RawLaunch); False: Triton's launcher (benchmarks)
+
+
+@triton.jit
+def wait_previous(PDL: tl.constexpr):
+    """The first statement of a kernel that declares PDL: with PDL true (a programmatic
+    dependent), wait until the kernel before it on the stream has finished and its writes are
+    visible. No early trigger (gdc_launch_dependents): the next kernel still starts when this
+    one ends; earlier starts made the steps slower in CUDA graphs (docs/codegen.md)."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+
+
+def dependent_constants(kernel) -> dict:
+    """{"PDL": True, "launch_pdl": True} where `kernel` declares PDL and the current CUDA device
+    is Hopper or later (the interpreter runs no inline PTX); otherwise {}."""
+    if "PDL" not in getattr(kernel, "arg_names", ()) or interpreting() or not torch.cuda.is_available():
+        return {}
+    return {"PDL": True, "launch_pdl": True} if torch.cuda.get_device_capability()[0] >= 9 else {}
 
 
 def cdiv(a: int, b: int) -> int:
@@ -229,6 +254,7 @@ class FastLaunch:
     directly (the positional args first, the constants after them in the kernel's parameter
     order, as triton.jit binds them). Under the interpreter, or with launch hooks set, every
     call takes the dispatch. Returns what the dispatch returned (the compiled kernel). A kernel
+    that declares PDL launches as a programmatic dependent (dependent_constants). A kernel
     that needs global scratch (descriptors built on the device) gets it from `scratch`, set
     for its launches only."""
 
@@ -237,7 +263,7 @@ class FastLaunch:
     def __init__(self, kernel, grid: tuple, constants: dict):
         self.kernel = kernel
         self.grid = grid
-        self.constants = constants
+        self.constants = constants | dependent_constants(kernel)
         self.compiled = None
         self.tail = ()
         self.device = None

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .block_scores import block_mean, block_min_max, mean_score, quest_bound, top_blocks
-from .launch import FastLaunch, cdiv, pow2_at_least, table, to_device
+from .launch import FastLaunch, cdiv, pow2_at_least, table, to_device, wait_previous
 from .cache import _KV_FUSED, CACHE_DTYPES, CacheError, CacheSpec, _cache_device, _KvClass, _kv_update_launch
 from .checks import HEAD_DIMS, check_scale, check_tensor, dtype_names, interpreting, verdict_key
 from .decode import _DEC_LOG2E, DecodeConfig, StepLogits, _dec_buffers, _dec_sms
@@ -98,7 +98,7 @@ def _pg_score_kernel(
     Q, SA, SB, SS, LIST, NTOK, HI, OUT, T, NU, LW, NH, page, sink, recent,
     H_KV: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr, RP: tl.constexpr, USZ: tl.constexpr, MODE: tl.constexpr,
     AGG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_U: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
-    SCALED: tl.constexpr, STEPS: tl.constexpr,
+    SCALED: tl.constexpr, STEPS: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
     """Scores of the candidate units u of one selecting head against its G * T query rows,
     aggregated over the rows: OUT (B, NH, NU) float32; -inf where u is no candidate (the keep
@@ -108,6 +108,7 @@ def _pg_score_kernel(
     q . (SA / tokens in the page) (the mean key, rounded to Q's dtype); 2: q . SA (keys). A
     program scores STEPS blocks of BLOCK_U units in a pipelined loop (the summaries' loads of
     the next block in flight while this one is scored), q loaded once."""
+    wait_previous(PDL)
     pid = tl.program_id(0)
     b = (pid // NH).to(tl.int64)
     i = pid % NH
@@ -224,7 +225,7 @@ def _pg_threshold(SC, NU, units, key0, ONE: tl.constexpr, BLOCK: tl.constexpr, R
 def _pg_topk_kernel(
     SC, LIST, NTOK, HI, CHOSEN, SEL, SLEN, T, NU, LW, SW, NH, units, sink, recent,
     H_KV: tl.constexpr, P: tl.constexpr, TOKENS: tl.constexpr, BLOCK: tl.constexpr, ONE: tl.constexpr,
-    RADIX: tl.constexpr, WS_PAD: tl.constexpr, WL_PAD: tl.constexpr, CH_PAD: tl.constexpr,
+    RADIX: tl.constexpr, WS_PAD: tl.constexpr, WL_PAD: tl.constexpr, CH_PAD: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
     """The units one selecting head of one row reads (program b * NH + i, head HI[i]): the keep
     rules' units (those holding positions < sink, those holding the newest max(recent, T)),
@@ -234,6 +235,7 @@ def _pg_topk_kernel(
     (B, H_KV), and the chosen logical units, increasing and -1 padded, to CHOSEN (B, NH, units).
     The threshold (the k-th largest score) comes from _pg_threshold's radix search over the
     row, held in registers when it is one block (ONE); equal scores then go by index."""
+    wait_previous(PDL)
     pid = tl.program_id(0)
     tl.static_assert(BLOCK < 65536)  # per block, counts of keys above and equal to thr share an int32
     sc = SC + pid.to(tl.int64) * NU
