@@ -60,6 +60,13 @@ def dependent_constants(kernel) -> dict:
     return {"PDL": True, "launch_pdl": True} if torch.cuda.get_device_capability()[0] >= 9 else {}
 
 
+def int_specialisation(ints: tuple) -> tuple:
+    """What triton.jit specialises an int argument on (equal to 1, divisible by 16), for each of
+    `ints`: with it in a FastLaunch's memo key, the memoised launch is the one the dispatch
+    would pick (the divisibility lets kernels load and store rows in wide vectors)."""
+    return tuple((x == 1, x % 16 == 0) for x in ints)
+
+
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) of ints on the host (triton.cdiv is a jit function: microseconds a call)."""
     return -(-a // b)

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .block_scores import block_mean, block_min_max, mean_score, quest_bound, top_blocks
-from .launch import FastLaunch, cdiv, pow2_at_least, table, to_device, wait_previous
+from .launch import FastLaunch, cdiv, int_specialisation, pow2_at_least, table, to_device, wait_previous
 from .cache import _KV_FUSED, CACHE_DTYPES, CacheError, CacheSpec, _cache_device, _KvClass, _kv_update_launch
 from .checks import HEAD_DIMS, check_scale, check_tensor, dtype_names, interpreting, verdict_key
 from .decode import _DEC_LOG2E, DecodeConfig, StepLogits, _dec_buffers, _dec_sms
@@ -446,13 +446,6 @@ class _PgLayer:
         if r.kind == "chunk":
             return 0, ((n - 1) // r.chunk) * r.chunk if n else 0
         return 0, 0
-
-
-def _specialised(ints: tuple) -> tuple:
-    """What triton.jit specialises an int argument on (equal to 1, divisible by 16), for each of
-    `ints`: with it in a launch's memo key, the memoised launch is the one the dispatch would
-    pick (the divisibility lets the kernels load and store rows of scores in wide vectors)."""
-    return tuple((x == 1, x % 16 == 0) for x in ints)
 
 
 def _memo_launch(memo: dict, key, kernel, grid: tuple, constants: dict) -> FastLaunch:
@@ -1006,7 +999,7 @@ class PagedCacheBase:
         grid = (B * len(heads), cdiv(NU, block_u * steps))
         ints = (T, NU, L.list.shape[2], len(heads), self.page, s.sink, s.recent)
         key = ("score", g, grid, q.device, q.dtype, T, D, block_u, num_warps, steps, stages,  # T: BLOCK_M
-               q.data_ptr() % 16 == 0, _specialised(ints))  # fmt: skip
+               q.data_ptr() % 16 == 0, int_specialisation(ints))  # fmt: skip
         launch = L.launches.get(key) or _memo_launch(L.launches, key, _pg_score_kernel, grid, dict(
             H_KV=len(L.rules), G=H // len(L.rules), HEAD_DIM=D, RP=self.page if tokens else 1,
             USZ=1 if tokens else self.page, MODE=mode, AGG=AGGREGATES[s.aggregate],
@@ -1025,7 +1018,7 @@ class PagedCacheBase:
         ws, wl, _, _ = _sel_width(s, self.page, self.spec.cache.decode.max_step)
         block = min(pow2_at_least(NU), _PG_TOPK_BLOCK)
         ints = (T, NU, L.list.shape[2], L.sel.shape[2], nh, s.units, s.sink, s.recent)
-        key = ("top", g, B * nh, scores.device, block, NU <= block, self.topk_warps, _specialised(ints))
+        key = ("top", g, B * nh, scores.device, block, NU <= block, self.topk_warps, int_specialisation(ints))
         launch = L.launches.get(key) or _memo_launch(L.launches, key, _pg_topk_kernel, (B * nh,), dict(
             H_KV=len(L.rules), P=self.page, TOKENS=s.score == "tokens", BLOCK=block, ONE=NU <= block,
             RADIX=_PG_RADIX, WS_PAD=pow2_at_least(max(ws, 1)), WL_PAD=pow2_at_least(wl),
