@@ -1,7 +1,8 @@
 """Compile the decode-step kernels of a generated module for Hopper (sm_90) through Triton's
 own ptxas: the paged cache's page scores, top-k (one block in registers, and blocks in a
 loop) and attention over the read lists (also writing H2O / TOVA logits), the H2O / TOVA
-update (packed and through page lists) and the decode kernel that writes their logits. Run by
+update (packed and through page lists), the decode kernel that writes their logits and the
+lossless paged cache's quiet step. Run by
 tests/test_paged_cache.py in a subprocess: python tests/decode_step_sm90.py MODULE.py;
 prints {kernel: [shared bytes, registers, stack bytes]}."""
 
@@ -54,4 +55,8 @@ types.update({n: "i32" for n in ("T", "SPLIT", "NSPLIT", "W", "SLOTS")})
 out["decode_scores"] = usage(mod._dec_fwd_kernel, types, dict(H_KV=8, G=4, HEAD_DIM=128, BLOCK_M=16,
                              BLOCK_N=cfg.block_n, STAGES=cfg.stages, MASKED=False, REDUCE=2, DOT_PREC="tf32",
                              UPCAST=False, SCORES=True, LGS=4160, APPEND=False, CW=1), cfg.num_warps)  # fmt: skip
+types = {n: "*i32" for n in ("POS", "LIST", "LLEN", "TLEN", "LO", "STEP", "SINKS", "NSINK", "LP0", "NPOS", "NTOK")}
+types.update(KN="*bf16", VN="*bf16", K="*bf16", V="*bf16", LW="i32")
+out["paged_append"] = usage(mod._pg_append_kernel, types, dict(H_KV=8, HEAD_DIM=128, PAGE=16, SENT=1 << 30,
+                            BLOCK_W=128), 1)  # fmt: skip
 print(json.dumps(out))

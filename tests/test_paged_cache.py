@@ -291,10 +291,16 @@ def _audit(cache, layer):
                 assert not t or L.list[b, h, : len(t)].tolist() == list(t.values())
                 continue
             sink_, lo = L.bounds(h, n)
-            live = {p // cache.page for p in range(n) if p < sink_ or p >= lo}
-            assert set(t) == live, (b, h, sorted(t), sorted(live))
+            P = cache.page
+            live = {p // P for p in range(n) if p < sink_ or p >= lo}
+            first = -(-n // P)  # pages from here on are reserved ahead (quiet steps open them), not read
+            ahead = set(range(first, first + cache._ahead(L, b, h)))
+            lingering = set(t) - live - ahead  # a window's page that died since a page last opened
+            assert live <= set(t) and len(lingering) <= 1, (b, h, sorted(t), sorted(live))
+            assert all(lp * P >= sink_ and (lp + 1) * P <= lo for lp in lingering)
             assert L.list is not None or not t
             assert L.list is None or L.list[b, h, : len(t)].tolist() == list(t.values())
+            assert L.list is None or L.llen[b, h].item() == len(t) - len(ahead)
             assert L.lo is None or L.lo[b, h].item() == lo  # the device bounds (a quiet step moves them there)
     assert L.ntok is None or L.ntok.tolist() == L.n
 
@@ -303,7 +309,9 @@ def _audit(cache, layer):
 @given(
     st.sampled_from([RING, MIXED]),
     st.lists(
-        st.tuples(st.sampled_from(["append", "release"]), st.sets(st.integers(0, 2), min_size=1), st.integers(1, 40)),
+        st.tuples(
+            st.sampled_from(["append", "release", "steps"]), st.sets(st.integers(0, 2), min_size=1), st.integers(1, 40)
+        ),
         min_size=1,
         max_size=12,
     ),
@@ -315,38 +323,63 @@ def test_pool_random_appends(prog, ops):
         rows = sorted(rows)
         if op == "release":
             cache.release(rows[0])
+        elif op == "steps":  # one-token steps of every row: quiet where they can be
+            x = torch.zeros(3, 2, 1, 16)
+            for _ in range(T):
+                cache.append(0, x, x)
+                _audit(cache, 0)
         else:
             x = torch.zeros(len(rows), 2, T, 16)
             cache.append(0, x, x, rows=rows)
         _audit(cache, 0)
 
 
-def test_quiet_steps_write_where_the_full_path_would():
-    # one-token steps of every row that open and free no page take the quiet path (device
-    # state moved on by torch ops); twin caches, one forced through the full path, hold the
-    # same pages, positions, keys and device tables after every step, across page
-    # boundaries and window deaths (pages of 16, windows of 7, prompts of 3 and 20 tokens)
-    _, mod = module(MIXED)
+def _held(cache, layer, b, h):
+    """{position: (key, value)} of what one head of one row holds (its pages, less its masks)."""
+    L, P = cache._layers[layer], cache.page
+    keep = set(cache.kept(layer, b, h))
+    out = {}
+    for page in L.tables[b][h].values():
+        for slot in range(page * P, (page + 1) * P):
+            if L.pos[slot].item() in keep:
+                out[L.pos[slot].item()] = (L.k[slot].tolist(), L.v[slot].tolist())
+    return out
+
+
+@pytest.mark.parametrize("prog, quiet_steps, came_round", [(MIXED, 50, 1), (RING, 60, 3)])
+def test_quiet_steps_write_where_the_full_path_would(prog, quiet_steps, came_round):
+    # one-token steps of every row take the quiet path (one kernel on the device state; pages
+    # open from the reserve, and a window's dead page moves to the reserve's end); twin caches,
+    # one forced through the full path, hold the same tokens and device bounds after every
+    # step and decode alike, across page boundaries and window deaths (pages of 16, windows of
+    # 7 or 5, prompts of 3 and 20 tokens; 60 steps: the windows' pages come round again; with
+    # dense heads beside them, a step that finds their reserve used up takes the full path)
+    _, mod = module(prog)
     quiet, full = (mod.PagedCache(2, dtype=torch.float32, head_dim=16) for _ in range(2))
     for c in (quiet, full):
         c.append(0, rand(1, 2, 3, 16, seed=1), rand(1, 2, 3, 16, seed=2), rows=[0])
         c.append(0, rand(1, 2, 20, 16, seed=3), rand(1, 2, 20, 16, seed=4), rows=[1])
-    taken = 0
-    for t in range(40):
+    taken = moved = 0
+    for t in range(60):
         k, v = rand(2, 2, 1, 16, seed=10 + t), rand(2, 2, 1, 16, seed=100 + t)
         full._layers[0].fast = None  # disarmed: the full path
-        state = quiet._layers[0].fast
+        a, b = quiet._layers[0], full._layers[0]
+        state, lp0 = a.fast, [list(r) for r in getattr(a, "lp0", [])]
         quiet.append(0, k, v)
         full.append(0, k, v)
-        taken += state is not None and quiet._layers[0].fast is state  # a quiet step keeps its state
-        a, b = quiet._layers[0], full._layers[0]
-        assert a.tables == b.tables and a.n == b.n
-        for name in ("k", "v", "pos", "ntok", "lo", "list", "llen"):
+        taken += state is not None and a.fast is state  # a quiet step keeps its state
+        moved += state is not None and a.fast is state and a.lp0 != lp0  # a window's page came round
+        assert a.n == b.n
+        for r in range(2):
+            for h in range(2):
+                assert _held(quiet, 0, r, h) == _held(full, 0, r, h), (t, r, h)
+        for name in ("ntok", "lo"):
             assert torch.equal(getattr(a, name), getattr(b, name)), (t, name)
+        assert torch.equal(a.fast[0], a.ntok[:, None].expand(-1, 2))  # each head's next position
         _audit(quiet, 0)
-        q = rand(2, 4, 1, 16, seed=200 + t)
+        q = rand(2, quiet.spec.cache.decode.heads, 1, 16, seed=200 + t)
         torch.testing.assert_close(quiet.decode(0, q), full.decode_reference(0, q), atol=1e-5, rtol=0)
-    assert taken >= 30  # most steps were quiet
+    assert taken >= quiet_steps and moved >= came_round  # quiet steps; windows took their dead pages
 
 
 def test_rows_of_different_lengths_decode_like_the_reference():
@@ -488,7 +521,7 @@ def test_paged_kernels_compile_for_sm90():
 
 
 DEPENDENT_KERNELS = ("_kv_append_kernel", "_kv_update_kernel", "_dec_fwd_kernel", "_dec_reduce_kernel",
-                     "_pg_score_kernel", "_pg_topk_kernel", "_pg_fwd_kernel")  # fmt: skip
+                     "_pg_score_kernel", "_pg_topk_kernel", "_pg_fwd_kernel", "_pg_append_kernel")  # fmt: skip
 
 
 def test_decode_step_kernels_wait_for_the_kernel_before_them_first():
@@ -595,3 +628,23 @@ def test_topk_kernel_radix_stress(radix, block, monkeypatch):
             want = mod.top_blocks(torch.where(rows.isnan(), float("-inf"), rows), units)
             assert torch.equal(L.chosen_t[0], want), (kind, units, L.chosen_t[0], want)
             assert L.slen[:, 0].tolist() == [1 + int((w >= 0).sum()) for w in want[:, 0]], kind
+
+
+def test_a_fixed_pool_takes_back_reserved_pages_before_it_runs_short():
+    # row 0 holds pages reserved ahead (6 of the pool's 10); row 1's prompt needs 5 of the 4
+    # left: a reserved page goes back to the pool (no error), and both rows step on
+    _, mod = module(MIXED)
+    cache = mod.PagedCache(2, dtype=torch.float32, head_dim=16, pages=10)
+    x = rand(1, 2, 16, 16, seed=1)
+    cache.append(0, x, x, rows=[0])
+    assert cache.pages_held(0) == [[3, 3], [0, 0]]  # 1 page each, 2 ahead
+    y = rand(1, 2, 48, 16, seed=2)
+    cache.append(0, y, y, rows=[1])
+    _audit(cache, 0)
+    assert cache.pages_held(0)[1] == [3, 2]  # causal: 3 pages; sink(1) + window(7): pages 0 and 2
+    for t in range(3):
+        z = rand(1, 2, 1, 16, seed=3 + t)
+        cache.append(0, z, z, rows=[0])
+        _audit(cache, 0)
+    q = rand(2, 4, 1, 16, seed=9)
+    torch.testing.assert_close(cache.decode(0, q), cache.decode_reference(0, q), atol=1e-5, rtol=0)

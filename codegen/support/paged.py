@@ -93,6 +93,58 @@ class PagePool:
 # ------------------------------------------------------------------ the selection's scores
 
 
+@triton.jit(do_not_specialize=["LW"])
+def _pg_append_kernel(KN, VN, K, V, POS, LIST, LLEN, TLEN, LO, STEP, SINKS, NSINK, LP0, NPOS, NTOK, LW,
+                      H_KV: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, SENT: tl.constexpr,
+                      BLOCK_W: tl.constexpr, PDL: tl.constexpr = False):  # fmt: skip
+    """A quiet step (PagedCacheBase._quiet_step): one token of KV head h of row b (program b *
+    H_KV + h) at position n = NPOS[b, h], into the page its LIST row holds for it. The row holds
+    LLEN entries the decode reads (NSINK sink pages first, then the window from logical page
+    LP0) and TLEN - LLEN pages reserved after them. A token that opens a page (n % PAGE == 0)
+    takes the first reserved one (LLEN grows); where the head slides (STEP 1) and its first
+    window page has died, that page first moves from the front of the window to the end of
+    the reserve (the entries between move up one; its positions become SENT), so the window
+    never grows. LO moves by STEP; NPOS, and NTOK[b] (program h == 0), by one."""
+    wait_previous(PDL)
+    bh = tl.program_id(0).to(tl.int64)
+    row = LIST + bh * LW
+    n = tl.load(NPOS + bh)
+    h = bh % H_KV
+    e = tl.load(LLEN + bh)
+    step = tl.load(STEP + h)
+    lo = tl.load(LO + bh) + step
+    off = n % PAGE
+    page = tl.load(row + tl.maximum(e - 1, 0), mask=off != 0, other=0)  # the page of the last token
+    if off == 0:
+        s = tl.load(NSINK + bh)
+        lp0 = tl.load(LP0 + bh)
+        end = tl.load(TLEN + bh)
+        page = tl.load(row + e, mask=e < end, other=0)
+        if (step != 0) & (e > s) & ((lp0 + 1) * PAGE <= lo) & (lp0 * PAGE >= tl.load(SINKS + h)):
+            dead = tl.load(row + s)
+            for c in range(s, end - 1, BLOCK_W):  # entries s + 1 .. end - 1 move up one
+                i = c + tl.arange(0, BLOCK_W)
+                moved = tl.load(row + i + 1, mask=i < end - 1)
+                tl.debug_barrier()  # every entry is read before it is written
+                tl.store(row + i, moved, mask=i < end - 1)
+            tl.store(row + end - 1, dead)
+            tl.store(LP0 + bh, lp0 + 1)
+            slots = dead.to(tl.int64) * PAGE + tl.arange(0, PAGE)
+            tl.store(POS + slots, tl.full([PAGE], SENT, tl.int32), mask=(tl.arange(0, PAGE) > 0) | (e < end))
+            page = tl.where(e < end, page, dead)
+        else:
+            tl.store(LLEN + bh, e + 1)
+    offs_d = tl.arange(0, HEAD_DIM)
+    slot = page.to(tl.int64) * PAGE + off
+    tl.store(K + slot * HEAD_DIM + offs_d, tl.load(KN + bh * HEAD_DIM + offs_d))
+    tl.store(V + slot * HEAD_DIM + offs_d, tl.load(VN + bh * HEAD_DIM + offs_d))
+    tl.store(POS + slot, n)
+    tl.store(LO + bh, lo)
+    tl.store(NPOS + bh, n + 1)
+    if h == 0:
+        tl.store(NTOK + bh // H_KV, n + 1)
+
+
 @triton.jit
 def _pg_score_kernel(
     Q, SA, SB, SS, LIST, NTOK, HI, OUT, T, NU, LW, NH, page, sink, recent,
@@ -407,7 +459,7 @@ class _PgLayer:
         self.list = self.llen = self.lo = self.ntok = None
         self.sinks = None
         self.chosen: dict = {}
-        self.attend: dict = {}  # the decode kernel's launches (FastLaunch) per geometry
+        self.attend: dict = {}  # the decode kernel's launches (FastLaunch) per geometry, the quiet step's
         self.launches: dict = {}  # the selection's score and top-k launches (FastLaunch) per shape
         self.geo: dict = {}  # the decode's geometry per (tokens, shape, config): _attend
         groups: dict = {}
@@ -427,15 +479,12 @@ class _PgLayer:
         self.decoded = False  # a decode wrote the step logits since the last append
         self.score = self.logits = self.held_t = self.pend_t = None
         self.fast = None  # the device state of the quiet one-token steps (PagedCacheBase._arm_fast)
+        self.arms = not self.classes and not self.groups  # every head keeps tokens by position
         # heads that hold a sliding window (lo = n - ring, bounds): lo moves with every token
         self.sliding = [s is None and r.kind == "ring" and not r.sres for s, r in zip(self.select, self.rules)]
-        P = spec.page
-        breaks = {(P, 0)}  # (m, r): a step of a row at n with n % m == r is not quiet; here, a new page
-        for h, r in enumerate(self.rules):
-            if self.sliding[h]:
-                breaks.add((P, (r.ring - 1) % P))  # lo = n + 1 - ring reaches a page's end: a page dies
-            elif r.kind == "chunk":
-                breaks.add((r.chunk, 0))  # a new chunk: lo moves, pages die
+        # (m, r): a step of a row at n with n % m == r is not quiet: a chunk head's new chunk (lo
+        # moves, pages die); a page opens or a window's page dies quietly (_quiet_step)
+        breaks = {(r.chunk, 0) for r in self.rules if r.kind == "chunk"}
         self.breaks = tuple(sorted(breaks))
 
     def bounds(self, h: int, n: int) -> tuple[int, int]:
@@ -542,44 +591,37 @@ class PagedCacheBase:
         L.decoded = False
         for b in rows:
             L.n[b] += T
+        if L.arms:
+            appended += self._reserve(L)
         if not fused or appended or L.plain:  # at the budget, a step changes no list (CUDA graphs)
-            self._update_lists(L, rows, appended)
+            self._update_lists(L, self._rows if L.arms else rows, appended)  # (dead pages of quiet steps)
             if fused:
                 L.ntok -= 1  # the update kernel advances it
         if fused:
             self._lossy_step(L, k, v, q, scale)
-        if not L.classes and not L.groups:
+        if L.arms:
             self._arm_fast(L)
 
     def _arm_fast(self, L) -> None:
         """The device state of the next quiet steps of a layer whose heads all keep tokens by
-        position (no H2O or TOVA, no selection): per (row, head) the slot of its next token (in
-        the page of its last one; -1 where it would open a page, which a quiet step never
-        does) and that token's position; per row its tokens; per (row, head) the lower bound
-        of what it holds. A quiet step adds one to each (a window's bound moves with it)."""
-        P, B, Hk, dev = self.page, self.batch, len(L.rules), self.device
-        slots, pos, lo, step = [], [], [], []
-        for b in range(B):
-            n = L.n[b]
-            for h in range(Hk):
-                page = L.tables[b][h].get(n // P)
-                slots.append(page * P + n % P if page is not None else -1)
-                pos.append(n)
-                lo.append(L.bounds(h, n)[1])
-                step.append(int(L.sliding[h]))
-        a = -(-len(pos) // 4) * 4  # sections start on 16 bytes (the kernels' pointers are aligned)
-        b = a + -(-B // 4) * 4
-        pad = lambda x, m: x + [0] * (m - len(x))  # noqa: E731
-        state = table(pad(pos, a) + pad(list(L.n), b - a) + lo, torch.int32, dev)
-        inc = table(pad([1] * len(pos), a) + pad([1] * B, b - a) + step, torch.int32, dev)
-        L.ntok, L.lo = state[a : a + B], state[b:].view(B, Hk)
-        L.fast = (table(slots, torch.int64, dev), state, inc, len(pos))
+        position (L.arms), for _pg_append_kernel: per (row, head) its next token's position,
+        its list's length with the reserve, its sink pages and the logical page its window
+        starts at (the first held page past them); per head whether it slides (lo moves with
+        every token). The host mirrors what the steps do (_open_pages)."""
+        P, dev = self.page, self.device
+        bounds = [[L.bounds(h, n) for h in range(len(L.rules))] for n in L.n]
+        sinks = [[min(cdiv(s, P), len(t)) for (s, _), t in zip(bs, tabs)] for bs, tabs in zip(bounds, L.tables)]
+        L.nsink = sinks
+        L.lp0 = [[max(s, lo // P) for s, (_, lo) in zip(row, bs)] for row, bs in zip(sinks, bounds)]
+        ints = [[n] * len(L.rules) for n in L.n] + [[len(t) for t in tabs] for tabs in L.tables] + sinks + L.lp0
+        L.fast = table(ints, torch.int32, dev).view(4, self.batch, len(L.rules))
 
     def _quiet_step(self, L, rows, k, v, T) -> bool:
-        """A one-token step of every row of an armed layer (_arm_fast) that opens no page and
-        frees none (L.breaks): its tokens go to the slots the device state holds, and the
-        state moves on, in five torch ops and no host table. False where the step is not
-        quiet: append's full path takes it."""
+        """A one-token step of every row of an armed layer (_arm_fast) that needs no page from
+        the pool (a chunk head's new chunk, or a page to open with none reserved and no dead
+        one to take, is not quiet): one _pg_append_kernel launch writes the tokens and moves
+        the device state on; the host mirrors the pages it opens. False where the step is not
+        quiet: append's full path takes it (and reserves pages again, _reserve)."""
         f, n = L.fast, L.n
         if f is None or T != 1 or rows != self._rows:
             return False
@@ -587,16 +629,97 @@ class PagedCacheBase:
             for x in n:
                 if x % m == r:
                     return False
-        slots, state, inc, count = f
-        D = self.head_dim
-        L.k.index_copy_(0, slots, k.reshape(count, D))
-        L.v.index_copy_(0, slots, v.reshape(count, D))
-        L.pos.index_copy_(0, slots, state[:count])
-        slots += 1
-        state += inc
+        P = self.page
+        opening = [b for b, x in enumerate(n) if x % P == 0]
+        moves = self._open_pages(L, opening) if opening else ()
+        if moves is None:
+            return False
+        k, v = k.contiguous(), v.contiguous()
+        npos, tlen, nsink, lp0 = f
+        self._append_launch(L, (k.data_ptr() | v.data_ptr()) % 16 == 0)(
+            k, v, L.k, L.v, L.pos, L.list, L.llen, tlen, L.lo, L.step, L.sinks, nsink, lp0, npos, L.ntok,
+            L.list.shape[2],
+        )  # fmt: skip
         n[:] = [x + 1 for x in n]
+        for b, h, lp0 in moves:
+            tab = L.tables[b][h]
+            if lp0 is None:  # the first reserved page is read from now on
+                L.llen_host[b][h] += 1
+            else:  # the dead page goes to the end of the reserve
+                last = next(reversed(tab))
+                tab[last + 1] = tab.pop(lp0)
+                L.lp0[b][h] = lp0 + 1
+        if moves:
+            L.plain_tokens = P * max(map(max, L.llen_host))
         L.decoded = False
         return True
+
+    def _open_pages(self, L, rows) -> list | None:
+        """For the rows whose next token opens a page: (row, head, the dead first window page it
+        moves to the reserve's end, or None: it takes a reserved page) per head, as
+        _pg_append_kernel decides on the device; None if a head has neither."""
+        P, out = self.page, []
+        for b in rows:
+            n = L.n[b]
+            for h, tab in enumerate(L.tables[b]):
+                e, s, lp0 = L.llen_host[b][h], L.nsink[b][h], L.lp0[b][h]
+                sink, lo = L.bounds(h, n + 1)
+                if L.sliding[h] and e > s and (lp0 + 1) * P <= lo and lp0 * P >= sink:
+                    out.append((b, h, lp0))
+                elif len(tab) > e:
+                    out.append((b, h, None))
+                else:
+                    return None
+        return out
+
+    def _append_launch(self, L, aligned: bool) -> FastLaunch:
+        """The quiet step's launch (one program per (row, KV head)), memoised per layer and by
+        whether the step's k and v are 16-byte aligned (as Triton specialises them)."""
+        launch = L.attend.get(("append", aligned))
+        if launch is None:
+            kw = dict(H_KV=len(L.rules), HEAD_DIM=self.head_dim, PAGE=self.page,
+                      SENT=self.spec.cache.decode.sentinel, BLOCK_W=128, num_warps=1)  # fmt: skip
+            launch = L.attend[("append", aligned)] = FastLaunch(_pg_append_kernel, (self.batch * len(L.rules),), kw)
+        return launch
+
+    def _reserve(self, L) -> list:
+        """Pages reserved ahead for every (row, head) of an armed layer, so that steps open pages
+        quietly: a sixteenth of the pages the head reads, at least one, taken while the pool
+        has free pages (a fixed pool that runs short reserves less; the step that finds none
+        takes the full path). The (row, head, list index, page) of each new one."""
+        P, out, new = self.page, [], []
+        for b, tabs in enumerate(L.tables):
+            first = cdiv(L.n[b], P)  # the first logical page past the tokens held
+            for h, tab in enumerate(tabs if L.n[b] else ()):  # rows not begun hold nothing
+                want = first + self._reserve_size(L, b, h)
+                lp = next(reversed(tab)) + 1 if tab else first
+                while lp < want and (self.pages is None or L.pool.free_pages):
+                    tab[lp] = pg = self._alloc(L, (b, h))
+                    out.append((b, h, len(tab) - 1, pg))
+                    new.append(pg)
+                    lp += 1
+        if new:
+            L.pos.view(-1, P).index_fill_(0, table(new, torch.int64, self.device), self.spec.cache.decode.sentinel)
+        return out
+
+    def _reserve_size(self, L, b, h) -> int:
+        """Pages to hold ahead for (row b, head h): a sixteenth of what it reads, at least two;
+        a sliding window no more than it can still grow to (its sink pages, the pages its
+        window spans, one dead page lingering), at least one (once whole, the page each step
+        opens is the one its window let go)."""
+        read = len(L.tables[b][h]) - self._ahead(L, b, h)
+        size = max(2, read // 16)
+        if L.sliding[h]:
+            r, P = L.rules[h], self.page
+            size = max(1, min(size, cdiv(r.sink, P) + cdiv(r.ring, P) + 2 - read))
+        return size
+
+    def _ahead(self, L, b, h) -> int:
+        """Pages of (row b, head h) past its tokens (reserved, not read)."""
+        tab = L.tables[b][h]
+        if not tab:
+            return 0
+        return max(0, next(reversed(tab)) + 1 - cdiv(L.n[b], self.page))
 
     def _checked_once(self, key, check) -> None:
         """Run check() unless it passed before for `key` (None: every time)."""
@@ -627,6 +750,10 @@ class PagedCacheBase:
         the (row, head, list index, page) of each new page."""
         P, D, hs = self.page, self.head_dim, L.plain
         span = max((L.n[b] + T - 1) // P - L.n[b] // P + 1 for b in rows)
+        if self.pages is not None:  # pages reserved ahead go back to the pool before it runs short
+            last = {b: (L.n[b] + T - 1) // P for b in rows}
+            need = sum(lp not in L.tables[b][h] for b in rows for h in hs for lp in range(L.n[b] // P, last[b] + 1))
+            self._reclaim(L, need - L.pool.free_pages, last)
         phys = [[[0] * span for _ in hs] for _ in rows]  # pool page of each new logical page
         new, appended = [], []
         for i, b in enumerate(rows):
@@ -838,6 +965,16 @@ class PagedCacheBase:
             self._allocate(L, 2 * L.pool.capacity)
         return L.pool.alloc(owner)
 
+    def _reclaim(self, L, pages: int, last: dict) -> None:
+        """A fixed pool short of `pages` pages: take back pages reserved ahead (_reserve), each
+        the last of its head's table, past logical page last[b] (default: the row's last token's)."""
+        for b, tabs in enumerate(L.tables):
+            end = last.get(b, (L.n[b] - 1) // self.page)
+            for h, tab in enumerate(tabs):
+                while pages > 0 and tab and next(reversed(tab)) > end and next(reversed(tab)) * self.page >= L.n[b]:
+                    L.pool.free(tab.pop(next(reversed(tab))), (b, h))
+                    L.fast, pages = None, pages - 1  # the step's device state counted it
+
     def _allocate(self, L, pages):
         """(Re)allocate the layer's pool with `pages` pages, keeping what it holds (page ids stay)."""
         P, D, dev, old = self.page, self.head_dim, self.device, L.pool.capacity
@@ -873,6 +1010,7 @@ class PagedCacheBase:
             units = [1 if s is not None and s.score == "tokens" else P for s in L.select]
             L.units = torch.tensor(units, dtype=torch.int32, device=dev)
             L.sinks = torch.zeros(Hk, dtype=torch.int32, device=dev)
+            L.step = table([int(x) for x in L.sliding], torch.int32, dev)  # heads whose lo moves a token a step
             L.list = torch.full((self.batch, Hk, 16), -1, dtype=torch.int32, device=dev)
             L.llen_host = [[0] * Hk for _ in range(self.batch)]
             L.selh = torch.tensor([s is not None for s in L.select], dtype=torch.int32, device=dev)
@@ -916,8 +1054,8 @@ class PagedCacheBase:
                     changed.add((b, h))
                 elif dead:
                     shifts.setdefault((at, len(dead)), []).append((b, h))
-                L.llen_host[b][h] = len(tab)
-        width = max(max(r) for r in L.llen_host)
+                L.llen_host[b][h] = len(tab) - self._ahead(L, b, h)
+        width = max(len(t) for tabs in L.tables for t in tabs)
         if width > L.list.shape[2]:
             grown = torch.full((self.batch, Hk, max(width, 2 * L.list.shape[2])), -1, dtype=torch.int32, device=dev)
             grown[:, :, : L.list.shape[2]] = L.list
