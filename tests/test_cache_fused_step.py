@@ -103,6 +103,37 @@ def test_fused_step_splits_equal_torch_path(score, aggregate, decode_kw, monkeyp
     assert max(key[0] for key in fused._layers[0].classes[0].update) == 3
 
 
+def test_update_splits_are_one_tile_where_it_fits():
+    """Each split of the update is one tile of keys (a power of two from _KV_UPD_BLOCK up)
+    where the tile stays within _KV_UPD_TILE logits: 4096 held keys of 8 rows x 8 KV heads of 4
+    query heads on 132 SMs take 8 splits of one tile of 512 keys; 8 query heads a KV head cap
+    the tile at 512 keys (8192 keys: a loop of two a split); few keys take the least tile."""
+    from attnc.codegen.support.cache import _kv_update_geometry as geometry
+
+    assert geometry(4096, 8, 8, 4, 132) == (512, 8, 512)
+    assert geometry(8192, 8, 8, 8, 132) == (1024, 8, 512)
+    assert geometry(3000, 8, 8, 4, 132) == (512, 6, 512)
+    assert geometry(100, 8, 8, 4, 132) == (256, 1, 256)
+
+
+@pytest.mark.parametrize("tile", [4096, 64])
+def test_fused_step_one_tile_a_split_equals_torch_path(tile, monkeypatch):
+    """Splits of 32 keys run as one tile of 32 (least tile 16), or, the tile capped at 64
+    logits (16 keys of 4 query heads), as a loop of two tiles: the same cache as the torch
+    path either way."""
+    prog = program(causal(), heads=8, kv_heads=2, head_dim=16,
+                   cache=[policy(40, sink=1, recent=2, score="h2o")], name="tile_h2o")  # fmt: skip
+    _, mod = module(prog)
+    monkeypatch.setattr(mod, "_KV_UPD_BLOCK", 16)
+    monkeypatch.setattr(mod, "_KV_UPD_TILE", tile)
+    monkeypatch.setattr(mod, "_dec_sms", lambda device: 2)  # 4 programs per SM: 2 splits of a head
+    q, k, v = _inputs(2, 8, 43, 5, True)
+    fused = _steps(mod, q, k, v, 39, 43, {}, check_fused=True)
+    c = fused._layers[0].classes[0]
+    assert c.geo[40] == (32, 2, 32 if tile == 4096 else 16)
+    assert {key[:2] for key in c.update} >= {(2, c.geo[40][2])}
+
+
 def update_launches(monkeypatch, mod) -> list:
     """The arguments of every later _kv_update_kernel launch of `mod` (tensors as their
     addresses; not the token's k and v, which change every step)."""

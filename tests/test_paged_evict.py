@@ -94,6 +94,64 @@ def test_paged_steps_equal_packed_per_row(name, splits, monkeypatch):
         assert max(key[0] for key in L.classes[0].update) > 1
 
 
+def test_fused_step_with_rows_not_pending_equals_packed(monkeypatch):
+    """A fused step (one update launch a class) where one row's last append was several
+    tokens (nothing to fold: it only writes its token) and the others fold, one below its
+    budget and one evicting, rows of different lengths over several splits of 16 keys (a
+    split past a row's length folds nothing): each row as its own packed Cache."""
+    mod = _module("h2o_tova")
+    monkeypatch.setattr(mod, "_KV_UPD_BLOCK", 16)
+    monkeypatch.setattr(mod, "_KV_UPD_PER_SM", 64)
+    launches, launch = [], mod._kv_update_launch
+
+    def record(spec, c, L, k, v, fold, evict, paged=None):
+        if paged is not None:  # not the packed caches' launches
+            launches.append((fold, evict, paged[3].tolist()))
+        launch(spec, c, L, k, v, fold, evict, paged)
+
+    monkeypatch.setattr(mod, "_kv_update_launch", record)
+    prompts, extra, N = (6, 12, 24), 9, 40
+    B = len(prompts)
+    q, k, v = _inputs(B, N, 11)
+    paged = mod.PagedCache(B, dtype=torch.float32)
+    packed = [mod.Cache(1, dtype=torch.float32) for _ in prompts]
+    ts = [0] * B
+
+    def add(rows, T):
+        parts = [[x[b : b + 1, :, ts[b] : ts[b] + T] for x in (k, v, q)] for b in rows]
+        for b, (kk, vv, qq) in zip(rows, parts):
+            packed[b].append(0, kk, vv, qq)
+            ts[b] += T
+        return [torch.cat([p[i] for p in parts]) for i in range(3)]
+
+    def decode(qq):
+        out = paged.decode(0, qq)
+        for b, c in enumerate(packed):
+            torch.testing.assert_close(out[b : b + 1], c.decode(0, qq[b : b + 1]), atol=1e-5, rtol=1e-5)
+
+    for b in range(B):
+        paged.append(0, *add([b], prompts[b]), rows=[b])
+    for step in range(5):
+        kk, vv, qq = add(range(B), 1)
+        n = len(launches)
+        paged.append(0, kk, vv, qq)
+        if step == 2:  # row 1 takes several tokens without a decode: the others stay pending
+            paged.append(0, *add([1], extra), rows=[1])
+            decode(torch.cat([q[b : b + 1, :, ts[b] - 1 : ts[b]] for b in range(B)]))
+        if step == 3:  # the fused step: rows 0 and 2 fold (row 2 evicts), row 1 does not
+            assert launches[n:] == [(True, True, [1, 0, 1])] * 2
+        decode(qq)
+        L = paged._layers[0]
+        for b, c in enumerate(packed):
+            for h, head in enumerate(c._layers[0].heads):
+                pos, score = _slots(paged, b, h)
+                sl = slice(head.offset, head.offset + int(c._layers[0].lens[0, h]))
+                assert torch.equal(pos, c._layers[0].pos[0, sl]), (step, b, h)
+                torch.testing.assert_close(score, c._layers[0].score[0, sl], atol=1e-6, rtol=1e-5)
+        _audit(paged, 0)
+    assert L.held[1][0] > L.held[0][0]
+
+
 def test_rows_join_and_steps_without_decode_equal_packed():
     """The torch paths: a row released and refilled while the others decode (each row against
     its own packed Cache, a new one for the refilled row), and steps with no decode between

@@ -117,7 +117,8 @@ def _kv_append_kernel(
     tl.store(NPOS + b * H_KV + h, n + T, mask=last)
 
 
-_KV_UPD_BLOCK = 256  # keys per tile of the H2O / TOVA update
+_KV_UPD_BLOCK = 256  # keys per tile of the H2O / TOVA update: at least
+_KV_UPD_TILE = 4096  # logits (BLOCK_G x BLOCK_N) of a larger tile: at most
 _KV_UPD_PER_SM = 4  # its splits: about this many programs per SM
 _KV_FUSED = ("h2o", "tova")  # the scores the update kernel folds from the decode's logits
 
@@ -143,9 +144,10 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
     step stays right at every replay) to an H2O or TOVA class, after the decode of the
     previous step read its E held keys. One program per split of SPLIT held keys of one KV head
     of one batch row (program (b * NH + i) * NS + split; head i = IDX[i] owns slots A + i * CAP
-    ..). FOLD: the previous step's attention, exp2(LG - LSE) (StepLogits, its rows from SO0 +
-    i * CAP), aggregated over the G query heads, is added to (H2O) or replaces (TOVA) the
-    scores. EVICT (E > budget): each split's lowest (priority, position) goes to PB (B * NH *
+    ..), in tiles of BLOCK_N keys (one tile where the launch can: SPLIT == BLOCK_N). FOLD: the
+    previous step's attention, exp2(LG - LSE) (StepLogits, its rows from SO0 + i * CAP),
+    aggregated over the G query heads, is added to (H2O) or replaces (TOVA) the scores. EVICT
+    (E > budget): each split's lowest (priority, position) goes to PB (B * NH *
     NS, 3), and the last split of the head to finish (an atomic count, CNT) moves the
     previous step's token (slot E - 1) into the slot of the lowest of all and writes the new
     one at slot E - 1; otherwise split 0 writes it at slot E. Protected: pos < SINK or pos >=
@@ -156,7 +158,7 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
     row, for the splits) in the pool pages LIST[b, h, :] (LW entries a row; _kv_slot); the
     token's position is NPOS[b] (ADVANCE: the last program of the row to have read it, an
     atomic count at CNT[B * NH + b], advances it); it folds where PEND[b] != 0 and evicts where
-    it folds past BUDGET."""
+    it folds past BUDGET (both in the masks: the loop's bounds wait on no load)."""
     wait_previous(PDL)
     pid = tl.program_id(0)
     bi = pid // NS
@@ -167,9 +169,10 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
     base = b * SLOTS + A + i * CAP
     tab = LIST
     ev = E > BUDGET  # packed: EVICT says it
+    fold = True  # packed: FOLD says it
     if PAGE == 0:
         n_q = tl.load(NPOS + b * H_KV + h)
-        hi = tl.minimum(sid * SPLIT + SPLIT, E)
+        hi = tl.minimum(sid * SPLIT + SPLIT, E)  # E: an argument
     else:
         tab = LIST + (b * H_KV + h) * LW
         E = tl.load(LENS + b * H_KV + h)
@@ -181,7 +184,7 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
                 tl.store(row_cnt, 0)
         fold = tl.load(PEND + b) != 0
         ev = fold & (E > BUDGET)
-        hi = tl.where(fold, tl.minimum(sid * SPLIT + SPLIT, E), sid * SPLIT)
+        hi = sid * SPLIT + SPLIT  # E and fold: loaded, in the masks
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, HEAD_DIM)
     g_ok = offs_g < G
@@ -193,7 +196,7 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
         lg = LG + b * (G * LGS) + SO0 + i * CAP
         for j in range(sid * SPLIT, hi, BLOCK_N):
             offs = j + tl.arange(0, BLOCK_N)
-            valid = offs < E
+            valid = (offs < E) & fold
             sl = _kv_slot(base, tab, offs, valid, PAGE)
             s = tl.load(
                 lg + offs_g[:, None] * LGS + offs[None, :], mask=g_ok[:, None] & valid[None, :], other=-float("inf")
@@ -212,7 +215,7 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
             tl.store(SCORE + sl, new, mask=valid)
             if EVICT:
                 kp = tl.load(POS + sl, mask=valid, other=SENT)
-                prio = tl.where((kp < SINK) | (kp >= n_q - RECENT) | (offs >= E), float("inf"), new)
+                prio = tl.where((kp < SINK) | (kp >= n_q - RECENT) | ~valid, float("inf"), new)
                 low = tl.min(prio, 0)
                 lpos = tl.min(tl.where(valid & (prio == low), kp, SENT + 1), 0)
                 better = (low < best_p) | ((low == best_p) & (lpos < best_pos))
@@ -269,28 +272,34 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
             tl.store(NPOS + b * H_KV + h, n_q + 1)
 
 
+def _kv_update_geometry(E: int, B: int, nh: int, group: int, sms: int) -> tuple[int, int, int]:
+    """(keys per split, splits, keys per tile) of _kv_update_kernel over E held keys of B x nh
+    KV heads of `group` query heads on `sms` SMs: about _KV_UPD_PER_SM programs an SM, each one
+    tile (a power of two, _KV_UPD_BLOCK up to _KV_UPD_TILE logits) where it fits. Plain ints."""
+    per = max(1, _KV_UPD_PER_SM * sms // (B * nh))  # triton.cdiv is a jit function: slow from Python
+    keys = -(-max(E, 1) // per)
+    bn = min(max(_KV_UPD_BLOCK, pow2_at_least(keys)), max(_KV_UPD_BLOCK, _KV_UPD_TILE // pow2_at_least(group)))
+    split = bn * -(-keys // bn)
+    return split, max(1, -(-E // split)), bn
+
+
 def _kv_update_launch(spec: CacheSpec, c, L, k, v, fold: bool, evict: bool, paged=None) -> None:
-    """One launch of _kv_update_kernel for a class (its splits: about _KV_UPD_PER_SM programs
-    per SM); the launch and its scratch buffers are memoised on the class per geometry. No
-    argument changes from step to step once the budget is reached (CUDA graphs). `paged`
-    (the paged cache): (held (B, H_KV), tokens (B,), page lists, pending rows (B,), page size,
-    advance the tokens); c.held is then the most any row holds and c.slots each head's
-    logits rows."""
+    """One launch of _kv_update_kernel for a class (_kv_update_geometry); the launch and its
+    scratch buffers are memoised on the class per geometry. No argument changes from step to
+    step once the budget is reached (CUDA graphs). `paged` (the paged cache): (held (B, H_KV),
+    tokens (B,), page lists, pending rows (B,), page size, advance the tokens); c.held is then
+    the most any row holds and c.slots each head's logits rows."""
     ds, pol, B, nh, E = spec.decode, c.policy, k.shape[0], len(c.heads), c.held
-    bn = _KV_UPD_BLOCK
     geo = c.geo.get(E)
-    if geo is None:  # plain ints (triton.cdiv is a jit function: slow from Python)
-        per = max(1, _KV_UPD_PER_SM * _dec_sms(k.device) // (B * nh))
-        keys = -(-max(E, 1) // per)
-        split = max(bn, -(-keys // bn) * bn)
-        geo = c.geo[E] = (split, max(1, -(-E // split)))
-    split, ns = geo
+    if geo is None:
+        geo = c.geo[E] = _kv_update_geometry(E, B, nh, ds.group, _dec_sms(k.device))
+    split, ns, bn = geo
     if paged is None:
         lens, npos, lists, pend, page, advance = L.lens, L.npos, None, None, 0, not L.lossless
         a, cap, slots = c.heads[0].offset, c.heads[0].cap, L.k.shape[1]
     else:
         (lens, npos, lists, pend, page, advance), a, cap, slots = paged, 0, c.slots, 0
-    key = (ns, fold, evict, (k.data_ptr() | v.data_ptr()) & 15 == 0, slots, L.logits.lg.shape[2], advance)
+    key = (ns, bn, fold, evict, (k.data_ptr() | v.data_ptr()) & 15 == 0, slots, L.logits.lg.shape[2], advance)
     got = c.update.get(key)
     if got is None:
         kw = dict(H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=k.shape[3], BLOCK_G=pow2_at_least(ds.group),
@@ -397,7 +406,7 @@ class _KvClass:
         self.gid = None  # (nh, G) pattern groups of their query heads
         self.pending = None  # (q, n, T, scale) of a decode step whose eviction follows its read
         self.update = {}  # _kv_update_launch's launches and buffers per geometry
-        self.geo = {}  # its splits per held count: E -> (keys per split, splits)
+        self.geo = {}  # its splits per held count: E -> (keys per split, splits, keys per tile)
         self.logits_row = 0  # first row of its heads in the layer's StepLogits
 
     @property
