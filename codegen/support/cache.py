@@ -197,7 +197,7 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
         for j in range(sid * SPLIT, hi, BLOCK_N):
             offs = j + tl.arange(0, BLOCK_N)
             valid = (offs < E) & fold
-            sl = _kv_slot(base, tab, offs, valid, PAGE)
+            sl = _kv_slot(base, tab, offs, offs < LW * PAGE, PAGE)  # (waits on no load but the head's)
             s = tl.load(
                 lg + offs_g[:, None] * LGS + offs[None, :], mask=g_ok[:, None] & valid[None, :], other=-float("inf")
             )
