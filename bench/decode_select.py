@@ -389,7 +389,7 @@ def _steps_bench(mods, res, dev, torch, n, batch, check_steps=3):
             row = out[f"{name}_{label}"] = {}
             row["step_eager_us"] = _eager(step, torch) * 1e6
             row["decode_graph_us"] = _graph(lambda c=c: c.decode(0, q1), torch) * 1e6
-            if scored or label == "packed":  # a lossless paged append copies its page tables: no capture
+            if scored or label == "packed":  # a lossless paged step decides on the host (page openings): no capture
                 row["step_graph_us"] = _graph(step, torch) * 1e6
                 row["update_graph_us"] = row["step_graph_us"] - row["decode_graph_us"]
             if scored and label == "paged":  # the same decode without writing its logits
