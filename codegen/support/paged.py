@@ -684,8 +684,7 @@ class PagedCacheBase:
 
     def _reserve(self, L) -> list:
         """Pages reserved ahead for every (row, head) of an armed layer, so that steps open pages
-        quietly: a sixteenth of the pages the head reads, at least one, taken while the pool
-        has free pages (a fixed pool that runs short reserves less; the step that finds none
+        quietly (_reserve_size of them), taken while the pool has free pages (a fixed pool that runs short reserves less; the step that finds none
         takes the full path). The (row, head, list index, page) of each new one."""
         P, out, new = self.page, [], []
         for b, tabs in enumerate(L.tables):
