@@ -106,13 +106,15 @@ def test_fused_step_splits_equal_torch_path(score, aggregate, decode_kw, monkeyp
 def test_update_splits_are_one_tile_where_it_fits():
     """Each split of the update is one tile of keys (a power of two from _KV_UPD_BLOCK up)
     where the tile stays within _KV_UPD_TILE logits: 4096 held keys of 8 rows x 8 KV heads of 4
-    query heads on 132 SMs take 8 splits of one tile of 512 keys; 8 query heads a KV head cap
-    the tile at 512 keys (8192 keys: a loop of two a split); few keys take the least tile."""
+    query heads on 132 SMs take 8 splits of one tile of 512 keys (4097, a step past a budget of
+    4096: 9); 8 query heads a KV head cap the tile at 512 keys (8192 keys: a loop of two a
+    split); few keys take the least tile."""
     from attnc.codegen.support.cache import _kv_update_geometry as geometry
 
     assert geometry(4096, 8, 8, 4, 132) == (512, 8, 512)
+    assert geometry(4097, 8, 8, 4, 132) == (512, 9, 512)
     assert geometry(8192, 8, 8, 8, 132) == (1024, 8, 512)
-    assert geometry(3000, 8, 8, 4, 132) == (512, 6, 512)
+    assert geometry(3000, 8, 8, 4, 132) == (256, 12, 256)
     assert geometry(100, 8, 8, 4, 132) == (256, 1, 256)
 
 
@@ -126,7 +128,8 @@ def test_fused_step_one_tile_a_split_equals_torch_path(tile, monkeypatch):
     _, mod = module(prog)
     monkeypatch.setattr(mod, "_KV_UPD_BLOCK", 16)
     monkeypatch.setattr(mod, "_KV_UPD_TILE", tile)
-    monkeypatch.setattr(mod, "_dec_sms", lambda device: 2)  # 4 programs per SM: 2 splits of a head
+    monkeypatch.setattr(mod, "_dec_sms", lambda device: 2)
+    monkeypatch.setattr(mod, "_KV_UPD_PER_SM", 4)  # 4 programs per SM: 2 splits of a head
     q, k, v = _inputs(2, 8, 43, 5, True)
     fused = _steps(mod, q, k, v, 39, 43, {}, check_fused=True)
     c = fused._layers[0].classes[0]

@@ -119,7 +119,7 @@ def _kv_append_kernel(
 
 _KV_UPD_BLOCK = 256  # keys per tile of the H2O / TOVA update: at least
 _KV_UPD_TILE = 4096  # logits (BLOCK_G x BLOCK_N) of a larger tile: at most
-_KV_UPD_PER_SM = 4  # its splits: about this many programs per SM
+_KV_UPD_PER_SM = 6  # its splits: about this many programs per SM (bench/proto/update_splits.py)
 _KV_FUSED = ("h2o", "tova")  # the scores the update kernel folds from the decode's logits
 
 
