@@ -751,7 +751,8 @@ class PagedCacheBase:
         span = max((L.n[b] + T - 1) // P - L.n[b] // P + 1 for b in rows)
         if self.pages is not None:  # pages reserved ahead go back to the pool before it runs short
             last = {b: (L.n[b] + T - 1) // P for b in rows}
-            need = sum(lp not in L.tables[b][h] for b in rows for h in hs for lp in range(L.n[b] // P, last[b] + 1))
+            tops = {(b, h): next(reversed(L.tables[b][h]), -1) for b in rows for h in hs}  # tables end in a run
+            need = sum(max(0, last[b] - max(L.n[b] // P - 1, tops[b, h])) for b, h in tops)
             self._reclaim(L, need - L.pool.free_pages, last)
         phys = [[[0] * span for _ in hs] for _ in rows]  # pool page of each new logical page
         new, appended = [], []
