@@ -346,14 +346,15 @@ def _held(cache, layer, b, h):
     return out
 
 
-@pytest.mark.parametrize("prog, quiet_steps, came_round", [(MIXED, 50, 1), (RING, 60, 3)])
+@pytest.mark.parametrize("prog, quiet_steps, came_round", [(MIXED, 50, 1), (RING, 58, 3)])
 def test_quiet_steps_write_where_the_full_path_would(prog, quiet_steps, came_round):
     # one-token steps of every row take the quiet path (one kernel on the device state; pages
     # open from the reserve, and a window's dead page moves to the reserve's end); twin caches,
     # one forced through the full path, hold the same tokens and device bounds after every
     # step and decode alike, across page boundaries and window deaths (pages of 16, windows of
     # 7 or 5, prompts of 3 and 20 tokens; 60 steps: the windows' pages come round again; with
-    # dense heads beside them, a step that finds their reserve used up takes the full path)
+    # dense heads beside them, a step that finds their reserve used up takes the full path; a
+    # reserve never grows the pool, so a step may also find none while the pool is small)
     _, mod = module(prog)
     quiet, full = (mod.PagedCache(2, dtype=torch.float32, head_dim=16) for _ in range(2))
     for c in (quiet, full):

@@ -684,15 +684,16 @@ class PagedCacheBase:
 
     def _reserve(self, L) -> list:
         """Pages reserved ahead for every (row, head) of an armed layer, so that steps open pages
-        quietly (_reserve_size of them), taken while the pool has free pages (a fixed pool that runs short reserves less; the step that finds none
-        takes the full path). The (row, head, list index, page) of each new one."""
+        quietly (_reserve_size of them), from the pool's free pages only: a reserve never grows
+        the pool (a pool that runs short reserves less; a step that then finds none takes the
+        full path). The (row, head, list index, page) of each new one."""
         P, out, new = self.page, [], []
         for b, tabs in enumerate(L.tables):
             first = cdiv(L.n[b], P)  # the first logical page past the tokens held
             for h, tab in enumerate(tabs if L.n[b] else ()):  # rows not begun hold nothing
                 want = first + self._reserve_size(L, b, h)
                 lp = next(reversed(tab)) + 1 if tab else first
-                while lp < want and (self.pages is None or L.pool.free_pages):
+                while lp < want and L.pool.free_pages:  # never grows the pool
                     tab[lp] = pg = self._alloc(L, (b, h))
                     out.append((b, h, len(tab) - 1, pg))
                     new.append(pg)
