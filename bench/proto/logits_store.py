@@ -1,7 +1,7 @@
 """Where the paged H2O decode's extra time goes: its _pg_fwd_kernel as generated (writing the
 step's logits), with the logits store masked off (everything else of SCORES kept), and
 without SCORES (the cache's logits unset), in CUDA graphs; the packed decode beside it.
-python3 bench/proto/logits_store.py (after bench/decode_select.py generate); prints µs."""
+python3 bench/proto/logits_store.py [VARIANT ...] (after bench/decode_select.py generate); prints µs."""
 
 import importlib.util
 import sys
@@ -53,6 +53,16 @@ variants = {
     "asm scalar stores": load("lg_asm1", text.replace(STORE, ASM1)),
     "asm 8-byte stores": load("lg_asm2", text.replace(STORE, ASM2)),
 }
+LAST = STORE.replace("live[None, :])", 'live[None, :], eviction_policy="evict_last")')
+KLOAD = "k = tl.load(K + slot[:, None] * HEAD_DIM + offs_d[None, :], mask=valid[:, None], other=0.0)"
+VLOAD = "v = tl.load(V + slot[:, None] * HEAD_DIM + offs_d[None, :], mask=valid[:, None], other=0.0)"
+stream = text.replace(STORE, LAST)
+for load_ in (KLOAD, VLOAD):
+    stream = stream.replace(load_, load_.replace("other=0.0)", 'other=0.0, eviction_policy="evict_first")'))
+variants["logits kept in L2"] = load("lg_last", text.replace(STORE, LAST))
+variants["logits kept, keys streamed"] = load("lg_stream", stream)
+if sys.argv[1:]:  # the variants named (and the generated one, the reference)
+    variants = {k: m for k, m in variants.items() if k in sys.argv[1:] or k == "as generated"}
 final = {}
 dev = "cuda"
 g = torch.Generator(device=dev).manual_seed(2)
@@ -67,7 +77,7 @@ for name, mod in variants.items():
             c.append(0, k1, v1, q1)
             c.decode(0, q1)
     res = {"paged decode": _graph(lambda: paged.decode(0, q1), torch) * 1e6}
-    res["paged update"] = _graph(lambda: paged.append(0, k1, v1, q1), torch) * 1e6
+    res["paged step"] = _graph(lambda: (paged.append(0, k1, v1, q1), paged.decode(0, q1)), torch) * 1e6
     L = paged._layer(0)
     lg, L.logits = L.logits, None
     res["paged decode, no SCORES"] = _graph(lambda: paged.decode(0, q1), torch) * 1e6
