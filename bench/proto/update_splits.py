@@ -5,6 +5,7 @@ evicting steps. python3 bench/proto/update_splits.py [PER_SM,TILE ...] (after be
 generate; default: 4,4096 8,4096)."""
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from decode_select import BUDGET, HK, PAGE, B, D, H, _graph, _prompt  # noqa: E402
 
-spec = importlib.util.spec_from_file_location("upd", Path(__file__).resolve().parents[1] / "generated" / "evict_h2o.py")
+GEN = Path(__file__).resolve().parents[1] / "generated"
+spec = importlib.util.spec_from_file_location("upd", GEN / os.environ.get("UPD_MODULE", "evict_h2o.py"))
 mod = importlib.util.module_from_spec(spec)
 sys.modules["upd"] = mod
 spec.loader.exec_module(mod)

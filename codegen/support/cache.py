@@ -211,10 +211,10 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
             if TOVA:
                 new = a
             else:
-                new = tl.load(SCORE + sl, mask=valid, other=0.0) + a
-            tl.store(SCORE + sl, new, mask=valid)
+                new = tl.load(SCORE + sl, mask=valid, other=0.0, eviction_policy="evict_last") + a
+            tl.store(SCORE + sl, new, mask=valid, eviction_policy="evict_last")  # (read every step)
             if EVICT:
-                kp = tl.load(POS + sl, mask=valid, other=SENT)
+                kp = tl.load(POS + sl, mask=valid, other=SENT, eviction_policy="evict_last")
                 prio = tl.where((kp < SINK) | (kp >= n_q - RECENT) | ~valid, float("inf"), new)
                 low = tl.min(prio, 0)
                 lpos = tl.min(tl.where(valid & (prio == low), kp, SENT + 1), 0)
