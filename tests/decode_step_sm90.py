@@ -39,10 +39,10 @@ out["attend_scores"] = usage(mod._pg_fwd_kernel, types, dict(SCORES=True, LGS=41
 types = dict(KN="*bf16", VN="*bf16", K="*bf16", V="*bf16", POS="*i32", SCORE="*fp32", LENS="*i32", NPOS="*i32",
              LG="*fp32", LSE="*fp32", PB="*i32", CNT="*i32", IDX="*i64", LIST="*i32", PEND="*i32")  # fmt: skip
 types.update({n: "i32" for n in ("NH", "E", "A", "CAP", "SLOTS", "LGS", "SO0", "SPLIT", "NS", "SINK", "RECENT",
-                                 "BUDGET", "LW")})  # fmt: skip
+                                 "BUDGET", "LW", "H0")})  # fmt: skip
 split, ns, tile = mod._kv_update_geometry(4096, 8, 8, 4, 132)  # the benchmark's shape on an H100
 block = dict(H_KV=8, G=4, HEAD_DIM=128, BLOCK_G=4, BLOCK_N=tile, BLOCK_NS=mod.pow2_at_least(ns), SENT=1 << 30, AGG=0,
-             FOLD=True, ADVANCE=True)  # fmt: skip
+             FOLD=True, ADVANCE=True, RUN=True)  # fmt: skip
 packed = {n: t for n, t in types.items() if n not in ("LIST", "PEND")}  # the packed launch passes None there
 for name, tova in (("h2o_update", False), ("tova_update", True)):
     out[name] = usage(

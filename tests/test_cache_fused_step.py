@@ -167,3 +167,16 @@ def test_update_launch_repeats_at_the_budget(monkeypatch):
         cache.decode(0, q[:, :, t : t + 1])
     assert len(seen) == 7 and len(set(seen[1:])) == 1  # the first step folds nothing (after the prompt)
     assert max(cache.kept(0, 0, 0)) == 15 and cache.view(0).npos.tolist() == [[16, 16]]
+
+
+def test_fused_step_of_heads_that_are_not_a_run_equals_torch_path():
+    """H2O on KV heads 0 and 2 (head 1 dense): the update reads the class's heads from its index
+    (RUN false); a class of heads in a row computes them instead. The same cache as the torch
+    path either way."""
+    prog = program(causal(), heads=6, kv_heads=3, head_dim=16,
+                   cache=[policy(12, sink=1, recent=2, score="h2o", kv_heads=[0, 2])], name="gap_h2o")  # fmt: skip
+    _, mod = module(prog)
+    q, k, v = rand(2, 6, 20, 16, seed=1), rand(2, 3, 20, 16, seed=2), rand(2, 3, 20, 16, seed=3)
+    fused = _steps(mod, q, k, v, 10, 20, {}, check_fused=True)
+    launches = [got[0] for c in fused._layers[0].classes for got in c.update.values()]
+    assert launches and all(launch.constants["RUN"] is False for launch in launches)

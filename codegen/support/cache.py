@@ -134,12 +134,13 @@ def _kv_slot(base, tab, offs, mask, PAGE: tl.constexpr):
     return slot
 
 
-@triton.jit(do_not_specialize=["E", "A", "CAP", "SLOTS", "LGS", "SO0", "SPLIT", "NS", "SINK", "RECENT", "BUDGET", "LW"])
+@triton.jit(do_not_specialize=["E", "A", "CAP", "SLOTS", "LGS", "SO0", "SPLIT", "NS", "SINK", "RECENT", "BUDGET", "LW",
+                               "H0"])  # fmt: skip
 def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, IDX, LIST, PEND, NH, E, A, CAP, SLOTS,
-                      LGS, SO0, SPLIT, NS, SINK, RECENT, BUDGET, LW, H_KV: tl.constexpr, G: tl.constexpr,
+                      LGS, SO0, SPLIT, NS, SINK, RECENT, BUDGET, LW, H0, H_KV: tl.constexpr, G: tl.constexpr,
                       HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_NS: tl.constexpr,
                       SENT: tl.constexpr, TOVA: tl.constexpr, AGG: tl.constexpr, FOLD: tl.constexpr, EVICT: tl.constexpr,
-                      ADVANCE: tl.constexpr, PAGE: tl.constexpr, PDL: tl.constexpr = False):  # fmt: skip
+                      ADVANCE: tl.constexpr, PAGE: tl.constexpr, RUN: tl.constexpr, PDL: tl.constexpr = False):  # fmt: skip
     """The append of one token (at position n_q = NPOS[b, h], read on the device: a captured
     step stays right at every replay) to an H2O or TOVA class, after the decode of the
     previous step read its E held keys. One program per split of SPLIT held keys of one KV head
@@ -150,7 +151,8 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
     (E > budget): each split's lowest (priority, position) goes to PB (B * NH *
     NS, 3), and the last split of the head to finish (an atomic count, CNT) moves the
     previous step's token (slot E - 1) into the slot of the lowest of all and writes the new
-    one at slot E - 1; otherwise split 0 writes it at slot E. Protected: pos < SINK or pos >=
+    one at slot E - 1; otherwise split 0 writes it at slot E (RUN: head i is H0 + i, IDX
+    unread). Protected: pos < SINK or pos >=
     n_q - RECENT (the previous step's keep rules). ADVANCE: NPOS becomes n_q + 1 (otherwise
     the append kernel of the layer's lossless heads, launched after, advances it). KN, VN
     contiguous (B, H_KV, 1, D). CacheBase._evict_step (torch) is the reference.
@@ -165,7 +167,10 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
     sid = pid % NS
     b = (bi // NH).to(tl.int64)
     i = bi % NH
-    h = tl.load(IDX + i)
+    if RUN:  # the class's heads are H0, H0 + 1, ..: no load before the page lists' and the logits'
+        h = H0 + i
+    else:
+        h = tl.load(IDX + i).to(tl.int32)
     base = b * SLOTS + A + i * CAP
     tab = LIST
     ev = E > BUDGET  # packed: EVICT says it
@@ -302,18 +307,20 @@ def _kv_update_launch(spec: CacheSpec, c, L, k, v, fold: bool, evict: bool, page
     key = (ns, bn, fold, evict, (k.data_ptr() | v.data_ptr()) & 15 == 0, slots, L.logits.lg.shape[2], advance)
     got = c.update.get(key)
     if got is None:
+        heads = [getattr(h, "index", h) for h in c.heads]  # _KvHead (packed) or ints (paged)
+        run = heads == list(range(heads[0], heads[0] + nh))
         kw = dict(H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=k.shape[3], BLOCK_G=pow2_at_least(ds.group),
                   BLOCK_N=bn, BLOCK_NS=pow2_at_least(ns), SENT=ds.sentinel, TOVA=pol.score == "tova",
-                  AGG=AGGREGATES[pol.aggregate], FOLD=fold, EVICT=evict, ADVANCE=advance, PAGE=page,
+                  AGG=AGGREGATES[pol.aggregate], FOLD=fold, EVICT=evict, ADVANCE=advance, PAGE=page, RUN=run,
                   num_warps=4)  # fmt: skip
         pb = torch.empty((B * nh * ns, 3), dtype=torch.int32, device=k.device)
         cnt = torch.zeros((B * nh + (B if page else 0),), dtype=torch.int32, device=k.device)
-        got = c.update[key] = (FastLaunch(_kv_update_kernel, (B * nh * ns,), kw), pb, cnt)
-    launch, pb, cnt = got
+        got = c.update[key] = (FastLaunch(_kv_update_kernel, (B * nh * ns,), kw), pb, cnt, heads[0])
+    launch, pb, cnt, h0 = got
     sc = L.logits
     launch(k, v, L.k, L.v, L.pos, L.score, lens, npos, sc.lg, sc.lse, pb, cnt, c.idx, lists, pend, nh, E, a, cap,
            slots, sc.lg.shape[2], c.logits_row, split, ns, pol.sink, pol.protected_recent, c.budget,
-           0 if lists is None else lists.shape[2])  # fmt: skip
+           0 if lists is None else lists.shape[2], h0)  # fmt: skip
 
 
 # ------------------------------------------------------------------ host state
