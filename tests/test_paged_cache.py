@@ -305,9 +305,21 @@ def _audit(cache, layer):
     assert L.ntok is None or L.ntok.tolist() == L.n
 
 
+def _full_pool_kept_no_reserve(cache, appended: dict) -> bool:
+    """After a fixed pool ran out: no table holds a page reserved ahead past what the failed
+    append was placing (appended: row -> its tokens), which the pool could have taken back."""
+    L, P = cache._layers[0], cache.page
+    for b, tabs in enumerate(L.tables):
+        end = (L.n[b] + appended.get(b, 0) - 1) // P
+        if any(t and next(reversed(t)) > end and next(reversed(t)) * P >= L.n[b] for t in tabs):
+            return False
+    return True
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     st.sampled_from([RING, MIXED]),
+    st.sampled_from([None, 12, 40]),
     st.lists(
         st.tuples(
             st.sampled_from(["append", "release", "steps"]), st.sets(st.integers(0, 2), min_size=1), st.integers(1, 40)
@@ -316,21 +328,29 @@ def _audit(cache, layer):
         max_size=12,
     ),
 )
-def test_pool_random_appends(prog, ops):
+def test_pool_random_appends(prog, pages, ops):
+    # a fixed pool (pages) may run out: then it must have taken back every page reserved ahead
+    # (reserves never make an append fail), and the example ends there
     _, mod = module(prog)
-    cache = mod.PagedCache(3, dtype=torch.float32, head_dim=16)
+    cache = mod.PagedCache(3, dtype=torch.float32, head_dim=16, pages=pages)
     for op, rows, T in ops:
         rows = sorted(rows)
-        if op == "release":
-            cache.release(rows[0])
-        elif op == "steps":  # one-token steps of every row: quiet where they can be
-            x = torch.zeros(3, 2, 1, 16)
-            for _ in range(T):
-                cache.append(0, x, x)
-                _audit(cache, 0)
-        else:
-            x = torch.zeros(len(rows), 2, T, 16)
-            cache.append(0, x, x, rows=rows)
+        try:
+            if op == "release":
+                cache.release(rows[0])
+            elif op == "steps":  # one-token steps of every row: quiet where they can be
+                x = torch.zeros(3, 2, 1, 16)
+                for _ in range(T):
+                    rows = [0, 1, 2]
+                    cache.append(0, x, x)
+                    _audit(cache, 0)
+            else:
+                x = torch.zeros(len(rows), 2, T, 16)
+                cache.append(0, x, x, rows=rows)
+        except mod.CacheError as e:
+            assert pages is not None and "pages are all held" in str(e)
+            assert _full_pool_kept_no_reserve(cache, dict.fromkeys(rows, 1 if op == "steps" else T))
+            return
         _audit(cache, 0)
 
 
