@@ -972,8 +972,8 @@ class PagedCacheBase:
         for b, tabs in enumerate(L.tables):
             end = last.get(b, (L.n[b] - 1) // self.page)
             for h, tab in enumerate(tabs):
-                while pages > 0 and tab and next(reversed(tab)) > end and next(reversed(tab)) * self.page >= L.n[b]:
-                    L.pool.free(tab.pop(next(reversed(tab))), (b, h))
+                while pages > 0 and tab and (lp := next(reversed(tab))) > end and lp * self.page >= L.n[b]:
+                    L.pool.free(tab.pop(lp), (b, h))
                     L.fast, pages = None, pages - 1  # the step's device state counted it
 
     def _allocate(self, L, pages):
