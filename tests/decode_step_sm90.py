@@ -36,7 +36,7 @@ out["attend"] = usage(mod._pg_fwd_kernel, types, dict(SCORES=False, LGS=1, LG=No
                       cfg.num_warps)  # fmt: skip
 types.update(LG="*fp32", LSE="*fp32", SOFF="*i32")
 out["attend_scores"] = usage(mod._pg_fwd_kernel, types, dict(SCORES=True, LGS=4112, **fwd), cfg.num_warps)
-types = dict(KN="*bf16", VN="*bf16", K="*bf16", V="*bf16", POS="*i32", SCORE="*fp32", LENS="*i32", NPOS="*i32",
+types = dict(KN="*bf16", VN="*bf16", K="*bf16", V="*bf16", POS="*i32", SCORE="*fp32", HPOS="*i32", LENS="*i32", NPOS="*i32",
              LG="*fp32", LSE="*fp32", PB="*i32", CNT="*i32", IDX="*i64", LIST="*i32", PEND="*i32")  # fmt: skip
 types.update({n: "i32" for n in ("NH", "E", "A", "CAP", "SLOTS", "LGS", "SO0", "SPLIT", "NS", "SINK", "RECENT",
                                  "BUDGET", "LW", "H0")})  # fmt: skip

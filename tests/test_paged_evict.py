@@ -38,11 +38,18 @@ def _inputs(B, N, seed):
 
 
 def _slots(paged, b, h):
-    """(positions, scores) of the held slots of one head of a paged row, in slot order."""
+    """(positions, scores) of the held slots of one head of a paged row, in slot order: the
+    positions from its pages, which a lossy head's copy beside its scores equals."""
     L = paged._layers[0]
-    n = L.held[b][h] if L.rules[h].kind == "lossy" else paged.seen(0)[b]
-    sl = paged._slots(L, b, [h], n)[0]
-    return L.pos[sl], L.score[sl] if L.rules[h].kind == "lossy" else None
+    lossy = L.rules[h].kind == "lossy"
+    n = L.held[b][h] if lossy else paged.seen(0)[b]
+    pos = L.pos[paged._slots(L, b, [h], n)[0]]
+    if not lossy:
+        return pos, None
+    c = next(c for c in L.classes if h in c.heads)
+    r = paged._held(c, n)[c.heads.index(h)]
+    assert torch.equal(L.hpos[b, r], pos), (b, h, L.hpos[b, r], pos)
+    return pos, L.score[b, r]
 
 
 @pytest.mark.parametrize("name, splits", [("h2o", False), ("h2o_tova", False), ("h2o_mixed", False), ("h2o", True)])

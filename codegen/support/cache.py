@@ -136,7 +136,7 @@ def _kv_slot(base, tab, offs, mask, PAGE: tl.constexpr):
 
 @triton.jit(do_not_specialize=["E", "A", "CAP", "SLOTS", "LGS", "SO0", "SPLIT", "NS", "SINK", "RECENT", "BUDGET", "LW",
                                "H0"])  # fmt: skip
-def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, IDX, LIST, PEND, NH, E, A, CAP, SLOTS,
+def _kv_update_kernel(KN, VN, K, V, POS, SCORE, HPOS, LENS, NPOS, LG, LSE, PB, CNT, IDX, LIST, PEND, NH, E, A, CAP, SLOTS,
                       LGS, SO0, SPLIT, NS, SINK, RECENT, BUDGET, LW, H0, H_KV: tl.constexpr, G: tl.constexpr,
                       HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_NS: tl.constexpr,
                       SENT: tl.constexpr, TOVA: tl.constexpr, AGG: tl.constexpr, FOLD: tl.constexpr, EVICT: tl.constexpr,
@@ -156,11 +156,15 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
     n_q - RECENT (the previous step's keep rules). ADVANCE: NPOS becomes n_q + 1 (otherwise
     the append kernel of the layer's lossless heads, launched after, advances it). KN, VN
     contiguous (B, H_KV, 1, D). CacheBase._evict_step (torch) is the reference.
+    SCORE and HPOS (the held positions) lie at the held slots' logical indices (base + j);
+    packed, HPOS is POS.
     PAGE > 0 (the paged cache): head h of row b holds LENS[b, h] slots (E: the most of any
-    row, for the splits) in the pool pages LIST[b, h, :] (LW entries a row; _kv_slot); the
-    token's position is NPOS[b] (ADVANCE: the last program of the row to have read it, an
-    atomic count at CNT[B * NH + b], advances it); it folds where PEND[b] != 0 and evicts where
-    it folds past BUDGET (both in the masks: the loop's bounds wait on no load)."""
+    row, for the splits); their keys, values and positions (POS) lie in the pool pages LIST[b,
+    h, :] (LW entries a row; _kv_slot), read and written by the move and the append only: the
+    fold and the choice of the victim read no page list. The token's position is NPOS[b]
+    (ADVANCE: the last program of the row to have read it, an atomic count at CNT[B * NH + b],
+    advances it); it folds where PEND[b] != 0 and evicts where it folds past BUDGET (both in the
+    masks: the loop's bounds wait on no load)."""
     wait_previous(PDL)
     pid = tl.program_id(0)
     bi = pid // NS
@@ -202,7 +206,6 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
         for j in range(sid * SPLIT, hi, BLOCK_N):
             offs = j + tl.arange(0, BLOCK_N)
             valid = (offs < E) & fold
-            sl = _kv_slot(base, tab, offs, offs < LW * PAGE, PAGE)  # (waits on no load but the head's)
             s = tl.load(
                 lg + offs_g[:, None] * LGS + offs[None, :], mask=g_ok[:, None] & valid[None, :], other=-float("inf")
             )
@@ -216,10 +219,10 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
             if TOVA:
                 new = a
             else:
-                new = tl.load(SCORE + sl, mask=valid, other=0.0, eviction_policy="evict_last") + a
-            tl.store(SCORE + sl, new, mask=valid, eviction_policy="evict_last")  # (read every step)
+                new = tl.load(SCORE + base + offs, mask=valid, other=0.0, eviction_policy="evict_last") + a
+            tl.store(SCORE + base + offs, new, mask=valid, eviction_policy="evict_last")  # (read every step)
             if EVICT:
-                kp = tl.load(POS + sl, mask=valid, other=SENT, eviction_policy="evict_last")
+                kp = tl.load(HPOS + base + offs, mask=valid, other=SENT, eviction_policy="evict_last")
                 prio = tl.where((kp < SINK) | (kp >= n_q - RECENT) | ~valid, float("inf"), new)
                 low = tl.min(prio, 0)
                 lpos = tl.min(tl.where(valid & (prio == low), kp, SENT + 1), 0)
@@ -233,45 +236,53 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, LENS, NPOS, LG, LSE, PB, CNT, ID
     k_new, v_new = tl.load(KN + src), tl.load(VN + src)
     if EVICT:
         # what the writer moves (the previous step's token, slot E - 1) does not depend on the
-        # victim: read before the count by every split (any may finish last)
+        # victim: read before the count by every split (any may finish last), as is where this
+        # split's candidate lies (no page-list load after the count)
         moved = _kv_slot(base, tab, E - 1, ev, PAGE)
         k_moved = tl.load(K + moved * HEAD_DIM + offs_d, mask=ev)
         v_moved = tl.load(V + moved * HEAD_DIM + offs_d, mask=ev)
-        pos_moved = tl.load(POS + moved, mask=ev)
-        tl.store(PB + pid * 3, best_p.to(tl.int32, bitcast=True))
-        tl.store(PB + pid * 3 + 1, best_pos)
-        tl.store(PB + pid * 3 + 2, best_i)
+        pos_moved = tl.load(HPOS + base + E - 1, mask=ev)
+        cand = _kv_slot(base, tab, best_i, ev, PAGE)
+        tl.store(PB + pid * 4, best_p.to(tl.int32, bitcast=True))
+        tl.store(PB + pid * 4 + 1, best_pos)
+        tl.store(PB + pid * 4 + 2, best_i)
+        tl.store(PB + pid * 4 + 3, cand.to(tl.int32))
         tl.debug_barrier()  # every thread's score stores come before the count
         done = tl.atomic_add(CNT + bi, 1, sem="acq_rel")
         write = done == NS - 1  # the last split: the lowest of all splits goes
         score_moved = tl.full((), 0.0, tl.float32)
+        dst = cand
         if write:  # every split's candidate in one load (positions are unique: one (low, pos) wins)
-            score_moved = tl.load(SCORE + moved, mask=ev, cache_modifier=".cg")  # folded by its split
+            score_moved = tl.load(SCORE + base + E - 1, mask=ev, cache_modifier=".cg")  # folded by its split
             offs_t = tl.arange(0, BLOCK_NS)
-            row = PB + (bi * NS + offs_t) * 3
+            row = PB + (bi * NS + offs_t) * 4
             t_ok = offs_t < NS
             lows = tl.load(row, mask=t_ok, other=0x7F800000, cache_modifier=".cg").to(tl.float32, bitcast=True)
             lposs = tl.load(row + 1, mask=t_ok, other=SENT + 1, cache_modifier=".cg")
             best_p = tl.min(lows, 0)
             best_pos = tl.min(tl.where(lows == best_p, lposs, SENT + 1), 0)
-            wins = (lows == best_p) & (lposs == best_pos)
-            best_i = tl.min(tl.where(wins, tl.load(row + 2, mask=t_ok & wins, other=0, cache_modifier=".cg"), E), 0)
+            wins = t_ok & (lows == best_p) & (lposs == best_pos)
+            best_i = tl.min(tl.where(wins, tl.load(row + 2, mask=wins, other=0, cache_modifier=".cg"), E), 0)
+            dst = tl.max(tl.where(wins, tl.load(row + 3, mask=wins, other=0, cache_modifier=".cg"), -1), 0).to(tl.int64)
             tl.store(CNT + bi, 0)
     if write:
         new_len = E + 1
         if EVICT:  # the previous step's token moves into the victim's slot
             if ev:
-                dst = _kv_slot(base, tab, best_i, True, PAGE)
                 tl.store(K + dst * HEAD_DIM + offs_d, k_moved)
                 tl.store(V + dst * HEAD_DIM + offs_d, v_moved)
-                tl.store(POS + dst, pos_moved)
-                tl.store(SCORE + dst, score_moved)
+                tl.store(HPOS + base + best_i, pos_moved)
+                tl.store(SCORE + base + best_i, score_moved)
+                if PAGE > 0:
+                    tl.store(POS + dst, pos_moved)
                 new_len = E
         slot = _kv_slot(base, tab, new_len - 1, True, PAGE)
         tl.store(K + slot * HEAD_DIM + offs_d, k_new)
         tl.store(V + slot * HEAD_DIM + offs_d, v_new)
-        tl.store(POS + slot, n_q)
-        tl.store(SCORE + slot, 0.0)
+        tl.store(HPOS + base + new_len - 1, n_q)
+        tl.store(SCORE + base + new_len - 1, 0.0)
+        if PAGE > 0:
+            tl.store(POS + slot, n_q)
         tl.store(LENS + b * H_KV + h, new_len)
         if ADVANCE and PAGE == 0:
             tl.store(NPOS + b * H_KV + h, n_q + 1)
@@ -293,7 +304,9 @@ def _kv_update_launch(spec: CacheSpec, c, L, k, v, fold: bool, evict: bool, page
     scratch buffers are memoised on the class per geometry. No argument changes from step to
     step once the budget is reached (CUDA graphs). `paged` (the paged cache): (held (B, H_KV),
     tokens (B,), page lists, pending rows (B,), page size, advance the tokens); c.held is then
-    the most any row holds and c.slots each head's logits rows."""
+    the most any row holds, and head i of the class has the rows c.logits_row + i * c.slots ..
+    (c.slots of them) of the logits, of L.score and of L.hpos (B, rows): its held slots'
+    scores and positions in slot order."""
     ds, pol, B, nh, E = spec.decode, c.policy, k.shape[0], len(c.heads), c.held
     geo = c.geo.get(E)
     if geo is None:
@@ -301,9 +314,15 @@ def _kv_update_launch(spec: CacheSpec, c, L, k, v, fold: bool, evict: bool, page
     split, ns, bn = geo
     if paged is None:
         lens, npos, lists, pend, page, advance = L.lens, L.npos, None, None, 0, not L.lossless
-        a, cap, slots = c.heads[0].offset, c.heads[0].cap, L.k.shape[1]
+        a, cap, slots, hpos = c.heads[0].offset, c.heads[0].cap, L.k.shape[1], L.pos
     else:
-        (lens, npos, lists, pend, page, advance), a, cap, slots = paged, 0, c.slots, 0
+        (lens, npos, lists, pend, page, advance), a, cap, slots, hpos = (
+            paged,
+            c.logits_row,
+            c.slots,
+            L.score.shape[1],
+            L.hpos,
+        )
     key = (ns, bn, fold, evict, (k.data_ptr() | v.data_ptr()) & 15 == 0, slots, L.logits.lg.shape[2], advance)
     got = c.update.get(key)
     if got is None:
@@ -313,12 +332,12 @@ def _kv_update_launch(spec: CacheSpec, c, L, k, v, fold: bool, evict: bool, page
                   BLOCK_N=bn, BLOCK_NS=pow2_at_least(ns), SENT=ds.sentinel, TOVA=pol.score == "tova",
                   AGG=AGGREGATES[pol.aggregate], FOLD=fold, EVICT=evict, ADVANCE=advance, PAGE=page, RUN=run,
                   num_warps=4)  # fmt: skip
-        pb = torch.empty((B * nh * ns, 3), dtype=torch.int32, device=k.device)
+        pb = torch.empty((B * nh * ns, 4), dtype=torch.int32, device=k.device)
         cnt = torch.zeros((B * nh + (B if page else 0),), dtype=torch.int32, device=k.device)
         got = c.update[key] = (FastLaunch(_kv_update_kernel, (B * nh * ns,), kw), pb, cnt, heads[0])
     launch, pb, cnt, h0 = got
     sc = L.logits
-    launch(k, v, L.k, L.v, L.pos, L.score, lens, npos, sc.lg, sc.lse, pb, cnt, c.idx, lists, pend, nh, E, a, cap,
+    launch(k, v, L.k, L.v, L.pos, L.score, hpos, lens, npos, sc.lg, sc.lse, pb, cnt, c.idx, lists, pend, nh, E, a, cap,
            slots, sc.lg.shape[2], c.logits_row, split, ns, pol.sink, pol.protected_recent, c.budget,
            0 if lists is None else lists.shape[2], h0)  # fmt: skip
 

@@ -15,7 +15,8 @@ each decode step scores their pages (or tokens) against the step's queries, keep
 (`block_scores.top_blocks`: ties to the lowest index) and reads them with the keep rules.
 
 H2O and TOVA heads hold the packed Cache's slots in pages (slot j in the head's page j //
-page): at most budget + 1 slots, pages taken as they grow; the paged kernel writes their step
+page): at most budget + 1 slots, pages taken as they grow; their scores and a copy of their
+positions lie in slot order beside their logits rows (`score`, `hpos`); the paged kernel writes their step
 logits and the packed cache's `_kv_update_kernel`, given the page lists, folds, evicts into
 the victim's slot and writes the next token; prompts and other appends go by the packed
 rules in torch (policies.py).
@@ -477,7 +478,7 @@ class _PgLayer:
         self.held = [[0] * len(self.rules) for _ in range(batch)]  # slots a lossy head of a row holds
         self.pend: list = [None] * batch  # (q, its row, scale) of a row's step whose eviction is pending
         self.decoded = False  # a decode wrote the step logits since the last append
-        self.score = self.logits = self.held_t = self.pend_t = None
+        self.score = self.hpos = self.logits = self.held_t = self.pend_t = None
         self.fast = None  # the device state of the quiet one-token steps (PagedCacheBase._arm_fast)
         self.arms = not self.classes and not self.groups  # every head keeps tokens by position
         # heads that hold a sliding window (lo = n - ring, bounds): lo moves with every token
@@ -848,6 +849,11 @@ class PagedCacheBase:
         j = torch.arange(E, device=self.device)
         return pages[:, j // self.page] * self.page + j % self.page
 
+    def _held(self, c, E):
+        """(len(c.heads), E) indices into a row of L.score and L.hpos of a class's first E slots."""
+        i = torch.arange(len(c.heads), device=self.device)[:, None]
+        return c.logits_row + i * c.slots + torch.arange(E, device=self.device)[None, :]
+
     def _stats(self, L, c, b, q, kc, pc, n, T, scale):
         """The attention of row b's queries q (H, T, D) at positions n .. n + T - 1 over a
         class's candidates kc (nh, E, D) at pc (nh, E) (policies.attention_stats)."""
@@ -866,16 +872,20 @@ class PagedCacheBase:
         q, sent, n = q[i], self.spec.cache.decode.sentinel, L.n[b]
         for c in L.classes:
             E = L.held[b][c.heads[0]]
-            sl = self._slots(L, b, c.heads, E)
-            kc, pc = L.k[sl], L.pos[sl]
-            old = L.score[sl]
+            sl, r = self._slots(L, b, c.heads, E), self._held(c, E)
+            kc, pc, score, hpos = L.k[sl], L.pos[sl], L.score[b], L.hpos[b]
+            old = score[r]
             old[:, E - 1] = 0
-            sc = rescore(c.policy, old, self._stats(L, c, b, q, kc, pc, n - 1, 1, scale), kc, slice(E - 1, E))
-            L.score.index_copy_(0, sl.reshape(-1), sc.reshape(-1))
+            sc = score[r] = rescore(
+                c.policy, old, self._stats(L, c, b, q, kc, pc, n - 1, 1, scale), kc, slice(E - 1, E)
+            )
             if E > c.budget:
-                dst = sl.gather(1, victim(priority(c.policy, sc, pc, n), pc, sent))[:, 0]
-                for t in (L.k, L.v, L.pos, L.score):
+                vi = victim(priority(c.policy, sc, pc, n), pc, sent)
+                dst = sl.gather(1, vi)[:, 0]
+                for t in (L.k, L.v, L.pos):
                     t.index_copy_(0, dst, t.index_select(0, sl[:, E - 1]))
+                for t in (score, hpos):
+                    t[r.gather(1, vi)[:, 0]] = t[r[:, E - 1]]
                 L.pos.index_fill_(0, sl[:, E - 1], sent)
                 for h in c.heads:
                     L.held[b][h] = E - 1
@@ -893,12 +903,12 @@ class PagedCacheBase:
             n = L.n[b]
             for c in L.classes:
                 E0 = L.held[b][c.heads[0]]
-                sl0 = self._slots(L, b, c.heads, E0)
+                sl0, r0 = self._slots(L, b, c.heads, E0), self._held(c, E0)
                 kc = torch.cat([L.k[sl0], k[i].index_select(0, c.idx)], 1)
                 vc = torch.cat([L.v[sl0], v[i].index_select(0, c.idx)], 1)
                 new = torch.arange(n, n + T, dtype=torch.int32, device=self.device)
-                pc = torch.cat([L.pos[sl0], new.expand(len(c.heads), T)], 1)
-                sc = torch.cat([L.score[sl0], L.score.new_zeros((len(c.heads), T))], 1)
+                pc = torch.cat([L.hpos[b, r0], new.expand(len(c.heads), T)], 1)
+                sc = torch.cat([L.score[b, r0], L.score.new_zeros((len(c.heads), T))], 1)
                 if T == 1:
                     keep, sel = E0 + 1, torch.arange(E0 + 1, device=self.device).expand(len(c.heads), -1)
                 else:
@@ -914,7 +924,9 @@ class PagedCacheBase:
                         0, flat, torch.gather(src, 1, sel[..., None].expand(-1, -1, src.shape[-1])).flatten(0, 1)
                     )
                 L.pos.index_copy_(0, flat, torch.gather(pc, 1, sel).reshape(-1))
-                L.score.index_copy_(0, flat, torch.gather(sc, 1, sel).reshape(-1))
+                r = self._held(c, keep)
+                L.hpos[b, r] = torch.gather(pc, 1, sel)
+                L.score[b, r] = torch.gather(sc, 1, sel)
                 for h in c.heads:
                     L.held[b][h] = keep
         self._pending(L, rows, q if T == 1 else None, scale)
@@ -1000,8 +1012,6 @@ class PagedCacheBase:
                 L.sscale = grown(L.sscale, (pages,), torch.float32, 1)
         if "mean" in sel:
             L.ssum = grown(L.ssum, (pages, D), torch.float32, 0)
-        if L.classes:
-            L.score = grown(L.score, (pages * P,), torch.float32, 0)
         L.pool.grow(pages)
         if old == 0 and L.classes:
             self._step_logits(L)
@@ -1036,6 +1046,10 @@ class PagedCacheBase:
             for h in c.heads:
                 soff[h], rows = rows, rows + c.slots
         L.logits = StepLogits(self.batch, ds, rows, soff, dev)
+        # the held slots' scores and positions in slot order (the positions also in the pool,
+        # which the decode reads): the update's fold and choice of a victim read no page list
+        L.score = torch.zeros((self.batch, rows), dtype=torch.float32, device=dev)
+        L.hpos = torch.full((self.batch, rows), ds.sentinel, dtype=torch.int32, device=dev)
         L.held_t = torch.zeros((self.batch, len(L.rules)), dtype=torch.int32, device=dev)
         self._pending(L, [], None, None)
 
