@@ -162,7 +162,7 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, HPOS, LENS, NPOS, LG, LSE, PB, C
     row, for the splits); their keys, values and positions (POS) lie in the pool pages LIST[b,
     h, :] (LW entries a row; _kv_slot), read and written by the move and the append only: the
     fold and the choice of the victim read no page list. The token's position is NPOS[b]
-    (ADVANCE: the last program of the row to have read it, an atomic count at CNT[B * NH + b],
+    (ADVANCE: the last program of the row to finish, an atomic count at CNT[B * NH + b],
     advances it); it folds where PEND[b] != 0 and evicts where it folds past BUDGET (both in the
     masks: the loop's bounds wait on no load)."""
     wait_previous(PDL)
@@ -186,11 +186,6 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, HPOS, LENS, NPOS, LG, LSE, PB, C
         tab = LIST + (b * H_KV + h) * LW
         E = tl.load(LENS + b * H_KV + h)
         n_q = tl.load(NPOS + b)
-        if ADVANCE:
-            row_cnt = CNT + tl.num_programs(0) // NS + b
-            if tl.atomic_add(row_cnt, 1, sem="acq_rel") == NH * NS - 1:
-                tl.store(NPOS + b, n_q + 1)
-                tl.store(row_cnt, 0)
         fold = tl.load(PEND + b) != 0
         ev = fold & (E > BUDGET)
         hi = sid * SPLIT + SPLIT  # E and fold: loaded, in the masks
@@ -200,15 +195,31 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, HPOS, LENS, NPOS, LG, LSE, PB, C
     best_p = float("inf")
     best_pos = SENT + 1
     best_i = 0
+    best_slot = base  # where best_i lies (a pool slot with pages)
+    src = (b * H_KV + h) * HEAD_DIM + offs_d
+    k_new, v_new = tl.load(KN + src), tl.load(VN + src)
+    if EVICT:  # what the writer moves (the previous step's token, slot E - 1) does not depend on
+        # the victim: read by every split (any may finish last) while the logits load
+        moved = _kv_slot(base, tab, E - 1, ev, PAGE)
+        k_moved = tl.load(K + moved * HEAD_DIM + offs_d, mask=ev)
+        v_moved = tl.load(V + moved * HEAD_DIM + offs_d, mask=ev)
+        pos_moved = tl.load(HPOS + base + E - 1, mask=ev)
     if FOLD:
         lse = tl.load(LSE + b * (H_KV * G) + h * G + offs_g, mask=g_ok, other=float("inf"))
         lg = LG + b * (G * LGS) + SO0 + i * CAP
         for j in range(sid * SPLIT, hi, BLOCK_N):
             offs = j + tl.arange(0, BLOCK_N)
             valid = (offs < E) & fold
+            # every load of the tile first, so that they go out together (none waits on another)
             s = tl.load(
                 lg + offs_g[:, None] * LGS + offs[None, :], mask=g_ok[:, None] & valid[None, :], other=-float("inf")
             )
+            new = tl.zeros([BLOCK_N], tl.float32)
+            if not TOVA:
+                new = tl.load(SCORE + base + offs, mask=valid, other=0.0, eviction_policy="evict_last")
+            if EVICT:
+                kp = tl.load(HPOS + base + offs, mask=valid, other=SENT, eviction_policy="evict_last")
+                sl = _kv_slot(base, tab, offs, valid, PAGE)
             p = tl.math.exp2(s - lse[:, None])
             if AGG == 1:
                 a = tl.max(tl.where(g_ok[:, None], p, float("-inf")), 0)
@@ -216,42 +227,29 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, HPOS, LENS, NPOS, LG, LSE, PB, C
                 a = tl.sum(p, 0)
                 if AGG == 0:
                     a = a / G
-            if TOVA:
-                new = a
-            else:
-                new = tl.load(SCORE + base + offs, mask=valid, other=0.0, eviction_policy="evict_last") + a
+            new += a  # TOVA: the attention replaces the score
             tl.store(SCORE + base + offs, new, mask=valid, eviction_policy="evict_last")  # (read every step)
             if EVICT:
-                kp = tl.load(HPOS + base + offs, mask=valid, other=SENT, eviction_policy="evict_last")
                 prio = tl.where((kp < SINK) | (kp >= n_q - RECENT) | ~valid, float("inf"), new)
                 low = tl.min(prio, 0)
                 lpos = tl.min(tl.where(valid & (prio == low), kp, SENT + 1), 0)
                 better = (low < best_p) | ((low == best_p) & (lpos < best_pos))
-                li = tl.min(tl.where(valid & (prio == low) & (kp == lpos), offs, E), 0)
-                best_i = tl.where(better, li, best_i)
+                win = valid & (prio == low) & (kp == lpos)  # one key: positions are unique
+                best_i = tl.where(better, tl.min(tl.where(win, offs, E), 0), best_i)
+                best_slot = tl.where(better, tl.max(tl.where(win, sl, -1), 0), best_slot)
                 best_p = tl.where(better, low, best_p)
                 best_pos = tl.where(better, lpos, best_pos)
     write = sid == 0
-    src = (b * H_KV + h) * HEAD_DIM + offs_d
-    k_new, v_new = tl.load(KN + src), tl.load(VN + src)
     if EVICT:
-        # what the writer moves (the previous step's token, slot E - 1) does not depend on the
-        # victim: read before the count by every split (any may finish last), as is where this
-        # split's candidate lies (no page-list load after the count)
-        moved = _kv_slot(base, tab, E - 1, ev, PAGE)
-        k_moved = tl.load(K + moved * HEAD_DIM + offs_d, mask=ev)
-        v_moved = tl.load(V + moved * HEAD_DIM + offs_d, mask=ev)
-        pos_moved = tl.load(HPOS + base + E - 1, mask=ev)
-        cand = _kv_slot(base, tab, best_i, ev, PAGE)
         tl.store(PB + pid * 4, best_p.to(tl.int32, bitcast=True))
         tl.store(PB + pid * 4 + 1, best_pos)
         tl.store(PB + pid * 4 + 2, best_i)
-        tl.store(PB + pid * 4 + 3, cand.to(tl.int32))
+        tl.store(PB + pid * 4 + 3, best_slot.to(tl.int32))
         tl.debug_barrier()  # every thread's score stores come before the count
         done = tl.atomic_add(CNT + bi, 1, sem="acq_rel")
         write = done == NS - 1  # the last split: the lowest of all splits goes
         score_moved = tl.full((), 0.0, tl.float32)
-        dst = cand
+        dst = best_slot
         if write:  # every split's candidate in one load (positions are unique: one (low, pos) wins)
             score_moved = tl.load(SCORE + base + E - 1, mask=ev, cache_modifier=".cg")  # folded by its split
             offs_t = tl.arange(0, BLOCK_NS)
@@ -286,6 +284,11 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, HPOS, LENS, NPOS, LG, LSE, PB, C
         tl.store(LENS + b * H_KV + h, new_len)
         if ADVANCE and PAGE == 0:
             tl.store(NPOS + b * H_KV + h, n_q + 1)
+    if ADVANCE and PAGE > 0:  # counted at the end: no program waits on the count before its loads
+        row_cnt = CNT + tl.num_programs(0) // NS + b
+        if tl.atomic_add(row_cnt, 1, sem="acq_rel") == NH * NS - 1:
+            tl.store(NPOS + b, n_q + 1)
+            tl.store(row_cnt, 0)
 
 
 def _kv_update_geometry(E: int, B: int, nh: int, group: int, sms: int) -> tuple[int, int, int]:
