@@ -182,6 +182,7 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, HPOS, LENS, NPOS, LG, LSE, PB, C
     if PAGE == 0:
         n_q = tl.load(NPOS + b * H_KV + h)
         hi = tl.minimum(sid * SPLIT + SPLIT, E)  # E: an argument
+        lim = E
     else:
         tab = LIST + (b * H_KV + h) * LW
         E = tl.load(LENS + b * H_KV + h)
@@ -189,6 +190,7 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, HPOS, LENS, NPOS, LG, LSE, PB, C
         fold = tl.load(PEND + b) != 0
         ev = fold & (E > BUDGET)
         hi = sid * SPLIT + SPLIT  # E and fold: loaded, in the masks
+        lim = CAP  # the tiles' loads wait on no load: they read up to the head's capacity
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, HEAD_DIM)
     g_ok = offs_g < G
@@ -198,28 +200,23 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, HPOS, LENS, NPOS, LG, LSE, PB, C
     best_slot = base  # where best_i lies (a pool slot with pages)
     src = (b * H_KV + h) * HEAD_DIM + offs_d
     k_new, v_new = tl.load(KN + src), tl.load(VN + src)
-    if EVICT:  # what the writer moves (the previous step's token, slot E - 1) does not depend on
-        # the victim: read by every split (any may finish last) while the logits load
-        moved = _kv_slot(base, tab, E - 1, ev, PAGE)
-        k_moved = tl.load(K + moved * HEAD_DIM + offs_d, mask=ev)
-        v_moved = tl.load(V + moved * HEAD_DIM + offs_d, mask=ev)
-        pos_moved = tl.load(HPOS + base + E - 1, mask=ev)
     if FOLD:
         lse = tl.load(LSE + b * (H_KV * G) + h * G + offs_g, mask=g_ok, other=float("inf"))
         lg = LG + b * (G * LGS) + SO0 + i * CAP
         for j in range(sid * SPLIT, hi, BLOCK_N):
             offs = j + tl.arange(0, BLOCK_N)
-            valid = (offs < E) & fold
-            # every load of the tile first, so that they go out together (none waits on another)
-            s = tl.load(
-                lg + offs_g[:, None] * LGS + offs[None, :], mask=g_ok[:, None] & valid[None, :], other=-float("inf")
-            )
+            # every load of the tile first, so that they go out together (none waits on another);
+            # what lies past the held slots is read and never used
+            in_row = offs < lim
+            s = tl.load(lg + offs_g[:, None] * LGS + offs[None, :], mask=g_ok[:, None] & in_row[None, :], other=0.0)
             new = tl.zeros([BLOCK_N], tl.float32)
             if not TOVA:
-                new = tl.load(SCORE + base + offs, mask=valid, other=0.0, eviction_policy="evict_last")
+                new = tl.load(SCORE + base + offs, mask=in_row, other=0.0, eviction_policy="evict_last")
             if EVICT:
-                kp = tl.load(HPOS + base + offs, mask=valid, other=SENT, eviction_policy="evict_last")
-                sl = _kv_slot(base, tab, offs, valid, PAGE)
+                kp = tl.load(HPOS + base + offs, mask=in_row, other=SENT, eviction_policy="evict_last")
+                sl = _kv_slot(base, tab, offs, in_row & (offs < LW * PAGE), PAGE)
+            valid = (offs < E) & fold
+            s = tl.where(valid[None, :], s, -float("inf"))
             p = tl.math.exp2(s - lse[:, None])
             if AGG == 1:
                 a = tl.max(tl.where(g_ok[:, None], p, float("-inf")), 0)
@@ -240,7 +237,11 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, HPOS, LENS, NPOS, LG, LSE, PB, C
                 best_p = tl.where(better, low, best_p)
                 best_pos = tl.where(better, lpos, best_pos)
     write = sid == 0
+    # the new token's slot: after the held ones, or the last one (an eviction moves the previous
+    # step's token out of it); their pages are looked up while the splits meet
+    slot = _kv_slot(base, tab, E, E < LW * PAGE, PAGE)
     if EVICT:
+        moved = _kv_slot(base, tab, E - 1, ev, PAGE)
         tl.store(PB + pid * 4, best_p.to(tl.int32, bitcast=True))
         tl.store(PB + pid * 4 + 1, best_pos)
         tl.store(PB + pid * 4 + 2, best_i)
@@ -249,8 +250,14 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, HPOS, LENS, NPOS, LG, LSE, PB, C
         done = tl.atomic_add(CNT + bi, 1, sem="acq_rel")
         write = done == NS - 1  # the last split: the lowest of all splits goes
         score_moved = tl.full((), 0.0, tl.float32)
+        pos_moved = tl.full((), 0, tl.int32)
+        k_moved = tl.zeros([HEAD_DIM], K.dtype.element_ty)
+        v_moved = tl.zeros([HEAD_DIM], K.dtype.element_ty)
         dst = best_slot
         if write:  # every split's candidate in one load (positions are unique: one (low, pos) wins)
+            k_moved = tl.load(K + moved * HEAD_DIM + offs_d, mask=ev)
+            v_moved = tl.load(V + moved * HEAD_DIM + offs_d, mask=ev)
+            pos_moved = tl.load(HPOS + base + E - 1, mask=ev)
             score_moved = tl.load(SCORE + base + E - 1, mask=ev, cache_modifier=".cg")  # folded by its split
             offs_t = tl.arange(0, BLOCK_NS)
             row = PB + (bi * NS + offs_t) * 4
@@ -265,6 +272,10 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, HPOS, LENS, NPOS, LG, LSE, PB, C
             tl.store(CNT + bi, 0)
     if write:
         new_len = E + 1
+        last_row = False
+        if ADVANCE and PAGE > 0:  # the last head of the row to be written advances its position:
+            # every split of every head has read n_q (the splits of a head count before its writer)
+            last_row = tl.atomic_add(CNT + tl.num_programs(0) // NS + b, 1, sem="relaxed") == NH - 1
         if EVICT:  # the previous step's token moves into the victim's slot
             if ev:
                 tl.store(K + dst * HEAD_DIM + offs_d, k_moved)
@@ -274,7 +285,7 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, HPOS, LENS, NPOS, LG, LSE, PB, C
                 if PAGE > 0:
                     tl.store(POS + dst, pos_moved)
                 new_len = E
-        slot = _kv_slot(base, tab, new_len - 1, True, PAGE)
+                slot = moved
         tl.store(K + slot * HEAD_DIM + offs_d, k_new)
         tl.store(V + slot * HEAD_DIM + offs_d, v_new)
         tl.store(HPOS + base + new_len - 1, n_q)
@@ -284,11 +295,9 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, HPOS, LENS, NPOS, LG, LSE, PB, C
         tl.store(LENS + b * H_KV + h, new_len)
         if ADVANCE and PAGE == 0:
             tl.store(NPOS + b * H_KV + h, n_q + 1)
-    if ADVANCE and PAGE > 0:  # counted at the end: no program waits on the count before its loads
-        row_cnt = CNT + tl.num_programs(0) // NS + b
-        if tl.atomic_add(row_cnt, 1, sem="acq_rel") == NH * NS - 1:
+        if last_row:
             tl.store(NPOS + b, n_q + 1)
-            tl.store(row_cnt, 0)
+            tl.store(CNT + tl.num_programs(0) // NS + b, 0)
 
 
 def _kv_update_geometry(E: int, B: int, nh: int, group: int, sms: int) -> tuple[int, int, int]:
