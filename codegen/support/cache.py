@@ -264,11 +264,13 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, HPOS, LENS, NPOS, LG, LSE, PB, C
             t_ok = offs_t < NS
             lows = tl.load(row, mask=t_ok, other=0x7F800000, cache_modifier=".cg").to(tl.float32, bitcast=True)
             lposs = tl.load(row + 1, mask=t_ok, other=SENT + 1, cache_modifier=".cg")
+            idxs = tl.load(row + 2, mask=t_ok, other=0, cache_modifier=".cg")  # (not waiting on the others)
+            slots = tl.load(row + 3, mask=t_ok, other=0, cache_modifier=".cg")
             best_p = tl.min(lows, 0)
             best_pos = tl.min(tl.where(lows == best_p, lposs, SENT + 1), 0)
             wins = t_ok & (lows == best_p) & (lposs == best_pos)
-            best_i = tl.min(tl.where(wins, tl.load(row + 2, mask=wins, other=0, cache_modifier=".cg"), E), 0)
-            dst = tl.max(tl.where(wins, tl.load(row + 3, mask=wins, other=0, cache_modifier=".cg"), -1), 0).to(tl.int64)
+            best_i = tl.min(tl.where(wins, idxs, E), 0)
+            dst = tl.max(tl.where(wins, slots, -1), 0).to(tl.int64)
             tl.store(CNT + bi, 0)
     if write:
         new_len = E + 1
