@@ -52,10 +52,26 @@ def _slots(paged, b, h):
     return pos, L.score[b, r]
 
 
-@pytest.mark.parametrize("name, splits", [("h2o", False), ("h2o_tova", False), ("h2o_mixed", False), ("h2o", True)])
-def test_paged_steps_equal_packed_per_row(name, splits, monkeypatch):
+def _poison(paged):
+    """What lies past each lossy head's held slots (its logits, scores and held positions) set
+    to what would be evicted first were it read: the update must not use it."""
+    L = paged._layers[0]
+    for c in L.classes:
+        for b, held in enumerate(L.held):
+            for i in range(len(c.heads)):
+                rows = slice(c.logits_row + i * c.slots + held[c.heads[0]], c.logits_row + (i + 1) * c.slots)
+                L.score[b, rows], L.hpos[b, rows], L.logits.lg[b, :, rows] = -1.0, 3, -1e4  # (3: no sink)
+
+
+@pytest.mark.parametrize(
+    "name, splits, poison",
+    [("h2o", False, False), ("h2o_tova", False, False), ("h2o_mixed", False, False), ("h2o", True, False),
+     ("h2o_tova", True, True)],
+)  # fmt: skip
+def test_paged_steps_equal_packed_per_row(name, splits, poison, monkeypatch):
     """`splits`: the update over several splits of 16 keys (the lowest of all splits goes), the
-    decodes over splits of 16 keys (the log-sum-exp merged across them)."""
+    decodes over splits of 16 keys (the log-sum-exp merged across them). `poison`: before every
+    step, what lies past the held slots (_poison)."""
     mod = _module(name)
     kw, pkw = {}, {}
     if splits:
@@ -73,6 +89,8 @@ def test_paged_steps_equal_packed_per_row(name, splits, monkeypatch):
     for step in range(N - max(prompts)):
         ts = [p + step for p in prompts]
         kk, vv, qq = (torch.cat([x[b : b + 1, :, t : t + 1] for b, t in enumerate(ts)]) for x in (k, v, q))
+        if poison and step > 0:
+            _poison(paged)
         paged.append(0, kk, vv, qq)
         if step == 0:  # from now on every step folds the decode's logits in one launch: no torch
             paged._lossy_torch = lambda *a: pytest.fail("the paged cache took the torch path")

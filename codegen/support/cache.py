@@ -148,23 +148,20 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, HPOS, LENS, NPOS, LG, LSE, PB, C
     ..), in tiles of BLOCK_N keys (one tile where the launch can: SPLIT == BLOCK_N). FOLD: the
     previous step's attention, exp2(LG - LSE) (StepLogits, its rows from SO0 + i * CAP),
     aggregated over the G query heads, is added to (H2O) or replaces (TOVA) the scores. EVICT
-    (E > budget): each split's lowest (priority, position) goes to PB (B * NH *
-    NS, 3), and the last split of the head to finish (an atomic count, CNT) moves the
+    (E > budget): each split's lowest (priority, position), its index and slot go to PB (B *
+    NH * NS, 4), and the last split of the head to finish (an atomic count, CNT) moves the
     previous step's token (slot E - 1) into the slot of the lowest of all and writes the new
     one at slot E - 1; otherwise split 0 writes it at slot E (RUN: head i is H0 + i, IDX
-    unread). Protected: pos < SINK or pos >=
-    n_q - RECENT (the previous step's keep rules). ADVANCE: NPOS becomes n_q + 1 (otherwise
-    the append kernel of the layer's lossless heads, launched after, advances it). KN, VN
-    contiguous (B, H_KV, 1, D). CacheBase._evict_step (torch) is the reference.
-    SCORE and HPOS (the held positions) lie at the held slots' logical indices (base + j);
-    packed, HPOS is POS.
+    unread). Protected: pos < SINK or pos >= n_q - RECENT (the previous step's keep rules).
+    ADVANCE: NPOS becomes n_q + 1 (otherwise the append kernel of the layer's lossless heads,
+    launched after, advances it). KN, VN contiguous (B, H_KV, 1, D). SCORE and HPOS (the held
+    positions; packed, POS itself) lie at base + j. CacheBase._evict_step (torch) is the reference.
     PAGE > 0 (the paged cache): head h of row b holds LENS[b, h] slots (E: the most of any
     row, for the splits); their keys, values and positions (POS) lie in the pool pages LIST[b,
-    h, :] (LW entries a row; _kv_slot), read and written by the move and the append only: the
-    fold and the choice of the victim read no page list. The token's position is NPOS[b]
-    (ADVANCE: the last program of the row to finish, an atomic count at CNT[B * NH + b],
-    advances it); it folds where PEND[b] != 0 and evicts where it folds past BUDGET (both in the
-    masks: the loop's bounds wait on no load)."""
+    h, :] (LW entries a row; _kv_slot), which only the move and the write address. The token's
+    position is NPOS[b] (ADVANCE: the row's last head to be written, an atomic count at CNT[B *
+    NH + b], advances it); it folds where PEND[b] != 0 and evicts where it folds past BUDGET
+    (both in the masks: no load waits on them)."""
     wait_previous(PDL)
     pid = tl.program_id(0)
     bi = pid // NS
@@ -249,11 +246,9 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, HPOS, LENS, NPOS, LG, LSE, PB, C
         tl.debug_barrier()  # every thread's score stores come before the count
         done = tl.atomic_add(CNT + bi, 1, sem="acq_rel")
         write = done == NS - 1  # the last split: the lowest of all splits goes
-        score_moved = tl.full((), 0.0, tl.float32)
-        pos_moved = tl.full((), 0, tl.int32)
+        score_moved, pos_moved, dst = tl.full((), 0.0, tl.float32), tl.full((), 0, tl.int32), best_slot
         k_moved = tl.zeros([HEAD_DIM], K.dtype.element_ty)
         v_moved = tl.zeros([HEAD_DIM], K.dtype.element_ty)
-        dst = best_slot
         if write:  # every split's candidate in one load (positions are unique: one (low, pos) wins)
             k_moved = tl.load(K + moved * HEAD_DIM + offs_d, mask=ev)
             v_moved = tl.load(V + moved * HEAD_DIM + offs_d, mask=ev)
