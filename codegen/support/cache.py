@@ -325,13 +325,8 @@ def _kv_update_launch(spec: CacheSpec, c, L, k, v, fold: bool, evict: bool, page
         lens, npos, lists, pend, page, advance = L.lens, L.npos, None, None, 0, not L.lossless
         a, cap, slots, hpos = c.heads[0].offset, c.heads[0].cap, L.k.shape[1], L.pos
     else:
-        (lens, npos, lists, pend, page, advance), a, cap, slots, hpos = (
-            paged,
-            c.logits_row,
-            c.slots,
-            L.score.shape[1],
-            L.hpos,
-        )
+        lens, npos, lists, pend, page, advance = paged
+        a, cap, slots, hpos = c.logits_row, c.slots, L.score.shape[1], L.hpos
     key = (ns, bn, fold, evict, (k.data_ptr() | v.data_ptr()) & 15 == 0, slots, L.logits.lg.shape[2], advance)
     got = c.update.get(key)
     if got is None:

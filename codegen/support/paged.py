@@ -16,10 +16,10 @@ each decode step scores their pages (or tokens) against the step's queries, keep
 
 H2O and TOVA heads hold the packed Cache's slots in pages (slot j in the head's page j //
 page): at most budget + 1 slots, pages taken as they grow; their scores and a copy of their
-positions lie in slot order beside their logits rows (`score`, `hpos`); the paged kernel writes their step
-logits and the packed cache's `_kv_update_kernel`, given the page lists, folds, evicts into
-the victim's slot and writes the next token; prompts and other appends go by the packed
-rules in torch (policies.py).
+positions lie in slot order beside their logits rows (`score`, `hpos`). The paged kernel
+writes their step logits and the packed cache's `_kv_update_kernel`, given the page lists,
+folds, evicts into the victim's slot and writes the next token; prompts and other appends go
+by the packed rules in torch (policies.py).
 
 What varies per pattern is a `PagedSpec` (the CacheSpec, the page size, the selections, the
 pattern's paged kernel `_pg_fwd_kernel` in paged.py.j2).
