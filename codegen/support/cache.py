@@ -247,8 +247,7 @@ def _kv_update_kernel(KN, VN, K, V, POS, SCORE, HPOS, LENS, NPOS, LG, LSE, PB, C
         done = tl.atomic_add(CNT + bi, 1, sem="acq_rel")
         write = done == NS - 1  # the last split: the lowest of all splits goes
         score_moved, pos_moved, dst = tl.full((), 0.0, tl.float32), tl.full((), 0, tl.int32), best_slot
-        k_moved = tl.zeros([HEAD_DIM], K.dtype.element_ty)
-        v_moved = tl.zeros([HEAD_DIM], K.dtype.element_ty)
+        k_moved, v_moved = tl.zeros([HEAD_DIM], K.dtype.element_ty), tl.zeros([HEAD_DIM], K.dtype.element_ty)
         if write:  # every split's candidate in one load (positions are unique: one (low, pos) wins)
             k_moved = tl.load(K + moved * HEAD_DIM + offs_d, mask=ev)
             v_moved = tl.load(V + moved * HEAD_DIM + offs_d, mask=ev)
@@ -330,15 +329,15 @@ def _kv_update_launch(spec: CacheSpec, c, L, k, v, fold: bool, evict: bool, page
     key = (ns, bn, fold, evict, (k.data_ptr() | v.data_ptr()) & 15 == 0, slots, L.logits.lg.shape[2], advance)
     got = c.update.get(key)
     if got is None:
-        heads = [getattr(h, "index", h) for h in c.heads]  # _KvHead (packed) or ints (paged)
-        run = heads == list(range(heads[0], heads[0] + nh))
+        h0 = c.kv_heads[0]
+        run = c.kv_heads == tuple(range(h0, h0 + nh))
         kw = dict(H_KV=ds.kv_heads, G=ds.group, HEAD_DIM=k.shape[3], BLOCK_G=pow2_at_least(ds.group),
                   BLOCK_N=bn, BLOCK_NS=pow2_at_least(ns), SENT=ds.sentinel, TOVA=pol.score == "tova",
                   AGG=AGGREGATES[pol.aggregate], FOLD=fold, EVICT=evict, ADVANCE=advance, PAGE=page, RUN=run,
                   num_warps=4)  # fmt: skip
         pb = torch.empty((B * nh * ns, 4), dtype=torch.int32, device=k.device)
         cnt = torch.zeros((B * nh + (B if page else 0),), dtype=torch.int32, device=k.device)
-        got = c.update[key] = (FastLaunch(_kv_update_kernel, (B * nh * ns,), kw), pb, cnt, heads[0])
+        got = c.update[key] = (FastLaunch(_kv_update_kernel, (B * nh * ns,), kw), pb, cnt, h0)
     launch, pb, cnt, h0 = got
     sc = L.logits
     launch(k, v, L.k, L.v, L.pos, L.score, hpos, lens, npos, sc.lg, sc.lse, pb, cnt, c.idx, lists, pend, nh, E, a, cap,
@@ -427,8 +426,9 @@ class _KvClass:
     """The lossy heads of one layer that share a policy and a budget: contiguous regions
     of equal capacity, so that their eviction is one batch of torch ops."""
 
-    def __init__(self, heads, policy: Policy):
-        self.heads = heads
+    def __init__(self, heads, policy: Policy, kv_heads: tuple):
+        self.heads = heads  # the packed cache's _KvHead records, the paged cache's KV head indices
+        self.kv_heads = kv_heads  # their KV head indices
         self.policy = policy
         self.budget = policy.budget  # None: adaptive, not yet allocated
         self.held = 0
@@ -471,7 +471,7 @@ class _KvLayer:
         for h in self.heads:
             if h.kind == "lossy":
                 classes.setdefault(h.policy, []).append(h)
-        self.classes = [_KvClass(hs, p) for p, hs in classes.items()]
+        self.classes = [_KvClass(hs, p, tuple(h.index for h in hs)) for p, hs in classes.items()]
         self.order = self.lossless + [h for c in self.classes for h in c.heads]
         cw = max(h.smod for h in self.heads) + 1  # each head's stripe counts, zero-padded to one width
         cnt = [h.cnt + [0] * (cw - len(h.cnt)) for h in self.heads]

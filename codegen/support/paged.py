@@ -474,7 +474,7 @@ class _PgLayer:
         for h, p in enumerate(pols):
             if p is not None:
                 classes.setdefault(p, []).append(h)
-        self.classes = [_KvClass(tuple(hs), p) for p, hs in classes.items()]  # H2O, TOVA
+        self.classes = [_KvClass(tuple(hs), p, tuple(hs)) for p, hs in classes.items()]  # H2O, TOVA
         self.held = [[0] * len(self.rules) for _ in range(batch)]  # slots a lossy head of a row holds
         self.pend: list = [None] * batch  # (q, its row, scale) of a row's step whose eviction is pending
         self.decoded = False  # a decode wrote the step logits since the last append
