@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("spec", "compiler", "codegen", "runtime", "attnc")  # data flows this way
-CORE_LINE_BUDGET = 22895  # lines of Python in the stages above, subpackages included (templates not counted)
+CORE_LINE_BUDGET = 22893  # lines of Python in the stages above, subpackages included (templates not counted)
 
 
 def _stage_files() -> list[tuple[str, Path]]:

@@ -460,8 +460,8 @@ class _PgLayer:
         self.list = self.llen = self.lo = self.ntok = None
         self.sinks = None
         self.chosen: dict = {}
-        self.attend: dict = {}  # the decode kernel's launches (FastLaunch) per geometry, the quiet step's
-        self.launches: dict = {}  # the selection's score and top-k launches (FastLaunch) per shape
+        self.attend: dict = {}  # the decode kernel's launches (FastLaunch) per geometry
+        self.launches: dict = {}  # the selection's score and top-k launches and the quiet step's (FastLaunch)
         self.geo: dict = {}  # the decode's geometry per (tokens, shape, config): _attend
         groups: dict = {}
         for h, s in enumerate(self.select):
@@ -676,12 +676,10 @@ class PagedCacheBase:
     def _append_launch(self, L, aligned: bool) -> FastLaunch:
         """The quiet step's launch (one program per (row, KV head)), memoised per layer and by
         whether the step's k and v are 16-byte aligned (as Triton specialises them)."""
-        launch = L.attend.get(("append", aligned))
-        if launch is None:
-            kw = dict(H_KV=len(L.rules), HEAD_DIM=self.head_dim, PAGE=self.page,
-                      SENT=self.spec.cache.decode.sentinel, BLOCK_W=128, num_warps=1)  # fmt: skip
-            launch = L.attend[("append", aligned)] = FastLaunch(_pg_append_kernel, (self.batch * len(L.rules),), kw)
-        return launch
+        key, grid = ("append", aligned), (self.batch * len(L.rules),)
+        return L.launches.get(key) or _memo_launch(L.launches, key, _pg_append_kernel, grid, dict(
+            H_KV=len(L.rules), HEAD_DIM=self.head_dim, PAGE=self.page, SENT=self.spec.cache.decode.sentinel,
+            BLOCK_W=128, num_warps=1))  # fmt: skip
 
     def _reserve(self, L) -> list:
         """Pages reserved ahead for every (row, head) of an armed layer, so that steps open pages
@@ -984,7 +982,7 @@ class PagedCacheBase:
         for b, tabs in enumerate(L.tables):
             end = last.get(b, (L.n[b] - 1) // self.page)
             for h, tab in enumerate(tabs):
-                while pages > 0 and tab and (lp := next(reversed(tab))) > end and lp * self.page >= L.n[b]:
+                while pages > 0 and self._ahead(L, b, h) and (lp := next(reversed(tab))) > end:
                     L.pool.free(tab.pop(lp), (b, h))
                     L.fast, pages = None, pages - 1  # the step's device state counted it
 
